@@ -1,0 +1,247 @@
+"""Configuration: one TOML file, layered over embedded defaults, strictly validated.
+
+Layers, later wins: the embedded defaults (the dataclass defaults below) <
+a site file (``Engine.from_config(path)``) < explicit overrides (a dict, e.g.
+from command-line flags).  Unknown keys and values of the wrong type are
+errors that name the dotted key and the file, because a typo in a spam
+filter's configuration silently disabling a check is the worst outcome.
+
+Every section is a frozen dataclass, so the whole configuration of a running
+engine is one immutable value that can be printed, compared and shipped to
+worker processes.  Each subsystem owns its section here, in one place, so an
+operator can read every knob in one file.
+
+Free-form sections: ``[scores]`` (symbol -> score), ``[actions]`` (action ->
+threshold or false), ``[groups.NAME]`` (``max_score``, ``min_score``) and
+``[descriptions]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+ACTIONS = ("no action", "greylist", "add header", "rewrite subject", "soft reject", "reject")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds on one message.  Past them the scan still returns a verdict that lists what was skipped."""
+
+    max_bytes: int = 32 * 1024 * 1024
+    max_parts: int = 256
+    max_depth: int = 16
+    max_headers: int = 1000
+    max_text_chars: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Scan-wide settings."""
+
+    #: seconds a scan may spend on network checks before they are cut off (TEMPFAIL symbols)
+    scan_deadline: float = 10.0
+    #: checks to leave out, by name (``antispam checks`` lists them)
+    disabled_checks: tuple[str, ...] = ()
+    #: the authserv-id written in Authentication-Results (RFC 8601); empty means the host name
+    authserv_id: str = ""
+    #: prefix put before the subject by the ``rewrite subject`` action
+    subject_prefix: str = "***SPAM*** "
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of an engine."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: symbol -> score, overriding the defaults the checks declare
+    scores: Mapping[str, float] = field(default_factory=dict)
+    #: symbol -> description override
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+    #: action -> threshold (None disables the action)
+    actions: Mapping[str, float | None] = field(
+        default_factory=lambda: {"greylist": None, "add header": 5.0, "rewrite subject": None,
+                                 "soft reject": None, "reject": 15.0}
+    )
+    #: group -> {"max_score": x, "min_score": y}
+    groups: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: where the configuration came from, for error messages and ``antispam config``
+    sources: tuple[str, ...] = ("<defaults>",)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":
+        """Defaults < TOML file at ``path`` < ``overrides`` (same nested shape as the file)."""
+        cfg = cls()
+        if path is not None:
+            p = Path(path)
+            try:
+                with open(p, "rb") as fh:
+                    data = tomllib.load(fh)
+            except FileNotFoundError:
+                raise ConfigError(f"configuration file not found: {p}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"invalid TOML: {exc}", source=str(p)) from None
+            cfg = cfg.merged(data, source=str(p))
+        if overrides:
+            cfg = cfg.merged(overrides, source="<overrides>")
+        return cfg
+
+    def merged(self, data: Mapping[str, Any], source: str = "<overrides>") -> "Config":
+        """A new Config with ``data`` (nested mapping, as in a TOML file) laid over this one."""
+        changes: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "scores":
+                changes["scores"] = {**self.scores, **_float_map(value, "scores", source)}
+            elif key == "descriptions":
+                changes["descriptions"] = {**self.descriptions, **_str_map(value, "descriptions", source)}
+            elif key == "actions":
+                changes["actions"] = {**self.actions, **_actions(value, source)}
+            elif key == "groups":
+                changes["groups"] = {**self.groups, **_groups(value, source)}
+            elif key in _SECTIONS:
+                current = getattr(self, key)
+                changes[key] = _merge_section(current, value, key, source)
+            else:
+                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups"]))
+                raise ConfigError(f"unknown section (known: {known})", key=key, source=source)
+        sources = self.sources + ((source,) if source not in self.sources else ())
+        return dataclasses.replace(self, sources=sources, **changes)
+
+    def score_for(self, symbol: str, default: float) -> float:
+        return self.scores.get(symbol, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts, TOML-shaped, for ``antispam config`` and for logging."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "sources":
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else {k: (dict(x) if isinstance(x, Mapping) else x) for k, x in v.items()}
+        return out
+
+
+# Every field of Config whose type is a dataclass is a section: adding a
+# section is adding one field above, nothing else.
+_SECTIONS: frozenset[str] = frozenset(
+    name for name, hint in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(hint)
+)
+
+
+def _merge_section(current: Any, value: Any, key: str, source: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table", key=key, source=source)
+    hints = typing.get_type_hints(type(current))
+    names = {f.name for f in dataclasses.fields(current)}
+    changes = {}
+    for k, v in value.items():
+        if k not in names:
+            raise ConfigError(f"unknown key (known: {', '.join(sorted(names))})", key=f"{key}.{k}", source=source)
+        sub = getattr(current, k)
+        if dataclasses.is_dataclass(sub):
+            changes[k] = _merge_section(sub, v, f"{key}.{k}", source)
+        else:
+            changes[k] = _coerce(v, hints[k], f"{key}.{k}", source)
+    return dataclasses.replace(current, **changes)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check ``value`` against a type hint; convert lists to tuples and ints to floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"expected {_hint_name(hint)}, got {value!r}", key=key, source=source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"expected a list, got {value!r}", key=key, source=source)
+        return tuple(_coerce(v, args[0], key, source) for v in value)
+    if origin in (dict, Mapping, typing.Mapping) or hint in (dict,):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"expected a table, got {value!r}", key=key, source=source)
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", key=key, source=source)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {value!r}", key=key, source=source)
+        if value < 0:
+            raise ConfigError(f"must not be negative, got {value!r}", key=key, source=source)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ConfigError(f"expected a number, got {value!r}", key=key, source=source)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {value!r}", key=key, source=source)
+        return value
+    return value
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _float_map(value: Any, key: str, source: str) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of NAME = number", key=key, source=source)
+    return {k: _coerce(v, float, f"{key}.{k}", source) for k, v in value.items()}
+
+
+def _str_map(value: Any, key: str, source: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of NAME = \"text\"", key=key, source=source)
+    return {k: _coerce(v, str, f"{key}.{k}", source) for k, v in value.items()}
+
+
+def _actions(value: Any, source: str) -> dict[str, float | None]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of action = threshold", key="actions", source=source)
+    out: dict[str, float | None] = {}
+    for k, v in value.items():
+        name = k.replace("_", " ")
+        if name not in ACTIONS or name == "no action":
+            raise ConfigError(f"unknown action (known: {', '.join(ACTIONS[1:])})", key=f"actions.{k}", source=source)
+        if v is False:
+            out[name] = None
+        else:
+            out[name] = _coerce(v, float, f"actions.{k}", source)
+    return out
+
+
+def _groups(value: Any, source: str) -> dict[str, dict[str, float]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of groups", key="groups", source=source)
+    out = {}
+    for g, spec in value.items():
+        if not isinstance(spec, Mapping):
+            raise ConfigError("must be a table", key=f"groups.{g}", source=source)
+        for k in spec:
+            if k not in ("max_score", "min_score"):
+                raise ConfigError("unknown key (known: max_score, min_score)", key=f"groups.{g}.{k}", source=source)
+        out[g] = {k: _coerce(v, float, f"groups.{g}.{k}", source) for k, v in spec.items()}
+    return out

@@ -1,0 +1,338 @@
+"""The engine: one scan, from raw bytes to a verdict.
+
+Flow (see ARCHITECTURE.md)::
+
+    raw + Envelope -> Message (lazy views)
+      -> network checks: DNS questions prefetched at once, then arun() concurrently, one deadline
+      -> content checks: run() synchronously, in dependency order
+      -> Policy -> Verdict
+
+Content-only engines (the default ``Engine()``) never create an event loop:
+``scan()`` is a plain function call per check.  Engines with network checks
+run the network phase in asyncio; ``ascan()`` is the entry point inside a
+running loop (servers), and ``scan()`` drives a private loop for callers that
+are not async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from .check import Check, Hit, ScanContext, SymbolDef
+from .config import Config
+from .message import Envelope, Limits, Message
+from .policy import Policy
+from .verdict import Verdict
+
+log = logging.getLogger("antispam.engine")
+
+#: Factories of the default checks, ``module:function``.  Each takes the Config
+#: and returns a Check, or None when that check is not enabled or not
+#: available.  Order here is only a tie-break: ``requires`` decides.
+DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
+    "antispam.builtin:gtube_check",
+    "antispam.builtin:mime_defects_check",
+)
+
+ENGINE_SYMBOLS = (
+    SymbolDef("CHECK_ERROR", 0.0, "A check failed on this message; the scan went on without it", "engine"),
+    SymbolDef("CHECK_TIMEOUT", 0.0, "A network check did not finish before the scan deadline", "engine"),
+    SymbolDef("SCAN_LIMIT", 0.0, "Part of the message was not scanned because a size limit was reached", "engine"),
+    SymbolDef("INPUT_ERROR", 0.0, "The input could not be read; nothing was scanned", "engine"),
+)
+
+
+def _load_factory(spec: str):
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def default_checks(config: Config) -> list[Check]:
+    """Instantiate the default checks that this configuration enables."""
+    checks = []
+    for spec in DEFAULT_CHECK_FACTORIES:
+        check = _load_factory(spec)(config)
+        if check is not None:
+            checks.append(check)
+    return checks
+
+
+def _order(checks: Sequence[Check]) -> list[Check]:
+    """Topological order by ``requires`` (stable); unknown requirements are ignored."""
+    by_name = {c.name: c for c in checks}
+    done: set[str] = set()
+    out: list[Check] = []
+    visiting: set[str] = set()
+
+    def visit(c: Check) -> None:
+        if c.name in done:
+            return
+        if c.name in visiting:
+            raise ValueError(f"checks require each other in a cycle: {c.name}")
+        visiting.add(c.name)
+        for r in c.requires:
+            if r in by_name:
+                visit(by_name[r])
+        visiting.discard(c.name)
+        done.add(c.name)
+        out.append(c)
+
+    for c in checks:
+        visit(c)
+    return out
+
+
+def _stages(checks: Sequence[Check]) -> list[list[Check]]:
+    """Group network checks into stages; a check runs in the stage after all it requires."""
+    names = {c.name for c in checks}
+    level: dict[str, int] = {}
+    for c in checks:  # already topologically ordered
+        level[c.name] = 1 + max((level[r] for r in c.requires if r in names), default=-1)
+    stages: list[list[Check]] = []
+    for c in checks:
+        while len(stages) <= level[c.name]:
+            stages.append([])
+        stages[level[c.name]].append(c)
+    return stages
+
+
+class Engine:
+    """Scans messages.  Build once, scan many times; safe to share between threads and tasks.
+
+    >>> from antispam import Engine
+    >>> v = Engine().scan(b"Subject: hi\\n\\nhello")
+    >>> v.action
+    'no action'
+    """
+
+    def __init__(self, config: Config | None = None, checks: Sequence[Check] | None = None, *,
+                 resolver: Any = None):
+        self.config = config or Config()
+        chosen = list(checks) if checks is not None else default_checks(self.config)
+        disabled = set(self.config.engine.disabled_checks)
+        chosen = [c for c in chosen if c.name not in disabled]
+        self.checks = _order(chosen)
+        self._custom_checks = checks is not None
+        self.network_checks = [c for c in self.checks if c.network]
+        self.content_checks = [c for c in self.checks if not c.network]
+        self._stages = _stages(self.network_checks)
+        self.resolver = resolver
+        if self.resolver is None and self.network_checks:
+            self.resolver = self._default_resolver()
+        lim = self.config.limits
+        self.limits = Limits(max_bytes=lim.max_bytes, max_parts=lim.max_parts, max_depth=lim.max_depth,
+                             max_headers=lim.max_headers, max_text_chars=lim.max_text_chars)
+        symbols: list[SymbolDef] = list(ENGINE_SYMBOLS)
+        for c in self.checks:
+            symbols.extend(c.symbols)
+        self.policy = Policy(self.config, symbols)
+        self._authserv_id = self.config.engine.authserv_id or _hostname()
+
+    def _default_resolver(self) -> Any:
+        try:
+            dns = importlib.import_module("antispam.dns")
+        except ImportError:  # pragma: no cover - layer not installed
+            return None
+        factory = getattr(dns, "resolver_from_config", None)
+        return factory(self.config) if factory else None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Engine":
+        """An engine configured by the TOML file at ``path`` (and ``overrides`` on top)."""
+        return cls(Config.load(path, overrides))
+
+    @property
+    def symbols(self) -> dict[str, SymbolDef]:
+        """Every symbol this engine can emit, with its effective score."""
+        return {n: SymbolDef(n, self.policy.scores[n], self.policy.descriptions[n], self.policy.groups[n])
+                for n in self.policy.defs}
+
+    # ------------------------------------------------------------------ scanning
+
+    def scan(self, raw: bytes, envelope: Envelope | None = None) -> Verdict:
+        """Scan one message and return its verdict.  Never raises for bad mail.
+
+        With network checks enabled this runs a private event loop; inside a
+        running loop use :meth:`ascan` instead.
+        """
+        if self.network_checks:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return asyncio.run(self.ascan(raw, envelope))
+            raise RuntimeError("Engine.scan() called inside a running event loop with network checks; use 'await engine.ascan()'")
+        t0 = time.perf_counter()
+        msg = Message(raw, envelope, self.limits)
+        ctx = ScanContext(msg.envelope, self.config)
+        hits: list[Hit] = []
+        timings: dict[str, float] = {}
+        self._run_content(msg, ctx, hits, timings)
+        return self._finish(msg, ctx, hits, timings, t0)
+
+    async def ascan(self, raw: bytes, envelope: Envelope | None = None) -> Verdict:
+        """Scan one message inside an event loop; network checks run concurrently."""
+        t0 = time.perf_counter()
+        msg = Message(raw, envelope, self.limits)
+        ctx = ScanContext(msg.envelope, self.config, deadline=time.monotonic() + self.config.engine.scan_deadline,
+                          resolver=self.resolver)
+        hits: list[Hit] = []
+        timings: dict[str, float] = {}
+        if self.network_checks:
+            await self._run_network(msg, ctx, hits, timings)
+        self._run_content(msg, ctx, hits, timings)
+        return self._finish(msg, ctx, hits, timings, t0)
+
+    def _run_content(self, msg: Message, ctx: ScanContext, hits: list[Hit], timings: dict[str, float]) -> None:
+        pc = time.perf_counter
+        for check in self.content_checks:
+            t = pc()
+            try:
+                found = check.run(msg, ctx)
+                if found:
+                    hits.extend(found)
+            except Exception as exc:  # isolation: one broken check never loses the verdict
+                log.exception("check %s failed", check.name)
+                hits.append(Hit("CHECK_ERROR", 1.0, (f"{check.name}: {type(exc).__name__}: {exc}"[:200],)))
+            timings[check.name] = pc() - t
+
+    async def _run_network(self, msg: Message, ctx: ScanContext, hits: list[Hit], timings: dict[str, float]) -> None:
+        questions = []
+        for check in self.network_checks:
+            try:
+                questions.extend(check.questions(msg, ctx))
+            except Exception as exc:
+                log.exception("check %s failed to list its questions", check.name)
+                hits.append(Hit("CHECK_ERROR", 1.0, (f"{check.name}: {type(exc).__name__}: {exc}"[:200],)))
+        if questions and self.resolver is not None and hasattr(self.resolver, "prefetch"):
+            t = time.perf_counter()
+            try:
+                await asyncio.wait_for(self.resolver.prefetch(questions), timeout=ctx.remaining())
+            except (asyncio.TimeoutError, TimeoutError):
+                pass  # each check sees the missing answers and reports its own TEMPFAIL
+            timings["dns_prefetch"] = time.perf_counter() - t
+        for stage in self._stages:
+            results = await asyncio.gather(*(self._one_network(c, msg, ctx) for c in stage))
+            for check, (found, seconds) in zip(stage, results):
+                hits.extend(found)
+                timings[check.name] = seconds
+
+    async def _one_network(self, check: Check, msg: Message, ctx: ScanContext) -> tuple[list[Hit], float]:
+        t = time.perf_counter()
+        try:
+            found = await asyncio.wait_for(check.arun(msg, ctx), timeout=ctx.remaining())
+            out = list(found) if found else []
+        except (asyncio.TimeoutError, TimeoutError):
+            out = [Hit("CHECK_TIMEOUT", 1.0, (check.name,))]
+        except Exception as exc:
+            log.exception("check %s failed", check.name)
+            out = [Hit("CHECK_ERROR", 1.0, (f"{check.name}: {type(exc).__name__}: {exc}"[:200],))]
+        return out, time.perf_counter() - t
+
+    def _finish(self, msg: Message, ctx: ScanContext, hits: list[Hit], timings: dict[str, float], t0: float) -> Verdict:
+        skipped = msg.skipped
+        if skipped:
+            hits.append(Hit("SCAN_LIMIT", 1.0, skipped))
+        timings["total"] = time.perf_counter() - t0
+        ar = ctx.authentication_results()
+        return self.policy.decide(
+            hits, timings=timings, skipped=skipped, message_id=msg.message_id,
+            authentication_results=f"{self._authserv_id}; {ar}" if ar else None,
+            subject=msg.subject,
+        )
+
+    # ------------------------------------------------------------------ batches
+
+    def scan_many(self, items: Iterable[bytes | str | os.PathLike[str] | tuple[bytes, Envelope]],
+                  workers: int = 1, chunksize: int = 16) -> Iterator[Verdict]:
+        """Scan many messages, yielding verdicts in input order.
+
+        ``items`` are raw bytes, paths of message files, or ``(bytes, Envelope)``
+        pairs.  With ``workers > 1`` a process pool is used; each worker builds
+        its engine once from this engine's configuration (so custom check
+        objects must be picklable).  An unreadable path yields a verdict with
+        the ``INPUT_ERROR`` symbol rather than stopping the batch.
+        """
+        if workers <= 1:
+            for item in items:
+                yield _scan_item(self, item)
+            return
+        spec = (self.config, self.checks if self._custom_checks else None)
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=spec) as pool:
+            yield from pool.map(_worker_scan, items, chunksize=chunksize)
+
+    # ------------------------------------------------------------------ learning
+
+    def learn(self, raw: bytes, spam: bool, envelope: Envelope | None = None, source: str = "api") -> dict[str, bool]:
+        """Feed a labelled message to every check that learns (classifier, reputation).
+
+        Returns ``{check name: learned}``; learning the same message twice counts once.
+        """
+        msg = Message(raw, envelope, self.limits)
+        out = {}
+        for check in self.checks:
+            fn = getattr(check, "learn", None)
+            if fn is not None:
+                out[check.name] = bool(fn(msg, spam, source=source))
+        return out
+
+    def unlearn(self, raw: bytes, envelope: Envelope | None = None) -> dict[str, bool]:
+        """Undo an earlier :meth:`learn` of the same message bytes."""
+        msg = Message(raw, envelope, self.limits)
+        out = {}
+        for check in self.checks:
+            fn = getattr(check, "unlearn", None)
+            if fn is not None:
+                out[check.name] = bool(fn(msg))
+        return out
+
+    def close(self) -> None:
+        for c in self.checks:
+            c.close()
+        if self.resolver is not None and hasattr(self.resolver, "close"):
+            self.resolver.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.getfqdn() or "localhost"
+
+
+def _scan_item(engine: Engine, item: Any) -> Verdict:
+    if isinstance(item, tuple):
+        return engine.scan(item[0], item[1])
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return engine.scan(bytes(item))
+    try:
+        data = Path(item).read_bytes()
+    except OSError as exc:
+        return engine.policy.decide([Hit("INPUT_ERROR", 1.0, (f"{item}: {exc.strerror or exc}",))])
+    return engine.scan(data)
+
+
+_WORKER_ENGINE: Engine | None = None
+
+
+def _worker_init(config: Config, checks: Sequence[Check] | None) -> None:
+    global _WORKER_ENGINE
+    _WORKER_ENGINE = Engine(config, checks)
+
+
+def _worker_scan(item: Any) -> Verdict:
+    assert _WORKER_ENGINE is not None
+    return _scan_item(_WORKER_ENGINE, item)

@@ -1,0 +1,813 @@
+"""Envelope and Message: a raw e-mail parsed once, viewed many ways.
+
+Why not :mod:`email`?  The standard library parser builds a full object tree
+for every message (about 3,000 msgs/s here with ``compat32``, 600 with the
+default policy) and raises or silently "fixes" on malformed input.  A filter
+needs the opposite trade-off: most checks read a few headers and the decoded
+text, malformed input is evidence rather than an error, and every view should
+cost nothing until somebody asks for it.  So :class:`Message` splits the raw
+bytes with ``bytes.find`` and C-level regular expressions, and computes each
+view (headers, MIME tree, decoded text, HTML text, URLs, Received relays) the
+first time it is read, caching it on the instance.
+
+Nothing here raises on bad mail.  Problems are recorded as *defects* (symbol
+names such as ``MIME_BAD_BASE64``) that the ``mime_defects`` check scores, and
+limits that were hit are listed in :attr:`Message.skipped` so a verdict can say
+what it did not look at.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import html as _html
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterator
+from urllib.parse import unquote_to_bytes
+
+__all__ = ["Envelope", "Limits", "Message", "Part", "Relay", "Url", "Attachment"]
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the MTA knows about a message that is not in its bytes.
+
+    Every field is optional: a scan of a file on disk has none of them, and the
+    checks that need one (SPF needs ``client_ip``) report that they could not
+    run instead of guessing.
+    """
+
+    client_ip: str | None = None
+    helo: str | None = None
+    #: reverse DNS name of ``client_ip`` as the MTA resolved it
+    hostname: str | None = None
+    mail_from: str | None = None
+    rcpt_tos: tuple[str, ...] = ()
+    #: SASL-authenticated user, if any
+    user: str | None = None
+    queue_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # Accept any iterable of recipients (a list from an MTA hook) but store a tuple.
+        if not isinstance(self.rcpt_tos, tuple):
+            object.__setattr__(self, "rcpt_tos", tuple(self.rcpt_tos))
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on the work one message may cause.  Past them the scan goes on
+    with what was parsed and :attr:`Message.skipped` says what was left out."""
+
+    max_bytes: int = 32 * 1024 * 1024
+    max_parts: int = 256
+    max_depth: int = 16
+    max_headers: int = 1000
+    #: decoded text kept per part, and for the whole message, in characters
+    max_text_chars: int = 1_000_000
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """One parsed ``Received`` header: who handed the message to whom."""
+
+    ip: str | None
+    rdns: str | None
+    helo: str | None
+    by: str | None
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class Url:
+    """A link found in the message.  ``text`` is the anchor text for HTML links."""
+
+    url: str
+    host: str
+    source: str  # "text" or "html"
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    name: str | None
+    content_type: str
+    size: int
+
+
+@dataclass(slots=True)
+class Part:
+    """A leaf of the MIME tree (multiparts are walked, not kept).
+
+    ``body`` is the transfer-decoded payload (bytes); ``text`` is its decoded
+    text for ``text/*`` parts and None otherwise.
+    """
+
+    content_type: str
+    charset: str | None
+    encoding: str
+    disposition: str | None
+    filename: str | None
+    depth: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    text: str | None = None
+    is_attachment: bool = False
+    size: int = field(default=0)
+
+
+# --------------------------------------------------------------------------- helpers
+
+_HEADER_RE = re.compile(r"^([!-9;-~]+)[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)", re.M)
+_FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
+_ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_EW_GAP_RE = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
+_PARAM_RE = re.compile(r';\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))', re.S)
+_ADDR_RE = re.compile(r"<([^<>]*)>")
+_BARE_ADDR_RE = re.compile(r"[^\s<>()\"',;:]+@[^\s<>()\"',;:]+")
+_COMMENT_RE = re.compile(r"\([^()]*\)")
+
+_RCVD_FROM_RE = re.compile(r"^\s*from\s+(\S+)", re.I)
+_RCVD_BY_RE = re.compile(r"\bby\s+([^\s;()]+)", re.I)
+_RCVD_IP_RE = re.compile(
+    r"[\[(](?:IPv6:)?((?:\d{1,3}\.){3}\d{1,3}|[0-9a-fA-F]*:[0-9a-fA-F:.]+)[\])]"
+)
+_RCVD_RDNS_RE = re.compile(r"\(([A-Za-z0-9][-A-Za-z0-9.]*\.[A-Za-z]{2,})\s*\[")
+_RCVD_HELO_RE = re.compile(r"\(HELO\s+([^\s)]+)\)|helo=([^\s)]+)", re.I)
+
+# HTML -> text.  Regular expressions rather than a DOM: the filter wants the
+# visible words and the links, quickly, from HTML that is often broken on purpose.
+_HTML_DROP_RE = re.compile(
+    r"<!--.*?(?:-->|$)|<(script|style|head|title)\b[^>]*>.*?(?:</\1\s*>|$)", re.S | re.I
+)
+_HTML_ANCHOR_RE = re.compile(r"<a\b([^>]*)>(.*?)(?:</a\s*>|(?=<a\b)|$)", re.S | re.I)
+_HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
+_HTML_SRC_RE = re.compile(r"""<(?:img|form|iframe|area)\b[^>]*?\b(?:src|action|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
+_HTML_BREAK_RE = re.compile(r"<(?:br|p|div|tr|li|h\d|table|blockquote)\b[^>]*>", re.I)
+_HTML_TAG_RE = re.compile(r"<[^>]*>")
+_WS_RE = re.compile(r"[ \t\r\f\v\xa0]+")
+_BLANKS_RE = re.compile(r"\n\s*\n+")
+
+_URL_RE = re.compile(
+    r"""(?:(?:https?|ftp)://|www\.)[^\s<>"'{}|\\^`\[\]]+""", re.I
+)
+_URL_HOST_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#]*)", re.I)
+
+_charset_cache: dict[str, str | None] = {}
+
+
+def _codec(charset: str | None) -> str | None:
+    """Normalise a MIME charset to a Python codec name, or None if unknown."""
+    if not charset:
+        return "ascii"
+    name = _charset_cache.get(charset)
+    if name is None and charset not in _charset_cache:
+        key = charset.strip().strip('"').lower()
+        aliases = {"ks_c_5601-1987": "cp949", "x-unknown": None, "unknown-8bit": None,
+                   "iso-8859-8-i": "iso-8859-8", "gb2312": "gb18030", "x-gbk": "gb18030"}
+        if key in aliases:
+            name = aliases[key]
+        else:
+            try:
+                name = codecs.lookup(key).name
+            except (LookupError, ValueError):
+                name = None
+        _charset_cache[charset] = name
+    return name
+
+
+def _decode_text(data: bytes, charset: str | None, defects: set[str]) -> str:
+    """Bytes of a text part to str.  Never raises: unknown charsets and bad
+    bytes become defects and replacement characters."""
+    codec = _codec(charset)
+    if codec is None:
+        defects.add("MIME_UNKNOWN_CHARSET")
+        codec = "utf-8"
+    if codec == "ascii":
+        try:
+            return data.decode("ascii")
+        except UnicodeDecodeError:
+            # Undeclared 8-bit text: most often UTF-8, else Windows-1252.
+            defects.add("MIME_8BIT_UNDECLARED")
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                return data.decode("cp1252", "replace")
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        defects.add("MIME_BAD_CHARSET_DATA")
+        return data.decode(codec, "replace")
+    except LookupError:  # pragma: no cover - codec vanished
+        return data.decode("utf-8", "replace")
+
+
+def _decode_b64(data: bytes, defects: set[str]) -> bytes:
+    try:
+        return binascii.a2b_base64(data)
+    except binascii.Error:
+        defects.add("MIME_BAD_BASE64")
+        # Salvage what is there: drop the junk tail and re-pad.
+        clean = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+        clean = clean[: len(clean) - len(clean) % 4]
+        try:
+            return binascii.a2b_base64(clean)
+        except binascii.Error:  # pragma: no cover - cannot happen after cleaning
+            return b""
+
+
+def decode_rfc2047(value: str, defects: set[str] | None = None) -> str:
+    """Decode RFC 2047 encoded-words in a header value.
+
+    Whitespace between adjacent encoded-words is dropped (RFC 2047 section 6.2).
+    Bad encodings or charsets decode with replacement characters and add the
+    ``HEADER_BAD_ENCODING`` defect; this never raises.
+    """
+    if "=?" not in value:
+        return value
+    value = _EW_GAP_RE.sub(r"\1\2", value)
+
+    def repl(m: re.Match[str]) -> str:
+        charset, enc, text = m.group(1), m.group(2), m.group(3)
+        charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
+        try:
+            if enc in "bB":
+                pad = -len(text) % 4
+                raw = binascii.a2b_base64(text + "=" * pad)
+            else:
+                raw = binascii.a2b_qp(text.encode("ascii", "replace"), header=True)
+        except (binascii.Error, ValueError):
+            if defects is not None:
+                defects.add("HEADER_BAD_ENCODING")
+            return m.group(0)
+        codec = _codec(charset) or "utf-8"
+        try:
+            return raw.decode(codec)
+        except (UnicodeDecodeError, LookupError):
+            if defects is not None:
+                defects.add("HEADER_BAD_ENCODING")
+            return raw.decode(codec if _codec(charset) else "utf-8", "replace")
+
+    return _ENCODED_WORD_RE.sub(repl, value)
+
+
+def parse_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split ``type/subtype; a=b; c="d"`` into the lower-cased main value and parameters.
+
+    Handles RFC 2231 ``name*=charset''pct-encoded`` and continuations ``name*0=``.
+    """
+    semi = value.find(";")
+    main = (value if semi < 0 else value[:semi]).strip().lower()
+    params: dict[str, str] = {}
+    if semi < 0:
+        return main, params
+    pieces: dict[str, dict[int, tuple[str, bool]]] = {}
+    for m in _PARAM_RE.finditer(value, semi):
+        name = m.group(1).lower()
+        val = m.group(2) if m.group(2) is not None else m.group(3)
+        if m.group(2) is not None and "\\" in val:
+            val = re.sub(r"\\(.)", r"\1", val)
+        if "*" in name:
+            base, _, rest = name.partition("*")
+            encoded = rest.endswith("*") or rest == ""
+            idx_txt = rest.rstrip("*")
+            idx = int(idx_txt) if idx_txt.isdigit() else 0
+            pieces.setdefault(base, {})[idx] = (val, encoded)
+        elif name not in params:
+            params[name] = val
+    for base, chunks in pieces.items():
+        text_parts = []
+        charset = "utf-8"
+        for i in sorted(chunks):
+            val, encoded = chunks[i]
+            if encoded:
+                if i == 0 and val.count("'") >= 2:
+                    charset, _, val = val.split("'", 2)
+                val = unquote_to_bytes(val).decode(_codec(charset) or "utf-8", "replace")
+            text_parts.append(val)
+        params[base] = "".join(text_parts)
+    return main, params
+
+
+def split_addresses(value: str) -> list[tuple[str, str]]:
+    """``'"Ann" <a@x.example>, b@y.example'`` -> ``[("Ann", "a@x.example"), ("", "b@y.example")]``.
+
+    Tolerant of the junk spam carries: a value with no parsable address yields [].
+    """
+    out: list[tuple[str, str]] = []
+    if not value:
+        return out
+    # Split on commas that are outside quotes and angle brackets.
+    items, buf, quote, angle = [], [], False, 0
+    for ch in value:
+        if ch == '"':
+            quote = not quote
+        elif not quote:
+            if ch == "<":
+                angle += 1
+            elif ch == ">" and angle:
+                angle -= 1
+            elif ch == "," and not angle:
+                items.append("".join(buf))
+                buf = []
+                continue
+        buf.append(ch)
+    items.append("".join(buf))
+    for item in items:
+        m = _ADDR_RE.search(item)
+        if m:
+            addr = m.group(1).strip()
+            name = item[: m.start()].strip().strip('"').strip()
+        else:
+            bare = _BARE_ADDR_RE.search(_COMMENT_RE.sub("", item))
+            if not bare:
+                continue
+            addr = bare.group(0)
+            cm = _COMMENT_RE.search(item)
+            name = cm.group(0)[1:-1].strip() if cm else ""
+        if addr:
+            out.append((name, addr))
+    return out
+
+
+def domain_of(addr: str | None) -> str | None:
+    """The lower-cased domain of an address, without a trailing dot; None if there is none."""
+    if not addr:
+        return None
+    at = addr.rfind("@")
+    if at < 0:
+        return None
+    dom = addr[at + 1 :].strip().strip(">").rstrip(".").lower()
+    return dom or None
+
+
+def url_host(url: str) -> str:
+    """Lower-cased host of a URL (``www.x`` without a scheme counts as ``http://www.x``)."""
+    if url[:4].lower() == "www.":
+        url = "http://" + url
+    m = _URL_HOST_RE.match(url)
+    if not m:
+        return ""
+    host = m.group(1).lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
+
+
+def _parse_header_block(block: str, max_headers: int, defects: set[str]) -> list[tuple[str, str]]:
+    """Header block (text, LF line ends) -> ``[(name, raw_value)]`` with folding kept."""
+    found = _HEADER_RE.findall(block)
+    if len(found) > max_headers:
+        defects.add("HEADER_TOO_MANY")
+        found = found[:max_headers]
+    return found
+
+
+def _split_head_body(data: bytes) -> tuple[bytes, bytes, bool]:
+    """Split raw bytes at the first empty line.  Returns (head, body, had_separator)."""
+    if data.startswith(b"\n") or data.startswith(b"\r\n"):
+        return b"", data[1 if data[:1] == b"\n" else 2 :], True
+    i = data.find(b"\n\n")
+    j = data.find(b"\n\r\n")
+    if j >= 0 and (i < 0 or j < i):
+        return data[:j], data[j + 3 :], True
+    if i >= 0:
+        return data[:i], data[i + 2 :], True
+    return data, b"", False
+
+
+def _head_text(head: bytes, defects: set[str]) -> str:
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        defects.add("HEADER_8BIT")
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = head.decode("latin-1")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    return text
+
+
+def _unfold(value: str) -> str:
+    if "\n" in value:
+        value = _FOLD_RE.sub("", value)
+        value = value.replace("\r", "").replace("\n", "")
+    return value.strip()
+
+
+def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
+    """Visible text of an HTML document, and its links as ``(href, anchor_text)``.
+
+    Scripts, styles, comments and the head are dropped; block-level tags become
+    line breaks; entities are unescaped.  Image, form and frame targets are
+    links with empty anchor text.
+    """
+    markup = _HTML_DROP_RE.sub(" ", markup)
+    links: list[tuple[str, str]] = []
+    if "<a" in markup or "<A" in markup:
+        for m in _HTML_ANCHOR_RE.finditer(markup):
+            h = _HTML_HREF_RE.search(m.group(1))
+            if h:
+                href = h.group(1) if h.group(1) is not None else (h.group(2) if h.group(2) is not None else h.group(3))
+                anchor = _HTML_TAG_RE.sub("", m.group(2))
+                if "&" in anchor:
+                    anchor = _html.unescape(anchor)
+                links.append((_html.unescape(href.strip()) if "&" in href else href.strip(), _WS_RE.sub(" ", anchor).strip()))
+    for m in _HTML_SRC_RE.finditer(markup):
+        src = m.group(1) if m.group(1) is not None else (m.group(2) if m.group(2) is not None else m.group(3))
+        links.append((src.strip(), ""))
+    text = _HTML_BREAK_RE.sub("\n", markup)
+    text = _HTML_TAG_RE.sub("", text)
+    if "&" in text:
+        text = _html.unescape(text)
+    text = _WS_RE.sub(" ", text)
+    text = _BLANKS_RE.sub("\n", text)
+    return text.strip(), links
+
+
+# --------------------------------------------------------------------------- message
+
+
+class Message:
+    """A raw message with lazily computed, cached views.
+
+    Build it from the exact bytes received (a leading mbox ``From `` line and
+    CRLF line ends are accepted).  Construction is cheap: nothing is parsed
+    until a view is read.  Views never raise; see :attr:`defects`.
+    """
+
+    def __init__(self, raw: bytes, envelope: Envelope | None = None, limits: Limits | None = None):
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Message needs the raw bytes of a message, not {type(raw).__name__}")
+        raw = bytes(raw)
+        self.envelope = envelope or Envelope()
+        self.limits = limits or DEFAULT_LIMITS
+        self._defects: set[str] = set()
+        self._skipped: list[str] = []
+        self.size = len(raw)
+        if raw.startswith(b"From ") and not raw.startswith(b"From: "):
+            nl = raw.find(b"\n")
+            raw = raw[nl + 1 :] if nl >= 0 else b""
+        if len(raw) > self.limits.max_bytes:
+            self._skipped.append(f"bytes>{self.limits.max_bytes}")
+            raw = raw[: self.limits.max_bytes]
+        #: the message bytes as scanned (mbox line removed, truncated past ``max_bytes``)
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"<Message {self.size} bytes subject={self.subject[:40]!r}>"
+
+    # ---------------------------------------------------------------- top level split
+
+    @cached_property
+    def _split(self) -> tuple[bytes, bytes]:
+        head, body, ok = _split_head_body(self.raw)
+        if not ok:
+            self._defects.add("MISSING_HEADER_BODY_SEPARATOR")
+        return head, body
+
+    @property
+    def header_bytes(self) -> bytes:
+        """The raw header block."""
+        return self._split[0]
+
+    @property
+    def body_bytes(self) -> bytes:
+        """The raw body, before any MIME decoding (what ``rawbody`` rules read)."""
+        return self._split[1]
+
+    # ---------------------------------------------------------------- headers
+
+    @cached_property
+    def raw_headers(self) -> list[tuple[str, str]]:
+        """Every header in order as ``(name, value)``, value unfolded but not decoded."""
+        found = _parse_header_block(_head_text(self._split[0], self._defects), self.limits.max_headers, self._defects)
+        return [(n, _unfold(v)) for n, v in found]
+
+    @cached_property
+    def headers(self) -> list[tuple[str, str]]:
+        """Every header in order as ``(name, value)``, RFC 2047 decoded and unfolded."""
+        d = self._defects
+        return [(n, decode_rfc2047(v, d) if "=?" in v else v) for n, v in self.raw_headers]
+
+    @cached_property
+    def _index(self) -> dict[str, list[int]]:
+        idx: dict[str, list[int]] = {}
+        for i, (n, _) in enumerate(self.raw_headers):
+            idx.setdefault(n.lower(), []).append(i)
+        return idx
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """First occurrence of a header, decoded; ``default`` when absent."""
+        pos = self._index.get(name.lower())
+        return self.headers[pos[0]][1] if pos else default
+
+    def get_all(self, name: str) -> list[str]:
+        """All occurrences of a header, decoded, in order."""
+        h = self.headers
+        return [h[i][1] for i in self._index.get(name.lower(), ())]
+
+    def get_raw(self, name: str) -> list[str]:
+        """All occurrences of a header, undecoded (unfolded), in order."""
+        h = self.raw_headers
+        return [h[i][1] for i in self._index.get(name.lower(), ())]
+
+    def has(self, name: str) -> bool:
+        return name.lower() in self._index
+
+    @cached_property
+    def subject(self) -> str:
+        return self.get("Subject", "") or ""
+
+    @cached_property
+    def from_addresses(self) -> list[tuple[str, str]]:
+        """``[(display_name, address)]`` of the From header (usually one)."""
+        return split_addresses(self.get("From", "") or "")
+
+    @property
+    def from_name(self) -> str:
+        return self.from_addresses[0][0] if self.from_addresses else ""
+
+    @property
+    def from_addr(self) -> str | None:
+        return self.from_addresses[0][1] if self.from_addresses else None
+
+    @property
+    def from_domain(self) -> str | None:
+        return domain_of(self.from_addr)
+
+    @cached_property
+    def to_addrs(self) -> list[str]:
+        out: list[str] = []
+        for name in ("To", "Cc"):
+            for v in self.get_all(name):
+                out.extend(a for _, a in split_addresses(v))
+        return out
+
+    @cached_property
+    def reply_to(self) -> str | None:
+        v = split_addresses(self.get("Reply-To", "") or "")
+        return v[0][1] if v else None
+
+    @property
+    def message_id(self) -> str | None:
+        v = self.get("Message-ID")
+        return v.strip() if v else None
+
+    @cached_property
+    def received(self) -> tuple[Relay, ...]:
+        """The Received chain, newest (closest to us) first."""
+        relays = []
+        for value in self.get_raw("Received"):
+            head = value.split(";", 1)[0]
+            m = _RCVD_FROM_RE.match(head)
+            helo = m.group(1).strip("[]()") if m else None
+            hm = _RCVD_HELO_RE.search(head)
+            if hm:
+                helo = hm.group(1) or hm.group(2)
+            # Only look for the IP in the "from" clause, before " by ".
+            by_m = _RCVD_BY_RE.search(head)
+            from_clause = head[: by_m.start()] if by_m else head
+            ip_m = _RCVD_IP_RE.search(from_clause)
+            ip = ip_m.group(1) if ip_m else None
+            if ip is None and helo and re.fullmatch(r"(?:\d{1,3}\.){3}\d{1,3}", helo):
+                ip = helo
+            rd = _RCVD_RDNS_RE.search(from_clause)
+            relays.append(Relay(ip=ip, rdns=rd.group(1).lower() if rd else None, helo=helo,
+                                by=by_m.group(1).lower() if by_m else None, raw=value))
+        return tuple(relays)
+
+    # ---------------------------------------------------------------- MIME
+
+    @cached_property
+    def parts(self) -> tuple[Part, ...]:
+        """Leaf MIME parts, depth-first, transfer-decoded (bounded by :class:`Limits`)."""
+        head_fields = [(n, v) for n, v in self.headers]
+        out: list[Part] = []
+        self._walk(head_fields, self._split[1], 0, out, top=True)
+        return tuple(out)
+
+    def _walk(self, fields: list[tuple[str, str]], body: bytes, depth: int, out: list[Part], top: bool = False) -> None:
+        limits, defects = self.limits, self._defects
+        ctype_raw = encoding = disp_raw = ""
+        for n, v in fields:
+            ln = n.lower()
+            if ln == "content-type" and not ctype_raw:
+                ctype_raw = v
+            elif ln == "content-transfer-encoding" and not encoding:
+                encoding = v.strip().lower()
+            elif ln == "content-disposition" and not disp_raw:
+                disp_raw = v
+        ctype, params = parse_params(ctype_raw) if ctype_raw else ("text/plain", {})
+        if "/" not in ctype:
+            if ctype_raw:
+                defects.add("MIME_BAD_CONTENT_TYPE")
+            ctype = "text/plain"
+        if ctype.startswith("multipart/"):
+            boundary = params.get("boundary")
+            if not boundary:
+                defects.add("MIME_MISSING_BOUNDARY")
+                ctype = "text/plain"
+            elif depth >= limits.max_depth:
+                defects.add("MIME_TOO_DEEP")
+                self._skip(f"depth>{limits.max_depth}")
+                return
+            else:
+                for sub in self._split_multipart(body, boundary.encode("utf-8", "replace")):
+                    if len(out) >= limits.max_parts:
+                        defects.add("MIME_TOO_MANY_PARTS")
+                        self._skip(f"parts>{limits.max_parts}")
+                        return
+                    head, sbody, _ = _split_head_body(sub)
+                    sub_fields = [(n, _unfold(v)) for n, v in _parse_header_block(_head_text(head, defects), limits.max_headers, defects)]
+                    sub_fields = [(n, decode_rfc2047(v, defects) if "=?" in v else v) for n, v in sub_fields]
+                    self._walk(sub_fields, sbody, depth + 1, out)
+                return
+        if ctype == "message/rfc822" and depth < limits.max_depth and encoding in ("", "7bit", "8bit", "binary"):
+            head, sbody, _ = _split_head_body(body)
+            sub_fields = [(n, _unfold(v)) for n, v in _parse_header_block(_head_text(head, defects), limits.max_headers, defects)]
+            sub_fields = [(n, decode_rfc2047(v, defects) if "=?" in v else v) for n, v in sub_fields]
+            self._walk(sub_fields, sbody, depth + 1, out)
+            return
+        if len(out) >= limits.max_parts:
+            defects.add("MIME_TOO_MANY_PARTS")
+            self._skip(f"parts>{limits.max_parts}")
+            return
+        # Leaf part.
+        if encoding == "base64":
+            payload = _decode_b64(body, defects)
+        elif encoding == "quoted-printable":
+            payload = binascii.a2b_qp(body)
+        elif encoding in ("", "7bit", "8bit", "binary"):
+            payload = body
+        else:
+            if encoding not in ("x-uuencode", "uuencode"):
+                defects.add("MIME_UNKNOWN_ENCODING")
+            payload = body
+        disposition, dparams = parse_params(disp_raw) if disp_raw else (None, {})
+        filename = dparams.get("filename") or params.get("name")
+        if filename and "=?" in filename:
+            filename = decode_rfc2047(filename, defects)
+        is_att = disposition == "attachment" or (filename is not None and not ctype.startswith("text/")) or not (
+            ctype.startswith("text/") or ctype.startswith("message/") or ctype.startswith("multipart/")
+        )
+        text = None
+        if ctype.startswith("text/") and not (disposition == "attachment" and filename):
+            if payload.startswith(b"\xef\xbb\xbf"):
+                payload = payload[3:]
+            text = _decode_text(payload[: limits.max_text_chars * 4], params.get("charset"), defects)
+            if "\r" in text:
+                text = text.replace("\r\n", "\n")
+            if len(text) > limits.max_text_chars:
+                text = text[: limits.max_text_chars]
+                self._skip(f"text>{limits.max_text_chars}")
+        out.append(Part(content_type=ctype, charset=params.get("charset"), encoding=encoding or "7bit",
+                        disposition=disposition, filename=filename, depth=depth, headers=fields,
+                        body=payload, text=text, is_attachment=is_att and text is None, size=len(payload)))
+
+    def _split_multipart(self, body: bytes, boundary: bytes) -> Iterator[bytes]:
+        """Yield the bodies between ``--boundary`` delimiter lines (RFC 2046 5.1.1)."""
+        delim = b"--" + boundary
+        pos = 0
+        starts: list[int] = []
+        closed = False
+        n = len(body)
+        while True:
+            i = body.find(delim, pos)
+            if i < 0:
+                break
+            if i == 0 or body[i - 1] == 10:  # at a line start
+                end = i + len(delim)
+                is_close = body[end : end + 2] == b"--"
+                starts.append(i)
+                if is_close:
+                    closed = True
+                    break
+            pos = i + len(delim)
+            if pos >= n:
+                break
+        if not starts:
+            self._defects.add("MIME_MISSING_BOUNDARY")
+            return
+        if not closed:
+            self._defects.add("MIME_MISSING_CLOSE_BOUNDARY")
+        for k, s in enumerate(starts):
+            if closed and k == len(starts) - 1:
+                break
+            nl = body.find(b"\n", s)
+            if nl < 0:
+                continue
+            seg_start = nl + 1
+            seg_end = starts[k + 1] if k + 1 < len(starts) else n
+            seg = body[seg_start:seg_end]
+            # The CRLF before the next delimiter belongs to the delimiter.
+            if seg.endswith(b"\r\n"):
+                seg = seg[:-2]
+            elif seg.endswith(b"\n"):
+                seg = seg[:-1]
+            yield seg
+
+    def _skip(self, what: str) -> None:
+        if what not in self._skipped:
+            self._skipped.append(what)
+
+    # ---------------------------------------------------------------- text views
+
+    @cached_property
+    def text_parts(self) -> tuple[Part, ...]:
+        return tuple(p for p in self.parts if p.text is not None)
+
+    @cached_property
+    def plain_text(self) -> str:
+        """Decoded text of the ``text/plain`` parts."""
+        return "\n".join(p.text for p in self.text_parts if p.content_type != "text/html")  # type: ignore[misc]
+
+    @cached_property
+    def html(self) -> str:
+        """Decoded markup of the ``text/html`` parts (what HTML rules inspect)."""
+        return "\n".join(p.text for p in self.text_parts if p.content_type == "text/html")  # type: ignore[misc]
+
+    @cached_property
+    def _html_render(self) -> tuple[str, list[tuple[str, str]]]:
+        if not self.html:
+            return "", []
+        return html_to_text(self.html)
+
+    @property
+    def html_text(self) -> str:
+        """Visible text of the HTML parts."""
+        return self._html_render[0]
+
+    @cached_property
+    def text(self) -> str:
+        """The message's readable text: plain parts and the visible text of HTML parts.
+
+        When a message has both (multipart/alternative), both are included:
+        spam often says different things in each.
+        """
+        pieces = [self.plain_text, self.html_text] if self.html else [self.plain_text]
+        return "\n".join(p for p in pieces if p)
+
+    @cached_property
+    def urls(self) -> tuple[Url, ...]:
+        """Links from the plain text and the HTML, in order of appearance, de-duplicated."""
+        seen: set[str] = set()
+        out: list[Url] = []
+        for href, anchor in self._html_render[1]:
+            if href and href not in seen and (":" in href or href[:4].lower() == "www."):
+                low = href[:11].lower()
+                if low.startswith(("mailto:", "javascript:", "cid:", "data:", "tel:", "#")):
+                    continue
+                seen.add(href)
+                out.append(Url(url=href, host=url_host(href), source="html", text=anchor))
+        plain = self.plain_text
+        if "://" in plain or "www." in plain.lower():
+            for m in _URL_RE.finditer(plain):
+                u = m.group(0).rstrip(".,;:!?)>'\"")
+                if u not in seen:
+                    seen.add(u)
+                    out.append(Url(url=u, host=url_host(u), source="text"))
+        return tuple(out)
+
+    @property
+    def url_hosts(self) -> tuple[str, ...]:
+        """Distinct URL hosts, in order of first appearance."""
+        return tuple(dict.fromkeys(u.host for u in self.urls if u.host))
+
+    @cached_property
+    def attachments(self) -> tuple[Attachment, ...]:
+        return tuple(Attachment(name=p.filename, content_type=p.content_type, size=p.size)
+                     for p in self.parts if p.is_attachment)
+
+    # ---------------------------------------------------------------- problems
+
+    @property
+    def defects(self) -> frozenset[str]:
+        """Defects found in the views computed so far (read :meth:`parse_all` first for all)."""
+        return frozenset(self._defects)
+
+    @property
+    def skipped(self) -> tuple[str, ...]:
+        """Limits that were hit, e.g. ``("parts>256",)``; empty when everything was scanned."""
+        return tuple(self._skipped)
+
+    def parse_all(self) -> "Message":
+        """Compute every view now (for benchmarks and for complete defect lists)."""
+        self.headers, self.received, self.parts, self.text, self.urls, self.attachments  # noqa: B018
+        return self
+

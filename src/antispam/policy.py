@@ -1,0 +1,107 @@
+"""Policy: hits in, verdict out.
+
+The arithmetic, in the order applied:
+
+1. A symbol fires at most once per scan.  If a check emits it twice, the
+   larger weight is kept and the options are merged (rspamd's behaviour).
+2. Its score is ``configured score x weight``; the configured score is the
+   check's declared default unless ``[scores]`` overrides it.
+3. Groups cap their total: the positive scores of a group's symbols add up to
+   at most ``max_score`` and the negative ones to at least ``min_score``; when
+   a cap bites, each member is scaled by the same factor, so the verdict still
+   adds up.
+4. The action is the most severe one whose threshold the total reaches.
+
+The policy is built once per engine and is immutable; deciding allocates only
+the verdict itself.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from .check import Hit, SymbolDef
+from .config import ACTIONS, Config
+from .verdict import SymbolResult, Verdict, freeze
+
+_SEVERITY = {a: i for i, a in enumerate(ACTIONS)}
+
+
+class Policy:
+    def __init__(self, config: Config, symbols: Iterable[SymbolDef]):
+        self.config = config
+        defs: dict[str, SymbolDef] = {}
+        for s in symbols:
+            defs[s.name] = s
+        self.defs = defs
+        self.scores = {name: config.score_for(name, d.score) for name, d in defs.items()}
+        self.descriptions = {name: config.descriptions.get(name, d.description) for name, d in defs.items()}
+        self.groups = {name: d.group for name, d in defs.items()}
+        self.group_caps: Mapping[str, Mapping[str, float]] = config.groups
+        # Enabled actions, most severe first.
+        self.thresholds = {a: t for a, t in config.actions.items() if t is not None}
+        self._ladder = sorted(self.thresholds.items(), key=lambda kv: -_SEVERITY[kv[0]])
+        spam_thresholds = [t for a, t in self.thresholds.items() if a in ("add header", "rewrite subject", "soft reject", "reject")]
+        self.required_score = min(spam_thresholds) if spam_thresholds else float("inf")
+
+    def action_for(self, score: float) -> str:
+        for action, threshold in self._ladder:
+            if score >= threshold:
+                return action
+        return "no action"
+
+    def decide(self, hits: Iterable[Hit], *, timings: Mapping[str, float] | None = None,
+               skipped: tuple[str, ...] = (), message_id: str | None = None,
+               authentication_results: str | None = None, subject: str | None = None) -> Verdict:
+        merged: dict[str, tuple[float, tuple[str, ...]]] = {}
+        for h in hits:
+            prev = merged.get(h.symbol)
+            if prev is None:
+                merged[h.symbol] = (h.weight, h.options)
+            else:
+                opts = prev[1] + tuple(o for o in h.options if o not in prev[1])
+                merged[h.symbol] = (max(prev[0], h.weight), opts)
+        results: dict[str, SymbolResult] = {}
+        for name, (weight, options) in merged.items():
+            base = self.scores.get(name)
+            if base is None:  # undeclared symbol: visible, scored by config or 0
+                base = self.config.scores.get(name, 0.0)
+            results[name] = SymbolResult(name=name, score=base * weight, weight=weight, options=options,
+                                         description=self.descriptions.get(name, ""), group=self.groups.get(name, "misc"))
+        if self.group_caps:
+            results = self._apply_caps(results)
+        total = float(round(sum(r.score for r in results.values()), 4))
+        return Verdict(
+            score=total,
+            required_score=self.required_score,
+            action=self.action_for(total),
+            symbols=freeze(results),
+            thresholds=freeze(dict(self.thresholds)),
+            timings=freeze(dict(timings or {})),
+            skipped=skipped,
+            message_id=message_id,
+            authentication_results=authentication_results,
+            subject=subject,
+            subject_prefix=self.config.engine.subject_prefix,
+        )
+
+    def _apply_caps(self, results: dict[str, SymbolResult]) -> dict[str, SymbolResult]:
+        by_group: dict[str, list[str]] = {}
+        for name, r in results.items():
+            by_group.setdefault(r.group, []).append(name)
+        for group, caps in self.group_caps.items():
+            members = by_group.get(group)
+            if not members:
+                continue
+            for sign, key in ((1, "max_score"), (-1, "min_score")):
+                cap = caps.get(key)
+                if cap is None:
+                    continue
+                same = [n for n in members if results[n].score * sign > 0]
+                total = sum(results[n].score for n in same)
+                if total * sign > cap * sign and total != 0:
+                    factor = cap / total
+                    for n in same:
+                        r = results[n]
+                        results[n] = SymbolResult(r.name, r.score * factor, r.weight, r.options, r.description, r.group)
+        return results

@@ -1,0 +1,124 @@
+"""The result of a scan, and its two wire shapes: rspamd's JSON and SpamAssassin's headers.
+
+``to_dict()`` follows rspamd's ``/checkv2`` result so that tooling written for
+rspamd reads ours.  ``headers()`` follows SpamAssassin's ``X-Spam-*`` headers so
+that existing Sieve and procmail rules keep working unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import __version__
+
+SPAM_ACTIONS = frozenset({"add header", "rewrite subject", "soft reject", "reject"})
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolResult:
+    """One symbol in a verdict: its final score (configured score x weight) and why it fired."""
+
+    name: str
+    score: float
+    weight: float
+    options: tuple[str, ...]
+    description: str
+    group: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "score": round(self.score, 3), "metric_score": round(self.score / self.weight, 3) if self.weight else 0.0}
+        if self.options:
+            d["options"] = list(self.options)
+        if self.description:
+            d["description"] = self.description
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What antispam decided about one message, and why.
+
+    ``required_score`` is the score at which a message counts as spam (the
+    lowest threshold of a spam action, normally ``add header``), the meaning
+    SpamAssassin gives it.  ``thresholds`` has every enabled action.
+    """
+
+    score: float
+    required_score: float
+    action: str
+    symbols: Mapping[str, SymbolResult]
+    thresholds: Mapping[str, float]
+    #: seconds spent per check, plus ``"total"``
+    timings: Mapping[str, float] = field(default_factory=dict)
+    #: limits hit while parsing (the parts of the message that were not scanned)
+    skipped: tuple[str, ...] = ()
+    message_id: str | None = None
+    #: the rendered Authentication-Results value, when authentication ran
+    authentication_results: str | None = None
+    subject: str | None = None
+    subject_prefix: str = "***SPAM*** "
+
+    @property
+    def is_spam(self) -> bool:
+        return self.action in SPAM_ACTIONS
+
+    def has(self, symbol: str) -> bool:
+        return symbol in self.symbols
+
+    def top_symbols(self, n: int = 5) -> list[SymbolResult]:
+        """The ``n`` symbols that moved the score most, largest absolute score first."""
+        return sorted(self.symbols.values(), key=lambda s: (-abs(s.score), s.name))[:n]
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Headers to add, SpamAssassin style, plus Authentication-Results when auth ran.
+
+        ``X-Spam-Status: Yes, score=7.3 required=5.0 tests=A,B autolearn=no version=...``
+        """
+        flag = "YES" if self.is_spam else "NO"
+        tests = ",".join(sorted(self.symbols)) or "none"
+        status = f"{'Yes' if self.is_spam else 'No'}, score={self.score:.1f} required={self.required_score:.1f} tests={tests} autolearn=no version=antispam-{__version__}"
+        out = [
+            ("X-Spam-Flag", flag),
+            ("X-Spam-Score", f"{self.score:.1f}"),
+            ("X-Spam-Level", "*" * max(0, min(50, int(self.score)))),
+            ("X-Spam-Status", status),
+            ("X-Spam-Action", self.action),
+        ]
+        if self.authentication_results:
+            out.append(("Authentication-Results", self.authentication_results))
+        return out
+
+    def rewritten_subject(self) -> str | None:
+        """The new Subject when the action is ``rewrite subject``, else None."""
+        if self.action != "rewrite subject":
+            return None
+        subj = self.subject or ""
+        return subj if subj.startswith(self.subject_prefix) else self.subject_prefix + subj
+
+    def to_dict(self) -> dict[str, Any]:
+        """rspamd ``/checkv2`` shape: score, required_score, action, symbols{NAME: {...}}."""
+        d: dict[str, Any] = {
+            "is_skipped": False,
+            "score": round(self.score, 3),
+            "required_score": self.required_score,
+            "action": self.action,
+            "thresholds": dict(self.thresholds),
+            "symbols": {name: s.to_dict() for name, s in sorted(self.symbols.items())},
+            "time_real": round(self.timings.get("total", 0.0), 6),
+        }
+        if self.message_id:
+            d["message-id"] = self.message_id.strip("<>")
+        if self.skipped:
+            d["skipped"] = list(self.skipped)
+        if self.action == "rewrite subject":
+            d["subject"] = self.rewritten_subject()
+        if self.authentication_results:
+            d["milter"] = {"add_headers": {"Authentication-Results": {"value": self.authentication_results, "order": 0}}}
+        return d
+
+
+def freeze(mapping: dict[str, Any]) -> Mapping[str, Any]:
+    """The mapping a Verdict holds.  A plain dict (not a read-only proxy) so that
+    verdicts pickle across the process pool of ``Engine.scan_many``."""
+    return mapping
