@@ -94,7 +94,7 @@ def iter_messages(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Item]:
                 if "tmp" in dirs and "cur" in dirs:  # maildir: tmp holds half-delivered mail
                     dirs.remove("tmp")
                 for name in sorted(files):
-                    if name.startswith(".") or name in ("MANIFEST.tsv", "cmds"):
+                    if name.startswith(".") or name in ("MANIFEST.tsv", "cmds") or name.endswith(".md"):
                         continue
                     yield from iter_messages([Path(root) / name])
             continue

@@ -162,7 +162,7 @@ _WS_RE = re.compile(r"[ \t\r\f\v\xa0]+")
 _BLANKS_RE = re.compile(r"\n\s*\n+")
 
 _URL_RE = re.compile(
-    r"""(?:(?:https?|ftp)://|www\.)[^\s<>"'{}|\\^`\[\]]+""", re.I
+    r"""(?:(?:https?|ftp)://(?:\[[0-9A-Fa-f:.]+\])?|www\.)[^\s<>"'{}|\\^`\[\]]+""", re.I
 )
 _URL_HOST_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#]*)", re.I)
 

@@ -1,0 +1,96 @@
+"""Throughput and latency of parsing and full scans on a corpus.
+
+    python benchmarks/throughput.py [CORPUS_DIR_OR_PATHS...] [--repeat N] [--workers N]
+
+Reports, per stage (``parse``: every Message view; ``scan``: the default
+engine's full scan), msgs/s on one core, p50/p99 per-message latency, and then
+msgs/s on all cores (a process pool of ``scan_many``), plus peak RSS.  The
+messages are loaded into memory first, so disk and decompression are not
+measured.  Run it on an idle machine; it prints the active core (cython/python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from antispam import Engine  # noqa: E402
+from antispam.corpus import default_corpus_dir, iter_messages, load_labelled  # noqa: E402
+from antispam.fastscore import IMPLEMENTATION  # noqa: E402
+from antispam.message import Message  # noqa: E402
+
+
+def load(paths: list[str]) -> list[bytes]:
+    if not paths:
+        d = default_corpus_dir()
+        if d is None:
+            sys.exit("no corpus: give a path or set ANTISPAM_CORPUS")
+        paths = [str(d)]
+    if len(paths) == 1 and (Path(paths[0]) / "MANIFEST.tsv").exists():
+        return [m.data for m in load_labelled(paths[0], verify=False)]
+    return [it.data for it in iter_messages(paths) if it.data is not None]
+
+
+def timed(fn, msgs: list[bytes], repeat: int) -> tuple[float, list[float]]:
+    lat: list[float] = []
+    pc = time.perf_counter
+    t0 = pc()
+    for _ in range(repeat):
+        for raw in msgs:
+            t = pc()
+            fn(raw)
+            lat.append(pc() - t)
+    return pc() - t0, lat
+
+
+def report(name: str, n: int, wall: float, lat: list[float]) -> None:
+    q = statistics.quantiles(lat, n=100)
+    print(f"{name:28} {n / wall:9,.0f} msgs/s   p50 {q[49] * 1e6:7.0f} us   p99 {q[98] * 1e6:7.0f} us")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="*")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    msgs = load(args.paths)
+    n = len(msgs) * args.repeat
+    print(f"{len(msgs)} messages x {args.repeat}; core: {IMPLEMENTATION}; python {sys.version.split()[0]}")
+    engine = Engine()
+    print(f"checks: {', '.join(c.name for c in engine.checks)}")
+    # Warm up caches (regex compilation, lazy imports) so they are not timed.
+    for raw in msgs[:200]:
+        Message(raw).parse_all()
+        engine.scan(raw)
+    wall, lat = timed(lambda raw: Message(raw).parse_all(), msgs, args.repeat)
+    report("parse (all views), 1 core", n, wall, lat)
+    wall, lat = timed(engine.scan, msgs, args.repeat)
+    report("full scan, 1 core", n, wall, lat)
+    per_check: dict[str, float] = {}
+    for raw in msgs:
+        for k, v in engine.scan(raw).timings.items():
+            per_check[k] = per_check.get(k, 0.0) + v
+    total = per_check.pop("total", 0.0)
+    print("  per check (share of scan time): " + ", ".join(
+        f"{k} {v / total:.0%}" for k, v in sorted(per_check.items(), key=lambda kv: -kv[1])))
+    if args.workers > 1:
+        t0 = time.perf_counter()
+        for _ in range(args.repeat):
+            for _v in engine.scan_many(msgs, workers=args.workers, chunksize=64):
+                pass
+        wall = time.perf_counter() - t0
+        print(f"{f'full scan, {args.workers} processes':28} {n / wall:9,.0f} msgs/s   (includes pool start-up and IPC)")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS (this process): {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The ``antispam`` command.
+
+``antispam scan PATH...`` is built in; other subcommands (``train``, ``eval``,
+``rules``, ``serve``...) are registered by the modules listed in
+:data:`COMMAND_MODULES`, each defining ``register(subparsers)``.  A module that
+fails to import (an optional dependency missing) does not break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Iterator, Sequence
+
+from . import __version__
+
+#: Modules that add subcommands: each defines ``register(subparsers)`` and sets
+#: ``func=handler`` on its parsers (``handler(args) -> int``).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _version_text() -> str:
+    from .fastscore import IMPLEMENTATION
+
+    return f"antispam {__version__} (core: {IMPLEMENTATION}; python {sys.version.split()[0]})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="antispam", description="High-throughput e-mail anti-spam engine.")
+    p.add_argument("--version", action="version", version=_version_text())
+    p.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file (defaults < file)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("scan", help="scan messages: files, directories, maildirs, mbox files, .tar.gz archives")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("--json", action="store_true", help="one JSON object (rspamd /checkv2 shape) per line")
+    s.add_argument("-j", "--workers", type=int, default=1, help="worker processes (default 1; 0 = one per core)")
+    s.add_argument("--top", type=int, default=3, help="symbols shown per message (default 3)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    s.set_defaults(func=cmd_scan)
+
+    v = sub.add_parser("checks", help="list the checks and symbols of the configured engine")
+    v.set_defaults(func=cmd_checks)
+
+    c = sub.add_parser("config", help="print the effective configuration as JSON")
+    c.set_defaults(func=cmd_config)
+
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(name).register(sub)
+        except ImportError as exc:  # optional dependency missing: say so, keep the rest working
+            logging.getLogger("antispam.cli").debug("subcommands of %s unavailable: %s", name, exc)
+    return p
+
+
+def _engine(args: argparse.Namespace):
+    from .engine import Engine
+
+    return Engine.from_config(args.config) if args.config else Engine()
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool, total: int | None = None):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.total = total
+        self.n = 0
+        self.t0 = time.monotonic()
+        self._last = 0.0
+
+    def step(self) -> None:
+        self.n += 1
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1:
+            return
+        self._last = now
+        rate = self.n / max(now - self.t0, 1e-9)
+        if self.total:
+            done = int(30 * self.n / self.total)
+            bar = "#" * done + "." * (30 - done)
+            sys.stderr.write(f"\r[{bar}] {self.n}/{self.total} {rate:,.0f} msgs/s")
+        else:
+            sys.stderr.write(f"\r{self.n} messages {rate:,.0f} msgs/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 70 + "\r")
+            sys.stderr.flush()
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .corpus import iter_messages
+    from .engine import Engine
+
+    engine: Engine = _engine(args)
+    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
+    items = list(iter_messages(args.paths))
+    readable = [it for it in items if it.data is not None]
+    progress = Progress(not args.no_progress, len(items))
+    counts: dict[str, int] = {}
+    errors = 0
+    t0 = time.perf_counter()
+    verdicts: Iterator[Any] = engine.scan_many((it.data for it in readable), workers=workers) if readable else iter(())
+    out = sys.stdout
+    for it in items:
+        if it.data is None:
+            errors += 1
+            if args.json:
+                out.write(json.dumps({"file": it.source, "error": it.error}) + "\n")
+            else:
+                out.write(f"{it.source}\terror\t{it.error}\n")
+            progress.step()
+            continue
+        v = next(verdicts)
+        counts[v.action] = counts.get(v.action, 0) + 1
+        if args.json:
+            d = v.to_dict()
+            d["file"] = it.source
+            out.write(json.dumps(d) + "\n")
+        else:
+            top = " ".join(f"{s.name}({s.score:g})" for s in v.top_symbols(args.top))
+            out.write(f"{it.source}\t{v.action}\t{v.score:.2f}\t{top}\n")
+        progress.step()
+    progress.close()
+    dt = time.perf_counter() - t0
+    n = len(readable)
+    summary = ", ".join(f"{k}: {counts[k]}" for k in sorted(counts)) or "nothing scanned"
+    sys.stderr.write(f"{n} message(s) scanned in {dt:.2f}s ({n / dt if dt else 0:,.0f} msgs/s); {summary}"
+                     + (f"; {errors} unreadable" if errors else "") + "\n")
+    engine.close()
+    return 1 if errors and not n else 0
+
+
+def cmd_checks(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    for check in engine.checks:
+        kind = "network" if check.network else "content"
+        print(f"{check.name} ({kind})")
+        for s in check.symbols:
+            sd = engine.symbols[s.name]
+            print(f"  {sd.name:32} {sd.score:8.2f}  [{sd.group}] {sd.description}")
+    engine.close()
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import Config
+
+    cfg = Config.load(args.config)
+    print(json.dumps({"sources": list(cfg.sources), **cfg.to_dict()}, indent=2, default=list))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from .errors import AntispamError
+
+    try:
+        return int(args.func(args) or 0)
+    except AntispamError as exc:
+        sys.stderr.write(f"antispam: {exc}\n")
+        return 2
+    except BrokenPipeError:  # `antispam scan ... | head`
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Engine: check protocol, error isolation, network phase and deadline, batches, policy, verdicts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from antispam import Check, Config, Engine, Envelope, Hit, Question, SymbolDef
+from antispam.builtin import GTUBE
+from antispam.check import ScanContext
+from antispam.config import ConfigError
+
+HAM = b"From: a@b.example\nSubject: lunch\n\nSee you at noon.\n"
+SPAM = b"From: x@y.example\nSubject: test\n\n" + GTUBE + b"\n"
+
+
+def test_default_engine_scans_and_flags_gtube():
+    e = Engine()
+    v = e.scan(SPAM)
+    assert v.action == "reject" and v.is_spam and v.has("GTUBE")
+    h = e.scan(HAM)
+    assert h.action == "no action" and not h.is_spam and h.score == 0.0
+    assert "gtube" in h.timings and "total" in h.timings
+
+
+def test_gtube_found_inside_base64_part():
+    import base64
+    raw = b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(b"hello " + GTUBE)
+    assert Engine().scan(raw).has("GTUBE")
+
+
+def test_default_engine_has_no_network_checks():
+    e = Engine()
+    assert e.network_checks == [] and e.resolver is None
+
+
+class Boom(Check):
+    name = "boom"
+    symbols = (SymbolDef("BOOM", 1.0, "never", "test"),)
+
+    def run(self, msg, ctx):
+        raise ValueError("kaput")
+
+
+class Words(Check):
+    """Emits one symbol per configured word found in the text (a graded weight when repeated)."""
+
+    name = "words"
+    symbols = (SymbolDef("WORD_CASH", 2.0, "mentions cash", "words"), SymbolDef("WORD_FREE", 3.0, "mentions free", "words"),
+               SymbolDef("WORD_NICE", -1.5, "mentions a meeting", "nice"))
+
+    def run(self, msg, ctx):
+        text = msg.text.lower()
+        out = []
+        if "cash" in text:
+            out.append(Hit("WORD_CASH", float(text.count("cash")), ("cash",)))
+        if "free" in text:
+            out.append(Hit("WORD_FREE"))
+        if "meeting" in text:
+            out.append(Hit("WORD_NICE"))
+        return out
+
+
+def test_check_error_is_isolated():
+    e = Engine(checks=[Boom(), Words()])
+    v = e.scan(b"Subject: x\n\nfree cash")
+    assert v.has("CHECK_ERROR") and "boom: ValueError: kaput" in v.symbols["CHECK_ERROR"].options[0]
+    assert v.has("WORD_FREE") and v.has("WORD_CASH")
+
+
+def test_weights_scores_overrides_and_actions():
+    cfg = Config.load(overrides={"scores": {"WORD_FREE": 10}, "actions": {"reject": 12, "greylist": 1}})
+    e = Engine(cfg, checks=[Words()])
+    v = e.scan(b"Subject: x\n\ncash cash free")
+    assert v.symbols["WORD_CASH"].score == 4.0  # 2.0 x weight 2
+    assert v.symbols["WORD_FREE"].score == 10.0
+    assert v.score == 14.0 and v.action == "reject"
+    assert e.scan(b"\n\ncash").action == "greylist"  # 2.0: above greylist 1, below add header 5
+    assert e.scan(b"\n\nmeeting").score == -1.5
+
+
+def test_group_caps_scale_members():
+    cfg = Config.load(overrides={"groups": {"words": {"max_score": 3.0}}})
+    v = Engine(cfg, checks=[Words()]).scan(b"\n\ncash free meeting")
+    assert round(v.symbols["WORD_CASH"].score + v.symbols["WORD_FREE"].score, 6) == 3.0
+    assert v.symbols["WORD_NICE"].score == -1.5 and round(v.score, 6) == 1.5
+
+
+def test_disabled_checks():
+    cfg = Config.load(overrides={"engine": {"disabled_checks": ["gtube"]}})
+    assert not Engine(cfg).scan(SPAM).has("GTUBE")
+
+
+class FactWriter(Check):
+    name = "writer"
+
+    def run(self, msg, ctx):
+        ctx.publish(Fact(len(msg.text)))
+        return ()
+
+
+class Fact:
+    def __init__(self, n):
+        self.n = n
+
+
+class FactReader(Check):
+    name = "reader"
+    requires = ("writer",)
+    symbols = (SymbolDef("LONG", 1.0, "long text"),)
+
+    def run(self, msg, ctx):
+        f = ctx.get(Fact)
+        return [Hit("LONG", options=(str(f.n),))] if f and f.n > 3 else []
+
+
+def test_requires_orders_checks_and_facts_flow():
+    e = Engine(checks=[FactReader(), FactWriter()])
+    assert [c.name for c in e.checks] == ["writer", "reader"]
+    v = e.scan(b"\nlong enough")
+    assert v.symbols["LONG"].options == ("11",)
+
+
+class FakeResolverServedFromMemory:
+    """A resolver holding fixed answers; records prefetches.  Network I/O is tested in test_dns."""
+
+    def __init__(self):
+        self.prefetched: list[Question] = []
+
+    async def prefetch(self, questions):
+        self.prefetched.extend(questions)
+
+
+class SlowNet(Check):
+    name = "slow"
+    network = True
+    symbols = (SymbolDef("SLOW_DONE", 1.0, "finished"),)
+
+    def questions(self, msg, ctx):
+        return [Question("slow.test.", "A")]
+
+    async def arun(self, msg, ctx):
+        await asyncio.sleep(5)
+        return [Hit("SLOW_DONE")]
+
+
+class FastNet(Check):
+    name = "fast"
+    network = True
+    symbols = (SymbolDef("FAST_DONE", 1.0, "finished"),)
+
+    def questions(self, msg, ctx):
+        return [Question("fast.test.", "TXT")]
+
+    async def arun(self, msg, ctx):
+        ctx.add_auth_result("x-test=pass")
+        return [Hit("FAST_DONE")]
+
+
+def test_network_phase_prefetches_and_honours_deadline():
+    r = FakeResolverServedFromMemory()
+    cfg = Config.load(overrides={"engine": {"scan_deadline": 0.3, "authserv_id": "mx.test"}})
+    e = Engine(cfg, checks=[SlowNet(), FastNet()], resolver=r)
+    v = e.scan(HAM)
+    assert {q.qname for q in r.prefetched} == {"slow.test.", "fast.test."}
+    assert v.has("FAST_DONE") and not v.has("SLOW_DONE")
+    assert v.symbols["CHECK_TIMEOUT"].options == ("slow",)
+    assert v.timings["total"] < 2
+    assert v.authentication_results == "mx.test; x-test=pass"
+    assert ("Authentication-Results", "mx.test; x-test=pass") in v.headers()
+
+
+def test_scan_inside_loop_with_network_checks_points_to_ascan():
+    e = Engine(checks=[FastNet()], resolver=FakeResolverServedFromMemory())
+
+    async def inner():
+        with pytest.raises(RuntimeError, match="ascan"):
+            e.scan(HAM)
+        return await e.ascan(HAM)
+
+    assert asyncio.run(inner()).has("FAST_DONE")
+
+
+def test_scan_many_keeps_order_in_processes(tmp_path):
+    p = tmp_path / "m.eml"
+    p.write_bytes(SPAM)
+    items = [HAM, SPAM, str(p), str(tmp_path / "missing.eml"), (HAM, Envelope(client_ip="192.0.2.1"))] * 3
+    seq = [v.action for v in Engine().scan_many(items)]
+    par = [v.action for v in Engine().scan_many(items, workers=2, chunksize=2)]
+    assert seq == par == ["no action", "reject", "reject", "no action", "no action"] * 3
+    missing = list(Engine().scan_many([str(tmp_path / "missing.eml")]))[0]
+    assert missing.has("INPUT_ERROR")
+
+
+def test_verdict_shapes():
+    v = Engine().scan(SPAM)
+    d = json.loads(json.dumps(v.to_dict()))
+    assert d["action"] == "reject" and d["score"] == 1000.0 and d["required_score"] == 5.0
+    assert d["symbols"]["GTUBE"]["score"] == 1000.0 and d["symbols"]["GTUBE"]["description"]
+    hdr = dict(v.headers())
+    assert hdr["X-Spam-Flag"] == "YES"
+    assert hdr["X-Spam-Status"].startswith("Yes, score=1000.0 required=5.0 tests=GTUBE ")
+    assert dict(Engine().scan(HAM).headers())["X-Spam-Flag"] == "NO"
+
+
+def test_rewrite_subject_action():
+    cfg = Config.load(overrides={"actions": {"rewrite subject": 1.0}})
+    v = Engine(cfg, checks=[Words()]).scan(b"Subject: offer\n\nfree")
+    assert v.action == "rewrite subject" and v.rewritten_subject() == "***SPAM*** offer"
+    assert v.to_dict()["subject"] == "***SPAM*** offer"
+
+
+def test_scan_limit_symbol():
+    cfg = Config.load(overrides={"limits": {"max_bytes": 100}})
+    v = Engine(cfg).scan(b"Subject: x\n\n" + b"y" * 500)
+    assert v.has("SCAN_LIMIT") and v.skipped == ("bytes>100",)
+
+
+def test_mime_defects_become_symbols():
+    v = Engine().scan(b"Content-Type: multipart/mixed\n\nx")
+    assert v.has("MIME_MISSING_BOUNDARY") and v.symbols["MIME_MISSING_BOUNDARY"].score > 0
+
+
+def test_config_errors_name_key_and_file(tmp_path):
+    f = tmp_path / "site.toml"
+    f.write_text("[engine]\nscan_deadline = 'soon'\n")
+    with pytest.raises(ConfigError) as ei:
+        Engine.from_config(f)
+    assert "engine.scan_deadline" in str(ei.value) and str(f) in str(ei.value)
+    f.write_text("[enigne]\n")
+    with pytest.raises(ConfigError, match="enigne"):
+        Engine.from_config(f)
+    f.write_text("[actions]\nrejekt = 3\n")
+    with pytest.raises(ConfigError, match="actions.rejekt"):
+        Engine.from_config(f)
+    f.write_text("[groups.x]\nmax = 3\n")
+    with pytest.raises(ConfigError, match="groups.x.max"):
+        Engine.from_config(f)
+    f.write_text("not toml ===")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        Engine.from_config(f)
+    with pytest.raises(ConfigError, match="not found"):
+        Engine.from_config(tmp_path / "nope.toml")
+
+
+def test_config_layers(tmp_path):
+    f = tmp_path / "site.toml"
+    f.write_text("[scores]\nGTUBE = 50\n[actions]\nreject = 40\ngreylist = false\n")
+    cfg = Config.load(f, overrides={"actions": {"reject": 45}})
+    assert cfg.scores["GTUBE"] == 50 and cfg.actions["reject"] == 45 and cfg.actions["greylist"] is None
+    assert cfg.sources == ("<defaults>", str(f), "<overrides>")
+    v = Engine(cfg).scan(SPAM)
+    assert v.score == 50 and v.action == "reject"
+
+
+def test_context_facts_are_typed():
+    ctx = ScanContext(Envelope(), Config())
+    assert ctx.get(Fact) is None and ctx.remaining() is None
+    ctx.publish(Fact(3))
+    assert ctx.get(Fact).n == 3

@@ -1,0 +1,196 @@
+"""Message parsing: headers, encodings, MIME, HTML, URLs, Received, defects and limits."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from antispam.message import Envelope, Limits, Message, decode_rfc2047, html_to_text, parse_params, split_addresses
+
+
+def mk(headers: str, body: str = "", crlf: bool = False) -> bytes:
+    raw = headers.strip("\n") + "\n\n" + body
+    if crlf:
+        raw = raw.replace("\n", "\r\n")
+    return raw.encode("utf-8")
+
+
+def test_headers_order_occurrences_and_folding():
+    m = Message(mk("Received: a\nX-Test: one\nReceived: b\n  folded\nSubject: hello\n\tworld", "body"))
+    assert [n for n, _ in m.headers] == ["Received", "X-Test", "Received", "Subject"]
+    assert m.get_all("received") == ["a", "b  folded"]
+    assert m.subject == "hello\tworld"
+    assert m.get("x-test") == "one"
+    assert m.get("missing") is None and m.get("missing", "d") == "d"
+    assert m.has("X-TEST") and not m.has("Nope")
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_crlf_and_lf_give_same_views(crlf):
+    m = Message(mk("From: a@b.example\nSubject: s", "line1\nline2\n", crlf=crlf))
+    assert m.subject == "s"
+    assert m.text.splitlines() == ["line1", "line2"]
+
+
+def test_mbox_from_line_is_skipped():
+    m = Message(b"From someone@example.com Mon Jan  1 00:00:00 2002\nSubject: x\n\nbody")
+    assert m.subject == "x"
+    assert [n for n, _ in m.headers] == ["Subject"]
+
+
+def test_from_colon_header_is_not_mbox_line():
+    m = Message(b"From: a@b.example\nSubject: y\n\nz")
+    assert m.from_addr == "a@b.example"
+
+
+def test_rfc2047_decoding_and_raw_kept():
+    m = Message(mk("Subject: =?utf-8?B?w6lsw6h2ZQ==?= =?iso-8859-1?Q?caf=E9?= ok"))
+    assert m.subject == "élèvecafé ok"
+    assert m.get_raw("Subject")[0].startswith("=?utf-8?B?")
+
+
+def test_rfc2047_bad_encoding_is_a_defect_not_a_crash():
+    d: set[str] = set()
+    out = decode_rfc2047("=?nosuchcharset?Q?abc?=", d)
+    assert out == "abc"
+    assert decode_rfc2047("plain") == "plain"
+
+
+def test_addresses():
+    assert split_addresses('"Doe, Ann" <ann@x.example>, bob@y.example (Bob)') == [
+        ("Doe, Ann", "ann@x.example"), ("Bob", "bob@y.example")]
+    m = Message(mk('From: "Ann" <Ann@Example.COM>\nTo: a@t.example, "B" <b@t.example>\nCc: c@t.example\nReply-To: r@else.example'))
+    assert m.from_domain == "example.com"
+    assert m.from_name == "Ann"
+    assert m.to_addrs == ["a@t.example", "b@t.example", "c@t.example"]
+    assert m.reply_to == "r@else.example"
+    assert Message(mk("From: not an address")).from_addr is None
+
+
+def test_received_chain_parsed():
+    m = Message(mk(
+        "Received: from mx.mid.example (mx.mid.example [192.0.2.10]) by mx.final.example with ESMTP; Mon\n"
+        "Received: from [198.51.100.7] (helo=client.example) by mx.mid.example with smtp; Mon\n"
+        "Received: from unknown (HELO pc) (203.0.113.9) by relay.example with SMTP; Mon\n"
+        "Received: from h (h [IPv6:2001:db8::1]) by v6.example; Mon"))
+    r = m.received
+    assert (r[0].ip, r[0].rdns, r[0].helo, r[0].by) == ("192.0.2.10", "mx.mid.example", "mx.mid.example", "mx.final.example")
+    assert (r[1].ip, r[1].helo, r[1].by) == ("198.51.100.7", "client.example", "mx.mid.example")
+    assert (r[2].ip, r[2].helo) == ("203.0.113.9", "pc")
+    assert r[3].ip == "2001:db8::1"
+
+
+def test_multipart_base64_qp_and_charsets():
+    body = (
+        "--XX\nContent-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable\n\n"
+        "Gr=FC=DFe, soft=\nbreak\n"
+        "--XX\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+        + base64.b64encode("<p>Hé <a href='http://h.example/p'>link</a></p>".encode()).decode() + "\n"
+        "--XX\nContent-Type: application/octet-stream; name=\"x.exe\"\nContent-Disposition: attachment; filename=\"x.exe\"\n"
+        "Content-Transfer-Encoding: base64\n\nTVqQAAMAAAAEAAAA\n--XX--\n")
+    m = Message(mk('Content-Type: multipart/mixed; boundary="XX"', body))
+    types = [p.content_type for p in m.parts]
+    assert types == ["text/plain", "text/html", "application/octet-stream"]
+    assert m.plain_text == "Grüße, softbreak"  # the newline before a delimiter belongs to it
+    assert "Hé link" in m.html_text
+    assert m.urls[0].url == "http://h.example/p" and m.urls[0].text == "link" and m.urls[0].host == "h.example"
+    assert [(a.name, a.content_type, a.size) for a in m.attachments] == [("x.exe", "application/octet-stream", 12)]
+    assert not m.defects
+
+
+def test_nested_multipart_and_rfc822():
+    inner = "Subject: inner\n\ninner body text\n"
+    body = ("--a\nContent-Type: multipart/alternative; boundary=b\n\n--b\nContent-Type: text/plain\n\nalt text\n--b--\n"
+            "--a\nContent-Type: message/rfc822\n\n" + inner + "--a--\n")
+    m = Message(mk("Content-Type: multipart/mixed; boundary=a", body))
+    assert [p.text.strip() for p in m.parts] == ["alt text", "inner body text"]
+    assert [p.depth for p in m.parts] == [2, 2]
+
+
+@pytest.mark.parametrize("headers,body,defect", [
+    ("Content-Type: multipart/mixed", "no boundary param", "MIME_MISSING_BOUNDARY"),
+    ("Content-Type: multipart/mixed; boundary=zz", "boundary never appears", "MIME_MISSING_BOUNDARY"),
+    ("Content-Type: multipart/mixed; boundary=zz", "--zz\n\ntext but no close\n", "MIME_MISSING_CLOSE_BOUNDARY"),
+    ("Content-Transfer-Encoding: base64", "aGVsbG8gd29ybGQ", "MIME_BAD_BASE64"),
+    ("Content-Type: text/plain; charset=x-no-such-charset", "abc", "MIME_UNKNOWN_CHARSET"),
+    ("Content-Type: text/plain; charset=utf-8", "\udcff", "MIME_BAD_CHARSET_DATA"),
+    ("Content-Type: text/plain", "caf\udce9", "MIME_8BIT_UNDECLARED"),
+    ("Content-Type: garbage", "x", "MIME_BAD_CONTENT_TYPE"),
+    ("Content-Transfer-Encoding: x-weird", "x", "MIME_UNKNOWN_ENCODING"),
+])
+def test_defects(headers, body, defect):
+    raw = (headers + "\n\n").encode() + body.encode("utf-8", "surrogateescape")
+    m = Message(raw).parse_all()
+    assert defect in m.defects
+
+
+def test_bad_base64_still_salvages_text():
+    m = Message(b"Content-Transfer-Encoding: base64\n\naGVsbG8gd29ybGQ!!")
+    assert "hello" in m.text
+    assert "MIME_BAD_BASE64" in m.parse_all().defects
+
+
+def test_8bit_header_and_missing_separator():
+    m = Message("Subject: caf\xe9 ok".encode("latin-1")).parse_all()
+    assert "HEADER_8BIT" in m.defects and "MISSING_HEADER_BODY_SEPARATOR" in m.defects
+    assert m.subject == "café ok"
+
+
+def test_limits_are_reported_not_raised():
+    parts = "".join(f"--b\nContent-Type: text/plain\n\npart {i}\n" for i in range(50)) + "--b--\n"
+    m = Message(mk("Content-Type: multipart/mixed; boundary=b", parts), limits=Limits(max_parts=5)).parse_all()
+    assert len(m.parts) == 5
+    assert "MIME_TOO_MANY_PARTS" in m.defects and "parts>5" in m.skipped
+    deep = "Content-Type: multipart/mixed; boundary=b0\n\n"
+    for i in range(1, 30):
+        deep += f"--b{i-1}\nContent-Type: multipart/mixed; boundary=b{i}\n\n"
+    m = Message(deep.encode(), limits=Limits(max_depth=8)).parse_all()
+    assert "MIME_TOO_DEEP" in m.defects
+    m = Message(b"Subject: x\n\n" + b"a" * 5000, limits=Limits(max_bytes=1000))
+    assert m.skipped == ("bytes>1000",) and len(m.raw) == 1000
+    many = "".join(f"X-H{i}: v\n" for i in range(50))
+    m = Message(mk(many), limits=Limits(max_headers=10)).parse_all()
+    assert len(m.headers) == 10 and "HEADER_TOO_MANY" in m.defects
+
+
+def test_html_to_text_drops_invisible_markup_and_finds_links():
+    text, links = html_to_text(
+        "<html><head><title>T</title><style>p{}</style></head><body><!-- hidden -->"
+        "<script>var x=1;</script><p>Hello&nbsp;&amp; bye</p><a href=\"http://a.example/x?q=1&amp;r=2\">Click <b>here</b></a>"
+        "<img src='http://img.example/i.gif'><form action=http://f.example/post></form></body></html>")
+    assert "Hello" in text and "& bye" in text and "var x" not in text and "hidden" not in text and "T" not in text.split()
+    assert ("http://a.example/x?q=1&r=2", "Click here") in links
+    assert ("http://img.example/i.gif", "") in links and ("http://f.example/post", "") in links
+
+
+def test_urls_from_text_dedup_and_hosts():
+    m = Message(mk("Subject: u", "see http://Example.COM:8080/path, www.site.example/x and http://example.com:8080/path, and http://[2001:db8::2]/z.\n"))
+    assert [u.url for u in m.urls] == ["http://Example.COM:8080/path", "www.site.example/x", "http://example.com:8080/path", "http://[2001:db8::2]/z"]
+    assert m.url_hosts == ("example.com", "www.site.example", "2001:db8::2")
+
+
+def test_params_rfc2231():
+    main, params = parse_params("attachment; filename*=utf-8''%E2%82%ACuro.txt; size=3")
+    assert main == "attachment" and params["filename"] == "€uro.txt" and params["size"] == "3"
+    main, params = parse_params('text/plain; charset="UTF-8"; name*0="a"; name*1="b.txt"')
+    assert params == {"charset": "UTF-8", "name": "ab.txt"}
+
+
+def test_envelope_normalises_recipients():
+    e = Envelope(rcpt_tos=["a@x.example", "b@x.example"])
+    assert e.rcpt_tos == ("a@x.example", "b@x.example")
+    with pytest.raises(Exception):
+        e.helo = "x"  # frozen
+
+
+def test_message_rejects_non_bytes():
+    with pytest.raises(TypeError):
+        Message("a str")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("raw", [b"", b"\n", b"\n\n\n", b":::", b"Content-Type: multipart/mixed; boundary=\n\n--\n--\n",
+                                 b"\x00\xff\xfe" * 100, b"Subject: =?utf-8?B?###?=\n\nx", b"From \n"])
+def test_garbage_never_raises(raw):
+    m = Message(raw).parse_all()
+    assert isinstance(m.text, str)
