@@ -23,7 +23,6 @@ import codecs
 import html as _html
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Iterator
 from urllib.parse import unquote_to_bytes
 
@@ -131,7 +130,32 @@ class Part:
 
 # --------------------------------------------------------------------------- helpers
 
-_HEADER_RE = re.compile(r"^([!-9;-~]+)[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)", re.M)
+
+class cached_property:  # noqa: N801 - same name and use as functools.cached_property
+    """A view computed on first read and stored in the instance ``__dict__``.
+
+    Like :func:`functools.cached_property` but without the per-class lock that
+    Python 3.11 takes on every first computation: a Message is never shared
+    between threads while its views are being built, and the lock showed up in
+    profiles of the parser.  Later reads hit ``__dict__`` directly.
+    """
+
+    def __init__(self, fn):  # type: ignore[no-untyped-def]
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner, name):  # type: ignore[no-untyped-def]
+        self.name = name
+
+    def __get__(self, obj, cls=None):  # type: ignore[no-untyped-def]
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
+
+_HEADER_RE = re.compile(r"^([!-9;-~]+)[ \t]*:[ \t]*(.*\S|)", re.M)
 _FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
 _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _EW_GAP_RE = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
@@ -161,9 +185,10 @@ _HTML_TAG_RE = re.compile(r"<[^>]*>")
 _WS_RE = re.compile(r"[ \t\r\f\v\xa0]+")
 _BLANKS_RE = re.compile(r"\n\s*\n+")
 
-_URL_RE = re.compile(
-    r"""(?:(?:https?|ftp)://(?:\[[0-9A-Fa-f:.]+\])?|www\.)[^\s<>"'{}|\\^`\[\]]+""", re.I
-)
+# Text URLs are found from literal anchors ("://", "www.") with str.find, which
+# is far faster than trying a regex at every position; the tail is then matched.
+_URL_TAIL_RE = re.compile(r"""(?:\[[0-9A-Fa-f:.]+\])?[^\s<>"'{}|\\^`\[\]]+""")
+_URL_SCHEMES = ("http", "https", "ftp")
 _URL_HOST_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#]*)", re.I)
 
 _charset_cache: dict[str, str | None] = {}
@@ -368,7 +393,13 @@ def url_host(url: str) -> str:
 
 
 def _parse_header_block(block: str, max_headers: int, defects: set[str]) -> list[tuple[str, str]]:
-    """Header block (text, LF line ends) -> ``[(name, raw_value)]`` with folding kept."""
+    """Header block (text, LF line ends) -> ``[(name, value)]``, unfolded, not decoded.
+
+    Unfolding the whole block first (one C-level substitution) makes every
+    header one line, so one ``findall`` does the rest with no per-header Python.
+    """
+    if "\n " in block or "\n\t" in block:
+        block = _FOLD_RE.sub("", block)
     found = _HEADER_RE.findall(block)
     if len(found) > max_headers:
         defects.add("HEADER_TOO_MANY")
@@ -403,11 +434,31 @@ def _head_text(head: bytes, defects: set[str]) -> str:
     return text
 
 
-def _unfold(value: str) -> str:
-    if "\n" in value:
-        value = _FOLD_RE.sub("", value)
-        value = value.replace("\r", "").replace("\n", "")
-    return value.strip()
+def _text_urls(text: str) -> list[str]:
+    """URLs in plain text: ``scheme://...`` for http(s)/ftp, and bare ``www.`` hosts, in order."""
+    found: list[tuple[int, str]] = []
+    i = text.find("://")
+    while i >= 0:
+        j = i
+        while j > 0 and i - j < 5 and text[j - 1].isalpha():
+            j -= 1
+        if text[j:i].lower() in _URL_SCHEMES:
+            m = _URL_TAIL_RE.match(text, i + 3)
+            if m:
+                found.append((j, text[j : m.end()]))
+                i = m.end()
+        i = text.find("://", i + 3)
+    for anchor in ("www.", "WWW.", "Www."):
+        i = text.find(anchor)
+        while i >= 0:
+            prev = text[i - 1] if i else " "
+            if prev != "/" and prev != "." and not prev.isalnum():
+                m = _URL_TAIL_RE.match(text, i)
+                if m:
+                    found.append((i, m.group(0)))
+            i = text.find(anchor, i + 4)
+    found.sort()
+    return [u.rstrip(".,;:!?)>'\"") for _, u in found]
 
 
 def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
@@ -496,8 +547,7 @@ class Message:
     @cached_property
     def raw_headers(self) -> list[tuple[str, str]]:
         """Every header in order as ``(name, value)``, value unfolded but not decoded."""
-        found = _parse_header_block(_head_text(self._split[0], self._defects), self.limits.max_headers, self._defects)
-        return [(n, _unfold(v)) for n, v in found]
+        return _parse_header_block(_head_text(self._split[0], self._defects), self.limits.max_headers, self._defects)
 
     @cached_property
     def headers(self) -> list[tuple[str, str]]:
@@ -508,8 +558,14 @@ class Message:
     @cached_property
     def _index(self) -> dict[str, list[int]]:
         idx: dict[str, list[int]] = {}
+        get = idx.get
         for i, (n, _) in enumerate(self.raw_headers):
-            idx.setdefault(n.lower(), []).append(i)
+            k = n.lower()
+            pos = get(k)
+            if pos is None:
+                idx[k] = [i]
+            else:
+                pos.append(i)
         return idx
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -634,14 +690,14 @@ class Message:
                         self._skip(f"parts>{limits.max_parts}")
                         return
                     head, sbody, _ = _split_head_body(sub)
-                    sub_fields = [(n, _unfold(v)) for n, v in _parse_header_block(_head_text(head, defects), limits.max_headers, defects)]
-                    sub_fields = [(n, decode_rfc2047(v, defects) if "=?" in v else v) for n, v in sub_fields]
+                    sub_fields = [(n, decode_rfc2047(v, defects) if "=?" in v else v)
+                                  for n, v in _parse_header_block(_head_text(head, defects), limits.max_headers, defects)]
                     self._walk(sub_fields, sbody, depth + 1, out)
                 return
         if ctype == "message/rfc822" and depth < limits.max_depth and encoding in ("", "7bit", "8bit", "binary"):
             head, sbody, _ = _split_head_body(body)
-            sub_fields = [(n, _unfold(v)) for n, v in _parse_header_block(_head_text(head, defects), limits.max_headers, defects)]
-            sub_fields = [(n, decode_rfc2047(v, defects) if "=?" in v else v) for n, v in sub_fields]
+            sub_fields = [(n, decode_rfc2047(v, defects) if "=?" in v else v)
+                          for n, v in _parse_header_block(_head_text(head, defects), limits.max_headers, defects)]
             self._walk(sub_fields, sbody, depth + 1, out)
             return
         if len(out) >= limits.max_parts:
@@ -775,13 +831,10 @@ class Message:
                     continue
                 seen.add(href)
                 out.append(Url(url=href, host=url_host(href), source="html", text=anchor))
-        plain = self.plain_text
-        if "://" in plain or "www." in plain.lower():
-            for m in _URL_RE.finditer(plain):
-                u = m.group(0).rstrip(".,;:!?)>'\"")
-                if u not in seen:
-                    seen.add(u)
-                    out.append(Url(url=u, host=url_host(u), source="text"))
+        for u in _text_urls(self.plain_text):
+            if u not in seen:
+                seen.add(u)
+                out.append(Url(url=u, host=url_host(u), source="text"))
         return tuple(out)
 
     @property
