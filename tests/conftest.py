@@ -8,8 +8,12 @@ is absent, except under CI (``CI`` set), where its absence is a failure.
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+# Helper modules beside the tests (servers.py, ...) import both as tests.x and as x.
+sys.path.insert(0, os.path.dirname(__file__))
 
 from antispam.corpus import default_corpus_dir, load_labelled
 

@@ -12,6 +12,7 @@ from typing import Iterable
 from .check import Check, Hit, ScanContext, SymbolDef
 from .config import Config
 from .message import Message
+from .store import Store
 
 # The standard GTUBE line (SpamAssassin documents it; it is a test token, not content).
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -67,9 +68,9 @@ class MimeDefectsCheck(Check):
         return tuple(Hit(d) for d in sorted(found) if d in self._known)
 
 
-def gtube_check(config: Config) -> Check:
+def gtube_check(config: Config, store: Store) -> Check:
     return GtubeCheck()
 
 
-def mime_defects_check(config: Config) -> Check:
+def mime_defects_check(config: Config, store: Store) -> Check:
     return MimeDefectsCheck()

@@ -59,11 +59,26 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where shared state lives (learning, reputation, greylisting, rate limits).
+
+    ``memory://`` (the default: nothing is written anywhere until you choose),
+    ``sqlite:///var/lib/antispam/state.db`` (one file, several processes), or
+    ``redis://127.0.0.1:6379/0`` (many processes and machines).
+    """
+
+    url: str = "memory://"
+    #: what a check does when the store is down: "open" (skip, scan goes on) or "closed" (tempfail the message)
+    on_failure: str = "open"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an engine."""
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     #: symbol -> score, overriding the defaults the checks declare
     scores: Mapping[str, float] = field(default_factory=dict)
     #: symbol -> description override

@@ -29,13 +29,15 @@ from .check import Check, Hit, ScanContext, SymbolDef
 from .config import Config
 from .message import Envelope, Limits, Message
 from .policy import Policy
+from .store import Store, open_store
 from .verdict import Verdict
 
 log = logging.getLogger("antispam.engine")
 
-#: Factories of the default checks, ``module:function``.  Each takes the Config
-#: and returns a Check, or None when that check is not enabled or not
-#: available.  Order here is only a tie-break: ``requires`` decides.
+#: Factories of the default checks, ``module:function``.  Each is called as
+#: ``factory(config, store)`` and returns a Check, or None when that check is
+#: not enabled or not available.  Order here is only a tie-break: ``requires``
+#: decides.
 DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.builtin:gtube_check",
     "antispam.builtin:mime_defects_check",
@@ -54,11 +56,11 @@ def _load_factory(spec: str):
     return getattr(importlib.import_module(module), func)
 
 
-def default_checks(config: Config) -> list[Check]:
+def default_checks(config: Config, store: Store) -> list[Check]:
     """Instantiate the default checks that this configuration enables."""
     checks = []
     for spec in DEFAULT_CHECK_FACTORIES:
-        check = _load_factory(spec)(config)
+        check = _load_factory(spec)(config, store)
         if check is not None:
             checks.append(check)
     return checks
@@ -113,9 +115,11 @@ class Engine:
     """
 
     def __init__(self, config: Config | None = None, checks: Sequence[Check] | None = None, *,
-                 resolver: Any = None):
+                 resolver: Any = None, store: Store | None = None):
         self.config = config or Config()
-        chosen = list(checks) if checks is not None else default_checks(self.config)
+        #: shared state (learning, reputation, greylisting); see ``[store]``
+        self.store = store if store is not None else open_store(self.config.store.url)
+        chosen = list(checks) if checks is not None else default_checks(self.config, self.store)
         disabled = set(self.config.engine.disabled_checks)
         chosen = [c for c in chosen if c.name not in disabled]
         self.checks = _order(chosen)
@@ -299,6 +303,7 @@ class Engine:
             c.close()
         if self.resolver is not None and hasattr(self.resolver, "close"):
             self.resolver.close()
+        self.store.close()
 
     def __enter__(self) -> "Engine":
         return self

@@ -1,0 +1,116 @@
+"""The Store protocol: the shared state behind learning, reputation, greylisting and rate limits.
+
+A scanner process keeps no state of its own besides a Store, so scaling out is
+adding processes (or machines) pointed at one store.  The protocol is small on
+purpose: every operation maps to one Redis command or one SQLite statement,
+and every write that must not lose an update is atomic in the backend itself
+(no read-modify-write in Python).
+
+Keys are strings, namespaced by their user (``tok:``, ``rep:``, ``grey:``,
+``rl:``, ``learn:``).  Counters are floats, because reputation decays.  A
+``ttl`` (seconds) makes a key expire; ``None`` keeps it.
+
+A backend that cannot be reached raises :class:`StoreUnavailable`; callers turn
+that into a symbol and their configured fail-open/fail-closed behaviour, never
+into a crashed scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+from ..errors import AntispamError
+
+
+class StoreUnavailable(AntispamError):
+    """The store's backend is down or refused the operation."""
+
+
+@dataclass(frozen=True, slots=True)
+class BucketResult:
+    """Outcome of one token-bucket take: allowed or not, and tokens left after it."""
+
+    allowed: bool
+    remaining: float
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What every backend provides.  All methods are safe to call from several processes."""
+
+    def incr(self, key: str, amount: float = 1.0, ttl: float | None = None) -> float:
+        """Atomically add ``amount`` to a counter (created at 0) and return the new value."""
+
+    def incr_many(self, amounts: Mapping[str, float], ttl: float | None = None) -> None:
+        """Atomically (all or nothing) add to several counters."""
+
+    def get_counts(self, keys: Sequence[str]) -> list[float]:
+        """Counter values, 0.0 for missing keys, in the order asked (one round trip)."""
+
+    def get(self, key: str) -> bytes | None:
+        """A value set with :meth:`set`, or None."""
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Set a value, replacing any."""
+
+    def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Set a value only if the key is absent; True if this call set it (atomic)."""
+
+    def delete(self, key: str) -> bool:
+        """Remove a key; True if it existed."""
+
+    def take(self, key: str, rate: float, burst: float, cost: float = 1.0, now: float | None = None) -> BucketResult:
+        """Token bucket: refill at ``rate`` tokens/s up to ``burst``, then take ``cost`` if available (atomic)."""
+
+    def ping(self) -> bool:
+        """True when the backend answers."""
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+
+def open_store(url: str) -> Store:
+    """A store from a URL: ``memory://``, ``sqlite:///path/to/file.db``, ``redis://host:port/db``.
+
+    Raises :class:`~antispam.errors.ConfigError` for an unknown scheme.
+    """
+    from ..errors import ConfigError
+
+    if url.startswith("memory:"):
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    if url.startswith("sqlite:"):
+        from .sqlite import SqliteStore
+
+        path = url[len("sqlite:"):]
+        path = path[2:] if path.startswith("//") else path
+        if not path:
+            raise ConfigError("sqlite store URL needs a path: sqlite:///var/lib/antispam/state.db", key="store.url")
+        return SqliteStore(path)
+    if url.startswith(("redis:", "rediss:", "unix:")):
+        from .redis import RedisStore
+
+        return RedisStore(url)
+    raise ConfigError(f"unknown store URL {url!r} (use memory://, sqlite:///PATH or redis://HOST:PORT/DB)", key="store.url")
+
+
+def bucket_refill(tokens: float, last: float, now: float, rate: float, burst: float) -> float:
+    """Tokens in a bucket at ``now`` that held ``tokens`` at ``last``: linear refill, capped at ``burst``.
+
+    Shared by the in-process backends so that every backend computes the same
+    numbers (the Redis backend runs the same arithmetic in its Lua script).
+    """
+    return min(burst, tokens + max(0.0, now - last) * rate)
+
+
+def chunks(items: Iterable[str], size: int) -> Iterable[list[str]]:
+    buf: list[str] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

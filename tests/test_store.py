@@ -1,0 +1,134 @@
+"""The Store protocol, same behaviour on memory, SQLite and a real redis-server."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import pytest
+
+from antispam.errors import ConfigError
+from antispam.store import Store, StoreUnavailable, open_store
+
+from .servers import RedisServer
+
+needs_redis = pytest.mark.skipif(not __import__("shutil").which("redis-server") and not os.environ.get("CI"),
+                                 reason="redis-server not installed (apt-get install redis-server)")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    srv = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
+def store_url(request, tmp_path):
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    srv = request.getfixturevalue("redis_server")
+    import redis
+    redis.Redis.from_url(srv.url).flushall()
+    return srv.url
+
+
+@pytest.fixture
+def store(store_url):
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def test_protocol(store):
+    assert isinstance(store, Store) and store.ping()
+
+
+def test_counters(store):
+    assert store.incr("c:a") == 1.0
+    assert store.incr("c:a", 2.5) == 3.5
+    store.incr_many({"c:a": 1, "c:b": -2, "c:c": 0.25})
+    assert store.get_counts(["c:a", "c:b", "c:missing", "c:c"]) == [4.5, -2.0, 0.0, 0.25]
+    assert store.get_counts([]) == []
+
+
+def test_values_add_and_delete(store):
+    assert store.get("k") is None
+    store.set("k", b"v1")
+    assert store.get("k") == b"v1"
+    assert store.add("k", b"v2") is False and store.get("k") == b"v1"
+    assert store.add("k2", b"x") is True and store.get("k2") == b"x"
+    assert store.delete("k") is True and store.delete("k") is False and store.get("k") is None
+
+
+def test_ttl_expiry(store):
+    store.set("t", b"v", ttl=1)
+    store.incr("tc", 5, ttl=1)
+    assert store.get("t") == b"v" and store.get_counts(["tc"]) == [5.0]
+    time.sleep(2.1)
+    assert store.get("t") is None
+    assert store.get_counts(["tc"]) == [0.0]
+    assert store.add("t", b"again", ttl=10) is True  # an expired key can be added again
+    assert store.incr("tc", 1) == 1.0                 # an expired counter restarts from 0
+
+
+def test_token_bucket(store):
+    t0 = 1_000_000.0
+    results = [store.take("rl:ip", rate=1.0, burst=3, now=t0).allowed for _ in range(4)]
+    assert results == [True, True, True, False]
+    assert store.take("rl:ip", rate=1.0, burst=3, now=t0 + 1.0).allowed is True   # one token refilled
+    assert store.take("rl:ip", rate=1.0, burst=3, now=t0 + 1.0).allowed is False
+    r = store.take("rl:ip", rate=1.0, burst=3, now=t0 + 100)                      # capped at burst
+    assert r.allowed and abs(r.remaining - 2.0) < 1e-9
+
+
+def _hammer(url: str, n: int) -> None:
+    s = open_store(url)
+    for i in range(n):
+        s.incr("race:single")
+        s.incr_many({"race:a": 1, "race:b": 2})
+        s.add(f"race:once:{i}", str(os.getpid()).encode())
+    s.close()
+
+
+@pytest.mark.parametrize("procs,n", [(4, 200)])
+def test_no_lost_updates_across_processes(store_url, procs, n):
+    if store_url.startswith("memory"):
+        pytest.skip("the memory store is per process by design")
+    ctx = mp.get_context("spawn")
+    ps = [ctx.Process(target=_hammer, args=(store_url, n)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(120)
+        assert p.exitcode == 0
+    s = open_store(store_url)
+    assert s.get_counts(["race:single", "race:a", "race:b"]) == [procs * n, procs * n, 2.0 * procs * n]
+    # Every add() key was won by exactly one process.
+    assert all(s.get(f"race:once:{i}") for i in range(n))
+    s.close()
+
+
+def test_open_store_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown store URL"):
+        open_store("mongodb://x")
+    with pytest.raises(ConfigError, match="needs a path"):
+        open_store("sqlite://")
+
+
+def test_redis_down_is_store_unavailable():
+    from .servers import free_port
+    s = open_store(f"redis://127.0.0.1:{free_port()}/0")
+    assert s.ping() is False
+    with pytest.raises(StoreUnavailable):
+        s.incr("x")
+    with pytest.raises(StoreUnavailable):
+        s.get_counts(["x"])
+
+
+def test_sqlite_unwritable_path_is_store_unavailable(tmp_path):
+    with pytest.raises(StoreUnavailable):
+        open_store(f"sqlite:///{tmp_path}/no/such/dir/state.db")
