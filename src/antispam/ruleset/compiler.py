@@ -123,7 +123,7 @@ def compile_rules(parsed: ParsedRules, *, skip_bad: bool = False) -> CompiledRul
     # First pass: regex, eval and exists rules (metas need the final set of names).
     metas_src: list[RuleDef] = []
     refused_names: set[str] = set()
-    broken = {r.name for r in parsed.rules.values() if r.kind == "broken"}
+    broken = {r.name for r in parsed.rules.values() if r.broken}
     for name in broken:
         report.refused[parsed.rules[name].kind] += 1
     refused_names |= broken
@@ -131,7 +131,7 @@ def compile_rules(parsed: ParsedRules, *, skip_bad: bool = False) -> CompiledRul
         if rule.kind == "pending":
             problems.append(Problem(rule.where, "ignored", "score/describe/tflags for a rule that is not defined", rule.name))
             continue
-        if rule.kind == "broken":
+        if rule.broken:
             continue
         if rule.kind == "meta":
             metas_src.append(rule)
@@ -241,7 +241,7 @@ def _score(rule: RuleDef) -> float:
 def _reason_key(text: str) -> str:
     """Group refusal reasons for the report: drop rule-specific tails."""
     text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
-    text = re.sub(r"\b[A-Z_][A-Z0-9_]{2,}\b", "RULE", text)
+    text = re.sub(r"\b_*[A-Z][A-Z0-9]*_[A-Z0-9_]+\b", "RULE", text)
     return text[:90]
 
 

@@ -116,6 +116,8 @@ class RuleDef:
     tflags: frozenset[str] = frozenset()
     maxhits: int = 0
     priority: int = 0
+    #: the rule was read but cannot be used (the reason is among the problems)
+    broken: bool = False
     #: how the rule text was changed on its way in (ReplaceTags...), for load-sa reports
     notes: list[str] = field(default_factory=list)
 
@@ -304,13 +306,13 @@ class Parser:
             except ValueError as exc:
                 self._problem(rule.where, "error", str(exc), name)
                 rule.pattern = None
-                rule.kind = "broken"
+                rule.broken = True
         for rule in self.result.rules.values():
-            if rule.kind not in RULE_KINDS:
+            if rule.kind not in RULE_KINDS or rule.broken:
                 continue
             if rule.pattern is None and rule.eval_name is None and rule.expr is None and rule.exists is None:
                 self._problem(rule.where, "error", "rule has tflags/score/describe but no test", rule.name)
-                rule.kind = "broken"
+                rule.broken = True
         return self.result
 
     # ------------------------------------------------------------------ lines
@@ -402,7 +404,7 @@ class Parser:
             rule.maxhits, rule.priority = old.maxhits, old.priority
         self.result.rules[name] = rule
         if kind == "mimeheader":
-            rule.kind = "broken"
+            rule.broken = True
             raise ValueError("mimeheader rules are not supported")
         if kind == "meta":
             if not spec:
@@ -412,20 +414,20 @@ class Parser:
         if spec.startswith("eval:"):
             m = _EVAL_RE.match(spec)
             if not m:
-                rule.kind = "broken"
+                rule.broken = True
                 raise ValueError(f"bad eval: {spec!r}")
             rule.eval_name = m.group(1)
             try:
                 rule.eval_args = parse_eval_args(m.group(2))
             except ValueError:
-                rule.kind = "broken"
+                rule.broken = True
                 raise
             return
         if kind == "header":
             if spec.startswith("exists:"):
                 rule.exists = spec[7:].strip()
                 if not rule.exists:
-                    rule.kind = "broken"
+                    rule.broken = True
                     raise ValueError("exists: without a header name")
                 return
             if_unset = None
@@ -435,7 +437,7 @@ class Parser:
                 spec = spec[: mu.start()]
             m = _HEADER_SPEC_RE.match(spec)
             if not m:
-                rule.kind = "broken"
+                rule.broken = True
                 raise ValueError(f"header rule needs 'Name =~ /re/', got {spec!r}")
             hname = m.group(1)
             accessors = re.findall(r":(\w+)", spec[: spec.find(m.group(3))])
@@ -451,7 +453,7 @@ class Parser:
         try:
             rule.pattern, rule.flags = split_regex(regex_text)
         except ValueError:
-            rule.kind = "broken"
+            rule.broken = True
             raise
 
     def _apply_tags(self, pattern: str) -> str:
