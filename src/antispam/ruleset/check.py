@@ -153,7 +153,7 @@ def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = 
         else:
             parser.read_file(pp)
     parsed = parser.finish()
-    compiled = compile_rules(parsed)
+    compiled = compile_rules(parsed, lenient_meta=bool(sa_paths))
     sa_roots = [str(Path(p)) for p in sa_paths]
 
     def foreign(where) -> bool:

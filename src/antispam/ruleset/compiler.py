@@ -115,8 +115,15 @@ class _Refused(Exception):
     pass
 
 
-def compile_rules(parsed: ParsedRules, *, skip_bad: bool = False) -> CompiledRules:
-    """Check and translate every rule; refused rules are reported as errors (and left out)."""
+def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False) -> CompiledRules:
+    """Check and translate every rule; refused rules are reported as errors (and left out).
+
+    ``lenient_meta`` is SpamAssassin's own behaviour for foreign rule sets: a
+    meta naming a rule that is not available (a network test, an eval of a
+    plugin not implemented here) reads that rule as 0, like SpamAssassin run
+    without network tests, instead of being refused.  Such metas count as
+    translated.  Cycles are refused either way.
+    """
     problems = list(parsed.problems)
     report = CompileReport()
     out: list[CompiledRule] = []
@@ -170,7 +177,7 @@ def compile_rules(parsed: ParsedRules, *, skip_bad: bool = False) -> CompiledRul
         if st == "done":
             return None
         if st == "bad":
-            return f"depends on refused rule {name}"
+            return f"depends on refused meta {name}" if chain else "part of a refused meta chain"
         if st == "visiting":
             return "meta rules depend on each other in a cycle: " + " -> ".join(chain + [name])
         state[name] = "visiting"
@@ -178,6 +185,8 @@ def compile_rules(parsed: ParsedRules, *, skip_bad: bool = False) -> CompiledRul
             if dep in meta_deps:
                 why = visit(dep, chain + [name])
             elif dep in by_name:
+                why = None
+            elif lenient_meta:
                 why = None
             elif dep in refused_names:
                 why = f"depends on refused rule {dep}"
@@ -207,16 +216,19 @@ def compile_rules(parsed: ParsedRules, *, skip_bad: bool = False) -> CompiledRul
         rid = len(out)
         by_name[name] = rid
         toks = meta_tokens[name]
+        missing = {v for k, v in toks if k == "name" and v not in by_name}
         fn = _meta_function(toks, by_name)
         out.append(CompiledRule(
             id=rid, name=name, kind="meta", buffer="", score=_score(rule), description=rule.description,
             tflags=rule.tflags, maxhits=rule.maxhits, negate=False,
-            deps=tuple(sorted({by_name[v] for k, v in toks if k == "name"})), where=rule.where,
+            deps=tuple(sorted({by_name[v] for k, v in toks if k == "name" and v in by_name})), where=rule.where,
         ))
         metas.append((rid, fn))
-        report.accepted["meta"] += 1
-    if not skip_bad:
-        pass  # the caller raises on errors; compiled output is still complete for lint
+        if missing:
+            report.translated["meta"] += 1
+            problems.append(Problem(rule.where, "warning", "reads unavailable rules as 0: " + " ".join(sorted(missing)), name))
+        else:
+            report.accepted["meta"] += 1
     groups: dict[str, list[int]] = {}
     for r in out:
         if r.buffer:
@@ -382,6 +394,6 @@ def _meta_python(toks: list[tuple[str, str]], name_expr: Callable[[str], str]) -
 
 
 def _meta_function(toks: list[tuple[str, str]], ids: dict[str, int]) -> Callable[[list[int]], Any]:
-    src = "lambda h: (" + _meta_python(toks, lambda n: f"h[{ids[n]}]") + ")"
+    src = "lambda h: (" + _meta_python(toks, lambda n: f"h[{ids[n]}]" if n in ids else "0") + ")"
     # The source holds only h[...] indexes, numbers and operators (see _tokenize_meta).
     return eval(compile(src, "<meta>", "eval"), {"__builtins__": {}})  # noqa: S307
