@@ -30,7 +30,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..errors import RuleError
@@ -85,6 +85,9 @@ def header_text(msg: Message, name: str, accessor: str) -> str | None:
         values = []
         for h in ("Message-Id", "Resent-Message-Id", "X-Message-Id"):
             values += msg.get_raw(h) if raw else msg.get_all(h)
+    elif lname.startswith("x-spam-relays-"):
+        v = relays_text(msg, lname[14:])
+        values = [v] if v is not None else []
     elif lname == "envelopefrom":
         ef = msg.envelope.mail_from
         if ef is None:
@@ -115,6 +118,49 @@ def header_text(msg: Message, name: str, accessor: str) -> str | None:
                 out.append(domain_of(addr) or "")
         values = out
     return "\n".join(values)
+
+
+def mime_header_text(msg: Message, name: str, accessor: str) -> str | None:
+    """``mimeheader`` rules: the header in every MIME part (raw values), one per line; None when no part has it."""
+    lname = name.lower()
+    values = [v for p in msg.parts for n, v in p.headers if n.lower() == lname]
+    if not values:
+        return None
+    if "raw" not in accessor:
+        from ..message import decode_rfc2047
+
+        values = [decode_rfc2047(v) for v in values]
+    return "\n".join(" ".join(v.split("\n")) for v in values)
+
+
+def _is_private(ip: str) -> bool:
+    import ipaddress
+
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return a.is_private or a.is_loopback or a.is_link_local
+
+
+def relays_text(msg: Message, which: str) -> str | None:
+    """SpamAssassin's ``X-Spam-Relays-*`` pseudo-headers, newest relay first.
+
+    Each relay reads ``[ ip=... rdns=... helo=... by=... ident= envfrom= intl=0|1 id= auth= msa=0 ]``.
+    Trust is inferred as SpamAssassin does without configured networks, approximately:
+    the newest relays from private or loopback addresses are trusted (and internal);
+    from the first public address on, every relay is untrusted (and external).
+    """
+    relays = [r for r in msg.received if r.ip]
+    k = 0
+    while k < len(relays) and _is_private(relays[k].ip or ""):
+        k += 1
+    chosen = relays[:k] if which in ("trusted", "internal") else relays[k:] if which in ("untrusted", "external") else None
+    if chosen is None:
+        return None
+    intl = "1" if which in ("trusted", "internal") else "0"
+    return " ".join(f"[ ip={r.ip} rdns={r.rdns or ''} helo={r.helo or ''} by={r.by or ''} ident= envfrom= intl={intl} id= auth= msa=0 ]"
+                    for r in chosen)
 
 
 def _enc(s: str) -> bytes:
@@ -191,17 +237,19 @@ class RulesCheck(Check):
         self._names = [r.name for r in c.rules]
         self._emitted = [r.emitted for r in c.rules]
         # Header groups: (group key, name, accessor, if_unset, ids of !~ rules, ids hit on an empty value).
-        self._headers: list[tuple[str, str, str, str | None, tuple[int, ...], dict[int, int]]] = []
+        self._headers: list[tuple[str, Callable[[Message, str, str], str | None], str, str, str | None,
+                                  tuple[int, ...], dict[int, int]]] = []
         self._body_groups = [g for g in ("body", "rawbody", "uri", "full") if g in c.groups]
         for key, ids in c.groups.items():
-            if not key.startswith("hdr:"):
+            if not key.startswith(("hdr:", "mime:")):
                 continue
             first = c.rules[ids[0]]
             assert first.header is not None
             hname, acc, unset = first.header
             negs = tuple(i for i in ids if c.rules[i].negate)
             empty_matches = self.matcher.scan(key, b"")
-            self._headers.append((key, hname, acc, unset, negs, empty_matches))
+            reader = header_text if key.startswith("hdr:") else mime_header_text
+            self._headers.append((key, reader, hname, acc, unset, negs, empty_matches))
         self._rx = {r.id: re.compile(r.py, r.py_flags) for r in c.rules if r.py is not None}
 
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
@@ -210,8 +258,8 @@ class RulesCheck(Check):
         counts = [0] * self._n
         scan = self.matcher.scan
         where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
-        for key, hname, acc, unset, negs, empty in self._headers:
-            value = header_text(msg, hname, acc)
+        for key, reader, hname, acc, unset, negs, empty in self._headers:
+            value = reader(msg, hname, acc)
             if value is None and unset is not None:
                 value = unset
             if value is None or value == "":

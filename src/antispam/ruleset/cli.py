@@ -76,7 +76,7 @@ def cmd_load_sa(args: argparse.Namespace) -> int:
     print(f"SpamAssassin rules from {args.path}: {len(parsed.files)} files")
     print(f"{'kind':10s} {'accepted':>9s} {'translated':>11s} {'refused':>8s} {'usable %':>9s}")
     tot = [0, 0, 0]
-    for kind in ("header", "body", "rawbody", "uri", "full", "meta"):
+    for kind in ("header", "body", "rawbody", "uri", "full", "mimeheader", "meta"):
         a, t, x = r.accepted[kind], r.translated[kind], r.refused[kind]
         if kind in SA_KINDS:
             tot = [tot[0] + a, tot[1] + t, tot[2] + x]
@@ -85,6 +85,13 @@ def cmd_load_sa(args: argparse.Namespace) -> int:
     n = sum(tot)
     print(f"{'header+body+uri+meta':22s}: {tot[0] + tot[1]}/{n} usable = {100 * (tot[0] + tot[1]) / max(n, 1):.1f}%"
           f" ({r.python_only.total()} regex rules run through Python re)")
+    # SpamAssassin's own score sets 0 and 2 leave network tests out; show that figure too.
+    net = {r.name for r in parsed.rules.values() if "net" in r.tflags and r.kind in SA_KINDS}
+    net_refused = sum(1 for p in compiled.errors() if p.rule in net and not p.message.startswith("reads"))
+    n_local = n - len(net)
+    usable_local = tot[0] + tot[1] - (len(net) - net_refused)
+    print(f"{'without network tests':22s}: {usable_local}/{n_local} usable = {100 * usable_local / max(n_local, 1):.1f}%"
+          f" ({len(net)} rules have tflags net)")
     print("refusals by reason:")
     for reason, k in r.reasons.most_common(15):
         print(f"  {k:5d}  {reason}")

@@ -110,6 +110,8 @@ class HyperscanMatcher:
         rules = compiled.rules
         self._py: dict[str, list[_PyRule]] = {}
         self._counters: dict[int, _PyRule] = {}
+        #: Python twins of the Hyperscan rules, for those Hyperscan turns out to refuse
+        self._twins: dict[int, _PyRule] = {}
         hs_groups: dict[str, list[int]] = {}
         for key, ids in compiled.groups.items():
             for i in ids:
@@ -119,6 +121,7 @@ class HyperscanMatcher:
                     self._py.setdefault(key, []).append(pr)
                 else:
                     hs_groups.setdefault(key, []).append(i)
+                    self._twins[i] = pr
                     if pr.count_max:
                         self._counters[i] = pr
         self.dbs: dict[str, object] = {}
@@ -152,28 +155,38 @@ class HyperscanMatcher:
         for key, ids in hs_groups.items():
             exprs = [rules[i].hs for i in ids]
             flags = [self._flags(rules[i].hs_flags) for i in ids]
+            good = self._compilable(ids, rules)
+            for i in set(ids) - set(good):
+                log.debug("rule %s runs in Python re: Hyperscan refuses its pattern", rules[i].name)
+                self._counters.pop(i, None)
+                self._py.setdefault(key, []).append(self._twins[i])
+            if not good:
+                continue
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-            try:
-                db.compile(expressions=exprs, ids=ids, elements=len(ids), flags=flags)
-            except Exception:
-                # Find the patterns Hyperscan refuses one by one and hand them to Python.
-                good = []
-                for i, e, f in zip(ids, exprs, flags):
-                    one = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-                    try:
-                        one.compile(expressions=[e], ids=[i], elements=1, flags=[f])
-                        good.append(i)
-                    except Exception as exc:
-                        log.debug("rule %s runs in Python re: hyperscan: %s", rules[i].name, exc)
-                        self._py.setdefault(key, []).append(self._counters.pop(i, None) or _PyRule(
-                            i, rules[i].py, rules[i].py_flags, rules[i].multiple, rules[i].maxhits))  # type: ignore[arg-type]
-                if not good:
-                    continue
-                db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-                db.compile(expressions=[rules[i].hs for i in good], ids=good, elements=len(good),
-                           flags=[self._flags(rules[i].hs_flags) for i in good])
+            db.compile(expressions=[rules[i].hs for i in good], ids=good, elements=len(good),
+                       flags=[self._flags(rules[i].hs_flags) for i in good])
             dbs[key] = db
         return dbs
+
+    def _compilable(self, ids: list[int], rules) -> list[int]:
+        """The ids whose patterns Hyperscan accepts: all of them when the group compiles,
+        else each pattern is tried alone (Hyperscan's error does not say which one failed)."""
+        flags = [self._flags(rules[i].hs_flags) for i in ids]
+        db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+        try:
+            db.compile(expressions=[rules[i].hs for i in ids], ids=ids, elements=len(ids), flags=flags)
+            return ids
+        except Exception:
+            pass
+        good = []
+        for i, f in zip(ids, flags):
+            one = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            try:
+                one.compile(expressions=[rules[i].hs], ids=[i], elements=1, flags=[f])
+                good.append(i)
+            except Exception:
+                continue
+        return good
 
     def _save(self, path: Path) -> None:
         """Container: magic, JSON index (group -> offset, size, python-only ids), then the blobs."""
@@ -212,9 +225,10 @@ class HyperscanMatcher:
                 have = {r.id for r in self._py.get(k, ())}
                 for i in ids:
                     if i not in have:
-                        pr = self._counters.pop(i, None)
+                        pr = self._twins.get(i)
                         if pr is None:
                             return None  # index does not fit these rules: rebuild
+                        self._counters.pop(i, None)
                         self._py.setdefault(k, []).append(pr)
             return dbs
         except Exception as exc:  # a damaged cache is rebuilt, never trusted

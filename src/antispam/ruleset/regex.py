@@ -267,10 +267,14 @@ class _Translator:
         p = self.p
         i = self.i + 1
         out = ["["]
+        negated = False
         if i < len(p) and p[i] == "^":
             out.append("^")
+            negated = True
             i += 1
         first = True
+        # Non-ASCII members are several bytes each: they become alternatives beside the class.
+        wide: list[str] = []
         while True:
             if i >= len(p):
                 raise Unsupported("unterminated character class")
@@ -336,11 +340,21 @@ class _Translator:
                     out.append("\\x2d")
                 i += 1
                 continue
+            if ord(c) > 0x7F and not 0xDC80 <= ord(c) <= 0xDCFF:
+                if negated or p[i + 1 : i + 2] == "-" or (len(out) > 1 and out[-1] == "-"):
+                    raise Unsupported(f"non-ASCII character {c!r} in a negated class or range")
+                wide.append(_lit(c))
+                self.changed = True
+                i += 1
+                continue
             out.append(_byte_in_class(c))
             i += 1
         self.i = i
         out.append("]")
-        return "".join(out)
+        if not wide:
+            return "".join(out)
+        alts = wide if len(out) == 2 else ["".join(out), *wide]
+        return "(?:" + "|".join(alts) + ")"
 
     def open_group(self, at_start: bool) -> tuple[str, str]:
         p = self.p
