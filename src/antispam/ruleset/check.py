@@ -42,8 +42,7 @@ from .parser import Parser
 
 log = logging.getLogger("antispam.rules")
 
-_PARA_SPLIT = re.compile(r"\n[ \t\r\f\v\xa0]*\n\s*")
-_NL = re.compile(r"\s*\n\s*")
+_PARA_BREAK = re.compile(r"[ \t\r\f\v\xa0]*\n(?:[ \t\r\f\v\xa0]*\n)+\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +57,14 @@ class RuleHits:
 
 def body_text(msg: Message) -> str:
     """Subject line, then one paragraph per line: what ``body`` rules read."""
-    text = msg.text
-    paras = [_NL.sub(" ", p).strip() for p in _PARA_SPLIT.split(text)] if text else []
-    return "\n".join([msg.subject, *[p for p in paras if p]])
+    text = msg.text.strip()
+    if not text:
+        return msg.subject
+    # Paragraph breaks become one newline, line breaks inside a paragraph a space.
+    if "\x00" in text:
+        text = text.replace("\x00", " ")
+    text = _PARA_BREAK.sub("\x00", text).replace("\n", " ").replace("\x00", "\n")
+    return msg.subject + "\n" + text
 
 
 def rawbody_text(msg: Message) -> str:
@@ -71,11 +75,23 @@ def uri_text(msg: Message) -> str:
     return "\n".join(u.url for u in msg.urls)
 
 
+_PSEUDO = frozenset({"all", "tocc", "messageid", "envelopefrom", "x-spam-relays-external", "x-spam-relays-internal",
+                     "x-spam-relays-trusted", "x-spam-relays-untrusted"})
+
+
 def header_text(msg: Message, name: str, accessor: str) -> str | None:
     """The value a header rule reads, or None when the header is absent."""
-    accs = [a for a in accessor.split("+") if a]
+    return _header_value(msg, name.lower(), tuple(a for a in accessor.split("+") if a))
+
+
+def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None:
+    if lname not in _PSEUDO:
+        if not msg.has(lname):
+            return None  # the common case: most headers that rules read are absent
+        if not accs:
+            vals = msg.get_all(lname)
+            return vals[0] if len(vals) == 1 else "\n".join(vals)
     raw = "raw" in accs
-    lname = name.lower()
     if lname == "all":
         hs = msg.raw_headers if raw else msg.headers
         return "\n".join(f"{n}: {v}" for n, v in hs) if hs else None
@@ -90,13 +106,9 @@ def header_text(msg: Message, name: str, accessor: str) -> str | None:
         values = [v] if v is not None else []
     elif lname == "envelopefrom":
         ef = msg.envelope.mail_from
-        if ef is None:
-            rp = msg.get_all("Return-Path")
-            values = rp[:1]
-        else:
-            values = [ef]
+        values = msg.get_all("Return-Path")[:1] if ef is None else [ef]
     else:
-        values = msg.get_raw(name) if raw else msg.get_all(name)
+        values = msg.get_raw(lname) if raw else msg.get_all(lname)
     if not values:
         return None
     if "first" in accs:
@@ -237,7 +249,7 @@ class RulesCheck(Check):
         self._names = [r.name for r in c.rules]
         self._emitted = [r.emitted for r in c.rules]
         # Header groups: (group key, name, accessor, if_unset, ids of !~ rules, ids hit on an empty value).
-        self._headers: list[tuple[str, Callable[[Message, str, str], str | None], str, str, str | None,
+        self._headers: list[tuple[str, Callable[..., str | None], str, object, str | None,
                                   tuple[int, ...], dict[int, int]]] = []
         self._body_groups = [g for g in ("body", "rawbody", "uri", "full") if g in c.groups]
         for key, ids in c.groups.items():
@@ -248,8 +260,11 @@ class RulesCheck(Check):
             hname, acc, unset = first.header
             negs = tuple(i for i in ids if c.rules[i].negate)
             empty_matches = self.matcher.scan(key, b"")
-            reader = header_text if key.startswith("hdr:") else mime_header_text
-            self._headers.append((key, reader, hname, acc, unset, negs, empty_matches))
+            if key.startswith("hdr:"):
+                reader, name_arg, acc_arg = _header_value, hname.lower(), tuple(a for a in acc.split("+") if a)
+            else:
+                reader, name_arg, acc_arg = mime_header_text, hname, acc
+            self._headers.append((key, reader, name_arg, acc_arg, unset, negs, empty_matches))
         self._rx = {r.id: re.compile(r.py, r.py_flags) for r in c.rules if r.py is not None}
 
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
