@@ -26,6 +26,7 @@ options say what matched (the text, the URL host, what an eval found).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 from dataclasses import dataclass
@@ -266,11 +267,28 @@ class RulesCheck(Check):
                 reader, name_arg, acc_arg = mime_header_text, hname, acc
             self._headers.append((key, reader, name_arg, acc_arg, unset, negs, empty_matches))
         self._rx = {r.id: re.compile(r.py, r.py_flags) for r in c.rules if r.py is not None}
+        # Metas: who depends on whom, their order, and their values when nothing hits.
+        self._meta_fns = dict(c.metas)
+        self._position = {rid: k for k, (rid, _) in enumerate(c.metas)}
+        self._dependents: dict[int, list[int]] = {}
+        for rid, _ in c.metas:
+            for d in c.rules[rid].deps:
+                self._dependents.setdefault(d, []).append(rid)
+        template = [0] * self._n
+        for rid, fn in c.metas:
+            try:
+                template[rid] = 1 if fn(template) else 0
+            except (ZeroDivisionError, TypeError):
+                template[rid] = 0
+        self._template = template
+        #: metas that hold when nothing hits (``!A`` and the like)
+        self._meta_true = tuple(rid for rid, _ in c.metas if template[rid])
 
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
         c = self.compiled
         rules = c.rules
-        counts = [0] * self._n
+        counts = self._template.copy()
+        hit: list[int] = []  # ids whose count became non-zero (repeats allowed)
         scan = self.matcher.scan
         where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
         for key, reader, hname, acc, unset, negs, empty in self._headers:
@@ -286,8 +304,13 @@ class RulesCheck(Check):
             for rid, n in found.items():
                 counts[rid] = n
                 where[rid] = data
+                hit.append(rid)
             for rid in negs:
-                counts[rid] = 0 if counts[rid] else 1
+                if counts[rid]:
+                    counts[rid] = 0
+                else:
+                    counts[rid] = 1
+                    hit.append(rid)
         for key in self._body_groups:
             if key == "body":
                 data = _enc(body_text(msg))
@@ -300,11 +323,13 @@ class RulesCheck(Check):
             for rid, n in scan(key, data).items():
                 counts[rid] = n
                 where[rid] = data
+                hit.append(rid)
         options: dict[int, tuple[str, ...]] = {}
         for rid in c.exists:
             r = rules[rid]
             if r.header is not None and header_text(msg, r.header[0], "") is not None:
                 counts[rid] = 1
+                hit.append(rid)
         for rid in c.evals:
             r = rules[rid]
             try:
@@ -315,24 +340,53 @@ class RulesCheck(Check):
             if n:
                 counts[rid] = n
                 options[rid] = opts
-        for rid, fn in c.metas:
-            try:
-                v = fn(counts)
-            except (ZeroDivisionError, TypeError):
-                v = 0
-            if v:
-                counts[rid] = 1
+                hit.append(rid)
+        hit.extend(self._metas(counts, hit))
         names = self._names
-        ctx.publish(RuleHits({names[i]: n for i, n in enumerate(counts) if n}))
+        fired = sorted(i for i in set(hit) if counts[i])
+        ctx.publish(RuleHits({names[i]: counts[i] for i in fired}))
         hits = []
         emitted = self._emitted
-        for rid, n in enumerate(counts):
-            if n and emitted[rid]:
+        for rid in fired:
+            if emitted[rid]:
                 opts = options.get(rid)
                 if opts is None:
                     opts = self._options(rules[rid], where.get(rid), msg)
                 hits.append(Hit(names[rid], 1.0, opts))
         return hits
+
+    def _metas(self, counts: list[int], hit: list[int]) -> list[int]:
+        """Re-evaluate only the metas that depend, directly or through other metas, on a rule that hit.
+
+        Every other meta keeps the value it has when nothing hits (precomputed
+        in the template), so the cost follows the number of hits, not the
+        number of rules.  Metas are taken in dependency order (a heap on their
+        topological position), so each is evaluated at most once, after all of
+        its inputs are final.
+        """
+        dependents, position, fns = self._dependents, self._position, self._meta_fns
+        heap: list[tuple[int, int]] = []
+        queued: set[int] = set()
+        for rid in hit:
+            for m in dependents.get(rid, ()):
+                if m not in queued:
+                    queued.add(m)
+                    heapq.heappush(heap, (position[m], m))
+        changed = list(self._meta_true)
+        while heap:
+            _, m = heapq.heappop(heap)
+            try:
+                v = 1 if fns[m](counts) else 0
+            except (ZeroDivisionError, TypeError):
+                v = 0
+            if v != counts[m]:
+                counts[m] = v
+                changed.append(m)
+                for d in dependents.get(m, ()):
+                    if d not in queued:
+                        queued.add(d)
+                        heapq.heappush(heap, (position[d], d))
+        return changed
 
     def _options(self, rule: CompiledRule, data: bytes | None, msg: Message) -> tuple[str, ...]:
         """What matched: the URL host for uri rules, else the matched text (shortened)."""

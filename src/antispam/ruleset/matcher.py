@@ -263,11 +263,7 @@ class HyperscanMatcher:
         db = self.dbs.get(group)
         if db is not None:
             found: list[int] = []
-
-            def on_match(rid: int, start: int, end: int, flags: int, ctx: object) -> None:
-                found.append(rid)
-
-            db.scan(data, match_event_handler=on_match, scratch=self._scratch(group))  # type: ignore[attr-defined]
+            db.scan(data, match_event_handler=_collect, context=found, scratch=self._scratch(group))  # type: ignore[attr-defined]
             counters = self._counters
             confirm = self._confirm
             for rid in found:
@@ -294,6 +290,11 @@ class HyperscanMatcher:
             elif r.search(data) is not None:
                 out[r.id] = 1
         return out
+
+
+def _collect(rid: int, start: int, end: int, flags: int, found: list[int]) -> None:
+    """Hyperscan match callback: note the rule id (each rule reports once: SINGLEMATCH)."""
+    found.append(rid)
 
 
 def make_matcher(compiled: CompiledRules, engine: str = "auto", cache_dir: str | os.PathLike[str] | None = None) -> Matcher:
