@@ -191,3 +191,22 @@ def test_hyperscan_cache_round_trip(rules_file, tmp_path):
     files[0].write_bytes(b"garbage")  # a damaged cache is rebuilt, never trusted
     c = RulesCheck(load_rules([rules_file], engine="hyperscan", cache_dir=cache))
     assert "T_SUBJ_FREE" in Engine(checks=[c]).scan(MSG).symbols
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_replace_tags_and_lookaround(tmp_path, engine):
+    p = tmp_path / "tags.cf"
+    p.write_text(
+        "replace_tag   O  (?:[oO0]|\\xc3\\xb6)\n"
+        "replace_inter W1 \\W?\n"
+        "body  T_FUZZY_MONEY /<inter W1>(?!money)m<O>ney/i\n"
+        "replace_rules T_FUZZY_MONEY\n"
+        "body  T_NOT_AFTER_NO /(?<!no )prescription/i\n"
+    )
+    check = RulesCheck(load_rules([p], engine=engine))
+    run = lambda body: set(Engine(checks=[check]).scan(b"Subject: x\n\n" + body).symbols)  # noqa: E731
+    assert run(b"Make m0ney fast") == {"T_FUZZY_MONEY"}
+    assert run("Make möney fast".encode()) == {"T_FUZZY_MONEY"}
+    assert run(b"Make money fast") == set()  # the look-ahead excludes the plain spelling
+    assert run(b"buy without prescription") == {"T_NOT_AFTER_NO"}
+    assert run(b"no prescription needed") == set()
