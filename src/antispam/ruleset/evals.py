@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_tz
 from typing import Any, Callable, Iterable
 
+from ..domains import registered_domain
 from ..message import Message, domain_of, split_addresses, url_host
 
 
@@ -161,11 +162,8 @@ _DOMAIN_IN_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.[A
 
 
 def _registrable(host: str) -> str:
-    """A rough registrable domain: the last two labels (three under short two-level suffixes)."""
-    parts = host.lower().rstrip(".").split(".")
-    if len(parts) >= 3 and len(parts[-1]) == 2 and parts[-2] in ("co", "com", "net", "org", "ac", "gov", "ne", "or"):
-        return ".".join(parts[-3:])
-    return ".".join(parts[-2:])
+    """The registered domain (Public Suffix List), or the host itself for IPs and odd names."""
+    return registered_domain(host) or host.lower().rstrip(".")
 
 
 @register("from_name_spoofs_domain", ("header",))
