@@ -76,13 +76,30 @@ def uri_text(msg: Message) -> str:
     return "\n".join(u.url for u in msg.urls)
 
 
-_PSEUDO = frozenset({"all", "tocc", "messageid", "envelopefrom", "x-spam-relays-external", "x-spam-relays-internal",
-                     "x-spam-relays-trusted", "x-spam-relays-untrusted"})
+#: Pseudo-headers, matched case-sensitively as in SpamAssassin (``MessageID`` is an
+#: ordinary header name, ``MESSAGEID`` the pseudo-header), to internal keys.
+_PSEUDO_NAMES = {"ALL": "*all", "ToCc": "*tocc", "MESSAGEID": "*messageid", "EnvelopeFrom": "*envelopefrom",
+                 "X-Spam-Relays-External": "*relays-external", "X-Spam-Relays-Internal": "*relays-internal",
+                 "X-Spam-Relays-Trusted": "*relays-trusted", "X-Spam-Relays-Untrusted": "*relays-untrusted"}
+_PSEUDO = frozenset(_PSEUDO_NAMES.values())
+
+
+def header_key(name: str) -> str:
+    """The lookup key of a header name: a pseudo-header's key, else the lower-cased name."""
+    return _PSEUDO_NAMES.get(name) or name.lower()
+
+
+def header_exists(msg: Message, name: str) -> bool:
+    """``exists:NAME``: the header is present (a pseudo-header: it has a value)."""
+    key = header_key(name)
+    if key in _PSEUDO:
+        return _header_value(msg, key, ()) is not None
+    return msg.has(key)
 
 
 def header_text(msg: Message, name: str, accessor: str) -> str | None:
     """The value a header rule reads, or None when the header is absent."""
-    return _header_value(msg, name.lower(), tuple(a for a in accessor.split("+") if a))
+    return _header_value(msg, header_key(name), tuple(a for a in accessor.split("+") if a))
 
 
 def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None:
@@ -93,19 +110,19 @@ def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None
             vals = msg.get_all(lname)
             return vals[0] if len(vals) == 1 else "\n".join(vals)
     raw = "raw" in accs
-    if lname == "all":
+    if lname == "*all":
         hs = msg.raw_headers if raw else msg.headers
         return "\n".join(f"{n}: {v}" for n, v in hs) if hs else None
-    if lname == "tocc":
+    if lname == "*tocc":
         values = (msg.get_raw("To") + msg.get_raw("Cc")) if raw else (msg.get_all("To") + msg.get_all("Cc"))
-    elif lname == "messageid":
+    elif lname == "*messageid":
         values = []
         for h in ("Message-Id", "Resent-Message-Id", "X-Message-Id"):
             values += msg.get_raw(h) if raw else msg.get_all(h)
-    elif lname.startswith("x-spam-relays-"):
-        v = relays_text(msg, lname[14:])
+    elif lname.startswith("*relays-"):
+        v = relays_text(msg, lname[8:])
         values = [v] if v is not None else []
-    elif lname == "envelopefrom":
+    elif lname == "*envelopefrom":
         ef = msg.envelope.mail_from
         values = msg.get_all("Return-Path")[:1] if ef is None else [ef]
     else:
@@ -262,7 +279,7 @@ class RulesCheck(Check):
             negs = tuple(i for i in ids if c.rules[i].negate)
             empty_matches = self.matcher.scan(key, b"")
             if key.startswith("hdr:"):
-                reader, name_arg, acc_arg = _header_value, hname.lower(), tuple(a for a in acc.split("+") if a)
+                reader, name_arg, acc_arg = _header_value, header_key(hname), tuple(a for a in acc.split("+") if a)
             else:
                 reader, name_arg, acc_arg = mime_header_text, hname, acc
             self._headers.append((key, reader, name_arg, acc_arg, unset, negs, empty_matches))
@@ -327,7 +344,7 @@ class RulesCheck(Check):
         options: dict[int, tuple[str, ...]] = {}
         for rid in c.exists:
             r = rules[rid]
-            if r.header is not None and header_text(msg, r.header[0], "") is not None:
+            if r.header is not None and header_exists(msg, r.header[0]):
                 counts[rid] = 1
                 hit.append(rid)
         for rid in c.evals:

@@ -109,7 +109,8 @@ def _buffer_key(rule: RuleDef) -> tuple[str, tuple[str, str, str | None] | None]
         t = rule.target
         assert t is not None
         prefix = "hdr" if rule.kind == "header" else "mime"
-        return f"{prefix}:{t.name.lower()}:{t.accessor}:{t.if_unset if t.if_unset is not None else ''}", (t.name, t.accessor, t.if_unset)
+        # The name keeps its case: pseudo-headers are case-sensitive (MESSAGEID vs MessageID).
+        return f"{prefix}:{t.name}:{t.accessor}:{t.if_unset if t.if_unset is not None else ''}", (t.name, t.accessor, t.if_unset)
     return rule.kind, None
 
 

@@ -129,15 +129,21 @@ def date_invalid(msg: Message) -> bool:
     return tz is not None and abs(tz) > 14 * 3600
 
 
+_LOCAL_HANDOVER = re.compile(r"fetchmail|^\s*from\s+localhost\b|\[127\.0\.0\.1\]", re.I)
+
+
 def _date_skew(msg: Message) -> float | None:
     """Seconds from the newest Received date to the Date header (positive: Date in the future)."""
     from email.utils import mktime_tz
 
     d = msg.get("Date")
-    if not d or not msg.received:
+    # Local hand-overs (fetchmail, delivery from localhost) happen whenever the user
+    # collects the mail, so their time says nothing about when it was sent: skip them.
+    relays = [r for r in msg.received if not _LOCAL_HANDOVER.search(r.raw)]
+    if not d or not relays:
         return None
     pd = parsedate_tz(d)
-    raw = msg.received[0].raw
+    raw = relays[0].raw
     semi = raw.rfind(";")
     pr = parsedate_tz(raw[semi + 1 :].strip()) if semi >= 0 else None
     if pd is None or pr is None:

@@ -243,6 +243,12 @@ class _Translator:
             s = f"\\x{int('0' + m.group(0), 8):02x}"  # type: ignore[union-attr]
             return s, s
         if c in "123456789":
+            # Perl: three octal digits are a character (\\223); otherwise a back-reference.
+            m = re.compile(r"[0-7]{2}").match(p, self.i)
+            if c in "1234567" and m:
+                self.i = m.end()
+                v = f"\\x{int(c + m.group(0), 8) & 0xFF:02x}"
+                return v, v
             self.need_python("back-reference")
             return "\\" + c, ""
         if c == "Q":
@@ -320,6 +326,10 @@ class _Translator:
                     m = re.compile(r"[0-7]{0,2}").match(p, i)
                     i = m.end()  # type: ignore[union-attr]
                     out.append(f"\\x{int('0' + m.group(0), 8):02x}")  # type: ignore[union-attr]
+                elif e in "1234567":
+                    m = re.compile(r"[0-7]{0,2}").match(p, i)
+                    i = m.end()  # type: ignore[union-attr]
+                    out.append(f"\\x{int(e + m.group(0), 8) & 0xFF:02x}")  # type: ignore[union-attr]
                 elif e in "pPNRXCGK":
                     raise Unsupported(f"\\{e} in a character class is not supported")
                 elif e.isalnum():
