@@ -266,9 +266,9 @@ class RulesCheck(Check):
         self._n = len(c.rules)
         self._names = [r.name for r in c.rules]
         self._emitted = [r.emitted for r in c.rules]
-        # Header groups: (group key, name, accessor, if_unset, ids of !~ rules, ids hit on an empty value).
-        self._headers: list[tuple[str, Callable[..., str | None], str, object, str | None,
-                                  tuple[int, ...], dict[int, int]]] = []
+        # Header groups: (group key, reader, name, accessor, if-unset text, rule ids, ids of !~ rules, hits on "").
+        self._headers: list[tuple[str, Callable[..., str | None], str, object, str | None, tuple[int, ...],
+                                  frozenset[int], dict[int, int]]] = []
         self._body_groups = [g for g in ("body", "rawbody", "uri", "full") if g in c.groups]
         for key, ids in c.groups.items():
             if not key.startswith(("hdr:", "mime:")):
@@ -276,13 +276,13 @@ class RulesCheck(Check):
             first = c.rules[ids[0]]
             assert first.header is not None
             hname, acc, unset = first.header
-            negs = tuple(i for i in ids if c.rules[i].negate)
+            negs = frozenset(i for i in ids if c.rules[i].negate)
             empty_matches = self.matcher.scan(key, b"")
             if key.startswith("hdr:"):
                 reader, name_arg, acc_arg = _header_value, header_key(hname), tuple(a for a in acc.split("+") if a)
             else:
                 reader, name_arg, acc_arg = mime_header_text, hname, acc
-            self._headers.append((key, reader, name_arg, acc_arg, unset, negs, empty_matches))
+            self._headers.append((key, reader, name_arg, acc_arg, unset, tuple(ids), negs, empty_matches))
         self._rx = {r.id: re.compile(r.py, r.py_flags) for r in c.rules if r.py is not None}
         # Metas: who depends on whom, their order, and their values when nothing hits.
         self._meta_fns = dict(c.metas)
@@ -291,43 +291,52 @@ class RulesCheck(Check):
         for rid, _ in c.metas:
             for d in c.rules[rid].deps:
                 self._dependents.setdefault(d, []).append(rid)
+        # The template: every count as it is for a message where every header that
+        # rules read is absent and nothing else hits.  A scan starts from a copy and
+        # only touches what differs, so its cost follows the headers present and the
+        # hits, not the number of rules.
         template = [0] * self._n
+        for key, _, _, _, unset, ids, negs, empty in self._headers:
+            found = empty if unset is None or unset == "" else self.matcher.scan(key, _enc(unset))
+            for rid in ids:
+                n = found.get(rid, 0)
+                template[rid] = (0 if n else 1) if rid in negs else n
         for rid, fn in c.metas:
             try:
                 template[rid] = 1 if fn(template) else 0
             except (ZeroDivisionError, TypeError):
                 template[rid] = 0
         self._template = template
-        #: metas that hold when nothing hits (``!A`` and the like)
-        self._meta_true = tuple(rid for rid, _ in c.metas if template[rid])
+        #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
+        self._template_hits = tuple(i for i, n in enumerate(template) if n)
 
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
         c = self.compiled
         rules = c.rules
         counts = self._template.copy()
-        hit: list[int] = []  # ids whose count became non-zero (repeats allowed)
+        hit: list[int] = []  # ids whose count differs from the template (repeats allowed)
         scan = self.matcher.scan
         where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
-        for key, reader, hname, acc, unset, negs, empty in self._headers:
+        for key, reader, hname, acc, unset, ids, negs, empty in self._headers:
             value = reader(msg, hname, acc)
-            if value is None and unset is not None:
-                value = unset
-            if value is None or value == "":
-                found = empty
-                data = b""
+            if value is None:
+                continue  # absent: the template already holds this group's counts
+            if value == "":
+                if unset is None or unset == "":
+                    continue  # empty reads like absent
+                found, data = empty, b""
             else:
                 data = _enc(value)
                 found = scan(key, data)
-            for rid, n in found.items():
-                counts[rid] = n
-                where[rid] = data
-                hit.append(rid)
-            for rid in negs:
-                if counts[rid]:
-                    counts[rid] = 0
-                else:
-                    counts[rid] = 1
+            for rid in ids:
+                n = found.get(rid, 0)
+                if rid in negs:
+                    n = 0 if n else 1
+                if n != counts[rid]:
+                    counts[rid] = n
                     hit.append(rid)
+                if n:
+                    where[rid] = data
         for key in self._body_groups:
             if key == "body":
                 data = _enc(body_text(msg))
@@ -360,7 +369,7 @@ class RulesCheck(Check):
                 hit.append(rid)
         hit.extend(self._metas(counts, hit))
         names = self._names
-        fired = sorted(i for i in set(hit) if counts[i])
+        fired = sorted(i for i in {*self._template_hits, *hit} if counts[i])
         ctx.publish(RuleHits({names[i]: counts[i] for i in fired}))
         hits = []
         emitted = self._emitted
@@ -389,7 +398,7 @@ class RulesCheck(Check):
                 if m not in queued:
                     queued.add(m)
                     heapq.heappush(heap, (position[m], m))
-        changed = list(self._meta_true)
+        changed: list[int] = []
         while heap:
             _, m = heapq.heappop(heap)
             try:

@@ -18,6 +18,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from email.utils import parsedate_tz
+from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 from ..domains import registered_domain
@@ -134,16 +135,24 @@ _LOCAL_HANDOVER = re.compile(r"fetchmail|^\s*from\s+localhost\b|\[127\.0\.0\.1\]
 
 def _date_skew(msg: Message) -> float | None:
     """Seconds from the newest Received date to the Date header (positive: Date in the future)."""
+    d = msg.get("Date")
+    if not d or not msg.received:
+        return None
+    return _skew(d, tuple(r.raw for r in msg.received))
+
+
+@lru_cache(maxsize=4096)
+def _skew(date: str, received: tuple[str, ...]) -> float | None:
+    # Several rules ask the same question of one message: the answer is cached on its inputs.
     from email.utils import mktime_tz
 
-    d = msg.get("Date")
     # Local hand-overs (fetchmail, delivery from localhost) happen whenever the user
     # collects the mail, so their time says nothing about when it was sent: skip them.
-    relays = [r for r in msg.received if not _LOCAL_HANDOVER.search(r.raw)]
-    if not d or not relays:
+    raws = [r for r in received if not _LOCAL_HANDOVER.search(r)]
+    if not raws:
         return None
-    pd = parsedate_tz(d)
-    raw = relays[0].raw
+    pd = parsedate_tz(date)
+    raw = raws[0]
     semi = raw.rfind(";")
     pr = parsedate_tz(raw[semi + 1 :].strip()) if semi >= 0 else None
     if pd is None or pr is None:

@@ -99,7 +99,7 @@ class PythonMatcher:
         return out
 
 
-_MAGIC = b"ANTISPAM-HSDB-2\n"
+_MAGIC = b"ANTISPAM-HSDB-3\n"
 
 
 class HyperscanMatcher:
@@ -117,6 +117,8 @@ class HyperscanMatcher:
         self._twins: dict[int, _PyRule] = {}
         #: rules matched by a Hyperscan prefilter that Python re must confirm
         self._confirm: dict[int, _PyRule] = {}
+        #: rules with a Hyperscan pattern that Hyperscan only accepted in prefilter mode
+        self._as_prefilter: set[int] = set()
         hs_groups: dict[str, list[int]] = {}
         for key, ids in compiled.groups.items():
             for i in ids:
@@ -132,7 +134,7 @@ class HyperscanMatcher:
                     self._counters[i] = pr
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
-        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v2.db" if cache_dir else None
+        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v3.db" if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:
             self.dbs = loaded
@@ -144,9 +146,8 @@ class HyperscanMatcher:
 
     # ------------------------------------------------------------------ building
 
-    @staticmethod
-    def _expr(rule) -> bytes:
-        return rule.hs if rule.hs is not None else rule.py
+    def _expr(self, rule) -> bytes:
+        return rule.hs if rule.hs is not None and rule.id not in self._as_prefilter else rule.py
 
     @staticmethod
     def _flags(hs_flags: int, prefilter: bool = False) -> int:
@@ -175,7 +176,8 @@ class HyperscanMatcher:
                 continue
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
             db.compile(expressions=[self._expr(rules[i]) for i in good], ids=good, elements=len(good),
-                       flags=[self._flags(rules[i].hs_flags, rules[i].hs is None) for i in good])
+                       flags=[self._flags(rules[i].hs_flags, rules[i].hs is None or i in self._as_prefilter)
+                              for i in good])
             dbs[key] = db
         return dbs
 
@@ -195,8 +197,23 @@ class HyperscanMatcher:
             try:
                 one.compile(expressions=[self._expr(rules[i])], ids=[i], elements=1, flags=[f])
                 good.append(i)
+                continue
+            except Exception:
+                pass
+            if rules[i].hs is None:
+                continue
+            # Refused as written (too long, an anchor Hyperscan dislikes): a prefilter,
+            # which Hyperscan may simplify, still saves the Python search on most messages.
+            one = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            try:
+                pf = self._flags(rules[i].hs_flags, True)
+                one.compile(expressions=[rules[i].py], ids=[i], elements=1, flags=[pf])
             except Exception:
                 continue
+            good.append(i)
+            self._as_prefilter.add(i)
+            self._counters.pop(i, None)
+            self._confirm[i] = self._twins[i]
         return good
 
     def _save(self, path: Path) -> None:
@@ -207,7 +224,8 @@ class HyperscanMatcher:
             for k, b in blobs.items():
                 index[k] = [off, len(b)]
                 off += len(b)
-            meta = json.dumps({"dbs": index, "py": {k: [r.id for r in v] for k, v in self._py.items()}}).encode()
+            meta = json.dumps({"dbs": index, "py": {k: [r.id for r in v] for k, v in self._py.items()},
+                               "prefilter": sorted(self._as_prefilter)}).encode()
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             with open(tmp, "wb") as fh:
@@ -231,6 +249,12 @@ class HyperscanMatcher:
             meta = json.loads(data[p + 4 : p + 4 + n])
             base = p + 4 + n
             dbs = {k: _hs.loadb(data[base + o : base + o + size], _hs.HS_MODE_BLOCK) for k, (o, size) in meta["dbs"].items()}
+            for i in meta.get("prefilter", ()):
+                if i not in self._twins:
+                    return None
+                self._as_prefilter.add(i)
+                self._counters.pop(i, None)
+                self._confirm[i] = self._twins[i]
             # Rules that Hyperscan refused at compile time run in Python, as when the cache was written.
             for k, ids in meta["py"].items():
                 have = {r.id for r in self._py.get(k, ())}
