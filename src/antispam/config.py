@@ -140,6 +140,24 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True)
+class DnsblConfig:
+    """DNS block and allow lists (RFC 5782).  Needs ``[dns] nameservers``.
+
+    ``enable`` names well-known lists that ship disabled (``antispam.reputation.lists.KNOWN_LISTS``);
+    ``[dnsbl.lists.NAME]`` tables define others (zone, kind, inputs, codes or bitmask, refused, allow).
+    """
+
+    enable: tuple[str, ...] = ()
+    lists: Mapping[str, Any] = field(default_factory=dict)
+    #: our own relays: Received hops from these are skipped when looking for the sender
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: how many untrusted Received relays (besides the client) lists with ``relays`` are asked about
+    max_relays: int = 3
+    #: seconds between RFC 5782 test-point checks of each list (0: never check)
+    health_interval: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an engine."""
 
@@ -149,6 +167,7 @@ class Config:
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     #: symbol -> score, overriding the defaults the checks declare
     scores: Mapping[str, float] = field(default_factory=dict)
     #: symbol -> description override
