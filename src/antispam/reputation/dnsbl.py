@@ -37,7 +37,7 @@ from ..config import Config
 from ..domains import is_ip, registered_domain
 from ..message import Message, domain_of
 from ..store import Store
-from .lists import DEFAULT_SCORES, KNOWN_LISTS, ListSpec, parse_lists, query_name, test_points
+from .lists import DEFAULT_SCORES, KNOWN_LISTS, ListSpec, parse_lists, query_name, health_points
 from .netkeys import in_networks, parse_networks
 
 log = logging.getLogger("antispam.dnsbl")
@@ -224,7 +224,7 @@ class DnsblCheck(Check):
 
     async def check_health(self, spec: ListSpec, resolver: Any, deadline: float | None = None) -> bool:
         """Ask the list's RFC 5782 test points; enable or disable it accordingly."""
-        listed_q, unlisted_q = test_points(spec)
+        listed_q, unlisted_q = health_points(spec)
         pos, neg = await asyncio.gather(resolver.resolve(listed_q, "A", deadline), resolver.resolve(unlisted_q, "A", deadline))
         st = self.stats[spec.name]
         st.checked_at = time.monotonic()

@@ -123,7 +123,7 @@ def query_name(spec: ListSpec, item: str) -> str | None:
     return f"{item}.{spec.zone}."
 
 
-def test_points(spec: ListSpec) -> tuple[str, str]:
+def health_points(spec: ListSpec) -> tuple[str, str]:
     """(must be listed, must not be listed) per RFC 5782 section 5."""
     if spec.kind == "ip":
         return f"2.0.0.127.{spec.zone}.", f"1.0.0.127.{spec.zone}."
