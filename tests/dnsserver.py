@@ -5,8 +5,8 @@ dict ``{owner name: [(rdtype, value), ...]}``:
 
 * ``A``/``AAAA``/``PTR``/``CNAME``/``NS``: text values; ``MX``: ``(preference, host)`` or ``"10 host"``;
   ``TXT``: a string, bytes, or a list of them (one record of several character-strings).
-* pseudo types that change how the name is served: ``TIMEOUT`` (queries are dropped, so the client
-  times out), ``SERVFAIL`` (answer with rcode SERVFAIL), ``TRUNCATE`` (UDP answers are sent empty with
+* pseudo types that change how the name is served: ``TIMEOUT`` (queries for types the name has no
+  records of are dropped, so the client times out; the SPF suite's convention), ``SERVFAIL`` (answer with rcode SERVFAIL), ``TRUNCATE`` (UDP answers are sent empty with
   the TC bit, so the client must retry over TCP).
 
 Names that exist only as ancestors of other names are empty non-terminals (NOERROR, no data), others
@@ -30,6 +30,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from antispam.dns import make_name, name_text
 from dns.rdtypes.ANY.TXT import TXT
 
 PSEUDO = ("TIMEOUT", "SERVFAIL", "TRUNCATE")
@@ -150,7 +151,7 @@ class DNSServer:
         if not query.question:
             return None
         q = query.question[0]
-        qname = _norm(q.name.to_text())
+        qname = _norm(name_text(q.name))
         rdtype = dns.rdatatype.to_text(q.rdtype)
         with self._lock:
             self.queries.append((qname, rdtype, proto))
@@ -164,7 +165,7 @@ class DNSServer:
         while True:
             rrs = records.get(name)
             kinds = {t for t, _ in rrs} if rrs else set()
-            if "TIMEOUT" in kinds:
+            if "TIMEOUT" in kinds and rdtype not in kinds and "CNAME" not in kinds:
                 return None
             if "SERVFAIL" in kinds:
                 response.set_rcode(dns.rcode.SERVFAIL)
@@ -176,7 +177,7 @@ class DNSServer:
                 if name not in ancestors and chain == 0:
                     response.set_rcode(dns.rcode.NXDOMAIN)
                 break
-            owner = dns.name.from_text(name)
+            owner = make_name(name)
             matched = [v for t, v in rrs if t == rdtype]
             if matched:
                 rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, q.rdtype)

@@ -85,6 +85,25 @@ class Answer:
         return [r.to_text() for r in self.records]
 
 
+def make_name(text: str) -> dns.name.Name:
+    """A DNS name from its labels taken literally.
+
+    ``dns.name.from_text`` would read backslash escapes and choke on spaces, but
+    names built by SPF macro expansion may hold any octet; they are sent as-is.
+    Raises ``dns.name.LabelTooLong`` / ``EmptyLabel`` / ``NameTooLong`` for names
+    that cannot be asked.
+    """
+    text = text.rstrip(".")
+    if not text:
+        return dns.name.root
+    return dns.name.Name([label.encode("utf-8") for label in text.split(".")] + [b""])
+
+
+def name_text(name: dns.name.Name) -> str:
+    """The inverse of :func:`make_name`: labels joined with dots, no escapes, no final dot."""
+    return ".".join(label.decode("utf-8", "replace") for label in name.labels if label)
+
+
 def _key(qname: str, rdtype: str) -> tuple[str, str]:
     return qname.rstrip(".").lower(), rdtype.upper()
 
@@ -301,7 +320,7 @@ class Resolver:
     @staticmethod
     def _make_query(qname: str, rdtype: str) -> dns.message.Message | Answer:
         try:
-            name = dns.name.from_text(qname)
+            name = make_name(qname)
             rdt = dns.rdatatype.from_text(rdtype)
         except (dns.exception.DNSException, ValueError) as exc:
             return Answer(qname, rdtype, "invalid", detail=f"{type(exc).__name__}: {exc}")
@@ -313,7 +332,7 @@ class Resolver:
             return Answer(qname, rdtype, "servfail", detail=dns.rcode.to_text(rcode))
         rdt = dns.rdatatype.from_text(rdtype)
         # Follow the CNAME chain inside the answer section.
-        name = dns.name.from_text(qname)
+        name = make_name(qname)
         cnames: list[tuple[str, str]] = []
         ttl = self.max_ttl
         for _ in range(MAX_CNAME_CHAIN + 1):
@@ -326,7 +345,7 @@ class Resolver:
                 break
             ttl = min(ttl, cname.ttl)
             target = cname[0].target
-            cnames.append((name.to_text(True), target.to_text(True)))
+            cnames.append((name_text(name), name_text(target)))
             name = target
         status = "nxdomain" if rcode == dns.rcode.NXDOMAIN and not cnames else "nodata"
         return Answer(qname, rdtype, status, (), tuple(cnames), self._clamp(self._negative_ttl(response)))
