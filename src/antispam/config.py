@@ -158,6 +158,51 @@ class DnsblConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """The one resolver (``antispam.dns``).  No nameservers (the default) means no network checks at all."""
+
+    #: IP addresses (IPv4 or IPv6) of recursive resolvers; empty disables every network check
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    #: seconds for one attempt at one server
+    timeout: float = 2.0
+    #: passes over the server list before a question counts as timed out
+    attempts: int = 2
+    #: answers kept (LRU); 0 disables caching
+    cache_size: int = 10000
+    #: questions in flight at once per event loop
+    max_concurrency: int = 64
+    #: seconds to cache NXDOMAIN/NODATA when the server sent no SOA (RFC 2308)
+    negative_ttl: float = 300.0
+    #: seconds to remember a timeout or SERVFAIL, so one scan does not re-ask a dead server
+    failure_ttl: float = 5.0
+    min_ttl: float = 0.0
+    max_ttl: float = 86400.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Sender authentication: SPF, DKIM, DMARC, ARC, Authentication-Results (``antispam.auth``)."""
+
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    arc: bool = False
+    #: RFC 7208 4.6.4 limits (10 DNS mechanisms, 2 void lookups); false = the looser compatibility limits
+    spf_strict_limits: bool = True
+    #: "rfc9989" (DMARCbis DNS tree walk, default) or "rfc7489" (Public Suffix List)
+    dmarc_mode: str = "rfc9989"
+    #: RSA keys shorter than this fail (RFC 8301 section 3.2 says 1024)
+    dkim_min_rsa_bits: int = 1024
+    #: treat rsa-sha1 signatures as permerror (RFC 8301 section 3.1)
+    dkim_reject_sha1: bool = True
+    #: ARC sealer domains (d= of ARC-Seal) whose passing chain may override a DMARC failure
+    trusted_arc_sealers: tuple[str, ...] = ()
+    #: authserv-ids whose earlier Authentication-Results we read; headers claiming our own id are stripped
+    trusted_authserv_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an engine."""
 
@@ -168,6 +213,8 @@ class Config:
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     #: symbol -> score, overriding the defaults the checks declare
     scores: Mapping[str, float] = field(default_factory=dict)
     #: symbol -> description override

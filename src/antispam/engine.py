@@ -44,6 +44,8 @@ DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.reputation.greylist:greylist_check",
     "antispam.reputation.ratelimit:ratelimit_check",
     "antispam.reputation.history:history_check",
+    "antispam.reputation.dnsbl:dnsbl_check",
+    "antispam.auth.spf:factory",
 )
 
 ENGINE_SYMBOLS = (
