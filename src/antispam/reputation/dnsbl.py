@@ -26,7 +26,6 @@ Per-list counters (queries, listings, errors, seconds) are kept in
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,11 +37,18 @@ from ..domains import is_ip, registered_domain
 from ..message import Message, domain_of
 from ..store import Store
 from .lists import DEFAULT_SCORES, KNOWN_LISTS, ListSpec, parse_lists, query_name, health_points
-from .netkeys import in_networks, parse_networks
+from .netkeys import in_networks, parse_ip, parse_networks
 
 log = logging.getLogger("antispam.dnsbl")
 
 MAX_URL_DOMAINS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class DnsblPlan:
+    """The questions of one scan, computed once in ``questions()`` and read again in ``arun()``."""
+
+    queries: tuple[tuple[ListSpec, str, str, str], ...]  # (list, input, item, query name)
 
 
 @dataclass
@@ -91,11 +97,8 @@ class DnsblCheck(Check):
                 continue
             if in_networks(ip, self.trusted):
                 continue
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                continue
-            if not addr.is_global:
+            addr = parse_ip(ip)
+            if addr is None or not addr.is_global:
                 continue
             if ip not in out:
                 out.append(ip)
@@ -103,7 +106,7 @@ class DnsblCheck(Check):
                 break
         return out
 
-    def items(self, spec: ListSpec, msg: Message) -> list[tuple[str, str]]:
+    def items(self, spec: ListSpec, msg: Message, relays: list[str] | None = None) -> list[tuple[str, str]]:
         """``(input name, item)`` pairs to ask ``spec`` about."""
         env = msg.envelope
         out: list[tuple[str, str]] = []
@@ -112,7 +115,7 @@ class DnsblCheck(Check):
                 if env.client_ip and not in_networks(env.client_ip, self.trusted):
                     out.append((inp, env.client_ip))
             elif inp == "relays":
-                out.extend((inp, ip) for ip in self.relay_ips(msg) if ip != env.client_ip)
+                out.extend((inp, ip) for ip in (self.relay_ips(msg) if relays is None else relays) if ip != env.client_ip)
             elif inp == "urls":
                 seen: set[str] = set()
                 for host in msg.url_hosts:
@@ -142,21 +145,25 @@ class DnsblCheck(Check):
                 uniq.append((inp, item))
         return uniq
 
-    def _queries(self, msg: Message) -> list[tuple[ListSpec, str, str, str]]:
+    def plan(self, msg: Message) -> DnsblPlan:
+        """Every question of this message to every healthy list."""
         out = []
+        relays = self.relay_ips(msg) if any("relays" in s.inputs for s in self.lists) else []
         for spec in self.lists:
             if not self.stats[spec.name].healthy:
                 continue
-            for inp, item in self.items(spec, msg):
+            for inp, item in self.items(spec, msg, relays):
                 q = query_name(spec, item)
                 if q:
                     out.append((spec, inp, item, q))
-        return out
+        return DnsblPlan(tuple(out))
 
     # ------------------------------------------------------------------ scan
 
     def questions(self, msg: Message, ctx: ScanContext) -> Iterable[Question]:
-        return [Question(q, "A") for _, _, _, q in self._queries(msg)]
+        plan = self.plan(msg)
+        ctx.publish(plan)
+        return [Question(q, "A") for _, _, _, q in plan.queries]
 
     async def arun(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
         resolver = ctx.resolver
@@ -164,10 +171,18 @@ class DnsblCheck(Check):
             return ()
         await self._ensure_health(resolver, ctx)
         hits: dict[str, Hit] = {}
-        queries = self._queries(msg)
+        plan = ctx.get(DnsblPlan)
+        # The plan predates this scan's health check: drop lists it just disabled.
+        queries = [q for q in (plan or self.plan(msg)).queries if self.stats[q[0].name].healthy]
         deadline = ctx.deadline
         t0 = time.monotonic()
-        answers = await asyncio.gather(*(resolver.resolve(q, "A", deadline) for _, _, _, q in queries))
+        # Prefetched answers are in the cache: read them without creating a task per question.
+        answers = [resolver.cached(q, "A") for _, _, _, q in queries]
+        missing = [i for i, a in enumerate(answers) if a is None]
+        if missing:
+            fetched = await asyncio.gather(*(resolver.resolve(queries[i][3], "A", deadline) for i in missing))
+            for i, a in zip(missing, fetched):
+                answers[i] = a
         elapsed = time.monotonic() - t0
         tempfail: list[str] = []
         for (spec, inp, item, _), ans in zip(queries, answers):
@@ -232,13 +247,18 @@ class DnsblCheck(Check):
             # Unknown: keep the current state, retry at the next interval.
             st.errors += 1
             return st.healthy
-        pos_hits, pos_refused = spec.interpret(pos.values()) if pos.status == "ok" else ([], False)
-        neg_hits, neg_refused = spec.interpret(neg.values()) if neg.status == "ok" else ([], False)
-        if pos_refused or neg_refused:
+        pos_vals = pos.values() if pos.status == "ok" else []
+        neg_vals = neg.values() if neg.status == "ok" else []
+        refused = any(a in spec.refused for a in pos_vals + neg_vals)
+        # For health, any loopback-range answer is a listing: a bitmask list's test point may set
+        # flags this configuration does not map to symbols.
+        pos_listed = any(a.startswith("127.") for a in pos_vals)
+        neg_listed = any(a.startswith("127.") for a in neg_vals)
+        if refused:
             self._disable(spec, "test query answered with a refused/blocked code")
-        elif neg.status == "ok" and neg.values():
+        elif neg_listed:
             self._disable(spec, f"lists its must-not-list test point {unlisted_q.rstrip('.')} (wildcard or hijacked zone)")
-        elif not pos_hits and not (spec.allow and pos.status == "ok" and pos.values()):
+        elif not pos_listed:
             self._disable(spec, f"does not list its test point {listed_q.rstrip('.')}")
         else:
             if not st.healthy:
