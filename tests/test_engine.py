@@ -260,3 +260,27 @@ def test_context_facts_are_typed():
     assert ctx.get(Fact) is None and ctx.remaining() is None
     ctx.publish(Fact(3))
     assert ctx.get(Fact).n == 3
+
+
+def test_profiles_and_per_recipient_verdicts(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text(
+        "[profiles.strict]\nactions = { reject = 3.0, \"add header\" = 1.0 }\nscores = { WORD_FREE = 4.0 }\n"
+        "[profiles.lenient]\nactions = { \"add header\" = 50.0, reject = 100.0 }\n"
+        "[recipients]\n\"ceo@corp.example\" = \"strict\"\n\"@sales.corp.example\" = \"lenient\"\n")
+    e = Engine(Config.load(f), checks=[Words()])
+    raw = b"Subject: deal\n\nfree cash cash\n"   # WORD_FREE 3 + WORD_CASH 2x2 = 7
+    assert e.scan(raw).action == "add header"
+    assert e.scan(raw, profile="strict").action == "reject" and e.scan(raw, profile="strict").score == 8.0
+    per = e.scan_per_recipient(raw, Envelope(rcpt_tos=("CEO@corp.example", "bob@sales.corp.example", "x@other.example")))
+    assert {r: v.action for r, v in per.items()} == {
+        "CEO@corp.example": "reject", "bob@sales.corp.example": "no action", "x@other.example": "add header"}
+    with pytest.raises(ConfigError, match="profiles.nope"):
+        e.scan(raw, profile="nope")
+
+
+def test_recipient_naming_an_undefined_profile_is_an_error():
+    with pytest.raises(ConfigError, match="recipients.a@b.example"):
+        Config.load(overrides={"recipients": {"a@b.example": "ghost"}})
+    with pytest.raises(ConfigError, match="profiles.p.colour"):
+        Config.load(overrides={"profiles": {"p": {"colour": 1}}})

@@ -226,6 +226,10 @@ class Config:
     )
     #: group -> {"max_score": x, "min_score": y}
     groups: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: named policy variants: profile -> {"actions": ..., "scores": ..., "groups": ...}
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: recipient address, ``@domain`` or user name -> profile name
+    recipients: Mapping[str, str] = field(default_factory=dict)
     #: where the configuration came from, for error messages and ``antispam config``
     sources: tuple[str, ...] = ("<defaults>",)
 
@@ -261,14 +265,37 @@ class Config:
                 changes["actions"] = {**self.actions, **_actions(value, source)}
             elif key == "groups":
                 changes["groups"] = {**self.groups, **_groups(value, source)}
+            elif key == "profiles":
+                changes["profiles"] = {**self.profiles, **_profiles(value, source)}
+            elif key == "recipients":
+                changes["recipients"] = {**self.recipients, **{k.lower(): v for k, v in _str_map(value, "recipients", source).items()}}
             elif key in _SECTIONS:
                 current = getattr(self, key)
                 changes[key] = _merge_section(current, value, key, source)
             else:
-                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups"]))
+                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups", "profiles", "recipients"]))
                 raise ConfigError(f"unknown section (known: {known})", key=key, source=source)
         sources = self.sources + ((source,) if source not in self.sources else ())
-        return dataclasses.replace(self, sources=sources, **changes)
+        merged = dataclasses.replace(self, sources=sources, **changes)
+        for who, profile in merged.recipients.items():
+            if profile not in merged.profiles:
+                raise ConfigError(f"names profile {profile!r}, which is not defined in [profiles]",
+                                  key=f"recipients.{who}", source=source)
+        return merged
+
+    def for_profile(self, name: str) -> "Config":
+        """This configuration with profile ``name``'s actions, scores and groups laid over it."""
+        return self.merged(self.profiles[name], source=f"<profile {name}>")
+
+    def profile_for(self, recipient: str | None) -> str | None:
+        """The profile of a recipient address (exact, then ``@domain``) or user name; None for the default."""
+        if not recipient or not self.recipients:
+            return None
+        r = recipient.strip().strip("<>").lower()
+        if r in self.recipients:
+            return self.recipients[r]
+        at = r.rfind("@")
+        return self.recipients.get(r[at:]) if at >= 0 else None
 
     def score_for(self, symbol: str, default: float) -> float:
         return self.scores.get(symbol, default)
@@ -381,6 +408,25 @@ def _actions(value: Any, source: str) -> dict[str, float | None]:
             out[name] = None
         else:
             out[name] = _coerce(v, float, f"actions.{k}", source)
+    return out
+
+
+def _profiles(value: Any, source: str) -> dict[str, dict[str, Any]]:
+    """Profiles change policy only (actions, scores, groups): checks run once per message."""
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of profiles", key="profiles", source=source)
+    out = {}
+    for name, table in value.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError("must be a table", key=f"profiles.{name}", source=source)
+        for k in table:
+            if k not in ("actions", "scores", "groups"):
+                raise ConfigError("unknown key (known: actions, scores, groups)", key=f"profiles.{name}.{k}", source=source)
+        # Validate now, so a bad profile fails at load time and names its key.
+        _actions(table.get("actions", {}), source)
+        _float_map(table.get("scores", {}), f"profiles.{name}.scores", source)
+        _groups(table.get("groups", {}), source)
+        out[name] = dict(table)
     return out
 
 
