@@ -73,12 +73,26 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """The token classifier (``antispam.classifier``)."""
+
+    enabled: bool = True
+    #: model directory; empty means the embedded default model (``models/default``)
+    model: str = ""
+    #: clue tokens listed in the symbol's options
+    clues: int = 5
+    #: weight of online learning (``engine.learn``) against the shipped model; 0 disables it
+    learn_rate: float = 0.3
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an engine."""
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     #: symbol -> score, overriding the defaults the checks declare
     scores: Mapping[str, float] = field(default_factory=dict)
     #: symbol -> description override

@@ -41,6 +41,7 @@ log = logging.getLogger("antispam.engine")
 DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.builtin:gtube_check",
     "antispam.builtin:mime_defects_check",
+    "antispam.classifier.check:classifier_check",
 )
 
 ENGINE_SYMBOLS = (
