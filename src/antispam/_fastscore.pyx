@@ -4,11 +4,35 @@ functions, bit-identical results (see its docstring for the exact definitions
 of words, tokens, the hash and the score, and the parity tests)."""
 
 from libc.stdint cimport uint64_t, uint32_t
-from libc.stdlib cimport malloc, free, qsort
+from libc.stdlib cimport malloc, free
 from libc.math cimport fabs
-from cpython.unicode cimport Py_UNICODE_ISALNUM
 
 import numpy as np
+
+cdef extern from "Python.h":
+    int PyUnicode_KIND(object o)
+    const void* PyUnicode_DATA(object o)
+    bint Py_UNICODE_ISALNUM(Py_UCS4 ch) noexcept nogil
+    Py_UCS4 PyUnicode_READ(int kind, const void* data, Py_ssize_t index) noexcept nogil
+
+
+cdef struct UStr:
+    # a str's code points read in place (PEP 393 storage: 1, 2 or 4 bytes each)
+    int kind
+    const void* data
+    Py_ssize_t n
+
+
+cdef inline UStr _ustr(str s):
+    cdef UStr u
+    u.kind = PyUnicode_KIND(s)
+    u.data = PyUnicode_DATA(s)
+    u.n = len(s)
+    return u
+
+
+cdef inline Py_UCS4 _at(const UStr* u, Py_ssize_t i) noexcept nogil:
+    return PyUnicode_READ(u.kind, u.data, i)
 
 cdef uint64_t FNV64_OFFSET = 0xCBF29CE484222325ULL
 cdef uint64_t FNV64_PRIME = 0x100000001B3ULL
@@ -36,13 +60,13 @@ ASCII_CLASS[ord(".")] = 2
 ASCII_CLASS[ord("-")] = 2
 
 
-cdef inline bint _is_word(Py_UCS4 c) noexcept:
+cdef inline bint _is_word(Py_UCS4 c) noexcept nogil:
     if c < 128:
         return ASCII_CLASS[c] != 0
     return Py_UNICODE_ISALNUM(c)
 
 
-cdef inline bint _is_trim(Py_UCS4 c) noexcept:
+cdef inline bint _is_trim(Py_UCS4 c) noexcept nogil:
     return c < 128 and ASCII_CLASS[c] == 2
 
 
@@ -67,10 +91,10 @@ cdef inline uint64_t _feed_cp(uint64_t h, uint32_t c) noexcept nogil:
     return _feed(h, 0x80 | (c & 0x3F))
 
 
-cdef inline uint64_t _feed_str(uint64_t h, str s, Py_ssize_t start, Py_ssize_t end):
+cdef inline uint64_t _feed_str(uint64_t h, const UStr* s, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(start, end):
-        h = _feed_cp(h, <uint32_t>s[i])
+        h = _feed_cp(h, <uint32_t>_at(s, i))
     return h
 
 
@@ -86,10 +110,35 @@ cdef inline uint32_t _fold(uint64_t h, uint32_t mask) noexcept nogil:
     return <uint32_t>((h ^ (h >> 32)) & mask)
 
 
-cdef int _cmp_u32(const void* a, const void* b) noexcept nogil:
-    cdef uint32_t x = (<const uint32_t*>a)[0]
-    cdef uint32_t y = (<const uint32_t*>b)[0]
-    return (x > y) - (x < y)
+cdef void _radix_sort(uint32_t* a, uint32_t* tmp, Py_ssize_t n, int bits) noexcept nogil:
+    """LSD radix sort of ``n`` ids below ``2**bits``, 8 bits per pass (result in ``a``)."""
+    cdef Py_ssize_t count[256]
+    cdef Py_ssize_t i, total, c
+    cdef int shift = 0
+    cdef uint32_t* src = a
+    cdef uint32_t* dst = tmp
+    cdef uint32_t* sw
+    while shift < bits:
+        for i in range(256):
+            count[i] = 0
+        for i in range(n):
+            count[(src[i] >> shift) & 0xFF] += 1
+        total = 0
+        for i in range(256):
+            c = count[i]
+            count[i] = total
+            total += c
+        for i in range(n):
+            c = (src[i] >> shift) & 0xFF
+            dst[count[c]] = src[i]
+            count[c] += 1
+        sw = src
+        src = dst
+        dst = sw
+        shift += 8
+    if src != a:
+        for i in range(n):
+            a[i] = src[i]
 
 
 cdef inline uint64_t _fnv1a(const unsigned char[:] data, uint64_t seed) noexcept nogil:
@@ -108,41 +157,41 @@ def hash_bytes(const unsigned char[:] data, uint64_t seed):
 def feature_id(str token, uint64_t seed, int bits):
     """The feature id of one whole token string (see the twin)."""
     cdef uint32_t mask = <uint32_t>((1ULL << bits) - 1)
-    return _fold(_feed_str(FNV64_OFFSET ^ seed, token, 0, len(token)), mask)
+    cdef UStr u = _ustr(token)
+    return _fold(_feed_str(FNV64_OFFSET ^ seed, &u, 0, u.n), mask)
 
 
-cdef Py_ssize_t _words(str s, uint64_t start_h, uint64_t bigram_h, bint bigrams,
-                       uint32_t mask, uint32_t* out, Py_ssize_t n) except -1:
+cdef Py_ssize_t _words(const UStr* s, uint64_t start_h, uint64_t bigram_h, bint bigrams,
+                       uint64_t skip_h, uint32_t mask, uint32_t* out, Py_ssize_t n) noexcept nogil:
     """Append the ids of the word tokens of ``s`` to ``out[n:]``; return the new count.
 
     ``start_h`` is the hash state after the namespace prefix (``subject:`` or
-    nothing); ``bigram_h`` the state after ``bi:``.
+    nothing); ``bigram_h`` the state after ``bi:``; ``skip_h`` after the prefix and ``skip:``.
     """
-    cdef Py_ssize_t i = 0, L = len(s), ws, we, length
+    cdef Py_ssize_t i = 0, L = s.n, ws, we, length
     cdef Py_ssize_t ps = -1, pe = -1
     cdef Py_UCS4 c
     cdef uint64_t h
     while i < L:
-        c = s[i]
+        c = _at(s, i)
         if not _is_word(c):
             i += 1
             continue
         ws = i
         i += 1
-        while i < L and _is_word(s[i]):
+        while i < L and _is_word(_at(s, i)):
             i += 1
         we = i
-        while ws < we and _is_trim(s[ws]):
+        while ws < we and _is_trim(_at(s, ws)):
             ws += 1
-        while we > ws and _is_trim(s[we - 1]):
+        while we > ws and _is_trim(_at(s, we - 1)):
             we -= 1
         length = we - ws
         if length < MIN_WORD:
             continue
         if length > MAX_WORD:
             # "skip:<first char>:<length // 10, at most 9>"
-            h = _feed_ascii(start_h, b"skip:")
-            h = _feed_cp(h, <uint32_t>s[ws])
+            h = _feed_cp(skip_h, <uint32_t>_at(s, ws))
             h = _feed(h, 0x3A)
             h = _feed(h, 0x30 + (length // 10 if length < 100 else 9))
             out[n] = _fold(h, mask)
@@ -169,22 +218,25 @@ def features(str subject, str text, list meta, uint64_t seed, int bits, bint big
     cdef uint32_t mask = <uint32_t>((1ULL << bits) - 1)
     cdef uint64_t h0 = FNV64_OFFSET ^ seed
     cdef Py_ssize_t cap = 2 * (len(subject) + len(text)) + len(meta) + 16
-    cdef uint32_t* buf = <uint32_t*>malloc(cap * sizeof(uint32_t))
+    cdef uint32_t* buf = <uint32_t*>malloc(2 * cap * sizeof(uint32_t))
     if buf == NULL:
         raise MemoryError()
     cdef Py_ssize_t n = 0, k, m
     cdef uint64_t bi_h = _feed_ascii(h0, b"bi:")
+    cdef uint64_t subj_h = _feed_ascii(h0, b"subject:")
     cdef object item
-    cdef str token
+    cdef UStr u
     cdef uint32_t[::1] out
     try:
-        n = _words(subject, _feed_ascii(h0, b"subject:"), bi_h, False, mask, buf, n)
-        n = _words(text, h0, bi_h, bigrams, mask, buf, n)
+        u = _ustr(subject)
+        n = _words(&u, subj_h, bi_h, False, _feed_ascii(subj_h, b"skip:"), mask, buf, n)
+        u = _ustr(text)
+        n = _words(&u, h0, bi_h, bigrams, _feed_ascii(h0, b"skip:"), mask, buf, n)
         for item in meta:
-            token = <str?>item
-            buf[n] = _fold(_feed_str(h0, token, 0, len(token)), mask)
+            u = _ustr(<str?>item)
+            buf[n] = _fold(_feed_str(h0, &u, 0, u.n), mask)
             n += 1
-        qsort(buf, n, sizeof(uint32_t), _cmp_u32)
+        _radix_sort(buf, buf + cap, n, bits)
         m = 0
         for k in range(n):
             if m == 0 or buf[k] != buf[m - 1]:

@@ -111,7 +111,7 @@ def train(examples: Sequence[Example], spec: TokenizerSpec | None = None, *, c_g
     cv = StratifiedKFold(k, shuffle=True, random_state=seed)
     best = None
     for c in c_grid:
-        m = cross_val_predict(LinearSVC(C=c, max_iter=20000), X, y, cv=cv, method="decision_function")
+        m = cross_val_predict(LinearSVC(C=c, max_iter=20000, random_state=seed), X, y, cv=cv, method="decision_function")
         auc = roc_auc(m, y)
         say(f"C={c:g}: cross-validated ROC AUC {auc:.5f}")
         if best is None or auc > best[0]:
@@ -124,7 +124,7 @@ def train(examples: Sequence[Example], spec: TokenizerSpec | None = None, *, c_g
     threshold = max(0.5, threshold_for_fpr(p, y, target_fpr))
     cv_metrics = binary_metrics(p, y, threshold)
     cv_metrics["roc_auc"] = cv_auc
-    clf = LinearSVC(C=c, max_iter=20000).fit(X, y)
+    clf = LinearSVC(C=c, max_iter=20000, random_state=seed).fit(X, y)
     w = clf.coef_[0].astype(np.float32)
     strongest = np.argsort(-np.abs(w))[:VOCAB_SIZE]
     wanted = {int(i) for i in strongest if w[i] != 0.0}
