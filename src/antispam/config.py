@@ -203,6 +203,19 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """The token classifier (``antispam.classifier``)."""
+
+    enabled: bool = True
+    #: model directory; empty means the embedded default model (``models/default``)
+    model: str = ""
+    #: clue tokens listed in the symbol's options
+    clues: int = 5
+    #: weight of online learning (``engine.learn``) against the shipped model; 0 disables it
+    learn_rate: float = 0.3
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an engine."""
 
@@ -215,6 +228,7 @@ class Config:
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     #: symbol -> score, overriding the defaults the checks declare
     scores: Mapping[str, float] = field(default_factory=dict)
     #: symbol -> description override

@@ -47,6 +47,7 @@ DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.reputation.history:history_check",
     "antispam.reputation.dnsbl:dnsbl_check",
     "antispam.auth.spf:factory",
+    "antispam.classifier.check:classifier_check",
 )
 
 ENGINE_SYMBOLS = (
