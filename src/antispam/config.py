@@ -216,11 +216,33 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class RulesConfig:
+    """The rule engine (``rules/*.cf``, SpamAssassin syntax); see docs/rules.md."""
+
+    enabled: bool = True
+    #: rule directories or files; empty means the embedded default ruleset
+    dirs: tuple[str, ...] = ()
+    #: more directories or files read after ``dirs`` (local additions and overrides)
+    extra_dirs: tuple[str, ...] = ()
+    #: SpamAssassin rules directories (e.g. /usr/share/spamassassin); unusable rules are left out and logged
+    sa_dirs: tuple[str, ...] = ()
+    #: where SpamAssassin's ``*.pre`` files (loadplugin lines) are, for ``ifplugin`` in ``sa_dirs``
+    sa_pre_dir: str = "/etc/spamassassin"
+    #: "auto" (Hyperscan when installed), "hyperscan" or "python"
+    engine: str = "auto"
+    #: leave out bad rules (reported in the log) instead of failing to load
+    skip_bad: bool = False
+    #: directory for compiled Hyperscan databases (keyed by the rules' digest); empty: no cache
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an engine."""
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)

@@ -42,6 +42,7 @@ log = logging.getLogger("antispam.engine")
 DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.builtin:gtube_check",
     "antispam.builtin:mime_defects_check",
+    "antispam.ruleset.check:rules_check",
     "antispam.reputation.greylist:greylist_check",
     "antispam.reputation.ratelimit:ratelimit_check",
     "antispam.reputation.history:history_check",
