@@ -110,6 +110,9 @@ class SpamdConfig(ServerConfig):
 @dataclass(frozen=True)
 class MilterConfig(ServerConfig):
     port: int = 11332
+    #: the MTA holds one connection per SMTP session, idle while the client types: as long
+    #: as Postfix's own smtpd_timeout (300s) so a slow client never loses us mid-session
+    timeout: float = 300.0
     #: SMTP reply for ``reject`` verdicts (code, enhanced status code, text)
     reject_reply: str = "550 5.7.1 Message rejected as spam"
     #: SMTP reply for ``soft reject`` and ``greylist`` verdicts, and for failed scans when fail_open is false
