@@ -89,3 +89,54 @@ class ServerThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
             self.loop.close()
+
+
+class Sink:
+    """An aiosmtpd server that keeps every message it accepts: the next hop in end-to-end tests.
+
+    ``refuse`` makes it answer every DATA with ``451``; ``down()`` / ``up()`` stop and
+    restart it on the same port.
+    """
+
+    def __init__(self, port: int | None = None):
+        from servers import free_port
+
+        self.port = port or free_port()
+        self.messages: list[tuple[str, tuple[str, ...], bytes]] = []
+        self.refuse = False
+        self._lock = threading.Lock()
+        self.controller: Any = None
+        self.up()
+
+    def up(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+                if sink.refuse:
+                    return "451 4.3.0 sink refusing on purpose"
+                with sink._lock:
+                    sink.messages.append((envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content))
+                return "250 2.0.0 stored"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, decode_data=False)
+        self.controller.start()
+
+    def down(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def wait_for(self, predicate: Any, timeout: float = 20.0) -> list[tuple[str, tuple[str, ...], bytes]]:
+        """Messages matching ``predicate(raw)``, waiting up to ``timeout`` for at least one."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                found = [m for m in self.messages if predicate(m[2])]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
