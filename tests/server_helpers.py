@@ -68,6 +68,20 @@ class MemoryLearner(Check):
         return self.labels.pop(self._key(msg), None) is not None
 
 
+class EnvelopeProbe(Check):
+    """Records the envelope and bytes each scan saw, so tests can check what a server passed on."""
+
+    name = "envelope_probe"
+    symbols = (SymbolDef("ENVELOPE_SEEN", 0.0, "test probe", "test"),)
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def run(self, msg, ctx):  # type: ignore[no-untyped-def]
+        self.seen.append((ctx.envelope, msg.raw))
+        return [Hit("ENVELOPE_SEEN", 1.0)]
+
+
 class ServerThread:
     """Runs an antispam server (any ``servers.common.Server``) on an event loop in a thread."""
 
@@ -104,6 +118,8 @@ class Sink:
         self.port = port or free_port()
         self.messages: list[tuple[str, tuple[str, ...], bytes]] = []
         self.refuse = False
+        #: seconds handle_DATA waits before storing and answering (a slow next hop)
+        self.delay = 0.0
         self._lock = threading.Lock()
         self.controller: Any = None
         self.up()
@@ -115,6 +131,8 @@ class Sink:
 
         class Handler:
             async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+                if sink.delay:
+                    await asyncio.sleep(sink.delay)
                 if sink.refuse:
                     return "451 4.3.0 sink refusing on purpose"
                 with sink._lock:

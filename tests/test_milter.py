@@ -10,27 +10,13 @@ import struct
 
 import pytest
 
-from antispam import Check, Config, Engine, Hit, SymbolDef
+from antispam import Config, Engine
 from antispam.builtin import GtubeCheck
 from antispam.config import MilterConfig
 from antispam.servers.milter import MilterServer
 
 from milter_client import MilterClient
-from server_helpers import ServerThread, ham, spam
-
-
-class EnvelopeProbe(Check):
-    """Records the envelope each scan saw, so tests can check what the milter stream carried."""
-
-    name = "envelope_probe"
-    symbols = (SymbolDef("ENVELOPE_SEEN", 0.0, "test probe", "test"),)
-
-    def __init__(self) -> None:
-        self.seen: list = []
-
-    def run(self, msg, ctx):  # type: ignore[no-untyped-def]
-        self.seen.append((ctx.envelope, msg.raw))
-        return [Hit("ENVELOPE_SEEN", 1.0)]
+from server_helpers import EnvelopeProbe, ServerThread, ham, spam
 
 
 def headers_added(replies):
