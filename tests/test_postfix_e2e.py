@@ -9,6 +9,7 @@ gets 4xx and delivers on retry).
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -138,3 +139,55 @@ def test_slow_milter_is_no_loss(postfix, sink):
         assert sink.wait_for(marker("e2e slow tempfail"), timeout=0.5) == []
     finally:
         slow.stop()
+
+
+# --------------------------------------------------------------------------- content_filter (after-queue)
+
+
+def test_content_filter_after_queue_survives_kill_9(sink):
+    """swaks -> Postfix (content_filter=scan:[127.0.0.1]:F) -> our filter -> Postfix re-injection
+    smtpd (port R, no filter) -> sink.  The filter is frozen and then killed while Postfix is
+    handing it a message: Postfix keeps the message queued, and once the filter is back the
+    message arrives exactly once, scanned."""
+    from test_smtp_filter import spawn_filter
+
+    fport, rport = free_port(), free_port()
+    p = pf.Postfix(relay_port=sink.port, main={
+        "content_filter": f"scan:[127.0.0.1]:{fport}",
+        "smtp_connect_timeout": "2s",
+    }, extra_master=(
+        "scan unix - - n - 4 smtp -o smtp_send_xforward_command=yes -o disable_mime_output_conversion=yes\n"
+        f"127.0.0.1:{rport} inet n - n - - smtpd -o content_filter= -o smtpd_milters="
+        " -o smtpd_authorized_xforward_hosts=127.0.0.0/8 -o receive_override_options=no_unknown_recipient_checks\n"))
+    proc = spawn_filter(fport, rport)
+    try:
+        r = pf.swaks(p.port, spam(subject="cf spam"))
+        assert r.returncode == 0  # after-queue: accepted by Postfix, then tagged
+        (got,) = sink.wait_for(marker("cf spam"))
+        assert b"X-Spam-Flag: YES" in got[2]
+        # freeze the filter, let Postfix connect to it and wait, then kill it mid-transaction
+        proc.send_signal(signal.SIGSTOP)
+        raw = ham(subject="cf killed")
+        r = pf.swaks(p.port, raw)
+        assert r.returncode == 0, r.stdout[-1500:]  # Postfix has the message in its queue
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 20
+        while "status=deferred" not in p.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "status=deferred" in p.log(), p.log()[-3000:]
+        assert sink.wait_for(marker("cf killed"), timeout=0.5) == []
+        proc = spawn_filter(fport, rport)
+        p.flush()
+        got = sink.wait_for(marker("cf killed"), timeout=30)
+        assert len(got) == 1, p.log()[-3000:]
+        assert b"X-Spam-Flag: NO" in got[0][2]
+        time.sleep(1.0)
+        assert len(sink.wait_for(marker("cf killed"), timeout=0)) == 1
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+        p.stop()
