@@ -22,6 +22,7 @@ from . import __version__
 #: Modules that add subcommands: each defines ``register(subparsers)`` and sets
 #: ``func=handler`` on its parsers (``handler(args) -> int``).
 COMMAND_MODULES: tuple[str, ...] = (
+    "antispam.classifier.cli",
     "antispam.servers.cli",
 )
 
