@@ -24,6 +24,7 @@ from . import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "antispam.classifier.cli",
     "antispam.ruleset.cli",
+    "antispam.servers.cli",
 )
 
 

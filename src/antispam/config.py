@@ -72,6 +72,87 @@ class StoreConfig:
     on_failure: str = "open"
 
 
+# --- servers (spamd, milter, SMTP filter, rspamd HTTP): [servers.NAME] tables ---------------
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What every server shares.  Loopback and a loopback allow-list by default: a spam filter
+    that anyone on the network can feed (or TELL) is an abuse vector, so opening it is explicit."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: client networks allowed to connect (CIDR); others are refused at accept time
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: largest message accepted, bytes; larger ones are refused with the protocol's error
+    max_size: int = 32 * 1024 * 1024
+    #: connections served at once; more are refused (the MTA retries or applies its default)
+    max_connections: int = 64
+    #: seconds a connection may sit idle or take to send one request before it is dropped
+    timeout: float = 60.0
+    #: seconds a graceful shutdown waits for in-flight messages before cutting them off
+    shutdown_timeout: float = 30.0
+    #: when a scan fails: true lets the message through unfiltered, false answers "try later"
+    fail_open: bool = True
+    #: scan worker processes; 0 scans in the server process (see docs/servers.md)
+    workers: int = 0
+    #: Prometheus /metrics on this port (0 = off), bound to metrics_host
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SpamdConfig(ServerConfig):
+    port: int = 783
+    #: accept TELL (learn / forget); spamd calls this --allow-tell
+    allow_tell: bool = True
+
+
+@dataclass(frozen=True)
+class MilterConfig(ServerConfig):
+    port: int = 11332
+    #: the MTA holds one connection per SMTP session, idle while the client types: as long
+    #: as Postfix's own smtpd_timeout (300s) so a slow client never loses us mid-session
+    timeout: float = 300.0
+    #: SMTP reply for ``reject`` verdicts (code, enhanced status code, text)
+    reject_reply: str = "550 5.7.1 Message rejected as spam"
+    #: SMTP reply for ``soft reject`` and ``greylist`` verdicts, and for failed scans when fail_open is false
+    tempfail_reply: str = "451 4.7.1 Please try again later"
+    #: hold ``reject`` verdicts in the MTA's quarantine (Postfix: hold queue) instead of rejecting
+    quarantine: bool = False
+    quarantine_reason: str = "antispam: spam"
+
+
+@dataclass(frozen=True)
+class SmtpConfig(ServerConfig):
+    port: int = 10025
+    #: "after-queue" (Postfix content_filter: scan, add headers, re-inject) or
+    #: "before-queue" (smtpd_proxy_filter: the same, but spam is rejected at end of DATA)
+    mode: str = "after-queue"
+    #: where scanned mail goes, host:port (Postfix's re-injection smtpd)
+    next_hop: str = "127.0.0.1:10026"
+    #: seconds to wait for the next hop before answering the sender 4xx
+    next_hop_timeout: float = 60.0
+    reject_reply: str = "550 5.7.1 Message rejected as spam"
+    tempfail_reply: str = "451 4.7.1 Please try again later"
+    #: the name this filter gives itself in its SMTP greeting
+    hostname: str = "localhost"
+
+
+@dataclass(frozen=True)
+class RspamdHttpConfig(ServerConfig):
+    port: int = 11333
+
+
+@dataclass(frozen=True)
+class ServersConfig:
+    """``[servers.spamd]``, ``[servers.milter]``, ``[servers.smtp]``, ``[servers.rspamd_http]``."""
+
+    spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    rspamd_http: RspamdHttpConfig = field(default_factory=RspamdHttpConfig)
+
+
 @dataclass(frozen=True)
 class GreylistConfig:
     """Greylisting (X.1240 7.11): defer the first delivery attempt of an unknown triplet.
@@ -243,6 +324,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    servers: ServersConfig = field(default_factory=ServersConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
