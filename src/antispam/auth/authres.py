@@ -241,7 +241,7 @@ def strip_forged(raw: bytes, authserv_id: str) -> bytes:
     return b"".join(kept) + body
 
 
-def authres_check(config: "Config") -> AuthResultsCheck | None:
+def authres_check(config: "Config", store: object = None) -> AuthResultsCheck | None:
     """Enabled when trusted authserv-ids are configured or an authserv-id is set (to catch forgeries)."""
     auth = getattr(config, "auth", None)
     if auth is None or not (auth.trusted_authserv_ids or config.engine.authserv_id):

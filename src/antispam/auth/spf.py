@@ -269,7 +269,7 @@ class SpfCheck(Check):
         return [Hit(SYMBOL_OF[outcome.result], 1.0, tuple(options))]
 
 
-def factory(config: "Config") -> SpfCheck | None:
+def factory(config: "Config", store: object = None) -> SpfCheck | None:
     if not network_enabled(config, "spf"):
         return None
     return SpfCheck(config.auth.spf_strict_limits)
