@@ -42,6 +42,7 @@ DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.builtin:gtube_check",
     "antispam.builtin:mime_defects_check",
     "antispam.auth.spf:factory",
+    "antispam.auth.dkim:factory",
 )
 
 ENGINE_SYMBOLS = (

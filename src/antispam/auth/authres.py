@@ -32,7 +32,7 @@ _BARE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~@/]+$")
 
 def quote_value(value: str) -> str:
     """A property value as RFC 8601 wants it: bare when it is a token/addr-spec, else quoted."""
-    if value and _BARE.match(value) and not value.startswith("@"):
+    if value and _BARE.match(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
