@@ -43,6 +43,9 @@ DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.builtin:mime_defects_check",
     "antispam.auth.spf:factory",
     "antispam.auth.dkim:factory",
+    "antispam.auth.arc:factory",
+    "antispam.auth.dmarc:factory",
+    "antispam.auth.authres:authres_check",
 )
 
 ENGINE_SYMBOLS = (
