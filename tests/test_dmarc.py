@@ -57,8 +57,8 @@ def server():
         yield s
 
 
-def engine(server, mode="rfc9989", **auth):
-    cfg = Config().merged({"dns": {"nameservers": [server.host], "port": server.port, "timeout": 0.3, "attempts": 1},
+def engine(server, mode="rfc9989", timeout=0.3, **auth):
+    cfg = Config().merged({"dns": {"nameservers": [server.host], "port": server.port, "timeout": timeout, "attempts": 1},
                            "auth": {"dmarc_mode": mode, **auth}, "engine": {"authserv_id": "mx.test"}})
     return Engine(cfg)
 
@@ -182,3 +182,17 @@ def test_parse_record():
     assert (r.p, r.sp, r.np, r.adkim, r.aspf, r.t, r.psd, r.pct) == ("reject", "none", "quarantine", "s", "r", True, "n", 50)
     assert parse_record("v=spf1 -all") is None
     assert parse_record("v=DMARC1; p=bogus").p == "none"
+
+
+def test_a_full_scan_asks_every_question_before_the_first_answer_returns():
+    """SPF + DKIM + DMARC in one scan: one round of DNS, not one per check (the prefetch design)."""
+    delay = 0.3
+    with DNSServer(zone(), delay=delay) as slow:
+        e = engine(slow, timeout=3.0)
+        raw = sign(message("a@example.org"), "example.org", "rsa", rsa_key())
+        v = e.scan(raw, Envelope(client_ip=GOOD_IP, mail_from="a@example.org"))
+        assert {"R_SPF_ALLOW", "R_DKIM_ALLOW", "DMARC_POLICY_ALLOW"} <= set(v.symbols)
+        asked = {q[0] for q in slow.queries}
+        assert {"example.org", "rsa._domainkey.example.org", "_dmarc.example.org", "_dmarc.org"} <= asked
+        # every query reached the server before the earliest answer could have left it
+        assert max(slow.arrivals) - min(slow.arrivals) < delay, slow.queries
