@@ -196,3 +196,15 @@ def test_a_full_scan_asks_every_question_before_the_first_answer_returns():
         assert {"example.org", "rsa._domainkey.example.org", "_dmarc.example.org", "_dmarc.org"} <= asked
         # every query reached the server before the earliest answer could have left it
         assert max(slow.arrivals) - min(slow.arrivals) < delay, slow.queries
+
+
+def test_a_server_that_drops_every_query_gives_temperrors_never_passes():
+    with DNSServer(zone()) as dead:
+        dead.drop_all = True
+        e = engine(dead, timeout=0.2)
+        raw = sign(message("a@example.org"), "example.org", "rsa", rsa_key())
+        v = e.scan(raw, Envelope(client_ip=GOOD_IP, mail_from="a@example.org"))
+        assert {"R_SPF_TEMPFAIL", "R_DKIM_TEMPFAIL", "DMARC_TEMPFAIL"} <= set(v.symbols)
+        assert not any(s.endswith("_ALLOW") for s in v.symbols)
+        for method in ("spf", "dkim", "dmarc"):
+            assert f"{method}=temperror" in v.authentication_results
