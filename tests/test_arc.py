@@ -83,3 +83,13 @@ def test_trusted_sealer_lifts_dmarc_failure(server):
     broken = raw.replace(b"See you at ten.", b"See you at noon.")
     v = engine(server, trusted_arc_sealers=["list.example"]).scan(broken, ENV)
     assert list(syms(v, "DMARC_")) == ["DMARC_POLICY_REJECT"]
+
+
+def test_aggregate_record_names_the_trusted_forwarder(server):
+    from antispam.auth.report import aggregate_record
+
+    v = engine(server, trusted_arc_sealers=["list.example"]).scan(forwarded(), ENV)
+    rec = aggregate_record(v, ENV)
+    assert rec["row"]["policy_evaluated"]["disposition"] == "none"
+    assert rec["row"]["policy_evaluated"]["reason"] == [{"type": "trusted_forwarder", "comment": "arc list.example"}]
+    assert rec["row"]["policy_evaluated"]["dkim"] == "fail"

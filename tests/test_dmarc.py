@@ -208,3 +208,28 @@ def test_a_server_that_drops_every_query_gives_temperrors_never_passes():
         assert not any(s.endswith("_ALLOW") for s in v.symbols)
         for method in ("spf", "dkim", "dmarc"):
             assert f"{method}=temperror" in v.authentication_results
+
+
+def test_aggregate_records_collected_from_verdicts(server):
+    from antispam.auth.report import AggregateCollector
+
+    e = engine(server)
+    agg = AggregateCollector()
+    good = Envelope(client_ip=GOOD_IP, mail_from="a@example.org", rcpt_tos=["x@rcpt.example"])
+    bad = Envelope(client_ip=BAD_IP, mail_from="a@example.org", rcpt_tos=["x@rcpt.example"])
+    signed = sign(message("a@example.org"), "example.org", "rsa", rsa_key())
+    for raw, env in ((signed, good), (signed, good), (message("a@example.org"), bad)):
+        assert agg.add(e.scan(raw, env), env)
+    assert not agg.add(e.scan(message("a@nodmarc.example"), bad), bad)  # no policy: nothing to report
+    recs = sorted(agg.records(), key=lambda r: r["row"]["source_ip"])
+    assert [r["row"]["count"] for r in recs] == [2, 1]
+    ok, fail = recs
+    assert ok["row"]["policy_evaluated"] == {"disposition": "none", "dkim": "pass", "spf": "pass", "reason": []}
+    assert ok["auth_results"]["dkim"] == [{"domain": "example.org", "selector": "rsa", "result": "pass"}]
+    assert ok["auth_results"]["spf"] == [{"domain": "example.org", "scope": "mfrom", "result": "pass"}]
+    assert ok["identifiers"] == {"envelope_to": ["rcpt.example"], "envelope_from": "example.org", "header_from": "example.org"}
+    assert fail["row"]["policy_evaluated"]["disposition"] == "reject"
+    assert fail["row"]["source_ip"] == BAD_IP and fail["auth_results"]["spf"][0]["result"] == "fail"
+    xml = agg.to_xml()
+    assert len(xml) == 2 and {x.findtext("row/count") for x in xml} == {"2", "1"}
+    assert {x.findtext("row/policy_evaluated/disposition") for x in xml} == {"none", "reject"}
