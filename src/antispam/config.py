@@ -73,6 +73,91 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class GreylistConfig:
+    """Greylisting (X.1240 7.11): defer the first delivery attempt of an unknown triplet.
+
+    Legitimate MTAs retry after a temporary failure; much bulk spamware does
+    not.  ``mode = "triplet"`` keys on (client network, sender, recipient);
+    ``"content"`` on (client network, a digest of the body), for senders that
+    vary the envelope on every attempt.
+    """
+
+    enabled: bool = False
+    mode: str = "triplet"
+    #: seconds a new triplet must wait before a retry is accepted
+    delay: float = 300.0
+    #: how long a first attempt is remembered while waiting for its retry
+    pending_ttl: float = 86400.0
+    #: how long a triplet that passed stays known (no new delay)
+    pass_ttl: float = 36 * 86400.0
+    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    allow_domains: tuple[str, ...] = ()
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Token buckets per client IP, envelope sender, recipient and authenticated user.
+
+    A rate of 0 disables that key type.  Rates are messages per minute;
+    ``burst`` is how many may come at once.  When a bucket is empty the
+    ``RATELIMIT_*`` symbol fires and the verdict's action is at least ``action``
+    (an empty string: the symbol only).
+    """
+
+    enabled: bool = False
+    ip_rate: float = 0.0
+    ip_burst: float = 0.0
+    sender_rate: float = 0.0
+    sender_burst: float = 0.0
+    rcpt_rate: float = 0.0
+    rcpt_burst: float = 0.0
+    user_rate: float = 0.0
+    user_burst: float = 0.0
+    action: str = "soft reject"
+    #: networks never limited
+    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Local reputation: decayed counts of past verdicts per IP, network, sender domain, URL domain.
+
+    Off by default because it writes to the store after every scan.
+    """
+
+    enabled: bool = False
+    #: the weight of an observation halves every ``half_life_days``
+    half_life_days: float = 14.0
+    #: decayed observations needed before an entity is judged
+    min_observations: float = 5.0
+    #: spam share at or above which an entity is bad, and at or below which it is good
+    bad_ratio: float = 0.9
+    good_ratio: float = 0.05
+    #: a learned (user-confirmed) message counts this many observations
+    learn_weight: float = 3.0
+
+
+@dataclass(frozen=True)
+class DnsblConfig:
+    """DNS block and allow lists (RFC 5782).  Needs ``[dns] nameservers``.
+
+    ``enable`` names well-known lists that ship disabled (``antispam.reputation.lists.KNOWN_LISTS``);
+    ``[dnsbl.lists.NAME]`` tables define others (zone, kind, inputs, codes or bitmask, refused, allow).
+    """
+
+    enable: tuple[str, ...] = ()
+    lists: Mapping[str, Any] = field(default_factory=dict)
+    #: our own relays: Received hops from these are skipped when looking for the sender
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: how many untrusted Received relays (besides the client) lists with ``relays`` are asked about
+    max_relays: int = 3
+    #: seconds between RFC 5782 test-point checks of each list (0: never check)
+    health_interval: float = 600.0
+
+
+@dataclass(frozen=True)
 class DnsConfig:
     """The one resolver (``antispam.dns``).  No nameservers (the default) means no network checks at all."""
 
@@ -124,6 +209,10 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     #: symbol -> score, overriding the defaults the checks declare

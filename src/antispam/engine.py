@@ -41,6 +41,10 @@ log = logging.getLogger("antispam.engine")
 DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.builtin:gtube_check",
     "antispam.builtin:mime_defects_check",
+    "antispam.reputation.greylist:greylist_check",
+    "antispam.reputation.ratelimit:ratelimit_check",
+    "antispam.reputation.history:history_check",
+    "antispam.reputation.dnsbl:dnsbl_check",
     "antispam.auth.spf:factory",
     "antispam.auth.dkim:factory",
     "antispam.auth.arc:factory",
@@ -53,6 +57,7 @@ ENGINE_SYMBOLS = (
     SymbolDef("CHECK_TIMEOUT", 0.0, "A network check did not finish before the scan deadline", "engine"),
     SymbolDef("SCAN_LIMIT", 0.0, "Part of the message was not scanned because a size limit was reached", "engine"),
     SymbolDef("INPUT_ERROR", 0.0, "The input could not be read; nothing was scanned", "engine"),
+    SymbolDef("STORE_UNAVAILABLE", 0.0, "The shared store could not be reached; a check ran without it", "engine"),
 )
 
 
@@ -131,6 +136,8 @@ class Engine:
         self._custom_checks = checks is not None
         self.network_checks = [c for c in self.checks if c.network]
         self.content_checks = [c for c in self.checks if not c.network]
+        #: checks that want to see the final verdict (their ``record`` is overridden)
+        self.recorders = [c for c in self.checks if type(c).record is not Check.record]
         self._stages = _stages(self.network_checks)
         self.resolver = resolver
         if self.resolver is None and self.network_checks:
@@ -252,11 +259,17 @@ class Engine:
             hits.append(Hit("SCAN_LIMIT", 1.0, skipped))
         timings["total"] = time.perf_counter() - t0
         ar = ctx.authentication_results()
-        return self.policy.decide(
+        verdict = self.policy.decide(
             hits, timings=timings, skipped=skipped, message_id=msg.message_id,
             authentication_results=f"{self._authserv_id}; {ar}" if ar else None,
             subject=msg.subject,
         )
+        for check in self.recorders:
+            try:
+                check.record(msg, ctx, verdict)
+            except Exception:  # recording is best effort: the verdict stands
+                log.exception("check %s failed to record the verdict", check.name)
+        return verdict
 
     # ------------------------------------------------------------------ batches
 
