@@ -16,6 +16,7 @@ ZONE = {
     "mx.soft.example": [("A", "198.51.100.7")],
     "helo.example": [("TXT", "v=spf1 a -all"), ("A", "203.0.113.9")],
     "dead.example": [("TIMEOUT", None)],
+    "xn--exmple-cua.org": [("TXT", "v=spf1 ip4:192.0.2.77 -all")],  # exämple.org as published: an A-label
     "broken.example": [("TXT", "v=spf1 ip4:192.0.2.1 -all"), ("TXT", "v=spf1 -all")],
     # eleven DNS-querying terms: one over RFC 7208's limit of ten
     "many.example": [("TXT", "v=spf1 " + " ".join(f"a:h{i}.many.example" for i in range(11)) + " ip4:192.0.2.99 -all")],
@@ -123,3 +124,9 @@ def test_sync_path_gives_the_same_result(server):
     r = Resolver([server.host], port=server.port, timeout=0.3, attempts=1)
     assert check_host_sync(r, "198.51.100.7", "x@soft.example", None).result == "pass"
     assert check_host_sync(r, "203.0.113.1", "x@soft.example", None).result == "softfail"
+
+
+def test_internationalized_domain_is_asked_as_its_a_label(server):
+    v = engine(server).scan(MSG, Envelope(client_ip="192.0.2.77", mail_from="user@exämple.org"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+    assert server.asked("xn--exmple-cua.org", "TXT") >= 1

@@ -96,7 +96,17 @@ def make_name(text: str) -> dns.name.Name:
     text = text.rstrip(".")
     if not text:
         return dns.name.root
-    return dns.name.Name([label.encode("utf-8") for label in text.split(".")] + [b""])
+    return dns.name.Name([_label(label) for label in text.split(".")] + [b""])
+
+
+def _label(label: str) -> bytes:
+    """ASCII labels as they are; internationalized ones as IDNA A-labels (xn--), as zones publish them."""
+    if label.isascii():
+        return label.encode("ascii")
+    try:
+        return label.encode("idna")
+    except UnicodeError:
+        return label.encode("utf-8")
 
 
 def name_text(name: dns.name.Name) -> str:

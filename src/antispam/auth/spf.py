@@ -177,6 +177,10 @@ def evaluate(ip: str, sender: str | None, helo: str | None, lookup: Lookup,
     token = _CURRENT.set(lookup)
     try:
         result, _code, explanation = q.check()
+    except _Miss:
+        raise
+    except Exception as exc:  # pyspf on input it did not foresee: a broken evaluation, not a pass
+        return SpfOutcome("permerror", identity, address, domain, reason=f"evaluation failed: {type(exc).__name__}: {exc}"[:160])
     finally:
         _CURRENT.reset(token)
     mech = q.mechanism or ""
