@@ -205,11 +205,12 @@ class DNSServer:
                 name, chain = _norm(cnames[0]), chain + 1
                 continue
             break
-        wire_out = response.to_wire()
-        if proto == "udp" and len(wire_out) > 512 and query.edns < 0:
+        wire_out = response.to_wire(max_size=65535)
+        limit = max(512, query.payload) if query.edns >= 0 else 512
+        if proto == "udp" and len(wire_out) > limit:
             response.answer = []
             response.flags |= dns.flags.TC
-            wire_out = response.to_wire()
+            wire_out = response.to_wire(max_size=65535)
         return wire_out
 
     def asked(self, qname: str | None = None, rdtype: str | None = None, proto: str | None = None) -> int:
