@@ -113,3 +113,17 @@ def test_unsigned_and_malformed(server):
     v = e.scan(b"DKIM-Signature: v=1; this is not a signature\r\n" + message(), ENV)
     assert list(dkim_symbols(v)) == ["R_DKIM_PERMFAIL"]
     assert "dkim=neutral" in v.authentication_results
+
+
+def test_blocking_dnsfunc_for_direct_dkimpy_use(server):
+    import dkim
+
+    from antispam.auth.dkim import dnsfunc_for
+    from antispam.dns import Resolver
+
+    r = Resolver([server.host], port=server.port, timeout=0.3, attempts=1)
+    raw = sign(message(), "example.org", "ed", ed25519_key())
+    assert dkim.verify(raw, dnsfunc=dnsfunc_for(r))
+    assert r.cached("ed._domainkey.example.org", "TXT").status == "ok"
+    assert not dkim.verify(raw.replace(b"ten", b"two"), dnsfunc=dnsfunc_for(r))
+    assert not dkim.verify(sign(message(), "example.org", "missing", rsa_key()), dnsfunc=dnsfunc_for(r))

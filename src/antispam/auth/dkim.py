@@ -153,6 +153,23 @@ async def fetch_keys(resolver: "Resolver", names: list[str], deadline: float | N
     return dict(zip(unique, got))
 
 
+def dnsfunc_for(resolver: "Resolver", timeout: float | None = None):
+    """A dkimpy ``dnsfunc`` served by ``Resolver.resolve_sync`` (and so by the shared cache).
+
+    For code that calls ``dkim.verify``/``dkim.arc_verify`` itself, outside an
+    event loop or in a worker thread.  dkimpy cannot tell "no key" from "lookup
+    failed" (both are None); :class:`DkimCheck` does not use this path for that
+    reason, but fetches the keys itself.
+    """
+
+    def dnsfunc(name: bytes | str, timeout_: float = 5, **_: object) -> bytes | None:
+        qname = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        texts = resolver.resolve_sync(qname, "TXT", timeout if timeout is not None else timeout_).texts()
+        return texts[0] if texts else None
+
+    return dnsfunc
+
+
 def _key_names(values: list[str]) -> list[str]:
     names = []
     for v in values:
