@@ -16,6 +16,8 @@ ZONE = {
     "mx.soft.example": [("A", "198.51.100.7")],
     "helo.example": [("TXT", "v=spf1 a -all"), ("A", "203.0.113.9")],
     "dead.example": [("TIMEOUT", None)],
+    "mx.example": [("TXT", "v=spf1 mx -all"), *[("MX", (i, f"mx{i}.mx.example")) for i in range(6)]],
+    **{f"mx{i}.mx.example": [("A", f"198.51.100.{50 + i}")] for i in range(6)},
     "xn--exmple-cua.org": [("TXT", "v=spf1 ip4:192.0.2.77 -all")],  # exämple.org as published: an A-label
     "broken.example": [("TXT", "v=spf1 ip4:192.0.2.1 -all"), ("TXT", "v=spf1 -all")],
     # eleven DNS-querying terms: one over RFC 7208's limit of ten
@@ -130,3 +132,15 @@ def test_internationalized_domain_is_asked_as_its_a_label(server):
     v = engine(server).scan(MSG, Envelope(client_ip="192.0.2.77", mail_from="user@exämple.org"))
     assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
     assert server.asked("xn--exmple-cua.org", "TXT") >= 1
+
+
+def test_mx_exchanges_are_resolved_together():
+    """The six exchanges' addresses are asked in one round, not one round each."""
+    delay = 0.25
+    with DNSServer(ZONE, delay=delay) as slow:
+        e = Engine(Config().merged({"dns": {"nameservers": [slow.host], "port": slow.port, "timeout": 3.0, "attempts": 1},
+                                    "auth": {"dkim": False, "dmarc": False}}))
+        v = e.scan(MSG, Envelope(client_ip="198.51.100.55", mail_from="a@mx.example"))
+        assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+        times = [t for (n, _, _), t in zip(slow.queries, slow.arrivals) if n.endswith(".mx.example") and n != "mx.example"]
+        assert len(times) == 6 and max(times) - min(times) < delay

@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: lower-case header name, as dkimpy reports it
 _SIG = b"dkim-signature"
+#: signatures verified per message; more is a cost an attacker chooses, not a sender need
+MAX_SIGNATURES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,9 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
         return DkimOutcome((DkimSignatureResult("neutral", "", "", reason=f"unparsable message: {exc}"[:120]),))
     sigs = [v for n, v in signer.headers if n.lower() == _SIG]
     results = []
-    for idx, value in enumerate(sigs):
+    if len(sigs) > MAX_SIGNATURES:
+        results.append(DkimSignatureResult("neutral", "", "", reason=f"{len(sigs) - MAX_SIGNATURES} signatures past the first {MAX_SIGNATURES} not checked"))
+    for idx, value in enumerate(sigs[:MAX_SIGNATURES]):
         tags = _tags(value) or {}
         domain = tags.get(b"d", b"").decode("ascii", "replace").strip().lower()
         selector = tags.get(b"s", b"").decode("ascii", "replace").strip()
@@ -172,7 +176,7 @@ def dnsfunc_for(resolver: "Resolver", timeout: float | None = None):
 
 def _key_names(values: list[str]) -> list[str]:
     names = []
-    for v in values:
+    for v in values[:MAX_SIGNATURES]:
         tags = _tags(v)
         name = _key_name(tags) if tags else None
         if name:

@@ -360,7 +360,10 @@ class DmarcCheck(Check):
         d = msg.from_domain
         if not d:
             return []
-        others = [ctx.envelope.mail_from.rpartition("@")[2]] if ctx.envelope.mail_from else []
+        env = ctx.envelope
+        mail_from = (env.mail_from or "").strip().strip("<>")
+        # the SPF identity's domain: MAIL FROM's, or HELO when MAIL FROM is null
+        others = [mail_from.rpartition("@")[2] if mail_from else (env.helo or "")]
         for v in msg.get_raw("DKIM-Signature"):
             dom = (_tags(v) or {}).get(b"d")
             if dom:

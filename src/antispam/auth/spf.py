@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Callable
 import spf as pyspf
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
-from ..dns import Answer
+from ..dns import Answer, name_text
 from . import network_enabled
 from .authres import resinfo
 
@@ -52,8 +52,9 @@ if TYPE_CHECKING:  # pragma: no cover
 STRICT_LIMITS = (10, 2)
 #: looser limits for compatibility mode
 COMPAT_LIMITS = (30, 10)
-#: evaluations of one check_host before giving up (each round resolves at least one new question)
-MAX_ROUNDS = 64
+#: evaluations of one check_host before giving up (each round resolves at least one new question;
+#: with MX and PTR targets fetched together, 10 terms of the strict limits need far fewer)
+MAX_ROUNDS = 256
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 SYMBOL_OF = {
@@ -215,8 +216,22 @@ async def check_host(resolver: "Resolver", ip: str, sender: str | None, helo: st
         keys = list(dict.fromkeys(misses))
         got = await asyncio.gather(*(resolver.resolve(n, t, deadline) for n, t in keys))
         answers.update(zip(keys, got))
+        # pyspf asks for the addresses of MX exchanges and PTR names one by one, each a new
+        # round; ask them all now, in one round, since it will need them next
+        family = "AAAA" if ":" in ip else "A"
+        follow = [(_follow_name(r), family) for a in got if a.status == "ok" and a.rdtype in ("MX", "PTR")
+                  for r in a.records[:10]]
+        follow = [k for k in dict.fromkeys(follow) if k[0] and k not in answers]
+        if follow:
+            got = await asyncio.gather(*(resolver.resolve(n, t, deadline) for n, t in follow))
+            answers.update(zip(follow, got))
     identity, address, domain = _identity(sender, helo)
     return SpfOutcome("temperror", identity, address, domain, reason="too many evaluation rounds")
+
+
+def _follow_name(rdata: object) -> str:
+    target = getattr(rdata, "exchange", None) or getattr(rdata, "target", None)
+    return name_text(target).lower() if target is not None else ""  # "" for the null MX (RFC 7505)
 
 
 def check_host_sync(resolver: "Resolver", ip: str, sender: str | None, helo: str | None, *,
