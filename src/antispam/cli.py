@@ -21,7 +21,7 @@ from . import __version__
 
 #: Modules that add subcommands: each defines ``register(subparsers)`` and sets
 #: ``func=handler`` on its parsers (``handler(args) -> int``).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("antispam.auth.cli",)
 
 
 def _version_text() -> str:
