@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "antispam.classifier.cli",
     "antispam.ruleset.cli",
     "antispam.servers.cli",
+    "antispam.auth.cli",
 )
 
 

@@ -49,6 +49,10 @@ DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.reputation.dnsbl:dnsbl_check",
     "antispam.auth.spf:factory",
     "antispam.classifier.check:classifier_check",
+    "antispam.auth.dkim:factory",
+    "antispam.auth.arc:factory",
+    "antispam.auth.dmarc:factory",
+    "antispam.auth.authres:authres_check",
 )
 
 ENGINE_SYMBOLS = (

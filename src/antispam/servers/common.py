@@ -264,14 +264,12 @@ class Server:
         if not self.allow.allows(conn.peer_ip):
             self.log.warning("client refused: not in allow-list", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
             self._count_error("not_allowed")
-            await self.refuse(conn, "not allowed")
-            return await self._close(writer)
+            return await self._refuse_and_close(conn, "not allowed")
         if len(self._tasks) >= self.settings.max_connections:
             self.log.warning("client refused: too many connections",
                              extra={"fields": {"server": self.name, "peer": conn.peer_ip, "max": self.settings.max_connections}})
             self._count_error("too_many_connections")
-            await self.refuse(conn, "too many connections")
-            return await self._close(writer)
+            return await self._refuse_and_close(conn, "too many connections")
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = conn
@@ -297,6 +295,24 @@ class Server:
             if self.metrics is not None:
                 self.metrics.connections.labels(self.name).dec()
             await self._close(writer)
+
+    async def _refuse_and_close(self, conn: "Connection", reason: str) -> None:
+        """Send the refusal, then half-close and drain the client's input for at most a second.
+
+        Closing a socket whose input was not read makes the kernel answer with
+        a reset, and a client that sent its request before reading (spamc
+        does) may then lose the refusal it was meant to read.
+        """
+        await self.refuse(conn, reason)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        with contextlib.suppress(Exception):
+            if conn.writer.can_write_eof():
+                conn.writer.write_eof()
+            while (left := deadline - loop.time()) > 0:
+                if not await asyncio.wait_for(conn.reader.read(65536), left):
+                    break
+        await self._close(conn.writer)
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
