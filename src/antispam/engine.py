@@ -129,7 +129,7 @@ class Engine:
 
     def __init__(self, config: Config | None = None, checks: Sequence[Check] | None = None, *,
                  resolver: Any = None, store: Store | None = None):
-        self.config = config or Config()
+        self.config = config or Config.default()
         #: shared state (learning, reputation, greylisting); see ``[store]``
         self.store = store if store is not None else open_store(self.config.store.url)
         chosen = list(checks) if checks is not None else default_checks(self.config, self.store)
