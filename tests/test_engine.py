@@ -12,7 +12,8 @@ from antispam.builtin import GTUBE
 from antispam.check import ScanContext
 from antispam.config import ConfigError
 
-HAM = b"From: a@b.example\nSubject: lunch\n\nSee you at noon.\n"
+HAM = (b"From: Ann <a@b.example>\nTo: Bob <bob@c.example>\nSubject: lunch\nDate: Tue, 24 Nov 2026 10:00:00 +0000\n"
+       b"Message-ID: <1@b.example>\n\nSee you at noon.\n")
 SPAM = b"From: x@y.example\nSubject: test\n\n" + GTUBE + b"\n"
 
 
@@ -21,7 +22,7 @@ def test_default_engine_scans_and_flags_gtube():
     v = e.scan(SPAM)
     assert v.action == "reject" and v.is_spam and v.has("GTUBE")
     h = e.scan(HAM)
-    assert h.action == "no action" and not h.is_spam and h.score == 0.0
+    assert h.action == "no action" and not h.is_spam and h.score <= 0.0
     assert "gtube" in h.timings and "total" in h.timings
 
 
@@ -197,11 +198,11 @@ def test_scan_many_keeps_order_in_processes(tmp_path):
 def test_verdict_shapes():
     v = Engine().scan(SPAM)
     d = json.loads(json.dumps(v.to_dict()))
-    assert d["action"] == "reject" and d["score"] == 1000.0 and d["required_score"] == 5.0
+    assert d["action"] == "reject" and d["score"] >= 1000.0 and d["required_score"] == 5.0
     assert d["symbols"]["GTUBE"]["score"] == 1000.0 and d["symbols"]["GTUBE"]["description"]
     hdr = dict(v.headers())
     assert hdr["X-Spam-Flag"] == "YES"
-    assert hdr["X-Spam-Status"].startswith("Yes, score=1000.0 required=5.0 tests=GTUBE ")
+    assert hdr["X-Spam-Status"].startswith(f"Yes, score={v.score} required=5.0 tests=") and "GTUBE" in hdr["X-Spam-Status"]
     assert dict(Engine().scan(HAM).headers())["X-Spam-Flag"] == "NO"
 
 
@@ -252,7 +253,7 @@ def test_config_layers(tmp_path):
     assert cfg.scores["GTUBE"] == 50 and cfg.actions["reject"] == 45 and cfg.actions["greylist"] is None
     assert cfg.sources == ("<defaults>", str(f), "<overrides>")
     v = Engine(cfg).scan(SPAM)
-    assert v.score == 50 and v.action == "reject"
+    assert v.symbols["GTUBE"].score == 50 and v.action == "reject"
 
 
 def test_context_facts_are_typed():

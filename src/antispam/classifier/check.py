@@ -8,7 +8,6 @@ when something was learned online, one store read for the learned counts.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -22,7 +21,7 @@ from ..message import Message
 from ..resources import default_models_dir
 from ..store import Store, StoreUnavailable
 from .learn import TokenStats
-from .model import Model, load_model
+from .model import Model, feature_scale, load_model
 from .tokenizer import views
 
 log = logging.getLogger("antispam.classifier")
@@ -85,7 +84,7 @@ class Classifier:
         ids = self.features(msg, k)
         total, clues = k.score(ids, self.model.weights, 0.0, self.clues)
         n = len(ids)
-        scale = 1.0 / math.sqrt(n) if n else 0.0
+        scale = feature_scale(n)
         learned = 0.0
         if self.stats is not None and n:
             try:

@@ -11,12 +11,16 @@ Layout of ``models/<name>/``::
 The arithmetic of a score (the kernel does the sum, see ``_fastscore_py.py``)::
 
     ids     = distinct feature ids of the message            (n of them)
-    margin  = bias + (sum_i w[id_i] + sum_i d[id_i]) / sqrt(n)
+    margin  = bias + (sum_i w[id_i] + sum_i d[id_i]) / sqrt(max(n, MIN_NORM_FEATURES))
     p(spam) = 1 / (1 + exp(-(a * margin + b)))
 
 Dividing by ``sqrt(n)`` is the L2 normalisation of the binary feature vector
 the model was trained on (each present feature has value ``1/sqrt(n)``), so a
-long message is not spammier just for having more words.  ``d`` are the
+long message is not spammier just for having more words.  The floor
+``MIN_NORM_FEATURES`` keeps a tiny message (a one-line test mail has about a
+dozen features) from being judged with full confidence on a handful of
+tokens; cross-validation on TRAIN showed no loss of accuracy with it at 50
+(and a loss at 100 and more).  ``d`` are the
 per-feature adjustments learned online (:mod:`antispam.classifier.learn`);
 ``a`` and ``b`` are Platt scaling fitted on out-of-fold margins of the
 training set, which turns the margin into a calibrated probability.
@@ -41,6 +45,13 @@ from ..errors import ModelError
 from .tokenizer import TOKENIZER_VERSION, TokenizerSpec
 
 MODEL_FORMAT = "antispam-linear-1"
+#: see the module docstring: messages with fewer features are normalised as if they had this many
+MIN_NORM_FEATURES = 50
+
+
+def feature_scale(n: int) -> float:
+    """The value of each present feature in a message with ``n`` distinct features."""
+    return 1.0 / math.sqrt(max(n, MIN_NORM_FEATURES))
 _ARRAYS = ("indices", "weights")
 
 

@@ -22,7 +22,6 @@ The out-of-fold margins of that run are then used twice:
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import numpy as np
 from .. import fastscore
 from ..message import Message
 from .metrics import binary_metrics, roc_auc, threshold_for_fpr
-from .model import Model
+from .model import Model, feature_scale
 from .tokenizer import TokenizerSpec, features, views
 
 #: C values tried by cross-validation.
@@ -57,14 +56,14 @@ def training_digest(examples: Sequence[Example]) -> str:
 
 
 def feature_matrix(msgs: Sequence[Message], spec: TokenizerSpec):
-    """CSR matrix of L2-normalised binary features (one row per message)."""
+    """CSR matrix of L2-normalised binary features (one row per message; see :func:`feature_scale`)."""
     import scipy.sparse as sp
 
     rows = [features(m, spec) for m in msgs]
     indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([len(r) for r in rows])
     idx = np.concatenate(rows) if rows else np.zeros(0, dtype=np.uint32)
-    vals = np.concatenate([np.full(len(r), 1.0 / math.sqrt(len(r)) if len(r) else 0.0) for r in rows]) if rows else np.zeros(0)
+    vals = np.concatenate([np.full(len(r), feature_scale(len(r))) for r in rows]) if rows else np.zeros(0)
     return sp.csr_matrix((vals, idx.astype(np.int32), indptr), shape=(len(rows), spec.n_features))
 
 
