@@ -57,6 +57,9 @@ class Hit:
     symbol: str
     weight: float = 1.0
     options: tuple[str, ...] = ()
+    #: the least severe action the verdict may have because of this hit (greylisting asks for
+    #: ``soft reject``, a rate limit for what its configuration says); None leaves it to the score
+    action: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,9 @@ class Check:
     async def arun(self, msg: "Message", ctx: ScanContext) -> Iterable[Hit]:
         """Network checks: return the hits, reading prefetched answers from ``ctx.resolver``."""
         return self.run(msg, ctx)
+
+    def record(self, msg: "Message", ctx: ScanContext, verdict: Any) -> None:
+        """Optional: see the final verdict (reputation history).  Runs after the policy decided."""
 
     def close(self) -> None:
         """Release resources (sockets, files).  Called by :meth:`Engine.close`."""

@@ -23,6 +23,7 @@ from . import __version__
 #: ``func=handler`` on its parsers (``handler(args) -> int``).
 COMMAND_MODULES: tuple[str, ...] = (
     "antispam.classifier.cli",
+    "antispam.ruleset.cli",
 )
 
 

@@ -73,6 +73,136 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class GreylistConfig:
+    """Greylisting (X.1240 7.11): defer the first delivery attempt of an unknown triplet.
+
+    Legitimate MTAs retry after a temporary failure; much bulk spamware does
+    not.  ``mode = "triplet"`` keys on (client network, sender, recipient);
+    ``"content"`` on (client network, a digest of the body), for senders that
+    vary the envelope on every attempt.
+    """
+
+    enabled: bool = False
+    mode: str = "triplet"
+    #: seconds a new triplet must wait before a retry is accepted
+    delay: float = 300.0
+    #: how long a first attempt is remembered while waiting for its retry
+    pending_ttl: float = 86400.0
+    #: how long a triplet that passed stays known (no new delay)
+    pass_ttl: float = 36 * 86400.0
+    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    allow_domains: tuple[str, ...] = ()
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Token buckets per client IP, envelope sender, recipient and authenticated user.
+
+    A rate of 0 disables that key type.  Rates are messages per minute;
+    ``burst`` is how many may come at once.  When a bucket is empty the
+    ``RATELIMIT_*`` symbol fires and the verdict's action is at least ``action``
+    (an empty string: the symbol only).
+    """
+
+    enabled: bool = False
+    ip_rate: float = 0.0
+    ip_burst: float = 0.0
+    sender_rate: float = 0.0
+    sender_burst: float = 0.0
+    rcpt_rate: float = 0.0
+    rcpt_burst: float = 0.0
+    user_rate: float = 0.0
+    user_burst: float = 0.0
+    action: str = "soft reject"
+    #: networks never limited
+    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Local reputation: decayed counts of past verdicts per IP, network, sender domain, URL domain.
+
+    Off by default because it writes to the store after every scan.
+    """
+
+    enabled: bool = False
+    #: the weight of an observation halves every ``half_life_days``
+    half_life_days: float = 14.0
+    #: decayed observations needed before an entity is judged
+    min_observations: float = 5.0
+    #: spam share at or above which an entity is bad, and at or below which it is good
+    bad_ratio: float = 0.9
+    good_ratio: float = 0.05
+    #: a learned (user-confirmed) message counts this many observations
+    learn_weight: float = 3.0
+
+
+@dataclass(frozen=True)
+class DnsblConfig:
+    """DNS block and allow lists (RFC 5782).  Needs ``[dns] nameservers``.
+
+    ``enable`` names well-known lists that ship disabled (``antispam.reputation.lists.KNOWN_LISTS``);
+    ``[dnsbl.lists.NAME]`` tables define others (zone, kind, inputs, codes or bitmask, refused, allow).
+    """
+
+    enable: tuple[str, ...] = ()
+    lists: Mapping[str, Any] = field(default_factory=dict)
+    #: our own relays: Received hops from these are skipped when looking for the sender
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: how many untrusted Received relays (besides the client) lists with ``relays`` are asked about
+    max_relays: int = 3
+    #: seconds between RFC 5782 test-point checks of each list (0: never check)
+    health_interval: float = 600.0
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """The one resolver (``antispam.dns``).  No nameservers (the default) means no network checks at all."""
+
+    #: IP addresses (IPv4 or IPv6) of recursive resolvers; empty disables every network check
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    #: seconds for one attempt at one server
+    timeout: float = 2.0
+    #: passes over the server list before a question counts as timed out
+    attempts: int = 2
+    #: answers kept (LRU); 0 disables caching
+    cache_size: int = 10000
+    #: questions in flight at once per event loop
+    max_concurrency: int = 64
+    #: seconds to cache NXDOMAIN/NODATA when the server sent no SOA (RFC 2308)
+    negative_ttl: float = 300.0
+    #: seconds to remember a timeout or SERVFAIL, so one scan does not re-ask a dead server
+    failure_ttl: float = 5.0
+    min_ttl: float = 0.0
+    max_ttl: float = 86400.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Sender authentication: SPF, DKIM, DMARC, ARC, Authentication-Results (``antispam.auth``)."""
+
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    arc: bool = False
+    #: RFC 7208 4.6.4 limits (10 DNS mechanisms, 2 void lookups); false = the looser compatibility limits
+    spf_strict_limits: bool = True
+    #: "rfc9989" (DMARCbis DNS tree walk, default) or "rfc7489" (Public Suffix List)
+    dmarc_mode: str = "rfc9989"
+    #: RSA keys shorter than this fail (RFC 8301 section 3.2 says 1024)
+    dkim_min_rsa_bits: int = 1024
+    #: treat rsa-sha1 signatures as permerror (RFC 8301 section 3.1)
+    dkim_reject_sha1: bool = True
+    #: ARC sealer domains (d= of ARC-Seal) whose passing chain may override a DMARC failure
+    trusted_arc_sealers: tuple[str, ...] = ()
+    #: authserv-ids whose earlier Authentication-Results we read; headers claiming our own id are stripped
+    trusted_authserv_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     """The token classifier (``antispam.classifier``)."""
 
@@ -86,12 +216,40 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class RulesConfig:
+    """The rule engine (``rules/*.cf``, SpamAssassin syntax); see docs/rules.md."""
+
+    enabled: bool = True
+    #: rule directories or files; empty means the embedded default ruleset
+    dirs: tuple[str, ...] = ()
+    #: more directories or files read after ``dirs`` (local additions and overrides)
+    extra_dirs: tuple[str, ...] = ()
+    #: SpamAssassin rules directories (e.g. /usr/share/spamassassin); unusable rules are left out and logged
+    sa_dirs: tuple[str, ...] = ()
+    #: where SpamAssassin's ``*.pre`` files (loadplugin lines) are, for ``ifplugin`` in ``sa_dirs``
+    sa_pre_dir: str = "/etc/spamassassin"
+    #: "auto" (Hyperscan when installed), "hyperscan" or "python"
+    engine: str = "auto"
+    #: leave out bad rules (reported in the log) instead of failing to load
+    skip_bad: bool = False
+    #: directory for compiled Hyperscan databases (keyed by the rules' digest); empty: no cache
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an engine."""
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     #: symbol -> score, overriding the defaults the checks declare
     scores: Mapping[str, float] = field(default_factory=dict)
@@ -104,6 +262,10 @@ class Config:
     )
     #: group -> {"max_score": x, "min_score": y}
     groups: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: named policy variants: profile -> {"actions": ..., "scores": ..., "groups": ...}
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: recipient address, ``@domain`` or user name -> profile name
+    recipients: Mapping[str, str] = field(default_factory=dict)
     #: where the configuration came from, for error messages and ``antispam config``
     sources: tuple[str, ...] = ("<defaults>",)
 
@@ -139,14 +301,37 @@ class Config:
                 changes["actions"] = {**self.actions, **_actions(value, source)}
             elif key == "groups":
                 changes["groups"] = {**self.groups, **_groups(value, source)}
+            elif key == "profiles":
+                changes["profiles"] = {**self.profiles, **_profiles(value, source)}
+            elif key == "recipients":
+                changes["recipients"] = {**self.recipients, **{k.lower(): v for k, v in _str_map(value, "recipients", source).items()}}
             elif key in _SECTIONS:
                 current = getattr(self, key)
                 changes[key] = _merge_section(current, value, key, source)
             else:
-                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups"]))
+                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups", "profiles", "recipients"]))
                 raise ConfigError(f"unknown section (known: {known})", key=key, source=source)
         sources = self.sources + ((source,) if source not in self.sources else ())
-        return dataclasses.replace(self, sources=sources, **changes)
+        merged = dataclasses.replace(self, sources=sources, **changes)
+        for who, profile in merged.recipients.items():
+            if profile not in merged.profiles:
+                raise ConfigError(f"names profile {profile!r}, which is not defined in [profiles]",
+                                  key=f"recipients.{who}", source=source)
+        return merged
+
+    def for_profile(self, name: str) -> "Config":
+        """This configuration with profile ``name``'s actions, scores and groups laid over it."""
+        return self.merged(self.profiles[name], source=f"<profile {name}>")
+
+    def profile_for(self, recipient: str | None) -> str | None:
+        """The profile of a recipient address (exact, then ``@domain``) or user name; None for the default."""
+        if not recipient or not self.recipients:
+            return None
+        r = recipient.strip().strip("<>").lower()
+        if r in self.recipients:
+            return self.recipients[r]
+        at = r.rfind("@")
+        return self.recipients.get(r[at:]) if at >= 0 else None
 
     def score_for(self, symbol: str, default: float) -> float:
         return self.scores.get(symbol, default)
@@ -259,6 +444,25 @@ def _actions(value: Any, source: str) -> dict[str, float | None]:
             out[name] = None
         else:
             out[name] = _coerce(v, float, f"actions.{k}", source)
+    return out
+
+
+def _profiles(value: Any, source: str) -> dict[str, dict[str, Any]]:
+    """Profiles change policy only (actions, scores, groups): checks run once per message."""
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of profiles", key="profiles", source=source)
+    out = {}
+    for name, table in value.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError("must be a table", key=f"profiles.{name}", source=source)
+        for k in table:
+            if k not in ("actions", "scores", "groups"):
+                raise ConfigError("unknown key (known: actions, scores, groups)", key=f"profiles.{name}.{k}", source=source)
+        # Validate now, so a bad profile fails at load time and names its key.
+        _actions(table.get("actions", {}), source)
+        _float_map(table.get("scores", {}), f"profiles.{name}.scores", source)
+        _groups(table.get("groups", {}), source)
+        out[name] = dict(table)
     return out
 
 

@@ -10,7 +10,9 @@ The arithmetic, in the order applied:
    at most ``max_score`` and the negative ones to at least ``min_score``; when
    a cap bites, each member is scaled by the same factor, so the verdict still
    adds up.
-4. The action is the most severe one whose threshold the total reaches.
+4. The action is the most severe one whose threshold the total reaches, or
+   the most severe action a hit forces (``Hit.action``: greylisting, rate
+   limits), whichever is more severe.
 
 The policy is built once per engine and is immutable; deciding allocates only
 the verdict itself.
@@ -54,7 +56,10 @@ class Policy:
                skipped: tuple[str, ...] = (), message_id: str | None = None,
                authentication_results: str | None = None, subject: str | None = None) -> Verdict:
         merged: dict[str, tuple[float, tuple[str, ...]]] = {}
+        forced: str | None = None
         for h in hits:
+            if h.action is not None and (forced is None or _SEVERITY[h.action] > _SEVERITY[forced]):
+                forced = h.action
             prev = merged.get(h.symbol)
             if prev is None:
                 merged[h.symbol] = (h.weight, h.options)
@@ -71,10 +76,13 @@ class Policy:
         if self.group_caps:
             results = self._apply_caps(results)
         total = float(round(sum(r.score for r in results.values()), 4))
+        action = self.action_for(total)
+        if forced is not None and _SEVERITY[forced] > _SEVERITY[action]:
+            action = forced
         return Verdict(
             score=total,
             required_score=self.required_score,
-            action=self.action_for(total),
+            action=action,
             symbols=freeze(results),
             thresholds=freeze(dict(self.thresholds)),
             timings=freeze(dict(timings or {})),

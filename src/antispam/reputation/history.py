@@ -1,0 +1,146 @@
+"""Local reputation: what this installation has seen from an IP, a network, a domain.
+
+Every scan that ends clearly (spam, or a score at or below zero) adds one
+observation, and every ``learn`` adds ``learn_weight``, to the spam or ham
+count of each entity the message involves: the client IP, its /24 (or /64),
+the envelope sender's registered domain, and the registered domains of its
+URLs.  An entity with at least ``min_observations`` is judged by its spam
+share.
+
+Time decay without a background job: an observation made at time ``t`` is
+stored multiplied by ``2 ** ((t - EPOCH) / half_life)``, and a count read at
+time ``now`` is divided by ``2 ** ((now - EPOCH) / half_life)``.  The ratio is
+exactly the weight ``2 ** (-(now - t) / half_life)`` each observation should
+have, and increments stay single atomic additions in the store.  The scale
+grows by a factor of 2**26 a year with the default 14-day half-life, far
+inside a float's range for decades; EPOCH is fixed at 2026-01-01.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import Iterable
+
+from ..check import Check, Hit, ScanContext, SymbolDef
+from ..config import Config
+from ..domains import registered_domain
+from ..message import Message, domain_of
+from ..store import Store, StoreUnavailable
+from ..verdict import Verdict
+from .netkeys import network_key
+
+EPOCH = 1767225600.0  # 2026-01-01T00:00:00Z
+MAX_URL_DOMAINS = 10
+
+# entity kind -> (bad symbol, good symbol or None)
+_KINDS = {
+    "ip": ("REPUTATION_BAD_IP", "REPUTATION_GOOD_IP"),
+    "net": ("REPUTATION_BAD_NET", None),
+    "sdom": ("REPUTATION_BAD_SENDER_DOMAIN", "REPUTATION_GOOD_SENDER_DOMAIN"),
+    "udom": ("REPUTATION_BAD_URL_DOMAIN", None),
+}
+
+
+class HistoryCheck(Check):
+    name = "history"
+    symbols = (
+        SymbolDef("REPUTATION_BAD_IP", 3.0, "This client IP sent mostly spam here before", "reputation"),
+        SymbolDef("REPUTATION_GOOD_IP", -1.0, "This client IP sent almost only ham here before", "reputation"),
+        SymbolDef("REPUTATION_BAD_NET", 1.5, "The client's network sent mostly spam here before", "reputation"),
+        SymbolDef("REPUTATION_BAD_SENDER_DOMAIN", 2.0, "The envelope sender's domain sent mostly spam here before", "reputation"),
+        SymbolDef("REPUTATION_GOOD_SENDER_DOMAIN", -1.0, "The envelope sender's domain sent almost only ham here before", "reputation"),
+        SymbolDef("REPUTATION_BAD_URL_DOMAIN", 2.5, "A linked domain appeared mostly in spam here before", "reputation"),
+    )
+
+    def __init__(self, config: Config, store: Store, clock=time.time):  # type: ignore[no-untyped-def]
+        self.cfg = config.history
+        self.store = store
+        self.half_life = self.cfg.half_life_days * 86400.0
+        self._clock = clock
+
+    def _scale(self, now: float) -> float:
+        return math.pow(2.0, (now - EPOCH) / self.half_life)
+
+    def entities(self, msg: Message) -> list[tuple[str, str]]:
+        """``(kind, value)`` pairs this message involves."""
+        env = msg.envelope
+        out: list[tuple[str, str]] = []
+        if env.client_ip:
+            out.append(("ip", env.client_ip))
+            net = network_key(env.client_ip)
+            if net:
+                out.append(("net", net))
+        sdom = registered_domain(domain_of(env.mail_from) or "") if env.mail_from else None
+        if sdom:
+            out.append(("sdom", sdom))
+        seen: set[str] = set()
+        for host in msg.url_hosts:
+            d = registered_domain(host)
+            if d and d not in seen:
+                seen.add(d)
+                out.append(("udom", d))
+                if len(seen) >= MAX_URL_DOMAINS:
+                    break
+        return out
+
+    def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
+        ents = self.entities(msg)
+        if not ents:
+            return ()
+        keys = [f"h:{k}:{v}:{lab}" for k, v in ents for lab in ("s", "h")]
+        try:
+            counts = self.store.get_counts(keys)
+        except StoreUnavailable as exc:
+            return (Hit("STORE_UNAVAILABLE", 1.0, (f"history: {exc}"[:200],)),)
+        scale = self._scale(self._clock())
+        c = self.cfg
+        hits: dict[str, Hit] = {}
+        for i, (kind, value) in enumerate(ents):
+            spam, ham = counts[2 * i] / scale, counts[2 * i + 1] / scale
+            n = spam + ham
+            if n < c.min_observations:
+                continue
+            share = spam / n
+            bad, good = _KINDS[kind]
+            symbol = bad if share >= c.bad_ratio else (good if good and share <= c.good_ratio else None)
+            if symbol:
+                opt = f"{value}: spam {spam:.1f} ham {ham:.1f}"
+                prev = hits.get(symbol)
+                hits[symbol] = Hit(symbol, 1.0, (prev.options if prev else ()) + (opt,))
+        return tuple(hits.values())
+
+    def _add(self, msg: Message, spam: bool, weight: float) -> None:
+        now = self._clock()
+        amount = weight * self._scale(now)
+        lab = "s" if spam else "h"
+        self.store.incr_many({f"h:{k}:{v}:{lab}": amount for k, v in self.entities(msg)})
+
+    def record(self, msg: Message, ctx: ScanContext, verdict: Verdict) -> None:
+        """After a scan: count a clear outcome (spam, or a score at or below zero)."""
+        if verdict.is_spam:
+            self._add(msg, True, 1.0)
+        elif verdict.score <= 0:
+            self._add(msg, False, 1.0)
+
+    def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:
+        """A user's judgement: counts ``learn_weight`` observations; the same bytes count once."""
+        digest = hashlib.sha256(msg.raw).hexdigest()
+        if not self.store.add(f"h:learned:{digest}", b"s" if spam else b"h"):
+            return False
+        self._add(msg, spam, self.cfg.learn_weight)
+        return True
+
+    def unlearn(self, msg: Message) -> bool:
+        digest = hashlib.sha256(msg.raw).hexdigest()
+        label = self.store.get(f"h:learned:{digest}")
+        if label is None:
+            return False
+        self.store.delete(f"h:learned:{digest}")
+        self._add(msg, label == b"s", -self.cfg.learn_weight)
+        return True
+
+
+def history_check(config: Config, store: Store) -> Check | None:
+    return HistoryCheck(config, store) if config.history.enabled else None

@@ -1,0 +1,193 @@
+"""Greylisting, rate limits and reputation history, end to end through Engine, on every store backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from antispam import Config, Engine, Envelope
+from antispam.builtin import GTUBE
+from antispam.errors import ConfigError
+from antispam.reputation.greylist import GreylistCheck
+from antispam.reputation.history import HistoryCheck
+from antispam.store import open_store
+from antispam.store.base import StoreUnavailable
+
+from .servers import free_port
+from .test_store import needs_redis, redis_server  # noqa: F401  (fixture)
+
+HAM = b"From: a@sender.example\nSubject: hello\n\nSee http://www.docs.example.org/page for the agenda.\n"
+SPAM = b"From: x@spam.example\nSubject: win\n\nClick http://promo.badlinks.example/x now\n" + GTUBE
+
+
+class Clock:
+    def __init__(self, t=1_800_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
+def store(request, tmp_path):
+    if request.param == "memory":
+        s = open_store("memory://")
+    elif request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path}/s.db")
+    else:
+        srv = request.getfixturevalue("redis_server")
+        import redis
+        redis.Redis.from_url(srv.url).flushall()
+        s = open_store(srv.url)
+    yield s
+    s.close()
+
+
+def env(ip="198.51.100.7", sender="a@sender.example", rcpts=("bob@rcpt.example",), user=None):
+    return Envelope(client_ip=ip, mail_from=sender, rcpt_tos=rcpts, user=user)
+
+
+# ----------------------------------------------------------------- greylisting
+
+def grey_engine(store, clock, **over):
+    cfg = Config.load(overrides={"greylist": {"enabled": True, "delay": 300, **over}})
+    return Engine(cfg, checks=[GreylistCheck(cfg, store, clock=clock)], store=store)
+
+
+def test_greylist_defers_then_passes_after_delay(store):
+    clock = Clock()
+    e = grey_engine(store, clock)
+    v = e.scan(HAM, env())
+    assert v.action == "soft reject" and v.has("GREYLIST_DEFER")
+    assert v.symbols["GREYLIST_DEFER"].options == ("198.51.100.0/24", "retry in 300s")
+    clock.t += 120
+    v = e.scan(HAM, env())
+    assert v.action == "soft reject" and "retry in 180s" in v.symbols["GREYLIST_DEFER"].options
+    clock.t += 200
+    v = e.scan(HAM, env())
+    assert v.action == "no action" and v.has("GREYLIST_PASS")
+    # Known triplet, same /24 but another host of the pool: passes without a new delay.
+    v = e.scan(HAM, env(ip="198.51.100.99"))
+    assert v.action == "no action" and not v.has("GREYLIST_DEFER") and not v.has("GREYLIST_PASS")
+    # Another recipient is a new triplet.
+    assert e.scan(HAM, env(rcpts=("carol@rcpt.example",))).action == "soft reject"
+
+
+def test_greylist_skips_allowed_and_unknown_clients(store):
+    e = grey_engine(store, Clock(), allow_networks=["198.51.100.0/24"], allow_domains=["trusted.example"])
+    assert e.scan(HAM, env()).action == "no action"
+    assert e.scan(HAM, env(ip="203.0.113.1", sender="x@mail.trusted.example")).action == "no action"
+    assert e.scan(HAM, Envelope()).action == "no action"          # no client: nothing to defer
+    assert e.scan(HAM, env(ip="203.0.113.1")).action == "soft reject"
+
+
+def test_greylist_content_mode_ignores_envelope(store):
+    clock = Clock()
+    e = grey_engine(store, clock, mode="content")
+    assert e.scan(HAM, env(sender="one@x.example")).action == "soft reject"
+    clock.t += 301
+    assert e.scan(HAM, env(sender="two@y.example")).has("GREYLIST_PASS")
+
+
+def test_greylist_reject_still_wins():
+    e = grey_engine(open_store("memory://"), Clock())
+    cfg = e.config
+    full = Engine(cfg, store=e.store)
+    assert full.scan(SPAM, env()).action == "reject"
+
+
+def test_greylist_bad_mode_is_config_error():
+    cfg = Config.load(overrides={"greylist": {"enabled": True, "mode": "sideways"}})
+    with pytest.raises(ConfigError, match="greylist.mode"):
+        Engine(cfg)
+
+
+def test_greylist_store_down_fails_open_or_closed():
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    for on_failure, action in (("open", "no action"), ("closed", "soft reject")):
+        cfg = Config.load(overrides={"greylist": {"enabled": True}, "store": {"url": down, "on_failure": on_failure}})
+        v = Engine(cfg).scan(HAM, env())
+        assert v.has("STORE_UNAVAILABLE") and v.action == action
+
+
+# ----------------------------------------------------------------- rate limits
+
+def test_rate_limits_per_key_type(store):
+    cfg = Config.load(overrides={"ratelimit": {"enabled": True, "ip_rate": 0.001, "ip_burst": 2,
+                                               "rcpt_rate": 0.001, "rcpt_burst": 3, "user_rate": 0.001, "user_burst": 1}})
+    e = Engine(cfg, store=store)
+    acts = [e.scan(HAM, env()).action for _ in range(3)]
+    assert acts == ["no action", "no action", "soft reject"]
+    v = e.scan(HAM, env())
+    assert v.symbols["RATELIMIT_IP"].options == ("198.51.100.7",)
+    # Recipient bob has taken 4 > 3 tokens by now; another IP still sees bob's limit.
+    v = e.scan(HAM, env(ip="203.0.113.5"))
+    assert v.has("RATELIMIT_RCPT") and not v.has("RATELIMIT_IP")
+    v = e.scan(HAM, env(ip="203.0.113.6", rcpts=("new@rcpt.example",), user="alice"))
+    assert v.action == "no action"
+    v = e.scan(HAM, env(ip="203.0.113.7", rcpts=("new2@rcpt.example",), user="alice"))
+    assert v.has("RATELIMIT_USER") and v.symbols["RATELIMIT_USER"].options == ("alice",)
+
+
+def test_rate_limit_symbol_only_and_allow_list(store):
+    cfg = Config.load(overrides={"ratelimit": {"enabled": True, "ip_rate": 0.001, "ip_burst": 1, "action": "",
+                                               "allow_networks": ["192.0.2.0/24"]}})
+    e = Engine(cfg, store=store)
+    e.scan(HAM, env())
+    v = e.scan(HAM, env())
+    assert v.has("RATELIMIT_IP") and v.action == "no action"
+    assert [e.scan(HAM, env(ip="192.0.2.1")).has("RATELIMIT_IP") for _ in range(3)] == [False] * 3
+
+
+def test_rate_limit_config_errors():
+    with pytest.raises(ConfigError, match="ratelimit.action"):
+        Engine(Config.load(overrides={"ratelimit": {"enabled": True, "action": "explode"}}))
+    with pytest.raises(ConfigError, match="ratelimit.ip_burst"):
+        Engine(Config.load(overrides={"ratelimit": {"enabled": True, "ip_rate": 5}}))
+
+
+# ----------------------------------------------------------------- history
+
+def test_history_learns_from_verdicts_and_decays(store):
+    clock = Clock()
+    cfg = Config.load(overrides={"history": {"enabled": True, "min_observations": 3, "half_life_days": 1}})
+    hist = HistoryCheck(cfg, store, clock=clock)
+    from antispam.builtin import GtubeCheck
+    e = Engine(cfg, checks=[GtubeCheck(), hist], store=store)
+    bad = env(ip="203.0.113.66", sender="x@mail.spam.example")
+    for _ in range(3):
+        assert not e.scan(SPAM, bad).has("REPUTATION_BAD_IP")
+    v = e.scan(SPAM, bad)
+    assert v.has("REPUTATION_BAD_IP") and v.has("REPUTATION_BAD_NET") and v.has("REPUTATION_BAD_SENDER_DOMAIN")
+    assert v.has("REPUTATION_BAD_URL_DOMAIN") and "badlinks.example" in v.symbols["REPUTATION_BAD_URL_DOMAIN"].options[0]
+    assert v.symbols["REPUTATION_BAD_IP"].options[0].startswith("203.0.113.66: spam 3.0 ham 0.0")  # read before this scan is recorded
+    # Ham from a clean sender builds good reputation.
+    good = env(ip="192.0.2.10", sender="a@sender.example")
+    for _ in range(3):
+        e.scan(HAM, good)
+    assert e.scan(HAM, good).has("REPUTATION_GOOD_IP")
+    # Two days later (two half-lives) 5 observations weigh 1.25 < 3: no judgement.
+    clock.t += 2 * 86400
+    v = e.scan(SPAM, bad)
+    assert not v.has("REPUTATION_BAD_IP")
+
+
+def test_history_learn_counts_once_and_unlearns(store):
+    clock = Clock()
+    cfg = Config.load(overrides={"history": {"enabled": True, "min_observations": 3, "learn_weight": 3}})
+    hist = HistoryCheck(cfg, store, clock=clock)
+    e = Engine(cfg, checks=[hist], store=store)
+    who = env(ip="203.0.113.80", sender="p@phish.example")
+    msg = b"Subject: please\n\nlegit looking text\n"
+    assert e.learn(msg, spam=True, envelope=who) == {"history": True}
+    assert e.learn(msg, spam=True, envelope=who) == {"history": False}
+    v = e.scan(msg, who)
+    assert v.has("REPUTATION_BAD_IP") and "spam 3.0" in v.symbols["REPUTATION_BAD_IP"].options[0]
+    assert e.unlearn(msg, envelope=who) == {"history": True}
+    assert e.unlearn(msg, envelope=who) == {"history": False}
+    assert not Engine(cfg, checks=[HistoryCheck(cfg, store, clock=clock)], store=store).scan(msg, who).has("REPUTATION_BAD_IP")
+
+
+def test_history_store_down_is_a_symbol():
+    cfg = Config.load(overrides={"history": {"enabled": True}, "store": {"url": f"redis://127.0.0.1:{free_port()}/0"}})
+    v = Engine(cfg).scan(HAM, env())
+    assert v.has("STORE_UNAVAILABLE") and v.action == "no action"
