@@ -93,7 +93,7 @@ class Classifier:
                 log.warning("classifier: learned statistics unavailable: %s", exc)
         margin = self.model.bias + total * scale + learned
         named = tuple((self.model.token_name(i), c * scale) for i, c in clues)
-        return Classification(probability=self.model.probability(margin), margin=margin, clues=named,
+        return Classification(probability=self.model.probability(margin, n), margin=margin, clues=named,
                               n_features=n, learned=learned)
 
     def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:

@@ -29,7 +29,8 @@ the chosen setting are then used twice:
 
 * Platt scaling: a one-dimensional logistic regression of the label on the
   margin gives ``a`` and ``b`` in ``p = sigmoid(a * margin + b)``, so the
-  output is a calibrated probability rather than a raw distance.
+  output is a calibrated probability rather than a raw distance (then pulled
+  toward 0.5 for messages with little evidence, see :mod:`.model`).
 * The default threshold: the smallest probability at which the out-of-fold
   ham false-positive rate is at most ``target_fpr``.
 """
@@ -47,7 +48,7 @@ import numpy as np
 from .. import fastscore
 from ..message import Message
 from .metrics import binary_metrics, roc_auc, threshold_for_fpr
-from .model import Model, feature_scale
+from .model import MIN_NORM_FEATURES, Model, feature_scale
 from .tokenizer import TokenizerSpec, features, views
 
 #: C values tried by cross-validation.
@@ -162,7 +163,8 @@ def train(examples: Sequence[Example], spec: TokenizerSpec | None = None, *, c_g
     assert best is not None
     cv_auc, alpha, c, margins = best
     a, b = _platt(margins, y)
-    p = 1.0 / (1.0 + np.exp(-(a * margins + b)))
+    n = np.diff(X.indptr)
+    p = 1.0 / (1.0 + np.exp(-(a * margins + b) * np.minimum(1.0, n / MIN_NORM_FEATURES)))
     # the smallest p whose out-of-fold ham FPR is <= target_fpr, never below 0.5
     threshold = max(0.5, threshold_for_fpr(p, y, target_fpr))
     cv_metrics = binary_metrics(p, y, threshold)
