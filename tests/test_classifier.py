@@ -257,3 +257,13 @@ def test_empty_model_scores_one_half():
     spec = TokenizerSpec(bits=10)
     m = Model(spec=spec, weights=np.zeros(1 << 10, dtype=np.float32), bias=0.0)
     assert Classifier(m).classify(Message(SPAM[0])).probability == 0.5
+
+
+def test_tiny_messages_are_judged_with_little_confidence():
+    """A dozen features is little evidence: the log-odds are pulled toward 0 (see model.py)."""
+    clf = Classifier(default_model())
+    for raw in (b"Subject: hello\n\nHi Bob", b"From: a@b.example\nSubject: lunch\n\nSee you at noon.\n"):
+        c = clf.classify(Message(raw))
+        assert c.n_features < 50 and 0.2 < c.probability < 0.8
+        full = default_model().probability(c.margin, 50)
+        assert abs(full - 0.5) > abs(c.probability - 0.5)
