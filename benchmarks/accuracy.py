@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from antispam.classifier import eval as ev  # noqa: E402
 from antispam.classifier.check import default_model  # noqa: E402
 from antispam.classifier.model import load_model  # noqa: E402
+from antispam.config import Config  # noqa: E402
 from antispam.corpus import default_corpus_dir, load_labelled  # noqa: E402
+from antispam.engine import default_checks  # noqa: E402
+from antispam.store.memory import MemoryStore  # noqa: E402
 
 #: From ../shared/peers/RESULTS.md, TEST split, trained on TRAIN (run 2026-11-22; not rerun here).
 PEERS = (
@@ -63,6 +66,7 @@ def main() -> int:
         model = fit([Example(m.data, m.is_spam) for m in train], progress=lambda s: print(s, file=sys.stderr))
     else:
         model = load_model(args.model)
+    checks = [c.name for c in default_checks(Config(), MemoryStore())]
     t0 = time.monotonic()
     scored, required = ev.run_split(model, test)
     secs = time.monotonic() - t0
@@ -81,7 +85,7 @@ def main() -> int:
         "| engine | accuracy | spam recall | ham FPR | precision | F1 | ROC AUC | TP/FP/FN/TN |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
         _row("**antispam classifier alone**", c),
-        _row("**antispam default engine** (built-in checks + classifier)", e),
+        _row(f"**antispam default engine** ({', '.join(checks)})", e),
     ]
     for name, acc, rec, fpr, prec, f1, auc, conf in PEERS:
         lines.append(f"| {name} | {acc:.4f} | {rec:.4f} | {fpr:.4f} | {prec:.4f} | {f1:.4f} | {auc:.4f} | {conf} |")
