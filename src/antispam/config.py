@@ -72,6 +72,87 @@ class StoreConfig:
     on_failure: str = "open"
 
 
+# --- servers (spamd, milter, SMTP filter, rspamd HTTP): [servers.NAME] tables ---------------
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What every server shares.  Loopback and a loopback allow-list by default: a spam filter
+    that anyone on the network can feed (or TELL) is an abuse vector, so opening it is explicit."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: client networks allowed to connect (CIDR); others are refused at accept time
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: largest message accepted, bytes; larger ones are refused with the protocol's error
+    max_size: int = 32 * 1024 * 1024
+    #: connections served at once; more are refused (the MTA retries or applies its default)
+    max_connections: int = 64
+    #: seconds a connection may sit idle or take to send one request before it is dropped
+    timeout: float = 60.0
+    #: seconds a graceful shutdown waits for in-flight messages before cutting them off
+    shutdown_timeout: float = 30.0
+    #: when a scan fails: true lets the message through unfiltered, false answers "try later"
+    fail_open: bool = True
+    #: scan worker processes; 0 scans in the server process (see docs/servers.md)
+    workers: int = 0
+    #: Prometheus /metrics on this port (0 = off), bound to metrics_host
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SpamdConfig(ServerConfig):
+    port: int = 783
+    #: accept TELL (learn / forget); spamd calls this --allow-tell
+    allow_tell: bool = True
+
+
+@dataclass(frozen=True)
+class MilterConfig(ServerConfig):
+    port: int = 11332
+    #: the MTA holds one connection per SMTP session, idle while the client types: as long
+    #: as Postfix's own smtpd_timeout (300s) so a slow client never loses us mid-session
+    timeout: float = 300.0
+    #: SMTP reply for ``reject`` verdicts (code, enhanced status code, text)
+    reject_reply: str = "550 5.7.1 Message rejected as spam"
+    #: SMTP reply for ``soft reject`` and ``greylist`` verdicts, and for failed scans when fail_open is false
+    tempfail_reply: str = "451 4.7.1 Please try again later"
+    #: hold ``reject`` verdicts in the MTA's quarantine (Postfix: hold queue) instead of rejecting
+    quarantine: bool = False
+    quarantine_reason: str = "antispam: spam"
+
+
+@dataclass(frozen=True)
+class SmtpConfig(ServerConfig):
+    port: int = 10025
+    #: "after-queue" (Postfix content_filter: scan, add headers, re-inject) or
+    #: "before-queue" (smtpd_proxy_filter: the same, but spam is rejected at end of DATA)
+    mode: str = "after-queue"
+    #: where scanned mail goes, host:port (Postfix's re-injection smtpd)
+    next_hop: str = "127.0.0.1:10026"
+    #: seconds to wait for the next hop before answering the sender 4xx
+    next_hop_timeout: float = 60.0
+    reject_reply: str = "550 5.7.1 Message rejected as spam"
+    tempfail_reply: str = "451 4.7.1 Please try again later"
+    #: the name this filter gives itself in its SMTP greeting
+    hostname: str = "localhost"
+
+
+@dataclass(frozen=True)
+class RspamdHttpConfig(ServerConfig):
+    port: int = 11333
+
+
+@dataclass(frozen=True)
+class ServersConfig:
+    """``[servers.spamd]``, ``[servers.milter]``, ``[servers.smtp]``, ``[servers.rspamd_http]``."""
+
+    spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    rspamd_http: RspamdHttpConfig = field(default_factory=RspamdHttpConfig)
+
+
 @dataclass(frozen=True)
 class GreylistConfig:
     """Greylisting (X.1240 7.11): defer the first delivery attempt of an unknown triplet.
@@ -203,11 +284,47 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """The token classifier (``antispam.classifier``)."""
+
+    enabled: bool = True
+    #: model directory; empty means the embedded default model (``models/default``)
+    model: str = ""
+    #: clue tokens listed in the symbol's options
+    clues: int = 5
+    #: weight of online learning (``engine.learn``) against the shipped model; 0 disables it
+    learn_rate: float = 0.3
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """The rule engine (``rules/*.cf``, SpamAssassin syntax); see docs/rules.md."""
+
+    enabled: bool = True
+    #: rule directories or files; empty means the embedded default ruleset
+    dirs: tuple[str, ...] = ()
+    #: more directories or files read after ``dirs`` (local additions and overrides)
+    extra_dirs: tuple[str, ...] = ()
+    #: SpamAssassin rules directories (e.g. /usr/share/spamassassin); unusable rules are left out and logged
+    sa_dirs: tuple[str, ...] = ()
+    #: where SpamAssassin's ``*.pre`` files (loadplugin lines) are, for ``ifplugin`` in ``sa_dirs``
+    sa_pre_dir: str = "/etc/spamassassin"
+    #: "auto" (Hyperscan when installed), "hyperscan" or "python"
+    engine: str = "auto"
+    #: leave out bad rules (reported in the log) instead of failing to load
+    skip_bad: bool = False
+    #: directory for compiled Hyperscan databases (keyed by the rules' digest); empty: no cache
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of an engine."""
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    servers: ServersConfig = field(default_factory=ServersConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
@@ -215,6 +332,7 @@ class Config:
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     #: symbol -> score, overriding the defaults the checks declare
     scores: Mapping[str, float] = field(default_factory=dict)
     #: symbol -> description override
@@ -226,6 +344,10 @@ class Config:
     )
     #: group -> {"max_score": x, "min_score": y}
     groups: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: named policy variants: profile -> {"actions": ..., "scores": ..., "groups": ...}
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: recipient address, ``@domain`` or user name -> profile name
+    recipients: Mapping[str, str] = field(default_factory=dict)
     #: where the configuration came from, for error messages and ``antispam config``
     sources: tuple[str, ...] = ("<defaults>",)
 
@@ -261,14 +383,37 @@ class Config:
                 changes["actions"] = {**self.actions, **_actions(value, source)}
             elif key == "groups":
                 changes["groups"] = {**self.groups, **_groups(value, source)}
+            elif key == "profiles":
+                changes["profiles"] = {**self.profiles, **_profiles(value, source)}
+            elif key == "recipients":
+                changes["recipients"] = {**self.recipients, **{k.lower(): v for k, v in _str_map(value, "recipients", source).items()}}
             elif key in _SECTIONS:
                 current = getattr(self, key)
                 changes[key] = _merge_section(current, value, key, source)
             else:
-                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups"]))
+                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups", "profiles", "recipients"]))
                 raise ConfigError(f"unknown section (known: {known})", key=key, source=source)
         sources = self.sources + ((source,) if source not in self.sources else ())
-        return dataclasses.replace(self, sources=sources, **changes)
+        merged = dataclasses.replace(self, sources=sources, **changes)
+        for who, profile in merged.recipients.items():
+            if profile not in merged.profiles:
+                raise ConfigError(f"names profile {profile!r}, which is not defined in [profiles]",
+                                  key=f"recipients.{who}", source=source)
+        return merged
+
+    def for_profile(self, name: str) -> "Config":
+        """This configuration with profile ``name``'s actions, scores and groups laid over it."""
+        return self.merged(self.profiles[name], source=f"<profile {name}>")
+
+    def profile_for(self, recipient: str | None) -> str | None:
+        """The profile of a recipient address (exact, then ``@domain``) or user name; None for the default."""
+        if not recipient or not self.recipients:
+            return None
+        r = recipient.strip().strip("<>").lower()
+        if r in self.recipients:
+            return self.recipients[r]
+        at = r.rfind("@")
+        return self.recipients.get(r[at:]) if at >= 0 else None
 
     def score_for(self, symbol: str, default: float) -> float:
         return self.scores.get(symbol, default)
@@ -381,6 +526,25 @@ def _actions(value: Any, source: str) -> dict[str, float | None]:
             out[name] = None
         else:
             out[name] = _coerce(v, float, f"actions.{k}", source)
+    return out
+
+
+def _profiles(value: Any, source: str) -> dict[str, dict[str, Any]]:
+    """Profiles change policy only (actions, scores, groups): checks run once per message."""
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of profiles", key="profiles", source=source)
+    out = {}
+    for name, table in value.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError("must be a table", key=f"profiles.{name}", source=source)
+        for k in table:
+            if k not in ("actions", "scores", "groups"):
+                raise ConfigError("unknown key (known: actions, scores, groups)", key=f"profiles.{name}.{k}", source=source)
+        # Validate now, so a bad profile fails at load time and names its key.
+        _actions(table.get("actions", {}), source)
+        _float_map(table.get("scores", {}), f"profiles.{name}.scores", source)
+        _groups(table.get("groups", {}), source)
+        out[name] = dict(table)
     return out
 
 

@@ -1,0 +1,308 @@
+"""The rules check: builds the buffers of a message, runs the matcher, evals and metas, emits hits.
+
+Buffers (all UTF-8 bytes, matched with byte semantics as SpamAssassin does):
+
+* ``body``: the subject as the first line, then the readable text (plain parts
+  and rendered HTML), one paragraph per line (line breaks inside a paragraph
+  become spaces).  Body and URI rules see ``^``/``$`` at line boundaries, so
+  a rule anchored at ``^`` matches at any paragraph start, as in SpamAssassin.
+* ``rawbody``: the decoded text parts before HTML rendering (markup included).
+* ``uri``: one link per line.
+* ``full``: the raw message.
+* ``hdr:NAME:ACCESSOR:IFUNSET``: the header's decoded value (every occurrence,
+  joined by newlines), ``ALL`` = every header as ``Name: value`` lines,
+  ``ToCc`` = To and Cc; accessors ``raw`` (undecoded), ``addr``, ``name``,
+  ``first``, ``last``, ``host``/``domain`` (of the address).  A missing header
+  reads as the ``[if-unset: ...]`` text, else as empty; the rules that an
+  empty value satisfies (``!~`` rules and patterns matching "") are worked out
+  once at load time, so absent headers cost nothing per scan.
+
+Per scan: one :meth:`Matcher.scan` per buffer that some rule reads, then the
+evals, then the metas in dependency order over the list of hit counts.  The
+result is published as a :class:`RuleHits` fact, and every hit rule that is
+not a ``__`` sub-rule and has a non-zero score becomes a :class:`Hit` whose
+options say what matched (the text, the URL host, what an eval found).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from ..check import Check, Hit, ScanContext, SymbolDef
+from ..errors import RuleError
+from ..message import Message, domain_of, split_addresses
+from .compiler import CompiledRule, CompiledRules, compile_rules
+from .evals import EVALS
+from .matcher import Matcher, make_matcher
+from .parser import Parser
+
+log = logging.getLogger("antispam.rules")
+
+_PARA_SPLIT = re.compile(r"\n[ \t\r\f\v\xa0]*\n\s*")
+_NL = re.compile(r"\s*\n\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleHits:
+    """Every rule that hit in this scan (sub-rules and zero-scored rules included), name -> count."""
+
+    counts: Mapping[str, int]
+
+
+# --------------------------------------------------------------------------- buffers
+
+
+def body_text(msg: Message) -> str:
+    """Subject line, then one paragraph per line: what ``body`` rules read."""
+    text = msg.text
+    paras = [_NL.sub(" ", p).strip() for p in _PARA_SPLIT.split(text)] if text else []
+    return "\n".join([msg.subject, *[p for p in paras if p]])
+
+
+def rawbody_text(msg: Message) -> str:
+    return "\n".join(p.text for p in msg.text_parts if p.text)  # type: ignore[misc]
+
+
+def uri_text(msg: Message) -> str:
+    return "\n".join(u.url for u in msg.urls)
+
+
+def header_text(msg: Message, name: str, accessor: str) -> str | None:
+    """The value a header rule reads, or None when the header is absent."""
+    accs = [a for a in accessor.split("+") if a]
+    raw = "raw" in accs
+    lname = name.lower()
+    if lname == "all":
+        hs = msg.raw_headers if raw else msg.headers
+        return "\n".join(f"{n}: {v}" for n, v in hs) if hs else None
+    if lname == "tocc":
+        values = (msg.get_raw("To") + msg.get_raw("Cc")) if raw else (msg.get_all("To") + msg.get_all("Cc"))
+    elif lname == "messageid":
+        values = []
+        for h in ("Message-Id", "Resent-Message-Id", "X-Message-Id"):
+            values += msg.get_raw(h) if raw else msg.get_all(h)
+    elif lname == "envelopefrom":
+        ef = msg.envelope.mail_from
+        if ef is None:
+            rp = msg.get_all("Return-Path")
+            values = rp[:1]
+        else:
+            values = [ef]
+    else:
+        values = msg.get_raw(name) if raw else msg.get_all(name)
+    if not values:
+        return None
+    if "first" in accs:
+        values = values[:1]
+    elif "last" in accs:
+        values = values[-1:]
+    if "addr" in accs or "name" in accs or "host" in accs or "domain" in accs:
+        out = []
+        for v in values:
+            addrs = split_addresses(v)
+            if not addrs:
+                continue
+            dname, addr = addrs[0]
+            if "name" in accs:
+                out.append(dname)
+            elif "addr" in accs:
+                out.append(addr)
+            else:
+                out.append(domain_of(addr) or "")
+        values = out
+    return "\n".join(values)
+
+
+def _enc(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class LoadedRules:
+    compiled: CompiledRules
+    matcher: Matcher
+    #: problems that did not stop loading (ignored lines, skipped bad rules)
+    problems: tuple[str, ...]
+
+
+def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = (), engine: str = "auto",
+               skip_bad: bool = False, cache_dir: str | Path | None = None,
+               sa_pre_dirs: Sequence[str | Path] = ()) -> LoadedRules:
+    """Parse, compile and build the matcher.
+
+    Errors in ``paths`` raise :class:`RuleError` listing all of them, unless
+    ``skip_bad``.  Rules from ``sa_paths`` (a SpamAssassin rules directory)
+    are foreign: those that cannot be used are left out and summarised in the
+    log, never fatal.
+    """
+    parser = Parser()
+    for d in sa_pre_dirs:
+        for p in sorted(Path(d).glob("*.pre")):
+            parser.read_file(p)
+    for p in [*paths, *sa_paths]:
+        pp = Path(p)
+        if pp.is_dir():
+            parser.read_dir(pp)
+        else:
+            parser.read_file(pp)
+    parsed = parser.finish()
+    compiled = compile_rules(parsed, lenient_meta=bool(sa_paths))
+    sa_roots = [str(Path(p)) for p in sa_paths]
+
+    def foreign(where) -> bool:
+        return where is not None and any(where.file.startswith(r) for r in sa_roots)
+
+    fatal = [p for p in compiled.errors() if not foreign(p.where)]
+    if fatal and not skip_bad:
+        raise RuleError([str(p) for p in fatal])
+    if sa_paths:
+        r = compiled.report
+        a, t, x = r.total()
+        log.info("SpamAssassin rules: %d accepted, %d translated, %d refused", a, t, x)
+    matcher = make_matcher(compiled, engine, cache_dir)
+    kept = tuple(str(p) for p in compiled.problems if p.severity != "ignored" or not foreign(p.where))
+    return LoadedRules(compiled, matcher, kept)
+
+
+# --------------------------------------------------------------------------- the check
+
+
+class RulesCheck(Check):
+    """Runs a compiled ruleset.  Symbols are the loaded rules, so they are built per instance."""
+
+    name = "rules"
+
+    def __init__(self, loaded: LoadedRules):
+        self.loaded = loaded
+        c = loaded.compiled
+        self.compiled = c
+        self.matcher = loaded.matcher
+        self.symbols = tuple(  # type: ignore[misc]
+            SymbolDef(r.name, r.score, r.description or r.name, "rules") for r in c.rules if r.emitted
+        )
+        self._n = len(c.rules)
+        self._names = [r.name for r in c.rules]
+        self._emitted = [r.emitted for r in c.rules]
+        # Header groups: (group key, name, accessor, if_unset, ids of !~ rules, ids hit on an empty value).
+        self._headers: list[tuple[str, str, str, str | None, tuple[int, ...], dict[int, int]]] = []
+        self._body_groups = [g for g in ("body", "rawbody", "uri", "full") if g in c.groups]
+        for key, ids in c.groups.items():
+            if not key.startswith("hdr:"):
+                continue
+            first = c.rules[ids[0]]
+            assert first.header is not None
+            hname, acc, unset = first.header
+            negs = tuple(i for i in ids if c.rules[i].negate)
+            empty_matches = self.matcher.scan(key, b"")
+            self._headers.append((key, hname, acc, unset, negs, empty_matches))
+        self._rx = {r.id: re.compile(r.py, r.py_flags) for r in c.rules if r.py is not None}
+
+    def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
+        c = self.compiled
+        rules = c.rules
+        counts = [0] * self._n
+        scan = self.matcher.scan
+        where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
+        for key, hname, acc, unset, negs, empty in self._headers:
+            value = header_text(msg, hname, acc)
+            if value is None and unset is not None:
+                value = unset
+            if value is None or value == "":
+                found = empty
+                data = b""
+            else:
+                data = _enc(value)
+                found = scan(key, data)
+            for rid, n in found.items():
+                counts[rid] = n
+                where[rid] = data
+            for rid in negs:
+                counts[rid] = 0 if counts[rid] else 1
+        for key in self._body_groups:
+            if key == "body":
+                data = _enc(body_text(msg))
+            elif key == "rawbody":
+                data = _enc(rawbody_text(msg))
+            elif key == "uri":
+                data = _enc(uri_text(msg))
+            else:
+                data = msg.raw
+            for rid, n in scan(key, data).items():
+                counts[rid] = n
+                where[rid] = data
+        options: dict[int, tuple[str, ...]] = {}
+        for rid in c.exists:
+            r = rules[rid]
+            if r.header is not None and header_text(msg, r.header[0], "") is not None:
+                counts[rid] = 1
+        for rid in c.evals:
+            r = rules[rid]
+            try:
+                n, opts = EVALS[r.eval_name](msg, r.eval_args)  # type: ignore[index]
+            except Exception as exc:  # a broken eval is one silent rule, never a lost scan
+                log.debug("eval %s failed: %s", r.name, exc)
+                continue
+            if n:
+                counts[rid] = n
+                options[rid] = opts
+        for rid, fn in c.metas:
+            try:
+                v = fn(counts)
+            except (ZeroDivisionError, TypeError):
+                v = 0
+            if v:
+                counts[rid] = 1
+        names = self._names
+        ctx.publish(RuleHits({names[i]: n for i, n in enumerate(counts) if n}))
+        hits = []
+        emitted = self._emitted
+        for rid, n in enumerate(counts):
+            if n and emitted[rid]:
+                opts = options.get(rid)
+                if opts is None:
+                    opts = self._options(rules[rid], where.get(rid), msg)
+                hits.append(Hit(names[rid], 1.0, opts))
+        return hits
+
+    def _options(self, rule: CompiledRule, data: bytes | None, msg: Message) -> tuple[str, ...]:
+        """What matched: the URL host for uri rules, else the matched text (shortened)."""
+        rx = self._rx.get(rule.id)
+        if rx is None or data is None or rule.negate:
+            return ()
+        if rule.kind == "uri":
+            for u in msg.urls:
+                if rx.search(_enc(u.url)):
+                    return (u.host or u.url[:60],)
+            return ()
+        m = rx.search(data)
+        if m is None:
+            return ()
+        text = m.group(0).decode("utf-8", "replace").strip()
+        if len(text) > 40:
+            text = text[:37] + "..."
+        return (text,) if text else ()
+
+
+def rules_check(config, store=None) -> Check | None:
+    """Engine factory: the configured rules (the embedded default set unless ``[rules] dirs`` says otherwise)."""
+    from ..resources import default_rules_dir
+
+    rc = getattr(config, "rules", None)
+    if rc is not None and not rc.enabled:
+        return None
+    dirs = list(rc.dirs) if rc is not None and rc.dirs else [str(default_rules_dir())]
+    if rc is not None:
+        dirs += list(rc.extra_dirs)
+    loaded = load_rules(
+        dirs, sa_paths=rc.sa_dirs if rc else (), engine=rc.engine if rc else "auto",
+        skip_bad=rc.skip_bad if rc else False, cache_dir=(rc.cache_dir or None) if rc else None,
+        sa_pre_dirs=(rc.sa_pre_dir,) if rc and rc.sa_dirs and rc.sa_pre_dir and Path(rc.sa_pre_dir).is_dir() else (),
+    )
+    return RulesCheck(loaded)

@@ -1,0 +1,139 @@
+"""``antispam rules ...``: lint, load-sa, stats.
+
+* ``lint DIR...``: every problem at once, with file:line; exit 1 on errors.
+* ``load-sa DIR``: load a SpamAssassin rules directory and report how many
+  rules were accepted unchanged, accepted after translation, and refused, by
+  kind and by reason.
+* ``stats [CORPUS]``: per-rule hit rates on ham and spam, S/O ratio and rank,
+  like SpamAssassin's mass-check ``hit-frequencies`` report.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from ..resources import default_rules_dir
+from .compiler import compile_rules
+from .parser import Parser
+
+#: The rule kinds counted by the SpamAssassin compatibility figure.
+SA_KINDS = ("header", "body", "uri", "meta")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rules", help="rule files: lint, load-sa, stats")
+    rs = p.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
+    lint = rs.add_parser("lint", help="report every problem in rule files, with file:line")
+    lint.add_argument("paths", nargs="*", metavar="DIR", help="rule directories or files (default: the embedded rules)")
+    lint.add_argument("--all", action="store_true", help="also list ignored lines")
+    lint.set_defaults(func=cmd_lint)
+    sa = rs.add_parser("load-sa", help="load a SpamAssassin rules directory and report what was accepted")
+    sa.add_argument("path", nargs="?", default="/usr/share/spamassassin", metavar="DIR")
+    sa.add_argument("--pre", default="/etc/spamassassin", metavar="DIR", help="directory of *.pre files (loadplugin)")
+    sa.add_argument("-v", "--verbose", action="store_true", help="list every refused rule")
+    sa.set_defaults(func=cmd_load_sa)
+    st = rs.add_parser("stats", help="per-rule hit rates on a labelled corpus (mass-check style)")
+    st.add_argument("corpus", nargs="?", help="labelled corpus directory (default: the shared SpamAssassin corpus)")
+    st.add_argument("--split", choices=("train", "test", "all"), default="train")
+    st.add_argument("--rules", action="append", default=[], metavar="DIR", help="rule directories (default: embedded)")
+    st.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "python"))
+    st.set_defaults(func=cmd_stats)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _parse(paths, pre=None):
+    parser = Parser()
+    if pre and Path(pre).is_dir():
+        for f in sorted(Path(pre).glob("*.pre")):
+            parser.read_file(f)
+    for path in paths:
+        pp = Path(path)
+        if pp.is_dir():
+            parser.read_dir(pp)
+        else:
+            parser.read_file(pp)
+    return parser.finish()
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    paths = args.paths or [str(default_rules_dir())]
+    compiled = compile_rules(_parse(paths))
+    shown = [p for p in compiled.problems if args.all or p.severity != "ignored"]
+    for p in shown:
+        print(p)
+    errors = len(compiled.errors())
+    ignored = sum(p.severity == "ignored" for p in compiled.problems)
+    print(f"{len(compiled.rules)} rules usable, {errors} error(s), {ignored} ignored line(s)")
+    return 1 if errors else 0
+
+
+def cmd_load_sa(args: argparse.Namespace) -> int:
+    parsed = _parse([args.path], args.pre)
+    compiled = compile_rules(parsed, lenient_meta=True)
+    r = compiled.report
+    print(f"SpamAssassin rules from {args.path}: {len(parsed.files)} files")
+    print(f"{'kind':10s} {'accepted':>9s} {'translated':>11s} {'refused':>8s} {'usable %':>9s}")
+    tot = [0, 0, 0]
+    for kind in ("header", "body", "rawbody", "uri", "full", "meta"):
+        a, t, x = r.accepted[kind], r.translated[kind], r.refused[kind]
+        if kind in SA_KINDS:
+            tot = [tot[0] + a, tot[1] + t, tot[2] + x]
+        n = a + t + x
+        print(f"{kind:10s} {a:9d} {t:11d} {x:8d} {100 * (a + t) / n if n else 0:8.1f}%")
+    n = sum(tot)
+    print(f"{'header+body+uri+meta':22s}: {tot[0] + tot[1]}/{n} usable = {100 * (tot[0] + tot[1]) / max(n, 1):.1f}%"
+          f" ({r.python_only.total()} regex rules run through Python re)")
+    print("refusals by reason:")
+    for reason, k in r.reasons.most_common(15):
+        print(f"  {k:5d}  {reason}")
+    ignored = Counter(p.message.split(":")[0] for p in compiled.problems if p.severity == "ignored")
+    print(f"ignored lines: {sum(ignored.values())} (" + ", ".join(f"{k} {v}" for k, v in ignored.most_common(6)) + ", ...)")
+    if args.verbose:
+        for p in compiled.problems:
+            if p.severity == "error":
+                print(p)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from ..corpus import default_corpus_dir, load_labelled
+    from ..message import Message
+    from ..check import ScanContext
+    from ..config import Config
+    from .check import RuleHits, RulesCheck, load_rules
+
+    corpus = args.corpus or default_corpus_dir()
+    if corpus is None:
+        print("no corpus given and the shared SpamAssassin corpus was not found")
+        return 2
+    msgs = load_labelled(corpus, split=None if args.split == "all" else args.split)
+    check = RulesCheck(load_rules(args.rules or [str(default_rules_dir())], engine=args.engine))
+    cfg = Config()
+    n = Counter()
+    hits = {"ham": Counter(), "spam": Counter()}
+    for m in msgs:
+        msg = Message(m.data)
+        ctx = ScanContext(msg.envelope, cfg)
+        check.run(msg, ctx)
+        rh = ctx.get(RuleHits)
+        n[m.label] += 1
+        for name in rh.counts if rh else ():
+            hits[m.label][name] += 1
+    rows = []
+    for r in check.compiled.rules:
+        s = hits["spam"][r.name] / max(n["spam"], 1)
+        h = hits["ham"][r.name] / max(n["ham"], 1)
+        so = s / (s + h) if s + h else 0.0
+        # mass-check's rank: S/O ratio weighted by how often the rule hits at all.
+        rows.append((r.name, s, h, so, r.score))
+    rows.sort(key=lambda x: (-x[3], -x[1]))
+    print(f"{n['spam']} spam, {n['ham']} ham ({args.split})")
+    print(f"{'OVERALL':>3s}  {'SPAM%':>7s} {'HAM%':>7s} {'S/O':>6s} {'RANK':>5s} {'SCORE':>6s}  NAME")
+    for i, (name, s, h, so, score) in enumerate(rows):
+        if s == 0 and h == 0:
+            continue
+        rank = 1.0 - i / max(len(rows) - 1, 1)
+        print(f"{100 * (s * n['spam'] + h * n['ham']) / max(sum(n.values()), 1):7.3f}  {100 * s:7.3f} {100 * h:7.3f} {so:6.3f} {rank:5.2f} {score:6.2f}  {name}")
+    return 0

@@ -1,0 +1,399 @@
+"""Parsed rules to something a matcher can run: regexes checked and grouped by buffer, metas compiled.
+
+Each rule that tests a regular expression reads one *buffer*: ``body``,
+``rawbody``, ``uri``, ``full``, or one header view (``hdr:Name:accessor``).
+Rules of the same buffer are matched together by one multi-pattern scan (see
+:mod:`.matcher`).  Meta rules become small Python functions over the list of
+hit counts, evaluated in dependency order; their text is tokenised and only
+rule names, numbers and operators reach ``compile``, so a rule file can never
+run code.
+
+Every problem is collected as a :class:`~.parser.Problem` so that all of
+them are reported at once; :class:`CompileReport` also counts how many rules
+were accepted unchanged, accepted after translation, and refused (and why),
+which is what ``antispam rules load-sa`` prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .evals import EVALS
+from .parser import ParsedRules, Problem, RuleDef, Where
+from .regex import Unsupported, backtracking_risk, translate
+
+#: Header names that are SpamAssassin's synthesised views of its relay analysis;
+#: they have no equivalent here, so rules reading them are refused, not silently dead.
+_UNSUPPORTED_PSEUDO = ("X-Spam-Relays-", "ALL-TRUSTED", "ALL-UNTRUSTED", "ALL-INTERNAL", "ALL-EXTERNAL",
+                       "X-Spam-DCC", "X-Spam-Pyzor", "X-Spam-Relays")
+
+_META_TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\d+(?:\.\d+)?)|(&&|\|\||==|!=|>=|<=|[-+*/()<>!]))")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """One usable rule.  ``id`` indexes the per-scan hit-count list."""
+
+    id: int
+    name: str
+    kind: str  # header body rawbody uri full meta eval exists
+    buffer: str  # buffer key for regex rules, "" otherwise
+    score: float
+    description: str
+    tflags: frozenset[str]
+    maxhits: int
+    negate: bool
+    py: bytes | None = None  # Python pattern (bytes)
+    py_flags: int = 0
+    hs: bytes | None = None  # Hyperscan pattern, None when Python-only
+    hs_flags: int = 0  # caseless/dotall/multiline bits, engine-neutral (see matcher)
+    eval_name: str | None = None
+    eval_args: tuple[Any, ...] = ()
+    deps: tuple[int, ...] = ()
+    where: Where | None = None
+    #: set for header rules: what the buffer is made of
+    header: tuple[str, str, str | None] | None = None
+
+    @property
+    def multiple(self) -> bool:
+        return "multiple" in self.tflags
+
+    @property
+    def emitted(self) -> bool:
+        """Sub-rules (``__``) and rules scored 0 are evaluated for metas but never reported."""
+        return not self.name.startswith("__") and self.score != 0
+
+
+@dataclass
+class CompileReport:
+    """Counts for ``rules lint`` / ``load-sa``: by kind, accepted / translated / refused (with reasons)."""
+
+    accepted: Counter = field(default_factory=Counter)
+    translated: Counter = field(default_factory=Counter)
+    refused: Counter = field(default_factory=Counter)
+    python_only: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+
+    def total(self, kind: str | None = None) -> tuple[int, int, int]:
+        def get(c: Counter) -> int:
+            return sum(c.values()) if kind is None else c[kind]
+
+        return get(self.accepted), get(self.translated), get(self.refused)
+
+
+@dataclass
+class CompiledRules:
+    rules: list[CompiledRule]
+    by_name: dict[str, CompiledRule]
+    #: buffer key -> ids of the regex rules reading it
+    groups: dict[str, list[int]]
+    #: (rule id, function(counts) -> number) in evaluation order
+    metas: list[tuple[int, Callable[[list[int]], Any]]]
+    evals: list[int]
+    exists: list[int]
+    problems: list[Problem]
+    report: CompileReport
+    digest: str
+
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def _buffer_key(rule: RuleDef) -> tuple[str, tuple[str, str, str | None] | None]:
+    if rule.kind == "header":
+        t = rule.target
+        assert t is not None
+        return f"hdr:{t.name.lower()}:{t.accessor}:{t.if_unset if t.if_unset is not None else ''}", (t.name, t.accessor, t.if_unset)
+    return rule.kind, None
+
+
+class _Refused(Exception):
+    pass
+
+
+def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False) -> CompiledRules:
+    """Check and translate every rule; refused rules are reported as errors (and left out).
+
+    ``lenient_meta`` is SpamAssassin's own behaviour for foreign rule sets: a
+    meta naming a rule that is not available (a network test, an eval of a
+    plugin not implemented here) reads that rule as 0, like SpamAssassin run
+    without network tests, instead of being refused.  Such metas count as
+    translated.  Cycles are refused either way.
+    """
+    problems = list(parsed.problems)
+    report = CompileReport()
+    out: list[CompiledRule] = []
+    # First pass: regex, eval and exists rules (metas need the final set of names).
+    metas_src: list[RuleDef] = []
+    refused_names: set[str] = set()
+    broken = {r.name for r in parsed.rules.values() if r.broken}
+    for name in broken:
+        report.refused[parsed.rules[name].kind] += 1
+    refused_names |= broken
+    for rule in parsed.rules.values():
+        if rule.kind == "pending":
+            problems.append(Problem(rule.where, "ignored", "score/describe/tflags for a rule that is not defined", rule.name))
+            continue
+        if rule.broken:
+            continue
+        if rule.kind == "meta":
+            metas_src.append(rule)
+            continue
+        try:
+            out.append(_compile_one(rule, len(out), report))
+        except _Refused as exc:
+            refused_names.add(rule.name)
+            report.refused[rule.kind] += 1
+            report.reasons[_reason_key(str(exc))] += 1
+            problems.append(Problem(rule.where, "error", str(exc), rule.name))
+    # Metas: resolve names, detect unknown names and cycles.
+    by_name: dict[str, int] = {r.name: r.id for r in out}
+    meta_ids = {}
+    for rule in metas_src:
+        meta_ids[rule.name] = len(out) + len(meta_ids)
+    meta_tokens: dict[str, list[tuple[str, str]]] = {}
+    meta_deps: dict[str, set[str]] = {}
+    for rule in metas_src:
+        try:
+            toks = _tokenize_meta(rule.expr or "")
+        except _Refused as exc:
+            refused_names.add(rule.name)
+            report.refused["meta"] += 1
+            report.reasons[_reason_key(str(exc))] += 1
+            problems.append(Problem(rule.where, "error", str(exc), rule.name))
+            continue
+        meta_tokens[rule.name] = toks
+        meta_deps[rule.name] = {v for k, v in toks if k == "name"}
+    # A meta is refused when it names a refused or unknown rule (transitively) or is in a cycle.
+    state: dict[str, str] = {}
+    order: list[str] = []
+
+    def visit(name: str, chain: list[str]) -> str | None:
+        st = state.get(name)
+        if st == "done":
+            return None
+        if st == "bad":
+            return f"depends on refused meta {name}" if chain else "part of a refused meta chain"
+        if st == "visiting":
+            return "meta rules depend on each other in a cycle: " + " -> ".join(chain + [name])
+        state[name] = "visiting"
+        for dep in sorted(meta_deps[name]):
+            if dep in meta_deps:
+                why = visit(dep, chain + [name])
+            elif dep in by_name:
+                why = None
+            elif lenient_meta:
+                why = None
+            elif dep in refused_names:
+                why = f"depends on refused rule {dep}"
+            else:
+                why = f"unknown rule {dep}"
+            if why:
+                state[name] = "bad"
+                return why
+        state[name] = "done"
+        order.append(name)
+        return None
+
+    for rule in metas_src:
+        if rule.name not in meta_tokens:
+            continue
+        why = visit(rule.name, [])
+        if why is None and state.get(rule.name) == "bad":
+            why = "depends on a refused meta rule"
+        if why:
+            refused_names.add(rule.name)
+            report.refused["meta"] += 1
+            report.reasons[_reason_key(why)] += 1
+            problems.append(Problem(rule.where, "error", why, rule.name))
+    metas: list[tuple[int, Callable[[list[int]], Any]]] = []
+    for name in order:
+        rule = parsed.rules[name]
+        rid = len(out)
+        by_name[name] = rid
+        toks = meta_tokens[name]
+        missing = {v for k, v in toks if k == "name" and v not in by_name}
+        fn = _meta_function(toks, by_name)
+        out.append(CompiledRule(
+            id=rid, name=name, kind="meta", buffer="", score=_score(rule), description=rule.description,
+            tflags=rule.tflags, maxhits=rule.maxhits, negate=False,
+            deps=tuple(sorted({by_name[v] for k, v in toks if k == "name" and v in by_name})), where=rule.where,
+        ))
+        metas.append((rid, fn))
+        if missing:
+            report.translated["meta"] += 1
+            problems.append(Problem(rule.where, "warning", "reads unavailable rules as 0: " + " ".join(sorted(missing)), name))
+        else:
+            report.accepted["meta"] += 1
+    groups: dict[str, list[int]] = {}
+    for r in out:
+        if r.buffer:
+            groups.setdefault(r.buffer, []).append(r.id)
+    digest = hashlib.sha256("\n".join(
+        f"{r.name}\t{r.kind}\t{r.buffer}\t{r.py!r}\t{r.hs!r}\t{r.hs_flags}\t{r.py_flags}" for r in out
+    ).encode("utf-8", "surrogateescape")).hexdigest()
+    return CompiledRules(
+        rules=out, by_name={r.name: r for r in out}, groups=groups, metas=metas,
+        evals=[r.id for r in out if r.kind == "eval"], exists=[r.id for r in out if r.kind == "exists"],
+        problems=problems, report=report, digest=digest,
+    )
+
+
+def _score(rule: RuleDef) -> float:
+    """SpamAssassin's default: 1.0 for a rule without a score line, 0 for ``__`` sub-rules."""
+    if rule.score is not None:
+        return rule.score
+    return 0.0 if rule.name.startswith("__") else 1.0
+
+
+def _reason_key(text: str) -> str:
+    """Group refusal reasons for the report: drop rule-specific tails."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
+    text = re.sub(r"\b_*[A-Z][A-Z0-9]*_[A-Z0-9_]+\b", "RULE", text)
+    return text[:90]
+
+
+_FLAG_CASELESS, _FLAG_DOTALL, _FLAG_MULTILINE = 1, 2, 4
+
+
+def _compile_one(rule: RuleDef, rid: int, report: CompileReport) -> CompiledRule:
+    common = dict(id=rid, name=rule.name, score=_score(rule), description=rule.description,
+                  tflags=rule.tflags, maxhits=rule.maxhits, where=rule.where)
+    if rule.eval_name is not None:
+        fn = EVALS.get(rule.eval_name)
+        if fn is None:
+            raise _Refused(f"eval function {rule.eval_name}() is not implemented")
+        if fn.kinds and rule.kind not in fn.kinds:
+            raise _Refused(f"eval function {rule.eval_name}() is not a {rule.kind} eval")
+        try:
+            fn.check_args(rule.eval_args)
+        except ValueError as exc:
+            raise _Refused(f"eval {rule.eval_name}(): {exc}") from None
+        report.accepted[rule.kind] += 1
+        return CompiledRule(kind="eval", buffer="", negate=False, eval_name=rule.eval_name,
+                            eval_args=rule.eval_args, **common)
+    if rule.exists is not None:
+        report.accepted[rule.kind] += 1
+        return CompiledRule(kind="exists", buffer="", negate=False, header=(rule.exists, "", None), **common)
+    if rule.kind == "header":
+        assert rule.target is not None
+        name = rule.target.name
+        if name.startswith(_UNSUPPORTED_PSEUDO):
+            raise _Refused(f"pseudo-header {name} (SpamAssassin's relay analysis) is not available")
+        bad = set(filter(None, rule.target.accessor.split("+"))) - {"raw", "addr", "name", "first", "last", "host", "domain"}
+        if bad:
+            raise _Refused(f"header accessor :{'/'.join(sorted(bad))} is not supported")
+    assert rule.pattern is not None
+    # Body and URI buffers hold one paragraph / one URI per line, so ^ and $
+    # must see line starts and ends, as SpamAssassin's per-paragraph matching does.
+    force_m = rule.kind in ("body", "uri")
+    try:
+        t = translate(rule.pattern, rule.flags, force_multiline=force_m)
+    except Unsupported as exc:
+        raise _Refused(f"unsupported regex: {exc}") from None
+    pyflags = (re.I if t.caseless else 0) | (re.S if t.dotall else 0) | (re.M if t.multiline else 0)
+    try:
+        re.compile(t.py, pyflags)
+    except re.error as exc:
+        raise _Refused(f"bad regex /{rule.pattern[:60]}/: {exc}") from None
+    risk = backtracking_risk(t.py, pyflags)
+    if risk:
+        raise _Refused(f"regex refused: {risk}")
+    if t.changed or t.hs is None or rule.notes:
+        report.translated[rule.kind] += 1
+    else:
+        report.accepted[rule.kind] += 1
+    if t.hs is None:
+        report.python_only[rule.kind] += 1
+    key, header = _buffer_key(rule)
+    hsflags = (_FLAG_CASELESS if t.caseless else 0) | (_FLAG_DOTALL if t.dotall else 0) | (_FLAG_MULTILINE if t.multiline else 0)
+    return CompiledRule(kind=rule.kind, buffer=key, negate=rule.negate, py=t.py, py_flags=pyflags, hs=t.hs,
+                        hs_flags=hsflags, header=header, **common)
+
+
+def _tokenize_meta(expr: str) -> list[tuple[str, str]]:
+    toks: list[tuple[str, str]] = []
+    pos = 0
+    expr = expr.strip()
+    while pos < len(expr):
+        m = _META_TOKEN.match(expr, pos)
+        if not m or m.end() == pos:
+            raise _Refused(f"cannot read meta expression at {expr[pos:pos + 20]!r}")
+        pos = m.end()
+        if m.group(1):
+            toks.append(("name", m.group(1)))
+        elif m.group(2):
+            toks.append(("num", m.group(2)))
+        else:
+            toks.append(("op", m.group(3)))
+    if not toks:
+        raise _Refused("empty meta expression")
+    depth = 0
+    for kind, v in toks:
+        depth += (v == "(") - (v == ")") if kind == "op" else 0
+        if depth < 0:
+            break
+    if depth != 0:
+        raise _Refused(f"unbalanced parentheses in meta expression {expr!r}")
+    # Validate by compiling once with placeholder names.
+    try:
+        compile(_meta_python(toks, lambda n: "0"), "<meta>", "eval")
+    except SyntaxError:
+        raise _Refused(f"meta expression is not valid: {expr!r}") from None
+    return toks
+
+
+def _meta_python(toks: list[tuple[str, str]], name_expr: Callable[[str], str]) -> str:
+    """Perl-ish meta syntax to Python: ``&&`` and, ``||`` or, ``!`` not (``!=`` stays).
+
+    Perl's ``!`` binds tighter than arithmetic while Python's ``not`` binds
+    looser, so ``!X`` becomes ``(not X)`` around its single operand (a name, a
+    number, a parenthesised group or another ``!X``).
+    """
+    out: list[str] = []
+    pos = 0
+
+    def operand(i: int) -> int:
+        """Emit the operand starting at token i; return the index after it."""
+        kind, v = toks[i] if i < len(toks) else ("op", ")")
+        if kind == "op" and v == "!":
+            out.append("(not ")
+            j = operand(i + 1)
+            out.append(")")
+            return j
+        if kind == "op" and v == "(":
+            out.append("(")
+            j = i + 1
+            while j < len(toks) and toks[j] != ("op", ")"):
+                j = one(j)
+            out.append(")")
+            return j + 1
+        return one(i)
+
+    def one(i: int) -> int:
+        kind, v = toks[i]
+        if kind == "name":
+            out.append(name_expr(v))
+        elif kind == "num":
+            out.append(v)
+        elif v == "!":
+            return operand(i)
+        elif v == "(":
+            return operand(i)
+        else:
+            out.append({"&&": " and ", "||": " or "}.get(v, f" {v} "))
+        return i + 1
+
+    while pos < len(toks):
+        pos = one(pos)
+    return "".join(out)
+
+
+def _meta_function(toks: list[tuple[str, str]], ids: dict[str, int]) -> Callable[[list[int]], Any]:
+    src = "lambda h: (" + _meta_python(toks, lambda n: f"h[{ids[n]}]" if n in ids else "0") + ")"
+    # The source holds only h[...] indexes, numbers and operators (see _tokenize_meta).
+    return eval(compile(src, "<meta>", "eval"), {"__builtins__": {}})  # noqa: S307

@@ -1,0 +1,312 @@
+"""Built-in ``eval:`` tests: what a regular expression cannot say.
+
+A rule ``header NAME eval:header_absent('Date')`` calls the Python function
+registered here as ``header_absent`` with the message and the (quoted-string
+or number) arguments.  A function returns a truth value, a hit count, or
+``(hit, options)`` where options explain the hit (the spoofed domain, the
+offending attachment name...).
+
+Each function declares which rule kinds may call it and checks its arguments
+at load time, so a typo is a lint error, not a rule that silently never fires.
+Functions read only the :class:`~antispam.message.Message` views; none does I/O.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from dataclasses import dataclass
+from email.utils import parsedate_tz
+from typing import Any, Callable
+
+from ..message import Message, domain_of, split_addresses, url_host
+
+
+@dataclass(frozen=True)
+class EvalFunc:
+    name: str
+    fn: Callable[..., Any]
+    #: rule kinds that may use it (empty: any)
+    kinds: tuple[str, ...]
+    #: argument types, e.g. (str,) or (int, int); trailing ones may be omitted when they have defaults
+    args: tuple[type, ...]
+    required: int
+
+    def check_args(self, args: tuple[Any, ...]) -> None:
+        if not self.required <= len(args) <= len(self.args):
+            raise ValueError(f"takes {self.required}..{len(self.args)} arguments, got {len(args)}")
+        for a, t in zip(args, self.args):
+            if t is float and isinstance(a, int):
+                continue
+            if not isinstance(a, t):
+                raise ValueError(f"argument {a!r} should be {t.__name__}")
+
+    def __call__(self, msg: Message, args: tuple[Any, ...]) -> tuple[int, tuple[str, ...]]:
+        r = self.fn(msg, *args)
+        if isinstance(r, tuple):
+            hit, opts = r
+            return (int(hit), tuple(opts)) if hit else (0, ())
+        return int(r), ()
+
+
+EVALS: dict[str, EvalFunc] = {}
+
+
+def register(name: str, kinds: tuple[str, ...] = (), args: tuple[type, ...] = (), required: int | None = None):
+    """Register ``fn(msg, *args)`` as ``eval:name(...)`` for rules of ``kinds``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        EVALS[name] = EvalFunc(name, fn, kinds, args, len(args) if required is None else required)
+        return fn
+
+    return deco
+
+
+# --------------------------------------------------------------------------- headers
+
+
+@register("header_absent", ("header",), (str,))
+def header_absent(msg: Message, name: str) -> bool:
+    """The header is missing altogether (Date, Message-ID, From... are required by RFC 5322)."""
+    return not msg.has(name)
+
+
+@register("header_count_over", ("header",), (str, int))
+def header_count_over(msg: Message, name: str, n: int) -> bool:
+    """The header occurs more than ``n`` times (e.g. two Subject or From lines)."""
+    return len(msg.get_raw(name)) > n
+
+
+@register("subject_is_all_caps", ("header",))
+def subject_is_all_caps(msg: Message) -> bool:
+    """A subject of at least two words and ten letters, none of them lower case."""
+    s = msg.subject
+    letters = [c for c in s if c.isalpha()]
+    return len(letters) >= 10 and len(s.split()) >= 2 and not any(c.islower() for c in letters)
+
+
+@register("many_recipients", ("header",), (int,))
+def many_recipients(msg: Message, n: int) -> tuple[bool, list[str]]:
+    """More than ``n`` addresses in To and Cc together (a list blasted in the open)."""
+    k = len(msg.to_addrs)
+    return k > n, [str(k)]
+
+
+@register("date_invalid", ("header",))
+def date_invalid(msg: Message) -> bool:
+    """A Date header that RFC 5322 date parsing cannot read (or with an impossible zone)."""
+    d = msg.get("Date")
+    if d is None:
+        return False
+    parsed = parsedate_tz(d)
+    if parsed is None or parsed[0] < 1970:
+        return True
+    tz = parsed[9]
+    return tz is not None and abs(tz) > 14 * 3600
+
+
+def _date_skew(msg: Message) -> float | None:
+    """Seconds from the newest Received date to the Date header (positive: Date in the future)."""
+    from email.utils import mktime_tz
+
+    d = msg.get("Date")
+    if not d or not msg.received:
+        return None
+    pd = parsedate_tz(d)
+    raw = msg.received[0].raw
+    semi = raw.rfind(";")
+    pr = parsedate_tz(raw[semi + 1 :].strip()) if semi >= 0 else None
+    if pd is None or pr is None:
+        return None
+    try:
+        return float(mktime_tz(pd) - mktime_tz(pr))
+    except (OverflowError, ValueError):
+        return None
+
+
+@register("date_skew_over", ("header",), (float, float))
+def date_skew_over(msg: Message, hours_future: float, hours_past: float) -> tuple[bool, list[str]]:
+    """Date is more than ``hours_future`` ahead of, or ``hours_past`` behind, the last Received stamp."""
+    skew = _date_skew(msg)
+    if skew is None:
+        return False, []
+    h = skew / 3600.0
+    return (h > hours_future or -h > hours_past), [f"{h:+.1f}h"]
+
+
+_DOMAIN_IN_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
+
+
+def _registrable(host: str) -> str:
+    """A rough registrable domain: the last two labels (three under short two-level suffixes)."""
+    parts = host.lower().rstrip(".").split(".")
+    if len(parts) >= 3 and len(parts[-1]) == 2 and parts[-2] in ("co", "com", "net", "org", "ac", "gov", "ne", "or"):
+        return ".".join(parts[-3:])
+    return ".".join(parts[-2:])
+
+
+@register("from_name_spoofs_domain", ("header",))
+def from_name_spoofs_domain(msg: Message) -> tuple[bool, list[str]]:
+    """The From display name shows an address or domain that is not the sender's own domain."""
+    name = msg.from_name
+    dom = msg.from_domain
+    if not name or not dom or "." not in name:
+        return False, []
+    m = _DOMAIN_IN_NAME.search(name.split("@")[-1] if "@" in name else name)
+    if not m:
+        return False, []
+    shown = m.group(1).lower()
+    if _registrable(shown) != _registrable(dom) and not shown.endswith(("." + dom, dom)):
+        return True, [shown]
+    return False, []
+
+
+@register("reply_to_differs", ("header",))
+def reply_to_differs(msg: Message) -> tuple[bool, list[str]]:
+    """Reply-To points to another registrable domain than From (answers go elsewhere)."""
+    rt = msg.get("Reply-To")
+    dom = msg.from_domain
+    if not rt or not dom:
+        return False, []
+    addrs = split_addresses(rt)
+    if not addrs:
+        return False, []
+    rdom = domain_of(addrs[0][1])
+    if rdom and _registrable(rdom) != _registrable(dom):
+        return True, [rdom]
+    return False, []
+
+
+@register("from_domain_mismatch_envelope", ("header",))
+def from_domain_mismatch_envelope(msg: Message) -> bool:
+    """The envelope sender's domain differs from the From domain (a weak signal alone)."""
+    env = domain_of(msg.envelope.mail_from)
+    dom = msg.from_domain
+    return bool(env and dom and _registrable(env) != _registrable(dom))
+
+
+# --------------------------------------------------------------------------- body and HTML
+
+
+@register("html_text_ratio_below", ("body", "rawbody"), (float,))
+def html_text_ratio_below(msg: Message, ratio: float) -> tuple[bool, list[str]]:
+    """Visible HTML text is less than ``ratio`` of the markup (a page of tags around a few words)."""
+    html = msg.html
+    if len(html) < 400:
+        return False, []
+    r = len(msg.html_text) / len(html)
+    return r < ratio, [f"{r:.3f}"]
+
+
+@register("html_image_only", ("body", "rawbody"), (int, int))
+def html_image_only(msg: Message, lo: int, hi: int) -> tuple[bool, list[str]]:
+    """HTML with images and between ``lo`` and ``hi`` characters of visible text in the whole message."""
+    html = msg.html
+    if not html or "<img" not in html.lower():
+        return False, []
+    n = len(re.sub(r"\s+", "", msg.text))
+    return lo <= n < hi, [f"{n} chars"]
+
+
+@register("html_only", ("body", "rawbody"))
+def html_only(msg: Message) -> bool:
+    """HTML text with no plain-text alternative."""
+    return bool(msg.html) and not msg.plain_text.strip()
+
+
+@register("body_caps_ratio_over", ("body",), (float,))
+def body_caps_ratio_over(msg: Message, ratio: float) -> tuple[bool, list[str]]:
+    """More than ``ratio`` of the body's letters are capitals (at least 200 letters)."""
+    letters = [c for c in msg.text[:20000] if c.isalpha()]
+    if len(letters) < 200:
+        return False, []
+    r = sum(c.isupper() for c in letters) / len(letters)
+    return r > ratio, [f"{r:.2f}"]
+
+
+@register("body_short", ("body",), (int,))
+def body_short(msg: Message, n: int) -> bool:
+    """Fewer than ``n`` non-blank characters of text in the whole body."""
+    return len(re.sub(r"\s+", "", msg.text)) < n
+
+
+# --------------------------------------------------------------------------- URIs
+
+_URLISH = re.compile(r"^\s*(?:https?://|www\.)([^\s/<>\"']+)", re.I)
+
+
+@register("uri_text_href_mismatch", ("uri", "body"))
+def uri_text_href_mismatch(msg: Message) -> tuple[bool, list[str]]:
+    """A link whose visible text is a URL on another host than the link's target (phishing)."""
+    for u in msg.urls:
+        if u.source != "html" or not u.text:
+            continue
+        m = _URLISH.match(u.text)
+        if not m:
+            continue
+        shown = url_host(u.text.strip())
+        real = u.host
+        if shown and real and _registrable(shown) != _registrable(real):
+            return True, [f"{shown}->{real}"]
+    return False, []
+
+
+@register("uri_distinct_domains_over", ("uri", "body"), (int,))
+def uri_distinct_domains_over(msg: Message, n: int) -> tuple[bool, list[str]]:
+    """Links to more than ``n`` distinct registrable domains."""
+    doms = {_registrable(h) for h in msg.url_hosts if "." in h}
+    return len(doms) > n, [str(len(doms))]
+
+
+# --------------------------------------------------------------------------- attachments
+
+_EXEC_EXT = ("exe", "scr", "pif", "com", "bat", "cmd", "vbs", "vbe", "js", "jse", "wsf", "wsh", "hta", "cpl",
+             "msi", "jar", "lnk", "ps1", "reg", "dll", "iso", "img", "msc", "application", "gadget")
+_DOC_EXT = ("pdf", "doc", "docx", "xls", "xlsx", "txt", "jpg", "jpeg", "png", "gif", "zip", "rtf", "htm", "html")
+
+
+def _ext(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower().strip() if "." in name else ""
+
+
+@register("attachment_executable", ("body", "rawbody", "full"))
+def attachment_executable(msg: Message) -> tuple[bool, list[str]]:
+    """An attachment whose name ends in a Windows-executable extension."""
+    for a in msg.attachments:
+        if a.name and _ext(a.name) in _EXEC_EXT:
+            return True, [a.name]
+    return False, []
+
+
+@register("attachment_double_extension", ("body", "rawbody", "full"))
+def attachment_double_extension(msg: Message) -> tuple[bool, list[str]]:
+    """An attachment named like ``invoice.pdf.exe``: a harmless-looking extension before an executable one."""
+    for a in msg.attachments:
+        if not a.name:
+            continue
+        parts = a.name.lower().split(".")
+        if len(parts) >= 3 and parts[-1].strip() in _EXEC_EXT and parts[-2].strip() in _DOC_EXT:
+            return True, [a.name]
+    return False, []
+
+
+@register("archive_hides_executable", ("body", "rawbody", "full"))
+def archive_hides_executable(msg: Message) -> tuple[bool, list[str]]:
+    """A zip attachment that contains an executable (the names are read; nothing is extracted)."""
+    for p in msg.parts:
+        if not p.is_attachment or not p.body[:4] == b"PK\x03\x04":
+            continue
+        try:
+            with zipfile.ZipFile(io.BytesIO(p.body)) as z:
+                for info in z.infolist()[:200]:
+                    if _ext(info.filename) in _EXEC_EXT:
+                        return True, [f"{p.filename or 'archive'}:{info.filename}"]
+        except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError, EOFError):
+            continue
+    return False, []
+
+
+@register("attachment_count_over", ("body", "rawbody", "full"), (int,))
+def attachment_count_over(msg: Message, n: int) -> bool:
+    return len(msg.attachments) > n

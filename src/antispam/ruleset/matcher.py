@@ -1,0 +1,270 @@
+"""Matching engines: one multi-pattern scan per buffer, two interchangeable implementations.
+
+* :class:`HyperscanMatcher` compiles the rules of each buffer into one
+  Hyperscan database and scans the buffer once, whatever the number of rules
+  (``HS_FLAG_SINGLEMATCH``: a rule reports once, the callback only collects
+  ids).  Hyperscan guarantees linear-time matching.  Databases are serialised
+  to a cache directory keyed by the rules' digest, so a restart skips the
+  compilation.
+* :class:`PythonMatcher` runs each rule's Python ``re`` pattern; the compiler
+  has already refused any pattern that could backtrack exponentially.
+
+Both give the same set of matched rules on the same bytes (the test suite
+runs both over the default rules and a sample of the corpus).  Rules that
+Hyperscan cannot express (look-arounds, back-references) run through Python
+``re`` in both engines.  Hit *counts* of ``tflags multiple`` rules are counted
+with Python ``finditer`` (non-overlapping matches, as Perl's ``/g`` loop does)
+in both engines, Hyperscan serving as the prefilter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from .compiler import CompiledRules
+
+log = logging.getLogger("antispam.rules")
+
+try:  # optional: wheels exist for x86-64 Linux and macOS
+    import hyperscan as _hs
+except Exception:  # pragma: no cover - depends on the platform
+    _hs = None
+
+#: most matches counted for a ``multiple`` rule without ``maxhits``
+MAX_COUNT = 1000
+
+
+def hyperscan_available() -> bool:
+    return _hs is not None
+
+
+class Matcher(Protocol):
+    name: str
+
+    def scan(self, group: str, data: bytes) -> dict[int, int]:
+        """Rule id -> hit count (>= 1) for the rules of ``group`` that match ``data``."""
+
+
+class _PyRule:
+    __slots__ = ("id", "search", "finditer", "count_max")
+
+    def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int):
+        rx = re.compile(pattern, flags)
+        self.id = rid
+        self.search = rx.search
+        self.finditer = rx.finditer
+        self.count_max = (maxhits or MAX_COUNT) if multiple else 0
+
+
+def _count(r: _PyRule, data: bytes) -> int:
+    n = 0
+    for _ in r.finditer(data):
+        n += 1
+        if n >= r.count_max:
+            break
+    return n
+
+
+class PythonMatcher:
+    """Every rule through Python ``re`` (bytes, ASCII semantics), one search per rule."""
+
+    name = "python"
+
+    def __init__(self, compiled: CompiledRules):
+        self.groups: dict[str, list[_PyRule]] = {}
+        for key, ids in compiled.groups.items():
+            rules = compiled.rules
+            self.groups[key] = [_PyRule(i, rules[i].py, rules[i].py_flags, rules[i].multiple, rules[i].maxhits)  # type: ignore[arg-type]
+                                for i in ids]
+
+    def scan(self, group: str, data: bytes) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for r in self.groups.get(group, ()):
+            if r.count_max:
+                n = _count(r, data)
+                if n:
+                    out[r.id] = n
+            elif r.search(data) is not None:
+                out[r.id] = 1
+        return out
+
+
+_MAGIC = b"ANTISPAM-HSDB-1\n"
+
+
+class HyperscanMatcher:
+    """One Hyperscan database per buffer; Python ``re`` for the few rules Hyperscan cannot run."""
+
+    name = "hyperscan"
+
+    def __init__(self, compiled: CompiledRules, cache_dir: str | os.PathLike[str] | None = None):
+        if _hs is None:
+            raise RuntimeError("hyperscan is not installed (pip install hyperscan)")
+        rules = compiled.rules
+        self._py: dict[str, list[_PyRule]] = {}
+        self._counters: dict[int, _PyRule] = {}
+        hs_groups: dict[str, list[int]] = {}
+        for key, ids in compiled.groups.items():
+            for i in ids:
+                r = rules[i]
+                pr = _PyRule(i, r.py, r.py_flags, r.multiple, r.maxhits)  # type: ignore[arg-type]
+                if r.hs is None:
+                    self._py.setdefault(key, []).append(pr)
+                else:
+                    hs_groups.setdefault(key, []).append(i)
+                    if pr.count_max:
+                        self._counters[i] = pr
+        self.dbs: dict[str, object] = {}
+        self._local = threading.local()
+        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}.db" if cache_dir else None
+        loaded = self._load(cache) if cache else None
+        if loaded is not None:
+            self.dbs = loaded
+        else:
+            self.dbs = self._compile(compiled, hs_groups)
+            if cache:
+                self._save(cache)
+        self._scratch_proto = {k: _hs.Scratch(db) for k, db in self.dbs.items()}
+
+    # ------------------------------------------------------------------ building
+
+    @staticmethod
+    def _flags(hs_flags: int) -> int:
+        f = _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_ALLOWEMPTY
+        if hs_flags & 1:
+            f |= _hs.HS_FLAG_CASELESS
+        if hs_flags & 2:
+            f |= _hs.HS_FLAG_DOTALL
+        if hs_flags & 4:
+            f |= _hs.HS_FLAG_MULTILINE
+        return f
+
+    def _compile(self, compiled: CompiledRules, hs_groups: dict[str, list[int]]) -> dict[str, object]:
+        rules = compiled.rules
+        dbs: dict[str, object] = {}
+        for key, ids in hs_groups.items():
+            exprs = [rules[i].hs for i in ids]
+            flags = [self._flags(rules[i].hs_flags) for i in ids]
+            db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            try:
+                db.compile(expressions=exprs, ids=ids, elements=len(ids), flags=flags)
+            except Exception:
+                # Find the patterns Hyperscan refuses one by one and hand them to Python.
+                good = []
+                for i, e, f in zip(ids, exprs, flags):
+                    one = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+                    try:
+                        one.compile(expressions=[e], ids=[i], elements=1, flags=[f])
+                        good.append(i)
+                    except Exception as exc:
+                        log.debug("rule %s runs in Python re: hyperscan: %s", rules[i].name, exc)
+                        self._py.setdefault(key, []).append(self._counters.pop(i, None) or _PyRule(
+                            i, rules[i].py, rules[i].py_flags, rules[i].multiple, rules[i].maxhits))  # type: ignore[arg-type]
+                if not good:
+                    continue
+                db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+                db.compile(expressions=[rules[i].hs for i in good], ids=good, elements=len(good),
+                           flags=[self._flags(rules[i].hs_flags) for i in good])
+            dbs[key] = db
+        return dbs
+
+    def _save(self, path: Path) -> None:
+        """Container: magic, JSON index (group -> offset, size, python-only ids), then the blobs."""
+        try:
+            blobs = {k: _hs.dumpb(db) for k, db in self.dbs.items()}
+            index, off = {}, 0
+            for k, b in blobs.items():
+                index[k] = [off, len(b)]
+                off += len(b)
+            meta = json.dumps({"dbs": index, "py": {k: [r.id for r in v] for k, v in self._py.items()}}).encode()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                fh.write(_MAGIC + struct.pack(">I", len(meta)) + meta)
+                for b in blobs.values():
+                    fh.write(b)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write the rules cache %s: %s", path, exc)
+
+    def _load(self, path: Path) -> dict[str, object] | None:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            if not data.startswith(_MAGIC):
+                return None
+            p = len(_MAGIC)
+            (n,) = struct.unpack(">I", data[p : p + 4])
+            meta = json.loads(data[p + 4 : p + 4 + n])
+            base = p + 4 + n
+            dbs = {k: _hs.loadb(data[base + o : base + o + size], _hs.HS_MODE_BLOCK) for k, (o, size) in meta["dbs"].items()}
+            # Rules that Hyperscan refused at compile time run in Python, as when the cache was written.
+            for k, ids in meta["py"].items():
+                have = {r.id for r in self._py.get(k, ())}
+                for i in ids:
+                    if i not in have:
+                        pr = self._counters.pop(i, None)
+                        if pr is None:
+                            return None  # index does not fit these rules: rebuild
+                        self._py.setdefault(k, []).append(pr)
+            return dbs
+        except Exception as exc:  # a damaged cache is rebuilt, never trusted
+            log.warning("ignoring damaged rules cache %s: %s", path, exc)
+            return None
+
+    # ------------------------------------------------------------------ scanning
+
+    def _scratch(self, key: str):
+        cache = getattr(self._local, "s", None)
+        if cache is None:
+            cache = self._local.s = {}
+        s = cache.get(key)
+        if s is None:
+            s = cache[key] = self._scratch_proto[key].clone()
+        return s
+
+    def scan(self, group: str, data: bytes) -> dict[int, int]:
+        out: dict[int, int] = {}
+        db = self.dbs.get(group)
+        if db is not None:
+            found: list[int] = []
+
+            def on_match(rid: int, start: int, end: int, flags: int, ctx: object) -> None:
+                found.append(rid)
+
+            db.scan(data, match_event_handler=on_match, scratch=self._scratch(group))  # type: ignore[attr-defined]
+            counters = self._counters
+            for rid in found:
+                c = counters.get(rid)
+                if c is None:
+                    out[rid] = 1
+                else:
+                    n = _count(c, data)
+                    if n:
+                        out[rid] = n
+        for r in self._py.get(group, ()):
+            if r.count_max:
+                n = _count(r, data)
+                if n:
+                    out[r.id] = n
+            elif r.search(data) is not None:
+                out[r.id] = 1
+        return out
+
+
+def make_matcher(compiled: CompiledRules, engine: str = "auto", cache_dir: str | os.PathLike[str] | None = None) -> Matcher:
+    """``auto``: Hyperscan when installed, else Python; ``hyperscan`` fails when it is missing."""
+    if engine not in ("auto", "hyperscan", "python"):
+        raise ValueError(f"unknown rules engine {engine!r} (auto, hyperscan, python)")
+    if engine == "python" or (engine == "auto" and _hs is None):
+        return PythonMatcher(compiled)
+    return HyperscanMatcher(compiled, cache_dir)

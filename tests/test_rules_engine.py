@@ -1,0 +1,192 @@
+"""Rule engine: parser problems, regex translation, both matchers giving the same hits, the engine check."""
+
+from __future__ import annotations
+
+import pytest
+
+from antispam.engine import Engine
+from antispam.errors import RuleError
+from antispam.ruleset import compile_rules, load_rules
+from antispam.ruleset.check import RuleHits, RulesCheck
+from antispam.ruleset.matcher import hyperscan_available
+from antispam.ruleset.parser import Parser
+from antispam.ruleset.regex import backtracking_risk, translate
+
+ENGINES = ["python", pytest.param("hyperscan", marks=pytest.mark.skipif(not hyperscan_available(), reason="hyperscan not installed"))]
+
+RULES = r"""
+header   T_SUBJ_FREE   Subject =~ /\bfree\b/i
+describe T_SUBJ_FREE   Subject says free
+score    T_SUBJ_FREE   1.5
+header   __T_NO_DATE   Date !~ /./
+meta     T_META        T_SUBJ_FREE && __T_NO_DATE
+score    T_META        2
+describe T_META        Free and no date
+body     T_MONEY       /\$\d+/
+tflags   T_MONEY       multiple maxhits=3
+meta     T_MONEY3      T_MONEY >= 3
+score    T_MONEY3      1
+uri      T_URI_IP      /^https?:\/\/\d+\.\d+\.\d+\.\d+/
+header   T_FROM_ADDR   From:addr =~ /\@example\.com$/
+header   T_FROM_NAME   From:name =~ /^Bob$/
+rawbody  T_LOOK        /(?!free)fr[e3]{2}dom/
+header   T_UNSET       X-Nope =~ /^zz$/ [if-unset: zz]
+header   T_EXISTS      exists:X-Mailer
+header   T_EV_DATE     eval:header_absent('Date')
+body     T_PARA_START  /^Pay\b/
+score    T_ZERO        0
+body     T_ZERO        /stuff/
+ifplugin Some::Missing::Plugin
+body     T_SKIPPED     /never/
+endif
+if (version >= 3.004000)
+body     T_VERSIONED   /stuff/
+endif
+"""
+
+MSG = (b"From: Bob <bob@example.com>\nSubject: FREE stuff\nX-Mailer: test\n\n"
+       b"Hello.\n\nPay $100 and $2 and $5 and $7 now\nhttp://1.2.3.4/x freedom fr33dom\n")
+
+
+@pytest.fixture()
+def rules_file(tmp_path):
+    p = tmp_path / "t.cf"
+    p.write_text(RULES)
+    return p
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rules_hit_as_written(rules_file, engine):
+    check = RulesCheck(load_rules([rules_file], engine=engine))
+    v = Engine(checks=[check]).scan(MSG)
+    assert set(v.symbols) == {"T_SUBJ_FREE", "T_META", "T_MONEY3", "T_URI_IP", "T_FROM_ADDR", "T_FROM_NAME",
+                              "T_LOOK", "T_UNSET", "T_EXISTS", "T_EV_DATE", "T_PARA_START", "T_VERSIONED", "T_MONEY"}
+    assert v.symbols["T_SUBJ_FREE"].score == 1.5
+    assert v.symbols["T_SUBJ_FREE"].description == "Subject says free"
+    assert v.symbols["T_SUBJ_FREE"].options == ("FREE",)
+    assert v.symbols["T_URI_IP"].options == ("1.2.3.4",)
+    assert v.symbols["T_LOOK"].options == ("fr33dom",)
+    # sub-rules and zero-scored rules are evaluated (metas see them) but not emitted
+    assert "__T_NO_DATE" not in v.symbols and "T_ZERO" not in v.symbols
+    names = {s.name for s in check.symbols}
+    assert "T_SUBJ_FREE" in names and "__T_NO_DATE" not in names and "T_ZERO" not in names
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_multiple_counts_and_negation(rules_file, engine):
+    from antispam.check import ScanContext
+    from antispam.config import Config
+    from antispam.message import Message
+
+    check = RulesCheck(load_rules([rules_file], engine=engine))
+    msg = Message(MSG.replace(b"Subject:", b"Date: Mon, 1 Jan 2024 10:00:00 +0000\nSubject:"))
+    ctx = ScanContext(msg.envelope, Config())
+    hits = {h.symbol for h in check.run(msg, ctx)}
+    counts = ctx.get(RuleHits).counts
+    assert counts["T_MONEY"] == 3  # capped by maxhits
+    assert "__T_NO_DATE" not in counts and "T_META" not in hits and "T_EV_DATE" not in hits
+
+
+def test_lint_reports_every_error_with_file_and_line(tmp_path):
+    p = tmp_path / "bad.cf"
+    p.write_text("body OK /fine/\nbody BAD_RE /(unclosed/\nheader CAT Subject =~ /(a+)+b/\n"
+                 "meta M1 M2 && OK\nmeta M2 M1\nmeta M3 NOPE || OK\nfrobnicate 1\nbody EV eval:no_such_eval()\n")
+    parser = Parser()
+    parser.read_file(p)
+    c = compile_rules(parser.finish())
+    errs = {(e.where.line, e.rule) for e in c.errors()}
+    assert {(2, "BAD_RE"), (3, "CAT"), (4, "M1"), (6, "M3"), (8, "EV")} <= errs
+    assert any("cycle" in e.message for e in c.errors())
+    assert any(pr.severity == "ignored" and pr.where.line == 7 for pr in c.problems)
+    assert [r.name for r in c.rules] == ["OK"]
+    with pytest.raises(RuleError) as ei:
+        load_rules([p])
+    assert len(ei.value.problems) >= 5 and all(str(p) in s for s in ei.value.problems)
+    loaded = load_rules([p], skip_bad=True)  # told to skip: the good rule still works
+    assert [r.name for r in loaded.compiled.rules] == ["OK"]
+
+
+@pytest.mark.parametrize("perl,flags,text,hit", [
+    (r"foo\z", "", b"foo", True),
+    (r"foo\z", "", b"foo\n", False),
+    (r"foo\Z", "", b"foo\n", True),
+    (r"[[:digit:]]{3}", "", b"a123", True),
+    (r"a(?i)b|c", "", b"C", True),
+    (r"a(?i)b|c", "", b"Ab", False),
+    (r"x # comment", "x", b"x", True),
+    (r"é+", "", "éé".encode(), True),
+    (r"\x{e9}", "", "é".encode(), True),
+    (r"[\w-]+\@", "", b"a-b@", True),
+    (r"a{,3}", "", b"a{,3}", True),
+    (r"\Qa.b\E", "", b"axb", False),
+])
+def test_translation_semantics(perl, flags, text, hit):
+    import re
+
+    t = translate(perl, flags)
+    rx = re.compile(t.py, (re.I if t.caseless else 0) | (re.M if t.multiline else 0) | (re.S if t.dotall else 0))
+    assert (rx.search(text) is not None) is hit
+    if hyperscan_available() and t.hs is not None:
+        import hyperscan
+
+        db = hyperscan.Database()
+        f = hyperscan.HS_FLAG_ALLOWEMPTY | (hyperscan.HS_FLAG_CASELESS if t.caseless else 0)
+        db.compile(expressions=[t.hs], ids=[1], flags=[f])
+        found = []
+        db.scan(text, match_event_handler=lambda *a: found.append(1))
+        assert bool(found) is hit
+
+
+def test_backtracking_guard():
+    assert backtracking_risk(rb"(a+)+b")
+    assert backtracking_risk(rb"(?:\w+\s?)*!")
+    assert backtracking_risk(rb"(?:\w+\s){0,3}x") is None
+    assert backtracking_risk(rb"\w+@\w+\.com") is None
+
+
+def test_default_rules_lint_clean_and_described():
+    from antispam.resources import default_rules_dir
+
+    parser = Parser()
+    parser.read_dir(default_rules_dir())
+    c = compile_rules(parser.finish())
+    assert c.problems == []
+    assert len(c.rules) >= 150
+    for r in c.rules:
+        assert r.name.startswith("__") or r.description, r.name
+
+
+def test_engine_default_has_rules():
+    e = Engine()
+    assert "rules" in [c.name for c in e.checks]
+    v = e.scan(b"From: a@b.example\nTo: c@d.example\nSubject: MAKE MONEY FAST!!!\n\n"
+               b"Dear friend, earn $5,000 per week working from home. Act now! Risk-free.\n")
+    assert {"AS_SUBJ_ALL_CAPS", "AS_EARN_PER_WEEK", "AS_WORK_FROM_HOME", "AS_MISSING_DATE"} <= set(v.symbols)
+    ham = e.scan(b"Subject: lunch\nDate: Mon, 1 Jan 2024 10:00:00 +0000\nMessage-Id: <1@a.example>\n"
+                 b"From: a@a.example\nTo: b@a.example\n\nSee you at noon.\n")
+    assert sum(s.score for s in ham.symbols.values() if s.name.startswith("AS_")) < 1
+
+
+def test_config_section_selects_engine_and_dirs(rules_file, tmp_path):
+    from antispam.config import Config
+
+    cfg = Config.load(overrides={"rules": {"dirs": [str(rules_file)], "engine": "python", "cache_dir": str(tmp_path / "c")}})
+    e = Engine(cfg)
+    rc = [c for c in e.checks if c.name == "rules"][0]
+    assert rc.matcher.name == "python"
+    assert "T_SUBJ_FREE" in e.scan(MSG).symbols
+    assert "rules" not in [c.name for c in Engine(Config.load(overrides={"rules": {"enabled": False}})).checks]
+
+
+@pytest.mark.skipif(not hyperscan_available(), reason="hyperscan not installed")
+def test_hyperscan_cache_round_trip(rules_file, tmp_path):
+    cache = tmp_path / "cache"
+    a = RulesCheck(load_rules([rules_file], engine="hyperscan", cache_dir=cache))
+    files = list(cache.iterdir())
+    assert len(files) == 1
+    b = RulesCheck(load_rules([rules_file], engine="hyperscan", cache_dir=cache))  # loads from the cache
+    va, vb = Engine(checks=[a]).scan(MSG), Engine(checks=[b]).scan(MSG)
+    assert set(va.symbols) == set(vb.symbols) and "T_SUBJ_FREE" in vb.symbols
+    files[0].write_bytes(b"garbage")  # a damaged cache is rebuilt, never trusted
+    c = RulesCheck(load_rules([rules_file], engine="hyperscan", cache_dir=cache))
+    assert "T_SUBJ_FREE" in Engine(checks=[c]).scan(MSG).symbols
