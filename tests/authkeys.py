@@ -50,3 +50,20 @@ def sign(msg: bytes, domain: str, selector: str, key: Key, algorithm: bytes | No
 def message(from_addr: str = "alice@example.org", subject: str = "Quarterly figures", body: str = "See you at ten.\r\n") -> bytes:
     return (f"From: Alice <{from_addr}>\r\nTo: bob@example.net\r\nSubject: {subject}\r\n"
             f"Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <t1@example.org>\r\n\r\n{body}").encode()
+
+
+AUTH_FACTORIES = ("antispam.auth.spf:factory", "antispam.auth.dkim:factory", "antispam.auth.arc:factory",
+                  "antispam.auth.dmarc:factory", "antispam.auth.authres:authres_check")
+
+
+def auth_engine(config):
+    """An engine with only the authentication checks the configuration enables.
+
+    The same factories the default engine calls, minus rules and classifier,
+    whose loading would dominate these tests' time.
+    """
+    from antispam import Engine
+    from antispam.engine import _load_factory
+
+    checks = [c for c in (_load_factory(f)(config, None) for f in AUTH_FACTORIES) if c is not None]
+    return Engine(config, checks)

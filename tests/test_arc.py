@@ -5,9 +5,9 @@ from __future__ import annotations
 import dkim
 import pytest
 
-from antispam import Engine, Envelope
+from antispam import Envelope
 from antispam.config import Config
-from authkeys import message, rsa_key, sign
+from authkeys import auth_engine, message, rsa_key, sign
 from dnsserver import DNSServer
 
 LIST_IP = "198.51.100.25"
@@ -41,7 +41,7 @@ def forwarded(selector: str = "arc") -> bytes:
 def engine(server, **auth):
     cfg = Config().merged({"dns": {"nameservers": [server.host], "port": server.port, "timeout": 0.3, "attempts": 1},
                            "auth": {"arc": True, **auth}, "engine": {"authserv_id": "mx.test"}})
-    return Engine(cfg)
+    return auth_engine(cfg)
 
 
 ENV = Envelope(client_ip=LIST_IP, helo="mail.list.example", mail_from="bounces@list.example")

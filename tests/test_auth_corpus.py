@@ -14,9 +14,9 @@ import re
 
 import pytest
 
-from antispam import Engine, Envelope
+from antispam import Envelope
 from antispam.config import Config
-from authkeys import rsa_key, sign
+from authkeys import auth_engine, rsa_key, sign
 from dnsserver import DNSServer
 
 
@@ -27,7 +27,7 @@ def server():
 
 
 def test_corpus_messages_through_spf_dkim_dmarc_arc(server, corpus_test):
-    e = Engine(Config().merged({
+    e = auth_engine(Config().merged({
         "dns": {"nameservers": [server.host], "port": server.port, "timeout": 0.5, "attempts": 1},
         "auth": {"arc": True, "trusted_authserv_ids": ["mx.example.net"]},
         "engine": {"authserv_id": "mx.test"}}))

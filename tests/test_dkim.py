@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from antispam import Engine, Envelope
+from antispam import Envelope
 from antispam.config import Config
-from authkeys import ed25519_key, message, rsa_key, sign
+from authkeys import auth_engine, ed25519_key, message, rsa_key, sign
 from dnsserver import DNSServer
 
 
@@ -27,7 +27,7 @@ def server():
 def engine(server, **auth):
     cfg = Config().merged({"dns": {"nameservers": [server.host], "port": server.port, "timeout": 0.3, "attempts": 1},
                            "auth": {"spf": False, "dmarc": False, **auth}, "engine": {"authserv_id": "mx.test"}})
-    return Engine(cfg)
+    return auth_engine(cfg)
 
 
 def dkim_symbols(v):

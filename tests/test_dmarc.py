@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from antispam import Engine, Envelope
+from antispam import Envelope
 from antispam.check import Question
 from antispam.auth.dmarc import parse_record, tree_walk_org_domain, walk_names
 from antispam.config import Config
 from antispam.dns import Resolver
-from authkeys import message, rsa_key, sign
+from authkeys import auth_engine, message, rsa_key, sign
 from dnsserver import DNSServer
 
 SPF = "v=spf1 ip4:192.0.2.0/24 -all"
@@ -60,7 +60,7 @@ def server():
 def engine(server, mode="rfc9989", timeout=0.3, **auth):
     cfg = Config().merged({"dns": {"nameservers": [server.host], "port": server.port, "timeout": timeout, "attempts": 1},
                            "auth": {"dmarc_mode": mode, **auth}, "engine": {"authserv_id": "mx.test"}})
-    return Engine(cfg)
+    return auth_engine(cfg)
 
 
 def dmarc(v):

@@ -6,6 +6,7 @@ import pytest
 
 from antispam import Engine, Envelope
 from antispam.config import Config
+from authkeys import auth_engine
 from dnsserver import DNSServer
 
 MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -38,7 +39,7 @@ def engine(server, **auth):
     cfg = Config().merged({"dns": {"nameservers": [server.host], "port": server.port, "timeout": 0.3, "attempts": 1},
                            "auth": {"dkim": False, "dmarc": False, **auth},
                            "engine": {"authserv_id": "mx.test"}})
-    return Engine(cfg)
+    return auth_engine(cfg)
 
 
 def spf_symbols(v):
@@ -138,7 +139,7 @@ def test_mx_exchanges_are_resolved_together():
     """The six exchanges' addresses are asked in one round, not one round each."""
     delay = 0.25
     with DNSServer(ZONE, delay=delay) as slow:
-        e = Engine(Config().merged({"dns": {"nameservers": [slow.host], "port": slow.port, "timeout": 3.0, "attempts": 1},
+        e = auth_engine(Config().merged({"dns": {"nameservers": [slow.host], "port": slow.port, "timeout": 3.0, "attempts": 1},
                                     "auth": {"dkim": False, "dmarc": False}}))
         v = e.scan(MSG, Envelope(client_ip="198.51.100.55", mail_from="a@mx.example"))
         assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]

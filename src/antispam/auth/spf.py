@@ -11,9 +11,10 @@ module-level function ``spf.DNSLookup``.  Two ways to feed it from async code:
    start, until an evaluation completes without a miss.
 
 We use (2), by measurement (``benchmarks/auth.py``, a record with three nested
-includes, loopback server, this project's 2-core machine): with the answers
-cached, replay takes 0.08 ms per check_host (p50) against 0.2 ms for the
-thread hand-off; uncached, both take about 2.7 ms, the DNS round trips.  SPF
+includes, loopback server, this project's shared 2-core machine, four runs):
+with the answers cached, replay takes 0.08 ms per check_host (p50) against
+0.12-0.21 ms for the thread hand-off; uncached, both take 2.7-4 ms, the DNS
+round trips, with no consistent winner.  SPF
 evaluation is a deterministic function of the DNS answers, so replaying it is
 exact, and a replay's tens of microseconds of CPU are small beside a round
 trip.  It needs no thread pool (whose size would cap concurrent scans), and
