@@ -361,3 +361,17 @@ def test_max_connections(engine):
         assert exchange(st.port, b"PING SPAMC/1.5\r\n\r\n").startswith(b"SPAMD/1.5 0 PONG")
     finally:
         st.stop()
+
+
+@needs_spamc
+def test_user_header_selects_the_users_settings():
+    from antispam import Config
+
+    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
+                           "recipients": {"carol": "lenient"}})
+    st = ServerThread(SpamdServer(Engine(cfg), SpamdConfig(port=0)))
+    try:
+        assert run_spamc(st.port, "-c", "-u", "dave", stdin=spam()).returncode == 1
+        assert run_spamc(st.port, "-c", "-u", "carol", stdin=spam()).returncode == 0  # her profile tags nothing
+    finally:
+        st.stop()

@@ -85,9 +85,9 @@ def _pool_init(config: Config) -> None:
     _WORKER_ENGINE = Engine(config)
 
 
-def _pool_scan(raw: bytes, envelope: Envelope | None) -> Verdict:
+def _pool_scan(raw: bytes, envelope: Envelope | None, profile: str | None) -> Verdict:
     assert _WORKER_ENGINE is not None
-    return _WORKER_ENGINE.scan(raw, envelope)
+    return _WORKER_ENGINE.scan(raw, envelope, profile=profile)
 
 
 class Scanner:
@@ -109,11 +109,16 @@ class Scanner:
             self._pool = ProcessPoolExecutor(max_workers=workers, initializer=_pool_init,
                                              initargs=(engine.config,))
 
-    async def scan(self, raw: bytes, envelope: Envelope | None = None) -> Verdict:
+    async def scan(self, raw: bytes, envelope: Envelope | None = None, profile: str | None = None) -> Verdict:
+        """One verdict under ``profile`` (a ``[profiles]`` name; None for the default policy)."""
         if self._pool is None:
-            return await self.engine.ascan(raw, envelope)
+            return await self.engine.ascan(raw, envelope, profile=profile)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _pool_scan, raw, envelope)
+        return await loop.run_in_executor(self._pool, _pool_scan, raw, envelope, profile)
+
+    def profile_for(self, who: str | None) -> str | None:
+        """The settings profile of a recipient address or user name (``[recipients]``)."""
+        return self.engine.config.profile_for(who)
 
     async def learn(self, raw: bytes, spam: bool, source: str) -> dict[str, bool]:
         return await asyncio.to_thread(self.engine.learn, raw, spam, None, source)
@@ -312,11 +317,12 @@ class Server:
 
     # ------------------------------------------------------------ scanning with accounting
 
-    async def scan(self, raw: bytes, envelope: Envelope | None, **log_fields: Any) -> Verdict:
+    async def scan(self, raw: bytes, envelope: Envelope | None, profile: str | None = None,
+                   **log_fields: Any) -> Verdict:
         """Scan, record metrics, log one structured line per message.  Raises on engine failure."""
         t0 = time.perf_counter()
         try:
-            verdict = await self.scanner.scan(raw, envelope)
+            verdict = await self.scanner.scan(raw, envelope, profile)
         except Exception:
             self._count_error("scan")
             self.log.exception("scan failed", extra={"fields": {"server": self.name, **log_fields}})
@@ -327,7 +333,7 @@ class Server:
         self.log.info("scanned", extra={"fields": {
             "server": self.name, "action": verdict.action, "score": round(verdict.score, 2),
             "size": len(raw), "ms": round(dt * 1000, 2),
-            "symbols": ",".join(sorted(verdict.symbols)), **log_fields}})
+            "symbols": ",".join(sorted(verdict.symbols)), "profile": profile or "", **log_fields}})
         return verdict
 
     def _count_error(self, kind: str) -> None:

@@ -176,6 +176,18 @@ class SmtpFilterServer(Server):
         responses.insert(-1, "250-XFORWARD " + " ".join(XFORWARD_ATTRS))  # the last line is "250 HELP"
         return responses
 
+    async def handle_RCPT(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        """Per-recipient settings: one transaction carries recipients of one settings profile.
+        A recipient whose profile differs from the first one's is deferred with 452 4.5.3, which
+        SMTP clients (Postfix included) answer by sending it in a new transaction; each message
+        then gets the verdict, headers and reply of its own recipients' settings."""
+        if envelope.rcpt_tos and self.scanner.profile_for(address) != self.scanner.profile_for(envelope.rcpt_tos[0]):
+            return "452 4.5.3 Recipients with other spam settings: send in a separate transaction"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
     async def handle_DATA(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
         self._in_flight += 1
         self._idle.clear()
@@ -196,8 +208,9 @@ class SmtpFilterServer(Server):
             helo=xf.get("HELO") if xf.get("HELO") not in _UNAVAILABLE else session.host_name,
             hostname=xf.get("NAME") if xf.get("NAME") not in _UNAVAILABLE and xf.get("NAME") != "unknown" else None,
             mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos))
+        profile = self.scanner.profile_for(envelope.rcpt_tos[0]) if envelope.rcpt_tos else None
         try:
-            verdict = await self.scan(raw, env, peer=peer_ip, client_ip=env.client_ip or "",
+            verdict = await self.scan(raw, env, profile, peer=peer_ip, client_ip=env.client_ip or "",
                                       rcpts=len(envelope.rcpt_tos))
         except Exception:
             if not cfg.fail_open:
