@@ -375,3 +375,17 @@ def test_user_header_selects_the_users_settings():
         assert run_spamc(st.port, "-c", "-u", "carol", stdin=spam()).returncode == 0  # her profile tags nothing
     finally:
         st.stop()
+
+
+def test_worker_processes_scan_and_connections_close(engine):
+    """With a scan pool the verdict is the same, and each connection ends with EOF (a pool worker
+    forked from the server would inherit the client's socket and hold it open)."""
+    st = ServerThread(SpamdServer(Engine(), SpamdConfig(port=0, workers=1)))
+    try:
+        for raw in (spam(), ham(), spam()):
+            out = exchange(st.port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+            v = engine.scan(raw)
+            assert out == (f"SPAMD/1.1 0 EX_OK\r\nSpam: {'True' if v.is_spam else 'False'} ; "
+                           f"{v.score:.1f} / {v.required_score:.1f}\r\n\r\n").encode()
+    finally:
+        st.stop()

@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import multiprocessing
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -106,8 +107,12 @@ class Scanner:
             if engine._custom_checks:
                 raise ValueError("worker processes build their engine from configuration; "
                                  "an engine with custom checks must scan in-process (workers = 0)")
+            # Not fork: a worker forked while connections are open would inherit their sockets and
+            # keep them open after the server closes them (the client never sees EOF).
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             self._pool = ProcessPoolExecutor(max_workers=workers, initializer=_pool_init,
-                                             initargs=(engine.config,))
+                                             initargs=(engine.config,),
+                                             mp_context=multiprocessing.get_context(method))
 
     async def scan(self, raw: bytes, envelope: Envelope | None = None, profile: str | None = None) -> Verdict:
         """One verdict under ``profile`` (a ``[profiles]`` name; None for the default policy)."""
