@@ -261,3 +261,14 @@ def test_recipients_with_other_settings_go_in_their_own_transaction(sink):
         assert b"X-Spam-Action: no action" in got[2]  # the lenient profile's verdict
     finally:
         f.stop()
+
+
+def test_long_lines_are_relayed_not_refused(sink):
+    f = start(sink)
+    try:
+        long_line = "word " * 600  # 3,000 characters on one line
+        send(f.port, ham(subject="long line", body=long_line + "\n"))
+        (got,) = sink.wait_for(marker("long line"))
+        assert long_line.strip().encode() in got[2]
+    finally:
+        f.stop()

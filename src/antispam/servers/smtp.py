@@ -50,6 +50,10 @@ def _one_line(text: Any) -> str:
 class _FilterSMTP(SMTP):
     """aiosmtpd's SMTP with our admission control (allow-list, connection limit) and XFORWARD."""
 
+    #: RFC 5321 caps lines at 1000 octets, but a filter that refused longer ones would bounce mail
+    #: its MTA already accepted (after-queue): take them and let the next hop decide.
+    line_length_limit = 64 * 1024
+
     def __init__(self, server: "SmtpFilterServer", **kw: Any):
         super().__init__(server, **kw)
         self.filter = server
