@@ -272,3 +272,16 @@ def test_long_lines_are_relayed_not_refused(sink):
         assert long_line.strip().encode() in got[2]
     finally:
         f.stop()
+
+
+def test_kept_next_hop_connection_that_died_is_replaced(sink):
+    f = start(sink)
+    try:
+        send(f.port, ham(subject="before restart"))
+        sink.down()  # closes the connection the relay thread kept
+        sink.up()
+        send(f.port, ham(subject="after restart"))
+        assert len(sink.wait_for(marker("before restart"))) == 1
+        assert len(sink.wait_for(marker("after restart"))) == 1
+    finally:
+        f.stop()
