@@ -389,3 +389,25 @@ def test_worker_processes_scan_and_connections_close(engine):
                            f"{v.score:.1f} / {v.required_score:.1f}\r\n\r\n").encode()
     finally:
         st.stop()
+
+
+def test_shutdown_cuts_off_a_stalled_client_after_shutdown_timeout(tmp_path):
+    cfg = tmp_path / "antispam.toml"
+    cfg.write_text("[servers.spamd]\nshutdown_timeout = 1.0\n")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-m", "antispam.cli", "serve", "spamd", "--config", str(cfg),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        port = int(re.search(rb":(\d+)", proc.stdout.readline()).group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"CHECK SPAMC/1.5\r\nContent-length: 1000\r\n\r\nonly part of it")
+            import time
+            time.sleep(0.3)  # the server is now waiting for the rest: an in-flight message
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
+            assert time.monotonic() - t0 < 5  # waited for the message, but not forever
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
