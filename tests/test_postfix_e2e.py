@@ -120,7 +120,7 @@ class Slow(Check):
     symbols = (SymbolDef("SLOW", 0.0, "test", "test"),)
 
     def run(self, msg, ctx):  # type: ignore[no-untyped-def]
-        time.sleep(5.0)
+        time.sleep(2.5)
         return []
 
 
@@ -128,7 +128,8 @@ def test_slow_milter_is_no_loss(postfix, sink):
     port = free_port()
     slow = ServerThread(MilterServer(Engine(checks=[GtubeCheck(), Slow()]), MilterConfig(port=port, workers=0)))
     try:
-        postfix.set(smtpd_milters=f"inet:127.0.0.1:{port}", milter_default_action="tempfail")
+        postfix.set(smtpd_milters=f"inet:127.0.0.1:{port}", milter_default_action="tempfail",
+                    milter_content_timeout="1s")
         raw = ham(subject="e2e slow tempfail")
         r = pf.swaks(postfix.port, raw)
         assert r.returncode != 0 and "451 4.7.1" in r.stdout, r.stdout[-1500:]
@@ -139,6 +140,7 @@ def test_slow_milter_is_no_loss(postfix, sink):
         assert len(got) == 1 and b"X-Spam-Flag" not in got[0][2]
         assert sink.wait_for(marker("e2e slow tempfail"), timeout=0.5) == []
     finally:
+        postfix.set(milter_content_timeout="3s")
         slow.stop()
 
 
