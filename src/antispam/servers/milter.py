@@ -142,7 +142,7 @@ class MilterServer(Server):
                 raise ProtocolError(f"bad packet length {length}")
             data = await conn.readexactly(length)
             cmd, data = data[:1], data[1:]
-            if cmd not in (b"O", b"D", b"A", b"Q", b"K"):
+            if cmd == b"M":  # a message starts: shutdown waits for it to end
                 conn.busy = True
             reply = await self._command(conn, s, cmd, data)
             if reply is False:
@@ -156,12 +156,12 @@ class MilterServer(Server):
 
     async def _read(self, conn: Connection, n: int) -> bytes | None:
         """``n`` bytes, or None when the MTA closed the connection between packets."""
-        first = await conn.read_some(n)
-        if not first:
-            return None
-        if len(first) < n:
-            first += await conn.readexactly(n - len(first))
-        return first
+        try:
+            return await conn.readexactly(n)
+        except ProtocolError:
+            if conn.reader.at_eof() and not conn.busy:
+                return None
+            raise
 
     async def _command(self, conn: Connection, s: Session, cmd: bytes, data: bytes) -> bytes | bool | None:
         if cmd == b"O":
