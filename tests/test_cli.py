@@ -31,7 +31,9 @@ def test_samples_exist_and_gtube_rejected(capsys):
     assert not any(k.endswith(".md") for k in lines)
     hams = [v for k, v in lines.items() if "/ham-" in k]
     assert len(hams) == 3 and all(v[1] == "no action" for v in hams)
-    assert "message(s) scanned" in err and "reject: 1" in err
+    spams = [v for k, v in lines.items() if "/spam-" in k]
+    assert len(spams) == 3 and all(v[1] != "no action" for v in spams)
+    assert "message(s) scanned" in err and "reject:" in err
 
 
 def test_json_output_is_rspamd_shape(capsys):

@@ -8,11 +8,17 @@ import json
 import pytest
 
 from antispam import Check, Config, Engine, Envelope, Hit, Question, SymbolDef
-from antispam.builtin import GTUBE
+from antispam.builtin import GTUBE, GtubeCheck, MimeDefectsCheck
 from antispam.check import ScanContext
+from antispam.resources import samples_dir
 from antispam.config import ConfigError
 
 HAM = b"From: a@b.example\nSubject: lunch\n\nSee you at noon.\n"
+
+
+def builtin_engine(config=None):
+    """An engine with only the built-in checks: for tests of engine mechanics."""
+    return Engine(config, checks=[GtubeCheck(), MimeDefectsCheck()])
 SPAM = b"From: x@y.example\nSubject: test\n\n" + GTUBE + b"\n"
 
 
@@ -20,9 +26,11 @@ def test_default_engine_scans_and_flags_gtube():
     e = Engine()
     v = e.scan(SPAM)
     assert v.action == "reject" and v.is_spam and v.has("GTUBE")
-    h = e.scan(HAM)
-    assert h.action == "no action" and not h.is_spam and h.score == 0.0
+    h = e.scan((samples_dir() / "ham-meeting.eml").read_bytes())
+    assert not h.is_spam and not h.has("GTUBE")
     assert "gtube" in h.timings and "total" in h.timings
+    b = builtin_engine().scan(HAM)
+    assert b.action == "no action" and b.score == 0.0 and not b.symbols
 
 
 def test_gtube_found_inside_base64_part():
@@ -187,22 +195,25 @@ def test_scan_many_keeps_order_in_processes(tmp_path):
     p = tmp_path / "m.eml"
     p.write_bytes(SPAM)
     items = [HAM, SPAM, str(p), str(tmp_path / "missing.eml"), (HAM, Envelope(client_ip="192.0.2.1"))] * 3
-    seq = [v.action for v in Engine().scan_many(items)]
-    par = [v.action for v in Engine().scan_many(items, workers=2, chunksize=2)]
+    seq = [v.action for v in builtin_engine().scan_many(items)]
+    par = [v.action for v in builtin_engine().scan_many(items, workers=2, chunksize=2)]
     assert seq == par == ["no action", "reject", "reject", "no action", "no action"] * 3
+    full_seq = [(v.action, v.score) for v in Engine().scan_many(items)]
+    full_par = [(v.action, v.score) for v in Engine().scan_many(items, workers=2, chunksize=2)]
+    assert full_seq == full_par
     missing = list(Engine().scan_many([str(tmp_path / "missing.eml")]))[0]
     assert missing.has("INPUT_ERROR")
 
 
 def test_verdict_shapes():
-    v = Engine().scan(SPAM)
+    v = builtin_engine().scan(SPAM)
     d = json.loads(json.dumps(v.to_dict()))
     assert d["action"] == "reject" and d["score"] == 1000.0 and d["required_score"] == 5.0
     assert d["symbols"]["GTUBE"]["score"] == 1000.0 and d["symbols"]["GTUBE"]["description"]
     hdr = dict(v.headers())
     assert hdr["X-Spam-Flag"] == "YES"
     assert hdr["X-Spam-Status"].startswith("Yes, score=1000.0 required=5.0 tests=GTUBE ")
-    assert dict(Engine().scan(HAM).headers())["X-Spam-Flag"] == "NO"
+    assert dict(builtin_engine().scan(HAM).headers())["X-Spam-Flag"] == "NO"
 
 
 def test_rewrite_subject_action():
@@ -251,7 +262,7 @@ def test_config_layers(tmp_path):
     cfg = Config.load(f, overrides={"actions": {"reject": 45}})
     assert cfg.scores["GTUBE"] == 50 and cfg.actions["reject"] == 45 and cfg.actions["greylist"] is None
     assert cfg.sources == ("<defaults>", str(f), "<overrides>")
-    v = Engine(cfg).scan(SPAM)
+    v = builtin_engine(cfg).scan(SPAM)
     assert v.score == 50 and v.action == "reject"
 
 
@@ -260,3 +271,27 @@ def test_context_facts_are_typed():
     assert ctx.get(Fact) is None and ctx.remaining() is None
     ctx.publish(Fact(3))
     assert ctx.get(Fact).n == 3
+
+
+def test_profiles_and_per_recipient_verdicts(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text(
+        "[profiles.strict]\nactions = { reject = 3.0, \"add header\" = 1.0 }\nscores = { WORD_FREE = 4.0 }\n"
+        "[profiles.lenient]\nactions = { \"add header\" = 50.0, reject = 100.0 }\n"
+        "[recipients]\n\"ceo@corp.example\" = \"strict\"\n\"@sales.corp.example\" = \"lenient\"\n")
+    e = Engine(Config.load(f), checks=[Words()])
+    raw = b"Subject: deal\n\nfree cash cash\n"   # WORD_FREE 3 + WORD_CASH 2x2 = 7
+    assert e.scan(raw).action == "add header"
+    assert e.scan(raw, profile="strict").action == "reject" and e.scan(raw, profile="strict").score == 8.0
+    per = e.scan_per_recipient(raw, Envelope(rcpt_tos=("CEO@corp.example", "bob@sales.corp.example", "x@other.example")))
+    assert {r: v.action for r, v in per.items()} == {
+        "CEO@corp.example": "reject", "bob@sales.corp.example": "no action", "x@other.example": "add header"}
+    with pytest.raises(ConfigError, match="profiles.nope"):
+        e.scan(raw, profile="nope")
+
+
+def test_recipient_naming_an_undefined_profile_is_an_error():
+    with pytest.raises(ConfigError, match="recipients.a@b.example"):
+        Config.load(overrides={"recipients": {"a@b.example": "ghost"}})
+    with pytest.raises(ConfigError, match="profiles.p.colour"):
+        Config.load(overrides={"profiles": {"p": {"colour": 1}}})

@@ -1,11 +1,145 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Compiled hot kernels.  ``_fastscore_py.py`` is the pure-Python twin: same
-functions, bit-identical results (see its docstring and the parity tests)."""
+functions, bit-identical results (see its docstring for the exact definitions
+of words, tokens, the hash and the score, and the parity tests)."""
 
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint64_t, uint32_t
+from libc.stdlib cimport malloc, free
+from libc.math cimport fabs
+
+import numpy as np
+
+cdef extern from "Python.h":
+    int PyUnicode_KIND(object o)
+    const void* PyUnicode_DATA(object o)
+    bint Py_UNICODE_ISALNUM(Py_UCS4 ch) noexcept nogil
+    Py_UCS4 PyUnicode_READ(int kind, const void* data, Py_ssize_t index) noexcept nogil
+
+
+cdef struct UStr:
+    # a str's code points read in place (PEP 393 storage: 1, 2 or 4 bytes each)
+    int kind
+    const void* data
+    Py_ssize_t n
+
+
+cdef inline UStr _ustr(str s):
+    cdef UStr u
+    u.kind = PyUnicode_KIND(s)
+    u.data = PyUnicode_DATA(s)
+    u.n = len(s)
+    return u
+
+
+cdef inline Py_UCS4 _at(const UStr* u, Py_ssize_t i) noexcept nogil:
+    return PyUnicode_READ(u.kind, u.data, i)
 
 cdef uint64_t FNV64_OFFSET = 0xCBF29CE484222325ULL
 cdef uint64_t FNV64_PRIME = 0x100000001B3ULL
+
+# Must equal the constants of the twin.
+cdef enum:
+    MIN_WORD = 2
+    MAX_WORD = 20
+    MAX_CLUES = 64
+
+# 1 for ASCII word characters (alnum and _ $ ' . -), 2 for those also trimmed from word ends (_ ' . -).
+cdef unsigned char ASCII_CLASS[128]
+cdef int _c
+for _c in range(128):
+    ASCII_CLASS[_c] = 0
+for _c in range(ord("0"), ord("9") + 1):
+    ASCII_CLASS[_c] = 1
+for _c in range(ord("a"), ord("z") + 1):
+    ASCII_CLASS[_c] = 1
+for _c in range(ord("A"), ord("Z") + 1):
+    ASCII_CLASS[_c] = 1
+ASCII_CLASS[ord("$")] = 1
+ASCII_CLASS[ord("_")] = 2
+ASCII_CLASS[ord("'")] = 2
+ASCII_CLASS[ord(".")] = 2
+ASCII_CLASS[ord("-")] = 2
+
+
+cdef inline bint _is_word(Py_UCS4 c) noexcept nogil:
+    if c < 128:
+        return ASCII_CLASS[c] != 0
+    return Py_UNICODE_ISALNUM(c)
+
+
+cdef inline bint _is_trim(Py_UCS4 c) noexcept nogil:
+    return c < 128 and ASCII_CLASS[c] == 2
+
+
+cdef inline uint64_t _feed(uint64_t h, uint32_t b) noexcept nogil:
+    return (h ^ b) * FNV64_PRIME
+
+
+cdef inline uint64_t _feed_cp(uint64_t h, uint32_t c) noexcept nogil:
+    """FNV-1a over the UTF-8 bytes of one code point (surrogates as 3 bytes, like 'surrogatepass')."""
+    if c < 0x80:
+        return _feed(h, c)
+    if c < 0x800:
+        h = _feed(h, 0xC0 | (c >> 6))
+        return _feed(h, 0x80 | (c & 0x3F))
+    if c < 0x10000:
+        h = _feed(h, 0xE0 | (c >> 12))
+        h = _feed(h, 0x80 | ((c >> 6) & 0x3F))
+        return _feed(h, 0x80 | (c & 0x3F))
+    h = _feed(h, 0xF0 | (c >> 18))
+    h = _feed(h, 0x80 | ((c >> 12) & 0x3F))
+    h = _feed(h, 0x80 | ((c >> 6) & 0x3F))
+    return _feed(h, 0x80 | (c & 0x3F))
+
+
+cdef inline uint64_t _feed_str(uint64_t h, const UStr* s, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(start, end):
+        h = _feed_cp(h, <uint32_t>_at(s, i))
+    return h
+
+
+cdef inline uint64_t _feed_ascii(uint64_t h, bytes prefix):
+    cdef const unsigned char* p = prefix
+    cdef Py_ssize_t i
+    for i in range(len(prefix)):
+        h = _feed(h, p[i])
+    return h
+
+
+cdef inline uint32_t _fold(uint64_t h, uint32_t mask) noexcept nogil:
+    return <uint32_t>((h ^ (h >> 32)) & mask)
+
+
+cdef void _radix_sort(uint32_t* a, uint32_t* tmp, Py_ssize_t n, int bits) noexcept nogil:
+    """LSD radix sort of ``n`` ids below ``2**bits``, 8 bits per pass (result in ``a``)."""
+    cdef Py_ssize_t count[256]
+    cdef Py_ssize_t i, total, c
+    cdef int shift = 0
+    cdef uint32_t* src = a
+    cdef uint32_t* dst = tmp
+    cdef uint32_t* sw
+    while shift < bits:
+        for i in range(256):
+            count[i] = 0
+        for i in range(n):
+            count[(src[i] >> shift) & 0xFF] += 1
+        total = 0
+        for i in range(256):
+            c = count[i]
+            count[i] = total
+            total += c
+        for i in range(n):
+            c = (src[i] >> shift) & 0xFF
+            dst[count[c]] = src[i]
+            count[c] += 1
+        sw = src
+        src = dst
+        dst = sw
+        shift += 8
+    if src != a:
+        for i in range(n):
+            a[i] = src[i]
 
 
 cdef inline uint64_t _fnv1a(const unsigned char[:] data, uint64_t seed) noexcept nogil:
@@ -19,3 +153,138 @@ cdef inline uint64_t _fnv1a(const unsigned char[:] data, uint64_t seed) noexcept
 def hash_bytes(const unsigned char[:] data, uint64_t seed):
     """64-bit FNV-1a of ``data`` started from ``FNV64_OFFSET ^ seed`` (see the twin)."""
     return _fnv1a(data, seed)
+
+
+def feature_id(str token, uint64_t seed, int bits):
+    """The feature id of one whole token string (see the twin)."""
+    cdef uint32_t mask = <uint32_t>((1ULL << bits) - 1)
+    cdef UStr u = _ustr(token)
+    return _fold(_feed_str(FNV64_OFFSET ^ seed, &u, 0, u.n), mask)
+
+
+cdef Py_ssize_t _words(const UStr* s, uint64_t start_h, uint64_t bigram_h, bint bigrams,
+                       uint64_t skip_h, uint32_t mask, uint32_t* out, Py_ssize_t n) noexcept nogil:
+    """Append the ids of the word tokens of ``s`` to ``out[n:]``; return the new count.
+
+    ``start_h`` is the hash state after the namespace prefix (``subject:`` or
+    nothing); ``bigram_h`` the state after ``bi:``; ``skip_h`` after the prefix and ``skip:``.
+    """
+    cdef Py_ssize_t i = 0, L = s.n, ws, we, length
+    cdef Py_ssize_t ps = -1, pe = -1
+    cdef Py_UCS4 c
+    cdef uint64_t h
+    while i < L:
+        c = _at(s, i)
+        if not _is_word(c):
+            i += 1
+            continue
+        ws = i
+        i += 1
+        while i < L and _is_word(_at(s, i)):
+            i += 1
+        we = i
+        while ws < we and _is_trim(_at(s, ws)):
+            ws += 1
+        while we > ws and _is_trim(_at(s, we - 1)):
+            we -= 1
+        length = we - ws
+        if length < MIN_WORD:
+            continue
+        if length > MAX_WORD:
+            # "skip:<first char>:<length // 10, at most 9>"
+            h = _feed_cp(skip_h, <uint32_t>_at(s, ws))
+            h = _feed(h, 0x3A)
+            h = _feed(h, 0x30 + (length // 10 if length < 100 else 9))
+            out[n] = _fold(h, mask)
+            n += 1
+            ps = -1
+            continue
+        out[n] = _fold(_feed_str(start_h, s, ws, we), mask)
+        n += 1
+        if bigrams:
+            if ps >= 0:
+                h = _feed_str(bigram_h, s, ps, pe)
+                h = _feed(h, 0x20)
+                out[n] = _fold(_feed_str(h, s, ws, we), mask)
+                n += 1
+            ps = ws
+            pe = we
+    return n
+
+
+def features(str subject, str text, list meta, uint64_t seed, int bits, bint bigrams):
+    """Sorted distinct feature ids (uint32 array) of one message's views (see the twin)."""
+    if bits < 1 or bits > 31:
+        raise ValueError("bits must be in 1..31")
+    cdef uint32_t mask = <uint32_t>((1ULL << bits) - 1)
+    cdef uint64_t h0 = FNV64_OFFSET ^ seed
+    cdef Py_ssize_t cap = 2 * (len(subject) + len(text)) + len(meta) + 16
+    cdef uint32_t* buf = <uint32_t*>malloc(2 * cap * sizeof(uint32_t))
+    if buf == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t n = 0, k, m
+    cdef uint64_t bi_h = _feed_ascii(h0, b"bi:")
+    cdef uint64_t subj_h = _feed_ascii(h0, b"subject:")
+    cdef object item
+    cdef UStr u
+    cdef uint32_t[::1] out
+    try:
+        u = _ustr(subject)
+        n = _words(&u, subj_h, bi_h, False, _feed_ascii(subj_h, b"skip:"), mask, buf, n)
+        u = _ustr(text)
+        n = _words(&u, h0, bi_h, bigrams, _feed_ascii(h0, b"skip:"), mask, buf, n)
+        for item in meta:
+            u = _ustr(<str?>item)
+            buf[n] = _fold(_feed_str(h0, &u, 0, u.n), mask)
+            n += 1
+        _radix_sort(buf, buf + cap, n, bits)
+        m = 0
+        for k in range(n):
+            if m == 0 or buf[k] != buf[m - 1]:
+                buf[m] = buf[k]
+                m += 1
+        result = np.empty(m, dtype=np.uint32)
+        out = result
+        for k in range(m):
+            out[k] = buf[k]
+        return result
+    finally:
+        free(buf)
+
+
+cdef inline bint _better(double ca, uint32_t ia, double cb, uint32_t ib) noexcept nogil:
+    """Clue order: larger |contribution| first, then smaller feature id."""
+    cdef double a = fabs(ca), b = fabs(cb)
+    return a > b or (a == b and ia < ib)
+
+
+def score(const uint32_t[::1] ids, const float[::1] weights, double bias, int nclues):
+    """``bias + sum(weights[ids])`` accumulated in float64 in the order of ``ids``, and the
+    ``nclues`` strongest nonzero contributions as ``[(id, weight)]`` (see the twin)."""
+    cdef Py_ssize_t n = ids.shape[0], nw = weights.shape[0], k, j, used = 0
+    cdef double total = bias, c
+    cdef uint32_t fid
+    cdef double cc[MAX_CLUES]
+    cdef uint32_t ci[MAX_CLUES]
+    if nclues < 0 or nclues > MAX_CLUES:
+        raise ValueError(f"nclues must be in 0..{MAX_CLUES}")
+    for k in range(n):
+        fid = ids[k]
+        if fid >= nw:
+            raise ValueError(f"feature id {fid} outside the model ({nw} features)")
+        c = <double>weights[fid]
+        total += c
+        if c == 0.0 or nclues == 0:
+            continue
+        if used == nclues and not _better(c, fid, cc[used - 1], ci[used - 1]):
+            continue
+        j = used if used < nclues else nclues - 1
+        while j > 0 and _better(c, fid, cc[j - 1], ci[j - 1]):
+            cc[j] = cc[j - 1]
+            ci[j] = ci[j - 1]
+            j -= 1
+        cc[j] = c
+        ci[j] = fid
+        if used < nclues:
+            used += 1
+    return total, [(int(ci[j]), cc[j]) for j in range(used)]

@@ -2,23 +2,128 @@
 
 Used when the compiled module is missing or ``ANTISPAM_NO_EXTENSIONS=1``.
 Every function here must give exactly what its compiled twin gives, for every
-input; ``tests/test_fastscore_parity.py`` checks them side by side.
+input; ``tests/test_fastscore_parity.py`` checks them side by side.  This file
+is also the specification of the kernels:
+
+Words
+    A *word* is a maximal run of word characters: code points for which
+    ``str.isalnum()`` is true, plus ``_ $ ' . -``.  Leading and trailing
+    ``_ ' . -`` are trimmed (so ``e-mail`` and ``example.com`` stay whole but
+    ``end.`` loses its dot).  Words shorter than 2 code points are dropped;
+    words longer than 20 become ``skip:<first char>:<length // 10, max 9>``
+    (SpamBayes' idea: a very long run is evidence as a shape, not as a word).
+    Callers case-fold before calling (``str.lower()``), so both kernels see
+    the same code points.
+
+Tokens
+    Subject words are namespaced ``subject:<word>``; body words are bare.  With
+    ``bigrams``, each body word also makes ``bi:<previous> <word>`` with the
+    previous kept body word (dropped short words are ignored; a ``skip:``
+    token breaks the chain).  ``meta`` strings (header, URL, MIME evidence,
+    already namespaced by the tokenizer) are tokens as they are.
+
+Hash
+    A token's id is 64-bit FNV-1a over its UTF-8 bytes (lone surrogates
+    encoded as by ``'surrogatepass'``), started from ``FNV64_OFFSET ^ seed``,
+    then xor-folded and masked to ``bits`` bits:
+    ``id = (h ^ (h >> 32)) & (2**bits - 1)``.  The fold mixes the
+    well-avalanched high half into the low bits that the mask keeps.
+    FNV-1a is tiny, table-free and the same in every language; the seed and
+    ``bits`` are stored in each model's metadata.
+
+Score
+    ``total = bias``, then ``total += float(weights[id])`` for each id in the
+    given order, in IEEE double (float32 weights widen exactly).  The clues
+    are the nonzero contributions ordered by larger ``|weight|`` first, then
+    smaller id, cut to ``nclues``.
 """
 
 from __future__ import annotations
+
+import re
+
+import numpy as np
 
 FNV64_OFFSET = 0xCBF29CE484222325
 FNV64_PRIME = 0x100000001B3
 MASK64 = 0xFFFFFFFFFFFFFFFF
 
+MIN_WORD = 2
+MAX_WORD = 20
+MAX_CLUES = 64
+
+# re's \w in a str pattern is exactly str.isalnum() or "_", the compiled kernel's class.
+_WORD_RE = re.compile(r"[\w$'.\-]+")
+_TRIM = "_'.-"
+
 
 def hash_bytes(data: bytes, seed: int) -> int:
-    """64-bit FNV-1a of ``data``, started from ``FNV64_OFFSET ^ seed``.
-
-    FNV-1a is tiny, has no tables, and is the same in every language; the seed
-    lets a model pick its own hash space (stored in the model's metadata).
-    """
+    """64-bit FNV-1a of ``data``, started from ``FNV64_OFFSET ^ seed``."""
     h = (FNV64_OFFSET ^ seed) & MASK64
     for b in data:
         h = ((h ^ b) * FNV64_PRIME) & MASK64
     return h
+
+
+def feature_id(token: str, seed: int, bits: int) -> int:
+    """The feature id of one whole token string."""
+    h = hash_bytes(token.encode("utf-8", "surrogatepass"), seed)
+    return (h ^ (h >> 32)) & ((1 << bits) - 1)
+
+
+def _word_tokens(s: str, prefix: str, bigrams: bool) -> list[str]:
+    out: list[str] = []
+    prev: str | None = None
+    for m in _WORD_RE.finditer(s):
+        w = m.group().strip(_TRIM)
+        n = len(w)
+        if n < MIN_WORD:
+            continue
+        if n > MAX_WORD:
+            out.append(f"{prefix}skip:{w[0]}:{min(n // 10, 9)}")
+            prev = None
+            continue
+        out.append(prefix + w)
+        if bigrams:
+            if prev is not None:
+                out.append(f"bi:{prev} {w}")
+            prev = w
+    return out
+
+
+def tokens(subject: str, text: str, meta: list[str], bigrams: bool) -> list[str]:
+    """Every token string of a message's views, in order, with repeats (for vocabularies and tests)."""
+    return _word_tokens(subject, "subject:", False) + _word_tokens(text, "", bigrams) + list(meta)
+
+
+def features(subject: str, text: str, meta: list, seed: int, bits: int, bigrams: bool) -> np.ndarray:
+    """Sorted distinct feature ids (uint32 array) of one message's views."""
+    if bits < 1 or bits > 31:
+        raise ValueError("bits must be in 1..31")
+    for item in meta:
+        if not isinstance(item, str):
+            raise TypeError(f"Expected str, got {type(item).__name__}")
+    ids = {feature_id(t, seed, bits) for t in tokens(subject, text, meta, bigrams)}
+    return np.array(sorted(ids), dtype=np.uint32)
+
+
+def score(ids, weights, bias: float, nclues: int) -> tuple[float, list[tuple[int, float]]]:
+    """``bias + sum(weights[ids])`` accumulated in float64 in the order of ``ids``, and the
+    ``nclues`` strongest nonzero contributions as ``[(id, weight)]``."""
+    if nclues < 0 or nclues > MAX_CLUES:
+        raise ValueError(f"nclues must be in 0..{MAX_CLUES}")
+    idl = [int(i) for i in ids]
+    nw = len(weights)
+    for fid in idl:
+        if fid >= nw:
+            raise ValueError(f"feature id {fid} outside the model ({nw} features)")
+    contribs = np.asarray(weights, dtype=np.float32)[np.asarray(idl, dtype=np.int64)].tolist() if idl else []
+    total = float(bias)
+    for c in contribs:
+        total += c
+    clues: list[tuple[int, float]] = []
+    if nclues:
+        nz = [(i, c) for i, c in zip(idl, contribs) if c != 0.0]
+        nz.sort(key=lambda t: (-abs(t[1]), t[0]))
+        clues = nz[:nclues]
+    return total, clues

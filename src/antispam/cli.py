@@ -22,7 +22,11 @@ from . import __version__
 #: Modules that add subcommands: each defines ``register(subparsers)`` and sets
 #: ``func=handler`` on its parsers (``handler(args) -> int``).
 COMMAND_MODULES: tuple[str, ...] = (
+    "antispam.classifier.cli",
     "antispam.ruleset.cli",
+    "antispam.servers.cli",
+    "antispam.auth.cli",
+    "antispam.fit",
 )
 
 

@@ -72,6 +72,87 @@ class StoreConfig:
     on_failure: str = "open"
 
 
+# --- servers (spamd, milter, SMTP filter, rspamd HTTP): [servers.NAME] tables ---------------
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What every server shares.  Loopback and a loopback allow-list by default: a spam filter
+    that anyone on the network can feed (or TELL) is an abuse vector, so opening it is explicit."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: client networks allowed to connect (CIDR); others are refused at accept time
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: largest message accepted, bytes; larger ones are refused with the protocol's error
+    max_size: int = 32 * 1024 * 1024
+    #: connections served at once; more are refused (the MTA retries or applies its default)
+    max_connections: int = 64
+    #: seconds a connection may sit idle or take to send one request before it is dropped
+    timeout: float = 60.0
+    #: seconds a graceful shutdown waits for in-flight messages before cutting them off
+    shutdown_timeout: float = 30.0
+    #: when a scan fails: true lets the message through unfiltered, false answers "try later"
+    fail_open: bool = True
+    #: scan worker processes; 0 scans in the server process (see docs/servers.md)
+    workers: int = 0
+    #: Prometheus /metrics on this port (0 = off), bound to metrics_host
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SpamdConfig(ServerConfig):
+    port: int = 783
+    #: accept TELL (learn / forget); spamd calls this --allow-tell
+    allow_tell: bool = True
+
+
+@dataclass(frozen=True)
+class MilterConfig(ServerConfig):
+    port: int = 11332
+    #: the MTA holds one connection per SMTP session, idle while the client types: as long
+    #: as Postfix's own smtpd_timeout (300s) so a slow client never loses us mid-session
+    timeout: float = 300.0
+    #: SMTP reply for ``reject`` verdicts (code, enhanced status code, text)
+    reject_reply: str = "550 5.7.1 Message rejected as spam"
+    #: SMTP reply for ``soft reject`` and ``greylist`` verdicts, and for failed scans when fail_open is false
+    tempfail_reply: str = "451 4.7.1 Please try again later"
+    #: hold ``reject`` verdicts in the MTA's quarantine (Postfix: hold queue) instead of rejecting
+    quarantine: bool = False
+    quarantine_reason: str = "antispam: spam"
+
+
+@dataclass(frozen=True)
+class SmtpConfig(ServerConfig):
+    port: int = 10025
+    #: "after-queue" (Postfix content_filter: scan, add headers, re-inject) or
+    #: "before-queue" (smtpd_proxy_filter: the same, but spam is rejected at end of DATA)
+    mode: str = "after-queue"
+    #: where scanned mail goes, host:port (Postfix's re-injection smtpd)
+    next_hop: str = "127.0.0.1:10026"
+    #: seconds to wait for the next hop before answering the sender 4xx
+    next_hop_timeout: float = 60.0
+    reject_reply: str = "550 5.7.1 Message rejected as spam"
+    tempfail_reply: str = "451 4.7.1 Please try again later"
+    #: the name this filter gives itself in its SMTP greeting
+    hostname: str = "localhost"
+
+
+@dataclass(frozen=True)
+class RspamdHttpConfig(ServerConfig):
+    port: int = 11333
+
+
+@dataclass(frozen=True)
+class ServersConfig:
+    """``[servers.spamd]``, ``[servers.milter]``, ``[servers.smtp]``, ``[servers.rspamd_http]``."""
+
+    spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    rspamd_http: RspamdHttpConfig = field(default_factory=RspamdHttpConfig)
+
+
 @dataclass(frozen=True)
 class GreylistConfig:
     """Greylisting (X.1240 7.11): defer the first delivery attempt of an unknown triplet.
@@ -140,6 +221,82 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True)
+class DnsblConfig:
+    """DNS block and allow lists (RFC 5782).  Needs ``[dns] nameservers``.
+
+    ``enable`` names well-known lists that ship disabled (``antispam.reputation.lists.KNOWN_LISTS``);
+    ``[dnsbl.lists.NAME]`` tables define others (zone, kind, inputs, codes or bitmask, refused, allow).
+    """
+
+    enable: tuple[str, ...] = ()
+    lists: Mapping[str, Any] = field(default_factory=dict)
+    #: our own relays: Received hops from these are skipped when looking for the sender
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: how many untrusted Received relays (besides the client) lists with ``relays`` are asked about
+    max_relays: int = 3
+    #: seconds between RFC 5782 test-point checks of each list (0: never check)
+    health_interval: float = 600.0
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """The one resolver (``antispam.dns``).  No nameservers (the default) means no network checks at all."""
+
+    #: IP addresses (IPv4 or IPv6) of recursive resolvers; empty disables every network check
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    #: seconds for one attempt at one server
+    timeout: float = 2.0
+    #: passes over the server list before a question counts as timed out
+    attempts: int = 2
+    #: answers kept (LRU); 0 disables caching
+    cache_size: int = 10000
+    #: questions in flight at once per event loop
+    max_concurrency: int = 64
+    #: seconds to cache NXDOMAIN/NODATA when the server sent no SOA (RFC 2308)
+    negative_ttl: float = 300.0
+    #: seconds to remember a timeout or SERVFAIL, so one scan does not re-ask a dead server
+    failure_ttl: float = 5.0
+    min_ttl: float = 0.0
+    max_ttl: float = 86400.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Sender authentication: SPF, DKIM, DMARC, ARC, Authentication-Results (``antispam.auth``)."""
+
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    arc: bool = False
+    #: RFC 7208 4.6.4 limits (10 DNS mechanisms, 2 void lookups); false = the looser compatibility limits
+    spf_strict_limits: bool = True
+    #: "rfc9989" (DMARCbis DNS tree walk, default) or "rfc7489" (Public Suffix List)
+    dmarc_mode: str = "rfc9989"
+    #: RSA keys shorter than this fail (RFC 8301 section 3.2 says 1024)
+    dkim_min_rsa_bits: int = 1024
+    #: treat rsa-sha1 signatures as permerror (RFC 8301 section 3.1)
+    dkim_reject_sha1: bool = True
+    #: ARC sealer domains (d= of ARC-Seal) whose passing chain may override a DMARC failure
+    trusted_arc_sealers: tuple[str, ...] = ()
+    #: authserv-ids whose earlier Authentication-Results we read; headers claiming our own id are stripped
+    trusted_authserv_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The token classifier (``antispam.classifier``)."""
+
+    enabled: bool = True
+    #: model directory; empty means the embedded default model (``models/default``)
+    model: str = ""
+    #: clue tokens listed in the symbol's options
+    clues: int = 5
+    #: weight of online learning (``engine.learn``) against the shipped model; 0 disables it
+    learn_rate: float = 0.3
+
+
+@dataclass(frozen=True)
 class RulesConfig:
     """The rule engine (``rules/*.cf``, SpamAssassin syntax); see docs/rules.md."""
 
@@ -167,10 +324,15 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    servers: ServersConfig = field(default_factory=ServersConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     #: symbol -> score, overriding the defaults the checks declare
     scores: Mapping[str, float] = field(default_factory=dict)
     #: symbol -> description override
@@ -182,15 +344,36 @@ class Config:
     )
     #: group -> {"max_score": x, "min_score": y}
     groups: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: named policy variants: profile -> {"actions": ..., "scores": ..., "groups": ...}
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: recipient address, ``@domain`` or user name -> profile name
+    recipients: Mapping[str, str] = field(default_factory=dict)
     #: where the configuration came from, for error messages and ``antispam config``
     sources: tuple[str, ...] = ("<defaults>",)
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
+    def default(cls) -> "Config":
+        """The embedded defaults: the dataclass defaults with ``antispam/default.toml`` laid over them.
+
+        ``default.toml`` holds what is data rather than code, such as the
+        scores fitted on the TRAIN corpus by ``antispam fit``.
+        """
+        global _DEFAULT
+        if _DEFAULT is None:
+            cfg = cls()
+            if _DEFAULT_TOML.exists():
+                with open(_DEFAULT_TOML, "rb") as fh:
+                    cfg = cfg.merged(tomllib.load(fh), source="<embedded default.toml>")
+                cfg = dataclasses.replace(cfg, sources=("<defaults>",))
+            _DEFAULT = cfg
+        return _DEFAULT
+
+    @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":
-        """Defaults < TOML file at ``path`` < ``overrides`` (same nested shape as the file)."""
-        cfg = cls()
+        """Embedded defaults < TOML file at ``path`` < ``overrides`` (same nested shape as the file)."""
+        cfg = cls.default()
         if path is not None:
             p = Path(path)
             try:
@@ -217,14 +400,37 @@ class Config:
                 changes["actions"] = {**self.actions, **_actions(value, source)}
             elif key == "groups":
                 changes["groups"] = {**self.groups, **_groups(value, source)}
+            elif key == "profiles":
+                changes["profiles"] = {**self.profiles, **_profiles(value, source)}
+            elif key == "recipients":
+                changes["recipients"] = {**self.recipients, **{k.lower(): v for k, v in _str_map(value, "recipients", source).items()}}
             elif key in _SECTIONS:
                 current = getattr(self, key)
                 changes[key] = _merge_section(current, value, key, source)
             else:
-                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups"]))
+                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups", "profiles", "recipients"]))
                 raise ConfigError(f"unknown section (known: {known})", key=key, source=source)
         sources = self.sources + ((source,) if source not in self.sources else ())
-        return dataclasses.replace(self, sources=sources, **changes)
+        merged = dataclasses.replace(self, sources=sources, **changes)
+        for who, profile in merged.recipients.items():
+            if profile not in merged.profiles:
+                raise ConfigError(f"names profile {profile!r}, which is not defined in [profiles]",
+                                  key=f"recipients.{who}", source=source)
+        return merged
+
+    def for_profile(self, name: str) -> "Config":
+        """This configuration with profile ``name``'s actions, scores and groups laid over it."""
+        return self.merged(self.profiles[name], source=f"<profile {name}>")
+
+    def profile_for(self, recipient: str | None) -> str | None:
+        """The profile of a recipient address (exact, then ``@domain``) or user name; None for the default."""
+        if not recipient or not self.recipients:
+            return None
+        r = recipient.strip().strip("<>").lower()
+        if r in self.recipients:
+            return self.recipients[r]
+        at = r.rfind("@")
+        return self.recipients.get(r[at:]) if at >= 0 else None
 
     def score_for(self, symbol: str, default: float) -> float:
         return self.scores.get(symbol, default)
@@ -239,6 +445,9 @@ class Config:
             out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else {k: (dict(x) if isinstance(x, Mapping) else x) for k, x in v.items()}
         return out
 
+
+_DEFAULT_TOML = Path(__file__).resolve().parent / "default.toml"
+_DEFAULT: Config | None = None
 
 # Every field of Config whose type is a dataclass is a section: adding a
 # section is adding one field above, nothing else.
@@ -337,6 +546,25 @@ def _actions(value: Any, source: str) -> dict[str, float | None]:
             out[name] = None
         else:
             out[name] = _coerce(v, float, f"actions.{k}", source)
+    return out
+
+
+def _profiles(value: Any, source: str) -> dict[str, dict[str, Any]]:
+    """Profiles change policy only (actions, scores, groups): checks run once per message."""
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of profiles", key="profiles", source=source)
+    out = {}
+    for name, table in value.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError("must be a table", key=f"profiles.{name}", source=source)
+        for k in table:
+            if k not in ("actions", "scores", "groups"):
+                raise ConfigError("unknown key (known: actions, scores, groups)", key=f"profiles.{name}.{k}", source=source)
+        # Validate now, so a bad profile fails at load time and names its key.
+        _actions(table.get("actions", {}), source)
+        _float_map(table.get("scores", {}), f"profiles.{name}.scores", source)
+        _groups(table.get("groups", {}), source)
+        out[name] = dict(table)
     return out
 
 

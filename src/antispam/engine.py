@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .check import Check, Hit, ScanContext, SymbolDef
 from .config import Config
+from .errors import ConfigError
 from .message import Envelope, Limits, Message
 from .policy import Policy
 from .store import Store, open_store
@@ -45,6 +46,13 @@ DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.reputation.greylist:greylist_check",
     "antispam.reputation.ratelimit:ratelimit_check",
     "antispam.reputation.history:history_check",
+    "antispam.reputation.dnsbl:dnsbl_check",
+    "antispam.auth.spf:factory",
+    "antispam.classifier.check:classifier_check",
+    "antispam.auth.dkim:factory",
+    "antispam.auth.arc:factory",
+    "antispam.auth.dmarc:factory",
+    "antispam.auth.authres:authres_check",
 )
 
 ENGINE_SYMBOLS = (
@@ -121,7 +129,7 @@ class Engine:
 
     def __init__(self, config: Config | None = None, checks: Sequence[Check] | None = None, *,
                  resolver: Any = None, store: Store | None = None):
-        self.config = config or Config()
+        self.config = config or Config.default()
         #: shared state (learning, reputation, greylisting); see ``[store]``
         self.store = store if store is not None else open_store(self.config.store.url)
         chosen = list(checks) if checks is not None else default_checks(self.config, self.store)
@@ -144,6 +152,8 @@ class Engine:
         for c in self.checks:
             symbols.extend(c.symbols)
         self.policy = Policy(self.config, symbols)
+        #: one policy per configured profile (per-user / per-recipient settings)
+        self.policies = {name: Policy(self.config.for_profile(name), symbols) for name in self.config.profiles}
         self._authserv_id = self.config.engine.authserv_id or _hostname()
 
     def _default_resolver(self) -> Any:
@@ -169,17 +179,34 @@ class Engine:
 
     # ------------------------------------------------------------------ scanning
 
-    def scan(self, raw: bytes, envelope: Envelope | None = None) -> Verdict:
+    def scan(self, raw: bytes, envelope: Envelope | None = None, *, profile: str | None = None) -> Verdict:
         """Scan one message and return its verdict.  Never raises for bad mail.
 
-        With network checks enabled this runs a private event loop; inside a
-        running loop use :meth:`ascan` instead.
+        ``profile`` picks a configured policy profile (per-user settings);
+        an unknown profile is a :class:`ConfigError`.  With network checks enabled this
+        runs a private event loop; inside a running loop use :meth:`ascan`.
         """
+        self._check_profile(profile)
+        return self._scan_sync(raw, envelope, (profile,))[0]
+
+    def scan_per_recipient(self, raw: bytes, envelope: Envelope) -> dict[str, Verdict]:
+        """Run the checks once and decide once per recipient, under each one's profile (``[recipients]``)."""
+        rcpts = envelope.rcpt_tos or ("",)
+        verdicts = self._scan_sync(raw, envelope, tuple(self.config.profile_for(r) for r in rcpts))
+        return dict(zip(rcpts, verdicts))
+
+    async def ascan_per_recipient(self, raw: bytes, envelope: Envelope) -> dict[str, Verdict]:
+        """:meth:`scan_per_recipient` inside an event loop."""
+        rcpts = envelope.rcpt_tos or ("",)
+        verdicts = await self._ascan(raw, envelope, tuple(self.config.profile_for(r) for r in rcpts))
+        return dict(zip(rcpts, verdicts))
+
+    def _scan_sync(self, raw: bytes, envelope: Envelope | None, profiles: tuple[str | None, ...]) -> list[Verdict]:
         if self.network_checks:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
-                return asyncio.run(self.ascan(raw, envelope))
+                return asyncio.run(self._ascan(raw, envelope, profiles))
             raise RuntimeError("Engine.scan() called inside a running event loop with network checks; use 'await engine.ascan()'")
         t0 = time.perf_counter()
         msg = Message(raw, envelope, self.limits)
@@ -187,10 +214,19 @@ class Engine:
         hits: list[Hit] = []
         timings: dict[str, float] = {}
         self._run_content(msg, ctx, hits, timings)
-        return self._finish(msg, ctx, hits, timings, t0)
+        return self._finish(msg, ctx, hits, timings, t0, profiles)
 
-    async def ascan(self, raw: bytes, envelope: Envelope | None = None) -> Verdict:
+    def _check_profile(self, profile: str | None) -> None:
+        if profile is not None and profile not in self.policies:
+            raise ConfigError(f"unknown profile (defined: {', '.join(sorted(self.policies)) or 'none'})",
+                              key=f"profiles.{profile}")
+
+    async def ascan(self, raw: bytes, envelope: Envelope | None = None, *, profile: str | None = None) -> Verdict:
         """Scan one message inside an event loop; network checks run concurrently."""
+        self._check_profile(profile)
+        return (await self._ascan(raw, envelope, (profile,)))[0]
+
+    async def _ascan(self, raw: bytes, envelope: Envelope | None, profiles: tuple[str | None, ...]) -> list[Verdict]:
         t0 = time.perf_counter()
         msg = Message(raw, envelope, self.limits)
         ctx = ScanContext(msg.envelope, self.config, deadline=time.monotonic() + self.config.engine.scan_deadline,
@@ -200,7 +236,7 @@ class Engine:
         if self.network_checks:
             await self._run_network(msg, ctx, hits, timings)
         self._run_content(msg, ctx, hits, timings)
-        return self._finish(msg, ctx, hits, timings, t0)
+        return self._finish(msg, ctx, hits, timings, t0, profiles)
 
     def _run_content(self, msg: Message, ctx: ScanContext, hits: list[Hit], timings: dict[str, float]) -> None:
         pc = time.perf_counter
@@ -248,23 +284,27 @@ class Engine:
             out = [Hit("CHECK_ERROR", 1.0, (f"{check.name}: {type(exc).__name__}: {exc}"[:200],))]
         return out, time.perf_counter() - t
 
-    def _finish(self, msg: Message, ctx: ScanContext, hits: list[Hit], timings: dict[str, float], t0: float) -> Verdict:
+    def _finish(self, msg: Message, ctx: ScanContext, hits: list[Hit], timings: dict[str, float], t0: float,
+                profiles: tuple[str | None, ...]) -> list[Verdict]:
         skipped = msg.skipped
         if skipped:
             hits.append(Hit("SCAN_LIMIT", 1.0, skipped))
         timings["total"] = time.perf_counter() - t0
         ar = ctx.authentication_results()
-        verdict = self.policy.decide(
-            hits, timings=timings, skipped=skipped, message_id=msg.message_id,
-            authentication_results=f"{self._authserv_id}; {ar}" if ar else None,
-            subject=msg.subject,
-        )
+        verdicts = [
+            (self.policies[p] if p is not None else self.policy).decide(
+                hits, timings=timings, skipped=skipped, message_id=msg.message_id,
+                authentication_results=f"{self._authserv_id}; {ar}" if ar else None,
+                subject=msg.subject,
+            )
+            for p in profiles
+        ]
         for check in self.recorders:
             try:
-                check.record(msg, ctx, verdict)
+                check.record(msg, ctx, verdicts[0])
             except Exception:  # recording is best effort: the verdict stands
                 log.exception("check %s failed to record the verdict", check.name)
-        return verdict
+        return verdicts
 
     # ------------------------------------------------------------------ batches
 

@@ -8,16 +8,32 @@ of one pool, while one /64 is what a single IPv6 customer usually holds.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@lru_cache(maxsize=8192)
+def parse_ip(text: str) -> Address | None:
+    """An address from text (brackets allowed, IPv4-mapped IPv6 unwrapped); None if not an IP.
+
+    Cached: the same client and relay addresses are looked at by several
+    checks and lists in one scan, and ``ipaddress`` parsing is not cheap.
+    """
+    try:
+        addr = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
 
 
 def network_key(ip: str, v4_prefix: int = 24, v6_prefix: int = 64) -> str | None:
     """``192.0.2.77`` -> ``192.0.2.0/24``; ``2001:db8::1`` -> ``2001:db8::/64``; None if not an IP."""
-    try:
-        addr = ipaddress.ip_address(ip.strip("[]"))
-    except ValueError:
+    addr = parse_ip(ip)
+    if addr is None:
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
     prefix = v4_prefix if addr.version == 4 else v6_prefix
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
@@ -25,12 +41,9 @@ def network_key(ip: str, v4_prefix: int = 24, v6_prefix: int = 64) -> str | None
 def in_networks(ip: str | None, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     if not ip or not networks:
         return False
-    try:
-        addr = ipaddress.ip_address(ip.strip("[]"))
-    except ValueError:
+    addr = parse_ip(ip)
+    if addr is None:
         return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
     return any(addr.version == n.version and addr in n for n in networks)
 
 

@@ -125,7 +125,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 2
     msgs = load_labelled(corpus, split=None if args.split == "all" else args.split)
     check = RulesCheck(load_rules(args.rules or [str(default_rules_dir())], engine=args.engine))
-    cfg = Config()
+    cfg = Config.default()
     n = Counter()
     hits = {"ham": Counter(), "spam": Counter()}
     for m in msgs:

@@ -1,0 +1,247 @@
+"""Authentication-Results (RFC 8601): writing our results, reading and policing earlier ones.
+
+Writing: each authentication check adds one ``resinfo`` with :func:`resinfo`
+through ``ctx.add_auth_result``; the engine prefixes the authserv-id and puts
+the header in ``Verdict.authentication_results``.
+
+Reading: a message may arrive with Authentication-Results written by hosts
+before us.  Only those whose authserv-id the operator listed as trusted mean
+anything (RFC 8601 section 5: anyone can write the header), and any claiming
+*our* authserv-id was forged by the sender or an earlier hop, since we have
+not seen the message yet.  :class:`AuthResultsCheck` reports both, publishes
+the trusted ones as an :class:`UpstreamAuth` fact, and :func:`strip_forged`
+removes the forged headers for integrations that rewrite the message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
+
+from ..check import Check, Hit, ScanContext, SymbolDef
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
+    from ..message import Message
+
+# RFC 2045 token characters plus '@' and '.', which RFC 8601's pvalue allows unquoted
+# (an addr-spec or domain name).  Anything else is written as a quoted-string.
+_BARE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~@/]+$")
+
+
+def quote_value(value: str) -> str:
+    """A property value as RFC 8601 wants it: bare when it is a token/addr-spec, else quoted."""
+    if value and _BARE.match(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comment(text: str) -> str:
+    # Comments nest in RFC 5322; escaping parentheses and backslashes keeps ours flat and closed.
+    return "(" + re.sub(r"([()\\])", r"\\\1", text) + ")"
+
+
+def resinfo(method: str, result: str, props: Iterable[tuple[str, str]] = (), reason: str | None = None,
+            comment: str | None = None) -> str:
+    """One resinfo, e.g. ``resinfo("spf", "pass", [("smtp.mailfrom", "a@b.example")])``."""
+    out = f"{method}={result}"
+    if comment:
+        out += " " + _comment(comment)
+    if reason:
+        out += " reason=" + quote_value(reason)
+    for ptype_prop, value in props:
+        out += f" {ptype_prop}={quote_value(value)}"
+    return out
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True, slots=True)
+class ResInfo:
+    method: str
+    result: str
+    reason: str | None = None
+    props: tuple[tuple[str, str], ...] = ()
+
+    def prop(self, name: str) -> str | None:
+        for k, v in self.props:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResults:
+    """One parsed Authentication-Results header field."""
+
+    authserv_id: str
+    results: tuple[ResInfo, ...] = ()
+
+
+def _tokens(text: str) -> list[str]:
+    """Split into words, '=', ';' and quoted strings (unquoted), dropping comments."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c == "(":
+            depth = 0
+            while i < n:
+                if text[i] == "\\":
+                    i += 2
+                    continue
+                if text[i] == "(":
+                    depth += 1
+                elif text[i] == ")":
+                    depth -= 1
+                    if depth == 0:
+                        i += 1
+                        break
+                i += 1
+        elif c == '"':
+            i += 1
+            buf = []
+            while i < n and text[i] != '"':
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                buf.append(text[i])
+                i += 1
+            i += 1
+            out.append("\0" + "".join(buf))  # mark as quoted so '=' inside is not syntax
+        elif c in "=;":
+            out.append(c)
+            i += 1
+        else:
+            j = i
+            while j < n and not text[j].isspace() and text[j] not in '=;()"':
+                j += 1
+            out.append(text[i:j])
+            i = j
+    return out
+
+
+def _val(tok: str) -> str:
+    return tok[1:] if tok.startswith("\0") else tok
+
+
+def parse(value: str) -> AuthResults | None:
+    """Parse a header value; None when it has no authserv-id.  Unparsable resinfos are skipped."""
+    toks = _tokens(value)
+    if not toks or toks[0] in (";", "="):
+        return None
+    authserv_id = _val(toks[0]).lower()
+    groups: list[list[str]] = [[]]
+    for t in toks[1:]:
+        if t == ";":
+            groups.append([])
+        else:
+            groups[-1].append(t)
+    results = []
+    for g in groups[1:]:
+        # method[/version] = result [reason=value] {ptype.prop=value}
+        if len(g) < 3 or g[0] == "none" or g[1] != "=":
+            continue
+        k = 1
+        method, result = g[0].lower().partition("/")[0], _val(g[k + 1]).lower()
+        reason = None
+        props: list[tuple[str, str]] = []
+        j = k + 2
+        while j + 2 < len(g) and g[j + 1] == "=":
+            name, v = g[j].lower(), _val(g[j + 2])
+            if name == "reason":
+                reason = v
+            else:
+                props.append((name, v))
+            j += 3
+        results.append(ResInfo(method, result, reason, tuple(props)))
+    return AuthResults(authserv_id, tuple(results))
+
+
+# --------------------------------------------------------------------------- the check
+
+
+@dataclass(frozen=True)
+class UpstreamAuth:
+    """Authentication-Results written by hosts the operator trusts, newest first."""
+
+    headers: tuple[AuthResults, ...] = ()
+    forged: int = 0
+    results: tuple[ResInfo, ...] = field(default=())
+
+
+class AuthResultsCheck(Check):
+    """Reads earlier Authentication-Results: trusts listed authserv-ids, flags ones forging ours."""
+
+    name = "authres"
+    symbols = (
+        SymbolDef("AUTHRES_FORGED", 3.0, "An Authentication-Results header claims our authserv-id before we saw the message", "auth"),
+        SymbolDef("AUTHRES_TRUSTED", 0.0, "Authentication-Results from a trusted authserv-id were read", "auth"),
+    )
+
+    def __init__(self, authserv_id: str, trusted: Iterable[str] = ()):
+        self.authserv_id = authserv_id.lower()
+        self.trusted = frozenset(t.lower() for t in trusted)
+
+    def run(self, msg: "Message", ctx: ScanContext) -> list[Hit]:
+        trusted: list[AuthResults] = []
+        forged = 0
+        for raw in msg.get_all("Authentication-Results"):
+            parsed = parse(raw)
+            if parsed is None:
+                continue
+            if parsed.authserv_id == self.authserv_id:
+                forged += 1
+            elif parsed.authserv_id in self.trusted:
+                trusted.append(parsed)
+        ctx.publish(UpstreamAuth(tuple(trusted), forged, tuple(r for h in trusted for r in h.results)))
+        hits = []
+        if forged:
+            hits.append(Hit("AUTHRES_FORGED", 1.0, (f"{forged} header(s) claiming {self.authserv_id}",)))
+        if trusted:
+            hits.append(Hit("AUTHRES_TRUSTED", 1.0, tuple(sorted({h.authserv_id for h in trusted}))))
+        return hits
+
+
+def strip_forged(raw: bytes, authserv_id: str) -> bytes:
+    """``raw`` without the Authentication-Results header fields that claim ``authserv_id``.
+
+    Works on the header block bytes so the body and every other header stay
+    byte-identical (DKIM signatures over them keep verifying).
+    """
+    sep = raw.find(b"\r\n\r\n")
+    sep_len = 4
+    lf = raw.find(b"\n\n")
+    if sep < 0 or (0 <= lf < sep):
+        sep, sep_len = lf, 2
+    head, body = (raw, b"") if sep < 0 else (raw[:sep + sep_len // 2], raw[sep + sep_len // 2:])
+    lines = head.splitlines(keepends=True)
+    fields: list[list[bytes]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    want = authserv_id.lower()
+    kept = []
+    for f in fields:
+        name, _, value = b"".join(f).partition(b":")
+        if name.strip().lower() == b"authentication-results":
+            parsed = parse(value.decode("utf-8", "replace"))
+            if parsed is not None and parsed.authserv_id == want:
+                continue
+        kept.extend(f)
+    return b"".join(kept) + body
+
+
+def authres_check(config: "Config", store: object = None) -> AuthResultsCheck | None:
+    """Enabled when trusted authserv-ids are configured or an authserv-id is set (to catch forgeries)."""
+    auth = getattr(config, "auth", None)
+    if auth is None or not (auth.trusted_authserv_ids or config.engine.authserv_id):
+        return None
+    from ..engine import _hostname
+
+    return AuthResultsCheck(config.engine.authserv_id or _hostname(), auth.trusted_authserv_ids)

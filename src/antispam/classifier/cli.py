@@ -1,0 +1,143 @@
+"""``antispam train`` and ``antispam eval`` (registered through ``antispam.cli.COMMAND_MODULES``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..corpus import LabelledMessage, default_corpus_dir, iter_messages, load_labelled
+from ..errors import AntispamError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train a classifier model (scikit-learn) and export it as numpy + JSON",
+                       description="Train on labelled mail: --spam/--ham paths (files, directories, maildirs, "
+                                   "mbox, .tar.gz), or --manifest DIR holding MANIFEST.tsv + <set>.tar.gz.")
+    t.add_argument("--spam", nargs="+", default=[], metavar="PATH", help="spam sources")
+    t.add_argument("--ham", nargs="+", default=[], metavar="PATH", help="ham sources")
+    t.add_argument("--manifest", metavar="DIR", help="a labelled corpus directory (MANIFEST.tsv)")
+    t.add_argument("--split", choices=("train", "test", "all"), default="train",
+                   help="with --manifest: which split to train on (default train)")
+    t.add_argument("-o", "--out", required=True, metavar="DIR", help="model directory to write, e.g. models/mine")
+    t.add_argument("--bits", type=int, default=None, help="feature space 2**BITS (default 20)")
+    t.add_argument("--bigrams", action="store_true", help="add word bigram features")
+    t.add_argument("--target-fpr", type=float, default=0.002,
+                   help="the default threshold keeps the cross-validated ham FPR at most this (default 0.002)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate the classifier and the engine on a labelled corpus",
+                       description="Train on TRAIN and test on TEST (project split: sha256 first hex digit c-f "
+                                   "is TEST), or run TREC-style online (classify, then learn, in order).")
+    e.add_argument("--corpus", metavar="DIR", help="labelled corpus (default: the SpamAssassin corpus)")
+    e.add_argument("--mode", choices=("split", "online"), default="split")
+    e.add_argument("--model", default="train", metavar="MODEL",
+                   help="split: 'train' (fit on TRAIN now, default), 'default' (the shipped model) or a "
+                        "directory; online: 'empty' (default for online), 'default' or a directory")
+    e.add_argument("--no-engine", action="store_true", help="classifier only: skip the whole-engine scan")
+    e.add_argument("--target-fpr", type=float, default=0.001, help="report the threshold for this ham FPR")
+    e.add_argument("--json", metavar="FILE", help="write the JSON report here")
+    e.add_argument("--roc", metavar="PNG", help="write the ROC plot here (needs matplotlib)")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+
+
+def _examples(args: argparse.Namespace):
+    from .train import Example
+
+    if args.manifest:
+        split = None if args.split == "all" else args.split
+        return [Example(m.data, m.is_spam) for m in load_labelled(args.manifest, split=split)]
+    out = []
+    for paths, spam in ((args.spam, True), (args.ham, False)):
+        for item in iter_messages(paths):
+            if item.data is None:
+                _say(f"skipped {item.source}: {item.error}")
+                continue
+            out.append(Example(item.data, spam))
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from .train import train
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        _say(f"antispam train needs scikit-learn: pip install 'antispam[train]' ({exc})")
+        return 2
+    from .tokenizer import DEFAULT_BITS, TokenizerSpec
+
+    if not args.manifest and not (args.spam and args.ham):
+        _say("antispam train: give --spam and --ham sources, or --manifest DIR")
+        return 2
+    examples = _examples(args)
+    spec = TokenizerSpec(bits=args.bits or DEFAULT_BITS, bigrams=args.bigrams)
+    try:
+        model = train(examples, spec, target_fpr=args.target_fpr, progress=_say)
+    except ValueError as exc:
+        _say(f"antispam train: {exc}")
+        return 2
+    path = model.save(args.out)
+    cv = model.meta["cross_validation"]
+    _say(f"wrote {path}: cross-validated AUC {cv['roc_auc']:.5f}, at p>={model.threshold:.4f} "
+         f"ham FPR {cv['ham_fpr']:.4f} spam recall {cv['spam_recall']:.4f}")
+    return 0
+
+
+def _resolve_model(name: str, train_msgs: Sequence[LabelledMessage] | None):
+    from .check import default_model
+    from .eval import empty_model
+    from .model import load_model
+
+    if name == "default":
+        return default_model()
+    if name == "empty":
+        return empty_model()
+    if name == "train":
+        from .train import Example, train
+
+        assert train_msgs is not None
+        return train([Example(m.data, m.is_spam) for m in train_msgs], progress=_say)
+    return load_model(Path(name))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..cli import Progress
+    from . import eval as ev
+
+    corpus = Path(args.corpus) if args.corpus else default_corpus_dir()
+    if corpus is None:
+        _say("antispam eval: no corpus found; give --corpus DIR (MANIFEST.tsv + <set>.tar.gz)")
+        return 2
+    try:
+        msgs = load_labelled(corpus)
+        if args.mode == "split":
+            train_msgs = [m for m in msgs if m.split == "train"]
+            test_msgs = [m for m in msgs if m.split == "test"]
+            model = _resolve_model(args.model, train_msgs)
+            bar = Progress(not args.no_progress, len(test_msgs))
+            scored, required = ev.run_split(model, test_msgs, engine=not args.no_engine, step=bar.step)
+            bar.close()
+            info = {"protocol": "split (train on TRAIN, test on TEST)", "model": args.model,
+                    "train_messages": len(train_msgs)}
+        else:
+            model = _resolve_model("empty" if args.model == "train" else args.model, None)
+            bar = Progress(not args.no_progress, len(msgs))
+            scored = ev.run_online(model, msgs, step=bar.step)
+            bar.close()
+            required = None
+            info = {"protocol": "online (TREC style: classify, then learn, in sha256 order)", "model": args.model}
+    except (AntispamError, OSError, ValueError) as exc:
+        _say(f"antispam eval: {exc}")
+        return 2
+    threshold = model.threshold
+    rep = ev.report(scored, threshold, required, target_fpr=args.target_fpr, corpus=str(corpus), **info)
+    for note in ev.write_outputs(rep, scored, Path(args.json) if args.json else None,
+                                 Path(args.roc) if args.roc else None):
+        _say(note)
+    print(ev.format_report(rep))
+    return 0

@@ -1,0 +1,118 @@
+"""Online learning on top of a shipped linear model: token statistics in the Store.
+
+The shipped weights stay as they are; what users teach (``engine.learn``,
+spamd TELL, feedback) is kept as per-feature counts in the store and turned
+into an additive adjustment ``d`` of each feature's weight at score time::
+
+    NS, NH   messages learned as spam / ham
+    s_i, h_i of those, how many contained feature i        (n_i = s_i + h_i)
+    rs = s_i / max(NS, 1),  rh = h_i / max(NH, 1)           (document frequencies)
+    d_i = rate * n_i / (n_i + K) * ln((rs + EPS) / (rh + EPS))
+
+The log-ratio is naive Bayes' per-token evidence (how much more often the
+feature appears in learned spam than in learned ham, each as a fraction of
+its class so that learning more ham than spam does not tilt every token); the
+factor ``n_i / (n_i + K)`` is a confidence shrink in the spirit of Robinson's
+``f(w)``: a feature seen once moves the score a third as much as one seen many
+times.  ``EPS`` keeps the ratio finite for features seen in one class only,
+and makes ``d_i = 0`` for a feature never learned.  The adjustments are summed
+and normalised like the weights (divided by ``sqrt(n)``), see
+:mod:`antispam.classifier.model`.
+
+Every learn records the message's sha256 in a ledger (``learn:cls:<sha256>``
+-> label), written with the store's atomic ``add``: learning the same bytes
+twice counts once, learning them with the other label moves their counts,
+and ``unlearn`` takes them back out exactly.
+
+Keys carry a tag of the tokenizer (version, bits, seed) so that counts learned
+under one feature space are never read under another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ..store import Store
+from .tokenizer import TokenizerSpec
+
+#: the shrink constant K of the formula above
+SHRINK = 2.0
+#: EPS of the formula above
+EPS = 0.01
+
+
+class TokenStats:
+    """Learned per-feature counts for one tokenizer, in a Store."""
+
+    def __init__(self, store: Store, spec: TokenizerSpec, rate: float):
+        self.store = store
+        self.rate = rate
+        tag = f"{spec.version}.{spec.bits}.{spec.seed & 0xFFFFFFFF:08x}"
+        self._p = f"tok:{tag}:"
+        self._totals = (self._p + "n:spam", self._p + "n:ham")
+
+    def _keys(self, ids: Sequence[int], kind: str) -> list[str]:
+        p = self._p + kind
+        return [f"{p}{i}" for i in ids]
+
+    def totals(self) -> tuple[float, float]:
+        ns, nh = self.store.get_counts(list(self._totals))
+        return ns, nh
+
+    def adjustment(self, ids: np.ndarray) -> float:
+        """``sum_i d_i`` over the message's feature ids (0.0 when nothing was learned)."""
+        if self.rate == 0.0:
+            return 0.0
+        ns, nh = self.totals()
+        if ns <= 0 and nh <= 0:
+            return 0.0
+        idl = ids.tolist()
+        counts = self.store.get_counts(self._keys(idl, "s:") + self._keys(idl, "h:"))
+        n = len(idl)
+        ns1, nh1 = max(ns, 1.0), max(nh, 1.0)
+        total = 0.0
+        for s, h in zip(counts[:n], counts[n:]):
+            seen = s + h
+            if seen <= 0:
+                continue
+            total += seen / (seen + SHRINK) * math.log((s / ns1 + EPS) / (h / nh1 + EPS))
+        return self.rate * total
+
+    def _add(self, ids: np.ndarray, spam: bool, sign: float) -> None:
+        kind = "s:" if spam else "h:"
+        amounts = {k: sign for k in self._keys(ids.tolist(), kind)}
+        amounts[self._totals[0 if spam else 1]] = sign
+        self.store.incr_many(amounts)
+
+    def learn(self, raw: bytes, ids: np.ndarray, spam: bool, source: str = "api") -> bool:
+        """Count a message once.  True if the statistics changed."""
+        key = ledger_key(raw)
+        label = b"spam" if spam else b"ham"
+        if self.store.add(key, label + b" " + source.encode("utf-8", "replace")[:200]):
+            self._add(ids, spam, 1.0)
+            return True
+        prev = (self.store.get(key) or b"").split(b" ", 1)[0]
+        if prev == label:
+            return False
+        # Learned before with the other label: move its counts.
+        self._add(ids, not spam, -1.0)
+        self._add(ids, spam, 1.0)
+        self.store.set(key, label + b" " + source.encode("utf-8", "replace")[:200])
+        return True
+
+    def unlearn(self, raw: bytes, ids: np.ndarray) -> bool:
+        """Take a learned message back out.  False if it was never learned."""
+        key = ledger_key(raw)
+        prev = self.store.get(key)
+        if prev is None or not self.store.delete(key):
+            return False
+        self._add(ids, prev.split(b" ", 1)[0] == b"spam", -1.0)
+        return True
+
+
+def ledger_key(raw: bytes) -> str:
+    return "learn:cls:" + hashlib.sha256(raw).hexdigest()

@@ -1,0 +1,414 @@
+"""The one DNS client of the library.
+
+Every DNS question any check asks (SPF, DKIM keys, DMARC policies, blocklists,
+and the DNS hooks of pyspf and dkimpy) goes through a :class:`Resolver`, so one
+cache, one set of timeouts and one concurrency bound govern all of them.
+
+Why a resolver of our own rather than ``dns.resolver.Resolver``: the engine
+asks every question of a scan at once (:meth:`Resolver.prefetch`) and then
+lets checks read answers synchronously from the cache (:meth:`Resolver.cached`),
+so a scan with SPF, DKIM, DMARC and blocklists waits about one round trip; and
+a failure must stay distinguishable from "no record" all the way to the
+verdict (a timeout is never a pass).  dnspython's stub resolver folds both
+into exceptions and has no async read-through cache, so we use its message
+and transport layers (``dns.message``, ``dns.asyncquery``) and keep the policy
+here.
+
+Answers are :class:`Answer` values with a ``status``: ``ok``, ``nodata``,
+``nxdomain`` (definite, cached for their TTL / the SOA negative TTL),
+``servfail``, ``timeout`` (temporary, cached briefly so that one scan does not
+re-ask a dead server for every mechanism) or ``invalid`` (the name cannot be
+asked at all, e.g. a label longer than 63 octets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .check import Question
+    from .config import Config
+
+#: statuses that mean "we do not know": callers must turn them into a temperror / *_TEMPFAIL
+TEMPORARY = frozenset({"servfail", "timeout"})
+#: longest CNAME chain followed inside one response
+MAX_CNAME_CHAIN = 16
+#: ``Answer.detail`` of a question cut off by the caller's deadline.  Such answers are not cached:
+#: one scan running out of time says nothing about the server, and must not fail the next scans.
+DEADLINE = "deadline reached"
+#: EDNS(0) UDP payload size we advertise (the 2020 DNS flag day value): DKIM keys fit without TCP
+EDNS_PAYLOAD = 1232
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The outcome of one DNS question.
+
+    ``records`` are dnspython rdata objects of ``rdtype`` found at the end of the
+    CNAME chain (``cnames`` lists the ``(owner, target)`` steps followed).
+    """
+
+    qname: str
+    rdtype: str
+    status: str
+    records: tuple[Any, ...] = ()
+    cnames: tuple[tuple[str, str], ...] = ()
+    ttl: float = 0.0
+    detail: str = ""
+
+    @property
+    def temporary(self) -> bool:
+        """True when the answer says nothing about the record (timeout, SERVFAIL)."""
+        return self.status in TEMPORARY
+
+    @property
+    def exists(self) -> bool:
+        """True when the name exists (NOERROR, with or without data)."""
+        return self.status in ("ok", "nodata")
+
+    def texts(self) -> list[bytes]:
+        """TXT records, each one's character-strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
+        return [b"".join(r.strings) for r in self.records if hasattr(r, "strings")]
+
+    def values(self) -> list[str]:
+        """Records in presentation form (addresses for A/AAAA, names for PTR/NS...)."""
+        return [r.to_text() for r in self.records]
+
+
+def make_name(text: str) -> dns.name.Name:
+    """A DNS name from its labels taken literally.
+
+    ``dns.name.from_text`` would read backslash escapes and choke on spaces, but
+    names built by SPF macro expansion may hold any octet; they are sent as-is.
+    Raises ``dns.name.LabelTooLong`` / ``EmptyLabel`` / ``NameTooLong`` for names
+    that cannot be asked.
+    """
+    text = text.rstrip(".")
+    if not text:
+        return dns.name.root
+    return dns.name.Name([_label(label) for label in text.split(".")] + [b""])
+
+
+def _label(label: str) -> bytes:
+    """ASCII labels as they are; internationalized ones as IDNA A-labels (xn--), as zones publish them."""
+    if label.isascii():
+        return label.encode("ascii")
+    try:
+        return label.encode("idna")
+    except UnicodeError:
+        return label.encode("utf-8")
+
+
+def name_text(name: dns.name.Name) -> str:
+    """The inverse of :func:`make_name`: labels joined with dots, no escapes, no final dot."""
+    return ".".join(label.decode("utf-8", "replace") for label in name.labels if label)
+
+
+def _key(qname: str, rdtype: str) -> tuple[str, str]:
+    return qname.rstrip(".").lower(), rdtype.upper()
+
+
+class _Cache:
+    """LRU of answers with per-entry expiry; thread-safe because ``resolve_sync`` may run in threads."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> Answer | None:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            if item[0] <= time.monotonic():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return item[1]
+
+    def put(self, key: tuple[str, str], answer: Answer, ttl: float) -> None:
+        if ttl <= 0 or self.size == 0:
+            return
+        with self._lock:
+            self._data[key] = (time.monotonic() + ttl, answer)
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class _LoopState:
+    """What must not cross event loops: the semaphore and the in-flight table.
+
+    ``Engine.scan()`` runs each scan in a fresh ``asyncio.run`` loop, while a
+    server runs one long loop; keeping these per loop makes one Resolver safe
+    for both.
+    """
+
+    __slots__ = ("sem", "inflight")
+
+    def __init__(self, concurrency: int):
+        self.sem = asyncio.Semaphore(concurrency)
+        self.inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
+
+
+class Resolver:
+    """Async stub resolver with a shared TTL cache and a blocking read-through.
+
+    ``nameservers`` are IP addresses (IPv4 or IPv6); ``timeout`` bounds one
+    attempt at one server; ``attempts`` is how many times the list of servers
+    is tried before the answer is ``timeout``.  Truncated UDP answers are
+    retried over TCP.
+    """
+
+    def __init__(self, nameservers: Iterable[str], port: int = 53, timeout: float = 2.0, attempts: int = 2,
+                 cache_size: int = 10000, max_concurrency: int = 64, negative_ttl: float = 300.0,
+                 failure_ttl: float = 5.0, min_ttl: float = 0.0, max_ttl: float = 86400.0):
+        self.nameservers = tuple(nameservers)
+        if not self.nameservers:
+            raise ValueError("a Resolver needs at least one nameserver")
+        self.port = port
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.max_concurrency = max(1, max_concurrency)
+        self.negative_ttl = negative_ttl
+        self.failure_ttl = failure_ttl
+        self.min_ttl = min_ttl
+        self.max_ttl = max_ttl
+        self._cache = _Cache(cache_size)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        self._sync_sem = threading.BoundedSemaphore(self.max_concurrency)
+        #: counters for tests and benchmarks: questions sent to servers, answers served from cache
+        self.sent = 0
+        self.hits = 0
+
+    # ------------------------------------------------------------------ cache
+
+    def cached(self, qname: str, rdtype: str = "A") -> Answer | None:
+        """The cached answer, or None when the question was not asked (or expired)."""
+        answer = self._cache.get(_key(qname, rdtype))
+        if answer is not None:
+            self.hits += 1
+        return answer
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ async
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState(self.max_concurrency)
+        return state
+
+    async def resolve(self, qname: str, rdtype: str = "A", deadline: float | None = None) -> Answer:
+        """Answer ``qname``/``rdtype`` from the cache or the servers; never raises for DNS trouble.
+
+        ``deadline`` is an absolute ``time.monotonic()`` past which no attempt
+        starts (the answer is then ``timeout``).  Concurrent identical questions
+        share one query.
+        """
+        key = _key(qname, rdtype)
+        answer = self.cached(*key)
+        if answer is not None:
+            return answer
+        state = self._state()
+        pending = state.inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        state.inflight[key] = fut
+        try:
+            async with state.sem:
+                answer = await self._ask_async(key[0], key[1], deadline)
+            self._store(key, answer)
+            fut.set_result(answer)
+            return answer
+        except BaseException:  # cancelled by a caller's deadline: waiters see a timeout, not a hang
+            if not fut.done():
+                fut.set_result(Answer(key[0], key[1], "timeout", detail=DEADLINE))
+            raise
+        finally:
+            state.inflight.pop(key, None)
+
+    async def prefetch(self, questions: Iterable["Question"], deadline: float | None = None) -> list[Answer]:
+        """Ask every question at once (duplicates once); returns the answers in first-seen order."""
+        answers: dict[tuple[str, str], Answer | None] = {}
+        for q in questions:
+            key = _key(q.qname, q.rdtype)
+            if key not in answers:
+                answers[key] = self.cached(*key)
+        # Cached answers are read in place; only the missing ones cost a task and a query.
+        missing = [k for k, a in answers.items() if a is None]
+        if missing:
+            for key, answer in zip(missing, await asyncio.gather(*(self.resolve(n, t, deadline) for n, t in missing))):
+                answers[key] = answer
+        return list(answers.values())  # type: ignore[arg-type]
+
+    async def _ask_async(self, qname: str, rdtype: str, deadline: float | None) -> Answer:
+        query = self._make_query(qname, rdtype)
+        if isinstance(query, Answer):
+            return query
+        last = "no attempt made"
+        for _ in range(self.attempts):
+            for server in self.nameservers:
+                timeout = self._attempt_timeout(deadline)
+                if timeout is None:
+                    return Answer(qname, rdtype, "timeout", detail=DEADLINE)
+                self.sent += 1
+                try:
+                    response, _tcp = await dns.asyncquery.udp_with_fallback(
+                        query, server, timeout=timeout, port=self.port)
+                except dns.exception.Timeout:
+                    if timeout < self.timeout:  # cut short by the caller's deadline: not the server's fault
+                        return Answer(qname, rdtype, "timeout", detail=DEADLINE)
+                    last = f"timeout from {server}"
+                    continue
+                except (OSError, dns.exception.DNSException) as exc:
+                    last = f"{server}: {type(exc).__name__}: {exc}"
+                    continue
+                return self._answer_from(qname, rdtype, response)
+        return Answer(qname, rdtype, "timeout", detail=last)
+
+    # ------------------------------------------------------------------ sync
+
+    def resolve_sync(self, qname: str, rdtype: str = "A", timeout: float | None = None) -> Answer:
+        """Blocking read-through of the same cache, for libraries that cannot await.
+
+        Safe to call from worker threads (``asyncio.to_thread``); must not be
+        called on an event loop's thread, where it would stall every scan.
+        """
+        key = _key(qname, rdtype)
+        answer = self.cached(*key)
+        if answer is not None:
+            return answer
+        deadline = None if timeout is None else time.monotonic() + timeout
+        query = self._make_query(*key)
+        if isinstance(query, Answer):
+            return query
+        last = "no attempt made"
+        with self._sync_sem:
+            for _ in range(self.attempts):
+                for server in self.nameservers:
+                    t = self._attempt_timeout(deadline)
+                    if t is None:
+                        return Answer(key[0], key[1], "timeout", detail=DEADLINE)
+                    self.sent += 1
+                    try:
+                        response, _tcp = dns.query.udp_with_fallback(query, server, timeout=t, port=self.port)
+                    except dns.exception.Timeout:
+                        if t < self.timeout:
+                            return Answer(key[0], key[1], "timeout", detail=DEADLINE)
+                        last = f"timeout from {server}"
+                        continue
+                    except (OSError, dns.exception.DNSException) as exc:
+                        last = f"{server}: {type(exc).__name__}: {exc}"
+                        continue
+                    answer = self._answer_from(key[0], key[1], response)
+                    self._store(key, answer)
+                    return answer
+        answer = Answer(key[0], key[1], "timeout", detail=last)
+        self._store(key, answer)
+        return answer
+
+    # ------------------------------------------------------------------ shared
+
+    def _attempt_timeout(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        return min(self.timeout, left) if left > 0.001 else None
+
+    @staticmethod
+    def _make_query(qname: str, rdtype: str) -> dns.message.Message | Answer:
+        try:
+            name = make_name(qname)
+            rdt = dns.rdatatype.from_text(rdtype)
+        except (dns.exception.DNSException, ValueError) as exc:
+            return Answer(qname, rdtype, "invalid", detail=f"{type(exc).__name__}: {exc}")
+        return dns.message.make_query(name, rdt, use_edns=0, payload=EDNS_PAYLOAD)
+
+    def _answer_from(self, qname: str, rdtype: str, response: dns.message.Message) -> Answer:
+        rcode = response.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            return Answer(qname, rdtype, "servfail", detail=dns.rcode.to_text(rcode))
+        rdt = dns.rdatatype.from_text(rdtype)
+        # Follow the CNAME chain inside the answer section.
+        name = make_name(qname)
+        cnames: list[tuple[str, str]] = []
+        ttl = self.max_ttl
+        for _ in range(MAX_CNAME_CHAIN + 1):
+            rrset = _find(response.answer, name, rdt)
+            if rrset is not None:
+                ttl = min(ttl, rrset.ttl)
+                return Answer(qname, rdtype, "ok", tuple(rrset), tuple(cnames), self._clamp(ttl))
+            cname = _find(response.answer, name, dns.rdatatype.CNAME) if rdt != dns.rdatatype.CNAME else None
+            if cname is None:
+                break
+            ttl = min(ttl, cname.ttl)
+            target = cname[0].target
+            cnames.append((name_text(name), name_text(target)))
+            name = target
+        status = "nxdomain" if rcode == dns.rcode.NXDOMAIN and not cnames else "nodata"
+        return Answer(qname, rdtype, status, (), tuple(cnames), self._clamp(self._negative_ttl(response)))
+
+    def _negative_ttl(self, response: dns.message.Message) -> float:
+        """RFC 2308 section 5: min(SOA TTL, SOA MINIMUM) from the authority section, else our default."""
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                return float(min(rrset.ttl, rrset[0].minimum))
+        return self.negative_ttl
+
+    def _clamp(self, ttl: float) -> float:
+        return max(self.min_ttl, min(self.max_ttl, float(ttl)))
+
+    def _store(self, key: tuple[str, str], answer: Answer) -> None:
+        if answer.status == "invalid" or answer.detail == DEADLINE:
+            return
+        ttl = self.failure_ttl if answer.temporary else answer.ttl
+        self._cache.put(key, answer, ttl)
+
+    def close(self) -> None:
+        """Drop the cache.  (Queries use one socket each, so there is nothing else to release.)"""
+        self._cache.clear()
+
+
+def _find(section: list[Any], name: dns.name.Name, rdtype: int) -> Any:
+    for rrset in section:
+        if rrset.rdtype == rdtype and rrset.name == name:
+            return rrset
+    return None
+
+
+def resolver_from_config(config: "Config") -> Resolver | None:
+    """The engine's resolver, or None when ``[dns] nameservers`` is empty (network checks off)."""
+    c = getattr(config, "dns", None)
+    if c is None or not c.nameservers:
+        return None
+    return Resolver(c.nameservers, port=c.port, timeout=c.timeout, attempts=c.attempts, cache_size=c.cache_size,
+                    max_concurrency=c.max_concurrency, negative_ttl=c.negative_ttl, failure_ttl=c.failure_ttl,
+                    min_ttl=c.min_ttl, max_ttl=c.max_ttl)

@@ -1,0 +1,280 @@
+"""DNS blocklists and allow lists (RFC 5782): IP, domain (RHSBL), URI and hashed-identifier lists.
+
+Flow in a scan: :meth:`DnsblCheck.questions` names every A query of every
+enabled, healthy list for this message; the engine prefetches them all at
+once with the other network checks; :meth:`DnsblCheck.arun` then reads the
+answers (from the resolver's cache, so normally without waiting) and turns
+them into symbols through each list's :class:`~antispam.reputation.lists.ListSpec`.
+
+Which Received relays are asked about: the MTA's client IP always (when the
+list takes ``client_ip``); with ``relays``, also the IPs of the Received
+headers *below* the last trusted hop.  Walking the chain from the newest
+header, hops whose IP is in ``trusted_networks`` (our own relays) are
+skipped; everything after the first untrusted hop was written by hosts we do
+not control, so only public addresses are kept, at most ``max_relays``.
+
+List health (RFC 5782 section 5): before first use, and every
+``health_interval`` seconds, each list is asked its test points; a list that
+does not list 127.0.0.2 (or ``test``), lists 127.0.0.1 (or ``invalid``), or
+answers with a "refused" code is disabled with a warning and the
+``DNSBL_LIST_DISABLED`` symbol, until a later health check passes.  A list
+whose answer during a scan is a refused code is disabled the same way.
+Per-list counters (queries, listings, errors, seconds) are kept in
+:attr:`DnsblCheck.stats` for the servers' metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..check import Check, Hit, Question, ScanContext, SymbolDef
+from ..config import Config
+from ..domains import is_ip, registered_domain
+from ..message import Message, domain_of
+from ..store import Store
+from .lists import DEFAULT_SCORES, KNOWN_LISTS, ListSpec, parse_lists, query_name, health_points
+from .netkeys import in_networks, parse_ip, parse_networks
+
+log = logging.getLogger("antispam.dnsbl")
+
+MAX_URL_DOMAINS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class DnsblPlan:
+    """The questions of one scan, computed once in ``questions()`` and read again in ``arun()``."""
+
+    queries: tuple[tuple[ListSpec, str, str, str], ...]  # (list, input, item, query name)
+
+
+@dataclass
+class ListStats:
+    """Counters of one list since start-up (not per scan)."""
+
+    queries: int = 0
+    listed: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    healthy: bool = True
+    reason: str = ""
+    checked_at: float = field(default=-1e18)
+
+
+class DnsblCheck(Check):
+    name = "dnsbl"
+    network = True
+
+    def __init__(self, config: Config, specs: list[ListSpec]):
+        c = config.dnsbl
+        self.cfg = c
+        self.lists = specs
+        self.trusted = parse_networks(c.trusted_networks, "dnsbl.trusted_networks")
+        self.stats = {s.name: ListStats() for s in specs}
+        self._health_lock: asyncio.Lock | None = None
+        syms: dict[str, SymbolDef] = {}
+        for s in specs:
+            for sym in s.symbols():
+                default = DEFAULT_SCORES.get(sym, -1.0 if s.allow else 2.0)
+                desc = s.description or f"Listed in {s.zone}"
+                syms.setdefault(sym, SymbolDef(sym, default, f"{desc} ({s.zone})", "dnswl" if s.allow else "dnsbl"))
+        syms["DNSBL_TEMPFAIL"] = SymbolDef("DNSBL_TEMPFAIL", 0.0, "A DNS list did not answer in time (not a pass)", "dnsbl")
+        syms["DNSBL_LIST_DISABLED"] = SymbolDef("DNSBL_LIST_DISABLED", 0.0,
+                                                "A DNS list failed its health check or refused us; it is not used", "dnsbl")
+        self.symbols = tuple(syms.values())  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ inputs
+
+    def relay_ips(self, msg: Message) -> list[str]:
+        """Public IPs of untrusted Received hops, newest first (see module docstring)."""
+        out: list[str] = []
+        for relay in msg.received:
+            ip = relay.ip
+            if not ip:
+                continue
+            if in_networks(ip, self.trusted):
+                continue
+            addr = parse_ip(ip)
+            if addr is None or not addr.is_global:
+                continue
+            if ip not in out:
+                out.append(ip)
+            if len(out) >= self.cfg.max_relays:
+                break
+        return out
+
+    def items(self, spec: ListSpec, msg: Message, relays: list[str] | None = None) -> list[tuple[str, str]]:
+        """``(input name, item)`` pairs to ask ``spec`` about."""
+        env = msg.envelope
+        out: list[tuple[str, str]] = []
+        for inp in spec.inputs:
+            if inp == "client_ip":
+                if env.client_ip and not in_networks(env.client_ip, self.trusted):
+                    out.append((inp, env.client_ip))
+            elif inp == "relays":
+                out.extend((inp, ip) for ip in (self.relay_ips(msg) if relays is None else relays) if ip != env.client_ip)
+            elif inp == "urls":
+                seen: set[str] = set()
+                for host in msg.url_hosts:
+                    item = host if is_ip(host) else registered_domain(host)
+                    if item and item not in seen:
+                        seen.add(item)
+                        out.append((inp, item))
+                        if len(seen) >= MAX_URL_DOMAINS:
+                            break
+            elif spec.kind == "hash":
+                addr = {"from": msg.from_addr, "mail_from": env.mail_from, "reply_to": msg.reply_to}.get(inp)
+                if addr:
+                    out.append((inp, addr))
+            else:
+                dom = {"mail_from": domain_of(env.mail_from), "from": msg.from_domain, "helo": env.helo,
+                       "rdns": env.hostname, "reply_to": domain_of(msg.reply_to)}.get(inp)
+                if dom and not is_ip(dom):
+                    reg = registered_domain(dom)
+                    if reg:
+                        out.append((inp, reg))
+        # The same item from two inputs is asked once (under the first input that named it).
+        seen_items: set[str] = set()
+        uniq = []
+        for inp, item in out:
+            if item not in seen_items:
+                seen_items.add(item)
+                uniq.append((inp, item))
+        return uniq
+
+    def plan(self, msg: Message) -> DnsblPlan:
+        """Every question of this message to every healthy list."""
+        out = []
+        relays = self.relay_ips(msg) if any("relays" in s.inputs for s in self.lists) else []
+        for spec in self.lists:
+            if not self.stats[spec.name].healthy:
+                continue
+            for inp, item in self.items(spec, msg, relays):
+                q = query_name(spec, item)
+                if q:
+                    out.append((spec, inp, item, q))
+        return DnsblPlan(tuple(out))
+
+    # ------------------------------------------------------------------ scan
+
+    def questions(self, msg: Message, ctx: ScanContext) -> Iterable[Question]:
+        plan = self.plan(msg)
+        ctx.publish(plan)
+        return [Question(q, "A") for _, _, _, q in plan.queries]
+
+    async def arun(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
+        resolver = ctx.resolver
+        if resolver is None:
+            return ()
+        await self._ensure_health(resolver, ctx)
+        hits: dict[str, Hit] = {}
+        plan = ctx.get(DnsblPlan)
+        # The plan predates this scan's health check: drop lists it just disabled.
+        queries = [q for q in (plan or self.plan(msg)).queries if self.stats[q[0].name].healthy]
+        deadline = ctx.deadline
+        t0 = time.monotonic()
+        # Prefetched answers are in the cache: read them without creating a task per question.
+        answers = [resolver.cached(q, "A") for _, _, _, q in queries]
+        missing = [i for i, a in enumerate(answers) if a is None]
+        if missing:
+            fetched = await asyncio.gather(*(resolver.resolve(queries[i][3], "A", deadline) for i in missing))
+            for i, a in zip(missing, fetched):
+                answers[i] = a
+        elapsed = time.monotonic() - t0
+        tempfail: list[str] = []
+        for (spec, inp, item, _), ans in zip(queries, answers):
+            st = self.stats[spec.name]
+            st.queries += 1
+            st.seconds += elapsed / max(1, len(queries))
+            if ans.temporary:
+                st.errors += 1
+                tempfail.append(f"{spec.name}: {item} ({ans.status})")
+                continue
+            if ans.status != "ok":
+                continue
+            found, refused = spec.interpret(ans.values())
+            if refused:
+                self._disable(spec, f"answered a refused/blocked code for {item}")
+                continue
+            for sym, code in found:
+                if inp != "client_ip" and sym in spec.client_only:
+                    continue
+                st.listed += 1
+                opt = f"{item} ({inp}) {code}" if inp != "client_ip" else f"{item} {code}"
+                prev = hits.get(sym)
+                hits[sym] = Hit(sym, 1.0, (prev.options if prev else ()) + (opt,))
+        out = list(hits.values())
+        if tempfail:
+            out.append(Hit("DNSBL_TEMPFAIL", 1.0, tuple(tempfail[:10])))
+        disabled = [f"{s.name}: {self.stats[s.name].reason}" for s in self.lists if not self.stats[s.name].healthy]
+        if disabled:
+            out.append(Hit("DNSBL_LIST_DISABLED", 1.0, tuple(disabled)))
+        return out
+
+    # ------------------------------------------------------------------ health
+
+    def _disable(self, spec: ListSpec, reason: str) -> None:
+        st = self.stats[spec.name]
+        if st.healthy:
+            log.warning("DNS list %s (%s) disabled: %s", spec.name, spec.zone, reason)
+        st.healthy, st.reason = False, reason
+
+    async def _ensure_health(self, resolver: Any, ctx: ScanContext) -> None:
+        """Run the due health checks; concurrent scans wait for one run instead of repeating it."""
+        if self.cfg.health_interval <= 0:
+            return
+        now = time.monotonic()
+        due = [s for s in self.lists if now - self.stats[s.name].checked_at >= self.cfg.health_interval]
+        if not due:
+            return
+        if self._health_lock is None:
+            self._health_lock = asyncio.Lock()
+        async with self._health_lock:
+            due = [s for s in due if time.monotonic() - self.stats[s.name].checked_at >= self.cfg.health_interval]
+            if due:
+                await asyncio.gather(*(self.check_health(s, resolver, ctx.deadline) for s in due))
+
+    async def check_health(self, spec: ListSpec, resolver: Any, deadline: float | None = None) -> bool:
+        """Ask the list's RFC 5782 test points; enable or disable it accordingly."""
+        listed_q, unlisted_q = health_points(spec)
+        pos, neg = await asyncio.gather(resolver.resolve(listed_q, "A", deadline), resolver.resolve(unlisted_q, "A", deadline))
+        st = self.stats[spec.name]
+        st.checked_at = time.monotonic()
+        if pos.temporary or neg.temporary:
+            # Unknown: keep the current state, retry at the next interval.
+            st.errors += 1
+            return st.healthy
+        pos_vals = pos.values() if pos.status == "ok" else []
+        neg_vals = neg.values() if neg.status == "ok" else []
+        refused = any(a in spec.refused for a in pos_vals + neg_vals)
+        # For health, any loopback-range answer is a listing: a bitmask list's test point may set
+        # flags this configuration does not map to symbols.
+        pos_listed = any(a.startswith("127.") for a in pos_vals)
+        neg_listed = any(a.startswith("127.") for a in neg_vals)
+        if refused:
+            self._disable(spec, "test query answered with a refused/blocked code")
+        elif neg_listed:
+            self._disable(spec, f"lists its must-not-list test point {unlisted_q.rstrip('.')} (wildcard or hijacked zone)")
+        elif not pos_listed:
+            self._disable(spec, f"does not list its test point {listed_q.rstrip('.')}")
+        else:
+            if not st.healthy:
+                log.warning("DNS list %s (%s) passed its health check again: enabled", spec.name, spec.zone)
+            st.healthy, st.reason = True, ""
+        return st.healthy
+
+
+def dnsbl_check(config: Config, store: Store) -> Check | None:
+    """Enabled when the configuration names lists and a nameserver is configured."""
+    c = config.dnsbl
+    if not (c.enable or c.lists):
+        return None
+    specs = parse_lists(KNOWN_LISTS, c.lists, c.enable)
+    if not specs or not config.dns.nameservers:
+        if specs:
+            log.warning("DNS lists are configured but [dns] nameservers is empty: blocklists are off")
+        return None
+    return DnsblCheck(config, specs)

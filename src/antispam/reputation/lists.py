@@ -1,0 +1,244 @@
+"""DNS list definitions (RFC 5782): what a list checks and what its answers mean.
+
+A list is data: a zone, the inputs it is asked about, and the meaning of its
+answers.  Answers come in two styles:
+
+* *code* lists answer a distinct ``127.0.0.x`` per reason (``codes`` maps an
+  address to a symbol; ``default_symbol`` catches any other listing);
+* *bitmask* lists answer ``127.0.0.N`` whose last octet is a sum of flags
+  (``bitmask`` maps a flag to a symbol).
+
+Some answers are not listings at all: lists that refuse a resolver (public
+resolvers, over quota, unregistered users) answer with special addresses.
+Those are in ``refused``; they never count as a listing and they disable the
+list until its health check passes again.
+
+The well-known lists below ship *disabled*: enabling one is one line,
+``[dnsbl] enable = ["spamhaus_zen"]``.  Their zones and return codes are the
+lists' own published facts; check each list's usage terms before enabling it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+INPUTS = {
+    "ip": ("client_ip", "relays"),
+    "domain": ("mail_from", "from", "helo", "rdns", "reply_to"),
+    "uri": ("urls",),
+    "hash": ("from", "mail_from", "reply_to"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ListSpec:
+    """One DNS list."""
+
+    name: str
+    zone: str
+    #: "ip" (reversed address), "domain" (a domain name), "uri" (URL registered domains; IP-literal
+    #: URLs are asked as reversed addresses), "hash" (hex digest of an identifier, e.g. an address)
+    kind: str
+    inputs: tuple[str, ...]
+    codes: Mapping[str, str] = field(default_factory=dict)
+    bitmask: Mapping[int, str] = field(default_factory=dict)
+    default_symbol: str | None = None
+    refused: frozenset[str] = frozenset()
+    #: True for allow lists (DNSWL): their symbols score negative
+    allow: bool = False
+    #: digest for "hash" lists: "sha1", "sha256" or "md5"
+    hash: str = "sha1"
+    #: symbols that count only for the connecting client, never for relays (policy lists such
+    #: as Spamhaus PBL name dynamic ranges, which legitimately hand mail to their ISP's relay)
+    client_only: frozenset[str] = frozenset()
+    description: str = ""
+
+    def symbols(self) -> list[str]:
+        out = list(self.codes.values()) + list(self.bitmask.values())
+        if self.default_symbol:
+            out.append(self.default_symbol)
+        return list(dict.fromkeys(out))
+
+    def interpret(self, addresses: list[str]) -> tuple[list[tuple[str, str]], bool]:
+        """Answers -> ``([(symbol, answer)], refused)``.
+
+        Anything outside 127.0.0.0/8 is not a valid DNSBL answer (RFC 5782
+        section 2.3 reserves 127.0.0.0/8) and is ignored, as a hijacked or
+        wildcarded zone would otherwise list the whole Internet.
+        """
+        hits: list[tuple[str, str]] = []
+        refused = False
+        for a in addresses:
+            if a in self.refused:
+                refused = True
+                continue
+            if not a.startswith("127."):
+                continue
+            if self.bitmask:
+                last = int(a.rsplit(".", 1)[1])
+                for flag, sym in self.bitmask.items():
+                    if last & flag:
+                        hits.append((sym, a))
+                continue
+            sym = self.codes.get(a) or self.default_symbol
+            if sym:
+                hits.append((sym, a))
+        return hits, refused
+
+
+def reverse_ip(ip: str) -> str | None:
+    """``192.0.2.1`` -> ``1.2.0.192``; IPv6 as 32 reversed nibbles (RFC 5782 section 2.4)."""
+    try:
+        addr = ipaddress.ip_address(ip.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        else:
+            return ".".join(reversed(addr.exploded.replace(":", "")))
+    return ".".join(reversed(str(addr).split(".")))
+
+
+def query_name(spec: ListSpec, item: str) -> str | None:
+    """The name to ask ``spec`` about ``item``, or None when the item cannot be asked."""
+    if spec.kind == "ip" or (spec.kind == "uri" and _is_ip(item)):
+        rev = reverse_ip(item)
+        return f"{rev}.{spec.zone}." if rev else None
+    if spec.kind == "hash":
+        h = hashlib.new(spec.hash, item.strip().lower().encode("utf-8", "replace")).hexdigest()
+        return f"{h}.{spec.zone}."
+    item = item.strip().rstrip(".").lower()
+    if not item or len(item) > 200 or ".." in item or _is_ip(item):
+        return None
+    try:
+        item = item.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return f"{item}.{spec.zone}."
+
+
+def health_points(spec: ListSpec) -> tuple[str, str]:
+    """(must be listed, must not be listed) per RFC 5782 section 5."""
+    if spec.kind == "ip":
+        return f"2.0.0.127.{spec.zone}.", f"1.0.0.127.{spec.zone}."
+    return f"test.{spec.zone}.", f"invalid.{spec.zone}."
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- known lists
+
+_SPAMHAUS_REFUSED = frozenset({"127.255.255.252", "127.255.255.254", "127.255.255.255"})
+
+KNOWN_LISTS: dict[str, dict[str, Any]] = {
+    "spamhaus_zen": dict(
+        zone="zen.spamhaus.org", kind="ip", inputs=("client_ip", "relays"),
+        codes={"127.0.0.2": "RBL_SPAMHAUS_SBL", "127.0.0.3": "RBL_SPAMHAUS_CSS",
+               "127.0.0.4": "RBL_SPAMHAUS_XBL", "127.0.0.5": "RBL_SPAMHAUS_XBL", "127.0.0.6": "RBL_SPAMHAUS_XBL",
+               "127.0.0.7": "RBL_SPAMHAUS_XBL", "127.0.0.9": "RBL_SPAMHAUS_DROP",
+               "127.0.0.10": "RBL_SPAMHAUS_PBL", "127.0.0.11": "RBL_SPAMHAUS_PBL"},
+        refused=_SPAMHAUS_REFUSED, client_only=frozenset({"RBL_SPAMHAUS_PBL"}),
+        description="Spamhaus ZEN: SBL, CSS, XBL, DROP and PBL in one zone (PBL only on the client IP)"),
+    "spamcop": dict(zone="bl.spamcop.net", kind="ip", inputs=("client_ip", "relays"),
+                    codes={"127.0.0.2": "RBL_SPAMCOP"}, description="SpamCop blocking list"),
+    "barracuda": dict(zone="b.barracudacentral.org", kind="ip", inputs=("client_ip",),
+                      codes={"127.0.0.2": "RBL_BARRACUDA"}, description="Barracuda reputation block list (registration required)"),
+    "dnswl": dict(zone="list.dnswl.org", kind="ip", inputs=("client_ip",), allow=True,
+                  codes={}, default_symbol="RCVD_IN_DNSWL", refused=frozenset({"127.0.0.255"}),
+                  description="DNSWL.org allow list: 127.0.<category>.<trust 0-3>"),
+    "spamhaus_dbl": dict(
+        zone="dbl.spamhaus.org", kind="domain", inputs=("mail_from", "from", "helo", "rdns", "reply_to"),
+        codes={"127.0.1.2": "DBL_SPAM", "127.0.1.4": "DBL_PHISH", "127.0.1.5": "DBL_MALWARE", "127.0.1.6": "DBL_BOTNET",
+               "127.0.1.102": "DBL_ABUSED_LEGIT", "127.0.1.103": "DBL_ABUSED_LEGIT", "127.0.1.104": "DBL_ABUSED_LEGIT",
+               "127.0.1.105": "DBL_ABUSED_LEGIT", "127.0.1.106": "DBL_ABUSED_LEGIT"},
+        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, description="Spamhaus domain block list (sender and HELO domains)"),
+    "spamhaus_dbl_uri": dict(
+        zone="dbl.spamhaus.org", kind="uri", inputs=("urls",),
+        codes={"127.0.1.2": "URI_DBL_SPAM", "127.0.1.4": "URI_DBL_PHISH", "127.0.1.5": "URI_DBL_MALWARE",
+               "127.0.1.6": "URI_DBL_BOTNET"},
+        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, description="Spamhaus DBL on URL domains"),
+    "surbl": dict(zone="multi.surbl.org", kind="uri", inputs=("urls",),
+                  bitmask={8: "SURBL_PHISH", 16: "SURBL_MALWARE", 64: "SURBL_ABUSE", 128: "SURBL_CRACKED"},
+                  description="SURBL multi: bitmask of phishing, malware, abuse and cracked-site lists"),
+    "uribl": dict(zone="multi.uribl.com", kind="uri", inputs=("urls",),
+                  bitmask={2: "URIBL_BLACK", 4: "URIBL_GREY", 8: "URIBL_RED"},
+                  refused=frozenset({"127.0.0.1"}), description="URIBL multi: 127.0.0.1 means the query was refused"),
+}
+
+
+#: Default scores of the symbols of the known lists (configuration overrides them).
+DEFAULT_SCORES: dict[str, float] = {
+    "RBL_SPAMHAUS_SBL": 4.0, "RBL_SPAMHAUS_CSS": 3.0, "RBL_SPAMHAUS_XBL": 4.0, "RBL_SPAMHAUS_DROP": 6.0,
+    "RBL_SPAMHAUS_PBL": 1.5, "RBL_SPAMCOP": 2.5, "RBL_BARRACUDA": 2.5, "RCVD_IN_DNSWL": -2.0,
+    "DBL_SPAM": 4.0, "DBL_PHISH": 5.0, "DBL_MALWARE": 5.0, "DBL_BOTNET": 5.0, "DBL_ABUSED_LEGIT": 1.0,
+    "URI_DBL_SPAM": 4.5, "URI_DBL_PHISH": 6.0, "URI_DBL_MALWARE": 6.0, "URI_DBL_BOTNET": 6.0,
+    "SURBL_PHISH": 6.0, "SURBL_MALWARE": 6.0, "SURBL_ABUSE": 4.5, "SURBL_CRACKED": 3.0,
+    "URIBL_BLACK": 4.5, "URIBL_GREY": 1.0, "URIBL_RED": 0.5,
+}
+
+
+def parse_lists(known: Mapping[str, Mapping[str, Any]], custom: Mapping[str, Any], enable: tuple[str, ...],
+                key: str = "dnsbl") -> list[ListSpec]:
+    """Build the enabled lists: the known ones named in ``enable`` plus every custom table."""
+    specs: list[ListSpec] = []
+    for name in enable:
+        if name not in known and name not in custom:
+            raise ConfigError(f"unknown list {name!r} (known: {', '.join(sorted(known))})", key=f"{key}.enable")
+    for name in enable:
+        if name in known and name not in custom:
+            specs.append(_spec(name, known[name], f"{key}.enable"))
+    for name, table in custom.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError("must be a table", key=f"{key}.lists.{name}")
+        specs.append(_spec(name, table, f"{key}.lists.{name}"))
+    return specs
+
+
+_FIELDS = {"zone", "kind", "inputs", "codes", "bitmask", "default_symbol", "refused", "allow", "hash", "description",
+           "client_only"}
+
+
+def _spec(name: str, t: Mapping[str, Any], key: str) -> ListSpec:
+    unknown = set(t) - _FIELDS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_FIELDS))})", key=key)
+    zone = t.get("zone")
+    if not isinstance(zone, str) or not zone or " " in zone:
+        raise ConfigError("needs a zone name", key=f"{key}.zone")
+    kind = t.get("kind", "ip")
+    if kind not in INPUTS:
+        raise ConfigError(f"must be one of {', '.join(INPUTS)}", key=f"{key}.kind")
+    inputs = tuple(t.get("inputs", INPUTS[kind][:1]))
+    bad = [i for i in inputs if i not in INPUTS[kind]]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} cannot be asked of a {kind} list (allowed: {', '.join(INPUTS[kind])})",
+                          key=f"{key}.inputs")
+    codes = dict(t.get("codes", {}))
+    for addr in codes:
+        if not addr.startswith("127."):
+            raise ConfigError(f"return code {addr!r} is outside 127.0.0.0/8", key=f"{key}.codes")
+    try:
+        bitmask = {int(k): v for k, v in dict(t.get("bitmask", {})).items()}
+    except ValueError:
+        raise ConfigError("bitmask keys must be integers", key=f"{key}.bitmask") from None
+    default_symbol = t.get("default_symbol")
+    if not codes and not bitmask and not default_symbol:
+        default_symbol = "RBL_" + name.upper()
+    h = t.get("hash", "sha1")
+    if h not in ("sha1", "sha256", "md5"):
+        raise ConfigError("must be sha1, sha256 or md5", key=f"{key}.hash")
+    return ListSpec(name=name, zone=zone.rstrip(".").lower(), kind=kind, inputs=inputs, codes=codes, bitmask=bitmask,
+                    default_symbol=default_symbol, refused=frozenset(t.get("refused", ())), allow=bool(t.get("allow", False)),
+                    hash=h, description=str(t.get("description", "")), client_only=frozenset(t.get("client_only", ())))

@@ -1,0 +1,75 @@
+"""DNS list semantics without the network: query names, answer interpretation, configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from antispam.errors import ConfigError
+from antispam.reputation.lists import KNOWN_LISTS, ListSpec, parse_lists, query_name, reverse_ip, health_points
+
+
+def spec(**kw):
+    base = dict(name="t", zone="bl.test", kind="ip", inputs=("client_ip",))
+    base.update(kw)
+    return ListSpec(**base)
+
+
+def test_reverse_ip_v4_v6_and_mapped():
+    assert reverse_ip("192.0.2.1") == "1.2.0.192"
+    assert reverse_ip("2001:db8::1") == "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2"
+    assert reverse_ip("::ffff:192.0.2.9") == "9.2.0.192"
+    assert reverse_ip("not-an-ip") is None
+
+
+def test_query_names_per_kind():
+    assert query_name(spec(), "192.0.2.1") == "1.2.0.192.bl.test."
+    assert query_name(spec(kind="domain"), "Mail.Example.COM.") == "mail.example.com.bl.test."
+    assert query_name(spec(kind="domain"), "bücher.example") == "xn--bcher-kva.example.bl.test."
+    assert query_name(spec(kind="domain"), "a..b") is None
+    assert query_name(spec(kind="uri"), "44.4.4.4") == "4.4.4.44.bl.test."
+    assert query_name(spec(kind="hash", hash="md5"), " X@Example.com ") == \
+        __import__("hashlib").md5(b"x@example.com").hexdigest() + ".bl.test."
+
+
+def test_interpret_codes_default_and_refused():
+    s = spec(codes={"127.0.0.2": "A", "127.0.0.4": "B"}, default_symbol="ANY", refused=frozenset({"127.255.255.254"}))
+    assert s.interpret(["127.0.0.2", "127.0.0.9"]) == ([("A", "127.0.0.2"), ("ANY", "127.0.0.9")], False)
+    assert s.interpret(["127.255.255.254"]) == ([], True)
+    assert s.interpret(["10.1.1.1"]) == ([], False)          # outside 127/8: never a listing
+
+
+def test_interpret_bitmask():
+    s = spec(kind="uri", bitmask={2: "BLACK", 4: "GREY", 8: "RED"})
+    assert s.interpret(["127.0.0.10"]) == ([("BLACK", "127.0.0.10"), ("RED", "127.0.0.10")], False)
+
+
+def test_test_points():
+    assert health_points(spec()) == ("2.0.0.127.bl.test.", "1.0.0.127.bl.test.")
+    assert health_points(spec(kind="uri")) == ("test.bl.test.", "invalid.bl.test.")
+
+
+def test_known_lists_parse_and_have_descriptions():
+    specs = parse_lists(KNOWN_LISTS, {}, tuple(KNOWN_LISTS))
+    assert len(specs) == len(KNOWN_LISTS)
+    assert all(s.description and s.symbols() for s in specs)
+    zen = next(s for s in specs if s.name == "spamhaus_zen")
+    assert zen.interpret(["127.255.255.254"])[1] is True and "RBL_SPAMHAUS_PBL" in zen.client_only
+
+
+@pytest.mark.parametrize("table,key", [
+    ({"kind": "ip"}, "dnsbl.lists.x.zone"),
+    ({"zone": "a.test", "inputs": ["urls"]}, "dnsbl.lists.x.inputs"),
+    ({"zone": "a.test", "codes": {"10.0.0.1": "X"}}, "dnsbl.lists.x.codes"),
+    ({"zone": "a.test", "bitmask": {"two": "X"}}, "dnsbl.lists.x.bitmask"),
+    ({"zone": "a.test", "colour": "red"}, "dnsbl.lists.x"),
+    ({"zone": "a.test", "kind": "hash", "inputs": ["from"], "hash": "crc32"}, "dnsbl.lists.x.hash"),
+])
+def test_bad_list_tables_name_the_key(table, key):
+    with pytest.raises(ConfigError) as ei:
+        parse_lists(KNOWN_LISTS, {"x": table}, ())
+    assert ei.value.key == key
+
+
+def test_custom_list_without_codes_gets_a_default_symbol():
+    (s,) = parse_lists({}, {"mine": {"zone": "Mine.Test."}}, ())
+    assert s.zone == "mine.test" and s.default_symbol == "RBL_MINE"

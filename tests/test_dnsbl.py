@@ -1,0 +1,169 @@
+"""DNS lists against a real DNS server on loopback: every list style, refused codes, health, relays, deadlines."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from antispam import Config, Engine, Envelope
+from antispam.errors import ConfigError
+
+from .dnsserver import DNSServer
+
+ADDR_SHA1 = hashlib.sha1(b"x@phish.example").hexdigest()
+
+ZONE = {
+    # IP list with codes
+    "2.0.0.127.bl.test": [("A", "127.0.0.2")],
+    "4.3.2.1.bl.test": [("A", "127.0.0.2"), ("A", "127.0.0.4")],   # client 1.2.3.4
+    "8.7.6.5.bl.test": [("A", "127.0.0.3")],                        # relay 5.6.7.8
+    "9.9.9.9.bl.test": [("A", "10.0.0.1")],                         # 9.9.9.9: answer outside 127/8
+    # a list that refuses us
+    "2.0.0.127.refusing.test": [("A", "127.255.255.254")],
+    "4.3.2.1.refusing.test": [("A", "127.255.255.254")],
+    # a wildcard zone (lists its must-not-list test point)
+    "2.0.0.127.wild.test": [("A", "127.0.0.2")],
+    "1.0.0.127.wild.test": [("A", "127.0.0.2")],
+    "4.3.2.1.wild.test": [("A", "127.0.0.2")],
+    # allow list
+    "2.0.0.127.wl.test": [("A", "127.0.10.1")],
+    "1.1.1.11.wl.test": [("A", "127.0.15.3")],                     # client 11.1.1.1
+    # URI bitmask list
+    "test.uri.test": [("A", "127.0.0.2")],
+    "badlinks.example.uri.test": [("A", "127.0.0.6")],
+    "4.4.4.44.uri.test": [("A", "127.0.0.2")],                      # IP-literal URL http://44.4.4.4/
+    # domain list (RHSBL)
+    "test.rhs.test": [("A", "127.0.0.2")],
+    "spamsender.example.rhs.test": [("A", "127.0.0.2")],
+    # hashed identifiers
+    "test.hash.test": [("A", "127.0.0.2")],
+    f"{ADDR_SHA1}.hash.test": [("A", "127.0.0.2")],
+    # a list whose lookups hang (test points answer, listings time out)
+    "2.0.0.127.slow.test": [("A", "127.0.0.2")],
+    "4.3.2.1.slow.test": [("TIMEOUT", None)],
+}
+
+LISTS = {
+    "bl": {"zone": "bl.test", "inputs": ["client_ip", "relays"],
+           "codes": {"127.0.0.2": "TEST_BL", "127.0.0.4": "TEST_BL_EXPLOITED", "127.0.0.3": "TEST_BL_POLICY"},
+           "client_only": ["TEST_BL_POLICY"]},
+    "refusing": {"zone": "refusing.test", "default_symbol": "TEST_REFUSING", "refused": ["127.255.255.254"]},
+    "wild": {"zone": "wild.test", "default_symbol": "TEST_WILD"},
+    "wl": {"zone": "wl.test", "allow": True, "default_symbol": "TEST_WL"},
+    "uri": {"zone": "uri.test", "kind": "uri", "inputs": ["urls"], "bitmask": {2: "TEST_URI_BLACK", 4: "TEST_URI_GREY"}},
+    "rhs": {"zone": "rhs.test", "kind": "domain", "inputs": ["mail_from", "helo"], "default_symbol": "TEST_RHS"},
+    "hash": {"zone": "hash.test", "kind": "hash", "inputs": ["from"], "default_symbol": "TEST_HASH"},
+    "slow": {"zone": "slow.test", "default_symbol": "TEST_SLOW"},
+}
+
+
+@pytest.fixture(scope="module")
+def dns():
+    with DNSServer(ZONE) as s:
+        yield s
+
+
+def engine(dns, lists=LISTS, **dnsbl):
+    cfg = Config.load(overrides={
+        "dns": {"nameservers": ["127.0.0.1"], "port": dns.port, "timeout": 0.3, "attempts": 1},
+        "dnsbl": {"lists": lists, **dnsbl},
+        "engine": {"scan_deadline": 2.0},
+        "scores": {"TEST_WL": -3.0},
+    })
+    return Engine(cfg, checks=[c for c in Engine(cfg).checks if c.name == "dnsbl"])
+
+
+MSG = (b"Received: from relay.example (relay.example [5.6.7.8]) by mx.ours.example; Mon, 2 Nov 2026 10:00:00 +0000\n"
+       b"Received: from lan (lan [192.168.1.20]) by relay.example; Mon, 2 Nov 2026 09:59:00 +0000\n"
+       b"From: Someone <x@phish.example>\nSubject: hi\n\n"
+       b"visit http://www.badlinks.example/a and http://44.4.4.4/x and http://fine.example/\n")
+
+
+def test_ip_codes_relays_and_client_only(dns):
+    e = engine(dns, lists={"bl": LISTS["bl"]})
+    v = e.scan(MSG, Envelope(client_ip="1.2.3.4", helo="h.example"))
+    assert v.symbols["TEST_BL"].options == ("1.2.3.4 127.0.0.2",)
+    assert v.symbols["TEST_BL_EXPLOITED"].options == ("1.2.3.4 127.0.0.4",)
+    # The relay 5.6.7.8 is listed with the policy code, which counts only for the client.
+    assert not v.has("TEST_BL_POLICY")
+    v = e.scan(MSG, Envelope(client_ip="5.6.7.8"))
+    assert v.has("TEST_BL_POLICY")
+
+
+def test_relay_listing_counts_for_non_policy_codes(dns):
+    lists = {"bl": {**LISTS["bl"], "client_only": []}}
+    v = engine(dns, lists=lists).scan(MSG, Envelope(client_ip="11.1.1.1"))
+    assert v.symbols["TEST_BL_POLICY"].options == ("5.6.7.8 (relays) 127.0.0.3",)
+
+
+def test_trusted_client_is_not_asked(dns):
+    e = engine(dns, lists={"bl": LISTS["bl"]}, trusted_networks=["1.2.3.0/24"])
+    v = e.scan(b"Subject: x\n\nbody\n", Envelope(client_ip="1.2.3.4"))
+    assert not v.has("TEST_BL")
+
+
+def test_answers_outside_loopback_range_are_ignored(dns):
+    v = engine(dns, lists={"bl": LISTS["bl"]}).scan(b"\n\n", Envelope(client_ip="9.9.9.9"))
+    assert not any(s.startswith("TEST_BL") for s in v.symbols)
+
+
+def test_refused_and_wildcard_lists_are_disabled(dns):
+    e = engine(dns, lists={"refusing": LISTS["refusing"], "wild": LISTS["wild"]})
+    v = e.scan(b"\n\n", Envelope(client_ip="1.2.3.4"))
+    assert not v.has("TEST_REFUSING") and not v.has("TEST_WILD")
+    reasons = " ".join(v.symbols["DNSBL_LIST_DISABLED"].options)
+    assert "refusing: test query answered with a refused" in reasons and "wild: lists its must-not-list" in reasons
+    check = e.checks[0]
+    assert check.stats["refusing"].healthy is False and check.stats["wild"].healthy is False
+
+
+def test_allow_list_scores_negative(dns):
+    v = engine(dns, lists={"wl": LISTS["wl"]}).scan(b"\n\n", Envelope(client_ip="11.1.1.1"))
+    assert v.symbols["TEST_WL"].score == -3.0 and v.symbols["TEST_WL"].options == ("11.1.1.1 127.0.15.3",)
+
+
+def test_uri_bitmask_domains_and_ip_literals(dns):
+    v = engine(dns, lists={"uri": LISTS["uri"]}).scan(MSG, Envelope())
+    assert v.symbols["TEST_URI_BLACK"].options == ("badlinks.example (urls) 127.0.0.6", "44.4.4.4 (urls) 127.0.0.2")
+    assert v.symbols["TEST_URI_GREY"].options == ("badlinks.example (urls) 127.0.0.6",)
+
+
+def test_domain_and_hash_lists(dns):
+    e = engine(dns, lists={"rhs": LISTS["rhs"], "hash": LISTS["hash"]})
+    v = e.scan(MSG, Envelope(mail_from="bounce@mail.spamsender.example", helo="clean.example"))
+    assert v.symbols["TEST_RHS"].options == ("spamsender.example (mail_from) 127.0.0.2",)
+    assert v.symbols["TEST_HASH"].options == ("x@phish.example (from) 127.0.0.2",)
+
+
+def test_timeouts_are_tempfail_not_pass(dns):
+    v = engine(dns, lists={"slow": LISTS["slow"], "bl": LISTS["bl"]}).scan(b"\n\n", Envelope(client_ip="1.2.3.4"))
+    assert v.has("TEST_BL")                          # the other list still answered
+    assert "slow: 1.2.3.4 (timeout)" in v.symbols["DNSBL_TEMPFAIL"].options
+    assert v.timings["total"] < 2.0
+
+
+def test_all_questions_prefetched_once(dns):
+    e = engine(dns)
+    before = len(dns.queries)
+    e.scan(MSG, Envelope(client_ip="1.2.3.4", mail_from="a@spamsender.example", helo="h.example"))
+    asked = [q for q in dns.queries[before:] if not q[0].rstrip(".").startswith(("2.0.0.127", "1.0.0.127", "test.", "invalid."))]
+    names = [q[0] for q in asked]
+    assert len(names) == len(set(names)), "a question was sent twice in one scan"
+
+
+def test_known_lists_enable_by_name_and_unknown_is_error(dns):
+    cfg = Config.load(overrides={"dns": {"nameservers": ["127.0.0.1"], "port": dns.port}, "dnsbl": {"enable": ["spamhaus_zen", "surbl"]}})
+    check = [c for c in Engine(cfg).checks if c.name == "dnsbl"][0]
+    assert [s.zone for s in check.lists] == ["zen.spamhaus.org", "multi.surbl.org"]
+    assert "RBL_SPAMHAUS_SBL" in {s.name for s in check.symbols}
+    with pytest.raises(ConfigError, match="dnsbl.enable"):
+        Engine(Config.load(overrides={"dns": {"nameservers": ["127.0.0.1"]}, "dnsbl": {"enable": ["nosuchlist"]}}))
+    with pytest.raises(ConfigError, match="dnsbl.lists.bad.kind"):
+        Engine(Config.load(overrides={"dns": {"nameservers": ["127.0.0.1"]}, "dnsbl": {"lists": {"bad": {"zone": "x.test", "kind": "weird"}}}}))
+
+
+def test_no_nameserver_means_no_lookups():
+    cfg = Config.load(overrides={"dnsbl": {"enable": ["spamhaus_zen"]}})
+    e = Engine(cfg)
+    assert e.network_checks == [] and e.resolver is None
