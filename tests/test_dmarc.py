@@ -233,3 +233,16 @@ def test_aggregate_records_collected_from_verdicts(server):
     xml = agg.to_xml()
     assert len(xml) == 2 and {x.findtext("row/count") for x in xml} == {"2", "1"}
     assert {x.findtext("row/policy_evaluated/disposition") for x in xml} == {"none", "reject"}
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=120))
+def test_record_parser_and_walk_take_any_text(text):
+    rec = parse_record("v=DMARC1; " + text)
+    assert rec is not None and rec.p in ("none", "quarantine", "reject") and 0 <= rec.pct <= 100
+    names = walk_names(text)
+    assert len(names) <= 8 and all(n.endswith(names[-1]) for n in names)
