@@ -139,7 +139,16 @@ class Sink:
                     sink.messages.append((envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content))
                 return "250 2.0.0 stored"
 
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, decode_data=False)
+        from aiosmtpd.smtp import SMTP
+
+        class LongLines(SMTP):
+            line_length_limit = 64 * 1024  # like Postfix's smtpd, which takes long lines
+
+        class SinkController(Controller):
+            def factory(self):  # type: ignore[no-untyped-def]
+                return LongLines(self.handler, hostname="sink.test", decode_data=False)
+
+        self.controller = SinkController(Handler(), hostname="127.0.0.1", port=self.port)
         self.controller.start()
 
     def down(self) -> None:

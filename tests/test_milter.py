@@ -158,3 +158,28 @@ def test_bad_packet_closes_the_connection(milter):
     c.negotiate()
     c.send(b"Z", b"what")
     assert c.sock.recv(10) == b""
+
+
+def test_per_recipient_settings_split_transactions():
+    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
+                           "recipients": {"@lenient.test": "lenient"}})
+    st = ServerThread(MilterServer(Engine(cfg, checks=[GtubeCheck()]), MilterConfig(port=0)))
+    try:
+        c = MilterClient(st.port)
+        _, _, protocol = c.negotiate()
+        assert not protocol & 0x8000  # RCPT is answered when recipients have profiles
+        c.session()
+        c.send(b"M", b"<ana@sender.test>\0")  # no reply: NR_MAIL
+        c.send(b"R", b"<bo@rcpt.test>\0")
+        assert c.recv()[0] == b"c"
+        c.send(b"R", b"<cy@lenient.test>\0")
+        cmd, data = c.recv()
+        assert cmd == b"y" and data.startswith(b"452 4.5.3")
+        c.send(b"A")
+        replies = c.message(spam(), rcpts=("cy@lenient.test",))
+        assert replies[-1][0] == b"c" and dict(headers_added(replies))["X-Spam-Action"] == "no action"
+        replies = c.message(spam(), rcpts=("bo@rcpt.test",))
+        assert replies[-1][0] == b"y"
+        c.quit()
+    finally:
+        st.stop()

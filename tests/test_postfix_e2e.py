@@ -9,6 +9,7 @@ gets 4xx and delivers on retry).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -119,7 +120,7 @@ class Slow(Check):
     symbols = (SymbolDef("SLOW", 0.0, "test", "test"),)
 
     def run(self, msg, ctx):  # type: ignore[no-untyped-def]
-        time.sleep(5.0)
+        time.sleep(2.5)
         return []
 
 
@@ -127,7 +128,8 @@ def test_slow_milter_is_no_loss(postfix, sink):
     port = free_port()
     slow = ServerThread(MilterServer(Engine(checks=[GtubeCheck(), Slow()]), MilterConfig(port=port, workers=0)))
     try:
-        postfix.set(smtpd_milters=f"inet:127.0.0.1:{port}", milter_default_action="tempfail")
+        postfix.set(smtpd_milters=f"inet:127.0.0.1:{port}", milter_default_action="tempfail",
+                    milter_content_timeout="1s")
         raw = ham(subject="e2e slow tempfail")
         r = pf.swaks(postfix.port, raw)
         assert r.returncode != 0 and "451 4.7.1" in r.stdout, r.stdout[-1500:]
@@ -138,6 +140,7 @@ def test_slow_milter_is_no_loss(postfix, sink):
         assert len(got) == 1 and b"X-Spam-Flag" not in got[0][2]
         assert sink.wait_for(marker("e2e slow tempfail"), timeout=0.5) == []
     finally:
+        postfix.set(milter_content_timeout="3s")
         slow.stop()
 
 
@@ -190,4 +193,44 @@ def test_content_filter_after_queue_survives_kill_9(sink):
             proc.send_signal(signal.SIGCONT)
             proc.kill()
             proc.wait()
+        p.stop()
+
+
+# --------------------------------------------------------------------------- smtpd_proxy_filter (before-queue)
+
+
+def test_proxy_filter_before_queue(sink):
+    """swaks -> Postfix smtpd (smtpd_proxy_filter) -> our filter -> Postfix smtpd on R -> sink.
+    Spam is refused at end of DATA with the client still connected; the checks see the real
+    client's HELO through XFORWARD; with the filter down the client gets 4xx, not a lost message."""
+    from antispam.config import SmtpConfig
+    from antispam.servers.smtp import SmtpFilterServer
+    from server_helpers import EnvelopeProbe
+
+    fport, rport = free_port(), free_port()
+    probe = EnvelopeProbe()
+    filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck(), probe]), SmtpConfig(
+        port=fport, mode="before-queue", next_hop=f"127.0.0.1:{rport}")))
+    p = pf.Postfix(relay_port=sink.port, smtpd_options=(
+        f"  -o smtpd_proxy_filter=127.0.0.1:{fport}\n  -o smtpd_proxy_options=speed_adjust\n"),
+        extra_master=(f"127.0.0.1:{rport} inet n - n - - smtpd -o smtpd_proxy_filter="
+                      " -o smtpd_authorized_xforward_hosts=127.0.0.0/8"
+                      " -o receive_override_options=no_unknown_recipient_checks\n"))
+    try:
+        r = pf.swaks(p.port, spam(subject="pf spam"))
+        assert r.returncode != 0 and "550 5.7.1 Message rejected as spam" in r.stdout, r.stdout[-1500:]
+        r = pf.swaks(p.port, ham(subject="pf ham"))
+        assert r.returncode == 0, r.stdout[-1500:]
+        got = sink.wait_for(marker("pf ham"))
+        assert len(got) == 1 and b"X-Spam-Flag: NO" in got[0][2]
+        env, _ = probe.seen[-1]
+        assert env.helo == "client.sender.test" and env.client_ip == "127.0.0.1"  # via XFORWARD
+        assert sink.wait_for(marker("pf spam"), timeout=0.3) == []
+        filt.stop()
+        r = pf.swaks(p.port, ham(subject="pf filter down"))
+        assert r.returncode != 0 and re.search(r"<\*\* +4\d\d ", r.stdout), r.stdout[-1500:]
+        assert sink.wait_for(marker("pf filter down"), timeout=1.0) == []
+    finally:
+        if filt.loop.is_running():
+            filt.stop()
         p.stop()

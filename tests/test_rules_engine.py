@@ -165,6 +165,11 @@ def test_engine_default_has_rules():
     ham = e.scan(b"Subject: lunch\nDate: Mon, 1 Jan 2024 10:00:00 +0000\nMessage-Id: <1@a.example>\n"
                  b"From: a@a.example\nTo: b@a.example\n\nSee you at noon.\n")
     assert sum(s.score for s in ham.symbols.values() if s.name.startswith("AS_")) < 1
+    fired = {n for n in v.symbols if n.startswith("AS_")}
+    assert len(fired) >= 3 and v.score >= 5, (fired, v.score)
+    assert e.scan(b"Subject: lunch\nDate: Mon, 1 Jan 2024 10:00:00 +0000\nMessage-Id: <1@a.example>\n"
+                  b"From: a@a.example\nTo: b@a.example\n\nHi Bob,\n\nShall we meet at noon at the usual place? "
+                  b"I will bring the notes from yesterday's meeting.\n\nCheers,\nAnn\n").score < 1
 
 
 def test_config_section_selects_engine_and_dirs(rules_file, tmp_path):

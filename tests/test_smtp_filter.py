@@ -238,3 +238,50 @@ def test_sigterm_drains_in_flight_messages(sink):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_recipients_with_other_settings_go_in_their_own_transaction(sink):
+    from antispam import Config
+
+    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
+                           "recipients": {"@lenient.test": "lenient"}})
+    f = start(sink, engine=Engine(cfg), mode="before-queue")
+    try:
+        raw = spam(subject="per rcpt")
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("ana@sender.test")
+            assert s.rcpt("bo@rcpt.test")[0] == 250
+            code, msg = s.rcpt("cy@lenient.test")
+            assert code == 452 and msg.startswith(b"4.5.3")
+            assert s.data(raw)[0] == 550  # bo's settings: reject
+        send(f.port, raw, rcpts=("cy@lenient.test", "dee@lenient.test"))  # the deferred recipient, retried
+        (got,) = sink.wait_for(marker("per rcpt"))
+        assert got[1] == ("cy@lenient.test", "dee@lenient.test")
+        assert b"X-Spam-Action: no action" in got[2]  # the lenient profile's verdict
+    finally:
+        f.stop()
+
+
+def test_long_lines_are_relayed_not_refused(sink):
+    f = start(sink)
+    try:
+        long_line = "word " * 600  # 3,000 characters on one line
+        send(f.port, ham(subject="long line", body=long_line + "\n"))
+        (got,) = sink.wait_for(marker("long line"))
+        assert long_line.strip().encode() in got[2]
+    finally:
+        f.stop()
+
+
+def test_kept_next_hop_connection_that_died_is_replaced(sink):
+    f = start(sink)
+    try:
+        send(f.port, ham(subject="before restart"))
+        sink.down()  # closes the connection the relay thread kept
+        sink.up()
+        send(f.port, ham(subject="after restart"))
+        assert len(sink.wait_for(marker("before restart"))) == 1
+        assert len(sink.wait_for(marker("after restart"))) == 1
+    finally:
+        f.stop()

@@ -38,9 +38,10 @@ cdef uint64_t FNV64_OFFSET = 0xCBF29CE484222325ULL
 cdef uint64_t FNV64_PRIME = 0x100000001B3ULL
 
 # Must equal the constants of the twin.
-DEF MIN_WORD = 2
-DEF MAX_WORD = 20
-DEF MAX_CLUES = 64
+cdef enum:
+    MIN_WORD = 2
+    MAX_WORD = 20
+    MAX_CLUES = 64
 
 # 1 for ASCII word characters (alnum and _ $ ' . -), 2 for those also trimmed from word ends (_ ' . -).
 cdef unsigned char ASCII_CLASS[128]

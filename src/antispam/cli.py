@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "antispam.ruleset.cli",
     "antispam.servers.cli",
     "antispam.auth.cli",
+    "antispam.fit",
 )
 
 

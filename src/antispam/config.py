@@ -354,9 +354,26 @@ class Config:
     # ------------------------------------------------------------------ loading
 
     @classmethod
+    def default(cls) -> "Config":
+        """The embedded defaults: the dataclass defaults with ``antispam/default.toml`` laid over them.
+
+        ``default.toml`` holds what is data rather than code, such as the
+        scores fitted on the TRAIN corpus by ``antispam fit``.
+        """
+        global _DEFAULT
+        if _DEFAULT is None:
+            cfg = cls()
+            if _DEFAULT_TOML.exists():
+                with open(_DEFAULT_TOML, "rb") as fh:
+                    cfg = cfg.merged(tomllib.load(fh), source="<embedded default.toml>")
+                cfg = dataclasses.replace(cfg, sources=("<defaults>",))
+            _DEFAULT = cfg
+        return _DEFAULT
+
+    @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":
-        """Defaults < TOML file at ``path`` < ``overrides`` (same nested shape as the file)."""
-        cfg = cls()
+        """Embedded defaults < TOML file at ``path`` < ``overrides`` (same nested shape as the file)."""
+        cfg = cls.default()
         if path is not None:
             p = Path(path)
             try:
@@ -428,6 +445,9 @@ class Config:
             out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else {k: (dict(x) if isinstance(x, Mapping) else x) for k, x in v.items()}
         return out
 
+
+_DEFAULT_TOML = Path(__file__).resolve().parent / "default.toml"
+_DEFAULT: Config | None = None
 
 # Every field of Config whose type is a dataclass is a section: adding a
 # section is adding one field above, nothing else.

@@ -257,10 +257,17 @@ class Resolver:
 
     async def prefetch(self, questions: Iterable["Question"], deadline: float | None = None) -> list[Answer]:
         """Ask every question at once (duplicates once); returns the answers in first-seen order."""
-        seen: dict[tuple[str, str], None] = {}
+        answers: dict[tuple[str, str], Answer | None] = {}
         for q in questions:
-            seen.setdefault(_key(q.qname, q.rdtype), None)
-        return list(await asyncio.gather(*(self.resolve(n, t, deadline) for n, t in seen)))
+            key = _key(q.qname, q.rdtype)
+            if key not in answers:
+                answers[key] = self.cached(*key)
+        # Cached answers are read in place; only the missing ones cost a task and a query.
+        missing = [k for k, a in answers.items() if a is None]
+        if missing:
+            for key, answer in zip(missing, await asyncio.gather(*(self.resolve(n, t, deadline) for n, t in missing))):
+                answers[key] = answer
+        return list(answers.values())  # type: ignore[arg-type]
 
     async def _ask_async(self, qname: str, rdtype: str, deadline: float | None) -> Answer:
         query = self._make_query(qname, rdtype)

@@ -48,6 +48,7 @@ DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.reputation.history:history_check",
     "antispam.reputation.dnsbl:dnsbl_check",
     "antispam.auth.spf:factory",
+    "antispam.classifier.check:classifier_check",
     "antispam.auth.dkim:factory",
     "antispam.auth.arc:factory",
     "antispam.auth.dmarc:factory",
@@ -129,7 +130,7 @@ class Engine:
 
     def __init__(self, config: Config | None = None, checks: Sequence[Check] | None = None, *,
                  resolver: Any = None, store: Store | None = None):
-        self.config = config or Config()
+        self.config = config or Config.default()
         #: shared state (learning, reputation, greylisting); see ``[store]``
         self.store = store if store is not None else open_store(self.config.store.url)
         chosen = list(checks) if checks is not None else default_checks(self.config, self.store)

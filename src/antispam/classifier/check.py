@@ -8,7 +8,6 @@ when something was learned online, one store read for the learned counts.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -22,7 +21,7 @@ from ..message import Message
 from ..resources import default_models_dir
 from ..store import Store, StoreUnavailable
 from .learn import TokenStats
-from .model import Model, load_model
+from .model import Model, feature_scale, load_model
 from .tokenizer import views
 
 log = logging.getLogger("antispam.classifier")
@@ -85,7 +84,7 @@ class Classifier:
         ids = self.features(msg, k)
         total, clues = k.score(ids, self.model.weights, 0.0, self.clues)
         n = len(ids)
-        scale = 1.0 / math.sqrt(n) if n else 0.0
+        scale = feature_scale(n)
         learned = 0.0
         if self.stats is not None and n:
             try:
@@ -94,7 +93,7 @@ class Classifier:
                 log.warning("classifier: learned statistics unavailable: %s", exc)
         margin = self.model.bias + total * scale + learned
         named = tuple((self.model.token_name(i), c * scale) for i, c in clues)
-        return Classification(probability=self.model.probability(margin), margin=margin, clues=named,
+        return Classification(probability=self.model.probability(margin, n), margin=margin, clues=named,
                               n_features=n, learned=learned)
 
     def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:

@@ -26,11 +26,12 @@ options say what matched (the text, the URL host, what an eval found).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..errors import RuleError
@@ -42,8 +43,7 @@ from .parser import Parser
 
 log = logging.getLogger("antispam.rules")
 
-_PARA_SPLIT = re.compile(r"\n[ \t\r\f\v\xa0]*\n\s*")
-_NL = re.compile(r"\s*\n\s*")
+_PARA_BREAK = re.compile(r"[ \t\r\f\v\xa0]*\n(?:[ \t\r\f\v\xa0]*\n)+\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +58,14 @@ class RuleHits:
 
 def body_text(msg: Message) -> str:
     """Subject line, then one paragraph per line: what ``body`` rules read."""
-    text = msg.text
-    paras = [_NL.sub(" ", p).strip() for p in _PARA_SPLIT.split(text)] if text else []
-    return "\n".join([msg.subject, *[p for p in paras if p]])
+    text = msg.text.strip()
+    if not text:
+        return msg.subject
+    # Paragraph breaks become one newline, line breaks inside a paragraph a space.
+    if "\x00" in text:
+        text = text.replace("\x00", " ")
+    text = _PARA_BREAK.sub("\x00", text).replace("\n", " ").replace("\x00", "\n")
+    return msg.subject + "\n" + text
 
 
 def rawbody_text(msg: Message) -> str:
@@ -71,11 +76,23 @@ def uri_text(msg: Message) -> str:
     return "\n".join(u.url for u in msg.urls)
 
 
+_PSEUDO = frozenset({"all", "tocc", "messageid", "envelopefrom", "x-spam-relays-external", "x-spam-relays-internal",
+                     "x-spam-relays-trusted", "x-spam-relays-untrusted"})
+
+
 def header_text(msg: Message, name: str, accessor: str) -> str | None:
     """The value a header rule reads, or None when the header is absent."""
-    accs = [a for a in accessor.split("+") if a]
+    return _header_value(msg, name.lower(), tuple(a for a in accessor.split("+") if a))
+
+
+def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None:
+    if lname not in _PSEUDO:
+        if not msg.has(lname):
+            return None  # the common case: most headers that rules read are absent
+        if not accs:
+            vals = msg.get_all(lname)
+            return vals[0] if len(vals) == 1 else "\n".join(vals)
     raw = "raw" in accs
-    lname = name.lower()
     if lname == "all":
         hs = msg.raw_headers if raw else msg.headers
         return "\n".join(f"{n}: {v}" for n, v in hs) if hs else None
@@ -85,15 +102,14 @@ def header_text(msg: Message, name: str, accessor: str) -> str | None:
         values = []
         for h in ("Message-Id", "Resent-Message-Id", "X-Message-Id"):
             values += msg.get_raw(h) if raw else msg.get_all(h)
+    elif lname.startswith("x-spam-relays-"):
+        v = relays_text(msg, lname[14:])
+        values = [v] if v is not None else []
     elif lname == "envelopefrom":
         ef = msg.envelope.mail_from
-        if ef is None:
-            rp = msg.get_all("Return-Path")
-            values = rp[:1]
-        else:
-            values = [ef]
+        values = msg.get_all("Return-Path")[:1] if ef is None else [ef]
     else:
-        values = msg.get_raw(name) if raw else msg.get_all(name)
+        values = msg.get_raw(lname) if raw else msg.get_all(lname)
     if not values:
         return None
     if "first" in accs:
@@ -115,6 +131,49 @@ def header_text(msg: Message, name: str, accessor: str) -> str | None:
                 out.append(domain_of(addr) or "")
         values = out
     return "\n".join(values)
+
+
+def mime_header_text(msg: Message, name: str, accessor: str) -> str | None:
+    """``mimeheader`` rules: the header in every MIME part (raw values), one per line; None when no part has it."""
+    lname = name.lower()
+    values = [v for p in msg.parts for n, v in p.headers if n.lower() == lname]
+    if not values:
+        return None
+    if "raw" not in accessor:
+        from ..message import decode_rfc2047
+
+        values = [decode_rfc2047(v) for v in values]
+    return "\n".join(" ".join(v.split("\n")) for v in values)
+
+
+def _is_private(ip: str) -> bool:
+    import ipaddress
+
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return a.is_private or a.is_loopback or a.is_link_local
+
+
+def relays_text(msg: Message, which: str) -> str | None:
+    """SpamAssassin's ``X-Spam-Relays-*`` pseudo-headers, newest relay first.
+
+    Each relay reads ``[ ip=... rdns=... helo=... by=... ident= envfrom= intl=0|1 id= auth= msa=0 ]``.
+    Trust is inferred as SpamAssassin does without configured networks, approximately:
+    the newest relays from private or loopback addresses are trusted (and internal);
+    from the first public address on, every relay is untrusted (and external).
+    """
+    relays = [r for r in msg.received if r.ip]
+    k = 0
+    while k < len(relays) and _is_private(relays[k].ip or ""):
+        k += 1
+    chosen = relays[:k] if which in ("trusted", "internal") else relays[k:] if which in ("untrusted", "external") else None
+    if chosen is None:
+        return None
+    intl = "1" if which in ("trusted", "internal") else "0"
+    return " ".join(f"[ ip={r.ip} rdns={r.rdns or ''} helo={r.helo or ''} by={r.by or ''} ident= envfrom= intl={intl} id= auth= msa=0 ]"
+                    for r in chosen)
 
 
 def _enc(s: str) -> bytes:
@@ -191,27 +250,49 @@ class RulesCheck(Check):
         self._names = [r.name for r in c.rules]
         self._emitted = [r.emitted for r in c.rules]
         # Header groups: (group key, name, accessor, if_unset, ids of !~ rules, ids hit on an empty value).
-        self._headers: list[tuple[str, str, str, str | None, tuple[int, ...], dict[int, int]]] = []
+        self._headers: list[tuple[str, Callable[..., str | None], str, object, str | None,
+                                  tuple[int, ...], dict[int, int]]] = []
         self._body_groups = [g for g in ("body", "rawbody", "uri", "full") if g in c.groups]
         for key, ids in c.groups.items():
-            if not key.startswith("hdr:"):
+            if not key.startswith(("hdr:", "mime:")):
                 continue
             first = c.rules[ids[0]]
             assert first.header is not None
             hname, acc, unset = first.header
             negs = tuple(i for i in ids if c.rules[i].negate)
             empty_matches = self.matcher.scan(key, b"")
-            self._headers.append((key, hname, acc, unset, negs, empty_matches))
+            if key.startswith("hdr:"):
+                reader, name_arg, acc_arg = _header_value, hname.lower(), tuple(a for a in acc.split("+") if a)
+            else:
+                reader, name_arg, acc_arg = mime_header_text, hname, acc
+            self._headers.append((key, reader, name_arg, acc_arg, unset, negs, empty_matches))
         self._rx = {r.id: re.compile(r.py, r.py_flags) for r in c.rules if r.py is not None}
+        # Metas: who depends on whom, their order, and their values when nothing hits.
+        self._meta_fns = dict(c.metas)
+        self._position = {rid: k for k, (rid, _) in enumerate(c.metas)}
+        self._dependents: dict[int, list[int]] = {}
+        for rid, _ in c.metas:
+            for d in c.rules[rid].deps:
+                self._dependents.setdefault(d, []).append(rid)
+        template = [0] * self._n
+        for rid, fn in c.metas:
+            try:
+                template[rid] = 1 if fn(template) else 0
+            except (ZeroDivisionError, TypeError):
+                template[rid] = 0
+        self._template = template
+        #: metas that hold when nothing hits (``!A`` and the like)
+        self._meta_true = tuple(rid for rid, _ in c.metas if template[rid])
 
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
         c = self.compiled
         rules = c.rules
-        counts = [0] * self._n
+        counts = self._template.copy()
+        hit: list[int] = []  # ids whose count became non-zero (repeats allowed)
         scan = self.matcher.scan
         where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
-        for key, hname, acc, unset, negs, empty in self._headers:
-            value = header_text(msg, hname, acc)
+        for key, reader, hname, acc, unset, negs, empty in self._headers:
+            value = reader(msg, hname, acc)
             if value is None and unset is not None:
                 value = unset
             if value is None or value == "":
@@ -223,8 +304,13 @@ class RulesCheck(Check):
             for rid, n in found.items():
                 counts[rid] = n
                 where[rid] = data
+                hit.append(rid)
             for rid in negs:
-                counts[rid] = 0 if counts[rid] else 1
+                if counts[rid]:
+                    counts[rid] = 0
+                else:
+                    counts[rid] = 1
+                    hit.append(rid)
         for key in self._body_groups:
             if key == "body":
                 data = _enc(body_text(msg))
@@ -237,11 +323,13 @@ class RulesCheck(Check):
             for rid, n in scan(key, data).items():
                 counts[rid] = n
                 where[rid] = data
+                hit.append(rid)
         options: dict[int, tuple[str, ...]] = {}
         for rid in c.exists:
             r = rules[rid]
             if r.header is not None and header_text(msg, r.header[0], "") is not None:
                 counts[rid] = 1
+                hit.append(rid)
         for rid in c.evals:
             r = rules[rid]
             try:
@@ -252,24 +340,53 @@ class RulesCheck(Check):
             if n:
                 counts[rid] = n
                 options[rid] = opts
-        for rid, fn in c.metas:
-            try:
-                v = fn(counts)
-            except (ZeroDivisionError, TypeError):
-                v = 0
-            if v:
-                counts[rid] = 1
+                hit.append(rid)
+        hit.extend(self._metas(counts, hit))
         names = self._names
-        ctx.publish(RuleHits({names[i]: n for i, n in enumerate(counts) if n}))
+        fired = sorted(i for i in set(hit) if counts[i])
+        ctx.publish(RuleHits({names[i]: counts[i] for i in fired}))
         hits = []
         emitted = self._emitted
-        for rid, n in enumerate(counts):
-            if n and emitted[rid]:
+        for rid in fired:
+            if emitted[rid]:
                 opts = options.get(rid)
                 if opts is None:
                     opts = self._options(rules[rid], where.get(rid), msg)
                 hits.append(Hit(names[rid], 1.0, opts))
         return hits
+
+    def _metas(self, counts: list[int], hit: list[int]) -> list[int]:
+        """Re-evaluate only the metas that depend, directly or through other metas, on a rule that hit.
+
+        Every other meta keeps the value it has when nothing hits (precomputed
+        in the template), so the cost follows the number of hits, not the
+        number of rules.  Metas are taken in dependency order (a heap on their
+        topological position), so each is evaluated at most once, after all of
+        its inputs are final.
+        """
+        dependents, position, fns = self._dependents, self._position, self._meta_fns
+        heap: list[tuple[int, int]] = []
+        queued: set[int] = set()
+        for rid in hit:
+            for m in dependents.get(rid, ()):
+                if m not in queued:
+                    queued.add(m)
+                    heapq.heappush(heap, (position[m], m))
+        changed = list(self._meta_true)
+        while heap:
+            _, m = heapq.heappop(heap)
+            try:
+                v = 1 if fns[m](counts) else 0
+            except (ZeroDivisionError, TypeError):
+                v = 0
+            if v != counts[m]:
+                counts[m] = v
+                changed.append(m)
+                for d in dependents.get(m, ()):
+                    if d not in queued:
+                        queued.add(d)
+                        heapq.heappush(heap, (position[d], d))
+        return changed
 
     def _options(self, rule: CompiledRule, data: bytes | None, msg: Message) -> tuple[str, ...]:
         """What matched: the URL host for uri rules, else the matched text (shortened)."""

@@ -403,9 +403,6 @@ class Parser:
             rule.score, rule.description, rule.tflags = old.score, old.description, old.tflags
             rule.maxhits, rule.priority = old.maxhits, old.priority
         self.result.rules[name] = rule
-        if kind == "mimeheader":
-            rule.broken = True
-            raise ValueError("mimeheader rules are not supported")
         if kind == "meta":
             if not spec:
                 raise ValueError("meta without an expression")
@@ -423,8 +420,8 @@ class Parser:
                 rule.broken = True
                 raise
             return
-        if kind == "header":
-            if spec.startswith("exists:"):
+        if kind in ("header", "mimeheader"):
+            if spec.startswith("exists:") and kind == "header":
                 rule.exists = spec[7:].strip()
                 if not rule.exists:
                     rule.broken = True

@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import multiprocessing
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -85,9 +86,9 @@ def _pool_init(config: Config) -> None:
     _WORKER_ENGINE = Engine(config)
 
 
-def _pool_scan(raw: bytes, envelope: Envelope | None) -> Verdict:
+def _pool_scan(raw: bytes, envelope: Envelope | None, profile: str | None) -> Verdict:
     assert _WORKER_ENGINE is not None
-    return _WORKER_ENGINE.scan(raw, envelope)
+    return _WORKER_ENGINE.scan(raw, envelope, profile=profile)
 
 
 class Scanner:
@@ -106,14 +107,23 @@ class Scanner:
             if engine._custom_checks:
                 raise ValueError("worker processes build their engine from configuration; "
                                  "an engine with custom checks must scan in-process (workers = 0)")
+            # Not fork: a worker forked while connections are open would inherit their sockets and
+            # keep them open after the server closes them (the client never sees EOF).
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             self._pool = ProcessPoolExecutor(max_workers=workers, initializer=_pool_init,
-                                             initargs=(engine.config,))
+                                             initargs=(engine.config,),
+                                             mp_context=multiprocessing.get_context(method))
 
-    async def scan(self, raw: bytes, envelope: Envelope | None = None) -> Verdict:
+    async def scan(self, raw: bytes, envelope: Envelope | None = None, profile: str | None = None) -> Verdict:
+        """One verdict under ``profile`` (a ``[profiles]`` name; None for the default policy)."""
         if self._pool is None:
-            return await self.engine.ascan(raw, envelope)
+            return await self.engine.ascan(raw, envelope, profile=profile)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _pool_scan, raw, envelope)
+        return await loop.run_in_executor(self._pool, _pool_scan, raw, envelope, profile)
+
+    def profile_for(self, who: str | None) -> str | None:
+        """The settings profile of a recipient address or user name (``[recipients]``)."""
+        return self.engine.config.profile_for(who)
 
     async def learn(self, raw: bytes, spam: bool, source: str) -> dict[str, bool]:
         return await asyncio.to_thread(self.engine.learn, raw, spam, None, source)
@@ -142,10 +152,14 @@ class Connection:
     #: True while a message is being received or scanned: shutdown waits for it
     busy: bool = False
 
+    # Each read runs under ``asyncio.timeout`` rather than ``wait_for``: the latter wraps every
+    # read in a new task, which the milter (a dozen packets per message) pays for measurably.
+
     async def readline(self, limit: int) -> bytes:
         """One line including its terminator, or b"" at EOF; ProtocolError past ``limit`` bytes."""
         try:
-            line = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                line = await self.reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
             return exc.partial
         except asyncio.LimitOverrunError:
@@ -156,13 +170,15 @@ class Connection:
 
     async def readexactly(self, n: int) -> bytes:
         try:
-            return await asyncio.wait_for(self.reader.readexactly(n), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await self.reader.readexactly(n)
         except asyncio.IncompleteReadError:
             raise ProtocolError(f"connection closed before {n} bytes arrived") from None
 
     async def read_some(self, n: int = 65536) -> bytes:
         """Up to ``n`` bytes, b"" at EOF."""
-        return await asyncio.wait_for(self.reader.read(n), self.timeout)
+        async with asyncio.timeout(self.timeout):
+            return await self.reader.read(n)
 
     async def discard(self, n: int) -> None:
         """Read and drop ``n`` bytes (or until EOF), each read under the timeout."""
@@ -174,7 +190,9 @@ class Connection:
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
-        await asyncio.wait_for(self.writer.drain(), self.timeout)
+        if self.writer.transport.get_write_buffer_size() > 0:
+            async with asyncio.timeout(self.timeout):
+                await self.writer.drain()
 
 
 class Server:
@@ -264,14 +282,16 @@ class Server:
         if not self.allow.allows(conn.peer_ip):
             self.log.warning("client refused: not in allow-list", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
             self._count_error("not_allowed")
+            return await self._refuse_and_close(conn, "not allowed")
             await self.refuse(conn, "not allowed")
-            return await self._close(writer)
+            return await self._close_refused(conn)
         if len(self._tasks) >= self.settings.max_connections:
             self.log.warning("client refused: too many connections",
                              extra={"fields": {"server": self.name, "peer": conn.peer_ip, "max": self.settings.max_connections}})
             self._count_error("too_many_connections")
+            return await self._refuse_and_close(conn, "too many connections")
             await self.refuse(conn, "too many connections")
-            return await self._close(writer)
+            return await self._close_refused(conn)
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = conn
@@ -298,6 +318,30 @@ class Server:
                 self.metrics.connections.labels(self.name).dec()
             await self._close(writer)
 
+    async def _refuse_and_close(self, conn: "Connection", reason: str) -> None:
+        """Send the refusal, then half-close and drain the client's input for at most a second.
+
+        Closing a socket whose input was not read makes the kernel answer with
+        a reset, and a client that sent its request before reading (spamc
+        does) may then lose the refusal it was meant to read.
+        """
+        await self.refuse(conn, reason)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        with contextlib.suppress(Exception):
+            if conn.writer.can_write_eof():
+                conn.writer.write_eof()
+            while (left := deadline - loop.time()) > 0:
+                if not await asyncio.wait_for(conn.reader.read(65536), left):
+                    break
+    async def _close_refused(self, conn: Connection) -> None:
+        """Close a refused connection after reading what the client already sent (briefly): a
+        socket closed with unread input is reset, and the reset can overtake our answer."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(0.2):
+                await conn.reader.read(65536)
+        await self._close(conn.writer)
+
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -312,11 +356,12 @@ class Server:
 
     # ------------------------------------------------------------ scanning with accounting
 
-    async def scan(self, raw: bytes, envelope: Envelope | None, **log_fields: Any) -> Verdict:
+    async def scan(self, raw: bytes, envelope: Envelope | None, profile: str | None = None,
+                   **log_fields: Any) -> Verdict:
         """Scan, record metrics, log one structured line per message.  Raises on engine failure."""
         t0 = time.perf_counter()
         try:
-            verdict = await self.scanner.scan(raw, envelope)
+            verdict = await self.scanner.scan(raw, envelope, profile)
         except Exception:
             self._count_error("scan")
             self.log.exception("scan failed", extra={"fields": {"server": self.name, **log_fields}})
@@ -327,7 +372,7 @@ class Server:
         self.log.info("scanned", extra={"fields": {
             "server": self.name, "action": verdict.action, "score": round(verdict.score, 2),
             "size": len(raw), "ms": round(dt * 1000, 2),
-            "symbols": ",".join(sorted(verdict.symbols)), **log_fields}})
+            "symbols": ",".join(sorted(verdict.symbols)), "profile": profile or "", **log_fields}})
         return verdict
 
     def _count_error(self, kind: str) -> None:

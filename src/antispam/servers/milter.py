@@ -142,7 +142,7 @@ class MilterServer(Server):
                 raise ProtocolError(f"bad packet length {length}")
             data = await conn.readexactly(length)
             cmd, data = data[:1], data[1:]
-            if cmd not in (b"O", b"D", b"A", b"Q", b"K"):
+            if cmd == b"M":  # a message starts: shutdown waits for it to end
                 conn.busy = True
             reply = await self._command(conn, s, cmd, data)
             if reply is False:
@@ -156,12 +156,12 @@ class MilterServer(Server):
 
     async def _read(self, conn: Connection, n: int) -> bytes | None:
         """``n`` bytes, or None when the MTA closed the connection between packets."""
-        first = await conn.read_some(n)
-        if not first:
-            return None
-        if len(first) < n:
-            first += await conn.readexactly(n - len(first))
-        return first
+        try:
+            return await conn.readexactly(n)
+        except ProtocolError:
+            if conn.reader.at_eof() and not conn.busy:
+                return None
+            raise
 
     async def _command(self, conn: Connection, s: Session, cmd: bytes, data: bytes) -> bytes | bool | None:
         if cmd == b"O":
@@ -171,7 +171,10 @@ class MilterServer(Server):
             if version < 2:
                 raise ProtocolError(f"milter protocol version {version} is too old")
             s.actions = actions & WANTED_ACTIONS
-            s.protocol = protocol & WANTED_PROTOCOL
+            wanted = WANTED_PROTOCOL
+            if self.scanner.engine.config.recipients:
+                wanted &= ~NR_RCPT  # per-recipient settings: we may answer a RCPT (see below)
+            s.protocol = protocol & wanted
             return packet(b"O", struct.pack(">III", min(version, VERSION), s.actions, s.protocol))
         if cmd == b"D":
             if data:
@@ -198,7 +201,13 @@ class MilterServer(Server):
         if cmd == b"R":
             args = _cstrings(data)
             if args:
-                s.rcpts.append(_address(args[0]))
+                rcpt = _address(args[0])
+                # One message, one verdict: a recipient with other settings than the first is
+                # deferred (452 4.5.3) and the MTA's client sends it in a separate transaction.
+                if s.rcpts and not s.protocol & NR_RCPT and \
+                        self.scanner.profile_for(rcpt) != self.scanner.profile_for(s.rcpts[0]):
+                    return packet(REPLYCODE, _c("452 4.5.3 Recipients with other spam settings: send in a separate transaction"))
+                s.rcpts.append(rcpt)
             return packet(CONTINUE)
         if cmd == b"L":
             items = _cstrings(data)
@@ -243,7 +252,8 @@ class MilterServer(Server):
                           extra={"fields": {"server": self.name, "queue_id": qid, "size": s.size}})
             return packet(CONTINUE)
         try:
-            verdict = await self.scan(s.raw(), s.envelope(), peer=conn.peer_ip, queue_id=qid,
+            profile = self.scanner.profile_for(s.rcpts[0]) if s.rcpts else None
+            verdict = await self.scan(s.raw(), s.envelope(), profile, peer=conn.peer_ip, queue_id=qid,
                                       client_ip=s.client_ip or "")
         except Exception:
             if cfg.fail_open:

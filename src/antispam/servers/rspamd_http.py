@@ -5,6 +5,7 @@ antispam unchanged: ``antispam serve rspamd-http``.
 ``POST /checkv2``   the message in the body, envelope in request headers
                     (``IP``, ``Helo``, ``Hostname``, ``From``, ``Rcpt``, ``User``,
                     ``Queue-Id``); answers the verdict as JSON (``Verdict.to_dict``)
+                    under the settings profile of ``Deliver-To`` or the first ``Rcpt``
 ``POST /learnspam`` ``POST /learnham``: teach the learners; ``{"success": true}``
 ``GET /ping``       ``pong``
 ``GET /metrics``    Prometheus metrics, when the server has them
@@ -140,8 +141,11 @@ class RspamdHttpServer(Server):
             if method != "POST":
                 raise HttpError(405, "use POST with the message as the body")
             env = _envelope(headers)
+            # settings of the mailbox being delivered to (Deliver-To), else of the first recipient
+            deliver_to = (headers.get("deliver-to") or [None])[-1]
+            profile = self.scanner.profile_for(deliver_to or (env.rcpt_tos[0] if env.rcpt_tos else None))
             try:
-                verdict = await self.scan(body, env, peer=conn.peer_ip, client_ip=env.client_ip or "",
+                verdict = await self.scan(body, env, profile, peer=conn.peer_ip, client_ip=env.client_ip or "",
                                           queue_id=env.queue_id or "")
             except Exception:
                 raise HttpError(500, "scan failed") from None

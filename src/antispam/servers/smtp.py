@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +50,10 @@ def _one_line(text: Any) -> str:
 
 class _FilterSMTP(SMTP):
     """aiosmtpd's SMTP with our admission control (allow-list, connection limit) and XFORWARD."""
+
+    #: RFC 5321 caps lines at 1000 octets, but a filter that refused longer ones would bounce mail
+    #: its MTA already accepted (after-queue): take them and let the next hop decide.
+    line_length_limit = 64 * 1024
 
     def __init__(self, server: "SmtpFilterServer", **kw: Any):
         super().__init__(server, **kw)
@@ -115,6 +120,9 @@ class SmtpFilterServer(Server):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._relay_pool = ThreadPoolExecutor(max_workers=max(2, cfg.max_connections), thread_name_prefix="relay")
+        self._local = threading.local()
+        self._connections: set[smtplib.SMTP] = set()
+        self._conn_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -150,6 +158,7 @@ class SmtpFilterServer(Server):
                 proto.transport.close()
         await asyncio.sleep(0)
         self._relay_pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._close_relays)
         if self._own_scanner:
             self.scanner.close()
         if self.metrics is not None:
@@ -176,6 +185,18 @@ class SmtpFilterServer(Server):
         responses.insert(-1, "250-XFORWARD " + " ".join(XFORWARD_ATTRS))  # the last line is "250 HELP"
         return responses
 
+    async def handle_RCPT(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        """Per-recipient settings: one transaction carries recipients of one settings profile.
+        A recipient whose profile differs from the first one's is deferred with 452 4.5.3, which
+        SMTP clients (Postfix included) answer by sending it in a new transaction; each message
+        then gets the verdict, headers and reply of its own recipients' settings."""
+        if envelope.rcpt_tos and self.scanner.profile_for(address) != self.scanner.profile_for(envelope.rcpt_tos[0]):
+            return "452 4.5.3 Recipients with other spam settings: send in a separate transaction"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
     async def handle_DATA(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
         self._in_flight += 1
         self._idle.clear()
@@ -196,8 +217,9 @@ class SmtpFilterServer(Server):
             helo=xf.get("HELO") if xf.get("HELO") not in _UNAVAILABLE else session.host_name,
             hostname=xf.get("NAME") if xf.get("NAME") not in _UNAVAILABLE and xf.get("NAME") != "unknown" else None,
             mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos))
+        profile = self.scanner.profile_for(envelope.rcpt_tos[0]) if envelope.rcpt_tos else None
         try:
-            verdict = await self.scan(raw, env, peer=peer_ip, client_ip=env.client_ip or "",
+            verdict = await self.scan(raw, env, profile, peer=peer_ip, client_ip=env.client_ip or "",
                                       rcpts=len(envelope.rcpt_tos))
         except Exception:
             if not cfg.fail_open:
@@ -224,34 +246,93 @@ class SmtpFilterServer(Server):
 
     def _relay(self, mail_from: str, rcpts: list[str], data: bytes, xforward: dict[str, str],
                mail_options: list[str]) -> str:
-        """Hand the message to the next hop; the SMTP reply to give our client."""
+        """Hand the message to the next hop; the SMTP reply to give our client.
+
+        Each relay thread keeps its connection to the next hop open between messages (connect,
+        greeting and EHLO cost about as much as the transaction).  A kept connection the next
+        hop has meanwhile closed fails at its first command, before anything was sent: then the
+        message goes again on a fresh connection.  Any failure later is a 4xx to our client.
+        """
+        for attempt in (0, 1):
+            s = getattr(self._local, "smtp", None)
+            kept = s is not None
+            try:
+                if s is None:
+                    s = self._connect()
+                return self._transaction(s, mail_from, rcpts, data, xforward, mail_options, stale_ok=kept)
+            except _Stale:
+                self._drop()
+            except smtplib.SMTPResponseException as exc:
+                self._drop()
+                code = exc.smtp_code if 400 <= exc.smtp_code < 600 else 451
+                return f"{code} {_one_line(exc.smtp_error)}"
+            except (OSError, smtplib.SMTPException) as exc:
+                self._drop()
+                return f"451 4.4.1 Next hop unavailable, try again later ({_one_line(type(exc).__name__)})"
+        return "451 4.4.1 Next hop unavailable, try again later"
+
+    def _connect(self) -> smtplib.SMTP:
         cfg = self.settings
         host, port = self.next_hop
+        s = smtplib.SMTP(host, port, local_hostname=cfg.hostname, timeout=cfg.next_hop_timeout)  # type: ignore[attr-defined]
         try:
-            with smtplib.SMTP(host, port, local_hostname=cfg.hostname, timeout=cfg.next_hop_timeout) as s:  # type: ignore[attr-defined]
-                s.ehlo_or_helo_if_needed()
-                if xforward and s.has_extn("xforward"):
-                    s.docmd("XFORWARD", " ".join(f"{k}={v}" for k, v in xforward.items()))
-                wanted = {o.upper() for o in mail_options}
-                options = [o for o, ext in (("BODY=8BITMIME", "8bitmime"), ("SMTPUTF8", "smtputf8"))
-                           if o in wanted and s.has_extn(ext)]
-                code, msg = s.mail(mail_from, options)
-                if code != 250:
-                    s.rset()
-                    return f"{code} {_one_line(msg)}"
-                refused = []
-                for r in rcpts:
-                    code, msg = s.rcpt(r)
-                    if code not in (250, 251):
-                        refused.append((code, _one_line(msg)))
-                if refused:
-                    s.rset()
-                    code, msg = next((c for c in refused if 400 <= c[0] < 500), refused[0])
-                    return f"{code} {msg}"
-                code, msg = s.data(data)
-                return f"{code} {_one_line(msg)}"
-        except smtplib.SMTPResponseException as exc:
-            code = exc.smtp_code if 400 <= exc.smtp_code < 600 else 451
-            return f"{code} {_one_line(exc.smtp_error)}"
-        except (OSError, smtplib.SMTPException) as exc:
-            return f"451 4.4.1 Next hop unavailable, try again later ({_one_line(type(exc).__name__)})"
+            s.ehlo_or_helo_if_needed()
+        except BaseException:
+            s.close()
+            raise
+        self._local.smtp = s
+        with self._conn_lock:
+            self._connections.add(s)
+        return s
+
+    def _drop(self) -> None:
+        s = getattr(self._local, "smtp", None)
+        self._local.smtp = None
+        if s is not None:
+            with self._conn_lock:
+                self._connections.discard(s)
+            s.close()
+
+    def _transaction(self, s: smtplib.SMTP, mail_from: str, rcpts: list[str], data: bytes,
+                     xforward: dict[str, str], mail_options: list[str], stale_ok: bool) -> str:
+        try:
+            # XFORWARD describes one transaction (the next hop forgets it after), so it goes every time.
+            if xforward and s.has_extn("xforward"):
+                s.docmd("XFORWARD", " ".join(f"{k}={v}" for k, v in xforward.items()))
+            wanted = {o.upper() for o in mail_options}
+            options = [o for o, ext in (("BODY=8BITMIME", "8bitmime"), ("SMTPUTF8", "smtputf8"))
+                       if o in wanted and s.has_extn(ext)]
+            code, msg = s.mail(mail_from, options)
+        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            if stale_ok:
+                raise _Stale() from exc
+            raise
+        if code == 421 and stale_ok:
+            raise _Stale()
+        if code != 250:
+            s.rset()
+            return f"{code} {_one_line(msg)}"
+        refused = []
+        for r in rcpts:
+            code, msg = s.rcpt(r)
+            if code not in (250, 251):
+                refused.append((code, _one_line(msg)))
+        if refused:
+            s.rset()
+            code, msg = next((c for c in refused if 400 <= c[0] < 500), refused[0])
+            return f"{code} {msg}"
+        code, msg = s.data(data)
+        return f"{code} {_one_line(msg)}"
+
+    def _close_relays(self) -> None:
+        with self._conn_lock:
+            conns, self._connections = list(self._connections), set()
+        for s in conns:
+            try:
+                s.quit()
+            except (OSError, smtplib.SMTPException):
+                s.close()
+
+
+class _Stale(Exception):
+    """A kept connection to the next hop turned out closed before the transaction began."""

@@ -148,7 +148,9 @@ class SpamdServer(Server):
             return
         user = headers.get("user")
         try:
-            verdict = await self.scan(raw, Envelope(), peer=conn.peer_ip, method=method, settings_key=user or "")
+            # User is spamd's per-user settings key: it picks the user's profile ([recipients]).
+            verdict = await self.scan(raw, Envelope(), self.scanner.profile_for(user), peer=conn.peer_ip,
+                                      method=method, user=user or "")
         except Exception:
             raise SpamdError(EX_SOFTWARE, "scan failed") from None
         await conn.write(self._response(method, version, raw, verdict))
@@ -247,7 +249,7 @@ class SpamdServer(Server):
                 out += f"DidSet: {','.join(sorted(to_set))}\r\n".encode()
         self.log.info("tell", extra={"fields": {"server": self.name, "peer": conn.peer_ip, "class": klass,
                                                 "set": ",".join(sorted(to_set)), "remove": ",".join(sorted(to_remove)),
-                                                "settings_key": user}})
+                                                "user": user}})
         await conn.write(out + b"Content-length: 0\r\n\r\n")
 
 

@@ -1,0 +1,293 @@
+"""Classifier: training round trip, model files, loading checks, the engine check, learn/unlearn."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from antispam import Config, Engine
+from antispam.classifier import Classifier, ClassifierCheck, default_model, grade, load_model
+from antispam.classifier.model import Model
+from antispam.classifier.tokenizer import TOKENIZER_VERSION, TokenizerSpec
+from antispam.errors import ModelError
+from antispam.message import Message
+from antispam.store import open_store
+from antispam.store.memory import MemoryStore
+from antispam.store.sqlite import SqliteStore
+
+SPAM_LINES = [
+    "Buy cheap pills online, lowest prices guaranteed, order now",
+    "You have won a lottery prize, claim your cash reward today",
+    "Limited offer: earn money fast from home, click the link",
+    "Cheap replica watches, free shipping, order today and save",
+    "Lose weight fast with our miracle pills, order now",
+    "Claim your free casino bonus now, win cash instantly",
+    "Lowest mortgage rates, refinance now and save money",
+    "Your account wins a free prize, click here to claim cash",
+]
+HAM_LINES = [
+    "Hi Bob, the meeting moved to Thursday; I attached the agenda for the project review",
+    "The build failed on the test server, I pushed a fix for the parser module",
+    "Thanks for the patch, I merged it into the release branch this morning",
+    "Could you review my notes on the kernel scheduler before Friday's call?",
+    "Lunch tomorrow? The new place near the office has good soup",
+    "Minutes from the committee meeting are on the wiki, please comment",
+    "I updated the documentation for the configuration parser as discussed",
+    "The conference paper deadline is next week; draft attached for review",
+]
+
+
+def _spam(i: int, line: str) -> bytes:
+    return (f"From: Deals <promo{i}@offers{i}.example>\nTo: you@x.example\nSubject: {line.split(',')[0].upper()}!!!\n"
+            f"Content-Type: text/html\n\n<html><body><a href=\"http://win{i}.example/\">{line}</a></body></html>\n").encode()
+
+
+def _ham(i: int, line: str) -> bytes:
+    return (f"From: Colleague {i} <dev{i}@work.example>\nTo: team@work.example\nSubject: Re: notes {i}\n"
+            f"In-Reply-To: <{i}@work.example>\n\n{line}\n-- \nregards\n").encode()
+
+
+SPAM = [_spam(i, s) for i, s in enumerate(SPAM_LINES)]
+HAM = [_ham(i, s) for i, s in enumerate(HAM_LINES)]
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    pytest.importorskip("sklearn")
+    from antispam.classifier.train import Example, train
+
+    examples = [Example(x, True) for x in SPAM] + [Example(x, False) for x in HAM]
+    return train(examples, TokenizerSpec(bits=16), c_grid=(1.0, 10.0), folds=4)
+
+
+def test_training_round_trip(small_model, tmp_path):
+    m = small_model
+    assert m.spec.bits == 16 and m.weights.shape == (1 << 16,)
+    assert m.meta["trained_on"]["spam"] == len(SPAM) and m.meta["trained_on"]["ham"] == len(HAM)
+    assert 0.5 <= m.threshold <= 1.0
+    path = m.save(tmp_path / "small")
+    meta = json.loads(path.read_text())
+    assert meta["tokenizer"] == {"version": TOKENIZER_VERSION, "seed": m.spec.seed, "bits": 16, "bigrams": False}
+    assert set(meta["arrays"]) == {"indices", "weights"}
+    loaded = load_model(tmp_path / "small")
+    assert np.array_equal(loaded.weights, m.weights)
+    assert (loaded.bias, loaded.calib_a, loaded.calib_b, loaded.threshold) == (m.bias, m.calib_a, m.calib_b, m.threshold)
+    # The vocabulary maps strong features back to readable tokens.
+    assert any(t in loaded.vocab.values() for t in ("cheap", "order", "header:in-reply-to", "subject:re"))
+    # Unseen messages in the same style are classified correctly, with clues that explain it.
+    clf = Classifier(loaded)
+    spam = clf.classify(Message(_spam(99, "Order cheap pills now and claim your free cash prize")))
+    ham = clf.classify(Message(_ham(99, "I reviewed the parser patch; the meeting notes are on the wiki")))
+    assert spam.probability > 0.5 > ham.probability
+    assert spam.clues and all(isinstance(t, str) and isinstance(v, float) for t, v in spam.clues)
+    assert spam.clues[0][1] > 0 and abs(spam.clues[0][1]) >= abs(spam.clues[-1][1])
+
+
+def test_training_needs_both_classes():
+    pytest.importorskip("sklearn")
+    from antispam.classifier.train import Example, train
+
+    with pytest.raises(ValueError, match="at least 2 spam"):
+        train([Example(x, False) for x in HAM])
+
+
+def _copy_default(tmp_path):
+    from antispam.resources import default_models_dir
+
+    d = tmp_path / "m"
+    shutil.copytree(default_models_dir() / "default", d)
+    return d
+
+
+def test_loading_refuses_tampered_arrays(tmp_path):
+    d = _copy_default(tmp_path)
+    w = np.load(d / "weights.npy")
+    w[0] += 1.0
+    np.save(d / "weights.npy", w)
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(d)
+
+
+def test_loading_refuses_tokenizer_mismatch(tmp_path):
+    d = _copy_default(tmp_path)
+    meta = json.loads((d / "model.json").read_text())
+    meta["tokenizer"]["version"] = TOKENIZER_VERSION + 1
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="tokenizer version"):
+        load_model(d)
+
+
+def test_loading_never_unpickles(tmp_path):
+    import hashlib
+
+    d = _copy_default(tmp_path)
+    np.save(d / "weights.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    meta = json.loads((d / "model.json").read_text())
+    meta["arrays"]["weights"] = hashlib.sha256((d / "weights.npy").read_bytes()).hexdigest()
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="not a plain numpy array"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("change", ["format", "missing", "garbage", "bits"])
+def test_loading_refuses_bad_metadata(tmp_path, change):
+    d = _copy_default(tmp_path)
+    meta = json.loads((d / "model.json").read_text())
+    if change == "format":
+        meta["format"] = "something-else"
+        (d / "model.json").write_text(json.dumps(meta))
+    elif change == "missing":
+        (d / "indices.npy").unlink()
+    elif change == "garbage":
+        (d / "model.json").write_text("{not json")
+    else:
+        meta["tokenizer"]["bits"] = 12  # indices beyond 2**12
+        (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError):
+        load_model(d)
+
+
+def test_default_model_is_small_and_was_trained_on_train_only():
+    m = default_model()
+    assert m.spec.version == TOKENIZER_VERSION
+    assert m.meta["trained_on"]["spam"] + m.meta["trained_on"]["ham"] == 4551  # the TRAIN split
+    assert m.meta["cross_validation"]["roc_auc"] > 0.998
+
+
+def test_grades():
+    assert grade(0.999) == "BAYES_SPAM_99" and grade(0.96) == "BAYES_SPAM_95" and grade(0.5) == "BAYES_UNSURE"
+    assert grade(0.3) == "BAYES_HAM_60" and grade(0.02) == "BAYES_HAM" and grade(0.0) == "BAYES_HAM_99"
+
+
+def test_default_engine_runs_the_classifier():
+    e = Engine()
+    assert "classifier" in [c.name for c in e.checks]
+    v = e.scan(SPAM[0])
+    bayes = [s for s in v.symbols.values() if s.name.startswith("BAYES_")]
+    assert len(bayes) == 1
+    assert bayes[0].options[0].startswith("p=") and len(bayes[0].options) > 1
+
+
+def test_classifier_can_be_disabled_and_configured(tmp_path):
+    assert "classifier" not in [c.name for c in Engine(Config().merged({"classifier": {"enabled": False}})).checks]
+    d = _copy_default(tmp_path)
+    e = Engine(Config().merged({"classifier": {"model": str(d), "clues": 2}}))
+    v = e.scan(HAM[0])
+    (sym,) = [s for s in v.symbols.values() if s.name.startswith("BAYES_")]
+    assert len(sym.options) == 3  # p= and two clues
+    bad = tmp_path / "nothing"
+    with pytest.raises(ModelError):
+        Engine(Config().merged({"classifier": {"model": str(bad)}}))
+
+
+needs_redis = pytest.mark.skipif(not shutil.which("redis-server") and not os.environ.get("CI"),
+                                 reason="redis-server not installed (apt-get install redis-server)")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    from servers import RedisServer
+
+    srv = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
+def store(request, tmp_path):
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SqliteStore(str(tmp_path / "state.db"))
+    else:
+        srv = request.getfixturevalue("redis_server")
+        import redis
+
+        redis.Redis.from_url(srv.url).flushall()
+        s = open_store(srv.url)
+    yield s
+    s.close()
+
+
+def _counts(clf: Classifier, raw: bytes) -> tuple[list[float], tuple[float, float]]:
+    ids = clf.features(Message(raw))
+    st = clf.stats
+    return st.store.get_counts(st._keys(ids.tolist(), "s:") + st._keys(ids.tolist(), "h:")), st.totals()
+
+
+def test_learn_counts_once_and_unlearn_restores(store):
+    clf = Classifier(default_model(), store, learn_rate=0.3)
+    raw = HAM[1]
+    before = clf.classify(Message(raw))
+    zero = _counts(clf, raw)
+    assert clf.learn(Message(raw), spam=True) is True
+    once = _counts(clf, raw)
+    assert clf.learn(Message(raw), spam=True) is False  # same bytes: counted once
+    assert _counts(clf, raw) == once
+    after = clf.classify(Message(raw))
+    assert after.learned > 0 and after.probability > before.probability
+    # relabelling moves the counts from spam to ham
+    assert clf.learn(Message(raw), spam=False) is True
+    counts, totals = _counts(clf, raw)
+    n = len(counts) // 2
+    assert totals == (0.0, 1.0) and all(c == 0 for c in counts[:n]) and all(c == 1 for c in counts[n:])
+    assert clf.classify(Message(raw)).probability < before.probability
+    # unlearn takes it out exactly; a second unlearn is a no-op
+    assert clf.unlearn(Message(raw)) is True
+    assert clf.unlearn(Message(raw)) is False
+    assert _counts(clf, raw) == zero
+    assert clf.classify(Message(raw)) == before
+
+
+def test_engine_learn_and_unlearn_through_the_store(tmp_path):
+    e = Engine(Config().merged({"store": {"url": f"sqlite:///{tmp_path / 's.db'}"}}))
+    raw = HAM[2]
+    p0 = e.scan(raw).score
+    assert e.learn(raw, spam=True)["classifier"] is True
+    assert e.learn(raw, spam=True)["classifier"] is False
+    p1 = e.scan(raw).score
+    assert p1 > p0
+    (sym,) = [s for s in e.scan(raw).symbols.values() if s.name.startswith("BAYES_")]
+    assert any(o.startswith("learned:+") for o in sym.options)
+    assert e.unlearn(raw)["classifier"] is True
+    assert e.scan(raw).score == p0
+    e.close()
+
+
+def test_learning_rate_zero_ignores_learned_counts():
+    store = MemoryStore()
+    clf = Classifier(default_model(), store, learn_rate=0.0)
+    before = clf.classify(Message(HAM[3]))
+    clf.learn(Message(HAM[3]), spam=True)
+    assert clf.classify(Message(HAM[3])) == before
+
+
+def test_check_publishes_its_classification():
+    from antispam.check import ScanContext
+    from antispam.classifier import Classification
+
+    check = ClassifierCheck(Classifier(default_model()))
+    ctx = ScanContext(Message(SPAM[1]).envelope, Config())
+    (hit,) = check.run(Message(SPAM[1]), ctx)
+    c = ctx.get(Classification)
+    assert c is not None and hit.symbol == c.symbol == grade(c.probability)
+
+
+def test_empty_model_scores_one_half():
+    spec = TokenizerSpec(bits=10)
+    m = Model(spec=spec, weights=np.zeros(1 << 10, dtype=np.float32), bias=0.0)
+    assert Classifier(m).classify(Message(SPAM[0])).probability == 0.5
+
+
+def test_tiny_messages_are_judged_with_little_confidence():
+    """A dozen features is little evidence: the log-odds are pulled toward 0 (see model.py)."""
+    clf = Classifier(default_model())
+    for raw in (b"Subject: hello\n\nHi Bob", b"From: a@b.example\nSubject: lunch\n\nSee you at noon.\n"):
+        c = clf.classify(Message(raw))
+        assert c.n_features < 50 and 0.2 < c.probability < 0.8
+        full = default_model().probability(c.margin, 50)
+        assert abs(full - 0.5) > abs(c.probability - 0.5)
