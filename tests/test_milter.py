@@ -238,3 +238,22 @@ def test_cli_milter_with_metrics(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_authentication_results_is_added_when_authentication_ran(milter):
+    """The end-of-message packets for a verdict that carries Authentication-Results (built here the
+    way the engine builds it after SPF/DKIM/DMARC), so this holds without network checks."""
+    from antispam.servers.milter import ADDHDRS, CHGHDRS, Session
+    from antispam.verdict import Verdict
+
+    v = Verdict(score=0.0, required_score=5.0, action="no action", symbols={}, thresholds={"reject": 15.0},
+                authentication_results="mx.rcpt.test; spf=pass smtp.mailfrom=ana@sender.test")
+    out = milter.server._verdict_reply(Session(actions=ADDHDRS | CHGHDRS), v)
+    packets = []
+    while out:
+        n = struct.unpack(">I", out[:4])[0]
+        packets.append((out[4:5], out[5:4 + n]))
+        out = out[4 + n:]
+    added = dict(headers_added(packets))
+    assert added["Authentication-Results"] == "mx.rcpt.test; spf=pass smtp.mailfrom=ana@sender.test"
+    assert packets[-1] == (b"c", b"")
