@@ -53,7 +53,6 @@ DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.auth.arc:factory",
     "antispam.auth.dmarc:factory",
     "antispam.auth.authres:authres_check",
-    "antispam.classifier.check:classifier_check",
 )
 
 ENGINE_SYMBOLS = (

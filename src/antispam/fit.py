@@ -78,7 +78,8 @@ def oof_probabilities(msgs: Sequence[LabelledMessage], folds: int = 5, seed: int
     c = float(model.meta.get("C", 10.0))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     margins = cross_val_predict(LinearSVC(C=c, max_iter=20000, random_state=seed), X, y, cv=cv, method="decision_function")
-    return np.array([model.probability(float(m)) for m in margins])
+    n_features = np.diff(X.indptr)  # distinct features per message (rows of a CSR matrix)
+    return np.array([model.probability(float(m), int(n)) for m, n in zip(margins, n_features)])
 
 
 def symbol_rows(msgs: Sequence[LabelledMessage], config: Config) -> list[dict[str, float]]:

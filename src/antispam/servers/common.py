@@ -299,15 +299,11 @@ class Server:
             self.log.warning("client refused: not in allow-list", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
             self._count_error("not_allowed")
             return await self._refuse_and_close(conn, "not allowed")
-            await self.refuse(conn, "not allowed")
-            return await self._close_refused(conn)
         if len(self._tasks) >= self.settings.max_connections:
             self.log.warning("client refused: too many connections",
                              extra={"fields": {"server": self.name, "peer": conn.peer_ip, "max": self.settings.max_connections}})
             self._count_error("too_many_connections")
             return await self._refuse_and_close(conn, "too many connections")
-            await self.refuse(conn, "too many connections")
-            return await self._close_refused(conn)
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = conn
@@ -350,12 +346,6 @@ class Server:
             while (left := deadline - loop.time()) > 0:
                 if not await asyncio.wait_for(conn.reader.read(65536), left):
                     break
-    async def _close_refused(self, conn: Connection) -> None:
-        """Close a refused connection after reading what the client already sent (briefly): a
-        socket closed with unread input is reset, and the reset can overtake our answer."""
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(0.2):
-                await conn.reader.read(65536)
         await self._close(conn.writer)
 
     @staticmethod
