@@ -126,7 +126,8 @@ def test_metrics_endpoint(server):
 
 def test_metrics_http_port():
     port = free_port()
-    st = ServerThread(RspamdHttpServer(Engine(), RspamdHttpConfig(port=0, metrics_port=port), metrics=Metrics()))
+    st = ServerThread(RspamdHttpServer(Engine(checks=[GtubeCheck()]), RspamdHttpConfig(port=0, metrics_port=port),
+                                       metrics=Metrics()))
     try:
         post(st.port, "/checkv2", ham())
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
