@@ -257,3 +257,14 @@ def test_authentication_results_is_added_when_authentication_ran(milter):
     added = dict(headers_added(packets))
     assert added["Authentication-Results"] == "mx.rcpt.test; spf=pass smtp.mailfrom=ana@sender.test"
     assert packets[-1] == (b"c", b"")
+
+
+def test_forged_authentication_results_claiming_our_id_are_deleted():
+    cfg = Config.load(overrides={"engine": {"authserv_id": "mx.ours.example"}})
+    raw = ham().replace(b"MIME-Version", b"Authentication-Results: mx.upstream.example; spf=pass smtp.mailfrom=a@b.example\r\n"
+                                          b"Authentication-Results: MX.ours.example; dkim=pass header.d=bank.example\r\n"
+                                          b"MIME-Version")
+    replies = _one_off(MilterConfig(port=0), cfg, raw)
+    deletes = [(struct.unpack(">I", d[:4])[0], d[4:].split(b"\0")[:2]) for cmd, d in replies if cmd == b"m"]
+    assert (2, [b"Authentication-Results", b""]) in deletes        # the forgery of our id
+    assert (1, [b"Authentication-Results", b""]) not in deletes    # the upstream's own result stays

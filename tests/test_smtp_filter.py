@@ -295,3 +295,17 @@ def test_kept_next_hop_connection_that_died_is_replaced(sink):
         assert len(sink.wait_for(marker("after restart"))) == 1
     finally:
         f.stop()
+
+
+def test_rewrite_strips_forged_authentication_results():
+    from antispam.servers.common import rewrite_headers
+    from antispam.verdict import Verdict
+
+    raw = (b"Authentication-Results: mx.upstream.example; spf=pass\r\n"
+           b"Authentication-Results: mx.ours.example;\r\n\tdkim=pass header.d=bank.example\r\n"
+           b"Subject: hi\r\n\r\nbody\r\n")
+    v = Verdict(score=0.0, required_score=5.0, action="no action", symbols={}, thresholds={},
+                authentication_results="mx.ours.example; spf=none", authserv_id="mx.ours.example")
+    out = rewrite_headers(raw, v)
+    assert out.count(b"Authentication-Results: mx.ours.example") == 1 and b"header.d=bank.example" not in out
+    assert b"Authentication-Results: mx.upstream.example; spf=pass" in out and out.endswith(b"\r\n\r\nbody\r\n")

@@ -34,6 +34,7 @@ from typing import Any, Iterable
 from ..config import Config, ServerConfig
 from ..engine import Engine
 from ..message import Envelope
+from ..auth.authres import strip_forged
 from ..verdict import Verdict
 
 log = logging.getLogger("antispam.servers")
@@ -413,7 +414,10 @@ def split_headers(raw: bytes) -> tuple[bytes, bytes]:
 def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     """The message with our X-Spam-* (and Authentication-Results) headers, and the new Subject
     when the verdict rewrites it.  Headers of the same names already present are removed first:
-    a sender could otherwise forge ``X-Spam-Flag: NO`` for sieve rules downstream."""
+    a sender could otherwise forge ``X-Spam-Flag: NO`` for sieve rules downstream.  So are
+    Authentication-Results claiming our authserv-id (RFC 8601 section 5): only we write those."""
+    if verdict.authserv_id:
+        raw = strip_forged(raw, verdict.authserv_id)
     eol = line_ending(raw)
     head, body = split_headers(raw)
     ours = verdict.headers()
