@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from antispam import Engine, Envelope
 from antispam.auth.authres import AuthResultsCheck, UpstreamAuth, parse, quote_value, resinfo, strip_forged
 from antispam.check import Hit
@@ -70,3 +73,24 @@ def test_engine_uses_the_check_when_an_authserv_id_is_set():
     assert "AUTHRES_FORGED" in v.symbols and "AUTHRES_TRUSTED" in v.symbols
     # the default engine has no such check and makes no lookups
     assert "authres" not in {c.name for c in Engine().checks}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_parse_never_raises(text):
+    parse(text)
+
+
+_value = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["spf", "dkim", "dmarc", "arc"]), st.sampled_from(["pass", "fail", "none", "temperror"]),
+       st.lists(st.tuples(st.sampled_from(["smtp.mailfrom", "header.d", "header.from", "header.s"]), _value), max_size=4),
+       st.one_of(st.none(), _value))
+def test_what_we_write_we_read_back(method, result, props, comment):
+    ar = parse("mx.test; " + resinfo(method, result, props, comment=comment))
+    assert ar.authserv_id == "mx.test"
+    (r,) = ar.results
+    assert (r.method, r.result) == (method, result)
+    assert list(r.props) == [(k, v) for k, v in props]

@@ -48,6 +48,10 @@ def zone():
         # psd=n: an organization declaring its own boundary below what the walk would reach
         "_dmarc.unit.corp.example": [("TXT", "v=DMARC1; p=reject; psd=n")],
         "_dmarc.corp.example": [("TXT", "v=DMARC1; p=none")],
+        # RFC 9989 4.10.1: a record below the Organizational Domain is not the policy of a
+        # sibling's subdomain; org1.psd2 (one below the PSD) has none, so the PSD's applies
+        "_dmarc.b.org1.psd2": [("TXT", "v=DMARC1; p=quarantine")],
+        "_dmarc.psd2": [("TXT", "v=DMARC1; p=reject; psd=y")],
     }
 
 
@@ -157,6 +161,14 @@ def test_public_suffix_domain_policy_sp_and_np(server):
     assert dmarc(scan(engine(server, "rfc7489"), "a@real.psdtest", BAD_IP, mail_from="a@ghost-bounce.example"))[0] == "DMARC_NA"
 
 
+def test_policy_comes_from_the_organizational_or_public_suffix_domain_not_the_first_record(server):
+    sym, opts = dmarc(scan(engine(server), "a@a.b.org1.psd2", BAD_IP, mail_from="a@ghost-bounce.example"))
+    assert sym == "DMARC_POLICY_REJECT" and "policy_domain=psd2" in opts
+    # while the sender's own subdomain record would apply to mail from b.org1.psd2 itself
+    sym, opts = dmarc(scan(engine(server), "a@b.org1.psd2", BAD_IP, mail_from="a@ghost-bounce.example"))
+    assert sym == "DMARC_POLICY_QUARANTINE" and "policy_domain=b.org1.psd2" in opts
+
+
 def test_tree_walk_org_domain_over_real_dns(server):
     r = Resolver([server.host], port=server.port, timeout=0.3, attempts=1)
 
@@ -169,6 +181,8 @@ def test_tree_walk_org_domain_over_real_dns(server):
     assert org("x.corp.example") == "corp.example"  # shortest name with a record
     assert org("deep.real.psdtest") == "real.psdtest"  # one label below psd=y
     assert org("lonely.example") == "lonely.example"  # no record anywhere: itself
+    assert org("a.b.org1.psd2") == "org1.psd2"  # the walk goes past b.org1.psd2 up to psd=y
+    assert org("psd2") == "psd2"  # psd=y on the starting name itself: it is its own
 
 
 def test_walk_names_cuts_long_names_to_seven_labels():
@@ -233,3 +247,16 @@ def test_aggregate_records_collected_from_verdicts(server):
     xml = agg.to_xml()
     assert len(xml) == 2 and {x.findtext("row/count") for x in xml} == {"2", "1"}
     assert {x.findtext("row/policy_evaluated/disposition") for x in xml} == {"none", "reject"}
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=120))
+def test_record_parser_and_walk_take_any_text(text):
+    rec = parse_record("v=DMARC1; " + text)
+    assert rec is not None and rec.p in ("none", "quarantine", "reject") and 0 <= rec.pct <= 100
+    names = walk_names(text)
+    assert len(names) <= 8 and all(n.endswith(names[-1]) for n in names)

@@ -183,3 +183,88 @@ def test_per_recipient_settings_split_transactions():
         c.quit()
     finally:
         st.stop()
+
+
+def test_a_dead_scan_worker_is_replaced():
+    """kill -9 of a scan worker process: the pool is rebuilt and the message still gets a verdict."""
+    import os
+    import signal
+
+    st = ServerThread(MilterServer(Engine(), MilterConfig(port=0, workers=1)))
+    try:
+        c = client(st)
+        assert c.message(spam())[-1][0] == b"y"
+        pool = st.server.scanner._pool
+        (pid,) = list(pool._processes)
+        os.kill(pid, signal.SIGKILL)
+        assert c.message(spam())[-1][0] == b"y"  # still rejected: scanned by the new pool
+        assert st.server.scanner._pool is not pool
+        assert c.message(ham())[-1][0] == b"c"
+        c.quit()
+    finally:
+        st.stop()
+
+
+def test_cli_milter_with_metrics(tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from servers import free_port
+
+    mport = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "antispam.cli", "serve", "milter", "--port", "0",
+                             "--metrics-port", str(mport)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        port = int(re.search(rb":(\d+)", proc.stdout.readline()).group(1))
+        c = MilterClient(port)
+        c.negotiate()
+        c.session()
+        assert c.message(spam())[-1][0] == b"y"
+        assert c.message(ham())[-1][0] == b"c"
+        c.quit()
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert 'antispam_actions_total{action="reject",server="milter"} 1.0' in text
+        assert 'antispam_messages_total{server="milter"} 2.0' in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_authentication_results_is_added_when_authentication_ran(milter):
+    """The end-of-message packets for a verdict that carries Authentication-Results (built here the
+    way the engine builds it after SPF/DKIM/DMARC), so this holds without network checks."""
+    from antispam.servers.milter import ADDHDRS, CHGHDRS, Session
+    from antispam.verdict import Verdict
+
+    v = Verdict(score=0.0, required_score=5.0, action="no action", symbols={}, thresholds={"reject": 15.0},
+                authentication_results="mx.rcpt.test; spf=pass smtp.mailfrom=ana@sender.test")
+    out = milter.server._verdict_reply(Session(actions=ADDHDRS | CHGHDRS), v)
+    packets = []
+    while out:
+        n = struct.unpack(">I", out[:4])[0]
+        packets.append((out[4:5], out[5:4 + n]))
+        out = out[4 + n:]
+    added = dict(headers_added(packets))
+    assert added["Authentication-Results"] == "mx.rcpt.test; spf=pass smtp.mailfrom=ana@sender.test"
+    assert packets[-1] == (b"c", b"")
+
+
+def test_forged_authentication_results_claiming_our_id_are_deleted():
+    cfg = Config.load(overrides={"engine": {"authserv_id": "mx.ours.example"}})
+    raw = ham().replace(b"MIME-Version", b"Authentication-Results: mx.upstream.example; spf=pass smtp.mailfrom=a@b.example\r\n"
+                                          b"Authentication-Results: MX.ours.example; dkim=pass header.d=bank.example\r\n"
+                                          b"MIME-Version")
+    replies = _one_off(MilterConfig(port=0), cfg, raw)
+    deletes = [(struct.unpack(">I", d[:4])[0], d[4:].split(b"\0")[:2]) for cmd, d in replies if cmd == b"m"]
+    assert (2, [b"Authentication-Results", b""]) in deletes        # the forgery of our id
+    assert (1, [b"Authentication-Results", b""]) not in deletes    # the upstream's own result stays

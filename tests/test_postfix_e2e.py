@@ -45,8 +45,13 @@ def milter_port():
 
 
 @pytest.fixture(scope="module")
-def milter(milter_port):
-    st = ServerThread(MilterServer(Engine(), MilterConfig(port=milter_port)))
+def engine():
+    return Engine()
+
+
+@pytest.fixture(scope="module")
+def milter(milter_port, engine):
+    st = ServerThread(MilterServer(engine, MilterConfig(port=milter_port)))
     yield st
     if st.loop.is_running():
         st.stop()
@@ -88,7 +93,7 @@ def test_spam_is_rejected_at_end_of_data(milter, postfix, sink):
     assert "milter-reject: END-OF-MESSAGE" in postfix.log()
 
 
-def test_milter_down_is_no_loss(milter, milter_port, postfix, sink):
+def test_milter_down_is_no_loss(milter, milter_port, postfix, sink, engine):
     milter.stop()
     # milter_default_action = accept: delivered, unscanned
     r = pf.swaks(postfix.port, ham(subject="e2e down accept"))
@@ -102,7 +107,7 @@ def test_milter_down_is_no_loss(milter, milter_port, postfix, sink):
     assert r.returncode != 0 and "451 4.7.1" in r.stdout, r.stdout[-1500:]
     assert sink.wait_for(marker("e2e down tempfail"), timeout=1.0) == []
     # the milter comes back; the sender's retry is delivered, scanned, exactly once
-    back = ServerThread(MilterServer(Engine(), MilterConfig(port=milter_port)))
+    back = ServerThread(MilterServer(engine, MilterConfig(port=milter_port)))
     try:
         r = pf.swaks(postfix.port, raw)
         assert r.returncode == 0, r.stdout[-1500:]

@@ -126,7 +126,8 @@ def test_metrics_endpoint(server):
 
 def test_metrics_http_port():
     port = free_port()
-    st = ServerThread(RspamdHttpServer(Engine(), RspamdHttpConfig(port=0, metrics_port=port), metrics=Metrics()))
+    st = ServerThread(RspamdHttpServer(Engine(checks=[GtubeCheck()]), RspamdHttpConfig(port=0, metrics_port=port),
+                                       metrics=Metrics()))
     try:
         post(st.port, "/checkv2", ham())
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -134,3 +135,25 @@ def test_metrics_http_port():
         assert 'antispam_messages_total{server="rspamd_http"} 1.0' in text
     finally:
         st.stop()
+
+
+def test_exim_rspamd_variant(server, parts):
+    """Exim's ``spamd_address = 127.0.0.1 PORT variant=rspamd`` request, and Exim's parse of the reply."""
+    import re
+    import socket
+
+    raw = spam(eol="\n")
+    req = (b"CHECK RSPAMC/1.3\r\nContent-length: %d\r\nQueue-Id: 1a2b3c-0000AB-CD\r\nFrom: <ana@sender.test>\r\n"
+           b"Recipient-Number: 1\r\nRcpt: <bo@rcpt.test>\r\nHelo: mx.sender.test\r\nIP: 192.0.2.33\r\n\r\n" % len(raw)) + raw
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(req)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    m = re.match(rb"RSPAMD/(\S{1,7}) 0 EX_OK\r\nMetric: default; (\S{1,7})\s+([-\d.]+) / ([-\d.]+) / ([-\d.]+)\r\n", out)
+    assert m, out[:300]
+    assert m.group(2) == b"True;" and float(m.group(3)) >= 1000 and float(m.group(4)) == 5.0
+    assert out[m.end():].startswith(b"Action: reject\r\n") and b"Symbol: GTUBE(" in out
+    env, _ = parts[0].seen[-1]
+    assert env.client_ip == "192.0.2.33" and env.rcpt_tos == ("bo@rcpt.test",) and env.queue_id == "1a2b3c-0000AB-CD"

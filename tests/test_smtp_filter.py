@@ -39,11 +39,21 @@ def sink():
     s.down()
 
 
+_SHARED: list[Engine] = []
+
+
+def default_engine() -> Engine:
+    """The default engine, built once for the module (building one costs seconds)."""
+    if not _SHARED:
+        _SHARED.append(Engine())
+    return _SHARED[0]
+
+
 def start(sink, engine=None, **settings) -> ServerThread:
     settings.setdefault("port", 0)
     settings.setdefault("next_hop", f"127.0.0.1:{sink.port}")
     settings.setdefault("next_hop_timeout", 5.0)
-    return ServerThread(SmtpFilterServer(engine or Engine(), SmtpConfig(**settings)))
+    return ServerThread(SmtpFilterServer(engine or default_engine(), SmtpConfig(**settings)))
 
 
 def send(port: int, raw: bytes, mail_from="ana@sender.test", rcpts=("bo@rcpt.test",)) -> dict:
@@ -245,7 +255,7 @@ def test_recipients_with_other_settings_go_in_their_own_transaction(sink):
 
     cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
                            "recipients": {"@lenient.test": "lenient"}})
-    f = start(sink, engine=Engine(cfg), mode="before-queue")
+    f = start(sink, engine=Engine(cfg, checks=[GtubeCheck()]), mode="before-queue")
     try:
         raw = spam(subject="per rcpt")
         with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
@@ -285,3 +295,17 @@ def test_kept_next_hop_connection_that_died_is_replaced(sink):
         assert len(sink.wait_for(marker("after restart"))) == 1
     finally:
         f.stop()
+
+
+def test_rewrite_strips_forged_authentication_results():
+    from antispam.servers.common import rewrite_headers
+    from antispam.verdict import Verdict
+
+    raw = (b"Authentication-Results: mx.upstream.example; spf=pass\r\n"
+           b"Authentication-Results: mx.ours.example;\r\n\tdkim=pass header.d=bank.example\r\n"
+           b"Subject: hi\r\n\r\nbody\r\n")
+    v = Verdict(score=0.0, required_score=5.0, action="no action", symbols={}, thresholds={},
+                authentication_results="mx.ours.example; spf=none", authserv_id="mx.ours.example")
+    out = rewrite_headers(raw, v)
+    assert out.count(b"Authentication-Results: mx.ours.example") == 1 and b"header.d=bank.example" not in out
+    assert b"Authentication-Results: mx.upstream.example; spf=pass" in out and out.endswith(b"\r\n\r\nbody\r\n")

@@ -372,7 +372,7 @@ def test_user_header_selects_the_users_settings():
 
     cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
                            "recipients": {"carol": "lenient"}})
-    st = ServerThread(SpamdServer(Engine(cfg), SpamdConfig(port=0)))
+    st = ServerThread(SpamdServer(Engine(cfg, checks=[GtubeCheck()]), SpamdConfig(port=0)))
     try:
         assert run_spamc(st.port, "-c", "-u", "dave", stdin=spam()).returncode == 1
         assert run_spamc(st.port, "-c", "-u", "carol", stdin=spam()).returncode == 0  # her profile tags nothing
@@ -383,7 +383,7 @@ def test_user_header_selects_the_users_settings():
 def test_worker_processes_scan_and_connections_close(engine):
     """With a scan pool the verdict is the same, and each connection ends with EOF (a pool worker
     forked from the server would inherit the client's socket and hold it open)."""
-    st = ServerThread(SpamdServer(Engine(), SpamdConfig(port=0, workers=1)))
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0, workers=1)))
     try:
         for raw in (spam(), ham(), spam()):
             out = exchange(st.port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)

@@ -313,8 +313,9 @@ class RulesConfig:
     engine: str = "auto"
     #: leave out bad rules (reported in the log) instead of failing to load
     skip_bad: bool = False
-    #: directory for compiled Hyperscan databases (keyed by the rules' digest); empty: no cache
-    cache_dir: str = ""
+    #: directory for compiled Hyperscan databases (keyed by the rules' digest); "auto" is
+    #: $XDG_CACHE_HOME/antispam (~/.cache/antispam), so only the first start compiles; empty: no cache
+    cache_dir: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,8 @@ class Engine:
         self.policy = Policy(self.config, symbols)
         #: one policy per configured profile (per-user / per-recipient settings)
         self.policies = {name: Policy(self.config.for_profile(name), symbols) for name in self.config.profiles}
-        self._authserv_id = self.config.engine.authserv_id or _hostname()
+        #: the authserv-id of our Authentication-Results (RFC 8601): ``[engine] authserv_id`` or the host name
+        self.authserv_id = self.config.engine.authserv_id or _hostname()
 
     def _default_resolver(self) -> Any:
         try:
@@ -294,8 +295,8 @@ class Engine:
         verdicts = [
             (self.policies[p] if p is not None else self.policy).decide(
                 hits, timings=timings, skipped=skipped, message_id=msg.message_id,
-                authentication_results=f"{self._authserv_id}; {ar}" if ar else None,
-                subject=msg.subject,
+                authentication_results=f"{self.authserv_id}; {ar}" if ar else None,
+                subject=msg.subject, authserv_id=self.authserv_id,
             )
             for p in profiles
         ]

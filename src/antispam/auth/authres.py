@@ -115,6 +115,8 @@ def _tokens(text: str) -> list[str]:
         elif c in "=;":
             out.append(c)
             i += 1
+        elif c == ")":  # a stray closing parenthesis: no comment to close, skip it
+            i += 1
         else:
             j = i
             while j < n and not text[j].isspace() and text[j] not in '=;()"':

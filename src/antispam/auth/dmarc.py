@@ -11,15 +11,17 @@ how the policy record and the Organizational Domain are found:
   registrable domain under the Public Suffix List (``publicsuffixlist``, which
   ships the list: nothing is downloaded at run time).  ``pct`` samples which
   failing messages get the policy.
-* **rfc9989**: the *DNS Tree Walk*: ask ``_dmarc.<d>`` for the Author Domain,
-  then (after cutting to the last 7 labels when longer) for each parent down to
-  the top-level label.  The first record found is the policy record.  The
-  Organizational Domain of a name is found by the same walk: a record with
-  ``psd=n`` marks it; a record with ``psd=y`` (a public suffix operator) puts it
-  one label below; otherwise it is the shortest name with a record; with no
-  record at all it is the name itself.  ``np`` is the policy for Author
-  Domains that do not exist, ``t=y`` (test mode) lowers the policy one step,
-  and ``pct`` is gone.
+* **rfc9989**: the *DNS Tree Walk* (section 4.10): ask ``_dmarc.<d>`` for a
+  name, then (after cutting to the last 7 labels when longer) for each parent
+  down to the top-level label, stopping at a record with ``psd=n`` or
+  ``psd=y``.  The Organizational Domain of a name (4.10.2): a record with
+  ``psd=n`` marks it; a record with ``psd=y`` (a public suffix operator) above
+  the name puts it one label below; otherwise it is the shortest name with a
+  record; with no record at all it is the name itself.  The policy record
+  (4.10.1) is the Author Domain's own, else its Organizational Domain's, else
+  its Public Suffix Domain's.  ``np`` is the policy for Author Domains that do
+  not exist, ``t=y`` (test mode) lowers the policy one step, and ``pct`` is
+  gone.
 
 Why rfc9989 is the default: it is the current standard and obsoletes RFC
 7489; it needs no copy of the Public Suffix List, which goes stale inside
@@ -182,24 +184,43 @@ def _record(lookup: Lookup, domain: str) -> DmarcRecord | None:
     return recs[0] if len(recs) == 1 else None
 
 
-def tree_walk_org_domain(lookup: Lookup, domain: str) -> str:
-    """RFC 9989 Organizational Domain of ``domain`` (see the module docstring)."""
-    names = walk_names(domain)
-    if not names:
-        return domain
-    shortest = None
-    for i, name in enumerate(names):
+def tree_walk(lookup: Lookup, domain: str) -> list[tuple[str, DmarcRecord]]:
+    """RFC 9989 section 4.10: the valid records met walking up from ``domain``, longest name first.
+
+    The walk stops at a record carrying ``psd=n`` or ``psd=y``; answers past
+    that point are never read, so their failures cannot matter.
+    """
+    found = []
+    for name in walk_names(domain):
         rec = _record(lookup, name)
         if rec is None:
             continue
+        found.append((name, rec))
+        if rec.psd in ("n", "y"):
+            break
+    return found
+
+
+def org_from_walk(domain: str, found: list[tuple[str, DmarcRecord]]) -> str:
+    """RFC 9989 section 4.10.2: pick the Organizational Domain from a walk's records.
+
+    Longest name first: ``psd=n`` marks it; ``psd=y`` on any name but the
+    starting one puts it one label below; otherwise the name with the fewest
+    labels that has a record; with no record at all, the starting name.
+    """
+    start = ".".join(_labels(domain))
+    for name, rec in found:
         if rec.psd == "n":
             return name
-        if rec.psd == "y" and i > 0:
-            # one label below the public suffix domain, taken from the walked name's labels
-            labels = _labels(names[0])
+        if rec.psd == "y" and name != start:
+            labels = _labels(start)
             return ".".join(labels[-(len(_labels(name)) + 1):])
-        shortest = name
-    return shortest or names[0]
+    return found[-1][0] if found else start
+
+
+def tree_walk_org_domain(lookup: Lookup, domain: str) -> str:
+    """RFC 9989 Organizational Domain of ``domain``."""
+    return org_from_walk(domain, tree_walk(lookup, domain))
 
 
 class _Evaluator:
@@ -227,11 +248,18 @@ class _Evaluator:
     def discover(self, from_domain: str) -> tuple[str, DmarcRecord] | None:
         """(policy domain, record) or None."""
         if self.mode == "rfc9989":
-            for name in walk_names(from_domain):
-                rec = _record(self.lookup, name)
-                if rec is not None:
-                    return name, rec
-            return None
+            # RFC 9989 4.10.1: the Author Domain's own record; else its Organizational
+            # Domain's; else its Public Suffix Domain's (a psd=y record met on the walk)
+            rec = _record(self.lookup, from_domain)
+            if rec is not None:
+                return from_domain, rec
+            found = tree_walk(self.lookup, from_domain)
+            org = org_from_walk(from_domain, found)
+            self._org[from_domain] = org
+            for name, r in found:
+                if name == org:
+                    return name, r
+            return next(((n, r) for n, r in found if r.psd == "y"), None)
         rec = _record(self.lookup, from_domain)
         if rec is not None:
             return from_domain, rec

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,7 +446,15 @@ def rules_check(config, store=None) -> Check | None:
         dirs += list(rc.extra_dirs)
     loaded = load_rules(
         dirs, sa_paths=rc.sa_dirs if rc else (), engine=rc.engine if rc else "auto",
-        skip_bad=rc.skip_bad if rc else False, cache_dir=(rc.cache_dir or None) if rc else None,
+        skip_bad=rc.skip_bad if rc else False, cache_dir=_cache_dir(rc.cache_dir) if rc else None,
         sa_pre_dirs=(rc.sa_pre_dir,) if rc and rc.sa_dirs and rc.sa_pre_dir and Path(rc.sa_pre_dir).is_dir() else (),
     )
     return RulesCheck(loaded)
+
+
+def _cache_dir(setting: str) -> Path | None:
+    """``"auto"``: the user's cache directory (XDG); ``""``: no cache; else the path given."""
+    if setting != "auto":
+        return Path(setting) if setting else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "antispam"

@@ -27,12 +27,14 @@ import multiprocessing
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..config import Config, ServerConfig
 from ..engine import Engine
 from ..message import Envelope
+from ..auth.authres import strip_forged
 from ..verdict import Verdict
 
 log = logging.getLogger("antispam.servers")
@@ -107,19 +109,34 @@ class Scanner:
             if engine._custom_checks:
                 raise ValueError("worker processes build their engine from configuration; "
                                  "an engine with custom checks must scan in-process (workers = 0)")
-            # Not fork: a worker forked while connections are open would inherit their sockets and
-            # keep them open after the server closes them (the client never sees EOF).
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            self._pool = ProcessPoolExecutor(max_workers=workers, initializer=_pool_init,
-                                             initargs=(engine.config,),
-                                             mp_context=multiprocessing.get_context(method))
+            self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # Not fork: a worker forked while connections are open would inherit their sockets and
+        # keep them open after the server closes them (the client never sees EOF).
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        return ProcessPoolExecutor(max_workers=self.workers, initializer=_pool_init,
+                                   initargs=(self.engine.config,), mp_context=multiprocessing.get_context(method))
 
     async def scan(self, raw: bytes, envelope: Envelope | None = None, profile: str | None = None) -> Verdict:
-        """One verdict under ``profile`` (a ``[profiles]`` name; None for the default policy)."""
+        """One verdict under ``profile`` (a ``[profiles]`` name; None for the default policy).
+
+        A worker that dies (killed for memory, a crash in native code) breaks the whole pool;
+        the pool is then rebuilt and the scan tried once more, so one bad moment costs the
+        messages in flight a retry rather than the server its scanning.
+        """
         if self._pool is None:
             return await self.engine.ascan(raw, envelope, profile=profile)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _pool_scan, raw, envelope, profile)
+        pool = self._pool
+        try:
+            return await loop.run_in_executor(pool, _pool_scan, raw, envelope, profile)
+        except BrokenProcessPool:
+            if self._pool is pool:  # the first task to notice rebuilds; the others reuse it
+                log.warning("scan worker died; restarting the worker pool")
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            return await loop.run_in_executor(self._pool, _pool_scan, raw, envelope, profile)
 
     def profile_for(self, who: str | None) -> str | None:
         """The settings profile of a recipient address or user name (``[recipients]``)."""
@@ -397,7 +414,10 @@ def split_headers(raw: bytes) -> tuple[bytes, bytes]:
 def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     """The message with our X-Spam-* (and Authentication-Results) headers, and the new Subject
     when the verdict rewrites it.  Headers of the same names already present are removed first:
-    a sender could otherwise forge ``X-Spam-Flag: NO`` for sieve rules downstream."""
+    a sender could otherwise forge ``X-Spam-Flag: NO`` for sieve rules downstream.  So are
+    Authentication-Results claiming our authserv-id (RFC 8601 section 5): only we write those."""
+    if verdict.authserv_id:
+        raw = strip_forged(raw, verdict.authserv_id)
     eol = line_ending(raw)
     head, body = split_headers(raw)
     ours = verdict.headers()

@@ -41,6 +41,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from ..auth.authres import parse as parse_authres
 from ..message import Envelope
 from ..verdict import Verdict
 from .common import Connection, ProtocolError, Server
@@ -271,6 +272,7 @@ class MilterServer(Server):
         out = bytearray()
         if s.actions & CHGHDRS:
             out += self._remove_forged(s, {n.lower() for n, _ in v.headers() if n.lower() != "authentication-results"})
+            out += self._remove_forged_authres(s, v.authserv_id)
             subject = v.rewritten_subject()
             if subject is not None:
                 if any(n.lower() == "subject" for n, _ in s.headers):
@@ -283,6 +285,18 @@ class MilterServer(Server):
         if action == "reject" and s.actions & QUARANTINE:
             out += packet(QUARANTINE_R, _c(cfg.quarantine_reason))  # type: ignore[attr-defined]
         return bytes(out) + packet(CONTINUE)
+
+    @staticmethod
+    def _remove_forged_authres(s: Session, authserv_id: str) -> bytes:
+        """Delete Authentication-Results that claim our authserv-id (RFC 8601 section 5): only
+        we may write those, so any that came with the message are forged."""
+        if not authserv_id:
+            return b""
+        want = authserv_id.lower()
+        ours = [k for k, v in enumerate((v for n, v in s.headers if n.lower() == "authentication-results"), 1)
+                if (p := parse_authres(v)) is not None and p.authserv_id == want]
+        return b"".join(packet(CHGHEADER, struct.pack(">I", k) + _c("Authentication-Results") + _c(""))
+                        for k in reversed(ours))
 
     @staticmethod
     def _remove_forged(s: Session, names: set[str]) -> bytes:

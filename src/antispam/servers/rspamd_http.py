@@ -8,6 +8,7 @@ antispam unchanged: ``antispam serve rspamd-http``.
                     under the settings profile of ``Deliver-To`` or the first ``Rcpt``
 ``POST /learnspam`` ``POST /learnham``: teach the learners; ``{"success": true}``
 ``GET /ping``       ``pong``
+``CHECK RSPAMC/1.3`` the older line protocol on the same port, for Exim's ``variant=rspamd``
 ``GET /metrics``    Prometheus metrics, when the server has them
 ==================  =========================================================
 
@@ -68,6 +69,9 @@ class RspamdHttpServer(Server):
             if first in (b"\r\n", b"\n"):
                 continue
             parts = first.decode("latin-1").split()
+            if len(parts) == 2 and parts[1].startswith("RSPAMC/"):
+                await self._legacy(conn, parts[0])
+                return
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                 await conn.write(_json(400, {"error": "bad request line"}, keep_alive=False))
                 return
@@ -87,6 +91,37 @@ class RspamdHttpServer(Server):
             conn.busy = False
             if not keep:
                 return
+
+    async def _legacy(self, conn: Connection, method: str) -> None:
+        """rspamd's older line protocol, which Exim's ``spamd_address = ... variant=rspamd`` speaks:
+        ``CHECK RSPAMC/1.3``, the same envelope headers as HTTP, ``Content-length``, the message;
+        answered with ``RSPAMD/1.3 0 EX_OK``, a ``Metric: default; True; score / required / reject``
+        line, ``Action:`` and one ``Symbol:`` line per symbol, then the connection closes."""
+        headers = await self._headers(conn)
+        if method not in ("CHECK", "SYMBOLS"):
+            await conn.write(b"RSPAMD/1.3 76 EX_PROTOCOL unsupported command\r\n\r\n")
+            return
+        conn.busy = True
+        try:
+            body = await self._body(conn, headers)
+        except HttpError as exc:
+            await conn.write(f"RSPAMD/1.3 65 EX_DATAERR {exc.message}\r\n\r\n".encode())
+            return
+        env = _envelope(headers)
+        profile = self.scanner.profile_for(env.rcpt_tos[0] if env.rcpt_tos else None)
+        try:
+            v = await self.scan(body, env, profile, peer=conn.peer_ip, client_ip=env.client_ip or "",
+                                queue_id=env.queue_id or "", protocol="RSPAMC")
+        except Exception:
+            await conn.write(b"RSPAMD/1.3 70 EX_SOFTWARE scan failed\r\n\r\n")
+            return
+        reject = v.thresholds.get("reject", v.required_score)
+        lines = ["RSPAMD/1.3 0 EX_OK",
+                 f"Metric: default; {'True' if v.is_spam else 'False'}; {v.score:.2f} / {v.required_score:.2f} / {reject:.2f}",
+                 f"Action: {v.action}"]
+        lines += [f"Symbol: {s.name}({s.score:.2f})" + (f"; {','.join(s.options)}" if s.options else "")
+                  for s in sorted(v.symbols.values(), key=lambda s: (-abs(s.score), s.name))]
+        await conn.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     async def _headers(self, conn: Connection) -> dict[str, list[str]]:
         headers: dict[str, list[str]] = {}
