@@ -58,8 +58,9 @@ def test_rfc2047_bad_encoding_is_a_defect_not_a_crash():
 
 
 def test_addresses():
-    assert split_addresses('"Doe, Ann" <ann@x.example>, bob@y.example (Bob)') == [
-        ("Doe, Ann", "ann@x.example"), ("Bob", "bob@y.example")]
+    assert split_addresses('"Doe, Ann" <ann@x.example>, bob@y.example (Bob)') == (
+        ("Doe, Ann", "ann@x.example"), ("Bob", "bob@y.example"))
+    assert split_addresses("a@x.example, <b@y.example>,,junk") == (("", "a@x.example"), ("", "b@y.example"))
     m = Message(mk('From: "Ann" <Ann@Example.COM>\nTo: a@t.example, "B" <b@t.example>\nCc: c@t.example\nReply-To: r@else.example'))
     assert m.from_domain == "example.com"
     assert m.from_name == "Ann"

@@ -23,6 +23,7 @@ import codecs
 import html as _html
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterator
 from urllib.parse import unquote_to_bytes
 
@@ -327,15 +328,39 @@ def parse_params(value: str) -> tuple[str, dict[str, str]]:
     return main, params
 
 
-def split_addresses(value: str) -> list[tuple[str, str]]:
-    """``'"Ann" <a@x.example>, b@y.example'`` -> ``[("Ann", "a@x.example"), ("", "b@y.example")]``.
+@lru_cache(maxsize=4096)
+def split_addresses(value: str) -> tuple[tuple[str, str], ...]:
+    """``'"Ann" <a@x.example>, b@y.example'`` -> ``(("Ann", "a@x.example"), ("", "b@y.example"))``.
 
-    Tolerant of the junk spam carries: a value with no parsable address yields [].
+    Tolerant of the junk spam carries: a value with no parsable address yields ().
+    Cached by value: the same From/To/Reply-To values are read by the rules,
+    the classifier and reputation within one scan.
     """
-    out: list[tuple[str, str]] = []
     if not value:
-        return out
-    # Split on commas that are outside quotes and angle brackets.
+        return ()
+    # Split on commas outside quotes and angle brackets.  Without quotes (most headers),
+    # a comma inside <...> would need a quoted local part, so a plain split is exact.
+    items = value.split(",") if '"' not in value else _split_quoted(value)
+    out: list[tuple[str, str]] = []
+    for item in items:
+        m = _ADDR_RE.search(item)
+        if m:
+            addr = m.group(1).strip()
+            name = item[: m.start()].strip().strip('"').strip()
+        else:
+            bare = _BARE_ADDR_RE.search(_COMMENT_RE.sub("", item) if "(" in item else item)
+            if not bare:
+                continue
+            addr = bare.group(0)
+            cm = _COMMENT_RE.search(item) if "(" in item else None
+            name = cm.group(0)[1:-1].strip() if cm else ""
+        if addr:
+            out.append((name, addr))
+    return tuple(out)
+
+
+def _split_quoted(value: str) -> list[str]:
+    """Split on commas that are outside double quotes and angle brackets."""
     items, buf, quote, angle = [], [], False, 0
     for ch in value:
         if ch == '"':
@@ -351,21 +376,7 @@ def split_addresses(value: str) -> list[tuple[str, str]]:
                 continue
         buf.append(ch)
     items.append("".join(buf))
-    for item in items:
-        m = _ADDR_RE.search(item)
-        if m:
-            addr = m.group(1).strip()
-            name = item[: m.start()].strip().strip('"').strip()
-        else:
-            bare = _BARE_ADDR_RE.search(_COMMENT_RE.sub("", item))
-            if not bare:
-                continue
-            addr = bare.group(0)
-            cm = _COMMENT_RE.search(item)
-            name = cm.group(0)[1:-1].strip() if cm else ""
-        if addr:
-            out.append((name, addr))
-    return out
+    return items
 
 
 def domain_of(addr: str | None) -> str | None:
@@ -591,7 +602,7 @@ class Message:
         return self.get("Subject", "") or ""
 
     @cached_property
-    def from_addresses(self) -> list[tuple[str, str]]:
+    def from_addresses(self) -> tuple[tuple[str, str], ...]:
         """``[(display_name, address)]`` of the From header (usually one)."""
         return split_addresses(self.get("From", "") or "")
 
