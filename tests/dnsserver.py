@@ -20,6 +20,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from typing import Any, Iterable, Mapping
 
 import dns.flags
@@ -60,10 +61,14 @@ def _rdata(rdtype: str, value: Any) -> dns.rdata.Rdata:
 class DNSServer:
     """An authoritative test server on ``host`` (127.0.0.1 or ::1), UDP and TCP on one port."""
 
-    def __init__(self, zone: Zone | None = None, host: str = "127.0.0.1", ttl: int = 300):
+    def __init__(self, zone: Zone | None = None, host: str = "127.0.0.1", ttl: int = 300, delay: float = 0.0):
         self.host = host
         self.ttl = ttl
+        #: seconds every answer is held back (each query is served on its own thread, so they overlap)
+        self.delay = delay
         self.queries: list[tuple[str, str, str]] = []
+        #: ``time.monotonic()`` at which each query of ``queries`` arrived
+        self.arrivals: list[float] = []
         self.drop_all = False
         self._lock = threading.Lock()
         self.load(zone or {})
@@ -155,10 +160,13 @@ class DNSServer:
         rdtype = dns.rdatatype.to_text(q.rdtype)
         with self._lock:
             self.queries.append((qname, rdtype, proto))
+            self.arrivals.append(time.monotonic())
             records = self._records
             ancestors = self._ancestors
         if self.drop_all:
             return None
+        if self.delay:
+            time.sleep(self.delay)
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
         name, chain = qname, 0
@@ -197,11 +205,12 @@ class DNSServer:
                 name, chain = _norm(cnames[0]), chain + 1
                 continue
             break
-        wire_out = response.to_wire()
-        if proto == "udp" and len(wire_out) > 512 and query.edns < 0:
+        wire_out = response.to_wire(max_size=65535)
+        limit = max(512, query.payload) if query.edns >= 0 else 512
+        if proto == "udp" and len(wire_out) > limit:
             response.answer = []
             response.flags |= dns.flags.TC
-            wire_out = response.to_wire()
+            wire_out = response.to_wire(max_size=65535)
         return wire_out
 
     def asked(self, qname: str | None = None, rdtype: str | None = None, proto: str | None = None) -> int:

@@ -22,6 +22,8 @@ ZONE = {
     "slow.test": [("TIMEOUT", None)],
     "broken.test": [("SERVFAIL", None)],
     "big.test": [("TRUNCATE", None), ("TXT", "x" * 300)],
+    "key.test": [("TXT", "k" * 800)],  # a 4096-bit DKIM key is about this size
+    "huge.test": [("TXT", "h" * 1500)],
 }
 
 
@@ -176,3 +178,21 @@ def test_resolver_from_config_is_off_without_nameservers(server):
     cfg = Config().merged({"dns": {"nameservers": [server.host], "port": server.port, "timeout": 0.5}})
     r = resolver_from_config(cfg)
     assert r is not None and run(r.resolve("a.test", "A")).status == "ok"
+
+
+def test_edns_keeps_key_sized_answers_on_udp_and_larger_ones_go_tcp(server):
+    r = make(server)
+    assert run(r.resolve("key.test", "TXT")).texts() == [b"k" * 800]
+    assert server.asked("key.test", "TXT", "tcp") == 0
+    assert run(r.resolve("huge.test", "TXT")).texts() == [b"h" * 1500]
+    assert server.asked("huge.test", "TXT", "tcp") == 1
+
+
+def test_a_callers_deadline_is_not_cached_as_a_server_failure(server):
+    r = make(server, timeout=5, attempts=1)
+    a = run(r.resolve("slow.test", "AAAA", deadline=time.monotonic() + 0.2))
+    assert a.status == "timeout" and r.cached("slow.test", "AAAA") is None
+    # a genuine timeout (the whole per-attempt timeout) is remembered for failure_ttl
+    r = make(server, timeout=0.2, attempts=1, failure_ttl=30)
+    assert run(r.resolve("slow.test", "AAAA")).status == "timeout"
+    assert r.cached("slow.test", "AAAA").status == "timeout"

@@ -191,3 +191,29 @@ def test_history_store_down_is_a_symbol():
     cfg = Config.load(overrides={"history": {"enabled": True}, "store": {"url": f"redis://127.0.0.1:{free_port()}/0"}})
     v = Engine(cfg).scan(HAM, env())
     assert v.has("STORE_UNAVAILABLE") and v.action == "no action"
+
+
+def test_history_dkim_domains_only_from_verified_signatures(store):
+    from antispam.auth.dkim import DkimOutcome, DkimSignatureResult
+    from antispam.check import ScanContext
+    from antispam.message import Message
+    from antispam.verdict import Verdict
+
+    cfg = Config.load(overrides={"history": {"enabled": True, "min_observations": 3}})
+    hist = HistoryCheck(cfg, store, clock=Clock())
+    signed = DkimOutcome((DkimSignatureResult("pass", "News.Example", "s1"), DkimSignatureResult("fail", "forged.example", "s2")))
+    ham_verdict = Verdict(score=-1.0, required_score=5.0, action="no action", symbols={}, thresholds={})
+    for i in range(3):
+        msg = Message(b"Subject: issue %d\n\nweekly news\n" % i, Envelope(client_ip=f"192.0.2.{i + 1}"))
+        ctx = ScanContext(msg.envelope, cfg)
+        ctx.publish(signed)
+        assert ("dkim", "news.example") in hist.entities(msg, ctx) and ("dkim", "forged.example") not in hist.entities(msg, ctx)
+        hist.record(msg, ctx, ham_verdict)
+    msg = Message(b"Subject: issue 4\n\nweekly news\n", Envelope(client_ip="198.51.100.200"))
+    ctx = ScanContext(msg.envelope, cfg)
+    ctx.publish(signed)
+    hits = {h.symbol: h for h in hist.run(msg, ctx)}
+    assert hits["REPUTATION_GOOD_DKIM_DOMAIN"].options == ("news.example: spam 0.0 ham 3.0",)
+    # Without a verified signature the domain is not credited.
+    bare = Message(b"Subject: x\n\ny\n", Envelope(client_ip="198.51.100.201"))
+    assert "REPUTATION_GOOD_DKIM_DOMAIN" not in {h.symbol for h in hist.run(bare, ScanContext(bare.envelope, cfg))}

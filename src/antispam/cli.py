@@ -24,6 +24,9 @@ from . import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "antispam.classifier.cli",
     "antispam.ruleset.cli",
+    "antispam.servers.cli",
+    "antispam.auth.cli",
+    "antispam.fit",
 )
 
 

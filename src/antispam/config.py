@@ -72,6 +72,87 @@ class StoreConfig:
     on_failure: str = "open"
 
 
+# --- servers (spamd, milter, SMTP filter, rspamd HTTP): [servers.NAME] tables ---------------
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What every server shares.  Loopback and a loopback allow-list by default: a spam filter
+    that anyone on the network can feed (or TELL) is an abuse vector, so opening it is explicit."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: client networks allowed to connect (CIDR); others are refused at accept time
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: largest message accepted, bytes; larger ones are refused with the protocol's error
+    max_size: int = 32 * 1024 * 1024
+    #: connections served at once; more are refused (the MTA retries or applies its default)
+    max_connections: int = 64
+    #: seconds a connection may sit idle or take to send one request before it is dropped
+    timeout: float = 60.0
+    #: seconds a graceful shutdown waits for in-flight messages before cutting them off
+    shutdown_timeout: float = 30.0
+    #: when a scan fails: true lets the message through unfiltered, false answers "try later"
+    fail_open: bool = True
+    #: scan worker processes; 0 scans in the server process (see docs/servers.md)
+    workers: int = 0
+    #: Prometheus /metrics on this port (0 = off), bound to metrics_host
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SpamdConfig(ServerConfig):
+    port: int = 783
+    #: accept TELL (learn / forget); spamd calls this --allow-tell
+    allow_tell: bool = True
+
+
+@dataclass(frozen=True)
+class MilterConfig(ServerConfig):
+    port: int = 11332
+    #: the MTA holds one connection per SMTP session, idle while the client types: as long
+    #: as Postfix's own smtpd_timeout (300s) so a slow client never loses us mid-session
+    timeout: float = 300.0
+    #: SMTP reply for ``reject`` verdicts (code, enhanced status code, text)
+    reject_reply: str = "550 5.7.1 Message rejected as spam"
+    #: SMTP reply for ``soft reject`` and ``greylist`` verdicts, and for failed scans when fail_open is false
+    tempfail_reply: str = "451 4.7.1 Please try again later"
+    #: hold ``reject`` verdicts in the MTA's quarantine (Postfix: hold queue) instead of rejecting
+    quarantine: bool = False
+    quarantine_reason: str = "antispam: spam"
+
+
+@dataclass(frozen=True)
+class SmtpConfig(ServerConfig):
+    port: int = 10025
+    #: "after-queue" (Postfix content_filter: scan, add headers, re-inject) or
+    #: "before-queue" (smtpd_proxy_filter: the same, but spam is rejected at end of DATA)
+    mode: str = "after-queue"
+    #: where scanned mail goes, host:port (Postfix's re-injection smtpd)
+    next_hop: str = "127.0.0.1:10026"
+    #: seconds to wait for the next hop before answering the sender 4xx
+    next_hop_timeout: float = 60.0
+    reject_reply: str = "550 5.7.1 Message rejected as spam"
+    tempfail_reply: str = "451 4.7.1 Please try again later"
+    #: the name this filter gives itself in its SMTP greeting
+    hostname: str = "localhost"
+
+
+@dataclass(frozen=True)
+class RspamdHttpConfig(ServerConfig):
+    port: int = 11333
+
+
+@dataclass(frozen=True)
+class ServersConfig:
+    """``[servers.spamd]``, ``[servers.milter]``, ``[servers.smtp]``, ``[servers.rspamd_http]``."""
+
+    spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    rspamd_http: RspamdHttpConfig = field(default_factory=RspamdHttpConfig)
+
+
 @dataclass(frozen=True)
 class GreylistConfig:
     """Greylisting (X.1240 7.11): defer the first delivery attempt of an unknown triplet.
@@ -232,8 +313,9 @@ class RulesConfig:
     engine: str = "auto"
     #: leave out bad rules (reported in the log) instead of failing to load
     skip_bad: bool = False
-    #: directory for compiled Hyperscan databases (keyed by the rules' digest); empty: no cache
-    cache_dir: str = ""
+    #: directory for compiled Hyperscan databases (keyed by the rules' digest); "auto" is
+    #: $XDG_CACHE_HOME/antispam (~/.cache/antispam), so only the first start compiles; empty: no cache
+    cache_dir: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -243,6 +325,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    servers: ServersConfig = field(default_factory=ServersConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
@@ -272,9 +355,26 @@ class Config:
     # ------------------------------------------------------------------ loading
 
     @classmethod
+    def default(cls) -> "Config":
+        """The embedded defaults: the dataclass defaults with ``antispam/default.toml`` laid over them.
+
+        ``default.toml`` holds what is data rather than code, such as the
+        scores fitted on the TRAIN corpus by ``antispam fit``.
+        """
+        global _DEFAULT
+        if _DEFAULT is None:
+            cfg = cls()
+            if _DEFAULT_TOML.exists():
+                with open(_DEFAULT_TOML, "rb") as fh:
+                    cfg = cfg.merged(tomllib.load(fh), source="<embedded default.toml>")
+                cfg = dataclasses.replace(cfg, sources=("<defaults>",))
+            _DEFAULT = cfg
+        return _DEFAULT
+
+    @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":
-        """Defaults < TOML file at ``path`` < ``overrides`` (same nested shape as the file)."""
-        cfg = cls()
+        """Embedded defaults < TOML file at ``path`` < ``overrides`` (same nested shape as the file)."""
+        cfg = cls.default()
         if path is not None:
             p = Path(path)
             try:
@@ -346,6 +446,9 @@ class Config:
             out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else {k: (dict(x) if isinstance(x, Mapping) else x) for k, x in v.items()}
         return out
 
+
+_DEFAULT_TOML = Path(__file__).resolve().parent / "default.toml"
+_DEFAULT: Config | None = None
 
 # Every field of Config whose type is a dataclass is a section: adding a
 # section is adding one field above, nothing else.

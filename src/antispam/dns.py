@@ -48,6 +48,11 @@ if TYPE_CHECKING:  # pragma: no cover
 TEMPORARY = frozenset({"servfail", "timeout"})
 #: longest CNAME chain followed inside one response
 MAX_CNAME_CHAIN = 16
+#: ``Answer.detail`` of a question cut off by the caller's deadline.  Such answers are not cached:
+#: one scan running out of time says nothing about the server, and must not fail the next scans.
+DEADLINE = "deadline reached"
+#: EDNS(0) UDP payload size we advertise (the 2020 DNS flag day value): DKIM keys fit without TCP
+EDNS_PAYLOAD = 1232
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +101,17 @@ def make_name(text: str) -> dns.name.Name:
     text = text.rstrip(".")
     if not text:
         return dns.name.root
-    return dns.name.Name([label.encode("utf-8") for label in text.split(".")] + [b""])
+    return dns.name.Name([_label(label) for label in text.split(".")] + [b""])
+
+
+def _label(label: str) -> bytes:
+    """ASCII labels as they are; internationalized ones as IDNA A-labels (xn--), as zones publish them."""
+    if label.isascii():
+        return label.encode("ascii")
+    try:
+        return label.encode("idna")
+    except UnicodeError:
+        return label.encode("utf-8")
 
 
 def name_text(name: dns.name.Name) -> str:
@@ -235,17 +250,24 @@ class Resolver:
             return answer
         except BaseException:  # cancelled by a caller's deadline: waiters see a timeout, not a hang
             if not fut.done():
-                fut.set_result(Answer(key[0], key[1], "timeout", detail="cancelled by the scan deadline"))
+                fut.set_result(Answer(key[0], key[1], "timeout", detail=DEADLINE))
             raise
         finally:
             state.inflight.pop(key, None)
 
     async def prefetch(self, questions: Iterable["Question"], deadline: float | None = None) -> list[Answer]:
         """Ask every question at once (duplicates once); returns the answers in first-seen order."""
-        seen: dict[tuple[str, str], None] = {}
+        answers: dict[tuple[str, str], Answer | None] = {}
         for q in questions:
-            seen.setdefault(_key(q.qname, q.rdtype), None)
-        return list(await asyncio.gather(*(self.resolve(n, t, deadline) for n, t in seen)))
+            key = _key(q.qname, q.rdtype)
+            if key not in answers:
+                answers[key] = self.cached(*key)
+        # Cached answers are read in place; only the missing ones cost a task and a query.
+        missing = [k for k, a in answers.items() if a is None]
+        if missing:
+            for key, answer in zip(missing, await asyncio.gather(*(self.resolve(n, t, deadline) for n, t in missing))):
+                answers[key] = answer
+        return list(answers.values())  # type: ignore[arg-type]
 
     async def _ask_async(self, qname: str, rdtype: str, deadline: float | None) -> Answer:
         query = self._make_query(qname, rdtype)
@@ -256,12 +278,14 @@ class Resolver:
             for server in self.nameservers:
                 timeout = self._attempt_timeout(deadline)
                 if timeout is None:
-                    return Answer(qname, rdtype, "timeout", detail="scan deadline reached")
+                    return Answer(qname, rdtype, "timeout", detail=DEADLINE)
                 self.sent += 1
                 try:
                     response, _tcp = await dns.asyncquery.udp_with_fallback(
                         query, server, timeout=timeout, port=self.port)
                 except dns.exception.Timeout:
+                    if timeout < self.timeout:  # cut short by the caller's deadline: not the server's fault
+                        return Answer(qname, rdtype, "timeout", detail=DEADLINE)
                     last = f"timeout from {server}"
                     continue
                 except (OSError, dns.exception.DNSException) as exc:
@@ -292,11 +316,13 @@ class Resolver:
                 for server in self.nameservers:
                     t = self._attempt_timeout(deadline)
                     if t is None:
-                        return Answer(key[0], key[1], "timeout", detail="deadline reached")
+                        return Answer(key[0], key[1], "timeout", detail=DEADLINE)
                     self.sent += 1
                     try:
                         response, _tcp = dns.query.udp_with_fallback(query, server, timeout=t, port=self.port)
                     except dns.exception.Timeout:
+                        if t < self.timeout:
+                            return Answer(key[0], key[1], "timeout", detail=DEADLINE)
                         last = f"timeout from {server}"
                         continue
                     except (OSError, dns.exception.DNSException) as exc:
@@ -324,7 +350,7 @@ class Resolver:
             rdt = dns.rdatatype.from_text(rdtype)
         except (dns.exception.DNSException, ValueError) as exc:
             return Answer(qname, rdtype, "invalid", detail=f"{type(exc).__name__}: {exc}")
-        return dns.message.make_query(name, rdt)
+        return dns.message.make_query(name, rdt, use_edns=0, payload=EDNS_PAYLOAD)
 
     def _answer_from(self, qname: str, rdtype: str, response: dns.message.Message) -> Answer:
         rcode = response.rcode()
@@ -361,7 +387,7 @@ class Resolver:
         return max(self.min_ttl, min(self.max_ttl, float(ttl)))
 
     def _store(self, key: tuple[str, str], answer: Answer) -> None:
-        if answer.status == "invalid":
+        if answer.status == "invalid" or answer.detail == DEADLINE:
             return
         ttl = self.failure_ttl if answer.temporary else answer.ttl
         self._cache.put(key, answer, ttl)

@@ -49,6 +49,10 @@ DEFAULT_CHECK_FACTORIES: tuple[str, ...] = (
     "antispam.reputation.dnsbl:dnsbl_check",
     "antispam.auth.spf:factory",
     "antispam.classifier.check:classifier_check",
+    "antispam.auth.dkim:factory",
+    "antispam.auth.arc:factory",
+    "antispam.auth.dmarc:factory",
+    "antispam.auth.authres:authres_check",
 )
 
 ENGINE_SYMBOLS = (
@@ -125,7 +129,7 @@ class Engine:
 
     def __init__(self, config: Config | None = None, checks: Sequence[Check] | None = None, *,
                  resolver: Any = None, store: Store | None = None):
-        self.config = config or Config()
+        self.config = config or Config.default()
         #: shared state (learning, reputation, greylisting); see ``[store]``
         self.store = store if store is not None else open_store(self.config.store.url)
         chosen = list(checks) if checks is not None else default_checks(self.config, self.store)
@@ -150,7 +154,8 @@ class Engine:
         self.policy = Policy(self.config, symbols)
         #: one policy per configured profile (per-user / per-recipient settings)
         self.policies = {name: Policy(self.config.for_profile(name), symbols) for name in self.config.profiles}
-        self._authserv_id = self.config.engine.authserv_id or _hostname()
+        #: the authserv-id of our Authentication-Results (RFC 8601): ``[engine] authserv_id`` or the host name
+        self.authserv_id = self.config.engine.authserv_id or _hostname()
 
     def _default_resolver(self) -> Any:
         try:
@@ -290,8 +295,8 @@ class Engine:
         verdicts = [
             (self.policies[p] if p is not None else self.policy).decide(
                 hits, timings=timings, skipped=skipped, message_id=msg.message_id,
-                authentication_results=f"{self._authserv_id}; {ar}" if ar else None,
-                subject=msg.subject,
+                authentication_results=f"{self.authserv_id}; {ar}" if ar else None,
+                subject=msg.subject, authserv_id=self.authserv_id,
             )
             for p in profiles
         ]

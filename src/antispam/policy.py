@@ -54,7 +54,8 @@ class Policy:
 
     def decide(self, hits: Iterable[Hit], *, timings: Mapping[str, float] | None = None,
                skipped: tuple[str, ...] = (), message_id: str | None = None,
-               authentication_results: str | None = None, subject: str | None = None) -> Verdict:
+               authentication_results: str | None = None, subject: str | None = None,
+               authserv_id: str = "") -> Verdict:
         merged: dict[str, tuple[float, tuple[str, ...]]] = {}
         forced: str | None = None
         for h in hits:
@@ -91,6 +92,7 @@ class Policy:
             authentication_results=authentication_results,
             subject=subject,
             subject_prefix=self.config.engine.subject_prefix,
+            authserv_id=authserv_id,
         )
 
     def _apply_caps(self, results: dict[str, SymbolResult]) -> dict[str, SymbolResult]:

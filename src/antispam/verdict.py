@@ -58,6 +58,9 @@ class Verdict:
     authentication_results: str | None = None
     subject: str | None = None
     subject_prefix: str = "***SPAM*** "
+    #: our authserv-id (RFC 8601): Authentication-Results claiming it that came with the
+    #: message are forgeries, and the servers remove them before adding ours
+    authserv_id: str = ""
 
     @property
     def is_spam(self) -> bool:

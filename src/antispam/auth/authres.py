@@ -32,7 +32,7 @@ _BARE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~@/]+$")
 
 def quote_value(value: str) -> str:
     """A property value as RFC 8601 wants it: bare when it is a token/addr-spec, else quoted."""
-    if value and _BARE.match(value) and not value.startswith("@"):
+    if value and _BARE.match(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -81,7 +81,7 @@ class AuthResults:
 
 
 def _tokens(text: str) -> list[str]:
-    """Split into words, '=', ';', '/' and quoted strings (unquoted), dropping comments."""
+    """Split into words, '=', ';' and quoted strings (unquoted), dropping comments."""
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -112,8 +112,10 @@ def _tokens(text: str) -> list[str]:
                 i += 1
             i += 1
             out.append("\0" + "".join(buf))  # mark as quoted so '=' inside is not syntax
-        elif c in "=;/":
+        elif c in "=;":
             out.append(c)
+            i += 1
+        elif c == ")":  # a stray closing parenthesis: no comment to close, skip it
             i += 1
         else:
             j = i
@@ -131,7 +133,7 @@ def _val(tok: str) -> str:
 def parse(value: str) -> AuthResults | None:
     """Parse a header value; None when it has no authserv-id.  Unparsable resinfos are skipped."""
     toks = _tokens(value)
-    if not toks or toks[0] in (";", "=", "/"):
+    if not toks or toks[0] in (";", "="):
         return None
     authserv_id = _val(toks[0]).lower()
     groups: list[list[str]] = [[]]
@@ -143,14 +145,10 @@ def parse(value: str) -> AuthResults | None:
     results = []
     for g in groups[1:]:
         # method[/version] = result [reason=value] {ptype.prop=value}
-        if len(g) < 3 or g[0] == "none":
+        if len(g) < 3 or g[0] == "none" or g[1] != "=":
             continue
         k = 1
-        if g[1] == "/" and len(g) > 4:
-            k = 3
-        if k >= len(g) or g[k] != "=" or k + 1 >= len(g):
-            continue
-        method, result = g[0].lower(), _val(g[k + 1]).lower()
+        method, result = g[0].lower().partition("/")[0], _val(g[k + 1]).lower()
         reason = None
         props: list[tuple[str, str]] = []
         j = k + 2
@@ -241,7 +239,7 @@ def strip_forged(raw: bytes, authserv_id: str) -> bytes:
     return b"".join(kept) + body
 
 
-def authres_check(config: "Config") -> AuthResultsCheck | None:
+def authres_check(config: "Config", store: object = None) -> AuthResultsCheck | None:
     """Enabled when trusted authserv-ids are configured or an authserv-id is set (to catch forgeries)."""
     auth = getattr(config, "auth", None)
     if auth is None or not (auth.trusted_authserv_ids or config.engine.authserv_id):

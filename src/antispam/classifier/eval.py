@@ -88,7 +88,7 @@ def run_split(model: Model, test: Sequence[LabelledMessage], *, engine: bool = T
     clf = Classifier(model)
     eng = None
     if engine:
-        config = Config()
+        config = Config.default()
         store = MemoryStore()
         checks = [c for c in default_checks(config, store) if c.name != "classifier"] + [ClassifierCheck(clf)]
         eng = Engine(config, checks, store=store)

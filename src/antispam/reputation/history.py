@@ -3,8 +3,9 @@
 Every scan that ends clearly (spam, or a score at or below zero) adds one
 observation, and every ``learn`` adds ``learn_weight``, to the spam or ham
 count of each entity the message involves: the client IP, its /24 (or /64),
-the envelope sender's registered domain, and the registered domains of its
-URLs.  An entity with at least ``min_observations`` is judged by its spam
+the envelope sender's registered domain, the domains of DKIM signatures that
+verified (only these cannot be forged, so only they earn good reputation
+for a domain that signs), and the registered domains of its URLs.  An entity with at least ``min_observations`` is judged by its spam
 share.
 
 Time decay without a background job: an observation made at time ``t`` is
@@ -25,6 +26,7 @@ from typing import Iterable
 
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..config import Config
+from ..auth.dkim import DkimOutcome
 from ..domains import registered_domain
 from ..message import Message, domain_of
 from ..store import Store, StoreUnavailable
@@ -39,6 +41,7 @@ _KINDS = {
     "ip": ("REPUTATION_BAD_IP", "REPUTATION_GOOD_IP"),
     "net": ("REPUTATION_BAD_NET", None),
     "sdom": ("REPUTATION_BAD_SENDER_DOMAIN", "REPUTATION_GOOD_SENDER_DOMAIN"),
+    "dkim": ("REPUTATION_BAD_DKIM_DOMAIN", "REPUTATION_GOOD_DKIM_DOMAIN"),
     "udom": ("REPUTATION_BAD_URL_DOMAIN", None),
 }
 
@@ -52,7 +55,11 @@ class HistoryCheck(Check):
         SymbolDef("REPUTATION_BAD_SENDER_DOMAIN", 2.0, "The envelope sender's domain sent mostly spam here before", "reputation"),
         SymbolDef("REPUTATION_GOOD_SENDER_DOMAIN", -1.0, "The envelope sender's domain sent almost only ham here before", "reputation"),
         SymbolDef("REPUTATION_BAD_URL_DOMAIN", 2.5, "A linked domain appeared mostly in spam here before", "reputation"),
+        SymbolDef("REPUTATION_BAD_DKIM_DOMAIN", 2.5, "Mail DKIM-signed by this domain was mostly spam here before", "reputation"),
+        SymbolDef("REPUTATION_GOOD_DKIM_DOMAIN", -2.0, "Mail DKIM-signed by this domain was almost only ham here before", "reputation"),
     )
+    #: DKIM runs first when enabled, so its outcome is on the context
+    requires = ("dkim",)
 
     def __init__(self, config: Config, store: Store, clock=time.time):  # type: ignore[no-untyped-def]
         self.cfg = config.history
@@ -63,8 +70,8 @@ class HistoryCheck(Check):
     def _scale(self, now: float) -> float:
         return math.pow(2.0, (now - EPOCH) / self.half_life)
 
-    def entities(self, msg: Message) -> list[tuple[str, str]]:
-        """``(kind, value)`` pairs this message involves."""
+    def entities(self, msg: Message, ctx: ScanContext | None = None) -> list[tuple[str, str]]:
+        """``(kind, value)`` pairs this message involves (DKIM domains only when a scan verified them)."""
         env = msg.envelope
         out: list[tuple[str, str]] = []
         if env.client_ip:
@@ -75,6 +82,10 @@ class HistoryCheck(Check):
         sdom = registered_domain(domain_of(env.mail_from) or "") if env.mail_from else None
         if sdom:
             out.append(("sdom", sdom))
+        dkim = ctx.get(DkimOutcome) if ctx is not None else None
+        if dkim is not None:
+            for d in dict.fromkeys(d.lower() for d in dkim.passing_domains()):
+                out.append(("dkim", d))
         seen: set[str] = set()
         for host in msg.url_hosts:
             d = registered_domain(host)
@@ -86,7 +97,7 @@ class HistoryCheck(Check):
         return out
 
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
-        ents = self.entities(msg)
+        ents = self.entities(msg, ctx)
         if not ents:
             return ()
         keys = [f"h:{k}:{v}:{lab}" for k, v in ents for lab in ("s", "h")]
@@ -111,18 +122,18 @@ class HistoryCheck(Check):
                 hits[symbol] = Hit(symbol, 1.0, (prev.options if prev else ()) + (opt,))
         return tuple(hits.values())
 
-    def _add(self, msg: Message, spam: bool, weight: float) -> None:
+    def _add(self, msg: Message, spam: bool, weight: float, ctx: ScanContext | None = None) -> None:
         now = self._clock()
         amount = weight * self._scale(now)
         lab = "s" if spam else "h"
-        self.store.incr_many({f"h:{k}:{v}:{lab}": amount for k, v in self.entities(msg)})
+        self.store.incr_many({f"h:{k}:{v}:{lab}": amount for k, v in self.entities(msg, ctx)})
 
     def record(self, msg: Message, ctx: ScanContext, verdict: Verdict) -> None:
         """After a scan: count a clear outcome (spam, or a score at or below zero)."""
         if verdict.is_spam:
-            self._add(msg, True, 1.0)
+            self._add(msg, True, 1.0, ctx)
         elif verdict.score <= 0:
-            self._add(msg, False, 1.0)
+            self._add(msg, False, 1.0, ctx)
 
     def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:
         """A user's judgement: counts ``learn_weight`` observations; the same bytes count once."""

@@ -26,11 +26,13 @@ options say what matched (the text, the URL host, what an eval found).
 
 from __future__ import annotations
 
+import heapq
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..errors import RuleError
@@ -42,8 +44,7 @@ from .parser import Parser
 
 log = logging.getLogger("antispam.rules")
 
-_PARA_SPLIT = re.compile(r"\n[ \t\r\f\v\xa0]*\n\s*")
-_NL = re.compile(r"\s*\n\s*")
+_PARA_BREAK = re.compile(r"[ \t\r\f\v\xa0]*\n(?:[ \t\r\f\v\xa0]*\n)+\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +59,14 @@ class RuleHits:
 
 def body_text(msg: Message) -> str:
     """Subject line, then one paragraph per line: what ``body`` rules read."""
-    text = msg.text
-    paras = [_NL.sub(" ", p).strip() for p in _PARA_SPLIT.split(text)] if text else []
-    return "\n".join([msg.subject, *[p for p in paras if p]])
+    text = msg.text.strip()
+    if not text:
+        return msg.subject
+    # Paragraph breaks become one newline, line breaks inside a paragraph a space.
+    if "\x00" in text:
+        text = text.replace("\x00", " ")
+    text = _PARA_BREAK.sub("\x00", text).replace("\n", " ").replace("\x00", "\n")
+    return msg.subject + "\n" + text
 
 
 def rawbody_text(msg: Message) -> str:
@@ -71,29 +77,57 @@ def uri_text(msg: Message) -> str:
     return "\n".join(u.url for u in msg.urls)
 
 
+#: Pseudo-headers, matched case-sensitively as in SpamAssassin (``MessageID`` is an
+#: ordinary header name, ``MESSAGEID`` the pseudo-header), to internal keys.
+_PSEUDO_NAMES = {"ALL": "*all", "ToCc": "*tocc", "MESSAGEID": "*messageid", "EnvelopeFrom": "*envelopefrom",
+                 "X-Spam-Relays-External": "*relays-external", "X-Spam-Relays-Internal": "*relays-internal",
+                 "X-Spam-Relays-Trusted": "*relays-trusted", "X-Spam-Relays-Untrusted": "*relays-untrusted"}
+_PSEUDO = frozenset(_PSEUDO_NAMES.values())
+
+
+def header_key(name: str) -> str:
+    """The lookup key of a header name: a pseudo-header's key, else the lower-cased name."""
+    return _PSEUDO_NAMES.get(name) or name.lower()
+
+
+def header_exists(msg: Message, name: str) -> bool:
+    """``exists:NAME``: the header is present (a pseudo-header: it has a value)."""
+    key = header_key(name)
+    if key in _PSEUDO:
+        return _header_value(msg, key, ()) is not None
+    return msg.has(key)
+
+
 def header_text(msg: Message, name: str, accessor: str) -> str | None:
     """The value a header rule reads, or None when the header is absent."""
-    accs = [a for a in accessor.split("+") if a]
+    return _header_value(msg, header_key(name), tuple(a for a in accessor.split("+") if a))
+
+
+def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None:
+    if lname not in _PSEUDO:
+        if not msg.has(lname):
+            return None  # the common case: most headers that rules read are absent
+        if not accs:
+            vals = msg.get_all(lname)
+            return vals[0] if len(vals) == 1 else "\n".join(vals)
     raw = "raw" in accs
-    lname = name.lower()
-    if lname == "all":
+    if lname == "*all":
         hs = msg.raw_headers if raw else msg.headers
         return "\n".join(f"{n}: {v}" for n, v in hs) if hs else None
-    if lname == "tocc":
+    if lname == "*tocc":
         values = (msg.get_raw("To") + msg.get_raw("Cc")) if raw else (msg.get_all("To") + msg.get_all("Cc"))
-    elif lname == "messageid":
+    elif lname == "*messageid":
         values = []
         for h in ("Message-Id", "Resent-Message-Id", "X-Message-Id"):
             values += msg.get_raw(h) if raw else msg.get_all(h)
-    elif lname == "envelopefrom":
+    elif lname.startswith("*relays-"):
+        v = relays_text(msg, lname[8:])
+        values = [v] if v is not None else []
+    elif lname == "*envelopefrom":
         ef = msg.envelope.mail_from
-        if ef is None:
-            rp = msg.get_all("Return-Path")
-            values = rp[:1]
-        else:
-            values = [ef]
+        values = msg.get_all("Return-Path")[:1] if ef is None else [ef]
     else:
-        values = msg.get_raw(name) if raw else msg.get_all(name)
+        values = msg.get_raw(lname) if raw else msg.get_all(lname)
     if not values:
         return None
     if "first" in accs:
@@ -115,6 +149,49 @@ def header_text(msg: Message, name: str, accessor: str) -> str | None:
                 out.append(domain_of(addr) or "")
         values = out
     return "\n".join(values)
+
+
+def mime_header_text(msg: Message, name: str, accessor: str) -> str | None:
+    """``mimeheader`` rules: the header in every MIME part (raw values), one per line; None when no part has it."""
+    lname = name.lower()
+    values = [v for p in msg.parts for n, v in p.headers if n.lower() == lname]
+    if not values:
+        return None
+    if "raw" not in accessor:
+        from ..message import decode_rfc2047
+
+        values = [decode_rfc2047(v) for v in values]
+    return "\n".join(" ".join(v.split("\n")) for v in values)
+
+
+def _is_private(ip: str) -> bool:
+    import ipaddress
+
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return a.is_private or a.is_loopback or a.is_link_local
+
+
+def relays_text(msg: Message, which: str) -> str | None:
+    """SpamAssassin's ``X-Spam-Relays-*`` pseudo-headers, newest relay first.
+
+    Each relay reads ``[ ip=... rdns=... helo=... by=... ident= envfrom= intl=0|1 id= auth= msa=0 ]``.
+    Trust is inferred as SpamAssassin does without configured networks, approximately:
+    the newest relays from private or loopback addresses are trusted (and internal);
+    from the first public address on, every relay is untrusted (and external).
+    """
+    relays = [r for r in msg.received if r.ip]
+    k = 0
+    while k < len(relays) and _is_private(relays[k].ip or ""):
+        k += 1
+    chosen = relays[:k] if which in ("trusted", "internal") else relays[k:] if which in ("untrusted", "external") else None
+    if chosen is None:
+        return None
+    intl = "1" if which in ("trusted", "internal") else "0"
+    return " ".join(f"[ ip={r.ip} rdns={r.rdns or ''} helo={r.helo or ''} by={r.by or ''} ident= envfrom= intl={intl} id= auth= msa=0 ]"
+                    for r in chosen)
 
 
 def _enc(s: str) -> bytes:
@@ -190,41 +267,77 @@ class RulesCheck(Check):
         self._n = len(c.rules)
         self._names = [r.name for r in c.rules]
         self._emitted = [r.emitted for r in c.rules]
-        # Header groups: (group key, name, accessor, if_unset, ids of !~ rules, ids hit on an empty value).
-        self._headers: list[tuple[str, str, str, str | None, tuple[int, ...], dict[int, int]]] = []
+        # Header groups: (group key, reader, name, accessor, if-unset text, rule ids, ids of !~ rules, hits on "").
+        self._headers: list[tuple[str, Callable[..., str | None], str, object, str | None, tuple[int, ...],
+                                  frozenset[int], dict[int, int]]] = []
         self._body_groups = [g for g in ("body", "rawbody", "uri", "full") if g in c.groups]
         for key, ids in c.groups.items():
-            if not key.startswith("hdr:"):
+            if not key.startswith(("hdr:", "mime:")):
                 continue
             first = c.rules[ids[0]]
             assert first.header is not None
             hname, acc, unset = first.header
-            negs = tuple(i for i in ids if c.rules[i].negate)
+            negs = frozenset(i for i in ids if c.rules[i].negate)
             empty_matches = self.matcher.scan(key, b"")
-            self._headers.append((key, hname, acc, unset, negs, empty_matches))
+            if key.startswith("hdr:"):
+                reader, name_arg, acc_arg = _header_value, header_key(hname), tuple(a for a in acc.split("+") if a)
+            else:
+                reader, name_arg, acc_arg = mime_header_text, hname, acc
+            self._headers.append((key, reader, name_arg, acc_arg, unset, tuple(ids), negs, empty_matches))
         self._rx = {r.id: re.compile(r.py, r.py_flags) for r in c.rules if r.py is not None}
+        # Metas: who depends on whom, their order, and their values when nothing hits.
+        self._meta_fns = dict(c.metas)
+        self._position = {rid: k for k, (rid, _) in enumerate(c.metas)}
+        self._dependents: dict[int, list[int]] = {}
+        for rid, _ in c.metas:
+            for d in c.rules[rid].deps:
+                self._dependents.setdefault(d, []).append(rid)
+        # The template: every count as it is for a message where every header that
+        # rules read is absent and nothing else hits.  A scan starts from a copy and
+        # only touches what differs, so its cost follows the headers present and the
+        # hits, not the number of rules.
+        template = [0] * self._n
+        for key, _, _, _, unset, ids, negs, empty in self._headers:
+            found = empty if unset is None or unset == "" else self.matcher.scan(key, _enc(unset))
+            for rid in ids:
+                n = found.get(rid, 0)
+                template[rid] = (0 if n else 1) if rid in negs else n
+        for rid, fn in c.metas:
+            try:
+                template[rid] = 1 if fn(template) else 0
+            except (ZeroDivisionError, TypeError):
+                template[rid] = 0
+        self._template = template
+        #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
+        self._template_hits = tuple(i for i, n in enumerate(template) if n)
 
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
         c = self.compiled
         rules = c.rules
-        counts = [0] * self._n
+        counts = self._template.copy()
+        hit: list[int] = []  # ids whose count differs from the template (repeats allowed)
         scan = self.matcher.scan
         where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
-        for key, hname, acc, unset, negs, empty in self._headers:
-            value = header_text(msg, hname, acc)
-            if value is None and unset is not None:
-                value = unset
-            if value is None or value == "":
-                found = empty
-                data = b""
+        for key, reader, hname, acc, unset, ids, negs, empty in self._headers:
+            value = reader(msg, hname, acc)
+            if value is None:
+                continue  # absent: the template already holds this group's counts
+            if value == "":
+                if unset is None or unset == "":
+                    continue  # empty reads like absent
+                found, data = empty, b""
             else:
                 data = _enc(value)
                 found = scan(key, data)
-            for rid, n in found.items():
-                counts[rid] = n
-                where[rid] = data
-            for rid in negs:
-                counts[rid] = 0 if counts[rid] else 1
+            for rid in ids:
+                n = found.get(rid, 0)
+                if rid in negs:
+                    n = 0 if n else 1
+                if n != counts[rid]:
+                    counts[rid] = n
+                    hit.append(rid)
+                if n:
+                    where[rid] = data
         for key in self._body_groups:
             if key == "body":
                 data = _enc(body_text(msg))
@@ -237,11 +350,13 @@ class RulesCheck(Check):
             for rid, n in scan(key, data).items():
                 counts[rid] = n
                 where[rid] = data
+                hit.append(rid)
         options: dict[int, tuple[str, ...]] = {}
         for rid in c.exists:
             r = rules[rid]
-            if r.header is not None and header_text(msg, r.header[0], "") is not None:
+            if r.header is not None and header_exists(msg, r.header[0]):
                 counts[rid] = 1
+                hit.append(rid)
         for rid in c.evals:
             r = rules[rid]
             try:
@@ -252,24 +367,53 @@ class RulesCheck(Check):
             if n:
                 counts[rid] = n
                 options[rid] = opts
-        for rid, fn in c.metas:
-            try:
-                v = fn(counts)
-            except (ZeroDivisionError, TypeError):
-                v = 0
-            if v:
-                counts[rid] = 1
+                hit.append(rid)
+        hit.extend(self._metas(counts, hit))
         names = self._names
-        ctx.publish(RuleHits({names[i]: n for i, n in enumerate(counts) if n}))
+        fired = sorted(i for i in {*self._template_hits, *hit} if counts[i])
+        ctx.publish(RuleHits({names[i]: counts[i] for i in fired}))
         hits = []
         emitted = self._emitted
-        for rid, n in enumerate(counts):
-            if n and emitted[rid]:
+        for rid in fired:
+            if emitted[rid]:
                 opts = options.get(rid)
                 if opts is None:
                     opts = self._options(rules[rid], where.get(rid), msg)
                 hits.append(Hit(names[rid], 1.0, opts))
         return hits
+
+    def _metas(self, counts: list[int], hit: list[int]) -> list[int]:
+        """Re-evaluate only the metas that depend, directly or through other metas, on a rule that hit.
+
+        Every other meta keeps the value it has when nothing hits (precomputed
+        in the template), so the cost follows the number of hits, not the
+        number of rules.  Metas are taken in dependency order (a heap on their
+        topological position), so each is evaluated at most once, after all of
+        its inputs are final.
+        """
+        dependents, position, fns = self._dependents, self._position, self._meta_fns
+        heap: list[tuple[int, int]] = []
+        queued: set[int] = set()
+        for rid in hit:
+            for m in dependents.get(rid, ()):
+                if m not in queued:
+                    queued.add(m)
+                    heapq.heappush(heap, (position[m], m))
+        changed: list[int] = []
+        while heap:
+            _, m = heapq.heappop(heap)
+            try:
+                v = 1 if fns[m](counts) else 0
+            except (ZeroDivisionError, TypeError):
+                v = 0
+            if v != counts[m]:
+                counts[m] = v
+                changed.append(m)
+                for d in dependents.get(m, ()):
+                    if d not in queued:
+                        queued.add(d)
+                        heapq.heappush(heap, (position[d], d))
+        return changed
 
     def _options(self, rule: CompiledRule, data: bytes | None, msg: Message) -> tuple[str, ...]:
         """What matched: the URL host for uri rules, else the matched text (shortened)."""
@@ -302,7 +446,15 @@ def rules_check(config, store=None) -> Check | None:
         dirs += list(rc.extra_dirs)
     loaded = load_rules(
         dirs, sa_paths=rc.sa_dirs if rc else (), engine=rc.engine if rc else "auto",
-        skip_bad=rc.skip_bad if rc else False, cache_dir=(rc.cache_dir or None) if rc else None,
+        skip_bad=rc.skip_bad if rc else False, cache_dir=_cache_dir(rc.cache_dir) if rc else None,
         sa_pre_dirs=(rc.sa_pre_dir,) if rc and rc.sa_dirs and rc.sa_pre_dir and Path(rc.sa_pre_dir).is_dir() else (),
     )
     return RulesCheck(loaded)
+
+
+def _cache_dir(setting: str) -> Path | None:
+    """``"auto"``: the user's cache directory (XDG); ``""``: no cache; else the path given."""
+    if setting != "auto":
+        return Path(setting) if setting else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "antispam"

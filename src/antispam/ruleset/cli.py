@@ -40,6 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--rules", action="append", default=[], metavar="DIR", help="rule directories (default: embedded)")
     st.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "python"))
     st.set_defaults(func=cmd_stats)
+    fit = rs.add_parser("fit", help="fit rule scores on the TRAIN split and write scores.cf")
+    fit.add_argument("--corpus", default=None, help="labelled corpus directory (default: the shared SpamAssassin corpus)")
+    fit.add_argument("--rules", action="append", default=[], metavar="DIR", help="rule directories (default: embedded)")
+    fit.add_argument("--out", default=None, help="where to write scores.cf (default: print only)")
+    fit.add_argument("--lam", type=float, default=1.0, help="L2 regularisation strength")
+    fit.add_argument("--max-score", type=float, default=4.0)
+    fit.add_argument("--ham-weight", type=float, default=20.0, help="weight of a ham error relative to a spam error")
+    fit.set_defaults(func=cmd_fit)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
@@ -76,7 +84,7 @@ def cmd_load_sa(args: argparse.Namespace) -> int:
     print(f"SpamAssassin rules from {args.path}: {len(parsed.files)} files")
     print(f"{'kind':10s} {'accepted':>9s} {'translated':>11s} {'refused':>8s} {'usable %':>9s}")
     tot = [0, 0, 0]
-    for kind in ("header", "body", "rawbody", "uri", "full", "meta"):
+    for kind in ("header", "body", "rawbody", "uri", "full", "mimeheader", "meta"):
         a, t, x = r.accepted[kind], r.translated[kind], r.refused[kind]
         if kind in SA_KINDS:
             tot = [tot[0] + a, tot[1] + t, tot[2] + x]
@@ -85,6 +93,13 @@ def cmd_load_sa(args: argparse.Namespace) -> int:
     n = sum(tot)
     print(f"{'header+body+uri+meta':22s}: {tot[0] + tot[1]}/{n} usable = {100 * (tot[0] + tot[1]) / max(n, 1):.1f}%"
           f" ({r.python_only.total()} regex rules run through Python re)")
+    # SpamAssassin's own score sets 0 and 2 leave network tests out; show that figure too.
+    net = {r.name for r in parsed.rules.values() if "net" in r.tflags and r.kind in SA_KINDS}
+    net_refused = sum(1 for p in compiled.errors() if p.rule in net and not p.message.startswith("reads"))
+    n_local = n - len(net)
+    usable_local = tot[0] + tot[1] - (len(net) - net_refused)
+    print(f"{'without network tests':22s}: {usable_local}/{n_local} usable = {100 * usable_local / max(n_local, 1):.1f}%"
+          f" ({len(net)} rules have tflags net)")
     print("refusals by reason:")
     for reason, k in r.reasons.most_common(15):
         print(f"  {k:5d}  {reason}")
@@ -110,7 +125,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 2
     msgs = load_labelled(corpus, split=None if args.split == "all" else args.split)
     check = RulesCheck(load_rules(args.rules or [str(default_rules_dir())], engine=args.engine))
-    cfg = Config()
+    cfg = Config.default()
     n = Counter()
     hits = {"ham": Counter(), "spam": Counter()}
     for m in msgs:
@@ -136,4 +151,46 @@ def cmd_stats(args: argparse.Namespace) -> int:
             continue
         rank = 1.0 - i / max(len(rows) - 1, 1)
         print(f"{100 * (s * n['spam'] + h * n['ham']) / max(sum(n.values()), 1):7.3f}  {100 * s:7.3f} {100 * h:7.3f} {so:6.3f} {rank:5.2f} {score:6.2f}  {name}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..corpus import default_corpus_dir, load_labelled
+    from .check import RulesCheck, load_rules
+    from .fit import evaluate, fit_scores, hit_matrix, write_scores
+
+    corpus = args.corpus or default_corpus_dir()
+    if corpus is None:
+        print("no corpus given and the shared SpamAssassin corpus was not found")
+        return 2
+    dirs = args.rules or [str(default_rules_dir())]
+    # Fit from the rule files without a previous scores.cf, so old fitted scores do not leak in.
+    paths = []
+    for d in dirs:
+        pd = Path(d)
+        paths += [f for f in sorted(pd.glob("*.cf")) if f.name != "scores.cf"] if pd.is_dir() else [pd]
+    check = RulesCheck(load_rules(paths))
+    train = load_labelled(corpus, split="train")
+    test = load_labelled(corpus, split="test")
+    Xtr, names = hit_matrix(check, [m.data for m in train])
+    ytr = np.array([m.is_spam for m in train], dtype=float)
+    Xte, _ = hit_matrix(check, [m.data for m in test])
+    yte = np.array([m.is_spam for m in test], dtype=float)
+    by_name = check.compiled.by_name
+    nice = {n for n in names if "nice" in by_name[n].tflags or by_name[n].score < 0}
+    res = fit_scores(Xtr, ytr, names, nice, lam=args.lam, max_score=args.max_score, ham_weight=args.ham_weight)
+    hand = np.array([by_name[n].score for n in names])
+    fitted = np.array(res.scores)
+    print(f"fitted {sum(s != 0 for s in res.scores)}/{len(names)} rules on TRAIN ({res.n_ham} ham, {res.n_spam} spam)")
+    print(f"{'':18s} {'ham FPR':>9s} {'recall':>8s} {'ham mean':>9s} {'spam mean':>10s}   (rules alone, threshold 5)")
+    for label, X, y in (("TRAIN", Xtr, ytr), ("TEST", Xte, yte)):
+        for which, sc in (("hand", hand), ("fitted", fitted)):
+            e = evaluate(X, y, sc)
+            print(f"{label + ' ' + which:18s} {100 * e['ham_fpr']:8.2f}% {100 * e['spam_recall']:7.2f}% "
+                  f"{e['ham_mean']:9.2f} {e['spam_mean']:10.2f}")
+    if args.out:
+        write_scores(res, args.out, Path(corpus).name)
+        print(f"wrote {args.out}")
     return 0

@@ -28,8 +28,9 @@ from .regex import Unsupported, backtracking_risk, translate
 
 #: Header names that are SpamAssassin's synthesised views of its relay analysis;
 #: they have no equivalent here, so rules reading them are refused, not silently dead.
-_UNSUPPORTED_PSEUDO = ("X-Spam-Relays-", "ALL-TRUSTED", "ALL-UNTRUSTED", "ALL-INTERNAL", "ALL-EXTERNAL",
-                       "X-Spam-DCC", "X-Spam-Pyzor", "X-Spam-Relays")
+_UNSUPPORTED_PSEUDO = ("ALL-TRUSTED", "ALL-UNTRUSTED", "ALL-INTERNAL", "ALL-EXTERNAL", "X-Spam-DCC", "X-Spam-Pyzor")
+#: Pseudo-headers built here from the Received chain, approximating SpamAssassin's trust inference.
+_APPROXIMATED_PSEUDO = ("X-Spam-Relays-",)
 
 _META_TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\d+(?:\.\d+)?)|(&&|\|\||==|!=|>=|<=|[-+*/()<>!]))")
 
@@ -104,10 +105,12 @@ class CompiledRules:
 
 
 def _buffer_key(rule: RuleDef) -> tuple[str, tuple[str, str, str | None] | None]:
-    if rule.kind == "header":
+    if rule.kind in ("header", "mimeheader"):
         t = rule.target
         assert t is not None
-        return f"hdr:{t.name.lower()}:{t.accessor}:{t.if_unset if t.if_unset is not None else ''}", (t.name, t.accessor, t.if_unset)
+        prefix = "hdr" if rule.kind == "header" else "mime"
+        # The name keeps its case: pseudo-headers are case-sensitive (MESSAGEID vs MessageID).
+        return f"{prefix}:{t.name}:{t.accessor}:{t.if_unset if t.if_unset is not None else ''}", (t.name, t.accessor, t.if_unset)
     return rule.kind, None
 
 
@@ -270,16 +273,16 @@ def _compile_one(rule: RuleDef, rid: int, report: CompileReport) -> CompiledRule
         if fn.kinds and rule.kind not in fn.kinds:
             raise _Refused(f"eval function {rule.eval_name}() is not a {rule.kind} eval")
         try:
-            fn.check_args(rule.eval_args)
+            args = fn.coerce_args(rule.eval_args)
         except ValueError as exc:
             raise _Refused(f"eval {rule.eval_name}(): {exc}") from None
         report.accepted[rule.kind] += 1
         return CompiledRule(kind="eval", buffer="", negate=False, eval_name=rule.eval_name,
-                            eval_args=rule.eval_args, **common)
+                            eval_args=args, **common)
     if rule.exists is not None:
         report.accepted[rule.kind] += 1
         return CompiledRule(kind="exists", buffer="", negate=False, header=(rule.exists, "", None), **common)
-    if rule.kind == "header":
+    if rule.kind in ("header", "mimeheader"):
         assert rule.target is not None
         name = rule.target.name
         if name.startswith(_UNSUPPORTED_PSEUDO):
@@ -303,7 +306,8 @@ def _compile_one(rule: RuleDef, rid: int, report: CompileReport) -> CompiledRule
     risk = backtracking_risk(t.py, pyflags)
     if risk:
         raise _Refused(f"regex refused: {risk}")
-    if t.changed or t.hs is None or rule.notes:
+    approximated = rule.kind == "header" and rule.target is not None and rule.target.name.startswith(_APPROXIMATED_PSEUDO)
+    if t.changed or t.hs is None or rule.notes or approximated:
         report.translated[rule.kind] += 1
     else:
         report.accepted[rule.kind] += 1

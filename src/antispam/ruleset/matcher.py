@@ -9,10 +9,13 @@
 * :class:`PythonMatcher` runs each rule's Python ``re`` pattern; the compiler
   has already refused any pattern that could backtrack exponentially.
 
+Rules that Hyperscan cannot express exactly (look-arounds, back-references)
+are compiled in Hyperscan's prefilter mode, which matches a superset; only
+when the prefilter fires does Python ``re`` confirm the match.  A pattern
+Hyperscan refuses even as a prefilter runs in Python ``re`` on every scan.
+
 Both give the same set of matched rules on the same bytes (the test suite
-runs both over the default rules and a sample of the corpus).  Rules that
-Hyperscan cannot express (look-arounds, back-references) run through Python
-``re`` in both engines.  Hit *counts* of ``tflags multiple`` rules are counted
+runs both over the default rules and a sample of the corpus).  Hit *counts* of ``tflags multiple`` rules are counted
 with Python ``finditer`` (non-overlapping matches, as Perl's ``/g`` loop does)
 in both engines, Hyperscan serving as the prefilter.
 """
@@ -96,7 +99,7 @@ class PythonMatcher:
         return out
 
 
-_MAGIC = b"ANTISPAM-HSDB-1\n"
+_MAGIC = b"ANTISPAM-HSDB-3\n"
 
 
 class HyperscanMatcher:
@@ -110,20 +113,28 @@ class HyperscanMatcher:
         rules = compiled.rules
         self._py: dict[str, list[_PyRule]] = {}
         self._counters: dict[int, _PyRule] = {}
+        #: Python twins of the Hyperscan rules, for those Hyperscan turns out to refuse
+        self._twins: dict[int, _PyRule] = {}
+        #: rules matched by a Hyperscan prefilter that Python re must confirm
+        self._confirm: dict[int, _PyRule] = {}
+        #: rules with a Hyperscan pattern that Hyperscan only accepted in prefilter mode
+        self._as_prefilter: set[int] = set()
         hs_groups: dict[str, list[int]] = {}
         for key, ids in compiled.groups.items():
             for i in ids:
                 r = rules[i]
                 pr = _PyRule(i, r.py, r.py_flags, r.multiple, r.maxhits)  # type: ignore[arg-type]
+                hs_groups.setdefault(key, []).append(i)
+                self._twins[i] = pr
                 if r.hs is None:
-                    self._py.setdefault(key, []).append(pr)
-                else:
-                    hs_groups.setdefault(key, []).append(i)
-                    if pr.count_max:
-                        self._counters[i] = pr
+                    # Hyperscan cannot run it exactly (look-around, back-reference): it runs
+                    # in prefilter mode, a superset, and Python re confirms each candidate.
+                    self._confirm[i] = pr
+                elif pr.count_max:
+                    self._counters[i] = pr
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
-        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}.db" if cache_dir else None
+        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v3.db" if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:
             self.dbs = loaded
@@ -135,9 +146,12 @@ class HyperscanMatcher:
 
     # ------------------------------------------------------------------ building
 
+    def _expr(self, rule) -> bytes:
+        return rule.hs if rule.hs is not None and rule.id not in self._as_prefilter else rule.py
+
     @staticmethod
-    def _flags(hs_flags: int) -> int:
-        f = _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_ALLOWEMPTY
+    def _flags(hs_flags: int, prefilter: bool = False) -> int:
+        f = _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_ALLOWEMPTY | (_hs.HS_FLAG_PREFILTER if prefilter else 0)
         if hs_flags & 1:
             f |= _hs.HS_FLAG_CASELESS
         if hs_flags & 2:
@@ -152,28 +166,55 @@ class HyperscanMatcher:
         for key, ids in hs_groups.items():
             exprs = [rules[i].hs for i in ids]
             flags = [self._flags(rules[i].hs_flags) for i in ids]
+            good = self._compilable(ids, rules)
+            for i in set(ids) - set(good):
+                log.debug("rule %s runs in Python re: Hyperscan refuses its pattern", rules[i].name)
+                self._counters.pop(i, None)
+                self._confirm.pop(i, None)
+                self._py.setdefault(key, []).append(self._twins[i])
+            if not good:
+                continue
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-            try:
-                db.compile(expressions=exprs, ids=ids, elements=len(ids), flags=flags)
-            except Exception:
-                # Find the patterns Hyperscan refuses one by one and hand them to Python.
-                good = []
-                for i, e, f in zip(ids, exprs, flags):
-                    one = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-                    try:
-                        one.compile(expressions=[e], ids=[i], elements=1, flags=[f])
-                        good.append(i)
-                    except Exception as exc:
-                        log.debug("rule %s runs in Python re: hyperscan: %s", rules[i].name, exc)
-                        self._py.setdefault(key, []).append(self._counters.pop(i, None) or _PyRule(
-                            i, rules[i].py, rules[i].py_flags, rules[i].multiple, rules[i].maxhits))  # type: ignore[arg-type]
-                if not good:
-                    continue
-                db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-                db.compile(expressions=[rules[i].hs for i in good], ids=good, elements=len(good),
-                           flags=[self._flags(rules[i].hs_flags) for i in good])
+            db.compile(expressions=[self._expr(rules[i]) for i in good], ids=good, elements=len(good),
+                       flags=[self._flags(rules[i].hs_flags, rules[i].hs is None or i in self._as_prefilter)
+                              for i in good])
             dbs[key] = db
         return dbs
+
+    def _compilable(self, ids: list[int], rules) -> list[int]:
+        """The ids whose patterns Hyperscan accepts: all of them when the group compiles,
+        else each pattern is tried alone (Hyperscan's error does not say which one failed)."""
+        flags = [self._flags(rules[i].hs_flags, rules[i].hs is None) for i in ids]
+        db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+        try:
+            db.compile(expressions=[self._expr(rules[i]) for i in ids], ids=ids, elements=len(ids), flags=flags)
+            return ids
+        except Exception:
+            pass
+        good = []
+        for i, f in zip(ids, flags):
+            one = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            try:
+                one.compile(expressions=[self._expr(rules[i])], ids=[i], elements=1, flags=[f])
+                good.append(i)
+                continue
+            except Exception:
+                pass
+            if rules[i].hs is None:
+                continue
+            # Refused as written (too long, an anchor Hyperscan dislikes): a prefilter,
+            # which Hyperscan may simplify, still saves the Python search on most messages.
+            one = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            try:
+                pf = self._flags(rules[i].hs_flags, True)
+                one.compile(expressions=[rules[i].py], ids=[i], elements=1, flags=[pf])
+            except Exception:
+                continue
+            good.append(i)
+            self._as_prefilter.add(i)
+            self._counters.pop(i, None)
+            self._confirm[i] = self._twins[i]
+        return good
 
     def _save(self, path: Path) -> None:
         """Container: magic, JSON index (group -> offset, size, python-only ids), then the blobs."""
@@ -183,7 +224,8 @@ class HyperscanMatcher:
             for k, b in blobs.items():
                 index[k] = [off, len(b)]
                 off += len(b)
-            meta = json.dumps({"dbs": index, "py": {k: [r.id for r in v] for k, v in self._py.items()}}).encode()
+            meta = json.dumps({"dbs": index, "py": {k: [r.id for r in v] for k, v in self._py.items()},
+                               "prefilter": sorted(self._as_prefilter)}).encode()
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             with open(tmp, "wb") as fh:
@@ -207,14 +249,22 @@ class HyperscanMatcher:
             meta = json.loads(data[p + 4 : p + 4 + n])
             base = p + 4 + n
             dbs = {k: _hs.loadb(data[base + o : base + o + size], _hs.HS_MODE_BLOCK) for k, (o, size) in meta["dbs"].items()}
+            for i in meta.get("prefilter", ()):
+                if i not in self._twins:
+                    return None
+                self._as_prefilter.add(i)
+                self._counters.pop(i, None)
+                self._confirm[i] = self._twins[i]
             # Rules that Hyperscan refused at compile time run in Python, as when the cache was written.
             for k, ids in meta["py"].items():
                 have = {r.id for r in self._py.get(k, ())}
                 for i in ids:
                     if i not in have:
-                        pr = self._counters.pop(i, None)
+                        pr = self._twins.get(i)
                         if pr is None:
                             return None  # index does not fit these rules: rebuild
+                        self._counters.pop(i, None)
+                        self._confirm.pop(i, None)
                         self._py.setdefault(k, []).append(pr)
             return dbs
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
@@ -237,20 +287,25 @@ class HyperscanMatcher:
         db = self.dbs.get(group)
         if db is not None:
             found: list[int] = []
-
-            def on_match(rid: int, start: int, end: int, flags: int, ctx: object) -> None:
-                found.append(rid)
-
-            db.scan(data, match_event_handler=on_match, scratch=self._scratch(group))  # type: ignore[attr-defined]
+            db.scan(data, match_event_handler=_collect, context=found, scratch=self._scratch(group))  # type: ignore[attr-defined]
             counters = self._counters
+            confirm = self._confirm
             for rid in found:
                 c = counters.get(rid)
-                if c is None:
-                    out[rid] = 1
-                else:
+                if c is not None:
                     n = _count(c, data)
                     if n:
                         out[rid] = n
+                    continue
+                c = confirm.get(rid)
+                if c is None:
+                    out[rid] = 1
+                elif c.count_max:
+                    n = _count(c, data)
+                    if n:
+                        out[rid] = n
+                elif c.search(data) is not None:
+                    out[rid] = 1
         for r in self._py.get(group, ()):
             if r.count_max:
                 n = _count(r, data)
@@ -259,6 +314,11 @@ class HyperscanMatcher:
             elif r.search(data) is not None:
                 out[r.id] = 1
         return out
+
+
+def _collect(rid: int, start: int, end: int, flags: int, found: list[int]) -> None:
+    """Hyperscan match callback: note the rule id (each rule reports once: SINGLEMATCH)."""
+    found.append(rid)
 
 
 def make_matcher(compiled: CompiledRules, engine: str = "auto", cache_dir: str | os.PathLike[str] | None = None) -> Matcher:

@@ -112,6 +112,8 @@ class RuleDef:
     eval_args: tuple[object, ...] = ()
     expr: str | None = None  # meta expression
     score: float | None = None
+    #: every score given (SpamAssassin's four sets: no net/no bayes, net, bayes, net+bayes)
+    score_sets: tuple[float, ...] = ()
     description: str = ""
     tflags: frozenset[str] = frozenset()
     maxhits: int = 0
@@ -346,6 +348,7 @@ class Parser:
                 # Four scores are SpamAssassin's sets (net x bayes); this engine has a
                 # classifier and no network rules here, which is set 2.
                 rule.score = vals[2] if len(vals) == 4 else vals[0]
+                rule.score_sets = tuple(vals)
             elif word == "describe":
                 rule.description = value
             elif word == "tflags":
@@ -401,11 +404,9 @@ class Parser:
             # Later definitions replace earlier ones (SpamAssassin's behaviour); keep the
             # score/describe/tflags that may have been given first.
             rule.score, rule.description, rule.tflags = old.score, old.description, old.tflags
+            rule.score_sets = old.score_sets
             rule.maxhits, rule.priority = old.maxhits, old.priority
         self.result.rules[name] = rule
-        if kind == "mimeheader":
-            rule.broken = True
-            raise ValueError("mimeheader rules are not supported")
         if kind == "meta":
             if not spec:
                 raise ValueError("meta without an expression")
@@ -423,8 +424,8 @@ class Parser:
                 rule.broken = True
                 raise
             return
-        if kind == "header":
-            if spec.startswith("exists:"):
+        if kind in ("header", "mimeheader"):
+            if spec.startswith("exists:") and kind == "header":
                 rule.exists = spec[7:].strip()
                 if not rule.exists:
                     rule.broken = True

@@ -243,6 +243,12 @@ class _Translator:
             s = f"\\x{int('0' + m.group(0), 8):02x}"  # type: ignore[union-attr]
             return s, s
         if c in "123456789":
+            # Perl: three octal digits are a character (\\223); otherwise a back-reference.
+            m = re.compile(r"[0-7]{2}").match(p, self.i)
+            if c in "1234567" and m:
+                self.i = m.end()
+                v = f"\\x{int(c + m.group(0), 8) & 0xFF:02x}"
+                return v, v
             self.need_python("back-reference")
             return "\\" + c, ""
         if c == "Q":
@@ -267,10 +273,14 @@ class _Translator:
         p = self.p
         i = self.i + 1
         out = ["["]
+        negated = False
         if i < len(p) and p[i] == "^":
             out.append("^")
+            negated = True
             i += 1
         first = True
+        # Non-ASCII members are several bytes each: they become alternatives beside the class.
+        wide: list[str] = []
         while True:
             if i >= len(p):
                 raise Unsupported("unterminated character class")
@@ -316,6 +326,10 @@ class _Translator:
                     m = re.compile(r"[0-7]{0,2}").match(p, i)
                     i = m.end()  # type: ignore[union-attr]
                     out.append(f"\\x{int('0' + m.group(0), 8):02x}")  # type: ignore[union-attr]
+                elif e in "1234567":
+                    m = re.compile(r"[0-7]{0,2}").match(p, i)
+                    i = m.end()  # type: ignore[union-attr]
+                    out.append(f"\\x{int(e + m.group(0), 8) & 0xFF:02x}")  # type: ignore[union-attr]
                 elif e in "pPNRXCGK":
                     raise Unsupported(f"\\{e} in a character class is not supported")
                 elif e.isalnum():
@@ -336,11 +350,21 @@ class _Translator:
                     out.append("\\x2d")
                 i += 1
                 continue
+            if ord(c) > 0x7F and not 0xDC80 <= ord(c) <= 0xDCFF:
+                if negated or p[i + 1 : i + 2] == "-" or (len(out) > 1 and out[-1] == "-"):
+                    raise Unsupported(f"non-ASCII character {c!r} in a negated class or range")
+                wide.append(_lit(c))
+                self.changed = True
+                i += 1
+                continue
             out.append(_byte_in_class(c))
             i += 1
         self.i = i
         out.append("]")
-        return "".join(out)
+        if not wide:
+            return "".join(out)
+        alts = wide if len(out) == 2 else ["".join(out), *wide]
+        return "(?:" + "|".join(alts) + ")"
 
     def open_group(self, at_start: bool) -> tuple[str, str]:
         p = self.p
@@ -427,7 +451,7 @@ def backtracking_risk(pattern: bytes, flags: int = 0) -> str | None:
         tree = _sre_parse.parse(pattern, flags)
     except re.error as exc:
         return f"invalid: {exc}"
-    return _walk(tree, False)
+    return _walk(tree, False, bool(flags & re.I))
 
 
 def _is_variable(items) -> bool:
@@ -448,29 +472,124 @@ def _is_variable(items) -> bool:
     return False
 
 
-def _walk(items, inside_big_repeat: bool) -> str | None:
+_ALL = frozenset(range(256))
+_CATS = {
+    "CATEGORY_DIGIT": frozenset(range(48, 58)),
+    "CATEGORY_SPACE": frozenset(b" \t\n\r\f\x0b"),
+    "CATEGORY_WORD": frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"),
+}
+
+
+def _charset(op, av, caseless: bool) -> frozenset[int] | None:
+    """The bytes one single-character item can match, or None if it is not a single-character item."""
+    if op is _sre_c.LITERAL:
+        out = {av}
+    elif op is _sre_c.NOT_LITERAL:
+        return _ALL - {av}
+    elif op is _sre_c.ANY:
+        return _ALL
+    elif op is _sre_c.IN:
+        out = set()
+        neg = False
+        for o, a in av:
+            if o is _sre_c.NEGATE:
+                neg = True
+            elif o is _sre_c.LITERAL:
+                out.add(a)
+            elif o is _sre_c.RANGE:
+                out.update(range(a[0], a[1] + 1))
+            elif o is _sre_c.CATEGORY:
+                name = str(a)
+                base = name.replace("CATEGORY_NOT_", "CATEGORY_")
+                cat = _CATS.get(base)
+                if cat is None:
+                    return _ALL
+                out.update(_ALL - cat if "NOT_" in name else cat)
+            else:
+                return _ALL
+        if neg:
+            return _ALL - out
+    else:
+        return None
+    if caseless:
+        out |= {c ^ 0x20 for c in out if 65 <= (c & ~0x20) <= 90}
+    return frozenset(out)
+
+
+def _delimited(sub, caseless: bool) -> bool:
+    """A repeated body whose iterations can be split only one way.
+
+    The body must be a sequence of single-character items, each possibly
+    repeated (``[a-z0-9-]+``, ``\\.``, ``\\d{2,3}``, ``\\s+``), where every
+    variable-length item is followed by an item it cannot match (the last one
+    wrapping around to the first, for the next iteration).  Then every
+    position in the text belongs to exactly one item of one iteration, so the
+    matcher never retries another split and the repeat stays linear; e.g.
+    ``(?:[a-z0-9-]+\\.)+``, ``(?:&\\#\\d{2,3};){4,}`` and ``(?:\\w+\\s+)+``
+    are accepted, ``(?:\\S+\\.)+`` is not (``\\S`` matches the dot too).
+    """
+    items = list(sub)
+    if len(items) == 1 and items[0][0] is _sre_c.SUBPATTERN:
+        return _delimited(items[0][1][-1], caseless)
+    segs: list[tuple[frozenset[int], bool, bool]] = []  # (chars, variable, may be empty)
+    for op, av in items:
+        if op is _sre_c.AT:
+            continue
+        cs = _charset(op, av, caseless)
+        if cs is not None:
+            segs.append((cs, False, False))
+            continue
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+            lo, hi, inner = av
+            inner = list(inner)
+            if len(inner) != 1:
+                return False
+            ics = _charset(*inner[0], caseless)
+            if ics is None:
+                return False
+            segs.append((ics, lo != hi, lo == 0))
+            continue
+        return False
+    if len(segs) < 2 or all(opt for _, _, opt in segs):
+        return False
+    n = len(segs)
+    for i, (cs, var, _) in enumerate(segs):
+        if not var:
+            continue
+        # What can come next: the following items up to the first one that cannot be empty.
+        j = (i + 1) % n
+        while True:
+            if cs & segs[j][0]:
+                return False
+            if not segs[j][2] or j == i:
+                break
+            j = (j + 1) % n
+    return True
+
+
+def _walk(items, inside_big_repeat: bool, caseless: bool = False) -> str | None:
     for op, av in items:
         if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
             lo, hi, sub = av
             big = hi is _MAXREPEAT or hi == _MAXREPEAT or hi > _BIG
-            if big and _is_variable(sub):
+            if big and _is_variable(sub) and not _delimited(sub, caseless):
                 return "a repeat over a sub-pattern that can itself match in several ways (exponential backtracking)"
-            why = _walk(sub, inside_big_repeat or big)
+            why = _walk(sub, inside_big_repeat or big, caseless)
             if why:
                 return why
         elif getattr(_sre_c, "POSSESSIVE_REPEAT", None) is op:
             continue  # possessive repeats never backtrack into their body
         elif op is _sre_c.BRANCH:
             for alt in av[1]:
-                why = _walk(alt, inside_big_repeat)
+                why = _walk(alt, inside_big_repeat, caseless)
                 if why:
                     return why
         elif op is _sre_c.SUBPATTERN:
-            why = _walk(av[-1], inside_big_repeat)
+            why = _walk(av[-1], inside_big_repeat, caseless)
             if why:
                 return why
         elif op in (_sre_c.ASSERT, _sre_c.ASSERT_NOT):
-            why = _walk(av[1], inside_big_repeat)
+            why = _walk(av[1], inside_big_repeat, caseless)
             if why:
                 return why
         elif op is getattr(_sre_c, "ATOMIC_GROUP", None):

@@ -1,0 +1,268 @@
+"""Throughput of the servers over loopback, against the engine in-process.
+
+    python benchmarks/servers.py [--messages 1000] [--servers spamd,milter,smtp,rspamd-http]
+                                 [--workers 0,2] [--clients 2,16] [--seconds 20]
+
+Each server runs as ``antispam serve KIND`` in its own process; the clients are
+asyncio coroutines in this process, each sending messages back to back over
+its own connection (spamd: one connection per message, as spamc does; milter,
+SMTP and HTTP: one kept-alive connection per client, as MTAs do).  The SMTP
+filter relays to a minimal SMTP sink in a third process.  Messages are the
+corpus TEST split (``load_labelled``), or the repository's samples.
+
+The in-process figures are ``Engine.scan`` in a loop on one core and
+``Engine.scan_many`` with a process pool of 2.  On a 2-core machine the clients
+and the sink compete with the server for the same cores, so the server figures
+are lower bounds.  Every run is bounded by ``--seconds`` and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from antispam import Engine  # noqa: E402
+from antispam.corpus import default_corpus_dir, iter_messages, load_labelled  # noqa: E402
+from antispam.fastscore import IMPLEMENTATION  # noqa: E402
+
+
+def load(n: int) -> list[bytes]:
+    d = default_corpus_dir()
+    if d is not None and (d / "MANIFEST.tsv").exists():
+        msgs = [m.data for m in load_labelled(d, verify=False) if m.split == "test"]
+    else:
+        msgs = [it.data for it in iter_messages([str(ROOT / "samples")]) if it.data]
+    out = []
+    while len(out) < n:
+        out.extend(msgs[: n - len(out)])
+    return out
+
+
+# --------------------------------------------------------------------------- one client per protocol
+
+
+async def spamd_client(port: int, msgs: list[bytes], deadline: float) -> int:
+    done = 0
+    for raw in msgs:
+        if time.monotonic() > deadline:
+            break
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        await w.drain()
+        out = await r.read()
+        assert out.startswith(b"SPAMD/1.1 0 EX_OK"), out[:100]
+        w.close()
+        done += 1
+    return done
+
+
+async def http_client(port: int, msgs: list[bytes], deadline: float) -> int:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    done = 0
+    for raw in msgs:
+        if time.monotonic() > deadline:
+            break
+        w.write(b"POST /checkv2 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(raw) + raw)
+        await w.drain()
+        head = await r.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:100]
+        n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await r.readexactly(n)
+        done += 1
+    w.close()
+    return done
+
+
+def _pkt(cmd: bytes, data: bytes = b"") -> bytes:
+    return struct.pack(">I", len(data) + 1) + cmd + data
+
+
+async def milter_client(port: int, msgs: list[bytes], deadline: float) -> int:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+
+    async def recv() -> tuple[bytes, bytes]:
+        (n,) = struct.unpack(">I", await r.readexactly(4))
+        d = await r.readexactly(n)
+        return d[:1], d[1:]
+
+    w.write(_pkt(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF)))
+    _, data = await recv()
+    proto = struct.unpack(">III", data[:12])[2]
+    nr = {b"C": 0x1000, b"H": 0x2000, b"M": 0x4000, b"R": 0x8000, b"L": 0x80, b"N": 0x40000, b"B": 0x80000, b"T": 0x10000}
+
+    async def step(cmd: bytes, data: bytes) -> None:
+        w.write(_pkt(cmd, data))
+        if not proto & nr[cmd]:
+            await recv()
+
+    await step(b"C", b"client.test\x004" + struct.pack(">H", 4000) + b"192.0.2.1\0")
+    await step(b"H", b"client.test\0")
+    done = 0
+    for raw in msgs:
+        if time.monotonic() > deadline:
+            break
+        await step(b"M", b"<a@sender.test>\0")
+        await step(b"R", b"<b@rcpt.test>\0")
+        head, _, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
+        for line in head.split(b"\n"):
+            if line and line[:1] not in (b" ", b"\t"):
+                name, _, value = line.partition(b":")
+                await step(b"L", name + b"\0" + value.strip() + b"\0")
+        await step(b"N", b"")
+        body = body.replace(b"\n", b"\r\n")
+        for i in range(0, len(body), 65535):
+            await step(b"B", body[i:i + 65535])
+        w.write(_pkt(b"E"))
+        await w.drain()
+        while (await recv())[0] not in (b"a", b"c", b"r", b"t", b"y", b"d"):
+            pass
+        done += 1
+    w.write(_pkt(b"Q"))
+    w.close()
+    return done
+
+
+async def smtp_client(port: int, msgs: list[bytes], deadline: float) -> int:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+
+    async def reply() -> bytes:
+        while True:
+            line = await r.readline()
+            if line[3:4] != b"-":
+                return line
+
+    await reply()
+    w.write(b"EHLO bench.test\r\n")
+    await reply()
+    done = 0
+    for raw in msgs:
+        if time.monotonic() > deadline:
+            break
+        w.write(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@rcpt.test>\r\nDATA\r\n")
+        for _ in range(3):
+            await reply()
+        data = raw.replace(b"\r\n", b"\n").replace(b"\n.", b"\n..").replace(b"\n", b"\r\n")
+        w.write(data + (b"" if data.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        line = await reply()
+        assert line.startswith(b"250"), line
+        done += 1
+    w.write(b"QUIT\r\n")
+    w.close()
+    return done
+
+
+CLIENTS = {"spamd": spamd_client, "rspamd-http": http_client, "milter": milter_client, "smtp": smtp_client}
+
+
+# --------------------------------------------------------------------------- a null next hop
+
+
+async def sink_main(port: int) -> None:
+    async def session(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"220 sink\r\n")
+        while line := await r.readline():
+            cmd = line[:4].upper()
+            if cmd == b"DATA":
+                w.write(b"354 go\r\n")
+                while (await r.readline()) not in (b".\r\n", b""):
+                    pass
+                w.write(b"250 ok\r\n")
+            elif cmd == b"QUIT":
+                w.write(b"221 bye\r\n")
+                break
+            elif cmd == b"EHLO":
+                w.write(b"250-sink\r\n250 8BITMIME\r\n")
+            else:
+                w.write(b"250 ok\r\n")
+        w.close()
+
+    server = await asyncio.start_server(session, "127.0.0.1", port)
+    await server.serve_forever()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_server(kind: str, workers: int, next_hop: int | None) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    args = [sys.executable, "-m", "antispam.cli", "serve", kind, "--port", "0", "--workers", str(workers),
+            "--max-connections", "64"]
+    if next_hop:
+        args += ["--next-hop", f"127.0.0.1:{next_hop}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    line = proc.stdout.readline().decode()
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+async def drive(kind: str, port: int, msgs: list[bytes], clients: int, seconds: float) -> tuple[int, float]:
+    deadline = time.monotonic() + seconds
+    share = [msgs[i::clients] for i in range(clients)]
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(CLIENTS[kind](port, s, deadline) for s in share))
+    return sum(counts), time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=1000)
+    ap.add_argument("--servers", default="spamd,milter,smtp,rspamd-http")
+    ap.add_argument("--workers", default="0,2")
+    ap.add_argument("--clients", default="2,16")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time limit per run")
+    ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.sink:
+        asyncio.run(sink_main(a.sink))
+        return 0
+    msgs = load(a.messages)
+    print(f"core: {IMPLEMENTATION}; {len(msgs)} messages, {sum(map(len, msgs)) / len(msgs) / 1024:.1f} KiB mean")
+    engine = Engine()
+    for raw in msgs[:50]:
+        engine.scan(raw)  # warm caches and lazy imports
+    t0 = time.perf_counter()
+    for raw in msgs:
+        engine.scan(raw)
+    base = len(msgs) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in engine.scan_many(msgs, workers=2):
+        pass
+    pool = len(msgs) / (time.perf_counter() - t0)
+    print(f"in-process: Engine.scan {base:,.0f} msgs/s (1 core); scan_many(workers=2) {pool:,.0f} msgs/s\n")
+    print(f"{'server':12} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9}")
+    sink_port = free_port()
+    sink = subprocess.Popen([sys.executable, __file__, "--sink", str(sink_port)])
+    try:
+        for kind in a.servers.split(","):
+            for workers in map(int, a.workers.split(",")):
+                proc, port = spawn_server(kind, workers, sink_port if kind == "smtp" else None)
+                try:
+                    asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
+                    for clients in map(int, a.clients.split(",")):
+                        n, dt = asyncio.run(drive(kind, port, msgs, clients, a.seconds))
+                        rate = n / dt
+                        print(f"{kind:12} {workers:7} {clients:7} {rate:9,.0f} {rate / base:8.2f}x", flush=True)
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

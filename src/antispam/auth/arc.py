@@ -1,0 +1,126 @@
+"""ARC (RFC 8617): verify the chain of custody with dkimpy, keys through our resolver.
+
+The chain's validation (``cv``) and the sealing domains are published as an
+:class:`ArcOutcome`.  ARC by itself proves only that each sealer saw the
+message as it says; it matters when the operator trusts a sealer (a mailing
+list, a forwarding service): then the DMARC check may let a DMARC failure of
+mail that sealer forwarded through, and says so in its options.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import dkim as dkimpy
+
+from ..check import Check, Hit, Question, ScanContext, SymbolDef
+from ..dns import Answer
+from . import network_enabled
+from .authres import resinfo
+from .dkim import _key_name, _tags, fetch_keys
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
+    from ..message import Message
+
+
+@dataclass(frozen=True, slots=True)
+class ArcOutcome:
+    """``cv``: pass, fail, none or temperror; ``sealers``: d= of each ARC-Seal, newest instance first."""
+
+    cv: str
+    instances: int = 0
+    sealers: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def _instance(tags: dict[bytes, bytes]) -> int:
+    try:
+        return int(tags.get(b"i", b"0").strip())
+    except ValueError:
+        return 0
+
+
+def _seals(msg: "Message") -> list[tuple[int, str]]:
+    out = []
+    for v in msg.get_raw("ARC-Seal"):
+        tags = _tags(v) or {}
+        out.append((_instance(tags), tags.get(b"d", b"").decode("ascii", "replace").strip().lower()))
+    return sorted(out, reverse=True)
+
+
+def _key_names(msg: "Message") -> list[str]:
+    names = []
+    for header in ("ARC-Seal", "ARC-Message-Signature"):
+        for v in msg.get_raw(header):
+            tags = _tags(v)
+            name = _key_name(tags) if tags else None
+            if name:
+                names.append(name)
+    return names
+
+
+def verify_chain(raw: bytes, seals: list[tuple[int, str]], answers: dict[str, Answer],
+                 min_rsa_bits: int = 1024) -> ArcOutcome:
+    """Verify the ARC chain of ``raw`` with the key answers already fetched."""
+    if not seals:
+        return ArcOutcome("none")
+    instances = seals[0][0]
+    sealers = tuple(d for _, d in seals)
+    temp = [n for n, a in answers.items() if a.temporary]
+    if temp:
+        return ArcOutcome("temperror", instances, sealers, f"key lookup failed: {temp[0]}")
+
+    def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes | None:
+        key = (name.decode("ascii", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
+        a = answers.get(key)
+        texts = a.texts() if a is not None else []
+        return texts[0] if texts else None
+
+    try:
+        cv, _results, reason = dkimpy.arc_verify(raw, dnsfunc=dnsfunc, minkey=min_rsa_bits)
+    except Exception as exc:  # dkimpy on a mangled message
+        return ArcOutcome("fail", instances, sealers, f"{type(exc).__name__}: {exc}"[:120])
+    text = cv.decode() if isinstance(cv, bytes) else "fail"  # None: a seal recorded cv=fail, chain ended
+    return ArcOutcome(text, instances, sealers, str(reason)[:120])
+
+
+class ArcCheck(Check):
+    """Optional ARC chain verification; publishes :class:`ArcOutcome` for DMARC."""
+
+    name = "arc"
+    network = True
+    symbols = (
+        SymbolDef("ARC_ALLOW", 0.0, "ARC: the chain of custody validates", "arc"),
+        SymbolDef("ARC_REJECT", 0.0, "ARC: the chain of custody is broken", "arc"),
+        SymbolDef("ARC_NA", 0.0, "ARC: the message carries no ARC set", "arc"),
+        SymbolDef("ARC_TEMPFAIL", 0.0, "ARC: a sealing key could not be fetched", "arc"),
+    )
+    _SYMBOL = {"pass": "ARC_ALLOW", "fail": "ARC_REJECT", "none": "ARC_NA", "temperror": "ARC_TEMPFAIL"}
+
+    def __init__(self, min_rsa_bits: int = 1024):
+        self.min_rsa_bits = min_rsa_bits
+
+    def questions(self, msg: "Message", ctx: ScanContext) -> list[Question]:
+        return [Question(n, "TXT") for n in _key_names(msg)]
+
+    async def arun(self, msg: "Message", ctx: ScanContext) -> list[Hit]:
+        seals = _seals(msg)
+        answers: dict[str, Answer] = {}
+        if seals and ctx.resolver is not None:
+            answers = await fetch_keys(ctx.resolver, _key_names(msg), ctx.deadline)
+        outcome = verify_chain(msg.raw, seals, answers, self.min_rsa_bits)
+        ctx.publish(outcome)
+        result = outcome.cv if outcome.cv in ("pass", "fail", "none") else "fail"
+        comment = outcome.reason if outcome.cv not in ("pass", "none") else None
+        ctx.add_auth_result(resinfo("arc", result, comment=re.sub(r"\s+", " ", comment)[:80] if comment else None))
+        options = [f"i={outcome.instances}"] + [f"sealer={d}" for d in outcome.sealers[:3]] if outcome.instances else []
+        return [Hit(self._SYMBOL[outcome.cv], 1.0, tuple(options))]
+
+
+def factory(config: "Config", store: object = None) -> ArcCheck | None:
+    if not network_enabled(config, "arc"):
+        return None
+    return ArcCheck(config.auth.dkim_min_rsa_bits)

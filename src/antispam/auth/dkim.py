@@ -1,0 +1,240 @@
+"""DKIM verification (RFC 6376, RFC 8301, RFC 8463) with dkimpy, keys fetched through our resolver.
+
+Every signature is verified, not only the first: DMARC needs to know whether
+*any* passing signature aligns with the From domain.  The keys of all
+signatures are fetched concurrently (and usually were prefetched with the rest
+of the scan's questions), then dkimpy verifies each one with a ``dnsfunc``
+that only reads the answers already fetched, so verification never blocks the
+event loop on DNS.
+
+Result per signature (RFC 8601 section 2.7.1):
+
+* ``pass``; ``fail`` (the signature or body hash does not verify);
+* ``neutral`` (the signature cannot be processed: bad tags, unknown algorithm);
+* ``permerror`` (no key, revoked or malformed key, RSA key under
+  ``dkim_min_rsa_bits``, or rsa-sha1 when ``dkim_reject_sha1``: RFC 8301 says
+  verifiers must not consider SHA-1 signatures valid and must reject RSA keys
+  under 1024 bits);
+* ``temperror`` (the key lookup timed out or got SERVFAIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import dkim as dkimpy
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from ..check import Check, Hit, Question, ScanContext, SymbolDef
+from ..dns import Answer
+from . import network_enabled
+from .authres import resinfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
+    from ..dns import Resolver
+    from ..message import Message
+
+#: lower-case header name, as dkimpy reports it
+_SIG = b"dkim-signature"
+#: signatures verified per message; more is a cost an attacker chooses, not a sender need
+MAX_SIGNATURES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSignatureResult:
+    result: str  # pass fail neutral permerror temperror
+    domain: str
+    selector: str
+    algorithm: str = ""
+    reason: str = ""
+    b: str = ""  # first characters of b=, to tell signatures apart (RFC 6008)
+    identity: str = ""  # i= (AUID), when present
+
+
+@dataclass(frozen=True, slots=True)
+class DkimOutcome:
+    """Every DKIM signature's result, in header order (empty: the message is unsigned)."""
+
+    signatures: tuple[DkimSignatureResult, ...] = ()
+
+    def passing_domains(self) -> list[str]:
+        return [s.domain for s in self.signatures if s.result == "pass"]
+
+
+def _tags(value: bytes | str) -> dict[bytes, bytes] | None:
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    try:
+        return parse_tag_value(value)
+    except (InvalidTagValueList, ValueError):
+        return None
+
+
+def _key_name(tags: dict[bytes, bytes]) -> str | None:
+    d, s = tags.get(b"d"), tags.get(b"s")
+    if not d or not s:
+        return None
+    try:
+        return f"{s.decode('ascii').strip()}._domainkey.{d.decode('ascii').strip()}".rstrip(".").lower()
+    except UnicodeDecodeError:
+        return None
+
+
+def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
+               reject_sha1: bool = True) -> DkimOutcome:
+    """Verify every signature of ``raw`` with key answers already fetched (``{key name: Answer}``)."""
+    try:
+        signer = dkimpy.DKIM(raw, minkey=min_rsa_bits)
+    except Exception as exc:  # dkimpy's parser can raise on mangled header blocks
+        return DkimOutcome((DkimSignatureResult("neutral", "", "", reason=f"unparsable message: {exc}"[:120]),))
+    sigs = [v for n, v in signer.headers if n.lower() == _SIG]
+    results = []
+    if len(sigs) > MAX_SIGNATURES:
+        results.append(DkimSignatureResult("neutral", "", "", reason=f"{len(sigs) - MAX_SIGNATURES} signatures past the first {MAX_SIGNATURES} not checked"))
+    for idx, value in enumerate(sigs[:MAX_SIGNATURES]):
+        tags = _tags(value) or {}
+        domain = tags.get(b"d", b"").decode("ascii", "replace").strip().lower()
+        selector = tags.get(b"s", b"").decode("ascii", "replace").strip()
+        algorithm = tags.get(b"a", b"").decode("ascii", "replace").strip().lower()
+        bval = re.sub(r"\s+", "", tags.get(b"b", b"").decode("ascii", "replace"))[:12]
+        identity = tags.get(b"i", b"").decode("ascii", "replace").strip()
+
+        def out(result: str, reason: str = "") -> DkimSignatureResult:
+            return DkimSignatureResult(result, domain, selector, algorithm, reason, bval, identity)
+
+        name = _key_name(tags) if tags else None
+        if name is None:
+            results.append(out("neutral", "signature lacks d= or s= or is malformed"))
+            continue
+        if reject_sha1 and algorithm == "rsa-sha1":
+            results.append(out("permerror", "rsa-sha1 is not accepted (RFC 8301)"))
+            continue
+        answer = answers.get(name)
+        if answer is None or answer.temporary:
+            results.append(out("temperror", f"key lookup {answer.status if answer else 'not done'}: {name}"))
+            continue
+        texts = answer.texts()
+        if not texts:
+            results.append(out("permerror", f"no key at {name}"))
+            continue
+
+        try:  # dkimpy reports a bad key as a mere non-verification; RFC 8601 calls it permerror
+            dkimpy.evaluate_pk(name.encode("ascii", "replace"), texts[0])
+        except dkimpy.DKIMException as exc:
+            results.append(out("permerror", f"{exc}"[:120] or "unusable key"))
+            continue
+        except Exception as exc:
+            results.append(out("permerror", f"unusable key: {type(exc).__name__}"))
+            continue
+
+        def dnsfunc(qname: bytes | str, timeout: float = 5, _txt: bytes = texts[0]) -> bytes:
+            return _txt
+
+        try:
+            ok = signer.verify(idx, dnsfunc=dnsfunc)
+            results.append(out("pass") if ok else out("fail", "signature does not verify"))
+        except dkimpy.ValidationError as exc:  # body hash mismatch and friends
+            results.append(out("fail", str(exc)[:120]))
+        except dkimpy.KeyFormatError as exc:  # missing/revoked/short key
+            results.append(out("permerror", str(exc)[:120]))
+        except (dkimpy.MessageFormatError, dkimpy.ParameterError) as exc:
+            results.append(out("neutral", str(exc)[:120]))
+        except dkimpy.DKIMException as exc:
+            results.append(out("permerror", str(exc)[:120]))
+        except Exception as exc:  # a key that is not a key, ed25519 without pynacl...
+            results.append(out("permerror", f"{type(exc).__name__}: {exc}"[:120]))
+    return DkimOutcome(tuple(results))
+
+
+async def fetch_keys(resolver: "Resolver", names: list[str], deadline: float | None = None) -> dict[str, Answer]:
+    """The key records of ``names``, asked concurrently."""
+    unique = list(dict.fromkeys(names))
+    got = await asyncio.gather(*(resolver.resolve(n, "TXT", deadline) for n in unique))
+    return dict(zip(unique, got))
+
+
+def dnsfunc_for(resolver: "Resolver", timeout: float | None = None):
+    """A dkimpy ``dnsfunc`` served by ``Resolver.resolve_sync`` (and so by the shared cache).
+
+    For code that calls ``dkim.verify``/``dkim.arc_verify`` itself, outside an
+    event loop or in a worker thread.  dkimpy cannot tell "no key" from "lookup
+    failed" (both are None); :class:`DkimCheck` does not use this path for that
+    reason, but fetches the keys itself.
+    """
+
+    def dnsfunc(name: bytes | str, timeout_: float = 5, **_: object) -> bytes | None:
+        qname = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        texts = resolver.resolve_sync(qname, "TXT", timeout if timeout is not None else timeout_).texts()
+        return texts[0] if texts else None
+
+    return dnsfunc
+
+
+def _key_names(values: list[str]) -> list[str]:
+    names = []
+    for v in values[:MAX_SIGNATURES]:
+        tags = _tags(v)
+        name = _key_name(tags) if tags else None
+        if name:
+            names.append(name)
+    return names
+
+
+class DkimCheck(Check):
+    """Verifies every DKIM-Signature; publishes :class:`DkimOutcome` for DMARC."""
+
+    name = "dkim"
+    network = True
+    symbols = (
+        SymbolDef("R_DKIM_ALLOW", -0.2, "DKIM: a signature verified (pass)", "dkim"),
+        SymbolDef("R_DKIM_REJECT", 1.0, "DKIM: a signature did not verify (fail)", "dkim"),
+        SymbolDef("R_DKIM_TEMPFAIL", 0.0, "DKIM: the key could not be fetched (temperror)", "dkim"),
+        SymbolDef("R_DKIM_PERMFAIL", 0.0, "DKIM: a signature could not be checked: no key, bad key, rejected algorithm (permerror/neutral)", "dkim"),
+        SymbolDef("R_DKIM_NA", 0.0, "DKIM: the message is not signed", "dkim"),
+    )
+
+    _SYMBOL = {"pass": "R_DKIM_ALLOW", "fail": "R_DKIM_REJECT", "temperror": "R_DKIM_TEMPFAIL",
+               "permerror": "R_DKIM_PERMFAIL", "neutral": "R_DKIM_PERMFAIL"}
+
+    def __init__(self, min_rsa_bits: int = 1024, reject_sha1: bool = True):
+        self.min_rsa_bits = min_rsa_bits
+        self.reject_sha1 = reject_sha1
+
+    def questions(self, msg: "Message", ctx: ScanContext) -> list[Question]:
+        return [Question(n, "TXT") for n in _key_names(msg.get_raw("DKIM-Signature"))]
+
+    async def arun(self, msg: "Message", ctx: ScanContext) -> list[Hit]:
+        values = msg.get_raw("DKIM-Signature")
+        if not values:
+            ctx.publish(DkimOutcome())
+            ctx.add_auth_result(resinfo("dkim", "none"))
+            return [Hit("R_DKIM_NA")]
+        answers: dict[str, Answer] = {}
+        if ctx.resolver is not None:
+            answers = await fetch_keys(ctx.resolver, _key_names(values), ctx.deadline)
+        outcome = verify_all(msg.raw, answers, self.min_rsa_bits, self.reject_sha1)
+        ctx.publish(outcome)
+        by_symbol: dict[str, list[str]] = {}
+        for s in outcome.signatures:
+            props = [("header.d", s.domain), ("header.s", s.selector)]
+            if s.identity:
+                props.append(("header.i", s.identity))
+            if s.algorithm:
+                props.append(("header.a", s.algorithm))
+            if s.b:
+                props.append(("header.b", s.b[:8]))
+            ctx.add_auth_result(resinfo("dkim", s.result, [(k, v) for k, v in props if v],
+                                        comment=s.reason[:80] if s.reason and s.result != "pass" else None))
+            opt = f"{s.domain}:{s.selector}" + (f" ({s.reason})" if s.reason and s.result != "pass" else "")
+            by_symbol.setdefault(self._SYMBOL[s.result], []).append(opt)
+        return [Hit(sym, 1.0, tuple(opts)) for sym, opts in by_symbol.items()]
+
+
+def factory(config: "Config", store: object = None) -> DkimCheck | None:
+    if not network_enabled(config, "dkim"):
+        return None
+    return DkimCheck(config.auth.dkim_min_rsa_bits, config.auth.dkim_reject_sha1)

@@ -1,0 +1,453 @@
+"""DMARC: RFC 9989 (DMARCbis, the default) and RFC 7489, selectable by ``[auth] dmarc_mode``.
+
+What both modes share: the Author Domain is the domain of the From header;
+DMARC passes when SPF passed for a domain aligned with it, or any DKIM
+signature passed for an aligned ``d=``.  Strict alignment is equality;
+relaxed alignment is equality of Organizational Domains.  The modes differ in
+how the policy record and the Organizational Domain are found:
+
+* **rfc7489**: the record at ``_dmarc.<Author Domain>``, else at
+  ``_dmarc.<Organizational Domain>``, the Organizational Domain being the
+  registrable domain under the Public Suffix List (``publicsuffixlist``, which
+  ships the list: nothing is downloaded at run time).  ``pct`` samples which
+  failing messages get the policy.
+* **rfc9989**: the *DNS Tree Walk* (section 4.10): ask ``_dmarc.<d>`` for a
+  name, then (after cutting to the last 7 labels when longer) for each parent
+  down to the top-level label, stopping at a record with ``psd=n`` or
+  ``psd=y``.  The Organizational Domain of a name (4.10.2): a record with
+  ``psd=n`` marks it; a record with ``psd=y`` (a public suffix operator) above
+  the name puts it one label below; otherwise it is the shortest name with a
+  record; with no record at all it is the name itself.  The policy record
+  (4.10.1) is the Author Domain's own, else its Organizational Domain's, else
+  its Public Suffix Domain's.  ``np`` is the policy for Author Domains that do
+  not exist, ``t=y`` (test mode) lowers the policy one step, and ``pct`` is
+  gone.
+
+Why rfc9989 is the default: it is the current standard and obsoletes RFC
+7489; it needs no copy of the Public Suffix List, which goes stale inside
+any installed package, because domain owners state their own boundaries in
+DNS (``psd=``); and for names where the PSL and the owners agree both give the
+same Organizational Domain.
+
+Why the walk costs no extra round trips: the names a walk may ask are fixed
+by the labels of the domain, so all of them (for the Author Domain, the SPF
+domain and every DKIM ``d=``) are asked at once, and the walk then reads the
+answers in order.  Most are cached across scans (``_dmarc.<tld>`` once per
+TTL for all mail).
+
+A DNS failure on a record the outcome depends on gives ``temperror``, never
+``pass`` nor ``none``; so does a failed SPF or DKIM lookup when nothing else
+aligned, since the missing result might have been the aligned pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import TYPE_CHECKING, Callable
+
+from ..check import Check, Hit, Question, ScanContext, SymbolDef
+from ..dns import Answer
+from . import network_enabled
+from .arc import ArcOutcome
+from .authres import resinfo
+from .dkim import DkimOutcome, _tags
+from .spf import SpfOutcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
+    from ..dns import Resolver
+    from ..message import Message
+
+MODES = ("rfc9989", "rfc7489")
+POLICIES = ("none", "quarantine", "reject")
+#: RFC 9989 tree walk: a longer name is cut to this many labels after the first query
+MAX_WALK_LABELS = 7
+
+
+class _Temp(Exception):
+    """An answer the outcome depends on is a DNS failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcRecord:
+    p: str = "none"
+    sp: str | None = None
+    np: str | None = None
+    adkim: str = "r"
+    aspf: str = "r"
+    pct: int = 100
+    t: bool = False
+    psd: str = "u"
+    rua: tuple[str, ...] = ()
+
+
+def parse_record(text: bytes | str) -> DmarcRecord | None:
+    """A ``v=DMARC1`` record, or None when the text is not one.
+
+    Unknown tags are ignored; a missing or unknown ``p`` reads as ``none`` (RFC
+    9989 makes ``p`` optional; RFC 7489 does the same when ``rua`` is valid),
+    so a broken record still yields reports rather than silence.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    parts = [p.strip() for p in text.split(";")]
+    if not parts or parts[0].replace(" ", "").lower() != "v=dmarc1":
+        return None
+    tags: dict[str, str] = {}
+    for part in parts[1:]:
+        k, sep, v = part.partition("=")
+        if sep:
+            tags.setdefault(k.strip().lower(), v.strip())
+
+    def pol(v: str | None) -> str | None:
+        v = (v or "").lower()
+        return v if v in POLICIES else None
+
+    try:
+        pct = max(0, min(100, int(tags.get("pct", "100"))))
+    except ValueError:
+        pct = 100
+    align = lambda v: "s" if (v or "").lower() == "s" else "r"  # noqa: E731
+    psd = (tags.get("psd") or "u").lower()
+    return DmarcRecord(
+        p=pol(tags.get("p")) or "none", sp=pol(tags.get("sp")), np=pol(tags.get("np")),
+        adkim=align(tags.get("adkim")), aspf=align(tags.get("aspf")), pct=pct,
+        t=(tags.get("t") or "n").lower() == "y", psd=psd if psd in ("y", "n") else "u",
+        rua=tuple(u.strip() for u in tags.get("rua", "").split(",") if u.strip()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcOutcome:
+    """DMARC result of one message (also what an aggregate-report row needs)."""
+
+    result: str  # pass fail none temperror permerror
+    from_domain: str = ""
+    policy_domain: str = ""
+    org_domain: str = ""
+    policy: str = ""  # the policy that applied: none quarantine reject
+    disposition: str = "none"
+    spf_aligned: bool = False
+    dkim_aligned: bool = False
+    record: DmarcRecord | None = None
+    mode: str = "rfc9989"
+    reason: str = ""
+    override: str = ""  # e.g. "arc:forwarder.example" when a trusted sealer lifted the policy
+    notes: tuple[str, ...] = field(default=())
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _labels(domain: str) -> list[str]:
+    return [l for l in domain.lower().rstrip(".").split(".") if l]
+
+
+def walk_names(domain: str) -> list[str]:
+    """The names an RFC 9989 tree walk may query for ``domain``, in order."""
+    labels = _labels(domain)
+    if not labels:
+        return []
+    out = [".".join(labels)]
+    for k in range(min(len(labels) - 1, MAX_WALK_LABELS), 0, -1):
+        out.append(".".join(labels[-k:]))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _psl():
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList()
+
+
+def psl_org_domain(domain: str) -> str:
+    """RFC 7489 Organizational Domain: the registrable domain under the PSL (the name itself if none)."""
+    d = ".".join(_labels(domain))
+    return _psl().privatesuffix(d) or d
+
+
+# --------------------------------------------------------------------------- evaluation
+
+Lookup = Callable[[str], Answer]
+
+
+def _record(lookup: Lookup, domain: str) -> DmarcRecord | None:
+    """The single valid record at ``_dmarc.<domain>``; several valid ones count as none (RFC 9989 4.10)."""
+    a = lookup(f"_dmarc.{domain}")
+    if a.temporary:
+        raise _Temp(f"_dmarc.{domain}: {a.status}")
+    recs = [r for r in (parse_record(t) for t in a.texts()) if r is not None]
+    return recs[0] if len(recs) == 1 else None
+
+
+def tree_walk(lookup: Lookup, domain: str) -> list[tuple[str, DmarcRecord]]:
+    """RFC 9989 section 4.10: the valid records met walking up from ``domain``, longest name first.
+
+    The walk stops at a record carrying ``psd=n`` or ``psd=y``; answers past
+    that point are never read, so their failures cannot matter.
+    """
+    found = []
+    for name in walk_names(domain):
+        rec = _record(lookup, name)
+        if rec is None:
+            continue
+        found.append((name, rec))
+        if rec.psd in ("n", "y"):
+            break
+    return found
+
+
+def org_from_walk(domain: str, found: list[tuple[str, DmarcRecord]]) -> str:
+    """RFC 9989 section 4.10.2: pick the Organizational Domain from a walk's records.
+
+    Longest name first: ``psd=n`` marks it; ``psd=y`` on any name but the
+    starting one puts it one label below; otherwise the name with the fewest
+    labels that has a record; with no record at all, the starting name.
+    """
+    start = ".".join(_labels(domain))
+    for name, rec in found:
+        if rec.psd == "n":
+            return name
+        if rec.psd == "y" and name != start:
+            labels = _labels(start)
+            return ".".join(labels[-(len(_labels(name)) + 1):])
+    return found[-1][0] if found else start
+
+
+def tree_walk_org_domain(lookup: Lookup, domain: str) -> str:
+    """RFC 9989 Organizational Domain of ``domain``."""
+    return org_from_walk(domain, tree_walk(lookup, domain))
+
+
+class _Evaluator:
+    """One message's DMARC evaluation over answers already fetched."""
+
+    def __init__(self, mode: str, lookup: Lookup):
+        self.mode = mode
+        self.lookup = lookup
+        self._org: dict[str, str] = {}
+
+    def org(self, domain: str) -> str:
+        d = ".".join(_labels(domain))
+        if d not in self._org:
+            self._org[d] = tree_walk_org_domain(self.lookup, d) if self.mode == "rfc9989" else psl_org_domain(d)
+        return self._org[d]
+
+    def aligned(self, a: str, b: str, mode: str) -> bool:
+        a, b = ".".join(_labels(a)), ".".join(_labels(b))
+        if not a or not b:
+            return False
+        if a == b:
+            return True
+        return mode == "r" and self.org(a) == self.org(b)
+
+    def discover(self, from_domain: str) -> tuple[str, DmarcRecord] | None:
+        """(policy domain, record) or None."""
+        if self.mode == "rfc9989":
+            # RFC 9989 4.10.1: the Author Domain's own record; else its Organizational
+            # Domain's; else its Public Suffix Domain's (a psd=y record met on the walk)
+            rec = _record(self.lookup, from_domain)
+            if rec is not None:
+                return from_domain, rec
+            found = tree_walk(self.lookup, from_domain)
+            org = org_from_walk(from_domain, found)
+            self._org[from_domain] = org
+            for name, r in found:
+                if name == org:
+                    return name, r
+            return next(((n, r) for n, r in found if r.psd == "y"), None)
+        rec = _record(self.lookup, from_domain)
+        if rec is not None:
+            return from_domain, rec
+        org = psl_org_domain(from_domain)
+        if org != from_domain:
+            rec = _record(self.lookup, org)
+            if rec is not None:
+                return org, rec
+        return None
+
+
+def names_to_ask(mode: str, from_domain: str, other_domains: list[str]) -> list[str]:
+    """Every ``_dmarc`` name the evaluation may read, to be asked at once."""
+    out: list[str] = []
+    for d in [from_domain, *other_domains]:
+        if not d:
+            continue
+        if mode == "rfc9989":
+            out.extend(walk_names(d))
+        else:
+            out.append(".".join(_labels(d)))
+            out.append(psl_org_domain(d))
+    return [f"_dmarc.{n}" for n in dict.fromkeys(out)]
+
+
+def _sampled(pct: int, raw: bytes) -> bool:
+    """RFC 7489 pct: is this message in the sampled share?  A hash of the message, so rescans agree."""
+    if pct >= 100:
+        return True
+    if pct <= 0:
+        return False
+    # first 8 bytes of SHA-256 as a uniform number in [0, 2^64): below pct% of the range = sampled
+    return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big") < pct * (1 << 64) // 100
+
+
+def _lower(policy: str) -> str:
+    return {"reject": "quarantine", "quarantine": "none"}.get(policy, "none")
+
+
+async def evaluate(resolver: "Resolver", from_domain: str, spf: SpfOutcome | None, dkim: DkimOutcome | None, *,
+                   mode: str = "rfc9989", raw: bytes = b"", deadline: float | None = None) -> DmarcOutcome:
+    """DMARC of one message through ``resolver`` (all ``_dmarc`` names asked at once)."""
+    from_domain = ".".join(_labels(from_domain))
+    spf_domain = spf.domain if spf is not None else ""
+    dkim_domains = [s.domain for s in dkim.signatures] if dkim is not None else []
+    names = names_to_ask(mode, from_domain, [spf_domain, *dkim_domains])
+    got = await asyncio.gather(*(resolver.resolve(n, "TXT", deadline) for n in names))
+    answers = dict(zip(names, got))
+
+    def lookup(name: str) -> Answer:
+        a = answers.get(name)
+        return a if a is not None else Answer(name, "TXT", "timeout", detail="not asked")
+
+    ev = _Evaluator(mode, lookup)
+    try:
+        found = ev.discover(from_domain)
+        if found is None:
+            return DmarcOutcome("none", from_domain, mode=mode, reason="no DMARC record")
+        policy_domain, rec = found
+        spf_ok = bool(spf and spf.result == "pass" and ev.aligned(spf.domain, from_domain, rec.aspf))
+        sigs = dkim.signatures if dkim else ()
+        dkim_ok = any(ev.aligned(s.domain, from_domain, rec.adkim) for s in sigs if s.result == "pass")
+        # a failed lookup matters only where its pass would have aligned
+        temp = []
+        if spf is not None and spf.result == "temperror" and ev.aligned(spf.domain, from_domain, rec.aspf):
+            temp.append("spf")
+        if any(s.result == "temperror" and ev.aligned(s.domain, from_domain, rec.adkim) for s in sigs):
+            temp.append("dkim")
+        org = ev.org(from_domain)
+    except _Temp as exc:
+        return DmarcOutcome("temperror", from_domain, mode=mode, reason=str(exc))
+    base = dict(from_domain=from_domain, policy_domain=policy_domain, org_domain=org, record=rec, mode=mode,
+                spf_aligned=spf_ok, dkim_aligned=dkim_ok)
+    if spf_ok or dkim_ok:
+        return DmarcOutcome("pass", policy=rec.p, disposition="none", **base)
+    if temp:
+        return DmarcOutcome("temperror", reason=f"{'/'.join(temp)} temperror, no aligned pass", **base)
+    # Which policy: p at the Author Domain's own record; else np for a non-existent Author
+    # Domain (RFC 9989), else sp, else p.
+    policy, notes = rec.p, []
+    if policy_domain != from_domain:
+        policy = rec.sp or rec.p
+        if mode == "rfc9989" and rec.np is not None and await _nonexistent(resolver, from_domain, deadline):
+            policy, notes = rec.np, ["np: author domain does not exist"]
+    disposition = policy
+    if mode == "rfc9989" and rec.t:
+        disposition, notes = _lower(policy), notes + ["t=y: test mode"]
+    elif mode == "rfc7489" and not _sampled(rec.pct, raw):
+        disposition, notes = _lower(policy), notes + [f"pct={rec.pct}: not sampled"]
+    return DmarcOutcome("fail", policy=policy, disposition=disposition, notes=tuple(notes), **base)
+
+
+async def _nonexistent(resolver: "Resolver", domain: str, deadline: float | None) -> bool:
+    """RFC 9989: a domain with no A, AAAA or MX records (NXDOMAIN or NODATA for each) does not exist."""
+    got = await asyncio.gather(*(resolver.resolve(domain, t, deadline) for t in ("A", "AAAA", "MX")))
+    if any(a.temporary for a in got):
+        return False  # unknown: keep the ordinary policy
+    return all(a.status in ("nxdomain", "nodata") for a in got)
+
+
+# --------------------------------------------------------------------------- the check
+
+
+class DmarcCheck(Check):
+    """DMARC from the SPF and DKIM outcomes of the same scan (and ARC, when trusted sealers are set)."""
+
+    name = "dmarc"
+    network = True
+    requires = ("spf", "dkim", "arc")
+    symbols = (
+        SymbolDef("DMARC_POLICY_ALLOW", -0.5, "DMARC: aligned SPF or DKIM pass", "dmarc"),
+        SymbolDef("DMARC_POLICY_REJECT", 3.0, "DMARC: fails, the domain asks to reject", "dmarc"),
+        SymbolDef("DMARC_POLICY_QUARANTINE", 1.5, "DMARC: fails, the domain asks to quarantine", "dmarc"),
+        SymbolDef("DMARC_POLICY_SOFTFAIL", 0.1, "DMARC: fails, the domain asks for no action (p=none or test mode)", "dmarc"),
+        SymbolDef("DMARC_NA", 0.0, "DMARC: no policy for the From domain", "dmarc"),
+        SymbolDef("DMARC_TEMPFAIL", 0.0, "DMARC: a DNS failure left the result unknown", "dmarc"),
+    )
+
+    def __init__(self, mode: str = "rfc9989", trusted_arc_sealers: tuple[str, ...] = ()):
+        if mode not in MODES:
+            raise ValueError(f"dmarc_mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.trusted_arc_sealers = frozenset(s.lower().rstrip(".") for s in trusted_arc_sealers)
+
+    def questions(self, msg: "Message", ctx: ScanContext) -> list[Question]:
+        d = msg.from_domain
+        if not d:
+            return []
+        env = ctx.envelope
+        mail_from = (env.mail_from or "").strip().strip("<>")
+        # the SPF identity's domain: MAIL FROM's, or HELO when MAIL FROM is null
+        others = [mail_from.rpartition("@")[2] if mail_from else (env.helo or "")]
+        for v in msg.get_raw("DKIM-Signature"):
+            dom = (_tags(v) or {}).get(b"d")
+            if dom:
+                others.append(dom.decode("ascii", "replace").strip())
+        return [Question(n, "TXT") for n in names_to_ask(self.mode, d, others)]
+
+    async def arun(self, msg: "Message", ctx: ScanContext) -> list[Hit]:
+        from_domain = (msg.from_domain or "").lower()
+        if len({a for _, a in msg.from_addresses}) > 1:
+            ctx.add_auth_result(resinfo("dmarc", "none", comment="several From addresses"))
+            ctx.publish(DmarcOutcome("none", from_domain, mode=self.mode, reason="several From addresses"))
+            return [Hit("DMARC_NA", 1.0, ("several From addresses",))]
+        if not from_domain or ctx.resolver is None:
+            ctx.publish(DmarcOutcome("none", from_domain, mode=self.mode, reason="no From domain"))
+            ctx.add_auth_result(resinfo("dmarc", "none"))
+            return [Hit("DMARC_NA", 1.0, ("no From domain",))]
+        outcome = await evaluate(ctx.resolver, from_domain, ctx.get(SpfOutcome), ctx.get(DkimOutcome),
+                                 mode=self.mode, raw=msg.raw, deadline=ctx.deadline)
+        arc = ctx.get(ArcOutcome)
+        if outcome.result == "fail" and outcome.disposition != "none" and arc is not None and arc.cv == "pass":
+            trusted = next((s for s in arc.sealers if s in self.trusted_arc_sealers), None)
+            if trusted:
+                outcome = replace(outcome, disposition="none", override=f"arc:{trusted}")
+        ctx.publish(outcome)
+        comment = None
+        if outcome.record is not None:
+            comment = f"p={outcome.policy or outcome.record.p} dis={outcome.disposition.upper()}"
+        elif outcome.reason and outcome.result != "none":
+            comment = outcome.reason[:80]
+        ctx.add_auth_result(resinfo("dmarc", outcome.result, [("header.from", from_domain)], comment=comment))
+        return [self._hit(outcome)]
+
+    @staticmethod
+    def _hit(o: DmarcOutcome) -> Hit:
+        opts = [f"domain={o.from_domain}"]
+        if o.record is not None:
+            opts += [f"policy_domain={o.policy_domain}", f"p={o.policy}", f"dis={o.disposition}",
+                     f"spf={'aligned' if o.spf_aligned else 'unaligned'}",
+                     f"dkim={'aligned' if o.dkim_aligned else 'unaligned'}", f"mode={o.mode}"]
+        opts += list(o.notes)
+        if o.override:
+            opts.append(f"override={o.override}")
+        if o.reason:
+            opts.append(o.reason[:100])
+        if o.result == "pass" or o.override:
+            return Hit("DMARC_POLICY_ALLOW", 1.0, tuple(opts))
+        if o.result == "fail":
+            sym = {"reject": "DMARC_POLICY_REJECT", "quarantine": "DMARC_POLICY_QUARANTINE"}.get(
+                o.disposition, "DMARC_POLICY_SOFTFAIL")
+            return Hit(sym, 1.0, tuple(opts))
+        if o.result == "temperror":
+            return Hit("DMARC_TEMPFAIL", 1.0, tuple(opts))
+        return Hit("DMARC_NA", 1.0, tuple(opts))
+
+
+def factory(config: "Config", store: object = None) -> DmarcCheck | None:
+    if not network_enabled(config, "dmarc"):
+        return None
+    return DmarcCheck(config.auth.dmarc_mode, config.auth.trusted_arc_sealers)

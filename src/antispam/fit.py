@@ -1,0 +1,244 @@
+"""Fit the scores of the whole default engine on labelled TRAIN mail.
+
+Rules and the classifier are fitted *together*, because the classifier is
+most of the evidence and a rule's useful score depends on what the classifier
+already says.  The maths:
+
+1. Each TRAIN message becomes a row ``x``: the weight of every symbol the
+   engine emits with the classifier switched off (rules, MIME defects, ...),
+   plus one column per classifier grade (``BAYES_SPAM_99``, ..., ``BAYES_HAM``)
+   taken from the classifier's *out-of-fold* probability.  Out of fold matters:
+   the shipped model has seen every TRAIN message, so its in-sample
+   probabilities are near 0 or 1 and would make every other symbol look
+   useless.  So the TRAIN set is cut in ``folds`` parts; a linear model with
+   the shipped model's tokenizer and C is fitted on the others and scores the
+   held-out part, and the shipped model's Platt calibration turns those margins
+   into probabilities.
+2. A logistic model ``P(spam | x) = sigmoid(w . x + b)`` is fitted by
+   L-BFGS-B with an L2 penalty ``lam * |w|^2`` and *sign bounds*: a symbol
+   declared as spam evidence (positive default score) may not get a negative
+   weight, and a "nice" symbol may not get a positive one.  Ham rows weigh
+   ``ham_weight`` times more, because a false positive costs more than a miss.
+3. ``lam`` is chosen by cross-validation (the same folds), maximising spam
+   recall at ``target_fpr`` ham false positives.
+4. The scores follow by scaling: with ``t`` the cross-validated decision value
+   at ``target_fpr`` and ``R`` the required score (the ``add header``
+   threshold), ``score_i = w_i * R / (t - b)``.  Then ``sum(scores) >= R``
+   exactly when ``w . x + b >= t``: the engine's own threshold becomes the
+   fitted operating point.
+
+The result is a ``[scores]`` table in ``src/antispam/default.toml``, the
+embedded base layer of the configuration (a site file still overrides it).
+Symbols never seen on TRAIN keep their declared defaults; GTUBE and
+zero-scored informational symbols are not fitted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import Config
+from .corpus import LabelledMessage
+from .message import Message
+
+#: symbols never fitted: fixed by meaning, or informational
+FIXED = frozenset({"GTUBE", "CHECK_ERROR", "CHECK_TIMEOUT", "SCAN_LIMIT", "INPUT_ERROR", "STORE_UNAVAILABLE"})
+DEFAULT_TOML = Path(__file__).resolve().parent / "default.toml"
+
+
+@dataclass(frozen=True)
+class FitResult:
+    scores: dict[str, float]
+    lam: float
+    threshold: float
+    cv_recall: float
+    cv_fpr: float
+    cv_auc: float
+    n_train: int
+    seconds: float
+
+
+def oof_probabilities(msgs: Sequence[LabelledMessage], folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold spam probabilities of the shipped classifier's recipe on ``msgs``."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.svm import LinearSVC
+
+    from .classifier.check import default_model
+    from .classifier.train import feature_matrix
+
+    model = default_model()
+    X = feature_matrix([Message(m.data) for m in msgs], model.spec)
+    y = np.array([m.is_spam for m in msgs], dtype=np.int8)
+    c = float(model.meta.get("C", 10.0))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    margins = cross_val_predict(LinearSVC(C=c, max_iter=20000, random_state=seed), X, y, cv=cv, method="decision_function")
+    n_features = np.diff(X.indptr)  # distinct features per message (rows of a CSR matrix)
+    return np.array([model.probability(float(m), int(n)) for m, n in zip(margins, n_features)])
+
+
+def symbol_rows(msgs: Sequence[LabelledMessage], config: Config) -> list[dict[str, float]]:
+    """Symbol weights per message from the engine without its classifier (no network)."""
+    from .engine import Engine
+
+    cfg = config.merged({"classifier": {"enabled": False}}, source="<fit>")
+    engine = Engine(cfg)
+    rows = []
+    for m in msgs:
+        v = engine.scan(m.data)
+        rows.append({name: s.weight for name, s in v.symbols.items()})
+    engine.close()
+    return rows
+
+
+def _fit_logistic(X: np.ndarray, y: np.ndarray, sw: np.ndarray, lam: float,
+                  bounds: list[tuple[float | None, float | None]]) -> tuple[np.ndarray, float]:
+    """Weighted, L2-penalised logistic regression with per-weight bounds (L-BFGS-B); returns (w, b)."""
+    from scipy.optimize import minimize
+
+    n, d = X.shape
+    wsum = sw.sum()
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:d], theta[d]
+        z = X @ w + b
+        # log(1 + e^z) - y z, computed stably
+        lz = np.logaddexp(0.0, z)
+        f = float((sw * (lz - y * z)).sum() / wsum + lam * (w @ w))
+        g_z = sw * (1.0 / (1.0 + np.exp(-z)) - y) / wsum
+        return f, np.concatenate([X.T @ g_z + 2 * lam * w, [g_z.sum()]])
+
+    res = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", bounds=bounds + [(None, None)],
+                   options={"maxiter": 2000})
+    return res.x[:d], float(res.x[d])
+
+
+def _recall_at_fpr(z: np.ndarray, y: np.ndarray, target_fpr: float) -> tuple[float, float, float]:
+    """(threshold, recall, fpr): the lowest threshold whose ham FPR is <= target_fpr."""
+    ham = np.sort(z[y == 0])[::-1]
+    k = int(math.floor(target_fpr * len(ham)))
+    # Threshold just above the (k+1)-th highest ham decision value: at most k ham reach it.
+    t = float(np.nextafter(ham[k], np.inf)) if k < len(ham) else float(ham[-1])
+    recall = float((z[y == 1] >= t).mean())
+    fpr = float((z[y == 0] >= t).mean())
+    return t, recall, fpr
+
+
+def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *, folds: int = 5,
+               target_fpr: float = 0.001, ham_weight: float = 3.0, lams: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3),
+               seed: int = 0, progress: Callable[[str], None] | None = None) -> FitResult:
+    """Fit every symbol's score on ``msgs`` (labelled TRAIN mail); see the module docstring."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from .classifier.check import grade
+    from .engine import Engine
+
+    say = progress or (lambda s: None)
+    t0 = time.monotonic()
+    config = config or Config()
+    y = np.array([m.is_spam for m in msgs], dtype=np.float64)
+    say(f"out-of-fold classifier probabilities on {len(msgs)} messages ({folds} folds)")
+    p = oof_probabilities(msgs, folds, seed)
+    say("scanning with every other check")
+    rows = symbol_rows(msgs, config)
+    for row, pi in zip(rows, p):
+        row[grade(float(pi))] = 1.0
+    defaults = {name: sd.score for name, sd in Engine(config).symbols.items()}
+    names = sorted({n for r in rows for n in r if n not in FIXED and defaults.get(n, 0.0) != 0.0})
+    col = {n: i for i, n in enumerate(names)}
+    X = np.zeros((len(rows), len(names)))
+    for i, r in enumerate(rows):
+        for n, w in r.items():
+            j = col.get(n)
+            if j is not None:
+                X[i, j] = w
+    bounds = [(0.0, None) if defaults[n] > 0 else (None, 0.0) for n in names]
+    sw = np.where(y == 1, 1.0, ham_weight)
+    cv = list(StratifiedKFold(folds, shuffle=True, random_state=seed + 1).split(X, y))
+    best = None
+    for lam in lams:
+        z = np.zeros(len(y))
+        for tr, te in cv:
+            w, b = _fit_logistic(X[tr], y[tr], sw[tr], lam, bounds)
+            z[te] = X[te] @ w + b
+        t, recall, fpr = _recall_at_fpr(z, y, target_fpr)
+        auc = _auc(z, y)
+        say(f"lambda={lam:g}: cross-validated recall {recall:.4f} at ham FPR {fpr:.4f} (AUC {auc:.5f})")
+        key = (recall, auc)
+        if best is None or key > best[0]:
+            best = (key, lam, t, recall, fpr, auc, z)
+    assert best is not None
+    _, lam, _, recall, fpr, auc, _ = best
+    w, b = _fit_logistic(X, y, sw, lam, bounds)
+    # The operating point from the cross-validated decision values, refitted weights.
+    t_cv = best[2]
+    required = min(v for k, v in config.actions.items() if v is not None and k != "greylist")
+    scale = required / (t_cv - b)
+    scores = {n: round(float(w[j] * scale), 3) for n, j in col.items()}
+    return FitResult(scores=scores, lam=lam, threshold=t_cv, cv_recall=recall, cv_fpr=fpr, cv_auc=auc,
+                     n_train=len(msgs), seconds=time.monotonic() - t0)
+
+
+def _auc(z: np.ndarray, y: np.ndarray) -> float:
+    from .classifier.metrics import roc_auc
+
+    return float(roc_auc(z, y))
+
+
+def write_default_toml(result: FitResult, path: Path = DEFAULT_TOML, corpus_digest: str = "") -> Path:
+    """Write the fitted scores as the embedded base configuration layer."""
+    lines = [
+        "# Embedded default configuration: the base layer under any site file.",
+        "# [scores] was written by `antispam fit` (antispam/fit.py) on the TRAIN split; do not edit by hand,",
+        "# override scores in your site configuration instead.",
+        f"# trained on {result.n_train} messages{f' (digest {corpus_digest})' if corpus_digest else ''}; "
+        f"lambda {result.lam:g}; cross-validated spam recall {result.cv_recall:.4f} at ham FPR {result.cv_fpr:.4f}, "
+        f"AUC {result.cv_auc:.5f}",
+        "",
+        "[scores]",
+    ]
+    for name in sorted(result.scores):
+        lines.append(f"{name} = {result.scores[name]}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def register(sub) -> None:  # type: ignore[no-untyped-def]
+    p = sub.add_parser("fit", help="fit the scores of every symbol (rules + classifier grades) on labelled TRAIN mail")
+    p.add_argument("--corpus", help="labelled corpus (MANIFEST.tsv layout; default: the SpamAssassin corpus)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--target-fpr", type=float, default=0.001, help="ham false-positive rate of the operating point")
+    p.add_argument("--ham-weight", type=float, default=3.0, help="how much more a ham row weighs than a spam row")
+    p.add_argument("--out", default=str(DEFAULT_TOML), help="where to write the [scores] table")
+    p.set_defaults(func=_cmd_fit)
+
+
+def _cmd_fit(args) -> int:  # type: ignore[no-untyped-def]
+    import sys
+
+    from .corpus import default_corpus_dir, load_labelled
+    from .classifier.train import training_digest, Example
+
+    corpus = args.corpus or default_corpus_dir()
+    if corpus is None:
+        sys.stderr.write("antispam fit: no corpus (give --corpus or set ANTISPAM_CORPUS)\n")
+        return 2
+    train = load_labelled(corpus, split="train")
+    base = Config.load(args.config) if args.config else Config()
+    res = fit_scores(train, base, folds=args.folds, target_fpr=args.target_fpr, ham_weight=args.ham_weight,
+                     progress=lambda s: sys.stderr.write(s + "\n"))
+    digest = training_digest([Example(m.data, m.is_spam) for m in train])
+    out = write_default_toml(res, Path(args.out), digest)
+    top = sorted(res.scores.items(), key=lambda kv: -abs(kv[1]))[:12]
+    print(f"fitted {len(res.scores)} scores in {res.seconds:.0f}s -> {out}")
+    print(f"cross-validated: spam recall {res.cv_recall:.4f} at ham FPR {res.cv_fpr:.4f}, AUC {res.cv_auc:.5f}")
+    print("largest: " + ", ".join(f"{n} {s:g}" for n, s in top))
+    return 0
+
+
+__all__ = ["fit_scores", "write_default_toml", "FitResult"]

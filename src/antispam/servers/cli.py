@@ -1,0 +1,86 @@
+"""``antispam serve spamd|milter|smtp|rspamd-http``: run one server until SIGTERM/SIGINT.
+
+Settings come from ``[servers.NAME]`` in the configuration file; the flags here
+override the most common ones for a quick start.  SIGTERM drains: the server
+stops accepting, finishes the messages it is scanning, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+from typing import Any
+
+SERVERS = {
+    "spamd": ("antispam.servers.spamd:SpamdServer", "spamd"),
+    "milter": ("antispam.servers.milter:MilterServer", "milter"),
+    "smtp": ("antispam.servers.smtp:SmtpFilterServer", "smtp"),
+    "rspamd-http": ("antispam.servers.rspamd_http:RspamdHttpServer", "rspamd_http"),
+}
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("serve", help="run an MTA integration server (spamd, milter, smtp, rspamd-http)")
+    p.add_argument("kind", choices=sorted(SERVERS), help="protocol to serve")
+    p.add_argument("--config", dest="serve_config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--host", help="address to bind (default from [servers.NAME], 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (0: any free port, printed at start)")
+    p.add_argument("--allow", action="append", metavar="CIDR", help="client network allowed (repeatable)")
+    p.add_argument("--workers", type=int, help="scan worker processes (0: scan in the server process)")
+    p.add_argument("--max-connections", type=int)
+    p.add_argument("--max-size", type=int, metavar="BYTES")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--next-hop", metavar="HOST:PORT", help="smtp only: where scanned mail is re-injected")
+    p.add_argument("--mode", choices=("after-queue", "before-queue"), help="smtp only")
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    p.set_defaults(func=cmd_serve)
+
+
+def build(kind: str, config: Any, engine: Any = None, metrics: Any = None) -> Any:
+    """The server object for ``kind``, configured by ``config`` (an antispam Config)."""
+    from ..engine import Engine
+
+    spec, section = SERVERS[kind]
+    module, _, cls = spec.partition(":")
+    server_cls = getattr(importlib.import_module(module), cls)
+    settings = getattr(config.servers, section)
+    return server_cls(engine or Engine(config), settings, metrics=metrics)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    section: dict[str, Any] = {}
+    for flag, key in (("host", "host"), ("port", "port"), ("allow", "allow"), ("workers", "workers"),
+                      ("max_connections", "max_connections"), ("max_size", "max_size"),
+                      ("metrics_port", "metrics_port"), ("next_hop", "next_hop"), ("mode", "mode")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            section[key] = value
+    return {"servers": {SERVERS[args.kind][1]: section}} if section else {}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..config import Config
+    from .common import setup_logging
+
+    setup_logging([logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)], args.log_json)
+    path = args.serve_config or args.config
+    config = Config.load(path, _overrides(args))
+    settings = getattr(config.servers, SERVERS[args.kind][1])
+    metrics = None
+    if settings.metrics_port:
+        from .metrics import Metrics
+
+        metrics = Metrics()
+    server = build(args.kind, config, metrics=metrics)
+
+    async def run() -> None:
+        await server.start()
+        # The bound port on stdout, one line, for scripts that start us on port 0.
+        print(f"antispam {args.kind} listening on {settings.host}:{server.port}", flush=True)
+        await server.wait_for_signal()
+
+    asyncio.run(run())
+    return 0
+

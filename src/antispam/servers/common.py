@@ -1,0 +1,482 @@
+"""What every server shares: the listening loop, allow-list, limits, scanning, draining, logs.
+
+Each protocol module (spamd, milter, smtp, rspamd_http) subclasses :class:`Server`
+and writes only ``handle(conn)``: the base class accepts the connection, refuses
+clients outside the allow-list and connections past ``max_connections``, applies
+the per-connection timeout to every read, counts the connection in the metrics,
+and on shutdown stops accepting, lets every message already being scanned
+finish (up to ``shutdown_timeout``), and closes idle connections at once.
+
+Scanning goes through :class:`Scanner`.  With ``workers = 0`` it awaits
+``Engine.ascan`` in the server's event loop: the default content checks take
+well under a millisecond per message, less than a hop to another process
+costs, so the loop is the fastest place.  With ``workers = N`` it hands the
+raw bytes to a pool of N processes, each holding its own Engine: this is what
+keeps the loop responsive and uses every core once rules and the classifier
+make a scan cost milliseconds.  ``benchmarks/servers.py`` measures both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import multiprocessing
+import signal
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from ..config import Config, ServerConfig
+from ..engine import Engine
+from ..message import Envelope
+from ..auth.authres import strip_forged
+from ..verdict import Verdict
+
+log = logging.getLogger("antispam.servers")
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol; the connection is answered (if the protocol can) and closed."""
+
+
+class TooBig(ProtocolError):
+    """The message is larger than ``max_size``."""
+
+
+# --------------------------------------------------------------------------- allow-list
+
+
+class AllowList:
+    """Client networks allowed to connect.  An empty list allows nobody."""
+
+    def __init__(self, networks: Iterable[str]):
+        nets = []
+        for n in networks:
+            try:
+                nets.append(ipaddress.ip_network(n.strip(), strict=False))
+            except ValueError as exc:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"not a network: {n!r} ({exc})", key="allow") from None
+        self.networks = tuple(nets)
+
+    def allows(self, ip: str | None) -> bool:
+        if not ip:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr.version == n.version and addr in n for n in self.networks)
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+_WORKER_ENGINE: Engine | None = None
+
+
+def _pool_init(config: Config) -> None:
+    global _WORKER_ENGINE
+    _WORKER_ENGINE = Engine(config)
+
+
+def _pool_scan(raw: bytes, envelope: Envelope | None, profile: str | None) -> Verdict:
+    assert _WORKER_ENGINE is not None
+    return _WORKER_ENGINE.scan(raw, envelope, profile=profile)
+
+
+class Scanner:
+    """Scans for a server: in the event loop (``workers=0``) or in a process pool.
+
+    Learning always runs on the server process's engine (in a thread, since a
+    store may do I/O); with worker processes the learned state reaches the
+    workers only through a shared store (SQLite or Redis), as documented.
+    """
+
+    def __init__(self, engine: Engine, workers: int = 0):
+        self.engine = engine
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 0:
+            if engine._custom_checks:
+                raise ValueError("worker processes build their engine from configuration; "
+                                 "an engine with custom checks must scan in-process (workers = 0)")
+            self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # Not fork: a worker forked while connections are open would inherit their sockets and
+        # keep them open after the server closes them (the client never sees EOF).
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        return ProcessPoolExecutor(max_workers=self.workers, initializer=_pool_init,
+                                   initargs=(self.engine.config,), mp_context=multiprocessing.get_context(method))
+
+    async def scan(self, raw: bytes, envelope: Envelope | None = None, profile: str | None = None) -> Verdict:
+        """One verdict under ``profile`` (a ``[profiles]`` name; None for the default policy).
+
+        A worker that dies (killed for memory, a crash in native code) breaks the whole pool;
+        the pool is then rebuilt and the scan tried once more, so one bad moment costs the
+        messages in flight a retry rather than the server its scanning.
+        """
+        if self._pool is None:
+            return await self.engine.ascan(raw, envelope, profile=profile)
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        try:
+            return await loop.run_in_executor(pool, _pool_scan, raw, envelope, profile)
+        except BrokenProcessPool:
+            if self._pool is pool:  # the first task to notice rebuilds; the others reuse it
+                log.warning("scan worker died; restarting the worker pool")
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            return await loop.run_in_executor(self._pool, _pool_scan, raw, envelope, profile)
+
+    def profile_for(self, who: str | None) -> str | None:
+        """The settings profile of a recipient address or user name (``[recipients]``)."""
+        return self.engine.config.profile_for(who)
+
+    async def learn(self, raw: bytes, spam: bool, source: str) -> dict[str, bool]:
+        return await asyncio.to_thread(self.engine.learn, raw, spam, None, source)
+
+    async def unlearn(self, raw: bytes) -> dict[str, bool]:
+        return await asyncio.to_thread(self.engine.unlearn, raw)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+# --------------------------------------------------------------------------- connections
+
+
+@dataclass
+class Connection:
+    """One client connection, as the protocol handler sees it."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    peer_ip: str
+    peer_port: int
+    timeout: float
+    #: True while a message is being received or scanned: shutdown waits for it
+    busy: bool = False
+
+    # Each read runs under ``asyncio.timeout`` rather than ``wait_for``: the latter wraps every
+    # read in a new task, which the milter (a dozen packets per message) pays for measurably.
+
+    async def readline(self, limit: int) -> bytes:
+        """One line including its terminator, or b"" at EOF; ProtocolError past ``limit`` bytes."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                line = await self.reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        except asyncio.LimitOverrunError:
+            raise ProtocolError("line too long") from None
+        if len(line) > limit:
+            raise ProtocolError("line too long")
+        return line
+
+    async def readexactly(self, n: int) -> bytes:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError:
+            raise ProtocolError(f"connection closed before {n} bytes arrived") from None
+
+    async def read_some(self, n: int = 65536) -> bytes:
+        """Up to ``n`` bytes, b"" at EOF."""
+        async with asyncio.timeout(self.timeout):
+            return await self.reader.read(n)
+
+    async def discard(self, n: int) -> None:
+        """Read and drop ``n`` bytes (or until EOF), each read under the timeout."""
+        while n > 0:
+            chunk = await self.read_some(min(n, 65536))
+            if not chunk:
+                return
+            n -= len(chunk)
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        if self.writer.transport.get_write_buffer_size() > 0:
+            async with asyncio.timeout(self.timeout):
+                await self.writer.drain()
+
+
+class Server:
+    """A TCP server for one protocol; subclasses implement :meth:`handle`."""
+
+    #: short name used in logs and metrics labels
+    name = "server"
+
+    def __init__(self, engine: Engine, settings: ServerConfig, *, scanner: Scanner | None = None,
+                 metrics: Any = None):
+        self.engine = engine
+        self.settings = settings
+        self.scanner = scanner or Scanner(engine, settings.workers)
+        self._own_scanner = scanner is None
+        self.allow = AllowList(settings.allow)
+        self.metrics = metrics
+        self.log = logging.getLogger(f"antispam.servers.{self.name}")
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: dict[asyncio.Task, Connection] = {}
+        self.closing = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0: the kernel picked one)."""
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
+                                                  limit=64 * 1024, reuse_address=True)
+        if self.metrics is not None:
+            self.metrics.start_http(self.settings)
+        self.log.info("listening", extra={"fields": {"server": self.name, "host": self.settings.host,
+                                                     "port": self.port, "workers": self.settings.workers}})
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, close idle connections, wait for in-flight messages."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for task, conn in list(self._tasks.items()):
+            if not conn.busy:
+                task.cancel()
+        pending = [t for t in self._tasks]
+        if pending:
+            done, still = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
+            for t in still:
+                t.cancel()
+            if still:
+                self.log.warning("shutdown cut off in-flight connections",
+                                 extra={"fields": {"server": self.name, "count": len(still)}})
+                await asyncio.wait(still, timeout=1.0)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._own_scanner:
+            self.scanner.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        await self.start()
+        await self.wait_for_signal()
+
+    async def wait_for_signal(self) -> None:
+        """Block until SIGTERM or SIGINT, then shut down gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("shutting down", extra={"fields": {"server": self.name, "in_flight": len(self._tasks)}})
+        await self.stop()
+
+    # ------------------------------------------------------------ connections
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("", 0)
+        conn = Connection(reader, writer, str(peer[0]), int(peer[1]), self.settings.timeout)
+        if self.closing:
+            writer.close()
+            return
+        if not self.allow.allows(conn.peer_ip):
+            self.log.warning("client refused: not in allow-list", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
+            self._count_error("not_allowed")
+            return await self._refuse_and_close(conn, "not allowed")
+        if len(self._tasks) >= self.settings.max_connections:
+            self.log.warning("client refused: too many connections",
+                             extra={"fields": {"server": self.name, "peer": conn.peer_ip, "max": self.settings.max_connections}})
+            self._count_error("too_many_connections")
+            return await self._refuse_and_close(conn, "too many connections")
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks[task] = conn
+        if self.metrics is not None:
+            self.metrics.connections.labels(self.name).inc()
+        try:
+            await self.handle(conn)
+        except asyncio.CancelledError:
+            pass
+        except (asyncio.TimeoutError, TimeoutError):
+            self._count_error("timeout")
+            self.log.info("connection timed out", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
+        except ProtocolError as exc:
+            self._count_error("protocol")
+            self.log.warning("protocol error", extra={"fields": {"server": self.name, "peer": conn.peer_ip, "error": str(exc)}})
+        except (ConnectionError, OSError) as exc:
+            self.log.info("connection lost", extra={"fields": {"server": self.name, "peer": conn.peer_ip, "error": str(exc)}})
+        except Exception:
+            self._count_error("internal")
+            self.log.exception("handler failed", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
+        finally:
+            self._tasks.pop(task, None)
+            if self.metrics is not None:
+                self.metrics.connections.labels(self.name).dec()
+            await self._close(writer)
+
+    async def _refuse_and_close(self, conn: "Connection", reason: str) -> None:
+        """Send the refusal, then half-close and drain the client's input for at most a second.
+
+        Closing a socket whose input was not read makes the kernel answer with
+        a reset, and a client that sent its request before reading (spamc
+        does) may then lose the refusal it was meant to read.
+        """
+        await self.refuse(conn, reason)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        with contextlib.suppress(Exception):
+            if conn.writer.can_write_eof():
+                conn.writer.write_eof()
+            while (left := deadline - loop.time()) > 0:
+                if not await asyncio.wait_for(conn.reader.read(65536), left):
+                    break
+        await self._close(conn.writer)
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+    async def refuse(self, conn: Connection, reason: str) -> None:
+        """Tell a refused client why, in the protocol's words; the default says nothing."""
+
+    async def handle(self, conn: Connection) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ scanning with accounting
+
+    async def scan(self, raw: bytes, envelope: Envelope | None, profile: str | None = None,
+                   **log_fields: Any) -> Verdict:
+        """Scan, record metrics, log one structured line per message.  Raises on engine failure."""
+        t0 = time.perf_counter()
+        try:
+            verdict = await self.scanner.scan(raw, envelope, profile)
+        except Exception:
+            self._count_error("scan")
+            self.log.exception("scan failed", extra={"fields": {"server": self.name, **log_fields}})
+            raise
+        dt = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.observe(self.name, verdict.action, dt)
+        self.log.info("scanned", extra={"fields": {
+            "server": self.name, "action": verdict.action, "score": round(verdict.score, 2),
+            "size": len(raw), "ms": round(dt * 1000, 2),
+            "symbols": ",".join(sorted(verdict.symbols)), "profile": profile or "", **log_fields}})
+        return verdict
+
+    def _count_error(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.errors.labels(self.name, kind).inc()
+
+
+# --------------------------------------------------------------------------- message editing
+
+
+def line_ending(raw: bytes) -> bytes:
+    """The message's own line ending, so headers we add match it."""
+    i = raw.find(b"\n")
+    return b"\r\n" if i > 0 and raw[i - 1:i] == b"\r" else b"\n"
+
+
+def split_headers(raw: bytes) -> tuple[bytes, bytes]:
+    """(header block without its blank line, body after the blank line)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = raw.find(sep)
+        if i >= 0:
+            other = b"\n\n" if sep == b"\r\n\r\n" else b"\r\n\r\n"
+            j = raw.find(other)
+            if j >= 0 and j < i:
+                sep, i = other, j
+            return raw[:i], raw[i + len(sep):]
+    if raw.startswith((b"\r\n", b"\n")):
+        return b"", raw.split(b"\n", 1)[1]
+    return raw, b""
+
+
+def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
+    """The message with our X-Spam-* (and Authentication-Results) headers, and the new Subject
+    when the verdict rewrites it.  Headers of the same names already present are removed first:
+    a sender could otherwise forge ``X-Spam-Flag: NO`` for sieve rules downstream.  So are
+    Authentication-Results claiming our authserv-id (RFC 8601 section 5): only we write those."""
+    if verdict.authserv_id:
+        raw = strip_forged(raw, verdict.authserv_id)
+    eol = line_ending(raw)
+    head, body = split_headers(raw)
+    ours = verdict.headers()
+    drop = {n.lower() for n, _ in ours if n.lower() != "authentication-results"}
+    new_subject = verdict.rewritten_subject()
+    if new_subject is not None:
+        drop.add("subject")
+    kept: list[bytes] = []
+    skipping = False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower().decode("latin-1")
+        skipping = name in drop
+        if not skipping:
+            kept.append(line)
+    out = b"".join(kept)
+    if out and not out.endswith(b"\n"):
+        out += eol
+    if new_subject is not None:
+        out += b"Subject: " + new_subject.encode("utf-8") + eol
+    for name, value in ours:
+        out += f"{name}: {value}".encode("utf-8") + eol
+    return out + eol + body
+
+
+# --------------------------------------------------------------------------- structured logs
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        d: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                             "logger": record.name, "msg": record.getMessage()}
+        d.update(getattr(record, "fields", {}) or {})
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d, default=str)
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``time level logger: message key=value ...``, for people reading a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            base += " " + " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and (' ' in v or not v) else v}"
+                                   for k, v in fields.items())
+        return base
+
+
+def setup_logging(level: int, json_lines: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if json_lines else
+                         KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,312 @@
+"""The Sendmail/Postfix milter protocol (version 6), on asyncio: ``antispam serve milter``.
+
+The MTA opens one connection per SMTP session and sends length-prefixed
+packets: a 4-byte big-endian length (counting the command byte), one command
+byte, then the command's data.  A session is::
+
+    O  option negotiation (version, actions, protocol flags)  -> we answer O
+    D  macros for the next command ({client_addr}, i, {auth_authen}, ...)
+    C  connect: hostname, family, port, address
+    H  HELO    M  MAIL FROM    R  RCPT TO    T  DATA
+    L  one header    N  end of headers    B  a body chunk
+    E  end of message -> we answer with modifications, then the verdict
+    A  abort (the message is dropped; the session goes on)
+    Q  quit    K  quit, the next session reuses the connection
+
+We ask the MTA (flags offered in negotiation permitting) not to wait for our
+answers before end of message (the ``NR_*`` flags): one round trip per
+message instead of one per header, which is most of the cost on loopback.
+
+At end of message the verdict's action decides:
+
+==================  ==============================================================
+``no action``       add the X-Spam-* headers (and Authentication-Results), accept
+``add header``      the same: the headers carry the verdict
+``rewrite subject`` the headers, and the Subject prefixed
+``greylist``,       ``tempfail_reply`` (4xx): the sender retries
+``soft reject``
+``reject``          ``reject_reply`` (5xx) at end of DATA; or, with ``quarantine``,
+                    the headers and the MTA's quarantine (Postfix: hold queue)
+scan failed         accept unscanned when ``fail_open`` (default), else 4xx
+too big             accepted unscanned (counted in the metrics as ``too_big``)
+==================  ==============================================================
+
+Envelope facts come from the stream, so checks see the real connection:
+client address from ``C``, HELO from ``H``, sender and recipients from ``M``/``R``,
+the authenticated user from the ``{auth_authen}`` macro, queue id from ``i``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ..auth.authres import parse as parse_authres
+from ..message import Envelope
+from ..verdict import Verdict
+from .common import Connection, ProtocolError, Server
+
+VERSION = 6
+
+# Actions the milter may take (SMFIF_*).
+ADDHDRS, CHGBODY, ADDRCPT, DELRCPT, CHGHDRS, QUARANTINE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+# Protocol flags (SMFIP_*): steps not sent, and steps that get no reply (NR_*).
+NOUNKNOWN = 0x100
+NR_HDR, NR_CONN, NR_HELO, NR_MAIL, NR_RCPT, NR_DATA = 0x80, 0x1000, 0x2000, 0x4000, 0x8000, 0x10000
+NR_UNKN, NR_EOH, NR_BODY = 0x20000, 0x40000, 0x80000
+_NO_REPLY = {b"C": NR_CONN, b"H": NR_HELO, b"M": NR_MAIL, b"R": NR_RCPT, b"T": NR_DATA,
+             b"L": NR_HDR, b"N": NR_EOH, b"B": NR_BODY, b"U": NR_UNKN}
+WANTED_PROTOCOL = NOUNKNOWN | NR_HDR | NR_CONN | NR_HELO | NR_MAIL | NR_RCPT | NR_DATA | NR_UNKN | NR_EOH | NR_BODY
+WANTED_ACTIONS = ADDHDRS | CHGHDRS | QUARANTINE
+
+# Replies (SMFIR_*).
+ACCEPT, CONTINUE, TEMPFAIL, REPLYCODE = b"a", b"c", b"t", b"y"
+ADDHEADER, CHGHEADER, QUARANTINE_R = b"h", b"m", b"q"
+
+MAX_PACKET = 1024 * 1024  # Postfix sends body chunks of at most 64 KiB; anything near this is hostile
+
+
+def packet(cmd: bytes, data: bytes = b"") -> bytes:
+    return struct.pack(">I", len(data) + 1) + cmd + data
+
+
+def _cstrings(data: bytes) -> list[str]:
+    """NUL-separated strings (the last NUL optional), decoded leniently: mail is not always UTF-8."""
+    parts = data.split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return [p.decode("utf-8", "surrogateescape") for p in parts]
+
+
+def _address(arg: str) -> str:
+    arg = arg.strip()
+    return arg[1:-1] if arg.startswith("<") and arg.endswith(">") else arg
+
+
+def _c(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape") + b"\0"
+
+
+@dataclass
+class Session:
+    """What the MTA told us about one SMTP session and its current message."""
+
+    protocol: int = 0
+    actions: int = 0
+    macros: dict[str, str] = field(default_factory=dict)
+    hostname: str | None = None
+    client_ip: str | None = None
+    helo: str | None = None
+    # per message
+    mail_from: str | None = None
+    rcpts: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    size: int = 0
+    too_big: bool = False
+
+    def new_message(self) -> None:
+        self.mail_from = None
+        self.rcpts = []
+        self.headers = []
+        self.body = bytearray()
+        self.size = 0
+        self.too_big = False
+
+    def raw(self) -> bytes:
+        """The message as the MTA received it: headers as sent (folding kept), CRLF, body."""
+        head = b"".join(f"{n}: {v}".encode("utf-8", "surrogateescape").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                        + b"\r\n" for n, v in self.headers)
+        return head + b"\r\n" + bytes(self.body)
+
+    def envelope(self) -> Envelope:
+        m = self.macros
+        return Envelope(client_ip=self.client_ip, helo=self.helo,
+                        hostname=self.hostname if self.hostname and not self.hostname.startswith("[") and self.hostname != "unknown" else None,
+                        mail_from=self.mail_from, rcpt_tos=tuple(self.rcpts),
+                        user=m.get("{auth_authen}") or None, queue_id=m.get("i") or None)
+
+
+class MilterServer(Server):
+    """``antispam serve milter``: see the module docstring."""
+
+    name = "milter"
+
+    async def handle(self, conn: Connection) -> None:
+        s = Session()
+        while True:
+            head = await self._read(conn, 4)
+            if head is None:
+                return
+            (length,) = struct.unpack(">I", head)
+            if length < 1 or length > MAX_PACKET:
+                raise ProtocolError(f"bad packet length {length}")
+            data = await conn.readexactly(length)
+            cmd, data = data[:1], data[1:]
+            if cmd == b"M":  # a message starts: shutdown waits for it to end
+                conn.busy = True
+            reply = await self._command(conn, s, cmd, data)
+            if reply is False:
+                return
+            if reply is not None and not (s.protocol & _NO_REPLY.get(cmd, 0)):
+                await conn.write(reply)
+            if cmd in (b"E", b"A", b"K"):
+                conn.busy = False
+                if self.closing:
+                    return
+
+    async def _read(self, conn: Connection, n: int) -> bytes | None:
+        """``n`` bytes, or None when the MTA closed the connection between packets."""
+        try:
+            return await conn.readexactly(n)
+        except ProtocolError:
+            if conn.reader.at_eof() and not conn.busy:
+                return None
+            raise
+
+    async def _command(self, conn: Connection, s: Session, cmd: bytes, data: bytes) -> bytes | bool | None:
+        if cmd == b"O":
+            if len(data) < 12:
+                raise ProtocolError("short option negotiation")
+            version, actions, protocol = struct.unpack(">III", data[:12])
+            if version < 2:
+                raise ProtocolError(f"milter protocol version {version} is too old")
+            s.actions = actions & WANTED_ACTIONS
+            wanted = WANTED_PROTOCOL
+            if self.scanner.engine.config.recipients:
+                wanted &= ~NR_RCPT  # per-recipient settings: we may answer a RCPT (see below)
+            s.protocol = protocol & wanted
+            return packet(b"O", struct.pack(">III", min(version, VERSION), s.actions, s.protocol))
+        if cmd == b"D":
+            if data:
+                items = _cstrings(data[1:])
+                for k, v in zip(items[0::2], items[1::2]):
+                    s.macros[k] = v
+            return None
+        if cmd == b"C":
+            host, _, rest = data.partition(b"\0")
+            s.hostname = host.decode("utf-8", "surrogateescape")
+            if rest[:1] in (b"4", b"6") and len(rest) >= 3:
+                s.client_ip = rest[3:].split(b"\0", 1)[0].decode("ascii", "replace")
+                if s.client_ip.lower().startswith("ipv6:"):
+                    s.client_ip = s.client_ip[5:]
+            return packet(CONTINUE)
+        if cmd == b"H":
+            s.helo = (_cstrings(data) or [""])[0]
+            return packet(CONTINUE)
+        if cmd == b"M":
+            s.new_message()
+            args = _cstrings(data)
+            s.mail_from = _address(args[0]) if args else ""
+            return packet(CONTINUE)
+        if cmd == b"R":
+            args = _cstrings(data)
+            if args:
+                rcpt = _address(args[0])
+                # One message, one verdict: a recipient with other settings than the first is
+                # deferred (452 4.5.3) and the MTA's client sends it in a separate transaction.
+                if s.rcpts and not s.protocol & NR_RCPT and \
+                        self.scanner.profile_for(rcpt) != self.scanner.profile_for(s.rcpts[0]):
+                    return packet(REPLYCODE, _c("452 4.5.3 Recipients with other spam settings: send in a separate transaction"))
+                s.rcpts.append(rcpt)
+            return packet(CONTINUE)
+        if cmd == b"L":
+            items = _cstrings(data)
+            if len(items) >= 1:
+                s.size += len(data)
+                s.headers.append((items[0], items[1] if len(items) > 1 else ""))
+            return packet(CONTINUE)
+        if cmd == b"B":
+            s.size += len(data)
+            if s.size > self.settings.max_size:
+                s.too_big = True
+                s.body = bytearray()
+            elif not s.too_big:
+                s.body += data
+            return packet(CONTINUE)
+        if cmd in (b"T", b"N", b"U"):
+            return packet(CONTINUE)
+        if cmd == b"E":
+            if data:  # a last body chunk may ride on end-of-message
+                await self._command(conn, s, b"B", data)
+            out = await self._end_of_message(conn, s)
+            s.new_message()
+            return out
+        if cmd == b"A":
+            s.new_message()
+            return None
+        if cmd == b"K":
+            protocol, actions = s.protocol, s.actions
+            s.__init__()  # type: ignore[misc]
+            s.protocol, s.actions = protocol, actions
+            return None
+        if cmd == b"Q":
+            return False
+        raise ProtocolError(f"unknown milter command {cmd!r}")
+
+    async def _end_of_message(self, conn: Connection, s: Session) -> bytes:
+        cfg = self.settings
+        qid = s.macros.get("i", "")
+        if s.too_big:
+            self._count_error("too_big")
+            self.log.info("message too big: accepted unscanned",
+                          extra={"fields": {"server": self.name, "queue_id": qid, "size": s.size}})
+            return packet(CONTINUE)
+        try:
+            profile = self.scanner.profile_for(s.rcpts[0]) if s.rcpts else None
+            verdict = await self.scan(s.raw(), s.envelope(), profile, peer=conn.peer_ip, queue_id=qid,
+                                      client_ip=s.client_ip or "")
+        except Exception:
+            if cfg.fail_open:
+                return packet(CONTINUE)
+            return packet(REPLYCODE, _c(cfg.tempfail_reply))  # type: ignore[attr-defined]
+        return self._verdict_reply(s, verdict)
+
+    def _verdict_reply(self, s: Session, v: Verdict) -> bytes:
+        cfg = self.settings
+        action = v.action
+        if action in ("greylist", "soft reject"):
+            return packet(REPLYCODE, _c(cfg.tempfail_reply))  # type: ignore[attr-defined]
+        if action == "reject" and not cfg.quarantine:  # type: ignore[attr-defined]
+            return packet(REPLYCODE, _c(cfg.reject_reply))  # type: ignore[attr-defined]
+        out = bytearray()
+        if s.actions & CHGHDRS:
+            out += self._remove_forged(s, {n.lower() for n, _ in v.headers() if n.lower() != "authentication-results"})
+            out += self._remove_forged_authres(s, v.authserv_id)
+            subject = v.rewritten_subject()
+            if subject is not None:
+                if any(n.lower() == "subject" for n, _ in s.headers):
+                    out += packet(CHGHEADER, struct.pack(">I", 1) + _c("Subject") + _c(subject))
+                elif s.actions & ADDHDRS:
+                    out += packet(ADDHEADER, _c("Subject") + _c(subject))
+        if s.actions & ADDHDRS:
+            for name, value in v.headers():
+                out += packet(ADDHEADER, _c(name) + _c(value))
+        if action == "reject" and s.actions & QUARANTINE:
+            out += packet(QUARANTINE_R, _c(cfg.quarantine_reason))  # type: ignore[attr-defined]
+        return bytes(out) + packet(CONTINUE)
+
+    @staticmethod
+    def _remove_forged_authres(s: Session, authserv_id: str) -> bytes:
+        """Delete Authentication-Results that claim our authserv-id (RFC 8601 section 5): only
+        we may write those, so any that came with the message are forged."""
+        if not authserv_id:
+            return b""
+        want = authserv_id.lower()
+        ours = [k for k, v in enumerate((v for n, v in s.headers if n.lower() == "authentication-results"), 1)
+                if (p := parse_authres(v)) is not None and p.authserv_id == want]
+        return b"".join(packet(CHGHEADER, struct.pack(">I", k) + _c("Authentication-Results") + _c(""))
+                        for k in reversed(ours))
+
+    @staticmethod
+    def _remove_forged(s: Session, names: set[str]) -> bytes:
+        """Delete headers named like ours that came with the message (a forged ``X-Spam-Flag: NO``
+        would fool sieve rules).  CHGHEADER with an empty value deletes the n-th occurrence;
+        deleting from the last occurrence down keeps the indexes valid."""
+        out = bytearray()
+        for name in sorted(names):
+            count = sum(1 for n, _ in s.headers if n.lower() == name)
+            real = next((n for n, _ in s.headers if n.lower() == name), name)
+            for index in range(count, 0, -1):
+                out += packet(CHGHEADER, struct.pack(">I", index) + _c(real) + _c(""))
+        return bytes(out)

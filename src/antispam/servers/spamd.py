@@ -1,0 +1,262 @@
+"""The SpamAssassin spamd protocol (SPAMC/1.2 to 1.5), so ``spamc``, Exim's ``spamd_address``
+and every client library talk to antispam unchanged.
+
+One request per connection, like HTTP/1.0::
+
+    CHECK SPAMC/1.5\\r\\n             methods: CHECK SYMBOLS REPORT REPORT_IFSPAM PROCESS
+    Content-length: 1234\\r\\n                  HEADERS TELL (with a body), PING SKIP (without)
+    User: alice\\r\\n                 optional: User, Compress: zlib, and for TELL
+    \\r\\n                            Message-class, Set, Remove
+    <message bytes>
+
+    SPAMD/1.1 0 EX_OK\\r\\n
+    Content-length: 27\\r\\n
+    Spam: True ; 15.0 / 5.0\\r\\n
+    \\r\\n
+    <body: symbols, report, rewritten message or headers>
+
+Status codes are sysexits.h numbers with their names (``76 EX_PROTOCOL``);
+``spamc`` turns them into its exit codes.
+
+Clients older than SPAMC/1.3 (Exim sends ``REPORT SPAMC/1.2``) read only one
+response header; for them a report body starts with the ``score/threshold``
+line instead of a ``Spam:`` header, which is the shape Exim's parser expects.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import zlib
+
+from .. import __version__
+from ..message import Envelope
+from ..verdict import Verdict
+from .common import Connection, ProtocolError, Server, rewrite_headers, split_headers
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_PROTOCOL = 76
+EX_NOPERM = 77
+EX_TIMEOUT = 79
+_NAMES = {EX_OK: "EX_OK", EX_USAGE: "EX_USAGE", EX_DATAERR: "EX_DATAERR", EX_UNAVAILABLE: "EX_UNAVAILABLE",
+          EX_SOFTWARE: "EX_SOFTWARE", EX_TEMPFAIL: "EX_TEMPFAIL", EX_PROTOCOL: "EX_PROTOCOL",
+          EX_NOPERM: "EX_NOPERM", EX_TIMEOUT: "EX_TIMEOUT"}
+
+SCAN_METHODS = frozenset({"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS"})
+_REQUEST = re.compile(rb"^([A-Z_]+) SPAMC/(\d+)\.(\d+)\r?\n$")
+_MAX_LINE = 8192
+_MAX_HEADERS = 64
+
+
+class SpamdError(Exception):
+    def __init__(self, code: int, text: str):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+def status_line(code: int, text: str | None = None) -> bytes:
+    return f"SPAMD/1.1 {code} {text or _NAMES.get(code, 'EX_SOFTWARE')}\r\n".encode()
+
+
+def error_response(code: int, text: str) -> bytes:
+    """A status line alone, as spamd answers errors: ``spamc -x`` and ``-L`` report them as a
+    failure (exit 74), never as a verdict or a learned message."""
+    return status_line(code, f"{_NAMES.get(code, 'EX_SOFTWARE')} {text}"[:200])
+
+
+def spam_header(v: Verdict) -> str:
+    return f"Spam: {'True' if v.is_spam else 'False'} ; {v.score:.1f} / {v.required_score:.1f}"
+
+
+def report_text(v: Verdict, eol: str = "\r\n") -> str:
+    """A plain-text explanation, one line per symbol, largest contribution first."""
+    lines = [f"antispam {__version__} on {socket.gethostname()}: action '{v.action}', "
+             f"score {v.score:.1f}, required {v.required_score:.1f}", "",
+             " score  symbol                          description",
+             "------  ------------------------------  -----------"]
+    for s in sorted(v.symbols.values(), key=lambda s: (-abs(s.score), s.name)):
+        desc = s.description + (f" [{', '.join(s.options)}]" if s.options else "")
+        lines.append(f"{s.score:6.1f}  {s.name:30}  {desc}")
+    if not v.symbols:
+        lines.append("   0.0  (no symbols)")
+    return eol.join(lines) + eol
+
+
+def _decompress(data: bytes, limit: int) -> bytes:
+    """zlib, refusing output past ``limit`` so a small bomb cannot exhaust memory."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise SpamdError(EX_DATAERR, f"bad zlib data: {exc}") from None
+    if len(out) > limit:
+        raise SpamdError(EX_DATAERR, "message too big after decompression")
+    return out
+
+
+class SpamdServer(Server):
+    """``antispam serve spamd``: see the module docstring for the wire format."""
+
+    name = "spamd"
+
+    async def handle(self, conn: Connection) -> None:
+        try:
+            await self._request(conn)
+        except SpamdError as exc:
+            self._count_error("request")
+            self.log.warning("request refused", extra={"fields": {"server": self.name, "peer": conn.peer_ip,
+                                                                  "code": exc.code, "error": exc.text}})
+            await conn.write(error_response(exc.code, exc.text))
+        except ProtocolError as exc:
+            await conn.write(error_response(EX_PROTOCOL, str(exc)))
+            raise
+
+    async def refuse(self, conn: Connection, reason: str) -> None:
+        code = EX_NOPERM if reason == "not allowed" else EX_TEMPFAIL
+        try:
+            await conn.write(error_response(code, reason))
+        except (OSError, TimeoutError):
+            pass
+
+    async def _request(self, conn: Connection) -> None:
+        first = await conn.readline(_MAX_LINE)
+        if not first:
+            return
+        m = _REQUEST.match(first)
+        if not m:
+            raise ProtocolError(f"bad request line {first[:60]!r}")
+        method = m.group(1).decode()
+        version = (int(m.group(2)), int(m.group(3)))
+        if method == "SKIP":
+            return
+        if method == "PING":
+            await conn.write(b"SPAMD/1.5 0 PONG\r\n")
+            return
+        if method not in SCAN_METHODS and method != "TELL":
+            raise SpamdError(EX_PROTOCOL, f"unknown method {method}")
+        headers = await self._headers(conn)
+        conn.busy = True
+        raw = await self._body(conn, headers)
+        if method == "TELL":
+            await self._tell(conn, raw, headers)
+            return
+        user = headers.get("user")
+        try:
+            # User is spamd's per-user settings key: it picks the user's profile ([recipients]).
+            verdict = await self.scan(raw, Envelope(), self.scanner.profile_for(user), peer=conn.peer_ip,
+                                      method=method, user=user or "")
+        except Exception:
+            raise SpamdError(EX_SOFTWARE, "scan failed") from None
+        await conn.write(self._response(method, version, raw, verdict))
+
+    async def _headers(self, conn: Connection) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for _ in range(_MAX_HEADERS + 1):
+            line = await conn.readline(_MAX_LINE)
+            if not line:
+                raise ProtocolError("connection closed inside the request headers")
+            if line in (b"\r\n", b"\n"):
+                return headers
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise ProtocolError(f"bad header line {line[:60]!r}")
+            headers[name.strip().lower()] = value.strip()
+        raise ProtocolError("too many request headers")
+
+    async def _body(self, conn: Connection, headers: dict[str, str]) -> bytes:
+        limit = self.settings.max_size
+        if "content-length" in headers:
+            try:
+                n = int(headers["content-length"])
+            except ValueError:
+                raise SpamdError(EX_PROTOCOL, "Content-length is not a number") from None
+            if n < 0:
+                raise SpamdError(EX_PROTOCOL, "negative Content-length")
+            if n > limit:
+                # Read and drop what the client sends, so that it is reading when the error comes
+                # (a reset mid-send would reach it as an I/O error instead of this answer).
+                await conn.discard(n)
+                raise SpamdError(EX_DATAERR, f"message larger than {limit} bytes")
+            raw = await conn.readexactly(n)
+        else:  # very old clients: the message runs to the end of the stream
+            raw = b""
+            while len(raw) <= limit:
+                chunk = await conn.read_some()
+                if not chunk:
+                    break
+                raw += chunk
+            if len(raw) > limit:
+                raise SpamdError(EX_DATAERR, f"message larger than {limit} bytes")
+        comp = headers.get("compress", "").lower()
+        if comp:
+            if comp != "zlib":
+                raise SpamdError(EX_PROTOCOL, f"unsupported Compress: {comp}")
+            raw = _decompress(raw, limit)
+        return raw
+
+    def _response(self, method: str, version: tuple[int, int], raw: bytes, v: Verdict) -> bytes:
+        spam = spam_header(v)
+        if method == "CHECK":
+            return status_line(EX_OK) + f"{spam}\r\n\r\n".encode()
+        if method == "SYMBOLS":
+            body = ",".join(sorted(v.symbols)).encode()
+        elif method in ("REPORT", "REPORT_IFSPAM"):
+            text = report_text(v) if (method == "REPORT" or v.is_spam) else ""
+            if version < (1, 3):
+                body = f"{v.score:.1f}/{v.required_score:.1f}\r\n{text}".encode()
+                return status_line(EX_OK) + f"Content-length: {len(body)}\r\n\r\n".encode() + body
+            body = text.encode()
+        elif method == "PROCESS":
+            body = rewrite_headers(raw, v)
+        else:  # HEADERS: the rewritten header block and its blank line, without the body
+            new = rewrite_headers(raw, v)
+            head, _ = split_headers(new)
+            eol = b"\r\n" if new[len(head):len(head) + 2] == b"\r\n" else b"\n"
+            body = head + eol + eol
+        return status_line(EX_OK) + f"Content-length: {len(body)}\r\n{spam}\r\n\r\n".encode() + body
+
+    async def _tell(self, conn: Connection, raw: bytes, headers: dict[str, str]) -> None:
+        if not self.settings.allow_tell:  # type: ignore[attr-defined]
+            raise SpamdError(EX_NOPERM, "TELL is disabled (servers.spamd.allow_tell)")
+        klass = headers.get("message-class", "").lower()
+        to_set = _locations(headers.get("set", ""))
+        to_remove = _locations(headers.get("remove", ""))
+        if not to_set and not to_remove:
+            raise SpamdError(EX_PROTOCOL, "TELL needs a Set or Remove header")
+        if to_set & to_remove:
+            raise SpamdError(EX_PROTOCOL, "TELL cannot Set and Remove the same location")
+        if to_set and klass not in ("spam", "ham"):
+            raise SpamdError(EX_PROTOCOL, "TELL with Set needs Message-class: spam or ham")
+        user = headers.get("user", "")
+        out = status_line(EX_OK)
+        # One store holds what is learned; "remote" reports are recorded with their own source so
+        # that reputation sharing can tell them apart.  A location counts as done when a learner
+        # took the message (learning the same message twice counts once, as spamd reports).
+        if to_remove:
+            removed = await self.scanner.unlearn(raw)
+            if any(removed.values()):
+                out += f"DidRemove: {','.join(sorted(to_remove))}\r\n".encode()
+        if to_set:
+            source = "spamd-remote" if "remote" in to_set else "spamd"
+            learned = await self.scanner.learn(raw, klass == "spam", f"{source}:{user}" if user else source)
+            if any(learned.values()):
+                out += f"DidSet: {','.join(sorted(to_set))}\r\n".encode()
+        self.log.info("tell", extra={"fields": {"server": self.name, "peer": conn.peer_ip, "class": klass,
+                                                "set": ",".join(sorted(to_set)), "remove": ",".join(sorted(to_remove)),
+                                                "user": user}})
+        await conn.write(out + b"Content-length: 0\r\n\r\n")
+
+
+def _locations(value: str) -> set[str]:
+    out = {p.strip().lower() for p in value.split(",") if p.strip()}
+    bad = out - {"local", "remote"}
+    if bad:
+        raise SpamdError(EX_PROTOCOL, f"unknown location(s): {', '.join(sorted(bad))}")
+    return out
+

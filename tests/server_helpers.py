@@ -1,0 +1,169 @@
+"""Helpers for the MTA-integration tests: test messages, and a server running in its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from typing import Any
+
+from antispam import Check, Hit, SymbolDef
+
+GTUBE_LINE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def message(subject: str = "Lunch on Friday", body: str = "Shall we meet at noon by the fountain?\n",
+            sender: str = "ana@sender.test", to: str = "bo@rcpt.test", eol: str = "\r\n", msgid: str = "") -> bytes:
+    """A small plain message; GTUBE in ``body`` makes it spam whatever other checks exist."""
+    lines = [f"From: Ana <{sender}>", f"To: Bo <{to}>", f"Subject: {subject}",
+             "Date: Tue, 10 Nov 2026 09:13:55 +0100", f"Message-ID: <{msgid or hashlib.sha1((subject + body).encode()).hexdigest()[:16]}@sender.test>",
+             "MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8", ""]
+    lines += body.splitlines()
+    return (eol.join(lines) + eol).encode()
+
+
+def ham(**kw: Any) -> bytes:
+    return message(**kw)
+
+
+def spam(**kw: Any) -> bytes:
+    kw.setdefault("subject", "You have won")
+    kw.setdefault("body", f"Claim your prize now.\n{GTUBE_LINE}\n")
+    return message(**kw)
+
+
+class MemoryLearner(Check):
+    """A real learning check kept in memory: a message learned as spam scores LEARNED_SPAM.
+
+    It lets TELL tests see learning take effect without depending on the classifier.
+    """
+
+    name = "memory_learner"
+    symbols = (SymbolDef("LEARNED_SPAM", 20.0, "Message was taught as spam", "test"),
+               SymbolDef("LEARNED_HAM", -20.0, "Message was taught as ham", "test"))
+
+    def __init__(self) -> None:
+        self.labels: dict[str, bool] = {}
+        self.sources: list[str] = []
+
+    @staticmethod
+    def _key(msg: Any) -> str:
+        return hashlib.sha256(msg.raw).hexdigest()
+
+    def run(self, msg, ctx):  # type: ignore[no-untyped-def]
+        label = self.labels.get(self._key(msg))
+        if label is None:
+            return []
+        return [Hit("LEARNED_SPAM" if label else "LEARNED_HAM", 1.0)]
+
+    def learn(self, msg, spam, source="api"):  # type: ignore[no-untyped-def]
+        key = self._key(msg)
+        if self.labels.get(key) is spam:
+            return False
+        self.labels[key] = spam
+        self.sources.append(source)
+        return True
+
+    def unlearn(self, msg):  # type: ignore[no-untyped-def]
+        return self.labels.pop(self._key(msg), None) is not None
+
+
+class EnvelopeProbe(Check):
+    """Records the envelope and bytes each scan saw, so tests can check what a server passed on."""
+
+    name = "envelope_probe"
+    symbols = (SymbolDef("ENVELOPE_SEEN", 0.0, "test probe", "test"),)
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def run(self, msg, ctx):  # type: ignore[no-untyped-def]
+        self.seen.append((ctx.envelope, msg.raw))
+        return [Hit("ENVELOPE_SEEN", 1.0)]
+
+
+class ServerThread:
+    """Runs an antispam server (any ``servers.common.Server``) on an event loop in a thread."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(server.start())
+        self.port = server.port
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.server.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+
+
+class Sink:
+    """An aiosmtpd server that keeps every message it accepts: the next hop in end-to-end tests.
+
+    ``refuse`` makes it answer every DATA with ``451``; ``down()`` / ``up()`` stop and
+    restart it on the same port.
+    """
+
+    def __init__(self, port: int | None = None):
+        from servers import free_port
+
+        self.port = port or free_port()
+        self.messages: list[tuple[str, tuple[str, ...], bytes]] = []
+        self.refuse = False
+        #: seconds handle_DATA waits before storing and answering (a slow next hop)
+        self.delay = 0.0
+        self._lock = threading.Lock()
+        self.controller: Any = None
+        self.up()
+
+    def up(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+                if sink.delay:
+                    await asyncio.sleep(sink.delay)
+                if sink.refuse:
+                    return "451 4.3.0 sink refusing on purpose"
+                with sink._lock:
+                    sink.messages.append((envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content))
+                return "250 2.0.0 stored"
+
+        from aiosmtpd.smtp import SMTP
+
+        class LongLines(SMTP):
+            line_length_limit = 64 * 1024  # like Postfix's smtpd, which takes long lines
+
+        class SinkController(Controller):
+            def factory(self):  # type: ignore[no-untyped-def]
+                return LongLines(self.handler, hostname="sink.test", decode_data=False)
+
+        self.controller = SinkController(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def down(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def wait_for(self, predicate: Any, timeout: float = 20.0) -> list[tuple[str, tuple[str, ...], bytes]]:
+        """Messages matching ``predicate(raw)``, waiting up to ``timeout`` for at least one."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                found = [m for m in self.messages if predicate(m[2])]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)

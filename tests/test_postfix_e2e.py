@@ -1,0 +1,241 @@
+"""End to end: swaks -> Postfix (private instance, smtpd_milters) -> aiosmtpd sink, with our milter.
+
+Checks that spam is rejected at end of DATA, ham arrives once with our headers,
+and that nothing is lost when the milter is down or slow: Postfix applies
+``milter_default_action`` (accept: delivered unscanned; tempfail: the sender
+gets 4xx and delivers on retry).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from antispam import Check, Engine, SymbolDef
+from antispam.builtin import GtubeCheck
+from antispam.config import MilterConfig
+from antispam.servers.milter import MilterServer
+
+import postfix as pf
+from server_helpers import ServerThread, Sink, ham, spam
+from servers import free_port
+
+why = pf.available()
+pytestmark = pytest.mark.skipif(why is not None and not os.environ.get("CI"), reason=why or "")
+
+
+def marker(tag: str):
+    return lambda raw: tag.encode() in raw
+
+
+@pytest.fixture(scope="module")
+def sink():
+    s = Sink()
+    yield s
+    s.down()
+
+
+@pytest.fixture(scope="module")
+def milter_port():
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine()
+
+
+@pytest.fixture(scope="module")
+def milter(milter_port, engine):
+    st = ServerThread(MilterServer(engine, MilterConfig(port=milter_port)))
+    yield st
+    if st.loop.is_running():
+        st.stop()
+
+
+@pytest.fixture(scope="module")
+def postfix(sink, milter_port):
+    p = pf.Postfix(relay_port=sink.port, main={
+        "smtpd_milters": f"inet:127.0.0.1:{milter_port}",
+        "milter_protocol": "6",
+        "milter_default_action": "accept",
+        "milter_connect_timeout": "3s",
+        "milter_command_timeout": "3s",
+        "milter_content_timeout": "3s",
+    })
+    yield p
+    p.stop()
+
+
+def test_ham_arrives_once_with_our_headers(milter, postfix, sink):
+    r = pf.swaks(postfix.port, ham(subject="e2e ham 1"))
+    assert r.returncode == 0, r.stdout[-2000:]
+    got = sink.wait_for(marker("e2e ham 1"))
+    assert len(got) == 1, postfix.log()[-3000:]
+    mail_from, rcpts, raw = got[0]
+    assert mail_from == "ana@sender.test" and rcpts == ("bo@rcpt.test",)
+    assert b"X-Spam-Flag: NO" in raw and b"X-Spam-Status: No, score=" in raw
+    assert b"Shall we meet at noon" in raw
+
+
+def test_spam_is_rejected_at_end_of_data(milter, postfix, sink):
+    r = pf.swaks(postfix.port, spam(subject="e2e spam 1"))
+    assert r.returncode != 0
+    assert "550 5.7.1 Message rejected as spam" in r.stdout
+    # the rejection came after DATA was sent, i.e. at end of DATA
+    assert r.stdout.index("354 ") < r.stdout.index("550 5.7.1")
+    time.sleep(1.0)
+    assert sink.wait_for(marker("e2e spam 1"), timeout=0.5) == []
+    assert "milter-reject: END-OF-MESSAGE" in postfix.log()
+
+
+def test_milter_down_is_no_loss(milter, milter_port, postfix, sink, engine):
+    milter.stop()
+    # milter_default_action = accept: delivered, unscanned
+    r = pf.swaks(postfix.port, ham(subject="e2e down accept"))
+    assert r.returncode == 0, r.stdout[-1500:]
+    got = sink.wait_for(marker("e2e down accept"))
+    assert len(got) == 1 and b"X-Spam-Flag" not in got[0][2]
+    # milter_default_action = tempfail: the sender is told to retry, and nothing is queued
+    postfix.set(milter_default_action="tempfail")
+    raw = ham(subject="e2e down tempfail")
+    r = pf.swaks(postfix.port, raw)
+    assert r.returncode != 0 and "451 4.7.1" in r.stdout, r.stdout[-1500:]
+    assert sink.wait_for(marker("e2e down tempfail"), timeout=1.0) == []
+    # the milter comes back; the sender's retry is delivered, scanned, exactly once
+    back = ServerThread(MilterServer(engine, MilterConfig(port=milter_port)))
+    try:
+        r = pf.swaks(postfix.port, raw)
+        assert r.returncode == 0, r.stdout[-1500:]
+        got = sink.wait_for(marker("e2e down tempfail"))
+        assert len(got) == 1 and b"X-Spam-Flag: NO" in got[0][2]
+    finally:
+        back.stop()
+        postfix.set(milter_default_action="accept")
+
+
+class Slow(Check):
+    """A check slower than Postfix's milter_content_timeout."""
+
+    name = "slow"
+    symbols = (SymbolDef("SLOW", 0.0, "test", "test"),)
+
+    def run(self, msg, ctx):  # type: ignore[no-untyped-def]
+        time.sleep(2.5)
+        return []
+
+
+def test_slow_milter_is_no_loss(postfix, sink):
+    port = free_port()
+    slow = ServerThread(MilterServer(Engine(checks=[GtubeCheck(), Slow()]), MilterConfig(port=port, workers=0)))
+    try:
+        postfix.set(smtpd_milters=f"inet:127.0.0.1:{port}", milter_default_action="tempfail",
+                    milter_content_timeout="1s")
+        raw = ham(subject="e2e slow tempfail")
+        r = pf.swaks(postfix.port, raw)
+        assert r.returncode != 0 and "451 4.7.1" in r.stdout, r.stdout[-1500:]
+        postfix.set(milter_default_action="accept")
+        r = pf.swaks(postfix.port, ham(subject="e2e slow accept"))
+        assert r.returncode == 0
+        got = sink.wait_for(marker("e2e slow accept"))
+        assert len(got) == 1 and b"X-Spam-Flag" not in got[0][2]
+        assert sink.wait_for(marker("e2e slow tempfail"), timeout=0.5) == []
+    finally:
+        postfix.set(milter_content_timeout="3s")
+        slow.stop()
+
+
+# --------------------------------------------------------------------------- content_filter (after-queue)
+
+
+def test_content_filter_after_queue_survives_kill_9(sink):
+    """swaks -> Postfix (content_filter=scan:[127.0.0.1]:F) -> our filter -> Postfix re-injection
+    smtpd (port R, no filter) -> sink.  The filter is frozen and then killed while Postfix is
+    handing it a message: Postfix keeps the message queued, and once the filter is back the
+    message arrives exactly once, scanned."""
+    from test_smtp_filter import spawn_filter
+
+    fport, rport = free_port(), free_port()
+    p = pf.Postfix(relay_port=sink.port, main={
+        "content_filter": f"scan:[127.0.0.1]:{fport}",
+        "smtp_connect_timeout": "2s",
+    }, extra_master=(
+        "scan unix - - n - 4 smtp -o smtp_send_xforward_command=yes -o disable_mime_output_conversion=yes\n"
+        f"127.0.0.1:{rport} inet n - n - - smtpd -o content_filter= -o smtpd_milters="
+        " -o smtpd_authorized_xforward_hosts=127.0.0.0/8 -o receive_override_options=no_unknown_recipient_checks\n"))
+    proc = spawn_filter(fport, rport)
+    try:
+        r = pf.swaks(p.port, spam(subject="cf spam"))
+        assert r.returncode == 0  # after-queue: accepted by Postfix, then tagged
+        (got,) = sink.wait_for(marker("cf spam"))
+        assert b"X-Spam-Flag: YES" in got[2]
+        # freeze the filter, let Postfix connect to it and wait, then kill it mid-transaction
+        proc.send_signal(signal.SIGSTOP)
+        raw = ham(subject="cf killed")
+        r = pf.swaks(p.port, raw)
+        assert r.returncode == 0, r.stdout[-1500:]  # Postfix has the message in its queue
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 20
+        while "status=deferred" not in p.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "status=deferred" in p.log(), p.log()[-3000:]
+        assert sink.wait_for(marker("cf killed"), timeout=0.5) == []
+        proc = spawn_filter(fport, rport)
+        p.flush()
+        got = sink.wait_for(marker("cf killed"), timeout=30)
+        assert len(got) == 1, p.log()[-3000:]
+        assert b"X-Spam-Flag: NO" in got[0][2]
+        time.sleep(1.0)
+        assert len(sink.wait_for(marker("cf killed"), timeout=0)) == 1
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+        p.stop()
+
+
+# --------------------------------------------------------------------------- smtpd_proxy_filter (before-queue)
+
+
+def test_proxy_filter_before_queue(sink):
+    """swaks -> Postfix smtpd (smtpd_proxy_filter) -> our filter -> Postfix smtpd on R -> sink.
+    Spam is refused at end of DATA with the client still connected; the checks see the real
+    client's HELO through XFORWARD; with the filter down the client gets 4xx, not a lost message."""
+    from antispam.config import SmtpConfig
+    from antispam.servers.smtp import SmtpFilterServer
+    from server_helpers import EnvelopeProbe
+
+    fport, rport = free_port(), free_port()
+    probe = EnvelopeProbe()
+    filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck(), probe]), SmtpConfig(
+        port=fport, mode="before-queue", next_hop=f"127.0.0.1:{rport}")))
+    p = pf.Postfix(relay_port=sink.port, smtpd_options=(
+        f"  -o smtpd_proxy_filter=127.0.0.1:{fport}\n  -o smtpd_proxy_options=speed_adjust\n"),
+        extra_master=(f"127.0.0.1:{rport} inet n - n - - smtpd -o smtpd_proxy_filter="
+                      " -o smtpd_authorized_xforward_hosts=127.0.0.0/8"
+                      " -o receive_override_options=no_unknown_recipient_checks\n"))
+    try:
+        r = pf.swaks(p.port, spam(subject="pf spam"))
+        assert r.returncode != 0 and "550 5.7.1 Message rejected as spam" in r.stdout, r.stdout[-1500:]
+        r = pf.swaks(p.port, ham(subject="pf ham"))
+        assert r.returncode == 0, r.stdout[-1500:]
+        got = sink.wait_for(marker("pf ham"))
+        assert len(got) == 1 and b"X-Spam-Flag: NO" in got[0][2]
+        env, _ = probe.seen[-1]
+        assert env.helo == "client.sender.test" and env.client_ip == "127.0.0.1"  # via XFORWARD
+        assert sink.wait_for(marker("pf spam"), timeout=0.3) == []
+        filt.stop()
+        r = pf.swaks(p.port, ham(subject="pf filter down"))
+        assert r.returncode != 0 and re.search(r"<\*\* +4\d\d ", r.stdout), r.stdout[-1500:]
+        assert sink.wait_for(marker("pf filter down"), timeout=1.0) == []
+    finally:
+        if filt.loop.is_running():
+            filt.stop()
+        p.stop()

@@ -1,0 +1,85 @@
+"""The built-in evals on messages written for them, through the default ruleset, and the rules CLI."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+
+import pytest
+
+from antispam.check import ScanContext
+from antispam.cli import main
+from antispam.config import Config
+from antispam.message import Message
+from antispam.resources import default_rules_dir
+from antispam.ruleset import load_rules
+from antispam.ruleset.check import RuleHits, RulesCheck
+
+
+@pytest.fixture(scope="module")
+def check():
+    return RulesCheck(load_rules([default_rules_dir()]))
+
+
+def hits(check, raw: bytes) -> dict[str, int]:
+    msg = Message(raw)
+    ctx = ScanContext(msg.envelope, Config())
+    check.run(msg, ctx)
+    return dict(ctx.get(RuleHits).counts)
+
+
+def _mime(attach_name: str, payload: bytes, ctype: str = "application/octet-stream") -> bytes:
+    b64 = base64.encodebytes(payload).decode()
+    return (f"From: a@b.example\nTo: c@d.example\nSubject: your document\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
+            f"Message-Id: <x@b.example>\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"BB\"\n\n"
+            f"--BB\nContent-Type: text/plain\n\nPlease see the attached file.\n--BB\n"
+            f"Content-Type: {ctype}; name=\"{attach_name}\"\nContent-Disposition: attachment; filename=\"{attach_name}\"\n"
+            f"Content-Transfer-Encoding: base64\n\n{b64}--BB--\n").encode()
+
+
+def test_attachment_evals(check):
+    assert "AS_ATTACH_EXE" in hits(check, _mime("setup.exe", b"MZ\x90\x00"))
+    h = hits(check, _mime("invoice.pdf.exe", b"MZ\x90\x00"))
+    assert "AS_ATTACH_DOUBLE_EXT" in h and "AS_ATTACH_EXE" in h
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("docs/readme.txt", "hello")
+        z.writestr("docs/payment.scr", "MZ")
+    h = hits(check, _mime("docs.zip", buf.getvalue(), "application/zip"))
+    assert "AS_ARCHIVE_HIDES_EXE" in h and "AS_ATTACH_EXE" not in h
+    assert not {"AS_ATTACH_EXE", "AS_ARCHIVE_HIDES_EXE", "AS_ATTACH_DOUBLE_EXT"} & set(hits(check, _mime("report.pdf", b"%PDF-1.4")))
+
+
+def test_header_evals(check):
+    base = b"To: c@d.example\nSubject: hello there\nDate: Mon, 1 Jan 2024 10:00:00 +0000\nMessage-Id: <x@b.example>\n"
+    h = hits(check, b'From: "service@paypal.com" <info@cheap-pills.example>\n' + base + b"\nhi\n")
+    assert "AS_FROM_NAME_SPOOF" in h
+    assert "AS_FROM_NAME_SPOOF" not in hits(check, b'From: "Ann at b.example" <ann@mail.b.example>\n' + base + b"\nhi\n")
+    h = hits(check, b"From: a@b.example\nReply-To: scam@gmail.com\n" + base + b"\nhi\n")
+    assert "AS_REPLYTO_DIFFERS" in h and "AS_FREEMAIL_REPLYTO" in h
+    h = hits(check, b"From: a@b.example\nTo: c@d.example\nSubject: YOUR ACCOUNT IS READY NOW\n\nhi\n")
+    assert {"AS_SUBJ_ALL_CAPS", "AS_MISSING_DATE", "AS_MISSING_MID", "AS_NO_DATE_NO_MID"} <= set(h)
+    h = hits(check, b"From: a@b.example\nSubject: x\nDate: 32 Foo 2024 99:00\n\nhi\n")
+    assert "AS_DATE_INVALID" in h
+
+
+def test_uri_and_html_evals(check):
+    html = (b'<html><body><p>Dear customer, your account has been suspended. Verify your account at '
+            b'<a href="http://203.0.113.7/login/">https://www.mybank.example/secure</a></p></body></html>')
+    raw = (b"From: a@b.example\nTo: c@d.example\nSubject: notice\nMIME-Version: 1.0\nContent-Type: text/html\n\n" + html)
+    h = hits(check, raw)
+    assert {"AS_URI_TEXT_MISMATCH", "AS_URI_IP_HOST", "AS_ACCOUNT_SUSPEND", "AS_PHISH_COMBO", "AS_HTML_ONLY"} <= set(h)
+    img = (b"From: a@b.example\nTo: c@d.example\nSubject: look\nMIME-Version: 1.0\nContent-Type: text/html\n\n"
+           b'<html><body><a href="http://x.example/"><img src="http://x.example/a.gif"></a></body></html>')
+    assert "AS_HTML_IMAGE_ONLY" in hits(check, img)
+
+
+def test_rules_cli(tmp_path, capsys):
+    assert main(["rules", "lint"]) == 0
+    assert "0 error(s)" in capsys.readouterr().out
+    bad = tmp_path / "bad.cf"
+    bad.write_text("body X /(/\n")
+    assert main(["rules", "lint", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:1" in out and "X" in out

@@ -1,0 +1,311 @@
+"""The SMTP content filter, driven by smtplib and swaks, relaying to an aiosmtpd sink.
+
+The rule under test: the sender gets 250 only after the next hop accepted the
+message; otherwise a 4xx, so the sender keeps the message and retries.  A kill
+-9 of the filter mid-transaction loses nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from antispam import Engine
+from antispam.builtin import GtubeCheck
+from antispam.config import SmtpConfig
+from antispam.servers.smtp import SmtpFilterServer
+
+from server_helpers import EnvelopeProbe, ServerThread, Sink, ham, spam
+from servers import free_port, wait_port
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture()
+def sink():
+    s = Sink()
+    yield s
+    s.down()
+
+
+_SHARED: list[Engine] = []
+
+
+def default_engine() -> Engine:
+    """The default engine, built once for the module (building one costs seconds)."""
+    if not _SHARED:
+        _SHARED.append(Engine())
+    return _SHARED[0]
+
+
+def start(sink, engine=None, **settings) -> ServerThread:
+    settings.setdefault("port", 0)
+    settings.setdefault("next_hop", f"127.0.0.1:{sink.port}")
+    settings.setdefault("next_hop_timeout", 5.0)
+    return ServerThread(SmtpFilterServer(engine or default_engine(), SmtpConfig(**settings)))
+
+
+def send(port: int, raw: bytes, mail_from="ana@sender.test", rcpts=("bo@rcpt.test",)) -> dict:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        return s.sendmail(mail_from, list(rcpts), raw)
+
+
+def marker(tag: str):
+    return lambda raw: tag.encode() in raw
+
+
+def test_after_queue_tags_and_relays(sink):
+    f = start(sink)
+    try:
+        send(f.port, ham(subject="aq ham"), rcpts=("bo@rcpt.test", "cy@rcpt.test"))
+        send(f.port, spam(subject="aq spam"))
+        (h,) = sink.wait_for(marker("aq ham"))
+        assert h[0] == "ana@sender.test" and h[1] == ("bo@rcpt.test", "cy@rcpt.test")
+        assert b"X-Spam-Flag: NO" in h[2] and h[2].endswith(ham(subject="aq ham").split(b"\r\n\r\n", 1)[1])
+        (s,) = sink.wait_for(marker("aq spam"))
+        assert b"X-Spam-Flag: YES" in s[2] and b"X-Spam-Action: reject" in s[2]  # tagged, not rejected
+    finally:
+        f.stop()
+
+
+def test_before_queue_rejects_spam_at_end_of_data(sink):
+    f = start(sink, mode="before-queue", reject_reply="550 5.7.1 No spam here")
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            send(f.port, spam(subject="bq spam"))
+        assert exc.value.smtp_code == 550 and b"No spam here" in exc.value.smtp_error
+        send(f.port, ham(subject="bq ham"))
+        assert len(sink.wait_for(marker("bq ham"))) == 1
+        assert sink.wait_for(marker("bq spam"), timeout=0.3) == []
+    finally:
+        f.stop()
+
+
+def test_next_hop_down_means_4xx_and_no_loss(sink):
+    f = start(sink)
+    try:
+        sink.down()
+        raw = ham(subject="hop down")
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            send(f.port, raw)
+        assert exc.value.smtp_code == 451
+        sink.up()
+        send(f.port, raw)  # the sender's retry
+        assert len(sink.wait_for(marker("hop down"))) == 1
+        sink.refuse = True  # a next hop that answers 4xx itself: passed back as 4xx
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            send(f.port, ham(subject="hop refuses"))
+        assert exc.value.smtp_code == 451 and b"sink refusing" in exc.value.smtp_error
+    finally:
+        f.stop()
+
+
+def test_next_hop_too_slow_means_4xx(sink):
+    f = start(sink, next_hop_timeout=0.5)
+    try:
+        sink.delay = 2.0
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            send(f.port, ham(subject="slow hop"))
+        assert exc.value.smtp_code == 451
+    finally:
+        f.stop()
+
+
+def test_swaks(sink):
+    if shutil.which("swaks") is None and not os.environ.get("CI"):
+        pytest.skip("swaks is not installed (Debian package swaks)")
+    import postfix as pf
+
+    f = start(sink, mode="before-queue")
+    try:
+        r = pf.swaks(f.port, ham(subject="swaks ham"))
+        assert r.returncode == 0, r.stdout
+        assert re.search(r"<-  250 2\.0\.0 stored", r.stdout)  # the next hop's own 250, passed back
+        assert b"X-Spam-Status: No" in sink.wait_for(marker("swaks ham"))[0][2]
+        r = pf.swaks(f.port, spam(subject="swaks spam"))
+        assert r.returncode != 0 and "550 5.7.1 Message rejected as spam" in r.stdout
+    finally:
+        f.stop()
+
+
+def test_xforward_gives_the_real_client(sink):
+    probe = EnvelopeProbe()
+    f = start(sink, engine=Engine(checks=[GtubeCheck(), probe]))
+    try:
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("postfix.local")
+            assert s.has_extn("xforward")
+            code, _ = s.docmd("XFORWARD", "NAME=mail.sender.test ADDR=198.51.100.7 HELO=mail.sender.test PROTO=ESMTP")
+            assert code == 250
+            s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject="xf"))
+        env, _ = probe.seen[-1]
+        assert env.client_ip == "198.51.100.7" and env.helo == "mail.sender.test"
+        assert env.hostname == "mail.sender.test" and env.mail_from == "ana@sender.test"
+        assert env.rcpt_tos == ("bo@rcpt.test",)
+    finally:
+        f.stop()
+
+
+def test_limits_allow_list_and_size(sink):
+    f = start(sink, allow=("192.0.2.0/24",))
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as exc:
+            smtplib.SMTP("127.0.0.1", f.port, timeout=10)
+        assert exc.value.smtp_code == 554
+    finally:
+        f.stop()
+    f = start(sink, max_size=300)
+    try:
+        with pytest.raises(smtplib.SMTPException) as exc:
+            send(f.port, ham(body="x" * 2000))
+        assert getattr(exc.value, "smtp_code", None) == 552 or "552" in str(exc.value)
+    finally:
+        f.stop()
+
+
+# --------------------------------------------------------------------------- a real process, killed
+
+
+def spawn_filter(port: int, next_hop: int, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-m", "antispam.cli", "serve", "smtp", "--port", str(port),
+                             "--next-hop", f"127.0.0.1:{next_hop}", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    line = proc.stdout.readline().decode()
+    assert "listening" in line, line
+    return proc
+
+
+def test_kill_9_mid_transaction_then_retry_arrives_once(sink):
+    port = free_port()
+    proc = spawn_filter(port, sink.port)
+    raw = ham(subject="killed mid-DATA")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            f = c.makefile("rb")
+            assert f.readline().startswith(b"220")
+            for cmd in (b"EHLO client.test", b"MAIL FROM:<ana@sender.test>", b"RCPT TO:<bo@rcpt.test>", b"DATA"):
+                c.sendall(cmd + b"\r\n")
+                line = f.readline()
+                while line[3:4] == b"-":
+                    line = f.readline()
+                assert line[:1] in (b"2", b"3"), line
+            c.sendall(raw[: len(raw) // 2])  # half the message, then the filter dies
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            try:
+                tail = f.readline()
+            except ConnectionResetError:
+                tail = b""
+            assert tail == b""  # connection gone: no 250 was ever given
+        assert sink.wait_for(marker("killed mid-DATA"), timeout=0.5) == []
+        proc = spawn_filter(port, sink.port)
+        send(port, raw)  # the sender retries
+        assert len(sink.wait_for(marker("killed mid-DATA"))) == 1
+        time.sleep(0.3)
+        assert len(sink.wait_for(marker("killed mid-DATA"), timeout=0)) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_drains_in_flight_messages(sink):
+    port = free_port()
+    proc = spawn_filter(port, sink.port)
+    sink.delay = 1.5  # the message is being relayed when SIGTERM arrives
+    result: dict = {}
+
+    def sender():
+        try:
+            result["refused"] = send(port, ham(subject="drained"))
+        except Exception as exc:  # pragma: no cover - reported by the assert below
+            result["error"] = exc
+
+    t = threading.Thread(target=sender)
+    try:
+        t.start()
+        time.sleep(0.7)
+        proc.send_signal(signal.SIGTERM)
+        t.join(20)
+        assert result.get("refused") == {}, result  # 250 for every recipient, after the next hop's 250
+        assert proc.wait(20) == 0
+        assert len(sink.wait_for(marker("drained"))) == 1
+        with pytest.raises(OSError):
+            wait_port(port, timeout=0.3)  # no longer listening
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_recipients_with_other_settings_go_in_their_own_transaction(sink):
+    from antispam import Config
+
+    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
+                           "recipients": {"@lenient.test": "lenient"}})
+    f = start(sink, engine=Engine(cfg, checks=[GtubeCheck()]), mode="before-queue")
+    try:
+        raw = spam(subject="per rcpt")
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("ana@sender.test")
+            assert s.rcpt("bo@rcpt.test")[0] == 250
+            code, msg = s.rcpt("cy@lenient.test")
+            assert code == 452 and msg.startswith(b"4.5.3")
+            assert s.data(raw)[0] == 550  # bo's settings: reject
+        send(f.port, raw, rcpts=("cy@lenient.test", "dee@lenient.test"))  # the deferred recipient, retried
+        (got,) = sink.wait_for(marker("per rcpt"))
+        assert got[1] == ("cy@lenient.test", "dee@lenient.test")
+        assert b"X-Spam-Action: no action" in got[2]  # the lenient profile's verdict
+    finally:
+        f.stop()
+
+
+def test_long_lines_are_relayed_not_refused(sink):
+    f = start(sink)
+    try:
+        long_line = "word " * 600  # 3,000 characters on one line
+        send(f.port, ham(subject="long line", body=long_line + "\n"))
+        (got,) = sink.wait_for(marker("long line"))
+        assert long_line.strip().encode() in got[2]
+    finally:
+        f.stop()
+
+
+def test_kept_next_hop_connection_that_died_is_replaced(sink):
+    f = start(sink)
+    try:
+        send(f.port, ham(subject="before restart"))
+        sink.down()  # closes the connection the relay thread kept
+        sink.up()
+        send(f.port, ham(subject="after restart"))
+        assert len(sink.wait_for(marker("before restart"))) == 1
+        assert len(sink.wait_for(marker("after restart"))) == 1
+    finally:
+        f.stop()
+
+
+def test_rewrite_strips_forged_authentication_results():
+    from antispam.servers.common import rewrite_headers
+    from antispam.verdict import Verdict
+
+    raw = (b"Authentication-Results: mx.upstream.example; spf=pass\r\n"
+           b"Authentication-Results: mx.ours.example;\r\n\tdkim=pass header.d=bank.example\r\n"
+           b"Subject: hi\r\n\r\nbody\r\n")
+    v = Verdict(score=0.0, required_score=5.0, action="no action", symbols={}, thresholds={},
+                authentication_results="mx.ours.example; spf=none", authserv_id="mx.ours.example")
+    out = rewrite_headers(raw, v)
+    assert out.count(b"Authentication-Results: mx.ours.example") == 1 and b"header.d=bank.example" not in out
+    assert b"Authentication-Results: mx.upstream.example; spf=pass" in out and out.endswith(b"\r\n\r\nbody\r\n")

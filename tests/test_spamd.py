@@ -1,0 +1,416 @@
+"""The spamd server against the real ``spamc`` (Debian package spamc) and ``aiospamc`` (PyPI).
+
+Expected outputs and exit codes are what spamc(1) documents: ``-c`` prints
+``score/threshold`` and exits 1 for spam, 0 for ham; ``-E`` filters and sets the
+same exit code; ``-y`` prints the symbols; ``-R`` the report; ``-L`` learns and
+exits 0 whether the message was new or already learned; ``-x`` turns errors
+into exit codes instead of passing the message through.  Scores are compared
+with the engine's own verdict, so the tests hold whichever checks exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from antispam import Engine
+from antispam.builtin import GtubeCheck
+from antispam.config import SpamdConfig
+from antispam.servers.spamd import SpamdServer
+
+from server_helpers import MemoryLearner, ServerThread, ham, spam
+
+SPAMC = shutil.which("spamc")
+needs_spamc = pytest.mark.skipif(SPAMC is None and not os.environ.get("CI"),
+                                 reason="spamc is not installed (Debian package spamc)")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine()
+
+
+@pytest.fixture(scope="module")
+def spamd(engine):
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0)))
+    yield st
+    st.stop()
+
+
+def run_spamc(port: int, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
+    assert SPAMC, "spamc is required"
+    return subprocess.run([SPAMC, "-d", "127.0.0.1", "-p", str(port), "-t", "20", *args], input=stdin,
+                          capture_output=True, timeout=60)
+
+
+def summary(engine: Engine, raw: bytes) -> str:
+    v = engine.scan(raw)
+    return f"{v.score:.1f}/{v.required_score:.1f}"
+
+
+# --------------------------------------------------------------------------- spamc
+
+
+@needs_spamc
+def test_check_spam_and_ham(spamd, engine):
+    r = run_spamc(spamd.port, "-c", stdin=spam())
+    assert r.returncode == 1, r
+    assert r.stdout.decode().strip() == summary(engine, spam())
+    r = run_spamc(spamd.port, "-c", stdin=ham())
+    assert r.returncode == 0, r
+    assert r.stdout.decode().strip() == summary(engine, ham())
+
+
+@needs_spamc
+def test_symbols(spamd, engine):
+    r = run_spamc(spamd.port, "-y", stdin=spam())
+    assert r.returncode == 0
+    names = r.stdout.decode().strip().split(",")
+    assert "GTUBE" in names
+    assert names == sorted(engine.scan(spam()).symbols)
+
+
+@needs_spamc
+def test_report(spamd, engine):
+    r = run_spamc(spamd.port, "-R", stdin=spam())
+    out = r.stdout.decode()
+    first, rest = out.split("\n", 1)
+    assert first == summary(engine, spam())
+    assert "GTUBE" in rest and "reject" in rest
+    # -r reports only spam: for ham spamc prints nothing
+    r = run_spamc(spamd.port, "-r", stdin=ham())
+    assert r.returncode == 0 and r.stdout == b""
+    r = run_spamc(spamd.port, "-r", stdin=spam())
+    assert r.stdout.decode().split("\n", 1)[0] == summary(engine, spam())
+
+
+@needs_spamc
+def test_process_adds_headers_and_keeps_body(spamd):
+    raw = spam()
+    r = run_spamc(spamd.port, stdin=raw)
+    assert r.returncode == 0
+    out = r.stdout
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert b"X-Spam-Flag: YES" in head and b"X-Spam-Status: Yes, score=" in head
+    assert body == raw.split(b"\r\n\r\n", 1)[1]
+    r = run_spamc(spamd.port, "-E", stdin=raw)
+    assert r.returncode == 1 and b"X-Spam-Flag: YES" in r.stdout
+    r = run_spamc(spamd.port, "-E", stdin=ham())
+    assert r.returncode == 0 and b"X-Spam-Flag: NO" in r.stdout
+
+
+@needs_spamc
+def test_forged_spam_headers_are_replaced(spamd):
+    raw = spam().replace(b"MIME-Version", b"X-Spam-Flag: NO\r\nX-Spam-Status: No, forged\r\nMIME-Version")
+    out = run_spamc(spamd.port, stdin=raw).stdout
+    head = out.split(b"\r\n\r\n", 1)[0]
+    assert head.count(b"X-Spam-Flag:") == 1 and b"X-Spam-Flag: YES" in head
+    assert b"forged" not in head
+
+
+@needs_spamc
+def test_headers_mode_gives_the_same_message(spamd):
+    raw = ham(eol="\n")
+    full = run_spamc(spamd.port, stdin=raw).stdout
+    headers_only = run_spamc(spamd.port, "--headers", stdin=raw).stdout
+    assert headers_only == full
+    assert b"X-Spam-Flag: NO\n" in full  # added in the message's own line ending
+
+
+@needs_spamc
+def test_ping(spamd):
+    r = run_spamc(spamd.port, "-K", stdin=b"")
+    assert r.returncode == 0 and r.stdout.startswith(b"SPAMD/1.5 0")
+
+
+@needs_spamc
+def test_server_down_spamc_passes_mail_unchanged():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    raw = spam()
+    r = run_spamc(port, "--connect-retries", "1", stdin=raw)
+    assert r.returncode == 0 and r.stdout == raw  # spamc's safe fallback: no mail lost
+    r = run_spamc(port, "-x", "--connect-retries", "1", stdin=raw)
+    assert r.returncode == 69  # EX_UNAVAILABLE with -x
+
+
+@needs_spamc
+def test_tell_learn_and_forget():
+    learner = MemoryLearner()
+    eng = Engine(checks=[GtubeCheck(), learner])
+    st = ServerThread(SpamdServer(eng, SpamdConfig(port=0)))
+    try:
+        raw = ham(subject="Cheap watches", body="Replica watches, best price\n")
+        assert run_spamc(st.port, "-c", stdin=raw).returncode == 0
+        r = run_spamc(st.port, "-L", "spam", stdin=raw)
+        assert r.returncode == 0 and b"successfully" in r.stdout, r
+        assert run_spamc(st.port, "-c", stdin=raw).returncode == 1  # learned: now spam
+        r = run_spamc(st.port, "-L", "spam", stdin=raw)
+        assert r.returncode == 0 and b"already" in r.stdout  # documented: exit 0 either way
+        r = run_spamc(st.port, "-L", "forget", stdin=raw)
+        assert r.returncode == 0 and b"successfully" in r.stdout
+        assert run_spamc(st.port, "-c", stdin=raw).returncode == 0
+        r = run_spamc(st.port, "-C", "report", stdin=raw)  # remote report: Set local, remote
+        assert r.returncode == 0 and b"successfully" in r.stdout, r
+        assert learner.sources[-1].startswith("spamd-remote")
+        r = run_spamc(st.port, "-u", "carol", "-L", "ham", stdin=raw)
+        assert r.returncode == 0 and learner.labels and learner.sources[-1] == "spamd:carol"
+    finally:
+        st.stop()
+
+
+@needs_spamc
+def test_tell_refused_when_disabled(engine):
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0, allow_tell=False)))
+    try:
+        r = run_spamc(st.port, "-L", "spam", stdin=spam())
+        assert r.returncode != 0 and b"learned" not in r.stdout
+        out = exchange(st.port, b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: 2\r\n\r\nhi")
+        assert out.startswith(b"SPAMD/1.1 77 EX_NOPERM TELL is disabled")
+    finally:
+        st.stop()
+
+
+@needs_spamc
+def test_allow_list_refuses_client(engine):
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0, allow=("192.0.2.0/24",))))
+    try:
+        raw = spam()
+        r = run_spamc(st.port, "-x", "-c", stdin=raw)
+        assert r.returncode not in (0, 1) and r.stdout == b"0/0\n"  # an error, not a verdict
+        r = run_spamc(st.port, stdin=raw)
+        assert r.returncode == 0 and r.stdout == raw  # without -x spamc passes it through
+    finally:
+        st.stop()
+
+
+@needs_spamc
+def test_max_size(engine):
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0, max_size=200)))
+    try:
+        raw = spam()
+        r = run_spamc(st.port, "-x", "-c", stdin=raw)
+        assert r.returncode not in (0, 1) and r.stdout == b"0/0\n"  # an error, not a verdict
+        r = run_spamc(st.port, stdin=raw)
+        assert r.returncode == 0 and r.stdout == raw  # safe fallback: passed through unscanned
+        out = exchange(st.port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        assert out.startswith(b"SPAMD/1.1 65 EX_DATAERR message larger than 200 bytes")
+    finally:
+        st.stop()
+
+
+@needs_spamc
+def test_cli_serve_spamd_and_graceful_stop(tmp_path):
+    cfg = tmp_path / "antispam.toml"
+    cfg.write_text("[servers.spamd]\nmax_connections = 4\n")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-m", "antispam.cli", "serve", "spamd", "--config", str(cfg),
+                             "--port", "0", "--log-json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        line = proc.stdout.readline().decode()
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert m, (line, proc.stderr.read1(4096) if proc.poll() is not None else "")
+        port = int(m.group(1))
+        assert run_spamc(port, "-c", stdin=spam()).returncode == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        log = proc.stderr.read().decode()
+        assert '"msg": "scanned"' in log and '"action": "reject"' in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------- aiospamc
+
+
+def test_aiospamc_client(spamd, engine):
+    aiospamc = pytest.importorskip("aiospamc")
+    port = spamd.port
+
+    async def go():
+        r = await aiospamc.check(spam(), host="127.0.0.1", port=port)
+        v = engine.scan(spam())
+        assert r.status_code == 0
+        assert r.headers.spam.value is True
+        assert r.headers.spam.score == pytest.approx(round(v.score, 1))
+        assert r.headers.spam.threshold == pytest.approx(v.required_score)
+        r = await aiospamc.check(ham(), host="127.0.0.1", port=port, compress=True)
+        assert r.headers.spam.value is False
+        r = await aiospamc.symbols(spam(), host="127.0.0.1", port=port)
+        assert "GTUBE" in r.body.decode().split(",")
+        r = await aiospamc.report(spam(), host="127.0.0.1", port=port)
+        assert b"GTUBE" in r.body
+        r = await aiospamc.report_if_spam(ham(), host="127.0.0.1", port=port)
+        assert r.body == b""
+        r = await aiospamc.process(spam(), host="127.0.0.1", port=port, user="alice")
+        assert b"X-Spam-Flag: YES" in r.body and r.body.endswith(spam().split(b"\r\n\r\n", 1)[1])
+        r = await aiospamc.headers(spam(), host="127.0.0.1", port=port)
+        assert b"X-Spam-Flag: YES" in r.body and b"Claim your prize" not in r.body
+        r = await aiospamc.ping(host="127.0.0.1", port=port)
+        assert r.status_code == 0 and r.message == "PONG"
+
+    asyncio.run(go())
+
+
+def test_aiospamc_tell():
+    aiospamc = pytest.importorskip("aiospamc")
+    learner = MemoryLearner()
+    st = ServerThread(SpamdServer(Engine(checks=[GtubeCheck(), learner]), SpamdConfig(port=0)))
+    raw = ham(subject="weekly numbers")
+
+    async def go():
+        r = await aiospamc.tell(raw, "spam", set_action="local", host="127.0.0.1", port=st.port, compress=True)
+        assert r.status_code == 0 and r.headers["DidSet"].action.local
+        r = await aiospamc.check(raw, host="127.0.0.1", port=st.port)
+        assert r.headers.spam.value is True
+        r = await aiospamc.tell(raw, "spam", remove_action="local", host="127.0.0.1", port=st.port)
+        assert r.headers["DidRemove"].action.local
+        r = await aiospamc.check(raw, host="127.0.0.1", port=st.port)
+        assert r.headers.spam.value is False
+
+    try:
+        asyncio.run(go())
+    finally:
+        st.stop()
+
+
+# --------------------------------------------------------------------------- the wire, byte by byte
+
+
+def exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        try:
+            s.shutdown(socket.SHUT_WR)
+        except OSError:  # the server may have answered and half-closed first (a refusal): read it anyway
+            pass
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_exim_style_report_request(spamd, engine):
+    """Exim sends REPORT SPAMC/1.2 and parses the reply with one sscanf: this is that parse."""
+    raw = spam(eol="\n")
+    req = b"REPORT SPAMC/1.2\r\nUser: exim\r\nContent-length: %d\r\n\r\n" % len(raw) + raw
+    out = exchange(spamd.port, req)
+    m = re.match(rb"SPAMD/(\S{1,7}) 0 EX_OK\r\nContent-length: \d+\s*([-\d.]+)/([-\d.]+)\s*", out)
+    assert m, out[:200]
+    v = engine.scan(raw)
+    assert float(m.group(2)) == pytest.approx(round(v.score, 1))
+    assert float(m.group(3)) == pytest.approx(v.required_score)
+    assert b"GTUBE" in out[m.end():]
+
+
+def test_protocol_errors(spamd):
+    assert exchange(spamd.port, b"HELLO\r\n\r\n").startswith(b"SPAMD/1.1 76 ")
+    assert exchange(spamd.port, b"FROB SPAMC/1.5\r\n\r\n").startswith(b"SPAMD/1.1 76 ")
+    assert exchange(spamd.port, b"CHECK SPAMC/1.5\r\nContent-length: x\r\n\r\n").startswith(b"SPAMD/1.1 76 ")
+    # a body shorter than announced: protocol error, not a hang
+    assert exchange(spamd.port, b"CHECK SPAMC/1.5\r\nContent-length: 500\r\n\r\nshort").startswith(b"SPAMD/1.1 76 ")
+    assert exchange(spamd.port, b"SKIP SPAMC/1.5\r\n\r\n") == b""
+    bad = b"not zlib at all"
+    out = exchange(spamd.port, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n" % len(bad) + bad)
+    assert out.startswith(b"SPAMD/1.1 65 ")
+    tell = b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nRemove: local\r\nContent-length: 2\r\n\r\nhi"
+    assert exchange(spamd.port, tell).startswith(b"SPAMD/1.1 76 ")
+
+
+def test_zlib_bomb_is_refused(engine):
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0, max_size=100_000)))
+    try:
+        bomb = zlib.compress(b"A" * 5_000_000)
+        out = exchange(st.port, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n" % len(bomb) + bomb)
+        assert out.startswith(b"SPAMD/1.1 65 ") and b"too big" in out
+    finally:
+        st.stop()
+
+
+def test_idle_client_times_out(engine):
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0, timeout=0.5)))
+    try:
+        with socket.create_connection(("127.0.0.1", st.port), timeout=10) as s:
+            s.sendall(b"CHECK SPAMC/1.5\r\n")
+            assert s.recv(100) == b""  # dropped after the timeout, not held forever
+    finally:
+        st.stop()
+
+
+def test_max_connections(engine):
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0, max_connections=1, timeout=5)))
+    try:
+        with socket.create_connection(("127.0.0.1", st.port), timeout=10) as first:
+            first.sendall(b"CHECK SPAMC/1.5\r\n")  # holds the only slot
+            import time
+            time.sleep(0.2)
+            out = exchange(st.port, b"PING SPAMC/1.5\r\n\r\n")
+            assert out.startswith(b"SPAMD/1.1 75 ")  # EX_TEMPFAIL: too many connections
+        time.sleep(0.2)
+        assert exchange(st.port, b"PING SPAMC/1.5\r\n\r\n").startswith(b"SPAMD/1.5 0 PONG")
+    finally:
+        st.stop()
+
+
+@needs_spamc
+def test_user_header_selects_the_users_settings():
+    from antispam import Config
+
+    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
+                           "recipients": {"carol": "lenient"}})
+    st = ServerThread(SpamdServer(Engine(cfg, checks=[GtubeCheck()]), SpamdConfig(port=0)))
+    try:
+        assert run_spamc(st.port, "-c", "-u", "dave", stdin=spam()).returncode == 1
+        assert run_spamc(st.port, "-c", "-u", "carol", stdin=spam()).returncode == 0  # her profile tags nothing
+    finally:
+        st.stop()
+
+
+def test_worker_processes_scan_and_connections_close(engine):
+    """With a scan pool the verdict is the same, and each connection ends with EOF (a pool worker
+    forked from the server would inherit the client's socket and hold it open)."""
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0, workers=1)))
+    try:
+        for raw in (spam(), ham(), spam()):
+            out = exchange(st.port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+            v = engine.scan(raw)
+            assert out == (f"SPAMD/1.1 0 EX_OK\r\nSpam: {'True' if v.is_spam else 'False'} ; "
+                           f"{v.score:.1f} / {v.required_score:.1f}\r\n\r\n").encode()
+    finally:
+        st.stop()
+
+
+def test_shutdown_cuts_off_a_stalled_client_after_shutdown_timeout(tmp_path):
+    cfg = tmp_path / "antispam.toml"
+    cfg.write_text("[servers.spamd]\nshutdown_timeout = 1.0\n")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-m", "antispam.cli", "serve", "spamd", "--config", str(cfg),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        port = int(re.search(rb":(\d+)", proc.stdout.readline()).group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"CHECK SPAMC/1.5\r\nContent-length: 1000\r\n\r\nonly part of it")
+            import time
+            time.sleep(0.3)  # the server is now waiting for the rest: an in-flight message
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
+            assert time.monotonic() - t0 < 5  # waited for the message, but not forever
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

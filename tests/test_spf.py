@@ -1,0 +1,148 @@
+"""SPF as a scan sees it: engine, loopback DNS server, symbols, options, Authentication-Results."""
+
+from __future__ import annotations
+
+import pytest
+
+from antispam import Engine, Envelope
+from antispam.config import Config
+from authkeys import auth_engine
+from dnsserver import DNSServer
+
+MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
+
+ZONE = {
+    "example.org": [("TXT", "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all"), ("A", "192.0.2.10")],
+    "soft.example": [("TXT", "v=spf1 a:mx.soft.example ~all")],
+    "mx.soft.example": [("A", "198.51.100.7")],
+    "helo.example": [("TXT", "v=spf1 a -all"), ("A", "203.0.113.9")],
+    "dead.example": [("TIMEOUT", None)],
+    "mx.example": [("TXT", "v=spf1 mx -all"), *[("MX", (i, f"mx{i}.mx.example")) for i in range(6)]],
+    **{f"mx{i}.mx.example": [("A", f"198.51.100.{50 + i}")] for i in range(6)},
+    "xn--exmple-cua.org": [("TXT", "v=spf1 ip4:192.0.2.77 -all")],  # exämple.org as published: an A-label
+    "broken.example": [("TXT", "v=spf1 ip4:192.0.2.1 -all"), ("TXT", "v=spf1 -all")],
+    # eleven DNS-querying terms: one over RFC 7208's limit of ten
+    "many.example": [("TXT", "v=spf1 " + " ".join(f"a:h{i}.many.example" for i in range(11)) + " ip4:192.0.2.99 -all")],
+    **{f"h{i}.many.example": [("A", f"198.51.100.{i + 1}")] for i in range(11)},
+    # three void lookups: one over the limit of two
+    "void.example": [("TXT", "v=spf1 a:v1.void.example a:v2.void.example a:v3.void.example ip4:192.0.2.5 -all")],
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with DNSServer(ZONE) as s:
+        yield s
+
+
+def engine(server, **auth):
+    cfg = Config().merged({"dns": {"nameservers": [server.host], "port": server.port, "timeout": 0.3, "attempts": 1},
+                           "auth": {"dkim": False, "dmarc": False, **auth},
+                           "engine": {"authserv_id": "mx.test"}})
+    return auth_engine(cfg)
+
+
+def spf_symbols(v):
+    return {k: s for k, s in v.symbols.items() if k.startswith("R_SPF")}
+
+
+def test_no_nameservers_no_network_checks():
+    names = {c.name for c in Engine(Config().merged({"auth": {"arc": True}})).checks}
+    assert not names & {"spf", "dkim", "dmarc", "arc"}
+
+
+def test_pass_with_the_matching_mechanism(server):
+    v = engine(server).scan(MSG, Envelope(client_ip="192.0.2.33", helo="mx.example.org", mail_from="a@example.org"))
+    syms = spf_symbols(v)
+    assert list(syms) == ["R_SPF_ALLOW"]
+    assert "mechanism=ip4:192.0.2.0/24" in syms["R_SPF_ALLOW"].options
+    assert v.authentication_results.startswith("mx.test; spf=pass smtp.mailfrom=a@example.org")
+
+
+def test_ipv6_client(server):
+    v = engine(server).scan(MSG, Envelope(client_ip="2001:db8::5", mail_from="a@example.org"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+
+
+def test_fail_and_softfail(server):
+    e = engine(server)
+    v = e.scan(MSG, Envelope(client_ip="203.0.113.1", mail_from="a@example.org"))
+    assert list(spf_symbols(v)) == ["R_SPF_FAIL"] and "mechanism=-all" in v.symbols["R_SPF_FAIL"].options
+    assert "spf=fail" in v.authentication_results
+    v = e.scan(MSG, Envelope(client_ip="203.0.113.1", mail_from="x@soft.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_SOFTFAIL"]
+    v = e.scan(MSG, Envelope(client_ip="198.51.100.7", mail_from="x@soft.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+
+
+def test_helo_identity_when_mail_from_is_null(server):
+    v = engine(server).scan(MSG, Envelope(client_ip="203.0.113.9", helo="helo.example", mail_from=""))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+    assert "helo=helo.example" in v.symbols["R_SPF_ALLOW"].options
+    assert "spf=pass smtp.helo=helo.example" in v.authentication_results
+
+
+def test_none_and_permerror(server):
+    e = engine(server)
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.1", mail_from="a@nowhere.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_NA"]
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.1", mail_from="a@broken.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_PERMFAIL"]
+    v = e.scan(MSG, Envelope(mail_from="a@example.org"))
+    assert list(spf_symbols(v)) == ["R_SPF_NA"] and "no client IP" in v.symbols["R_SPF_NA"].options
+
+
+def test_dns_timeout_is_temperror_never_pass(server):
+    v = engine(server).scan(MSG, Envelope(client_ip="192.0.2.1", mail_from="a@dead.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_TEMPFAIL"]
+    assert "spf=temperror" in v.authentication_results
+
+
+def test_strict_limits_report_which_fired_and_compat_mode_is_looser(server):
+    v = engine(server).scan(MSG, Envelope(client_ip="192.0.2.99", mail_from="a@many.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_PERMFAIL"]
+    assert "limit=dns-lookups>10" in v.symbols["R_SPF_PERMFAIL"].options
+    v = engine(server, spf_strict_limits=False).scan(MSG, Envelope(client_ip="192.0.2.99", mail_from="a@many.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+
+    v = engine(server).scan(MSG, Envelope(client_ip="192.0.2.5", mail_from="a@void.example"))
+    assert "limit=void-lookups>2" in v.symbols["R_SPF_PERMFAIL"].options
+    v = engine(server, spf_strict_limits=False).scan(MSG, Envelope(client_ip="192.0.2.5", mail_from="a@void.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+
+
+def test_second_scan_is_served_from_the_cache(server):
+    e = engine(server)
+    env = Envelope(client_ip="198.51.100.7", mail_from="x@soft.example")
+    e.scan(MSG, env)
+    before = len(server.queries)
+    v = e.scan(MSG, env)
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+    assert len(server.queries) == before
+
+
+def test_sync_path_gives_the_same_result(server):
+    from antispam.auth.spf import check_host_sync
+    from antispam.dns import Resolver
+
+    r = Resolver([server.host], port=server.port, timeout=0.3, attempts=1)
+    assert check_host_sync(r, "198.51.100.7", "x@soft.example", None).result == "pass"
+    assert check_host_sync(r, "203.0.113.1", "x@soft.example", None).result == "softfail"
+
+
+def test_internationalized_domain_is_asked_as_its_a_label(server):
+    v = engine(server).scan(MSG, Envelope(client_ip="192.0.2.77", mail_from="user@exämple.org"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+    assert server.asked("xn--exmple-cua.org", "TXT") >= 1
+
+
+def test_mx_exchanges_are_resolved_together():
+    """The six exchanges' addresses are asked in one round, not one round each."""
+    delay = 0.25
+    with DNSServer(ZONE, delay=delay) as slow:
+        e = auth_engine(Config().merged({"dns": {"nameservers": [slow.host], "port": slow.port, "timeout": 3.0, "attempts": 1},
+                                    "auth": {"dkim": False, "dmarc": False}}))
+        v = e.scan(MSG, Envelope(client_ip="198.51.100.55", mail_from="a@mx.example"))
+        assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+        times = [t for (n, _, _), t in zip(slow.queries, slow.arrivals) if n.endswith(".mx.example") and n != "mx.example"]
+        assert len(times) == 6 and max(times) - min(times) < delay
