@@ -1,6 +1,6 @@
 """Accuracy on the SpamAssassin corpus: classifier alone and whole default engine, beside the peers.
 
-    python benchmarks/accuracy.py [--model default|train|DIR] [--online] [--out benchmarks/RESULTS.md]
+    python benchmarks/accuracy.py [--model default|train|DIR] [--online] [--peers DIR] [--out benchmarks/RESULTS.md]
 
 Split protocol: the model is trained on TRAIN only (``--model train`` fits a
 fresh one, ``default`` takes the shipped one, which was fitted on TRAIN the
@@ -8,7 +8,11 @@ same way) and every TEST message is scored once.  ``--online`` adds the
 TREC-style run (classify, then learn the gold label, in sha256 order, from an
 empty model).  The peers' figures are quoted from
 ``../shared/peers/RESULTS.md`` (same corpus, same split, trained on the same
-TRAIN); they are not rerun by this script (``benchmarks/peers.sh`` does that).
+TRAIN); they are not rerun by this script.  ``--peers DIR`` adds the table of a
+side-by-side run: DIR holds the peers' trained TSVs from
+``../shared/peers/run_all.sh`` (``OUT=DIR``) and ``antispam_default.tsv`` from
+``benchmarks/run_antispam.py /tmp/peers-corpus/test DIR/antispam_default.tsv
+--workers 2``, all scored by the peers' own ``eval.py``.
 Writes a markdown table to ``--out`` and the JSON report and ROC plot beside it.
 """
 
@@ -45,10 +49,34 @@ def _row(name: str, r: dict) -> str:
             f"{r['f1']:.4f} | {r['roc_auc']:.5f} | {r['tp']}/{r['fp']}/{r['fn']}/{r['tn']} |")
 
 
+def _peers_table(d: Path) -> list[str]:
+    import subprocess
+
+    here = Path(__file__).resolve()
+    evaluator = next((up / "shared" / "peers" / "eval.py" for up in here.parents
+                      if (up / "shared" / "peers" / "eval.py").exists()), None)
+    if evaluator is None:
+        return ["(the peers' eval.py was not found in a shared/peers directory above this checkout)"]
+    names = ("spamassassin_local_trained", "spamassassin_net_trained", "rspamd_trained", "bogofilter_trained",
+             "antispam_default")
+    tsvs = [str(d / f"{n}.tsv") for n in names if (d / f"{n}.tsv").exists()]
+    out = subprocess.run([sys.executable, str(evaluator), "--markdown", *tsvs], capture_output=True, text=True,
+                         check=True).stdout
+    return [
+        f"The peers' `run_all.sh` (trained on TRAIN, scored on TEST) and `benchmarks/run_antispam.py` (the default "
+        f"engine, 2 worker processes) on `/tmp/peers-corpus/test`, scored by the peers' `eval.py`, "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}. Speeds are with 2 concurrent clients on the shared 2-core "
+        "machine under load from other work, so only their order of magnitude means something.",
+        "",
+        *out.strip().splitlines(),
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--online", action="store_true")
+    ap.add_argument("--peers", metavar="DIR", help="include the side-by-side run whose TSVs are in DIR")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     args = ap.parse_args()
     corpus = default_corpus_dir()
@@ -92,7 +120,8 @@ def main() -> int:
     lines += [
         "",
         "Peer rows are quoted from `../shared/peers/RESULTS.md` (run 2026-11-22 on this machine, same split, "
-        "each trained on TRAIN); they were not rerun with this table.",
+        "each trained on TRAIN)" + ("; the side-by-side section below reran them with ours in one run."
+                                   if args.peers else "; they were not rerun with this table."),
         "",
         f"- classifier (1-AUC) = {c['one_minus_auc_pct']:.4f}%; for ham FPR <= 0.1% its threshold would be "
         f"p >= {c['at_target_fpr']['threshold']:.4f} (recall {c['at_target_fpr']['spam_recall']:.4f}).",
@@ -116,6 +145,8 @@ def main() -> int:
         ]
         rep["online"] = orep
         out.with_suffix(".json").write_text(json.dumps(rep, indent=1, sort_keys=True, default=float) + "\n")
+    if args.peers:
+        lines += ["", "## Side by side, one run", "", *_peers_table(Path(args.peers))]
     lines += [f"- {n}" for n in notes]
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -93,7 +93,13 @@ class TokenStats:
         key = ledger_key(raw)
         label = b"spam" if spam else b"ham"
         if self.store.add(key, label + b" " + source.encode("utf-8", "replace")[:200]):
-            self._add(ids, spam, 1.0)
+            try:
+                self._add(ids, spam, 1.0)
+            except Exception:
+                # The counts did not change (incr_many is all or nothing): forget the ledger entry
+                # too, so that a retry learns the message instead of calling it already learned.
+                self.store.delete(key)
+                raise
             return True
         prev = (self.store.get(key) or b"").split(b" ", 1)[0]
         if prev == label:
