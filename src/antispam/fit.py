@@ -66,20 +66,10 @@ class FitResult:
 
 def oof_probabilities(msgs: Sequence[LabelledMessage], folds: int = 5, seed: int = 0) -> np.ndarray:
     """Out-of-fold spam probabilities of the shipped classifier's recipe on ``msgs``."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.svm import LinearSVC
-
     from .classifier.check import default_model
-    from .classifier.train import feature_matrix
+    from .classifier.train import oof_probabilities as classifier_oof
 
-    model = default_model()
-    X = feature_matrix([Message(m.data) for m in msgs], model.spec)
-    y = np.array([m.is_spam for m in msgs], dtype=np.int8)
-    c = float(model.meta.get("C", 10.0))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    margins = cross_val_predict(LinearSVC(C=c, max_iter=20000, random_state=seed), X, y, cv=cv, method="decision_function")
-    n_features = np.diff(X.indptr)  # distinct features per message (rows of a CSR matrix)
-    return np.array([model.probability(float(m), int(n)) for m, n in zip(margins, n_features)])
+    return classifier_oof([m.data for m in msgs], [m.is_spam for m in msgs], default_model(), folds, seed)
 
 
 def symbol_rows(msgs: Sequence[LabelledMessage], config: Config) -> list[dict[str, float]]:

@@ -134,6 +134,25 @@ def _cv_margins(X, y: np.ndarray, folds, alpha: float, c: float, seed: int) -> n
     return out
 
 
+def oof_probabilities(messages: Sequence[bytes], spam: Sequence[bool], model: Model, folds: int = 5,
+                      seed: int = 0) -> np.ndarray:
+    """Out-of-fold calibrated p(spam) of ``model``'s recipe (tokenizer, alpha, C, calibration).
+
+    Each message is scored by a model fitted without it, then calibrated as the
+    shipped model would calibrate it.  What ``antispam fit`` needs: the shipped
+    model has seen every TRAIN message, so its own in-sample probabilities are
+    overconfident.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.array(spam, dtype=np.int8)
+    X = feature_matrix([Message(m) for m in messages], model.spec)
+    cv = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    margins = _cv_margins(X, y, cv, float(model.meta["alpha"]), float(model.meta["C"]), seed)
+    n = np.diff(X.indptr)  # distinct features per message (rows of a CSR matrix)
+    return np.array([model.probability(float(m), int(k)) for m, k in zip(margins, n)])
+
+
 def train(examples: Sequence[Example], spec: TokenizerSpec | None = None, *, c_grid: Iterable[float] = C_GRID,
           alpha_grid: Iterable[float] = ALPHA_GRID, folds: int = 5, target_fpr: float = 0.002, seed: int = 0,
           progress: Callable[[str], None] | None = None) -> Model:
