@@ -8,6 +8,7 @@ is absent, except under CI (``CI`` set), where its absence is a failure.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -46,3 +47,48 @@ def corpus_train(corpus):
 @pytest.fixture(scope="session")
 def corpus_test(corpus):
     return [m for m in corpus if m.split == "test"]
+
+
+# ----------------------------------------------------------------- shared state (store backends)
+
+needs_redis = pytest.mark.skipif(not shutil.which("redis-server") and not os.environ.get("CI"),
+                                 reason="redis-server not installed (apt-get install redis-server)")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One private redis-server on a loopback port for the whole session."""
+    from servers import RedisServer
+
+    srv = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield srv
+    srv.stop()
+
+
+def store_url_for(kind: str, request, tmp_path) -> str:
+    """A fresh store URL of ``kind`` (memory, sqlite, redis: flushed first)."""
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    srv = request.getfixturevalue("redis_server")
+    import redis
+
+    redis.Redis.from_url(srv.url).flushall()
+    return srv.url
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
+def store_url(request, tmp_path):
+    """Each test using it runs once per store backend."""
+    return store_url_for(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def any_store(store_url):
+    """An open store of each backend in turn (the same behaviour must hold on all three)."""
+    from antispam.store import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
@@ -15,9 +14,7 @@ from antispam.classifier.model import Model
 from antispam.classifier.tokenizer import TOKENIZER_VERSION, TokenizerSpec
 from antispam.errors import ModelError
 from antispam.message import Message
-from antispam.store import open_store
 from antispam.store.memory import MemoryStore
-from antispam.store.sqlite import SqliteStore
 
 SPAM_LINES = [
     "Buy cheap pills online, lowest prices guaranteed, order now",
@@ -184,33 +181,9 @@ def test_classifier_can_be_disabled_and_configured(tmp_path):
         Engine(Config().merged({"classifier": {"model": str(bad)}}))
 
 
-needs_redis = pytest.mark.skipif(not shutil.which("redis-server") and not os.environ.get("CI"),
-                                 reason="redis-server not installed (apt-get install redis-server)")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    from servers import RedisServer
-
-    srv = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
-def store(request, tmp_path):
-    if request.param == "memory":
-        s = MemoryStore()
-    elif request.param == "sqlite":
-        s = SqliteStore(str(tmp_path / "state.db"))
-    else:
-        srv = request.getfixturevalue("redis_server")
-        import redis
-
-        redis.Redis.from_url(srv.url).flushall()
-        s = open_store(srv.url)
-    yield s
-    s.close()
+@pytest.fixture
+def store(any_store):
+    return any_store
 
 
 def _counts(clf: Classifier, raw: bytes) -> tuple[list[float], tuple[float, float]]:

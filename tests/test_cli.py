@@ -8,7 +8,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pytest
 
 from antispam.cli import main
 from antispam.resources import samples_dir

@@ -8,7 +8,7 @@ import pytest
 
 from antispam import Config, Engine
 
-from .test_store import needs_redis, redis_server  # noqa: F401  (fixture)
+from .conftest import needs_redis, store_url_for
 
 
 def message(i: int) -> bytes:
@@ -30,12 +30,7 @@ def classifier_stats(engine: Engine):
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=needs_redis)])
 def shared_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/shared.db"
-    srv = request.getfixturevalue("redis_server")
-    import redis
-    redis.Redis.from_url(srv.url).flushall()
-    return srv.url
+    return store_url_for(request.param, request, tmp_path)
 
 
 def test_processes_learn_together(shared_url):

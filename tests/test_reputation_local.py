@@ -10,10 +10,8 @@ from antispam.errors import ConfigError
 from antispam.reputation.greylist import GreylistCheck
 from antispam.reputation.history import HistoryCheck
 from antispam.store import open_store
-from antispam.store.base import StoreUnavailable
 
 from .servers import free_port
-from .test_store import needs_redis, redis_server  # noqa: F401  (fixture)
 
 HAM = b"From: a@sender.example\nSubject: hello\n\nSee http://www.docs.example.org/page for the agenda.\n"
 SPAM = b"From: x@spam.example\nSubject: win\n\nClick http://promo.badlinks.example/x now\n" + GTUBE
@@ -27,19 +25,9 @@ class Clock:
         return self.t
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
-def store(request, tmp_path):
-    if request.param == "memory":
-        s = open_store("memory://")
-    elif request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path}/s.db")
-    else:
-        srv = request.getfixturevalue("redis_server")
-        import redis
-        redis.Redis.from_url(srv.url).flushall()
-        s = open_store(srv.url)
-    yield s
-    s.close()
+@pytest.fixture
+def store(any_store):
+    return any_store
 
 
 def env(ip="198.51.100.7", sender="a@sender.example", rcpts=("bob@rcpt.example",), user=None):

@@ -11,36 +11,12 @@ import pytest
 from antispam.errors import ConfigError
 from antispam.store import Store, StoreUnavailable, open_store
 
-from .servers import RedisServer
-
-needs_redis = pytest.mark.skipif(not __import__("shutil").which("redis-server") and not os.environ.get("CI"),
-                                 reason="redis-server not installed (apt-get install redis-server)")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
-def store_url(request, tmp_path):
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/state.db"
-    srv = request.getfixturevalue("redis_server")
-    import redis
-    redis.Redis.from_url(srv.url).flushall()
-    return srv.url
+from .conftest import needs_redis, store_url_for
 
 
 @pytest.fixture
-def store(store_url):
-    s = open_store(store_url)
-    yield s
-    s.close()
+def store(any_store):
+    return any_store
 
 
 def test_protocol(store):
@@ -94,10 +70,15 @@ def _hammer(url: str, n: int) -> None:
     s.close()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=needs_redis)])
+def shared_url(request, tmp_path):
+    """Backends shared between processes (the memory store is per process by design)."""
+    return store_url_for(request.param, request, tmp_path)
+
+
 @pytest.mark.parametrize("procs,n", [(4, 200)])
-def test_no_lost_updates_across_processes(store_url, procs, n):
-    if store_url.startswith("memory"):
-        pytest.skip("the memory store is per process by design")
+def test_no_lost_updates_across_processes(shared_url, procs, n):
+    store_url = shared_url
     ctx = mp.get_context("spawn")
     ps = [ctx.Process(target=_hammer, args=(store_url, n)) for _ in range(procs)]
     for p in ps:

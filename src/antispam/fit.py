@@ -45,7 +45,6 @@ import numpy as np
 
 from .config import Config
 from .corpus import LabelledMessage
-from .message import Message
 
 #: symbols never fitted: fixed by meaning, or informational
 FIXED = frozenset({"GTUBE", "CHECK_ERROR", "CHECK_TIMEOUT", "SCAN_LIMIT", "INPUT_ERROR", "STORE_UNAVAILABLE"})
