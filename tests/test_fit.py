@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from antispam import Config, Engine
-from antispam.fit import _fit_logistic, _recall_at_fpr, fit_scores, write_default_toml
+from antispam.fit import bounded_logistic, _recall_at_fpr, fit_scores, write_default_toml
 
 
 def test_bounded_logistic_respects_signs_and_separates():
@@ -18,7 +18,7 @@ def test_bounded_logistic_respects_signs_and_separates():
     # A "spam rule" that actually fires more on ham must not get a negative weight.
     liar = (rng.random(n) < np.where(y == 1, 0.1, 0.4)).astype(float)
     X = np.column_stack([spammy, hammy, liar])
-    w, b = _fit_logistic(X, y, np.ones(n), 1e-4, [(0.0, None), (None, 0.0), (0.0, None)])
+    w, b = bounded_logistic(X, y, np.ones(n), 1e-4, [(0.0, None), (None, 0.0), (0.0, None)])
     assert w[0] > 1.0 and w[1] < -1.0 and w[2] == pytest.approx(0.0, abs=1e-6)
 
 

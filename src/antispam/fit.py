@@ -85,13 +85,20 @@ def symbol_rows(msgs: Sequence[LabelledMessage], config: Config) -> list[dict[st
     return rows
 
 
-def _fit_logistic(X: np.ndarray, y: np.ndarray, sw: np.ndarray, lam: float,
-                  bounds: list[tuple[float | None, float | None]]) -> tuple[np.ndarray, float]:
-    """Weighted, L2-penalised logistic regression with per-weight bounds (L-BFGS-B); returns (w, b)."""
+def bounded_logistic(X: np.ndarray, y: np.ndarray, sw: np.ndarray, lam: float,
+                     bounds: list[tuple[float | None, float | None]], *, normalize: bool = True,
+                     b0: float = 0.0, maxiter: int = 2000) -> tuple[np.ndarray, float]:
+    """Weighted, L2-penalised logistic regression with per-weight bounds (L-BFGS-B); returns (w, b).
+
+    Minimises ``sum(sw * (log(1 + e^z) - y z)) / S + lam * |w|^2`` with ``z = X w + b``,
+    where ``S`` is the total row weight when ``normalize`` (so ``lam`` does not depend on
+    the corpus size) and 1 otherwise.  ``b0`` is the starting intercept.  Shared by
+    ``antispam fit`` and ``antispam rules fit``.
+    """
     from scipy.optimize import minimize
 
     n, d = X.shape
-    wsum = sw.sum()
+    wsum = float(sw.sum()) if normalize else 1.0
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = theta[:d], theta[d]
@@ -102,8 +109,10 @@ def _fit_logistic(X: np.ndarray, y: np.ndarray, sw: np.ndarray, lam: float,
         g_z = sw * (1.0 / (1.0 + np.exp(-z)) - y) / wsum
         return f, np.concatenate([X.T @ g_z + 2 * lam * w, [g_z.sum()]])
 
-    res = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", bounds=bounds + [(None, None)],
-                   options={"maxiter": 2000})
+    theta0 = np.zeros(d + 1)
+    theta0[d] = b0
+    res = minimize(loss, theta0, jac=True, method="L-BFGS-B", bounds=list(bounds) + [(None, None)],
+                   options={"maxiter": maxiter})
     return res.x[:d], float(res.x[d])
 
 
@@ -153,7 +162,7 @@ def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *,
     for lam in lams:
         z = np.zeros(len(y))
         for tr, te in cv:
-            w, b = _fit_logistic(X[tr], y[tr], sw[tr], lam, bounds)
+            w, b = bounded_logistic(X[tr], y[tr], sw[tr], lam, bounds)
             z[te] = X[te] @ w + b
         t, recall, fpr = _recall_at_fpr(z, y, target_fpr)
         auc = _auc(z, y)
@@ -163,7 +172,7 @@ def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *,
             best = (key, lam, t, recall, fpr, auc, z)
     assert best is not None
     _, lam, _, recall, fpr, auc, _ = best
-    w, b = _fit_logistic(X, y, sw, lam, bounds)
+    w, b = bounded_logistic(X, y, sw, lam, bounds)
     # The operating point from the cross-validated decision values, refitted weights.
     t_cv = best[2]
     required = min(v for k, v in config.actions.items() if v is not None and k != "greylist")
@@ -230,4 +239,4 @@ def _cmd_fit(args) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-__all__ = ["fit_scores", "write_default_toml", "FitResult"]
+__all__ = ["fit_scores", "write_default_toml", "bounded_logistic", "FitResult"]

@@ -66,27 +66,14 @@ def fit_scores(X: np.ndarray, y: np.ndarray, names: Sequence[str], nice: set[str
                max_score: float = 4.0, threshold: float = 5.0, ham_weight: float = 20.0,
                min_hits: int = 3) -> FitResult:
     """Bounded, L2-regularised logistic regression; see the module docstring."""
-    from scipy.optimize import minimize
+    from ..fit import bounded_logistic
 
-    n, d = X.shape
     sw = np.where(y > 0, 1.0, ham_weight)
     hits = X.sum(axis=0)
     # A rule seen fewer than min_hits times in training has nothing to teach: fixed at 0.
     frozen = hits < min_hits
     limit = 3.0  # on the log-odds scale; scaled to max_score below
-
-    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = theta[:d], theta[d]
-        z = X @ w + b
-        # log(1 + e^z) - y z, computed stably
-        lz = np.logaddexp(0.0, z)
-        f = float(np.sum(sw * (lz - y * z)) + lam * np.dot(w, w))
-        p = 1.0 / (1.0 + np.exp(-z))
-        g = sw * (p - y)
-        gw = X.T @ g + 2 * lam * w
-        return f, np.concatenate([gw, [g.sum()]])
-
-    bounds = []
+    bounds: list[tuple[float | None, float | None]] = []
     for j, name in enumerate(names):
         if frozen[j]:
             bounds.append((0.0, 0.0))
@@ -94,11 +81,8 @@ def fit_scores(X: np.ndarray, y: np.ndarray, names: Sequence[str], nice: set[str
             bounds.append((-limit, 0.0))
         else:
             bounds.append((0.0, limit))
-    bounds.append((None, None))
-    theta0 = np.zeros(d + 1)
-    theta0[d] = np.log(max(y.mean(), 1e-6) / max(1 - y.mean(), 1e-6))
-    res = minimize(loss, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 500})
-    w, b = res.x[:d], float(res.x[d])
+    b0 = float(np.log(max(y.mean(), 1e-6) / max(1 - y.mean(), 1e-6)))
+    w, b = bounded_logistic(X, y, sw, lam, bounds, normalize=False, b0=b0, maxiter=500)
     k = threshold / -b if b < -1e-6 else threshold
     scores = np.clip(np.round(w * k, 3), -max_score, max_score)
     return FitResult(tuple(names), tuple(float(s) for s in scores), b, k, int((y == 0).sum()), int((y == 1).sum()))
