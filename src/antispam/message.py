@@ -172,6 +172,7 @@ _RCVD_IP_RE = re.compile(
 )
 _RCVD_RDNS_RE = re.compile(r"\(([A-Za-z0-9][-A-Za-z0-9.]*\.[A-Za-z]{2,})\s*\[")
 _RCVD_HELO_RE = re.compile(r"\(HELO\s+([^\s)]+)\)|helo=([^\s)]+)", re.I)
+_IPV4_RE = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 
 # HTML -> text.  Regular expressions rather than a DOM: the filter wants the
 # visible words and the links, quickly, from HTML that is often broken on purpose.
@@ -644,17 +645,20 @@ class Message:
             head = value.split(";", 1)[0]
             m = _RCVD_FROM_RE.match(head)
             helo = m.group(1).strip("[]()") if m else None
-            hm = _RCVD_HELO_RE.search(head)
-            if hm:
-                helo = hm.group(1) or hm.group(2)
+            # Literal pre-checks first: most Received headers have no HELO clause, and an
+            # IGNORECASE search over the whole header costs more than the rest of the parse.
+            if "elo" in head or "ELO" in head:
+                hm = _RCVD_HELO_RE.search(head)
+                if hm:
+                    helo = hm.group(1) or hm.group(2)
             # Only look for the IP in the "from" clause, before " by ".
-            by_m = _RCVD_BY_RE.search(head)
+            by_m = _RCVD_BY_RE.search(head, head.find(" by ") if " by " in head else 0)
             from_clause = head[: by_m.start()] if by_m else head
             ip_m = _RCVD_IP_RE.search(from_clause)
             ip = ip_m.group(1) if ip_m else None
-            if ip is None and helo and re.fullmatch(r"(?:\d{1,3}\.){3}\d{1,3}", helo):
+            if ip is None and helo and _IPV4_RE.fullmatch(helo):
                 ip = helo
-            rd = _RCVD_RDNS_RE.search(from_clause)
+            rd = _RCVD_RDNS_RE.search(from_clause) if "[" in from_clause else None
             relays.append(Relay(ip=ip, rdns=rd.group(1).lower() if rd else None, helo=helo,
                                 by=by_m.group(1).lower() if by_m else None, raw=value))
         return tuple(relays)
@@ -664,9 +668,8 @@ class Message:
     @cached_property
     def parts(self) -> tuple[Part, ...]:
         """Leaf MIME parts, depth-first, transfer-decoded (bounded by :class:`Limits`)."""
-        head_fields = [(n, v) for n, v in self.headers]
         out: list[Part] = []
-        self._walk(head_fields, self._split[1], 0, out, top=True)
+        self._walk(self.headers, self._split[1], 0, out, top=True)
         return tuple(out)
 
     def _walk(self, fields: list[tuple[str, str]], body: bytes, depth: int, out: list[Part], top: bool = False) -> None:
