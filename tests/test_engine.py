@@ -295,3 +295,18 @@ def test_recipient_naming_an_undefined_profile_is_an_error():
         Config.load(overrides={"recipients": {"a@b.example": "ghost"}})
     with pytest.raises(ConfigError, match="profiles.p.colour"):
         Config.load(overrides={"profiles": {"p": {"colour": 1}}})
+
+
+def test_default_engine_makes_no_network_lookup(monkeypatch):
+    """Building and using the default engine touches no resolver: every socket lookup call fails."""
+    import socket
+
+    def forbidden(*a, **k):
+        raise AssertionError(f"network lookup attempted: {a}")
+
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getfqdn", "create_connection"):
+        monkeypatch.setattr(socket, name, forbidden)
+    e = Engine()
+    v = e.scan((samples_dir() / "spam-phish.eml").read_bytes(), Envelope(client_ip="203.0.113.9", helo="x.example",
+                                                                         mail_from="a@b.example"))
+    assert v.is_spam and e.resolver is None and e.network_checks == []

@@ -367,9 +367,16 @@ class Engine:
 
 
 def _hostname() -> str:
+    """The default authserv-id: this host's name as the OS knows it.
+
+    ``socket.gethostname()`` rather than ``getfqdn()``: the latter may ask DNS
+    (a reverse lookup through the system resolver), and an engine must make no
+    network lookup unless configured to.  Set ``[engine] authserv_id`` to the
+    name your MTA announces.
+    """
     import socket
 
-    return socket.getfqdn() or "localhost"
+    return socket.gethostname() or "localhost"
 
 
 def _scan_item(engine: Engine, item: Any) -> Verdict:
