@@ -81,3 +81,17 @@ def test_version_names_the_core_implementation():
     out = subprocess.run([sys.executable, "-m", "antispam", "--version"], capture_output=True, text=True,
                          cwd=Path(__file__).parent.parent, env={**__import__("os").environ, "PYTHONPATH": "src"})
     assert out.returncode == 0 and "core:" in out.stdout
+
+
+def test_learn_command_keeps_counts_in_the_store(capsys, tmp_path):
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/state.db"\n')
+    spam = str(SAMPLES / "spam-lottery.eml")
+    code, out, _ = run(capsys, "-c", str(cfg), "learn", "--spam", spam)
+    assert code == 0 and "learned as spam: 1; unchanged: 0" in out
+    code, out, _ = run(capsys, "-c", str(cfg), "learn", "--spam", spam)
+    assert "learned as spam: 0; unchanged: 1" in out           # the same message counts once
+    code, out, _ = run(capsys, "-c", str(cfg), "learn", "--forget", spam)
+    assert "forgot: 1" in out
+    code, _, err = run(capsys, "learn", "--ham", spam)          # default memory:// store: refused, with why
+    assert code == 2 and "[store] url" in err

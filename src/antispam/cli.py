@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="print the effective configuration as JSON")
     c.set_defaults(func=cmd_config)
 
+    le = sub.add_parser("learn", help="teach the store (classifier statistics, reputation) from labelled mail, "
+                                      "like sa-learn; needs a persistent [store] url")
+    what = le.add_mutually_exclusive_group(required=True)
+    what.add_argument("--spam", action="store_true", help="the messages are spam")
+    what.add_argument("--ham", action="store_true", help="the messages are ham")
+    what.add_argument("--forget", action="store_true", help="undo an earlier learn of these messages")
+    le.add_argument("paths", nargs="+", metavar="PATH", help="files, directories, maildirs, mbox files, archives")
+    le.set_defaults(func=cmd_learn)
+
     for name in COMMAND_MODULES:
         try:
             importlib.import_module(name).register(sub)
@@ -157,6 +166,30 @@ def cmd_checks(args: argparse.Namespace) -> int:
             print(f"  {sd.name:32} {sd.score:8.2f}  [{sd.group}] {sd.description}")
     engine.close()
     return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    """Learn (or forget) every message under the paths; the same message twice counts once."""
+    from .corpus import iter_messages
+
+    engine = _engine(args)
+    if engine.config.store.url.startswith("memory:"):
+        sys.stderr.write("antispam learn: the store is memory:// (the default), so nothing learned would be kept; "
+                         "set [store] url to sqlite:///... or redis://... in the configuration (-c FILE)\n")
+        engine.close()
+        return 2
+    counts = {"learned": 0, "already known": 0, "unreadable": 0}
+    for it in iter_messages(args.paths):
+        if it.data is None:
+            counts["unreadable"] += 1
+            sys.stderr.write(f"{it.source}: {it.error}\n")
+            continue
+        done = engine.unlearn(it.data) if args.forget else engine.learn(it.data, spam=args.spam, source="cli")
+        counts["learned" if any(done.values()) else "already known"] += 1
+    engine.close()
+    verb = "forgot" if args.forget else f"learned as {'spam' if args.spam else 'ham'}"
+    print(f"{verb}: {counts['learned']}; unchanged: {counts['already known']}; unreadable: {counts['unreadable']}")
+    return 1 if counts["unreadable"] and not counts["learned"] else 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
