@@ -44,7 +44,11 @@ from .parser import Parser
 
 log = logging.getLogger("antispam.rules")
 
-_PARA_BREAK = re.compile(r"[ \t\r\f\v\xa0]*\n(?:[ \t\r\f\v\xa0]*\n)+\s*")
+#: A paragraph break: a line end followed by blank lines and any white space.  The
+#: pattern starts with the literal newline so that ``re`` only tries it at line ends;
+#: the blanks before the first newline are stripped from each paragraph instead.
+_PARA_BREAK = re.compile(r"\n(?:[ \t\r\f\v\xa0]*\n)+\s*")
+_LINE_BLANKS = " \t\r\f\v\xa0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +66,15 @@ def body_text(msg: Message) -> str:
     text = msg.text.strip()
     if not text:
         return msg.subject
-    # Paragraph breaks become one newline, line breaks inside a paragraph a space.
     if "\x00" in text:
-        text = text.replace("\x00", " ")
-    text = _PARA_BREAK.sub("\x00", text).replace("\n", " ").replace("\x00", "\n")
-    return msg.subject + "\n" + text
+        text = text.replace("\x00", " ")  # as the text has always read (a NUL is no paragraph mark)
+    # Paragraph breaks become one newline, line breaks inside a paragraph a space.
+    paras = _PARA_BREAK.split(text)
+    if len(paras) > 1:
+        last = paras.pop()
+        paras = [p.rstrip(_LINE_BLANKS) for p in paras]
+        paras.append(last)
+    return msg.subject + "\n" + "\n".join(p.replace("\n", " ") for p in paras)
 
 
 def rawbody_text(msg: Message) -> str:
@@ -101,6 +109,14 @@ def header_exists(msg: Message, name: str) -> bool:
 def header_text(msg: Message, name: str, accessor: str) -> str | None:
     """The value a header rule reads, or None when the header is absent."""
     return _header_value(msg, header_key(name), tuple(a for a in accessor.split("+") if a))
+
+
+def _plain_header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None:
+    """:func:`_header_value` for an ordinary header read without accessor (most header rules)."""
+    vals = msg.get_all(lname)
+    if not vals:
+        return None
+    return vals[0] if len(vals) == 1 else "\n".join(vals)
 
 
 def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None:
@@ -281,6 +297,8 @@ class RulesCheck(Check):
             empty_matches = self.matcher.scan(key, b"")
             if key.startswith("hdr:"):
                 reader, name_arg, acc_arg = _header_value, header_key(hname), tuple(a for a in acc.split("+") if a)
+                if not acc_arg and name_arg not in _PSEUDO:
+                    reader = _plain_header_value
             else:
                 reader, name_arg, acc_arg = mime_header_text, hname, acc
             self._headers.append((key, reader, name_arg, acc_arg, unset, tuple(ids), negs, empty_matches))
@@ -308,6 +326,17 @@ class RulesCheck(Check):
             except (ZeroDivisionError, TypeError):
                 template[rid] = 0
         self._template = template
+        # Per header group, the rules whose count can change other than by a plain match
+        # (``!~`` rules and rules that hit on the absent header's value): the scan visits
+        # these and the rules Hyperscan reported, never the whole group.
+        self._header_scan = [
+            (key, reader, name_arg, acc_arg, bool(unset), empty,
+             frozenset(i for i in ids if i in negs or template[i]), tuple(i for i in ids if i in negs or template[i]), negs)
+            for key, reader, name_arg, acc_arg, unset, ids, negs, empty in self._headers
+        ]
+        self._exists = [(rid, c.rules[rid].header[0]) for rid in c.exists if c.rules[rid].header is not None]  # type: ignore[index]
+        self._evals = [(rid, EVALS[c.rules[rid].eval_name].fn, c.rules[rid].eval_args, c.rules[rid].name)  # type: ignore[index]
+                       for rid in c.evals]
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
         self._template_hits = tuple(i for i, n in enumerate(template) if n)
 
@@ -318,18 +347,24 @@ class RulesCheck(Check):
         hit: list[int] = []  # ids whose count differs from the template (repeats allowed)
         scan = self.matcher.scan
         where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
-        for key, reader, hname, acc, unset, ids, negs, empty in self._headers:
+        for key, reader, hname, acc, unset, empty, special_set, special, negs in self._header_scan:
             value = reader(msg, hname, acc)
-            if value is None:
-                continue  # absent: the template already holds this group's counts
-            if value == "":
-                if unset is None or unset == "":
-                    continue  # empty reads like absent
+            if not value:
+                # absent (None), or empty and read like absent: the template holds the counts
+                if value is None or not unset:
+                    continue
                 found, data = empty, b""
             else:
-                data = _enc(value)
+                data = value.encode("utf-8", "surrogateescape")
                 found = scan(key, data)
-            for rid in ids:
+            for rid, n in found.items():
+                if rid in special_set:
+                    continue
+                # an ordinary rule: 0 in the template, so a match is a change
+                counts[rid] = n
+                hit.append(rid)
+                where[rid] = data
+            for rid in special:
                 n = found.get(rid, 0)
                 if rid in negs:
                     n = 0 if n else 1
@@ -352,17 +387,23 @@ class RulesCheck(Check):
                 where[rid] = data
                 hit.append(rid)
         options: dict[int, tuple[str, ...]] = {}
-        for rid in c.exists:
-            r = rules[rid]
-            if r.header is not None and header_exists(msg, r.header[0]):
+        for rid, hname in self._exists:
+            if header_exists(msg, hname):
                 counts[rid] = 1
                 hit.append(rid)
-        for rid in c.evals:
-            r = rules[rid]
+        for rid, fn, args, rname in self._evals:
+            # EvalFunc.__call__ inlined: a truth value or count, or (hit, options)
             try:
-                n, opts = EVALS[r.eval_name](msg, r.eval_args)  # type: ignore[index]
+                r = fn(msg, *args)
+                if isinstance(r, tuple):
+                    ok, opts = r
+                    if not ok:
+                        continue
+                    n, opts = int(ok), tuple(opts)
+                else:
+                    n, opts = int(r), ()
             except Exception as exc:  # a broken eval is one silent rule, never a lost scan
-                log.debug("eval %s failed: %s", r.name, exc)
+                log.debug("eval %s failed: %s", rname, exc)
                 continue
             if n:
                 counts[rid] = n
