@@ -111,14 +111,6 @@ def header_text(msg: Message, name: str, accessor: str) -> str | None:
     return _header_value(msg, header_key(name), tuple(a for a in accessor.split("+") if a))
 
 
-def _plain_header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None:
-    """:func:`_header_value` for an ordinary header read without accessor (most header rules)."""
-    vals = msg.get_all(lname)
-    if not vals:
-        return None
-    return vals[0] if len(vals) == 1 else "\n".join(vals)
-
-
 def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None:
     if lname not in _PSEUDO:
         if not msg.has(lname):
@@ -298,7 +290,7 @@ class RulesCheck(Check):
             if key.startswith("hdr:"):
                 reader, name_arg, acc_arg = _header_value, header_key(hname), tuple(a for a in acc.split("+") if a)
                 if not acc_arg and name_arg not in _PSEUDO:
-                    reader = _plain_header_value
+                    reader = None  # an ordinary header read as decoded: taken from the per-scan table
             else:
                 reader, name_arg, acc_arg = mime_header_text, hname, acc
             self._headers.append((key, reader, name_arg, acc_arg, unset, tuple(ids), negs, empty_matches))
@@ -334,7 +326,11 @@ class RulesCheck(Check):
              frozenset(i for i in ids if i in negs or template[i]), tuple(i for i in ids if i in negs or template[i]), negs)
             for key, reader, name_arg, acc_arg, unset, ids, negs, empty in self._headers
         ]
-        self._exists = [(rid, c.rules[rid].header[0]) for rid in c.exists if c.rules[rid].header is not None]  # type: ignore[index]
+        self._exists = [(rid, header_key(c.rules[rid].header[0]), c.rules[rid].header[0])  # type: ignore[index]
+                        for rid in c.exists if c.rules[rid].header is not None]
+        #: ordinary headers that rules read as decoded or test for presence (lower-case names)
+        self._wanted = frozenset([h[2] for h in self._header_scan if h[1] is None]
+                                 + [k for _, k, _ in self._exists if k not in _PSEUDO])
         self._evals = [(rid, EVALS[c.rules[rid].eval_name].fn, c.rules[rid].eval_args, c.rules[rid].name)  # type: ignore[index]
                        for rid in c.evals]
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
@@ -347,8 +343,24 @@ class RulesCheck(Check):
         hit: list[int] = []  # ids whose count differs from the template (repeats allowed)
         scan = self.matcher.scan
         where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
+        # One pass over the headers collects the ordinary ones that rules read (what
+        # Message.get_all would return for each, without a lookup per rule group).
+        wanted = self._wanted
+        present: dict[str, list[str]] = {}
+        for hn, hv in msg.headers:
+            k = hn.lower()
+            if k in wanted:
+                vals = present.get(k)
+                if vals is None:
+                    present[k] = [hv]
+                else:
+                    vals.append(hv)
         for key, reader, hname, acc, unset, empty, special_set, special, negs in self._header_scan:
-            value = reader(msg, hname, acc)
+            if reader is None:
+                vals = present.get(hname)
+                value = None if vals is None else vals[0] if len(vals) == 1 else "\n".join(vals)
+            else:
+                value = reader(msg, hname, acc)
             if not value:
                 # absent (None), or empty and read like absent: the template holds the counts
                 if value is None or not unset:
@@ -387,8 +399,8 @@ class RulesCheck(Check):
                 where[rid] = data
                 hit.append(rid)
         options: dict[int, tuple[str, ...]] = {}
-        for rid, hname in self._exists:
-            if header_exists(msg, hname):
+        for rid, lname, hname in self._exists:
+            if lname in present if lname in wanted else header_exists(msg, hname):
                 counts[rid] = 1
                 hit.append(rid)
         for rid, fn, args, rname in self._evals:
