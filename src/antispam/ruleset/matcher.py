@@ -348,8 +348,12 @@ class HyperscanMatcher:
     def scan(self, group: str, data: bytes) -> dict[int, int]:
         db = self.dbs.get(group)
         if group in self._plain:
+            try:
+                scratch = self._local.s[group]
+            except (AttributeError, KeyError):
+                scratch = self._scratch(group)
             found: list[int] = []
-            db.scan(data, match_event_handler=_collect, context=found, scratch=self._scratch(group))  # type: ignore[attr-defined]
+            db.scan(data, match_event_handler=_collect, context=found, scratch=scratch)  # type: ignore[attr-defined]
             return dict.fromkeys(found, 1)
         out: dict[int, int] = {}
         if db is not None:
