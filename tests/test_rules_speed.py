@@ -1,5 +1,7 @@
 """The rule engine's fast paths give exactly what the plain ways of computing the same thing give.
 
+* Rules with an embedded anchor run as a Hyperscan prefilter without anchors
+  and hit exactly where Python re hits.
 * Prefiltered rules confirmed only near Hyperscan's match ends hit exactly where
   a full Python search hits (look-behinds and look-aheads reaching outside the
   window, anchors, many candidate ends, candidates that are not matches).
@@ -17,7 +19,7 @@ import pytest
 from antispam.ruleset import compile_rules
 from antispam.ruleset import evals as E
 from antispam.ruleset.check import body_text
-from antispam.ruleset.matcher import NEAR_MAX_ENDS, HyperscanMatcher, PythonMatcher, hyperscan_available
+from antispam.ruleset.matcher import NEAR_MAX_ENDS, HyperscanMatcher, PythonMatcher, drop_anchors, hyperscan_available
 from antispam.ruleset.parser import Parser
 
 NEAR_RULES = r"""
@@ -26,6 +28,8 @@ body  T_NOT_AFTER /(?<![a-z])win(?!ner)/
 body  T_LINE      /^(?!Re:)[A-Z]{3}\b/
 body  T_BACKREF   /\b(\w)\1x/
 body  T_PORT      /:(?!80\b)\d{2,5}\b/
+body  T_ORDER     /^win[\s\S]*?^ABC/
+body  T_END_WORD  /\bwin$\nABC/
 """
 
 
@@ -39,9 +43,10 @@ def _texts(n: int) -> list[bytes]:
     rnd = random.Random(7)
     words = ["free", "f r e e", "fr ee", "cash", "c a s h", "win", "winner", "xwin", "Re:", "ABC", "aax", "bbx",
              "a:80", "b:8080", ":443", "\n", " ", "FREE", "C A S H", "x"]
-    out = [b"", b"free", b"f r e e" * 40]
+    out = [b"", b"free", b"f r e e" * 40, b"win\nABC", b"xwin\nABC", b"win \nABC", b"a\nwin x\nABC"]
     for _ in range(n):
-        out.append(" ".join(rnd.choice(words) for _ in range(rnd.randint(1, 60))).encode())
+        sep = rnd.choice([" ", "\n"])
+        out.append(sep.join(rnd.choice(words) for _ in range(rnd.randint(1, 60))).encode())
     return out
 
 
@@ -50,9 +55,18 @@ def test_confirm_near_match_ends_equals_full_search():
     compiled = _compiled(NEAR_RULES)
     hs, py = HyperscanMatcher(compiled), PythonMatcher(compiled)
     assert hs._near, "the look-around rules of bounded width are confirmed near their match ends"
+    assert {compiled.rules[i].name for i in hs._unanchored} == {"T_ORDER", "T_END_WORD"}, "embedded anchors: prefilter"
     many = b" ".join([b"f r e e"] * (NEAR_MAX_ENDS + 5)) + b" fr ee"
     for text in _texts(3000) + [many]:
         assert hs.scan("body", text) == py.scan("body", text), text
+
+
+def test_drop_anchors_keeps_escaped_and_class_bytes():
+    assert drop_anchors(rb"^X\-Priority\:.*?^Cc\:") == rb"X\-Priority\:.*?Cc\:"
+    assert drop_anchors(rb"(?:$|\W)x") == rb"(?:|\W)x"
+    assert drop_anchors(rb"[^]$]x\$y$") == rb"[^]$]x\$y"
+    assert drop_anchors(rb"[$^]a\^") is None
+    assert drop_anchors(rb"[a") is None
 
 
 def _old_body_text(text: str, subject: str) -> str:

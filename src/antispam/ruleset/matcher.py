@@ -65,11 +65,12 @@ class Matcher(Protocol):
 
 
 class _PyRule:
-    __slots__ = ("id", "search", "match", "finditer", "count_max", "width")
+    __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width")
 
     def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int):
         rx = re.compile(pattern, flags)
         self.id = rid
+        self.pattern = pattern
         self.search = rx.search
         self.match = rx.match
         self.finditer = rx.finditer
@@ -109,6 +110,45 @@ def _confirm_near(r: _PyRule, data: bytes, ends: list[int]) -> bool:
     return False
 
 
+def drop_anchors(p: bytes) -> bytes | None:
+    """The pattern without its ``^`` and ``$`` assertions; None when it has none (or cannot be read).
+
+    Hyperscan refuses a ``^`` or ``$`` inside a pattern (``^X-Priority:.*?^Cc:``,
+    ``(?:$|\\W)``), even as a prefilter.  Anchors are zero-width assertions, so
+    the pattern without them matches wherever the original does, and more: a
+    prefilter that Python re confirms.  Escapes (``\\$``) and character classes
+    (``[$^]``) are skipped, every other byte is kept as it is.
+    """
+    out: list[bytes] = []
+    last = i = 0
+    n = len(p)
+    while i < n:
+        c = p[i]
+        if c == 0x5C:  # backslash: the next byte is escaped
+            i += 2
+            continue
+        if c == 0x5B:  # [ ... ]: a leading ^ negates, a ] first is literal, escapes skip a byte
+            i += 1
+            if i < n and p[i] == 0x5E:
+                i += 1
+            if i < n and p[i] == 0x5D:
+                i += 1
+            while i < n and p[i] != 0x5D:
+                i += 2 if p[i] == 0x5C else 1
+            if i >= n:
+                return None
+            i += 1
+            continue
+        if c in (0x5E, 0x24):  # ^ $
+            out.append(p[last:i])
+            last = i + 1
+        i += 1
+    if not out:
+        return None
+    out.append(p[last:])
+    return b"".join(out)
+
+
 def _count(r: _PyRule, data: bytes) -> int:
     n = 0
     for _ in r.finditer(data):
@@ -142,7 +182,7 @@ class PythonMatcher:
         return out
 
 
-_MAGIC = b"ANTISPAM-HSDB-4\n"
+_MAGIC = b"ANTISPAM-HSDB-5\n"
 
 
 class HyperscanMatcher:
@@ -165,6 +205,8 @@ class HyperscanMatcher:
         #: prefiltered rules of bounded width, not counted: Hyperscan reports every match end
         #: (no SINGLEMATCH) and Python re tries only the starts that can lead to those ends
         self._near: dict[int, _PyRule] = {}
+        #: rules refused for an embedded anchor, run by Hyperscan as a prefilter without anchors
+        self._unanchored: dict[int, bytes] = {}
         hs_groups: dict[str, list[int]] = {}
         for key, ids in compiled.groups.items():
             for i in ids:
@@ -183,7 +225,7 @@ class HyperscanMatcher:
                     self._counters[i] = pr
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
-        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v4w{NEAR_MAX_WIDTH}.db" if cache_dir else None
+        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v5w{NEAR_MAX_WIDTH}.db" if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:
             self.dbs = loaded
@@ -203,6 +245,9 @@ class HyperscanMatcher:
     # ------------------------------------------------------------------ building
 
     def _expr(self, rule) -> bytes:
+        unanchored = self._unanchored.get(rule.id)
+        if unanchored is not None:
+            return unanchored
         return rule.hs if rule.hs is not None and rule.id not in self._as_prefilter else rule.py
 
     def _rule_flags(self, rule, prefilter: bool) -> int:
@@ -236,8 +281,8 @@ class HyperscanMatcher:
                 continue
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
             db.compile(expressions=[self._expr(rules[i]) for i in good], ids=good, elements=len(good),
-                       flags=[self._rule_flags(rules[i], rules[i].hs is None or i in self._as_prefilter)
-                              for i in good])
+                       flags=[self._rule_flags(rules[i], rules[i].hs is None or i in self._as_prefilter
+                                               or i in self._unanchored) for i in good])
             dbs[key] = db
         return dbs
 
@@ -261,6 +306,8 @@ class HyperscanMatcher:
             except Exception:
                 pass
             if rules[i].hs is None:
+                if self._try_unanchored(rules[i]):
+                    good.append(i)
                 continue
             # Refused as written (too long, an anchor Hyperscan dislikes): a prefilter,
             # which Hyperscan may simplify, still saves the Python search on most messages.
@@ -269,12 +316,30 @@ class HyperscanMatcher:
                 pf = self._flags(rules[i].hs_flags, True)
                 one.compile(expressions=[rules[i].py], ids=[i], elements=1, flags=[pf])
             except Exception:
+                if self._try_unanchored(rules[i]):
+                    good.append(i)
                 continue
             good.append(i)
             self._as_prefilter.add(i)
             self._counters.pop(i, None)
             self._confirm[i] = self._twins[i]
         return good
+
+    def _try_unanchored(self, rule) -> bool:
+        """A rule refused for an embedded ``^``/``$`` runs as a Hyperscan prefilter
+        without its anchors (a superset, see :func:`drop_anchors`), confirmed by Python re."""
+        pattern = drop_anchors(rule.py)
+        if pattern is None:
+            return False
+        try:
+            _hs.Database(mode=_hs.HS_MODE_BLOCK).compile(expressions=[pattern], ids=[0], elements=1,
+                                                          flags=[self._rule_flags(rule, True)])
+        except Exception:
+            return False
+        self._unanchored[rule.id] = pattern
+        self._counters.pop(rule.id, None)
+        self._confirm[rule.id] = self._twins[rule.id]
+        return True
 
     def _save(self, path: Path) -> None:
         """Container: magic, JSON index (group -> offset, size, python-only ids), then the blobs."""
@@ -285,7 +350,8 @@ class HyperscanMatcher:
                 index[k] = [off, len(b)]
                 off += len(b)
             meta = json.dumps({"dbs": index, "py": {k: [r.id for r in v] for k, v in self._py.items()},
-                               "prefilter": sorted(self._as_prefilter)}).encode()
+                               "prefilter": sorted(self._as_prefilter),
+                               "unanchored": sorted(self._unanchored)}).encode()
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             with open(tmp, "wb") as fh:
@@ -313,6 +379,13 @@ class HyperscanMatcher:
                 if i not in self._twins:
                     return None
                 self._as_prefilter.add(i)
+                self._counters.pop(i, None)
+                self._confirm[i] = self._twins[i]
+            for i in meta.get("unanchored", ()):
+                pattern = drop_anchors(self._twins[i].pattern) if i in self._twins else None
+                if pattern is None:
+                    return None
+                self._unanchored[i] = pattern
                 self._counters.pop(i, None)
                 self._confirm[i] = self._twins[i]
             # Rules that Hyperscan refused at compile time run in Python, as when the cache was written.
