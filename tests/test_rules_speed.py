@@ -108,3 +108,11 @@ def test_eval_counts_equal_straightforward_counts():
         letters = [c for c in m.subject if c.isalpha()]
         expected = len(letters) >= 10 and len(m.subject.split()) >= 2 and not any(c.islower() for c in letters)
         assert E.subject_is_all_caps(m) == expected
+
+
+def test_html_image_only_finds_img_tags_as_lower_casing_would():
+    for html in ["<p>hi</p>", "<IMG src=x>", "<iMg src=x>", "<\u0130mg src=x>", "<\u0130MG>", "x<img", "< img>"]:
+        m = _Msg("two words")
+        m.html = html  # type: ignore[attr-defined]
+        expected = "<img" in html.lower()
+        assert E.html_image_only(m, 0.0, 200.0)[0] == expected, html
