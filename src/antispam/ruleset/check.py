@@ -275,8 +275,9 @@ class RulesCheck(Check):
         self._n = len(c.rules)
         self._names = [r.name for r in c.rules]
         self._emitted = [r.emitted for r in c.rules]
-        # Header groups: (group key, reader, name, accessor, if-unset text, rule ids, ids of !~ rules, hits on "").
-        self._headers: list[tuple[str, Callable[..., str | None], str, object, str | None, tuple[int, ...],
+        # Header groups: (group key, reader, name, accessor, if-unset text, rule ids, ids of !~ rules, hits on "");
+        # reader None: an ordinary header read as decoded, taken from the table built once per scan.
+        self._headers: list[tuple[str, Callable[..., str | None] | None, str, object, str | None, tuple[int, ...],
                                   frozenset[int], dict[int, int]]] = []
         self._body_groups = [g for g in ("body", "rawbody", "uri", "full") if g in c.groups]
         for key, ids in c.groups.items():
@@ -290,7 +291,7 @@ class RulesCheck(Check):
             if key.startswith("hdr:"):
                 reader, name_arg, acc_arg = _header_value, header_key(hname), tuple(a for a in acc.split("+") if a)
                 if not acc_arg and name_arg not in _PSEUDO:
-                    reader = None  # an ordinary header read as decoded: taken from the per-scan table
+                    reader = None
             else:
                 reader, name_arg, acc_arg = mime_header_text, hname, acc
             self._headers.append((key, reader, name_arg, acc_arg, unset, tuple(ids), negs, empty_matches))
@@ -320,7 +321,8 @@ class RulesCheck(Check):
         self._template = template
         # Per header group, the rules whose count can change other than by a plain match
         # (``!~`` rules and rules that hit on the absent header's value): the scan visits
-        # these and the rules Hyperscan reported, never the whole group.
+        # these and the rules Hyperscan reported, never the whole group.  Entries: (group key,
+        # reader, name, accessor, if-unset text given, hits on "", those rules as a set and in order, !~ rules).
         self._header_scan = [
             (key, reader, name_arg, acc_arg, bool(unset), empty,
              frozenset(i for i in ids if i in negs or template[i]), tuple(i for i in ids if i in negs or template[i]), negs)
