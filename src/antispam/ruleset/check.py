@@ -44,7 +44,11 @@ from .parser import Parser
 
 log = logging.getLogger("antispam.rules")
 
-_PARA_BREAK = re.compile(r"[ \t\r\f\v\xa0]*\n(?:[ \t\r\f\v\xa0]*\n)+\s*")
+#: A paragraph break: a line end followed by blank lines and any white space.  The
+#: pattern starts with the literal newline so that ``re`` only tries it at line ends;
+#: the blanks before the first newline are stripped from each paragraph instead.
+_PARA_BREAK = re.compile(r"\n(?:[ \t\r\f\v\xa0]*\n)+\s*")
+_LINE_BLANKS = " \t\r\f\v\xa0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +66,15 @@ def body_text(msg: Message) -> str:
     text = msg.text.strip()
     if not text:
         return msg.subject
-    # Paragraph breaks become one newline, line breaks inside a paragraph a space.
     if "\x00" in text:
-        text = text.replace("\x00", " ")
-    text = _PARA_BREAK.sub("\x00", text).replace("\n", " ").replace("\x00", "\n")
-    return msg.subject + "\n" + text
+        text = text.replace("\x00", " ")  # as the text has always read (a NUL is no paragraph mark)
+    # Paragraph breaks become one newline, line breaks inside a paragraph a space.
+    paras = _PARA_BREAK.split(text)
+    if len(paras) > 1:
+        last = paras.pop()
+        paras = [p.rstrip(_LINE_BLANKS) for p in paras]
+        paras.append(last)
+    return msg.subject + "\n" + "\n".join(p.replace("\n", " ") for p in paras)
 
 
 def rawbody_text(msg: Message) -> str:
@@ -267,8 +275,9 @@ class RulesCheck(Check):
         self._n = len(c.rules)
         self._names = [r.name for r in c.rules]
         self._emitted = [r.emitted for r in c.rules]
-        # Header groups: (group key, reader, name, accessor, if-unset text, rule ids, ids of !~ rules, hits on "").
-        self._headers: list[tuple[str, Callable[..., str | None], str, object, str | None, tuple[int, ...],
+        # Header groups: (group key, reader, name, accessor, if-unset text, rule ids, ids of !~ rules, hits on "");
+        # reader None: an ordinary header read as decoded, taken from the table built once per scan.
+        self._headers: list[tuple[str, Callable[..., str | None] | None, str, object, str | None, tuple[int, ...],
                                   frozenset[int], dict[int, int]]] = []
         self._body_groups = [g for g in ("body", "rawbody", "uri", "full") if g in c.groups]
         for key, ids in c.groups.items():
@@ -281,6 +290,8 @@ class RulesCheck(Check):
             empty_matches = self.matcher.scan(key, b"")
             if key.startswith("hdr:"):
                 reader, name_arg, acc_arg = _header_value, header_key(hname), tuple(a for a in acc.split("+") if a)
+                if not acc_arg and name_arg not in _PSEUDO:
+                    reader = None
             else:
                 reader, name_arg, acc_arg = mime_header_text, hname, acc
             self._headers.append((key, reader, name_arg, acc_arg, unset, tuple(ids), negs, empty_matches))
@@ -308,6 +319,22 @@ class RulesCheck(Check):
             except (ZeroDivisionError, TypeError):
                 template[rid] = 0
         self._template = template
+        # Per header group, the rules whose count can change other than by a plain match
+        # (``!~`` rules and rules that hit on the absent header's value): the scan visits
+        # these and the rules Hyperscan reported, never the whole group.  Entries: (group key,
+        # reader, name, accessor, if-unset text given, hits on "", those rules as a set and in order, !~ rules).
+        self._header_scan = [
+            (key, reader, name_arg, acc_arg, bool(unset), empty,
+             frozenset(i for i in ids if i in negs or template[i]), tuple(i for i in ids if i in negs or template[i]), negs)
+            for key, reader, name_arg, acc_arg, unset, ids, negs, empty in self._headers
+        ]
+        self._exists = [(rid, header_key(c.rules[rid].header[0]), c.rules[rid].header[0])  # type: ignore[index]
+                        for rid in c.exists if c.rules[rid].header is not None]
+        #: ordinary headers that rules read as decoded or test for presence (lower-case names)
+        self._wanted = frozenset([h[2] for h in self._header_scan if h[1] is None]
+                                 + [k for _, k, _ in self._exists if k not in _PSEUDO])
+        self._evals = [(rid, EVALS[c.rules[rid].eval_name].fn, c.rules[rid].eval_args, c.rules[rid].name)  # type: ignore[index]
+                       for rid in c.evals]
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
         self._template_hits = tuple(i for i, n in enumerate(template) if n)
 
@@ -318,18 +345,40 @@ class RulesCheck(Check):
         hit: list[int] = []  # ids whose count differs from the template (repeats allowed)
         scan = self.matcher.scan
         where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
-        for key, reader, hname, acc, unset, ids, negs, empty in self._headers:
-            value = reader(msg, hname, acc)
-            if value is None:
-                continue  # absent: the template already holds this group's counts
-            if value == "":
-                if unset is None or unset == "":
-                    continue  # empty reads like absent
+        # One pass over the headers collects the ordinary ones that rules read (what
+        # Message.get_all would return for each, without a lookup per rule group).
+        wanted = self._wanted
+        present: dict[str, list[str]] = {}
+        for hn, hv in msg.headers:
+            k = hn.lower()
+            if k in wanted:
+                vals = present.get(k)
+                if vals is None:
+                    present[k] = [hv]
+                else:
+                    vals.append(hv)
+        for key, reader, hname, acc, unset, empty, special_set, special, negs in self._header_scan:
+            if reader is None:
+                vals = present.get(hname)
+                value = None if vals is None else vals[0] if len(vals) == 1 else "\n".join(vals)
+            else:
+                value = reader(msg, hname, acc)
+            if not value:
+                # absent (None), or empty and read like absent: the template holds the counts
+                if value is None or not unset:
+                    continue
                 found, data = empty, b""
             else:
-                data = _enc(value)
+                data = value.encode("utf-8", "surrogateescape")
                 found = scan(key, data)
-            for rid in ids:
+            for rid, n in found.items():
+                if rid in special_set:
+                    continue
+                # an ordinary rule: 0 in the template, so a match is a change
+                counts[rid] = n
+                hit.append(rid)
+                where[rid] = data
+            for rid in special:
                 n = found.get(rid, 0)
                 if rid in negs:
                     n = 0 if n else 1
@@ -352,17 +401,23 @@ class RulesCheck(Check):
                 where[rid] = data
                 hit.append(rid)
         options: dict[int, tuple[str, ...]] = {}
-        for rid in c.exists:
-            r = rules[rid]
-            if r.header is not None and header_exists(msg, r.header[0]):
+        for rid, lname, hname in self._exists:
+            if lname in present if lname in wanted else header_exists(msg, hname):
                 counts[rid] = 1
                 hit.append(rid)
-        for rid in c.evals:
-            r = rules[rid]
+        for rid, fn, args, rname in self._evals:
+            # EvalFunc.__call__ inlined: a truth value or count, or (hit, options)
             try:
-                n, opts = EVALS[r.eval_name](msg, r.eval_args)  # type: ignore[index]
+                r = fn(msg, *args)
+                if isinstance(r, tuple):
+                    ok, opts = r
+                    if not ok:
+                        continue
+                    n, opts = int(ok), tuple(opts)
+                else:
+                    n, opts = int(r), ()
             except Exception as exc:  # a broken eval is one silent rule, never a lost scan
-                log.debug("eval %s failed: %s", r.name, exc)
+                log.debug("eval %s failed: %s", rname, exc)
                 continue
             if n:
                 counts[rid] = n

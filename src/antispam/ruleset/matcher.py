@@ -33,6 +33,11 @@ from typing import Protocol
 
 from .compiler import CompiledRules
 
+try:  # the regex parser of the running Python (named sre_parse before 3.11)
+    from re import _parser as _sre_parse  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - Python < 3.11
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
+
 log = logging.getLogger("antispam.rules")
 
 try:  # optional: wheels exist for x86-64 Linux and macOS
@@ -42,6 +47,10 @@ except Exception:  # pragma: no cover - depends on the platform
 
 #: most matches counted for a ``multiple`` rule without ``maxhits``
 MAX_COUNT = 1000
+#: longest match (bytes) of a prefiltered rule confirmed only around the prefilter's match ends
+NEAR_MAX_WIDTH = 64
+#: more prefilter match ends than this: confirm with one search of the whole buffer instead
+NEAR_MAX_ENDS = 16
 
 
 def hyperscan_available() -> bool:
@@ -56,14 +65,88 @@ class Matcher(Protocol):
 
 
 class _PyRule:
-    __slots__ = ("id", "search", "finditer", "count_max")
+    __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width")
 
     def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int):
         rx = re.compile(pattern, flags)
         self.id = rid
+        self.pattern = pattern
         self.search = rx.search
+        self.match = rx.match
         self.finditer = rx.finditer
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
+        #: (shortest, longest) match in bytes when confirmed near match ends (see _confirm_near)
+        self.width: tuple[int, int] | None = None
+
+
+def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
+    """(shortest, longest) match of a pattern in bytes; None when unbounded or longer than NEAR_MAX_WIDTH."""
+    lo, hi = _sre_parse.parse(pattern, flags).getwidth()
+    return (lo, hi) if hi <= NEAR_MAX_WIDTH else None
+
+
+def _confirm_near(r: _PyRule, data: bytes, ends: list[int]) -> bool:
+    """Does ``r`` match ``data``, knowing that any match ends at one of ``ends``?
+
+    Hyperscan's prefilter reports every offset where the exact pattern could end
+    a match (a superset), so a match of ``r`` ends at some ``e`` in ``ends`` and,
+    as ``r`` matches at most ``hi`` and at least ``lo`` bytes, starts in
+    ``[e - hi, e - lo]``.  ``match(data, s)`` tries exactly one start and, unlike
+    slicing, still sees the bytes before ``s`` (look-behinds, ``\\b``) and after
+    the window (look-aheads), so the answer equals ``search(data) is not None``
+    at the cost of a few anchored attempts instead of a scan of the buffer.
+    """
+    if len(ends) > NEAR_MAX_ENDS or r.width is None:
+        return r.search(data) is not None
+    lo, hi = r.width
+    match = r.match
+    tried: set[int] = set()
+    for e in ends:
+        for s in range(max(0, e - hi), e - lo + 1):
+            if s not in tried:
+                tried.add(s)
+                if match(data, s) is not None:
+                    return True
+    return False
+
+
+def drop_anchors(p: bytes) -> bytes | None:
+    """The pattern without its ``^`` and ``$`` assertions; None when it has none (or cannot be read).
+
+    Hyperscan refuses a ``^`` or ``$`` inside a pattern (``^X-Priority:.*?^Cc:``,
+    ``(?:$|\\W)``), even as a prefilter.  Anchors are zero-width assertions, so
+    the pattern without them matches wherever the original does, and more: a
+    prefilter that Python re confirms.  Escapes (``\\$``) and character classes
+    (``[$^]``) are skipped, every other byte is kept as it is.
+    """
+    out: list[bytes] = []
+    last = i = 0
+    n = len(p)
+    while i < n:
+        c = p[i]
+        if c == 0x5C:  # backslash: the next byte is escaped
+            i += 2
+            continue
+        if c == 0x5B:  # [ ... ]: a leading ^ negates, a ] first is literal, escapes skip a byte
+            i += 1
+            if i < n and p[i] == 0x5E:
+                i += 1
+            if i < n and p[i] == 0x5D:
+                i += 1
+            while i < n and p[i] != 0x5D:
+                i += 2 if p[i] == 0x5C else 1
+            if i >= n:
+                return None
+            i += 1
+            continue
+        if c in (0x5E, 0x24):  # ^ $
+            out.append(p[last:i])
+            last = i + 1
+        i += 1
+    if not out:
+        return None
+    out.append(p[last:])
+    return b"".join(out)
 
 
 def _count(r: _PyRule, data: bytes) -> int:
@@ -99,7 +182,7 @@ class PythonMatcher:
         return out
 
 
-_MAGIC = b"ANTISPAM-HSDB-3\n"
+_MAGIC = b"ANTISPAM-HSDB-5\n"
 
 
 class HyperscanMatcher:
@@ -119,6 +202,11 @@ class HyperscanMatcher:
         self._confirm: dict[int, _PyRule] = {}
         #: rules with a Hyperscan pattern that Hyperscan only accepted in prefilter mode
         self._as_prefilter: set[int] = set()
+        #: prefiltered rules of bounded width, not counted: Hyperscan reports every match end
+        #: (no SINGLEMATCH) and Python re tries only the starts that can lead to those ends
+        self._near: dict[int, _PyRule] = {}
+        #: rules refused for an embedded anchor, run by Hyperscan as a prefilter without anchors
+        self._unanchored: dict[int, bytes] = {}
         hs_groups: dict[str, list[int]] = {}
         for key, ids in compiled.groups.items():
             for i in ids:
@@ -130,11 +218,14 @@ class HyperscanMatcher:
                     # Hyperscan cannot run it exactly (look-around, back-reference): it runs
                     # in prefilter mode, a superset, and Python re confirms each candidate.
                     self._confirm[i] = pr
+                    pr.width = None if pr.count_max else _width(r.py, r.py_flags)  # type: ignore[arg-type]
+                    if pr.width is not None:
+                        self._near[i] = pr
                 elif pr.count_max:
                     self._counters[i] = pr
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
-        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v3.db" if cache_dir else None
+        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v5w{NEAR_MAX_WIDTH}.db" if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:
             self.dbs = loaded
@@ -143,11 +234,26 @@ class HyperscanMatcher:
             if cache:
                 self._save(cache)
         self._scratch_proto = {k: _hs.Scratch(db) for k, db in self.dbs.items()}
+        # Groups where every Hyperscan report is a final hit counted once (no counting,
+        # no Python confirmation, no Python-only rule): their scan is one Hyperscan call.
+        post = set(self._counters) | set(self._confirm)
+        self._plain = frozenset(k for k, ids in compiled.groups.items()
+                                if k in self.dbs and k not in self._py and not post.intersection(ids))
+        #: groups with rules confirmed near their match ends: their scan collects the ends
+        self._with_ends = frozenset(k for k, ids in compiled.groups.items() if k in self.dbs and self._near.keys() & set(ids))
 
     # ------------------------------------------------------------------ building
 
     def _expr(self, rule) -> bytes:
+        unanchored = self._unanchored.get(rule.id)
+        if unanchored is not None:
+            return unanchored
         return rule.hs if rule.hs is not None and rule.id not in self._as_prefilter else rule.py
+
+    def _rule_flags(self, rule, prefilter: bool) -> int:
+        """A rule's Hyperscan flags: every match end of the rules confirmed near them, else the first only."""
+        f = self._flags(rule.hs_flags, prefilter)
+        return f & ~_hs.HS_FLAG_SINGLEMATCH if rule.id in self._near else f
 
     @staticmethod
     def _flags(hs_flags: int, prefilter: bool = False) -> int:
@@ -164,27 +270,26 @@ class HyperscanMatcher:
         rules = compiled.rules
         dbs: dict[str, object] = {}
         for key, ids in hs_groups.items():
-            exprs = [rules[i].hs for i in ids]
-            flags = [self._flags(rules[i].hs_flags) for i in ids]
             good = self._compilable(ids, rules)
             for i in set(ids) - set(good):
                 log.debug("rule %s runs in Python re: Hyperscan refuses its pattern", rules[i].name)
                 self._counters.pop(i, None)
                 self._confirm.pop(i, None)
+                self._near.pop(i, None)
                 self._py.setdefault(key, []).append(self._twins[i])
             if not good:
                 continue
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
             db.compile(expressions=[self._expr(rules[i]) for i in good], ids=good, elements=len(good),
-                       flags=[self._flags(rules[i].hs_flags, rules[i].hs is None or i in self._as_prefilter)
-                              for i in good])
+                       flags=[self._rule_flags(rules[i], rules[i].hs is None or i in self._as_prefilter
+                                               or i in self._unanchored) for i in good])
             dbs[key] = db
         return dbs
 
     def _compilable(self, ids: list[int], rules) -> list[int]:
         """The ids whose patterns Hyperscan accepts: all of them when the group compiles,
         else each pattern is tried alone (Hyperscan's error does not say which one failed)."""
-        flags = [self._flags(rules[i].hs_flags, rules[i].hs is None) for i in ids]
+        flags = [self._rule_flags(rules[i], rules[i].hs is None) for i in ids]
         db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
         try:
             db.compile(expressions=[self._expr(rules[i]) for i in ids], ids=ids, elements=len(ids), flags=flags)
@@ -201,6 +306,8 @@ class HyperscanMatcher:
             except Exception:
                 pass
             if rules[i].hs is None:
+                if self._try_unanchored(rules[i]):
+                    good.append(i)
                 continue
             # Refused as written (too long, an anchor Hyperscan dislikes): a prefilter,
             # which Hyperscan may simplify, still saves the Python search on most messages.
@@ -209,12 +316,30 @@ class HyperscanMatcher:
                 pf = self._flags(rules[i].hs_flags, True)
                 one.compile(expressions=[rules[i].py], ids=[i], elements=1, flags=[pf])
             except Exception:
+                if self._try_unanchored(rules[i]):
+                    good.append(i)
                 continue
             good.append(i)
             self._as_prefilter.add(i)
             self._counters.pop(i, None)
             self._confirm[i] = self._twins[i]
         return good
+
+    def _try_unanchored(self, rule) -> bool:
+        """A rule refused for an embedded ``^``/``$`` runs as a Hyperscan prefilter
+        without its anchors (a superset, see :func:`drop_anchors`), confirmed by Python re."""
+        pattern = drop_anchors(rule.py)
+        if pattern is None:
+            return False
+        try:
+            _hs.Database(mode=_hs.HS_MODE_BLOCK).compile(expressions=[pattern], ids=[0], elements=1,
+                                                          flags=[self._rule_flags(rule, True)])
+        except Exception:
+            return False
+        self._unanchored[rule.id] = pattern
+        self._counters.pop(rule.id, None)
+        self._confirm[rule.id] = self._twins[rule.id]
+        return True
 
     def _save(self, path: Path) -> None:
         """Container: magic, JSON index (group -> offset, size, python-only ids), then the blobs."""
@@ -225,7 +350,8 @@ class HyperscanMatcher:
                 index[k] = [off, len(b)]
                 off += len(b)
             meta = json.dumps({"dbs": index, "py": {k: [r.id for r in v] for k, v in self._py.items()},
-                               "prefilter": sorted(self._as_prefilter)}).encode()
+                               "prefilter": sorted(self._as_prefilter),
+                               "unanchored": sorted(self._unanchored)}).encode()
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             with open(tmp, "wb") as fh:
@@ -255,6 +381,13 @@ class HyperscanMatcher:
                 self._as_prefilter.add(i)
                 self._counters.pop(i, None)
                 self._confirm[i] = self._twins[i]
+            for i in meta.get("unanchored", ()):
+                pattern = drop_anchors(self._twins[i].pattern) if i in self._twins else None
+                if pattern is None:
+                    return None
+                self._unanchored[i] = pattern
+                self._counters.pop(i, None)
+                self._confirm[i] = self._twins[i]
             # Rules that Hyperscan refused at compile time run in Python, as when the cache was written.
             for k, ids in meta["py"].items():
                 have = {r.id for r in self._py.get(k, ())}
@@ -265,6 +398,7 @@ class HyperscanMatcher:
                             return None  # index does not fit these rules: rebuild
                         self._counters.pop(i, None)
                         self._confirm.pop(i, None)
+                        self._near.pop(i, None)
                         self._py.setdefault(k, []).append(pr)
             return dbs
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
@@ -274,20 +408,33 @@ class HyperscanMatcher:
     # ------------------------------------------------------------------ scanning
 
     def _scratch(self, key: str):
-        cache = getattr(self._local, "s", None)
-        if cache is None:
-            cache = self._local.s = {}
-        s = cache.get(key)
-        if s is None:
-            s = cache[key] = self._scratch_proto[key].clone()
+        """This thread's scratch space for ``key`` (Hyperscan scratch must not be shared between threads)."""
+        try:
+            return self._local.s[key]
+        except AttributeError:
+            self._local.s = {}
+        except KeyError:
+            pass
+        s = self._local.s[key] = self._scratch_proto[key].clone()
         return s
 
     def scan(self, group: str, data: bytes) -> dict[int, int]:
-        out: dict[int, int] = {}
         db = self.dbs.get(group)
-        if db is not None:
+        if group in self._plain:
+            try:
+                scratch = self._local.s[group]
+            except (AttributeError, KeyError):
+                scratch = self._scratch(group)
             found: list[int] = []
-            db.scan(data, match_event_handler=_collect, context=found, scratch=self._scratch(group))  # type: ignore[attr-defined]
+            db.scan(data, match_event_handler=_collect, context=found, scratch=scratch)  # type: ignore[attr-defined]
+            return dict.fromkeys(found, 1)
+        out: dict[int, int] = {}
+        if db is not None:
+            found = []
+            if group in self._with_ends:
+                found = self._scan_near(db, group, data, out)
+            else:
+                db.scan(data, match_event_handler=_collect, context=found, scratch=self._scratch(group))  # type: ignore[attr-defined]
             counters = self._counters
             confirm = self._confirm
             for rid in found:
@@ -315,10 +462,37 @@ class HyperscanMatcher:
                 out[r.id] = 1
         return out
 
+    def _scan_near(self, db, group: str, data: bytes, out: dict[int, int]) -> list[int]:
+        """Scan collecting match ends; settle the rules confirmed near their ends into ``out``,
+        return the ids of the other rules reported (once each) for the usual treatment."""
+        reports: list[tuple[int, int]] = []
+        db.scan(data, match_event_handler=_collect_ends, context=reports, scratch=self._scratch(group))
+        near = self._near
+        found: list[int] = []
+        ends: dict[int, list[int]] = {}
+        for rid, end in reports:
+            if rid in near:
+                e = ends.get(rid)
+                if e is None:
+                    ends[rid] = [end]
+                else:
+                    e.append(end)
+            else:
+                found.append(rid)
+        for rid, e in ends.items():
+            if _confirm_near(near[rid], data, e):
+                out[rid] = 1
+        return found
+
 
 def _collect(rid: int, start: int, end: int, flags: int, found: list[int]) -> None:
     """Hyperscan match callback: note the rule id (each rule reports once: SINGLEMATCH)."""
     found.append(rid)
+
+
+def _collect_ends(rid: int, start: int, end: int, flags: int, found: list[tuple[int, int]]) -> None:
+    """Hyperscan match callback for groups with rules confirmed near their match ends."""
+    found.append((rid, end))
 
 
 def make_matcher(compiled: CompiledRules, engine: str = "auto", cache_dir: str | os.PathLike[str] | None = None) -> Matcher:
