@@ -172,14 +172,19 @@ class PythonMatcher:
 
     def scan(self, group: str, data: bytes) -> dict[int, int]:
         out: dict[int, int] = {}
-        for r in self.groups.get(group, ()):
-            if r.count_max:
-                n = _count(r, data)
-                if n:
-                    out[r.id] = n
-            elif r.search(data) is not None:
-                out[r.id] = 1
+        _scan_python_rules(self.groups.get(group, ()), data, out)
         return out
+
+
+def _scan_python_rules(rules, data: bytes, out: dict[int, int]) -> None:  # type: ignore[no-untyped-def]
+    """Run rules with Python ``re`` over ``data``, adding ``rule id -> hit count`` to ``out``."""
+    for r in rules:
+        if r.count_max:
+            n = _count(r, data)
+            if n:
+                out[r.id] = n
+        elif r.search(data) is not None:
+            out[r.id] = 1
 
 
 _MAGIC = b"ANTISPAM-HSDB-5\n"
@@ -453,13 +458,7 @@ class HyperscanMatcher:
                         out[rid] = n
                 elif c.search(data) is not None:
                     out[rid] = 1
-        for r in self._py.get(group, ()):
-            if r.count_max:
-                n = _count(r, data)
-                if n:
-                    out[r.id] = n
-            elif r.search(data) is not None:
-                out[r.id] = 1
+        _scan_python_rules(self._py.get(group, ()), data, out)
         return out
 
     def _scan_near(self, db, group: str, data: bytes, out: dict[int, int]) -> list[int]:
