@@ -184,7 +184,9 @@ _HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))"""
 _HTML_SRC_RE = re.compile(r"""<(?:img|form|iframe|area)\b[^>]*?\b(?:src|action|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _HTML_BREAK_RE = re.compile(r"<(?:br|p|div|tr|li|h\d|table|blockquote)\b[^>]*>", re.I)
 _HTML_TAG_RE = re.compile(r"<[^>]*>")
-_WS_RE = re.compile(r"[ \t\r\f\v\xa0]+")
+# Runs of horizontal whitespace become one space.  Matching only runs of two or more, or a lone
+# non-space character, gives the same text without rewriting every single space between words.
+_WS_RE = re.compile(r"[ \t\r\f\v\xa0]{2,}|[\t\r\f\v\xa0]")
 _BLANKS_RE = re.compile(r"\n\s*\n+")
 
 # Text URLs are found from literal anchors ("://", "www.") with str.find, which
