@@ -33,7 +33,7 @@ def test_operating_point():
 
 def test_fit_on_a_corpus_sample_writes_a_loadable_layer(corpus_train, tmp_path, monkeypatch):
     sample = corpus_train[::12]                      # ~380 messages, both classes
-    res = fit_scores(sample, Config(), folds=3, lams=(1e-3,))
+    res = fit_scores(sample, Config(), folds=3, lams=(1e-3,), ham_weights=(3.0,))
     assert res.n_train == len(sample) and 0.0 < res.cv_recall <= 1.0 and res.cv_auc > 0.9
     declared = {n: sd.score for n, sd in Engine(Config()).symbols.items()}
     for name, score in res.scores.items():

@@ -19,8 +19,8 @@ already says.  The maths:
    declared as spam evidence (positive default score) may not get a negative
    weight, and a "nice" symbol may not get a positive one.  Ham rows weigh
    ``ham_weight`` times more, because a false positive costs more than a miss.
-3. ``lam`` is chosen by cross-validation (the same folds), maximising spam
-   recall at ``target_fpr`` ham false positives.
+3. ``lam`` and ``ham_weight`` are chosen by cross-validation (the same
+   folds), maximising spam recall at ``target_fpr`` ham false positives.
 4. The scores follow by scaling: with ``t`` the cross-validated decision value
    at ``target_fpr`` and ``R`` the required score (the ``add header``
    threshold), ``score_i = w_i * R / (t - b)``.  Then ``sum(scores) >= R``
@@ -55,6 +55,7 @@ DEFAULT_TOML = Path(__file__).resolve().parent / "default.toml"
 class FitResult:
     scores: dict[str, float]
     lam: float
+    ham_weight: float
     threshold: float
     cv_recall: float
     cv_fpr: float
@@ -128,8 +129,9 @@ def _recall_at_fpr(z: np.ndarray, y: np.ndarray, target_fpr: float) -> tuple[flo
 
 
 def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *, folds: int = 5,
-               target_fpr: float = 0.001, ham_weight: float = 3.0, lams: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3),
-               seed: int = 0, progress: Callable[[str], None] | None = None) -> FitResult:
+               target_fpr: float = 0.002, ham_weights: Sequence[float] = (1.0, 3.0, 10.0),
+               lams: Sequence[float] = (3e-5, 1e-4, 3e-4, 1e-3), seed: int = 0,
+               progress: Callable[[str], None] | None = None) -> FitResult:
     """Fit every symbol's score on ``msgs`` (labelled TRAIN mail); see the module docstring."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -156,30 +158,31 @@ def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *,
             if j is not None:
                 X[i, j] = w
     bounds = [(0.0, None) if defaults[n] > 0 else (None, 0.0) for n in names]
-    sw = np.where(y == 1, 1.0, ham_weight)
     cv = list(StratifiedKFold(folds, shuffle=True, random_state=seed + 1).split(X, y))
     best = None
-    for lam in lams:
-        z = np.zeros(len(y))
-        for tr, te in cv:
-            w, b = bounded_logistic(X[tr], y[tr], sw[tr], lam, bounds)
-            z[te] = X[te] @ w + b
-        t, recall, fpr = _recall_at_fpr(z, y, target_fpr)
-        auc = _auc(z, y)
-        say(f"lambda={lam:g}: cross-validated recall {recall:.4f} at ham FPR {fpr:.4f} (AUC {auc:.5f})")
-        key = (recall, auc)
-        if best is None or key > best[0]:
-            best = (key, lam, t, recall, fpr, auc, z)
+    for hw in ham_weights:
+        sw = np.where(y == 1, 1.0, hw)
+        for lam in lams:
+            z = np.zeros(len(y))
+            for tr, te in cv:
+                w, b = bounded_logistic(X[tr], y[tr], sw[tr], lam, bounds)
+                z[te] = X[te] @ w + b
+            t, recall, fpr = _recall_at_fpr(z, y, target_fpr)
+            auc = _auc(z, y)
+            say(f"ham_weight={hw:g} lambda={lam:g}: cross-validated recall {recall:.4f} at ham FPR {fpr:.4f} (AUC {auc:.5f})")
+            key = (recall, auc)
+            if best is None or key > best[0]:
+                best = (key, lam, hw, t, recall, fpr, auc)
     assert best is not None
-    _, lam, _, recall, fpr, auc, _ = best
+    _, lam, hw, t_cv, recall, fpr, auc = best
+    sw = np.where(y == 1, 1.0, hw)
     w, b = bounded_logistic(X, y, sw, lam, bounds)
     # The operating point from the cross-validated decision values, refitted weights.
-    t_cv = best[2]
     required = min(v for k, v in config.actions.items() if v is not None and k != "greylist")
     scale = required / (t_cv - b)
     scores = {n: round(float(w[j] * scale), 3) for n, j in col.items()}
-    return FitResult(scores=scores, lam=lam, threshold=t_cv, cv_recall=recall, cv_fpr=fpr, cv_auc=auc,
-                     n_train=len(msgs), seconds=time.monotonic() - t0)
+    return FitResult(scores=scores, lam=lam, ham_weight=hw, threshold=t_cv, cv_recall=recall, cv_fpr=fpr,
+                     cv_auc=auc, n_train=len(msgs), seconds=time.monotonic() - t0)
 
 
 def _auc(z: np.ndarray, y: np.ndarray) -> float:
@@ -195,7 +198,7 @@ def write_default_toml(result: FitResult, path: Path = DEFAULT_TOML, corpus_dige
         "# [scores] was written by `antispam fit` (antispam/fit.py) on the TRAIN split; do not edit by hand,",
         "# override scores in your site configuration instead.",
         f"# trained on {result.n_train} messages{f' (digest {corpus_digest})' if corpus_digest else ''}; "
-        f"lambda {result.lam:g}; cross-validated spam recall {result.cv_recall:.4f} at ham FPR {result.cv_fpr:.4f}, "
+        f"lambda {result.lam:g}, ham weight {result.ham_weight:g}; cross-validated spam recall {result.cv_recall:.4f} at ham FPR {result.cv_fpr:.4f}, "
         f"AUC {result.cv_auc:.5f}",
         "",
         "[scores]",
@@ -210,8 +213,7 @@ def register(sub) -> None:  # type: ignore[no-untyped-def]
     p = sub.add_parser("fit", help="fit the scores of every symbol (rules + classifier grades) on labelled TRAIN mail")
     p.add_argument("--corpus", help="labelled corpus (MANIFEST.tsv layout; default: the SpamAssassin corpus)")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--target-fpr", type=float, default=0.001, help="ham false-positive rate of the operating point")
-    p.add_argument("--ham-weight", type=float, default=3.0, help="how much more a ham row weighs than a spam row")
+    p.add_argument("--target-fpr", type=float, default=0.002, help="ham false-positive rate of the operating point")
     p.add_argument("--out", default=str(DEFAULT_TOML), help="where to write the [scores] table")
     p.set_defaults(func=_cmd_fit)
 
@@ -228,7 +230,7 @@ def _cmd_fit(args) -> int:  # type: ignore[no-untyped-def]
         return 2
     train = load_labelled(corpus, split="train")
     base = Config.load(args.config) if args.config else Config()
-    res = fit_scores(train, base, folds=args.folds, target_fpr=args.target_fpr, ham_weight=args.ham_weight,
+    res = fit_scores(train, base, folds=args.folds, target_fpr=args.target_fpr,
                      progress=lambda s: sys.stderr.write(s + "\n"))
     digest = training_digest([Example(m.data, m.is_spam) for m in train])
     out = write_default_toml(res, Path(args.out), digest)
