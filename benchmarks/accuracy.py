@@ -62,11 +62,15 @@ def _peers_table(d: Path) -> list[str]:
     tsvs = [str(d / f"{n}.tsv") for n in names if (d / f"{n}.tsv").exists()]
     out = subprocess.run([sys.executable, str(evaluator), "--markdown", *tsvs], capture_output=True, text=True,
                          check=True).stdout
+    when = ", ".join(f"{Path(t).stem} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(Path(t).stat().st_mtime))} UTC"
+                     for t in tsvs)
     return [
-        f"The peers' `run_all.sh` (trained on TRAIN, scored on TEST) and `benchmarks/run_antispam.py` (the default "
-        f"engine, 2 worker processes) on `/tmp/peers-corpus/test`, scored by the peers' `eval.py`, "
-        f"{time.strftime('%Y-%m-%d', time.gmtime())}. Speeds are with 2 concurrent clients on the shared 2-core "
-        "machine under load from other work, so only their order of magnitude means something.",
+        "The peers' `run_all.sh` (each trained on TRAIN, scored on TEST) and `benchmarks/run_antispam.py` (the "
+        "default engine, 2 worker processes) on `/tmp/peers-corpus/test`, all scored by the peers' `eval.py`. "
+        "`benchmarks/peers.sh` runs everything; `benchmarks/peers.sh --ours-only` reuses the slow SpamAssassin "
+        "and Rspamd results and reruns bogofilter right before antispam, so the two fastest engines are timed "
+        "under the same machine state. Throughput is with 2 concurrent workers on 2 cores (antispam's includes "
+        f"its process-pool start-up). When each result was written: {when}.",
         "",
         *out.strip().splitlines(),
     ]
