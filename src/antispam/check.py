@@ -25,7 +25,7 @@ frozen dataclasses passed through the :class:`ScanContext` by type.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,13 +80,12 @@ class ScanContext:
         spf = ctx.get(SpfOutcome)   # None when SPF did not run
     """
 
-    __slots__ = ("envelope", "config", "deadline", "resolver", "_facts", "started", "_auth")
+    __slots__ = ("envelope", "config", "deadline", "resolver", "_facts", "_auth")
 
     def __init__(self, envelope: "Envelope", config: "Config", deadline: float | None = None,
                  resolver: Any = None):
         self.envelope = envelope
         self.config = config
-        self.started = time.monotonic()
         #: absolute ``time.monotonic()`` after which network work must stop
         self.deadline = deadline
         #: the engine's :class:`antispam.dns.Resolver`, or None when no network is configured
@@ -146,12 +145,3 @@ class Check:
 
     def close(self) -> None:
         """Release resources (sockets, files).  Called by :meth:`Engine.close`."""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckTiming:
-    """Wall time spent in one check of one scan, in seconds."""
-
-    name: str
-    seconds: float
-    error: str | None = field(default=None)

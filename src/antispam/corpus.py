@@ -26,22 +26,6 @@ class Item:
     error: str | None = None
 
 
-def _is_mbox(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(5)
-    except OSError:
-        return False
-    return head == b"From " and path.suffix.lower() in (".mbox", ".mbx", "") and _mbox_has_many(path)
-
-
-def _mbox_has_many(path: Path) -> bool:
-    """An mbox holds several messages; a single message file may also start with ``From ``."""
-    with open(path, "rb") as fh:
-        data = fh.read(1 << 20)
-    return data.count(b"\nFrom ") >= 1
-
-
 def _split_mbox(data: bytes, source: str) -> Iterator[Item]:
     """Split an mbox (mboxo/mboxrd): messages start at lines beginning ``From ``."""
     starts = [0] if data.startswith(b"From ") else []

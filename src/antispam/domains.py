@@ -16,12 +16,27 @@ from publicsuffixlist import PublicSuffixList
 _PSL = PublicSuffixList()
 
 
-def is_ip(host: str) -> bool:
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@lru_cache(maxsize=8192)
+def parse_ip(text: str) -> Address | None:
+    """An address from text (brackets allowed, IPv4-mapped IPv6 unwrapped); None if not an IP.
+
+    Cached: the same client, relay and URL addresses are looked at by several
+    checks and lists in one scan, and ``ipaddress`` parsing is not cheap.
+    """
     try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
+        addr = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
-        return False
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
+def is_ip(host: str) -> bool:
+    return parse_ip(host) is not None
 
 
 @lru_cache(maxsize=65536)

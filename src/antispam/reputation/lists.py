@@ -21,10 +21,10 @@ lists' own published facts; check each list's usage terms before enabling it.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..domains import is_ip, parse_ip
 from ..errors import ConfigError
 
 INPUTS = {
@@ -93,28 +93,24 @@ class ListSpec:
 
 def reverse_ip(ip: str) -> str | None:
     """``192.0.2.1`` -> ``1.2.0.192``; IPv6 as 32 reversed nibbles (RFC 5782 section 2.4)."""
-    try:
-        addr = ipaddress.ip_address(ip.strip("[]"))
-    except ValueError:
+    addr = parse_ip(ip)
+    if addr is None:
         return None
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        else:
-            return ".".join(reversed(addr.exploded.replace(":", "")))
+    if addr.version == 6:
+        return ".".join(reversed(addr.exploded.replace(":", "")))
     return ".".join(reversed(str(addr).split(".")))
 
 
 def query_name(spec: ListSpec, item: str) -> str | None:
     """The name to ask ``spec`` about ``item``, or None when the item cannot be asked."""
-    if spec.kind == "ip" or (spec.kind == "uri" and _is_ip(item)):
+    if spec.kind == "ip" or (spec.kind == "uri" and is_ip(item)):
         rev = reverse_ip(item)
         return f"{rev}.{spec.zone}." if rev else None
     if spec.kind == "hash":
         h = hashlib.new(spec.hash, item.strip().lower().encode("utf-8", "replace")).hexdigest()
         return f"{h}.{spec.zone}."
     item = item.strip().rstrip(".").lower()
-    if not item or len(item) > 200 or ".." in item or _is_ip(item):
+    if not item or len(item) > 200 or ".." in item or is_ip(item):
         return None
     try:
         item = item.encode("idna").decode("ascii")
@@ -128,14 +124,6 @@ def health_points(spec: ListSpec) -> tuple[str, str]:
     if spec.kind == "ip":
         return f"2.0.0.127.{spec.zone}.", f"1.0.0.127.{spec.zone}."
     return f"test.{spec.zone}.", f"invalid.{spec.zone}."
-
-
-def _is_ip(s: str) -> bool:
-    try:
-        ipaddress.ip_address(s.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 # --------------------------------------------------------------------------- known lists

@@ -8,25 +8,8 @@ of one pool, while one /64 is what a single IPv6 customer usually holds.
 from __future__ import annotations
 
 import ipaddress
-from functools import lru_cache
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@lru_cache(maxsize=8192)
-def parse_ip(text: str) -> Address | None:
-    """An address from text (brackets allowed, IPv4-mapped IPv6 unwrapped); None if not an IP.
-
-    Cached: the same client and relay addresses are looked at by several
-    checks and lists in one scan, and ``ipaddress`` parsing is not cheap.
-    """
-    try:
-        addr = ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        return addr.ipv4_mapped
-    return addr
+from ..domains import parse_ip
 
 
 def network_key(ip: str, v4_prefix: int = 24, v6_prefix: int = 64) -> str | None:
