@@ -33,11 +33,11 @@ from typing import Any, Iterable
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
 from ..config import Config
-from ..domains import is_ip, registered_domain
+from ..domains import is_ip, parse_ip, registered_domain
 from ..message import Message, domain_of
 from ..store import Store
 from .lists import DEFAULT_SCORES, KNOWN_LISTS, ListSpec, parse_lists, query_name, health_points
-from .netkeys import in_networks, parse_ip, parse_networks
+from .netkeys import in_networks, parse_networks
 
 log = logging.getLogger("antispam.dnsbl")
 
