@@ -37,6 +37,9 @@ def test_gtube_found_inside_base64_part():
     import base64
     raw = b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(b"hello " + GTUBE)
     assert Engine().scan(raw).has("GTUBE")
+    # Header names are case-insensitive.
+    raw = b"CONTENT-TRANSFER-ENCODING: base64\n\n" + base64.encodebytes(b"hello " + GTUBE)
+    assert builtin_engine().scan(raw).has("GTUBE")
 
 
 def test_default_engine_has_no_network_checks():

@@ -27,11 +27,10 @@ class GtubeCheck(Check):
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
         if GTUBE in msg.raw:
             return (Hit("GTUBE"),)
-        # Also catch it when a transfer encoding hides it.
-        if b"Content-Transfer-Encoding" in msg.raw or b"content-transfer-encoding" in msg.raw:
-            for p in msg.parts:
-                if GTUBE in p.body:
-                    return (Hit("GTUBE"),)
+        # Also when a transfer encoding hides it (the parts are decoded for every scan anyway).
+        for p in msg.parts:
+            if p.encoding in ("base64", "quoted-printable") and GTUBE in p.body:
+                return (Hit("GTUBE"),)
         return ()
 
 
