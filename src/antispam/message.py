@@ -570,7 +570,12 @@ class Message:
         return [(n, decode_rfc2047(v, d) if "=?" in v else v) for n, v in self.raw_headers]
 
     @cached_property
-    def _index(self) -> dict[str, list[int]]:
+    def header_index(self) -> dict[str, list[int]]:
+        """Lower-cased header name -> positions in :attr:`headers` / :attr:`raw_headers`, in order.
+
+        Built once per message; checks that read many headers look names up here
+        instead of walking the header list each time.
+        """
         idx: dict[str, list[int]] = {}
         get = idx.get
         for i, (n, _) in enumerate(self.raw_headers):
@@ -584,21 +589,21 @@ class Message:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First occurrence of a header, decoded; ``default`` when absent."""
-        pos = self._index.get(name.lower())
+        pos = self.header_index.get(name.lower())
         return self.headers[pos[0]][1] if pos else default
 
     def get_all(self, name: str) -> list[str]:
         """All occurrences of a header, decoded, in order."""
         h = self.headers
-        return [h[i][1] for i in self._index.get(name.lower(), ())]
+        return [h[i][1] for i in self.header_index.get(name.lower(), ())]
 
     def get_raw(self, name: str) -> list[str]:
         """All occurrences of a header, undecoded (unfolded), in order."""
         h = self.raw_headers
-        return [h[i][1] for i in self._index.get(name.lower(), ())]
+        return [h[i][1] for i in self.header_index.get(name.lower(), ())]
 
     def has(self, name: str) -> bool:
-        return name.lower() in self._index
+        return name.lower() in self.header_index
 
     @cached_property
     def subject(self) -> str:
