@@ -288,3 +288,43 @@ def score(const uint32_t[::1] ids, const float[::1] weights, double bias, int nc
         if used < nclues:
             used += 1
     return total, [(int(ci[j]), cc[j]) for j in range(used)]
+
+
+# ---- rules kernels ------------------------------------------------------------------------
+# Counting helpers of the rule evals; definitions in the twin.
+
+cdef unsigned char LETTER_CLASS[256]  # 2: capital, 1: other letter, 0: not a letter (Latin-1)
+for _c in range(256):
+    LETTER_CLASS[_c] = 2 if chr(_c).isupper() else 1 if chr(_c).isalpha() else 0
+
+
+def letter_counts(str text, Py_ssize_t limit):
+    """(letters, capitals) among the first ``limit`` characters, Latin-1 letters only (see the twin)."""
+    cdef UStr u = _ustr(text)
+    cdef Py_ssize_t i, n = u.n if u.n < limit else limit
+    cdef Py_ssize_t letters = 0, upper = 0
+    cdef Py_UCS4 ch
+    cdef unsigned char k
+    if limit < 0:
+        raise ValueError("limit must be >= 0")
+    for i in range(n):
+        ch = _at(&u, i)
+        if ch < 256:
+            k = LETTER_CLASS[ch]
+            if k:
+                letters += 1
+                if k == 2:
+                    upper += 1
+    return letters, upper
+
+
+def visible_count(str text):
+    """Characters that are not blanks (space, newline, tab, carriage return, no-break space)."""
+    cdef UStr u = _ustr(text)
+    cdef Py_ssize_t i, blanks = 0
+    cdef Py_UCS4 ch
+    for i in range(u.n):
+        ch = _at(&u, i)
+        if ch == 32 or ch == 10 or ch == 9 or ch == 13 or ch == 0xA0:
+            blanks += 1
+    return u.n - blanks

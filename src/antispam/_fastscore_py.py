@@ -127,3 +127,31 @@ def score(ids, weights, bias: float, nclues: int) -> tuple[float, list[tuple[int
         nz.sort(key=lambda t: (-abs(t[1]), t[0]))
         clues = nz[:nclues]
     return total, clues
+
+
+# ---- rules kernels ------------------------------------------------------------------------
+# Counting helpers of the rule evals (``antispam.ruleset.evals``).
+
+#: Latin-1 code point -> U (a capital), l (another letter), space (not a letter); every capital is a letter
+_LETTER_CLASS = bytes(ord("U") if chr(b).isupper() else ord("l") if chr(b).isalpha() else ord(" ") for b in range(256))
+#: what ``visible_count`` does not count
+BLANKS = " \n\t\r\xa0"
+
+
+def letter_counts(text: str, limit: int) -> tuple[int, int]:
+    """(letters, capitals) among the first ``limit`` characters of ``text``, Latin-1 letters only.
+
+    Characters outside Latin-1 are skipped (not counted as letters): capitals
+    are rare in the other scripts' spam anyway, and the Latin-1 table is what
+    every implementation can agree on exactly.
+    """
+    if limit < 0:
+        raise ValueError("limit must be >= 0")
+    c = text[:limit].encode("latin-1", "ignore").translate(_LETTER_CLASS)
+    upper = c.count(b"U")
+    return upper + c.count(b"l"), upper
+
+
+def visible_count(text: str) -> int:
+    """Characters of ``text`` that are not blanks (space, newline, tab, carriage return, no-break space)."""
+    return len(text) - sum(text.count(c) for c in BLANKS)
