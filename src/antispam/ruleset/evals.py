@@ -123,10 +123,32 @@ def many_recipients(msg: Message, n: int) -> tuple[bool, list[str]]:
     return k > n, [str(k)]
 
 
-#: RFC 5322 date parsing, remembered for the last few dates: several rules of one
-#: scan read the same Date header.  Small on purpose: a benchmark looping over a
-#: corpus must not be served from answers of its previous round.
-_parse_date = lru_cache(maxsize=8)(parsedate_tz)
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+#: The canonical RFC 5322 form (``Wed, 25 Nov 2026 11:33:33 +0100 (CET)``), in ASCII digits.
+_CANONICAL_DATE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?([0-9]{1,2})\s+(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+                             r"\s+([12][0-9]{3})\s+([0-9]{2}):([0-9]{2}):([0-9]{2})\s+([+-])([0-9]{2})([0-9]{2})(?:\s|$)")
+
+
+def parse_date(value: str) -> tuple[int, ...] | None:
+    """``email.utils.parsedate_tz``, with a fast path for the canonical form most mail uses.
+
+    The fast path returns exactly what ``parsedate_tz`` returns for the strings it
+    accepts (``tests/test_rules_evals.py`` checks it on every Date and Received
+    stamp of the corpus); anything else goes to ``parsedate_tz`` itself, which
+    handles the many broken forms but costs several microseconds per call.
+    """
+    m = _CANONICAL_DATE.match(value)
+    if m is None:
+        return parsedate_tz(value)
+    dd, mon, yy, hh, mi, ss, sign, zh, zm = m.groups()
+    off = int(zh) * 3600 + int(zm) * 60
+    return (int(yy), _MONTHS[mon], int(dd), int(hh), int(mi), int(ss), 0, 1, -1, -off if sign == "-" else off)
+
+
+#: Date parsing, remembered for the last few dates: several rules of one scan read
+#: the same Date header.  Small on purpose: a benchmark looping over a corpus must
+#: not be served from answers of its previous round.
+_parse_date = lru_cache(maxsize=8)(parse_date)
 
 
 @register("date_invalid", ("header",))
@@ -173,7 +195,7 @@ def _skew(date: str, raw: str) -> float | None:
 
     pd = _parse_date(date)
     semi = raw.rfind(";")
-    pr = parsedate_tz(raw[semi + 1 :].strip()) if semi >= 0 else None
+    pr = parse_date(raw[semi + 1 :].strip()) if semi >= 0 else None
     if pd is None or pr is None:
         return None
     try:
