@@ -155,3 +155,25 @@ def letter_counts(text: str, limit: int) -> tuple[int, int]:
 def visible_count(text: str) -> int:
     """Characters of ``text`` that are not blanks (space, newline, tab, carriage return, no-break space)."""
     return len(text) - sum(text.count(c) for c in BLANKS)
+
+
+# ---- text kernels ----------------------------------------------------------------------------
+# Steps of the HTML-to-text rendering of ``antispam.message`` (the definitions are these regexes).
+
+#: block-level tags, which become line breaks
+HTML_BREAK_RE = re.compile(r"<(?:br|p|div|tr|li|h\d|table|blockquote)\b[^>]*>", re.I)
+#: any tag: from a ``<`` to the next ``>``
+HTML_TAG_RE = re.compile(r"<[^>]*>")
+#: runs of horizontal blanks (matching runs of two or more, or one blank that is not a space,
+#: leaves single spaces alone: the same text with far fewer replacements)
+BLANK_RUN_RE = re.compile(r"[ \t\r\f\v\xa0]{2,}|[\t\r\f\v\xa0]")
+
+
+def html_strip_tags(markup: str) -> str:
+    """Block-level tags become ``\\n``, then every other tag is removed."""
+    return HTML_TAG_RE.sub("", HTML_BREAK_RE.sub("\n", markup))
+
+
+def collapse_blanks(text: str) -> str:
+    """Every run of horizontal blanks (space, tab, CR, form feed, vertical tab, no-break space) becomes one space."""
+    return BLANK_RUN_RE.sub(" ", text)

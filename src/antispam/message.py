@@ -27,6 +27,8 @@ from functools import lru_cache
 from typing import Iterator
 from urllib.parse import unquote_to_bytes
 
+from . import fastscore
+
 __all__ = ["Envelope", "Limits", "Message", "Part", "Relay", "Url", "Attachment"]
 
 
@@ -181,11 +183,7 @@ _HTML_DROP_RE = re.compile(
 _HTML_ANCHOR_RE = re.compile(r"<a\b([^>]*)>(.*?)(?:</a\s*>|(?=<a\b)|$)", re.S | re.I)
 _HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _HTML_SRC_RE = re.compile(r"""<(?:img|form|iframe|area)\b[^>]*?\b(?:src|action|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
-_HTML_BREAK_RE = re.compile(r"<(?:br|p|div|tr|li|h\d|table|blockquote)\b[^>]*>", re.I)
 _HTML_TAG_RE = re.compile(r"<[^>]*>")
-# Runs of horizontal whitespace become one space.  Matching only runs of two or more, or a lone
-# non-space character, gives the same text without rewriting every single space between words.
-_WS_RE = re.compile(r"[ \t\r\f\v\xa0]{2,}|[\t\r\f\v\xa0]")
 _BLANKS_RE = re.compile(r"\n\s*\n+")
 
 # Text URLs are found from literal anchors ("://", "www.") with str.find, which
@@ -494,15 +492,14 @@ def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
                 anchor = _HTML_TAG_RE.sub("", m.group(2))
                 if "&" in anchor:
                     anchor = _html.unescape(anchor)
-                links.append((_html.unescape(href.strip()) if "&" in href else href.strip(), _WS_RE.sub(" ", anchor).strip()))
+                links.append((_html.unescape(href.strip()) if "&" in href else href.strip(), fastscore.impl.collapse_blanks(anchor).strip()))
     for m in _HTML_SRC_RE.finditer(markup):
         src = m.group(1) if m.group(1) is not None else (m.group(2) if m.group(2) is not None else m.group(3))
         links.append((src.strip(), ""))
-    text = _HTML_BREAK_RE.sub("\n", markup)
-    text = _HTML_TAG_RE.sub("", text)
+    text = fastscore.impl.html_strip_tags(markup)  # block-level tags -> line breaks, other tags removed
     if "&" in text:
         text = _html.unescape(text)
-    text = _WS_RE.sub(" ", text)
+    text = fastscore.impl.collapse_blanks(text)
     text = _BLANKS_RE.sub("\n", text)
     return text.strip(), links
 
