@@ -506,6 +506,22 @@ class RulesCheck(Check):
         return (text,) if text else ()
 
 
+def iter_rule_hits(check: RulesCheck, messages: Iterable[bytes]) -> Iterable[Mapping[str, int]]:
+    """Every rule that hit (sub-rules included), name -> count, for each raw message in turn.
+
+    What corpus tools (``antispam rules stats``, the score fits) read: the rules alone, no policy.
+    """
+    from ..config import Config
+
+    cfg = Config()
+    for raw in messages:
+        msg = Message(raw)
+        ctx = ScanContext(msg.envelope, cfg)
+        check.run(msg, ctx)
+        rh = ctx.get(RuleHits)
+        yield rh.counts if rh is not None else {}
+
+
 def rules_check(config, store=None) -> Check | None:
     """Engine factory: the configured rules (the embedded default set unless ``[rules] dirs`` says otherwise)."""
     from ..resources import default_rules_dir

@@ -114,10 +114,7 @@ def cmd_load_sa(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from ..corpus import default_corpus_dir, load_labelled
-    from ..message import Message
-    from ..check import ScanContext
-    from ..config import Config
-    from .check import RuleHits, RulesCheck, load_rules
+    from .check import RulesCheck, iter_rule_hits, load_rules
 
     corpus = args.corpus or default_corpus_dir()
     if corpus is None:
@@ -125,17 +122,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 2
     msgs = load_labelled(corpus, split=None if args.split == "all" else args.split)
     check = RulesCheck(load_rules(args.rules or [str(default_rules_dir())], engine=args.engine))
-    cfg = Config.default()
-    n = Counter()
+    n = Counter(m.label for m in msgs)
     hits = {"ham": Counter(), "spam": Counter()}
-    for m in msgs:
-        msg = Message(m.data)
-        ctx = ScanContext(msg.envelope, cfg)
-        check.run(msg, ctx)
-        rh = ctx.get(RuleHits)
-        n[m.label] += 1
-        for name in rh.counts if rh else ():
-            hits[m.label][name] += 1
+    for m, counts in zip(msgs, iter_rule_hits(check, (m.data for m in msgs))):
+        hits[m.label].update(counts.keys())
     rows = []
     for r in check.compiled.rules:
         s = hits["spam"][r.name] / max(n["spam"], 1)

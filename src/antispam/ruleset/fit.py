@@ -28,10 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..check import ScanContext
-from ..config import Config
-from ..message import Message
-from .check import RuleHits, RulesCheck
+from .check import RulesCheck, iter_rule_hits
 
 
 @dataclass(frozen=True)
@@ -49,13 +46,8 @@ def hit_matrix(check: RulesCheck, messages: Sequence[bytes]) -> tuple[np.ndarray
     names = [r.name for r in check.compiled.rules if not r.name.startswith("__")]
     col = {n: i for i, n in enumerate(names)}
     X = np.zeros((len(messages), len(names)), dtype=np.float64)
-    cfg = Config()
-    for row, raw in enumerate(messages):
-        msg = Message(raw)
-        ctx = ScanContext(msg.envelope, cfg)
-        check.run(msg, ctx)
-        rh = ctx.get(RuleHits)
-        for name in rh.counts if rh else ():
+    for row, counts in enumerate(iter_rule_hits(check, messages)):
+        for name in counts:
             j = col.get(name)
             if j is not None:
                 X[row, j] = 1.0
