@@ -156,3 +156,32 @@ def test_bad_mail_still_tokenizes():
 def test_active_kernel_is_used_by_default():
     msg = Message(MULTIPART)
     assert features(msg, SPEC).tolist() == features(msg, SPEC, impl=fastscore.impl).tolist()
+
+
+SHAPES = """From: Deals <sales2024@mailer.example>
+To: you@x.example
+Subject: FREE MONEY NOW!!!      ref 77
+Message-ID: <20240101.ABCdef99@bulk.other.example>
+X-Face: abc
+Content-Type: text/plain; charset=utf-8
+
+Привет, see http://mailer.example/cgi-bin/track?id=5 and mailto:stop@mailer.example
+""".encode()
+
+
+def test_version_2_meta_tokens():
+    meta = meta_tokens(Message(SHAPES))
+    for tok in ["hname:x-face", "hname:message-id", "mid:shape:9.Aa9", "mid:dom:other", "from:local:a9",
+                "from:local:digits", "from:localw:sales2024", "url:path:cgi", "url:path:bin", "url:path:track",
+                "url:path:id", "url:tld:example", "url:query", "subject:caps:3", "subject:bang",
+                "subject:spaces", "script:cyr"]:
+        assert tok in meta, tok
+    assert "url:obfhost" not in meta and "script:cjk" not in meta and "mid:none" not in meta
+
+
+def test_version_2_tokens_of_a_plain_reply():
+    raw = b"From: Ann <ann@lists.example>\nMessage-ID: <a1@mx.lists.example>\nSubject: re: build\n\nok, thanks"
+    meta = meta_tokens(Message(raw))
+    assert "mid:dom:same" in meta and "mid:shape:a9" in meta and "subject:caps:0" in meta
+    assert not [t for t in meta if t.startswith(("script:", "url:path:", "subject:bang", "from:local:digits"))]
+    assert "mid:none" in meta_tokens(Message(b"From: a@b.example\n\nno id"))

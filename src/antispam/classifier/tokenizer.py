@@ -14,7 +14,12 @@ The work is split in two, for speed:
   ``mime:parts:<bucket>`` ``mime:html-only`` ``mime:image-only`` ``mime:no-text``
   ``charset:<name>`` ``attach:<extension>`` ``url:host:<host>``
   ``url:dom:<last two labels>`` ``url:ip`` ``url:n:<bucket>`` ``url:anchor-mismatch``
-  ``rcvd:n:<bucket>`` ``rcvd:ip16:<a.b>`` ``text:8bit`` ``text:len:<bucket>``.
+  ``rcvd:n:<bucket>`` ``rcvd:ip16:<a.b>`` ``text:8bit`` ``text:len:<bucket>``, and (version 2)
+  ``hname:<name>`` (every header name the sender could have written, see
+  :data:`UNREAD_HEADER_PREFIXES`), ``mid:shape:<shape>`` ``mid:dom:same|other`` ``mid:none``,
+  ``from:local:<shape>`` ``from:local:digits`` ``from:localw:<word>``, ``url:path:<word>``
+  ``url:tld:<tld>`` ``url:mailto`` ``url:query`` ``url:obfhost``, ``subject:caps:<0-4>``
+  ``subject:bang`` ``subject:spaces`` and ``script:<name>`` for each non-Latin script in the text.
 
 * The compiled kernel (:func:`antispam.fastscore.impl.features`) then splits the
   subject and text into words, adds the namespaced and bigram tokens, hashes
@@ -24,7 +29,17 @@ The work is split in two, for speed:
 Headers are chosen to generalise beyond one corpus: headers that mail
 *collection* adds (``Delivery-Date``, ``X-Keywords``, ``X-Status``,
 ``Delivered-To``, ``Return-Path``, any ``X-Spam-*``) are never read, because in a
-corpus they say which mailbox a message came from rather than what it is.
+corpus they say which mailbox a message came from rather than what it is.  For
+the same reason a Message-ID gives its *shape* and whether its domain is the
+From domain, never the domain itself: a message that arrives without one gets
+it from the receiving server, whose name is a fact about the mailbox.
+
+Version 2 added the ``hname:``, ``mid:``, ``from:local*``, ``url:path/tld``,
+``subject:caps/bang/spaces`` and ``script:`` groups: 5-fold cross-validation
+on the TRAIN split raised the NBSVM's spam recall at 0.2% ham FPR from 0.961
+to 0.979 (ROC AUC 0.99971 to 0.99980); HTML tag tokens, CJK character bigrams,
+RFC 2047 charset tokens and the Message-ID domain itself were tried and left
+out (no gain, or a loss; figures in ``docs/classifier.md``).
 
 :data:`TOKENIZER_VERSION` changes whenever any of this changes the ids a
 message gets; a model trained with another version is refused.
@@ -41,7 +56,7 @@ from .. import fastscore
 from ..message import Message
 
 #: Bump on any change that alters the feature ids of a message.
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2
 #: The default hash seed (any 64-bit value; stored in each model).
 DEFAULT_SEED = 0x5A17_0A5E_C1A5_51F1
 #: The default id space: 2**20 features.
@@ -63,6 +78,36 @@ VALUE_HEADERS = ("x-mailer", "user-agent", "precedence", "x-priority", "x-msmail
 _FIRST_WORD_RE = re.compile(r"[a-z][a-z0-9_.-]{0,30}")
 _NAME_WORD_RE = re.compile(r"[^\W\d_]{2,20}")
 _IPV4_RE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+_ASCII_WORD_RE = re.compile(r"[a-z0-9]{2,20}")
+_SHAPE_TABLE = str.maketrans({**{c: "A" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"},
+                               **{c: "a" for c in "abcdefghijklmnopqrstuvwxyz"}, **{c: "9" for c in "0123456789"}})
+_SHAPE_RUNS_RE = re.compile(r"([Aa9])\1+")
+#: header name as written -> its ``hname:`` token or None (names repeat across mail; bounded)
+_HNAME_CACHE: dict[str, str | None] = {}
+_HNAME_CACHE_SIZE = 4096
+_SPACES_RE = re.compile(r"\s{3,}")
+
+#: Header names never made into ``hname:`` tokens: added by delivery, collection, filters or mailing
+#: list software on the receiving side (they describe the mailbox, not the message), plus the ones
+#: :data:`PRESENCE_HEADERS` already covers.  Matched as prefixes of the lower-cased name.
+UNREAD_HEADER_PREFIXES = (
+    "x-spam", "delivery-date", "x-keywords", "x-status", "delivered-to", "return-path", "status", "x-uid",
+    "x-mozilla", "x-evolution", "x-loop", "x-mailscanner", "x-virus", "lines", "content-length", "x-beenthere",
+    "x-mailman-version", "list-", "x-original", "x-egroups", "mailing-list", "x-razor", "x-pyzor", "x-dcc",
+    "x-bogosity", "x-from-line", "x-imap", "x-ui", "x-gmail", "x-rcpt", "envelope-to", "x-envelope", "x-received",
+    "x-authentication", "received", "sender", "errors-to", "precedence", "x-mailer-version", "x-accept",
+    "x-scanned", "x-virus-scanned", "x-filter",
+)
+#: Non-ASCII code point ranges named by ``script:`` tokens (a message gets one per range it uses).
+SCRIPT_RANGES = (
+    ("c1", 0x80, 0x9F), ("latin1", 0xC0, 0xFF), ("latinext", 0x100, 0x24F), ("greek", 0x370, 0x3FF),
+    ("cyr", 0x400, 0x4FF), ("arabic", 0x600, 0x6FF), ("kana", 0x3040, 0x30FF), ("cjk", 0x4E00, 0x9FFF),
+    ("hangul", 0xAC00, 0xD7AF), ("repl", 0xFFFD, 0xFFFD),
+)
+#: Only this much of the text is searched for scripts.
+SCRIPT_CHARS = 20_000
+#: URLs whose parts become ``url:path:``/``url:tld:`` tokens, and path words per URL.
+MAX_URL_PARTS, MAX_PATH_WORDS = 30, 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +214,100 @@ def meta_tokens(msg: Message) -> list[str]:
     if not text.isascii():
         add("text:8bit")
     add("text:len:" + _bucket(len(text) // 64))
+    _header_names(msg, add)
+    _message_id(msg, dom, add)
+    _from_local(msg, add)
+    _url_parts(urls, add)
+    _subject_shape(msg.subject, add)
+    _scripts(msg.subject, text, add)
     return out
+
+
+def _shape(s: str) -> str:
+    """Runs of ASCII upper-case letters, lower-case letters and digits collapsed to ``A``, ``a``, ``9``."""
+    return _SHAPE_RUNS_RE.sub(r"\1", s.translate(_SHAPE_TABLE))
+
+
+def _header_names(msg: Message, add) -> None:  # type: ignore[no-untyped-def]
+    """Which headers the sender wrote: mail software leaves its own set (``X-Face``, ``Thread-Index``...)."""
+    cache = _HNAME_CACHE
+    for name, _ in msg.raw_headers:
+        tok = cache.get(name, "")
+        if tok == "":
+            low = name.lower()
+            tok = None if low.startswith(UNREAD_HEADER_PREFIXES) else "hname:" + low[:30]
+            if len(cache) < _HNAME_CACHE_SIZE:
+                cache[name] = tok
+        if tok is not None:
+            add(tok)
+
+
+def _message_id(msg: Message, from_domain: str | None, add) -> None:  # type: ignore[no-untyped-def]
+    """The Message-ID's shape (bulk mailers have their own) and whether it is the From domain's."""
+    mid = (msg.message_id or "").strip("<>")
+    if "@" not in mid:
+        add("mid:none")
+        return
+    left, right = mid.rsplit("@", 1)
+    add("mid:shape:" + _shape(left)[:20])
+    if from_domain:
+        same = _last_labels(right.lower()) == _last_labels(from_domain.lower())
+        add("mid:dom:same" if same else "mid:dom:other")
+
+
+def _from_local(msg: Message, add) -> None:  # type: ignore[no-untyped-def]
+    """The From address's local part: its shape, digits in it, its words (throw-away addresses)."""
+    addr = msg.from_addr or ""
+    if "@" not in addr:
+        return
+    local = addr.split("@")[0].lower()
+    add("from:local:" + _shape(local)[:12])
+    if any(c.isdigit() for c in local):
+        add("from:local:digits")
+    for w in _ASCII_WORD_RE.findall(local)[:3]:
+        add("from:localw:" + w)
+
+
+def _url_parts(urls, add) -> None:  # type: ignore[no-untyped-def]
+    """Words of URL paths (``unsubscribe``, ``cgi-bin``, tracking ids' shapes), the TLD, odd forms."""
+    for u in urls[:MAX_URL_PARTS]:
+        s = u.url.lower()
+        rest = s.split("//", 1)[-1]
+        hostpart, _, path = rest.partition("/")
+        for w in _ASCII_WORD_RE.findall(path)[:MAX_PATH_WORDS]:
+            add("url:path:" + w)
+        if u.host:
+            add("url:tld:" + u.host.rsplit(".", 1)[-1])
+        if s.startswith("mailto:"):
+            add("url:mailto")
+        if "?" in s:
+            add("url:query")
+        if "%" in hostpart or "@" in hostpart:
+            add("url:obfhost")
+
+
+def _subject_shape(subject: str, add) -> None:  # type: ignore[no-untyped-def]
+    """Shouting and padding in the subject, which case-folded words cannot see."""
+    letters = sum(map(str.isalpha, subject))
+    if letters:
+        upper = sum(map(str.isupper, subject)) / letters
+        add(f"subject:caps:{int(upper * 4)}")
+    if "!" in subject:
+        add("subject:bang")
+    if _SPACES_RE.search(subject):
+        add("subject:spaces")
+
+
+def _scripts(subject: str, text: str, add) -> None:  # type: ignore[no-untyped-def]
+    """One token per script seen in the subject or the first :data:`SCRIPT_CHARS` of the text."""
+    seen = {ord(c) for c in subject if c > "\x7f"} if not subject.isascii() else set()
+    if not text.isascii():
+        seen.update(ord(c) for c in set(text[:SCRIPT_CHARS]) if c > "\x7f")
+    if not seen:
+        return
+    for name, lo, hi in SCRIPT_RANGES:
+        if any(lo <= cp <= hi for cp in seen):
+            add("script:" + name)
 
 
 def views(msg: Message) -> tuple[str, str, list[str]]:
