@@ -81,8 +81,8 @@ _IPV4_RE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 _ASCII_WORD_RE = re.compile(r"[a-z0-9]{2,20}")
 _SHAPE_TABLE = str.maketrans({**{c: "A" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"},
                                **{c: "a" for c in "abcdefghijklmnopqrstuvwxyz"}, **{c: "9" for c in "0123456789"}})
-_SHAPE_RUNS_RE = re.compile(r"([Aa9])\1+")
-#: header name as written -> its ``hname:`` token or None (names repeat across mail; bounded)
+_SHAPE_REPEATS_RE = re.compile(r"(?<=A)A+|(?<=a)a+|(?<=9)9+")
+#: lower-cased header name -> its ``hname:`` token or None (names repeat across mail; bounded)
 _HNAME_CACHE: dict[str, str | None] = {}
 _HNAME_CACHE_SIZE = 4096
 _SPACES_RE = re.compile(r"\s{3,}")
@@ -104,6 +104,8 @@ SCRIPT_RANGES = (
     ("cyr", 0x400, 0x4FF), ("arabic", 0x600, 0x6FF), ("kana", 0x3040, 0x30FF), ("cjk", 0x4E00, 0x9FFF),
     ("hangul", 0xAC00, 0xD7AF), ("repl", 0xFFFD, 0xFFFD),
 )
+_NON_ASCII_RE = re.compile(r"[^\x00-\x7f]")
+_SCRIPT_RES = tuple((name, re.compile(f"[{chr(lo)}-{chr(hi)}]")) for name, lo, hi in SCRIPT_RANGES)
 #: Only this much of the text is searched for scripts.
 SCRIPT_CHARS = 20_000
 #: URLs whose parts become ``url:path:``/``url:tld:`` tokens, and path words per URL.
@@ -156,11 +158,12 @@ def meta_tokens(msg: Message) -> list[str]:
     if rt and dom and not rt.lower().endswith(dom):
         add("reply-to:other-domain")
     add("to:n:" + _bucket(len(msg.to_addrs)))
+    present = _header_names(msg, add)
     for h in PRESENCE_HEADERS:
-        if msg.has(h):
+        if h in present:
             add("header:" + h)
     for h in VALUE_HEADERS:
-        v = msg.get(h)
+        v = msg.get(h) if h in present else None
         if v:
             m = _FIRST_WORD_RE.search(v.lower())
             if m:
@@ -214,7 +217,6 @@ def meta_tokens(msg: Message) -> list[str]:
     if not text.isascii():
         add("text:8bit")
     add("text:len:" + _bucket(len(text) // 64))
-    _header_names(msg, add)
     _message_id(msg, dom, add)
     _from_local(msg, add)
     _url_parts(urls, add)
@@ -225,21 +227,27 @@ def meta_tokens(msg: Message) -> list[str]:
 
 def _shape(s: str) -> str:
     """Runs of ASCII upper-case letters, lower-case letters and digits collapsed to ``A``, ``a``, ``9``."""
-    return _SHAPE_RUNS_RE.sub(r"\1", s.translate(_SHAPE_TABLE))
+    return _SHAPE_REPEATS_RE.sub("", s.translate(_SHAPE_TABLE))
 
 
-def _header_names(msg: Message, add) -> None:  # type: ignore[no-untyped-def]
-    """Which headers the sender wrote: mail software leaves its own set (``X-Face``, ``Thread-Index``...)."""
+def _header_names(msg: Message, add) -> set[str]:  # type: ignore[no-untyped-def]
+    """Which headers the sender wrote (mail software leaves its own set: ``X-Face``, ``Thread-Index``...).
+
+    Returns the set of lower-cased names present, which the ``header:`` tokens read too.
+    """
     cache = _HNAME_CACHE
+    present = set()
     for name, _ in msg.raw_headers:
-        tok = cache.get(name, "")
+        low = name.lower()
+        present.add(low)
+        tok = cache.get(low, "")
         if tok == "":
-            low = name.lower()
             tok = None if low.startswith(UNREAD_HEADER_PREFIXES) else "hname:" + low[:30]
             if len(cache) < _HNAME_CACHE_SIZE:
-                cache[name] = tok
+                cache[low] = tok
         if tok is not None:
             add(tok)
+    return present
 
 
 def _message_id(msg: Message, from_domain: str | None, add) -> None:  # type: ignore[no-untyped-def]
@@ -261,8 +269,9 @@ def _from_local(msg: Message, add) -> None:  # type: ignore[no-untyped-def]
     if "@" not in addr:
         return
     local = addr.split("@")[0].lower()
-    add("from:local:" + _shape(local)[:12])
-    if any(c.isdigit() for c in local):
+    shape = _shape(local)
+    add("from:local:" + shape[:12])
+    if "9" in shape:
         add("from:local:digits")
     for w in _ASCII_WORD_RE.findall(local)[:3]:
         add("from:localw:" + w)
@@ -300,13 +309,16 @@ def _subject_shape(subject: str, add) -> None:  # type: ignore[no-untyped-def]
 
 def _scripts(subject: str, text: str, add) -> None:  # type: ignore[no-untyped-def]
     """One token per script seen in the subject or the first :data:`SCRIPT_CHARS` of the text."""
-    seen = {ord(c) for c in subject if c > "\x7f"} if not subject.isascii() else set()
+    found: set[str] = set()
+    if not subject.isascii():
+        found.update(_NON_ASCII_RE.findall(subject))
     if not text.isascii():
-        seen.update(ord(c) for c in set(text[:SCRIPT_CHARS]) if c > "\x7f")
-    if not seen:
+        found.update(_NON_ASCII_RE.findall(text, 0, SCRIPT_CHARS))
+    if not found:
         return
-    for name, lo, hi in SCRIPT_RANGES:
-        if any(lo <= cp <= hi for cp in seen):
+    chars = "".join(found)
+    for name, rx in _SCRIPT_RES:
+        if rx.search(chars):
             add("script:" + name)
 
 
