@@ -185,3 +185,15 @@ def test_version_2_tokens_of_a_plain_reply():
     assert "mid:dom:same" in meta and "mid:shape:a9" in meta and "subject:caps:0" in meta
     assert not [t for t in meta if t.startswith(("script:", "url:path:", "subject:bang", "from:local:digits"))]
     assert "mid:none" in meta_tokens(Message(b"From: a@b.example\n\nno id"))
+
+
+def test_version_3_software_shapes():
+    raw = (b"Received: from mail.example.org (HELO mx1.example.org) by mx.example.net\n"
+           b"From: Bob <bob@example.org>\nDate: Mon, 2 Sep 2002 10:00:00 +0100\n"
+           b"X-Mailer: Mutt 1.4i\nSubject: hi\n\ntext")
+    meta = meta_tokens(Message(raw))
+    assert "date:shape:a, 9 a 9 9:9:9 +9" in meta and "date:tz:+0100" in meta
+    assert "mailer:Aa 9.9a" in meta
+    assert [t for t in meta if t.startswith("rcvd:helo:")] == ["rcvd:helo:a9.a.a"]
+    bare = meta_tokens(Message(b"From: a@b.example\nUser-Agent: KMail/1.4\n\nx"))
+    assert "date:none" in bare and "mailer:Aa/9.9" in bare and not [t for t in bare if t.startswith("rcvd:helo:")]

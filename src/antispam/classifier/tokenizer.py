@@ -19,7 +19,9 @@ The work is split in two, for speed:
   :data:`UNREAD_HEADER_PREFIXES`), ``mid:shape:<shape>`` ``mid:dom:same|other`` ``mid:none``,
   ``from:local:<shape>`` ``from:local:digits`` ``from:localw:<word>``, ``url:path:<word>``
   ``url:tld:<tld>`` ``url:mailto`` ``url:query`` ``url:obfhost``, ``subject:caps:<0-4>``
-  ``subject:bang`` ``subject:spaces`` and ``script:<name>`` for each non-Latin script in the text.
+  ``subject:bang`` ``subject:spaces`` and ``script:<name>`` for each non-Latin script in the text;
+  and (version 3) ``date:shape:<shape>`` ``date:tz:<offset>`` ``date:none``, ``mailer:<shape>`` (of
+  X-Mailer or User-Agent) and ``rcvd:helo:<shape>`` for the three newest Received headers.
 
 * The compiled kernel (:func:`antispam.fastscore.impl.features`) then splits the
   subject and text into words, adds the namespaced and bigram tokens, hashes
@@ -39,7 +41,9 @@ Version 2 added the ``hname:``, ``mid:``, ``from:local*``, ``url:path/tld``,
 on the TRAIN split raised the NBSVM's spam recall at 0.2% ham FPR from 0.961
 to 0.979 (ROC AUC 0.99971 to 0.99980); HTML tag tokens, CJK character bigrams,
 RFC 2047 charset tokens and the Message-ID domain itself were tried and left
-out (no gain, or a loss; figures in ``docs/classifier.md``).
+out (no gain, or a loss; figures in ``docs/classifier.md``).  Version 3 added the
+shapes of the Date header, the mailer name and the Received HELO names: recall at
+0.2% FPR +0.2 to +1.4 points on three different 5-fold cuts of TRAIN.
 
 :data:`TOKENIZER_VERSION` changes whenever any of this changes the ids a
 message gets; a model trained with another version is refused.
@@ -56,7 +60,7 @@ from .. import fastscore
 from ..message import Message
 
 #: Bump on any change that alters the feature ids of a message.
-TOKENIZER_VERSION = 2
+TOKENIZER_VERSION = 3
 #: The default hash seed (any 64-bit value; stored in each model).
 DEFAULT_SEED = 0x5A17_0A5E_C1A5_51F1
 #: The default id space: 2**20 features.
@@ -86,6 +90,9 @@ _SHAPE_REPEATS_RE = re.compile(r"(?<=A)A+|(?<=a)a+|(?<=9)9+")
 _HNAME_CACHE: dict[str, str | None] = {}
 _HNAME_CACHE_SIZE = 4096
 _SPACES_RE = re.compile(r"\s{3,}")
+_DIGIT_RUNS_RE = re.compile(r"\d+")
+_DATE_LETTERS_RE = re.compile(r"[A-Za-z]+")
+_TZ_OFFSET_RE = re.compile(r"([+-]\d{4})")
 
 #: Header names never made into ``hname:`` tokens: added by delivery, collection, filters or mailing
 #: list software on the receiving side (they describe the mailbox, not the message), plus the ones
@@ -218,6 +225,7 @@ def meta_tokens(msg: Message) -> list[str]:
         add("text:8bit")
     add("text:len:" + _bucket(len(text) // 64))
     _message_id(msg, dom, add)
+    _software_shapes(msg, present, relays, add)
     _from_local(msg, add)
     _url_parts(urls, add)
     _subject_shape(msg.subject, add)
@@ -248,6 +256,30 @@ def _header_names(msg: Message, add) -> set[str]:  # type: ignore[no-untyped-def
         if tok is not None:
             add(tok)
     return present
+
+
+def _software_shapes(msg: Message, present: set[str], relays, add) -> None:  # type: ignore[no-untyped-def]
+    """How the Date header, the mailer name and the relays' HELO names are *written*.
+
+    Mail software has fixed habits (``Mon, 2 Sep 2002 10:00:00 +0100`` against a bulk tool's own
+    date format; ``Microsoft Outlook Express 6.00...`` against a random tag; a HELO that is a bare
+    IP or a single word): shapes carry that without memorising names.
+    """
+    date = msg.get("date") if "date" in present else None
+    if date:
+        add("date:shape:" + _DATE_LETTERS_RE.sub("a", _DIGIT_RUNS_RE.sub("9", date.strip()))[:30])
+        m = _TZ_OFFSET_RE.search(date)
+        add("date:tz:" + (m.group(1) if m else "none"))
+    else:
+        add("date:none")
+    mailer = msg.get("x-mailer") if "x-mailer" in present else None
+    if not mailer and "user-agent" in present:
+        mailer = msg.get("user-agent")
+    if mailer:
+        add("mailer:" + _shape(mailer.strip())[:40])
+    for r in relays[:3]:
+        if r.helo:
+            add("rcvd:helo:" + _shape(r.helo)[:20])
 
 
 def _message_id(msg: Message, from_domain: str | None, add) -> None:  # type: ignore[no-untyped-def]
