@@ -86,12 +86,17 @@ _ASCII_WORD_RE = re.compile(r"[a-z0-9]{2,20}")
 _SHAPE_TABLE = str.maketrans({**{c: "A" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"},
                                **{c: "a" for c in "abcdefghijklmnopqrstuvwxyz"}, **{c: "9" for c in "0123456789"}})
 _SHAPE_REPEATS_RE = re.compile(r"(?<=A)A+|(?<=a)a+|(?<=9)9+")
+#: memo of :func:`_cached_shape` (bounded: a flood of distinct values only stops the caching)
+_SHAPE_CACHE: dict[str, str] = {}
+_SHAPE_CACHE_SIZE = 8192
 #: lower-cased header name -> its ``hname:`` token or None (names repeat across mail; bounded)
 _HNAME_CACHE: dict[str, str | None] = {}
 _HNAME_CACHE_SIZE = 4096
 _SPACES_RE = re.compile(r"\s{3,}")
-_DIGIT_RUNS_RE = re.compile(r"\d+")
-_DATE_LETTERS_RE = re.compile(r"[A-Za-z]+")
+#: a Date's shape: digits -> 9 and ASCII letters -> a, then each run of either kept once
+_DATE_TABLE = str.maketrans({**{c: "a" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"},
+                              **{c: "9" for c in "0123456789"}})
+_DATE_REPEATS_RE = re.compile(r"(?<=a)a+|(?<=9)9+")
 _TZ_OFFSET_RE = re.compile(r"([+-]\d{4})")
 
 #: Header names never made into ``hname:`` tokens: added by delivery, collection, filters or mailing
@@ -238,16 +243,26 @@ def _shape(s: str) -> str:
     return _SHAPE_REPEATS_RE.sub("", s.translate(_SHAPE_TABLE))
 
 
-def _header_names(msg: Message, add) -> set[str]:  # type: ignore[no-untyped-def]
+def _cached_shape(s: str) -> str:
+    """:func:`_shape` of a value that recurs across mail (mailer names, HELO names), memoised."""
+    v = _SHAPE_CACHE.get(s)
+    if v is None:
+        v = _shape(s)
+        if len(_SHAPE_CACHE) < _SHAPE_CACHE_SIZE:
+            _SHAPE_CACHE[s] = v
+    return v
+
+
+def _header_names(msg: Message, add):  # type: ignore[no-untyped-def]
     """Which headers the sender wrote (mail software leaves its own set: ``X-Face``, ``Thread-Index``...).
 
-    Returns the set of lower-cased names present, which the ``header:`` tokens read too.
+    Returns the lower-cased names present (a set-like view), which the ``header:`` tokens read too.
     """
     cache = _HNAME_CACHE
-    present = set()
-    for name, _ in msg.raw_headers:
-        low = name.lower()
-        present.add(low)
+    # The Message's own index of lower-cased header names: built once per message and shared with
+    # every get()/has(), so reading its keys costs nothing here.
+    present = msg._index.keys()
+    for low in present:
         tok = cache.get(low, "")
         if tok == "":
             tok = None if low.startswith(UNREAD_HEADER_PREFIXES) else "hname:" + low[:30]
@@ -267,7 +282,7 @@ def _software_shapes(msg: Message, present: set[str], relays, add) -> None:  # t
     """
     date = msg.get("date") if "date" in present else None
     if date:
-        add("date:shape:" + _DATE_LETTERS_RE.sub("a", _DIGIT_RUNS_RE.sub("9", date.strip()))[:30])
+        add("date:shape:" + _DATE_REPEATS_RE.sub("", date.strip().translate(_DATE_TABLE))[:30])
         m = _TZ_OFFSET_RE.search(date)
         add("date:tz:" + (m.group(1) if m else "none"))
     else:
@@ -276,10 +291,10 @@ def _software_shapes(msg: Message, present: set[str], relays, add) -> None:  # t
     if not mailer and "user-agent" in present:
         mailer = msg.get("user-agent")
     if mailer:
-        add("mailer:" + _shape(mailer.strip())[:40])
+        add("mailer:" + _cached_shape(mailer.strip())[:40])
     for r in relays[:3]:
         if r.helo:
-            add("rcvd:helo:" + _shape(r.helo)[:20])
+            add("rcvd:helo:" + _cached_shape(r.helo)[:20])
 
 
 def _message_id(msg: Message, from_domain: str | None, add) -> None:  # type: ignore[no-untyped-def]
@@ -311,14 +326,13 @@ def _from_local(msg: Message, add) -> None:  # type: ignore[no-untyped-def]
 
 def _url_parts(urls, add) -> None:  # type: ignore[no-untyped-def]
     """Words of URL paths (``unsubscribe``, ``cgi-bin``, tracking ids' shapes), the TLD, odd forms."""
-    for u in urls[:MAX_URL_PARTS]:
-        s = u.url.lower()
+    for s, host in {(u.url.lower(), u.host) for u in urls[:MAX_URL_PARTS]}:  # a repeat adds nothing new
         rest = s.split("//", 1)[-1]
         hostpart, _, path = rest.partition("/")
         for w in _ASCII_WORD_RE.findall(path)[:MAX_PATH_WORDS]:
             add("url:path:" + w)
-        if u.host:
-            add("url:tld:" + u.host.rsplit(".", 1)[-1])
+        if host:
+            add("url:tld:" + host.rsplit(".", 1)[-1])
         if s.startswith("mailto:"):
             add("url:mailto")
         if "?" in s:
