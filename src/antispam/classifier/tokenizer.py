@@ -247,7 +247,7 @@ def _header_names(msg: Message, add):  # type: ignore[no-untyped-def]
     cache = _HNAME_CACHE
     # The Message's own index of lower-cased header names: built once per message and shared with
     # every get()/has(), so reading its keys costs nothing here.
-    present = msg._index.keys()
+    present = msg.header_index.keys()
     for low in present:
         tok = cache.get(low, "")
         if tok == "":
