@@ -45,7 +45,7 @@ def bayes_hit(log_odds: float) -> tuple[str, float]:
     to the total: linear in the log-odds on each side, two slopes fitted jointly with the rules by
     ``antispam fit``.  Why not graded bins (``p >= 0.99``, ``0.95``...): bins throw away where in its
     bin a message is; 5-fold cross-validation of the joint fit on TRAIN gave the same spam recall at
-    0.2% ham FPR and a higher ROC AUC (0.99982 against 0.99968) and recall at 0.1% FPR (0.975
+    0.2% ham FPR and a higher ROC AUC (0.99982 against 0.99968) and recall at 0.1% FPR (0.972
     against 0.970) for this form (``docs/classifier.md``).
     """
     if log_odds >= 0.0:
