@@ -156,3 +156,44 @@ def test_bad_mail_still_tokenizes():
 def test_active_kernel_is_used_by_default():
     msg = Message(MULTIPART)
     assert features(msg, SPEC).tolist() == features(msg, SPEC, impl=fastscore.impl).tolist()
+
+
+SHAPES = """From: Deals <sales2024@mailer.example>
+To: you@x.example
+Subject: FREE MONEY NOW!!!      ref 77
+Message-ID: <20240101.ABCdef99@bulk.other.example>
+X-Face: abc
+Content-Type: text/plain; charset=utf-8
+
+Привет, see http://mailer.example/cgi-bin/track?id=5 and mailto:stop@mailer.example
+""".encode()
+
+
+def test_version_2_meta_tokens():
+    meta = meta_tokens(Message(SHAPES))
+    for tok in ["hname:x-face", "hname:message-id", "mid:shape:9.Aa9", "mid:dom:other", "from:local:a9",
+                "from:local:digits", "from:localw:sales2024"]:
+        assert tok in meta, tok
+    assert "mid:none" not in meta
+    # groups tried and dropped (version 4): no URL path words, subject shape or script tokens
+    assert not [t for t in meta if t.startswith(("url:path:", "subject:caps:", "script:"))]
+
+
+def test_version_2_tokens_of_a_plain_reply():
+    raw = b"From: Ann <ann@lists.example>\nMessage-ID: <a1@mx.lists.example>\nSubject: re: build\n\nok, thanks"
+    meta = meta_tokens(Message(raw))
+    assert "mid:dom:same" in meta and "mid:shape:a9" in meta and "from:local:a" in meta
+    assert "from:local:digits" not in meta
+    assert "mid:none" in meta_tokens(Message(b"From: a@b.example\n\nno id"))
+
+
+def test_version_3_software_shapes():
+    raw = (b"Received: from mail.example.org (HELO mx1.example.org) by mx.example.net\n"
+           b"From: Bob <bob@example.org>\nDate: Mon, 2 Sep 2002 10:00:00 +0100\n"
+           b"X-Mailer: Mutt 1.4i\nSubject: hi\n\ntext")
+    meta = meta_tokens(Message(raw))
+    assert "date:shape:a, 9 a 9 9:9:9 +9" in meta and "date:tz:+0100" in meta
+    assert "mailer:Aa 9.9a" in meta
+    assert [t for t in meta if t.startswith("rcvd:helo:")] == ["rcvd:helo:a9.a.a"]
+    bare = meta_tokens(Message(b"From: a@b.example\nUser-Agent: KMail/1.4\n\nx"))
+    assert "date:none" in bare and "mailer:Aa/9.9" in bare and not [t for t in bare if t.startswith("rcvd:helo:")]

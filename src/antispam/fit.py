@@ -6,14 +6,15 @@ already says.  The maths:
 
 1. Each TRAIN message becomes a row ``x``: the weight of every symbol the
    engine emits with the classifier switched off (rules, MIME defects, ...),
-   plus one column per classifier grade (``BAYES_SPAM_99``, ..., ``BAYES_HAM``)
-   taken from the classifier's *out-of-fold* probability.  Out of fold matters:
-   the shipped model has seen every TRAIN message, so its in-sample
-   probabilities are near 0 or 1 and would make every other symbol look
-   useless.  So the TRAIN set is cut in ``folds`` parts; a linear model with
-   the shipped model's tokenizer and C is fitted on the others and scores the
-   held-out part, and the shipped model's Platt calibration turns those margins
-   into probabilities.
+   plus the classifier's two columns ``BAYES_SPAM`` and ``BAYES_HAM``, whose
+   weights are the clipped log-odds the check would emit
+   (:func:`~antispam.classifier.check.bayes_hit`), taken from the classifier's
+   *out-of-fold* log-odds.  Out of fold matters: the shipped model has seen
+   every TRAIN message, so its in-sample log-odds are extreme and would make
+   every other symbol look useless.  So the TRAIN set is cut in ``folds``
+   parts; a linear model with the shipped model's tokenizer, alpha and C is
+   fitted on the others and scores the held-out part, and the shipped model's
+   Platt calibration turns those margins into log-odds.
 2. A logistic model ``P(spam | x) = sigmoid(w . x + b)`` is fitted by
    L-BFGS-B with an L2 penalty ``lam * |w|^2`` and *sign bounds*: a symbol
    declared as spam evidence (positive default score) may not get a negative
@@ -49,6 +50,9 @@ from .corpus import LabelledMessage
 #: symbols never fitted: fixed by meaning, or informational
 FIXED = frozenset({"GTUBE", "CHECK_ERROR", "CHECK_TIMEOUT", "SCAN_LIMIT", "INPUT_ERROR", "STORE_UNAVAILABLE"})
 DEFAULT_TOML = Path(__file__).resolve().parent / "default.toml"
+#: L2 strengths tried by cross-validation (the classifier's columns need little shrinkage: their
+#: weights are large, so the grid reaches down to 3e-6)
+LAMBDAS = (3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,10 @@ class FitResult:
     seconds: float
 
 
-def oof_probabilities(msgs: Sequence[LabelledMessage], folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Out-of-fold spam probabilities of the shipped classifier's recipe on ``msgs``."""
+def oof_log_odds(msgs: Sequence[LabelledMessage], folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold log-odds of spam of the shipped classifier's recipe on ``msgs``."""
     from .classifier.check import default_model
-    from .classifier.train import oof_probabilities as classifier_oof
+    from .classifier.train import oof_log_odds as classifier_oof
 
     return classifier_oof([m.data for m in msgs], [m.is_spam for m in msgs], default_model(), folds, seed)
 
@@ -130,24 +134,25 @@ def _recall_at_fpr(z: np.ndarray, y: np.ndarray, target_fpr: float) -> tuple[flo
 
 def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *, folds: int = 5,
                target_fpr: float = 0.002, ham_weights: Sequence[float] = (1.0, 3.0, 10.0),
-               lams: Sequence[float] = (3e-5, 1e-4, 3e-4, 1e-3), seed: int = 0,
+               lams: Sequence[float] = LAMBDAS, seed: int = 0,
                progress: Callable[[str], None] | None = None) -> FitResult:
     """Fit every symbol's score on ``msgs`` (labelled TRAIN mail); see the module docstring."""
     from sklearn.model_selection import StratifiedKFold
 
-    from .classifier.check import grade
+    from .classifier.check import bayes_hit
     from .engine import Engine
 
     say = progress or (lambda s: None)
     t0 = time.monotonic()
     config = config or Config()
     y = np.array([m.is_spam for m in msgs], dtype=np.float64)
-    say(f"out-of-fold classifier probabilities on {len(msgs)} messages ({folds} folds)")
-    p = oof_probabilities(msgs, folds, seed)
+    say(f"out-of-fold classifier log-odds on {len(msgs)} messages ({folds} folds)")
+    z_clf = oof_log_odds(msgs, folds, seed)
     say("scanning with every other check")
     rows = symbol_rows(msgs, config)
-    for row, pi in zip(rows, p):
-        row[grade(float(pi))] = 1.0
+    for row, zi in zip(rows, z_clf):
+        name, weight = bayes_hit(float(zi))
+        row[name] = weight
     defaults = {name: sd.score for name, sd in Engine(config).symbols.items()}
     names = sorted({n for r in rows for n in r if n not in FIXED and defaults.get(n, 0.0) != 0.0})
     col = {n: i for i, n in enumerate(names)}
@@ -210,7 +215,7 @@ def write_default_toml(result: FitResult, path: Path = DEFAULT_TOML, corpus_dige
 
 
 def register(sub) -> None:  # type: ignore[no-untyped-def]
-    p = sub.add_parser("fit", help="fit the scores of every symbol (rules + classifier grades) on labelled TRAIN mail")
+    p = sub.add_parser("fit", help="fit the scores of every symbol (rules + classifier) on labelled TRAIN mail")
     p.add_argument("--corpus", help="labelled corpus (MANIFEST.tsv layout; default: the SpamAssassin corpus)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--target-fpr", type=float, default=0.002, help="ham false-positive rate of the operating point")

@@ -1,4 +1,4 @@
-"""The classifier as an engine check: graded ``BAYES_*`` symbols whose options are the clues.
+"""The classifier as an engine check: a ``BAYES_*`` symbol weighted by the log-odds, clues as options.
 
 One scan costs: the message views (cached on the Message, shared with other
 checks), one kernel call to tokenize and hash, one kernel call to score, and
@@ -26,27 +26,31 @@ from .tokenizer import views
 
 log = logging.getLogger("antispam.classifier")
 
-#: (symbol, lower bound of p(spam), default score, description), highest first.  A message gets
-#: exactly one: the first whose bound its probability reaches.
-GRADES: tuple[tuple[str, float, float, str], ...] = (
-    ("BAYES_SPAM_99", 0.99, 6.0, "Token classifier: spam probability 99% or more"),
-    ("BAYES_SPAM_95", 0.95, 5.0, "Token classifier: spam probability 95% to 99%"),
-    ("BAYES_SPAM_90", 0.90, 4.0, "Token classifier: spam probability 90% to 95%"),
-    ("BAYES_SPAM_80", 0.80, 3.0, "Token classifier: spam probability 80% to 90%"),
-    ("BAYES_SPAM_60", 0.60, 1.5, "Token classifier: spam probability 60% to 80%"),
-    ("BAYES_UNSURE", 0.40, 0.0, "Token classifier: undecided (spam probability 40% to 60%)"),
-    ("BAYES_HAM_60", 0.05, -0.5, "Token classifier: ham probability 60% to 95%"),
-    ("BAYES_HAM", 0.01, -1.5, "Token classifier: ham probability 95% to 99%"),
-    ("BAYES_HAM_99", 0.0, -3.0, "Token classifier: ham probability 99% or more"),
+#: The classifier's log-odds count up to this size: beyond it (p outside 0.00005..0.99995) more
+#: certainty adds nothing to the score, so one extreme message cannot outvote every rule.
+LOG_ODDS_CAP = 10.0
+#: (symbol, default score, description).  A message gets exactly one, whose *weight* is how much of
+#: the evidence it carries (see :func:`bayes_hit`); the policy multiplies the configured score by it.
+SYMBOLS: tuple[tuple[str, float, str], ...] = (
+    ("BAYES_SPAM", 8.0, "Token classifier: spam evidence (weight = log-odds of spam / 10, at most 1)"),
+    ("BAYES_HAM", -8.0, "Token classifier: ham evidence (weight = log-odds of ham / 10, at most 1)"),
 )
 
 
-def grade(p: float) -> str:
-    """The symbol for spam probability ``p``."""
-    for name, low, _, _ in GRADES:
-        if p >= low:
-            return name
-    return GRADES[-1][0]
+def bayes_hit(log_odds: float) -> tuple[str, float]:
+    """The symbol and weight for calibrated log-odds ``z = ln(p / (1 - p))`` of spam.
+
+    ``BAYES_SPAM`` with weight ``min(z, 10) / 10`` when ``z >= 0``, else ``BAYES_HAM`` with weight
+    ``min(-z, 10) / 10``.  So the classifier adds ``score_spam * z / 10`` or ``|score_ham| * z / 10``
+    to the total: linear in the log-odds on each side, two slopes fitted jointly with the rules by
+    ``antispam fit``.  Why not graded bins (``p >= 0.99``, ``0.95``...): bins throw away where in its
+    bin a message is; 5-fold cross-validation of the joint fit on TRAIN gave the same spam recall at
+    0.2% ham FPR and a higher ROC AUC (0.99982 against 0.99968) and recall at 0.1% FPR (0.972
+    against 0.970) for this form (``docs/classifier.md``).
+    """
+    if log_odds >= 0.0:
+        return "BAYES_SPAM", min(log_odds, LOG_ODDS_CAP) / LOG_ODDS_CAP
+    return "BAYES_HAM", min(-log_odds, LOG_ODDS_CAP) / LOG_ODDS_CAP
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +64,16 @@ class Classification:
     n_features: int
     #: the part of the margin that online learning added
     learned: float = 0.0
+    #: calibrated log-odds of spam, ``ln(p / (1 - p))`` (exact even where p rounds to 0 or 1)
+    log_odds: float = 0.0
 
     @property
     def symbol(self) -> str:
-        return grade(self.probability)
+        return bayes_hit(self.log_odds)[0]
+
+    @property
+    def weight(self) -> float:
+        return bayes_hit(self.log_odds)[1]
 
 
 class Classifier:
@@ -94,7 +104,7 @@ class Classifier:
         margin = self.model.bias + total * scale + learned
         named = tuple((self.model.token_name(i), c * scale) for i, c in clues)
         return Classification(probability=self.model.probability(margin, n), margin=margin, clues=named,
-                              n_features=n, learned=learned)
+                              n_features=n, learned=learned, log_odds=self.model.log_odds(margin, n))
 
     def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:
         if self.stats is None:
@@ -116,10 +126,10 @@ def _options(c: Classification) -> tuple[str, ...]:
 
 
 class ClassifierCheck(Check):
-    """Emits one graded ``BAYES_*`` symbol per message, with the strongest clue tokens as options."""
+    """Emits ``BAYES_SPAM`` or ``BAYES_HAM`` weighted by the log-odds, with the strongest clues as options."""
 
     name = "classifier"
-    symbols = tuple(SymbolDef(n, s, d, "classifier") for n, _, s, d in GRADES)
+    symbols = tuple(SymbolDef(n, s, d, "classifier") for n, s, d in SYMBOLS)
 
     def __init__(self, classifier: Classifier):
         self.classifier = classifier
@@ -127,7 +137,8 @@ class ClassifierCheck(Check):
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
         c = self.classifier.classify(msg)
         ctx.publish(c)
-        return (Hit(c.symbol, 1.0, _options(c)),)
+        name, weight = bayes_hit(c.log_odds)
+        return (Hit(name, weight, _options(c)),)
 
     def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:
         return self.classifier.learn(msg, spam, source)

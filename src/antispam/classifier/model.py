@@ -84,9 +84,13 @@ class Model:
     #: everything else from model.json (training digest, metrics, created, ...)
     meta: Mapping[str, Any] = field(default_factory=dict)
 
+    def log_odds(self, margin: float, n: int) -> float:
+        """Calibrated log-odds ``z = ln(p / (1 - p))`` of a message with ``n`` features and this margin."""
+        return (self.calib_a * margin + self.calib_b) * evidence(n)
+
     def probability(self, margin: float, n: int) -> float:
         """Calibrated p(spam) of a message with ``n`` distinct features and this margin."""
-        z = (self.calib_a * margin + self.calib_b) * evidence(n)
+        z = self.log_odds(margin, n)
         # Numerically safe logistic: exp never overflows.
         if z >= 0:
             return 1.0 / (1.0 + math.exp(-z))

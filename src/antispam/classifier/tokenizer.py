@@ -14,7 +14,12 @@ The work is split in two, for speed:
   ``mime:parts:<bucket>`` ``mime:html-only`` ``mime:image-only`` ``mime:no-text``
   ``charset:<name>`` ``attach:<extension>`` ``url:host:<host>``
   ``url:dom:<last two labels>`` ``url:ip`` ``url:n:<bucket>`` ``url:anchor-mismatch``
-  ``rcvd:n:<bucket>`` ``rcvd:ip16:<a.b>`` ``text:8bit`` ``text:len:<bucket>``.
+  ``rcvd:n:<bucket>`` ``rcvd:ip16:<a.b>`` ``text:8bit`` ``text:len:<bucket>``; since version 2
+  ``hname:<name>`` (every header name the sender could have written, see
+  :data:`UNREAD_HEADER_PREFIXES`), ``mid:shape:<shape>`` ``mid:dom:same|other`` ``mid:none``,
+  ``from:local:<shape>`` ``from:local:digits`` ``from:localw:<word>``; since version 3
+  ``date:shape:<shape>`` ``date:tz:<offset>`` ``date:none``, ``mailer:<shape>`` (of X-Mailer or
+  User-Agent) and ``rcvd:helo:<shape>`` for the three newest Received headers.
 
 * The compiled kernel (:func:`antispam.fastscore.impl.features`) then splits the
   subject and text into words, adds the namespaced and bigram tokens, hashes
@@ -24,7 +29,23 @@ The work is split in two, for speed:
 Headers are chosen to generalise beyond one corpus: headers that mail
 *collection* adds (``Delivery-Date``, ``X-Keywords``, ``X-Status``,
 ``Delivered-To``, ``Return-Path``, any ``X-Spam-*``) are never read, because in a
-corpus they say which mailbox a message came from rather than what it is.
+corpus they say which mailbox a message came from rather than what it is.  For
+the same reason a Message-ID gives its *shape* and whether its domain is the
+From domain, never the domain itself: a message that arrives without one gets
+it from the receiving server, whose name is a fact about the mailbox.
+
+Version 2 added the ``hname:``, ``mid:``, ``from:local*`` groups (and URL path
+words, subject shape and script tokens): 5-fold cross-validation on the TRAIN
+split raised the NBSVM's spam recall at 0.2% ham FPR from 0.961 to 0.979 (ROC
+AUC 0.99971 to 0.99980); HTML tag tokens, CJK character bigrams, RFC 2047
+charset tokens and the Message-ID domain itself were tried and left out (no
+gain, or a loss; figures in ``docs/classifier.md``).  Version 3 added the
+shapes of the Date header, the mailer name and the Received HELO names: recall
+at 0.2% FPR +0.2 to +1.4 points on three different 5-fold cuts of TRAIN.
+Version 4 dropped the URL path, subject shape and script tokens again: with the
+version 3 groups present they no longer changed cross-validated recall (0.9739
+with them, 0.9725 without, mean of three cuts; AUC 0.99978 / 0.99979) and cost
+9 us of the 50 us budget per message.
 
 :data:`TOKENIZER_VERSION` changes whenever any of this changes the ids a
 message gets; a model trained with another version is refused.
@@ -41,7 +62,7 @@ from .. import fastscore
 from ..message import Message
 
 #: Bump on any change that alters the feature ids of a message.
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 4
 #: The default hash seed (any 64-bit value; stored in each model).
 DEFAULT_SEED = 0x5A17_0A5E_C1A5_51F1
 #: The default id space: 2**20 features.
@@ -63,6 +84,33 @@ VALUE_HEADERS = ("x-mailer", "user-agent", "precedence", "x-priority", "x-msmail
 _FIRST_WORD_RE = re.compile(r"[a-z][a-z0-9_.-]{0,30}")
 _NAME_WORD_RE = re.compile(r"[^\W\d_]{2,20}")
 _IPV4_RE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+_ASCII_WORD_RE = re.compile(r"[a-z0-9]{2,20}")
+_SHAPE_TABLE = str.maketrans({**{c: "A" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"},
+                               **{c: "a" for c in "abcdefghijklmnopqrstuvwxyz"}, **{c: "9" for c in "0123456789"}})
+_SHAPE_REPEATS_RE = re.compile(r"(?<=A)A+|(?<=a)a+|(?<=9)9+")
+#: memo of :func:`_cached_shape` (bounded: a flood of distinct values only stops the caching)
+_SHAPE_CACHE: dict[str, str] = {}
+_SHAPE_CACHE_SIZE = 8192
+#: lower-cased header name -> its ``hname:`` token or None (names repeat across mail; bounded)
+_HNAME_CACHE: dict[str, str | None] = {}
+_HNAME_CACHE_SIZE = 4096
+#: a Date's shape: digits -> 9 and ASCII letters -> a, then each run of either kept once
+_DATE_TABLE = str.maketrans({**{c: "a" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"},
+                              **{c: "9" for c in "0123456789"}})
+_DATE_REPEATS_RE = re.compile(r"(?<=a)a+|(?<=9)9+")
+_TZ_OFFSET_RE = re.compile(r"([+-]\d{4})")
+
+#: Header names never made into ``hname:`` tokens: added by delivery, collection, filters or mailing
+#: list software on the receiving side (they describe the mailbox, not the message), plus the ones
+#: :data:`PRESENCE_HEADERS` already covers.  Matched as prefixes of the lower-cased name.
+UNREAD_HEADER_PREFIXES = (
+    "x-spam", "delivery-date", "x-keywords", "x-status", "delivered-to", "return-path", "status", "x-uid",
+    "x-mozilla", "x-evolution", "x-loop", "x-mailscanner", "x-virus", "lines", "content-length", "x-beenthere",
+    "x-mailman-version", "list-", "x-original", "x-egroups", "mailing-list", "x-razor", "x-pyzor", "x-dcc",
+    "x-bogosity", "x-from-line", "x-imap", "x-ui", "x-gmail", "x-rcpt", "envelope-to", "x-envelope", "x-received",
+    "x-authentication", "received", "sender", "errors-to", "precedence", "x-mailer-version", "x-accept",
+    "x-scanned", "x-virus-scanned", "x-filter",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +159,12 @@ def meta_tokens(msg: Message) -> list[str]:
     if rt and dom and not rt.lower().endswith(dom):
         add("reply-to:other-domain")
     add("to:n:" + _bucket(len(msg.to_addrs)))
+    present = _header_names(msg, add)
     for h in PRESENCE_HEADERS:
-        if msg.has(h):
+        if h in present:
             add("header:" + h)
     for h in VALUE_HEADERS:
-        v = msg.get(h)
+        v = msg.get(h) if h in present else None
         if v:
             m = _FIRST_WORD_RE.search(v.lower())
             if m:
@@ -169,7 +218,96 @@ def meta_tokens(msg: Message) -> list[str]:
     if not text.isascii():
         add("text:8bit")
     add("text:len:" + _bucket(len(text) // 64))
+    _message_id(msg, dom, add)
+    _software_shapes(msg, present, relays, add)
+    _from_local(msg, add)
     return out
+
+
+def _shape(s: str) -> str:
+    """Runs of ASCII upper-case letters, lower-case letters and digits collapsed to ``A``, ``a``, ``9``."""
+    return _SHAPE_REPEATS_RE.sub("", s.translate(_SHAPE_TABLE))
+
+
+def _cached_shape(s: str) -> str:
+    """:func:`_shape` of a value that recurs across mail (mailer names, HELO names), memoised."""
+    v = _SHAPE_CACHE.get(s)
+    if v is None:
+        v = _shape(s)
+        if len(_SHAPE_CACHE) < _SHAPE_CACHE_SIZE:
+            _SHAPE_CACHE[s] = v
+    return v
+
+
+def _header_names(msg: Message, add):  # type: ignore[no-untyped-def]
+    """Which headers the sender wrote (mail software leaves its own set: ``X-Face``, ``Thread-Index``...).
+
+    Returns the lower-cased names present (a set-like view), which the ``header:`` tokens read too.
+    """
+    cache = _HNAME_CACHE
+    # The Message's own index of lower-cased header names: built once per message and shared with
+    # every get()/has(), so reading its keys costs nothing here.
+    present = msg.header_index.keys()
+    for low in present:
+        tok = cache.get(low, "")
+        if tok == "":
+            tok = None if low.startswith(UNREAD_HEADER_PREFIXES) else "hname:" + low[:30]
+            if len(cache) < _HNAME_CACHE_SIZE:
+                cache[low] = tok
+        if tok is not None:
+            add(tok)
+    return present
+
+
+def _software_shapes(msg: Message, present: set[str], relays, add) -> None:  # type: ignore[no-untyped-def]
+    """How the Date header, the mailer name and the relays' HELO names are *written*.
+
+    Mail software has fixed habits (``Mon, 2 Sep 2002 10:00:00 +0100`` against a bulk tool's own
+    date format; ``Microsoft Outlook Express 6.00...`` against a random tag; a HELO that is a bare
+    IP or a single word): shapes carry that without memorising names.
+    """
+    date = msg.get("date") if "date" in present else None
+    if date:
+        add("date:shape:" + _DATE_REPEATS_RE.sub("", date.strip().translate(_DATE_TABLE))[:30])
+        m = _TZ_OFFSET_RE.search(date)
+        add("date:tz:" + (m.group(1) if m else "none"))
+    else:
+        add("date:none")
+    mailer = msg.get("x-mailer") if "x-mailer" in present else None
+    if not mailer and "user-agent" in present:
+        mailer = msg.get("user-agent")
+    if mailer:
+        add("mailer:" + _cached_shape(mailer.strip())[:40])
+    for r in relays[:3]:
+        if r.helo:
+            add("rcvd:helo:" + _cached_shape(r.helo)[:20])
+
+
+def _message_id(msg: Message, from_domain: str | None, add) -> None:  # type: ignore[no-untyped-def]
+    """The Message-ID's shape (bulk mailers have their own) and whether it is the From domain's."""
+    mid = (msg.message_id or "").strip("<>")
+    if "@" not in mid:
+        add("mid:none")
+        return
+    left, right = mid.rsplit("@", 1)
+    add("mid:shape:" + _shape(left)[:20])
+    if from_domain:
+        same = _last_labels(right.lower()) == _last_labels(from_domain.lower())
+        add("mid:dom:same" if same else "mid:dom:other")
+
+
+def _from_local(msg: Message, add) -> None:  # type: ignore[no-untyped-def]
+    """The From address's local part: its shape, digits in it, its words (throw-away addresses)."""
+    addr = msg.from_addr or ""
+    if "@" not in addr:
+        return
+    local = addr.split("@")[0].lower()
+    shape = _shape(local)
+    add("from:local:" + shape[:12])
+    if "9" in shape:
+        add("from:local:digits")
+    for w in _ASCII_WORD_RE.findall(local)[:3]:
+        add("from:localw:" + w)
 
 
 def views(msg: Message) -> tuple[str, str, list[str]]:

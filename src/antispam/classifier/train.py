@@ -134,13 +134,13 @@ def _cv_margins(X, y: np.ndarray, folds, alpha: float, c: float, seed: int) -> n
     return out
 
 
-def oof_probabilities(messages: Sequence[bytes], spam: Sequence[bool], model: Model, folds: int = 5,
-                      seed: int = 0) -> np.ndarray:
-    """Out-of-fold calibrated p(spam) of ``model``'s recipe (tokenizer, alpha, C, calibration).
+def oof_log_odds(messages: Sequence[bytes], spam: Sequence[bool], model: Model, folds: int = 5,
+                 seed: int = 0) -> np.ndarray:
+    """Out-of-fold calibrated log-odds of spam of ``model``'s recipe (tokenizer, alpha, C, calibration).
 
     Each message is scored by a model fitted without it, then calibrated as the
     shipped model would calibrate it.  What ``antispam fit`` needs: the shipped
-    model has seen every TRAIN message, so its own in-sample probabilities are
+    model has seen every TRAIN message, so its own in-sample log-odds are
     overconfident.
     """
     from sklearn.model_selection import StratifiedKFold
@@ -150,7 +150,7 @@ def oof_probabilities(messages: Sequence[bytes], spam: Sequence[bool], model: Mo
     cv = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     margins = _cv_margins(X, y, cv, float(model.meta["alpha"]), float(model.meta["C"]), seed)
     n = np.diff(X.indptr)  # distinct features per message (rows of a CSR matrix)
-    return np.array([model.probability(float(m), int(k)) for m, k in zip(margins, n)])
+    return np.array([model.log_odds(float(m), int(k)) for m, k in zip(margins, n)])
 
 
 def train(examples: Sequence[Example], spec: TokenizerSpec | None = None, *, c_grid: Iterable[float] = C_GRID,
