@@ -155,11 +155,28 @@ def test_default_model_is_small_and_was_trained_on_train_only():
     assert m.meta["cross_validation"]["roc_auc"] > 0.998
 
 
-def test_hit_weight_is_the_capped_log_odds():
-    assert bayes_hit(0.0) == ("BAYES_SPAM", 0.0)
-    assert bayes_hit(2.5) == ("BAYES_SPAM", 0.25) and bayes_hit(-7.5) == ("BAYES_HAM", 0.75)
-    assert bayes_hit(10.0) == ("BAYES_SPAM", 1.0) and bayes_hit(400.0) == ("BAYES_SPAM", 1.0)
-    assert bayes_hit(-1e9) == ("BAYES_HAM", 1.0)
+def test_hit_is_graded_and_weighted_by_the_capped_log_odds():
+    import math
+
+    assert bayes_hit(0.0) == ("BAYES_SPAM_50", 0.0)
+    assert bayes_hit(2.5) == ("BAYES_SPAM_90", 0.25) and bayes_hit(-7.5) == ("BAYES_HAM_99", 0.75)
+    assert bayes_hit(10.0) == ("BAYES_SPAM_99", 1.0) and bayes_hit(400.0) == ("BAYES_SPAM_99", 1.0)
+    assert bayes_hit(-1e9) == ("BAYES_HAM_99", 1.0) and bayes_hit(-0.1)[0] == "BAYES_HAM_50"
+    # the grade is the probability band: just inside and just outside each boundary
+    for grade, p in (("99", 0.99), ("95", 0.95), ("90", 0.90), ("80", 0.80), ("60", 0.60)):
+        z = math.log(p / (1 - p))
+        assert bayes_hit(z + 1e-9)[0] == f"BAYES_SPAM_{grade}" and bayes_hit(-z - 1e-9)[0] == f"BAYES_HAM_{grade}"
+        assert bayes_hit(z - 1e-6)[0] != f"BAYES_SPAM_{grade}"
+
+
+def test_every_grade_of_a_side_has_the_fitted_slope():
+    from antispam.classifier.check import GRADES
+
+    scores = Config.default().scores
+    for side in ("BAYES_SPAM", "BAYES_HAM"):
+        values = {scores[name] for name, s, _, _ in GRADES if s == side}
+        assert len(values) == 1
+    assert scores["BAYES_SPAM_99"] > 0 > scores["BAYES_HAM_99"]
 
 
 def test_engine_score_follows_the_log_odds():

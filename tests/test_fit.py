@@ -38,21 +38,22 @@ def test_fit_on_a_corpus_sample_writes_a_loadable_layer(corpus_train, tmp_path, 
     declared = {n: sd.score for n, sd in Engine(Config()).symbols.items()}
     for name, score in res.scores.items():
         assert (score >= 0) == (declared[name] > 0) or score == 0.0, name
-    assert res.scores["BAYES_SPAM"] > 0 > res.scores["BAYES_HAM"]
+    assert res.scores["BAYES_SPAM_99"] > 0 > res.scores["BAYES_HAM_99"]
+    assert res.scores["BAYES_SPAM_60"] == res.scores["BAYES_SPAM_99"]  # one slope per side, every grade
     out = write_default_toml(res, tmp_path / "default.toml")
     import antispam.config as cfgmod
     monkeypatch.setattr(cfgmod, "_DEFAULT_TOML", out)
     monkeypatch.setattr(cfgmod, "_DEFAULT", None)
     cfg = Config.default()
-    assert cfg.scores["BAYES_SPAM"] == res.scores["BAYES_SPAM"]
+    assert cfg.scores["BAYES_SPAM_95"] == res.scores["BAYES_SPAM_95"]
     site = tmp_path / "site.toml"
-    site.write_text("[scores]\nBAYES_SPAM = 1.5\n")
-    assert Config.load(site).scores["BAYES_SPAM"] == 1.5     # a site file overrides the fitted layer
+    site.write_text("[scores]\nBAYES_SPAM_95 = 1.5\n")
+    assert Config.load(site).scores["BAYES_SPAM_95"] == 1.5     # a site file overrides the fitted layer
     monkeypatch.setattr(cfgmod, "_DEFAULT", None)
 
 
 def test_shipped_default_layer_is_used_by_engine():
     cfg = Config.default()
-    assert "BAYES_SPAM" in cfg.scores
+    assert "BAYES_SPAM_99" in cfg.scores
     e = Engine()
-    assert e.policy.scores["BAYES_SPAM"] == cfg.scores["BAYES_SPAM"]
+    assert e.policy.scores["BAYES_SPAM_99"] == cfg.scores["BAYES_SPAM_99"]

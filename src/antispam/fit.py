@@ -6,9 +6,9 @@ already says.  The maths:
 
 1. Each TRAIN message becomes a row ``x``: the weight of every symbol the
    engine emits with the classifier switched off (rules, MIME defects, ...),
-   plus the classifier's two columns ``BAYES_SPAM`` and ``BAYES_HAM``, whose
-   weights are the clipped log-odds the check would emit
-   (:func:`~antispam.classifier.check.bayes_hit`), taken from the classifier's
+   plus the classifier's two columns ``BAYES_SPAM`` and ``BAYES_HAM`` (the spam
+   and ham sides of its graded symbols), whose weights are the clipped log-odds
+   the check would emit (:func:`~antispam.classifier.check.bayes_hit`), taken from the classifier's
    *out-of-fold* log-odds.  Out of fold matters: the shipped model has seen
    every TRAIN message, so its in-sample log-odds are extreme and would make
    every other symbol look useless.  So the TRAIN set is cut in ``folds``
@@ -139,7 +139,7 @@ def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *,
     """Fit every symbol's score on ``msgs`` (labelled TRAIN mail); see the module docstring."""
     from sklearn.model_selection import StratifiedKFold
 
-    from .classifier.check import bayes_hit
+    from .classifier.check import DEFAULT_SIDE_SCORE, GRADES, SIDE_OF, bayes_hit
     from .engine import Engine
 
     say = progress or (lambda s: None)
@@ -152,8 +152,8 @@ def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *,
     rows = symbol_rows(msgs, config)
     for row, zi in zip(rows, z_clf):
         name, weight = bayes_hit(float(zi))
-        row[name] = weight
-    defaults = {name: sd.score for name, sd in Engine(config).symbols.items()}
+        row[SIDE_OF[name]] = weight  # one slope per side: every grade of a side gets its score
+    defaults = {name: sd.score for name, sd in Engine(config).symbols.items()} | DEFAULT_SIDE_SCORE
     names = sorted({n for r in rows for n in r if n not in FIXED and defaults.get(n, 0.0) != 0.0})
     col = {n: i for i, n in enumerate(names)}
     X = np.zeros((len(rows), len(names)))
@@ -186,6 +186,11 @@ def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *,
     required = min(v for k, v in config.actions.items() if v is not None and k != "greylist")
     scale = required / (t_cv - b)
     scores = {n: round(float(w[j] * scale), 3) for n, j in col.items()}
+    for name, side, _, _ in GRADES:
+        if side in scores:
+            scores[name] = scores[side]
+    for side in DEFAULT_SIDE_SCORE:
+        scores.pop(side, None)
     return FitResult(scores=scores, lam=lam, ham_weight=hw, threshold=t_cv, cv_recall=recall, cv_fpr=fpr,
                      cv_auc=auc, n_train=len(msgs), seconds=time.monotonic() - t0)
 

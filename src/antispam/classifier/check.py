@@ -1,4 +1,4 @@
-"""The classifier as an engine check: a ``BAYES_*`` symbol weighted by the log-odds, clues as options.
+"""The classifier as an engine check: a graded ``BAYES_*`` symbol weighted by the log-odds, clues as options.
 
 One scan costs: the message views (cached on the Message, shared with other
 checks), one kernel call to tokenize and hash, one kernel call to score, and
@@ -8,6 +8,7 @@ when something was learned online, one store read for the learned counts.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -29,28 +30,44 @@ log = logging.getLogger("antispam.classifier")
 #: The classifier's log-odds count up to this size: beyond it (p outside 0.00005..0.99995) more
 #: certainty adds nothing to the score, so one extreme message cannot outvote every rule.
 LOG_ODDS_CAP = 10.0
-#: (symbol, default score, description).  A message gets exactly one, whose *weight* is how much of
-#: the evidence it carries (see :func:`bayes_hit`); the policy multiplies the configured score by it.
-SYMBOLS: tuple[tuple[str, float, str], ...] = (
-    ("BAYES_SPAM", 8.0, "Token classifier: spam evidence (weight = log-odds of spam / 10, at most 1)"),
-    ("BAYES_HAM", -8.0, "Token classifier: ham evidence (weight = log-odds of ham / 10, at most 1)"),
+#: Graded symbols: (symbol, side, least log-odds of that side, description).  The name says how sure
+#: the classifier is (``BAYES_SPAM_95``: spam probability 95% to 99%); the *weight* carries the exact
+#: evidence (see :func:`bayes_hit`), and the policy multiplies the configured score by it.
+_SPAM_GRADES = (("99", 0.99), ("95", 0.95), ("90", 0.90), ("80", 0.80), ("60", 0.60), ("50", 0.50))
+GRADES: tuple[tuple[str, str, float, str], ...] = tuple(
+    (f"BAYES_{side}_{g}", f"BAYES_{side}", math.log(p / (1.0 - p)),
+     f"Token classifier: {side.lower()} probability {int(p * 100)}% or more" if g == "99" else
+     f"Token classifier: {side.lower()} probability {int(p * 100)}% to {int(hi * 100)}%")
+    for side in ("SPAM", "HAM")
+    for (g, p), hi in zip(_SPAM_GRADES, (1.0, 0.99, 0.95, 0.90, 0.80, 0.60))
 )
+#: grade symbol -> its side, ``BAYES_SPAM`` or ``BAYES_HAM``: the two slopes ``antispam fit`` fits
+SIDE_OF = {name: side for name, side, _, _ in GRADES}
+_SPAM_SIDE = tuple((name, least) for name, side, least, _ in GRADES if side == "BAYES_SPAM")
+_HAM_SIDE = tuple((name, least) for name, side, least, _ in GRADES if side == "BAYES_HAM")
+#: default scores of each side's grades (``antispam fit`` writes the fitted ones into default.toml)
+DEFAULT_SIDE_SCORE = {"BAYES_SPAM": 8.0, "BAYES_HAM": -8.0}
 
 
 def bayes_hit(log_odds: float) -> tuple[str, float]:
-    """The symbol and weight for calibrated log-odds ``z = ln(p / (1 - p))`` of spam.
+    """The graded symbol and weight for calibrated log-odds ``z = ln(p / (1 - p))`` of spam.
 
-    ``BAYES_SPAM`` with weight ``min(z, 10) / 10`` when ``z >= 0``, else ``BAYES_HAM`` with weight
-    ``min(-z, 10) / 10``.  So the classifier adds ``score_spam * z / 10`` or ``|score_ham| * z / 10``
-    to the total: linear in the log-odds on each side, two slopes fitted jointly with the rules by
-    ``antispam fit``.  Why not graded bins (``p >= 0.99``, ``0.95``...): bins throw away where in its
-    bin a message is; 5-fold cross-validation of the joint fit on TRAIN gave the same spam recall at
-    0.2% ham FPR and a higher ROC AUC (0.99982 against 0.99968) and recall at 0.1% FPR (0.972
-    against 0.970) for this form (``docs/classifier.md``).
+    The spam side (``z >= 0``) gets weight ``min(z, 10) / 10``, the ham side ``min(-z, 10) / 10``;
+    the symbol is the grade of ``p`` on that side (``BAYES_SPAM_99`` for p >= 0.99, ...,
+    ``BAYES_HAM_50`` for a ham probability just over one half).  Every grade of a side has the
+    same fitted score by default, so the classifier adds ``score_spam * z / 10`` or
+    ``|score_ham| * z / 10`` to the total: linear in the log-odds on each side, two slopes fitted
+    jointly with the rules by ``antispam fit``; a site may still score the grades apart.
+    Why a continuous weight and not bins alone: bins throw away where in its bin a message
+    is; 5-fold cross-validation of the joint fit on TRAIN gave the same spam recall at 0.2% ham
+    FPR and a higher ROC AUC (0.99982 against 0.99968) and recall at 0.1% FPR (0.972 against
+    0.970) for this form (``docs/classifier.md``).
     """
-    if log_odds >= 0.0:
-        return "BAYES_SPAM", min(log_odds, LOG_ODDS_CAP) / LOG_ODDS_CAP
-    return "BAYES_HAM", min(-log_odds, LOG_ODDS_CAP) / LOG_ODDS_CAP
+    grades, z = (_SPAM_SIDE, log_odds) if log_odds >= 0.0 else (_HAM_SIDE, -log_odds)
+    for name, least in grades:
+        if z >= least:
+            return name, min(z, LOG_ODDS_CAP) / LOG_ODDS_CAP
+    raise AssertionError("unreachable: the 50 grade takes every z >= 0")  # pragma: no cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +143,10 @@ def _options(c: Classification) -> tuple[str, ...]:
 
 
 class ClassifierCheck(Check):
-    """Emits ``BAYES_SPAM`` or ``BAYES_HAM`` weighted by the log-odds, with the strongest clues as options."""
+    """Emits one graded ``BAYES_SPAM_*`` or ``BAYES_HAM_*`` symbol weighted by the log-odds, with the strongest clues as options."""
 
     name = "classifier"
-    symbols = tuple(SymbolDef(n, s, d, "classifier") for n, s, d in SYMBOLS)
+    symbols = tuple(SymbolDef(n, DEFAULT_SIDE_SCORE[side], d, "classifier") for n, side, _, d in GRADES)
 
     def __init__(self, classifier: Classifier):
         self.classifier = classifier
