@@ -97,7 +97,7 @@ def test_next_hop_down_means_4xx_and_no_loss(sink):
     try:
         sink.down()
         raw = ham(subject="hop down")
-        with pytest.raises(smtplib.SMTPDataError) as exc:
+        with pytest.raises(smtplib.SMTPSenderRefused) as exc:  # MAIL FROM opens the next hop's transaction
             send(f.port, raw)
         assert exc.value.smtp_code == 451
         sink.up()
@@ -309,3 +309,94 @@ def test_rewrite_strips_forged_authentication_results():
     out = rewrite_headers(raw, v)
     assert out.count(b"Authentication-Results: mx.ours.example") == 1 and b"header.d=bank.example" not in out
     assert b"Authentication-Results: mx.upstream.example; spf=pass" in out and out.endswith(b"\r\n\r\nbody\r\n")
+
+
+# --------------------------------------------------------------------------- recipient by recipient
+
+
+def test_recipients_the_next_hop_refuses_are_refused_alone(sink):
+    """RCPT TO goes through to the next hop in real time: a recipient it refuses is refused to the
+    sender at RCPT time with the next hop's own reply, the others are delivered, and the sender's
+    retry of the temporarily refused one is delivered to that recipient only."""
+    f = start(sink)
+    sink.refuse_rcpts = {"gone@rcpt.test": "550 5.1.1 No such user here",
+                         "full@rcpt.test": "452 4.2.2 Mailbox full, try later"}
+    try:
+        raw = ham(subject="per rcpt outcome")
+        refused = send(f.port, raw, rcpts=("bo@rcpt.test", "gone@rcpt.test", "full@rcpt.test", "cy@rcpt.test"))
+        assert refused == {"gone@rcpt.test": (550, b"5.1.1 No such user here"),
+                           "full@rcpt.test": (452, b"4.2.2 Mailbox full, try later")}
+        (got,) = sink.wait_for(marker("per rcpt outcome"))
+        assert got[1] == ("bo@rcpt.test", "cy@rcpt.test") and b"X-Spam-Flag: NO" in got[2]
+        # the sender retries the 4xx recipient later (what Postfix does with its deferred recipients)
+        del sink.refuse_rcpts["full@rcpt.test"]
+        assert send(f.port, raw, rcpts=("full@rcpt.test",)) == {}
+        got = sink.wait_for(lambda r: b"per rcpt outcome" in r)
+        assert sorted(m[1] for m in got) == [("bo@rcpt.test", "cy@rcpt.test"), ("full@rcpt.test",)]
+        # every recipient refused: no DATA at all, nothing delivered
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            send(f.port, ham(subject="nobody home"), rcpts=("gone@rcpt.test",))
+        assert sink.wait_for(marker("nobody home"), timeout=0.3) == []
+    finally:
+        sink.refuse_rcpts = {}
+        f.stop()
+
+
+def test_swaks_sees_the_next_hops_recipient_replies(sink):
+    if shutil.which("swaks") is None and not os.environ.get("CI"):
+        pytest.skip("swaks is not installed (Debian package swaks)")
+    import postfix as pf
+
+    f = start(sink, mode="before-queue")
+    sink.refuse_rcpts = {"gone@rcpt.test": "550 5.1.1 No such user here"}
+    try:
+        r = pf.swaks(f.port, ham(subject="swaks per rcpt"), to="bo@rcpt.test,gone@rcpt.test")
+        assert "<** 550 5.1.1 No such user here" in r.stdout, r.stdout
+        assert re.search(r"<-  250 2\.0\.0 stored", r.stdout), r.stdout  # bo's copy went through
+        (got,) = sink.wait_for(marker("swaks per rcpt"))
+        assert got[1] == ("bo@rcpt.test",)
+    finally:
+        sink.refuse_rcpts = {}
+        f.stop()
+
+
+def test_abandoned_transactions_leave_nothing_at_the_next_hop(sink):
+    """RSET, a rejected message, a dropped client and a next hop lost before DATA: each ends
+    the transaction at the next hop, and the next message on the same kept connection is whole."""
+    f = start(sink, mode="before-queue")
+    try:
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("ana@sender.test")
+            assert s.rcpt("nobody-then@rcpt.test")[0] == 250
+            assert s.rset()[0] == 250
+            with pytest.raises(smtplib.SMTPDataError):
+                s.sendmail("ana@sender.test", ["bo@rcpt.test"], spam(subject="abandon spam"))
+            assert s.sendmail("ana@sender.test", ["cy@rcpt.test"], ham(subject="abandon ham 1")) == {}
+        c = socket.create_connection(("127.0.0.1", f.port), timeout=10)  # a client that vanishes after RCPT
+        fh = c.makefile("rb")
+        fh.readline()
+        for cmd in (b"EHLO gone.test", b"MAIL FROM:<ana@sender.test>", b"RCPT TO:<dropped@rcpt.test>"):
+            c.sendall(cmd + b"\r\n")
+            while (line := fh.readline())[3:4] == b"-":
+                pass
+            assert line[:1] == b"2", line
+        c.close()
+        time.sleep(0.2)
+        send(f.port, ham(subject="abandon ham 2"), rcpts=("dee@rcpt.test",))
+        got = sink.wait_for(lambda r: b"abandon" in r)
+        assert [(m[1], b"abandon ham" in m[2]) for m in got] == [(("cy@rcpt.test",), True), (("dee@rcpt.test",), True)]
+        # the next hop goes away between RCPT and DATA: 4xx at end of DATA, and the retry arrives once
+        raw = ham(subject="hop lost before data")
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("ana@sender.test")
+            assert s.rcpt("bo@rcpt.test")[0] == 250
+            sink.down()
+            code, _ = s.data(raw)
+            assert code == 451
+        sink.up()
+        send(f.port, raw)
+        assert len(sink.wait_for(marker("hop lost before data"))) == 1
+    finally:
+        f.stop()

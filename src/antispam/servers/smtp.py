@@ -11,13 +11,19 @@ Two modes, one code path:
   connected, so a ``reject`` verdict is answered 5xx at end of DATA and
   ``soft reject``/``greylist`` 4xx, and only ham and tagged spam go on.
 
-No message is ever lost: we answer ``250`` only after the next hop answered
-``250`` to the same DATA.  If the next hop is down, slow past
-``next_hop_timeout``, or refuses a recipient temporarily, the sender gets 4xx
-and keeps the message (Postfix leaves it in its queue and retries).  A
-recipient refused permanently by the next hop makes the whole message fail
-with that 5xx (nothing is delivered partially, so a retry never duplicates).
-If this process dies mid-transaction the sender never saw 250 and retries.
+No message is ever lost or duplicated, recipient by recipient.  The envelope
+is passed through in real time: our MAIL FROM opens a transaction at the next
+hop, and each RCPT TO is answered with the next hop's own reply to that
+recipient.  So a recipient the next hop refuses (5xx: unknown user; 4xx: over
+quota, try later) is refused to our client at RCPT time, and the client
+bounces or retries that recipient alone, while the others go on.  At end of
+DATA every recipient we accepted is one the next hop accepted, so its single
+reply to DATA is the right answer for all of them: we answer ``250`` only after
+the next hop answered ``250``.  If the next hop is down, slow past
+``next_hop_timeout``, or fails mid-transaction, the client gets 4xx and keeps
+the message (Postfix leaves it in its queue and retries).  If this process
+dies mid-transaction the client never saw 250 and retries, and the next hop
+drops the transaction it never saw end.
 
 Postfix's ``XFORWARD`` is accepted (we announce it in EHLO), so checks see the
 original client's address, name and HELO rather than Postfix's loopback
@@ -28,6 +34,7 @@ re-injecting Postfix logs the original client too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import smtplib
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +66,8 @@ class _FilterSMTP(SMTP):
         super().__init__(server, **kw)
         self.filter = server
         self.xforward: dict[str, str] = {}
+        #: this session's transaction at the next hop
+        self.next_hop = _NextHop(server)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -71,6 +80,9 @@ class _FilterSMTP(SMTP):
             self.filter._protocols.discard(self)
             if self.filter.metrics is not None:
                 self.filter.metrics.connections.labels(self.filter.name).dec()
+        if self.next_hop.conn is not None:  # the client left mid-transaction: end ours at the next hop
+            with contextlib.suppress(RuntimeError):  # the relay threads are already shut down
+                self.loop.run_in_executor(self.filter._relay_pool, self.next_hop.reset)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -120,8 +132,9 @@ class SmtpFilterServer(Server):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._relay_pool = ThreadPoolExecutor(max_workers=max(2, cfg.max_connections), thread_name_prefix="relay")
-        self._local = threading.local()
+        #: every open connection to the next hop (closed at shutdown), and the idle ones
         self._connections: set[smtplib.SMTP] = set()
+        self._idle_connections: list[smtplib.SMTP] = []
         self._conn_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
@@ -185,17 +198,38 @@ class SmtpFilterServer(Server):
         responses.insert(-1, "250-XFORWARD " + " ".join(XFORWARD_ATTRS))  # the last line is "250 HELP"
         return responses
 
+    async def handle_MAIL(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        """Open the transaction at the next hop; its reply is ours."""
+        reply = await self._next_hop(server.next_hop.mail, address, list(mail_options), dict(server.xforward))
+        if reply.startswith("2"):
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+        else:
+            self._next_hop_refused("MAIL", reply)
+        return reply
+
     async def handle_RCPT(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
-        """Per-recipient settings: one transaction carries recipients of one settings profile.
+        """The next hop's reply to this recipient, so that it is accepted or refused on its own.
+
+        Per-recipient settings: one transaction carries recipients of one settings profile.
         A recipient whose profile differs from the first one's is deferred with 452 4.5.3, which
         SMTP clients (Postfix included) answer by sending it in a new transaction; each message
         then gets the verdict, headers and reply of its own recipients' settings."""
         if envelope.rcpt_tos and self.scanner.profile_for(address) != self.scanner.profile_for(envelope.rcpt_tos[0]):
             return "452 4.5.3 Recipients with other spam settings: send in a separate transaction"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Ok"
+        reply = await self._next_hop(server.next_hop.rcpt, address)
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        elif reply.startswith("4"):
+            self._next_hop_refused("RCPT", reply)
+        return reply
+
+    async def handle_RSET(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
+        await self._next_hop(server.next_hop.reset)
+        return "250 2.0.0 Ok"
 
     async def handle_DATA(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
         self._in_flight += 1
@@ -223,55 +257,49 @@ class SmtpFilterServer(Server):
                                       rcpts=len(envelope.rcpt_tos))
         except Exception:
             if not cfg.fail_open:
+                await self._next_hop(server.next_hop.reset)
                 return cfg.tempfail_reply  # type: ignore[attr-defined]
             out = raw  # fail open: deliver unscanned rather than hold mail hostage to a bug
         else:
             if cfg.mode == "before-queue":  # type: ignore[attr-defined]
+                reply = None
                 if verdict.action == "reject":
-                    return cfg.reject_reply  # type: ignore[attr-defined]
-                if verdict.action in ("soft reject", "greylist"):
-                    return cfg.tempfail_reply  # type: ignore[attr-defined]
+                    reply = cfg.reject_reply  # type: ignore[attr-defined]
+                elif verdict.action in ("soft reject", "greylist"):
+                    reply = cfg.tempfail_reply  # type: ignore[attr-defined]
+                if reply is not None:
+                    await self._next_hop(server.next_hop.reset)
+                    return reply
             out = rewrite_headers(raw, verdict)
-        loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self._relay_pool, self._relay, envelope.mail_from or "",
-                                           list(envelope.rcpt_tos), out, dict(xf),
-                                           list(envelope.mail_options))
+        reply = await self._next_hop(server.next_hop.data, out)
         if not reply.startswith("2"):
-            self._count_error("next_hop")
-            self.log.warning("next hop did not take the message", extra={"fields": {
-                "server": self.name, "reply": reply, "next_hop": cfg.next_hop}})  # type: ignore[attr-defined]
+            self._next_hop_refused("DATA", reply)
         return reply
 
-    # ------------------------------------------------------------ re-injection (in a thread)
+    async def _next_hop(self, method: Any, *args: Any) -> str:
+        """Run one step of a session's next-hop transaction in a relay thread (smtplib blocks)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._relay_pool, method, *args)
+        except RuntimeError:  # the relay threads are shut down: we are stopping
+            return "421 4.3.2 Shutting down, try again later"
 
-    def _relay(self, mail_from: str, rcpts: list[str], data: bytes, xforward: dict[str, str],
-               mail_options: list[str]) -> str:
-        """Hand the message to the next hop; the SMTP reply to give our client.
+    def _next_hop_refused(self, stage: str, reply: str) -> None:
+        self._count_error("next_hop")
+        self.log.warning("next hop did not take the message", extra={"fields": {
+            "server": self.name, "stage": stage, "reply": reply, "next_hop": self.settings.next_hop}})  # type: ignore[attr-defined]
 
-        Each relay thread keeps its connection to the next hop open between messages (connect,
-        greeting and EHLO cost about as much as the transaction).  A kept connection the next
-        hop has meanwhile closed fails at its first command, before anything was sent: then the
-        message goes again on a fresh connection.  Any failure later is a 4xx to our client.
-        """
-        for attempt in (0, 1):
-            s = getattr(self._local, "smtp", None)
-            kept = s is not None
-            try:
-                if s is None:
-                    s = self._connect()
-                return self._transaction(s, mail_from, rcpts, data, xforward, mail_options, stale_ok=kept)
-            except _Stale:
-                self._drop()
-            except smtplib.SMTPResponseException as exc:
-                self._drop()
-                code = exc.smtp_code if 400 <= exc.smtp_code < 600 else 451
-                return f"{code} {_one_line(exc.smtp_error)}"
-            except (OSError, smtplib.SMTPException) as exc:
-                self._drop()
-                return f"451 4.4.1 Next hop unavailable, try again later ({_one_line(type(exc).__name__)})"
-        return "451 4.4.1 Next hop unavailable, try again later"
+    # ------------------------------------------------------------ connections to the next hop (in threads)
 
-    def _connect(self) -> smtplib.SMTP:
+    def _borrow(self) -> tuple[smtplib.SMTP, bool]:
+        """A connection for one transaction, and whether it was kept from an earlier one.
+
+        Connections stay open between transactions (connect, greeting and EHLO cost about as much
+        as the transaction); the most recently used one is taken first, as the least likely to
+        have been closed by the next hop meanwhile."""
+        with self._conn_lock:
+            if self._idle_connections:
+                return self._idle_connections.pop(), True
         cfg = self.settings
         host, port = self.next_hop
         s = smtplib.SMTP(host, port, local_hostname=cfg.hostname, timeout=cfg.next_hop_timeout)  # type: ignore[attr-defined]
@@ -280,53 +308,27 @@ class SmtpFilterServer(Server):
         except BaseException:
             s.close()
             raise
-        self._local.smtp = s
         with self._conn_lock:
             self._connections.add(s)
-        return s
+        return s, False
 
-    def _drop(self) -> None:
-        s = getattr(self._local, "smtp", None)
-        self._local.smtp = None
-        if s is not None:
-            with self._conn_lock:
-                self._connections.discard(s)
-            s.close()
+    def _give_back(self, s: smtplib.SMTP) -> None:
+        """A connection whose transaction ended cleanly, kept for the next one."""
+        with self._conn_lock:
+            if not self.closing and s in self._connections:
+                self._idle_connections.append(s)
+                return
+        self._discard(s)
 
-    def _transaction(self, s: smtplib.SMTP, mail_from: str, rcpts: list[str], data: bytes,
-                     xforward: dict[str, str], mail_options: list[str], stale_ok: bool) -> str:
-        try:
-            # XFORWARD describes one transaction (the next hop forgets it after), so it goes every time.
-            if xforward and s.has_extn("xforward"):
-                s.docmd("XFORWARD", " ".join(f"{k}={v}" for k, v in xforward.items()))
-            wanted = {o.upper() for o in mail_options}
-            options = [o for o, ext in (("BODY=8BITMIME", "8bitmime"), ("SMTPUTF8", "smtputf8"))
-                       if o in wanted and s.has_extn(ext)]
-            code, msg = s.mail(mail_from, options)
-        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
-            if stale_ok:
-                raise _Stale() from exc
-            raise
-        if code == 421 and stale_ok:
-            raise _Stale()
-        if code != 250:
-            s.rset()
-            return f"{code} {_one_line(msg)}"
-        refused = []
-        for r in rcpts:
-            code, msg = s.rcpt(r)
-            if code not in (250, 251):
-                refused.append((code, _one_line(msg)))
-        if refused:
-            s.rset()
-            code, msg = next((c for c in refused if 400 <= c[0] < 500), refused[0])
-            return f"{code} {msg}"
-        code, msg = s.data(data)
-        return f"{code} {_one_line(msg)}"
+    def _discard(self, s: smtplib.SMTP) -> None:
+        with self._conn_lock:
+            self._connections.discard(s)
+        s.close()
 
     def _close_relays(self) -> None:
         with self._conn_lock:
             conns, self._connections = list(self._connections), set()
+            self._idle_connections.clear()
         for s in conns:
             try:
                 s.quit()
@@ -334,5 +336,114 @@ class SmtpFilterServer(Server):
                 s.close()
 
 
-class _Stale(Exception):
-    """A kept connection to the next hop turned out closed before the transaction began."""
+def _unavailable(exc: BaseException) -> str:
+    return f"451 4.4.1 Next hop unavailable, try again later ({_one_line(type(exc).__name__)})"
+
+
+class _NextHop:
+    """One client session's transaction at the next hop, mirrored step by step.
+
+    smtplib blocks, so every method runs in a relay thread; a lock keeps the steps of one
+    session in order (the client's disconnect can race with a step still running).  The
+    connection is borrowed from the server's idle ones at MAIL and given back when the
+    transaction ends (after DATA, at RSET, or when the client goes), so two transactions
+    never share one.  Every method returns the SMTP reply to give our client.
+    """
+
+    def __init__(self, server: SmtpFilterServer):
+        self.server = server
+        self.conn: smtplib.SMTP | None = None
+        self._lock = threading.Lock()
+
+    def mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> str:
+        with self._lock:
+            self._end()  # a transaction our client dropped without RSET (EHLO, a refused DATA)
+            for _ in (0, 1):
+                try:
+                    conn, kept = self.server._borrow()
+                except (OSError, smtplib.SMTPException) as exc:
+                    return _unavailable(exc)
+                try:
+                    # XFORWARD describes one transaction (the next hop forgets it after), so it goes every time.
+                    if xforward and conn.has_extn("xforward"):
+                        conn.docmd("XFORWARD", " ".join(f"{k}={v}" for k, v in xforward.items()))
+                    wanted = {o.upper() for o in mail_options}
+                    options = [o for o, ext in (("BODY=8BITMIME", "8bitmime"), ("SMTPUTF8", "smtputf8"))
+                               if o in wanted and conn.has_extn(ext)]
+                    code, msg = conn.mail(mail_from, options)
+                except (OSError, smtplib.SMTPException) as exc:
+                    self.server._discard(conn)
+                    if kept:  # the next hop closed the kept connection meanwhile: once more, on a new one
+                        continue
+                    return _unavailable(exc)
+                if code == 421:
+                    self.server._discard(conn)
+                    if kept:
+                        continue
+                elif code == 250:
+                    self.conn = conn
+                else:
+                    self.server._give_back(conn)  # sender refused: no transaction was opened
+                return f"{code} {_one_line(msg)}"
+            return "451 4.4.1 Next hop unavailable, try again later"
+
+    def rcpt(self, address: str) -> str:
+        with self._lock:
+            if self.conn is None:
+                return "451 4.4.1 Next hop unavailable, try again later"
+            try:
+                code, msg = self.conn.rcpt(address)
+            except (OSError, smtplib.SMTPException) as exc:
+                self._lose()
+                return _unavailable(exc)
+            if code == 421:
+                self._lose()
+            return f"{code} {_one_line(msg)}"
+
+    def data(self, payload: bytes) -> str:
+        """Send the message; the next hop's one reply covers every recipient it accepted."""
+        with self._lock:
+            conn, self.conn = self.conn, None
+            if conn is None:
+                return "451 4.4.1 Next hop unavailable, try again later"
+            try:
+                code, msg = conn.data(payload)
+            except smtplib.SMTPDataError as exc:  # DATA itself refused: the transaction is still open
+                self.conn = conn
+                self._end()
+                code = exc.smtp_code if 400 <= exc.smtp_code < 600 else 451
+                return f"{code} {_one_line(exc.smtp_error)}"
+            except (OSError, smtplib.SMTPException) as exc:  # cut off or too slow: the message is not there
+                self.server._discard(conn)
+                return _unavailable(exc)
+            if code == 421:
+                self.server._discard(conn)
+            else:
+                self.server._give_back(conn)
+            return f"{code} {_one_line(msg)}"
+
+    def reset(self) -> str:
+        """End the transaction without a message (our client's RSET, a refused message, a
+        disconnect)."""
+        with self._lock:
+            self._end()
+        return "250 2.0.0 Ok"
+
+    def _end(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            code, _ = conn.rset()
+        except (OSError, smtplib.SMTPException):
+            self.server._discard(conn)
+            return
+        if code == 250:
+            self.server._give_back(conn)
+        else:
+            self.server._discard(conn)
+
+    def _lose(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.server._discard(conn)
