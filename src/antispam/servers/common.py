@@ -351,9 +351,11 @@ class Server:
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
+        # asyncio.timeout, not wait_for: no task per connection (spamd pays this once a message)
         with contextlib.suppress(Exception):
             writer.close()
-            await asyncio.wait_for(writer.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await writer.wait_closed()
 
     async def refuse(self, conn: Connection, reason: str) -> None:
         """Tell a refused client why, in the protocol's words; the default says nothing."""
