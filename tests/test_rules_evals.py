@@ -83,3 +83,25 @@ def test_rules_cli(tmp_path, capsys):
     assert main(["rules", "lint", str(bad)]) == 1
     out = capsys.readouterr().out
     assert f"{bad}:1" in out and "X" in out
+
+
+DATE_EDGES = ["Wed, 25 Nov 2026 11:33:33 -0000", "25 Nov 2026 11:33:33 +0000", "Wed,25 Nov 2026 01:33:33 +0100",
+              "Wed, 5 Nov 2026 11:33:33 +0100 (CET)", " Tue, 1 Jan 2002 00:00:00 +1400 x", "Mon, 31 Feb 2026 99:99:99 -2359",
+              "Sun, 1 Jan 0099 00:00:00 +0000", "Fri, 1 jan 2021 00:00:00 +0000", "1 Jan 2021 00:00:00 EST", "", "junk"]
+
+
+def test_parse_date_fast_path_equals_parsedate_tz(corpus):
+    from email.utils import parsedate_tz
+
+    from antispam.ruleset.evals import _CANONICAL_DATE, parse_date
+
+    fast = 0
+    for m in corpus[::3]:
+        msg = Message(m.data)
+        stamps = msg.get_all("Date") + [r.raw[r.raw.rfind(";") + 1 :].strip() for r in msg.received if ";" in r.raw]
+        for v in stamps:
+            fast += _CANONICAL_DATE.match(v) is not None
+            assert parse_date(v) == parsedate_tz(v), v
+    assert fast > 1000  # the fast path is the one taken
+    for v in DATE_EDGES:
+        assert parse_date(v) == parsedate_tz(v), v

@@ -288,3 +288,201 @@ def score(const uint32_t[::1] ids, const float[::1] weights, double bias, int nc
         if used < nclues:
             used += 1
     return total, [(int(ci[j]), cc[j]) for j in range(used)]
+
+
+# ---- rules kernels ------------------------------------------------------------------------
+# Counting helpers of the rule evals; definitions in the twin.
+
+cdef unsigned char LETTER_CLASS[256]  # 2: capital, 1: other letter, 0: not a letter (Latin-1)
+for _c in range(256):
+    LETTER_CLASS[_c] = 2 if chr(_c).isupper() else 1 if chr(_c).isalpha() else 0
+
+
+def letter_counts(str text, Py_ssize_t limit):
+    """(letters, capitals) among the first ``limit`` characters, Latin-1 letters only (see the twin)."""
+    cdef UStr u = _ustr(text)
+    cdef Py_ssize_t i, n = u.n if u.n < limit else limit
+    cdef Py_ssize_t letters = 0, upper = 0
+    cdef Py_UCS4 ch
+    cdef unsigned char k
+    if limit < 0:
+        raise ValueError("limit must be >= 0")
+    for i in range(n):
+        ch = _at(&u, i)
+        if ch < 256:
+            k = LETTER_CLASS[ch]
+            if k:
+                letters += 1
+                if k == 2:
+                    upper += 1
+    return letters, upper
+
+
+def visible_count(str text):
+    """Characters that are not blanks (space, newline, tab, carriage return, no-break space)."""
+    cdef UStr u = _ustr(text)
+    cdef Py_ssize_t i, blanks = 0
+    cdef Py_UCS4 ch
+    for i in range(u.n):
+        ch = _at(&u, i)
+        if ch == 32 or ch == 10 or ch == 9 or ch == 13 or ch == 0xA0:
+            blanks += 1
+    return u.n - blanks
+
+
+# ---- text kernels ----------------------------------------------------------------------------
+# Steps of the HTML-to-text rendering; the definitions are the twin's regexes, which this code
+# follows exactly (and calls where a case-insensitive match of a non-ASCII tag name would need
+# Unicode case folding).
+
+from . import _fastscore_py as _twin
+
+cdef extern from "Python.h":
+    object PyUnicode_FromKindAndData(int kind, const void* buffer, Py_ssize_t size)
+    int PyUnicode_4BYTE_KIND
+
+cdef inline bint _is_word_cp(Py_UCS4 c) noexcept nogil:
+    # the regex engine's \w for str patterns: alphanumeric or underscore
+    return c == 95 or Py_UNICODE_ISALNUM(c)
+
+cdef inline Py_UCS4 _lower_ascii(Py_UCS4 c) noexcept nogil:
+    return <Py_UCS4>(<uint32_t>c + 32) if 65 <= c <= 90 else c
+
+
+cdef bint _break_name(const Py_UCS4* s, Py_ssize_t n) noexcept nogil:
+    # br p div tr li h<digit> table blockquote (ASCII, already lower-cased)
+    if n == 1:
+        return s[0] == 112  # p
+    if n == 2:
+        if s[0] == 104:  # h + ASCII digit
+            return 48 <= s[1] <= 57
+        return ((s[0] == 98 and s[1] == 114) or (s[0] == 116 and s[1] == 114)  # br tr
+                or (s[0] == 108 and s[1] == 105))  # li
+    if n == 3:
+        return s[0] == 100 and s[1] == 105 and s[2] == 118  # div
+    if n == 5:
+        return s[0] == 116 and s[1] == 97 and s[2] == 98 and s[3] == 108 and s[4] == 101  # table
+    if n == 10:
+        return (s[0] == 98 and s[1] == 108 and s[2] == 111 and s[3] == 99 and s[4] == 107 and s[5] == 113
+                and s[6] == 117 and s[7] == 111 and s[8] == 116 and s[9] == 101)  # blockquote
+    return False
+
+
+def html_strip_tags(str markup):
+    """Block-level tags become ``\\n``, then every other tag is removed (see the twin)."""
+    cdef UStr u = _ustr(markup)
+    cdef Py_ssize_t n = u.n, i, j, k, w, out = 0, gt
+    cdef Py_UCS4 c
+    cdef Py_UCS4 name[10]
+    cdef Py_UCS4* a
+    cdef Py_UCS4* b
+    if n == 0 or markup.find("<") < 0:
+        return markup
+    a = <Py_UCS4*>malloc(n * sizeof(Py_UCS4))
+    b = <Py_UCS4*>malloc(n * sizeof(Py_UCS4))
+    if a == NULL or b == NULL:
+        free(a)
+        free(b)
+        raise MemoryError()
+    try:
+        # Pass 1, block-level tags -> "\n".  At a "<": the name is the run of word characters
+        # after it (the pattern's \b ends it there); it must be one of the names, and a ">"
+        # must follow somewhere.  next_gt caches the position of the next ">".
+        gt = -1
+        i = 0
+        while i < n:
+            c = _at(&u, i)
+            if c != 60:  # <
+                a[out] = c
+                out += 1
+                i += 1
+                continue
+            j = i + 1
+            w = 0
+            while j < n and _is_word_cp(_at(&u, j)):
+                if w < 11:
+                    c = _at(&u, j)
+                    if c >= 128:
+                        # a non-ASCII letter may equal an ASCII one under Unicode case folding
+                        return _twin.html_strip_tags(markup)
+                    if w < 10:
+                        name[w] = _lower_ascii(c)
+                    w += 1
+                j += 1
+            if 0 < w <= 10 and j - i - 1 == w and _break_name(name, w):
+                if gt < j:
+                    gt = j
+                    while gt < n and _at(&u, gt) != 62:  # >
+                        gt += 1
+                if gt < n:
+                    a[out] = 10
+                    out += 1
+                    i = gt + 1
+                    continue
+            a[out] = 60
+            out += 1
+            i += 1
+        # Pass 2, every other tag removed: from a "<" to the next ">", when there is one.
+        k = 0
+        i = 0
+        gt = -1
+        while i < out:
+            c = a[i]
+            if c == 60:
+                if gt < i:
+                    gt = i + 1
+                    while gt < out and a[gt] != 62:
+                        gt += 1
+                if gt < out:
+                    i = gt + 1
+                    continue
+            b[k] = c
+            k += 1
+            i += 1
+        return PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, b, k)
+    finally:
+        free(a)
+        free(b)
+
+
+cdef inline bint _is_blank(Py_UCS4 c) noexcept nogil:
+    return c == 32 or c == 9 or c == 13 or c == 12 or c == 11 or c == 0xA0
+
+
+def collapse_blanks(str text):
+    """Every run of horizontal blanks becomes one space (see the twin)."""
+    cdef UStr u = _ustr(text)
+    cdef Py_ssize_t n = u.n, i, k = 0
+    cdef Py_UCS4 c
+    cdef bint change = False, prev = False
+    cdef Py_UCS4* b
+    for i in range(n):
+        c = _at(&u, i)
+        if _is_blank(c):
+            if prev or c != 32:
+                change = True
+                break
+            prev = True
+        else:
+            prev = False
+    if not change:
+        return text
+    b = <Py_UCS4*>malloc(n * sizeof(Py_UCS4) + 1)
+    if b == NULL:
+        raise MemoryError()
+    try:
+        prev = False
+        for i in range(n):
+            c = _at(&u, i)
+            if _is_blank(c):
+                if not prev:
+                    b[k] = 32
+                    k += 1
+                prev = True
+            else:
+                b[k] = c
+                k += 1
+                prev = False
+        return PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, b, k)
+    finally:
+        free(b)

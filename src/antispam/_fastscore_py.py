@@ -127,3 +127,53 @@ def score(ids, weights, bias: float, nclues: int) -> tuple[float, list[tuple[int
         nz.sort(key=lambda t: (-abs(t[1]), t[0]))
         clues = nz[:nclues]
     return total, clues
+
+
+# ---- rules kernels ------------------------------------------------------------------------
+# Counting helpers of the rule evals (``antispam.ruleset.evals``).
+
+#: Latin-1 code point -> U (a capital), l (another letter), space (not a letter); every capital is a letter
+_LETTER_CLASS = bytes(ord("U") if chr(b).isupper() else ord("l") if chr(b).isalpha() else ord(" ") for b in range(256))
+#: what ``visible_count`` does not count
+BLANKS = " \n\t\r\xa0"
+
+
+def letter_counts(text: str, limit: int) -> tuple[int, int]:
+    """(letters, capitals) among the first ``limit`` characters of ``text``, Latin-1 letters only.
+
+    Characters outside Latin-1 are skipped (not counted as letters): capitals
+    are rare in the other scripts' spam anyway, and the Latin-1 table is what
+    every implementation can agree on exactly.
+    """
+    if limit < 0:
+        raise ValueError("limit must be >= 0")
+    c = text[:limit].encode("latin-1", "ignore").translate(_LETTER_CLASS)
+    upper = c.count(b"U")
+    return upper + c.count(b"l"), upper
+
+
+def visible_count(text: str) -> int:
+    """Characters of ``text`` that are not blanks (space, newline, tab, carriage return, no-break space)."""
+    return len(text) - sum(text.count(c) for c in BLANKS)
+
+
+# ---- text kernels ----------------------------------------------------------------------------
+# Steps of the HTML-to-text rendering of ``antispam.message`` (the definitions are these regexes).
+
+#: block-level tags, which become line breaks
+HTML_BREAK_RE = re.compile(r"<(?:br|p|div|tr|li|h\d|table|blockquote)\b[^>]*>", re.I)
+#: any tag: from a ``<`` to the next ``>``
+HTML_TAG_RE = re.compile(r"<[^>]*>")
+#: runs of horizontal blanks (matching runs of two or more, or one blank that is not a space,
+#: leaves single spaces alone: the same text with far fewer replacements)
+BLANK_RUN_RE = re.compile(r"[ \t\r\f\v\xa0]{2,}|[\t\r\f\v\xa0]")
+
+
+def html_strip_tags(markup: str) -> str:
+    """Block-level tags become ``\\n``, then every other tag is removed."""
+    return HTML_TAG_RE.sub("", HTML_BREAK_RE.sub("\n", markup))
+
+
+def collapse_blanks(text: str) -> str:
+    """Every run of horizontal blanks (space, tab, CR, form feed, vertical tab, no-break space) becomes one space."""
+    return BLANK_RUN_RE.sub(" ", text)

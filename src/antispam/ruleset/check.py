@@ -38,8 +38,8 @@ from ..check import Check, Hit, ScanContext, SymbolDef
 from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules
-from .evals import EVALS
-from .matcher import Matcher, make_matcher
+from .evals import EVALS, header_absent, header_count_over
+from .matcher import Matcher, make_matcher, single_line
 from .parser import Parser
 
 log = logging.getLogger("antispam.rules")
@@ -330,11 +330,21 @@ class RulesCheck(Check):
         ]
         self._exists = [(rid, header_key(c.rules[rid].header[0]), c.rules[rid].header[0])  # type: ignore[index]
                         for rid in c.exists if c.rules[rid].header is not None]
-        #: ordinary headers that rules read as decoded or test for presence (lower-case names)
-        self._wanted = frozenset([h[2] for h in self._header_scan if h[1] is None]
-                                 + [k for _, k, _ in self._exists if k not in _PSEUDO])
-        self._evals = [(rid, EVALS[c.rules[rid].eval_name].fn, c.rules[rid].eval_args, c.rules[rid].name)  # type: ignore[index]
-                       for rid in c.evals]
+        # Header-count evals are answered from the message's header index, without a call;
+        # entries: (rule id, lower-case name, hit when the count is above this; -1: when absent).
+        self._header_counts: list[tuple[int, str, int]] = []
+        self._evals = []
+        for rid in c.evals:
+            r = c.rules[rid]
+            fn = EVALS[r.eval_name].fn  # type: ignore[index]
+            if fn is header_absent:
+                self._header_counts.append((rid, r.eval_args[0].lower(), -1))
+            elif fn is header_count_over:
+                self._header_counts.append((rid, r.eval_args[0].lower(), r.eval_args[1]))
+            else:
+                self._evals.append((rid, fn, r.eval_args, r.name))
+        #: rules whose matches never contain a newline: their matched text is searched from the line of the first match end
+        self._single_line = frozenset(r.id for r in c.rules if r.py is not None and single_line(r.py, r.py_flags))
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
         self._template_hits = tuple(i for i, n in enumerate(template) if n)
 
@@ -345,22 +355,13 @@ class RulesCheck(Check):
         hit: list[int] = []  # ids whose count differs from the template (repeats allowed)
         scan = self.matcher.scan
         where: dict[int, bytes] = {}  # rule id -> buffer it matched, for the options
-        # One pass over the headers collects the ordinary ones that rules read (what
-        # Message.get_all would return for each, without a lookup per rule group).
-        wanted = self._wanted
-        present: dict[str, list[str]] = {}
-        for hn, hv in msg.headers:
-            k = hn.lower()
-            if k in wanted:
-                vals = present.get(k)
-                if vals is None:
-                    present[k] = [hv]
-                else:
-                    vals.append(hv)
+        ends: dict[int, int] = {}  # rule id -> end of a match no later than the leftmost one, when known
+        index = msg.header_index
+        headers = msg.headers
         for key, reader, hname, acc, unset, empty, special_set, special, negs in self._header_scan:
             if reader is None:
-                vals = present.get(hname)
-                value = None if vals is None else vals[0] if len(vals) == 1 else "\n".join(vals)
+                pos = index.get(hname)
+                value = None if pos is None else headers[pos[0]][1] if len(pos) == 1 else "\n".join([headers[i][1] for i in pos])
             else:
                 value = reader(msg, hname, acc)
             if not value:
@@ -370,7 +371,7 @@ class RulesCheck(Check):
                 found, data = empty, b""
             else:
                 data = value.encode("utf-8", "surrogateescape")
-                found = scan(key, data)
+                found = scan(key, data, ends)
             for rid, n in found.items():
                 if rid in special_set:
                     continue
@@ -396,13 +397,18 @@ class RulesCheck(Check):
                 data = _enc(uri_text(msg))
             else:
                 data = msg.raw
-            for rid, n in scan(key, data).items():
+            for rid, n in scan(key, data, ends).items():
                 counts[rid] = n
                 where[rid] = data
                 hit.append(rid)
         options: dict[int, tuple[str, ...]] = {}
         for rid, lname, hname in self._exists:
-            if lname in present if lname in wanted else header_exists(msg, hname):
+            if lname in index if lname not in _PSEUDO else header_exists(msg, hname):
+                counts[rid] = 1
+                hit.append(rid)
+        for rid, lname, over in self._header_counts:
+            pos = index.get(lname)
+            if (pos is None) if over < 0 else (pos is not None and len(pos) > over):
                 counts[rid] = 1
                 hit.append(rid)
         for rid, fn, args, rname in self._evals:
@@ -433,7 +439,7 @@ class RulesCheck(Check):
             if emitted[rid]:
                 opts = options.get(rid)
                 if opts is None:
-                    opts = self._options(rules[rid], where.get(rid), msg)
+                    opts = self._options(rules[rid], where.get(rid), ends.get(rid), msg)
                 hits.append(Hit(names[rid], 1.0, opts))
         return hits
 
@@ -470,8 +476,15 @@ class RulesCheck(Check):
                         heapq.heappush(heap, (position[d], d))
         return changed
 
-    def _options(self, rule: CompiledRule, data: bytes | None, msg: Message) -> tuple[str, ...]:
-        """What matched: the URL host for uri rules, else the matched text (shortened)."""
+    def _options(self, rule: CompiledRule, data: bytes | None, end: int | None, msg: Message) -> tuple[str, ...]:
+        """What matched: the URL host for uri rules, else the matched text (shortened).
+
+        The text is that of the leftmost match, as a search from the start of the
+        buffer finds it.  When the rule cannot match across a line break and a match
+        end is known that no later than the leftmost match ends, the leftmost match
+        starts on that end's line, so the search starts there instead of at the
+        top of a long body.
+        """
         rx = self._rx.get(rule.id)
         if rx is None or data is None or rule.negate:
             return ()
@@ -480,7 +493,11 @@ class RulesCheck(Check):
                 if rx.search(_enc(u.url)):
                     return (u.host or u.url[:60],)
             return ()
-        m = rx.search(data)
+        m = None
+        if end is not None and rule.id in self._single_line:
+            m = rx.search(data, data.rfind(b"\n", 0, end) + 1)
+        if m is None:
+            m = rx.search(data)
         if m is None:
             return ()
         text = m.group(0).decode("utf-8", "replace").strip()

@@ -60,8 +60,15 @@ def hyperscan_available() -> bool:
 class Matcher(Protocol):
     name: str
 
-    def scan(self, group: str, data: bytes) -> dict[int, int]:
-        """Rule id -> hit count (>= 1) for the rules of ``group`` that match ``data``."""
+    def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
+        """Rule id -> hit count (>= 1) for the rules of ``group`` that match ``data``.
+
+        With ``ends``, also records for rules where it comes for free the end
+        offset of a real match that ends no later than the leftmost match does
+        (the first end Hyperscan reports, or the end of Python's ``search``):
+        the options of a hit search for the matched text from the start of
+        that line instead of from the start of the buffer.
+        """
 
 
 class _PyRule:
@@ -83,6 +90,81 @@ def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
     """(shortest, longest) match of a pattern in bytes; None when unbounded or longer than NEAR_MAX_WIDTH."""
     lo, hi = _sre_parse.parse(pattern, flags).getwidth()
     return (lo, hi) if hi <= NEAR_MAX_WIDTH else None
+
+
+_NL = 10
+#: character-class categories that contain the newline
+_NL_CATEGORIES = frozenset(str(c) for c in ("CATEGORY_SPACE", "CATEGORY_NOT_DIGIT", "CATEGORY_NOT_WORD",
+                                             "CATEGORY_LINEBREAK", "CATEGORY_UNI_SPACE", "CATEGORY_UNI_NOT_DIGIT",
+                                             "CATEGORY_UNI_NOT_WORD", "CATEGORY_UNI_LINEBREAK"))
+
+
+def single_line(pattern: bytes, flags: int) -> bool:
+    """True when no match of the pattern can contain a newline.
+
+    Then every match lies within one line, and the leftmost match is found by
+    searching from the start of the line where any match that ends no later
+    than it ends (see :meth:`Matcher.scan`).  Look-arounds do not count: they
+    read past the match but are not part of it.  Anything not understood
+    counts as "may contain a newline", which only costs a longer search.
+    """
+    try:
+        tree = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return False
+    return not _may_match_nl(tree.data if hasattr(tree, "data") else tree, bool(flags & re.DOTALL))
+
+
+def _may_match_nl(items, dotall: bool) -> bool:  # type: ignore[no-untyped-def]
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            if av == _NL:
+                return True
+        elif name == "NOT_LITERAL":
+            if av != _NL:
+                return True
+        elif name == "ANY":
+            if dotall:
+                return True
+        elif name == "IN":
+            if _class_has_nl(av):
+                return True
+        elif name in ("AT", "ASSERT", "ASSERT_NOT"):
+            continue
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if _may_match_nl(av[2], dotall):
+                return True
+        elif name == "SUBPATTERN":
+            if _may_match_nl(av[-1], dotall):
+                return True
+        elif name == "ATOMIC_GROUP":
+            if _may_match_nl(av, dotall):
+                return True
+        elif name == "BRANCH":
+            if any(_may_match_nl(b, dotall) for b in av[1]):
+                return True
+        else:  # back-references, conditionals, anything new: assume the worst
+            return True
+    return False
+
+
+def _class_has_nl(items) -> bool:  # type: ignore[no-untyped-def]
+    negate = False
+    hit = False
+    for op, av in items:
+        name = str(op)
+        if name == "NEGATE":
+            negate = True
+        elif name == "LITERAL":
+            hit = hit or av == _NL
+        elif name == "RANGE":
+            hit = hit or av[0] <= _NL <= av[1]
+        elif name == "CATEGORY":
+            hit = hit or str(av) in _NL_CATEGORIES
+        else:  # CHARSET, BIGCHARSET: not produced by the parser, but be safe
+            return True
+    return hit != negate
 
 
 def _confirm_near(r: _PyRule, data: bytes, ends: list[int]) -> bool:
@@ -170,21 +252,26 @@ class PythonMatcher:
             self.groups[key] = [_PyRule(i, rules[i].py, rules[i].py_flags, rules[i].multiple, rules[i].maxhits)  # type: ignore[arg-type]
                                 for i in ids]
 
-    def scan(self, group: str, data: bytes) -> dict[int, int]:
+    def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
         out: dict[int, int] = {}
-        _scan_python_rules(self.groups.get(group, ()), data, out)
+        _scan_python_rules(self.groups.get(group, ()), data, out, ends)
         return out
 
 
-def _scan_python_rules(rules, data: bytes, out: dict[int, int]) -> None:  # type: ignore[no-untyped-def]
-    """Run rules with Python ``re`` over ``data``, adding ``rule id -> hit count`` to ``out``."""
+def _scan_python_rules(rules, data: bytes, out: dict[int, int], ends: dict[int, int] | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Run rules with Python ``re`` over ``data``, adding ``rule id -> hit count`` to ``out``
+    (and, with ``ends``, the end of the leftmost match of each rule searched)."""
     for r in rules:
         if r.count_max:
             n = _count(r, data)
             if n:
                 out[r.id] = n
-        elif r.search(data) is not None:
-            out[r.id] = 1
+        else:
+            m = r.search(data)
+            if m is not None:
+                out[r.id] = 1
+                if ends is not None:
+                    ends[r.id] = m.end()
 
 
 _MAGIC = b"ANTISPAM-HSDB-5\n"
@@ -423,51 +510,66 @@ class HyperscanMatcher:
         s = self._local.s[key] = self._scratch_proto[key].clone()
         return s
 
-    def scan(self, group: str, data: bytes) -> dict[int, int]:
+    def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
         db = self.dbs.get(group)
         if group in self._plain:
             try:
                 scratch = self._local.s[group]
             except (AttributeError, KeyError):
                 scratch = self._scratch(group)
-            found: list[int] = []
-            db.scan(data, match_event_handler=_collect, context=found, scratch=scratch)  # type: ignore[attr-defined]
-            return dict.fromkeys(found, 1)
+            if ends is None:
+                found: list[int] = []
+                db.scan(data, match_event_handler=_collect, context=found, scratch=scratch)  # type: ignore[attr-defined]
+                return dict.fromkeys(found, 1)
+            # Each rule reports once (SINGLEMATCH), at its first match end, which no
+            # later than the leftmost match ends: a start for finding the matched text.
+            got: dict[int, int] = {}
+            db.scan(data, match_event_handler=_collect_first_end, context=got, scratch=scratch)  # type: ignore[attr-defined]
+            ends.update(got)
+            return dict.fromkeys(got, 1)
         out: dict[int, int] = {}
         if db is not None:
-            found = []
             if group in self._with_ends:
-                found = self._scan_near(db, group, data, out)
+                firsts = self._scan_near(db, group, data, out)
             else:
-                db.scan(data, match_event_handler=_collect, context=found, scratch=self._scratch(group))  # type: ignore[attr-defined]
+                firsts = {}
+                db.scan(data, match_event_handler=_collect_first_end, context=firsts, scratch=self._scratch(group))  # type: ignore[attr-defined]
             counters = self._counters
             confirm = self._confirm
-            for rid in found:
+            for rid, end in firsts.items():
                 c = counters.get(rid)
                 if c is not None:
                     n = _count(c, data)
                     if n:
                         out[rid] = n
+                        if ends is not None:
+                            ends[rid] = end
                     continue
                 c = confirm.get(rid)
                 if c is None:
                     out[rid] = 1
+                    if ends is not None:
+                        ends[rid] = end
                 elif c.count_max:
                     n = _count(c, data)
                     if n:
                         out[rid] = n
-                elif c.search(data) is not None:
-                    out[rid] = 1
-        _scan_python_rules(self._py.get(group, ()), data, out)
+                else:
+                    m = c.search(data)
+                    if m is not None:
+                        out[rid] = 1
+                        if ends is not None:
+                            ends[rid] = m.end()
+        _scan_python_rules(self._py.get(group, ()), data, out, ends)
         return out
 
-    def _scan_near(self, db, group: str, data: bytes, out: dict[int, int]) -> list[int]:
+    def _scan_near(self, db, group: str, data: bytes, out: dict[int, int]) -> dict[int, int]:
         """Scan collecting match ends; settle the rules confirmed near their ends into ``out``,
-        return the ids of the other rules reported (once each) for the usual treatment."""
+        return the other rules reported, each with its first match end, for the usual treatment."""
         reports: list[tuple[int, int]] = []
         db.scan(data, match_event_handler=_collect_ends, context=reports, scratch=self._scratch(group))
         near = self._near
-        found: list[int] = []
+        found: dict[int, int] = {}
         ends: dict[int, list[int]] = {}
         for rid, end in reports:
             if rid in near:
@@ -476,8 +578,8 @@ class HyperscanMatcher:
                     ends[rid] = [end]
                 else:
                     e.append(end)
-            else:
-                found.append(rid)
+            elif rid not in found:
+                found[rid] = end
         for rid, e in ends.items():
             if _confirm_near(near[rid], data, e):
                 out[rid] = 1
@@ -487,6 +589,11 @@ class HyperscanMatcher:
 def _collect(rid: int, start: int, end: int, flags: int, found: list[int]) -> None:
     """Hyperscan match callback: note the rule id (each rule reports once: SINGLEMATCH)."""
     found.append(rid)
+
+
+def _collect_first_end(rid: int, start: int, end: int, flags: int, found: dict[int, int]) -> None:
+    """Hyperscan match callback: the rule id and its (first, SINGLEMATCH) match end."""
+    found[rid] = end
 
 
 def _collect_ends(rid: int, start: int, end: int, flags: int, found: list[tuple[int, int]]) -> None:
