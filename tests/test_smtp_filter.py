@@ -400,3 +400,30 @@ def test_abandoned_transactions_leave_nothing_at_the_next_hop(sink):
         assert len(sink.wait_for(marker("hop lost before data"))) == 1
     finally:
         f.stop()
+
+
+def test_next_hop_closing_mid_transaction_defers_every_recipient(sink):
+    """A next hop answering 421 to one RCPT has dropped the whole transaction: that recipient, the
+    ones after it and (at DATA) the ones before it all get 4xx, never 421 (it is not our connection
+    that closes), and the sender's retry delivers to each once."""
+    f = start(sink)
+    sink.refuse_rcpts = {"bye@rcpt.test": "421 4.3.2 Shutting down"}
+    raw = ham(subject="hop says 421")
+    try:
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("ana@sender.test")
+            assert s.rcpt("bo@rcpt.test")[0] == 250
+            code, msg = s.rcpt("bye@rcpt.test")
+            assert code == 451 and b"Shutting down" in msg
+            assert s.rcpt("cy@rcpt.test")[0] == 451
+            assert s.data(raw)[0] == 451
+            assert s.noop()[0] == 250  # our client's session goes on
+        assert sink.wait_for(marker("hop says 421"), timeout=0.5) == []
+        sink.refuse_rcpts = {}
+        assert send(f.port, raw, rcpts=("bo@rcpt.test", "bye@rcpt.test", "cy@rcpt.test")) == {}
+        (got,) = sink.wait_for(marker("hop says 421"))
+        assert got[1] == ("bo@rcpt.test", "bye@rcpt.test", "cy@rcpt.test")
+    finally:
+        sink.refuse_rcpts = {}
+        f.stop()

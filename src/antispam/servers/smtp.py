@@ -205,7 +205,7 @@ class SmtpFilterServer(Server):
         if reply.startswith("2"):
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
-        else:
+        elif reply.startswith("4"):  # a 5xx is the next hop's policy, passed on; a 4xx may be ours to fix
             self._next_hop_refused("MAIL", reply)
         return reply
 
@@ -336,6 +336,12 @@ class SmtpFilterServer(Server):
                 s.close()
 
 
+def _reply(code: int, msg: Any) -> str:
+    """The next hop's reply, for our client.  Its 421 (closing the connection) becomes 451: it is
+    the next hop's connection that closes, not ours, and a 421 tells our client to hang up."""
+    return f"{451 if code == 421 else code} {_one_line(msg)}"
+
+
 def _unavailable(exc: BaseException) -> str:
     return f"451 4.4.1 Next hop unavailable, try again later ({_one_line(type(exc).__name__)})"
 
@@ -384,7 +390,7 @@ class _NextHop:
                     self.conn = conn
                 else:
                     self.server._give_back(conn)  # sender refused: no transaction was opened
-                return f"{code} {_one_line(msg)}"
+                return _reply(code, msg)
             return "451 4.4.1 Next hop unavailable, try again later"
 
     def rcpt(self, address: str) -> str:
@@ -398,7 +404,7 @@ class _NextHop:
                 return _unavailable(exc)
             if code == 421:
                 self._lose()
-            return f"{code} {_one_line(msg)}"
+            return _reply(code, msg)
 
     def data(self, payload: bytes) -> str:
         """Send the message; the next hop's one reply covers every recipient it accepted."""
@@ -411,8 +417,7 @@ class _NextHop:
             except smtplib.SMTPDataError as exc:  # DATA itself refused: the transaction is still open
                 self.conn = conn
                 self._end()
-                code = exc.smtp_code if 400 <= exc.smtp_code < 600 else 451
-                return f"{code} {_one_line(exc.smtp_error)}"
+                return _reply(exc.smtp_code if 400 <= exc.smtp_code < 600 else 451, exc.smtp_error)
             except (OSError, smtplib.SMTPException) as exc:  # cut off or too slow: the message is not there
                 self.server._discard(conn)
                 return _unavailable(exc)
@@ -420,7 +425,7 @@ class _NextHop:
                 self.server._discard(conn)
             else:
                 self.server._give_back(conn)
-            return f"{code} {_one_line(msg)}"
+            return _reply(code, msg)
 
     def reset(self) -> str:
         """End the transaction without a message (our client's RSET, a refused message, a
