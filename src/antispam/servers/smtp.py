@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import smtplib
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import re
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session as SmtpSession, syntax
@@ -80,9 +78,12 @@ class _FilterSMTP(SMTP):
             self.filter._protocols.discard(self)
             if self.filter.metrics is not None:
                 self.filter.metrics.connections.labels(self.filter.name).dec()
-        if self.next_hop.conn is not None:  # the client left mid-transaction: end ours at the next hop
-            with contextlib.suppress(RuntimeError):  # the relay threads are already shut down
-                self.loop.run_in_executor(self.filter._relay_pool, self.next_hop.reset)
+        if self.next_hop.conn is not None and not self.next_hop.busy:
+            # the client left between commands: end our transaction at the next hop (a step in
+            # flight is cancelled with the handler, and drops the connection itself)
+            task = self.loop.create_task(self.next_hop.reset())
+            self.filter._background.add(task)
+            task.add_done_callback(self.filter._background.discard)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -131,11 +132,11 @@ class SmtpFilterServer(Server):
         self._protocols: set[_FilterSMTP] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()
-        self._relay_pool = ThreadPoolExecutor(max_workers=max(2, cfg.max_connections), thread_name_prefix="relay")
         #: every open connection to the next hop (closed at shutdown), and the idle ones
-        self._connections: set[smtplib.SMTP] = set()
-        self._idle_connections: list[smtplib.SMTP] = []
-        self._conn_lock = threading.Lock()
+        self._connections: set[_SmtpClient] = set()
+        self._idle_connections: list[_SmtpClient] = []
+        #: transactions being ended for clients that left (kept referenced until done)
+        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -170,8 +171,9 @@ class SmtpFilterServer(Server):
             if proto.transport is not None:
                 proto.transport.close()
         await asyncio.sleep(0)
-        self._relay_pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(self._close_relays)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=2.0)
+        await self._close_relays()
         if self._own_scanner:
             self.scanner.close()
         if self.metrics is not None:
@@ -201,7 +203,7 @@ class SmtpFilterServer(Server):
     async def handle_MAIL(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, mail_options: list[str]) -> str:
         """Open the transaction at the next hop; its reply is ours."""
-        reply = await self._next_hop(server.next_hop.mail, address, list(mail_options), dict(server.xforward))
+        reply = await server.next_hop.mail(address, list(mail_options), dict(server.xforward))
         if reply.startswith("2"):
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
@@ -219,7 +221,7 @@ class SmtpFilterServer(Server):
         then gets the verdict, headers and reply of its own recipients' settings."""
         if envelope.rcpt_tos and self.scanner.profile_for(address) != self.scanner.profile_for(envelope.rcpt_tos[0]):
             return "452 4.5.3 Recipients with other spam settings: send in a separate transaction"
-        reply = await self._next_hop(server.next_hop.rcpt, address)
+        reply = await server.next_hop.rcpt(address)
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
@@ -228,8 +230,7 @@ class SmtpFilterServer(Server):
         return reply
 
     async def handle_RSET(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
-        await self._next_hop(server.next_hop.reset)
-        return "250 2.0.0 Ok"
+        return await server.next_hop.reset()
 
     async def handle_DATA(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
         self._in_flight += 1
@@ -257,7 +258,7 @@ class SmtpFilterServer(Server):
                                       rcpts=len(envelope.rcpt_tos))
         except Exception:
             if not cfg.fail_open:
-                await self._next_hop(server.next_hop.reset)
+                await server.next_hop.reset()
                 return cfg.tempfail_reply  # type: ignore[attr-defined]
             out = raw  # fail open: deliver unscanned rather than hold mail hostage to a bug
         else:
@@ -268,72 +269,52 @@ class SmtpFilterServer(Server):
                 elif verdict.action in ("soft reject", "greylist"):
                     reply = cfg.tempfail_reply  # type: ignore[attr-defined]
                 if reply is not None:
-                    await self._next_hop(server.next_hop.reset)
+                    await server.next_hop.reset()
                     return reply
             out = rewrite_headers(raw, verdict)
-        reply = await self._next_hop(server.next_hop.data, out)
+        reply = await server.next_hop.data(out)
         if not reply.startswith("2"):
             self._next_hop_refused("DATA", reply)
         return reply
-
-    async def _next_hop(self, method: Any, *args: Any) -> str:
-        """Run one step of a session's next-hop transaction in a relay thread (smtplib blocks)."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._relay_pool, method, *args)
-        except RuntimeError:  # the relay threads are shut down: we are stopping
-            return "421 4.3.2 Shutting down, try again later"
 
     def _next_hop_refused(self, stage: str, reply: str) -> None:
         self._count_error("next_hop")
         self.log.warning("next hop did not take the message", extra={"fields": {
             "server": self.name, "stage": stage, "reply": reply, "next_hop": self.settings.next_hop}})  # type: ignore[attr-defined]
 
-    # ------------------------------------------------------------ connections to the next hop (in threads)
+    # ------------------------------------------------------------ connections to the next hop
 
-    def _borrow(self) -> tuple[smtplib.SMTP, bool]:
+    async def _borrow(self) -> tuple["_SmtpClient", bool]:
         """A connection for one transaction, and whether it was kept from an earlier one.
 
         Connections stay open between transactions (connect, greeting and EHLO cost about as much
         as the transaction); the most recently used one is taken first, as the least likely to
-        have been closed by the next hop meanwhile."""
-        with self._conn_lock:
-            if self._idle_connections:
-                return self._idle_connections.pop(), True
+        have been closed by the next hop meanwhile, and one the next hop visibly closed is dropped."""
+        while self._idle_connections:
+            c = self._idle_connections.pop()
+            if not c.closed():
+                return c, True
+            self._discard(c)
         cfg = self.settings
-        host, port = self.next_hop
-        s = smtplib.SMTP(host, port, local_hostname=cfg.hostname, timeout=cfg.next_hop_timeout)  # type: ignore[attr-defined]
-        try:
-            s.ehlo_or_helo_if_needed()
-        except BaseException:
-            s.close()
-            raise
-        with self._conn_lock:
-            self._connections.add(s)
-        return s, False
+        c = await _SmtpClient.connect(*self.next_hop, helo=cfg.hostname, timeout=cfg.next_hop_timeout)  # type: ignore[attr-defined]
+        self._connections.add(c)
+        return c, False
 
-    def _give_back(self, s: smtplib.SMTP) -> None:
+    def _give_back(self, c: "_SmtpClient") -> None:
         """A connection whose transaction ended cleanly, kept for the next one."""
-        with self._conn_lock:
-            if not self.closing and s in self._connections:
-                self._idle_connections.append(s)
-                return
-        self._discard(s)
+        if not self.closing and c in self._connections and not c.closed():
+            self._idle_connections.append(c)
+        else:
+            self._discard(c)
 
-    def _discard(self, s: smtplib.SMTP) -> None:
-        with self._conn_lock:
-            self._connections.discard(s)
-        s.close()
+    def _discard(self, c: "_SmtpClient") -> None:
+        self._connections.discard(c)
+        c.close()
 
-    def _close_relays(self) -> None:
-        with self._conn_lock:
-            conns, self._connections = list(self._connections), set()
-            self._idle_connections.clear()
-        for s in conns:
-            try:
-                s.quit()
-            except (OSError, smtplib.SMTPException):
-                s.close()
+    async def _close_relays(self) -> None:
+        conns, self._connections = list(self._connections), set()
+        self._idle_connections.clear()
+        await asyncio.gather(*(c.quit() for c in conns), return_exceptions=True)
 
 
 def _reply(code: int, msg: Any) -> str:
@@ -346,103 +327,225 @@ def _unavailable(exc: BaseException) -> str:
     return f"451 4.4.1 Next hop unavailable, try again later ({_one_line(type(exc).__name__)})"
 
 
+class NextHopError(Exception):
+    """The next hop broke the protocol (a reply that is not one)."""
+
+
+_EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+class _SmtpClient:
+    """A minimal SMTP client on asyncio streams: what re-injection needs and nothing more
+    (EHLO, XFORWARD, MAIL, RCPT, DATA, RSET, QUIT).  It runs in the server's event loop, so a
+    message costs no hop to a thread, and every wait for the next hop is bounded by ``timeout``.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float):
+        self.reader = reader
+        self.writer = writer
+        self.timeout = timeout
+        #: EHLO keywords, upper case
+        self.extensions: set[str] = set()
+
+    @classmethod
+    async def connect(cls, host: str, port: int, helo: str, timeout: float) -> "_SmtpClient":
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, limit=64 * 1024)
+        c = cls(reader, writer, timeout)
+        try:
+            code, msg = await c.reply()
+            if code != 220:
+                raise NextHopError(f"greeting {code} {_one_line(msg)}")
+            code, msg = await c.command(f"EHLO {helo}")
+            if code == 250:
+                c.extensions = {line.split(" ", 1)[0].upper() for line in msg.split("\n")[1:] if line}
+            elif (await c.command(f"HELO {helo}"))[0] != 250:
+                raise NextHopError(f"EHLO/HELO refused: {code} {_one_line(msg)}")
+        except BaseException:
+            c.close()
+            raise
+        return c
+
+    def closed(self) -> bool:
+        return self.reader.at_eof() or self.writer.is_closing()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def quit(self) -> None:
+        try:
+            if not self.closed():
+                await asyncio.wait_for(self.command("QUIT"), 2.0)
+        finally:
+            self.close()
+
+    async def reply(self) -> tuple[int, str]:
+        """One reply: its code and its text (lines joined with newlines)."""
+        lines = []
+        async with asyncio.timeout(self.timeout):
+            while True:
+                line = await self.reader.readline()
+                if not line.endswith(b"\n"):
+                    raise ConnectionError("next hop closed the connection")
+                if len(line) < 4 or not line[:3].isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                    raise NextHopError(f"not an SMTP reply: {line[:60]!r}")
+                lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
+                if line[3:4] != b"-":
+                    return int(line[:3]), "\n".join(lines)
+
+    async def command(self, line: str) -> tuple[int, str]:
+        self.writer.write(line.encode("utf-8") + b"\r\n")
+        return await self.reply()
+
+    async def data(self, payload: bytes) -> tuple[int, str, bool]:
+        """DATA, the message and its end: (code, text, whether the message was sent).  Line ends
+        become CRLF and lines starting with a dot get another, as SMTP wants them."""
+        code, msg = await self.command("DATA")
+        if code != 354:
+            return code, msg, False
+        body = _LEADING_DOT.sub(b"..", _EOL.sub(b"\r\n", payload))
+        self.writer.write(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
+        async with asyncio.timeout(self.timeout):
+            await self.writer.drain()
+        code, msg = await self.reply()
+        return code, msg, True
+
+
+def _path(address: str) -> str:
+    return "<>" if address in ("", "<>") else f"<{address}>"
+
+
 class _NextHop:
     """One client session's transaction at the next hop, mirrored step by step.
 
-    smtplib blocks, so every method runs in a relay thread; a lock keeps the steps of one
-    session in order (the client's disconnect can race with a step still running).  The
-    connection is borrowed from the server's idle ones at MAIL and given back when the
-    transaction ends (after DATA, at RSET, or when the client goes), so two transactions
-    never share one.  Every method returns the SMTP reply to give our client.
+    The connection is borrowed from the server's idle ones at MAIL and given back when the
+    transaction ends (after DATA, at RSET, or when the client goes), so two transactions never
+    share one.  Any failure or cancellation in the middle of a step drops the connection: its
+    state is unknown, and the next hop drops a transaction whose connection goes.  Every method
+    returns the SMTP reply to give our client.
     """
 
     def __init__(self, server: SmtpFilterServer):
         self.server = server
-        self.conn: smtplib.SMTP | None = None
-        self._lock = threading.Lock()
+        self.conn: _SmtpClient | None = None
+        #: a step is talking to the next hop
+        self.busy = False
 
-    def mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> str:
-        with self._lock:
-            self._end()  # a transaction our client dropped without RSET (EHLO, a refused DATA)
-            for _ in (0, 1):
-                try:
-                    conn, kept = self.server._borrow()
-                except (OSError, smtplib.SMTPException) as exc:
-                    return _unavailable(exc)
-                try:
-                    # XFORWARD describes one transaction (the next hop forgets it after), so it goes every time.
-                    if xforward and conn.has_extn("xforward"):
-                        conn.docmd("XFORWARD", " ".join(f"{k}={v}" for k, v in xforward.items()))
-                    wanted = {o.upper() for o in mail_options}
-                    options = [o for o, ext in (("BODY=8BITMIME", "8bitmime"), ("SMTPUTF8", "smtputf8"))
-                               if o in wanted and conn.has_extn(ext)]
-                    code, msg = conn.mail(mail_from, options)
-                except (OSError, smtplib.SMTPException) as exc:
-                    self.server._discard(conn)
-                    if kept:  # the next hop closed the kept connection meanwhile: once more, on a new one
-                        continue
-                    return _unavailable(exc)
-                if code == 421:
-                    self.server._discard(conn)
-                    if kept:
-                        continue
-                elif code == 250:
-                    self.conn = conn
-                else:
-                    self.server._give_back(conn)  # sender refused: no transaction was opened
-                return _reply(code, msg)
-            return "451 4.4.1 Next hop unavailable, try again later"
+    async def mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> str:
+        self.busy = True
+        try:
+            return await self._mail(mail_from, mail_options, xforward)
+        finally:
+            self.busy = False
 
-    def rcpt(self, address: str) -> str:
-        with self._lock:
-            if self.conn is None:
-                return "451 4.4.1 Next hop unavailable, try again later"
+    async def _mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> str:
+        await self._end()  # a transaction our client dropped without RSET (EHLO, a refused DATA)
+        for _ in (0, 1):
             try:
-                code, msg = self.conn.rcpt(address)
-            except (OSError, smtplib.SMTPException) as exc:
-                self._lose()
+                conn, kept = await self.server._borrow()
+            except (OSError, TimeoutError, NextHopError) as exc:
                 return _unavailable(exc)
-            if code == 421:
-                self._lose()
-            return _reply(code, msg)
-
-    def data(self, payload: bytes) -> str:
-        """Send the message; the next hop's one reply covers every recipient it accepted."""
-        with self._lock:
-            conn, self.conn = self.conn, None
-            if conn is None:
-                return "451 4.4.1 Next hop unavailable, try again later"
             try:
-                code, msg = conn.data(payload)
-            except smtplib.SMTPDataError as exc:  # DATA itself refused: the transaction is still open
+                # XFORWARD describes one transaction (the next hop forgets it after), so it goes every time.
+                if xforward and "XFORWARD" in conn.extensions:
+                    await conn.command("XFORWARD " + " ".join(f"{k}={v}" for k, v in xforward.items()))
+                wanted = {o.upper() for o in mail_options}
+                options = [o for o, ext in (("BODY=8BITMIME", "8BITMIME"), ("SMTPUTF8", "SMTPUTF8"))
+                           if o in wanted and ext in conn.extensions]
+                code, msg = await conn.command(" ".join([f"MAIL FROM:{_path(mail_from)}", *options]))
+            except (OSError, TimeoutError, NextHopError) as exc:
+                self.server._discard(conn)
+                if kept:  # the next hop closed the kept connection meanwhile: once more, on a new one
+                    continue
+                return _unavailable(exc)
+            except BaseException:
+                self.server._discard(conn)
+                raise
+            if code == 421:
+                self.server._discard(conn)
+                if kept:
+                    continue
+            elif code == 250:
                 self.conn = conn
-                self._end()
-                return _reply(exc.smtp_code if 400 <= exc.smtp_code < 600 else 451, exc.smtp_error)
-            except (OSError, smtplib.SMTPException) as exc:  # cut off or too slow: the message is not there
-                self.server._discard(conn)
-                return _unavailable(exc)
-            if code == 421:
-                self.server._discard(conn)
             else:
-                self.server._give_back(conn)
+                self.server._give_back(conn)  # sender refused: no transaction was opened
             return _reply(code, msg)
+        return "451 4.4.1 Next hop unavailable, try again later"
 
-    def reset(self) -> str:
+    async def rcpt(self, address: str) -> str:
+        self.busy = True
+        try:
+            return await self._rcpt(address)
+        finally:
+            self.busy = False
+
+    async def _rcpt(self, address: str) -> str:
+        if self.conn is None:
+            return "451 4.4.1 Next hop unavailable, try again later"
+        try:
+            code, msg = await self.conn.command(f"RCPT TO:{_path(address)}")
+        except (OSError, TimeoutError, NextHopError) as exc:
+            self._lose()
+            return _unavailable(exc)
+        except BaseException:
+            self._lose()
+            raise
+        if code == 421:
+            self._lose()
+        return _reply(code, msg)
+
+    async def data(self, payload: bytes) -> str:
+        self.busy = True
+        try:
+            return await self._data(payload)
+        finally:
+            self.busy = False
+
+    async def _data(self, payload: bytes) -> str:
+        """Send the message; the next hop's one reply covers every recipient it accepted."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return "451 4.4.1 Next hop unavailable, try again later"
+        try:
+            code, msg, sent = await conn.data(payload)
+        except (OSError, TimeoutError, NextHopError) as exc:  # cut off or too slow: the message is not there
+            self.server._discard(conn)
+            return _unavailable(exc)
+        except BaseException:
+            self.server._discard(conn)
+            raise
+        if not sent:  # DATA itself refused: the transaction is still open
+            self.conn = conn
+            await self._end()
+            return _reply(code if 400 <= code < 600 else 451, msg)
+        if code == 421:
+            self.server._discard(conn)
+        else:
+            self.server._give_back(conn)
+        return _reply(code, msg)
+
+    async def reset(self) -> str:
         """End the transaction without a message (our client's RSET, a refused message, a
         disconnect)."""
-        with self._lock:
-            self._end()
+        self.busy = True
+        try:
+            await self._end()
+        finally:
+            self.busy = False
         return "250 2.0.0 Ok"
 
-    def _end(self) -> None:
+    async def _end(self) -> None:
         conn, self.conn = self.conn, None
         if conn is None:
             return
         try:
-            code, _ = conn.rset()
-        except (OSError, smtplib.SMTPException):
+            code, _ = await conn.command("RSET")
+        except (OSError, TimeoutError, NextHopError):
+            code = 0
+        except BaseException:
             self.server._discard(conn)
-            return
+            raise
         if code == 250:
             self.server._give_back(conn)
         else:
