@@ -427,3 +427,19 @@ def test_next_hop_closing_mid_transaction_defers_every_recipient(sink):
     finally:
         sink.refuse_rcpts = {}
         f.stop()
+
+
+def test_relayed_bytes_survive_dot_stuffing_and_null_sender(sink):
+    """Lines starting with a dot (and a lone dot mid-body) arrive as sent, and a bounce's null
+    sender stays null at the next hop."""
+    f = start(sink)
+    try:
+        body = ".\n.leading dot\n..two dots\nlast line without dot\n"
+        raw = ham(subject="dots", body=body)
+        assert send(f.port, raw, mail_from="") == {}
+        (got,) = sink.wait_for(marker("dots"))
+        assert got[0] == "<>"
+        assert got[2].endswith(raw.split(b"\r\n\r\n", 1)[1])
+        assert b"\r\n.\r\n.leading dot\r\n..two dots\r\n" in got[2]
+    finally:
+        f.stop()
