@@ -167,3 +167,20 @@ def test_no_nameserver_means_no_lookups():
     cfg = Config.load(overrides={"dnsbl": {"enable": ["spamhaus_zen"]}})
     e = Engine(cfg)
     assert e.network_checks == [] and e.resolver is None
+
+
+def test_list_counters_exported_to_prometheus(dns):
+    pytest.importorskip("prometheus_client")
+    from antispam.servers.metrics import Metrics
+
+    e = engine(dns, lists={"bl": LISTS["bl"], "slow": LISTS["slow"]})
+    metrics = Metrics()
+    metrics.watch_engine(e)
+    e.scan(MSG, Envelope(client_ip="1.2.3.4"))
+    text = metrics.render().decode()
+    assert 'antispam_dnsbl_listed_total{list="bl"} 2.0' in text  # the client and the relay are both listed
+    assert 'antispam_dnsbl_healthy{list="bl"} 1.0' in text
+    queries = {ln.split("{")[1].split("}")[0]: float(ln.rsplit(" ", 1)[1])
+               for ln in text.splitlines() if ln.startswith("antispam_dnsbl_queries_total")}
+    assert queries['list="bl"'] >= 2  # client and relay
+    assert 'antispam_dnsbl_errors_total{list="slow"} 1.0' in text  # its listing lookup timed out

@@ -146,3 +146,42 @@ def test_mx_exchanges_are_resolved_together():
         assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
         times = [t for (n, _, _), t in zip(slow.queries, slow.arrivals) if n.endswith(".mx.example") and n != "mx.example"]
         assert len(times) == 6 and max(times) - min(times) < delay
+
+
+def helo_symbols(v):
+    return {k: s for k, s in v.symbols.items() if k.startswith("SPF_HELO")}
+
+
+def test_helo_identity_checked_on_its_own(server):
+    """RFC 7208 2.3: the HELO name is checked separately; MAIL FROM stays the identity DMARC reads."""
+    e = engine(server)
+    v = e.scan(MSG, Envelope(client_ip="203.0.113.9", helo="helo.example", mail_from="a@example.org"))
+    assert list(spf_symbols(v)) == ["R_SPF_FAIL"]  # the IP is not example.org's
+    assert list(helo_symbols(v)) == ["SPF_HELO_ALLOW"]  # but helo.example's "a" is this IP
+    assert "helo=helo.example" in v.symbols["SPF_HELO_ALLOW"].options
+    assert "spf=fail smtp.mailfrom=a@example.org" in v.authentication_results
+    assert "spf=pass smtp.helo=helo.example" in v.authentication_results
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.33", helo="helo.example", mail_from="a@example.org"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"] and list(helo_symbols(v)) == ["SPF_HELO_FAIL"]
+
+
+def test_helo_check_skipped_when_it_cannot_or_need_not_run(server):
+    e = engine(server)
+    for helo in ("[203.0.113.9]", "203.0.113.9", "localhost", ""):
+        v = e.scan(MSG, Envelope(client_ip="203.0.113.9", helo=helo, mail_from="a@example.org"))
+        assert not helo_symbols(v), helo
+    # null MAIL FROM: HELO is already the main identity, not checked twice
+    v = e.scan(MSG, Envelope(client_ip="203.0.113.9", helo="helo.example", mail_from=""))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"] and not helo_symbols(v)
+    assert v.authentication_results.count("spf=") == 1
+    # switched off
+    v = engine(server, spf_check_helo=False).scan(MSG, Envelope(client_ip="203.0.113.9", helo="helo.example",
+                                                                mail_from="a@example.org"))
+    assert not helo_symbols(v) and v.authentication_results.count("spf=") == 1
+
+
+def test_helo_to_check():
+    from antispam.auth.spf import helo_to_check
+
+    assert helo_to_check("MX.Example.") == "mx.example"
+    assert [helo_to_check(h) for h in ("localhost", "192.0.2.1", "[192.0.2.1]", "[IPv6:2001:db8::1]", "", None)] == [""] * 6

@@ -293,9 +293,13 @@ def score(const uint32_t[::1] ids, const float[::1] weights, double bias, int nc
 # ---- rules kernels ------------------------------------------------------------------------
 # Counting helpers of the rule evals; definitions in the twin.
 
+from ._fastscore_py import BLANKS as _twin_blanks
+
 cdef unsigned char LETTER_CLASS[256]  # 2: capital, 1: other letter, 0: not a letter (Latin-1)
+cdef unsigned char IS_BLANK[256]  # 1 for what visible_count does not count
 for _c in range(256):
     LETTER_CLASS[_c] = 2 if chr(_c).isupper() else 1 if chr(_c).isalpha() else 0
+    IS_BLANK[_c] = 1 if chr(_c) in _twin_blanks else 0
 
 
 def letter_counts(str text, Py_ssize_t limit):
@@ -305,8 +309,16 @@ def letter_counts(str text, Py_ssize_t limit):
     cdef Py_ssize_t letters = 0, upper = 0
     cdef Py_UCS4 ch
     cdef unsigned char k
+    cdef const unsigned char* b
     if limit < 0:
         raise ValueError("limit must be >= 0")
+    if u.kind == 1:  # every code point below 256: one table lookup per byte
+        b = <const unsigned char*>u.data
+        for i in range(n):
+            k = LETTER_CLASS[b[i]]
+            letters += k != 0
+            upper += k == 2
+        return letters, upper
     for i in range(n):
         ch = _at(&u, i)
         if ch < 256:
@@ -323,9 +335,15 @@ def visible_count(str text):
     cdef UStr u = _ustr(text)
     cdef Py_ssize_t i, blanks = 0
     cdef Py_UCS4 ch
+    cdef const unsigned char* b
+    if u.kind == 1:
+        b = <const unsigned char*>u.data
+        for i in range(u.n):
+            blanks += IS_BLANK[b[i]]
+        return u.n - blanks
     for i in range(u.n):
         ch = _at(&u, i)
-        if ch == 32 or ch == 10 or ch == 9 or ch == 13 or ch == 0xA0:
+        if ch < 256 and IS_BLANK[ch]:
             blanks += 1
     return u.n - blanks
 

@@ -271,6 +271,8 @@ class AuthConfig:
     arc: bool = False
     #: RFC 7208 4.6.4 limits (10 DNS mechanisms, 2 void lookups); false = the looser compatibility limits
     spf_strict_limits: bool = True
+    #: also check the HELO identity when MAIL FROM is not null (RFC 7208 2.3 recommends it; one TXT query more)
+    spf_check_helo: bool = True
     #: "rfc9989" (DMARCbis DNS tree walk, default) or "rfc7489" (Public Suffix List)
     dmarc_mode: str = "rfc9989"
     #: RSA keys shorter than this fail (RFC 8301 section 3.2 says 1024)

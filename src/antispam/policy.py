@@ -39,6 +39,8 @@ class Policy:
         self.scores = {name: config.score_for(name, d.score) for name, d in defs.items()}
         self.descriptions = {name: config.descriptions.get(name, d.description) for name, d in defs.items()}
         self.groups = {name: d.group for name, d in defs.items()}
+        #: name -> (configured score, description, group): one lookup per symbol when deciding
+        self._meta = {name: (self.scores[name], self.descriptions[name], self.groups[name]) for name in defs}
         self.group_caps: Mapping[str, Mapping[str, float]] = config.groups
         # Enabled actions, most severe first.
         self.thresholds = {a: t for a, t in config.actions.items() if t is not None}
@@ -68,12 +70,12 @@ class Policy:
                 opts = prev[1] + tuple(o for o in h.options if o not in prev[1])
                 merged[h.symbol] = (max(prev[0], h.weight), opts)
         results: dict[str, SymbolResult] = {}
+        meta = self._meta
         for name, (weight, options) in merged.items():
-            base = self.scores.get(name)
-            if base is None:  # undeclared symbol: visible, scored by config or 0
-                base = self.config.scores.get(name, 0.0)
-            results[name] = SymbolResult(name=name, score=base * weight, weight=weight, options=options,
-                                         description=self.descriptions.get(name, ""), group=self.groups.get(name, "misc"))
+            m = meta.get(name)
+            if m is None:  # undeclared symbol: visible, scored by config or 0
+                m = (self.config.scores.get(name, 0.0), "", "misc")
+            results[name] = SymbolResult(name, m[0] * weight, weight, options, m[1], m[2])
         if self.group_caps:
             results = self._apply_caps(results)
         total = float(round(sum(r.score for r in results.values()), 4))

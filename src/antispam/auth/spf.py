@@ -67,6 +67,16 @@ SYMBOL_OF = {
     "permerror": "R_SPF_PERMFAIL",
     "temperror": "R_SPF_TEMPFAIL",
 }
+#: the separate check of the HELO identity (when MAIL FROM is not null)
+HELO_SYMBOL_OF = {
+    "pass": "SPF_HELO_ALLOW",
+    "fail": "SPF_HELO_FAIL",
+    "softfail": "SPF_HELO_SOFTFAIL",
+    "neutral": "SPF_HELO_NEUTRAL",
+    "none": "SPF_HELO_NA",
+    "permerror": "SPF_HELO_PERMFAIL",
+    "temperror": "SPF_HELO_TEMPFAIL",
+}
 
 Lookup = Callable[[str, str], Answer]
 
@@ -86,6 +96,30 @@ class SpfOutcome:
     mechanism: str = ""
     reason: str = ""
     limit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SpfHeloOutcome:
+    """The separate SPF result of the HELO identity (RFC 7208 2.3), when MAIL FROM was not null.
+
+    Not what DMARC reads (that is :class:`SpfOutcome`, the MAIL FROM identity):
+    published for checks and reports that want to know whether the sending host
+    itself is authorized by the name it gave.
+    """
+
+    outcome: SpfOutcome
+
+
+def helo_to_check(helo: str | None) -> str:
+    """The HELO name when it can be checked on its own: a domain name with a dot, not an address literal."""
+    h = (helo or "").strip().rstrip(".")
+    if not h or "." not in h or h.startswith("["):
+        return ""
+    try:
+        ipaddress.ip_address(h)
+        return ""
+    except ValueError:
+        return h.lower()
 
 
 class _Miss(BaseException):
@@ -242,7 +276,8 @@ def check_host_sync(resolver: "Resolver", ip: str, sender: str | None, helo: str
 
 
 class SpfCheck(Check):
-    """SPF of MAIL FROM (or HELO when MAIL FROM is null) for the connecting IP."""
+    """SPF of MAIL FROM (or HELO when MAIL FROM is null) for the connecting IP; and, as RFC 7208
+    section 2.3 recommends, of the HELO name on its own when MAIL FROM is not null."""
 
     name = "spf"
     network = True
@@ -254,28 +289,62 @@ class SpfCheck(Check):
         SymbolDef("R_SPF_NA", 0.0, "SPF: no policy or nothing to check (none)", "spf"),
         SymbolDef("R_SPF_PERMFAIL", 0.0, "SPF: the policy is broken (permerror)", "spf"),
         SymbolDef("R_SPF_TEMPFAIL", 0.0, "SPF: DNS failed, no result (temperror)", "spf"),
+        SymbolDef("SPF_HELO_ALLOW", 0.0, "SPF of the HELO name: the sending IP is authorized (pass)", "spf"),
+        SymbolDef("SPF_HELO_FAIL", 0.5, "SPF of the HELO name: the sending IP is not authorized (fail)", "spf"),
+        SymbolDef("SPF_HELO_SOFTFAIL", 0.2, "SPF of the HELO name: the name discourages this IP (softfail)", "spf"),
+        SymbolDef("SPF_HELO_NEUTRAL", 0.0, "SPF of the HELO name: no assertion (neutral)", "spf"),
+        SymbolDef("SPF_HELO_NA", 0.0, "SPF of the HELO name: no policy (none)", "spf"),
+        SymbolDef("SPF_HELO_PERMFAIL", 0.0, "SPF of the HELO name: the policy is broken (permerror)", "spf"),
+        SymbolDef("SPF_HELO_TEMPFAIL", 0.0, "SPF of the HELO name: DNS failed, no result (temperror)", "spf"),
     )
 
-    def __init__(self, strict_limits: bool = True):
+    def __init__(self, strict_limits: bool = True, check_helo: bool = True):
         self.limits = STRICT_LIMITS if strict_limits else COMPAT_LIMITS
+        self.check_helo = check_helo
+
+    def _helo_alone(self, env) -> str:  # type: ignore[no-untyped-def]
+        """The HELO name to check on its own: only when MAIL FROM is not null (else it is the main identity)."""
+        if not self.check_helo or not (env.mail_from or "").strip().strip("<>").strip():
+            return ""
+        return helo_to_check(env.helo)
 
     def questions(self, msg: "Message", ctx: ScanContext) -> list[Question]:
         env = ctx.envelope
         if not env.client_ip:
             return []
         _, _, domain = _identity(env.mail_from, env.helo)
-        return [Question(domain, "TXT")] if domain else []
+        out = [Question(domain, "TXT")] if domain else []
+        helo = self._helo_alone(env)
+        if helo and helo != domain:
+            out.append(Question(helo, "TXT"))
+        return out
 
     async def arun(self, msg: "Message", ctx: ScanContext) -> list[Hit]:
         env = ctx.envelope
+        helo = self._helo_alone(env)
+        helo_outcome: SpfOutcome | None = None
         if not env.client_ip or ctx.resolver is None:
             identity, address, domain = _identity(env.mail_from, env.helo)
             outcome = SpfOutcome("none", identity, address, domain,
                                  reason="no client IP" if not env.client_ip else "no resolver")
+        elif helo:
+            # Both identities at once: their DNS round trips overlap.
+            outcome, helo_outcome = await asyncio.gather(
+                check_host(ctx.resolver, env.client_ip, env.mail_from, env.helo, limits=self.limits, deadline=ctx.deadline),
+                check_host(ctx.resolver, env.client_ip, None, helo, limits=self.limits, deadline=ctx.deadline))
         else:
             outcome = await check_host(ctx.resolver, env.client_ip, env.mail_from, env.helo,
                                        limits=self.limits, deadline=ctx.deadline)
         ctx.publish(outcome)
+        hits = [self._report(ctx, outcome, SYMBOL_OF)]
+        if helo_outcome is not None:
+            ctx.publish(SpfHeloOutcome(helo_outcome))
+            hits.append(self._report(ctx, helo_outcome, HELO_SYMBOL_OF))
+        return hits
+
+    @staticmethod
+    def _report(ctx: ScanContext, outcome: SpfOutcome, symbols: dict[str, str]) -> Hit:
+        """The Authentication-Results entry and the symbol of one identity's result."""
         prop = "smtp.mailfrom" if outcome.identity == "mailfrom" else "smtp.helo"
         value = outcome.sender if outcome.identity == "mailfrom" else outcome.domain
         ctx.add_auth_result(resinfo("spf", outcome.result, [(prop, value)] if value else [],
@@ -287,10 +356,10 @@ class SpfCheck(Check):
             options.append(f"limit={outcome.limit}")
         if outcome.result in ("permerror", "temperror", "none") and outcome.reason:
             options.append(outcome.reason[:120])
-        return [Hit(SYMBOL_OF[outcome.result], 1.0, tuple(options))]
+        return Hit(symbols[outcome.result], 1.0, tuple(options))
 
 
 def factory(config: "Config", store: object = None) -> SpfCheck | None:
     if not network_enabled(config, "spf"):
         return None
-    return SpfCheck(config.auth.spf_strict_limits)
+    return SpfCheck(config.auth.spf_strict_limits, config.auth.spf_check_helo)

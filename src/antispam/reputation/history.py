@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from dataclasses import dataclass
 from typing import Iterable
 
 from ..check import Check, Hit, ScanContext, SymbolDef
@@ -44,6 +45,13 @@ _KINDS = {
     "dkim": ("REPUTATION_BAD_DKIM_DOMAIN", "REPUTATION_GOOD_DKIM_DOMAIN"),
     "udom": ("REPUTATION_BAD_URL_DOMAIN", None),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntities:
+    """What a scan looked up, so that recording the verdict afterwards counts the same entities."""
+
+    pairs: tuple[tuple[str, str], ...]
 
 
 class HistoryCheck(Check):
@@ -98,6 +106,7 @@ class HistoryCheck(Check):
 
     def run(self, msg: Message, ctx: ScanContext) -> Iterable[Hit]:
         ents = self.entities(msg, ctx)
+        ctx.publish(HistoryEntities(tuple(ents)))
         if not ents:
             return ()
         keys = [f"h:{k}:{v}:{lab}" for k, v in ents for lab in ("s", "h")]
@@ -126,7 +135,9 @@ class HistoryCheck(Check):
         now = self._clock()
         amount = weight * self._scale(now)
         lab = "s" if spam else "h"
-        self.store.incr_many({f"h:{k}:{v}:{lab}": amount for k, v in self.entities(msg, ctx)})
+        seen = ctx.get(HistoryEntities) if ctx is not None else None
+        ents = seen.pairs if seen is not None else self.entities(msg, ctx)
+        self.store.incr_many({f"h:{k}:{v}:{lab}": amount for k, v in ents})
 
     def record(self, msg: Message, ctx: ScanContext, verdict: Verdict) -> None:
         """After a scan: count a clear outcome (spam, or a score at or below zero)."""

@@ -280,11 +280,17 @@ def html_text_ratio_below(msg: Message, ratio: float) -> tuple[bool, list[str]]:
 _IMG_TAG = re.compile("<img", re.I | re.A)
 
 
+@lru_cache(maxsize=4)
+def _has_img(html: str) -> bool:
+    # Remembered for the last few pages: rules with different bounds ask of the same message.
+    return _IMG_TAG.search(html) is not None
+
+
 @register("html_image_only", ("body", "rawbody"), (float, float))
 def html_image_only(msg: Message, lo: float, hi: float) -> tuple[bool, list[str]]:
     """HTML with images and between ``lo`` and ``hi`` characters of visible text in the whole message."""
     html = msg.html
-    if not html or _IMG_TAG.search(html) is None:
+    if not html or not _has_img(html):
         return False, []
     n = _visible_chars(msg)
     return lo <= n < hi, [f"{n} chars"]

@@ -74,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         metrics = Metrics()
     server = build(args.kind, config, metrics=metrics)
+    if metrics is not None:
+        metrics.watch_engine(server.engine)
 
     async def run() -> None:
         await server.start()

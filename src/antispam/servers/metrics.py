@@ -7,6 +7,18 @@ Exposed (label ``server`` is spamd, milter, smtp or rspamd_http)::
     antispam_scan_seconds{server}                scan latency histogram
     antispam_errors_total{server,kind}           timeout, protocol, scan, next_hop, not_allowed, ...
     antispam_connections{server}                 connections open now
+
+and, for an engine handed to :meth:`Metrics.watch_engine` (``antispam serve`` does), the DNS
+lists' counters since start-up, read at scrape time::
+
+    antispam_dnsbl_queries_total{list}           queries asked
+    antispam_dnsbl_listed_total{list}            answers that listed something
+    antispam_dnsbl_errors_total{list}            timeouts and server failures
+    antispam_dnsbl_seconds_total{list}           time spent waiting for answers
+    antispam_dnsbl_healthy{list}                 1, or 0 while the list is disabled by its health check
+
+With scan worker processes (``workers > 0``) the lists are asked in the workers, whose counters
+this process cannot see; the list metrics then stay at zero.
 """
 
 from __future__ import annotations
@@ -34,6 +46,12 @@ class Metrics:
         self.connections = Gauge("antispam_connections", "Open client connections", ["server"], registry=self.registry)
         self._http: Any = None
 
+    def watch_engine(self, engine: Any) -> None:
+        """Export the counters of the engine's DNS-list check (if it has one), read at each scrape."""
+        stats = [c.stats for c in getattr(engine, "checks", ()) if isinstance(getattr(c, "stats", None), dict)]
+        if stats:
+            self.registry.register(_ListCollector(stats))
+
     def observe(self, server: str, action: str, seconds: float) -> None:
         self.messages.labels(server).inc()
         self.actions.labels(server, action).inc()
@@ -56,3 +74,32 @@ class Metrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+class _ListCollector:
+    """Reads ``DnsblCheck.stats`` (list name -> ``ListStats``) when Prometheus scrapes."""
+
+    def __init__(self, stats: list[dict[str, Any]]):
+        self.stats = stats
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked collector: the list names are only known at scrape time
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        families = {
+            "queries": CounterMetricFamily("antispam_dnsbl_queries", "DNS list queries asked", labels=["list"]),
+            "listed": CounterMetricFamily("antispam_dnsbl_listed", "DNS list answers that listed something", labels=["list"]),
+            "errors": CounterMetricFamily("antispam_dnsbl_errors", "DNS list timeouts and server failures", labels=["list"]),
+            "seconds": CounterMetricFamily("antispam_dnsbl_seconds", "Seconds spent waiting for DNS list answers", labels=["list"]),
+        }
+        healthy = GaugeMetricFamily("antispam_dnsbl_healthy", "1 unless the list is disabled by its health check",
+                                    labels=["list"])
+        for stats in self.stats:
+            for name, st in list(stats.items()):
+                for key, fam in families.items():
+                    fam.add_metric([name], float(getattr(st, key)))
+                healthy.add_metric([name], 1.0 if st.healthy else 0.0)
+        yield from families.values()
+        yield healthy
