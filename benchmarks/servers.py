@@ -14,6 +14,12 @@ The in-process figures are ``Engine.scan`` in a loop on one core and
 ``Engine.scan_many`` with a process pool of 2.  On a 2-core machine the clients
 and the sink compete with the server for the same cores, so the server figures
 are lower bounds.  Every run is bounded by ``--seconds`` and stops by itself.
+
+Because msgs/s on a shared machine moves with everything else running, each
+row also gives the server's own CPU time per message (user + system, from
+/proc, workers=0 only: worker processes are not counted) next to
+``Engine.scan``'s CPU time per message in this process: their difference is
+what the protocol costs, and it holds still when the machine is busy.
 """
 
 from __future__ import annotations
@@ -208,6 +214,16 @@ def spawn_server(kind: str, workers: int, next_hop: int | None) -> tuple[subproc
     return proc, int(line.rsplit(":", 1)[1])
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux /proc), None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def drive(kind: str, port: int, msgs: list[bytes], clients: int, seconds: float) -> tuple[int, float]:
     deadline = time.monotonic() + seconds
     share = [msgs[i::clients] for i in range(clients)]
@@ -233,16 +249,18 @@ def main() -> int:
     engine = Engine()
     for raw in msgs[:50]:
         engine.scan(raw)  # warm caches and lazy imports
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for raw in msgs:
         engine.scan(raw)
     base = len(msgs) / (time.perf_counter() - t0)
+    base_cpu = (time.process_time() - c0) / len(msgs) * 1e6
     t0 = time.perf_counter()
     for _ in engine.scan_many(msgs, workers=2):
         pass
     pool = len(msgs) / (time.perf_counter() - t0)
-    print(f"in-process: Engine.scan {base:,.0f} msgs/s (1 core); scan_many(workers=2) {pool:,.0f} msgs/s\n")
-    print(f"{'server':12} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9}")
+    print(f"in-process: Engine.scan {base:,.0f} msgs/s (1 core, {base_cpu:.0f} us CPU/msg); "
+          f"scan_many(workers=2) {pool:,.0f} msgs/s\n")
+    print(f"{'server':12} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} {'us CPU/msg':>10}")
     sink_port = free_port()
     sink = subprocess.Popen([sys.executable, __file__, "--sink", str(sink_port)])
     try:
@@ -252,9 +270,12 @@ def main() -> int:
                 try:
                     asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
                     for clients in map(int, a.clients.split(",")):
+                        c0 = cpu_seconds(proc.pid)
                         n, dt = asyncio.run(drive(kind, port, msgs, clients, a.seconds))
+                        c1 = cpu_seconds(proc.pid)
                         rate = n / dt
-                        print(f"{kind:12} {workers:7} {clients:7} {rate:9,.0f} {rate / base:8.2f}x", flush=True)
+                        cpu = f"{(c1 - c0) / n * 1e6:10.0f}" if c0 is not None and c1 is not None and not workers else f"{'':10}"
+                        print(f"{kind:12} {workers:7} {clients:7} {rate:9,.0f} {rate / base:8.2f}x {cpu}", flush=True)
                 finally:
                     proc.terminate()
                     proc.wait(30)

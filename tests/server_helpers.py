@@ -108,8 +108,9 @@ class ServerThread:
 class Sink:
     """An aiosmtpd server that keeps every message it accepts: the next hop in end-to-end tests.
 
-    ``refuse`` makes it answer every DATA with ``451``; ``down()`` / ``up()`` stop and
-    restart it on the same port.
+    ``refuse`` makes it answer every DATA with ``451``; ``refuse_rcpts`` maps recipient addresses
+    to the reply their RCPT TO gets instead of 250; ``down()`` / ``up()`` stop and restart it on
+    the same port.
     """
 
     def __init__(self, port: int | None = None):
@@ -118,6 +119,7 @@ class Sink:
         self.port = port or free_port()
         self.messages: list[tuple[str, tuple[str, ...], bytes]] = []
         self.refuse = False
+        self.refuse_rcpts: dict[str, str] = {}
         #: seconds handle_DATA waits before storing and answering (a slow next hop)
         self.delay = 0.0
         self._lock = threading.Lock()
@@ -130,6 +132,12 @@ class Sink:
         sink = self
 
         class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+                if address in sink.refuse_rcpts:
+                    return sink.refuse_rcpts[address]
+                envelope.rcpt_tos.append(address)
+                return "250 2.1.5 Ok"
+
             async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
                 if sink.delay:
                     await asyncio.sleep(sink.delay)

@@ -268,3 +268,26 @@ def test_forged_authentication_results_claiming_our_id_are_deleted():
     deletes = [(struct.unpack(">I", d[:4])[0], d[4:].split(b"\0")[:2]) for cmd, d in replies if cmd == b"m"]
     assert (2, [b"Authentication-Results", b""]) in deletes        # the forgery of our id
     assert (1, [b"Authentication-Results", b""]) not in deletes    # the upstream's own result stays
+
+
+def test_idle_mta_connection_times_out_but_a_slow_one_does_not():
+    """``timeout`` bounds each wait for the MTA's next packet, not the session: a connection
+    that sends a packet more often than that stays open, one that goes quiet is closed."""
+    import time
+
+    st = ServerThread(MilterServer(Engine(checks=[GtubeCheck()]), MilterConfig(port=0, timeout=0.6)))
+    try:
+        t0 = time.monotonic()
+        busy, idle = client(st), client(st)
+        for _ in range(6):  # 1.8 s in all, a packet every 0.3 s
+            time.sleep(0.3)
+            busy.send(b"D", b"Mi\0QUEUE1\0")  # macros: no reply expected
+        replies = busy.message(ham(subject="slow but steady"))
+        assert time.monotonic() - t0 > 1.5 and replies[-1][0] == b"c"  # scanned and accepted
+        assert dict(headers_added(replies))["X-Spam-Flag"] == "NO"
+        idle.sock.settimeout(5)
+        assert idle.sock.recv(100) == b""  # closed by the server, well before the 5 s client timeout
+        busy.close()
+        idle.close()
+    finally:
+        st.stop()

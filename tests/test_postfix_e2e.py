@@ -239,3 +239,50 @@ def test_proxy_filter_before_queue(sink):
         if filt.loop.is_running():
             filt.stop()
         p.stop()
+
+
+# --------------------------------------------------------------------------- recipient by recipient
+
+
+def test_content_filter_next_hop_refusing_some_recipients(sink):
+    """swaks -> Postfix (content_filter) -> our filter -> a next hop that refuses one recipient
+    for good and one for now.  Postfix sees each refusal at RCPT time through the filter, so it
+    delivers the good recipient once, bounces the unknown one and keeps the full one queued;
+    once that mailbox has room the queued recipient arrives, once."""
+    from antispam.config import SmtpConfig
+    from antispam.servers.smtp import SmtpFilterServer
+
+    fport = free_port()
+    filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck()]), SmtpConfig(
+        port=fport, next_hop=f"127.0.0.1:{sink.port}", next_hop_timeout=5.0)))
+    p = pf.Postfix(relay_port=sink.port, main={"content_filter": f"scan:[127.0.0.1]:{fport}"},
+                   extra_master="scan unix - - n - 4 smtp -o smtp_send_xforward_command=yes\n")
+    sink.refuse_rcpts = {"gone@rcpt.test": "550 5.1.1 No such user here",
+                         "full@rcpt.test": "452 4.2.2 Mailbox full, try later"}
+
+    def copies(rcpt: str) -> int:
+        with sink._lock:
+            return sum(1 for _, rcpts, raw in sink.messages if rcpt in rcpts and b"cf per rcpt" in raw)
+
+    try:
+        r = pf.swaks(p.port, ham(subject="cf per rcpt"), to="bo@rcpt.test,gone@rcpt.test,full@rcpt.test")
+        assert r.returncode == 0, r.stdout[-1500:]
+        deadline = time.monotonic() + 20
+        while not ("status=bounced" in p.log() and "status=deferred" in p.log()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = p.log()
+        assert re.search(r"to=<gone@rcpt\.test>.*status=bounced .*550 5\.1\.1 No such user here", log), log[-3000:]
+        assert re.search(r"to=<full@rcpt\.test>.*status=deferred .*452 4\.2\.2 Mailbox full", log), log[-3000:]
+        assert re.search(r"to=<bo@rcpt\.test>.*status=sent", log), log[-3000:]
+        assert copies("bo@rcpt.test") == 1 and copies("full@rcpt.test") == 0
+        sink.refuse_rcpts = {"gone@rcpt.test": "550 5.1.1 No such user here"}
+        p.flush()
+        deadline = time.monotonic() + 30
+        while copies("full@rcpt.test") == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert (copies("bo@rcpt.test"), copies("full@rcpt.test"), copies("gone@rcpt.test")) == (1, 1, 0), p.log()[-3000:]
+    finally:
+        sink.refuse_rcpts = {}
+        filt.stop()
+        p.stop()

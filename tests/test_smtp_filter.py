@@ -97,7 +97,7 @@ def test_next_hop_down_means_4xx_and_no_loss(sink):
     try:
         sink.down()
         raw = ham(subject="hop down")
-        with pytest.raises(smtplib.SMTPDataError) as exc:
+        with pytest.raises(smtplib.SMTPSenderRefused) as exc:  # MAIL FROM opens the next hop's transaction
             send(f.port, raw)
         assert exc.value.smtp_code == 451
         sink.up()
@@ -309,3 +309,137 @@ def test_rewrite_strips_forged_authentication_results():
     out = rewrite_headers(raw, v)
     assert out.count(b"Authentication-Results: mx.ours.example") == 1 and b"header.d=bank.example" not in out
     assert b"Authentication-Results: mx.upstream.example; spf=pass" in out and out.endswith(b"\r\n\r\nbody\r\n")
+
+
+# --------------------------------------------------------------------------- recipient by recipient
+
+
+def test_recipients_the_next_hop_refuses_are_refused_alone(sink):
+    """RCPT TO goes through to the next hop in real time: a recipient it refuses is refused to the
+    sender at RCPT time with the next hop's own reply, the others are delivered, and the sender's
+    retry of the temporarily refused one is delivered to that recipient only."""
+    f = start(sink)
+    sink.refuse_rcpts = {"gone@rcpt.test": "550 5.1.1 No such user here",
+                         "full@rcpt.test": "452 4.2.2 Mailbox full, try later"}
+    try:
+        raw = ham(subject="per rcpt outcome")
+        refused = send(f.port, raw, rcpts=("bo@rcpt.test", "gone@rcpt.test", "full@rcpt.test", "cy@rcpt.test"))
+        assert refused == {"gone@rcpt.test": (550, b"5.1.1 No such user here"),
+                           "full@rcpt.test": (452, b"4.2.2 Mailbox full, try later")}
+        (got,) = sink.wait_for(marker("per rcpt outcome"))
+        assert got[1] == ("bo@rcpt.test", "cy@rcpt.test") and b"X-Spam-Flag: NO" in got[2]
+        # the sender retries the 4xx recipient later (what Postfix does with its deferred recipients)
+        del sink.refuse_rcpts["full@rcpt.test"]
+        assert send(f.port, raw, rcpts=("full@rcpt.test",)) == {}
+        got = sink.wait_for(lambda r: b"per rcpt outcome" in r)
+        assert sorted(m[1] for m in got) == [("bo@rcpt.test", "cy@rcpt.test"), ("full@rcpt.test",)]
+        # every recipient refused: no DATA at all, nothing delivered
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            send(f.port, ham(subject="nobody home"), rcpts=("gone@rcpt.test",))
+        assert sink.wait_for(marker("nobody home"), timeout=0.3) == []
+    finally:
+        sink.refuse_rcpts = {}
+        f.stop()
+
+
+def test_swaks_sees_the_next_hops_recipient_replies(sink):
+    if shutil.which("swaks") is None and not os.environ.get("CI"):
+        pytest.skip("swaks is not installed (Debian package swaks)")
+    import postfix as pf
+
+    f = start(sink, mode="before-queue")
+    sink.refuse_rcpts = {"gone@rcpt.test": "550 5.1.1 No such user here"}
+    try:
+        r = pf.swaks(f.port, ham(subject="swaks per rcpt"), to="bo@rcpt.test,gone@rcpt.test")
+        assert "<** 550 5.1.1 No such user here" in r.stdout, r.stdout
+        assert re.search(r"<-  250 2\.0\.0 stored", r.stdout), r.stdout  # bo's copy went through
+        (got,) = sink.wait_for(marker("swaks per rcpt"))
+        assert got[1] == ("bo@rcpt.test",)
+    finally:
+        sink.refuse_rcpts = {}
+        f.stop()
+
+
+def test_abandoned_transactions_leave_nothing_at_the_next_hop(sink):
+    """RSET, a rejected message, a dropped client and a next hop lost before DATA: each ends
+    the transaction at the next hop, and the next message on the same kept connection is whole."""
+    f = start(sink, mode="before-queue")
+    try:
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("ana@sender.test")
+            assert s.rcpt("nobody-then@rcpt.test")[0] == 250
+            assert s.rset()[0] == 250
+            with pytest.raises(smtplib.SMTPDataError):
+                s.sendmail("ana@sender.test", ["bo@rcpt.test"], spam(subject="abandon spam"))
+            assert s.sendmail("ana@sender.test", ["cy@rcpt.test"], ham(subject="abandon ham 1")) == {}
+        c = socket.create_connection(("127.0.0.1", f.port), timeout=10)  # a client that vanishes after RCPT
+        fh = c.makefile("rb")
+        fh.readline()
+        for cmd in (b"EHLO gone.test", b"MAIL FROM:<ana@sender.test>", b"RCPT TO:<dropped@rcpt.test>"):
+            c.sendall(cmd + b"\r\n")
+            while (line := fh.readline())[3:4] == b"-":
+                pass
+            assert line[:1] == b"2", line
+        c.close()
+        time.sleep(0.2)
+        send(f.port, ham(subject="abandon ham 2"), rcpts=("dee@rcpt.test",))
+        got = sink.wait_for(lambda r: b"abandon" in r)
+        assert [(m[1], b"abandon ham" in m[2]) for m in got] == [(("cy@rcpt.test",), True), (("dee@rcpt.test",), True)]
+        # the next hop goes away between RCPT and DATA: 4xx at end of DATA, and the retry arrives once
+        raw = ham(subject="hop lost before data")
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("ana@sender.test")
+            assert s.rcpt("bo@rcpt.test")[0] == 250
+            sink.down()
+            code, _ = s.data(raw)
+            assert code == 451
+        sink.up()
+        send(f.port, raw)
+        assert len(sink.wait_for(marker("hop lost before data"))) == 1
+    finally:
+        f.stop()
+
+
+def test_next_hop_closing_mid_transaction_defers_every_recipient(sink):
+    """A next hop answering 421 to one RCPT has dropped the whole transaction: that recipient, the
+    ones after it and (at DATA) the ones before it all get 4xx, never 421 (it is not our connection
+    that closes), and the sender's retry delivers to each once."""
+    f = start(sink)
+    sink.refuse_rcpts = {"bye@rcpt.test": "421 4.3.2 Shutting down"}
+    raw = ham(subject="hop says 421")
+    try:
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("ana@sender.test")
+            assert s.rcpt("bo@rcpt.test")[0] == 250
+            code, msg = s.rcpt("bye@rcpt.test")
+            assert code == 451 and b"Shutting down" in msg
+            assert s.rcpt("cy@rcpt.test")[0] == 451
+            assert s.data(raw)[0] == 451
+            assert s.noop()[0] == 250  # our client's session goes on
+        assert sink.wait_for(marker("hop says 421"), timeout=0.5) == []
+        sink.refuse_rcpts = {}
+        assert send(f.port, raw, rcpts=("bo@rcpt.test", "bye@rcpt.test", "cy@rcpt.test")) == {}
+        (got,) = sink.wait_for(marker("hop says 421"))
+        assert got[1] == ("bo@rcpt.test", "bye@rcpt.test", "cy@rcpt.test")
+    finally:
+        sink.refuse_rcpts = {}
+        f.stop()
+
+
+def test_relayed_bytes_survive_dot_stuffing_and_null_sender(sink):
+    """Lines starting with a dot (and a lone dot mid-body) arrive as sent, and a bounce's null
+    sender stays null at the next hop."""
+    f = start(sink)
+    try:
+        body = ".\n.leading dot\n..two dots\nlast line without dot\n"
+        raw = ham(subject="dots", body=body)
+        assert send(f.port, raw, mail_from="") == {}
+        (got,) = sink.wait_for(marker("dots"))
+        assert got[0] == "<>"
+        assert got[2].endswith(raw.split(b"\r\n\r\n", 1)[1])
+        assert b"\r\n.\r\n.leading dot\r\n..two dots\r\n" in got[2]
+    finally:
+        f.stop()

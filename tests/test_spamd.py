@@ -234,6 +234,29 @@ def test_cli_serve_spamd_and_graceful_stop(tmp_path):
             proc.wait()
 
 
+def test_key_value_log_lines():
+    """The terminal log format: one line per record whatever a client put in a field."""
+    import logging
+    import time as _time
+
+    from antispam.servers.common import KeyValueFormatter
+
+    fmt = KeyValueFormatter()
+    fields = {"server": "spamd", "action": "no action", "score": 1.5, "user": "", "peer": "127.0.0.1",
+              "error": 'line one\nforged="x" line two', "path": "a\\b"}
+    rec = logging.LogRecord("antispam.servers.spamd", logging.INFO, __file__, 1, "scanned", None, None)
+    rec.fields = fields
+    line = fmt.format(rec)
+    stamp = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(rec.created))
+    assert line == (f"{stamp},{int(rec.msecs):03d} INFO antispam.servers.spamd: scanned server=spamd "
+                    'action="no action" score=1.5 user="" peer=127.0.0.1 '
+                    'error="line one\\nforged=\\"x\\" line two" path="a\\\\b"')
+    assert "\n" not in line
+    # records with arguments or a traceback go through logging's own formatting
+    rec = logging.LogRecord("antispam.servers", logging.WARNING, __file__, 1, "%d in flight", (3,), None)
+    assert fmt.format(rec).endswith(" WARNING antispam.servers: 3 in flight")
+
+
 # --------------------------------------------------------------------------- aiospamc
 
 

@@ -11,13 +11,19 @@ Two modes, one code path:
   connected, so a ``reject`` verdict is answered 5xx at end of DATA and
   ``soft reject``/``greylist`` 4xx, and only ham and tagged spam go on.
 
-No message is ever lost: we answer ``250`` only after the next hop answered
-``250`` to the same DATA.  If the next hop is down, slow past
-``next_hop_timeout``, or refuses a recipient temporarily, the sender gets 4xx
-and keeps the message (Postfix leaves it in its queue and retries).  A
-recipient refused permanently by the next hop makes the whole message fail
-with that 5xx (nothing is delivered partially, so a retry never duplicates).
-If this process dies mid-transaction the sender never saw 250 and retries.
+No message is ever lost or duplicated, recipient by recipient.  The envelope
+is passed through in real time: our MAIL FROM opens a transaction at the next
+hop, and each RCPT TO is answered with the next hop's own reply to that
+recipient.  So a recipient the next hop refuses (5xx: unknown user; 4xx: over
+quota, try later) is refused to our client at RCPT time, and the client
+bounces or retries that recipient alone, while the others go on.  At end of
+DATA every recipient we accepted is one the next hop accepted, so its single
+reply to DATA is the right answer for all of them: we answer ``250`` only after
+the next hop answered ``250``.  If the next hop is down, slow past
+``next_hop_timeout``, or fails mid-transaction, the client gets 4xx and keeps
+the message (Postfix leaves it in its queue and retries).  If this process
+dies mid-transaction the client never saw 250 and retries, and the next hop
+drops the transaction it never saw end.
 
 Postfix's ``XFORWARD`` is accepted (we announce it in EHLO), so checks see the
 original client's address, name and HELO rather than Postfix's loopback
@@ -28,9 +34,8 @@ re-injecting Postfix logs the original client too.
 from __future__ import annotations
 
 import asyncio
-import smtplib
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
+import re
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session as SmtpSession, syntax
@@ -59,6 +64,8 @@ class _FilterSMTP(SMTP):
         super().__init__(server, **kw)
         self.filter = server
         self.xforward: dict[str, str] = {}
+        #: this session's transaction at the next hop
+        self.next_hop = _NextHop(server)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -71,6 +78,12 @@ class _FilterSMTP(SMTP):
             self.filter._protocols.discard(self)
             if self.filter.metrics is not None:
                 self.filter.metrics.connections.labels(self.filter.name).dec()
+        if self.next_hop.conn is not None and not self.next_hop.busy:
+            # the client left between commands: end our transaction at the next hop (a step in
+            # flight is cancelled with the handler, and drops the connection itself)
+            task = self.loop.create_task(self.next_hop.reset())
+            self.filter._background.add(task)
+            task.add_done_callback(self.filter._background.discard)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -119,10 +132,11 @@ class SmtpFilterServer(Server):
         self._protocols: set[_FilterSMTP] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()
-        self._relay_pool = ThreadPoolExecutor(max_workers=max(2, cfg.max_connections), thread_name_prefix="relay")
-        self._local = threading.local()
-        self._connections: set[smtplib.SMTP] = set()
-        self._conn_lock = threading.Lock()
+        #: every open connection to the next hop (closed at shutdown), and the idle ones
+        self._connections: set[_SmtpClient] = set()
+        self._idle_connections: list[_SmtpClient] = []
+        #: transactions being ended for clients that left (kept referenced until done)
+        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -157,8 +171,9 @@ class SmtpFilterServer(Server):
             if proto.transport is not None:
                 proto.transport.close()
         await asyncio.sleep(0)
-        self._relay_pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(self._close_relays)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=2.0)
+        await self._close_relays()
         if self._own_scanner:
             self.scanner.close()
         if self.metrics is not None:
@@ -185,17 +200,37 @@ class SmtpFilterServer(Server):
         responses.insert(-1, "250-XFORWARD " + " ".join(XFORWARD_ATTRS))  # the last line is "250 HELP"
         return responses
 
+    async def handle_MAIL(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        """Open the transaction at the next hop; its reply is ours."""
+        reply = await server.next_hop.mail(address, list(mail_options), dict(server.xforward))
+        if reply.startswith("2"):
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+        elif reply.startswith("4"):  # a 5xx is the next hop's policy, passed on; a 4xx may be ours to fix
+            self._next_hop_refused("MAIL", reply)
+        return reply
+
     async def handle_RCPT(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
-        """Per-recipient settings: one transaction carries recipients of one settings profile.
+        """The next hop's reply to this recipient, so that it is accepted or refused on its own.
+
+        Per-recipient settings: one transaction carries recipients of one settings profile.
         A recipient whose profile differs from the first one's is deferred with 452 4.5.3, which
         SMTP clients (Postfix included) answer by sending it in a new transaction; each message
         then gets the verdict, headers and reply of its own recipients' settings."""
         if envelope.rcpt_tos and self.scanner.profile_for(address) != self.scanner.profile_for(envelope.rcpt_tos[0]):
             return "452 4.5.3 Recipients with other spam settings: send in a separate transaction"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Ok"
+        reply = await server.next_hop.rcpt(address)
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        elif reply.startswith("4"):
+            self._next_hop_refused("RCPT", reply)
+        return reply
+
+    async def handle_RSET(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
+        return await server.next_hop.reset()
 
     async def handle_DATA(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
         self._in_flight += 1
@@ -223,116 +258,300 @@ class SmtpFilterServer(Server):
                                       rcpts=len(envelope.rcpt_tos))
         except Exception:
             if not cfg.fail_open:
+                await server.next_hop.reset()
                 return cfg.tempfail_reply  # type: ignore[attr-defined]
             out = raw  # fail open: deliver unscanned rather than hold mail hostage to a bug
         else:
             if cfg.mode == "before-queue":  # type: ignore[attr-defined]
+                reply = None
                 if verdict.action == "reject":
-                    return cfg.reject_reply  # type: ignore[attr-defined]
-                if verdict.action in ("soft reject", "greylist"):
-                    return cfg.tempfail_reply  # type: ignore[attr-defined]
+                    reply = cfg.reject_reply  # type: ignore[attr-defined]
+                elif verdict.action in ("soft reject", "greylist"):
+                    reply = cfg.tempfail_reply  # type: ignore[attr-defined]
+                if reply is not None:
+                    await server.next_hop.reset()
+                    return reply
             out = rewrite_headers(raw, verdict)
-        loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self._relay_pool, self._relay, envelope.mail_from or "",
-                                           list(envelope.rcpt_tos), out, dict(xf),
-                                           list(envelope.mail_options))
+        reply = await server.next_hop.data(out)
         if not reply.startswith("2"):
-            self._count_error("next_hop")
-            self.log.warning("next hop did not take the message", extra={"fields": {
-                "server": self.name, "reply": reply, "next_hop": cfg.next_hop}})  # type: ignore[attr-defined]
+            self._next_hop_refused("DATA", reply)
         return reply
 
-    # ------------------------------------------------------------ re-injection (in a thread)
+    def _next_hop_refused(self, stage: str, reply: str) -> None:
+        self._count_error("next_hop")
+        self.log.warning("next hop did not take the message", extra={"fields": {
+            "server": self.name, "stage": stage, "reply": reply, "next_hop": self.settings.next_hop}})  # type: ignore[attr-defined]
 
-    def _relay(self, mail_from: str, rcpts: list[str], data: bytes, xforward: dict[str, str],
-               mail_options: list[str]) -> str:
-        """Hand the message to the next hop; the SMTP reply to give our client.
+    # ------------------------------------------------------------ connections to the next hop
 
-        Each relay thread keeps its connection to the next hop open between messages (connect,
-        greeting and EHLO cost about as much as the transaction).  A kept connection the next
-        hop has meanwhile closed fails at its first command, before anything was sent: then the
-        message goes again on a fresh connection.  Any failure later is a 4xx to our client.
-        """
-        for attempt in (0, 1):
-            s = getattr(self._local, "smtp", None)
-            kept = s is not None
+    async def _borrow(self) -> tuple["_SmtpClient", bool]:
+        """A connection for one transaction, and whether it was kept from an earlier one.
+
+        Connections stay open between transactions (connect, greeting and EHLO cost about as much
+        as the transaction); the most recently used one is taken first, as the least likely to
+        have been closed by the next hop meanwhile, and one the next hop visibly closed is dropped."""
+        while self._idle_connections:
+            c = self._idle_connections.pop()
+            if not c.closed():
+                return c, True
+            self._discard(c)
+        cfg = self.settings
+        c = await _SmtpClient.connect(*self.next_hop, helo=cfg.hostname, timeout=cfg.next_hop_timeout)  # type: ignore[attr-defined]
+        self._connections.add(c)
+        return c, False
+
+    def _give_back(self, c: "_SmtpClient") -> None:
+        """A connection whose transaction ended cleanly, kept for the next one."""
+        if not self.closing and c in self._connections and not c.closed():
+            self._idle_connections.append(c)
+        else:
+            self._discard(c)
+
+    def _discard(self, c: "_SmtpClient") -> None:
+        self._connections.discard(c)
+        c.close()
+
+    async def _close_relays(self) -> None:
+        conns, self._connections = list(self._connections), set()
+        self._idle_connections.clear()
+        await asyncio.gather(*(c.quit() for c in conns), return_exceptions=True)
+
+
+def _reply(code: int, msg: Any) -> str:
+    """The next hop's reply, for our client.  Its 421 (closing the connection) becomes 451: it is
+    the next hop's connection that closes, not ours, and a 421 tells our client to hang up."""
+    return f"{451 if code == 421 else code} {_one_line(msg)}"
+
+
+def _unavailable(exc: BaseException) -> str:
+    return f"451 4.4.1 Next hop unavailable, try again later ({_one_line(type(exc).__name__)})"
+
+
+class NextHopError(Exception):
+    """The next hop broke the protocol (a reply that is not one)."""
+
+
+_EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+class _SmtpClient:
+    """A minimal SMTP client on asyncio streams: what re-injection needs and nothing more
+    (EHLO, XFORWARD, MAIL, RCPT, DATA, RSET, QUIT).  It runs in the server's event loop, so a
+    message costs no hop to a thread, and every wait for the next hop is bounded by ``timeout``.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float):
+        self.reader = reader
+        self.writer = writer
+        self.timeout = timeout
+        #: EHLO keywords, upper case
+        self.extensions: set[str] = set()
+
+    @classmethod
+    async def connect(cls, host: str, port: int, helo: str, timeout: float) -> "_SmtpClient":
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, limit=64 * 1024)
+        c = cls(reader, writer, timeout)
+        try:
+            code, msg = await c.reply()
+            if code != 220:
+                raise NextHopError(f"greeting {code} {_one_line(msg)}")
+            code, msg = await c.command(f"EHLO {helo}")
+            if code == 250:
+                c.extensions = {line.split(" ", 1)[0].upper() for line in msg.split("\n")[1:] if line}
+            elif (await c.command(f"HELO {helo}"))[0] != 250:
+                raise NextHopError(f"EHLO/HELO refused: {code} {_one_line(msg)}")
+        except BaseException:
+            c.close()
+            raise
+        return c
+
+    def closed(self) -> bool:
+        return self.reader.at_eof() or self.writer.is_closing()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def quit(self) -> None:
+        try:
+            if not self.closed():
+                await asyncio.wait_for(self.command("QUIT"), 2.0)
+        finally:
+            self.close()
+
+    async def reply(self) -> tuple[int, str]:
+        """One reply: its code and its text (lines joined with newlines)."""
+        lines = []
+        async with asyncio.timeout(self.timeout):
+            while True:
+                line = await self.reader.readline()
+                if not line.endswith(b"\n"):
+                    raise ConnectionError("next hop closed the connection")
+                if len(line) < 4 or not line[:3].isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                    raise NextHopError(f"not an SMTP reply: {line[:60]!r}")
+                lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
+                if line[3:4] != b"-":
+                    return int(line[:3]), "\n".join(lines)
+
+    async def command(self, line: str) -> tuple[int, str]:
+        self.writer.write(line.encode("utf-8") + b"\r\n")
+        return await self.reply()
+
+    async def data(self, payload: bytes) -> tuple[int, str, bool]:
+        """DATA, the message and its end: (code, text, whether the message was sent).  Line ends
+        become CRLF and lines starting with a dot get another, as SMTP wants them."""
+        code, msg = await self.command("DATA")
+        if code != 354:
+            return code, msg, False
+        body = _LEADING_DOT.sub(b"..", _EOL.sub(b"\r\n", payload))
+        self.writer.write(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
+        async with asyncio.timeout(self.timeout):
+            await self.writer.drain()
+        code, msg = await self.reply()
+        return code, msg, True
+
+
+def _path(address: str) -> str:
+    return "<>" if address in ("", "<>") else f"<{address}>"
+
+
+class _NextHop:
+    """One client session's transaction at the next hop, mirrored step by step.
+
+    The connection is borrowed from the server's idle ones at MAIL and given back when the
+    transaction ends (after DATA, at RSET, or when the client goes), so two transactions never
+    share one.  Any failure or cancellation in the middle of a step drops the connection: its
+    state is unknown, and the next hop drops a transaction whose connection goes.  Every method
+    returns the SMTP reply to give our client.
+    """
+
+    def __init__(self, server: SmtpFilterServer):
+        self.server = server
+        self.conn: _SmtpClient | None = None
+        #: a step is talking to the next hop
+        self.busy = False
+
+    async def mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> str:
+        self.busy = True
+        try:
+            return await self._mail(mail_from, mail_options, xforward)
+        finally:
+            self.busy = False
+
+    async def _mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> str:
+        await self._end()  # a transaction our client dropped without RSET (EHLO, a refused DATA)
+        for _ in (0, 1):
             try:
-                if s is None:
-                    s = self._connect()
-                return self._transaction(s, mail_from, rcpts, data, xforward, mail_options, stale_ok=kept)
-            except _Stale:
-                self._drop()
-            except smtplib.SMTPResponseException as exc:
-                self._drop()
-                code = exc.smtp_code if 400 <= exc.smtp_code < 600 else 451
-                return f"{code} {_one_line(exc.smtp_error)}"
-            except (OSError, smtplib.SMTPException) as exc:
-                self._drop()
-                return f"451 4.4.1 Next hop unavailable, try again later ({_one_line(type(exc).__name__)})"
+                conn, kept = await self.server._borrow()
+            except (OSError, TimeoutError, NextHopError) as exc:
+                return _unavailable(exc)
+            try:
+                # XFORWARD describes one transaction (the next hop forgets it after), so it goes every time.
+                if xforward and "XFORWARD" in conn.extensions:
+                    await conn.command("XFORWARD " + " ".join(f"{k}={v}" for k, v in xforward.items()))
+                wanted = {o.upper() for o in mail_options}
+                options = [o for o, ext in (("BODY=8BITMIME", "8BITMIME"), ("SMTPUTF8", "SMTPUTF8"))
+                           if o in wanted and ext in conn.extensions]
+                code, msg = await conn.command(" ".join([f"MAIL FROM:{_path(mail_from)}", *options]))
+            except (OSError, TimeoutError, NextHopError) as exc:
+                self.server._discard(conn)
+                if kept:  # the next hop closed the kept connection meanwhile: once more, on a new one
+                    continue
+                return _unavailable(exc)
+            except BaseException:
+                self.server._discard(conn)
+                raise
+            if code == 421:
+                self.server._discard(conn)
+                if kept:
+                    continue
+            elif code == 250:
+                self.conn = conn
+            else:
+                self.server._give_back(conn)  # sender refused: no transaction was opened
+            return _reply(code, msg)
         return "451 4.4.1 Next hop unavailable, try again later"
 
-    def _connect(self) -> smtplib.SMTP:
-        cfg = self.settings
-        host, port = self.next_hop
-        s = smtplib.SMTP(host, port, local_hostname=cfg.hostname, timeout=cfg.next_hop_timeout)  # type: ignore[attr-defined]
+    async def rcpt(self, address: str) -> str:
+        self.busy = True
         try:
-            s.ehlo_or_helo_if_needed()
+            return await self._rcpt(address)
+        finally:
+            self.busy = False
+
+    async def _rcpt(self, address: str) -> str:
+        if self.conn is None:
+            return "451 4.4.1 Next hop unavailable, try again later"
+        try:
+            code, msg = await self.conn.command(f"RCPT TO:{_path(address)}")
+        except (OSError, TimeoutError, NextHopError) as exc:
+            self._lose()
+            return _unavailable(exc)
         except BaseException:
-            s.close()
+            self._lose()
             raise
-        self._local.smtp = s
-        with self._conn_lock:
-            self._connections.add(s)
-        return s
+        if code == 421:
+            self._lose()
+        return _reply(code, msg)
 
-    def _drop(self) -> None:
-        s = getattr(self._local, "smtp", None)
-        self._local.smtp = None
-        if s is not None:
-            with self._conn_lock:
-                self._connections.discard(s)
-            s.close()
-
-    def _transaction(self, s: smtplib.SMTP, mail_from: str, rcpts: list[str], data: bytes,
-                     xforward: dict[str, str], mail_options: list[str], stale_ok: bool) -> str:
+    async def data(self, payload: bytes) -> str:
+        self.busy = True
         try:
-            # XFORWARD describes one transaction (the next hop forgets it after), so it goes every time.
-            if xforward and s.has_extn("xforward"):
-                s.docmd("XFORWARD", " ".join(f"{k}={v}" for k, v in xforward.items()))
-            wanted = {o.upper() for o in mail_options}
-            options = [o for o, ext in (("BODY=8BITMIME", "8bitmime"), ("SMTPUTF8", "smtputf8"))
-                       if o in wanted and s.has_extn(ext)]
-            code, msg = s.mail(mail_from, options)
-        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
-            if stale_ok:
-                raise _Stale() from exc
+            return await self._data(payload)
+        finally:
+            self.busy = False
+
+    async def _data(self, payload: bytes) -> str:
+        """Send the message; the next hop's one reply covers every recipient it accepted."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return "451 4.4.1 Next hop unavailable, try again later"
+        try:
+            code, msg, sent = await conn.data(payload)
+        except (OSError, TimeoutError, NextHopError) as exc:  # cut off or too slow: the message is not there
+            self.server._discard(conn)
+            return _unavailable(exc)
+        except BaseException:
+            self.server._discard(conn)
             raise
-        if code == 421 and stale_ok:
-            raise _Stale()
-        if code != 250:
-            s.rset()
-            return f"{code} {_one_line(msg)}"
-        refused = []
-        for r in rcpts:
-            code, msg = s.rcpt(r)
-            if code not in (250, 251):
-                refused.append((code, _one_line(msg)))
-        if refused:
-            s.rset()
-            code, msg = next((c for c in refused if 400 <= c[0] < 500), refused[0])
-            return f"{code} {msg}"
-        code, msg = s.data(data)
-        return f"{code} {_one_line(msg)}"
+        if not sent:  # DATA itself refused: the transaction is still open
+            self.conn = conn
+            await self._end()
+            return _reply(code if 400 <= code < 600 else 451, msg)
+        if code == 421:
+            self.server._discard(conn)
+        else:
+            self.server._give_back(conn)
+        return _reply(code, msg)
 
-    def _close_relays(self) -> None:
-        with self._conn_lock:
-            conns, self._connections = list(self._connections), set()
-        for s in conns:
-            try:
-                s.quit()
-            except (OSError, smtplib.SMTPException):
-                s.close()
+    async def reset(self) -> str:
+        """End the transaction without a message (our client's RSET, a refused message, a
+        disconnect)."""
+        self.busy = True
+        try:
+            await self._end()
+        finally:
+            self.busy = False
+        return "250 2.0.0 Ok"
 
+    async def _end(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            code, _ = await conn.command("RSET")
+        except (OSError, TimeoutError, NextHopError):
+            code = 0
+        except BaseException:
+            self.server._discard(conn)
+            raise
+        if code == 250:
+            self.server._give_back(conn)
+        else:
+            self.server._discard(conn)
 
-class _Stale(Exception):
-    """A kept connection to the next hop turned out closed before the transaction began."""
+    def _lose(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.server._discard(conn)
