@@ -91,6 +91,9 @@ _SHAPE_REPEATS_RE = re.compile(r"(?<=A)A+|(?<=a)a+|(?<=9)9+")
 #: memo of :func:`_cached_shape` (bounded: a flood of distinct values only stops the caching)
 _SHAPE_CACHE: dict[str, str] = {}
 _SHAPE_CACHE_SIZE = 8192
+#: memos of :func:`_collapsed` for shapes and for Dates (bounded like the shape cache)
+_COLLAPSED_SHAPES: dict[str, str] = {}
+_COLLAPSED_DATES: dict[str, str] = {}
 #: lower-cased header name -> its ``hname:`` token or None (names repeat across mail; bounded)
 _HNAME_CACHE: dict[str, str | None] = {}
 _HNAME_CACHE_SIZE = 4096
@@ -226,7 +229,18 @@ def meta_tokens(msg: Message) -> list[str]:
 
 def _shape(s: str) -> str:
     """Runs of ASCII upper-case letters, lower-case letters and digits collapsed to ``A``, ``a``, ``9``."""
-    return _SHAPE_REPEATS_RE.sub("", s.translate(_SHAPE_TABLE))
+    return _collapsed(s.translate(_SHAPE_TABLE), _SHAPE_REPEATS_RE, _COLLAPSED_SHAPES)
+
+
+def _collapsed(t: str, repeats: re.Pattern[str], memo: dict[str, str]) -> str:
+    """``repeats.sub("", t)``, memoised by ``t``: a translated value (``Aaa, 99 Aaa 9999...``) has
+    few forms across mail even when the values themselves never repeat."""
+    v = memo.get(t)
+    if v is None:
+        v = repeats.sub("", t)
+        if len(memo) < _SHAPE_CACHE_SIZE:
+            memo[t] = v
+    return v
 
 
 def _cached_shape(s: str) -> str:
@@ -268,7 +282,7 @@ def _software_shapes(msg: Message, present: set[str], relays, add) -> None:  # t
     """
     date = msg.get("date") if "date" in present else None
     if date:
-        add("date:shape:" + _DATE_REPEATS_RE.sub("", date.strip().translate(_DATE_TABLE))[:30])
+        add("date:shape:" + _collapsed(date.strip().translate(_DATE_TABLE), _DATE_REPEATS_RE, _COLLAPSED_DATES)[:30])
         m = _TZ_OFFSET_RE.search(date)
         add("date:tz:" + (m.group(1) if m else "none"))
     else:
