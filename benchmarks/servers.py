@@ -224,6 +224,33 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (the scan workers sit under a forkserver child)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def tree_cpu(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds of the server process, of the server and every process under it)."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own, own + sum(cpu_seconds(c) or 0.0 for c in descendants(pid))
+
+
 async def drive(kind: str, port: int, msgs: list[bytes], clients: int, seconds: float) -> tuple[int, float]:
     deadline = time.monotonic() + seconds
     share = [msgs[i::clients] for i in range(clients)]
@@ -260,7 +287,8 @@ def main() -> int:
     pool = len(msgs) / (time.perf_counter() - t0)
     print(f"in-process: Engine.scan {base:,.0f} msgs/s (1 core, {base_cpu:.0f} us CPU/msg); "
           f"scan_many(workers=2) {pool:,.0f} msgs/s\n")
-    print(f"{'server':12} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} {'us CPU/msg':>10}")
+    print(f"{'server':12} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} "
+          f"{'loop us/msg':>11} {'total us/msg':>12} {'vs in-proc':>10} {'per core':>9}")
     sink_port = free_port()
     sink = subprocess.Popen([sys.executable, __file__, "--sink", str(sink_port)])
     try:
@@ -270,11 +298,16 @@ def main() -> int:
                 try:
                     asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
                     for clients in map(int, a.clients.split(",")):
-                        c0 = cpu_seconds(proc.pid)
+                        c0 = tree_cpu(proc.pid)
                         n, dt = asyncio.run(drive(kind, port, msgs, clients, a.seconds))
-                        c1 = cpu_seconds(proc.pid)
+                        c1 = tree_cpu(proc.pid)
                         rate = n / dt
-                        cpu = f"{(c1 - c0) / n * 1e6:10.0f}" if c0 is not None and c1 is not None and not workers else f"{'':10}"
+                        if c0 is not None and c1 is not None:
+                            loop_us, total_us = (c1[0] - c0[0]) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
+                            cpu = (f"{loop_us:11.0f} {total_us:12.0f} {total_us / base_cpu:9.2f}x "
+                                   f"{1e6 / total_us:9,.0f}")
+                        else:
+                            cpu = ""
                         print(f"{kind:12} {workers:7} {clients:7} {rate:9,.0f} {rate / base:8.2f}x {cpu}", flush=True)
                 finally:
                     proc.terminate()
