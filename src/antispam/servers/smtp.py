@@ -453,7 +453,6 @@ class NextHopError(Exception):
 
 
 _EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class _SmtpClient:
@@ -525,7 +524,12 @@ class _SmtpClient:
         code, msg = await self.command("DATA")
         if code != 354:
             return code, msg, False
-        body = _LEADING_DOT.sub(b"..", _EOL.sub(b"\r\n", payload))
+        if payload.count(b"\n") == payload.count(b"\r\n") == payload.count(b"\r"):
+            body = payload  # CRLF throughout, as SMTP delivered it: the regular expression's result
+        else:
+            body = _EOL.sub(b"\r\n", payload)
+        # a dot starting a line gets another (the counts above make ^ after CRLF the only kind)
+        body = (b"." if body[:1] == b"." else b"") + body.replace(b"\r\n.", b"\r\n..")
         self.writer.write(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()
