@@ -24,6 +24,19 @@ def test_packed_verdict_carries_what_the_protocols_show() -> None:
         assert back.symbols == v.symbols
 
 
+def test_envelope_reaches_the_worker_whole() -> None:
+    """The request carries the envelope as a tuple of its fields; every field comes back."""
+    import pickle
+
+    from antispam.message import Envelope
+    from antispam.servers.workers import _ENVELOPE_FIELDS
+
+    env = Envelope(client_ip="192.0.2.7", helo="mx.sender.test", hostname="mx.sender.test", mail_from="a@sender.test",
+                   rcpt_tos=("b@rcpt.test", "c@rcpt.test"), user="alice", queue_id="4XyZ1")
+    fields = pickle.loads(pickle.dumps(tuple(getattr(env, f) for f in _ENVELOPE_FIELDS)))
+    assert Envelope(*fields) == env
+
+
 def test_pool_scans_queues_reports_errors_and_survives_a_kill() -> None:
     engine = Engine()
     messages = [spam(subject=f"Prize {i}") if i % 3 == 0 else ham(subject=f"Lunch {i}") for i in range(4 * DEPTH + 3)]
