@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..config import Config, ServerConfig
+from ..config import ServerConfig
 from ..engine import Engine
 from ..message import Envelope
 from ..auth.authres import strip_forged

@@ -34,7 +34,6 @@ re-injecting Postfix logs the original client too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from typing import Any
 
