@@ -197,3 +197,15 @@ def test_version_3_software_shapes():
     assert [t for t in meta if t.startswith("rcvd:helo:")] == ["rcvd:helo:a9.a.a"]
     bare = meta_tokens(Message(b"From: a@b.example\nUser-Agent: KMail/1.4\n\nx"))
     assert "date:none" in bare and "mailer:Aa/9.9" in bare and not [t for t in bare if t.startswith("rcvd:helo:")]
+
+
+def test_version_5_recipient_local_shape():
+    raw = (b"From: Shop <news@shop.example>\nTo: Ann Lee <ann.lee+shop42@mail.example>, bob@mail.example\n"
+           b"Subject: offers\n\ntext")
+    meta = meta_tokens(Message(raw))
+    # the first recipient only, by shape (never the address itself)
+    assert [t for t in meta if t.startswith("to:local:")] == ["to:local:a.a+a9"]
+    assert not [t for t in meta if "ann" in t or "shop42" in t]
+    # no recipient address: no token (and no crash)
+    assert not [t for t in meta_tokens(Message(b"From: a@b.example\nTo: undisclosed-recipients:;\n\nx"))
+                if t.startswith("to:local:")]
