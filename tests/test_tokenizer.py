@@ -209,3 +209,20 @@ def test_version_5_recipient_local_shape():
     # no recipient address: no token (and no crash)
     assert not [t for t in meta_tokens(Message(b"From: a@b.example\nTo: undisclosed-recipients:;\n\nx"))
                 if t.startswith("to:local:")]
+
+
+def test_version_5_list_mail_conjunctions():
+    def mail(extra: bytes, html: bool) -> Message:
+        ctype = b"text/html" if html else b"text/plain"
+        return Message(b"From: a@b.example\nTo: list@lists.example\n" + extra
+                       + b"Subject: s\nContent-Type: " + ctype + b"\n\n<p>hello</p>\n")
+
+    def lst(m: Message) -> list[str]:
+        return sorted(t for t in meta_tokens(m) if t.startswith("list:"))
+
+    listed = b"List-Id: <talk.lists.example>\n"
+    assert lst(mail(listed, html=True)) == ["list:html", "list:new:html"]
+    assert lst(mail(listed + b"In-Reply-To: <x@y.example>\n", html=True)) == ["list:html"]
+    assert lst(mail(b"Mailing-List: contact talk-help@lists.example\n", html=True)) == ["list:html", "list:new:html"]
+    assert lst(mail(listed, html=False)) == []
+    assert lst(mail(b"", html=True)) == []
