@@ -510,6 +510,22 @@ class HyperscanMatcher:
         s = self._local.s[key] = self._scratch_proto[key].clone()
         return s
 
+    def direct_scanners(self) -> dict[str, tuple[object, object]]:
+        """For this thread, group -> (the database's ``scan``, scratch) of every *plain* group.
+
+        A plain group's scan is one Hyperscan call whose reports are final hits, so a
+        caller scanning many groups per message (the rules check: ~20 header groups)
+        can make that call itself with :func:`collect_first_end` as the callback and skip
+        this wrapper's per-call work.  :meth:`scan` gives the same result.
+        """
+        try:
+            return self._local.direct
+        except AttributeError:
+            pass
+        out = {g: (self.dbs[g].scan, self._scratch(g)) for g in self._plain}  # type: ignore[attr-defined]
+        self._local.direct = out
+        return out
+
     def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
         db = self.dbs.get(group)
         if group in self._plain:
@@ -524,7 +540,7 @@ class HyperscanMatcher:
             # Each rule reports once (SINGLEMATCH), at its first match end, which no
             # later than the leftmost match ends: a start for finding the matched text.
             got: dict[int, int] = {}
-            db.scan(data, match_event_handler=_collect_first_end, context=got, scratch=scratch)  # type: ignore[attr-defined]
+            db.scan(data, match_event_handler=collect_first_end, context=got, scratch=scratch)  # type: ignore[attr-defined]
             ends.update(got)
             return dict.fromkeys(got, 1)
         out: dict[int, int] = {}
@@ -533,7 +549,7 @@ class HyperscanMatcher:
                 firsts = self._scan_near(db, group, data, out)
             else:
                 firsts = {}
-                db.scan(data, match_event_handler=_collect_first_end, context=firsts, scratch=self._scratch(group))  # type: ignore[attr-defined]
+                db.scan(data, match_event_handler=collect_first_end, context=firsts, scratch=self._scratch(group))  # type: ignore[attr-defined]
             counters = self._counters
             confirm = self._confirm
             for rid, end in firsts.items():
@@ -591,7 +607,7 @@ def _collect(rid: int, start: int, end: int, flags: int, found: list[int]) -> No
     found.append(rid)
 
 
-def _collect_first_end(rid: int, start: int, end: int, flags: int, found: dict[int, int]) -> None:
+def collect_first_end(rid: int, start: int, end: int, flags: int, found: dict[int, int]) -> None:
     """Hyperscan match callback: the rule id and its (first, SINGLEMATCH) match end."""
     found[rid] = end
 
