@@ -507,6 +507,10 @@ def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
 # --------------------------------------------------------------------------- message
 
 
+#: the envelope of a message scanned without one (frozen, so one instance serves every message)
+_NO_ENVELOPE = Envelope()
+
+
 class Message:
     """A raw message with lazily computed, cached views.
 
@@ -519,7 +523,7 @@ class Message:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise TypeError(f"Message needs the raw bytes of a message, not {type(raw).__name__}")
         raw = bytes(raw)
-        self.envelope = envelope or Envelope()
+        self.envelope = envelope or _NO_ENVELOPE
         self.limits = limits or DEFAULT_LIMITS
         self._defects: set[str] = set()
         self._skipped: list[str] = []
