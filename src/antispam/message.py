@@ -625,7 +625,7 @@ class Message:
     def from_addr(self) -> str | None:
         return self.from_addresses[0][1] if self.from_addresses else None
 
-    @property
+    @cached_property
     def from_domain(self) -> str | None:
         return domain_of(self.from_addr)
 
@@ -642,7 +642,7 @@ class Message:
         v = split_addresses(self.get("Reply-To", "") or "")
         return v[0][1] if v else None
 
-    @property
+    @cached_property
     def message_id(self) -> str | None:
         v = self.get("Message-ID")
         return v.strip() if v else None
@@ -861,7 +861,7 @@ class Message:
                 out.append(Url(url=u, host=url_host(u), source="text"))
         return tuple(out)
 
-    @property
+    @cached_property
     def url_hosts(self) -> tuple[str, ...]:
         """Distinct URL hosts, in order of first appearance."""
         return tuple(dict.fromkeys(u.host for u in self.urls if u.host))
