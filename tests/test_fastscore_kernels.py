@@ -77,3 +77,30 @@ def test_text_kernels_agree_on_corpus_html(corpus):
                 assert compiled.html_strip_tags(p.text) == twin.html_strip_tags(p.text), m.name
                 assert compiled.collapse_blanks(p.text) == twin.collapse_blanks(p.text), m.name
     assert seen > 50
+
+
+PARAGRAPH_PIECES = ["a", "word", " ", "\t", "\n", "\n\n", "\r", "\xa0", "\x0b", "\x0c", "\x1c", "\u2028", "\x85",
+                    "\u00e9", "\U0001f600", "  \n", "\n \n"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_paragraph_lines_agree_on_random_text(seed):
+    rng = random.Random(seed)
+    for _ in range(50):
+        text = "".join(rng.choice(PARAGRAPH_PIECES) for _ in range(rng.randint(0, 40)))
+        assert compiled.paragraph_lines(text) == twin.paragraph_lines(text), repr(text)
+
+
+def test_paragraph_lines_by_definition():
+    for impl in (twin, compiled):
+        assert impl.paragraph_lines("one\ntwo  \n\n  three\n \t\nfour") == "one two\nthree\nfour"
+        assert impl.paragraph_lines("a\n\x1c\nb") == "a \x1c b"  # \x1c is white space but no blank
+        assert impl.paragraph_lines("") == "" and impl.paragraph_lines("x") == "x"
+
+
+def test_paragraph_lines_agree_on_corpus(corpus):
+    from antispam.message import Message
+
+    for m in corpus[::5]:
+        text = Message(m.data).text.strip().replace("\x00", " ")
+        assert compiled.paragraph_lines(text) == twin.paragraph_lines(text), m.name

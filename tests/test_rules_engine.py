@@ -210,3 +210,43 @@ def test_replace_tags_and_lookaround(tmp_path, engine):
     assert run(b"Make money fast") == set()  # the look-ahead excludes the plain spelling
     assert run(b"buy without prescription") == {"T_NOT_AFTER_NO"}
     assert run(b"no prescription needed") == set()
+
+
+def test_split_alternatives_pieces_match_where_the_pattern_does():
+    """Every piece is short, and a text matches some piece exactly when it matches the whole pattern."""
+    import random
+    import re
+
+    from antispam.ruleset.matcher import compact_escapes, split_alternatives
+
+    words = [f"w{i:04d}" for i in range(1200)]
+    pattern = (rb"(?:^|\s)(?:" + b"|".join(w.encode() for w in words) + rb")\s(?:alpha|beta)?\s?(?:x\xc3\xa9|y)"
+               .replace(b"\xc3\xa9", rb"\xc3\xa9"))
+    assert len(pattern) > 6000
+    pieces = split_alternatives(compact_escapes(pattern), limit=2000)
+    assert pieces and all(len(p) <= 2000 for p in pieces) and len(pieces) > 1
+    whole = re.compile(pattern)
+    parts = [re.compile(p) for p in pieces]
+    rng = random.Random(7)
+    for _ in range(400):
+        text = " ".join(rng.choice([rng.choice(words), "alpha", "beta", "x\xe9", "y", "w99999", "zz"])
+                        for _ in range(rng.randint(1, 6))).encode("utf-8")
+        assert bool(whole.search(text)) == any(p.search(text) for p in parts), text
+    # what cannot be split exactly is refused, not approximated
+    assert split_alternatives(rb"(?:" + b"|".join(w.encode() for w in words) + rb")+x", limit=2000) is None
+    assert split_alternatives(rb"(a)" + b"b" * 3000 + rb"\1", limit=2000) is None
+
+
+@pytest.mark.skipif(not hyperscan_available(), reason="hyperscan not installed")
+def test_rule_longer_than_hyperscan_allows_runs_in_pieces(tmp_path):
+    words = [f"lotto{i:04d}" for i in range(2500)]
+    p = tmp_path / "long.cf"
+    p.write_text("body T_LONG /(?:^|\\s)(?:" + "|".join(words) + ")\\s(?:winner|prize)/i\n")
+    hs = RulesCheck(load_rules([p], engine="hyperscan", cache_dir=tmp_path / "c"))
+    py = RulesCheck(load_rules([p], engine="python"))
+    assert hs.matcher._pieces and not hs.matcher._py  # Hyperscan runs it, in pieces
+    for body, hit in ((b"you are lotto2499 WINNER now", True), (b"lotto0001 prize", True),
+                      (b"lotto2499winner", False), (b"xlotto0007 prize", False)):
+        for check in (hs, py):
+            v = Engine(checks=[check]).scan(b"Subject: x\n\n" + body)
+            assert ("T_LONG" in v.symbols) is hit, (check.matcher.name, body)

@@ -197,3 +197,32 @@ def test_version_3_software_shapes():
     assert [t for t in meta if t.startswith("rcvd:helo:")] == ["rcvd:helo:a9.a.a"]
     bare = meta_tokens(Message(b"From: a@b.example\nUser-Agent: KMail/1.4\n\nx"))
     assert "date:none" in bare and "mailer:Aa/9.9" in bare and not [t for t in bare if t.startswith("rcvd:helo:")]
+
+
+def test_version_5_recipient_local_shape():
+    raw = (b"From: Shop <news@shop.example>\nTo: Ann Lee <ann.lee+shop42@mail.example>, bob@mail.example\n"
+           b"Subject: offers\n\ntext")
+    meta = meta_tokens(Message(raw))
+    # the first recipient only, by shape (never the address itself)
+    assert [t for t in meta if t.startswith("to:local:")] == ["to:local:a.a+a9"]
+    assert not [t for t in meta if "ann" in t or "shop42" in t]
+    # no recipient address: no token (and no crash)
+    assert not [t for t in meta_tokens(Message(b"From: a@b.example\nTo: undisclosed-recipients:;\n\nx"))
+                if t.startswith("to:local:")]
+
+
+def test_version_5_list_mail_conjunctions():
+    def mail(extra: bytes, html: bool) -> Message:
+        ctype = b"text/html" if html else b"text/plain"
+        return Message(b"From: a@b.example\nTo: list@lists.example\n" + extra
+                       + b"Subject: s\nContent-Type: " + ctype + b"\n\n<p>hello</p>\n")
+
+    def lst(m: Message) -> list[str]:
+        return sorted(t for t in meta_tokens(m) if t.startswith("list:"))
+
+    listed = b"List-Id: <talk.lists.example>\n"
+    assert lst(mail(listed, html=True)) == ["list:html", "list:new:html"]
+    assert lst(mail(listed + b"In-Reply-To: <x@y.example>\n", html=True)) == ["list:html"]
+    assert lst(mail(b"Mailing-List: contact talk-help@lists.example\n", html=True)) == ["list:html", "list:new:html"]
+    assert lst(mail(listed, html=False)) == []
+    assert lst(mail(b"", html=True)) == []

@@ -357,7 +357,19 @@ from . import _fastscore_py as _twin
 
 cdef extern from "Python.h":
     object PyUnicode_FromKindAndData(int kind, const void* buffer, Py_ssize_t size)
-    int PyUnicode_4BYTE_KIND
+    bint Py_UNICODE_ISSPACE(Py_UCS4 ch) noexcept nogil
+
+cdef inline void _put(void* buf, int kind, Py_ssize_t k, Py_UCS4 c) noexcept nogil:
+    # Output is written in the input's storage width: the kernels only drop characters or
+    # replace them with ASCII, so it always fits; PyUnicode_FromKindAndData then makes the
+    # canonical (narrowest) string.
+    if kind == 1:
+        (<unsigned char*>buf)[k] = <unsigned char>c
+    elif kind == 2:
+        (<unsigned short*>buf)[k] = <unsigned short>c
+    else:
+        (<Py_UCS4*>buf)[k] = c
+
 
 cdef inline bint _is_word_cp(Py_UCS4 c) noexcept nogil:
     # the regex engine's \w for str patterns: alphanumeric or underscore
@@ -393,11 +405,11 @@ def html_strip_tags(str markup):
     cdef Py_UCS4 c
     cdef Py_UCS4 name[10]
     cdef Py_UCS4* a
-    cdef Py_UCS4* b
+    cdef void* b
     if n == 0 or markup.find("<") < 0:
         return markup
     a = <Py_UCS4*>malloc(n * sizeof(Py_UCS4))
-    b = <Py_UCS4*>malloc(n * sizeof(Py_UCS4))
+    b = malloc(n * u.kind)
     if a == NULL or b == NULL:
         free(a)
         free(b)
@@ -454,10 +466,10 @@ def html_strip_tags(str markup):
                 if gt < out:
                     i = gt + 1
                     continue
-            b[k] = c
+            _put(b, u.kind, k, c)
             k += 1
             i += 1
-        return PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, b, k)
+        return PyUnicode_FromKindAndData(u.kind, b, k)
     finally:
         free(a)
         free(b)
@@ -473,7 +485,7 @@ def collapse_blanks(str text):
     cdef Py_ssize_t n = u.n, i, k = 0
     cdef Py_UCS4 c
     cdef bint change = False, prev = False
-    cdef Py_UCS4* b
+    cdef void* b
     for i in range(n):
         c = _at(&u, i)
         if _is_blank(c):
@@ -485,7 +497,7 @@ def collapse_blanks(str text):
             prev = False
     if not change:
         return text
-    b = <Py_UCS4*>malloc(n * sizeof(Py_UCS4) + 1)
+    b = malloc(n * u.kind + 1)
     if b == NULL:
         raise MemoryError()
     try:
@@ -494,13 +506,68 @@ def collapse_blanks(str text):
             c = _at(&u, i)
             if _is_blank(c):
                 if not prev:
-                    b[k] = 32
+                    _put(b, u.kind, k, 32)
                     k += 1
                 prev = True
             else:
-                b[k] = c
+                _put(b, u.kind, k, c)
                 k += 1
                 prev = False
-        return PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, b, k)
+        return PyUnicode_FromKindAndData(u.kind, b, k)
+    finally:
+        free(b)
+
+
+cdef inline bint _is_line_blank(Py_UCS4 c) noexcept nogil:
+    return c == 32 or c == 9 or c == 13 or c == 12 or c == 11 or c == 0xA0
+
+
+def paragraph_lines(str text):
+    """One paragraph per line (see the twin).
+
+    A break is a line end whose following blanks-only line ends prove an empty line
+    (the first non-blank after it is a line end); it then swallows the whole run of
+    white space that follows, as the twin's ``\\s*`` does.
+    """
+    cdef UStr u = _ustr(text)
+    cdef Py_ssize_t n = u.n, i = 0, j, e, ps = 0, pe, k = 0, q
+    cdef Py_UCS4 c
+    cdef void* b
+    if n == 0 or text.find("\n") < 0:
+        return text
+    b = malloc(n * u.kind)
+    if b == NULL:
+        raise MemoryError()
+    try:
+        while i < n:
+            if _at(&u, i) != 10:
+                i += 1
+                continue
+            j = i + 1
+            while j < n and _is_line_blank(_at(&u, j)):
+                j += 1
+            if j >= n or _at(&u, j) != 10:
+                i += 1
+                continue
+            # a break from i: the paragraph text[ps:i], blanks at its end dropped
+            pe = i
+            while pe > ps and _is_line_blank(_at(&u, pe - 1)):
+                pe -= 1
+            for q in range(ps, pe):
+                c = _at(&u, q)
+                _put(b, u.kind, k, 32 if c == 10 else c)
+                k += 1
+            _put(b, u.kind, k, 10)
+            k += 1
+            e = j + 1
+            while e < n and Py_UNICODE_ISSPACE(_at(&u, e)):
+                e += 1
+            ps = e
+            i = e
+        for q in range(ps, n):  # the last paragraph, kept as it is but for its line breaks
+            c = _at(&u, q)
+            _put(b, u.kind, k, 32 if c == 10 else c)
+            k += 1
+        return PyUnicode_FromKindAndData(u.kind, b, k)
     finally:
         free(b)

@@ -177,3 +177,20 @@ def html_strip_tags(markup: str) -> str:
 def collapse_blanks(text: str) -> str:
     """Every run of horizontal blanks (space, tab, CR, form feed, vertical tab, no-break space) becomes one space."""
     return BLANK_RUN_RE.sub(" ", text)
+
+
+#: a paragraph break: a line end, blank lines (horizontal blanks only), then any white space
+PARA_BREAK_RE = re.compile(r"\n(?:[ \t\r\f\v\xa0]*\n)+\s*")
+#: what is stripped from the end of each paragraph but the last
+LINE_BLANKS = " \t\r\f\v\xa0"
+
+
+def paragraph_lines(text: str) -> str:
+    """One paragraph per line: paragraph breaks become one ``\\n``, line breaks inside a paragraph a space,
+    blanks at the end of each paragraph but the last are dropped."""
+    paras = PARA_BREAK_RE.split(text)
+    if len(paras) > 1:
+        last = paras.pop()
+        paras = [p.rstrip(LINE_BLANKS) for p in paras]
+        paras.append(last)
+    return "\n".join(p.replace("\n", " ") for p in paras)

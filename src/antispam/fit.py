@@ -132,24 +132,13 @@ def _recall_at_fpr(z: np.ndarray, y: np.ndarray, target_fpr: float) -> tuple[flo
     return t, recall, fpr
 
 
-def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *, folds: int = 5,
-               target_fpr: float = 0.002, ham_weights: Sequence[float] = (1.0, 3.0, 10.0),
-               lams: Sequence[float] = LAMBDAS, seed: int = 0,
-               progress: Callable[[str], None] | None = None) -> FitResult:
-    """Fit every symbol's score on ``msgs`` (labelled TRAIN mail); see the module docstring."""
-    from sklearn.model_selection import StratifiedKFold
-
-    from .classifier.check import DEFAULT_SIDE_SCORE, GRADES, SIDE_OF, bayes_hit
+def design_matrix(rows: Sequence[dict[str, float]], z_clf: np.ndarray, config: Config
+                  ) -> tuple[np.ndarray, list[str], list[tuple[float | None, float | None]]]:
+    """(X, column names, sign bounds) of step 1: symbol weights plus the classifier's two sides."""
+    from .classifier.check import DEFAULT_SIDE_SCORE, SIDE_OF, bayes_hit
     from .engine import Engine
 
-    say = progress or (lambda s: None)
-    t0 = time.monotonic()
-    config = config or Config()
-    y = np.array([m.is_spam for m in msgs], dtype=np.float64)
-    say(f"out-of-fold classifier log-odds on {len(msgs)} messages ({folds} folds)")
-    z_clf = oof_log_odds(msgs, folds, seed)
-    say("scanning with every other check")
-    rows = symbol_rows(msgs, config)
+    rows = [dict(r) for r in rows]
     for row, zi in zip(rows, z_clf):
         name, weight = bayes_hit(float(zi))
         row[SIDE_OF[name]] = weight  # one slope per side: every grade of a side gets its score
@@ -162,7 +151,33 @@ def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *,
             j = col.get(n)
             if j is not None:
                 X[i, j] = w
-    bounds = [(0.0, None) if defaults[n] > 0 else (None, 0.0) for n in names]
+    bounds: list[tuple[float | None, float | None]] = [(0.0, None) if defaults[n] > 0 else (None, 0.0)
+                                                       for n in names]
+    return X, names, bounds
+
+
+@dataclass(frozen=True)
+class Selected:
+    """Steps 2-3 on one training set: the refitted weights and the cross-validated operating point."""
+
+    w: np.ndarray
+    b: float
+    threshold: float
+    lam: float
+    ham_weight: float
+    cv_recall: float
+    cv_fpr: float
+    cv_auc: float
+
+
+def select_fit(X: np.ndarray, y: np.ndarray, bounds: list[tuple[float | None, float | None]], *,
+               folds: int = 5, target_fpr: float = 0.002, ham_weights: Sequence[float] = (1.0, 3.0, 10.0),
+               lams: Sequence[float] = LAMBDAS, seed: int = 0,
+               progress: Callable[[str], None] | None = None) -> Selected:
+    """Choose lambda and the ham weight by cross-validated recall at ``target_fpr``, then refit on all."""
+    from sklearn.model_selection import StratifiedKFold
+
+    say = progress or (lambda s: None)
     cv = list(StratifiedKFold(folds, shuffle=True, random_state=seed + 1).split(X, y))
     best = None
     for hw in ham_weights:
@@ -180,19 +195,39 @@ def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *,
                 best = (key, lam, hw, t, recall, fpr, auc)
     assert best is not None
     _, lam, hw, t_cv, recall, fpr, auc = best
-    sw = np.where(y == 1, 1.0, hw)
-    w, b = bounded_logistic(X, y, sw, lam, bounds)
+    w, b = bounded_logistic(X, y, np.where(y == 1, 1.0, hw), lam, bounds)
+    return Selected(w=w, b=b, threshold=t_cv, lam=lam, ham_weight=hw, cv_recall=recall, cv_fpr=fpr, cv_auc=auc)
+
+
+def fit_scores(msgs: Sequence[LabelledMessage], config: Config | None = None, *, folds: int = 5,
+               target_fpr: float = 0.002, ham_weights: Sequence[float] = (1.0, 3.0, 10.0),
+               lams: Sequence[float] = LAMBDAS, seed: int = 0,
+               progress: Callable[[str], None] | None = None) -> FitResult:
+    """Fit every symbol's score on ``msgs`` (labelled TRAIN mail); see the module docstring."""
+    from .classifier.check import DEFAULT_SIDE_SCORE, GRADES
+
+    say = progress or (lambda s: None)
+    t0 = time.monotonic()
+    config = config or Config()
+    y = np.array([m.is_spam for m in msgs], dtype=np.float64)
+    say(f"out-of-fold classifier log-odds on {len(msgs)} messages ({folds} folds)")
+    z_clf = oof_log_odds(msgs, folds, seed)
+    say("scanning with every other check")
+    X, names, bounds = design_matrix(symbol_rows(msgs, config), z_clf, config)
+    sel = select_fit(X, y, bounds, folds=folds, target_fpr=target_fpr, ham_weights=ham_weights, lams=lams,
+                     seed=seed, progress=say)
     # The operating point from the cross-validated decision values, refitted weights.
     required = min(v for k, v in config.actions.items() if v is not None and k != "greylist")
-    scale = required / (t_cv - b)
-    scores = {n: round(float(w[j] * scale), 3) for n, j in col.items()}
+    scale = required / (sel.threshold - sel.b)
+    scores = {n: round(float(sel.w[j] * scale), 3) for j, n in enumerate(names)}
     for name, side, _, _ in GRADES:
         if side in scores:
             scores[name] = scores[side]
     for side in DEFAULT_SIDE_SCORE:
         scores.pop(side, None)
-    return FitResult(scores=scores, lam=lam, ham_weight=hw, threshold=t_cv, cv_recall=recall, cv_fpr=fpr,
-                     cv_auc=auc, n_train=len(msgs), seconds=time.monotonic() - t0)
+    return FitResult(scores=scores, lam=sel.lam, ham_weight=sel.ham_weight, threshold=sel.threshold,
+                     cv_recall=sel.cv_recall, cv_fpr=sel.cv_fpr, cv_auc=sel.cv_auc, n_train=len(msgs),
+                     seconds=time.monotonic() - t0)
 
 
 def _auc(z: np.ndarray, y: np.ndarray) -> float:
@@ -251,4 +286,5 @@ def _cmd_fit(args) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-__all__ = ["fit_scores", "write_default_toml", "bounded_logistic", "FitResult"]
+__all__ = ["fit_scores", "write_default_toml", "bounded_logistic", "FitResult", "design_matrix", "select_fit",
+           "Selected"]

@@ -448,6 +448,9 @@ def _head_text(head: bytes, defects: set[str]) -> str:
     return text
 
 
+_WWW_SPELLINGS = ("www.", "WWW.", "Www.")
+
+
 def _text_urls(text: str) -> list[str]:
     """URLs in plain text: ``scheme://...`` for http(s)/ftp, and bare ``www.`` hosts, in order."""
     found: list[tuple[int, str]] = []
@@ -462,15 +465,29 @@ def _text_urls(text: str) -> list[str]:
                 found.append((j, text[j : m.end()]))
                 i = m.end()
         i = text.find("://", i + 3)
-    for anchor in ("www.", "WWW.", "Www."):
-        i = text.find(anchor)
+    # Bare hosts: "www.", "WWW." or "Www." (those three spellings only).  An ASCII text is
+    # searched once in lower case (same positions), instead of once per spelling.
+    if text.isascii():
+        low = text.lower()
+        starts = []
+        i = low.find("www.")
         while i >= 0:
-            prev = text[i - 1] if i else " "
-            if prev != "/" and prev != "." and not prev.isalnum():
-                m = _URL_TAIL_RE.match(text, i)
-                if m:
-                    found.append((i, m.group(0)))
-            i = text.find(anchor, i + 4)
+            if text[i : i + 4] in _WWW_SPELLINGS:
+                starts.append(i)
+            i = low.find("www.", i + 4)
+    else:
+        starts = []
+        for anchor in _WWW_SPELLINGS:
+            i = text.find(anchor)
+            while i >= 0:
+                starts.append(i)
+                i = text.find(anchor, i + 4)
+    for i in starts:
+        prev = text[i - 1] if i else " "
+        if prev != "/" and prev != "." and not prev.isalnum():
+            m = _URL_TAIL_RE.match(text, i)
+            if m:
+                found.append((i, m.group(0)))
     found.sort()
     return [u.rstrip(".,;:!?)>'\"") for _, u in found]
 
@@ -507,6 +524,10 @@ def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
 # --------------------------------------------------------------------------- message
 
 
+#: the envelope of a message scanned without one (frozen, so one instance serves every message)
+_NO_ENVELOPE = Envelope()
+
+
 class Message:
     """A raw message with lazily computed, cached views.
 
@@ -519,7 +540,7 @@ class Message:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise TypeError(f"Message needs the raw bytes of a message, not {type(raw).__name__}")
         raw = bytes(raw)
-        self.envelope = envelope or Envelope()
+        self.envelope = envelope or _NO_ENVELOPE
         self.limits = limits or DEFAULT_LIMITS
         self._defects: set[str] = set()
         self._skipped: list[str] = []
@@ -621,7 +642,7 @@ class Message:
     def from_addr(self) -> str | None:
         return self.from_addresses[0][1] if self.from_addresses else None
 
-    @property
+    @cached_property
     def from_domain(self) -> str | None:
         return domain_of(self.from_addr)
 
@@ -638,7 +659,7 @@ class Message:
         v = split_addresses(self.get("Reply-To", "") or "")
         return v[0][1] if v else None
 
-    @property
+    @cached_property
     def message_id(self) -> str | None:
         v = self.get("Message-ID")
         return v.strip() if v else None
@@ -857,7 +878,7 @@ class Message:
                 out.append(Url(url=u, host=url_host(u), source="text"))
         return tuple(out)
 
-    @property
+    @cached_property
     def url_hosts(self) -> tuple[str, ...]:
         """Distinct URL hosts, in order of first appearance."""
         return tuple(dict.fromkeys(u.host for u in self.urls if u.host))

@@ -19,7 +19,9 @@ The work is split in two, for speed:
   :data:`UNREAD_HEADER_PREFIXES`), ``mid:shape:<shape>`` ``mid:dom:same|other`` ``mid:none``,
   ``from:local:<shape>`` ``from:local:digits`` ``from:localw:<word>``; since version 3
   ``date:shape:<shape>`` ``date:tz:<offset>`` ``date:none``, ``mailer:<shape>`` (of X-Mailer or
-  User-Agent) and ``rcvd:helo:<shape>`` for the three newest Received headers.
+  User-Agent) and ``rcvd:helo:<shape>`` for the three newest Received headers; since version 5
+  ``to:local:<shape>`` (the first recipient's local part), ``list:html`` and ``list:new:html``
+  (list mail with an HTML part; not a reply).
 
 * The compiled kernel (:func:`antispam.fastscore.impl.features`) then splits the
   subject and text into words, adds the namespaced and bigram tokens, hashes
@@ -45,7 +47,15 @@ at 0.2% FPR +0.2 to +1.4 points on three different 5-fold cuts of TRAIN.
 Version 4 dropped the URL path, subject shape and script tokens again: with the
 version 3 groups present they no longer changed cross-validated recall (0.9739
 with them, 0.9725 without, mean of three cuts; AUC 0.99978 / 0.99979) and cost
-9 us of the 50 us budget per message.
+9 us of the 50 us budget per message.  Version 5 added the shape of the first
+recipient's local part: a sub-address tag (``name+shop``, ``name-shop``: an
+address handed to one sender), digits or dots (harvested and generated lists)
+say how the address reached the sender; and two list-mail conjunctions,
+``list:html`` and ``list:new:html`` (half the spam the engine misses in nested
+cross-validation came through mailing lists, whose headers read as ham).  In
+the nested fit of the whole engine (three classifier cuts, three outer cuts each),
+recall at 0.2% held-out FPR 0.9770 -> 0.9785 (recipient shape) -> 0.9805 (both),
+at 0.1% 0.9612 -> 0.9674 -> 0.9685; figures in ``docs/classifier.md``.
 
 :data:`TOKENIZER_VERSION` changes whenever any of this changes the ids a
 message gets; a model trained with another version is refused.
@@ -62,7 +72,7 @@ from .. import fastscore
 from ..message import Message
 
 #: Bump on any change that alters the feature ids of a message.
-TOKENIZER_VERSION = 4
+TOKENIZER_VERSION = 5
 #: The default hash seed (any 64-bit value; stored in each model).
 DEFAULT_SEED = 0x5A17_0A5E_C1A5_51F1
 #: The default id space: 2**20 features.
@@ -106,6 +116,8 @@ _TZ_OFFSET_RE = re.compile(r"([+-]\d{4})")
 #: Header names never made into ``hname:`` tokens: added by delivery, collection, filters or mailing
 #: list software on the receiving side (they describe the mailbox, not the message), plus the ones
 #: :data:`PRESENCE_HEADERS` already covers.  Matched as prefixes of the lower-cased name.
+#: headers that mailing-list software adds (``list:`` tokens; not read as ``hname:``, they name the list)
+_LIST_HEADER_PREFIXES = ("list-", "mailing-list", "x-mailing-list")
 UNREAD_HEADER_PREFIXES = (
     "x-spam", "delivery-date", "x-keywords", "x-status", "delivered-to", "return-path", "status", "x-uid",
     "x-mozilla", "x-evolution", "x-loop", "x-mailscanner", "x-virus", "lines", "content-length", "x-beenthere",
@@ -197,6 +209,13 @@ def meta_tokens(msg: Message) -> list[str]:
         add("mime:image-only")
     if not (has_plain or has_html):
         add("mime:no-text")
+    if has_html and any(h.startswith(_LIST_HEADER_PREFIXES) for h in present):
+        # HTML in list mail, and HTML that starts a list thread: list discussion is plain text and
+        # replies, while advertising relayed by a list is neither.  A linear model cannot form
+        # these conjunctions from the ``header:list-id`` and ``mime:text/html`` tokens alone.
+        add("list:html")
+        if "in-reply-to" not in present and "references" not in present:
+            add("list:new:html")
     # URLs
     urls = msg.urls
     add("url:n:" + _bucket(len(urls)))
@@ -224,6 +243,7 @@ def meta_tokens(msg: Message) -> list[str]:
     _message_id(msg, dom, add)
     _software_shapes(msg, present, relays, add)
     _from_local(msg, add)
+    _to_local(msg, add)
     return out
 
 
@@ -322,6 +342,18 @@ def _from_local(msg: Message, add) -> None:  # type: ignore[no-untyped-def]
         add("from:local:digits")
     for w in _ASCII_WORD_RE.findall(local)[:3]:
         add("from:localw:" + w)
+
+
+def _to_local(msg: Message, add) -> None:  # type: ignore[no-untyped-def]
+    """The first recipient's local part, by shape: how the address reached the sender.
+
+    A tagged address (``a+a``, ``a-a``) was given to one sender or is a list's; digits and dots are
+    common in harvested and generated address lists.  Only the shape: the address itself names
+    the mailbox, not the message.
+    """
+    tos = msg.to_addrs
+    if tos and "@" in tos[0]:
+        add("to:local:" + _shape(tos[0].lower().rsplit("@", 1)[0])[:12])
 
 
 def views(msg: Message) -> tuple[str, str, list[str]]:

@@ -34,21 +34,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from .. import fastscore
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules
 from .evals import EVALS, header_absent, header_count_over
-from .matcher import Matcher, make_matcher, single_line
+from .matcher import Matcher, collect_first_end, make_matcher, single_line
 from .parser import Parser
 
 log = logging.getLogger("antispam.rules")
 
-#: A paragraph break: a line end followed by blank lines and any white space.  The
-#: pattern starts with the literal newline so that ``re`` only tries it at line ends;
-#: the blanks before the first newline are stripped from each paragraph instead.
-_PARA_BREAK = re.compile(r"\n(?:[ \t\r\f\v\xa0]*\n)+\s*")
-_LINE_BLANKS = " \t\r\f\v\xa0"
+
+
+_NO_DIRECT: dict[str, tuple[object, object]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +67,9 @@ def body_text(msg: Message) -> str:
         return msg.subject
     if "\x00" in text:
         text = text.replace("\x00", " ")  # as the text has always read (a NUL is no paragraph mark)
-    # Paragraph breaks become one newline, line breaks inside a paragraph a space.
-    paras = _PARA_BREAK.split(text)
-    if len(paras) > 1:
-        last = paras.pop()
-        paras = [p.rstrip(_LINE_BLANKS) for p in paras]
-        paras.append(last)
-    return msg.subject + "\n" + "\n".join(p.replace("\n", " ") for p in paras)
+    # Paragraph breaks become one newline, line breaks inside a paragraph a space (a compiled kernel;
+    # the twin's regex split is the definition).
+    return msg.subject + "\n" + fastscore.impl.paragraph_lines(text)
 
 
 def rawbody_text(msg: Message) -> str:
@@ -343,6 +338,8 @@ class RulesCheck(Check):
                 self._header_counts.append((rid, r.eval_args[0].lower(), r.eval_args[1]))
             else:
                 self._evals.append((rid, fn, r.eval_args, r.name))
+        #: the matcher's per-thread direct scanners of plain groups, when it has them (Hyperscan)
+        self._direct_scanners = getattr(self.matcher, "direct_scanners", None)
         #: rules whose matches never contain a newline: their matched text is searched from the line of the first match end
         self._single_line = frozenset(r.id for r in c.rules if r.py is not None and single_line(r.py, r.py_flags))
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
@@ -358,6 +355,7 @@ class RulesCheck(Check):
         ends: dict[int, int] = {}  # rule id -> end of a match no later than the leftmost one, when known
         index = msg.header_index
         headers = msg.headers
+        direct = self._direct_scanners() if self._direct_scanners is not None else _NO_DIRECT
         for key, reader, hname, acc, unset, empty, special_set, special, negs in self._header_scan:
             if reader is None:
                 pos = index.get(hname)
@@ -371,7 +369,17 @@ class RulesCheck(Check):
                 found, data = empty, b""
             else:
                 data = value.encode("utf-8", "surrogateescape")
-                found = scan(key, data, ends)
+                d = direct.get(key)
+                if d is None:
+                    found = scan(key, data, ends)
+                else:  # matcher.scan inlined for a plain Hyperscan group (see direct_scanners)
+                    got: dict[int, int] = {}
+                    d[0](data, match_event_handler=collect_first_end, context=got, scratch=d[1])
+                    if got:
+                        ends.update(got)
+                        found = dict.fromkeys(got, 1)
+                    else:
+                        found = got
             for rid, n in found.items():
                 if rid in special_set:
                     continue

@@ -231,6 +231,157 @@ def drop_anchors(p: bytes) -> bytes | None:
     return b"".join(out)
 
 
+#: longest pattern piece handed to Hyperscan (its own limit is 16,000 bytes)
+PIECE_LIMIT = 12000
+#: most pieces one rule may become
+MAX_PIECES = 128
+
+
+def _structure(p: bytes) -> tuple[list[int], list[tuple[int, int, int, bytes]]] | None:
+    """Top-level ``|`` positions and top-level groups ``(start, inner_start, end, quantifier)`` of a pattern.
+
+    ``end`` is the index after the closing parenthesis; ``quantifier`` the bytes after it that
+    repeat the group (``b""`` when none).  None when the pattern cannot be read.
+    """
+    bars: list[int] = []
+    groups: list[tuple[int, int, int, bytes]] = []
+    depth = 0
+    start = inner = 0
+    i, n = 0, len(p)
+    while i < n:
+        c = p[i]
+        if c == 0x5C:  # backslash: the next byte is escaped
+            i += 2
+            continue
+        if c == 0x5B:  # a class, skipped whole (a leading ^ and a first ] are part of it)
+            i += 1
+            if i < n and p[i] == 0x5E:
+                i += 1
+            if i < n and p[i] == 0x5D:
+                i += 1
+            while i < n and p[i] != 0x5D:
+                i += 2 if p[i] == 0x5C else 1
+            if i >= n:
+                return None
+            i += 1
+            continue
+        if c == 0x28:  # (
+            if depth == 0:
+                start = i
+                inner = i + 3 if p[i + 1 : i + 3] == b"?:" else i + 1 if p[i + 1 : i + 2] != b"?" else -1
+            depth += 1
+        elif c == 0x29:  # )
+            depth -= 1
+            if depth < 0:
+                return None
+            if depth == 0:
+                j = i + 1
+                if j < n and p[j] in b"?*+":
+                    j += 1
+                elif j < n and p[j] == 0x7B:  # {m,n}
+                    k = p.find(b"}", j)
+                    j = k + 1 if k > 0 else j
+                if j < n and p[j] == 0x3F:  # lazy
+                    j += 1
+                groups.append((start, inner, i + 1, p[i + 1 : j]))
+        elif c == 0x7C and depth == 0:  # |
+            bars.append(i)
+        i += 1
+    return (bars, groups) if depth == 0 else None
+
+
+def compact_escapes(p: bytes) -> bytes:
+    """The pattern with every ``\\xHH`` escape of a byte >= 0x80 written as the byte itself.
+
+    Such bytes are never metacharacters, so the pattern means the same, in a quarter of
+    the length: SpamAssassin's ReplaceTags classes are mostly such escapes.
+    """
+    if b"\\x" not in p:
+        return p
+    out = bytearray()
+    i, n = 0, len(p)
+    while i < n:
+        c = p[i]
+        if c == 0x5C and i + 1 < n:
+            if p[i + 1] == 0x78 and i + 3 < n and all(h in b"0123456789abcdefABCDEF" for h in p[i + 2 : i + 4]):
+                v = int(p[i + 2 : i + 4], 16)
+                if v >= 0x80:
+                    out.append(v)
+                    i += 4
+                    continue
+            out += p[i : i + 2]  # any other escape, kept whole (so an escaped backslash stays one)
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return bytes(out)
+
+
+def split_alternatives(p: bytes, limit: int = PIECE_LIMIT) -> list[bytes] | None:
+    """Patterns, each at most ``limit`` bytes, one of which matches wherever ``p`` matches (and only there).
+
+    Hyperscan refuses patterns longer than 16,000 bytes, and SpamAssassin's ReplaceTags
+    rules (every letter a class of look-alikes) reach 120,000.  Alternation distributes
+    over concatenation, so ``X(?:A|B|C)Y`` matches exactly where ``X(?:A|B)Y`` or ``X(?:C)Y``
+    does: the alternatives of the largest group that is not repeated are shared out among
+    as few copies of the pattern as fit, and each copy split again until every piece fits.  A matcher that only asks *whether*
+    a rule matches (and where a match ends) can compile all the pieces under the rule's
+    id.  None when that is impossible here (repeated or look-around groups, back-references,
+    or more than :data:`MAX_PIECES` pieces).
+    """
+    if re.search(rb"\\[1-9]", p):
+        return None  # a back-reference would count groups that splitting renumbers
+    out: list[bytes] = []
+    todo = [p]
+    while todo:
+        q = todo.pop()
+        if len(q) <= limit:
+            out.append(q)
+            if len(out) > MAX_PIECES:
+                return None
+            continue
+        st = _structure(q)
+        if st is None:
+            return None
+        bars, groups = st
+        if bars:  # alternatives of the whole pattern: each its own piece
+            edges = [-1, *bars, len(q)]
+            todo.extend(q[a + 1 : b] for a, b in zip(edges, edges[1:]))
+            continue
+        # the largest group that is plain or optional, and neither a look-around nor inline flags
+        cands = [g for g in groups if g[1] >= 0 and g[3] in (b"", b"?", b"??")]
+        if not cands:
+            return None
+        s0, inner, end, quant = max(cands, key=lambda g: g[2] - g[1])
+        body = q[inner : end - 1]
+        sub = _structure(body)
+        if sub is None:
+            return None
+        edges = [-1, *sub[0], len(body)]
+        alts = [body[a + 1 : b] for a, b in zip(edges, edges[1:])]
+        if quant:  # (?:X)? is (?:X|)
+            alts.append(b"")
+        if len(alts) == 1:  # a group around no alternation (and not repeated): its parentheses go
+            todo.append(q[:s0] + alts[0] + q[end:])
+            continue
+        # The alternatives in as few groups as fit beside the rest of the pattern (one each, to be
+        # split further, when even one does not fit).
+        head, tail = q[:s0], q[end + len(quant) :]
+        budget = limit - len(head) - len(tail) - 4
+        chunks: list[list[bytes]] = [[]]
+        size = 0
+        for a in alts:
+            if chunks[-1] and size + len(a) + 1 > budget:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(a)
+            size += len(a) + 1
+        todo.extend(head + b"(?:" + b"|".join(c) + b")" + tail for c in chunks)
+        if len(todo) + len(out) > MAX_PIECES:
+            return None
+    return out
+
+
 def _count(r: _PyRule, data: bytes) -> int:
     n = 0
     for _ in r.finditer(data):
@@ -274,7 +425,7 @@ def _scan_python_rules(rules, data: bytes, out: dict[int, int], ends: dict[int, 
                     ends[r.id] = m.end()
 
 
-_MAGIC = b"ANTISPAM-HSDB-5\n"
+_MAGIC = b"ANTISPAM-HSDB-8\n"
 
 
 class HyperscanMatcher:
@@ -299,6 +450,8 @@ class HyperscanMatcher:
         self._near: dict[int, _PyRule] = {}
         #: rules refused for an embedded anchor, run by Hyperscan as a prefilter without anchors
         self._unanchored: dict[int, bytes] = {}
+        #: rules too long for Hyperscan, run exactly as several pieces under one id (split_alternatives)
+        self._pieces: dict[int, list[bytes]] = {}
         hs_groups: dict[str, list[int]] = {}
         for key, ids in compiled.groups.items():
             for i in ids:
@@ -317,7 +470,7 @@ class HyperscanMatcher:
                     self._counters[i] = pr
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
-        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v5w{NEAR_MAX_WIDTH}.db" if cache_dir else None
+        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v8w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}x{MAX_PIECES}.db" if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:
             self.dbs = loaded
@@ -341,6 +494,17 @@ class HyperscanMatcher:
         if unanchored is not None:
             return unanchored
         return rule.hs if rule.hs is not None and rule.id not in self._as_prefilter else rule.py
+
+    def _exprs(self, ids: list[int], rules) -> tuple[list[bytes], list[int]]:
+        """Expressions and their ids for a database: a rule split in pieces gives one per piece, same id."""
+        exprs: list[bytes] = []
+        out_ids: list[int] = []
+        for i in ids:
+            pieces = self._pieces.get(i)
+            for e in pieces if pieces is not None else (self._expr(rules[i]),):
+                exprs.append(e)
+                out_ids.append(i)
+        return exprs, out_ids
 
     def _rule_flags(self, rule, prefilter: bool) -> int:
         """A rule's Hyperscan flags: every match end of the rules confirmed near them, else the first only."""
@@ -372,9 +536,10 @@ class HyperscanMatcher:
             if not good:
                 continue
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-            db.compile(expressions=[self._expr(rules[i]) for i in good], ids=good, elements=len(good),
+            exprs, expr_ids = self._exprs(good, rules)
+            db.compile(expressions=exprs, ids=expr_ids, elements=len(exprs),
                        flags=[self._rule_flags(rules[i], rules[i].hs is None or i in self._as_prefilter
-                                               or i in self._unanchored) for i in good])
+                                               or i in self._unanchored) for i in expr_ids])
             dbs[key] = db
         return dbs
 
@@ -401,6 +566,9 @@ class HyperscanMatcher:
                 if self._try_unanchored(rules[i]):
                     good.append(i)
                 continue
+            if self._try_pieces(rules[i], f):
+                good.append(i)
+                continue
             # Refused as written (too long, an anchor Hyperscan dislikes): a prefilter,
             # which Hyperscan may simplify, still saves the Python search on most messages.
             one = _hs.Database(mode=_hs.HS_MODE_BLOCK)
@@ -416,6 +584,22 @@ class HyperscanMatcher:
             self._counters.pop(i, None)
             self._confirm[i] = self._twins[i]
         return good
+
+    def _try_pieces(self, rule, flags: int) -> bool:
+        """A rule too long for Hyperscan runs exactly as several shorter patterns under its id
+        (escapes compacted, then :func:`split_alternatives`), when every piece compiles."""
+        if len(rule.hs) <= PIECE_LIMIT:
+            return False
+        pieces = split_alternatives(compact_escapes(rule.hs))
+        if not pieces:
+            return False
+        try:
+            _hs.Database(mode=_hs.HS_MODE_BLOCK).compile(expressions=pieces, ids=[rule.id] * len(pieces),
+                                                          elements=len(pieces), flags=[flags] * len(pieces))
+        except Exception:
+            return False
+        self._pieces[rule.id] = pieces
+        return True
 
     def _try_unanchored(self, rule) -> bool:
         """A rule refused for an embedded ``^``/``$`` runs as a Hyperscan prefilter
@@ -510,6 +694,22 @@ class HyperscanMatcher:
         s = self._local.s[key] = self._scratch_proto[key].clone()
         return s
 
+    def direct_scanners(self) -> dict[str, tuple[object, object]]:
+        """For this thread, group -> (the database's ``scan``, scratch) of every *plain* group.
+
+        A plain group's scan is one Hyperscan call whose reports are final hits, so a
+        caller scanning many groups per message (the rules check: ~20 header groups)
+        can make that call itself with :func:`collect_first_end` as the callback and skip
+        this wrapper's per-call work.  :meth:`scan` gives the same result.
+        """
+        try:
+            return self._local.direct
+        except AttributeError:
+            pass
+        out = {g: (self.dbs[g].scan, self._scratch(g)) for g in self._plain}  # type: ignore[attr-defined]
+        self._local.direct = out
+        return out
+
     def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
         db = self.dbs.get(group)
         if group in self._plain:
@@ -524,7 +724,7 @@ class HyperscanMatcher:
             # Each rule reports once (SINGLEMATCH), at its first match end, which no
             # later than the leftmost match ends: a start for finding the matched text.
             got: dict[int, int] = {}
-            db.scan(data, match_event_handler=_collect_first_end, context=got, scratch=scratch)  # type: ignore[attr-defined]
+            db.scan(data, match_event_handler=collect_first_end, context=got, scratch=scratch)  # type: ignore[attr-defined]
             ends.update(got)
             return dict.fromkeys(got, 1)
         out: dict[int, int] = {}
@@ -533,7 +733,7 @@ class HyperscanMatcher:
                 firsts = self._scan_near(db, group, data, out)
             else:
                 firsts = {}
-                db.scan(data, match_event_handler=_collect_first_end, context=firsts, scratch=self._scratch(group))  # type: ignore[attr-defined]
+                db.scan(data, match_event_handler=collect_first_end, context=firsts, scratch=self._scratch(group))  # type: ignore[attr-defined]
             counters = self._counters
             confirm = self._confirm
             for rid, end in firsts.items():
@@ -591,9 +791,11 @@ def _collect(rid: int, start: int, end: int, flags: int, found: list[int]) -> No
     found.append(rid)
 
 
-def _collect_first_end(rid: int, start: int, end: int, flags: int, found: dict[int, int]) -> None:
-    """Hyperscan match callback: the rule id and its (first, SINGLEMATCH) match end."""
-    found[rid] = end
+def collect_first_end(rid: int, start: int, end: int, flags: int, found: dict[int, int]) -> None:
+    """Hyperscan match callback: the rule id and its first match end (SINGLEMATCH reports once per
+    expression; a rule split in pieces may report once per piece, and the first report is kept)."""
+    if rid not in found:
+        found[rid] = end
 
 
 def _collect_ends(rid: int, start: int, end: int, flags: int, found: list[tuple[int, int]]) -> None:
