@@ -128,7 +128,6 @@ class _Worker(asyncio.Protocol):
         #: futures of the requests sent and not yet answered, oldest first (replies come in order)
         self.pending: collections.deque[asyncio.Future] = collections.deque()
         self.buf = bytearray()
-        self.dead = False
 
     async def attach(self) -> None:
         """Join the socket to the running loop (at first use: the pool is built outside it)."""
@@ -156,7 +155,6 @@ class _Worker(asyncio.Protocol):
             self.pool.deaths = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.dead = True
         pending, self.pending = self.pending, collections.deque()
         for fut in pending:
             if not fut.done():
