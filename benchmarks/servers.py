@@ -12,14 +12,26 @@ corpus TEST split (``load_labelled``), or the repository's samples.
 
 The in-process figures are ``Engine.scan`` in a loop on one core and
 ``Engine.scan_many`` with a process pool of 2.  On a 2-core machine the clients
-and the sink compete with the server for the same cores, so the server figures
-are lower bounds.  Every run is bounded by ``--seconds`` and stops by itself.
+and the sink compete with the server for the same cores, so msgs/s are lower
+bounds, and they move with whatever else the machine runs.  Every run is
+bounded by ``--seconds`` and stops by itself.
 
-Because msgs/s on a shared machine moves with everything else running, each
-row also gives the server's own CPU time per message (user + system, from
-/proc, workers=0 only: worker processes are not counted) next to
-``Engine.scan``'s CPU time per message in this process: their difference is
-what the protocol costs, and it holds still when the machine is busy.
+CPU time holds still where msgs/s does not, so each row also gives, from /proc
+(user + system):
+
+``loop us/msg``   the server process's CPU per message: the protocol, plus the
+                  scan itself when ``workers = 0``
+``total us/msg``  the server and every process under it (the scan workers)
+``vs in-proc``    total against ``Engine.scan``'s CPU per message in-process:
+                  1.00x would mean the protocol costs nothing
+``capacity``      msgs/s the server would sustain on this machine's C cores with
+                  the clients elsewhere: 1e6 / loop for ``workers = 0`` (one
+                  process, one core); with N workers the least of the loop's
+                  limit, N workers' and C cores' worth of CPU:
+                  min(1e6 / loop, N x 1e6 / (total - loop), C x 1e6 / total)
+
+"Sustains the engine's throughput" then reads: ``capacity`` against the
+in-process msgs/s on one core.
 """
 
 from __future__ import annotations
@@ -224,6 +236,33 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (the scan workers sit under a forkserver child)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def tree_cpu(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds of the server process, of the server and every process under it)."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own, own + sum(cpu_seconds(c) or 0.0 for c in descendants(pid))
+
+
 async def drive(kind: str, port: int, msgs: list[bytes], clients: int, seconds: float) -> tuple[int, float]:
     deadline = time.monotonic() + seconds
     share = [msgs[i::clients] for i in range(clients)]
@@ -260,7 +299,8 @@ def main() -> int:
     pool = len(msgs) / (time.perf_counter() - t0)
     print(f"in-process: Engine.scan {base:,.0f} msgs/s (1 core, {base_cpu:.0f} us CPU/msg); "
           f"scan_many(workers=2) {pool:,.0f} msgs/s\n")
-    print(f"{'server':12} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} {'us CPU/msg':>10}")
+    print(f"{'server':12} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} "
+          f"{'loop us/msg':>11} {'total us/msg':>12} {'vs in-proc':>10} {'capacity':>9}")
     sink_port = free_port()
     sink = subprocess.Popen([sys.executable, __file__, "--sink", str(sink_port)])
     try:
@@ -270,11 +310,19 @@ def main() -> int:
                 try:
                     asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
                     for clients in map(int, a.clients.split(",")):
-                        c0 = cpu_seconds(proc.pid)
+                        c0 = tree_cpu(proc.pid)
                         n, dt = asyncio.run(drive(kind, port, msgs, clients, a.seconds))
-                        c1 = cpu_seconds(proc.pid)
+                        c1 = tree_cpu(proc.pid)
                         rate = n / dt
-                        cpu = f"{(c1 - c0) / n * 1e6:10.0f}" if c0 is not None and c1 is not None and not workers else f"{'':10}"
+                        if c0 is not None and c1 is not None:
+                            loop_us, total_us = (c1[0] - c0[0]) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
+                            capacity = 1e6 / loop_us if not workers else \
+                                min(1e6 / loop_us, workers * 1e6 / max(total_us - loop_us, 1.0),
+                                    (os.cpu_count() or 1) * 1e6 / total_us)
+                            cpu = (f"{loop_us:11.0f} {total_us:12.0f} {total_us / base_cpu:9.2f}x "
+                                   f"{capacity:9,.0f}")
+                        else:
+                            cpu = ""
                         print(f"{kind:12} {workers:7} {clients:7} {rate:9,.0f} {rate / base:8.2f}x {cpu}", flush=True)
                 finally:
                     proc.terminate()

@@ -23,19 +23,17 @@ import contextlib
 import ipaddress
 import json
 import logging
-import multiprocessing
 import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..config import Config, ServerConfig
+from ..config import ServerConfig
 from ..engine import Engine
 from ..message import Envelope
 from ..auth.authres import strip_forged
 from ..verdict import Verdict
+from .workers import WorkerPool
 
 log = logging.getLogger("antispam.servers")
 
@@ -80,21 +78,9 @@ class AllowList:
 # --------------------------------------------------------------------------- scanning
 
 
-_WORKER_ENGINE: Engine | None = None
-
-
-def _pool_init(config: Config) -> None:
-    global _WORKER_ENGINE
-    _WORKER_ENGINE = Engine(config)
-
-
-def _pool_scan(raw: bytes, envelope: Envelope | None, profile: str | None) -> Verdict:
-    assert _WORKER_ENGINE is not None
-    return _WORKER_ENGINE.scan(raw, envelope, profile=profile)
-
-
 class Scanner:
-    """Scans for a server: in the event loop (``workers=0``) or in a process pool.
+    """Scans for a server: in the event loop (``workers=0``) or in worker processes
+    (:class:`~antispam.servers.workers.WorkerPool`).
 
     Learning always runs on the server process's engine (in a thread, since a
     store may do I/O); with worker processes the learned state reaches the
@@ -104,39 +90,23 @@ class Scanner:
     def __init__(self, engine: Engine, workers: int = 0):
         self.engine = engine
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
+        self.pool: WorkerPool | None = None
         if workers > 0:
             if engine._custom_checks:
                 raise ValueError("worker processes build their engine from configuration; "
                                  "an engine with custom checks must scan in-process (workers = 0)")
-            self._pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # Not fork: a worker forked while connections are open would inherit their sockets and
-        # keep them open after the server closes them (the client never sees EOF).
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        return ProcessPoolExecutor(max_workers=self.workers, initializer=_pool_init,
-                                   initargs=(self.engine.config,), mp_context=multiprocessing.get_context(method))
+            self.pool = WorkerPool(engine.config, workers)
 
     async def scan(self, raw: bytes, envelope: Envelope | None = None, profile: str | None = None) -> Verdict:
         """One verdict under ``profile`` (a ``[profiles]`` name; None for the default policy).
 
-        A worker that dies (killed for memory, a crash in native code) breaks the whole pool;
-        the pool is then rebuilt and the scan tried once more, so one bad moment costs the
-        messages in flight a retry rather than the server its scanning.
+        A worker that dies (killed for memory, a crash in native code) is replaced and the
+        messages it held are scanned once more by another, so one bad moment costs them a
+        retry rather than the server its scanning.
         """
-        if self._pool is None:
+        if self.pool is None:
             return await self.engine.ascan(raw, envelope, profile=profile)
-        loop = asyncio.get_running_loop()
-        pool = self._pool
-        try:
-            return await loop.run_in_executor(pool, _pool_scan, raw, envelope, profile)
-        except BrokenProcessPool:
-            if self._pool is pool:  # the first task to notice rebuilds; the others reuse it
-                log.warning("scan worker died; restarting the worker pool")
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-            return await loop.run_in_executor(self._pool, _pool_scan, raw, envelope, profile)
+        return await self.pool.scan(raw, envelope, profile)
 
     def profile_for(self, who: str | None) -> str | None:
         """The settings profile of a recipient address or user name (``[recipients]``)."""
@@ -149,9 +119,9 @@ class Scanner:
         return await asyncio.to_thread(self.engine.unlearn, raw)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 # --------------------------------------------------------------------------- connections
@@ -450,13 +420,25 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     when the verdict rewrites it.  Headers of the same names already present are removed first:
     a sender could otherwise forge ``X-Spam-Flag: NO`` for sieve rules downstream.  So are
     Authentication-Results claiming our authserv-id (RFC 8601 section 5): only we write those."""
+    ours = verdict.headers()
+    drop = {n.lower() for n, _ in ours if n.lower() != "authentication-results"}
+    new_subject = verdict.rewritten_subject()
+    if new_subject is None:
+        # Nearly all mail has none of the fields to remove: then the message is its header block,
+        # our fields and the rest, without taking the header apart line by line (a third of the
+        # SMTP filter's own time per message).  The test is looser than the removal below (the
+        # names anywhere in the header block), so whatever it lets through has nothing to remove.
+        head, body = split_headers(raw)
+        eol = line_ending(raw)
+        low = head.lower()
+        if not any(n.encode("ascii") in low for n in drop) and \
+                not (verdict.authserv_id and b"authentication-results" in low):
+            out = head + (eol if head and not head.endswith(b"\n") else b"")
+            return out + b"".join(f"{n}: {v}".encode("utf-8") + eol for n, v in ours) + eol + body
     if verdict.authserv_id:
         raw = strip_forged(raw, verdict.authserv_id)
     eol = line_ending(raw)
     head, body = split_headers(raw)
-    ours = verdict.headers()
-    drop = {n.lower() for n, _ in ours if n.lower() != "authentication-results"}
-    new_subject = verdict.rewritten_subject()
     if new_subject is not None:
         drop.add("subject")
     kept: list[bytes] = []
@@ -550,3 +532,7 @@ def setup_logging(level: int, json_lines: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # aiosmtpd logs at INFO every connection, command and disconnection of the SMTP filter (five
+    # or six lines a message, a tenth of its CPU); our line per message says what matters, and
+    # its warnings (bogus commands, errors) still show.  At DEBUG (-vv) it speaks again.
+    logging.getLogger("mail.log").setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
