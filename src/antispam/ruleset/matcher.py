@@ -192,6 +192,22 @@ def _confirm_near(r: _PyRule, data: bytes, ends: list[int]) -> bool:
     return False
 
 
+def _class_end(p: bytes, i: int) -> int | None:
+    """The index after the character class that opens at ``p[i]`` (``[``); None when it never closes.
+
+    A leading ``^`` negates and a ``]`` first is literal; an escape takes the next byte with it.
+    """
+    n = len(p)
+    i += 1
+    if i < n and p[i] == 0x5E:
+        i += 1
+    if i < n and p[i] == 0x5D:
+        i += 1
+    while i < n and p[i] != 0x5D:
+        i += 2 if p[i] == 0x5C else 1
+    return i + 1 if i < n else None
+
+
 def drop_anchors(p: bytes) -> bytes | None:
     """The pattern without its ``^`` and ``$`` assertions; None when it has none (or cannot be read).
 
@@ -209,17 +225,11 @@ def drop_anchors(p: bytes) -> bytes | None:
         if c == 0x5C:  # backslash: the next byte is escaped
             i += 2
             continue
-        if c == 0x5B:  # [ ... ]: a leading ^ negates, a ] first is literal, escapes skip a byte
-            i += 1
-            if i < n and p[i] == 0x5E:
-                i += 1
-            if i < n and p[i] == 0x5D:
-                i += 1
-            while i < n and p[i] != 0x5D:
-                i += 2 if p[i] == 0x5C else 1
-            if i >= n:
+        if c == 0x5B:  # a character class, skipped whole
+            j = _class_end(p, i)
+            if j is None:
                 return None
-            i += 1
+            i = j
             continue
         if c in (0x5E, 0x24):  # ^ $
             out.append(p[last:i])
@@ -253,17 +263,11 @@ def _structure(p: bytes) -> tuple[list[int], list[tuple[int, int, int, bytes]]] 
         if c == 0x5C:  # backslash: the next byte is escaped
             i += 2
             continue
-        if c == 0x5B:  # a class, skipped whole (a leading ^ and a first ] are part of it)
-            i += 1
-            if i < n and p[i] == 0x5E:
-                i += 1
-            if i < n and p[i] == 0x5D:
-                i += 1
-            while i < n and p[i] != 0x5D:
-                i += 2 if p[i] == 0x5C else 1
-            if i >= n:
+        if c == 0x5B:  # a character class, skipped whole
+            j = _class_end(p, i)
+            if j is None:
                 return None
-            i += 1
+            i = j
             continue
         if c == 0x28:  # (
             if depth == 0:
