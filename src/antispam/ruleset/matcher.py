@@ -28,6 +28,7 @@ import os
 import re
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -479,7 +480,13 @@ class HyperscanMatcher:
         if loaded is not None:
             self.dbs = loaded
         else:
+            # Large rule sets (SpamAssassin's: minutes) say so, since a first start waits for this.
+            log.log(logging.INFO if len(compiled.rules) > 1000 else logging.DEBUG,
+                    "compiling %d rules into Hyperscan databases%s", len(compiled.rules),
+                    f" (cached afterwards in {cache})" if cache else " (no cache directory: every start compiles)")
+            t0 = time.monotonic()
             self.dbs = self._compile(compiled, hs_groups)
+            log.debug("compiled in %.1f s", time.monotonic() - t0)
             if cache:
                 self._save(cache)
         self._scratch_proto = {k: _hs.Scratch(db) for k, db in self.dbs.items()}
