@@ -47,9 +47,6 @@ log = logging.getLogger("antispam.rules")
 
 
 
-_NO_DIRECT: dict[str, tuple[object, object]] = {}
-
-
 @dataclass(frozen=True, slots=True)
 class RuleHits:
     """Every rule that hit in this scan (sub-rules and zero-scored rules included), name -> count."""
@@ -338,8 +335,6 @@ class RulesCheck(Check):
                 self._header_counts.append((rid, r.eval_args[0].lower(), r.eval_args[1]))
             else:
                 self._evals.append((rid, fn, r.eval_args, r.name))
-        #: the matcher's per-thread direct scanners of plain groups, when it has them (Hyperscan)
-        self._direct_scanners = getattr(self.matcher, "direct_scanners", None)
         #: rules whose matches never contain a newline: their matched text is searched from the line of the first match end
         self._single_line = frozenset(r.id for r in c.rules if r.py is not None and single_line(r.py, r.py_flags))
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
@@ -355,7 +350,7 @@ class RulesCheck(Check):
         ends: dict[int, int] = {}  # rule id -> end of a match no later than the leftmost one, when known
         index = msg.header_index
         headers = msg.headers
-        direct = self._direct_scanners() if self._direct_scanners is not None else _NO_DIRECT
+        direct = self.matcher.direct_scanners()
         for key, reader, hname, acc, unset, empty, special_set, special, negs in self._header_scan:
             if reader is None:
                 pos = index.get(hname)

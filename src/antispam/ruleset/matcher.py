@@ -71,6 +71,9 @@ class Matcher(Protocol):
         that line instead of from the start of the buffer.
         """
 
+    def direct_scanners(self) -> dict[str, tuple[object, object]]:
+        """Group -> (scan function, scratch) for groups a caller may scan itself (this thread's)."""
+
 
 class _PyRule:
     __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width")
@@ -193,20 +196,34 @@ def _confirm_near(r: _PyRule, data: bytes, ends: list[int]) -> bool:
     return False
 
 
-def _class_end(p: bytes, i: int) -> int | None:
-    """The index after the character class that opens at ``p[i]`` (``[``); None when it never closes.
+def _syntax_positions(p: bytes) -> list[int] | None:
+    """Positions of the bytes of a pattern that are syntax: outside escapes and character classes.
 
-    A leading ``^`` negates and a ``]`` first is literal; an escape takes the next byte with it.
+    An escape takes the next byte with it; a class (a leading ``^`` negates, a ``]`` first is
+    literal) is skipped whole.  None when a class never closes.
     """
-    n = len(p)
-    i += 1
-    if i < n and p[i] == 0x5E:
+    out: list[int] = []
+    i, n = 0, len(p)
+    while i < n:
+        c = p[i]
+        if c == 0x5C:  # backslash: the next byte is escaped
+            i += 2
+            continue
+        if c == 0x5B:  # [ ... ]
+            i += 1
+            if i < n and p[i] == 0x5E:
+                i += 1
+            if i < n and p[i] == 0x5D:
+                i += 1
+            while i < n and p[i] != 0x5D:
+                i += 2 if p[i] == 0x5C else 1
+            if i >= n:
+                return None
+            i += 1
+            continue
+        out.append(i)
         i += 1
-    if i < n and p[i] == 0x5D:
-        i += 1
-    while i < n and p[i] != 0x5D:
-        i += 2 if p[i] == 0x5C else 1
-    return i + 1 if i < n else None
+    return out
 
 
 def drop_anchors(p: bytes) -> bytes | None:
@@ -218,28 +235,12 @@ def drop_anchors(p: bytes) -> bytes | None:
     prefilter that Python re confirms.  Escapes (``\\$``) and character classes
     (``[$^]``) are skipped, every other byte is kept as it is.
     """
-    out: list[bytes] = []
-    last = i = 0
-    n = len(p)
-    while i < n:
-        c = p[i]
-        if c == 0x5C:  # backslash: the next byte is escaped
-            i += 2
-            continue
-        if c == 0x5B:  # a character class, skipped whole
-            j = _class_end(p, i)
-            if j is None:
-                return None
-            i = j
-            continue
-        if c in (0x5E, 0x24):  # ^ $
-            out.append(p[last:i])
-            last = i + 1
-        i += 1
-    if not out:
+    syntax = _syntax_positions(p)
+    anchors = [i for i in syntax or () if p[i] in (0x5E, 0x24)]  # ^ $
+    if not anchors:
         return None
-    out.append(p[last:])
-    return b"".join(out)
+    edges = [-1, *anchors, len(p)]
+    return b"".join(p[a + 1 : b] for a, b in zip(edges, edges[1:]))
 
 
 #: longest pattern piece handed to Hyperscan (its own limit is 16,000 bytes)
@@ -254,22 +255,16 @@ def _structure(p: bytes) -> tuple[list[int], list[tuple[int, int, int, bytes]]] 
     ``end`` is the index after the closing parenthesis; ``quantifier`` the bytes after it that
     repeat the group (``b""`` when none).  None when the pattern cannot be read.
     """
+    syntax = _syntax_positions(p)
+    if syntax is None:
+        return None
     bars: list[int] = []
     groups: list[tuple[int, int, int, bytes]] = []
     depth = 0
     start = inner = 0
-    i, n = 0, len(p)
-    while i < n:
+    n = len(p)
+    for i in syntax:
         c = p[i]
-        if c == 0x5C:  # backslash: the next byte is escaped
-            i += 2
-            continue
-        if c == 0x5B:  # a character class, skipped whole
-            j = _class_end(p, i)
-            if j is None:
-                return None
-            i = j
-            continue
         if c == 0x28:  # (
             if depth == 0:
                 start = i
@@ -291,7 +286,6 @@ def _structure(p: bytes) -> tuple[list[int], list[tuple[int, int, int, bytes]]] 
                 groups.append((start, inner, i + 1, p[i + 1 : j]))
         elif c == 0x7C and depth == 0:  # |
             bars.append(i)
-        i += 1
     return (bars, groups) if depth == 0 else None
 
 
@@ -400,6 +394,10 @@ class PythonMatcher:
     """Every rule through Python ``re`` (bytes, ASCII semantics), one search per rule."""
 
     name = "python"
+
+    def direct_scanners(self) -> dict[str, tuple[object, object]]:
+        """No group is a single Hyperscan call here: callers always go through :meth:`scan`."""
+        return {}
 
     def __init__(self, compiled: CompiledRules):
         self.groups: dict[str, list[_PyRule]] = {}
