@@ -40,7 +40,7 @@ from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules
 from .evals import EVALS, header_absent, header_count_over
-from .matcher import Matcher, collect_first_end, make_matcher, single_line
+from .matcher import Matcher, make_matcher, scan_plain, single_line
 from .parser import Parser
 
 log = logging.getLogger("antispam.rules")
@@ -364,17 +364,8 @@ class RulesCheck(Check):
                 found, data = empty, b""
             else:
                 data = value.encode("utf-8", "surrogateescape")
-                d = direct.get(key)
-                if d is None:
-                    found = scan(key, data, ends)
-                else:  # matcher.scan inlined for a plain Hyperscan group (see direct_scanners)
-                    got: dict[int, int] = {}
-                    d[0](data, match_event_handler=collect_first_end, context=got, scratch=d[1])
-                    if got:
-                        ends.update(got)
-                        found = dict.fromkeys(got, 1)
-                    else:
-                        found = got
+                d = direct.get(key)  # a plain Hyperscan group: one call, without the matcher's dispatch
+                found = scan(key, data, ends) if d is None else scan_plain(d, data, ends)
             for rid, n in found.items():
                 if rid in special_set:
                     continue

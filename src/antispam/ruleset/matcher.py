@@ -722,20 +722,7 @@ class HyperscanMatcher:
     def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
         db = self.dbs.get(group)
         if group in self._plain:
-            try:
-                scratch = self._local.s[group]
-            except (AttributeError, KeyError):
-                scratch = self._scratch(group)
-            if ends is None:
-                found: list[int] = []
-                db.scan(data, match_event_handler=_collect, context=found, scratch=scratch)  # type: ignore[attr-defined]
-                return dict.fromkeys(found, 1)
-            # Each rule reports once (SINGLEMATCH), at its first match end, which no
-            # later than the leftmost match ends: a start for finding the matched text.
-            got: dict[int, int] = {}
-            db.scan(data, match_event_handler=collect_first_end, context=got, scratch=scratch)  # type: ignore[attr-defined]
-            ends.update(got)
-            return dict.fromkeys(got, 1)
+            return scan_plain(self.direct_scanners()[group], data, ends)
         out: dict[int, int] = {}
         if db is not None:
             if group in self._with_ends:
@@ -795,9 +782,20 @@ class HyperscanMatcher:
         return found
 
 
-def _collect(rid: int, start: int, end: int, flags: int, found: list[int]) -> None:
-    """Hyperscan match callback: note the rule id (each rule reports once: SINGLEMATCH)."""
-    found.append(rid)
+def scan_plain(scanner: tuple[object, object], data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
+    """One plain group's scan, given its ``(database scan, scratch)`` from :meth:`HyperscanMatcher.direct_scanners`.
+
+    Every report is a final hit counted once.  Each rule reports once (SINGLEMATCH), at its
+    first match end, which is no later than where the leftmost match ends: recorded in
+    ``ends`` as a start for finding the matched text.
+    """
+    got: dict[int, int] = {}
+    scanner[0](data, match_event_handler=collect_first_end, context=got, scratch=scanner[1])  # type: ignore[operator]
+    if not got:
+        return got
+    if ends is not None:
+        ends.update(got)
+    return dict.fromkeys(got, 1)
 
 
 def collect_first_end(rid: int, start: int, end: int, flags: int, found: dict[int, int]) -> None:
