@@ -28,6 +28,7 @@ from typing import Iterator
 from urllib.parse import unquote_to_bytes
 
 from . import fastscore
+from ._fastscore_py import HTML_TAG_RE as _HTML_TAG_RE  # one definition of a tag, shared with the text kernels
 
 __all__ = ["Envelope", "Limits", "Message", "Part", "Relay", "Url", "Attachment"]
 
@@ -183,7 +184,6 @@ _HTML_DROP_RE = re.compile(
 _HTML_ANCHOR_RE = re.compile(r"<a\b([^>]*)>(.*?)(?:</a\s*>|(?=<a\b)|$)", re.S | re.I)
 _HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _HTML_SRC_RE = re.compile(r"""<(?:img|form|iframe|area)\b[^>]*?\b(?:src|action|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
-_HTML_TAG_RE = re.compile(r"<[^>]*>")
 _BLANKS_RE = re.compile(r"\n\s*\n+")
 
 # Text URLs are found from literal anchors ("://", "www.") with str.find, which
@@ -448,6 +448,7 @@ def _head_text(head: bytes, defects: set[str]) -> str:
     return text
 
 
+#: bare hosts are found in these three spellings only
 _WWW_SPELLINGS = ("www.", "WWW.", "Www.")
 
 
@@ -465,29 +466,15 @@ def _text_urls(text: str) -> list[str]:
                 found.append((j, text[j : m.end()]))
                 i = m.end()
         i = text.find("://", i + 3)
-    # Bare hosts: "www.", "WWW." or "Www." (those three spellings only).  An ASCII text is
-    # searched once in lower case (same positions), instead of once per spelling.
-    if text.isascii():
-        low = text.lower()
-        starts = []
-        i = low.find("www.")
+    for anchor in _WWW_SPELLINGS:
+        i = text.find(anchor)
         while i >= 0:
-            if text[i : i + 4] in _WWW_SPELLINGS:
-                starts.append(i)
-            i = low.find("www.", i + 4)
-    else:
-        starts = []
-        for anchor in _WWW_SPELLINGS:
-            i = text.find(anchor)
-            while i >= 0:
-                starts.append(i)
-                i = text.find(anchor, i + 4)
-    for i in starts:
-        prev = text[i - 1] if i else " "
-        if prev != "/" and prev != "." and not prev.isalnum():
-            m = _URL_TAIL_RE.match(text, i)
-            if m:
-                found.append((i, m.group(0)))
+            prev = text[i - 1] if i else " "
+            if prev != "/" and prev != "." and not prev.isalnum():
+                m = _URL_TAIL_RE.match(text, i)
+                if m:
+                    found.append((i, m.group(0)))
+            i = text.find(anchor, i + 4)
     found.sort()
     return [u.rstrip(".,;:!?)>'\"") for _, u in found]
 
