@@ -293,13 +293,13 @@ def score(const uint32_t[::1] ids, const float[::1] weights, double bias, int nc
 # ---- rules kernels ------------------------------------------------------------------------
 # Counting helpers of the rule evals; definitions in the twin.
 
-from ._fastscore_py import BLANKS as _twin_blanks
+from . import _fastscore_py as _twin
 
 cdef unsigned char LETTER_CLASS[256]  # 2: capital, 1: other letter, 0: not a letter (Latin-1)
 cdef unsigned char IS_BLANK[256]  # 1 for what visible_count does not count
 for _c in range(256):
     LETTER_CLASS[_c] = 2 if chr(_c).isupper() else 1 if chr(_c).isalpha() else 0
-    IS_BLANK[_c] = 1 if chr(_c) in _twin_blanks else 0
+    IS_BLANK[_c] = 1 if chr(_c) in _twin.BLANKS else 0
 
 
 def letter_counts(str text, Py_ssize_t limit):
@@ -353,7 +353,6 @@ def visible_count(str text):
 # follows exactly (and calls where a case-insensitive match of a non-ASCII tag name would need
 # Unicode case folding).
 
-from . import _fastscore_py as _twin
 
 cdef extern from "Python.h":
     object PyUnicode_FromKindAndData(int kind, const void* buffer, Py_ssize_t size)
@@ -476,6 +475,7 @@ def html_strip_tags(str markup):
 
 
 cdef inline bint _is_blank(Py_UCS4 c) noexcept nogil:
+    # horizontal blanks: space, tab, CR, form feed, vertical tab, no-break space (the twin's LINE_BLANKS)
     return c == 32 or c == 9 or c == 13 or c == 12 or c == 11 or c == 0xA0
 
 
@@ -518,10 +518,6 @@ def collapse_blanks(str text):
         free(b)
 
 
-cdef inline bint _is_line_blank(Py_UCS4 c) noexcept nogil:
-    return c == 32 or c == 9 or c == 13 or c == 12 or c == 11 or c == 0xA0
-
-
 def paragraph_lines(str text):
     """One paragraph per line (see the twin).
 
@@ -544,14 +540,14 @@ def paragraph_lines(str text):
                 i += 1
                 continue
             j = i + 1
-            while j < n and _is_line_blank(_at(&u, j)):
+            while j < n and _is_blank(_at(&u, j)):
                 j += 1
             if j >= n or _at(&u, j) != 10:
                 i += 1
                 continue
             # a break from i: the paragraph text[ps:i], blanks at its end dropped
             pe = i
-            while pe > ps and _is_line_blank(_at(&u, pe - 1)):
+            while pe > ps and _is_blank(_at(&u, pe - 1)):
                 pe -= 1
             for q in range(ps, pe):
                 c = _at(&u, q)
