@@ -33,13 +33,13 @@ LOG_ODDS_CAP = 10.0
 #: Graded symbols: (symbol, side, least log-odds of that side, description).  The name says how sure
 #: the classifier is (``BAYES_SPAM_95``: spam probability 95% to 99%); the *weight* carries the exact
 #: evidence (see :func:`bayes_hit`), and the policy multiplies the configured score by it.
-_SPAM_GRADES = (("99", 0.99), ("95", 0.95), ("90", 0.90), ("80", 0.80), ("60", 0.60), ("50", 0.50))
+#: probability bands, on either side of p = 0.5: (percent, lower bound, upper bound)
+_BANDS = ((99, 0.99, 1.0), (95, 0.95, 0.99), (90, 0.90, 0.95), (80, 0.80, 0.90), (60, 0.60, 0.80), (50, 0.50, 0.60))
 GRADES: tuple[tuple[str, str, float, str], ...] = tuple(
-    (f"BAYES_{side}_{g}", f"BAYES_{side}", math.log(p / (1.0 - p)),
-     f"Token classifier: {side.lower()} probability {int(p * 100)}% or more" if g == "99" else
-     f"Token classifier: {side.lower()} probability {int(p * 100)}% to {int(hi * 100)}%")
+    (f"BAYES_{side}_{pct}", f"BAYES_{side}", math.log(lo / (1.0 - lo)),
+     f"Token classifier: {side.lower()} probability {pct}% " + ("or more" if hi == 1.0 else f"to {round(hi * 100)}%"))
     for side in ("SPAM", "HAM")
-    for (g, p), hi in zip(_SPAM_GRADES, (1.0, 0.99, 0.95, 0.90, 0.80, 0.60))
+    for pct, lo, hi in _BANDS
 )
 #: grade symbol -> its side, ``BAYES_SPAM`` or ``BAYES_HAM``: the two slopes ``antispam fit`` fits
 SIDE_OF = {name: side for name, side, _, _ in GRADES}
