@@ -336,7 +336,8 @@ class RulesCheck(Check):
             else:
                 self._evals.append((rid, fn, r.eval_args, r.name))
         #: rules whose matches never contain a newline: their matched text is searched from the line of the first match end
-        self._single_line = frozenset(r.id for r in c.rules if r.py is not None and single_line(r.py, r.py_flags))
+        #: (only rules that are emitted: the others never show a text)
+        self._single_line = frozenset(r.id for r in c.rules if r.emitted and r.py is not None and single_line(r.py, r.py_flags))
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
         self._template_hits = tuple(i for i, n in enumerate(template) if n)
 
