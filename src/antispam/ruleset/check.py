@@ -41,7 +41,7 @@ from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules
 from .evals import EVALS, header_absent, header_count_over
 from .matcher import Matcher, make_matcher, scan_plain, single_line
-from .parser import Parser
+from .parser import parse_paths
 
 log = logging.getLogger("antispam.rules")
 
@@ -219,17 +219,7 @@ def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = 
     are foreign: those that cannot be used are left out and summarised in the
     log, never fatal.
     """
-    parser = Parser()
-    for d in sa_pre_dirs:
-        for p in sorted(Path(d).glob("*.pre")):
-            parser.read_file(p)
-    for p in [*paths, *sa_paths]:
-        pp = Path(p)
-        if pp.is_dir():
-            parser.read_dir(pp)
-        else:
-            parser.read_file(pp)
-    parsed = parser.finish()
+    parsed = parse_paths([*paths, *sa_paths], pre_dirs=sa_pre_dirs)
     compiled = compile_rules(parsed, lenient_meta=bool(sa_paths))
     sa_roots = [str(Path(p)) for p in sa_paths]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..resources import default_rules_dir
 from .compiler import compile_rules
-from .parser import Parser
+from .parser import parse_paths
 
 #: The rule kinds counted by the SpamAssassin compatibility figure.
 SA_KINDS = ("header", "body", "uri", "meta")
@@ -51,23 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
-def _parse(paths, pre=None):
-    parser = Parser()
-    if pre and Path(pre).is_dir():
-        for f in sorted(Path(pre).glob("*.pre")):
-            parser.read_file(f)
-    for path in paths:
-        pp = Path(path)
-        if pp.is_dir():
-            parser.read_dir(pp)
-        else:
-            parser.read_file(pp)
-    return parser.finish()
-
-
 def cmd_lint(args: argparse.Namespace) -> int:
     paths = args.paths or [str(default_rules_dir())]
-    compiled = compile_rules(_parse(paths))
+    compiled = compile_rules(parse_paths(paths))
     shown = [p for p in compiled.problems if args.all or p.severity != "ignored"]
     for p in shown:
         print(p)
@@ -78,7 +64,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_load_sa(args: argparse.Namespace) -> int:
-    parsed = _parse([args.path], args.pre)
+    parsed = parse_paths([args.path], pre_dirs=[args.pre] if args.pre else [])
     compiled = compile_rules(parsed, lenient_meta=True)
     r = compiled.report
     print(f"SpamAssassin rules from {args.path}: {len(parsed.files)} files")

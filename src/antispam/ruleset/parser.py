@@ -555,8 +555,6 @@ def parse_paths(paths: Iterable[str | Path], *, plugins: Iterable[str] = (), pre
         p = Path(path)
         if p.is_dir():
             parser.read_dir(p)
-        elif p.exists():
-            parser.read_file(p)
         else:
-            parser._problem(None, "error", f"rules path not found: {p}")
+            parser.read_file(p)  # a missing file is reported as unreadable, with the reason
     return parser.finish()
