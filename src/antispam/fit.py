@@ -76,12 +76,16 @@ def oof_log_odds(msgs: Sequence[LabelledMessage], folds: int = 5, seed: int = 0)
     return classifier_oof([m.data for m in msgs], [m.is_spam for m in msgs], default_model(), folds, seed)
 
 
+def _without_classifier(config: Config) -> Config:
+    """The engine the fit reads rule symbols from: the classifier's columns come from out-of-fold log-odds."""
+    return config.merged({"classifier": {"enabled": False}}, source="<fit>")
+
+
 def symbol_rows(msgs: Sequence[LabelledMessage], config: Config) -> list[dict[str, float]]:
     """Symbol weights per message from the engine without its classifier (no network)."""
     from .engine import Engine
 
-    cfg = config.merged({"classifier": {"enabled": False}}, source="<fit>")
-    engine = Engine(cfg)
+    engine = Engine(_without_classifier(config))
     rows = []
     for m in msgs:
         v = engine.scan(m.data)
@@ -142,7 +146,9 @@ def design_matrix(rows: Sequence[dict[str, float]], z_clf: np.ndarray, config: C
     for row, zi in zip(rows, z_clf):
         name, weight = bayes_hit(float(zi))
         row[SIDE_OF[name]] = weight  # one slope per side: every grade of a side gets its score
-    defaults = {name: sd.score for name, sd in Engine(config).symbols.items()} | DEFAULT_SIDE_SCORE
+    # Declared scores of the other symbols (an engine without the classifier: no model to load), and
+    # the classifier's two sides, which are the only classifier columns.
+    defaults = {name: sd.score for name, sd in Engine(_without_classifier(config)).symbols.items()} | DEFAULT_SIDE_SCORE
     names = sorted({n for r in rows for n in r if n not in FIXED and defaults.get(n, 0.0) != 0.0})
     col = {n: i for i, n in enumerate(names)}
     X = np.zeros((len(rows), len(names)))
