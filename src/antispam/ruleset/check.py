@@ -40,7 +40,7 @@ from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules
 from .evals import EVALS, header_absent, header_count_over
-from .matcher import Matcher, make_matcher, scan_plain, single_line
+from .matcher import Matcher, make_matcher, max_width, scan_plain, single_line
 from .parser import parse_paths
 
 log = logging.getLogger("antispam.rules")
@@ -328,6 +328,9 @@ class RulesCheck(Check):
         #: rules whose matches never contain a newline: their matched text is searched from the line of the first match end
         #: (only rules that are emitted: the others never show a text)
         self._single_line = frozenset(r.id for r in c.rules if r.emitted and r.py is not None and single_line(r.py, r.py_flags))
+        #: rule id -> longest possible match, for the emitted rules whose matches are bounded
+        self._max_width = {r.id: w for r in c.rules if r.emitted and r.py is not None
+                           and (w := max_width(r.py, r.py_flags)) is not None}
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
         self._template_hits = tuple(i for i, n in enumerate(template) if n)
 
@@ -465,10 +468,20 @@ class RulesCheck(Check):
         """What matched: the URL host for uri rules, else the matched text (shortened).
 
         The text is that of the leftmost match, as a search from the start of the
-        buffer finds it.  When the rule cannot match across a line break and a match
-        end is known that no later than the leftmost match ends, the leftmost match
-        starts on that end's line, so the search starts there instead of at the
-        top of a long body.
+        buffer finds it.  When a match end ``e`` is known that is no later than the
+        leftmost match ends, the search may start later than the top of a long body:
+
+        * when the rule cannot match across a line break, the leftmost match starts
+          on ``e``'s line (a match on an earlier line would end before ``e``);
+        * when no match of the rule is longer than ``w`` bytes, the leftmost match
+          starts at ``e - w`` or later (it ends at ``e`` or later).
+
+        A search from a position still reads the bytes before it, for ``\\b`` and
+        look-behinds, so it finds exactly the match a search from the top finds.
+        (Hyperscan's first report for a rule is its earliest match end in practice,
+        although its manual does not promise an order; were a later end reported
+        first, the options would name a later match, never change a hit.  The
+        corpus test compares the options of both matchers.)
         """
         rx = self._rx.get(rule.id)
         if rx is None or data is None or rule.negate:
@@ -479,8 +492,13 @@ class RulesCheck(Check):
                     return (u.host or u.url[:60],)
             return ()
         m = None
-        if end is not None and rule.id in self._single_line:
-            m = rx.search(data, data.rfind(b"\n", 0, end) + 1)
+        if end is not None:
+            start = data.rfind(b"\n", 0, end) + 1 if rule.id in self._single_line else 0
+            w = self._max_width.get(rule.id)
+            if w is not None and end - w > start:
+                start = end - w
+            if start:
+                m = rx.search(data, start)
         if m is None:
             m = rx.search(data)
         if m is None:
