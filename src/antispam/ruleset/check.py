@@ -113,7 +113,7 @@ def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None
     raw = "raw" in accs
     if lname == "*all":
         hs = msg.raw_headers if raw else msg.headers
-        return "\n".join([n + ": " + v for n, v in hs]) if hs else None
+        return "\n".join(map(": ".join, hs)) if hs else None  # each header a (name, value) pair
     if lname == "*tocc":
         values = (msg.get_raw("To") + msg.get_raw("Cc")) if raw else (msg.get_all("To") + msg.get_all("Cc"))
     elif lname == "*messageid":
