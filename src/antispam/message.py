@@ -29,6 +29,7 @@ from urllib.parse import unquote_to_bytes
 
 from . import fastscore
 from ._fastscore_py import HTML_TAG_RE as _HTML_TAG_RE  # one definition of a tag, shared with the text kernels
+from .frozen import quick_init
 
 __all__ = ["Envelope", "Limits", "Message", "Part", "Relay", "Url", "Attachment"]
 
@@ -83,6 +84,7 @@ DEFAULT_LIMITS = Limits()
 # --------------------------------------------------------------------------- results
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Relay:
     """One parsed ``Received`` header: who handed the message to whom."""
@@ -94,6 +96,7 @@ class Relay:
     raw: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Url:
     """A link found in the message.  ``text`` is the anchor text for HTML links."""
