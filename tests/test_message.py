@@ -165,6 +165,34 @@ def test_html_to_text_drops_invisible_markup_and_finds_links():
     assert ("http://img.example/i.gif", "") in links and ("http://f.example/post", "") in links
 
 
+def test_anchor_texts_equal_the_lazy_definition():
+    """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
+    import random
+    import re
+
+    from antispam import fastscore
+    from antispam.message import _HTML_ANCHOR_RE, _HTML_HREF_RE, _HTML_TAG_RE
+
+    lazy = re.compile(r"<a\b([^>]*)>(.*?)(?:</a\s*>|(?=<a\b)|$)", re.S | re.I)
+
+    def links(rx, markup):
+        out = []
+        for m in rx.finditer(markup):
+            h = _HTML_HREF_RE.search(m.group(1))
+            if h:
+                anchor = _HTML_TAG_RE.sub("", m.group(2))
+                out.append((h.group(0), fastscore.impl.collapse_blanks(anchor).strip()))
+        return out
+
+    pieces = ["<a href=x>", "<A HREF='y'>", "</a>", "</A >", "</a\n>", "<abbr>", "</abbr>", "<a\n href=z>", "<b>",
+              "text", " ", "\n", "<", ">", "<ab", "</a", "click here"]
+    rnd = random.Random(5)
+    for _ in range(3000):
+        markup = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 14)))
+        assert links(_HTML_ANCHOR_RE, markup) == links(lazy, markup), markup
+        assert html_to_text(markup)[1] == [(h[h.index("=") + 1:].strip("'\""), t) for h, t in links(lazy, markup)], markup
+
+
 def test_urls_from_text_dedup_and_hosts():
     m = Message(mk("Subject: u", "see http://Example.COM:8080/path, www.site.example/x and http://example.com:8080/path, and http://[2001:db8::2]/z.\n"))
     assert [u.url for u in m.urls] == ["http://Example.COM:8080/path", "www.site.example/x", "http://example.com:8080/path", "http://[2001:db8::2]/z"]

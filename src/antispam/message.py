@@ -184,7 +184,11 @@ _IPV4_RE = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 _HTML_DROP_RE = re.compile(
     r"<!--.*?(?:-->|$)|<(script|style|head|title)\b[^>]*>.*?(?:</\1\s*>|$)", re.S | re.I
 )
-_HTML_ANCHOR_RE = re.compile(r"<a\b([^>]*)>(.*?)(?:</a\s*>|(?=<a\b)|$)", re.S | re.I)
+#: An anchor's text runs to its ``</a>``, to the next ``<a``, or to the end.  Written as an unrolled
+#: loop (runs of ``[^<]``, then one ``<`` that starts neither) rather than a lazy ``.*?`` that tries
+#: the three endings at every character: twice as fast on long anchors.  The one difference, a
+#: newline at the very end of the document kept in the text, goes with the anchor's blank-stripping.
+_HTML_ANCHOR_RE = re.compile(r"<a\b([^>]*)>([^<]*(?:<(?!/a\s*>|a\b)[^<]*)*)(?:</a\s*>|(?=<a\b)|$)", re.S | re.I)
 _HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _HTML_SRC_RE = re.compile(r"""<(?:img|form|iframe|area)\b[^>]*?\b(?:src|action|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _BLANKS_RE = re.compile(r"\n\s*\n+")
