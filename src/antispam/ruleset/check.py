@@ -27,10 +27,12 @@ options say what matched (the text, the URL host, what an eval found).
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import logging
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -164,9 +166,9 @@ def mime_header_text(msg: Message, name: str, accessor: str) -> str | None:
     return "\n".join(" ".join(v.split("\n")) for v in values)
 
 
+@lru_cache(maxsize=256)
 def _is_private(ip: str) -> bool:
-    import ipaddress
-
+    # Cached: each of the four X-Spam-Relays-* pseudo-headers walks the same relays in one scan.
     try:
         a = ipaddress.ip_address(ip)
     except ValueError:
