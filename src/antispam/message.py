@@ -76,6 +76,8 @@ class Limits:
     max_headers: int = 1000
     #: decoded text kept per part, and for the whole message, in characters
     max_text_chars: int = 1_000_000
+    #: distinct links kept (the first ones, in order): rules and lists cost per link
+    max_urls: int = 10_000
 
 
 DEFAULT_LIMITS = Limits()
@@ -872,6 +874,10 @@ class Message:
             if u not in seen:
                 seen.add(u)
                 out.append(Url(url=u, host=url_host(u), source="text"))
+        limit = self.limits.max_urls
+        if len(out) > limit:
+            self._skip(f"urls>{limit}")
+            del out[limit:]
         return tuple(out)
 
     @cached_property
