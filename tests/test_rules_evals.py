@@ -19,7 +19,7 @@ from antispam.ruleset.check import RuleHits, RulesCheck
 
 @pytest.fixture(scope="module")
 def check():
-    return RulesCheck(load_rules([default_rules_dir()]))
+    return RulesCheck(load_rules([default_rules_dir()], every_rule=True))  # the evals, scored or not
 
 
 def hits(check, raw: bytes) -> dict[str, int]:

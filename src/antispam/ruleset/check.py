@@ -40,7 +40,7 @@ from .. import fastscore
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
-from .compiler import CompiledRule, CompiledRules, compile_rules
+from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
 from .evals import EVALS, header_absent, header_count_over
 from .matcher import Matcher, make_matcher, max_width, scan_plain, single_line
 from .parser import parse_paths
@@ -213,13 +213,15 @@ class LoadedRules:
 
 def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = (), engine: str = "auto",
                skip_bad: bool = False, cache_dir: str | Path | None = None,
-               sa_pre_dirs: Sequence[str | Path] = ()) -> LoadedRules:
+               sa_pre_dirs: Sequence[str | Path] = (), every_rule: bool = False) -> LoadedRules:
     """Parse, compile and build the matcher.
 
     Errors in ``paths`` raise :class:`RuleError` listing all of them, unless
     ``skip_bad``.  Rules from ``sa_paths`` (a SpamAssassin rules directory)
     are foreign: those that cannot be used are left out and summarised in the
-    log, never fatal.
+    log, never fatal.  Rules scored 0 that no reported meta reads are not
+    evaluated (:func:`~.compiler.scored_only`) unless ``every_rule``, which
+    corpus statistics and score fitting ask for.
     """
     parsed = parse_paths([*paths, *sa_paths], pre_dirs=sa_pre_dirs)
     compiled = compile_rules(parsed, lenient_meta=bool(sa_paths))
@@ -235,6 +237,8 @@ def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = 
         r = compiled.report
         a, t, x = r.total()
         log.info("SpamAssassin rules: %d accepted, %d translated, %d refused", a, t, x)
+    if not every_rule:
+        compiled = scored_only(compiled)
     matcher = make_matcher(compiled, engine, cache_dir)
     kept = tuple(str(p) for p in compiled.problems if p.severity != "ignored" or not foreign(p.where))
     return LoadedRules(compiled, matcher, kept)
