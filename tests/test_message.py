@@ -82,6 +82,30 @@ def test_received_chain_parsed():
     assert r[3].ip == "2001:db8::1"
 
 
+def test_received_clauses_equal_the_sliced_definition():
+    """The from clause searched in place (up to ``by``) gives what searching a slice of it gave."""
+    import random
+
+    from antispam.message import _IPV4_RE, _RCVD_BY_RE, _RCVD_IP_RE, _RCVD_RDNS_RE
+
+    def reference(head: str):
+        by_m = _RCVD_BY_RE.search(head, head.find(" by ") if " by " in head else 0)
+        from_clause = head[: by_m.start()] if by_m else head
+        ip_m = _RCVD_IP_RE.search(from_clause)
+        rd = _RCVD_RDNS_RE.search(from_clause) if "[" in from_clause else None
+        return (ip_m.group(1) if ip_m else None, rd.group(1).lower() if rd else None, by_m.group(1).lower() if by_m else None)
+
+    pieces = ["from", " mail.example.com", " (", ")", " [192.0.2.1]", "[10.0.0.9]", " by", " BY", " By ", " by (", " by ",
+              "mx.example.org", " with ESMTP", " id 123", " (host.example.net [198.51.100.7])", " (HELO x)", "bye", " "]
+    rnd = random.Random(3)
+    for _ in range(3000):
+        head = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 10)))
+        r = Message(f"Received: {head}; Mon, 1 Jan 2024 10:00:00 +0000\n\nx".encode()).received[0]
+        ip, rdns, by = reference(r.raw.partition(";")[0])
+        helo_ip = r.helo if ip is None and r.helo and _IPV4_RE.fullmatch(r.helo) else None
+        assert (r.ip, r.rdns, r.by) == (ip or helo_ip, rdns, by), head
+
+
 def test_multipart_base64_qp_and_charsets():
     body = (
         "--XX\nContent-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable\n\n"

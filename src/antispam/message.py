@@ -667,7 +667,7 @@ class Message:
         """The Received chain, newest (closest to us) first."""
         relays = []
         for value in self.get_raw("Received"):
-            head = value.split(";", 1)[0]
+            head = value.partition(";")[0]
             m = _RCVD_FROM_RE.match(head)
             helo = m.group(1).strip("[]()") if m else None
             # Literal pre-checks first: most Received headers have no HELO clause, and an
@@ -676,14 +676,18 @@ class Message:
                 hm = _RCVD_HELO_RE.search(head)
                 if hm:
                     helo = hm.group(1) or hm.group(2)
-            # Only look for the IP in the "from" clause, before " by ".
-            by_m = _RCVD_BY_RE.search(head, head.find(" by ") if " by " in head else 0)
-            from_clause = head[: by_m.start()] if by_m else head
-            ip_m = _RCVD_IP_RE.search(from_clause)
+            # Only look for the IP in the "from" clause, before " by ".  The usual lower-case
+            # " by " is tried in place first; a search from there finds the same clause.
+            i = head.find(" by ")
+            by_m = _RCVD_BY_RE.match(head, i + 1) if i >= 0 else None
+            if by_m is None:
+                by_m = _RCVD_BY_RE.search(head, max(i, 0))
+            end = by_m.start() if by_m else len(head)  # the from clause is head[:end] (searched in place)
+            ip_m = _RCVD_IP_RE.search(head, 0, end)
             ip = ip_m.group(1) if ip_m else None
             if ip is None and helo and _IPV4_RE.fullmatch(helo):
                 ip = helo
-            rd = _RCVD_RDNS_RE.search(from_clause) if "[" in from_clause else None
+            rd = _RCVD_RDNS_RE.search(head, 0, end) if head.find("[", 0, end) >= 0 else None
             relays.append(Relay(ip=ip, rdns=rd.group(1).lower() if rd else None, helo=helo,
                                 by=by_m.group(1).lower() if by_m else None, raw=value))
         return tuple(relays)
