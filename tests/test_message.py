@@ -82,6 +82,27 @@ def test_received_chain_parsed():
     assert r[3].ip == "2001:db8::1"
 
 
+def test_head_body_split_is_at_the_first_empty_line_of_either_kind():
+    """The split reads only as far as it must, and finds the earliest LF or CRLF empty line."""
+    import random
+
+    from antispam.message import _split_head_body
+
+    def reference(data: bytes):
+        if data.startswith(b"\n") or data.startswith(b"\r\n"):
+            return b"", data[1 if data[:1] == b"\n" else 2 :], True
+        i, j = data.find(b"\n\n"), data.find(b"\n\r\n")
+        if j >= 0 and (i < 0 or j < i):
+            return data[:j], data[j + 3 :], True
+        return (data[:i], data[i + 2 :], True) if i >= 0 else (data, b"", False)
+
+    pieces = [b"\n", b"\r", b"\r\n", b"a", b"b: c", b" ", b"\n\n", b"\r\n\r\n", b"\n\r\n"]
+    rnd = random.Random(1)
+    for _ in range(20000):
+        data = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+        assert _split_head_body(data) == reference(data), data
+
+
 def test_received_clauses_equal_the_sliced_definition():
     """The from clause searched in place (up to ``by``) gives what searching a slice of it gave."""
     import random

@@ -430,8 +430,16 @@ def _split_head_body(data: bytes) -> tuple[bytes, bytes, bool]:
     """Split raw bytes at the first empty line.  Returns (head, body, had_separator)."""
     if data.startswith(b"\n") or data.startswith(b"\r\n"):
         return b"", data[1 if data[:1] == b"\n" else 2 :], True
-    i = data.find(b"\n\n")
-    j = data.find(b"\n\r\n")
+    # The earlier of an LF and a CRLF empty line.  The line ending of the first line says which
+    # to look for first; the other is then only looked for before it (a search for the one a
+    # message does not use would read the whole message).
+    nl = data.find(b"\n")
+    if nl > 0 and data[nl - 1] == 13:  # CRLF mail
+        j = data.find(b"\n\r\n", nl)
+        i = data.find(b"\n\n", nl, len(data) if j < 0 else j + 1)
+    else:
+        i = data.find(b"\n\n", max(nl, 0))
+        j = data.find(b"\n\r\n", max(nl, 0), len(data) if i < 0 else i + 2)
     if j >= 0 and (i < 0 or j < i):
         return data[:j], data[j + 3 :], True
     if i >= 0:
