@@ -65,3 +65,13 @@ def test_rules_scored_0_are_left_out_without_changing_a_hit(corpus):
         assert counts.items() <= all_counts.items(), m.name
         seen += len(all_counts) - len(counts)
     assert seen > 0, "some left-out rules would have hit: the saving is real work"
+
+
+def test_address_reader_equals_the_general_accessor(corpus):
+    from antispam.ruleset.check import _address_field, _header_value
+
+    for m in corpus[::4]:
+        msg = Message(m.data)
+        for h in ("from", "reply-to", "to", "cc", "x-absent"):
+            for acc in (("addr",), ("name",)):
+                assert _address_field(msg, h, acc) == _header_value(msg, h, acc), (m.name, h, acc)

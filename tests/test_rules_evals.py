@@ -49,6 +49,21 @@ def test_attachment_evals(check):
     h = hits(check, _mime("docs.zip", buf.getvalue(), "application/zip"))
     assert "AS_ARCHIVE_HIDES_EXE" in h and "AS_ATTACH_EXE" not in h
     assert not {"AS_ATTACH_EXE", "AS_ARCHIVE_HIDES_EXE", "AS_ATTACH_DOUBLE_EXT"} & set(hits(check, _mime("report.pdf", b"%PDF-1.4")))
+    assert "AS_ATTACH_RAR_ISO" in hits(check, _mime("photos.ISO", b"x"))
+    assert "AS_ATTACH_HTML" in hits(check, _mime("login.html", b"<html>", "text/html"))
+    assert "AS_ATTACH_OFFICE_MACRO" in hits(check, _mime("q3.xlsm", b"PK"))
+    h = hits(check, _mime("invoice.pdf          .exe", b"MZ"))
+    assert "AS_ATTACH_NAME_SPACES" in h and "AS_ATTACH_EXE" in h
+    assert "AS_CT_APP_OCTET_EXE" in hits(check, _mime("a.bin", b"MZ", "application/x-msdownload"))
+    plain = set(hits(check, _mime("notes.txt", b"hello", "text/plain")))
+    assert not {"AS_ATTACH_RAR_ISO", "AS_ATTACH_HTML", "AS_ATTACH_OFFICE_MACRO", "AS_ATTACH_NAME_SPACES",
+                "AS_CT_APP_OCTET_EXE"} & plain
+
+
+def test_header_spam_word_reads_header_names(check):
+    base = b"From: a@b.example\nTo: c@d.example\nSubject: hi\n"
+    assert "AS_HEADER_SPAM_WORD" in hits(check, base + b"x-advertisement: yes\n\nhi\n")
+    assert "AS_HEADER_SPAM_WORD" not in hits(check, base + b"X-Advertised: yes\n\nX-Advertisement: in the body\n")
 
 
 def test_header_evals(check):

@@ -29,6 +29,10 @@ def test_fit_respects_signs_bounds_and_ranks():
     assert 0.0 <= s["NOISE"] < s["SPAMMY"] / 3
     assert -4.0 <= s["NICE"] < 0
     assert s["RARE"] == 0.0
+    kept = dict(zip(names, fit_scores(X, y, names, nice={"NICE"}, max_score=4.0, prior=[9.0, 1.0, -1.0, 2.5]).scores))
+    assert kept["RARE"] == 2.5, "a rule too rare to fit keeps its hand-set score"
+    assert {k: v for k, v in kept.items() if k != "RARE"} == {k: v for k, v in s.items() if k != "RARE"}
+    assert fit_scores(X, y, names, nice={"NICE", "RARE"}, prior=[0, 0, 0, 2.5]).scores[3] == 0.0, "signs stand"
     e = evaluate(X, y, np.array(res.scores), threshold=5.0)
     assert e["spam_mean"] > e["ham_mean"]
     # a strong spam rule alone lands close to the threshold scale, not far past it

@@ -49,14 +49,17 @@ already says.  The maths:
 
 The result is a ``[scores]`` table in ``src/antispam/default.toml``, the
 embedded base layer of the configuration (a site file still overrides it).
-Symbols never seen on TRAIN keep their declared defaults; GTUBE and
-zero-scored informational symbols are not fitted.
+Symbols seen on fewer than ``MIN_HITS`` TRAIN messages keep their declared
+defaults (for rules, the hand-set score ``antispam rules fit`` also keeps): a
+weight fitted on one or two messages is the penalty's, not the data's.  GTUBE
+and zero-scored informational symbols are not fitted.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -66,6 +69,8 @@ import numpy as np
 from .config import Config
 from .corpus import LabelledMessage
 
+#: a symbol seen on fewer TRAIN messages keeps its declared score (as in ``antispam rules fit``)
+MIN_HITS = 3
 #: symbols never fitted: fixed by meaning, or informational
 FIXED = frozenset({"GTUBE", "CHECK_ERROR", "CHECK_TIMEOUT", "SCAN_LIMIT", "INPUT_ERROR", "STORE_UNAVAILABLE"})
 DEFAULT_TOML = Path(__file__).resolve().parent / "default.toml"
@@ -192,7 +197,8 @@ def design_matrix(rows: Sequence[dict[str, float]], z_clf: np.ndarray, config: C
     # Declared scores of the other symbols (an engine without the classifier: no model to load), and
     # the classifier's two sides, which are the only classifier columns.
     defaults = {name: sd.score for name, sd in Engine(_without_classifier(config)).symbols.items()} | DEFAULT_SIDE_SCORE
-    names = sorted({n for r in rows for n in r if n not in FIXED and defaults.get(n, 0.0) != 0.0})
+    seen = Counter(n for r in rows for n in r)
+    names = sorted(n for n, k in seen.items() if k >= MIN_HITS and n not in FIXED and defaults.get(n, 0.0) != 0.0)
     col = {n: i for i, n in enumerate(names)}
     X = np.zeros((len(rows), len(names)))
     for i, r in enumerate(rows):

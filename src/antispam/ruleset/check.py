@@ -153,6 +153,22 @@ def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None
     return "\n".join(values)
 
 
+def _address_field(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None:
+    """:func:`_header_value` for an ordinary header read as ``:addr`` or ``:name`` alone (From,
+    Reply-To...): the same text, without the general accessor's tests."""
+    pos = msg.header_index.get(lname)
+    if pos is None:
+        return None
+    headers = msg.headers
+    k = 1 if accs[0] == "addr" else 0
+    out = []
+    for i in pos:
+        addrs = split_addresses(headers[i][1])
+        if addrs:
+            out.append(addrs[0][k])
+    return "\n".join(out)
+
+
 def mime_header_text(msg: Message, name: str, accessor: str) -> str | None:
     """``mimeheader`` rules: the header in every MIME part (raw values), one per line; None when no part has it."""
     lname = name.lower()
@@ -280,6 +296,8 @@ class RulesCheck(Check):
                 reader, name_arg, acc_arg = _header_value, header_key(hname), tuple(a for a in acc.split("+") if a)
                 if not acc_arg and name_arg not in _PSEUDO:
                     reader = None
+                elif acc_arg in (("addr",), ("name",)) and name_arg not in _PSEUDO:
+                    reader = _address_field
             else:
                 reader, name_arg, acc_arg = mime_header_text, hname, acc
             self._headers.append((key, reader, name_arg, acc_arg, unset, tuple(ids), negs, empty_matches))

@@ -156,8 +156,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     yte = np.array([m.is_spam for m in test], dtype=float)
     by_name = check.compiled.by_name
     nice = {n for n in names if "nice" in by_name[n].tflags or by_name[n].score < 0}
-    res = fit_scores(Xtr, ytr, names, nice, lam=args.lam, max_score=args.max_score, ham_weight=args.ham_weight)
     hand = np.array([by_name[n].score for n in names])
+    res = fit_scores(Xtr, ytr, names, nice, lam=args.lam, max_score=args.max_score, ham_weight=args.ham_weight,
+                     prior=hand)
     fitted = np.array(res.scores)
     print(f"fitted {sum(s != 0 for s in res.scores)}/{len(names)} rules on TRAIN ({res.n_ham} ham, {res.n_spam} spam)")
     print(f"{'':18s} {'ham FPR':>9s} {'recall':>8s} {'ham mean':>9s} {'spam mean':>10s}   (rules alone, threshold 5)")

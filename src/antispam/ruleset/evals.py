@@ -75,6 +75,8 @@ class EvalFunc:
 
 
 EVALS: dict[str, EvalFunc] = {}
+#: the answer of an eval with options that did not hit (options are only written for a hit)
+_MISS: tuple[bool, list[str]] = (False, [])
 
 
 def register(name: str, kinds: tuple[str, ...] = (), args: tuple[type, ...] = (), required: int | None = None,
@@ -121,7 +123,7 @@ def subject_is_all_caps(msg: Message) -> bool:
 def many_recipients(msg: Message, n: int) -> tuple[bool, list[str]]:
     """More than ``n`` addresses in To and Cc together (a list blasted in the open)."""
     k = len(msg.to_addrs)
-    return k > n, [str(k)]
+    return (True, [str(k)]) if k > n else _MISS
 
 
 _MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -234,7 +236,7 @@ def date_skew_over(msg: Message, hours_future: float, hours_past: float) -> tupl
     if skew is None:
         return False, []
     h = skew / 3600.0
-    return (h > hours_future or -h > hours_past), [f"{h:+.1f}h"]
+    return (True, [f"{h:+.1f}h"]) if h > hours_future or -h > hours_past else _MISS
 
 
 _DOMAIN_IN_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
@@ -295,7 +297,7 @@ def html_text_ratio_below(msg: Message, ratio: float) -> tuple[bool, list[str]]:
     if len(html) < 400:
         return False, []
     r = len(msg.html_text) / len(html)
-    return r < ratio, [f"{r:.3f}"]
+    return (True, [f"{r:.3f}"]) if r < ratio else _MISS
 
 
 #: ``<img`` in any case: ASCII case folding finds exactly what ``"<img" in html.lower()`` finds
@@ -316,7 +318,7 @@ def html_image_only(msg: Message, lo: float, hi: float) -> tuple[bool, list[str]
     if not html or not _has_img(html):
         return False, []
     n = _visible_chars(msg)
-    return lo <= n < hi, [f"{n} chars"]
+    return (True, [f"{n} chars"]) if lo <= n < hi else _MISS
 
 
 def _visible_chars(msg: Message) -> int:
@@ -341,7 +343,7 @@ def body_caps_ratio_over(msg: Message, ratio: float) -> tuple[bool, list[str]]:
     if letters < 200:
         return False, []
     r = upper / letters
-    return r > ratio, [f"{r:.2f}"]
+    return (True, [f"{r:.2f}"]) if r > ratio else _MISS
 
 
 def _letter_counts(msg: Message) -> tuple[int, int]:
@@ -383,7 +385,7 @@ def uri_text_href_mismatch(msg: Message) -> tuple[bool, list[str]]:
 def uri_distinct_domains_over(msg: Message, n: int) -> tuple[bool, list[str]]:
     """Links to more than ``n`` distinct registrable domains."""
     doms = {_registrable(h) for h in msg.url_hosts if "." in h}
-    return len(doms) > n, [str(len(doms))]
+    return (True, [str(len(doms))]) if len(doms) > n else _MISS
 
 
 # --------------------------------------------------------------------------- attachments
@@ -431,6 +433,44 @@ def archive_hides_executable(msg: Message) -> tuple[bool, list[str]]:
                         return True, [f"{p.filename or 'archive'}:{info.filename}"]
         except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError, EOFError):
             continue
+    return False, []
+
+
+@register("attachment_extension", ("body", "rawbody", "full"), (str,))
+def attachment_extension(msg: Message, extensions: str) -> tuple[bool, list[str]]:
+    """A MIME part named with one of ``extensions`` (space-separated, no dots): archives and disk
+    images, HTML pages, macro documents.  The name is the parsed one (RFC 2231 and 2047 decoded),
+    from Content-Disposition's filename or Content-Type's name."""
+    wanted = extensions.lower().split()
+    for p in msg.parts:
+        if p.filename and _ext(p.filename.strip().strip('"')) in wanted:
+            return True, [p.filename]
+    return False, []
+
+
+_PADDING = {n: re.compile(r"\s{%d,}" % n) for n in range(1, 11)}
+
+
+@register("attachment_name_padded", ("body", "rawbody", "full"), (int,))
+def attachment_name_padded(msg: Message, n: int) -> tuple[bool, list[str]]:
+    """A MIME part whose name has a run of ``n`` or more blanks before its extension, which pushes
+    the real extension out of sight in a mail client (``invoice.pdf        .exe``)."""
+    pad = _PADDING.get(n) or re.compile(r"\s{%d,}" % max(n, 1))
+    for p in msg.parts:
+        f = p.filename
+        if f and "." in f and pad.search(f.rsplit(".", 1)[0]):
+            return True, [f.strip()[:60]]
+    return False, []
+
+
+@register("attachment_type", ("body", "rawbody", "full"), (str,))
+def attachment_type(msg: Message, types: str) -> tuple[bool, list[str]]:
+    """A MIME part declared as one of ``types`` (space-separated ``type/subtype``), e.g. the
+    content types of Windows programs."""
+    wanted = types.lower().split()
+    for p in msg.parts:
+        if p.content_type in wanted:
+            return True, [p.content_type]
     return False, []
 
 

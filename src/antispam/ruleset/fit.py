@@ -16,6 +16,12 @@ message whose log-odds are 0 (even odds) must score ``threshold``, so each
 weight is multiplied by ``k = threshold / -b`` (b < 0: mail is ham unless rules
 fire).  Scores are rounded to 0.001 and capped at ``max_score``.
 
+A rule seen fewer than ``min_hits`` times in training has nothing to teach: it
+takes no part in the regression, and its hand-set score (``prior``, the score in
+its rule file) is written unchanged, as SpamAssassin keeps the scores its
+mass-check cannot rate.  Writing 0 instead would silence it: an executable
+attachment or a password form is rare in a 2002 corpus, not harmless.
+
 Only TRAIN messages are used to fit; :func:`evaluate` reports false-positive
 rate and recall on any split, so the change can be read on TEST.
 """
@@ -56,13 +62,17 @@ def hit_matrix(check: RulesCheck, messages: Sequence[bytes]) -> tuple[np.ndarray
 
 def fit_scores(X: np.ndarray, y: np.ndarray, names: Sequence[str], nice: set[str], *, lam: float = 1.0,
                max_score: float = 4.0, threshold: float = 5.0, ham_weight: float = 20.0,
-               min_hits: int = 3) -> FitResult:
-    """Bounded, L2-regularised logistic regression; see the module docstring."""
+               min_hits: int = 3, prior: Sequence[float] | None = None) -> FitResult:
+    """Bounded, L2-regularised logistic regression; see the module docstring.
+
+    ``prior``: the hand-set score of each rule, kept for the rules seen fewer than
+    ``min_hits`` times (0 for all of them when not given).
+    """
     from ..fit import bounded_logistic
 
     sw = np.where(y > 0, 1.0, ham_weight)
     hits = X.sum(axis=0)
-    # A rule seen fewer than min_hits times in training has nothing to teach: fixed at 0.
+    # A rule seen fewer than min_hits times in training has nothing to teach: out of the regression.
     frozen = hits < min_hits
     limit = 3.0  # on the log-odds scale; scaled to max_score below
     bounds: list[tuple[float | None, float | None]] = []
@@ -77,6 +87,11 @@ def fit_scores(X: np.ndarray, y: np.ndarray, names: Sequence[str], nice: set[str
     w, b = bounded_logistic(X, y, sw, lam, bounds, normalize=False, b0=b0, maxiter=500)
     k = threshold / -b if b < -1e-6 else threshold
     scores = np.clip(np.round(w * k, 3), -max_score, max_score)
+    if prior is not None:
+        kept = np.clip(np.asarray(prior, dtype=np.float64), -max_score, max_score)
+        # the author's sign stands: a nice rule may not add, any other may not subtract
+        kept = np.where([n in nice for n in names], np.minimum(kept, 0.0), np.maximum(kept, 0.0))
+        scores = np.where(frozen, kept, scores)
     return FitResult(tuple(names), tuple(float(s) for s in scores), b, k, int((y == 0).sum()), int((y == 1).sum()))
 
 
