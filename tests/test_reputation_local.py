@@ -13,7 +13,8 @@ from antispam.store import open_store
 
 from .servers import free_port
 
-HAM = b"From: a@sender.example\nSubject: hello\n\nSee http://www.docs.example.org/page for the agenda.\n"
+HAM = (b"From: a@sender.example\nTo: b@rcpt.example\nSubject: hello\nDate: Tue, 24 Nov 2026 10:00:00 +0000\n"
+       b"Message-ID: <agenda-1@sender.example>\n\nSee http://www.docs.example.org/page for the agenda.\n")
 SPAM = b"From: x@spam.example\nSubject: win\n\nClick http://promo.badlinks.example/x now\n" + GTUBE
 
 
