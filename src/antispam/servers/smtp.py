@@ -47,6 +47,10 @@ XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 _PLAIN_PATH = re.compile(r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                          r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)", re.S)
 _UNAVAILABLE = {"[UNAVAILABLE]", "[TEMPUNAVAIL]", ""}
+#: handle_MAIL's answer when the next hop's reply comes with the following RCPT's
+_MAIL_DEFERRED = object()
+#: aiosmtpd's reply to a RCPT without an accepted MAIL
+_NEED_MAIL = "503 Error: need MAIL command"
 
 
 def _one_line(text: Any) -> str:
@@ -83,13 +87,21 @@ class FastSMTP(SMTP):
         self._groupable = command in _GROUPABLE
         return status
 
-    async def push(self, status: str | bytes) -> None:
+    def _next_line_here(self) -> bytes | None:
+        """The client's next command line if it has already arrived whole (pipelined), else None."""
+        buffer = getattr(self._reader, "_buffer", b"")
+        i = buffer.find(b"\n")
+        return None if i < 0 else bytes(buffer[:i + 1])
+
+    async def push(self, status: str | bytes, hold: bool = False) -> None:
         """aiosmtpd's push, holding a reply back while the client's next command is already
-        here (see the class docstring); any other reply flushes those held with it."""
+        here (see the class docstring), or when ``hold``; any other reply flushes those held
+        with it."""
         response = (status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") if isinstance(status, str)
                     else status) + b"\r\n"
-        groupable, self._groupable = self._groupable, False
-        if groupable and b"\n" in getattr(self._reader, "_buffer", b""):
+        if not hold:
+            hold, self._groupable = self._groupable and b"\n" in getattr(self._reader, "_buffer", b""), False
+        if hold:
             self._held += response
             return
         if self._held:
@@ -223,6 +235,8 @@ class _FilterSMTP(FastSMTP):
         self.xforward: dict[str, str] = {}
         #: this session's transaction at the next hop
         self.next_hop = _NextHop(server)
+        #: the reply to MAIL waits for the next hop's, to come with the RCPT's
+        self._mail_deferred = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -242,6 +256,22 @@ class _FilterSMTP(FastSMTP):
             self.filter._background.add(task)
             task.add_done_callback(self.filter._background.discard)
         super().connection_lost(error)
+
+    async def push(self, status: str | bytes, hold: bool = False) -> None:
+        """A deferred MAIL (see ``SmtpFilterServer.handle_MAIL``) is answered here, just before
+        the RCPT that follows it, with the next hop's own reply to MAIL."""
+        if status is _MAIL_DEFERRED:
+            self._groupable = False
+            self._mail_deferred = True
+            return
+        if self._mail_deferred:  # this is the reply to the RCPT line that was waiting
+            self._mail_deferred = False
+            mail_reply = await self.next_hop.deferred_mail_reply()
+            if not mail_reply.startswith("2"):
+                self.filter._mail_refused(self.envelope, mail_reply)
+                status = _NEED_MAIL
+            await super().push(mail_reply, hold=True)
+        await super().push(status, hold)
 
     async def _handle_client(self) -> None:
         refusal = self.filter._admit(self.session.peer)
@@ -360,7 +390,20 @@ class SmtpFilterServer(Server):
 
     async def handle_MAIL(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, mail_options: list[str]) -> str:
-        """Open the transaction at the next hop; its reply is ours."""
+        """Open the transaction at the next hop; its reply is ours.
+
+        When the client pipelined (RFC 2920) and its next command, already here, is a RCPT, the
+        MAIL is deferred to go with that RCPT: one round trip to the next hop for both (in one
+        write when the next hop announces PIPELINING too).  Our reply to MAIL is held until then
+        anyway, and is still the next hop's own.  Meanwhile the envelope counts the sender as
+        accepted; if the next hop refuses it, the RCPT is answered as aiosmtpd answers a RCPT
+        without MAIL, and the sender is forgotten (``_mail_refused``)."""
+        line = server._next_line_here()
+        if line is not None and line[:5].upper() == b"RCPT ":
+            server.next_hop.defer_mail(address, list(mail_options), dict(server.xforward))
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+            return _MAIL_DEFERRED  # type: ignore[return-value]  # answered by _FilterSMTP.push
         reply = await server.next_hop.mail(address, list(mail_options), dict(server.xforward))
         if reply.startswith("2"):
             envelope.mail_from = address
@@ -368,6 +411,13 @@ class SmtpFilterServer(Server):
         elif reply.startswith("4"):  # a 5xx is the next hop's policy, passed on; a 4xx may be ours to fix
             self._next_hop_refused("MAIL", reply)
         return reply
+
+    def _mail_refused(self, envelope: SmtpEnvelope, reply: str) -> None:
+        """The next hop refused a deferred MAIL: no sender, as if our MAIL had been refused."""
+        envelope.mail_from = None
+        envelope.mail_options.clear()
+        if reply.startswith("4"):
+            self._next_hop_refused("MAIL", reply)
 
     async def handle_RCPT(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -380,6 +430,8 @@ class SmtpFilterServer(Server):
         if envelope.rcpt_tos and self.scanner.profile_for(address) != self.scanner.profile_for(envelope.rcpt_tos[0]):
             return "452 4.5.3 Recipients with other spam settings: send in a separate transaction"
         reply = await server.next_hop.rcpt(address)
+        if server._mail_deferred and not (await server.next_hop.deferred_mail_reply()).startswith("2"):
+            return _NEED_MAIL  # the next hop refused the sender (see handle_MAIL)
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
@@ -561,7 +613,12 @@ class _SmtpClient:
         if "PIPELINING" not in self.extensions:
             return [await self.command(line) for line in lines]
         self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
-        return [await self.reply() for _ in lines]
+        replies = []
+        for _ in lines:
+            replies.append(await self.reply())
+            if replies[-1][0] == 421:  # the next hop is closing: no more replies
+                break
+        return replies
 
     async def data(self, payload: bytes) -> tuple[int, str, bool]:
         """The message and its end: (code, text, whether the transaction may still be open at
@@ -616,21 +673,41 @@ class _NextHop:
         self.conn: _SmtpClient | None = None
         #: a step is talking to the next hop
         self.busy = False
+        #: MAIL's arguments, kept to go with the following RCPT (``defer_mail``), and its reply
+        self.deferred: tuple[str, list[str], dict[str, str]] | None = None
+        self.mail_reply = ""
+
+    def defer_mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> None:
+        """Keep MAIL to send with the RCPT that follows (``SmtpFilterServer.handle_MAIL``)."""
+        self.deferred = (mail_from, mail_options, xforward)
+        self.mail_reply = ""
+
+    async def deferred_mail_reply(self) -> str:
+        """The next hop's reply to the deferred MAIL: sent with the RCPT that followed it, or
+        now, alone, when that RCPT was refused before it reached us (a syntax error)."""
+        if self.deferred is not None:
+            self.mail_reply = await self.mail(*self.deferred)
+        return self.mail_reply
 
     async def mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> str:
         self.busy = True
         try:
-            return await self._mail(mail_from, mail_options, xforward)
+            return (await self._mail(mail_from, mail_options, xforward))[0]
         finally:
             self.busy = False
 
-    async def _mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> str:
+    async def _mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str],
+                    rcpt: str | None = None) -> tuple[str, str]:
+        """Open a transaction: the replies to MAIL and, when ``rcpt`` is given, to its RCPT (the
+        next hop's, or ours when MAIL was refused), pipelined when the next hop allows it."""
+        self.deferred = None
         await self._end()  # a transaction our client dropped without RSET (EHLO, a refused DATA)
         for _ in (0, 1):
             try:
                 conn, kept = await self.server._borrow()
             except (OSError, TimeoutError, NextHopError) as exc:
-                return _unavailable(exc)
+                return _unavailable(exc), _NEED_MAIL
+            pipelined = rcpt is not None and "PIPELINING" in conn.extensions
             try:
                 wanted = {o.upper() for o in mail_options}
                 options = [o for o, ext in (("BODY=8BITMIME", "8BITMIME"), ("SMTPUTF8", "SMTPUTF8"))
@@ -640,12 +717,15 @@ class _NextHop:
                 # time; its reply does not matter (the next hop ignores what it does not allow).
                 if xforward and "XFORWARD" in conn.extensions:
                     lines.insert(0, "XFORWARD " + " ".join(f"{k}={v}" for k, v in xforward.items()))
-                code, msg = (await conn.commands(lines))[-1]
+                if pipelined:
+                    lines.append(f"RCPT TO:{_path(rcpt)}")  # type: ignore[arg-type]
+                replies = await conn.commands(lines)
+                code, msg = replies[len(lines) - 1 - pipelined] if len(replies) == len(lines) else replies[-1]
             except (OSError, TimeoutError, NextHopError) as exc:
                 self.server._discard(conn)
                 if kept:  # the next hop closed the kept connection meanwhile: once more, on a new one
                     continue
-                return _unavailable(exc)
+                return _unavailable(exc), _NEED_MAIL
             except BaseException:
                 self.server._discard(conn)
                 raise
@@ -655,14 +735,22 @@ class _NextHop:
                     continue
             elif code == 250:
                 self.conn = conn
+                if rcpt is None:
+                    return _reply(code, msg), ""
+                if pipelined:
+                    return _reply(code, msg), self._rcpt_reply(*replies[-1])
+                return _reply(code, msg), await self._rcpt(rcpt)
             else:
                 self.server._give_back(conn)  # sender refused: no transaction was opened
-            return _reply(code, msg)
-        return "451 4.4.1 Next hop unavailable, try again later"
+            return _reply(code, msg), _NEED_MAIL
+        return "451 4.4.1 Next hop unavailable, try again later", _NEED_MAIL
 
     async def rcpt(self, address: str) -> str:
         self.busy = True
         try:
+            if self.deferred is not None:  # MAIL and this RCPT in one round trip
+                self.mail_reply, reply = await self._mail(*self.deferred, rcpt=address)
+                return reply
             return await self._rcpt(address)
         finally:
             self.busy = False
@@ -678,6 +766,9 @@ class _NextHop:
         except BaseException:
             self._lose()
             raise
+        return self._rcpt_reply(code, msg)
+
+    def _rcpt_reply(self, code: int, msg: str) -> str:
         if code == 421:
             self._lose()
         return _reply(code, msg)
