@@ -528,3 +528,27 @@ def test_sender_the_next_hop_refuses_mid_pipeline(hop_pipelines):
     finally:
         f.stop()
         sink.down()
+
+
+def test_idle_client_is_dropped_after_timeout_counted_from_its_last_command(sink):
+    """The idle timeout runs from the last command: a client that keeps talking stays past it,
+    one that goes quiet is disconnected once it has passed."""
+    f = start(sink, timeout=1)
+    try:
+        c = socket.create_connection(("127.0.0.1", f.port), timeout=10)
+        fh = c.makefile("rb")
+        _replies(fh, 1)
+        t0 = time.monotonic()
+        for cmd in (b"EHLO client.test", b"NOOP", b"NOOP", b"NOOP"):
+            c.sendall(cmd + b"\r\n")
+            assert _replies(fh, 1)[0].startswith(b"250")
+            time.sleep(0.6)
+        assert time.monotonic() - t0 > 2.0  # twice the timeout, and still served:
+        c.sendall(b"NOOP\r\n")
+        assert _replies(fh, 1)[0].startswith(b"250")
+        t1 = time.monotonic()
+        assert fh.readline() == b""  # then silence: closed
+        assert 0.8 < time.monotonic() - t1 < 3.0
+        c.close()
+    finally:
+        f.stop()

@@ -406,7 +406,7 @@ def split_headers(raw: bytes) -> tuple[bytes, bytes]:
         i = raw.find(sep)
         if i >= 0:
             other = b"\n\n" if sep == b"\r\n\r\n" else b"\r\n\r\n"
-            j = raw.find(other)
+            j = raw.find(other, 0, i + len(other) - 1)  # only an earlier one matters: not the whole body
             if j >= 0 and j < i:
                 sep, i = other, j
             return raw[:i], raw[i + len(sep):]

@@ -79,6 +79,27 @@ class FastSMTP(SMTP):
 
     #: replies held back for the rest of their pipelined group (RFC 2920 section 3.2 (6))
     _held = b""
+    #: when the connection times out (loop time), unless a command comes first
+    _deadline = 0.0
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """The idle timeout, pushed back at every command.  aiosmtpd cancels its timer and arms
+        a new one each time; here the timer stays, and when it fires before the deadline (a
+        command came meanwhile) it is armed again for what is left: a timer a ``timeout`` rather
+        than one per command, the same moment of closing."""
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._on_deadline)
+        else:
+            self._timeout_handle.cancel()  # fired: marked so that the next reset arms a new one
+            self._timeout_cb()
     #: the reply being pushed answers a command that may stand mid-group
     _groupable = False
 
@@ -556,6 +577,9 @@ class _SmtpClient:
         self.timeout = timeout
         #: EHLO keywords, upper case
         self.extensions: set[str] = set()
+        #: when the reply being awaited is late (loop time), None when none is; see ``reply``
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def connect(cls, host: str, port: int, helo: str, timeout: float) -> "_SmtpClient":
@@ -577,9 +601,12 @@ class _SmtpClient:
         return c
 
     def closed(self) -> bool:
-        return self.reader.at_eof() or self.writer.is_closing()
+        return self.reader.at_eof() or self.writer.is_closing() or self.reader.exception() is not None
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.writer.close()
 
     async def quit(self) -> None:
@@ -590,9 +617,18 @@ class _SmtpClient:
             self.close()
 
     async def reply(self) -> tuple[int, str]:
-        """One reply: its code and its text (lines joined with newlines)."""
+        """One reply: its code and its text (lines joined with newlines).
+
+        The wait is bounded by ``timeout`` without a timer per reply (``asyncio.timeout`` arms
+        and cancels one each time, a few per message): the deadline is noted, and one timer per
+        connection, re-armed only when it fires early, ends a wait that outlives it by failing
+        the stream with TimeoutError (the connection is then dropped, as after any timeout)."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self.timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check_deadline, loop)
         lines = []
-        async with asyncio.timeout(self.timeout):
+        try:
             while True:
                 line = await self.reader.readline()
                 if not line.endswith(b"\n"):
@@ -602,6 +638,17 @@ class _SmtpClient:
                 lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
                 if line[3:4] != b"-":
                     return int(line[:3]), "\n".join(lines)
+        finally:
+            self._deadline = None
+
+    def _check_deadline(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._deadline is None:  # no reply awaited: the next one arms the timer again
+            return
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._check_deadline, loop)
+        else:
+            self.reader.set_exception(TimeoutError("the next hop did not answer in time"))
 
     async def command(self, line: str) -> tuple[int, str]:
         self.writer.write(line.encode("utf-8") + b"\r\n")
