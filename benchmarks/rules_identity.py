@@ -5,6 +5,10 @@ options, as JSON lines; run it once with the old tree and once with the new one 
 the files (``cmp``).  Used to prove that a speed-up changes no hit.
 
     python benchmarks/rules_identity.py --src src --out new.jsonl [--sa /usr/share/spamassassin] [--engine python]
+                                        [--every-rule]
+
+``--every-rule`` evaluates the rules scored 0 that no reported meta reads too (as ``rules stats``
+does), so that their counts are compared as well.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ def main() -> int:
     ap.add_argument("--sa", default="")
     ap.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "python"))
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--every-rule", action="store_true")
     a = ap.parse_args()
     sys.path.insert(0, a.src)
     from antispam.check import ScanContext
@@ -31,7 +36,9 @@ def main() -> int:
     from antispam.resources import default_rules_dir
     from antispam.ruleset.check import RuleHits, RulesCheck, load_rules
 
-    kw = dict(sa_paths=[a.sa], sa_pre_dirs=["/etc/spamassassin"] if Path("/etc/spamassassin").is_dir() else []) if a.sa else {}
+    kw: dict = dict(sa_paths=[a.sa], sa_pre_dirs=["/etc/spamassassin"] if Path("/etc/spamassassin").is_dir() else []) if a.sa else {}
+    if a.every_rule:
+        kw["every_rule"] = True
     check = RulesCheck(load_rules([default_rules_dir()], engine=a.engine, cache_dir="/tmp/antispam-rules-cache", **kw))
     msgs = load_labelled(default_corpus_dir() or "/work/shared/corpora/spamassassin")
     if a.limit:

@@ -230,6 +230,9 @@ def test_scan_limit_symbol():
     cfg = Config.load(overrides={"limits": {"max_bytes": 100}})
     v = Engine(cfg).scan(b"Subject: x\n\n" + b"y" * 500)
     assert v.has("SCAN_LIMIT") and v.skipped == ("bytes>100",)
+    links = " ".join(f"http://h{i}.example/" for i in range(40))
+    v = Engine(Config.load(overrides={"limits": {"max_urls": 25}})).scan(f"Subject: x\n\n{links}\n".encode())
+    assert v.has("SCAN_LIMIT") and v.skipped == ("urls>25",)
 
 
 def test_mime_defects_become_symbols():

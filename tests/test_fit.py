@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from antispam import Config, Engine
-from antispam.fit import bounded_logistic, _recall_at_fpr, fit_scores, write_default_toml
+from antispam.fit import bounded_logistic, _recall_at_fpr, fit_scores, smoothed_threshold, write_default_toml
 
 
 def test_bounded_logistic_respects_signs_and_separates():
@@ -29,6 +29,25 @@ def test_operating_point():
     assert t > 0.9 and recall == 0.5 and fpr == 0.0
     t, recall, fpr = _recall_at_fpr(z, y, 0.25)     # one ham in four may pass
     assert recall == 1.0 and fpr == 0.25
+
+
+def test_smoothed_threshold_is_the_quantile_at_any_sample_size():
+    rng = np.random.default_rng(1)
+    # ham decision values from a logistic distribution: its 99.8% quantile is ln(0.998 / 0.002)
+    exact = float(np.log(0.998 / 0.002))
+    for n in (2_500, 3_100, 40_000):
+        estimates = [smoothed_threshold(rng.logistic(size=n), 0.002) for _ in range(40)]
+        assert abs(np.mean(estimates) - exact) < 0.25, n
+    # it weighs the top few values smoothly: between the order statistics around the quantile,
+    # and moving with each of them (the plain order statistic sees only one)
+    ham = np.arange(1000, dtype=float)
+    t = smoothed_threshold(ham, 0.01)
+    assert 985.0 < t < 994.0
+    bumped = ham.copy()
+    bumped[-5] += 10.0
+    assert smoothed_threshold(bumped, 0.01) > t
+    assert _recall_at_fpr(np.concatenate([bumped, [2000.0]]), np.r_[np.zeros(1000), 1], 0.01)[0] == \
+        _recall_at_fpr(np.concatenate([ham, [2000.0]]), np.r_[np.zeros(1000), 1], 0.01)[0]
 
 
 def test_fit_on_a_corpus_sample_writes_a_loadable_layer(corpus_train, tmp_path, monkeypatch):

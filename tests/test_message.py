@@ -82,6 +82,51 @@ def test_received_chain_parsed():
     assert r[3].ip == "2001:db8::1"
 
 
+def test_head_body_split_is_at_the_first_empty_line_of_either_kind():
+    """The split reads only as far as it must, and finds the earliest LF or CRLF empty line."""
+    import random
+
+    from antispam.message import _split_head_body
+
+    def reference(data: bytes):
+        if data.startswith(b"\n") or data.startswith(b"\r\n"):
+            return b"", data[1 if data[:1] == b"\n" else 2 :], True
+        i, j = data.find(b"\n\n"), data.find(b"\n\r\n")
+        if j >= 0 and (i < 0 or j < i):
+            return data[:j], data[j + 3 :], True
+        return (data[:i], data[i + 2 :], True) if i >= 0 else (data, b"", False)
+
+    pieces = [b"\n", b"\r", b"\r\n", b"a", b"b: c", b" ", b"\n\n", b"\r\n\r\n", b"\n\r\n"]
+    rnd = random.Random(1)
+    for _ in range(20000):
+        data = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+        assert _split_head_body(data) == reference(data), data
+
+
+def test_received_clauses_equal_the_sliced_definition():
+    """The from clause searched in place (up to ``by``) gives what searching a slice of it gave."""
+    import random
+
+    from antispam.message import _IPV4_RE, _RCVD_BY_RE, _RCVD_IP_RE, _RCVD_RDNS_RE
+
+    def reference(head: str):
+        by_m = _RCVD_BY_RE.search(head, head.find(" by ") if " by " in head else 0)
+        from_clause = head[: by_m.start()] if by_m else head
+        ip_m = _RCVD_IP_RE.search(from_clause)
+        rd = _RCVD_RDNS_RE.search(from_clause) if "[" in from_clause else None
+        return (ip_m.group(1) if ip_m else None, rd.group(1).lower() if rd else None, by_m.group(1).lower() if by_m else None)
+
+    pieces = ["from", " mail.example.com", " (", ")", " [192.0.2.1]", "[10.0.0.9]", " by", " BY", " By ", " by (", " by ",
+              "mx.example.org", " with ESMTP", " id 123", " (host.example.net [198.51.100.7])", " (HELO x)", "bye", " "]
+    rnd = random.Random(3)
+    for _ in range(3000):
+        head = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 10)))
+        r = Message(f"Received: {head}; Mon, 1 Jan 2024 10:00:00 +0000\n\nx".encode()).received[0]
+        ip, rdns, by = reference(r.raw.partition(";")[0])
+        helo_ip = r.helo if ip is None and r.helo and _IPV4_RE.fullmatch(r.helo) else None
+        assert (r.ip, r.rdns, r.by) == (ip or helo_ip, rdns, by), head
+
+
 def test_multipart_base64_qp_and_charsets():
     body = (
         "--XX\nContent-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable\n\n"
@@ -153,6 +198,10 @@ def test_limits_are_reported_not_raised():
     many = "".join(f"X-H{i}: v\n" for i in range(50))
     m = Message(mk(many), limits=Limits(max_headers=10)).parse_all()
     assert len(m.headers) == 10 and "HEADER_TOO_MANY" in m.defects
+    links = " ".join(f"http://h{i}.example/" for i in range(30))
+    m = Message(mk("Content-Type: text/plain", links), limits=Limits(max_urls=12)).parse_all()
+    assert [u.host for u in m.urls] == [f"h{i}.example" for i in range(12)] and "urls>12" in m.skipped
+    assert Message(mk("Content-Type: text/plain", links)).parse_all().skipped == ()
 
 
 def test_html_to_text_drops_invisible_markup_and_finds_links():
@@ -163,6 +212,34 @@ def test_html_to_text_drops_invisible_markup_and_finds_links():
     assert "Hello" in text and "& bye" in text and "var x" not in text and "hidden" not in text and "T" not in text.split()
     assert ("http://a.example/x?q=1&r=2", "Click here") in links
     assert ("http://img.example/i.gif", "") in links and ("http://f.example/post", "") in links
+
+
+def test_anchor_texts_equal_the_lazy_definition():
+    """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
+    import random
+    import re
+
+    from antispam import fastscore
+    from antispam.message import _HTML_ANCHOR_RE, _HTML_HREF_RE, _HTML_TAG_RE
+
+    lazy = re.compile(r"<a\b([^>]*)>(.*?)(?:</a\s*>|(?=<a\b)|$)", re.S | re.I)
+
+    def links(rx, markup):
+        out = []
+        for m in rx.finditer(markup):
+            h = _HTML_HREF_RE.search(m.group(1))
+            if h:
+                anchor = _HTML_TAG_RE.sub("", m.group(2))
+                out.append((h.group(0), fastscore.impl.collapse_blanks(anchor).strip()))
+        return out
+
+    pieces = ["<a href=x>", "<A HREF='y'>", "</a>", "</A >", "</a\n>", "<abbr>", "</abbr>", "<a\n href=z>", "<b>",
+              "text", " ", "\n", "<", ">", "<ab", "</a", "click here"]
+    rnd = random.Random(5)
+    for _ in range(3000):
+        markup = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 14)))
+        assert links(_HTML_ANCHOR_RE, markup) == links(lazy, markup), markup
+        assert html_to_text(markup)[1] == [(h[h.index("=") + 1:].strip("'\""), t) for h, t in links(lazy, markup)], markup
 
 
 def test_urls_from_text_dedup_and_hosts():

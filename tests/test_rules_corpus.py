@@ -45,3 +45,23 @@ def test_default_rules_rarely_fire_strongly_on_ham(corpus_train):
     ham_mean = sum(total(m) for m in ham) / len(ham)
     assert ham_high < 0.01
     assert spam_mean > ham_mean + 2
+
+
+def test_rules_scored_0_are_left_out_without_changing_a_hit(corpus):
+    """Rules that report nothing and feed no reported meta are not evaluated; every reported hit stays."""
+    every = RulesCheck(load_rules([default_rules_dir()], every_rule=True))
+    scored = RulesCheck(load_rules([default_rules_dir()]))
+    c = scored.compiled
+    evaluated = {i for ids in c.groups.values() for i in ids} | set(c.evals) | set(c.exists) | {i for i, _ in c.metas}
+    assert 0 < len(evaluated) < len(c.rules), "the shipped scores leave some rules out"
+    assert c.digest != every.compiled.digest, "the two sets of databases are cached apart"
+    for i in evaluated:
+        r = c.rules[i]
+        assert r.emitted or any(i in c.rules[m].deps for m in evaluated), r.name
+    seen = 0
+    for m in corpus[::10]:
+        (all_counts, all_hits), (counts, hits) = _hits(every, m.data), _hits(scored, m.data)
+        assert hits == all_hits, m.name
+        assert counts.items() <= all_counts.items(), m.name
+        seen += len(all_counts) - len(counts)
+    assert seen > 0, "some left-out rules would have hit: the saving is real work"

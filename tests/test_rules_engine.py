@@ -250,3 +250,33 @@ def test_rule_longer_than_hyperscan_allows_runs_in_pieces(tmp_path):
         for check in (hs, py):
             v = Engine(checks=[check]).scan(b"Subject: x\n\n" + body)
             assert ("T_LONG" in v.symbols) is hit, (check.matcher.name, body)
+
+
+def test_scored_only_keeps_what_reported_rules_read():
+    from antispam.ruleset import compile_rules
+    from antispam.ruleset.compiler import scored_only
+    from antispam.ruleset.parser import Parser
+
+    p = Parser()
+    p.read_text(r"""
+body  T_DEAD      /dead/
+score T_DEAD      0
+body  T_FED       /fed/
+score T_FED       0
+body  __T_SUB     /sub/
+body  __T_UNUSED  /unused/
+meta  T_META      T_FED && __T_SUB
+score T_META      2
+body  T_PLAIN     /plain/
+meta  T_SILENT    T_DEAD || T_PLAIN
+score T_SILENT    0
+header T_HDR      Subject =~ /x/
+score T_HDR       0
+""", "t.cf")
+    full = compile_rules(p.finish())
+    live = scored_only(full)
+    kept = {full.rules[i].name for ids in live.groups.values() for i in ids} | {full.rules[i].name for i, _ in live.metas}
+    assert kept == {"T_FED", "__T_SUB", "T_META", "T_PLAIN"}
+    assert [r.name for r in live.rules] == [r.name for r in full.rules], "ids unchanged"
+    assert not any(k.startswith("hdr:") for k in live.groups), "a header group with no rule left is dropped"
+    assert live.digest != full.digest

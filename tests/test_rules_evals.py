@@ -19,7 +19,7 @@ from antispam.ruleset.check import RuleHits, RulesCheck
 
 @pytest.fixture(scope="module")
 def check():
-    return RulesCheck(load_rules([default_rules_dir()]))
+    return RulesCheck(load_rules([default_rules_dir()], every_rule=True))  # the evals, scored or not
 
 
 def hits(check, raw: bytes) -> dict[str, int]:
@@ -105,3 +105,24 @@ def test_parse_date_fast_path_equals_parsedate_tz(corpus):
     assert fast > 1000  # the fast path is the one taken
     for v in DATE_EDGES:
         assert parse_date(v) == parsedate_tz(v), v
+
+
+def test_epoch_seconds_equals_mktime_tz(corpus):
+    from email.utils import mktime_tz
+
+    from antispam.ruleset.evals import epoch_seconds, parse_date
+
+    stamps = [r.raw[r.raw.rfind(";") + 1 :].strip() for m in corpus[::5] for r in Message(m.data).received if ";" in r.raw]
+    parsed = [t for t in map(parse_date, stamps + DATE_EDGES) if t is not None]
+    # month ends, a leap day, day numbers past the month's end (timegm counts on), a zone-less date
+    parsed += [(2024, 2, 29, 23, 59, 59, 0, 1, -1, -3600), (2002, 12, 31, 0, 0, 0, 0, 1, -1, 50400),
+               (2002, 2, 31, 1, 2, 3, 0, 1, -1, 0), (2002, 8, 1, 12, 0, 0, 0, 1, -1, None)]
+    assert len(parsed) > 1000
+    for t in parsed:
+        try:
+            want = mktime_tz(t)
+        except (OverflowError, ValueError) as exc:
+            with pytest.raises(type(exc)):
+                epoch_seconds(t)
+            continue
+        assert epoch_seconds(t) == want, t

@@ -7,6 +7,8 @@
   window, anchors, many candidate ends, candidates that are not matches).
 * The body buffer's paragraph split equals the one-regex substitution it replaced.
 * The letter and visible-character counts of the evals equal straightforward counts.
+* A hit's options (the leftmost match's text) found by a search that starts near a known
+  match end equal those of a search from the top of the buffer.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import pytest
 
 from antispam.ruleset import compile_rules
 from antispam.ruleset import evals as E
-from antispam.ruleset.check import body_text
-from antispam.ruleset.matcher import NEAR_MAX_ENDS, HyperscanMatcher, PythonMatcher, drop_anchors, hyperscan_available
+from antispam.check import ScanContext
+from antispam.config import Config
+from antispam.message import Message
+from antispam.ruleset.check import LoadedRules, RulesCheck, body_text
+from antispam.ruleset.matcher import (NEAR_MAX_ENDS, HyperscanMatcher, PythonMatcher, drop_anchors, hyperscan_available,
+                                      make_matcher, max_width)
 from antispam.ruleset.parser import Parser
 
 NEAR_RULES = r"""
@@ -59,6 +65,47 @@ def test_confirm_near_match_ends_equals_full_search():
     many = b" ".join([b"f r e e"] * (NEAR_MAX_ENDS + 5)) + b" fr ee"
     for text in _texts(3000) + [many]:
         assert hs.scan("body", text) == py.scan("body", text), text
+
+
+OPTION_RULES = r"""
+body  T_BOUNDED   /\b(?:fr\s?ee|ca\s?sh)\w{0,3}\b/i
+body  T_BEHIND    /(?<=x)win\w?/
+body  T_UNBOUNDED /\bwin\s+\w+/
+body  T_ACROSS    /cash[\s\S]{0,20}win/
+"""
+
+
+def test_max_width():
+    assert max_width(rb"\bfr\s?ee\w{0,3}\b", 0) == 8
+    assert max_width(rb"(?<=xyz)a", 0) == 1, "a look-behind is not part of the match"
+    assert max_width(rb"a\s+b", 0) is None
+    assert max_width(rb"(unbalanced", 0) is None
+
+
+@pytest.mark.parametrize("engine", ["hyperscan", "python"])
+def test_options_from_near_a_match_end_equal_a_search_from_the_top(engine):
+    if engine == "hyperscan" and not hyperscan_available():
+        pytest.skip("hyperscan not installed")
+    compiled = _compiled(OPTION_RULES)
+    check = RulesCheck(LoadedRules(compiled, make_matcher(compiled, engine), ()))
+    assert {compiled.rules[i].name for i in check._max_width} >= {"T_BOUNDED", "T_BEHIND", "T_ACROSS"}
+    rx = {r.name: re.compile(r.py, r.py_flags) for r in compiled.rules}
+    rnd = random.Random(11)
+    words = ["free", "fr ee", "FREEdom", "cash", "ca sh", "cashier", "win", "xwin", "xwinx", "win now", "a", "bb",
+             "the", "1234"]
+    checked = 0
+    for _ in range(600):
+        # long lines: the search window matters only when the first match is far from the line start
+        lines = [" ".join(rnd.choice(words) for _ in range(rnd.randint(1, 80))) for _ in range(rnd.randint(1, 3))]
+        raw = ("Subject: t\n\n" + "\n\n".join(lines) + "\n").encode()
+        msg = Message(raw)
+        buf = body_text(msg).encode()
+        for hit in check.run(msg, ScanContext(msg.envelope, Config())):
+            m = rx[hit.symbol].search(buf)
+            assert m is not None
+            assert hit.options == (m.group(0).decode().strip(),), (hit.symbol, buf)
+            checked += 1
+    assert checked > 500
 
 
 def test_drop_anchors_keeps_escaped_and_class_bytes():

@@ -226,3 +226,15 @@ def test_version_5_list_mail_conjunctions():
     assert lst(mail(b"Mailing-List: contact talk-help@lists.example\n", html=True)) == ["list:html", "list:new:html"]
     assert lst(mail(listed, html=False)) == []
     assert lst(mail(b"", html=True)) == []
+
+
+def test_version_6_list_membership_is_not_a_token():
+    raw = (b"From: a@b.example\nTo: talk@lists.example\nList-Id: <talk.lists.example>\n"
+           b"List-Unsubscribe: <mailto:leave@lists.example>\nPrecedence: list\nSubject: s\n"
+           b"Content-Type: text/html\n\n<p>buy now</p>\n")
+    meta = meta_tokens(Message(raw))
+    # which lists a mailbox is on says nothing about a message: no presence token, no hname: token
+    assert not [t for t in meta if "list-id" in t or "list-unsubscribe" in t]
+    # the sender-side precedence and the list conjunctions stay
+    assert "header:precedence" in meta and "header:precedence:list" in meta
+    assert "list:html" in meta and "list:new:html" in meta

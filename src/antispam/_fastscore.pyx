@@ -567,3 +567,122 @@ def paragraph_lines(str text):
         return PyUnicode_FromKindAndData(u.kind, b, k)
     finally:
         free(b)
+
+
+# ---- header kernel ---------------------------------------------------------------------------
+# The header block split into fields; the definition is the twin's regex, followed exactly.
+
+cdef inline bint _is_field_name(Py_UCS4 c) noexcept nogil:
+    # [!-9;-~]: printable ASCII but the colon
+    return 33 <= c <= 126 and c != 58
+
+
+def header_fields(str block):
+    """``[(name, value)]`` of a header block with LF line ends (see the twin).
+
+    Line by line, as the twin's ``^``-anchored pattern reads it: the name is the run of
+    name characters at the line start (a shorter run would be followed by a name
+    character, never by the blanks or colon the pattern needs next), the value starts
+    after the colon's blanks and ends at the line's last non-white-space character.
+    Unfolding (a line break before a space or tab removed) is done as the text is
+    copied, in the block's own storage width.
+    """
+    cdef UStr u = _ustr(block)
+    cdef Py_ssize_t n = u.n, i, j, k, e, ve, m = 0
+    cdef Py_UCS4 c
+    cdef list out = []
+    cdef void* b
+    cdef UStr v
+    cdef str text
+    if n == 0:
+        return out
+    # Unfold into a copy (when there is anything to unfold): drop each "\n" followed by " " or "\t".
+    if "\n " in block or "\n\t" in block:
+        b = malloc(n * u.kind)
+        if b == NULL:
+            raise MemoryError()
+        try:
+            if u.kind == 1:
+                m = _unfold_1(<const unsigned char*>u.data, n, <unsigned char*>b)
+            else:
+                for i in range(n):
+                    c = _at(&u, i)
+                    if c == 10 and i + 1 < n and (_at(&u, i + 1) == 32 or _at(&u, i + 1) == 9):
+                        continue
+                    _put(b, u.kind, m, c)
+                    m += 1
+            text = PyUnicode_FromKindAndData(u.kind, b, m)
+        finally:
+            free(b)
+    else:
+        text = block
+    v = _ustr(text)
+    n = v.n
+    if v.kind == 1:
+        return _fields_1(text, <const unsigned char*>v.data, n)
+    i = 0
+    while i < n:
+        j = i
+        while j < n and _is_field_name(_at(&v, j)):
+            j += 1
+        e = j
+        if j > i:
+            k = j
+            while k < n and (_at(&v, k) == 32 or _at(&v, k) == 9):
+                k += 1
+            if k < n and _at(&v, k) == 58:  # :
+                k += 1
+                while k < n and (_at(&v, k) == 32 or _at(&v, k) == 9):
+                    k += 1
+                e = k
+                while e < n and _at(&v, e) != 10:
+                    e += 1
+                ve = e
+                while ve > k and Py_UNICODE_ISSPACE(_at(&v, ve - 1)):
+                    ve -= 1
+                out.append((text[i:j], text[k:ve]))
+        while e < n and _at(&v, e) != 10:  # on to the next line
+            e += 1
+        i = e + 1
+    return out
+
+
+cdef Py_ssize_t _unfold_1(const unsigned char* s, Py_ssize_t n, unsigned char* out) noexcept nogil:
+    # the unfolding copy over one-byte storage; returns the length written
+    cdef Py_ssize_t i, m = 0
+    for i in range(n):
+        if s[i] == 10 and i + 1 < n and (s[i + 1] == 32 or s[i + 1] == 9):
+            continue
+        out[m] = s[i]
+        m += 1
+    return m
+
+
+cdef list _fields_1(str text, const unsigned char* s, Py_ssize_t n):
+    # header_fields over one-byte (Latin-1) storage: the same steps on plain bytes
+    cdef Py_ssize_t i = 0, j, k, e, ve
+    cdef list out = []
+    while i < n:
+        j = i
+        while j < n and 33 <= s[j] <= 126 and s[j] != 58:
+            j += 1
+        e = j
+        if j > i:
+            k = j
+            while k < n and (s[k] == 32 or s[k] == 9):
+                k += 1
+            if k < n and s[k] == 58:
+                k += 1
+                while k < n and (s[k] == 32 or s[k] == 9):
+                    k += 1
+                e = k
+                while e < n and s[e] != 10:
+                    e += 1
+                ve = e
+                while ve > k and Py_UNICODE_ISSPACE(s[ve - 1]):
+                    ve -= 1
+                out.append((text[i:j], text[k:ve]))
+        while e < n and s[e] != 10:
+            e += 1
+        i = e + 1
+    return out

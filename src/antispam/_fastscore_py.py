@@ -194,3 +194,22 @@ def paragraph_lines(text: str) -> str:
         paras = [p.rstrip(LINE_BLANKS) for p in paras]
         paras.append(last)
     return "\n".join(p.replace("\n", " ") for p in paras)
+
+
+# ---- header kernel ---------------------------------------------------------------------------
+# The header block of ``antispam.message``, split into fields (the definition is this regex).
+
+#: one field per line of the unfolded block: a name of printable ASCII but ``:``, the colon (blanks
+#: around it allowed), and the value up to its last non-white-space character on the line
+HEADER_FIELD_RE = re.compile(r"^([!-9;-~]+)[ \t]*:[ \t]*(.*\S|)", re.M)
+
+
+def header_fields(block: str) -> list[tuple[str, str]]:
+    """``[(name, value)]`` of a header block with LF line ends, in order.
+
+    Unfolded first: a line break followed by a space or tab is removed, so every field
+    is one line.  Lines that are not ``name: value`` are skipped.
+    """
+    if "\n " in block or "\n\t" in block:
+        block = block.replace("\n ", " ").replace("\n\t", "\t")
+    return HEADER_FIELD_RE.findall(block)

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, TypeVar
 
+from .frozen import quick_init
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
     from .message import Envelope, Message
@@ -45,6 +47,7 @@ class SymbolDef:
     group: str = "misc"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Hit:
     """One symbol fired on one message.

@@ -42,6 +42,8 @@ class LimitsConfig:
     max_depth: int = 16
     max_headers: int = 1000
     max_text_chars: int = 1_000_000
+    #: distinct links a message may contribute (rules, URI lists); the rest are skipped
+    max_urls: int = 10_000
 
 
 @dataclass(frozen=True)

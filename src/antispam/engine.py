@@ -151,7 +151,7 @@ class Engine:
             self.resolver = self._default_resolver()
         lim = self.config.limits
         self.limits = Limits(max_bytes=lim.max_bytes, max_parts=lim.max_parts, max_depth=lim.max_depth,
-                             max_headers=lim.max_headers, max_text_chars=lim.max_text_chars)
+                             max_headers=lim.max_headers, max_text_chars=lim.max_text_chars, max_urls=lim.max_urls)
         symbols: list[SymbolDef] = list(ENGINE_SYMBOLS)
         for c in self.checks:
             symbols.extend(c.symbols)

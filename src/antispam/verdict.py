@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import __version__
+from .frozen import quick_init
 
 SPAM_ACTIONS = frozenset({"add header", "rewrite subject", "soft reject", "reject"})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SymbolResult:
     """One symbol in a verdict: its final score (configured score x weight) and why it fired."""
@@ -35,6 +37,7 @@ class SymbolResult:
         return d
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What antispam decided about one message, and why.

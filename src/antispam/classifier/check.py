@@ -18,6 +18,7 @@ import numpy as np
 from .. import fastscore
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..config import Config
+from ..frozen import quick_init
 from ..message import Message
 from ..resources import default_models_dir
 from ..store import Store, StoreUnavailable
@@ -70,6 +71,7 @@ def bayes_hit(log_odds: float) -> tuple[str, float]:
     raise AssertionError("unreachable: the 50 grade takes every z >= 0")  # pragma: no cover
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Classification:
     """What the classifier concluded about one message (published on the scan context)."""

@@ -27,10 +27,12 @@ options say what matched (the text, the URL host, what an eval found).
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import logging
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -38,9 +40,9 @@ from .. import fastscore
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
-from .compiler import CompiledRule, CompiledRules, compile_rules
+from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
 from .evals import EVALS, header_absent, header_count_over
-from .matcher import Matcher, make_matcher, scan_plain, single_line
+from .matcher import Matcher, make_matcher, max_width, scan_plain, single_line
 from .parser import parse_paths
 
 log = logging.getLogger("antispam.rules")
@@ -113,7 +115,7 @@ def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None
     raw = "raw" in accs
     if lname == "*all":
         hs = msg.raw_headers if raw else msg.headers
-        return "\n".join([n + ": " + v for n, v in hs]) if hs else None
+        return "\n".join(map(": ".join, hs)) if hs else None  # each header a (name, value) pair
     if lname == "*tocc":
         values = (msg.get_raw("To") + msg.get_raw("Cc")) if raw else (msg.get_all("To") + msg.get_all("Cc"))
     elif lname == "*messageid":
@@ -164,9 +166,9 @@ def mime_header_text(msg: Message, name: str, accessor: str) -> str | None:
     return "\n".join(" ".join(v.split("\n")) for v in values)
 
 
+@lru_cache(maxsize=256)
 def _is_private(ip: str) -> bool:
-    import ipaddress
-
+    # Cached: each of the four X-Spam-Relays-* pseudo-headers walks the same relays in one scan.
     try:
         a = ipaddress.ip_address(ip)
     except ValueError:
@@ -211,13 +213,15 @@ class LoadedRules:
 
 def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = (), engine: str = "auto",
                skip_bad: bool = False, cache_dir: str | Path | None = None,
-               sa_pre_dirs: Sequence[str | Path] = ()) -> LoadedRules:
+               sa_pre_dirs: Sequence[str | Path] = (), every_rule: bool = False) -> LoadedRules:
     """Parse, compile and build the matcher.
 
     Errors in ``paths`` raise :class:`RuleError` listing all of them, unless
     ``skip_bad``.  Rules from ``sa_paths`` (a SpamAssassin rules directory)
     are foreign: those that cannot be used are left out and summarised in the
-    log, never fatal.
+    log, never fatal.  Rules scored 0 that no reported meta reads are not
+    evaluated (:func:`~.compiler.scored_only`) unless ``every_rule``, which
+    corpus statistics and score fitting ask for.
     """
     parsed = parse_paths([*paths, *sa_paths], pre_dirs=sa_pre_dirs)
     compiled = compile_rules(parsed, lenient_meta=bool(sa_paths))
@@ -233,6 +237,8 @@ def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = 
         r = compiled.report
         a, t, x = r.total()
         log.info("SpamAssassin rules: %d accepted, %d translated, %d refused", a, t, x)
+    if not every_rule:
+        compiled = scored_only(compiled)
     matcher = make_matcher(compiled, engine, cache_dir)
     kept = tuple(str(p) for p in compiled.problems if p.severity != "ignored" or not foreign(p.where))
     return LoadedRules(compiled, matcher, kept)
@@ -328,6 +334,9 @@ class RulesCheck(Check):
         #: rules whose matches never contain a newline: their matched text is searched from the line of the first match end
         #: (only rules that are emitted: the others never show a text)
         self._single_line = frozenset(r.id for r in c.rules if r.emitted and r.py is not None and single_line(r.py, r.py_flags))
+        #: rule id -> longest possible match, for the emitted rules whose matches are bounded
+        self._max_width = {r.id: w for r in c.rules if r.emitted and r.py is not None
+                           and (w := max_width(r.py, r.py_flags)) is not None}
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
         self._template_hits = tuple(i for i, n in enumerate(template) if n)
 
@@ -465,10 +474,20 @@ class RulesCheck(Check):
         """What matched: the URL host for uri rules, else the matched text (shortened).
 
         The text is that of the leftmost match, as a search from the start of the
-        buffer finds it.  When the rule cannot match across a line break and a match
-        end is known that no later than the leftmost match ends, the leftmost match
-        starts on that end's line, so the search starts there instead of at the
-        top of a long body.
+        buffer finds it.  When a match end ``e`` is known that is no later than the
+        leftmost match ends, the search may start later than the top of a long body:
+
+        * when the rule cannot match across a line break, the leftmost match starts
+          on ``e``'s line (a match on an earlier line would end before ``e``);
+        * when no match of the rule is longer than ``w`` bytes, the leftmost match
+          starts at ``e - w`` or later (it ends at ``e`` or later).
+
+        A search from a position still reads the bytes before it, for ``\\b`` and
+        look-behinds, so it finds exactly the match a search from the top finds.
+        (Hyperscan's first report for a rule is its earliest match end in practice,
+        although its manual does not promise an order; were a later end reported
+        first, the options would name a later match, never change a hit.  The
+        corpus test compares the options of both matchers.)
         """
         rx = self._rx.get(rule.id)
         if rx is None or data is None or rule.negate:
@@ -479,8 +498,13 @@ class RulesCheck(Check):
                     return (u.host or u.url[:60],)
             return ()
         m = None
-        if end is not None and rule.id in self._single_line:
-            m = rx.search(data, data.rfind(b"\n", 0, end) + 1)
+        if end is not None:
+            start = data.rfind(b"\n", 0, end) + 1 if rule.id in self._single_line else 0
+            w = self._max_width.get(rule.id)
+            if w is not None and end - w > start:
+                start = end - w
+            if start:
+                m = rx.search(data, start)
         if m is None:
             m = rx.search(data)
         if m is None:

@@ -107,7 +107,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print("no corpus given and the shared SpamAssassin corpus was not found")
         return 2
     msgs = load_labelled(corpus, split=None if args.split == "all" else args.split)
-    check = RulesCheck(load_rules(args.rules or [str(default_rules_dir())], engine=args.engine))
+    check = RulesCheck(load_rules(args.rules or [str(default_rules_dir())], engine=args.engine, every_rule=True))
     n = Counter(m.label for m in msgs)
     hits = {"ham": Counter(), "spam": Counter()}
     for m, counts in zip(msgs, iter_rule_hits(check, (m.data for m in msgs))):
@@ -147,7 +147,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for d in dirs:
         pd = Path(d)
         paths += [f for f in sorted(pd.glob("*.cf")) if f.name != "scores.cf"] if pd.is_dir() else [pd]
-    check = RulesCheck(load_rules(paths))
+    check = RulesCheck(load_rules(paths, every_rule=True))
     train = load_labelled(corpus, split="train")
     test = load_labelled(corpus, split="test")
     Xtr, names = hit_matrix(check, [m.data for m in train])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .evals import EVALS
@@ -243,6 +243,35 @@ def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False) -> Compile
         rules=out, by_name={r.name: r for r in out}, groups=groups, metas=metas,
         evals=[r.id for r in out if r.kind == "eval"], exists=[r.id for r in out if r.kind == "exists"],
         problems=problems, report=report, digest=digest,
+    )
+
+
+def scored_only(compiled: CompiledRules) -> CompiledRules:
+    """The rules a scan needs: those it reports, and every rule their metas read.
+
+    A rule scored 0 that no reported meta reads (directly or through other metas)
+    changes no verdict, so it is left out of the groups, evaluations and metas, and
+    its patterns out of the Hyperscan databases, as SpamAssassin leaves out a rule
+    whose score is 0.  The rule list itself, and so every rule id, is unchanged.
+    Corpus tools that rate or fit every rule (``rules stats``, ``rules fit``) load
+    every rule instead.
+    """
+    rules = compiled.rules
+    keep: set[int] = set()
+    todo = [r.id for r in rules if r.emitted]
+    while todo:
+        i = todo.pop()
+        if i not in keep:
+            keep.add(i)
+            todo.extend(rules[i].deps)
+    if len(keep) == len(rules):
+        return compiled
+    groups = {k: kept for k, ids in compiled.groups.items() if (kept := [i for i in ids if i in keep])}
+    # The databases are cached by digest: the subset is part of it.
+    digest = hashlib.sha256(f"{compiled.digest}\nscored only: {sorted(keep)}".encode()).hexdigest()
+    return replace(
+        compiled, groups=groups, metas=[(i, fn) for i, fn in compiled.metas if i in keep],
+        evals=[i for i in compiled.evals if i in keep], exists=[i for i in compiled.exists if i in keep], digest=digest,
     )
 
 

@@ -13,11 +13,12 @@ Functions read only the :class:`~antispam.message.Message` views; none does I/O.
 
 from __future__ import annotations
 
+import datetime
 import io
 import re
 import zipfile
 from dataclasses import dataclass
-from email.utils import parsedate_tz
+from email.utils import mktime_tz, parsedate_tz
 from functools import lru_cache
 from typing import Any, Callable, Iterable
 
@@ -188,18 +189,40 @@ def _date_skew(msg: Message) -> float | None:
     return None
 
 
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+#: (year, month) -> days from the epoch to its first day: a calendar table filled as dates come
+_MONTH_DAYS: dict[tuple[int, int], int] = {}
+
+
+def epoch_seconds(t: tuple[int, ...]) -> float:
+    """``email.utils.mktime_tz(t)`` for a parsed date with a zone, without its per-call date object.
+
+    ``mktime_tz`` is ``calendar.timegm(t) - zone``, and ``timegm`` counts the days to the
+    first of the month through a ``datetime.date``; that count comes from a table here.
+    A date without a zone is local time, as ``mktime_tz`` reads it.
+    """
+    tz = t[9]
+    if tz is None:
+        return mktime_tz(t)
+    key = (t[0], t[1])
+    days = _MONTH_DAYS.get(key)
+    if days is None:
+        days = datetime.date(t[0], t[1], 1).toordinal() - _EPOCH_ORDINAL
+        if len(_MONTH_DAYS) < 4096:
+            _MONTH_DAYS[key] = days
+    return (days + t[2] - 1) * 86400 + t[3] * 3600 + t[4] * 60 + t[5] - tz
+
+
 @lru_cache(maxsize=8)
 def _skew(date: str, raw: str) -> float | None:
     # Several rules ask the same question of one message: the answer is cached on its inputs.
-    from email.utils import mktime_tz
-
     pd = _parse_date(date)
     semi = raw.rfind(";")
     pr = parse_date(raw[semi + 1 :].strip()) if semi >= 0 else None
     if pd is None or pr is None:
         return None
     try:
-        return float(mktime_tz(pd) - mktime_tz(pr))
+        return float(epoch_seconds(pd) - epoch_seconds(pr))
     except (OverflowError, ValueError):
         return None
 

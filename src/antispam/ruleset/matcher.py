@@ -96,6 +96,18 @@ def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
     return (lo, hi) if hi <= NEAR_MAX_WIDTH else None
 
 
+def max_width(pattern: bytes, flags: int) -> int | None:
+    """The longest match of a pattern in bytes, or None when unbounded (or unparsable).
+
+    Look-arounds do not count: they read around the match but are not part of it.
+    """
+    try:
+        hi = _sre_parse.parse(pattern, flags).getwidth()[1]
+    except Exception:
+        return None
+    return hi if hi < _sre_parse.MAXREPEAT else None
+
+
 _NL = 10
 #: character-class categories that contain the newline
 _NL_CATEGORIES = frozenset(str(c) for c in ("CATEGORY_SPACE", "CATEGORY_NOT_DIGIT", "CATEGORY_NOT_WORD",
