@@ -109,17 +109,23 @@ class Sink:
     """An aiosmtpd server that keeps every message it accepts: the next hop in end-to-end tests.
 
     ``refuse`` makes it answer every DATA with ``451``; ``refuse_rcpts`` maps recipient addresses
-    to the reply their RCPT TO gets instead of 250; ``down()`` / ``up()`` stop and restart it on
-    the same port.
+    to the reply their RCPT TO gets instead of 250, ``refuse_senders`` sender addresses to their
+    MAIL FROM's; ``down()`` / ``up()`` stop and restart it on the same port.  With ``pipelining``
+    it announces PIPELINING (aiosmtpd reads commands from a buffer, so it serves pipelined
+    commands in order; it just does not say so), and ``mail_grouped`` records for each MAIL
+    whether the command after it had arrived with it.
     """
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, pipelining: bool = False):
         from servers import free_port
 
         self.port = port or free_port()
+        self.pipelining = pipelining
         self.messages: list[tuple[str, tuple[str, ...], bytes]] = []
         self.refuse = False
         self.refuse_rcpts: dict[str, str] = {}
+        self.refuse_senders: dict[str, str] = {}
+        self.mail_grouped: list[bool] = []
         #: seconds handle_DATA waits before storing and answering (a slow next hop)
         self.delay = 0.0
         self._lock = threading.Lock()
@@ -132,6 +138,20 @@ class Sink:
         sink = self
 
         class Handler:
+            async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+                session.host_name = hostname
+                if sink.pipelining:
+                    responses.insert(-1, "250-PIPELINING")
+                return responses
+
+            async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
+                sink.mail_grouped.append(b"\n" in server._reader._buffer)
+                if address in sink.refuse_senders:
+                    return sink.refuse_senders[address]
+                envelope.mail_from = address
+                envelope.mail_options.extend(mail_options)
+                return "250 2.1.0 Ok"
+
             async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
                 if address in sink.refuse_rcpts:
                     return sink.refuse_rcpts[address]

@@ -286,3 +286,76 @@ def test_content_filter_next_hop_refusing_some_recipients(sink):
         sink.refuse_rcpts = {}
         filt.stop()
         p.stop()
+
+
+# --------------------------------------------------------------------------- Postfix as the next hop
+
+
+def test_postfix_next_hop_gets_pipelined_mail_rcpt_and_one_bdat(sink):
+    """Our filter re-injecting into Postfix's smtpd, which announces PIPELINING and CHUNKING: a
+    client's pipelined group gets Postfix's own reply per recipient (a refused one mid-group
+    included), the message goes as BDAT and arrives once for the accepted recipients; a message
+    Postfix refuses at its end (header_checks) is refused to the client with Postfix's reply, and
+    the next message on the same connections arrives whole."""
+    import socket
+
+    from antispam.config import SmtpConfig
+    from antispam.servers.smtp import SmtpFilterServer, _SmtpClient
+
+    p = pf.Postfix(relay_port=sink.port, main={
+        "smtpd_recipient_restrictions": "check_recipient_access inline:{ {gone@rcpt.test=REJECT No such user here} },"
+                                        " permit_mynetworks, reject_unauth_destination",
+        "header_checks": "regexp:{ {/^Subject: .*refuse me/ REJECT refused by header_checks} }",
+    })
+    fport = free_port()
+    filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck()]), SmtpConfig(
+        port=fport, next_hop=f"127.0.0.1:{p.port}", next_hop_timeout=10.0)))
+
+    async def extensions() -> set[str]:
+        c = await _SmtpClient.connect("127.0.0.1", p.port, helo="probe.test", timeout=10.0)
+        c.close()
+        return c.extensions
+
+    def replies(fh, n: int) -> list[bytes]:
+        out = []
+        for _ in range(n):
+            while (line := fh.readline())[3:4] == b"-":
+                pass
+            out.append(line.rstrip(b"\r\n"))
+        return out
+
+    try:
+        import asyncio
+
+        assert {"PIPELINING", "CHUNKING"} <= asyncio.run(extensions())  # the paths under test
+        c = socket.create_connection(("127.0.0.1", fport), timeout=30)
+        fh = c.makefile("rb")
+        replies(fh, 1)
+        c.sendall(b"EHLO client.test\r\n")
+        replies(fh, 1)
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nRCPT TO:<gone@rcpt.test>\r\n"
+                  b"RCPT TO:<cy@rcpt.test>\r\nDATA\r\n")
+        got = replies(fh, 5)
+        assert [r[:3] for r in got] == [b"250", b"250", b"554", b"250", b"354"], got
+        assert b"No such user here" in got[2]
+        c.sendall(ham(subject="via postfix bdat") + b".\r\n")
+        assert replies(fh, 1)[0][:3] == b"250"
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="please refuse me") + b".\r\n")
+        (end,) = replies(fh, 1)
+        assert end[:1] == b"5" and b"refused by header_checks" in end, end
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<dee@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="after the refused one") + b".\r\n")
+        assert replies(fh, 1)[0][:3] == b"250"
+        c.sendall(b"QUIT\r\n")
+        c.close()
+        (first,) = sink.wait_for(marker("via postfix bdat"), timeout=30)
+        assert sorted(first[1]) == ["bo@rcpt.test", "cy@rcpt.test"] and b"X-Spam-Flag: NO" in first[2]
+        (after,) = sink.wait_for(marker("after the refused one"), timeout=30)
+        assert after[1] == ("dee@rcpt.test",)
+        assert sink.wait_for(marker("please refuse me"), timeout=0.5) == []
+    finally:
+        filt.stop()
+        p.stop()

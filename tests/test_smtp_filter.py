@@ -443,3 +443,112 @@ def test_relayed_bytes_survive_dot_stuffing_and_null_sender(sink):
         assert b"\r\n.\r\n.leading dot\r\n..two dots\r\n" in got[2]
     finally:
         f.stop()
+
+
+def _replies(fh, n: int) -> list[bytes]:
+    """The next ``n`` replies (the last line of each), read from a socket file."""
+    out = []
+    for _ in range(n):
+        while (line := fh.readline())[3:4] == b"-":
+            pass
+        out.append(line.rstrip(b"\r\n"))
+    return out
+
+
+@pytest.mark.parametrize("hop_pipelines", [True, False], ids=["next-hop-pipelining", "next-hop-plain"])
+def test_pipelined_group_gets_the_next_hops_reply_per_recipient(hop_pipelines):
+    """A client pipelining MAIL, four RCPTs and DATA (RFC 2920) gets, for each recipient, the next
+    hop's own reply, a refusal mid-group included, all in one reply group; the message reaches
+    the recipients the next hop accepted, once.  Whether or not the next hop announces
+    PIPELINING; when it does, our MAIL goes to it together with the first RCPT."""
+    sink = Sink(pipelining=hop_pipelines)
+    sink.refuse_rcpts = {"gone@rcpt.test": "550 5.1.1 No such user here",
+                         "full@rcpt.test": "452 4.2.2 Mailbox full, try later"}
+    f = start(sink)
+    try:
+        c = socket.create_connection(("127.0.0.1", f.port), timeout=10)
+        fh = c.makefile("rb")
+        fh.readline()
+        c.sendall(b"EHLO client.test\r\n")
+        ehlo = []
+        while (line := fh.readline())[3:4] == b"-":
+            ehlo.append(line)
+        assert b"250-PIPELINING\r\n" in ehlo
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nRCPT TO:<gone@rcpt.test>\r\n"
+                  b"RCPT TO:<full@rcpt.test>\r\nRCPT TO:<cy@rcpt.test>\r\nDATA\r\n")
+        first = c.recv(65536)  # the group's replies are written together, after the last one is known
+        assert first.count(b"\r\n") == 6, first
+        fh = c.makefile("rb")
+        replies = [line for line in first.split(b"\r\n") if line]
+        assert replies == [b"250 2.1.0 Ok", b"250 2.1.5 Ok", b"550 5.1.1 No such user here",
+                           b"452 4.2.2 Mailbox full, try later", b"250 2.1.5 Ok",
+                           b"354 End data with <CR><LF>.<CR><LF>"]
+        c.sendall(ham(subject="pipelined group") + b".\r\n")
+        assert _replies(fh, 1)[0].startswith(b"250")
+        c.sendall(b"QUIT\r\n")
+        c.close()
+        (got,) = sink.wait_for(marker("pipelined group"))
+        assert got[1] == ("bo@rcpt.test", "cy@rcpt.test")
+        assert sink.mail_grouped == [hop_pipelines]
+    finally:
+        f.stop()
+        sink.down()
+
+
+@pytest.mark.parametrize("hop_pipelines", [True, False], ids=["next-hop-pipelining", "next-hop-plain"])
+def test_sender_the_next_hop_refuses_mid_pipeline(hop_pipelines):
+    """MAIL deferred to go with the RCPT after it, and refused by the next hop: the client gets the
+    next hop's refusal for MAIL and, for the RCPTs and DATA, what a server that refused MAIL
+    answers (503), whatever their syntax; the same connection then delivers the next message."""
+    sink = Sink(pipelining=hop_pipelines)
+    sink.refuse_senders = {"spoof@sender.test": "550 5.7.1 Sender refused"}
+    f = start(sink)
+    try:
+        c = socket.create_connection(("127.0.0.1", f.port), timeout=10)
+        fh = c.makefile("rb")
+        _replies(fh, 1)
+        c.sendall(b"EHLO client.test\r\n")
+        _replies(fh, 1)
+        c.sendall(b"MAIL FROM:<spoof@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nRCPT TO:<cy@rcpt.test>\r\nDATA\r\n")
+        assert _replies(fh, 4) == [b"550 5.7.1 Sender refused", b"503 Error: need MAIL command",
+                                   b"503 Error: need MAIL command", b"503 Error: need RCPT command"]
+        # a malformed RCPT after the refused MAIL: still 503 (the sender check comes first)
+        c.sendall(b"MAIL FROM:<spoof@sender.test>\r\nRCPT TO:no-brackets\r\n")
+        assert _replies(fh, 2) == [b"550 5.7.1 Sender refused", b"503 Error: need MAIL command"]
+        # ... and after an accepted one: the syntax error, and the transaction goes on
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<<bad\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+        got = _replies(fh, 4)
+        assert got[0] == b"250 2.1.0 Ok" and got[1][:1] == b"5" and got[2:] == [
+            b"250 2.1.5 Ok", b"354 End data with <CR><LF>.<CR><LF>"], got
+        c.sendall(ham(subject="after refused sender") + b".\r\n")
+        assert _replies(fh, 1)[0].startswith(b"250")
+        c.close()
+        (got,) = sink.wait_for(marker("after refused sender"))
+        assert got[0] == "ana@sender.test" and got[1] == ("bo@rcpt.test",)
+    finally:
+        f.stop()
+        sink.down()
+
+
+def test_idle_client_is_dropped_after_timeout_counted_from_its_last_command(sink):
+    """The idle timeout runs from the last command: a client that keeps talking stays past it,
+    one that goes quiet is disconnected once it has passed."""
+    f = start(sink, timeout=1)
+    try:
+        c = socket.create_connection(("127.0.0.1", f.port), timeout=10)
+        fh = c.makefile("rb")
+        _replies(fh, 1)
+        t0 = time.monotonic()
+        for cmd in (b"EHLO client.test", b"NOOP", b"NOOP", b"NOOP"):
+            c.sendall(cmd + b"\r\n")
+            assert _replies(fh, 1)[0].startswith(b"250")
+            time.sleep(0.6)
+        assert time.monotonic() - t0 > 2.0  # twice the timeout, and still served:
+        c.sendall(b"NOOP\r\n")
+        assert _replies(fh, 1)[0].startswith(b"250")
+        t1 = time.monotonic()
+        assert fh.readline() == b""  # then silence: closed
+        assert 0.8 < time.monotonic() - t1 < 3.0
+        c.close()
+    finally:
+        f.stop()

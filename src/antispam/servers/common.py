@@ -406,7 +406,7 @@ def split_headers(raw: bytes) -> tuple[bytes, bytes]:
         i = raw.find(sep)
         if i >= 0:
             other = b"\n\n" if sep == b"\r\n\r\n" else b"\r\n\r\n"
-            j = raw.find(other)
+            j = raw.find(other, 0, i + len(other) - 1)  # only an earlier one matters: not the whole body
             if j >= 0 and j < i:
                 sep, i = other, j
             return raw[:i], raw[i + len(sep):]
@@ -428,13 +428,17 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
         # our fields and the rest, without taking the header apart line by line (a third of the
         # SMTP filter's own time per message).  The test is looser than the removal below (the
         # names anywhere in the header block), so whatever it lets through has nothing to remove.
+        # Our names share "x-spam-": one search for that settles nearly every message, before one
+        # search per name.  The result is built with one join (one copy of the message).
         head, body = split_headers(raw)
         eol = line_ending(raw)
         low = head.lower()
-        if not any(n.encode("ascii") in low for n in drop) and \
+        names = [n.encode("ascii") for n in drop]
+        shared = b"x-spam-" if all(n.startswith(b"x-spam-") for n in names) else b""
+        if not (shared in low and any(n in low for n in names)) and \
                 not (verdict.authserv_id and b"authentication-results" in low):
-            out = head + (eol if head and not head.endswith(b"\n") else b"")
-            return out + b"".join(f"{n}: {v}".encode("utf-8") + eol for n, v in ours) + eol + body
+            return b"".join([head, eol if head and not head.endswith(b"\n") else b"",
+                             *[f"{n}: {v}".encode("utf-8") + eol for n, v in ours], eol, body])
     if verdict.authserv_id:
         raw = strip_forged(raw, verdict.authserv_id)
     eol = line_ending(raw)
