@@ -87,8 +87,10 @@ PARAGRAPH_PIECES = ["a", "word", " ", "\t", "\n", "\n\n", "\r", "\xa0", "\x0b", 
 @pytest.mark.parametrize("seed", range(40))
 def test_paragraph_lines_agree_on_random_text(seed):
     rng = random.Random(seed)
+    # even seeds: Latin-1 only (\x85 and \xa0 among them), the one-byte storage the kernel reads on its own path
+    pieces = [p for p in PARAGRAPH_PIECES if max(map(ord, p)) < 256] if seed % 2 == 0 else PARAGRAPH_PIECES
     for _ in range(50):
-        text = "".join(rng.choice(PARAGRAPH_PIECES) for _ in range(rng.randint(0, 40)))
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
         assert compiled.paragraph_lines(text) == twin.paragraph_lines(text), repr(text)
 
 
