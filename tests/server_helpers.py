@@ -195,3 +195,13 @@ class Sink:
             if found or time.monotonic() > deadline:
                 return found
             time.sleep(0.1)
+
+
+def smtp_replies(fh, n: int) -> list[bytes]:
+    """The next ``n`` SMTP replies (the last line of each), read from a socket file."""
+    out = []
+    for _ in range(n):
+        while (line := fh.readline())[3:4] == b"-":
+            pass
+        out.append(line.rstrip(b"\r\n"))
+    return out

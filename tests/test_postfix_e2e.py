@@ -21,7 +21,7 @@ from antispam.config import MilterConfig
 from antispam.servers.milter import MilterServer
 
 import postfix as pf
-from server_helpers import ServerThread, Sink, ham, spam
+from server_helpers import ServerThread, Sink, ham, smtp_replies, spam
 from servers import free_port
 
 why = pf.available()
@@ -316,39 +316,31 @@ def test_postfix_next_hop_gets_pipelined_mail_rcpt_and_one_bdat(sink):
         c.close()
         return c.extensions
 
-    def replies(fh, n: int) -> list[bytes]:
-        out = []
-        for _ in range(n):
-            while (line := fh.readline())[3:4] == b"-":
-                pass
-            out.append(line.rstrip(b"\r\n"))
-        return out
-
     try:
         import asyncio
 
         assert {"PIPELINING", "CHUNKING"} <= asyncio.run(extensions())  # the paths under test
         c = socket.create_connection(("127.0.0.1", fport), timeout=30)
         fh = c.makefile("rb")
-        replies(fh, 1)
+        smtp_replies(fh, 1)
         c.sendall(b"EHLO client.test\r\n")
-        replies(fh, 1)
+        smtp_replies(fh, 1)
         c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nRCPT TO:<gone@rcpt.test>\r\n"
                   b"RCPT TO:<cy@rcpt.test>\r\nDATA\r\n")
-        got = replies(fh, 5)
+        got = smtp_replies(fh, 5)
         assert [r[:3] for r in got] == [b"250", b"250", b"554", b"250", b"354"], got
         assert b"No such user here" in got[2]
         c.sendall(ham(subject="via postfix bdat") + b".\r\n")
-        assert replies(fh, 1)[0][:3] == b"250"
+        assert smtp_replies(fh, 1)[0][:3] == b"250"
         c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
-        assert [r[:3] for r in replies(fh, 3)] == [b"250", b"250", b"354"]
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
         c.sendall(ham(subject="please refuse me") + b".\r\n")
-        (end,) = replies(fh, 1)
+        (end,) = smtp_replies(fh, 1)
         assert end[:1] == b"5" and b"refused by header_checks" in end, end
         c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<dee@rcpt.test>\r\nDATA\r\n")
-        assert [r[:3] for r in replies(fh, 3)] == [b"250", b"250", b"354"]
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
         c.sendall(ham(subject="after the refused one") + b".\r\n")
-        assert replies(fh, 1)[0][:3] == b"250"
+        assert smtp_replies(fh, 1)[0][:3] == b"250"
         c.sendall(b"QUIT\r\n")
         c.close()
         (first,) = sink.wait_for(marker("via postfix bdat"), timeout=30)

@@ -26,7 +26,7 @@ from antispam.builtin import GtubeCheck
 from antispam.config import SmtpConfig
 from antispam.servers.smtp import SmtpFilterServer
 
-from server_helpers import EnvelopeProbe, ServerThread, Sink, ham, spam
+from server_helpers import EnvelopeProbe, ServerThread, Sink, ham, smtp_replies, spam
 from servers import free_port, wait_port
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -445,16 +445,6 @@ def test_relayed_bytes_survive_dot_stuffing_and_null_sender(sink):
         f.stop()
 
 
-def _replies(fh, n: int) -> list[bytes]:
-    """The next ``n`` replies (the last line of each), read from a socket file."""
-    out = []
-    for _ in range(n):
-        while (line := fh.readline())[3:4] == b"-":
-            pass
-        out.append(line.rstrip(b"\r\n"))
-    return out
-
-
 @pytest.mark.parametrize("hop_pipelines", [True, False], ids=["next-hop-pipelining", "next-hop-plain"])
 def test_pipelined_group_gets_the_next_hops_reply_per_recipient(hop_pipelines):
     """A client pipelining MAIL, four RCPTs and DATA (RFC 2920) gets, for each recipient, the next
@@ -484,7 +474,7 @@ def test_pipelined_group_gets_the_next_hops_reply_per_recipient(hop_pipelines):
                            b"452 4.2.2 Mailbox full, try later", b"250 2.1.5 Ok",
                            b"354 End data with <CR><LF>.<CR><LF>"]
         c.sendall(ham(subject="pipelined group") + b".\r\n")
-        assert _replies(fh, 1)[0].startswith(b"250")
+        assert smtp_replies(fh, 1)[0].startswith(b"250")
         c.sendall(b"QUIT\r\n")
         c.close()
         (got,) = sink.wait_for(marker("pipelined group"))
@@ -506,22 +496,22 @@ def test_sender_the_next_hop_refuses_mid_pipeline(hop_pipelines):
     try:
         c = socket.create_connection(("127.0.0.1", f.port), timeout=10)
         fh = c.makefile("rb")
-        _replies(fh, 1)
+        smtp_replies(fh, 1)
         c.sendall(b"EHLO client.test\r\n")
-        _replies(fh, 1)
+        smtp_replies(fh, 1)
         c.sendall(b"MAIL FROM:<spoof@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nRCPT TO:<cy@rcpt.test>\r\nDATA\r\n")
-        assert _replies(fh, 4) == [b"550 5.7.1 Sender refused", b"503 Error: need MAIL command",
+        assert smtp_replies(fh, 4) == [b"550 5.7.1 Sender refused", b"503 Error: need MAIL command",
                                    b"503 Error: need MAIL command", b"503 Error: need RCPT command"]
         # a malformed RCPT after the refused MAIL: still 503 (the sender check comes first)
         c.sendall(b"MAIL FROM:<spoof@sender.test>\r\nRCPT TO:no-brackets\r\n")
-        assert _replies(fh, 2) == [b"550 5.7.1 Sender refused", b"503 Error: need MAIL command"]
+        assert smtp_replies(fh, 2) == [b"550 5.7.1 Sender refused", b"503 Error: need MAIL command"]
         # ... and after an accepted one: the syntax error, and the transaction goes on
         c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<<bad\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
-        got = _replies(fh, 4)
+        got = smtp_replies(fh, 4)
         assert got[0] == b"250 2.1.0 Ok" and got[1][:1] == b"5" and got[2:] == [
             b"250 2.1.5 Ok", b"354 End data with <CR><LF>.<CR><LF>"], got
         c.sendall(ham(subject="after refused sender") + b".\r\n")
-        assert _replies(fh, 1)[0].startswith(b"250")
+        assert smtp_replies(fh, 1)[0].startswith(b"250")
         c.close()
         (got,) = sink.wait_for(marker("after refused sender"))
         assert got[0] == "ana@sender.test" and got[1] == ("bo@rcpt.test",)
@@ -537,15 +527,15 @@ def test_idle_client_is_dropped_after_timeout_counted_from_its_last_command(sink
     try:
         c = socket.create_connection(("127.0.0.1", f.port), timeout=10)
         fh = c.makefile("rb")
-        _replies(fh, 1)
+        smtp_replies(fh, 1)
         t0 = time.monotonic()
         for cmd in (b"EHLO client.test", b"NOOP", b"NOOP", b"NOOP"):
             c.sendall(cmd + b"\r\n")
-            assert _replies(fh, 1)[0].startswith(b"250")
+            assert smtp_replies(fh, 1)[0].startswith(b"250")
             time.sleep(0.6)
         assert time.monotonic() - t0 > 2.0  # twice the timeout, and still served:
         c.sendall(b"NOOP\r\n")
-        assert _replies(fh, 1)[0].startswith(b"250")
+        assert smtp_replies(fh, 1)[0].startswith(b"250")
         t1 = time.monotonic()
         assert fh.readline() == b""  # then silence: closed
         assert 0.8 < time.monotonic() - t1 < 3.0
