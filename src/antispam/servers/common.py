@@ -46,6 +46,16 @@ class TooBig(ProtocolError):
     """The message is larger than ``max_size``."""
 
 
+class RequestError(Exception):
+    """One request refused with the protocol's own code for it (spamd's ``EX_*`` code, an HTTP
+    status); the server answers it and, where the protocol allows, the connection goes on."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
 # --------------------------------------------------------------------------- allow-list
 
 

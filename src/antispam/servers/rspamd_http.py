@@ -23,19 +23,12 @@ import json
 from typing import Any
 
 from ..message import Envelope
-from .common import Connection, ProtocolError, Server
+from .common import Connection, ProtocolError, RequestError, Server
 
 _REASONS = {200: "OK", 208: "Already Reported", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 403: "Forbidden",
             413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 _MAX_LINE = 16 * 1024
 _MAX_HEADERS = 100
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def response(status: int, body: bytes, content_type: str = "application/json", keep_alive: bool = True) -> bytes:
@@ -83,10 +76,10 @@ class RspamdHttpServer(Server):
             try:
                 body = await self._body(conn, headers)
                 out = await self._route(conn, method, target.split("?", 1)[0], headers, body, keep)
-            except HttpError as exc:
+            except RequestError as exc:
                 self._count_error("request")
-                keep = keep and exc.status not in (400, 413)
-                out = _json(exc.status, {"error": exc.message}, keep_alive=keep)
+                keep = keep and exc.code not in (400, 413)
+                out = _json(exc.code, {"error": exc.text}, keep_alive=keep)
             await conn.write(out)
             conn.busy = False
             if not keep:
@@ -104,8 +97,8 @@ class RspamdHttpServer(Server):
         conn.busy = True
         try:
             body = await self._body(conn, headers)
-        except HttpError as exc:
-            await conn.write(f"RSPAMD/1.3 65 EX_DATAERR {exc.message}\r\n\r\n".encode())
+        except RequestError as exc:
+            await conn.write(f"RSPAMD/1.3 65 EX_DATAERR {exc.text}\r\n\r\n".encode())
             return
         env = _envelope(headers)
         profile = self.scanner.profile_for(env.rcpt_tos[0] if env.rcpt_tos else None)
@@ -146,24 +139,24 @@ class RspamdHttpServer(Server):
                 try:
                     size = int(size_line.split(b";", 1)[0].strip() or b"x", 16)
                 except ValueError:
-                    raise HttpError(400, "bad chunk size") from None
+                    raise RequestError(400, "bad chunk size") from None
                 if size == 0:
                     while (await conn.readline(_MAX_LINE)) not in (b"\r\n", b"\n", b""):
                         pass
                     return bytes(body)
                 if len(body) + size > limit:
-                    raise HttpError(413, f"message larger than {limit} bytes")
+                    raise RequestError(413, f"message larger than {limit} bytes")
                 body += await conn.readexactly(size)
                 await conn.readline(_MAX_LINE)
         try:
             n = int(headers.get("content-length", ["0"])[-1])
         except ValueError:
-            raise HttpError(400, "bad Content-Length") from None
+            raise RequestError(400, "bad Content-Length") from None
         if n < 0:
-            raise HttpError(400, "bad Content-Length")
+            raise RequestError(400, "bad Content-Length")
         if n > limit:
             await conn.discard(n)
-            raise HttpError(413, f"message larger than {limit} bytes")
+            raise RequestError(413, f"message larger than {limit} bytes")
         return await conn.readexactly(n) if n else b""
 
     async def _route(self, conn: Connection, method: str, path: str, headers: dict[str, list[str]],
@@ -174,7 +167,7 @@ class RspamdHttpServer(Server):
             return response(200, self.metrics.render(), "text/plain; version=0.0.4", keep)
         if path in ("/checkv2", "/symbols"):
             if method != "POST":
-                raise HttpError(405, "use POST with the message as the body")
+                raise RequestError(405, "use POST with the message as the body")
             env = _envelope(headers)
             # settings of the mailbox being delivered to (Deliver-To), else of the first recipient
             deliver_to = (headers.get("deliver-to") or [None])[-1]
@@ -183,11 +176,11 @@ class RspamdHttpServer(Server):
                 verdict = await self.scan(body, env, profile, peer=conn.peer_ip, client_ip=env.client_ip or "",
                                           queue_id=env.queue_id or "")
             except Exception:
-                raise HttpError(500, "scan failed") from None
+                raise RequestError(500, "scan failed") from None
             return _json(200, verdict.to_dict(), keep)
         if path in ("/learnspam", "/learnham"):
             if method != "POST":
-                raise HttpError(405, "use POST with the message as the body")
+                raise RequestError(405, "use POST with the message as the body")
             spam = path == "/learnspam"
             learned = await self.scanner.learn(body, spam, "rspamd-http")
             self.log.info("learn", extra={"fields": {"server": self.name, "peer": conn.peer_ip,
@@ -196,7 +189,7 @@ class RspamdHttpServer(Server):
                 return _json(200, {"success": True, "learned": sorted(k for k, v in learned.items() if v)}, keep)
             why = "no learner took the message (already learned, or no learning check is enabled)"
             return _json(208, {"success": False, "error": why}, keep)
-        raise HttpError(404, f"no such endpoint {path}")
+        raise RequestError(404, f"no such endpoint {path}")
 
 
 def _envelope(headers: dict[str, list[str]]) -> Envelope:

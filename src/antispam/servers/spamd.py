@@ -32,7 +32,7 @@ import zlib
 from .. import __version__
 from ..message import Envelope
 from ..verdict import Verdict
-from .common import Connection, ProtocolError, Server, rewrite_headers, split_headers
+from .common import Connection, ProtocolError, RequestError, Server, rewrite_headers, split_headers
 
 EX_OK = 0
 EX_USAGE = 64
@@ -51,13 +51,6 @@ SCAN_METHODS = frozenset({"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCES
 _REQUEST = re.compile(rb"^([A-Z_]+) SPAMC/(\d+)\.(\d+)\r?\n$")
 _MAX_LINE = 8192
 _MAX_HEADERS = 64
-
-
-class SpamdError(Exception):
-    def __init__(self, code: int, text: str):
-        super().__init__(text)
-        self.code = code
-        self.text = text
 
 
 def status_line(code: int, text: str | None = None) -> bytes:
@@ -94,9 +87,9 @@ def _decompress(data: bytes, limit: int) -> bytes:
     try:
         out = d.decompress(data, limit + 1)
     except zlib.error as exc:
-        raise SpamdError(EX_DATAERR, f"bad zlib data: {exc}") from None
+        raise RequestError(EX_DATAERR, f"bad zlib data: {exc}") from None
     if len(out) > limit:
-        raise SpamdError(EX_DATAERR, "message too big after decompression")
+        raise RequestError(EX_DATAERR, "message too big after decompression")
     return out
 
 
@@ -108,7 +101,7 @@ class SpamdServer(Server):
     async def handle(self, conn: Connection) -> None:
         try:
             await self._request(conn)
-        except SpamdError as exc:
+        except RequestError as exc:
             self._count_error("request")
             self.log.warning("request refused", extra={"fields": {"server": self.name, "peer": conn.peer_ip,
                                                                   "code": exc.code, "error": exc.text}})
@@ -139,7 +132,7 @@ class SpamdServer(Server):
             await conn.write(b"SPAMD/1.5 0 PONG\r\n")
             return
         if method not in SCAN_METHODS and method != "TELL":
-            raise SpamdError(EX_PROTOCOL, f"unknown method {method}")
+            raise RequestError(EX_PROTOCOL, f"unknown method {method}")
         headers = await self._headers(conn)
         conn.busy = True
         raw = await self._body(conn, headers)
@@ -152,7 +145,7 @@ class SpamdServer(Server):
             verdict = await self.scan(raw, Envelope(), self.scanner.profile_for(user), peer=conn.peer_ip,
                                       method=method, user=user or "")
         except Exception:
-            raise SpamdError(EX_SOFTWARE, "scan failed") from None
+            raise RequestError(EX_SOFTWARE, "scan failed") from None
         await conn.write(self._response(method, version, raw, verdict))
 
     async def _headers(self, conn: Connection) -> dict[str, str]:
@@ -175,14 +168,14 @@ class SpamdServer(Server):
             try:
                 n = int(headers["content-length"])
             except ValueError:
-                raise SpamdError(EX_PROTOCOL, "Content-length is not a number") from None
+                raise RequestError(EX_PROTOCOL, "Content-length is not a number") from None
             if n < 0:
-                raise SpamdError(EX_PROTOCOL, "negative Content-length")
+                raise RequestError(EX_PROTOCOL, "negative Content-length")
             if n > limit:
                 # Read and drop what the client sends, so that it is reading when the error comes
                 # (a reset mid-send would reach it as an I/O error instead of this answer).
                 await conn.discard(n)
-                raise SpamdError(EX_DATAERR, f"message larger than {limit} bytes")
+                raise RequestError(EX_DATAERR, f"message larger than {limit} bytes")
             raw = await conn.readexactly(n)
         else:  # very old clients: the message runs to the end of the stream
             raw = b""
@@ -192,11 +185,11 @@ class SpamdServer(Server):
                     break
                 raw += chunk
             if len(raw) > limit:
-                raise SpamdError(EX_DATAERR, f"message larger than {limit} bytes")
+                raise RequestError(EX_DATAERR, f"message larger than {limit} bytes")
         comp = headers.get("compress", "").lower()
         if comp:
             if comp != "zlib":
-                raise SpamdError(EX_PROTOCOL, f"unsupported Compress: {comp}")
+                raise RequestError(EX_PROTOCOL, f"unsupported Compress: {comp}")
             raw = _decompress(raw, limit)
         return raw
 
@@ -223,16 +216,16 @@ class SpamdServer(Server):
 
     async def _tell(self, conn: Connection, raw: bytes, headers: dict[str, str]) -> None:
         if not self.settings.allow_tell:  # type: ignore[attr-defined]
-            raise SpamdError(EX_NOPERM, "TELL is disabled (servers.spamd.allow_tell)")
+            raise RequestError(EX_NOPERM, "TELL is disabled (servers.spamd.allow_tell)")
         klass = headers.get("message-class", "").lower()
         to_set = _locations(headers.get("set", ""))
         to_remove = _locations(headers.get("remove", ""))
         if not to_set and not to_remove:
-            raise SpamdError(EX_PROTOCOL, "TELL needs a Set or Remove header")
+            raise RequestError(EX_PROTOCOL, "TELL needs a Set or Remove header")
         if to_set & to_remove:
-            raise SpamdError(EX_PROTOCOL, "TELL cannot Set and Remove the same location")
+            raise RequestError(EX_PROTOCOL, "TELL cannot Set and Remove the same location")
         if to_set and klass not in ("spam", "ham"):
-            raise SpamdError(EX_PROTOCOL, "TELL with Set needs Message-class: spam or ham")
+            raise RequestError(EX_PROTOCOL, "TELL with Set needs Message-class: spam or ham")
         user = headers.get("user", "")
         out = status_line(EX_OK)
         # One store holds what is learned; "remote" reports are recorded with their own source so
@@ -257,6 +250,6 @@ def _locations(value: str) -> set[str]:
     out = {p.strip().lower() for p in value.split(",") if p.strip()}
     bad = out - {"local", "remote"}
     if bad:
-        raise SpamdError(EX_PROTOCOL, f"unknown location(s): {', '.join(sorted(bad))}")
+        raise RequestError(EX_PROTOCOL, f"unknown location(s): {', '.join(sorted(bad))}")
     return out
 
