@@ -29,21 +29,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .message import Limits
 
 ACTIONS = ("no action", "greylist", "add header", "rewrite subject", "soft reject", "reject")
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    """Bounds on one message.  Past them the scan still returns a verdict that lists what was skipped."""
-
-    max_bytes: int = 32 * 1024 * 1024
-    max_parts: int = 256
-    max_depth: int = 16
-    max_headers: int = 1000
-    max_text_chars: int = 1_000_000
-    #: distinct links a message may contribute (rules, URI lists); the rest are skipped
-    max_urls: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -327,7 +315,8 @@ class Config:
     """The whole configuration of an engine."""
 
     engine: EngineConfig = field(default_factory=EngineConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: bounds on one message (:class:`~antispam.message.Limits`, the same object the parser reads)
+    limits: Limits = field(default_factory=Limits)
     rules: RulesConfig = field(default_factory=RulesConfig)
     servers: ServersConfig = field(default_factory=ServersConfig)
     store: StoreConfig = field(default_factory=StoreConfig)

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from .check import Check, Hit, ScanContext, SymbolDef
 from .config import Config
 from .errors import ConfigError
-from .message import Envelope, Limits, Message
+from .message import Envelope, Message
 from .policy import Policy
 from .store import Store, open_store
 from .verdict import Verdict
@@ -149,9 +149,7 @@ class Engine:
         self._all_loops: list[asyncio.AbstractEventLoop] = []
         if self.resolver is None and self.network_checks:
             self.resolver = self._default_resolver()
-        lim = self.config.limits
-        self.limits = Limits(max_bytes=lim.max_bytes, max_parts=lim.max_parts, max_depth=lim.max_depth,
-                             max_headers=lim.max_headers, max_text_chars=lim.max_text_chars, max_urls=lim.max_urls)
+        self.limits = self.config.limits
         symbols: list[SymbolDef] = list(ENGINE_SYMBOLS)
         for c in self.checks:
             symbols.extend(c.symbols)
