@@ -1,5 +1,5 @@
-"""The rules, text and header kernels (rule-eval counting, HTML tag stripping, blank collapsing, header
-fields): compiled and twin agree exactly."""
+"""The rules, text, header and bytes kernels (rule-eval counting, HTML tag stripping, blank collapsing, header
+fields, CRLF line ends): compiled and twin agree exactly."""
 
 from __future__ import annotations
 
@@ -138,3 +138,15 @@ def test_header_fields_agree_on_the_corpus(corpus):
     for m in corpus[::3]:
         block = _head_text(_split_head_body(m.data)[0], set())
         assert compiled.header_fields(block) == twin.header_fields(block), m.name
+
+
+def test_crlf_only_agrees_and_means_crlf_line_ends():
+    rng = random.Random(2)
+    for _ in range(20000):
+        data = bytes(rng.choice(b"\r\nab") for _ in range(rng.randint(0, 14)))
+        assert compiled.crlf_only(data) == twin.crlf_only(data), data
+        assert compiled.crlf_only(bytearray(data)) == twin.crlf_only(data)
+    for impl in (twin, compiled):
+        assert impl.crlf_only(b"") and impl.crlf_only(b"a\r\nb\r\n") and impl.crlf_only(b"no line end")
+        assert not impl.crlf_only(b"a\nb") and not impl.crlf_only(b"a\r\rb\r\n") and not impl.crlf_only(b"\n")
+        assert not impl.crlf_only(b"a\r")

@@ -5,6 +5,7 @@ of words, tokens, the hash and the score, and the parity tests)."""
 
 from libc.stdint cimport uint64_t, uint32_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memchr
 from libc.math cimport fabs
 
 import numpy as np
@@ -727,3 +728,39 @@ cdef list _fields_1(str text, const unsigned char* s, Py_ssize_t n):
             e += 1
         i = e + 1
     return out
+
+
+# ---- bytes kernel ----------------------------------------------------------------------------
+# A check on raw message bytes for the SMTP filter; the definition is the twin's three counts.
+
+def crlf_only(const unsigned char[:] data):
+    """Every line end is CRLF: each LF follows a CR and each CR precedes an LF (see the twin).
+
+    Every LF is checked for its CR; then, each LF having its own CR, there is no other CR
+    exactly when the CRs number as many as the LFs.
+    """
+    cdef Py_ssize_t n = data.shape[0], lf = 0, cr = 0, i
+    cdef const unsigned char* s
+    cdef const unsigned char* p
+    cdef const unsigned char* end
+    if n == 0:
+        return True
+    s = &data[0]
+    end = s + n
+    p = s
+    while True:
+        p = <const unsigned char*>memchr(p, 10, end - p)
+        if p == NULL:
+            break
+        if p == s or p[-1] != 13:
+            return False
+        lf += 1
+        p += 1
+    p = s
+    while True:
+        p = <const unsigned char*>memchr(p, 13, end - p)
+        if p == NULL:
+            break
+        cr += 1
+        p += 1
+    return cr == lf

@@ -213,3 +213,12 @@ def header_fields(block: str) -> list[tuple[str, str]]:
     if "\n " in block or "\n\t" in block:
         block = block.replace("\n ", " ").replace("\n\t", "\t")
     return HEADER_FIELD_RE.findall(block)
+
+
+# ---- bytes kernel ----------------------------------------------------------------------------
+# A check on raw message bytes for the SMTP filter (the definition is these three counts).
+
+
+def crlf_only(data: bytes) -> bool:
+    """Every line end is CRLF: each LF follows a CR and each CR precedes an LF."""
+    return data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r")

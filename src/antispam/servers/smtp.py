@@ -39,6 +39,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, Session as SmtpSession, syntax
 
+from .. import fastscore
 from ..message import Envelope
 from .common import Server, rewrite_headers
 
@@ -675,7 +676,7 @@ class _SmtpClient:
         command: one write and one reply, where DATA takes two of each (the command, then the
         message after the 354), and no dot-stuffing.  A refused BDAT leaves the transaction in a
         state RFC 3030 leaves open; the caller ends it with RSET, as after a refused DATA."""
-        if payload.count(b"\n") == payload.count(b"\r\n") == payload.count(b"\r"):
+        if fastscore.impl.crlf_only(payload):
             body = payload  # CRLF throughout, as SMTP delivered it: the regular expression's result
         else:
             body = _EOL.sub(b"\r\n", payload)
