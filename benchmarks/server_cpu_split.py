@@ -98,27 +98,16 @@ def main() -> int:
     setup_logging(logging.INFO, False)  # as `antispam serve` logs: the line per message is part of the cost
     logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))
     msgs = bench.load(a.messages)
-    engine = Engine()
-    for raw in msgs[:50]:
-        engine.scan(raw)
-    c0 = time.process_time()
-    for raw in msgs:
-        engine.scan(raw)
-    base = (time.process_time() - c0) / len(msgs) * 1e6
+    _, base = bench.in_process(Engine(), msgs)
     print(f"in-process Engine.scan: {base:.0f} us CPU/msg\n")
     print(f"{'server':12} {'clients':>7} {'msgs/s':>7} {'loop us/msg':>11} {'scan us/msg':>11} {'scan vs in-proc':>15} "
           f"{'protocol us/msg':>15}")
-    sink_port = bench.free_port()
-    sink = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "servers.py"), "--sink", str(sink_port)])
-    try:
+    with bench.sink_process() as sink_port:
         for kind in a.servers.split(","):
             for clients in map(int, a.clients.split(",")):
                 loop_us, scan_us, rate, _ = asyncio.run(measure(kind, clients, a.seconds, a.messages, sink_port))
                 print(f"{kind:12} {clients:7} {rate:7,.0f} {loop_us:11.0f} {scan_us:11.0f} {scan_us / base:14.2f}x "
                       f"{loop_us - scan_us:15.0f}", flush=True)
-    finally:
-        sink.terminate()
-        sink.wait(10)
     return 0
 
 

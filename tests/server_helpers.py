@@ -104,6 +104,11 @@ class ServerThread:
             self.thread.join(5)
             self.loop.close()
 
+    def stop_if_running(self) -> None:
+        """Stop, unless a test already stopped the server (to see the MTA cope with it down)."""
+        if self.loop.is_running():
+            self.stop()
+
 
 class Sink:
     """An aiosmtpd server that keeps every message it accepts: the next hop in end-to-end tests.
@@ -205,3 +210,8 @@ def smtp_replies(fh, n: int) -> list[bytes]:
             pass
         out.append(line.rstrip(b"\r\n"))
     return out
+
+
+def marker(tag: str):
+    """A predicate for :meth:`Sink.wait_for`: the message carries ``tag``."""
+    return lambda raw: tag.encode() in raw

@@ -23,7 +23,7 @@ from antispam.servers.spamd import SpamdServer
 
 import exim as ex
 from postfix import swaks
-from server_helpers import EnvelopeProbe, ServerThread, Sink, ham, spam
+from server_helpers import EnvelopeProbe, ServerThread, Sink, ham, marker, spam
 from servers import free_port
 
 why = ex.available()
@@ -54,10 +54,6 @@ class Lottery(Check):
         return [Hit("SUBJ_LOTTERY", 1.0)] if "lottery" in (msg.subject or "").lower() else []
 
 
-def marker(tag: str):
-    return lambda raw: tag.encode() in raw
-
-
 @pytest.fixture(scope="module", autouse=True)
 def exim_runs():
     """Under CI a missing Exim is a failure, not a skip (the module's skipif lets it through)."""
@@ -84,8 +80,7 @@ def spamd_port():
 def spamd(engine, spamd_port):
     st = ServerThread(SpamdServer(engine, SpamdConfig(port=spamd_port)))
     yield st
-    if st.loop.is_running():
-        st.stop()
+    st.stop_if_running()
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,11 @@ from antispam.config import MilterConfig
 from antispam.servers.milter import MilterServer
 
 import postfix as pf
-from server_helpers import ServerThread, Sink, ham, smtp_replies, spam
+from server_helpers import ServerThread, Sink, ham, marker, smtp_replies, spam
 from servers import free_port
 
 why = pf.available()
 pytestmark = pytest.mark.skipif(why is not None and not os.environ.get("CI"), reason=why or "")
-
-
-def marker(tag: str):
-    return lambda raw: tag.encode() in raw
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +49,7 @@ def engine():
 def milter(milter_port, engine):
     st = ServerThread(MilterServer(engine, MilterConfig(port=milter_port)))
     yield st
-    if st.loop.is_running():
-        st.stop()
+    st.stop_if_running()
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +231,7 @@ def test_proxy_filter_before_queue(sink):
         assert r.returncode != 0 and re.search(r"<\*\* +4\d\d ", r.stdout), r.stdout[-1500:]
         assert sink.wait_for(marker("pf filter down"), timeout=1.0) == []
     finally:
-        if filt.loop.is_running():
-            filt.stop()
+        filt.stop_if_running()
         p.stop()
 
 

@@ -26,7 +26,7 @@ from antispam.builtin import GtubeCheck
 from antispam.config import SmtpConfig
 from antispam.servers.smtp import SmtpFilterServer
 
-from server_helpers import EnvelopeProbe, ServerThread, Sink, ham, smtp_replies, spam
+from server_helpers import EnvelopeProbe, ServerThread, Sink, ham, marker, smtp_replies, spam
 from servers import free_port, wait_port
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -59,10 +59,6 @@ def start(sink, engine=None, **settings) -> ServerThread:
 def send(port: int, raw: bytes, mail_from="ana@sender.test", rcpts=("bo@rcpt.test",)) -> dict:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
         return s.sendmail(mail_from, list(rcpts), raw)
-
-
-def marker(tag: str):
-    return lambda raw: tag.encode() in raw
 
 
 def test_after_queue_tags_and_relays(sink):
