@@ -58,25 +58,12 @@ COMPAT_LIMITS = (30, 10)
 MAX_ROUNDS = 256
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
-SYMBOL_OF = {
-    "pass": "R_SPF_ALLOW",
-    "fail": "R_SPF_FAIL",
-    "softfail": "R_SPF_SOFTFAIL",
-    "neutral": "R_SPF_NEUTRAL",
-    "none": "R_SPF_NA",
-    "permerror": "R_SPF_PERMFAIL",
-    "temperror": "R_SPF_TEMPFAIL",
-}
+#: result -> the end of its symbol's name, for both identities
+_SYMBOL_SUFFIX = {"pass": "ALLOW", "fail": "FAIL", "softfail": "SOFTFAIL", "neutral": "NEUTRAL", "none": "NA",
+                  "permerror": "PERMFAIL", "temperror": "TEMPFAIL"}
+SYMBOL_OF = {r: "R_SPF_" + s for r, s in _SYMBOL_SUFFIX.items()}
 #: the separate check of the HELO identity (when MAIL FROM is not null)
-HELO_SYMBOL_OF = {
-    "pass": "SPF_HELO_ALLOW",
-    "fail": "SPF_HELO_FAIL",
-    "softfail": "SPF_HELO_SOFTFAIL",
-    "neutral": "SPF_HELO_NEUTRAL",
-    "none": "SPF_HELO_NA",
-    "permerror": "SPF_HELO_PERMFAIL",
-    "temperror": "SPF_HELO_TEMPFAIL",
-}
+HELO_SYMBOL_OF = {r: "SPF_HELO_" + s for r, s in _SYMBOL_SUFFIX.items()}
 
 Lookup = Callable[[str, str], Answer]
 
