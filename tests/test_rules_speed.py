@@ -25,7 +25,7 @@ from antispam.config import Config
 from antispam.message import Message
 from antispam.ruleset.check import LoadedRules, RulesCheck, body_text
 from antispam.ruleset.matcher import (NEAR_MAX_ENDS, HyperscanMatcher, PythonMatcher, drop_anchors, hyperscan_available,
-                                      make_matcher, max_width)
+                                      make_matcher, match_shape)
 from antispam.ruleset.parser import Parser
 
 NEAR_RULES = r"""
@@ -75,11 +75,12 @@ body  T_ACROSS    /cash[\s\S]{0,20}win/
 """
 
 
-def test_max_width():
-    assert max_width(rb"\bfr\s?ee\w{0,3}\b", 0) == 8
-    assert max_width(rb"(?<=xyz)a", 0) == 1, "a look-behind is not part of the match"
-    assert max_width(rb"a\s+b", 0) is None
-    assert max_width(rb"(unbalanced", 0) is None
+def test_match_shape():
+    assert match_shape(rb"\bfr\s?ee\w{0,3}\b", 0) == (False, 8), "\\s may be a newline"
+    assert match_shape(rb"\bfr[ \t]?ee\w{0,3}\b", 0) == (True, 8)
+    assert match_shape(rb"(?<=\n)a", 0) == (True, 1), "a look-behind is not part of the match"
+    assert match_shape(rb"a.+b", 0) == (True, None) and match_shape(rb"a.+b", re.DOTALL) == (False, None)
+    assert match_shape(rb"(unbalanced", 0) == (False, None)
 
 
 @pytest.mark.parametrize("engine", ["hyperscan", "python"])

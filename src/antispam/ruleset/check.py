@@ -42,7 +42,7 @@ from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
 from .evals import EVALS, header_absent, header_count_over
-from .matcher import Matcher, make_matcher, max_width, scan_plain, single_line
+from .matcher import Matcher, make_matcher, match_shape, scan_plain
 from .parser import parse_paths
 
 log = logging.getLogger("antispam.rules")
@@ -349,12 +349,13 @@ class RulesCheck(Check):
                 self._header_counts.append((rid, r.eval_args[0].lower(), r.eval_args[1]))
             else:
                 self._evals.append((rid, fn, r.eval_args, r.name))
-        #: rules whose matches never contain a newline: their matched text is searched from the line of the first match end
-        #: (only rules that are emitted: the others never show a text)
-        self._single_line = frozenset(r.id for r in c.rules if r.emitted and r.py is not None and single_line(r.py, r.py_flags))
-        #: rule id -> longest possible match, for the emitted rules whose matches are bounded
-        self._max_width = {r.id: w for r in c.rules if r.emitted and r.py is not None
-                           and (w := max_width(r.py, r.py_flags)) is not None}
+        # Where the text shown for a hit is searched from (see _options); only rules that are
+        # emitted show a text.  One parse of each pattern gives both answers.
+        shapes = {r.id: match_shape(r.py, r.py_flags) for r in c.rules if r.emitted and r.py is not None}
+        #: rules whose matches never contain a newline: searched from the line of the first match end
+        self._single_line = frozenset(i for i, (line, _) in shapes.items() if line)
+        #: rule id -> longest possible match, for the rules whose matches are bounded
+        self._max_width = {i: w for i, (_, w) in shapes.items() if w is not None}
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
         self._template_hits = tuple(i for i, n in enumerate(template) if n)
 

@@ -67,8 +67,8 @@ class Matcher(Protocol):
         With ``ends``, also records for rules where it comes for free the end
         offset of a real match that ends no later than the leftmost match does
         (the first end Hyperscan reports, or the end of Python's ``search``):
-        the options of a hit search for the matched text from the start of
-        that line instead of from the start of the buffer.
+        the options of a hit search for the matched text from near that end
+        instead of from the start of the buffer (see ``RulesCheck._options``).
         """
 
     def direct_scanners(self) -> dict[str, tuple[object, object]]:
@@ -96,16 +96,26 @@ def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
     return (lo, hi) if hi <= NEAR_MAX_WIDTH else None
 
 
-def max_width(pattern: bytes, flags: int) -> int | None:
-    """The longest match of a pattern in bytes, or None when unbounded (or unparsable).
+def match_shape(pattern: bytes, flags: int) -> tuple[bool, int | None]:
+    """``(single_line, max_width)`` of a pattern, from one parse.
 
-    Look-arounds do not count: they read around the match but are not part of it.
+    ``single_line``: no match can contain a newline.  Then every match lies within one
+    line, and the leftmost match is found by searching from the start of the line where
+    any match that ends no later than it ends (see ``RulesCheck._options``).
+
+    ``max_width``: the longest match in bytes, or None when unbounded.
+
+    Look-arounds count for neither: they read around the match but are not part of it.
+    Anything not understood counts as "may contain a newline" and "unbounded", which
+    only costs a longer search.
     """
     try:
-        hi = _sre_parse.parse(pattern, flags).getwidth()[1]
+        tree = _sre_parse.parse(pattern, flags)
     except Exception:
-        return None
-    return hi if hi < _sre_parse.MAXREPEAT else None
+        return False, None
+    hi = tree.getwidth()[1]
+    return (not _may_match_nl(tree.data if hasattr(tree, "data") else tree, bool(flags & re.DOTALL)),
+            hi if hi < _sre_parse.MAXREPEAT else None)
 
 
 _NL = 10
@@ -113,22 +123,6 @@ _NL = 10
 _NL_CATEGORIES = frozenset(str(c) for c in ("CATEGORY_SPACE", "CATEGORY_NOT_DIGIT", "CATEGORY_NOT_WORD",
                                              "CATEGORY_LINEBREAK", "CATEGORY_UNI_SPACE", "CATEGORY_UNI_NOT_DIGIT",
                                              "CATEGORY_UNI_NOT_WORD", "CATEGORY_UNI_LINEBREAK"))
-
-
-def single_line(pattern: bytes, flags: int) -> bool:
-    """True when no match of the pattern can contain a newline.
-
-    Then every match lies within one line, and the leftmost match is found by
-    searching from the start of the line where any match that ends no later
-    than it ends (see :meth:`Matcher.scan`).  Look-arounds do not count: they
-    read past the match but are not part of it.  Anything not understood
-    counts as "may contain a newline", which only costs a longer search.
-    """
-    try:
-        tree = _sre_parse.parse(pattern, flags)
-    except Exception:
-        return False
-    return not _may_match_nl(tree.data if hasattr(tree, "data") else tree, bool(flags & re.DOTALL))
 
 
 def _may_match_nl(items, dotall: bool) -> bool:  # type: ignore[no-untyped-def]
