@@ -75,8 +75,6 @@ class EvalFunc:
 
 
 EVALS: dict[str, EvalFunc] = {}
-#: the answer of an eval with options that did not hit (options are only written for a hit)
-_MISS: tuple[bool, list[str]] = (False, [])
 
 
 def register(name: str, kinds: tuple[str, ...] = (), args: tuple[type, ...] = (), required: int | None = None,
@@ -123,7 +121,7 @@ def subject_is_all_caps(msg: Message) -> bool:
 def many_recipients(msg: Message, n: int) -> tuple[bool, list[str]]:
     """More than ``n`` addresses in To and Cc together (a list blasted in the open)."""
     k = len(msg.to_addrs)
-    return (True, [str(k)]) if k > n else _MISS
+    return (True, [str(k)]) if k > n else (False, [])
 
 
 _MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -236,7 +234,7 @@ def date_skew_over(msg: Message, hours_future: float, hours_past: float) -> tupl
     if skew is None:
         return False, []
     h = skew / 3600.0
-    return (True, [f"{h:+.1f}h"]) if h > hours_future or -h > hours_past else _MISS
+    return (True, [f"{h:+.1f}h"]) if h > hours_future or -h > hours_past else (False, [])
 
 
 _DOMAIN_IN_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
@@ -297,7 +295,7 @@ def html_text_ratio_below(msg: Message, ratio: float) -> tuple[bool, list[str]]:
     if len(html) < 400:
         return False, []
     r = len(msg.html_text) / len(html)
-    return (True, [f"{r:.3f}"]) if r < ratio else _MISS
+    return (True, [f"{r:.3f}"]) if r < ratio else (False, [])
 
 
 #: ``<img`` in any case: ASCII case folding finds exactly what ``"<img" in html.lower()`` finds
@@ -318,16 +316,12 @@ def html_image_only(msg: Message, lo: float, hi: float) -> tuple[bool, list[str]
     if not html or not _has_img(html):
         return False, []
     n = _visible_chars(msg)
-    return (True, [f"{n} chars"]) if lo <= n < hi else _MISS
+    return (True, [f"{n} chars"]) if lo <= n < hi else (False, [])
 
 
 def _visible_chars(msg: Message) -> int:
     """Characters of text that are not white space."""
-    return _visible(msg.text)
-
-
-def _visible(t: str) -> int:
-    return fastscore.impl.visible_count(t)
+    return fastscore.impl.visible_count(msg.text)
 
 
 @register("html_only", ("body", "rawbody"))
@@ -343,7 +337,7 @@ def body_caps_ratio_over(msg: Message, ratio: float) -> tuple[bool, list[str]]:
     if letters < 200:
         return False, []
     r = upper / letters
-    return (True, [f"{r:.2f}"]) if r > ratio else _MISS
+    return (True, [f"{r:.2f}"]) if r > ratio else (False, [])
 
 
 def _letter_counts(msg: Message) -> tuple[int, int]:
@@ -355,7 +349,7 @@ def _letter_counts(msg: Message) -> tuple[int, int]:
 def body_short(msg: Message, n: int) -> bool:
     """Fewer than ``n`` non-blank characters of text in the whole body."""
     # A beginning with n visible characters settles it without counting the whole text.
-    if _visible(msg.text[: 8 * n + 64]) >= n:
+    if fastscore.impl.visible_count(msg.text[: 8 * n + 64]) >= n:
         return False
     return _visible_chars(msg) < n
 
@@ -385,7 +379,7 @@ def uri_text_href_mismatch(msg: Message) -> tuple[bool, list[str]]:
 def uri_distinct_domains_over(msg: Message, n: int) -> tuple[bool, list[str]]:
     """Links to more than ``n`` distinct registrable domains."""
     doms = {_registrable(h) for h in msg.url_hosts if "." in h}
-    return (True, [str(len(doms))]) if len(doms) > n else _MISS
+    return (True, [str(len(doms))]) if len(doms) > n else (False, [])
 
 
 # --------------------------------------------------------------------------- attachments
@@ -448,14 +442,11 @@ def attachment_extension(msg: Message, extensions: str) -> tuple[bool, list[str]
     return False, []
 
 
-_PADDING = {n: re.compile(r"\s{%d,}" % n) for n in range(1, 11)}
-
-
 @register("attachment_name_padded", ("body", "rawbody", "full"), (int,))
 def attachment_name_padded(msg: Message, n: int) -> tuple[bool, list[str]]:
     """A MIME part whose name has a run of ``n`` or more blanks before its extension, which pushes
     the real extension out of sight in a mail client (``invoice.pdf        .exe``)."""
-    pad = _PADDING.get(n) or re.compile(r"\s{%d,}" % max(n, 1))
+    pad = re.compile(r"\s{%d,}" % n)  # re keeps compiled patterns: one per n
     for p in msg.parts:
         f = p.filename
         if f and "." in f and pad.search(f.rsplit(".", 1)[0]):
