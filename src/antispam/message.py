@@ -866,24 +866,30 @@ class Message:
 
     @cached_property
     def urls(self) -> tuple[Url, ...]:
-        """Links from the plain text and the HTML, in order of appearance, de-duplicated."""
+        """Links from the plain text and the HTML, in order of appearance, de-duplicated; the
+        first ``limits.max_urls`` of them (no record is built for the rest)."""
         seen: set[str] = set()
         out: list[Url] = []
+        limit = self.limits.max_urls
         for href, anchor in self._html_render[1]:
             if href and href not in seen and (":" in href or href[:4].lower() == "www."):
                 low = href[:11].lower()
                 if low.startswith(("mailto:", "javascript:", "cid:", "data:", "tel:", "#")):
                     continue
+                if len(out) == limit:
+                    break
                 seen.add(href)
                 out.append(Url(url=href, host=url_host(href), source="html", text=anchor))
-        for u in _text_urls(self.plain_text):
-            if u not in seen:
-                seen.add(u)
-                out.append(Url(url=u, host=url_host(u), source="text"))
-        limit = self.limits.max_urls
-        if len(out) > limit:
-            self._skip(f"urls>{limit}")
-            del out[limit:]
+        else:
+            for u in _text_urls(self.plain_text):
+                if u not in seen:
+                    if len(out) == limit:
+                        break
+                    seen.add(u)
+                    out.append(Url(url=u, host=url_host(u), source="text"))
+            else:
+                return tuple(out)
+        self._skip(f"urls>{limit}")
         return tuple(out)
 
     @cached_property
