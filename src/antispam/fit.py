@@ -69,7 +69,7 @@ import numpy as np
 from .config import Config
 from .corpus import LabelledMessage
 
-#: a symbol seen on fewer TRAIN messages keeps its declared score (as in ``antispam rules fit``)
+#: a symbol seen on fewer TRAIN messages keeps its declared score (here and in ``antispam rules fit``)
 MIN_HITS = 3
 #: symbols never fitted: fixed by meaning, or informational
 FIXED = frozenset({"GTUBE", "CHECK_ERROR", "CHECK_TIMEOUT", "SCAN_LIMIT", "INPUT_ERROR", "STORE_UNAVAILABLE"})

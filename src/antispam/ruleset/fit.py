@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..fit import MIN_HITS
 from .check import RulesCheck, iter_rule_hits
 
 
@@ -62,7 +63,7 @@ def hit_matrix(check: RulesCheck, messages: Sequence[bytes]) -> tuple[np.ndarray
 
 def fit_scores(X: np.ndarray, y: np.ndarray, names: Sequence[str], nice: set[str], *, lam: float = 1.0,
                max_score: float = 4.0, threshold: float = 5.0, ham_weight: float = 20.0,
-               min_hits: int = 3, prior: Sequence[float] | None = None) -> FitResult:
+               min_hits: int = MIN_HITS, prior: Sequence[float] | None = None) -> FitResult:
     """Bounded, L2-regularised logistic regression; see the module docstring.
 
     ``prior``: the hand-set score of each rule, kept for the rules seen fewer than
