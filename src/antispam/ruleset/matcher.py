@@ -76,7 +76,8 @@ class Matcher(Protocol):
 
 
 class _PyRule:
-    __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width")
+    __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width", "ascii_literals",
+                 "other_literals")
 
     def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int):
         rx = re.compile(pattern, flags)
@@ -88,6 +89,12 @@ class _PyRule:
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
         #: (shortest, longest) match in bytes when confirmed near match ends (see _confirm_near)
         self.width: tuple[int, int] | None = None
+        lits = disjoint_literals(pattern, flags) if self.count_max else None
+        #: a counted rule that is a set of literals no two occurrences of which can overlap: counted
+        #: with ``bytes.count`` (see _count); the literals with a byte >= 0x80 apart, since most
+        #: buffers are ASCII and ``bytes.isascii`` rules them all out at once
+        self.ascii_literals = tuple(x for x in lits if x.isascii()) if lits else None
+        self.other_literals = tuple(x for x in lits if not x.isascii()) if lits else ()
 
 
 def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
@@ -387,7 +394,97 @@ def split_alternatives(p: bytes, limit: int = PIECE_LIMIT) -> list[bytes] | None
     return out
 
 
+#: most literals a counted rule may expand to and still be counted with ``bytes.count``
+MAX_LITERALS = 64
+
+
+def disjoint_literals(pattern: bytes, flags: int) -> tuple[bytes, ...] | None:
+    """The strings a pattern matches, when it is a finite set of literals no two occurrences of which overlap.
+
+    Then the non-overlapping matches that Python's ``finditer`` (and Perl's ``/g``) counts
+    are all the occurrences of all the literals: wherever one occurs, no other occurrence
+    shares a byte with it, so the scan from left to right finds each one, and only these.
+    Each is counted by ``bytes.count``, which counts non-overlapping occurrences, i.e.
+    all of them when a literal cannot overlap itself.  Two occurrences overlap when a
+    proper suffix of one is a prefix of the other (or the other lies inside it), or when
+    one literal is a prefix of the other (same start).
+
+    None for anything else: case-insensitive patterns, assertions, repeats, more than
+    :data:`MAX_LITERALS` strings, or literals that could overlap.  SpamAssassin counts
+    letters this way (``e``, and an ``e`` with its look-alikes in UTF-8).
+    """
+    if flags & re.IGNORECASE:
+        return None
+    try:
+        tree = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return None
+    lits = _literals(list(tree))
+    if not lits or b"" in lits:
+        return None
+    for a in lits:
+        for b in lits:
+            if a != b and (a.startswith(b) or b.startswith(a)):
+                return None
+            for k in range(1, len(a)):
+                tail = a[k:]
+                if b.startswith(tail) or tail.startswith(b):
+                    return None
+    return tuple(sorted(lits))
+
+
+def _literals(items) -> set[bytes] | None:  # type: ignore[no-untyped-def]
+    """The set of strings a sequence of parse items matches, or None when not a small finite set."""
+    out = {b""}
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            alts = {bytes((av,))}
+        elif name == "IN":
+            alts = _class_bytes(av)
+        elif name == "SUBPATTERN":
+            alts = _literals(list(av[-1]))
+        elif name == "BRANCH":
+            alts = set()
+            for b in av[1]:
+                sub = _literals(list(b))
+                if sub is None:
+                    return None
+                alts |= sub
+        else:
+            return None
+        if alts is None:
+            return None
+        out = {x + y for x in out for y in alts}
+        if len(out) > MAX_LITERALS:
+            return None
+    return out
+
+
+def _class_bytes(items) -> set[bytes] | None:  # type: ignore[no-untyped-def]
+    """The bytes of a character class made of literals and ranges (None for negated or category classes)."""
+    out: set[bytes] = set()
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            out.add(bytes((av,)))
+        elif name == "RANGE":
+            out.update(bytes((c,)) for c in range(av[0], av[1] + 1))
+        else:
+            return None
+        if len(out) > MAX_LITERALS:
+            return None
+    return out
+
+
 def _count(r: _PyRule, data: bytes) -> int:
+    """Non-overlapping matches of a counted rule, at most its ``count_max``."""
+    lits = r.ascii_literals
+    if lits is not None:
+        n = sum(map(data.count, lits))
+        if r.other_literals and not data.isascii():
+            n += sum(map(data.count, r.other_literals))
+        return min(n, r.count_max)
     n = 0
     for _ in r.finditer(data):
         n += 1
