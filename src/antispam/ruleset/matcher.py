@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .compiler import CompiledRules
+from .projection import ascii_projection
 
 try:  # the regex parser of the running Python (named sre_parse before 3.11)
     from re import _parser as _sre_parse  # type: ignore[attr-defined]
@@ -52,6 +53,11 @@ MAX_COUNT = 1000
 NEAR_MAX_WIDTH = 64
 #: more prefilter match ends than this: confirm with one search of the whole buffer instead
 NEAR_MAX_ENDS = 16
+#: a group gets a second database for ASCII buffers when the ASCII projections of its
+#: patterns are at most this fraction of their length (see projection.py)
+ASCII_MAX_SHARE = 0.75
+#: the key of a group's ASCII database: this prefix and the group's key
+ASCII_PREFIX = "ascii>"
 
 
 def hyperscan_available() -> bool:
@@ -531,7 +537,7 @@ def _scan_python_rules(rules, data: bytes, out: dict[int, int], ends: dict[int, 
                     ends[r.id] = m.end()
 
 
-_MAGIC = b"ANTISPAM-HSDB-8\n"
+_MAGIC = b"ANTISPAM-HSDB-9\n"
 
 
 class HyperscanMatcher:
@@ -576,7 +582,8 @@ class HyperscanMatcher:
                     self._counters[i] = pr
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
-        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v8w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}x{MAX_PIECES}.db" if cache_dir else None
+        cache = Path(cache_dir) / (f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v9w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}"
+                                   f"x{MAX_PIECES}a{ASCII_MAX_SHARE}.db") if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:
             self.dbs = loaded
@@ -591,11 +598,14 @@ class HyperscanMatcher:
             if cache:
                 self._save(cache)
         self._scratch_proto = {k: _hs.Scratch(db) for k, db in self.dbs.items()}
+        #: group -> key of its database for ASCII buffers, for the groups that have one
+        self._ascii = {k: ASCII_PREFIX + k for k in compiled.groups if ASCII_PREFIX + k in self.dbs}
         # Groups where every Hyperscan report is a final hit counted once (no counting,
-        # no Python confirmation, no Python-only rule): their scan is one Hyperscan call.
+        # no Python confirmation, no Python-only rule, one database): their scan is one Hyperscan call.
         post = set(self._counters) | set(self._confirm)
         self._plain = frozenset(k for k, ids in compiled.groups.items()
-                                if k in self.dbs and k not in self._py and not post.intersection(ids))
+                                if k in self.dbs and k not in self._py and k not in self._ascii
+                                and not post.intersection(ids))
         #: groups with rules confirmed near their match ends: their scan collects the ends
         self._with_ends = frozenset(k for k, ids in compiled.groups.items() if k in self.dbs and self._near.keys() & set(ids))
 
@@ -649,10 +659,13 @@ class HyperscanMatcher:
                 continue
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
             exprs, expr_ids = self._exprs(good, rules)
-            db.compile(expressions=exprs, ids=expr_ids, elements=len(exprs),
-                       flags=[self._rule_flags(rules[i], rules[i].hs is None or i in self._as_prefilter
-                                               or i in self._unanchored) for i in expr_ids])
+            flags = [self._rule_flags(rules[i], rules[i].hs is None or i in self._as_prefilter or i in self._unanchored)
+                     for i in expr_ids]
+            db.compile(expressions=exprs, ids=expr_ids, elements=len(exprs), flags=flags)
             dbs[key] = db
+            twin = _ascii_database(exprs, expr_ids, flags)
+            if twin is not None:
+                dbs[ASCII_PREFIX + key] = twin
         return dbs
 
     def _compilable(self, ids: list[int], rules) -> list[int]:
@@ -823,16 +836,17 @@ class HyperscanMatcher:
         return out
 
     def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
-        db = self.dbs.get(group)
         if group in self._plain:
             return scan_plain(self.direct_scanners()[group], data, ends)
+        key = self._ascii.get(group, group) if data.isascii() else group
+        db = self.dbs.get(key)
         out: dict[int, int] = {}
         if db is not None:
             if group in self._with_ends:
-                firsts = self._scan_near(db, group, data, out)
+                firsts = self._scan_near(db, key, data, out)
             else:
                 firsts = {}
-                db.scan(data, match_event_handler=collect_first_end, context=firsts, scratch=self._scratch(group))  # type: ignore[attr-defined]
+                db.scan(data, match_event_handler=collect_first_end, context=firsts, scratch=self._scratch(key))  # type: ignore[attr-defined]
             counters = self._counters
             confirm = self._confirm
             for rid, end in firsts.items():
@@ -862,11 +876,12 @@ class HyperscanMatcher:
         _scan_python_rules(self._py.get(group, ()), data, out, ends)
         return out
 
-    def _scan_near(self, db, group: str, data: bytes, out: dict[int, int]) -> dict[int, int]:
-        """Scan collecting match ends; settle the rules confirmed near their ends into ``out``,
-        return the other rules reported, each with its first match end, for the usual treatment."""
+    def _scan_near(self, db, key: str, data: bytes, out: dict[int, int]) -> dict[int, int]:
+        """Scan (with the database and scratch of ``key``) collecting match ends; settle the rules
+        confirmed near their ends into ``out``, return the other rules reported, each with its first
+        match end, for the usual treatment."""
         reports: list[tuple[int, int]] = []
-        db.scan(data, match_event_handler=_collect_ends, context=reports, scratch=self._scratch(group))
+        db.scan(data, match_event_handler=_collect_ends, context=reports, scratch=self._scratch(key))
         near = self._near
         found: dict[int, int] = {}
         ends: dict[int, list[int]] = {}
@@ -883,6 +898,35 @@ class HyperscanMatcher:
             if _confirm_near(near[rid], data, e):
                 out[rid] = 1
         return found
+
+
+def _ascii_database(exprs: list[bytes], ids: list[int], flags: list[int]):  # type: ignore[no-untyped-def]
+    """A database for ASCII buffers from the ASCII projections of a group's expressions, or None
+    when the projections are not much shorter (or do not compile).
+
+    Same ids and flags, so a scan of an ASCII buffer reports what the group's own database
+    reports; an expression that cannot match ASCII text is left out.
+    """
+    out_e: list[bytes] = []
+    out_i: list[int] = []
+    out_f: list[int] = []
+    left = 0.0  # the length of the projections, in the units of the expressions' lengths
+    for e, i, f in zip(exprs, ids, flags):
+        p = ascii_projection(e)
+        left += p.share * len(e)
+        if p.pattern is not None:
+            out_e.append(p.pattern)
+            out_i.append(i)
+            out_f.append(f)
+    if not out_e or left > ASCII_MAX_SHARE * sum(map(len, exprs)):
+        return None
+    db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=out_e, ids=out_i, elements=len(out_e), flags=out_f)
+    except Exception as exc:  # the group's own database still serves every buffer
+        log.debug("no ASCII database: %s", exc)
+        return None
+    return db
 
 
 def scan_plain(scanner: tuple[object, object], data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:

@@ -1,0 +1,211 @@
+"""A pattern's ASCII projection: what it can still match in a buffer that holds only ASCII bytes.
+
+SpamAssassin's ReplaceTags rules (``FUZZY_*``, the drug-name obfuscations) write every
+letter as a class of look-alikes, most of them multi-byte UTF-8 sequences and HTML
+entities.  Hyperscan pays for every alternative at every byte (the ten ``FUZZY_*``
+rules cost ~15 us per message each), yet most buffers are pure ASCII (86% of the
+corpus's body texts), where no alternative that needs a byte >= 0x80 can match.
+
+The projection drops exactly those alternatives: in an ASCII buffer a pattern and its
+projection match at the same places, because a match never reads a byte >= 0x80 there.
+
+* a literal byte >= 0x80 cannot match: the sequence holding it is impossible;
+* a positive class loses its bytes >= 0x80 (impossible when none is left);
+* an alternation keeps its possible branches (impossible when none is left);
+* ``X{0,n}`` of an impossible ``X`` matches only the empty string, and goes;
+* a look-ahead or look-behind that cannot match makes its sequence impossible,
+  a negative one that cannot match always holds, and goes.
+
+Negated classes and ``.`` are kept as written: what they say about bytes >= 0x80 is
+never asked in an ASCII buffer.  The projection is printed back construct for construct
+(every byte but letters and digits as a hex escape).  The patterns are those the translator
+wrote (regex.py), in the syntax on which Python ``re`` and Hyperscan agree, so Python's
+parser reads them as Hyperscan does.  A pattern with a construct this module does not
+reproduce (back-references, conditionals, atomic groups, inline global flags) is kept as
+written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+try:
+    from re import _constants as _c  # type: ignore[attr-defined]
+    from re import _parser as _p  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - Python < 3.11
+    import sre_constants as _c  # type: ignore[no-redef]
+    import sre_parse as _p  # type: ignore[no-redef]
+
+
+class _Unsupported(Exception):
+    """A construct the printer does not reproduce: the pattern has no projection."""
+
+
+#: a branch or sequence that cannot match any ASCII buffer
+_IMPOSSIBLE = None
+
+_AT = {_c.AT_BEGINNING: b"^", _c.AT_END: b"$", _c.AT_BEGINNING_STRING: b"\\A", _c.AT_END_STRING: b"\\Z",
+       _c.AT_BOUNDARY: b"\\b", _c.AT_NON_BOUNDARY: b"\\B"}
+_CATEGORY = {_c.CATEGORY_DIGIT: b"\\d", _c.CATEGORY_NOT_DIGIT: b"\\D", _c.CATEGORY_SPACE: b"\\s",
+             _c.CATEGORY_NOT_SPACE: b"\\S", _c.CATEGORY_WORD: b"\\w", _c.CATEGORY_NOT_WORD: b"\\W"}
+_FLAG_LETTERS = ((re.IGNORECASE, b"i"), (re.MULTILINE, b"m"), (re.DOTALL, b"s"))
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    #: matches every ASCII buffer exactly where the pattern does; None: the pattern cannot match one
+    pattern: bytes | None
+    #: how much of the pattern is left, as the length of the projection over that of the pattern
+    #: (both printed the same way); 1.0 when the pattern is kept as written
+    share: float
+
+
+def ascii_projection(pattern: bytes) -> Projection:
+    """The pattern restricted to what can match in an ASCII buffer.
+
+    The pattern is parsed without flags (the rule's flags do not change what is printed
+    back); when it uses a construct this module does not reproduce, it is kept as it is,
+    which is trivially exact.
+    """
+    try:
+        tree = _p.parse(pattern, 0)
+    except Exception:
+        return Projection(pattern, 1.0)
+    if tree.state.flags & ~(re.UNICODE | re.ASCII):
+        return Projection(pattern, 1.0)  # inline global flags: not reproduced
+    try:
+        items = _project(list(tree))
+        if items is _IMPOSSIBLE:
+            return Projection(None, 0.0)
+        out = _print(items)
+        return Projection(out, len(out) / max(1, len(_print(list(tree)))))
+    except _Unsupported:
+        return Projection(pattern, 1.0)
+
+
+def _project(items: list) -> list | None:  # type: ignore[type-arg]
+    """A sequence of parse items projected, or None when it cannot match ASCII text."""
+    out = []
+    for op, av in items:
+        if op is _c.LITERAL:
+            if av >= 0x80:
+                return _IMPOSSIBLE
+            out.append((op, av))
+        elif op is _c.IN:
+            cls = _project_class(av)
+            if cls is _IMPOSSIBLE:
+                return _IMPOSSIBLE
+            out.append((op, cls))
+        elif op in (_c.NOT_LITERAL, _c.ANY, _c.AT):
+            out.append((op, av))
+        elif op is _c.BRANCH:
+            alts = [a for a in (_project(list(b)) for b in av[1]) if a is not _IMPOSSIBLE]
+            if not alts:
+                return _IMPOSSIBLE
+            out.append((op, (None, alts)))
+        elif op is _c.SUBPATTERN:
+            group, add, dele, sub = av
+            inner = _project(list(sub))
+            if inner is _IMPOSSIBLE:
+                return _IMPOSSIBLE
+            out.append((op, (group, add, dele, inner)))
+        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT):
+            lo, hi, sub = av
+            inner = _project(list(sub))
+            if inner is _IMPOSSIBLE:
+                if lo > 0:
+                    return _IMPOSSIBLE
+                continue  # only the empty repetition is left
+            out.append((op, (lo, hi, inner)))
+        elif op in (_c.ASSERT, _c.ASSERT_NOT):
+            direction, sub = av
+            inner = _project(list(sub))
+            if inner is _IMPOSSIBLE:
+                if op is _c.ASSERT:
+                    return _IMPOSSIBLE
+                continue  # a negative look-around that cannot match always holds
+            out.append((op, (direction, inner)))
+        else:  # back-references, conditionals, atomic groups, possessive repeats
+            raise _Unsupported(str(op))
+    return out
+
+
+def _project_class(items: list) -> list | None:  # type: ignore[type-arg]
+    if items and items[0][0] is _c.NEGATE:
+        return items  # a negated class: its verdict on bytes >= 0x80 is never asked
+    out = []
+    for op, av in items:
+        if op is _c.LITERAL:
+            if av < 0x80:
+                out.append((op, av))
+        elif op is _c.RANGE:
+            lo, hi = av
+            if lo < 0x80:
+                out.append((op, (lo, min(hi, 0x7F))))
+        elif op is _c.CATEGORY:
+            if av not in _CATEGORY:
+                raise _Unsupported(str(av))
+            out.append((op, av))
+        else:
+            raise _Unsupported(str(op))
+    return out or _IMPOSSIBLE
+
+
+def _byte(c: int) -> bytes:
+    return bytes((c,)) if (0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A) else b"\\x%02x" % c
+
+
+def _print(items: list) -> bytes:  # type: ignore[type-arg]
+    out = []
+    for op, av in items:
+        if op is _c.LITERAL:
+            out.append(_byte(av))
+        elif op is _c.NOT_LITERAL:
+            out.append(b"[^" + _byte(av) + b"]")
+        elif op is _c.ANY:
+            out.append(b".")
+        elif op is _c.AT:
+            if av not in _AT:
+                raise _Unsupported(str(av))
+            out.append(_AT[av])
+        elif op is _c.IN:
+            out.append(_print_class(av))
+        elif op is _c.BRANCH:
+            out.append(b"(?:" + b"|".join(_print(a) for a in av[1]) + b")")
+        elif op is _c.SUBPATTERN:
+            _, add, dele, sub = av
+            on = b"".join(ch for f, ch in _FLAG_LETTERS if add & f)
+            off = b"".join(ch for f, ch in _FLAG_LETTERS if dele & f)
+            if (add | dele) & ~(re.IGNORECASE | re.MULTILINE | re.DOTALL):
+                raise _Unsupported("inline flags")
+            out.append(b"(?" + on + (b"-" + off if off else b"") + b":" + _print(sub) + b")")
+        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT):
+            lo, hi, sub = av
+            hi_s = b"" if hi == _c.MAXREPEAT else str(hi).encode()
+            q = b"{%d,%s}" % (lo, hi_s) if lo != hi else b"{%d}" % lo
+            out.append(b"(?:" + _print(sub) + b")" + q + (b"?" if op is _c.MIN_REPEAT else b""))
+        elif op in (_c.ASSERT, _c.ASSERT_NOT):
+            direction, sub = av
+            kind = (b"=" if op is _c.ASSERT else b"!") if direction == 1 else (b"<=" if op is _c.ASSERT else b"<!")
+            out.append(b"(?" + kind + _print(sub) + b")")
+        else:
+            raise _Unsupported(str(op))
+    return b"".join(out)
+
+
+def _print_class(items: list) -> bytes:  # type: ignore[type-arg]
+    out = [b"["]
+    for op, av in items:
+        if op is _c.NEGATE:
+            out.append(b"^")
+        elif op is _c.LITERAL:
+            out.append(b"\\x%02x" % av)
+        elif op is _c.RANGE:
+            out.append(b"\\x%02x-\\x%02x" % av)
+        elif op is _c.CATEGORY:
+            out.append(_CATEGORY[av])
+        else:
+            raise _Unsupported(str(op))
+    out.append(b"]")
+    return b"".join(out)
