@@ -1,7 +1,7 @@
 """Throughput of the servers over loopback, against the engine in-process.
 
     python benchmarks/servers.py [--messages 1000] [--servers spamd,milter,smtp,rspamd-http]
-                                 [--workers 0,2] [--clients 2,16] [--seconds 20]
+                                 [--workers 0,2] [--clients 2,16] [--seconds 20] [--event-loop auto,asyncio]
 
 Each server runs as ``antispam serve KIND`` in its own process; the clients are
 asyncio coroutines in this process, each sending messages back to back over
@@ -248,10 +248,10 @@ def in_process(engine: Engine, msgs: list[bytes]) -> tuple[float, float]:
     return len(msgs) / (time.perf_counter() - t0), (time.process_time() - c0) / len(msgs) * 1e6
 
 
-def spawn_server(kind: str, workers: int, next_hop: int | None) -> tuple[subprocess.Popen, int]:
+def spawn_server(kind: str, workers: int, next_hop: int | None, event_loop: str = "auto") -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     args = [sys.executable, "-m", "antispam.cli", "serve", kind, "--port", "0", "--workers", str(workers),
-            "--max-connections", "64"]
+            "--max-connections", "64", "--event-loop", event_loop]
     if next_hop:
         args += ["--next-hop", f"127.0.0.1:{next_hop}"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
@@ -314,6 +314,8 @@ def main() -> int:
     ap.add_argument("--next-hop-ext", default="PIPELINING,8BITMIME,CHUNKING",
                     help="what the SMTP filter's next hop announces in EHLO (default: what Postfix's "
                          "smtpd announces that matters here; '8BITMIME' alone for a plain next hop)")
+    ap.add_argument("--event-loop", default="auto", help="the servers' event loops to compare, comma-separated "
+                    "(auto, asyncio, uvloop; default: auto, which is uvloop when installed)")
     ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.sink:
@@ -329,32 +331,34 @@ def main() -> int:
     pool = len(msgs) / (time.perf_counter() - t0)
     print(f"in-process: Engine.scan {base:,.0f} msgs/s (1 core, {base_cpu:.0f} us CPU/msg); "
           f"scan_many(workers=2) {pool:,.0f} msgs/s\n")
-    print(f"{'server':12} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} "
+    loops = a.event_loop.split(",")
+    print(f"{'server':12} {'loop':>7} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} "
           f"{'loop us/msg':>11} {'total us/msg':>12} {'vs in-proc':>10} {'capacity':>9}")
     with sink_process(a.next_hop_ext) as sink_port:
-        for kind in a.servers.split(","):
-            for workers in map(int, a.workers.split(",")):
-                proc, port = spawn_server(kind, workers, sink_port if kind == "smtp" else None)
-                try:
-                    asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
-                    for clients in map(int, a.clients.split(",")):
-                        c0 = tree_cpu(proc.pid)
-                        n, dt = asyncio.run(drive(kind, port, msgs, clients, a.seconds))
-                        c1 = tree_cpu(proc.pid)
-                        rate = n / dt
-                        if c0 is not None and c1 is not None:
-                            loop_us, total_us = (c1[0] - c0[0]) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
-                            capacity = 1e6 / loop_us if not workers else \
-                                min(1e6 / loop_us, workers * 1e6 / max(total_us - loop_us, 1.0),
-                                    (os.cpu_count() or 1) * 1e6 / total_us)
-                            cpu = (f"{loop_us:11.0f} {total_us:12.0f} {total_us / base_cpu:9.2f}x "
-                                   f"{capacity:9,.0f}")
-                        else:
-                            cpu = ""
-                        print(f"{kind:12} {workers:7} {clients:7} {rate:9,.0f} {rate / base:8.2f}x {cpu}", flush=True)
-                finally:
-                    proc.terminate()
-                    proc.wait(30)
+        runs = [(k, w, e) for k in a.servers.split(",") for w in map(int, a.workers.split(",")) for e in loops]
+        for kind, workers, event_loop in runs:
+            proc, port = spawn_server(kind, workers, sink_port if kind == "smtp" else None, event_loop)
+            try:
+                asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
+                for clients in map(int, a.clients.split(",")):
+                    c0 = tree_cpu(proc.pid)
+                    n, dt = asyncio.run(drive(kind, port, msgs, clients, a.seconds))
+                    c1 = tree_cpu(proc.pid)
+                    rate = n / dt
+                    if c0 is not None and c1 is not None:
+                        loop_us, total_us = (c1[0] - c0[0]) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
+                        capacity = 1e6 / loop_us if not workers else \
+                            min(1e6 / loop_us, workers * 1e6 / max(total_us - loop_us, 1.0),
+                                (os.cpu_count() or 1) * 1e6 / total_us)
+                        cpu = (f"{loop_us:11.0f} {total_us:12.0f} {total_us / base_cpu:9.2f}x "
+                               f"{capacity:9,.0f}")
+                    else:
+                        cpu = ""
+                    print(f"{kind:12} {event_loop:>7} {workers:7} {clients:7} {rate:9,.0f} {rate / base:8.2f}x {cpu}",
+                          flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(30)
     return 0
 
 

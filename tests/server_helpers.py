@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 from typing import Any
+
+import pytest
 
 from antispam import Check, Hit, SymbolDef
 
@@ -82,12 +85,29 @@ class EnvelopeProbe(Check):
         return [Hit("ENVELOPE_SEEN", 1.0)]
 
 
+def _uvloop_installed() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: the event loops a server test can run on: asyncio's own always, uvloop when installed (and on CI,
+#: where the test extra installs it, always: a missing uvloop there fails rather than skips)
+EVENT_LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(
+    not _uvloop_installed() and not os.environ.get("CI"), reason="uvloop is not installed"))]
+
+
 class ServerThread:
     """Runs an antispam server (any ``servers.common.Server``) on an event loop in a thread."""
 
-    def __init__(self, server: Any):
+    def __init__(self, server: Any, event_loop: str = "auto"):
+        from antispam.servers.common import event_loop_factory
+
         self.server = server
-        self.loop = asyncio.new_event_loop()
+        # the loop ``antispam serve`` would run (uvloop when installed), unless a test names one
+        self.loop = event_loop_factory(event_loop)()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.call(server.start())

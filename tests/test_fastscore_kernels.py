@@ -1,5 +1,5 @@
 """The rules, text, header and bytes kernels (rule-eval counting, HTML tag stripping, blank collapsing, header
-fields, CRLF line ends): compiled and twin agree exactly."""
+fields, CRLF line ends, canonical dates): compiled and twin agree exactly."""
 
 from __future__ import annotations
 
@@ -150,3 +150,48 @@ def test_crlf_only_agrees_and_means_crlf_line_ends():
         assert impl.crlf_only(b"") and impl.crlf_only(b"a\r\nb\r\n") and impl.crlf_only(b"no line end")
         assert not impl.crlf_only(b"a\nb") and not impl.crlf_only(b"a\r\rb\r\n") and not impl.crlf_only(b"\n")
         assert not impl.crlf_only(b"a\r")
+
+
+DATE_PIECES = ["", " ", "  ", "\t", "\u2003", "\xa0", "\n", "Wed", "wed", "WED,", "Wed,", "We,", "Thu, ", "1", "5", "25", "025",
+               "\u0662", "Nov", "nov", "Dec", "Decx", "1999", "2026", "3026", "202", "20266", "11:33:33", "1:33:33",
+               "11:3:33", "11-33-33", "+0100", "-0000", "-2359", "+010", "+01000", "(CET)", "x", ":", ","]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_canonical_date_agrees_on_random_pieces(seed):
+    rng = random.Random(seed)
+    good = ["Wed, ", "25", " ", "Nov", " ", "2026", " ", "11:33:33", " ", "+0100", " (CET)"]
+    for _ in range(2000):
+        # a canonical date with a few of its pieces replaced, dropped or doubled, so that most
+        # strings fail at a different step and some still pass
+        pieces = list(good)
+        for _ in range(rng.randint(0, 3)):
+            k = rng.randrange(len(pieces))
+            pieces[k] = rng.choice(DATE_PIECES) if rng.random() < 0.8 else pieces[k] * 2
+        value = "".join(pieces)[: rng.randint(0, 60)] if rng.random() < 0.2 else "".join(pieces)
+        assert compiled.canonical_date(value) == twin.canonical_date(value), repr(value)
+
+
+def test_canonical_date_by_definition():
+    from email.utils import parsedate_tz
+
+    for v in ("Wed, 25 Nov 2026 11:33:33 +0100 (CET)", "5 Jan 2002 00:00:00 -0000", "\u2003Sun,1 Dec 1999 23:59:59 +1400"):
+        for impl in (twin, compiled):
+            assert impl.canonical_date(v) == parsedate_tz(v), v
+    for v in ("Wed, 25 nov 2026 11:33:33 +0100", "Wed, 25 Nov 2026 11:33:33 EST", "Wed, 25 Nov 2026 11:33:33 +0100x",
+              "Wed, 125 Nov 2026 11:33:33 +0100", "25 Nov 26 11:33:33 +0100", "25 Nov 2026 11:33 +0100", ""):
+        for impl in (twin, compiled):
+            assert impl.canonical_date(v) is None, v
+
+
+def test_canonical_date_agrees_on_the_corpus(corpus):
+    from antispam.message import Message
+
+    n = 0
+    for m in corpus[::5]:
+        msg = Message(m.data)
+        for v in msg.get_all("Date") + [r.raw[r.raw.rfind(";") + 1 :].strip() for r in msg.received if ";" in r.raw]:
+            got = compiled.canonical_date(v)
+            assert got == twin.canonical_date(v), v
+            n += got is not None
+    assert n > 1000

@@ -280,3 +280,34 @@ score T_HDR       0
     assert [r.name for r in live.rules] == [r.name for r in full.rules], "ids unchanged"
     assert not any(k.startswith("hdr:") for k in live.groups), "a header group with no rule left is dropped"
     assert live.digest != full.digest
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_uri_rules_match_each_link_alone(tmp_path, engine):
+    """The uri buffer holds one link per line, but a match may not join two links: SpamAssassin
+    matches each link alone, and ``[^/]+`` would otherwise run from one link into the next."""
+    from antispam.check import ScanContext
+    from antispam.config import Config
+    from antispam.message import Message
+
+    p = tmp_path / "u.cf"
+    p.write_text("uri T_JOINED /example[^x]+second/\nscore T_JOINED 1\n"
+                 "uri T_ALONE /^https?:\\/\\/[^\\/]+\\/[^?]*\\bpaypal\\b/\nscore T_ALONE 1\n"
+                 "uri T_MANY /[^.]+\\.test/\ntflags T_MANY multiple\nscore T_MANY 1\n")
+    check = RulesCheck(load_rules([p], engine=engine))
+
+    def run(body: bytes):
+        msg = Message(b"Subject: links\n\n" + body)
+        ctx = ScanContext(msg.envelope, Config())
+        hits = {h.symbol: h.options for h in check.run(msg, ctx)}
+        return hits, ctx.get(RuleHits).counts
+
+    # joined, the two links would match T_JOINED (and T_ALONE from the first link's host on); apart, neither
+    hits, counts = run(b"see http://a.example/ and http://second.test/ and http://third.test/paypal.html\n")
+    assert "T_JOINED" not in hits
+    assert hits["T_ALONE"] == ("third.test",)  # the link that matches alone, not the first one
+    assert counts["T_MANY"] == 2  # one count per link, not one run across both
+    # a link's own line break (an HTML href) is dropped, as browsers drop it
+    msg = Message(b"Subject: x\nContent-Type: text/html\n\n<a href=\"http://pay\npal.example/paypal\">x</a>\n")
+    ctx = ScanContext(msg.envelope, Config())
+    assert {h.symbol: h.options for h in check.run(msg, ctx)}.get("T_ALONE") == ("paypal.example",)

@@ -26,7 +26,7 @@ from antispam.builtin import GtubeCheck
 from antispam.config import SmtpConfig
 from antispam.servers.smtp import SmtpFilterServer
 
-from server_helpers import EnvelopeProbe, ServerThread, Sink, ham, marker, smtp_replies, spam
+from server_helpers import EVENT_LOOPS, EnvelopeProbe, ServerThread, Sink, ham, marker, smtp_replies, spam
 from servers import free_port, wait_port
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -61,8 +61,10 @@ def send(port: int, raw: bytes, mail_from="ana@sender.test", rcpts=("bo@rcpt.tes
         return s.sendmail(mail_from, list(rcpts), raw)
 
 
-def test_after_queue_tags_and_relays(sink):
-    f = start(sink)
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_after_queue_tags_and_relays(sink, event_loop):
+    f = ServerThread(SmtpFilterServer(default_engine(), SmtpConfig(port=0, next_hop=f"127.0.0.1:{sink.port}",
+                                                                   next_hop_timeout=5.0)), event_loop=event_loop)
     try:
         send(f.port, ham(subject="aq ham"), rcpts=("bo@rcpt.test", "cy@rcpt.test"))
         send(f.port, spam(subject="aq spam"))

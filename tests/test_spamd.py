@@ -28,7 +28,7 @@ from antispam.builtin import GtubeCheck
 from antispam.config import SpamdConfig
 from antispam.servers.spamd import SpamdServer
 
-from server_helpers import MemoryLearner, ServerThread, ham, spam
+from server_helpers import EVENT_LOOPS, MemoryLearner, ServerThread, ham, spam
 
 SPAMC = shutil.which("spamc")
 needs_spamc = pytest.mark.skipif(SPAMC is None and not os.environ.get("CI"),
@@ -41,9 +41,10 @@ def engine():
     return Engine()
 
 
-@pytest.fixture(scope="module")
-def spamd(engine):
-    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0)))
+@pytest.fixture(scope="module", params=EVENT_LOOPS)
+def spamd(engine, request):
+    # every spamc exchange below, on asyncio's own event loop and on uvloop
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0)), event_loop=request.param)
     yield st
     st.stop()
 
@@ -437,3 +438,43 @@ def test_shutdown_cuts_off_a_stalled_client_after_shutdown_timeout(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_event_loop_choice():
+    """``[servers] event_loop``: uvloop when installed (auto), asyncio's own on request, a clear error otherwise."""
+    from antispam.errors import ConfigError
+    from antispam.servers.common import event_loop_factory
+
+    loop = event_loop_factory("asyncio")()
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is None:
+        assert event_loop_factory("auto") is asyncio.new_event_loop
+        with pytest.raises(ConfigError, match="uvloop is not installed"):
+            event_loop_factory("uvloop")
+    else:
+        for choice in ("auto", "uvloop"):
+            loop = event_loop_factory(choice)()
+            try:
+                assert isinstance(loop, uvloop.Loop)
+            finally:
+                loop.close()
+    with pytest.raises(ConfigError, match="servers.event_loop") as e:
+        event_loop_factory("trio")
+    assert "auto, asyncio, uvloop" in str(e.value)
+
+
+def test_cli_serve_refuses_an_unknown_event_loop(tmp_path):
+    cfg = tmp_path / "antispam.toml"
+    cfg.write_text('[servers]\nevent_loop = "trio"\n')
+    env = {**os.environ, "PYTHONPATH": SRC}
+    r = subprocess.run([sys.executable, "-m", "antispam.cli", "serve", "spamd", "--config", str(cfg), "--port", "0"],
+                       capture_output=True, timeout=60, env=env)
+    assert r.returncode != 0
+    assert b"event_loop" in r.stderr and b"Traceback" not in r.stderr, r.stderr

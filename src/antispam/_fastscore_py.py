@@ -215,6 +215,29 @@ def header_fields(block: str) -> list[tuple[str, str]]:
     return HEADER_FIELD_RE.findall(block)
 
 
+# ---- date kernel -----------------------------------------------------------------------------
+# The canonical RFC 5322 date of ``antispam.ruleset.evals.parse_date``'s fast path (the definition
+# is this regex and the tuple built from its groups).
+
+_MONTH_NUMBER = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                                             "Nov", "Dec"), 1)}
+#: ``Wed, 25 Nov 2026 11:33:33 +0100 (CET)``: optional day name, day, month name, year, time, numeric zone
+CANONICAL_DATE_RE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?([0-9]{1,2})\s+(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+                               r"\s+([12][0-9]{3})\s+([0-9]{2}):([0-9]{2}):([0-9]{2})\s+([+-])([0-9]{2})([0-9]{2})(?:\s|$)")
+
+
+def canonical_date(value: str) -> tuple[int, ...] | None:
+    """The date at the start of ``value`` in the canonical form, as ``email.utils.parsedate_tz``
+    returns it (year, month, day, hour, minute, second, 0, 1, -1, zone offset in seconds), or
+    None when ``value`` does not start with that form (``\\s`` is Unicode white space)."""
+    m = CANONICAL_DATE_RE.match(value)
+    if m is None:
+        return None
+    dd, mon, yy, hh, mi, ss, sign, zh, zm = m.groups()
+    off = int(zh) * 3600 + int(zm) * 60
+    return (int(yy), _MONTH_NUMBER[mon], int(dd), int(hh), int(mi), int(ss), 0, 1, -1, -off if sign == "-" else off)
+
+
 # ---- bytes kernel ----------------------------------------------------------------------------
 # A check on raw message bytes for the SMTP filter (the definition is these three counts).
 

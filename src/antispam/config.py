@@ -137,6 +137,9 @@ class RspamdHttpConfig(ServerConfig):
 class ServersConfig:
     """``[servers.spamd]``, ``[servers.milter]``, ``[servers.smtp]``, ``[servers.rspamd_http]``."""
 
+    #: the event loop of ``antispam serve``: ``auto`` (uvloop when installed, else asyncio's own),
+    #: ``uvloop`` (an error without it) or ``asyncio``
+    event_loop: str = "auto"
     spamd: SpamdConfig = field(default_factory=SpamdConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)

@@ -42,7 +42,7 @@ from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
 from .evals import EVALS, header_absent, header_count_over
-from .matcher import Matcher, make_matcher, match_shape, scan_plain
+from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from .parser import parse_paths
 
 log = logging.getLogger("antispam.rules")
@@ -76,7 +76,16 @@ def rawbody_text(msg: Message) -> str:
 
 
 def uri_text(msg: Message) -> str:
-    return "\n".join(u.url for u in msg.urls)
+    """One link per line.  A link's own tabs and line breaks are dropped, as browsers drop them
+    from a URL (WHATWG URL parsing), so that line k is always link k."""
+    urls = [u.url for u in msg.urls]
+    text = "\n".join(urls)
+    if urls and (text.count("\n") >= len(urls) or "\r" in text or "\t" in text):
+        text = "\n".join(u.translate(_URL_BLANKS) for u in urls)
+    return text
+
+
+_URL_BLANKS = {9: None, 10: None, 13: None}
 
 
 #: Pseudo-headers, matched case-sensitively as in SpamAssassin (``MessageID`` is an
@@ -383,8 +392,19 @@ class RulesCheck(Check):
                 found, data = empty, b""
             else:
                 data = value.encode("utf-8", "surrogateescape")
-                d = direct.get(key)  # a plain Hyperscan group: one call, without the matcher's dispatch
-                found = scan(key, data, ends) if d is None else scan_plain(d, data, ends)
+                d = direct.get(key)
+                if d is not None:
+                    # a plain Hyperscan group: one call, its reports final hits counted once, each
+                    # with the end of its first match (scan_plain, inlined: ~20 groups a message)
+                    firsts: dict[int, int] = {}
+                    d[0](data, match_event_handler=collect_first_end, context=firsts, scratch=d[1])
+                    if firsts:
+                        ends.update(firsts)
+                        found = dict.fromkeys(firsts, 1)
+                    else:
+                        found = firsts
+                else:
+                    found = scan(key, data, ends)
             for rid, n in found.items():
                 if rid in special_set:
                     continue
@@ -490,10 +510,10 @@ class RulesCheck(Check):
         return changed
 
     def _options(self, rule: CompiledRule, data: bytes | None, end: int | None, msg: Message) -> tuple[str, ...]:
-        """What matched: the URL host for uri rules, else the matched text (shortened).
+        """What matched: the matched text (shortened), or for uri rules the host of the link it is in.
 
         The text is that of the leftmost match, as a search from the start of the
-        buffer finds it.  When a match end ``e`` is known that is no later than the
+        buffer finds it (for uri rules: the link where that match starts).  When a match end ``e`` is known that is no later than the
         leftmost match ends, the search may start later than the top of a long body:
 
         * when the rule cannot match across a line break, the leftmost match starts
@@ -512,10 +532,17 @@ class RulesCheck(Check):
         if rx is None or data is None or rule.negate:
             return ()
         if rule.kind == "uri":
-            for u in msg.urls:
-                if rx.search(_enc(u.url)):
-                    return (u.host or u.url[:60],)
-            return ()
+            # The host of the first link the rule matches alone; line k of the buffer is link k.
+            # A known end is on that link's line: Hyperscan's first end for a rule that cannot match
+            # a line break, else the end of the match confirmed within one line (not the buffer
+            # report kept for a counted rule).
+            if end is None or (rule.multiple and rule.id not in self._single_line):
+                m = rx.search(data) if rule.id in self._single_line else line_search(rx, data)
+                if m is None:
+                    return ()
+                end = m.start()
+            u = msg.urls[data.count(b"\n", 0, end)]
+            return ((u.host or u.url[:60]).translate(_URL_BLANKS),)
         m = None
         if end is not None:
             start = data.rfind(b"\n", 0, end) + 1 if rule.id in self._single_line else 0

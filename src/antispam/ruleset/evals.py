@@ -124,26 +124,17 @@ def many_recipients(msg: Message, n: int) -> tuple[bool, list[str]]:
     return (True, [str(k)]) if k > n else (False, [])
 
 
-_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
-#: The canonical RFC 5322 form (``Wed, 25 Nov 2026 11:33:33 +0100 (CET)``), in ASCII digits.
-_CANONICAL_DATE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?([0-9]{1,2})\s+(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
-                             r"\s+([12][0-9]{3})\s+([0-9]{2}):([0-9]{2}):([0-9]{2})\s+([+-])([0-9]{2})([0-9]{2})(?:\s|$)")
-
-
 def parse_date(value: str) -> tuple[int, ...] | None:
     """``email.utils.parsedate_tz``, with a fast path for the canonical form most mail uses.
 
-    The fast path returns exactly what ``parsedate_tz`` returns for the strings it
+    The fast path (``canonical_date``, a compiled kernel; the twin's regex is the
+    definition) returns exactly what ``parsedate_tz`` returns for the strings it
     accepts (``tests/test_rules_evals.py`` checks it on every Date and Received
     stamp of the corpus); anything else goes to ``parsedate_tz`` itself, which
     handles the many broken forms but costs several microseconds per call.
     """
-    m = _CANONICAL_DATE.match(value)
-    if m is None:
-        return parsedate_tz(value)
-    dd, mon, yy, hh, mi, ss, sign, zh, zm = m.groups()
-    off = int(zh) * 3600 + int(zm) * 60
-    return (int(yy), _MONTHS[mon], int(dd), int(hh), int(mi), int(ss), 0, 1, -1, -off if sign == "-" else off)
+    t = fastscore.impl.canonical_date(value)
+    return parsedate_tz(value) if t is None else t
 
 
 #: Date parsing, remembered for the last few dates: several rules of one scan read
@@ -303,20 +294,17 @@ def html_text_ratio_below(msg: Message, ratio: float) -> tuple[bool, list[str]]:
 _IMG_TAG = re.compile("<img", re.I | re.A)
 
 
-@lru_cache(maxsize=4)
-def _has_img(html: str) -> bool:
-    # Remembered for the last few pages: rules with different bounds ask of the same message.
-    return _IMG_TAG.search(html) is not None
-
-
 @register("html_image_only", ("body", "rawbody"), (float, float))
 def html_image_only(msg: Message, lo: float, hi: float) -> tuple[bool, list[str]]:
     """HTML with images and between ``lo`` and ``hi`` characters of visible text in the whole message."""
     html = msg.html
-    if not html or not _has_img(html):
+    if not html:
         return False, []
+    # The count first: it rules out most messages, and costs less than searching a page for <img.
     n = _visible_chars(msg)
-    return (True, [f"{n} chars"]) if lo <= n < hi else (False, [])
+    if not lo <= n < hi or _IMG_TAG.search(html) is None:
+        return False, []
+    return True, [f"{n} chars"]
 
 
 def _visible_chars(msg: Message) -> int:
@@ -430,12 +418,24 @@ def archive_hides_executable(msg: Message) -> tuple[bool, list[str]]:
     return False, []
 
 
+@lru_cache(maxsize=64)
+def _word_set(words: str) -> frozenset[str]:
+    """A rule's space-separated argument as a set, lower-cased: split once per rule, not per message."""
+    return frozenset(words.lower().split())
+
+
+@lru_cache(maxsize=16)
+def _blank_run(n: int) -> re.Pattern[str]:
+    """A run of ``n`` or more white-space characters (one pattern per ``n``, built once)."""
+    return re.compile(r"\s{%d,}" % n)
+
+
 @register("attachment_extension", ("body", "rawbody", "full"), (str,))
 def attachment_extension(msg: Message, extensions: str) -> tuple[bool, list[str]]:
     """A MIME part named with one of ``extensions`` (space-separated, no dots): archives and disk
     images, HTML pages, macro documents.  The name is the parsed one (RFC 2231 and 2047 decoded),
     from Content-Disposition's filename or Content-Type's name."""
-    wanted = extensions.lower().split()
+    wanted = _word_set(extensions)
     for p in msg.parts:
         if p.filename and _ext(p.filename.strip().strip('"')) in wanted:
             return True, [p.filename]
@@ -446,7 +446,7 @@ def attachment_extension(msg: Message, extensions: str) -> tuple[bool, list[str]
 def attachment_name_padded(msg: Message, n: int) -> tuple[bool, list[str]]:
     """A MIME part whose name has a run of ``n`` or more blanks before its extension, which pushes
     the real extension out of sight in a mail client (``invoice.pdf        .exe``)."""
-    pad = re.compile(r"\s{%d,}" % n)  # re keeps compiled patterns: one per n
+    pad = _blank_run(n)
     for p in msg.parts:
         f = p.filename
         if f and "." in f and pad.search(f.rsplit(".", 1)[0]):
@@ -458,7 +458,7 @@ def attachment_name_padded(msg: Message, n: int) -> tuple[bool, list[str]]:
 def attachment_type(msg: Message, types: str) -> tuple[bool, list[str]]:
     """A MIME part declared as one of ``types`` (space-separated ``type/subtype``), e.g. the
     content types of Windows programs."""
-    wanted = types.lower().split()
+    wanted = _word_set(types)
     for p in msg.parts:
         if p.content_type in wanted:
             return True, [p.content_type]

@@ -22,6 +22,7 @@ in both engines, Hyperscan serving as the prefilter.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import re
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -81,17 +83,56 @@ class Matcher(Protocol):
         """Group -> (scan function, scratch) for groups a caller may scan itself (this thread's)."""
 
 
+def line_search(rx: re.Pattern[bytes], data: bytes) -> re.Match[bytes] | None:
+    """The leftmost match of ``rx`` that lies within one line of ``data``, each line searched as if
+    it stood alone (``$`` and look-aheads see its end).
+
+    The buffer search comes first: a match within a line is also a match of the buffer, so when
+    the leftmost one holds no line break it is the answer, and otherwise the answer starts on its
+    line or a later one.  Only then are lines searched one by one.
+    """
+    m = rx.search(data)
+    if m is None or data.find(b"\n", m.start(), m.end()) < 0:
+        return m
+    start = data.rfind(b"\n", 0, m.start()) + 1
+    size = len(data)
+    while start <= size:
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = size
+        m = rx.search(data, start, end)
+        if m is not None:
+            return m
+        start = end + 1
+    return None
+
+
+def _line_finditer(rx: re.Pattern[bytes], data: bytes) -> Iterator[re.Match[bytes]]:
+    """Every match of ``rx`` within a line of ``data``, line by line (see :func:`line_search`)."""
+    start, size = 0, len(data)
+    while start <= size:
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = size
+        yield from rx.finditer(data, start, end)
+        start = end + 1
+
+
 class _PyRule:
     __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width", "ascii_literals",
                  "other_literals")
 
-    def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int):
+    def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int, per_line: bool = False):
         rx = re.compile(pattern, flags)
         self.id = rid
         self.pattern = pattern
-        self.search = rx.search
+        if per_line:  # matches confined to a line: a uri rule that could otherwise join two links
+            self.search = functools.partial(line_search, rx)
+            self.finditer = functools.partial(_line_finditer, rx)
+        else:
+            self.search = rx.search
+            self.finditer = rx.finditer
         self.match = rx.match
-        self.finditer = rx.finditer
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
         #: (shortest, longest) match in bytes when confirmed near match ends (see _confirm_near)
         self.width: tuple[int, int] | None = None
@@ -101,6 +142,13 @@ class _PyRule:
         #: buffers are ASCII and ``bytes.isascii`` rules them all out at once
         self.ascii_literals = tuple(x for x in lits if x.isascii()) if lits else None
         self.other_literals = tuple(x for x in lits if not x.isascii()) if lits else ()
+
+
+def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``rule``'s matches in ``group`` must be confined to one line: a uri rule (one link
+    per line of its buffer; SpamAssassin matches each link alone) whose pattern could match a
+    line break, like ``[^/]+``."""
+    return group == "uri" and rule.py is not None and not match_shape(rule.py, rule.py_flags)[0]
 
 
 def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
@@ -512,7 +560,8 @@ class PythonMatcher:
         self.groups: dict[str, list[_PyRule]] = {}
         for key, ids in compiled.groups.items():
             rules = compiled.rules
-            self.groups[key] = [_PyRule(i, rules[i].py, rules[i].py_flags, rules[i].multiple, rules[i].maxhits)  # type: ignore[arg-type]
+            self.groups[key] = [_PyRule(i, rules[i].py, rules[i].py_flags, rules[i].multiple, rules[i].maxhits,  # type: ignore[arg-type]
+                                        per_line(key, rules[i]))
                                 for i in ids]
 
     def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
@@ -568,10 +617,14 @@ class HyperscanMatcher:
         for key, ids in compiled.groups.items():
             for i in ids:
                 r = rules[i]
-                pr = _PyRule(i, r.py, r.py_flags, r.multiple, r.maxhits)  # type: ignore[arg-type]
+                one_line = per_line(key, r)
+                pr = _PyRule(i, r.py, r.py_flags, r.multiple, r.maxhits, one_line)  # type: ignore[arg-type]
                 hs_groups.setdefault(key, []).append(i)
                 self._twins[i] = pr
-                if r.hs is None:
+                if one_line and not pr.count_max:
+                    # Hyperscan's match of the buffer may join two links: Python confirms within one
+                    self._confirm[i] = pr
+                elif r.hs is None:
                     # Hyperscan cannot run it exactly (look-around, back-reference): it runs
                     # in prefilter mode, a superset, and Python re confirms each candidate.
                     self._confirm[i] = pr

@@ -1,7 +1,7 @@
 """``antispam serve spamd|milter|smtp|rspamd-http``: run one server until SIGTERM/SIGINT.
 
 Settings come from ``[servers.NAME]`` in the configuration file; the flags here
-override the most common ones for a quick start.  SIGTERM drains: the server
+override the most common ones for a quick start (and ``--event-loop`` the ``[servers]`` choice).  SIGTERM drains: the server
 stops accepting, finishes the messages it is scanning, then exits.
 """
 
@@ -34,6 +34,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--next-hop", metavar="HOST:PORT", help="smtp only: where scanned mail is re-injected")
     p.add_argument("--mode", choices=("after-queue", "before-queue"), help="smtp only")
+    p.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"),
+                   help="the event loop (default from [servers] event_loop: auto, uvloop when installed)")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     p.set_defaults(func=cmd_serve)
 
@@ -57,16 +59,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             section[key] = value
-    return {"servers": {SERVERS[args.kind][1]: section}} if section else {}
+    out: dict[str, Any] = {SERVERS[args.kind][1]: section} if section else {}
+    if getattr(args, "event_loop", None):
+        out["event_loop"] = args.event_loop
+    return {"servers": out} if out else {}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..config import Config
-    from .common import setup_logging
+    from .common import event_loop_factory, setup_logging
 
     setup_logging([logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)], args.log_json)
     path = args.serve_config or args.config
     config = Config.load(path, _overrides(args))
+    loop_factory = event_loop_factory(config.servers.event_loop)
     settings = getattr(config.servers, SERVERS[args.kind][1])
     metrics = None
     if settings.metrics_port:
@@ -83,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"antispam {args.kind} listening on {settings.host}:{server.port}", flush=True)
         await server.wait_for_signal()
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run())
     return 0
 

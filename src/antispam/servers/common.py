@@ -26,7 +26,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..config import ServerConfig
 from ..engine import Engine
@@ -527,6 +527,34 @@ def _kv_value(v: Any) -> Any:
     if v.isprintable() and '"' not in v and "\\" not in v:
         return v if v and " " not in v else f'"{v}"'
     return json.dumps(v)
+
+
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes a server's event loop (``[servers] event_loop``).
+
+    uvloop (libuv under asyncio's interface) runs the same protocol code with less CPU per
+    socket operation: measured on this project's servers at 16 clients, 9-35 us less of the
+    event loop's CPU per message (docs/servers.md).  ``auto`` takes it when it is installed.
+    """
+    if choice not in EVENT_LOOPS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {choice!r}", key="servers.event_loop")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                from ..errors import ConfigError
+
+                raise ConfigError("event_loop = 'uvloop' but uvloop is not installed (pip install uvloop)",
+                                  key="servers.event_loop") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def setup_logging(level: int, json_lines: bool) -> None:
