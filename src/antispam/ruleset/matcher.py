@@ -136,7 +136,7 @@ class _PyRule:
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
         #: (shortest, longest) match in bytes when confirmed near match ends (see _confirm_near)
         self.width: tuple[int, int] | None = None
-        lits = disjoint_literals(pattern, flags) if self.count_max else None
+        lits = disjoint_literals(pattern, flags) if self.count_max and not per_line else None
         #: a counted rule that is a set of literals no two occurrences of which can overlap: counted
         #: with ``bytes.count`` (see _count); the literals with a byte >= 0x80 apart, since most
         #: buffers are ASCII and ``bytes.isascii`` rules them all out at once
