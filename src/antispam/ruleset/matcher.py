@@ -139,7 +139,8 @@ class _PyRule:
         lits = disjoint_literals(pattern, flags) if self.count_max and not per_line else None
         #: a counted rule that is a set of literals no two occurrences of which can overlap: counted
         #: with ``bytes.count`` (see _count); the literals with a byte >= 0x80 apart, since most
-        #: buffers are ASCII and ``bytes.isascii`` rules them all out at once
+        #: buffers are ASCII and ``bytes.isascii`` rules them all out at once (a rule confined to
+        #: a line is not counted so: its literals could hold a line break)
         self.ascii_literals = tuple(x for x in lits if x.isascii()) if lits else None
         self.other_literals = tuple(x for x in lits if not x.isascii()) if lits else ()
 
@@ -531,14 +532,31 @@ def _class_bytes(items) -> set[bytes] | None:  # type: ignore[no-untyped-def]
     return out
 
 
+#: counting literals: first in this many bytes per hit allowed, which suffices when they are frequent
+COUNT_PREFIX_PER_HIT = 16
+
+
 def _count(r: _PyRule, data: bytes) -> int:
-    """Non-overlapping matches of a counted rule, at most its ``count_max``."""
+    """Non-overlapping matches of a counted rule, at most its ``count_max``.
+
+    A rule that is a set of literals (see :func:`disjoint_literals`) is counted with
+    ``bytes.count``: first in a prefix of the buffer, since an occurrence within the prefix
+    is one in the buffer, and a frequent letter reaches the cap there (SpamAssassin's ``e``
+    counts stop at 230 or 320); then in the whole buffer.  A buffer with bytes >= 0x80 and
+    a rule with literals made of such bytes go to ``finditer``, which stops at the cap,
+    rather than to one ``bytes.count`` per literal.
+    """
     lits = r.ascii_literals
-    if lits is not None:
-        n = sum(map(data.count, lits))
-        if r.other_literals and not data.isascii():
-            n += sum(map(data.count, r.other_literals))
-        return min(n, r.count_max)
+    if lits is not None and (not r.other_literals or data.isascii()):
+        cap = r.count_max
+        k = COUNT_PREFIX_PER_HIT * cap
+        if len(data) > k:
+            n = 0
+            for x in lits:
+                n += data.count(x, 0, k)
+            if n >= cap:
+                return cap
+        return min(sum(map(data.count, lits)), cap)
     n = 0
     for _ in r.finditer(data):
         n += 1
