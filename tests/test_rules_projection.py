@@ -1,11 +1,11 @@
-"""The ASCII projection of a pattern matches ASCII text exactly where the pattern does.
+"""A pattern's projection on a set of bytes matches text made of those bytes exactly where the pattern does.
 
-* Unit cases: what each construct becomes (literal and class bytes >= 0x80, alternatives,
-  optional and negative parts, look-arounds, constructs kept as written).
+* Unit cases: what each construct becomes (literal and class bytes outside the set,
+  alternatives, optional and negative parts, look-arounds, constructs kept as written).
 * Python ``re``: random patterns built from the constructs SpamAssassin's ReplaceTags
-  rules use, against random ASCII texts: same leftmost match.
-* Hyperscan: a group whose rules are mostly UTF-8 look-alikes gets a second database
-  for ASCII buffers, and both matchers give the same hits on ASCII and non-ASCII texts.
+  rules use, against random texts of the set's bytes: same leftmost match.
+* Hyperscan: a group whose rules are mostly UTF-8 look-alikes gets databases for ASCII
+  and Western buffers, and both matchers give the same hits on ASCII, Western and other texts.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import re
 import pytest
 
 from antispam.ruleset import compile_rules
-from antispam.ruleset.matcher import ASCII_PREFIX, HyperscanMatcher, PythonMatcher, hyperscan_available
+from antispam.ruleset.matcher import HyperscanMatcher, PythonMatcher, hyperscan_available, variant_key
 from antispam.ruleset.parser import Parser
-from antispam.ruleset.projection import ascii_projection
+from antispam.ruleset.projection import ASCII, WESTERN, projection
 
 
 @pytest.mark.parametrize("pattern,projected", [
@@ -36,18 +36,27 @@ from antispam.ruleset.projection import ascii_projection
     (rb"^a\$b\Z", rb"^a\x24b\Z"),
 ])
 def test_projection_of_each_construct(pattern, projected):
-    p = ascii_projection(pattern)
+    """On ASCII."""
+    p = projection(pattern)
     assert p.pattern == projected
     assert (p.share == 0.0) if projected is None else (0.0 < p.share <= 1.0)
 
 
+def test_western_projection_keeps_latin1_and_typographic_utf8():
+    assert projection(rb"(?:e|\xc3[\xa8-\xab]|\xd0\xb5|\xe2\x82\xac)", WESTERN).pattern == rb"(?:e|\xc3[\xa8-\xab]|\xe2\x82\xac)"
+    assert projection(rb"[\x7f-\xff]", WESTERN).pattern == rb"[\x7f-\xbf\xc2-\xc3\xe2]"
+    assert projection(rb"\xd0\xb5", WESTERN).pattern is None
+    with pytest.raises(ValueError):
+        projection(rb"a", frozenset(b"abc"))
+
+
 @pytest.mark.parametrize("pattern", [rb"(\w)\1\xc3", rb"(?i)a\xc3", rb"(?>a\xc3)", rb"a++\xc3", rb"(a)?(?(1)b|\xc3)"])
 def test_constructs_not_reproduced_are_kept_as_written(pattern):
-    p = ascii_projection(pattern)
+    p = projection(pattern)
     assert (p.pattern, p.share) == (pattern, 1.0)
 
 
-_PIECES = [rb"a", rb"b", rb"e", rb"\xc3\xa9", rb"[e\xe8-\xeb]", rb"[^a]", rb"\W{0,2}", rb"\s?", rb"\b", rb"(?:x|\xd0\xb5)",
+_PIECES = [rb"a", rb"b", rb"e", rb"\xc3\xa9", rb"\xe2\x80[\x9c\x9d]", rb"[\xc0-\xc4][\x80-\xbf]", rb"[e\xe8-\xeb]", rb"[^a]", rb"\W{0,2}", rb"\s?", rb"\b", rb"(?:x|\xd0\xb5)",
            rb"(?:\xc3[\xa8\xa9])?", rb"(?!ab)", rb"(?<=a)", rb"(?:e|\xc3\xa9){1,2}", rb"[\x80-\xff]?", rb".", rb"$", rb"^"]
 
 
@@ -58,18 +67,21 @@ def _random_pattern(rnd: random.Random) -> bytes:
     return b"".join(parts)
 
 
-def test_projection_matches_ascii_text_where_the_pattern_does():
+@pytest.mark.parametrize("allowed,alphabet", [
+    (ASCII, [b"a", b"b", b"e", b"x", b" ", b"\n", b"-"]),
+    (WESTERN, [b"a", b"e", b"x", b" ", b"\n", b"\xc3\xa9", b"\xc2\xa0", b"\xe2\x80\x9c", b"\xe2\x80\x9d", b"\xc3", b"\x80"]),
+])
+def test_projection_matches_text_of_its_bytes_where_the_pattern_does(allowed, alphabet):
     rnd = random.Random(17)
-    alphabet = b"abex \n-"
     checked = 0
     for _ in range(1500):
         pattern = _random_pattern(rnd)
         flags = rnd.choice([0, re.IGNORECASE, re.MULTILINE, re.DOTALL])
-        projected = ascii_projection(pattern).pattern
+        projected = projection(pattern, allowed).pattern
         rx = re.compile(pattern, flags)
         px = re.compile(projected, flags) if projected is not None else None
         for _ in range(20):
-            text = bytes(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+            text = b"".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
             m = rx.search(text)
             if px is None:
                 assert m is None, (pattern, text)
@@ -101,20 +113,22 @@ def test_ascii_database_gives_the_hits_of_the_python_engine(tmp_path):
     compiled = _compiled(FUZZ_RULES)
     hs = HyperscanMatcher(compiled)
     py = PythonMatcher(compiled)
-    assert ASCII_PREFIX + "body" in hs.dbs, "a group of UTF-8 look-alikes gets a database for ASCII buffers"
+    assert {variant_key("ascii", "body"), variant_key("western", "body")} <= hs.dbs.keys(), \
+        "a group of UTF-8 look-alikes gets databases for ASCII and Western buffers"
     cached = HyperscanMatcher(compiled, tmp_path)
     reloaded = HyperscanMatcher(compiled, tmp_path)
-    assert ASCII_PREFIX + "body" in reloaded.dbs, "the cache keeps it"
+    assert reloaded.dbs.keys() == hs.dbs.keys(), "the cache keeps them"
     rnd = random.Random(23)
     words = ["price", "pr1ce", "p r i c e", "\u0420r\u0456c\u0435", "free", "fr-ee", "\u0493r\u0435\u0435", "cash",
-             "\u0435\u0435", "ex", "e-x", "\u0435x", "pric\u00e9", "&#1056;rice", "x", " ", "\n"]
-    ascii_seen = other_seen = 0
+             "\u0435\u0435", "ex", "e-x", "\u0435x", "pric\u00e8", "&#1056;rice", "x", " ", "\n", "\u201cfree\u201d",
+             "pr\u00efce", "\u00a0"]
+    seen = {"ascii": 0, "western": 0, "other": 0}
     for _ in range(3000):
         text = " ".join(rnd.choice(words) for _ in range(rnd.randint(0, 12))).encode()
         want = py.scan("body", text)
         assert hs.scan("body", text) == want, text
         assert reloaded.scan("body", text) == want, text
-        ascii_seen += bool(want) and text.isascii()
-        other_seen += bool(want) and not text.isascii()
-    assert ascii_seen > 300 and other_seen > 300
+        kind = "ascii" if text.isascii() else "western" if set(text) <= WESTERN else "other"
+        seen[kind] += bool(want)
+    assert min(seen.values()) > 200, seen
     assert cached.dbs.keys() == reloaded.dbs.keys()

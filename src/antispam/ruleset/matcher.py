@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .compiler import CompiledRules
-from .projection import ascii_projection
+from .projection import ASCII, WESTERN, projection
 
 try:  # the regex parser of the running Python (named sre_parse before 3.11)
     from re import _parser as _sre_parse  # type: ignore[attr-defined]
@@ -52,14 +52,22 @@ except Exception:  # pragma: no cover - depends on the platform
 #: most matches counted for a ``multiple`` rule without ``maxhits``
 MAX_COUNT = 1000
 #: longest match (bytes) of a prefiltered rule confirmed only around the prefilter's match ends
-NEAR_MAX_WIDTH = 64
+NEAR_MAX_WIDTH = 160
 #: more prefilter match ends than this: confirm with one search of the whole buffer instead
 NEAR_MAX_ENDS = 16
-#: a group gets a second database for ASCII buffers when the ASCII projections of its
-#: patterns are at most this fraction of their length (see projection.py)
-ASCII_MAX_SHARE = 0.75
-#: the key of a group's ASCII database: this prefix and the group's key
-ASCII_PREFIX = "ascii>"
+#: a group gets a database for buffers made of one of these sets of bytes (see projection.py),
+#: from the projections of its patterns on the set, when they are at most PROJECTED_MAX_SHARE of
+#: the patterns' length; a buffer is scanned with the database of the first set it fits in
+VARIANTS = (("ascii", ASCII), ("western", WESTERN))
+PROJECTED_MAX_SHARE = 0.75
+#: the bytes of WESTERN, deleted from a buffer to see whether anything else is left
+_WESTERN_BYTES = bytes(sorted(WESTERN))
+
+
+def variant_key(variant: str, group: str) -> str:
+    """The key of a group's database for the buffers of one of :data:`VARIANTS`."""
+    return f"{variant}>{group}"
+
 
 
 def hyperscan_available() -> bool:
@@ -654,7 +662,7 @@ class HyperscanMatcher:
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
         cache = Path(cache_dir) / (f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v9w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}"
-                                   f"x{MAX_PIECES}a{ASCII_MAX_SHARE}.db") if cache_dir else None
+                                   f"x{MAX_PIECES}{''.join(v[0][0] for v in VARIANTS)}{PROJECTED_MAX_SHARE}.db") if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:
             self.dbs = loaded
@@ -669,13 +677,20 @@ class HyperscanMatcher:
             if cache:
                 self._save(cache)
         self._scratch_proto = {k: _hs.Scratch(db) for k, db in self.dbs.items()}
-        #: group -> key of its database for ASCII buffers, for the groups that have one
-        self._ascii = {k: ASCII_PREFIX + k for k in compiled.groups if ASCII_PREFIX + k in self.dbs}
+        #: group -> keys of the databases for (ASCII, WESTERN) buffers, for the groups that have
+        #: a projected database (an ASCII buffer is a WESTERN one too; the group's own database
+        #: serves every buffer)
+        self._variants: dict[str, tuple[str, str]] = {}
+        for k in compiled.groups:
+            a, w = (variant_key(v, k) for v, _ in VARIANTS)
+            if a in self.dbs or w in self.dbs:
+                w = w if w in self.dbs else k
+                self._variants[k] = (a if a in self.dbs else w, w)
         # Groups where every Hyperscan report is a final hit counted once (no counting,
         # no Python confirmation, no Python-only rule, one database): their scan is one Hyperscan call.
         post = set(self._counters) | set(self._confirm)
         self._plain = frozenset(k for k, ids in compiled.groups.items()
-                                if k in self.dbs and k not in self._py and k not in self._ascii
+                                if k in self.dbs and k not in self._py and k not in self._variants
                                 and not post.intersection(ids))
         #: groups with rules confirmed near their match ends: their scan collects the ends
         self._with_ends = frozenset(k for k, ids in compiled.groups.items() if k in self.dbs and self._near.keys() & set(ids))
@@ -734,9 +749,10 @@ class HyperscanMatcher:
                      for i in expr_ids]
             db.compile(expressions=exprs, ids=expr_ids, elements=len(exprs), flags=flags)
             dbs[key] = db
-            twin = _ascii_database(exprs, expr_ids, flags)
-            if twin is not None:
-                dbs[ASCII_PREFIX + key] = twin
+            for variant, allowed in VARIANTS:
+                twin = _projected_database(exprs, expr_ids, flags, allowed)
+                if twin is not None:
+                    dbs[variant_key(variant, key)] = twin
         return dbs
 
     def _compilable(self, ids: list[int], rules) -> list[int]:
@@ -909,7 +925,13 @@ class HyperscanMatcher:
     def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
         if group in self._plain:
             return scan_plain(self.direct_scanners()[group], data, ends)
-        key = self._ascii.get(group, group) if data.isascii() else group
+        key = group
+        variants = self._variants.get(group)
+        if variants is not None:
+            if data.isascii():
+                key = variants[0]
+            elif not data.translate(None, _WESTERN_BYTES):
+                key = variants[1]
         db = self.dbs.get(key)
         out: dict[int, int] = {}
         if db is not None:
@@ -971,31 +993,31 @@ class HyperscanMatcher:
         return found
 
 
-def _ascii_database(exprs: list[bytes], ids: list[int], flags: list[int]):  # type: ignore[no-untyped-def]
-    """A database for ASCII buffers from the ASCII projections of a group's expressions, or None
-    when the projections are not much shorter (or do not compile).
+def _projected_database(exprs: list[bytes], ids: list[int], flags: list[int], allowed: frozenset[int]):  # type: ignore[no-untyped-def]
+    """A database for buffers of the bytes ``allowed`` from the projections of a group's expressions,
+    or None when the projections are not much shorter (or do not compile).
 
-    Same ids and flags, so a scan of an ASCII buffer reports what the group's own database
-    reports; an expression that cannot match ASCII text is left out.
+    Same ids and flags, so a scan of such a buffer reports what the group's own database
+    reports; an expression that cannot match there is left out.
     """
     out_e: list[bytes] = []
     out_i: list[int] = []
     out_f: list[int] = []
     left = 0.0  # the length of the projections, in the units of the expressions' lengths
     for e, i, f in zip(exprs, ids, flags):
-        p = ascii_projection(e)
+        p = projection(e, allowed)
         left += p.share * len(e)
         if p.pattern is not None:
             out_e.append(p.pattern)
             out_i.append(i)
             out_f.append(f)
-    if not out_e or left > ASCII_MAX_SHARE * sum(map(len, exprs)):
+    if not out_e or left > PROJECTED_MAX_SHARE * sum(map(len, exprs)):
         return None
     db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
     try:
         db.compile(expressions=out_e, ids=out_i, elements=len(out_e), flags=out_f)
     except Exception as exc:  # the group's own database still serves every buffer
-        log.debug("no ASCII database: %s", exc)
+        log.debug("no projected database: %s", exc)
         return None
     return db
 

@@ -1,4 +1,4 @@
-"""A pattern's ASCII projection: what it can still match in a buffer that holds only ASCII bytes.
+"""A pattern's projection on a set of bytes: what it can still match in a buffer made of those bytes only.
 
 SpamAssassin's ReplaceTags rules (``FUZZY_*``, the drug-name obfuscations) write every
 letter as a class of look-alikes, most of them multi-byte UTF-8 sequences and HTML
@@ -6,23 +6,26 @@ entities.  Hyperscan pays for every alternative at every byte (the ten ``FUZZY_*
 rules cost ~15 us per message each), yet most buffers are pure ASCII (86% of the
 corpus's body texts), where no alternative that needs a byte >= 0x80 can match.
 
-The projection drops exactly those alternatives: in an ASCII buffer a pattern and its
-projection match at the same places, because a match never reads a byte >= 0x80 there.
+The projection on a set of bytes (ASCII; or ASCII and the UTF-8 of Western European
+text, :data:`WESTERN`) drops exactly the alternatives that need another byte: in a buffer
+made of those bytes a pattern and its projection match at the same places, because a
+match never reads another byte there.
 
-* a literal byte >= 0x80 cannot match: the sequence holding it is impossible;
-* a positive class loses its bytes >= 0x80 (impossible when none is left);
+* a literal byte outside the set cannot match: the sequence holding it is impossible;
+* a positive class loses the bytes outside the set (impossible when none is left);
 * an alternation keeps its possible branches (impossible when none is left);
 * ``X{0,n}`` of an impossible ``X`` matches only the empty string, and goes;
 * a look-ahead or look-behind that cannot match makes its sequence impossible,
   a negative one that cannot match always holds, and goes.
 
-Negated classes and ``.`` are kept as written: what they say about bytes >= 0x80 is
-never asked in an ASCII buffer.  The projection is printed back construct for construct
-(every byte but letters and digits as a hex escape).  The patterns are those the translator
-wrote (regex.py), in the syntax on which Python ``re`` and Hyperscan agree, so Python's
-parser reads them as Hyperscan does.  A pattern with a construct this module does not
-reproduce (back-references, conditionals, atomic groups, inline global flags) is kept as
-written.
+Negated classes and ``.`` are kept as written: what they say about bytes outside the set
+is never asked in such a buffer.  The sets hold every ASCII byte, so the classes
+``\\d``, ``\\w`` and ``\\s`` (ASCII on bytes) are kept too.  The projection is printed
+back construct for construct (every byte but letters and digits as a hex escape).  The
+patterns are those the translator wrote (regex.py), in the syntax on which Python ``re``
+and Hyperscan agree, so Python's parser reads them as Hyperscan does.  A pattern with a
+construct this module does not reproduce (back-references, conditionals, atomic groups,
+inline global flags) is kept as written.
 """
 
 from __future__ import annotations
@@ -38,11 +41,19 @@ except ImportError:  # pragma: no cover - Python < 3.11
     import sre_parse as _p  # type: ignore[no-redef]
 
 
+#: every ASCII byte
+ASCII = frozenset(range(0x80))
+#: ASCII and the UTF-8 of U+0080..U+00FF (lead bytes C2, C3: Latin-1's letters, the no-break
+#: space) and of U+2000..U+2FFF (lead byte E2: typographic quotes, dashes, the euro sign),
+#: with every continuation byte: what most non-ASCII mail in Western languages is made of
+WESTERN = ASCII | frozenset(range(0x80, 0xC0)) | frozenset((0xC2, 0xC3, 0xE2))
+
+
 class _Unsupported(Exception):
     """A construct the printer does not reproduce: the pattern has no projection."""
 
 
-#: a branch or sequence that cannot match any ASCII buffer
+#: a branch or sequence that cannot match in a buffer of the allowed bytes
 _IMPOSSIBLE = None
 
 _AT = {_c.AT_BEGINNING: b"^", _c.AT_END: b"$", _c.AT_BEGINNING_STRING: b"\\A", _c.AT_END_STRING: b"\\Z",
@@ -54,20 +65,23 @@ _FLAG_LETTERS = ((re.IGNORECASE, b"i"), (re.MULTILINE, b"m"), (re.DOTALL, b"s"))
 
 @dataclass(frozen=True, slots=True)
 class Projection:
-    #: matches every ASCII buffer exactly where the pattern does; None: the pattern cannot match one
+    #: matches every buffer of the allowed bytes exactly where the pattern does; None: it matches none
     pattern: bytes | None
     #: how much of the pattern is left, as the length of the projection over that of the pattern
     #: (both printed the same way); 1.0 when the pattern is kept as written
     share: float
 
 
-def ascii_projection(pattern: bytes) -> Projection:
-    """The pattern restricted to what can match in an ASCII buffer.
+def projection(pattern: bytes, allowed: frozenset[int] = ASCII) -> Projection:
+    """The pattern restricted to what can match in a buffer made of the bytes ``allowed`` (a
+    superset of :data:`ASCII`).
 
     The pattern is parsed without flags (the rule's flags do not change what is printed
     back); when it uses a construct this module does not reproduce, it is kept as it is,
     which is trivially exact.
     """
+    if not ASCII <= allowed:
+        raise ValueError("a projection keeps every ASCII byte")
     try:
         tree = _p.parse(pattern, 0)
     except Exception:
@@ -75,7 +89,7 @@ def ascii_projection(pattern: bytes) -> Projection:
     if tree.state.flags & ~(re.UNICODE | re.ASCII):
         return Projection(pattern, 1.0)  # inline global flags: not reproduced
     try:
-        items = _project(list(tree))
+        items = _project(list(tree), allowed)
         if items is _IMPOSSIBLE:
             return Projection(None, 0.0)
         out = _print(items)
@@ -84,35 +98,35 @@ def ascii_projection(pattern: bytes) -> Projection:
         return Projection(pattern, 1.0)
 
 
-def _project(items: list) -> list | None:  # type: ignore[type-arg]
-    """A sequence of parse items projected, or None when it cannot match ASCII text."""
+def _project(items: list, allowed: frozenset[int]) -> list | None:  # type: ignore[type-arg]
+    """A sequence of parse items projected, or None when it cannot match a buffer of the allowed bytes."""
     out = []
     for op, av in items:
         if op is _c.LITERAL:
-            if av >= 0x80:
+            if av not in allowed:
                 return _IMPOSSIBLE
             out.append((op, av))
         elif op is _c.IN:
-            cls = _project_class(av)
+            cls = _project_class(av, allowed)
             if cls is _IMPOSSIBLE:
                 return _IMPOSSIBLE
             out.append((op, cls))
         elif op in (_c.NOT_LITERAL, _c.ANY, _c.AT):
             out.append((op, av))
         elif op is _c.BRANCH:
-            alts = [a for a in (_project(list(b)) for b in av[1]) if a is not _IMPOSSIBLE]
+            alts = [a for a in (_project(list(b), allowed) for b in av[1]) if a is not _IMPOSSIBLE]
             if not alts:
                 return _IMPOSSIBLE
             out.append((op, (None, alts)))
         elif op is _c.SUBPATTERN:
             group, add, dele, sub = av
-            inner = _project(list(sub))
+            inner = _project(list(sub), allowed)
             if inner is _IMPOSSIBLE:
                 return _IMPOSSIBLE
             out.append((op, (group, add, dele, inner)))
         elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT):
             lo, hi, sub = av
-            inner = _project(list(sub))
+            inner = _project(list(sub), allowed)
             if inner is _IMPOSSIBLE:
                 if lo > 0:
                     return _IMPOSSIBLE
@@ -120,7 +134,7 @@ def _project(items: list) -> list | None:  # type: ignore[type-arg]
             out.append((op, (lo, hi, inner)))
         elif op in (_c.ASSERT, _c.ASSERT_NOT):
             direction, sub = av
-            inner = _project(list(sub))
+            inner = _project(list(sub), allowed)
             if inner is _IMPOSSIBLE:
                 if op is _c.ASSERT:
                     return _IMPOSSIBLE
@@ -131,18 +145,23 @@ def _project(items: list) -> list | None:  # type: ignore[type-arg]
     return out
 
 
-def _project_class(items: list) -> list | None:  # type: ignore[type-arg]
+def _project_class(items: list, allowed: frozenset[int]) -> list | None:  # type: ignore[type-arg]
     if items and items[0][0] is _c.NEGATE:
-        return items  # a negated class: its verdict on bytes >= 0x80 is never asked
+        return items  # a negated class: its verdict on the bytes left out is never asked
     out = []
     for op, av in items:
         if op is _c.LITERAL:
-            if av < 0x80:
+            if av in allowed:
                 out.append((op, av))
         elif op is _c.RANGE:
             lo, hi = av
-            if lo < 0x80:
-                out.append((op, (lo, min(hi, 0x7F))))
+            run = None  # the runs of allowed bytes within the range, each a range of its own
+            for b in range(lo, hi + 2):
+                if b <= hi and b in allowed:
+                    run = b if run is None else run
+                elif run is not None:
+                    out.append((op, (run, b - 1)) if b - 1 > run else (_c.LITERAL, run))
+                    run = None
         elif op is _c.CATEGORY:
             if av not in _CATEGORY:
                 raise _Unsupported(str(av))
