@@ -61,6 +61,18 @@ def send(port: int, raw: bytes, mail_from="ana@sender.test", rcpts=("bo@rcpt.tes
         return s.sendmail(mail_from, list(rcpts), raw)
 
 
+def _ehlo(port: int) -> tuple[socket.socket, object, list[bytes]]:
+    """A raw connection after EHLO: the socket, its reader, and the EHLO reply lines but the last."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    fh = c.makefile("rb")
+    fh.readline()
+    c.sendall(b"EHLO client.test\r\n")
+    ehlo = []
+    while (line := fh.readline())[3:4] == b"-":
+        ehlo.append(line)
+    return c, fh, ehlo
+
+
 @pytest.mark.parametrize("event_loop", EVENT_LOOPS)
 def test_after_queue_tags_and_relays(sink, event_loop):
     f = ServerThread(SmtpFilterServer(default_engine(), SmtpConfig(port=0, next_hop=f"127.0.0.1:{sink.port}",
@@ -454,13 +466,7 @@ def test_pipelined_group_gets_the_next_hops_reply_per_recipient(hop_pipelines):
                          "full@rcpt.test": "452 4.2.2 Mailbox full, try later"}
     f = start(sink)
     try:
-        c = socket.create_connection(("127.0.0.1", f.port), timeout=10)
-        fh = c.makefile("rb")
-        fh.readline()
-        c.sendall(b"EHLO client.test\r\n")
-        ehlo = []
-        while (line := fh.readline())[3:4] == b"-":
-            ehlo.append(line)
+        c, fh, ehlo = _ehlo(f.port)
         assert b"250-PIPELINING\r\n" in ehlo
         c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nRCPT TO:<gone@rcpt.test>\r\n"
                   b"RCPT TO:<full@rcpt.test>\r\nRCPT TO:<cy@rcpt.test>\r\nDATA\r\n")
@@ -540,17 +546,6 @@ def test_idle_client_is_dropped_after_timeout_counted_from_its_last_command(sink
         c.close()
     finally:
         f.stop()
-
-
-def _ehlo(port: int) -> tuple[socket.socket, object, list[bytes]]:
-    c = socket.create_connection(("127.0.0.1", port), timeout=10)
-    fh = c.makefile("rb")
-    fh.readline()
-    c.sendall(b"EHLO client.test\r\n")
-    ehlo = []
-    while (line := fh.readline())[3:4] == b"-":
-        ehlo.append(line)
-    return c, fh, ehlo
 
 
 def test_bdat_pipelined_in_one_write_is_answered_in_one_write(sink):
