@@ -153,6 +153,8 @@ class Sink:
         self.mail_grouped: list[bool] = []
         #: seconds handle_DATA waits before storing and answering (a slow next hop)
         self.delay = 0.0
+        #: the sink's reply to a message it stores
+        self.data_reply = b"250 2.0.0 stored"
         self._lock = threading.Lock()
         self.controller: Any = None
         self.up()
@@ -190,7 +192,7 @@ class Sink:
                     return "451 4.3.0 sink refusing on purpose"
                 with sink._lock:
                     sink.messages.append((envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content))
-                return "250 2.0.0 stored"
+                return sink.data_reply.decode()
 
         from aiosmtpd.smtp import SMTP
 

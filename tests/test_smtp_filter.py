@@ -61,6 +61,18 @@ def send(port: int, raw: bytes, mail_from="ana@sender.test", rcpts=("bo@rcpt.tes
         return s.sendmail(mail_from, list(rcpts), raw)
 
 
+def _ehlo(port: int) -> tuple[socket.socket, object, list[bytes]]:
+    """A raw connection after EHLO: the socket, its reader, and the EHLO reply lines but the last."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    fh = c.makefile("rb")
+    fh.readline()
+    c.sendall(b"EHLO client.test\r\n")
+    ehlo = []
+    while (line := fh.readline())[3:4] == b"-":
+        ehlo.append(line)
+    return c, fh, ehlo
+
+
 @pytest.mark.parametrize("event_loop", EVENT_LOOPS)
 def test_after_queue_tags_and_relays(sink, event_loop):
     f = ServerThread(SmtpFilterServer(default_engine(), SmtpConfig(port=0, next_hop=f"127.0.0.1:{sink.port}",
@@ -454,13 +466,7 @@ def test_pipelined_group_gets_the_next_hops_reply_per_recipient(hop_pipelines):
                          "full@rcpt.test": "452 4.2.2 Mailbox full, try later"}
     f = start(sink)
     try:
-        c = socket.create_connection(("127.0.0.1", f.port), timeout=10)
-        fh = c.makefile("rb")
-        fh.readline()
-        c.sendall(b"EHLO client.test\r\n")
-        ehlo = []
-        while (line := fh.readline())[3:4] == b"-":
-            ehlo.append(line)
+        c, fh, ehlo = _ehlo(f.port)
         assert b"250-PIPELINING\r\n" in ehlo
         c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nRCPT TO:<gone@rcpt.test>\r\n"
                   b"RCPT TO:<full@rcpt.test>\r\nRCPT TO:<cy@rcpt.test>\r\nDATA\r\n")
@@ -538,5 +544,68 @@ def test_idle_client_is_dropped_after_timeout_counted_from_its_last_command(sink
         assert fh.readline() == b""  # then silence: closed
         assert 0.8 < time.monotonic() - t1 < 3.0
         c.close()
+    finally:
+        f.stop()
+
+
+def test_bdat_pipelined_in_one_write_is_answered_in_one_write(sink):
+    """RFC 3030 CHUNKING, as Postfix's SMTP client uses it when the filter announces it: MAIL, RCPT
+    and ``BDAT <size> LAST`` with the message in one write; the three replies come in one write,
+    after the next hop took the message; the bytes arrive as sent (no dot-stuffing in BDAT)."""
+    f = start(sink)
+    try:
+        c, fh, ehlo = _ehlo(f.port)
+        assert b"250-CHUNKING\r\n" in ehlo
+        raw = ham(subject="bdat one write", body=".\n.leading dot\n..two dots\n")
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nBDAT %d LAST\r\n" % len(raw) + raw)
+        first = c.recv(65536)
+        replies = [x for x in first.split(b"\r\n") if x]
+        assert replies[:2] == [b"250 2.1.0 Ok", b"250 2.1.5 Ok"] and len(replies) == 3, first
+        assert replies[2] == sink.data_reply  # the next hop's own reply to the message
+        (got,) = sink.wait_for(marker("bdat one write"))
+        assert got[2].endswith(raw.split(b"\r\n\r\n", 1)[1]) and b"\r\n.\r\n.leading dot\r\n..two dots\r\n" in got[2]
+        c.close()
+    finally:
+        f.stop()
+
+
+def test_bdat_chunks_refusals_and_staying_in_step(sink):
+    """Chunks are joined; what is refused (no recipient, too big, a chunk after a refused one, DATA
+    mixed with BDAT) is read through, so the next command is understood; a size that cannot be
+    read closes the connection."""
+    f = start(sink, max_size=4000)
+    try:
+        c, fh, _ = _ehlo(f.port)
+        raw = ham(subject="bdat chunks")
+        a, b = raw[:100], raw[100:]
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nBDAT %d\r\n" % len(a) + a
+                  + b"BDAT %d LAST\r\n" % len(b) + b)
+        assert smtp_replies(fh, 4) == [b"250 2.1.0 Ok", b"250 2.1.5 Ok", b"250 2.0.0 Ok: 100 octets received",
+                                       sink.data_reply]
+        (got,) = sink.wait_for(marker("bdat chunks"))
+        assert got[2].endswith(raw.split(b"\r\n\r\n", 1)[1])
+        # no recipient: 503, and the chunk's bytes (which look like a command) are not read as one
+        c.sendall(b"BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n")
+        assert smtp_replies(fh, 2) == [b"503 5.5.1 Error: need RCPT command", b"250 OK"]
+        # over max_size: 552, then the rest of that transaction is refused too, and RSET starts over
+        big = b"x" * 5000
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nBDAT 5000\r\n" + big
+                  + b"BDAT 3 LAST\r\nabc" + b"RSET\r\n")
+        got_replies = smtp_replies(fh, 5)
+        assert got_replies[2:4] == [b"552 5.3.4 Error: Too much mail data",
+                                    b"503 5.5.1 Error: an earlier chunk of this message was refused"]
+        assert got_replies[4].startswith(b"250 ")  # RSET
+        # DATA after a chunk: 503 (the chunk stays); RSET clears it
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nBDAT 3\r\nabcDATA\r\nRSET\r\n")
+        got_replies = smtp_replies(fh, 5)
+        assert got_replies[2:4] == [b"250 2.0.0 Ok: 3 octets received",
+                                    b"503 5.5.1 Error: DATA after BDAT in the same transaction"]
+        assert got_replies[4].startswith(b"250 ")
+        # a size that is not a number: nothing tells where the chunk ends, so the connection ends
+        c.sendall(b"BDAT lots LAST\r\n")
+        assert smtp_replies(fh, 1) == [b"501 5.5.4 Syntax: BDAT <size> [LAST]"]
+        assert fh.readline() == b""
+        c.close()
+        assert len(sink.wait_for(marker("bdat chunks"))) == 1  # nothing else reached the next hop
     finally:
         f.stop()

@@ -167,6 +167,9 @@ class FastSMTP(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
+        if self._chunks is not None or self._chunks_refused:
+            await self.push("503 5.5.1 Error: DATA after BDAT in the same transaction")
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             state, content = await self._read_data()
@@ -227,6 +230,82 @@ class FastSMTP(SMTP):
         if data[:1] == b".":
             del data[:1]
         return "", bytes(data).replace(b"\r\n.", b"\r\n")
+
+    #: the BDAT chunks of the transaction so far (None: no BDAT yet); ``_chunks_refused``: a chunk
+    #: was refused, and the transaction's further chunks are read and refused until it ends
+    _chunks: list[bytes] | None = None
+    _chunks_size = 0
+    _chunks_refused = False
+
+    def _set_post_data_state(self) -> None:
+        self._chunks, self._chunks_size, self._chunks_refused = None, 0, False
+        super()._set_post_data_state()
+
+    @syntax("BDAT <size> [LAST]")
+    async def smtp_BDAT(self, arg: str) -> None:
+        """RFC 3030 CHUNKING: ``BDAT <size> [LAST]`` and exactly that many bytes, taken as they are
+        (no dot-stuffing, no line limit).  The chunks of a transaction are joined; at ``LAST`` the
+        message goes to the handler as after DATA, and its reply is the transaction's.  Whatever
+        is refused (no recipient, over ``data_size_limit``, a chunk after a refused one) is read
+        through first, so the stream stays in step with the client.  A size that cannot be read
+        leaves no way to find the next command: refused, and the connection closed."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("BDAT"):
+            return
+        words = (arg or "").split()
+        last = len(words) == 2 and words[1].upper() == "LAST"
+        if not words or len(words) > 2 or (len(words) == 2 and not last) or not words[0].isdigit():
+            await self.push("501 5.5.4 Syntax: BDAT <size> [LAST]")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        size = int(words[0])
+        assert self.envelope is not None
+        refusal = ""
+        if not self.envelope.rcpt_tos:
+            refusal = "503 5.5.1 Error: need RCPT command"
+        elif self._chunks_refused:
+            refusal = "503 5.5.1 Error: an earlier chunk of this message was refused"
+        elif self.data_size_limit and self._chunks_size + size > self.data_size_limit:
+            refusal = "552 5.3.4 Error: Too much mail data"
+        try:
+            if refusal:
+                await self._discard(size)
+            else:
+                chunk = await self._reader.readexactly(size)
+        except asyncio.IncompleteReadError:
+            return  # the client went mid-chunk: no message
+        except asyncio.CancelledError:
+            self._writer.close()
+            raise
+        if refusal:
+            if self.envelope.rcpt_tos:
+                self._chunks_refused = True
+            if last:
+                self._set_post_data_state()
+            await self.push(refusal)
+            return
+        if self._chunks is None:
+            self._chunks = []
+        self._chunks.append(chunk)
+        self._chunks_size += size
+        if not last:
+            self._groupable = True  # RFC 3030 lets chunks be pipelined: this reply may wait for the next
+            await self.push(f"250 2.0.0 Ok: {size} octets received")
+            return
+        self.envelope.content = self.envelope.original_content = b"".join(self._chunks)
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _discard(self, size: int) -> None:
+        """Read and drop ``size`` bytes, a bounded piece at a time."""
+        while size > 0:
+            got = await self._reader.read(min(size, 1 << 16))
+            if not got:
+                raise asyncio.IncompleteReadError(b"", size)
+            size -= len(got)
 
     def _long_line(self, data: bytes | bytearray) -> bool:
         """Whether a CRLF-ended line of ``data`` (or its unfinished last one) is longer than
@@ -407,7 +486,7 @@ class SmtpFilterServer(Server):
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         # the last line is "250 HELP"
-        responses[-1:-1] = ["250-PIPELINING", "250-XFORWARD " + " ".join(XFORWARD_ATTRS)]
+        responses[-1:-1] = ["250-PIPELINING", "250-CHUNKING", "250-XFORWARD " + " ".join(XFORWARD_ATTRS)]
         return responses
 
     async def handle_MAIL(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
