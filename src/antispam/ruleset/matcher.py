@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .compiler import CompiledRules
+from .possessive import possessive
 from .projection import ASCII, WESTERN, projection
 
 try:  # the regex parser of the running Python (named sre_parse before 3.11)
@@ -130,8 +131,11 @@ class _PyRule:
     __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width", "ascii_literals",
                  "other_literals")
 
-    def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int, per_line: bool = False):
-        rx = re.compile(pattern, flags)
+    def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int, per_line: bool = False,
+                 searched: bool = True):
+        # ``searched``: Python will run it on most scans; then possessive repeats (the same matches, less
+        # backtracking) are worth their parse at start-up (~1 ms a rule, more for ReplaceTags rules)
+        rx = re.compile(possessive(pattern, flags) if searched else pattern, flags)
         self.id = rid
         self.pattern = pattern
         if per_line:  # matches confined to a line: a uri rule that could otherwise join two links
@@ -644,7 +648,8 @@ class HyperscanMatcher:
             for i in ids:
                 r = rules[i]
                 one_line = per_line(key, r)
-                pr = _PyRule(i, r.py, r.py_flags, r.multiple, r.maxhits, one_line)  # type: ignore[arg-type]
+                pr = _PyRule(i, r.py, r.py_flags, r.multiple, r.maxhits, one_line,  # type: ignore[arg-type]
+                             searched=r.hs is None or r.multiple or one_line)
                 hs_groups.setdefault(key, []).append(i)
                 self._twins[i] = pr
                 if one_line and not pr.count_max:

@@ -33,12 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-try:
-    from re import _constants as _c  # type: ignore[attr-defined]
-    from re import _parser as _p  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - Python < 3.11
-    import sre_constants as _c  # type: ignore[no-redef]
-    import sre_parse as _p  # type: ignore[no-redef]
+from .pattern_tree import CATEGORIES, Unsupported, _c, _p, print_items
 
 
 #: every ASCII byte
@@ -49,18 +44,9 @@ ASCII = frozenset(range(0x80))
 WESTERN = ASCII | frozenset(range(0x80, 0xC0)) | frozenset((0xC2, 0xC3, 0xE2))
 
 
-class _Unsupported(Exception):
-    """A construct the printer does not reproduce: the pattern has no projection."""
-
-
 #: a branch or sequence that cannot match in a buffer of the allowed bytes
 _IMPOSSIBLE = None
 
-_AT = {_c.AT_BEGINNING: b"^", _c.AT_END: b"$", _c.AT_BEGINNING_STRING: b"\\A", _c.AT_END_STRING: b"\\Z",
-       _c.AT_BOUNDARY: b"\\b", _c.AT_NON_BOUNDARY: b"\\B"}
-_CATEGORY = {_c.CATEGORY_DIGIT: b"\\d", _c.CATEGORY_NOT_DIGIT: b"\\D", _c.CATEGORY_SPACE: b"\\s",
-             _c.CATEGORY_NOT_SPACE: b"\\S", _c.CATEGORY_WORD: b"\\w", _c.CATEGORY_NOT_WORD: b"\\W"}
-_FLAG_LETTERS = ((re.IGNORECASE, b"i"), (re.MULTILINE, b"m"), (re.DOTALL, b"s"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +78,9 @@ def projection(pattern: bytes, allowed: frozenset[int] = ASCII) -> Projection:
         items = _project(list(tree), allowed)
         if items is _IMPOSSIBLE:
             return Projection(None, 0.0)
-        out = _print(items)
-        return Projection(out, len(out) / max(1, len(_print(list(tree)))))
-    except _Unsupported:
+        out = print_items(items)
+        return Projection(out, len(out) / max(1, len(print_items(list(tree)))))
+    except Unsupported:
         return Projection(pattern, 1.0)
 
 
@@ -141,7 +127,7 @@ def _project(items: list, allowed: frozenset[int]) -> list | None:  # type: igno
                 continue  # a negative look-around that cannot match always holds
             out.append((op, (direction, inner)))
         else:  # back-references, conditionals, atomic groups, possessive repeats
-            raise _Unsupported(str(op))
+            raise Unsupported(str(op))
     return out
 
 
@@ -163,68 +149,9 @@ def _project_class(items: list, allowed: frozenset[int]) -> list | None:  # type
                     out.append((op, (run, b - 1)) if b - 1 > run else (_c.LITERAL, run))
                     run = None
         elif op is _c.CATEGORY:
-            if av not in _CATEGORY:
-                raise _Unsupported(str(av))
+            if av not in CATEGORIES:
+                raise Unsupported(str(av))
             out.append((op, av))
         else:
-            raise _Unsupported(str(op))
+            raise Unsupported(str(op))
     return out or _IMPOSSIBLE
-
-
-def _byte(c: int) -> bytes:
-    return bytes((c,)) if (0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A) else b"\\x%02x" % c
-
-
-def _print(items: list) -> bytes:  # type: ignore[type-arg]
-    out = []
-    for op, av in items:
-        if op is _c.LITERAL:
-            out.append(_byte(av))
-        elif op is _c.NOT_LITERAL:
-            out.append(b"[^" + _byte(av) + b"]")
-        elif op is _c.ANY:
-            out.append(b".")
-        elif op is _c.AT:
-            if av not in _AT:
-                raise _Unsupported(str(av))
-            out.append(_AT[av])
-        elif op is _c.IN:
-            out.append(_print_class(av))
-        elif op is _c.BRANCH:
-            out.append(b"(?:" + b"|".join(_print(a) for a in av[1]) + b")")
-        elif op is _c.SUBPATTERN:
-            _, add, dele, sub = av
-            on = b"".join(ch for f, ch in _FLAG_LETTERS if add & f)
-            off = b"".join(ch for f, ch in _FLAG_LETTERS if dele & f)
-            if (add | dele) & ~(re.IGNORECASE | re.MULTILINE | re.DOTALL):
-                raise _Unsupported("inline flags")
-            out.append(b"(?" + on + (b"-" + off if off else b"") + b":" + _print(sub) + b")")
-        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT):
-            lo, hi, sub = av
-            hi_s = b"" if hi == _c.MAXREPEAT else str(hi).encode()
-            q = b"{%d,%s}" % (lo, hi_s) if lo != hi else b"{%d}" % lo
-            out.append(b"(?:" + _print(sub) + b")" + q + (b"?" if op is _c.MIN_REPEAT else b""))
-        elif op in (_c.ASSERT, _c.ASSERT_NOT):
-            direction, sub = av
-            kind = (b"=" if op is _c.ASSERT else b"!") if direction == 1 else (b"<=" if op is _c.ASSERT else b"<!")
-            out.append(b"(?" + kind + _print(sub) + b")")
-        else:
-            raise _Unsupported(str(op))
-    return b"".join(out)
-
-
-def _print_class(items: list) -> bytes:  # type: ignore[type-arg]
-    out = [b"["]
-    for op, av in items:
-        if op is _c.NEGATE:
-            out.append(b"^")
-        elif op is _c.LITERAL:
-            out.append(b"\\x%02x" % av)
-        elif op is _c.RANGE:
-            out.append(b"\\x%02x-\\x%02x" % av)
-        elif op is _c.CATEGORY:
-            out.append(_CATEGORY[av])
-        else:
-            raise _Unsupported(str(op))
-    out.append(b"]")
-    return b"".join(out)
