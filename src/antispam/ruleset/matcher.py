@@ -9,10 +9,16 @@
 * :class:`PythonMatcher` runs each rule's Python ``re`` pattern; the compiler
   has already refused any pattern that could backtrack exponentially.
 
+A group whose patterns are mostly non-ASCII look-alikes also gets databases of the
+patterns' projections on ASCII and on Western UTF-8 bytes (projection.py), used for the
+buffers made of those bytes only, where they match exactly as the patterns do.
+
 Rules that Hyperscan cannot express exactly (look-arounds, back-references)
 are compiled in Hyperscan's prefilter mode, which matches a superset; only
 when the prefilter fires does Python ``re`` confirm the match.  A pattern
 Hyperscan refuses even as a prefilter runs in Python ``re`` on every scan.
+The patterns Python runs on most scans get possessive repeats where that changes no
+match (possessive.py), which spares ``re`` most of its backtracking.
 
 Both give the same set of matched rules on the same bytes (the test suite
 runs both over the default rules and a sample of the corpus).  Hit *counts* of ``tflags multiple`` rules are counted
