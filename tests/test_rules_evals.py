@@ -142,3 +142,57 @@ def test_epoch_seconds_equals_mktime_tz(corpus):
                 epoch_seconds(t)
             continue
         assert epoch_seconds(t) == want, t
+
+
+def test_shifted_date_is_measured_as_spamassassin_does():
+    """check_for_shifted_date: the Received stamp closest to the date counts (not the newest), a
+    fetchmail hand-over at the top is left out, Resent-Date comes before Date, and without a date
+    or a stamp the difference is 0."""
+    from antispam.ruleset.evals import check_for_shifted_date, shifted_date_diff
+
+    def msg(*headers: str) -> Message:
+        return Message(("\n".join(headers) + "\nSubject: t\n\nbody\n").encode())
+
+    relays = ["Received: from a.example by b.example; Mon, 1 Jan 2024 20:00:00 +0000",  # 10 h after the date
+              "Received: from c.example by a.example; Mon, 1 Jan 2024 10:30:00 +0000"]  # 30 min after
+    m = msg(*relays, "Date: Mon, 1 Jan 2024 10:00:00 +0000")
+    assert shifted_date_diff(m) == -1800.0
+    assert check_for_shifted_date(m, -1.0, 0.0)[0] and not check_for_shifted_date(m, None, -6.0)[0]
+    # a fetchmail hand-over (localhost, then "by localhost ... (fetchmail-") at the top is not a relay
+    fetch = ["Received: from localhost (localhost [127.0.0.1]) by home.example; Mon, 1 Jan 2024 10:00:00 +0000",
+             "Received: from mail.example [127.0.0.1] by localhost with IMAP (fetchmail-5.9.0); "
+             "Mon, 1 Jan 2024 10:00:00 +0000"]
+    m = msg(*fetch, "Received: from c.example by a.example; Tue, 2 Jan 2024 10:00:00 +0000",
+            "Date: Mon, 1 Jan 2024 10:00:00 +0000")
+    assert shifted_date_diff(m) == -86400.0
+    # Resent-Date first; the oldest stamp is dropped when it equals the date and others exist
+    m = msg(*relays, "Received: from d.example by c.example; Sun, 31 Dec 2023 10:00:00 +0000",
+            "Resent-Date: Sun, 31 Dec 2023 10:00:00 +0000", "Date: Mon, 1 Jan 2024 10:00:00 +0000")
+    assert shifted_date_diff(m) == -(86400.0 + 1800.0)
+    assert shifted_date_diff(msg("Date: Mon, 1 Jan 2024 10:00:00 +0000")) == 0.0
+    assert shifted_date_diff(msg(*relays)) == 0.0
+
+
+def test_envelope_sender_is_guessed_from_the_headers_as_spamassassin_does():
+    from antispam.message import Envelope
+    from antispam.ruleset.evals import check_equal_from_domains, envelope_sender
+
+    def msg(*headers: str, envelope: Envelope | None = None) -> Message:
+        return Message(("\n".join(headers) + "\nSubject: t\n\nbody\n").encode(), envelope)
+
+    rcvd = "Received: from a.example by b.example; Mon, 1 Jan 2024 10:00:00 +0000"
+    assert envelope_sender(msg("Return-Path: <bounce@lists.example>", rcvd, "From: a@x.example")) == "bounce@lists.example"
+    # written below a Received header: a relay's, not the final delivery's
+    assert envelope_sender(msg(rcvd, "Return-Path: <bounce@lists.example>", "From: a@x.example")) is None
+    assert envelope_sender(msg("Envelope-Sender: s@e.example", "Return-Path: <r@lists.example>", rcvd)) == "s@e.example"
+    assert envelope_sender(msg(rcvd, "X-Envelope-From: s@e.example", "Return-Path: <r@lists.example>")) is None
+    # an X-Sender address with fetchmail in the chain: fetchmail may have re-used it, nothing is trusted
+    fetch = "Received: from x [127.0.0.1] by localhost with IMAP (fetchmail-5.9.0); Mon, 1 Jan 2024 10:00:00 +0000"
+    assert envelope_sender(msg("Return-Path: <r@lists.example>", fetch, "X-Sender: a@x.example")) is None
+    # the MTA's own envelope wins
+    env = Envelope(mail_from="mta@given.example")
+    assert envelope_sender(msg("Return-Path: <r@lists.example>", envelope=env)) == "mta@given.example"
+    # compared on the last two labels, case-insensitively
+    assert check_equal_from_domains(msg("Return-Path: <b@MAIL.Example.com>", "From: A <a@www.example.com>")) == (False, [])
+    assert check_equal_from_domains(msg("Return-Path: <b@lists.other.org>", "From: a@www.example.com"))[0]
+    assert check_equal_from_domains(msg(rcvd, "Return-Path: <b@lists.other.org>", "From: a@example.com")) == (False, [])

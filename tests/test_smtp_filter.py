@@ -609,3 +609,19 @@ def test_bdat_chunks_refusals_and_staying_in_step(sink):
         assert len(sink.wait_for(marker("bdat chunks"))) == 1  # nothing else reached the next hop
     finally:
         f.stop()
+
+
+def test_bdat_chunk_that_stops_coming_times_out(sink):
+    """A client that announces a chunk and stalls is cut off after the idle timeout, and the
+    part it sent goes nowhere."""
+    f = start(sink, timeout=0.6)
+    try:
+        c, fh, _ = _ehlo(f.port)
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nBDAT 100 LAST\r\nSubject: stalled\r\n")
+        t = time.monotonic()
+        fh.read()  # returns at EOF (the socket's 10 s timeout would raise first if the server kept it open)
+        assert 0.5 < time.monotonic() - t < 5
+        assert sink.wait_for(marker("stalled"), timeout=0.5) == []
+        c.close()
+    finally:
+        f.stop()

@@ -40,7 +40,7 @@ from ..check import Check, Hit, ScanContext, SymbolDef
 from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
-from .evals import EVALS, header_absent, header_count_over
+from .evals import EVALS, envelope_sender, header_absent, header_count_over
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from .parser import parse_paths
 
@@ -134,8 +134,8 @@ def _header_value(msg: Message, lname: str, accs: tuple[str, ...]) -> str | None
         v = relays_text(msg, lname[8:])
         values = [v] if v is not None else []
     elif lname == "*envelopefrom":
-        ef = msg.envelope.mail_from
-        values = msg.get_all("Return-Path")[:1] if ef is None else [ef]
+        ef = envelope_sender(msg)
+        values = [] if ef is None else [ef]
     else:
         values = msg.get_raw(lname) if raw else msg.get_all(lname)
     if not values:

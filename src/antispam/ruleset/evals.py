@@ -481,14 +481,59 @@ def check_for_missing_to_header(msg: Message) -> bool:
     return not msg.has("To") and not msg.has("Apparently-To")
 
 
+#: a Received header's time stamp wherever it stands: "day Mon year hh:mm:ss zone"
+_RCVD_STAMP = re.compile(r"\s.?\d+ \S\S\S \d+ \d+:\d+:\d+ \S+")
+#: the newest Received header of a local hand-over (fetchmail run over localhost, qmail-inject)
+_SA_LOCAL = re.compile(r"\bfrom (?:localhost\s|(?:\S+ ){1,2}\S*\b127\.0\.0\.1\b)|qmail \d+ invoked by uid \d+")
+_SA_FETCHMAIL = re.compile(r"\bby localhost with \w+ \(fetchmail-[\d.]+")
+
+
+def shifted_date_diff(msg: Message) -> float:
+    """Seconds from the Received time stamps to the message's date, as SpamAssassin's
+    ``check_for_shifted_date`` measures it: the date is the first readable Resent-Date,
+    else Date; against it, every Received header's stamp but a local fetchmail hand-over
+    at the top (a ``from localhost`` / ``127.0.0.1`` or qmail-inject header followed by a
+    ``by localhost ... (fetchmail-`` one: both left out), and the difference kept is the
+    smallest in size (the oldest header's is left out when it is exactly 0 and there are
+    others).  0 when there is no date or no stamp, as in SpamAssassin.
+    """
+    date = None
+    for name in ("Resent-Date", "Date"):
+        for value in msg.get_all(name):
+            if value and (date := _parsed_epoch(value)) is not None:
+                break
+        if date is not None:
+            break
+    if date is None:
+        return 0.0
+    received = [r.raw for r in msg.received if r.raw.strip()]
+    if received and _SA_LOCAL.search(received[0]) and len(received) > 1 and _SA_FETCHMAIL.search(received[1]):
+        received = received[2:]
+    diffs = []
+    for raw in received:
+        m = _RCVD_STAMP.search(raw)
+        if m is not None and (t := _parsed_epoch(m.group(0).strip())) is not None:
+            diffs.append(date - t)
+    if len(diffs) > 1 and diffs[-1] == 0:
+        diffs.pop()
+    return min(diffs, key=abs) if diffs else 0.0
+
+
+def _parsed_epoch(value: str) -> float | None:
+    t = _parse_date(value)
+    if t is None:
+        return None
+    try:
+        return float(epoch_seconds(t))
+    except (OverflowError, ValueError):
+        return None
+
+
 @register("check_for_shifted_date", ("header",), (float, float), required=2)
 def check_for_shifted_date(msg: Message, lo: float | None, hi: float | None) -> tuple[bool, list[str]]:
-    """Date header is between ``lo`` and ``hi`` hours from the newest Received time
-    (negative: in the past); ``'undef'`` leaves a side open."""
-    skew = _date_skew(msg)
-    if skew is None:
-        return False, []
-    h = skew / 3600.0
+    """The date is between ``lo`` and ``hi`` hours from the Received stamps (negative: before
+    them; ``'undef'`` leaves a side open), measured as SpamAssassin does (:func:`shifted_date_diff`)."""
+    h = shifted_date_diff(msg) / 3600.0
     ok = (lo is None or h >= lo) and (hi is None or h < hi)
     return ok, [f"{h:+.1f}h"]
 
@@ -541,13 +586,53 @@ def check_for_uppercase(msg: Message, lo: float, hi: float) -> tuple[bool, list[
     return lo <= pct < hi or (hi >= 100 and pct >= lo), [f"{pct:.0f}%"]
 
 
+def envelope_sender(msg: Message) -> str | None:
+    """The envelope sender: the MTA's (``msg.envelope.mail_from``) when it gave one, else
+    guessed from the headers as SpamAssassin guesses its ``EnvelopeFrom``: none when an
+    ``X-Sender`` address comes with a fetchmail Received header (fetchmail re-uses it, so the
+    headers cannot be trusted); else ``X-Envelope-From`` (none if a Received header stands
+    above it: a list may have changed the sender since), ``Envelope-Sender``, then
+    ``Return-Path``, each only when no Received header stands above it (the final delivery
+    writes it at the top)."""
+    ef = msg.envelope.mail_from
+    if ef is not None:
+        return ef
+    if "@" in (msg.get("X-Sender") or "") and any("(fetchmail" in r.raw for r in msg.received):
+        return None
+    index = msg.header_index
+    first_received = min(index.get("received", [len(msg.raw_headers)]))
+    for name in ("x-envelope-from", "envelope-sender", "return-path"):
+        pos = index.get(name)
+        if not pos:
+            continue
+        if max(pos) > first_received:
+            if name == "x-envelope-from":
+                return None
+            continue
+        return msg.headers[pos[0]][1].lstrip("<").rstrip("> \t\r\n")
+    return None
+
+
+#: SpamAssassin's "second-level domain" for check_equal_from_domains: the last two labels
+_LAST_TWO_LABELS = re.compile(r"^.+\.([^.]+\.[^.]+)$", re.S)
+
+
 @register("check_equal_from_domains", ("header",))
 def check_equal_from_domains(msg: Message) -> tuple[bool, list[str]]:
-    """The envelope sender's registrable domain differs from the From header's."""
-    env = domain_of(msg.envelope.mail_from) or domain_of((msg.get_all("Return-Path") or [""])[0].strip("<> "))
-    dom = msg.from_domain
-    if env and dom and _registrable(env) != _registrable(dom):
-        return True, [f"{env}/{dom}"]
+    """The From address and the envelope sender (:func:`envelope_sender`) end in different
+    domains, compared on their last two labels as SpamAssassin compares them."""
+    def last_two(addr: str | None) -> str:
+        dom = addr.rpartition("@")[2] if addr and "@" in addr else ""
+        m = _LAST_TWO_LABELS.match(dom)
+        return (m.group(1) if m else dom).lower()
+
+    frm = split_addresses(msg.get("From") or "")
+    dom = last_two(frm[0][1] if frm else None)
+    env = envelope_sender(msg)
+    env_addrs = split_addresses(env) if env else []
+    env_dom = last_two(env_addrs[0][1] if env_addrs else env)
+    if env_dom and dom and env_dom != dom:
+        return True, [f"{env_dom}/{dom}"]
     return False, []
 
 
