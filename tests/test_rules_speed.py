@@ -24,7 +24,8 @@ from antispam.check import ScanContext
 from antispam.config import Config
 from antispam.message import Message
 from antispam.ruleset.check import LoadedRules, RulesCheck, body_text
-from antispam.ruleset.matcher import (NEAR_MAX_ENDS, HyperscanMatcher, PythonMatcher, drop_anchors, hyperscan_available,
+from antispam.ruleset.matcher import (NEAR_MAX_ENDS, HyperscanMatcher, PythonMatcher, disjoint_literals, drop_anchors,
+                                      hyperscan_available,
                                       make_matcher, match_shape)
 from antispam.ruleset.parser import Parser
 
@@ -164,3 +165,56 @@ def test_html_image_only_finds_img_tags_as_lower_casing_would():
         m.html = html  # type: ignore[attr-defined]
         expected = "<img" in html.lower()
         assert E.html_image_only(m, 0.0, 200.0)[0] == expected, html
+
+
+COUNT_RULES = r"""
+body  T_E        /e/
+tflags T_E multiple maxhits=7
+body  T_E_LIKE   /(?:e|\xc3[\xa8-\xab]|\xd0\xb5)/
+tflags T_E_LIKE multiple
+body  T_PAIRS    /[ab]x/
+tflags T_PAIRS multiple maxhits=3
+body  T_SELF     /ee/
+tflags T_SELF multiple
+body  T_PREFIX   /a|ab/
+tflags T_PREFIX multiple
+"""
+
+
+def test_disjoint_literals_only_where_occurrences_cannot_overlap():
+    assert disjoint_literals(rb"e", 0) == (b"e",)
+    assert disjoint_literals(rb"(?:e|\xc3[\xa8-\xa9])", 0) == (b"e", b"\xc3\xa8", b"\xc3\xa9")
+    assert disjoint_literals(rb"[a-c]x", 0) == (b"ax", b"bx", b"cx")
+    assert disjoint_literals(rb"ee", 0) is None, "eee holds one non-overlapping ee but two occurrences"
+    assert disjoint_literals(rb"ab|ba", 0) is None, "aba: the occurrences overlap"
+    assert disjoint_literals(rb"a|ab", 0) is None, "one literal is a prefix of another"
+    assert disjoint_literals(rb"xay|a", 0) is None, "one literal inside another"
+    assert disjoint_literals(rb"e", re.IGNORECASE) is None
+    assert disjoint_literals(rb"\be", 0) is None and disjoint_literals(rb"e+", 0) is None
+    assert disjoint_literals(rb"[^e]", 0) is None and disjoint_literals(rb"\w", 0) is None
+
+
+@pytest.mark.parametrize("engine", ["hyperscan", "python"])
+def test_literal_counts_equal_finditer_counts(engine):
+    if engine == "hyperscan" and not hyperscan_available():
+        pytest.skip("hyperscan not installed")
+    compiled = _compiled(COUNT_RULES)
+    m = make_matcher(compiled, engine)
+    if engine == "python":
+        counted = {compiled.rules[r.id].name for r in m.groups["body"] if r.ascii_literals is not None}
+        assert counted == {"T_E", "T_E_LIKE", "T_PAIRS"}, "the bytes.count path is taken, and only where exact"
+    rx = {r.id: (re.compile(r.py, r.py_flags), (r.maxhits or 1000)) for r in compiled.rules}
+    rnd = random.Random(5)
+    pieces = [b"e", b"ee", b"ax", b"bx", b"abx", b"\xc3\xa8", b"\xc3", b"\xa8", b"\xd0\xb5", b"x", b" ", b"a", b"b", b"\n"]
+    checked = 0
+    for _ in range(2000):
+        # long texts too: the counts look at a prefix of 16 bytes per allowed hit first
+        text = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, rnd.choice([40, 300]))))
+        want = {}
+        for rid, (r, cap) in rx.items():
+            n = min(sum(1 for _ in r.finditer(text)), cap)
+            if n:
+                want[rid] = n
+        assert m.scan("body", text) == want, text
+        checked += bool(want)
+    assert checked > 1500

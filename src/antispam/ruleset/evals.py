@@ -497,16 +497,24 @@ def shifted_date_diff(msg: Message) -> float:
     smallest in size (the oldest header's is left out when it is exactly 0 and there are
     others).  0 when there is no date or no stamp, as in SpamAssassin.
     """
+    # SpamAssassin's rules ask this of one message ten times (DATE_IN_PAST_*, DATE_IN_FUTURE_*):
+    # the answer is cached on its inputs (~15 us each time otherwise).
+    return _shifted_date_diff(tuple(msg.get_all("Resent-Date")), tuple(msg.get_all("Date")),
+                              tuple(r.raw for r in msg.received))
+
+
+@lru_cache(maxsize=8)
+def _shifted_date_diff(resent_dates: tuple[str, ...], dates: tuple[str, ...], received_raw: tuple[str, ...]) -> float:
     date = None
-    for name in ("Resent-Date", "Date"):
-        for value in msg.get_all(name):
+    for values in (resent_dates, dates):
+        for value in values:
             if value and (date := _parsed_epoch(value)) is not None:
                 break
         if date is not None:
             break
     if date is None:
         return 0.0
-    received = [r.raw for r in msg.received if r.raw.strip()]
+    received = [raw for raw in received_raw if raw.strip()]
     if received and _SA_LOCAL.search(received[0]) and len(received) > 1 and _SA_FETCHMAIL.search(received[1]):
         received = received[2:]
     diffs = []

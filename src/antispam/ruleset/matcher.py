@@ -9,10 +9,16 @@
 * :class:`PythonMatcher` runs each rule's Python ``re`` pattern; the compiler
   has already refused any pattern that could backtrack exponentially.
 
+A group whose patterns are mostly non-ASCII look-alikes also gets databases of the
+patterns' projections on ASCII and on Western UTF-8 bytes (projection.py), used for the
+buffers made of those bytes only, where they match exactly as the patterns do.
+
 Rules that Hyperscan cannot express exactly (look-arounds, back-references)
 are compiled in Hyperscan's prefilter mode, which matches a superset; only
 when the prefilter fires does Python ``re`` confirm the match.  A pattern
 Hyperscan refuses even as a prefilter runs in Python ``re`` on every scan.
+The patterns Python runs on most scans get possessive repeats where that changes no
+match (possessive.py), which spares ``re`` most of its backtracking.
 
 Both give the same set of matched rules on the same bytes (the test suite
 runs both over the default rules and a sample of the corpus).  Hit *counts* of ``tflags multiple`` rules are counted
@@ -35,6 +41,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .compiler import CompiledRules
+from .possessive import possessive
+from .projection import ASCII, WESTERN, projection
 
 try:  # the regex parser of the running Python (named sre_parse before 3.11)
     from re import _parser as _sre_parse  # type: ignore[attr-defined]
@@ -51,9 +59,22 @@ except Exception:  # pragma: no cover - depends on the platform
 #: most matches counted for a ``multiple`` rule without ``maxhits``
 MAX_COUNT = 1000
 #: longest match (bytes) of a prefiltered rule confirmed only around the prefilter's match ends
-NEAR_MAX_WIDTH = 64
+NEAR_MAX_WIDTH = 160
 #: more prefilter match ends than this: confirm with one search of the whole buffer instead
 NEAR_MAX_ENDS = 16
+#: a group gets a database for buffers made of one of these sets of bytes (see projection.py),
+#: from the projections of its patterns on the set, when they are at most PROJECTED_MAX_SHARE of
+#: the patterns' length; a buffer is scanned with the database of the first set it fits in
+VARIANTS = (("ascii", ASCII), ("western", WESTERN))
+PROJECTED_MAX_SHARE = 0.75
+#: the bytes of WESTERN, deleted from a buffer to see whether anything else is left
+_WESTERN_BYTES = bytes(sorted(WESTERN))
+
+
+def variant_key(variant: str, group: str) -> str:
+    """The key of a group's database for the buffers of one of :data:`VARIANTS`."""
+    return f"{variant}>{group}"
+
 
 
 def hyperscan_available() -> bool:
@@ -113,10 +134,14 @@ def _line_finditer(rx: re.Pattern[bytes], data: bytes) -> Iterator[re.Match[byte
 
 
 class _PyRule:
-    __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width")
+    __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width", "ascii_literals",
+                 "other_literals")
 
-    def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int, per_line: bool = False):
-        rx = re.compile(pattern, flags)
+    def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int, per_line: bool = False,
+                 searched: bool = True):
+        # ``searched``: Python will run it on most scans; then possessive repeats (the same matches, less
+        # backtracking) are worth their parse at start-up (~1 ms a rule, more for ReplaceTags rules)
+        rx = re.compile(possessive(pattern, flags) if searched else pattern, flags)
         self.id = rid
         self.pattern = pattern
         if per_line:  # matches confined to a line: a uri rule that could otherwise join two links
@@ -129,6 +154,13 @@ class _PyRule:
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
         #: (shortest, longest) match in bytes when confirmed near match ends (see _confirm_near)
         self.width: tuple[int, int] | None = None
+        lits = disjoint_literals(pattern, flags) if self.count_max and not per_line else None
+        #: a counted rule that is a set of literals no two occurrences of which can overlap: counted
+        #: with ``bytes.count`` (see _count); the literals with a byte >= 0x80 apart, since most
+        #: buffers are ASCII and ``bytes.isascii`` rules them all out at once (a rule confined to
+        #: a line is not counted so: its literals could hold a line break)
+        self.ascii_literals = tuple(x for x in lits if x.isascii()) if lits else None
+        self.other_literals = tuple(x for x in lits if not x.isascii()) if lits else ()
 
 
 def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
@@ -435,7 +467,114 @@ def split_alternatives(p: bytes, limit: int = PIECE_LIMIT) -> list[bytes] | None
     return out
 
 
+#: most literals a counted rule may expand to and still be counted with ``bytes.count``
+MAX_LITERALS = 64
+
+
+def disjoint_literals(pattern: bytes, flags: int) -> tuple[bytes, ...] | None:
+    """The strings a pattern matches, when it is a finite set of literals no two occurrences of which overlap.
+
+    Then the non-overlapping matches that Python's ``finditer`` (and Perl's ``/g``) counts
+    are all the occurrences of all the literals: wherever one occurs, no other occurrence
+    shares a byte with it, so the scan from left to right finds each one, and only these.
+    Each is counted by ``bytes.count``, which counts non-overlapping occurrences, i.e.
+    all of them when a literal cannot overlap itself.  Two occurrences overlap when a
+    proper suffix of one is a prefix of the other (or the other lies inside it), or when
+    one literal is a prefix of the other (same start).
+
+    None for anything else: case-insensitive patterns, assertions, repeats, more than
+    :data:`MAX_LITERALS` strings, or literals that could overlap.  SpamAssassin counts
+    letters this way (``e``, and an ``e`` with its look-alikes in UTF-8).
+    """
+    if flags & re.IGNORECASE:
+        return None
+    try:
+        tree = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return None
+    lits = _literals(list(tree))
+    if not lits or b"" in lits:
+        return None
+    for a in lits:
+        for b in lits:
+            if a != b and (a.startswith(b) or b.startswith(a)):
+                return None
+            for k in range(1, len(a)):
+                tail = a[k:]
+                if b.startswith(tail) or tail.startswith(b):
+                    return None
+    return tuple(sorted(lits))
+
+
+def _literals(items) -> set[bytes] | None:  # type: ignore[no-untyped-def]
+    """The set of strings a sequence of parse items matches, or None when not a small finite set."""
+    out = {b""}
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            alts = {bytes((av,))}
+        elif name == "IN":
+            alts = _class_bytes(av)
+        elif name == "SUBPATTERN":
+            alts = _literals(list(av[-1]))
+        elif name == "BRANCH":
+            alts = set()
+            for b in av[1]:
+                sub = _literals(list(b))
+                if sub is None:
+                    return None
+                alts |= sub
+        else:
+            return None
+        if alts is None:
+            return None
+        out = {x + y for x in out for y in alts}
+        if len(out) > MAX_LITERALS:
+            return None
+    return out
+
+
+def _class_bytes(items) -> set[bytes] | None:  # type: ignore[no-untyped-def]
+    """The bytes of a character class made of literals and ranges (None for negated or category classes)."""
+    out: set[bytes] = set()
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            out.add(bytes((av,)))
+        elif name == "RANGE":
+            out.update(bytes((c,)) for c in range(av[0], av[1] + 1))
+        else:
+            return None
+        if len(out) > MAX_LITERALS:
+            return None
+    return out
+
+
+#: counting literals: first in this many bytes per hit allowed, which suffices when they are frequent
+COUNT_PREFIX_PER_HIT = 16
+
+
 def _count(r: _PyRule, data: bytes) -> int:
+    """Non-overlapping matches of a counted rule, at most its ``count_max``.
+
+    A rule that is a set of literals (see :func:`disjoint_literals`) is counted with
+    ``bytes.count``: first in a prefix of the buffer, since an occurrence within the prefix
+    is one in the buffer, and a frequent letter reaches the cap there (SpamAssassin's ``e``
+    counts stop at 230 or 320); then in the whole buffer.  A buffer with bytes >= 0x80 and
+    a rule with literals made of such bytes go to ``finditer``, which stops at the cap,
+    rather than to one ``bytes.count`` per literal.
+    """
+    lits = r.ascii_literals
+    if lits is not None and (not r.other_literals or data.isascii()):
+        cap = r.count_max
+        k = COUNT_PREFIX_PER_HIT * cap
+        if len(data) > k:
+            n = 0
+            for x in lits:
+                n += data.count(x, 0, k)
+            if n >= cap:
+                return cap
+        return min(sum(map(data.count, lits)), cap)
     n = 0
     for _ in r.finditer(data):
         n += 1
@@ -483,7 +622,7 @@ def _scan_python_rules(rules, data: bytes, out: dict[int, int], ends: dict[int, 
                     ends[r.id] = m.end()
 
 
-_MAGIC = b"ANTISPAM-HSDB-8\n"
+_MAGIC = b"ANTISPAM-HSDB-9\n"
 
 
 class HyperscanMatcher:
@@ -515,7 +654,8 @@ class HyperscanMatcher:
             for i in ids:
                 r = rules[i]
                 one_line = per_line(key, r)
-                pr = _PyRule(i, r.py, r.py_flags, r.multiple, r.maxhits, one_line)  # type: ignore[arg-type]
+                pr = _PyRule(i, r.py, r.py_flags, r.multiple, r.maxhits, one_line,  # type: ignore[arg-type]
+                             searched=r.hs is None or r.multiple or one_line)
                 hs_groups.setdefault(key, []).append(i)
                 self._twins[i] = pr
                 if one_line and not pr.count_max:
@@ -532,7 +672,8 @@ class HyperscanMatcher:
                     self._counters[i] = pr
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
-        cache = Path(cache_dir) / f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v8w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}x{MAX_PIECES}.db" if cache_dir else None
+        cache = Path(cache_dir) / (f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v9w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}"
+                                   f"x{MAX_PIECES}{''.join(v[0][0] for v in VARIANTS)}{PROJECTED_MAX_SHARE}.db") if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:
             self.dbs = loaded
@@ -547,11 +688,21 @@ class HyperscanMatcher:
             if cache:
                 self._save(cache)
         self._scratch_proto = {k: _hs.Scratch(db) for k, db in self.dbs.items()}
+        #: group -> keys of the databases for (ASCII, WESTERN) buffers, for the groups that have
+        #: a projected database (an ASCII buffer is a WESTERN one too; the group's own database
+        #: serves every buffer)
+        self._variants: dict[str, tuple[str, str]] = {}
+        for k in compiled.groups:
+            a, w = (variant_key(v, k) for v, _ in VARIANTS)
+            if a in self.dbs or w in self.dbs:
+                w = w if w in self.dbs else k
+                self._variants[k] = (a if a in self.dbs else w, w)
         # Groups where every Hyperscan report is a final hit counted once (no counting,
-        # no Python confirmation, no Python-only rule): their scan is one Hyperscan call.
+        # no Python confirmation, no Python-only rule, one database): their scan is one Hyperscan call.
         post = set(self._counters) | set(self._confirm)
         self._plain = frozenset(k for k, ids in compiled.groups.items()
-                                if k in self.dbs and k not in self._py and not post.intersection(ids))
+                                if k in self.dbs and k not in self._py and k not in self._variants
+                                and not post.intersection(ids))
         #: groups with rules confirmed near their match ends: their scan collects the ends
         self._with_ends = frozenset(k for k, ids in compiled.groups.items() if k in self.dbs and self._near.keys() & set(ids))
 
@@ -605,10 +756,14 @@ class HyperscanMatcher:
                 continue
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
             exprs, expr_ids = self._exprs(good, rules)
-            db.compile(expressions=exprs, ids=expr_ids, elements=len(exprs),
-                       flags=[self._rule_flags(rules[i], rules[i].hs is None or i in self._as_prefilter
-                                               or i in self._unanchored) for i in expr_ids])
+            flags = [self._rule_flags(rules[i], rules[i].hs is None or i in self._as_prefilter or i in self._unanchored)
+                     for i in expr_ids]
+            db.compile(expressions=exprs, ids=expr_ids, elements=len(exprs), flags=flags)
             dbs[key] = db
+            for variant, allowed in VARIANTS:
+                twin = _projected_database(exprs, expr_ids, flags, allowed)
+                if twin is not None:
+                    dbs[variant_key(variant, key)] = twin
         return dbs
 
     def _compilable(self, ids: list[int], rules) -> list[int]:
@@ -779,16 +934,23 @@ class HyperscanMatcher:
         return out
 
     def scan(self, group: str, data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:
-        db = self.dbs.get(group)
         if group in self._plain:
             return scan_plain(self.direct_scanners()[group], data, ends)
+        key = group
+        variants = self._variants.get(group)
+        if variants is not None:
+            if data.isascii():
+                key = variants[0]
+            elif not data.translate(None, _WESTERN_BYTES):
+                key = variants[1]
+        db = self.dbs.get(key)
         out: dict[int, int] = {}
         if db is not None:
             if group in self._with_ends:
-                firsts = self._scan_near(db, group, data, out)
+                firsts = self._scan_near(db, key, data, out)
             else:
                 firsts = {}
-                db.scan(data, match_event_handler=collect_first_end, context=firsts, scratch=self._scratch(group))  # type: ignore[attr-defined]
+                db.scan(data, match_event_handler=collect_first_end, context=firsts, scratch=self._scratch(key))  # type: ignore[attr-defined]
             counters = self._counters
             confirm = self._confirm
             for rid, end in firsts.items():
@@ -818,11 +980,12 @@ class HyperscanMatcher:
         _scan_python_rules(self._py.get(group, ()), data, out, ends)
         return out
 
-    def _scan_near(self, db, group: str, data: bytes, out: dict[int, int]) -> dict[int, int]:
-        """Scan collecting match ends; settle the rules confirmed near their ends into ``out``,
-        return the other rules reported, each with its first match end, for the usual treatment."""
+    def _scan_near(self, db, key: str, data: bytes, out: dict[int, int]) -> dict[int, int]:
+        """Scan (with the database and scratch of ``key``) collecting match ends; settle the rules
+        confirmed near their ends into ``out``, return the other rules reported, each with its first
+        match end, for the usual treatment."""
         reports: list[tuple[int, int]] = []
-        db.scan(data, match_event_handler=_collect_ends, context=reports, scratch=self._scratch(group))
+        db.scan(data, match_event_handler=_collect_ends, context=reports, scratch=self._scratch(key))
         near = self._near
         found: dict[int, int] = {}
         ends: dict[int, list[int]] = {}
@@ -839,6 +1002,35 @@ class HyperscanMatcher:
             if _confirm_near(near[rid], data, e):
                 out[rid] = 1
         return found
+
+
+def _projected_database(exprs: list[bytes], ids: list[int], flags: list[int], allowed: frozenset[int]):  # type: ignore[no-untyped-def]
+    """A database for buffers of the bytes ``allowed`` from the projections of a group's expressions,
+    or None when the projections are not much shorter (or do not compile).
+
+    Same ids and flags, so a scan of such a buffer reports what the group's own database
+    reports; an expression that cannot match there is left out.
+    """
+    out_e: list[bytes] = []
+    out_i: list[int] = []
+    out_f: list[int] = []
+    left = 0.0  # the length of the projections, in the units of the expressions' lengths
+    for e, i, f in zip(exprs, ids, flags):
+        p = projection(e, allowed)
+        left += p.share * len(e)
+        if p.pattern is not None:
+            out_e.append(p.pattern)
+            out_i.append(i)
+            out_f.append(f)
+    if not out_e or left > PROJECTED_MAX_SHARE * sum(map(len, exprs)):
+        return None
+    db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=out_e, ids=out_i, elements=len(out_e), flags=out_f)
+    except Exception as exc:  # the group's own database still serves every buffer
+        log.debug("no projected database: %s", exc)
+        return None
+    return db
 
 
 def scan_plain(scanner: tuple[object, object], data: bytes, ends: dict[int, int] | None = None) -> dict[int, int]:

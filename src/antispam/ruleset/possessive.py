@@ -1,0 +1,87 @@
+"""Possessive repeats where giving back a byte can never help: the same matches, without the backtracking.
+
+Python's ``re`` backtracks into a repeat one byte at a time.  SpamAssassin's header rules
+with back-references (``__SUBJ_HAS_TO_2``, ``__TO_EQ_FROM_*``) skip lines with
+``(?:[^\\n]+\\n+)*``; every time the ``*`` gives back a line, ``[^\\n]+`` gives back its
+bytes one by one, and each attempt fails at once since ``\\n+`` needs a line break where
+only non-breaks were.  Over the ~2 KB of all headers that is ~30 us per search.
+
+When a repeat of a single-character item ``X`` is followed directly by an item that must
+begin with a byte from ``Y``, and no byte is in both ``X`` and ``Y``, a shorter run of ``X``
+leaves an ``X`` byte where a ``Y`` byte is needed: the rest of the pattern cannot match
+after it.  So only the longest run can lead to a match, which is what a possessive repeat
+(``X++``, Python 3.11) tries, alone: the matches, their spans and groups are unchanged.
+(This is what PCRE calls auto-possessification; Python's engine does not do it.)
+
+Used for the Python side only (Hyperscan never backtracks).  A pattern with a construct
+pattern_tree.py does not print is kept as written.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .pattern_tree import Unsupported, _c, _p, print_items
+from .regex import _charset
+
+
+def possessive(pattern: bytes, flags: int) -> bytes:
+    """``pattern`` with possessive repeats wherever that changes no match (see the module's text);
+    ``pattern`` itself when there is none or the pattern is not understood."""
+    try:
+        tree = _p.parse(pattern, flags)
+    except Exception:
+        return pattern
+    if tree.state.flags & ~(flags | re.UNICODE | re.ASCII):
+        return pattern  # inline global flags: not reproduced
+    items = list(tree)
+    if not _rewrite(items):
+        return pattern
+    try:
+        return print_items(items)
+    except Unsupported:
+        return pattern
+
+
+def _first_set(item) -> frozenset[int] | None:  # type: ignore[no-untyped-def]
+    """The bytes an item's match must begin with, when it is one that must consume one (else None).
+
+    Case-insensitivity is assumed everywhere (each letter with its other case), which can
+    only make the sets larger and the rewrite rarer.
+    """
+    op, av = item
+    if op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
+        lo, _, sub = av
+        if lo < 1 or len(sub) != 1:
+            return None
+        op, av = list(sub)[0]
+    return _charset(op, av, True)
+
+
+def _rewrite(items: list) -> bool:  # type: ignore[type-arg]
+    """Rewrite a sequence of items in place (and the sequences inside them); True when anything changed."""
+    changed = False
+    for k, (op, av) in enumerate(items):
+        if op is _c.BRANCH:
+            for alt in av[1]:
+                changed |= _rewrite(alt.data if hasattr(alt, "data") else alt)
+        elif op is _c.SUBPATTERN:
+            changed |= _rewrite(_seq(av[3]))
+        elif op in (_c.ASSERT, _c.ASSERT_NOT):
+            changed |= _rewrite(_seq(av[1]))
+        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
+            lo, hi, sub = av
+            inner = _seq(sub)
+            changed |= _rewrite(inner)
+            if op is _c.MAX_REPEAT and lo != hi and len(inner) == 1 and k + 1 < len(items):
+                mine = _charset(*inner[0], True)
+                after = _first_set(items[k + 1])
+                if mine is not None and after is not None and not mine & after:
+                    items[k] = (_c.POSSESSIVE_REPEAT, (lo, hi, sub))
+                    changed = True
+    return changed
+
+
+def _seq(sub) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """The list of items of a parsed sub-pattern, to rewrite in place."""
+    return sub.data if hasattr(sub, "data") else sub
