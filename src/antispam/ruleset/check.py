@@ -526,8 +526,9 @@ class RulesCheck(Check):
         """What matched: the matched text (shortened), or for uri rules the host of the link it is in.
 
         The text is that of the leftmost match, as a search from the start of the
-        buffer finds it (for uri rules: the link where that match starts).  When a match end ``e`` is known that is no later than the
-        leftmost match ends, the search may start later than the top of a long body:
+        buffer finds it (for uri rules: the link where that match starts).  When a
+        match end ``e`` is known that is no later than the leftmost match ends, the
+        search may start later than the top of a long body:
 
         * when the rule cannot match across a line break, the leftmost match starts
           on ``e``'s line (a match on an earlier line would end before ``e``);
