@@ -584,9 +584,11 @@ def test_bdat_chunks_refusals_and_staying_in_step(sink):
                                        sink.data_reply]
         (got,) = sink.wait_for(marker("bdat chunks"))
         assert got[2].endswith(raw.split(b"\r\n\r\n", 1)[1])
-        # no recipient: 503, and the chunk's bytes (which look like a command) are not read as one
-        c.sendall(b"BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n")
-        assert smtp_replies(fh, 2) == [b"503 5.5.1 Error: need RCPT command", b"250 OK"]
+        # no recipient: 503, and the chunk's bytes (which look like a command) are not read as one;
+        # the sender stays, as after a DATA without recipients
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\nRCPT TO:<bo@rcpt.test>\r\nRSET\r\n")
+        got_replies = smtp_replies(fh, 5)
+        assert got_replies[1:4] == [b"503 5.5.1 Error: need RCPT command", b"250 OK", b"250 2.1.5 Ok"], got_replies
         # over max_size: 552, then the rest of that transaction is refused too, and RSET starts over
         big = b"x" * 5000
         c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nBDAT 5000\r\n" + big

@@ -280,10 +280,10 @@ class FastSMTP(SMTP):
             self._writer.close()
             raise
         if refusal:
-            if self.envelope.rcpt_tos:
+            if self.envelope.rcpt_tos:  # a transaction's chunk refused: the transaction fails
                 self._chunks_refused = True
-            if last:
-                self._set_post_data_state()
+                if last:
+                    self._set_post_data_state()
             await self.push(refusal)
             return
         if self._chunks is None:
