@@ -204,18 +204,24 @@ def epoch_seconds(t: tuple[int, ...]) -> float:
     return (days + t[2] - 1) * 86400 + t[3] * 3600 + t[4] * 60 + t[5] - tz
 
 
+def _parsed_epoch(value: str) -> float | None:
+    """Epoch seconds of a date string, or None when it cannot be read (or lies outside the calendar)."""
+    t = _parse_date(value)
+    if t is None:
+        return None
+    try:
+        return float(epoch_seconds(t))
+    except (OverflowError, ValueError):
+        return None
+
+
 @lru_cache(maxsize=8)
 def _skew(date: str, raw: str) -> float | None:
     # Several rules ask the same question of one message: the answer is cached on its inputs.
-    pd = _parse_date(date)
     semi = raw.rfind(";")
-    pr = parse_date(raw[semi + 1 :].strip()) if semi >= 0 else None
-    if pd is None or pr is None:
-        return None
-    try:
-        return float(epoch_seconds(pd) - epoch_seconds(pr))
-    except (OverflowError, ValueError):
-        return None
+    sent = _parsed_epoch(date)
+    got = _parsed_epoch(raw[semi + 1 :].strip()) if semi >= 0 else None
+    return None if sent is None or got is None else sent - got
 
 
 @register("date_skew_over", ("header",), (float, float))
@@ -505,13 +511,7 @@ def shifted_date_diff(msg: Message) -> float:
 
 @lru_cache(maxsize=8)
 def _shifted_date_diff(resent_dates: tuple[str, ...], dates: tuple[str, ...], received_raw: tuple[str, ...]) -> float:
-    date = None
-    for values in (resent_dates, dates):
-        for value in values:
-            if value and (date := _parsed_epoch(value)) is not None:
-                break
-        if date is not None:
-            break
+    date = next((t for value in (*resent_dates, *dates) if value and (t := _parsed_epoch(value)) is not None), None)
     if date is None:
         return 0.0
     received = [raw for raw in received_raw if raw.strip()]
@@ -525,16 +525,6 @@ def _shifted_date_diff(resent_dates: tuple[str, ...], dates: tuple[str, ...], re
     if len(diffs) > 1 and diffs[-1] == 0:
         diffs.pop()
     return min(diffs, key=abs) if diffs else 0.0
-
-
-def _parsed_epoch(value: str) -> float | None:
-    t = _parse_date(value)
-    if t is None:
-        return None
-    try:
-        return float(epoch_seconds(t))
-    except (OverflowError, ValueError):
-        return None
 
 
 @register("check_for_shifted_date", ("header",), (float, float), required=2)
@@ -634,8 +624,7 @@ def check_equal_from_domains(msg: Message) -> tuple[bool, list[str]]:
         m = _LAST_TWO_LABELS.match(dom)
         return (m.group(1) if m else dom).lower()
 
-    frm = split_addresses(msg.get("From") or "")
-    dom = last_two(frm[0][1] if frm else None)
+    dom = last_two(msg.from_addr)
     env = envelope_sender(msg)
     env_addrs = split_addresses(env) if env else []
     env_dom = last_two(env_addrs[0][1] if env_addrs else env)

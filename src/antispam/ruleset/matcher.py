@@ -109,27 +109,27 @@ def line_search(rx: re.Pattern[bytes], data: bytes) -> re.Match[bytes] | None:
     m = rx.search(data)
     if m is None or data.find(b"\n", m.start(), m.end()) < 0:
         return m
-    start = data.rfind(b"\n", 0, m.start()) + 1
-    size = len(data)
-    while start <= size:
-        end = data.find(b"\n", start)
-        if end < 0:
-            end = size
+    for start, end in _lines(data, data.rfind(b"\n", 0, m.start()) + 1):
         m = rx.search(data, start, end)
         if m is not None:
             return m
-        start = end + 1
     return None
 
 
 def _line_finditer(rx: re.Pattern[bytes], data: bytes) -> Iterator[re.Match[bytes]]:
     """Every match of ``rx`` within a line of ``data``, line by line (see :func:`line_search`)."""
-    start, size = 0, len(data)
+    for start, end in _lines(data, 0):
+        yield from rx.finditer(data, start, end)
+
+
+def _lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of each line of ``data`` from the one that begins at ``start`` (end: its line break or the end)."""
+    size = len(data)
     while start <= size:
         end = data.find(b"\n", start)
         if end < 0:
             end = size
-        yield from rx.finditer(data, start, end)
+        yield start, end
         start = end + 1
 
 
