@@ -7,6 +7,7 @@ message; otherwise a 4xx, so the sender keeps the message and retries.  A kill
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -627,3 +628,30 @@ def test_bdat_chunk_that_stops_coming_times_out(sink):
         c.close()
     finally:
         f.stop()
+
+
+def test_one_timer_keeps_a_deadline_that_moves():
+    """The idle and reply deadlines: pushed later, they expire at the last deadline, once; with
+    nothing awaited (or cancelled) they do not expire."""
+    from antispam.servers.smtp import _Deadline
+
+    async def run() -> list[float]:
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+        d = _Deadline(loop, lambda: fired.append(loop.time()))
+        t0 = loop.time()
+        d.push(t0 + 0.05)
+        await asyncio.sleep(0.02)
+        d.push(t0 + 0.15)  # moved later: the first timer fires early and is armed again
+        await asyncio.sleep(0.3)
+        assert len(fired) == 1 and fired[0] >= t0 + 0.15
+        idle = _Deadline(loop, lambda: fired.append(-1.0))
+        idle.push(loop.time() + 0.05)
+        idle.push(None)  # the reply came: nothing awaited
+        stopped = _Deadline(loop, lambda: fired.append(-2.0))
+        stopped.push(loop.time() + 0.05)
+        stopped.cancel()
+        await asyncio.sleep(0.15)
+        return fired
+
+    assert len(asyncio.run(run())) == 1

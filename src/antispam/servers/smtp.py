@@ -64,6 +64,51 @@ def _one_line(text: Any) -> str:
 _GROUPABLE = frozenset({"MAIL", "RCPT", "RSET"})
 
 
+class _Deadline:
+    """A deadline pushed back often (at every command; at every reply awaited), kept with one timer.
+
+    Cancelling a timer and arming another at every push costs the event loop a heap operation
+    each time; here the timer stays while the deadline only moves later, and when it fires early
+    it is armed again for what is left: the same moment of expiry, about one timer per timeout
+    instead of one per push.  ``expire`` is called once, when the deadline has passed.  Its
+    ``cancel`` is a timer handle's, so aiosmtpd can hold one as its ``_timeout_handle``.
+    """
+
+    __slots__ = ("loop", "expire", "when", "_handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expire: Any):
+        self.loop = loop
+        self.expire = expire
+        #: the deadline (loop time), None when nothing is awaited
+        self.when: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def push(self, when: float | None) -> None:
+        """Expire at ``when``; None: nothing to wait for until the next push."""
+        self.when = when
+        handle = self._handle
+        if when is not None and (handle is None or handle.when() > when):
+            if handle is not None:
+                handle.cancel()
+            self._handle = self.loop.call_at(when, self._fire)
+
+    def cancel(self) -> None:
+        self.when = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self.when is None:  # nothing awaited: the next push arms the timer again
+            return
+        if self.loop.time() < self.when:
+            self._handle = self.loop.call_at(self.when, self._fire)
+        else:
+            self.when = None
+            self.expire()
+
+
 class FastSMTP(SMTP):
     """aiosmtpd's SMTP server with its costliest steps per message made cheap, accepting
     and refusing exactly what aiosmtpd does (``tests/test_smtp_fast.py`` compares the two on
@@ -82,27 +127,14 @@ class FastSMTP(SMTP):
     _held = b""
     #: the reply being pushed answers a command that may stand mid-group
     _groupable = False
-    #: when the connection times out (loop time), unless a command comes first
-    _deadline = 0.0
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         """The idle timeout, pushed back at every command.  aiosmtpd cancels its timer and arms
-        a new one each time; here the timer stays, and when it fires before the deadline (a
-        command came meanwhile) it is armed again for what is left: a timer a ``timeout`` rather
-        than one per command, the same moment of closing."""
-        self._deadline = self.loop.time() + (duration or self._timeout_duration)
-        handle = self._timeout_handle
-        if handle is None or handle.cancelled() or handle.when() > self._deadline:
-            if handle is not None:
-                handle.cancel()
-            self._timeout_handle = self.loop.call_at(self._deadline, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        if self.loop.time() < self._deadline:
-            self._timeout_handle = self.loop.call_at(self._deadline, self._on_deadline)
-        else:
-            self._timeout_handle.cancel()  # fired: marked so that the next reset arms a new one
-            self._timeout_cb()
+        a new one each time; here one :class:`_Deadline` keeps it (the same moment of closing)."""
+        idle = self._timeout_handle
+        if idle is None:
+            idle = self._timeout_handle = _Deadline(self.loop, self._timeout_cb)  # type: ignore[assignment]
+        idle.push(self.loop.time() + (duration or self._timeout_duration))  # type: ignore[attr-defined]
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         status = await super()._call_handler_hook(command, *args)
@@ -657,9 +689,8 @@ class _SmtpClient:
         self.timeout = timeout
         #: EHLO keywords, upper case
         self.extensions: set[str] = set()
-        #: when the reply being awaited is late (loop time), None when none is; see ``reply``
-        self._deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        #: the wait for a reply, bounded by ``timeout`` (see ``reply``)
+        self._wait = _Deadline(asyncio.get_running_loop(), self._late)
 
     @classmethod
     async def connect(cls, host: str, port: int, helo: str, timeout: float) -> "_SmtpClient":
@@ -684,9 +715,7 @@ class _SmtpClient:
         return self.reader.at_eof() or self.writer.is_closing() or self.reader.exception() is not None
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._wait.cancel()
         self.writer.close()
 
     async def quit(self) -> None:
@@ -700,13 +729,11 @@ class _SmtpClient:
         """One reply: its code and its text (lines joined with newlines).
 
         The wait is bounded by ``timeout`` without a timer per reply (``asyncio.timeout`` arms
-        and cancels one each time, a few per message): the deadline is noted, and one timer per
-        connection, re-armed only when it fires early, ends a wait that outlives it by failing
-        the stream with TimeoutError (the connection is then dropped, as after any timeout)."""
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + self.timeout
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._check_deadline, loop)
+        and cancels one each time, a few per message): one :class:`_Deadline` per connection
+        ends a wait that outlives it by failing the stream with TimeoutError (the connection is
+        then dropped, as after any timeout)."""
+        wait = self._wait
+        wait.push(wait.loop.time() + self.timeout)
         lines = []
         try:
             while True:
@@ -719,16 +746,10 @@ class _SmtpClient:
                 if line[3:4] != b"-":
                     return int(line[:3]), "\n".join(lines)
         finally:
-            self._deadline = None
+            wait.push(None)
 
-    def _check_deadline(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        if self._deadline is None:  # no reply awaited: the next one arms the timer again
-            return
-        if loop.time() < self._deadline:
-            self._timer = loop.call_at(self._deadline, self._check_deadline, loop)
-        else:
-            self.reader.set_exception(TimeoutError("the next hop did not answer in time"))
+    def _late(self) -> None:
+        self.reader.set_exception(TimeoutError("the next hop did not answer in time"))
 
     async def command(self, line: str) -> tuple[int, str]:
         self.writer.write(line.encode("utf-8") + b"\r\n")
