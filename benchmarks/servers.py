@@ -1,7 +1,8 @@
 """Throughput of the servers over loopback, against the engine in-process.
 
     python benchmarks/servers.py [--messages 1000] [--servers spamd,milter,smtp,rspamd-http]
-                                 [--workers 0,2] [--clients 2,16] [--seconds 20] [--event-loop auto,asyncio]
+                                 [--workers 0,2] [--processes 1,2] [--clients 2,16] [--seconds 20]
+                                 [--event-loop auto,asyncio]
 
 Each server runs as ``antispam serve KIND`` in its own process; the clients are
 asyncio coroutines in this process, each sending messages back to back over
@@ -30,7 +31,10 @@ CPU time holds still where msgs/s does not, so each row also gives, from /proc
                   the clients elsewhere: 1e6 / loop for ``workers = 0`` (one
                   process, one core); with N workers the least of the loop's
                   limit, N workers' and C cores' worth of CPU:
-                  min(1e6 / loop, N x 1e6 / (total - loop), C x 1e6 / total)
+                  min(1e6 / loop, N x 1e6 / (total - loop), C x 1e6 / total);
+                  with P prefork processes (``--processes``), each doing the
+                  protocol and the scan, min(P, C) x 1e6 / total (``loop`` is
+                  then the supervising parent's, which does nothing per message)
 
 "Sustains the engine's throughput" then reads: ``capacity`` against the
 in-process msgs/s on one core.
@@ -259,10 +263,11 @@ def in_process(engine: Engine, msgs: list[bytes]) -> tuple[float, float]:
     return len(msgs) / (time.perf_counter() - t0), (time.process_time() - c0) / len(msgs) * 1e6
 
 
-def spawn_server(kind: str, workers: int, next_hop: int | None, event_loop: str = "auto") -> tuple[subprocess.Popen, int]:
+def spawn_server(kind: str, workers: int, next_hop: int | None, event_loop: str = "auto",
+                 processes: int = 1) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     args = [sys.executable, "-m", "antispam.cli", "serve", kind, "--port", "0", "--workers", str(workers),
-            "--max-connections", "64", "--event-loop", event_loop]
+            "--processes", str(processes), "--max-connections", "64", "--event-loop", event_loop]
     if next_hop:
         args += ["--next-hop", f"127.0.0.1:{next_hop}"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
@@ -320,6 +325,8 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=1000)
     ap.add_argument("--servers", default="spamd,milter,smtp,rspamd-http")
     ap.add_argument("--workers", default="0,2")
+    ap.add_argument("--processes", default="1", help="prefork server processes to compare, comma-separated; "
+                    "a count above 1 runs with workers = 0 (the two do not combine)")
     ap.add_argument("--clients", default="2,16")
     ap.add_argument("--seconds", type=float, default=20.0, help="time limit per run")
     ap.add_argument("--next-hop-ext", default="PIPELINING,8BITMIME,CHUNKING",
@@ -348,12 +355,14 @@ def main() -> int:
     print(f"in-process: Engine.scan {base:,.0f} msgs/s (1 core, {base_cpu:.0f} us CPU/msg); "
           f"scan_many(workers=2) {pool:,.0f} msgs/s\n")
     loops = a.event_loop.split(",")
-    print(f"{'server':12} {'loop':>7} {'workers':>7} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} "
+    print(f"{'server':12} {'loop':>7} {'workers':>7} {'procs':>5} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} "
           f"{'loop us/msg':>11} {'total us/msg':>12} {'vs in-proc':>10} {'capacity':>9}")
     with sink_process(a.next_hop_ext) as sink_port:
-        runs = [(k, w, e) for k in a.servers.split(",") for w in map(int, a.workers.split(",")) for e in loops]
-        for kind, workers, event_loop in runs:
-            proc, port = spawn_server(kind, workers, sink_port if kind == "smtp" else None, event_loop)
+        shapes = [(w, 1) for w in map(int, a.workers.split(","))]
+        shapes += [(0, p) for p in map(int, a.processes.split(",")) if p > 1]
+        runs = [(k, w, p, e) for k in a.servers.split(",") for w, p in shapes for e in loops]
+        for kind, workers, processes, event_loop in runs:
+            proc, port = spawn_server(kind, workers, sink_port if kind == "smtp" else None, event_loop, processes)
             try:
                 asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
                 for clients in map(int, a.clients.split(",")):
@@ -363,14 +372,19 @@ def main() -> int:
                     rate = n / dt
                     if c0 is not None and c1 is not None:
                         loop_us, total_us = (c1[0] - c0[0]) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
-                        capacity = 1e6 / loop_us if not workers else \
-                            min(1e6 / loop_us, workers * 1e6 / max(total_us - loop_us, 1.0),
-                                (os.cpu_count() or 1) * 1e6 / total_us)
+                        cores = os.cpu_count() or 1
+                        if processes > 1:  # every process does it all: the CPU of min(P, C) cores
+                            capacity = min(processes, cores) * 1e6 / total_us
+                        elif workers:
+                            capacity = min(1e6 / loop_us, workers * 1e6 / max(total_us - loop_us, 1.0),
+                                           cores * 1e6 / total_us)
+                        else:
+                            capacity = 1e6 / loop_us
                         cpu = (f"{loop_us:11.0f} {total_us:12.0f} {total_us / base_cpu:9.2f}x "
                                f"{capacity:9,.0f}")
                     else:
                         cpu = ""
-                    print(f"{kind:12} {event_loop:>7} {workers:7} {clients:7} {rate:9,.0f} {rate / base:8.2f}x {cpu}",
+                    print(f"{kind:12} {event_loop:>7} {workers:7} {processes:5} {clients:7} {rate:9,.0f} {rate / base:8.2f}x {cpu}",
                           flush=True)
             finally:
                 proc.terminate()

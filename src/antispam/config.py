@@ -85,6 +85,9 @@ class ServerConfig:
     fail_open: bool = True
     #: scan worker processes; 0 scans in the server process (see docs/servers.md)
     workers: int = 0
+    #: server processes sharing the listening socket, each with its own event loop and Engine
+    #: (prefork, as spamd's children); 0 or 1: this process alone.  Not together with workers.
+    processes: int = 1
     #: Prometheus /metrics on this port (0 = off), bound to metrics_host
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"

@@ -29,6 +29,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, help="port to bind (0: any free port, printed at start)")
     p.add_argument("--allow", action="append", metavar="CIDR", help="client network allowed (repeatable)")
     p.add_argument("--workers", type=int, help="scan worker processes (0: scan in the server process)")
+    p.add_argument("--processes", type=int,
+                   help="server processes sharing the listening socket (prefork; 1: this process alone)")
     p.add_argument("--max-connections", type=int)
     p.add_argument("--max-size", type=int, metavar="BYTES")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
@@ -54,6 +56,7 @@ def build(kind: str, config: Any, engine: Any = None, metrics: Any = None) -> An
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     section: dict[str, Any] = {}
     for flag, key in (("host", "host"), ("port", "port"), ("allow", "allow"), ("workers", "workers"),
+                      ("processes", "processes"),
                       ("max_connections", "max_connections"), ("max_size", "max_size"),
                       ("metrics_port", "metrics_port"), ("next_hop", "next_hop"), ("mode", "mode")):
         value = getattr(args, flag, None)
@@ -68,12 +71,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..config import Config
     from .common import event_loop_factory, setup_logging
+    from .prefork import Supervisor, check_settings
 
-    setup_logging([logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)], args.log_json)
+    level = [logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    setup_logging(level, args.log_json)
     path = args.serve_config or args.config
-    config = Config.load(path, _overrides(args))
+    overrides = _overrides(args)
+    config = Config.load(path, overrides)
     loop_factory = event_loop_factory(config.servers.event_loop)
-    settings = getattr(config.servers, SERVERS[args.kind][1])
+    section = SERVERS[args.kind][1]
+    settings = getattr(config.servers, section)
+    check_settings(settings, section)
+    if settings.processes > 1:
+        return Supervisor(args.kind, path, overrides, settings, level, args.log_json).run()
     metrics = None
     if settings.metrics_port:
         from .metrics import Metrics

@@ -24,9 +24,10 @@ import ipaddress
 import json
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..config import ServerConfig
 from ..engine import Engine
@@ -34,6 +35,9 @@ from ..message import Envelope
 from ..auth.authres import strip_forged
 from ..verdict import Verdict
 from .workers import WorkerPool
+
+if TYPE_CHECKING:
+    from .prefork import SharedListener
 
 log = logging.getLogger("antispam.servers")
 
@@ -221,6 +225,7 @@ class Server:
         self.metrics = metrics
         self.log = logging.getLogger(f"antispam.servers.{self.name}")
         self._server: asyncio.base_events.Server | None = None
+        self._listener: SharedListener | None = None
         self._tasks: dict[asyncio.Task, Connection] = {}
         self._sweeper: asyncio.Task | None = None
         self.closing = False
@@ -230,12 +235,26 @@ class Server:
     @property
     def port(self) -> int:
         """The bound port (useful when configured as 0: the kernel picked one)."""
+        if self._listener is not None:
+            return self._listener.port
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
-                                                  limit=64 * 1024, reuse_address=True)
+    async def _adopt(self, sock: socket.socket) -> None:
+        """Serve a connection accepted by a shared listener, as ``start_server`` serves its own."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
+        await loop.connect_accepted_socket(lambda: asyncio.StreamReaderProtocol(reader, self._accept, loop=loop), sock)
+
+    async def start(self, listener: SharedListener | None = None) -> None:
+        """Listen on ``settings.host:port``, or take connections from ``listener`` (the socket
+        prefork processes share, see ``prefork.py``)."""
+        if listener is not None:
+            self._listener = listener
+            listener.start(self._adopt, lambda: len(self._tasks))
+        else:
+            self._server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
+                                                      limit=64 * 1024, reuse_address=True)
         self._sweeper = asyncio.create_task(self._sweep())
         if self.metrics is not None:
             self.metrics.start_http(self.settings)
@@ -247,6 +266,8 @@ class Server:
         self.closing = True
         if self._server is not None:
             self._server.close()
+        if self._listener is not None:
+            self._listener.close()
         for task, conn in list(self._tasks.items()):
             if not conn.busy:
                 task.cancel()

@@ -19,6 +19,12 @@ lists' counters since start-up, read at scrape time::
 
 With scan worker processes (``workers > 0``) the lists are asked in the workers, whose counters
 this process cannot see; the list metrics then stay at zero.
+
+With server processes (``processes > 1``, prefork) each process records into prometheus-client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, a private directory the parent creates) and the
+parent alone serves ``/metrics``, summed over the processes (:func:`serve_multiprocess`); the
+connection gauge is the sum over live processes.  The DNS lists' counters live in each process
+and are not exported then.
 """
 
 from __future__ import annotations
@@ -34,16 +40,19 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     """One registry per process; shared by the servers that run in it."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess: bool = False) -> None:
+        """``multiprocess``: this is one of several prefork processes; the parent serves /metrics."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        self.multiprocess = multiprocess
         self.registry = CollectorRegistry()
         self.messages = Counter("antispam_messages", "Messages scanned", ["server"], registry=self.registry)
         self.actions = Counter("antispam_actions", "Verdicts by action", ["server", "action"], registry=self.registry)
         self.latency = Histogram("antispam_scan_seconds", "Scan latency in seconds", ["server"],
                                  buckets=BUCKETS, registry=self.registry)
         self.errors = Counter("antispam_errors", "Errors by kind", ["server", "kind"], registry=self.registry)
-        self.connections = Gauge("antispam_connections", "Open client connections", ["server"], registry=self.registry)
+        self.connections = Gauge("antispam_connections", "Open client connections", ["server"], registry=self.registry,
+                                 multiprocess_mode="livesum")
         self._http: Any = None
 
     def watch_engine(self, engine: Any) -> None:
@@ -59,7 +68,7 @@ class Metrics:
 
     def start_http(self, settings: ServerConfig) -> None:
         """Serve /metrics when the server's settings ask for it (``metrics_port`` > 0)."""
-        if settings.metrics_port and self._http is None:
+        if settings.metrics_port and self._http is None and not self.multiprocess:
             from prometheus_client import start_http_server
 
             self._http = start_http_server(settings.metrics_port, settings.metrics_host, registry=self.registry)
@@ -74,6 +83,17 @@ class Metrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+def serve_multiprocess(settings: ServerConfig) -> Any:
+    """The prefork parent's /metrics: the sum of what every process wrote under
+    ``PROMETHEUS_MULTIPROC_DIR``.  Returns the (server, thread) pair to shut down."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
 
 
 class _ListCollector:

@@ -35,13 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+import socket
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, Session as SmtpSession, syntax
 
 from .. import fastscore
 from ..message import Envelope
 from .common import Server, rewrite_headers
+
+if TYPE_CHECKING:
+    from .prefork import SharedListener
 
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 #: an address aiosmtpd's parser would return unchanged: ``<dot-atom@dot-atom>`` and the parameters
@@ -460,21 +464,30 @@ class SmtpFilterServer(Server):
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _protocol(self) -> _FilterSMTP:
         cfg = self.settings
+        return _FilterSMTP(self, hostname=cfg.hostname, data_size_limit=cfg.max_size,  # type: ignore[attr-defined]
+                           timeout=int(max(1, cfg.timeout)), decode_data=False, enable_SMTPUTF8=True,
+                           ident="antispam filter")
 
-        def factory() -> _FilterSMTP:
-            return _FilterSMTP(self, hostname=cfg.hostname, data_size_limit=cfg.max_size,  # type: ignore[attr-defined]
-                               timeout=int(max(1, cfg.timeout)), decode_data=False, enable_SMTPUTF8=True,
-                               ident="antispam filter")
-
-        self._server = await loop.create_server(factory, cfg.host, cfg.port, reuse_address=True)
+    async def start(self, listener: SharedListener | None = None) -> None:
+        """Listen on ``settings.host:port``, or take connections from ``listener`` (the socket
+        prefork processes share, see ``prefork.py``)."""
+        cfg = self.settings
+        if listener is not None:
+            self._listener = listener
+            listener.start(self._adopt, lambda: len(self._protocols))
+        else:
+            self._server = await asyncio.get_running_loop().create_server(self._protocol, cfg.host, cfg.port,
+                                                                          reuse_address=True)
         self._idle.set()
         if self.metrics is not None:
             self.metrics.start_http(cfg)
         self.log.info("listening", extra={"fields": {"server": self.name, "host": cfg.host, "port": self.port,
                                                      "mode": cfg.mode, "next_hop": cfg.next_hop}})  # type: ignore[attr-defined]
+
+    async def _adopt(self, sock: socket.socket) -> None:
+        await asyncio.get_running_loop().connect_accepted_socket(self._protocol, sock)
 
     async def stop(self) -> None:
         """Stop accepting; wait for messages being scanned or relayed; then close every connection.
@@ -482,6 +495,8 @@ class SmtpFilterServer(Server):
         self.closing = True
         if self._server is not None:
             self._server.close()
+        if self._listener is not None:
+            self._listener.close()
         try:
             await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_timeout)
         except (asyncio.TimeoutError, TimeoutError):

@@ -1,0 +1,394 @@
+"""Prefork: ``processes = N`` server processes accepting from one listening socket.
+
+Why, beside ``workers``: with workers, one event loop speaks the protocol for every connection
+and hands each message to a scan process over a socket pair, which costs per message a pickle
+each way, two more wake-ups and a third busy process on a two-core machine.  Prefork is how spamd
+(``--max-children``) and rspamd (``count``) use more cores: every process accepts connections
+from the same socket and does the whole job, protocol and scan, in its own event loop with its
+own Engine.  ``benchmarks/servers.py --processes 2`` measures it against ``--workers 2``.
+
+Connections are spread by least connections (:class:`SharedListener`): each process accepts one
+connection at a time and publishes how many it holds in a small array the processes share; a
+process that holds more than another waits a millisecond before accepting again, so the other
+takes what arrives meanwhile.  Without it, the first process to wake takes a whole burst of
+connections, and MTAs keep theirs open for minutes (Postfix's connection cache, milter sessions),
+so one process would scan for most of them while another idles.
+
+The parent binds the socket (so port 0 is picked once, for all), starts each child as a fresh
+interpreter (``python -m antispam.servers.prefork SPEC``: no state forked from the parent, no
+threads forked half-way), waits until every child is listening, prints the listening line, and
+supervises.  A child that dies is replaced; five in a row that die within ten seconds of starting
+end the server, since a configuration that cannot start would otherwise be retried for ever.
+SIGTERM or SIGINT to the parent is passed to every child, each drains its in-flight messages as a
+single server does, and the parent exits when they all have.
+
+What a connection in a dying child loses is what its client does on a dropped connection: spamc
+and the MTA's milter client apply their defaults, the SMTP filter's sender retries (it had no
+250).  With ``workers`` a dead worker's messages are scanned again instead.  Learning (TELL,
+``/learnspam``) happens in the child that got it: configure a shared store so the others see it.
+``max_connections`` is each process's own limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import mmap
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from ..config import ServerConfig
+from ..errors import ConfigError
+
+log = logging.getLogger("antispam.servers")
+
+#: a child that exits sooner than this after its start counts toward giving up
+QUICK_DEATH_SECONDS = 10.0
+#: quick deaths in a row after which the server stops instead of starting another child
+MAX_QUICK_DEATHS = 5
+#: seconds the parent waits for every first child to be listening
+START_TIMEOUT = 300.0
+#: a dead process's connection count: larger than any live one's, so no one waits for it
+DEAD = 1 << 62
+#: seconds a process holding more connections than another waits before accepting again
+DEFER = 0.001
+#: seconds between refreshes of a process's published count while it waits in accept
+REFRESH = 0.05
+
+
+class SharedListener:
+    """A prefork process's side of the shared listening socket: least-connections accepting.
+
+    ``counts`` is an array of one signed 64-bit count per process, in memory the processes share
+    (a memfd the parent created).  Each process writes only its own slot and reads the others:
+    aligned 8-byte stores and loads, so no lock; a count read a moment late only makes a process
+    take a connection it could have left, never leaves one waiting.
+    """
+
+    def __init__(self, sock: socket.socket, load_fd: int, slot: int, slots: int):
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.slot = slot
+        self._map = mmap.mmap(load_fd, 8 * slots)
+        self._counts = memoryview(self._map).cast("q")
+        self._counts[slot] = 0
+        self._task: asyncio.Task | None = None
+        self._refresh: asyncio.TimerHandle | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def start(self, adopt: Callable[[socket.socket], Awaitable[None]], load: Callable[[], int]) -> None:
+        """Accept connections in the running loop, handing each to ``adopt``; ``load()`` is the
+        number of connections this process holds now."""
+        self._task = asyncio.get_running_loop().create_task(self._accept(adopt, load))
+        self._publish(load)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._refresh is not None:
+            self._refresh.cancel()
+        self._counts[self.slot] = DEAD
+
+    def _publish(self, load: Callable[[], int]) -> None:
+        self._counts[self.slot] = load()
+        self._refresh = asyncio.get_running_loop().call_later(REFRESH, self._publish, load)
+
+    def _others_hold_fewer(self) -> bool:
+        mine = self._counts[self.slot]
+        return any(n < mine for i, n in enumerate(self._counts) if i != self.slot)
+
+    async def _accept(self, adopt: Callable[[socket.socket], Awaitable[None]], load: Callable[[], int]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._counts[self.slot] = load()
+            if self._others_hold_fewer():
+                await asyncio.sleep(DEFER)
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:  # out of descriptors or buffers: the connection waits in the backlog
+                log.warning("accept failed", extra={"fields": {"error": str(exc)}})
+                await asyncio.sleep(0.1)
+                continue
+            self._counts[self.slot] = load() + 1
+            try:
+                await adopt(conn)
+            except OSError:
+                conn.close()
+
+
+def check_settings(settings: ServerConfig, section: str) -> None:
+    """``processes`` and ``workers`` are two ways to use more cores; one server uses one."""
+    if settings.processes > 1 and settings.workers > 0:
+        raise ConfigError("use processes (prefork) or workers (scan pool), not both",
+                          key=f"servers.{section}.processes")
+
+
+def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """A bound, listening TCP socket on the first address ``host`` resolves to."""
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve {host!r}: {exc}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+@dataclass
+class _Child:
+    proc: subprocess.Popen
+    started: float
+    ready: int | None = None  # read end of the child's ready pipe, until it reports
+
+
+@dataclass
+class Supervisor:
+    """Starts, watches and stops the children of one prefork server."""
+
+    kind: str
+    config_path: str | None
+    overrides: dict[str, Any]
+    settings: ServerConfig
+    log_level: int
+    log_json: bool
+    children: dict[int, _Child] = field(default_factory=dict)
+    #: slot in the shared connection counts of each child, by pid
+    slots: dict[int, int] = field(default_factory=dict)
+    #: the memfd of the shared connection counts, and the parent's view of them
+    load_fd: int = -1
+    counts: Any = None
+    stopping: bool = False
+    _failed: bool = False
+    metrics_dir: str | None = None
+
+    def run(self) -> int:
+        sock = listening_socket(self.settings.host, self.settings.port)
+        n = self.settings.processes
+        self.load_fd = os.memfd_create("antispam-prefork-load")
+        os.ftruncate(self.load_fd, 8 * n)
+        load_map = mmap.mmap(self.load_fd, 8 * n)
+        self.counts = memoryview(load_map).cast("q")
+        metrics_http = None
+        try:
+            if self.settings.metrics_port:
+                # Before any prometheus_client import, here or in a child: it picks its value
+                # storage (per-process files) when first imported.
+                self.metrics_dir = tempfile.mkdtemp(prefix="antispam-metrics-")
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+            for slot in range(n):
+                self._start(sock, slot, ready=True)
+            if not self._wait_ready():
+                self._stop_all()
+                self._reap_all()
+                return 0 if self.stopping and not self._failed else 1
+            if self.metrics_dir is not None:
+                from .metrics import serve_multiprocess
+
+                metrics_http = serve_multiprocess(self.settings)
+            port = sock.getsockname()[1]
+            print(f"antispam {self.kind} listening on {self.settings.host}:{port}", flush=True)
+            log.info("listening", extra={"fields": {"server": self.kind, "host": self.settings.host, "port": port,
+                                                     "processes": self.settings.processes}})
+            return self._supervise(sock)
+        finally:
+            sock.close()
+            self.counts.release()
+            load_map.close()
+            os.close(self.load_fd)
+            if metrics_http is not None:
+                metrics_http[0].shutdown()
+                metrics_http[0].server_close()
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------ children
+
+    def _start(self, sock: socket.socket, slot: int, ready: bool) -> None:
+        spec: dict[str, Any] = {"kind": self.kind, "config": self.config_path, "overrides": self.overrides,
+                                "fd": sock.fileno(), "level": self.log_level, "json": self.log_json, "ready": -1,
+                                "load_fd": self.load_fd, "slot": slot, "slots": self.settings.processes,
+                                "parent": os.getpid()}
+        fds = [sock.fileno(), self.load_fd]
+        r = w = -1
+        if ready:
+            r, w = os.pipe()
+            spec["ready"] = w
+            fds.append(w)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        proc = subprocess.Popen([sys.executable, "-m", "antispam.servers.prefork", json.dumps(spec)],
+                                pass_fds=fds, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        if w >= 0:
+            os.close(w)
+        self.children[proc.pid] = _Child(proc, time.monotonic(), r if ready else None)
+        self.slots[proc.pid] = slot
+
+    def _wait_ready(self) -> bool:
+        """Until every first child wrote its ready byte: False if one exited or the time ran out."""
+        sel = selectors.DefaultSelector()
+        for child in self.children.values():
+            if child.ready is not None:
+                sel.register(child.ready, selectors.EVENT_READ, child)
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while sel.get_map() and not self.stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._failed = True
+                    log.error("server processes did not start in time", extra={"fields": {"server": self.kind}})
+                    return False
+                for key, _ in sel.select(min(left, 0.5)):
+                    child = key.data
+                    sel.unregister(key.fd)
+                    got = os.read(key.fd, 1)
+                    os.close(key.fd)
+                    child.ready = None
+                    if not got:  # the pipe closed without a word: the child is gone
+                        self._failed = True
+                        log.error("a server process failed to start (its error is above)",
+                                  extra={"fields": {"server": self.kind, "pid": child.proc.pid}})
+                        return False
+            return not self.stopping
+        finally:
+            for key in list(sel.get_map().values()):
+                os.close(key.fd)
+            sel.close()
+
+    def _supervise(self, sock: socket.socket) -> int:
+        quick_deaths = 0
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            child.proc.returncode = os.waitstatus_to_exitcode(status)
+            self._mark_dead(pid)
+            slot = self.slots.pop(pid)
+            if self.stopping:
+                continue
+            lived = time.monotonic() - child.started
+            quick_deaths = quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+            if quick_deaths >= MAX_QUICK_DEATHS:
+                log.error("server processes keep dying; stopping",
+                          extra={"fields": {"server": self.kind, "deaths": quick_deaths}})
+                self._stop_all()
+                self._reap_all()
+                return 1
+            log.warning("server process exited; starting another",
+                        extra={"fields": {"server": self.kind, "pid": pid, "code": child.proc.returncode,
+                                          "seconds": round(lived, 1)}})
+            self._start(sock, slot, ready=False)
+        return 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            log.info("shutting down", extra={"fields": {"server": self.kind, "processes": len(self.children)}})
+        self.stopping = True
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        for child in self.children.values():
+            if child.proc.returncode is None:
+                try:
+                    child.proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def _reap_all(self) -> None:
+        for pid, child in list(self.children.items()):
+            try:
+                child.proc.wait(self.settings.shutdown_timeout + 5)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+            self._mark_dead(pid)
+        self.children.clear()
+
+    def _mark_dead(self, pid: int) -> None:
+        if pid in self.slots:
+            self.counts[self.slots[pid]] = DEAD
+        if self.metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, self.metrics_dir)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM (drain and exit) if the parent dies, so a parent killed
+    with SIGKILL leaves no server processes behind holding the port (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before that took effect
+        sys.exit(0)
+
+
+def _child_main(spec: dict[str, Any]) -> int:
+    """One prefork process: the server of ``spec["kind"]`` on the inherited socket."""
+    import asyncio
+
+    from ..config import Config
+    from .cli import SERVERS, build
+    from .common import event_loop_factory, setup_logging
+
+    _exit_with_parent(spec["parent"])
+    setup_logging(spec["level"], spec["json"])
+    config = Config.load(spec["config"], spec["overrides"])
+    settings = getattr(config.servers, SERVERS[spec["kind"]][1])
+    listener = SharedListener(socket.socket(fileno=spec["fd"]), spec["load_fd"], spec["slot"], spec["slots"])
+    metrics = None
+    if settings.metrics_port:
+        from .metrics import Metrics
+
+        metrics = Metrics(multiprocess=True)
+    server = build(spec["kind"], config, metrics=metrics)
+
+    async def run() -> None:
+        await server.start(listener=listener)
+        if spec["ready"] >= 0:
+            os.write(spec["ready"], b"r")
+            os.close(spec["ready"])
+        await server.wait_for_signal()
+
+    with asyncio.Runner(loop_factory=event_loop_factory(config.servers.event_loop)) as runner:
+        runner.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    from ..errors import AntispamError
+
+    try:
+        sys.exit(_child_main(json.loads(sys.argv[1])))
+    except AntispamError as exc:
+        sys.stderr.write(f"antispam: {exc}\n")
+        sys.exit(2)

@@ -1,0 +1,260 @@
+"""``processes = N``: prefork servers sharing one listening socket, run as ``antispam serve``.
+
+Each test starts the real command and talks to it over loopback: the spamd protocol by hand
+(the request format spamc sends), the SMTP filter with smtplib against an aiosmtpd sink.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from server_helpers import Sink, ham, spam
+from servers import free_port
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the processes")
+
+
+def serve(tmp_path: Path, kind: str, config: str = "", *flags: str) -> tuple[subprocess.Popen, int]:
+    cfg = tmp_path / "antispam.toml"
+    cfg.write_text(config)
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-m", "antispam.cli", "serve", kind, "--config", str(cfg),
+                             "--port", "0", "--processes", "2", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    line = proc.stdout.readline().decode()
+    m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+    if not m:
+        proc.kill()
+        raise AssertionError((line, proc.stderr.read().decode()[-3000:]))
+    return proc, int(m.group(1))
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """SIGTERM, the exit code checked, the log returned."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.stderr.read().decode()
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return sorted(out)
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def check(port: int, raw: bytes) -> bytes:
+    """One spamd CHECK, as spamc sends it; the whole reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_every_process_serves_and_the_verdicts_are_the_engines(tmp_path):
+    proc, port = serve(tmp_path, "spamd")
+    try:
+        kids = children(proc.pid)
+        assert len(kids) == 2
+        before = {k: cpu_ticks(k) for k in kids}
+        msgs = [spam() if i % 2 else ham() for i in range(300)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda m: check(port, m), msgs))
+        for i, reply in enumerate(replies):
+            assert reply.startswith(b"SPAMD/1.1 0 EX_OK"), reply
+            assert (b"Spam: True" in reply) == bool(i % 2), reply
+        # Both processes took connections: each spent CPU on them (a tick is 10 ms; 300 scans
+        # cost seconds, and a process left idle spends none).
+        grew = {k: cpu_ticks(k) - before[k] for k in kids}
+        assert all(t >= 3 for t in grew.values()), grew
+    finally:
+        log = stop(proc)
+    assert log.count("shutting down") >= 3  # the parent and each child
+
+
+def test_a_killed_process_is_replaced(tmp_path):
+    proc, port = serve(tmp_path, "spamd")
+    try:
+        victim = children(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            kids = children(proc.pid)
+            if len(kids) == 2 and victim not in kids:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"no replacement: {children(proc.pid)}")
+        for _ in range(20):
+            assert b"Spam: True" in check(port, spam())
+    finally:
+        log = stop(proc)
+    assert "server process exited; starting another" in log
+    assert f"pid={victim}" in log
+
+
+def test_sigterm_lets_a_message_in_flight_finish(tmp_path):
+    proc, port = serve(tmp_path, "spamd")
+    raw = spam()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw[:20])
+            time.sleep(0.5)  # the child is now waiting for the rest: a message in flight
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            s.sendall(raw[20:])
+            reply = s.recv(65536)
+        assert reply.startswith(b"SPAMD/1.1 0 EX_OK") and b"Spam: True" in reply, reply
+    finally:
+        stop(proc)
+    assert children(proc.pid) == []
+
+
+def test_metrics_are_summed_over_the_processes(tmp_path):
+    mport = free_port()
+    proc, port = serve(tmp_path, "spamd", f"[servers.spamd]\nmetrics_port = {mport}\n")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda m: check(port, m), [spam()] * 30 + [ham()] * 10))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+        assert re.search(r'^antispam_messages_total\{server="spamd"\} 40\.0$', text, re.M), text
+        assert re.search(r'^antispam_scan_seconds_count\{server="spamd"\} 40\.0$', text, re.M), text
+        assert re.search(r'^antispam_connections\{server="spamd"\} 0\.0$', text, re.M), text
+    finally:
+        stop(proc)
+
+
+def test_smtp_filter_in_processes_relays_each_message_once(tmp_path):
+    sink = Sink()
+    try:
+        proc, port = serve(tmp_path, "smtp", "", "--next-hop", f"127.0.0.1:{sink.port}")
+        try:
+            def send(i: int) -> None:
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+                    c.sendmail("sender@example.org", [f"rcpt{i}@example.net"], ham(subject=f"note {i}"))
+
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                list(pool.map(send, range(24)))
+        finally:
+            stop(proc)
+        rcpts = sorted(r[0] for _, r, _ in sink.messages)
+        assert rcpts == sorted(f"rcpt{i}@example.net" for i in range(24))
+        assert all(b"X-Spam-Status:" in data for _, _, data in sink.messages)
+    finally:
+        sink.down()
+
+
+def test_processes_and_workers_do_not_combine(tmp_path):
+    cfg = tmp_path / "antispam.toml"
+    cfg.write_text("[servers.spamd]\nprocesses = 2\nworkers = 2\n")
+    r = subprocess.run([sys.executable, "-m", "antispam.cli", "serve", "spamd", "--config", str(cfg), "--port", "0"],
+                       capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC})
+    assert r.returncode == 2
+    assert b"servers.spamd.processes" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+
+
+def test_a_process_that_cannot_start_stops_the_server(tmp_path):
+    cfg = tmp_path / "antispam.toml"
+    cfg.write_text(f'[rules]\ndirs = ["{tmp_path / "missing"}"]\n')
+    r = subprocess.run([sys.executable, "-m", "antispam.cli", "serve", "spamd", "--config", str(cfg), "--port", "0",
+                        "--processes", "2"], capture_output=True, timeout=120, env={**os.environ, "PYTHONPATH": SRC})
+    assert r.returncode == 1
+    assert b"listening on" not in r.stdout
+    assert b"failed to start" in r.stderr and b"missing" in r.stderr, r.stderr[-3000:]
+
+
+def established(pid: int, port: int) -> int:
+    """TCP connections to ``port`` that process ``pid`` holds open (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                f = line.split()
+                if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01" and f[9] in inodes:
+                    n += 1
+    return n
+
+
+def test_a_burst_of_kept_connections_is_spread_over_the_processes(tmp_path):
+    """MTAs keep their connections: twelve arriving at once end up six and six (least
+    connections), not with whichever process woke first."""
+    sink = Sink()
+    conns: list[socket.socket] = []
+    try:
+        proc, port = serve(tmp_path, "smtp", "", "--next-hop", f"127.0.0.1:{sink.port}")
+        try:
+            # All twelve handshakes complete in the kernel before a process wakes to accept.
+            conns = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(12)]
+            for c in conns:
+                assert c.recv(512).startswith(b"220 "), "no greeting"
+            held = sorted(established(k, port) for k in children(proc.pid))
+            assert sum(held) == 12 and held[1] - held[0] <= 2, held
+        finally:
+            for c in conns:
+                c.close()
+            stop(proc)
+    finally:
+        sink.down()
+
+
+def test_processes_leave_with_a_killed_parent(tmp_path):
+    proc, port = serve(tmp_path, "spamd")
+    kids = children(proc.pid)
+    proc.kill()
+    proc.wait()
+    def alive(pid: int) -> bool:  # a zombie left for a PID 1 that does not reap counts as gone
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(alive(k) for k in kids):
+        time.sleep(0.1)
+    assert not any(alive(k) for k in kids)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
