@@ -258,3 +258,19 @@ def test_processes_leave_with_a_killed_parent(tmp_path):
     assert not any(alive(k) for k in kids)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_a_port_in_use_is_a_clear_error_before_any_process_starts(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        for flags in (["--port", str(port)], ["--port", "0", "--metrics-port", str(port)]):
+            r = subprocess.run([sys.executable, "-m", "antispam.cli", "serve", "spamd", "--processes", "2", *flags],
+                               capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC})
+            assert r.returncode == 2, r.stderr
+            assert f"127.0.0.1:{port}: Address already in use".encode() in r.stderr, r.stderr
+            assert b"Traceback" not in r.stderr
+    finally:
+        taken.close()

@@ -197,23 +197,31 @@ class Supervisor:
                 # storage (per-process files) when first imported.
                 self.metrics_dir = tempfile.mkdtemp(prefix="antispam-metrics-")
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
-            for slot in range(n):
-                self._start(sock, slot, ready=True)
-            if not self._wait_ready():
-                self._stop_all()
-                self._reap_all()
-                return 0 if self.stopping and not self._failed else 1
-            if self.metrics_dir is not None:
                 from .metrics import serve_multiprocess
 
-                metrics_http = serve_multiprocess(self.settings)
-            port = sock.getsockname()[1]
-            print(f"antispam {self.kind} listening on {self.settings.host}:{port}", flush=True)
-            log.info("listening", extra={"fields": {"server": self.kind, "host": self.settings.host, "port": port,
-                                                     "processes": self.settings.processes}})
-            return self._supervise(sock)
+                try:  # before any child starts: a port in use is an error at once
+                    metrics_http = serve_multiprocess(self.settings)
+                except OSError as exc:
+                    raise ConfigError(f"cannot serve metrics on {self.settings.metrics_host}:"
+                                      f"{self.settings.metrics_port}: {exc.strerror or exc}") from None
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+            try:
+                for slot in range(n):
+                    self._start(sock, slot, ready=True)
+                if not self._wait_ready():
+                    self._stop_all()
+                    self._reap_all()
+                    return 0 if self.stopping and not self._failed else 1
+                port = sock.getsockname()[1]
+                print(f"antispam {self.kind} listening on {self.settings.host}:{port}", flush=True)
+                log.info("listening", extra={"fields": {"server": self.kind, "host": self.settings.host,
+                                                         "port": port, "processes": n}})
+                return self._supervise(sock)
+            except BaseException:  # never leave children behind
+                self._stop_all()
+                self._reap_all()
+                raise
         finally:
             sock.close()
             self.counts.release()
