@@ -3,7 +3,7 @@
 functions, bit-identical results (see its docstring for the exact definitions
 of words, tokens, the hash and the score, and the parity tests)."""
 
-from libc.stdint cimport uint64_t, uint32_t
+from libc.stdint cimport uint64_t, uint32_t, uint16_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memchr
 from libc.math cimport fabs
@@ -163,54 +163,79 @@ def feature_id(str token, uint64_t seed, int bits):
     return _fold(_feed_str(FNV64_OFFSET ^ seed, &u, 0, u.n), mask)
 
 
-cdef Py_ssize_t _words(const UStr* s, uint64_t start_h, uint64_t bigram_h, bint bigrams,
-                       uint64_t skip_h, uint32_t mask, uint32_t* out, Py_ssize_t n) noexcept nogil:
-    """Append the ids of the word tokens of ``s`` to ``out[n:]``; return the new count.
+ctypedef fused cp_t:
+    # one code point of a str's PEP 393 storage; the word loop is compiled once per width, so the
+    # common 1-byte (ASCII / Latin-1) text reads its bytes directly instead of switching on the
+    # width at every character as PyUnicode_READ does
+    uint8_t
+    uint16_t
+    uint32_t
+
+
+cdef inline uint64_t _feed_run(uint64_t h, const cp_t* d, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(start, end):
+        h = _feed_cp(h, <uint32_t>d[i])
+    return h
+
+
+cdef Py_ssize_t _words_of(const cp_t* d, Py_ssize_t L, uint64_t start_h, uint64_t bigram_h, bint bigrams,
+                          uint64_t skip_h, uint32_t mask, uint32_t* out, Py_ssize_t n) noexcept nogil:
+    """Append the ids of the word tokens of the ``L`` code points at ``d`` to ``out[n:]``; return
+    the new count.
 
     ``start_h`` is the hash state after the namespace prefix (``subject:`` or
     nothing); ``bigram_h`` the state after ``bi:``; ``skip_h`` after the prefix and ``skip:``.
     """
-    cdef Py_ssize_t i = 0, L = s.n, ws, we, length
+    cdef Py_ssize_t i = 0, ws, we, length
     cdef Py_ssize_t ps = -1, pe = -1
-    cdef Py_UCS4 c
     cdef uint64_t h
     while i < L:
-        c = _at(s, i)
-        if not _is_word(c):
+        if not _is_word(d[i]):
             i += 1
             continue
         ws = i
         i += 1
-        while i < L and _is_word(_at(s, i)):
+        while i < L and _is_word(d[i]):
             i += 1
         we = i
-        while ws < we and _is_trim(_at(s, ws)):
+        while ws < we and _is_trim(d[ws]):
             ws += 1
-        while we > ws and _is_trim(_at(s, we - 1)):
+        while we > ws and _is_trim(d[we - 1]):
             we -= 1
         length = we - ws
         if length < MIN_WORD:
             continue
         if length > MAX_WORD:
             # "skip:<first char>:<length // 10, at most 9>"
-            h = _feed_cp(skip_h, <uint32_t>_at(s, ws))
+            h = _feed_cp(skip_h, <uint32_t>d[ws])
             h = _feed(h, 0x3A)
             h = _feed(h, 0x30 + (length // 10 if length < 100 else 9))
             out[n] = _fold(h, mask)
             n += 1
             ps = -1
             continue
-        out[n] = _fold(_feed_str(start_h, s, ws, we), mask)
+        out[n] = _fold(_feed_run(start_h, d, ws, we), mask)
         n += 1
         if bigrams:
             if ps >= 0:
-                h = _feed_str(bigram_h, s, ps, pe)
+                h = _feed_run(bigram_h, d, ps, pe)
                 h = _feed(h, 0x20)
-                out[n] = _fold(_feed_str(h, s, ws, we), mask)
+                out[n] = _fold(_feed_run(h, d, ws, we), mask)
                 n += 1
             ps = ws
             pe = we
     return n
+
+
+cdef Py_ssize_t _words(const UStr* s, uint64_t start_h, uint64_t bigram_h, bint bigrams,
+                       uint64_t skip_h, uint32_t mask, uint32_t* out, Py_ssize_t n) noexcept nogil:
+    """:func:`_words_of` for the storage width of ``s``."""
+    if s.kind == 1:
+        return _words_of(<const uint8_t*>s.data, s.n, start_h, bigram_h, bigrams, skip_h, mask, out, n)
+    if s.kind == 2:
+        return _words_of(<const uint16_t*>s.data, s.n, start_h, bigram_h, bigrams, skip_h, mask, out, n)
+    return _words_of(<const uint32_t*>s.data, s.n, start_h, bigram_h, bigrams, skip_h, mask, out, n)
 
 
 def features(str subject, str text, list meta, uint64_t seed, int bits, bint bigrams):
