@@ -274,3 +274,41 @@ def test_a_port_in_use_is_a_clear_error_before_any_process_starts(tmp_path):
             assert b"Traceback" not in r.stderr
     finally:
         taken.close()
+
+
+def test_milter_and_rspamd_http_in_processes(tmp_path):
+    """The two kept-connection protocols on shared listeners: each connection served throughout
+    by the process that accepted it."""
+    import http.client
+    import json
+
+    from milter_client import MilterClient
+
+    proc, port = serve(tmp_path, "milter")
+    try:
+        clients = [MilterClient(port) for _ in range(4)]
+        for c in clients:
+            c.negotiate()
+            c.session()
+        for i in range(3):
+            for c in clients:
+                final = c.message(spam() if i % 2 else ham())[-1]
+                assert final[0] == (b"y" if i % 2 else b"c"), final  # reject reply for GTUBE, continue for ham
+        for c in clients:
+            c.quit()
+            c.close()
+    finally:
+        stop(proc)
+
+    proc, port = serve(tmp_path, "rspamd-http")
+    try:
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(4)]
+        for i in range(3):
+            for c in conns:
+                c.request("POST", "/checkv2", body=spam() if i % 2 else ham())
+                d = json.loads(c.getresponse().read())
+                assert (d["action"] == "reject") == bool(i % 2), d
+        for c in conns:
+            c.close()
+    finally:
+        stop(proc)
