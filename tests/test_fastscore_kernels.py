@@ -1,5 +1,5 @@
 """The rules, text, header and bytes kernels (rule-eval counting, HTML tag stripping, blank collapsing, header
-fields, CRLF line ends, canonical dates): compiled and twin agree exactly."""
+fields, CRLF line ends, canonical dates, Received headers): compiled and twin agree exactly."""
 
 from __future__ import annotations
 
@@ -195,3 +195,42 @@ def test_canonical_date_agrees_on_the_corpus(corpus):
             assert got == twin.canonical_date(v), v
             n += got is not None
     assert n > 1000
+
+
+RECEIVED_PIECES = ["from", "FROM", " ", "  ", "\t", "\x1c", "mail.example.org", "[192.0.2.7]", "(192.0.2.7)",
+                   "[IPv6:2001:db8::1]", "(IPv6:fe80::1%eth0)", "[::ffff:192.0.2.1]", "(HELO x.test)", "(helo  y)",
+                   "(HeLo z)", "helo=mx1", "HELO=", "(mx.example.com [203.0.113.9])", "(mx.Example.COM\t[1.2.3.4])",
+                   "(a.b1 [1.1.1.1])", "(-x.ab [", "(x.y", "by", " by ", "BY", " by mx.rcpt.test", "by(", "by;",
+                   "nearby", "_by x", "with ESMTP", "id 4ABC", "1234.5.6.7]", "1.2.3.4567]", "[1.2.3]", "[:]",
+                   "(", ")", "[", "]", ".", "é", "(ünï.example [1.2.3.4])", "\u2003", "256.1.1.1", "[10.0.0.1)"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_received_fields_agree_on_random_pieces(seed):
+    rng = random.Random(seed)
+    for _ in range(2000):
+        head = "".join(rng.choice(RECEIVED_PIECES) for _ in range(rng.randint(0, 12)))
+        assert compiled.received_fields(head) == twin.received_fields(head), repr(head)
+
+
+def test_received_fields_by_definition():
+    head = "from mail.sender.test (HELO mx.sender.test) (mx.Sender.test [192.0.2.7]) by MX.rcpt.test with ESMTP id 1"
+    for impl in (twin, compiled):
+        assert impl.received_fields(head) == ("192.0.2.7", "mx.sender.test", "mx.sender.test", "mx.rcpt.test")
+        assert impl.received_fields("from [192.0.2.9] by x") == ("192.0.2.9", None, "192.0.2.9", "x")
+        assert impl.received_fields("by x (from [192.0.2.9])") == (None, None, None, "x")  # only before "by"
+        assert impl.received_fields("from a (IPv6:2001:db8::1) by b") == ("2001:db8::1", None, "a", "b")
+        assert impl.received_fields("") == (None, None, None, None)
+
+
+def test_received_fields_agree_on_the_corpus(corpus):
+    from antispam.message import Message
+
+    n = 0
+    for m in corpus[::3]:
+        for raw in Message(m.data).get_raw("Received"):
+            head = raw.partition(";")[0]
+            got = compiled.received_fields(head)
+            assert got == twin.received_fields(head), head
+            n += got[0] is not None
+    assert n > 2000

@@ -107,7 +107,10 @@ def test_received_clauses_equal_the_sliced_definition():
     """The from clause searched in place (up to ``by``) gives what searching a slice of it gave."""
     import random
 
-    from antispam.message import _IPV4_RE, _RCVD_BY_RE, _RCVD_IP_RE, _RCVD_RDNS_RE
+    from antispam._fastscore_py import IPV4_RE as _IPV4_RE
+    from antispam._fastscore_py import RCVD_BY_RE as _RCVD_BY_RE
+    from antispam._fastscore_py import RCVD_IP_RE as _RCVD_IP_RE
+    from antispam._fastscore_py import RCVD_RDNS_RE as _RCVD_RDNS_RE
 
     def reference(head: str):
         by_m = _RCVD_BY_RE.search(head, head.find(" by ") if " by " in head else 0)

@@ -850,6 +850,166 @@ def canonical_date(str value):
     return (yy, mon, dd, hh, mi, ss, 0, 1, -1, -off if _at(&u, i) == 45 else off)
 
 
+# ---- received kernel -------------------------------------------------------------------------
+# One Received header's relay facts; the definition is the twin's regexes.  ASCII text only (the
+# rest, rare, goes to the twin): there ``\s`` is Py_UNICODE_ISSPACE, ``\d`` the ASCII digits,
+# ``\b`` a change between [A-Za-z0-9_] and the rest, and IGNORECASE plain ASCII case.  Each regex
+# has one way to match at a given start, read left to right (each repeat is followed by a byte it
+# cannot consume), so a scan from each start is the regex's search.
+
+cdef inline unsigned char _lc(unsigned char c) noexcept nogil:
+    return c + 32 if 65 <= c <= 90 else c
+
+cdef inline bint _is_sp(unsigned char c) noexcept nogil:
+    return Py_UNICODE_ISSPACE(c)
+
+cdef inline bint _is_wc(unsigned char c) noexcept nogil:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+
+cdef inline bint _is_hex(unsigned char c) noexcept nogil:
+    return (48 <= c <= 57) or (65 <= c <= 70) or (97 <= c <= 102)
+
+cdef inline bint _ci_at(const unsigned char* s, Py_ssize_t n, Py_ssize_t i, const char* lit) noexcept nogil:
+    """``s[i:]`` starts with the lower-case ASCII ``lit``, ignoring case."""
+    cdef Py_ssize_t j = 0
+    while lit[j] != 0:
+        if i + j >= n or _lc(s[i + j]) != <unsigned char>lit[j]:
+            return False
+        j += 1
+    return True
+
+cdef inline Py_ssize_t _dotted_quad(const unsigned char* s, Py_ssize_t i, Py_ssize_t end) noexcept nogil:
+    """End of ``(?:\\d{1,3}\\.){3}\\d{1,3}`` matched at ``i`` (digit runs read whole), or -1."""
+    cdef Py_ssize_t j, g
+    for g in range(4):
+        j = i
+        while i < end and 48 <= s[i] <= 57:
+            i += 1
+        if i == j or i - j > 3:
+            return -1
+        if g < 3:
+            if i >= end or s[i] != 46:
+                return -1
+            i += 1
+    return i
+
+cdef inline Py_ssize_t _ip_at(const unsigned char* s, Py_ssize_t q, Py_ssize_t end) noexcept nogil:
+    """End of the address group of RCVD_IP_RE starting at ``q`` (its closing bracket follows), or -1."""
+    cdef Py_ssize_t i = _dotted_quad(s, q, end)
+    if i >= 0 and i < end and (s[i] == 93 or s[i] == 41):
+        return i
+    i = q
+    while i < end and _is_hex(s[i]):
+        i += 1
+    if i >= end or s[i] != 58:
+        return -1
+    i += 1
+    q = i
+    while i < end and (_is_hex(s[i]) or s[i] == 58 or s[i] == 46):
+        i += 1
+    if i > q and i < end and (s[i] == 93 or s[i] == 41):
+        return i
+    return -1
+
+
+def received_fields(str head):
+    """``(ip, rdns, helo, by)`` of a Received header's text before its ``;`` (see the twin)."""
+    if not head.isascii():
+        return _twin.received_fields(head)
+    cdef const unsigned char* s = <const unsigned char*>PyUnicode_DATA(head)
+    cdef Py_ssize_t n = len(head), i, j, k, p, q, e, d, end, by_start = -1
+    helo = ip = rdns = by = None
+    # helo: ^\s*from\s+(\S+)
+    i = 0
+    while i < n and _is_sp(s[i]):
+        i += 1
+    if _ci_at(s, n, i, b"from") and i + 4 < n and _is_sp(s[i + 4]):
+        j = i + 4
+        while j < n and _is_sp(s[j]):
+            j += 1
+        k = j
+        while k < n and not _is_sp(s[k]):
+            k += 1
+        if k > j:
+            helo = head[j:k].strip("[]()")
+    # \(HELO\s+([^\s)]+)\)|helo=([^\s)]+), searched only when the text has "elo" or "ELO"
+    if "elo" in head or "ELO" in head:
+        for p in range(n):
+            if s[p] == 40 and _ci_at(s, n, p + 1, b"helo") and p + 5 < n and _is_sp(s[p + 5]):
+                q = p + 5
+                while q < n and _is_sp(s[q]):
+                    q += 1
+                e = q
+                while e < n and not _is_sp(s[e]) and s[e] != 41:
+                    e += 1
+                if e > q and e < n and s[e] == 41:
+                    helo = head[q:e]
+                    break
+            if _ci_at(s, n, p, b"helo="):
+                q = p + 5
+                e = q
+                while e < n and not _is_sp(s[e]) and s[e] != 41:
+                    e += 1
+                if e > q:
+                    helo = head[q:e]
+                    break
+    # by: \bby\s+([^\s;()]+), at the first " by " if it matches there, else searched from it
+    i = head.find(" by ")
+    for p in range(i + 1 if i >= 0 else 0, n):
+        if (p == 0 or not _is_wc(s[p - 1])) and _ci_at(s, n, p, b"by") and p + 2 < n and _is_sp(s[p + 2]):
+            q = p + 2
+            while q < n and _is_sp(s[q]):
+                q += 1
+            e = q
+            while e < n and not _is_sp(s[e]) and s[e] != 59 and s[e] != 40 and s[e] != 41:
+                e += 1
+            if e > q:
+                by_start = p
+                by = head[q:e].lower()
+                break
+    end = by_start if by_start >= 0 else n
+    # ip: [\[(](?:IPv6:)?(dotted quad | IPv6)[\])] before the by clause
+    for p in range(end):
+        if s[p] == 91 or s[p] == 40:
+            q = p + 1
+            if q + 5 <= end and s[q] == 73 and s[q + 1] == 80 and s[q + 2] == 118 and s[q + 3] == 54 and s[q + 4] == 58:
+                q += 5
+            e = _ip_at(s, q, end)
+            if e >= 0:
+                ip = head[q:e]
+                break
+    if ip is None and helo:
+        h = <str>helo
+        if h.isascii() and _dotted_quad(<const unsigned char*>PyUnicode_DATA(h), 0, len(h)) == len(h):
+            ip = helo
+    # rdns: \(([A-Za-z0-9][-A-Za-z0-9.]*\.[A-Za-z]{2,})\s*\[ before the by clause: the name is the
+    # whole run of name bytes after "(", its part after the last dot two letters or more
+    for p in range(end):
+        if s[p] != 40 or p + 1 >= end or not (_is_wc(s[p + 1]) and s[p + 1] != 95):
+            continue
+        q = p + 1
+        e = q + 1
+        d = -1
+        while e < end and (_is_wc(s[e]) and s[e] != 95 or s[e] == 45 or s[e] == 46):
+            if s[e] == 46:
+                d = e
+            e += 1
+        if d < 0 or e - d - 1 < 2:
+            continue
+        k = d + 1
+        while k < e and ((65 <= s[k] <= 90) or (97 <= s[k] <= 122)):
+            k += 1
+        if k < e:
+            continue
+        k = e
+        while k < end and _is_sp(s[k]):
+            k += 1
+        if k < end and s[k] == 91:
+            rdns = head[q:e].lower()
+            break
+    return ip, rdns, helo, by
+
+
 # ---- bytes kernel ----------------------------------------------------------------------------
 # A check on raw message bytes for the SMTP filter; the definition is the twin's three counts.
 

@@ -238,6 +238,47 @@ def canonical_date(value: str) -> tuple[int, ...] | None:
     return (int(yy), _MONTH_NUMBER[mon], int(dd), int(hh), int(mi), int(ss), 0, 1, -1, -off if sign == "-" else off)
 
 
+# ---- received kernel -------------------------------------------------------------------------
+# The relay facts of one Received header for ``antispam.message.Message.received`` (the definition
+# is these regexes and the steps of ``received_fields``).
+
+RCVD_FROM_RE = re.compile(r"^\s*from\s+(\S+)", re.I)
+RCVD_BY_RE = re.compile(r"\bby\s+([^\s;()]+)", re.I)
+RCVD_IP_RE = re.compile(r"[\[(](?:IPv6:)?((?:\d{1,3}\.){3}\d{1,3}|[0-9a-fA-F]*:[0-9a-fA-F:.]+)[\])]")
+RCVD_RDNS_RE = re.compile(r"\(([A-Za-z0-9][-A-Za-z0-9.]*\.[A-Za-z]{2,})\s*\[")
+RCVD_HELO_RE = re.compile(r"\(HELO\s+([^\s)]+)\)|helo=([^\s)]+)", re.I)
+IPV4_RE = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
+
+
+def received_fields(head: str) -> tuple[str | None, str | None, str | None, str | None]:
+    """``(ip, rdns, helo, by)`` of a Received header's text before its ``;``.
+
+    helo: the word after ``from``, brackets stripped, unless a ``(HELO x)`` or ``helo=x`` clause
+    names it (looked for only when the text has ``elo`` or ``ELO``).  by: the host after the first
+    ``by``, lower-cased.  ip: the first bracketed IPv4 or IPv6 address before that ``by`` (else the
+    HELO, when it is a dotted quad).  rdns: the first ``(name [`` before it, lower-cased.
+    """
+    m = RCVD_FROM_RE.match(head)
+    helo = m.group(1).strip("[]()") if m else None
+    if "elo" in head or "ELO" in head:
+        hm = RCVD_HELO_RE.search(head)
+        if hm:
+            helo = hm.group(1) or hm.group(2)
+    # Only look for the IP in the "from" clause, before " by ".  The usual lower-case " by " is
+    # tried in place first; a search from there finds the same clause.
+    i = head.find(" by ")
+    by_m = RCVD_BY_RE.match(head, i + 1) if i >= 0 else None
+    if by_m is None:
+        by_m = RCVD_BY_RE.search(head, max(i, 0))
+    end = by_m.start() if by_m else len(head)
+    ip_m = RCVD_IP_RE.search(head, 0, end)
+    ip = ip_m.group(1) if ip_m else None
+    if ip is None and helo and IPV4_RE.fullmatch(helo):
+        ip = helo
+    rd = RCVD_RDNS_RE.search(head, 0, end) if head.find("[", 0, end) >= 0 else None
+    return ip, rd.group(1).lower() if rd else None, helo, by_m.group(1).lower() if by_m else None
+
+
 # ---- bytes kernel ----------------------------------------------------------------------------
 # A check on raw message bytes for the SMTP filter (the definition is these three counts).
 

@@ -171,15 +171,6 @@ _ADDR_RE = re.compile(r"<([^<>]*)>")
 _BARE_ADDR_RE = re.compile(r"[^\s<>()\"',;:]+@[^\s<>()\"',;:]+")
 _COMMENT_RE = re.compile(r"\([^()]*\)")
 
-_RCVD_FROM_RE = re.compile(r"^\s*from\s+(\S+)", re.I)
-_RCVD_BY_RE = re.compile(r"\bby\s+([^\s;()]+)", re.I)
-_RCVD_IP_RE = re.compile(
-    r"[\[(](?:IPv6:)?((?:\d{1,3}\.){3}\d{1,3}|[0-9a-fA-F]*:[0-9a-fA-F:.]+)[\])]"
-)
-_RCVD_RDNS_RE = re.compile(r"\(([A-Za-z0-9][-A-Za-z0-9.]*\.[A-Za-z]{2,})\s*\[")
-_RCVD_HELO_RE = re.compile(r"\(HELO\s+([^\s)]+)\)|helo=([^\s)]+)", re.I)
-_IPV4_RE = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
-
 # HTML -> text.  Regular expressions rather than a DOM: the filter wants the
 # visible words and the links, quickly, from HTML that is often broken on purpose.
 _HTML_DROP_RE = re.compile(
@@ -667,31 +658,11 @@ class Message:
     @cached_property
     def received(self) -> tuple[Relay, ...]:
         """The Received chain, newest (closest to us) first."""
+        fields = fastscore.impl.received_fields
         relays = []
         for value in self.get_raw("Received"):
-            head = value.partition(";")[0]
-            m = _RCVD_FROM_RE.match(head)
-            helo = m.group(1).strip("[]()") if m else None
-            # Literal pre-checks first: most Received headers have no HELO clause, and an
-            # IGNORECASE search over the whole header costs more than the rest of the parse.
-            if "elo" in head or "ELO" in head:
-                hm = _RCVD_HELO_RE.search(head)
-                if hm:
-                    helo = hm.group(1) or hm.group(2)
-            # Only look for the IP in the "from" clause, before " by ".  The usual lower-case
-            # " by " is tried in place first; a search from there finds the same clause.
-            i = head.find(" by ")
-            by_m = _RCVD_BY_RE.match(head, i + 1) if i >= 0 else None
-            if by_m is None:
-                by_m = _RCVD_BY_RE.search(head, max(i, 0))
-            end = by_m.start() if by_m else len(head)  # the from clause is head[:end] (searched in place)
-            ip_m = _RCVD_IP_RE.search(head, 0, end)
-            ip = ip_m.group(1) if ip_m else None
-            if ip is None and helo and _IPV4_RE.fullmatch(helo):
-                ip = helo
-            rd = _RCVD_RDNS_RE.search(head, 0, end) if head.find("[", 0, end) >= 0 else None
-            relays.append(Relay(ip=ip, rdns=rd.group(1).lower() if rd else None, helo=helo,
-                                by=by_m.group(1).lower() if by_m else None, raw=value))
+            ip, rdns, helo, by = fields(value.partition(";")[0])
+            relays.append(Relay(ip=ip, rdns=rdns, helo=helo, by=by, raw=value))
         return tuple(relays)
 
     # ---------------------------------------------------------------- MIME
