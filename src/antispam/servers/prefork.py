@@ -9,8 +9,8 @@ own Engine.  ``benchmarks/servers.py --processes 2`` measures it against ``--wor
 
 Connections are spread by least connections (:class:`SharedListener`): each process accepts one
 connection at a time and publishes how many it holds in a small array the processes share; a
-process that holds more than another waits a millisecond before accepting again, so the other
-takes what arrives meanwhile.  Without it, the first process to wake takes a whole burst of
+process that holds more than another waits (a millisecond at a time, ten at most) before
+accepting again, so the other takes what arrives meanwhile.  Without it, the first process to wake takes a whole burst of
 connections, and MTAs keep theirs open for minutes (Postfix's connection cache, milter sessions),
 so one process would scan for most of them while another idles.
 
@@ -61,8 +61,11 @@ MAX_QUICK_DEATHS = 5
 START_TIMEOUT = 300.0
 #: a dead process's connection count: larger than any live one's, so no one waits for it
 DEAD = 1 << 62
-#: seconds a process holding more connections than another waits before accepting again
+#: seconds a process holding more connections than another waits before it looks again
 DEFER = 0.001
+#: at most this long in all: a process with fewer connections that is busy scanning lets the
+#: others take the connection after that
+MAX_DEFER = 0.01
 #: seconds between refreshes of a process's published count while it waits in accept
 REFRESH = 0.05
 
@@ -115,8 +118,11 @@ class SharedListener:
         loop = asyncio.get_running_loop()
         while True:
             self._counts[self.slot] = load()
-            if self._others_hold_fewer():
+            waited = 0.0
+            while waited < MAX_DEFER and self._others_hold_fewer():
                 await asyncio.sleep(DEFER)
+                waited += DEFER
+                self._counts[self.slot] = load()
             try:
                 conn, _ = await loop.sock_accept(self.sock)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
