@@ -135,7 +135,7 @@ def _lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
 
 class _PyRule:
     __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width", "ascii_literals",
-                 "other_literals")
+                 "other_literals", "line_count")
 
     def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int, per_line: bool = False,
                  searched: bool = True):
@@ -161,6 +161,8 @@ class _PyRule:
         #: a line is not counted so: its literals could hold a line break)
         self.ascii_literals = tuple(x for x in lits if x.isascii()) if lits else None
         self.other_literals = tuple(x for x in lits if not x.isascii()) if lits else ()
+        #: a counted rule shaped ``^X.*?LITERAL`` (``__HAS_HREF``): counted from the literal's occurrences
+        self.line_count = LineStartCount.of(pattern, flags) if self.count_max and not per_line and not lits else None
 
 
 def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
@@ -550,6 +552,92 @@ def _class_bytes(items) -> set[bytes] | None:  # type: ignore[no-untyped-def]
     return out
 
 
+class LineStartCount:
+    """Counts the matches of a rule shaped ``(?m)^X.*?(?:L1|L2...)`` without a regex scan.
+
+    ``X`` is one byte (``[^>]``, or ``.``) and the ``Li`` literals of one length (SpamAssassin's
+    ``__HAS_HREF`` is ``/^[^>].*?<a href=/im``, counted up to 100).  Python's ``finditer`` tries
+    such a pattern at every line start and walks each line byte by byte; the matches follow
+    from the literals' occurrences alone, found by ``bytes.find``:
+
+    * a match ends with an occurrence at ``t`` (the first one after its start) and starts at a
+      line start ``s < t`` with no line break in ``data[s+1:t]`` (``.`` stops at line breaks):
+      ``s`` is the start ``ls`` of ``t``'s line when ``ls < t``, or ``ls - 1`` when that is a line
+      start itself (an empty line, whose line break ``X`` may take);
+    * the search from ``pos`` finds the first occurrence at ``pos + 1`` or later; the lowest of
+      its (at most two) starts that is at ``pos`` or later and whose byte ``X`` allows is the
+      leftmost match, ending after that occurrence; no start serves an earlier occurrence,
+      and a start serving a later occurrence on another line lies after these;
+    * when neither start serves, the next occurrence is tried (on the same line, ``ls`` may
+      serve a later occurrence: the line's first byte began the first one).
+
+    Case-insensitive patterns fold ASCII only (bytes patterns), as ``bytes.lower`` does.
+    """
+
+    __slots__ = ("refused", "literals", "width", "fold")
+
+    def __init__(self, refused: bytes, literals: tuple[bytes, ...], fold: bool):
+        #: the bytes ``X`` does not match
+        self.refused = refused
+        self.literals = literals
+        self.width = len(literals[0])
+        self.fold = fold
+
+    @classmethod
+    def of(cls, pattern: bytes, flags: int) -> LineStartCount | None:
+        """The counter for ``pattern`` when it has that shape, else None."""
+        try:
+            tree = _sre_parse.parse(pattern, flags)
+        except Exception:
+            return None
+        flags = tree.state.flags
+        items = list(tree)
+        if not flags & re.MULTILINE or flags & re.DOTALL or len(items) < 4:
+            return None
+        (at, where), (one, c), (rep, av) = items[:3]
+        if (str(at), str(where), str(rep)) != ("AT", "AT_BEGINNING", "MIN_REPEAT"):
+            return None
+        lo, hi, body = av
+        if lo != 0 or hi != _sre_parse.MAXREPEAT or [(str(o), a) for o, a in body] != [("ANY", None)]:
+            return None
+        fold = bool(flags & re.IGNORECASE)
+        if str(one) == "NOT_LITERAL" and not (fold and bytes((c,)).isalpha()):
+            refused = bytes((c,))
+        elif str(one) == "ANY":
+            refused = b"\n"
+        else:
+            return None
+        lits = _literals(items[3:])
+        if not lits or len({len(x) for x in lits}) != 1 or b"" in lits:
+            return None
+        return cls(refused, tuple(sorted({x.lower() for x in lits} if fold else lits)), fold)
+
+    def count(self, data: bytes, cap: int) -> int:
+        """The non-overlapping matches ``finditer`` finds in ``data``, at most ``cap``."""
+        hay = data.lower() if self.fold else data
+        lits, refused, width = self.literals, self.refused, self.width
+        n = pos = 0
+        t = 1  # occurrences before pos + 1 serve no match from pos
+        while n < cap:
+            # the first occurrence of a literal at t or later
+            best = -1
+            for x in lits:
+                k = hay.find(x, t)
+                if k >= 0 and (best < 0 or k < best):
+                    best = k
+            if best < 0:
+                break
+            ls = data.rfind(b"\n", 0, best) + 1  # the start of the occurrence's line
+            if ((ls > pos and (ls == 1 or data[ls - 2] == 10) and b"\n" not in refused)  # an empty line before it
+                    or (pos <= ls < best and data[ls : ls + 1] not in refused)):
+                n += 1
+                pos = best + width
+                t = pos + 1
+            else:
+                t = best + 1
+        return n
+
+
 #: counting literals: first in this many bytes per hit allowed, which suffices when they are frequent
 COUNT_PREFIX_PER_HIT = 16
 
@@ -564,6 +652,8 @@ def _count(r: _PyRule, data: bytes) -> int:
     a rule with literals made of such bytes go to ``finditer``, which stops at the cap,
     rather than to one ``bytes.count`` per literal.
     """
+    if r.line_count is not None:
+        return r.line_count.count(data, r.count_max)
     lits = r.ascii_literals
     if lits is not None and (not r.other_literals or data.isascii()):
         cap = r.count_max
