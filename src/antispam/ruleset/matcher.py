@@ -133,6 +133,50 @@ def _lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
         start = end + 1
 
 
+def line_prefix(pattern: bytes, flags: int) -> tuple[bytes, bool] | None:
+    """``(literal, folded)`` for a pattern that starts ``(?m)^LITERAL`` (two bytes or more; folded:
+    case-insensitive, the literal lower-cased), else None: see :func:`_search_line_starts`."""
+    try:
+        tree = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return None
+    flags = tree.state.flags
+    items = list(tree)
+    if not flags & re.MULTILINE or not items or (str(items[0][0]), str(items[0][1])) != ("AT", "AT_BEGINNING"):
+        return None
+    lit = bytearray()
+    for op, av in items[1:]:
+        if str(op) != "LITERAL":
+            break
+        lit.append(av)
+    if len(lit) < 2:
+        return None
+    fold = bool(flags & re.IGNORECASE)
+    return (bytes(lit).lower() if fold else bytes(lit)), fold
+
+
+def _search_line_starts(rx: re.Pattern[bytes], literal: bytes, folded: bool, data: bytes) -> re.Match[bytes] | None:
+    """``rx.search(data)`` for a pattern that starts ``(?m)^LITERAL``: ``rx.match`` at each line start
+    followed by the literal, in order (found by ``bytes.find``; folded: in the ASCII-lower-cased buffer,
+    which is how a bytes pattern ignores case).  A search tries every position in turn with the same
+    matcher, and only these can begin a match, so the first match found is the search's.  (Python's
+    ``re`` has no literal-prefix scan for a pattern that starts with an anchor: it tries every byte;
+    SpamAssassin's ``__FROM_NAME_IN_MSG`` walks the whole message that way.)"""
+    hay = data.lower() if folded else data
+    if hay.startswith(literal):
+        m = rx.match(data, 0)
+        if m is not None:
+            return m
+    needle = b"\n" + literal
+    p = hay.find(needle)
+    while p >= 0:
+        m = rx.match(data, p + 1)
+        if m is not None:
+            return m
+        p = hay.find(needle, p + 1)
+    return None
+
+
 class _PyRule:
     __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width", "ascii_literals",
                  "other_literals", "line_count")
@@ -148,7 +192,8 @@ class _PyRule:
             self.search = functools.partial(line_search, rx)
             self.finditer = functools.partial(_line_finditer, rx)
         else:
-            self.search = rx.search
+            prefix = line_prefix(pattern, flags)
+            self.search = rx.search if prefix is None else functools.partial(_search_line_starts, rx, *prefix)
             self.finditer = rx.finditer
         self.match = rx.match
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
@@ -618,11 +663,14 @@ class LineStartCount:
         lits, refused, width = self.literals, self.refused, self.width
         n = pos = 0
         t = 1  # occurrences before pos + 1 serve no match from pos
+        #: each literal's next occurrence at t or later, found again only once t passes it (-1: none
+        #: left), so that a literal absent from a long buffer is looked for once, not once a match
+        nxt = [hay.find(x, t) for x in lits]
         while n < cap:
-            # the first occurrence of a literal at t or later
-            best = -1
-            for x in lits:
-                k = hay.find(x, t)
+            best = -1  # the first occurrence of a literal at t or later
+            for i, k in enumerate(nxt):
+                if 0 <= k < t:
+                    k = nxt[i] = hay.find(lits[i], t)
                 if k >= 0 and (best < 0 or k < best):
                     best = k
             if best < 0:
