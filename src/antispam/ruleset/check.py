@@ -40,7 +40,7 @@ from ..check import Check, Hit, ScanContext, SymbolDef
 from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
-from .evals import EVALS, envelope_sender, header_absent, header_count_over
+from .evals import EVALS, envelope_sender, header_absent, header_count_over, per_message
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from .parser import parse_paths
 
@@ -179,8 +179,7 @@ def _address_field(msg: Message, lname: str, accs: tuple[str, ...]) -> str | Non
 
 def mime_header_text(msg: Message, name: str, accessor: str) -> str | None:
     """``mimeheader`` rules: the header in every MIME part (raw values), one per line; None when no part has it."""
-    lname = name.lower()
-    values = [v for p in msg.parts for n, v in p.headers if n.lower() == lname]
+    values = _mime_headers(msg).get(name.lower())
     if not values:
         return None
     if "raw" not in accessor:
@@ -190,9 +189,26 @@ def mime_header_text(msg: Message, name: str, accessor: str) -> str | None:
     return "\n".join(" ".join(v.split("\n")) for v in values)
 
 
+@per_message
+def _mime_headers(msg: Message) -> dict[str, list[str]]:
+    """Lower-cased name -> the raw values of that header in every MIME part, in order: one walk
+    of the parts a message for the ~6 ``mimeheader`` groups of SpamAssassin's rules, which each
+    walked every header of every part (~4 us a group)."""
+    out: dict[str, list[str]] = {}
+    for p in msg.parts:
+        for n, v in p.headers:
+            k = n.lower()
+            vals = out.get(k)
+            if vals is None:
+                out[k] = [v]
+            else:
+                vals.append(v)
+    return out
+
+
 @lru_cache(maxsize=256)
 def _is_private(ip: str) -> bool:
-    # Cached: each of the four X-Spam-Relays-* pseudo-headers walks the same relays in one scan.
+    # Cached: the same relays (the local ones above all) recur from message to message.
     try:
         a = ipaddress.ip_address(ip)
     except ValueError:
@@ -208,16 +224,23 @@ def relays_text(msg: Message, which: str) -> str | None:
     the newest relays from private or loopback addresses are trusted (and internal);
     from the first public address on, every relay is untrusted (and external).
     """
+    if which in ("trusted", "internal"):
+        return _relays_texts(msg)[0]
+    if which in ("untrusted", "external"):
+        return _relays_texts(msg)[1]
+    return None
+
+
+@per_message
+def _relays_texts(msg: Message) -> tuple[str, str]:
+    """The trusted and the untrusted relays' texts, built once a message (two to four groups read them)."""
     relays = [r for r in msg.received if r.ip]
     k = 0
     while k < len(relays) and _is_private(relays[k].ip or ""):
         k += 1
-    chosen = relays[:k] if which in ("trusted", "internal") else relays[k:] if which in ("untrusted", "external") else None
-    if chosen is None:
-        return None
-    intl = "1" if which in ("trusted", "internal") else "0"
-    return " ".join(f"[ ip={r.ip} rdns={r.rdns or ''} helo={r.helo or ''} by={r.by or ''} ident= envfrom= intl={intl} id= auth= msa=0 ]"
-                    for r in chosen)
+    return tuple(" ".join(f"[ ip={r.ip} rdns={r.rdns or ''} helo={r.helo or ''} by={r.by or ''} ident= envfrom= "
+                          f"intl={intl} id= auth= msa=0 ]" for r in chosen)
+                 for chosen, intl in ((relays[:k], "1"), (relays[k:], "0")))  # type: ignore[return-value]
 
 
 def _enc(s: str) -> bytes:
