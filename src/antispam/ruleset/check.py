@@ -380,8 +380,19 @@ class RulesCheck(Check):
              frozenset(i for i in ids if i in negs or template[i]), tuple(i for i in ids if i in negs or template[i]), negs)
             for key, reader, name_arg, acc_arg, unset, ids, negs, empty in self._headers
         ]
-        self._exists = [(rid, header_key(c.rules[rid].header[0]), c.rules[rid].header[0])  # type: ignore[index]
-                        for rid in c.exists if c.rules[rid].header is not None]
+        # exists: rules, by the lower-case header name they test (a scan visits only the names the
+        # message has: ~70 names against its ~25), and those on pseudo-headers, tested one by one
+        self._exists: dict[str, list[int]] = {}
+        self._exists_pseudo: list[tuple[int, str]] = []
+        for rid in c.exists:
+            header = c.rules[rid].header
+            if header is None:
+                continue
+            key = header_key(header[0])
+            if key in _PSEUDO:
+                self._exists_pseudo.append((rid, header[0]))
+            else:
+                self._exists.setdefault(key, []).append(rid)
         # Header-count evals are answered from the message's header index, without a call;
         # entries: (rule id, lower-case name, hit when the count is above this; -1: when absent).
         self._header_counts: list[tuple[int, str, int]] = []
@@ -472,8 +483,13 @@ class RulesCheck(Check):
                 where[rid] = data
                 hit.append(rid)
         options: dict[int, tuple[str, ...]] = {}
-        for rid, lname, hname in self._exists:
-            if lname in index if lname not in _PSEUDO else header_exists(msg, hname):
+        exists = self._exists
+        for lname in exists.keys() & index.keys():
+            for rid in exists[lname]:
+                counts[rid] = 1
+                hit.append(rid)
+        for rid, hname in self._exists_pseudo:
+            if header_exists(msg, hname):
                 counts[rid] = 1
                 hit.append(rid)
         for rid, lname, over in self._header_counts:
