@@ -358,19 +358,22 @@ class RulesCheck(Check):
             except (ZeroDivisionError, TypeError):
                 template[rid] = 0
         self._template = template
-        # rule -> (level, meta) of each meta that reads it and that a rise (_rise) or a fall (_fall)
+        # rule -> the metas that read it and that a rise (_rise) or a fall (_fall)
         # of its count could move off its template value (.monotone: most cannot; ``A && !B`` is
         # false in the template and stays false when B hits).
-        self._rise: dict[int, list[tuple[int, int]]] = {}
-        self._fall: dict[int, list[tuple[int, int]]] = {}
+        # Entries: (level, the metas of that level), so that a change queues each level's metas at once.
+        rise: dict[int, dict[int, set[int]]] = {}
+        fall: dict[int, dict[int, set[int]]] = {}
         for rid, _ in c.metas:
             on = template[rid] != 0
             for d, sign in c.rules[rid].polarity:
                 # sign +1: the meta's truth never falls as d rises, so a rise can move it only when false
                 if sign == 0 or (sign > 0) != on:
-                    self._rise.setdefault(d, []).append((level[rid], rid))
+                    rise.setdefault(d, {}).setdefault(level[rid], set()).add(rid)
                 if sign == 0 or (sign > 0) == on:
-                    self._fall.setdefault(d, []).append((level[rid], rid))
+                    fall.setdefault(d, {}).setdefault(level[rid], set()).add(rid)
+        self._rise = {d: tuple((lv, frozenset(ms)) for lv, ms in by.items()) for d, by in rise.items()}
+        self._fall = {d: tuple((lv, frozenset(ms)) for lv, ms in by.items()) for d, by in fall.items()}
         # Per header group, the rules whose count can change other than by a plain match
         # (``!~`` rules and rules that hit on the absent header's value): the scan visits
         # these and the rules Hyperscan reported, never the whole group.  Entries: (group key,
@@ -550,12 +553,12 @@ class RulesCheck(Check):
             n, t = counts[rid], template[rid]
             if n == t:
                 continue
-            for lv, m in (rise if n > t else fall).get(rid, ()):
+            for lv, ms in (rise if n > t else fall).get(rid, ()):
                 todo = pending[lv]
                 if todo is None:
-                    pending[lv] = {m}
+                    pending[lv] = set(ms)
                 else:
-                    todo.add(m)
+                    todo |= ms
         changed: list[int] = []
         for todo in pending:
             if not todo:
@@ -568,12 +571,12 @@ class RulesCheck(Check):
                 if v != counts[m]:
                     counts[m] = v
                     changed.append(m)
-                    for lv, d in (rise if v else fall).get(m, ()):
+                    for lv, ms in (rise if v else fall).get(m, ()):
                         later = pending[lv]
                         if later is None:
-                            pending[lv] = {d}
+                            pending[lv] = set(ms)
                         else:
-                            later.add(d)
+                            later |= ms
         return changed
 
     def _options(self, rule: CompiledRule, data: bytes | None, end: int | None, msg: Message) -> tuple[str, ...]:
