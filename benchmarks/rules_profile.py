@@ -1,6 +1,6 @@
 """Where a message's time goes in ``RulesCheck.run``: buffer groups, evals, metas, Python confirmations.
 
-    python benchmarks/rules_profile.py [--sa /usr/share/spamassassin] [--limit 1500] [--top 30]
+    python benchmarks/rules_profile.py [--corpus DIR] [--sa /usr/share/spamassassin] [--limit 1500] [--top 30]
 
 First the plain figure (process CPU time of ``RulesCheck.run``, best of 3, as benchmarks/rules.py
 measures it), then one instrumented pass that wraps, message by message:
@@ -80,7 +80,7 @@ def instrument(check: chk.RulesCheck) -> None:
                 seen.add(id(r))
                 r.search = timed(r.search, f"{tag} {names[r.id]}")
                 r.match = timed(r.match, f"{tag} {names[r.id]}")
-    mat._count = timed(mat._count, lambda r, _: f"count {names[r.id]}")
+    mat._count = timed(mat._count, lambda r, *_: f"count {names[r.id]}")
     check._evals = [(rid, timed(fn, "eval " + name), args, name) for rid, fn, args, name in check._evals]
     check._metas = timed(check._metas, "metas")
     check._options = timed(check._options, "options")
@@ -91,13 +91,14 @@ def instrument(check: chk.RulesCheck) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", default=None)
     ap.add_argument("--sa", default="", help="a SpamAssassin rules directory to add to the default rules")
     ap.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "python"))
     ap.add_argument("--limit", type=int, default=1500)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--cache", default="/tmp/antispam-rules-cache")
     a = ap.parse_args()
-    msgs = load_labelled(default_corpus_dir())
+    msgs = load_labelled(a.corpus or default_corpus_dir())
     if a.limit:
         msgs = msgs[:: max(1, len(msgs) // a.limit)][: a.limit]
     pm = prepared(msgs)
