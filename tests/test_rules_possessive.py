@@ -31,6 +31,12 @@ from antispam.ruleset.possessive import possessive
     (rb"a{3}b", 0, False),
     (rb"a+", 0, False),
     (rb"(a)+b", 0, False),
+    (rb"(x)(?=.{1,2048}^\1)", re.MULTILINE | re.DOTALL, True),  # .{a,b}^ -> .{a-1,b-1}\n
+    (rb".+?^a", re.MULTILINE | re.DOTALL, True),
+    (rb".{1,9}^a", re.MULTILINE, False),  # . stops at line breaks: a line start cannot follow it
+    (rb".{1,9}^a", re.DOTALL, False),  # ^ is the start of the text only
+    (rb".*^a", re.MULTILINE | re.DOTALL, False),  # no byte before the anchor: the start of the text is one
+    (rb".{1,9}^a(?-m:^)", re.MULTILINE | re.DOTALL, False),  # flags changed inside: not rewritten at all
 ])
 def test_where_repeats_become_possessive(pattern, flags, rewritten):
     out = possessive(pattern, flags)
@@ -40,7 +46,7 @@ def test_where_repeats_become_possessive(pattern, flags, rewritten):
 
 _PIECES = [rb"a+", rb"b*", rb"[ab]+", rb"[^\n]+", rb"\n+", rb"x", rb"(a+)", rb"(?:a|b)", rb"\1", rb"(?=a)", rb"(?!b)",
            rb"(?<=x)", rb"\s*", rb"\S+", rb"a{1,3}", rb"[a-z]{0,4}", rb"B", rb".+", rb".*?", rb"\b", rb"^", rb"$", rb"\d+",
-           rb"(?:[^\n]+\n+)*"]
+           rb"(?:[^\n]+\n+)*", rb".{1,3}", rb".{2,5}?"]
 
 
 def test_rewritten_patterns_match_as_written():

@@ -24,8 +24,8 @@ from antispam.check import ScanContext
 from antispam.config import Config
 from antispam.message import Message
 from antispam.ruleset.check import LoadedRules, RulesCheck, body_text
-from antispam.ruleset.matcher import (NEAR_MAX_ENDS, HyperscanMatcher, PythonMatcher, disjoint_literals, drop_anchors,
-                                      hyperscan_available,
+from antispam.ruleset.matcher import (NEAR_MAX_ENDS, HyperscanMatcher, LineStartCount, PythonMatcher, _PyRule,
+                                      disjoint_literals, drop_anchors, hyperscan_available, line_prefix,
                                       make_matcher, match_shape)
 from antispam.ruleset.parser import Parser
 
@@ -218,3 +218,60 @@ def test_literal_counts_equal_finditer_counts(engine):
         assert m.scan("body", text) == want, text
         checked += bool(want)
     assert checked > 1500
+
+
+LINE_START_PATTERNS = [(rb"^[^\x3e].*?\<a\x20href\=", re.I | re.M),  # SpamAssassin's __HAS_HREF
+                       (rb"^[^\x3e].*?\<(?:a\x20href|A\x20HREF)\=", re.M),  # __HAS_HREF_ONECASE
+                       (rb"^..*?ab", re.M), (rb"^[^a].*?ab", re.M), (rb"^[^\n].*?(?:xy|zz)", re.M),
+                       (rb"^[^>].*?aa", re.M | re.I)]
+
+
+@pytest.mark.parametrize("pattern,flags", LINE_START_PATTERNS)
+def test_line_start_counts_equal_finditer_counts(pattern, flags):
+    """LineStartCount finds the matches of ``^X.*?LITERAL`` from the literal's occurrences: empty
+    lines (X may take a line break), an occurrence at the line start, several on a line, caps."""
+    counter = LineStartCount.of(pattern, flags)
+    assert counter is not None
+    rx = re.compile(pattern, flags)
+    rnd = random.Random(5)
+    pieces = [b"<a href=", b"<A HREF=", b"<A href=", b"\n", b"\n\n", b">", b"a", b"b", b"ab", b"x", b"y", b"z",
+              b"xy", b"zz", b" ", b"A", b"aa", b"<"]
+    for _ in range(5000):
+        text = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 30)))
+        cap = rnd.choice((1, 2, 3, 100))
+        assert counter.count(text, cap) == min(sum(1 for _ in rx.finditer(text)), cap), text
+
+
+@pytest.mark.parametrize("pattern,flags", [(rb"^[^a].*?ab", re.M | re.I), (rb"^[^>].*?ab", re.M | re.S),
+                                           (rb"^[^>].*ab", re.M), (rb"^[^>].*?a+", re.M), (rb"^[^>].*?(?:ab|abc)", re.M),
+                                           (rb"^[^>].*?ab", 0), (rb"^.*?ab", re.M)])
+def test_line_start_count_only_for_its_shape(pattern, flags):
+    """A letter refused under IGNORECASE, ``.`` across lines, a greedy or repeated tail, literals of
+    two lengths (which one ends the match?), no MULTILINE, no X: a regex scan, as before."""
+    assert LineStartCount.of(pattern, flags) is None
+
+
+@pytest.mark.parametrize("pattern,flags", [(rb"^From\:\s+([^\x3c]\S+\s\S+)\s(?=.{1,2048}^\1\r?$)", re.M | re.S),
+                                           (rb"^To\:\s+\<?[^\x40]+\@([^\x2e]+)\.(?:[^\n]+\n+)*^Subject\:\x20\"?\1\b",
+                                            re.I | re.M | re.S),
+                                           (rb"^ab(?<=\nab)c?", re.M), (rb"^\nx", re.M), (rb"(?m)^Ab\b", re.I)])
+def test_search_from_line_starts_equals_a_search(pattern, flags):
+    """Rules that start ``(?m)^LITERAL`` are searched by matching at the line starts followed by the
+    literal: the same match (span and groups) as a search, for the first line, folded case, look-behinds."""
+    assert line_prefix(pattern, flags) is not None
+    rule = _PyRule(0, pattern, flags, False, 0)
+    rx = re.compile(pattern, flags)
+    rnd = random.Random(7)
+    pieces = [b"From: ", b"from: ", b"To: <a@b.c>", b"Subject: b", b"Subject: \"B", b"John Smith ", b"\n", b"\r\n",
+              b"John Smith\n", b"ab", b"AB", b"c", b"x", b" ", b"Ab"]
+    for _ in range(3000):
+        text = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 25)))
+        want, got = rx.search(text), rule.search(text)
+        assert (want and (want.span(), want.groups())) == (got and (got.span(), got.groups())), text
+
+
+def test_line_prefix_only_for_an_anchored_literal():
+    assert line_prefix(rb"^From\:", re.M) == (b"From:", False)
+    assert line_prefix(rb"^From\:", re.M | re.I) == (b"from:", True)
+    assert line_prefix(rb"^From", 0) is None, "without MULTILINE ^ is the buffer start: a search tries once anyway"
+    assert line_prefix(rb"^a+b", re.M) is None and line_prefix(rb"^ab|cd", re.M) is None and line_prefix(rb"x^ab", re.M) is None

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from .evals import EVALS
 from .parser import ParsedRules, Problem, RuleDef, Where
+from .monotone import Polarity, meta_polarity
 from .regex import Unsupported, backtracking_risk, translate
 
 #: Header names that are SpamAssassin's synthesised views of its relay analysis;
@@ -58,6 +59,9 @@ class CompiledRule:
     where: Where | None = None
     #: set for header rules: what the buffer is made of
     header: tuple[str, str, str | None] | None = None
+    #: set for metas: (rule read, +1 / -1 / 0), how the meta's truth moves when that count rises
+    #: (:func:`.monotone.meta_polarity`)
+    polarity: tuple[tuple[int, int], ...] = ()
 
     @property
     def multiple(self) -> bool:
@@ -220,11 +224,12 @@ def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False) -> Compile
         by_name[name] = rid
         toks = meta_tokens[name]
         missing = {v for k, v in toks if k == "name" and v not in by_name}
-        fn = _meta_function(toks, by_name)
+        fn, polarity = _meta_function(toks, by_name)
         out.append(CompiledRule(
             id=rid, name=name, kind="meta", buffer="", score=_score(rule), description=rule.description,
             tflags=rule.tflags, maxhits=rule.maxhits, negate=False,
             deps=tuple(sorted({by_name[v] for k, v in toks if k == "name" and v in by_name})), where=rule.where,
+            polarity=tuple(sorted(polarity.items())),
         ))
         metas.append((rid, fn))
         if missing:
@@ -426,7 +431,8 @@ def _meta_python(toks: list[tuple[str, str]], name_expr: Callable[[str], str]) -
     return "".join(out)
 
 
-def _meta_function(toks: list[tuple[str, str]], ids: dict[str, int]) -> Callable[[list[int]], Any]:
-    src = "lambda h: (" + _meta_python(toks, lambda n: f"h[{ids[n]}]" if n in ids else "0") + ")"
+def _meta_function(toks: list[tuple[str, str]], ids: dict[str, int]) -> tuple[Callable[[list[int]], Any], Polarity]:
+    """The meta as a function of the counts, and how its truth moves with each count it reads."""
+    expr = "(" + _meta_python(toks, lambda n: f"h[{ids[n]}]" if n in ids else "0") + ")"
     # The source holds only h[...] indexes, numbers and operators (see _tokenize_meta).
-    return eval(compile(src, "<meta>", "eval"), {"__builtins__": {}})  # noqa: S307
+    return eval(compile("lambda h: " + expr, "<meta>", "eval"), {"__builtins__": {}}), meta_polarity(expr)  # noqa: S307

@@ -89,6 +89,32 @@ def register(name: str, kinds: tuple[str, ...] = (), args: tuple[type, ...] = ()
     return deco
 
 
+def per_message(fn: Callable[[Message], Any]) -> Callable[[Message], Any]:
+    """``fn(msg)`` remembered for the last message asked, by identity.
+
+    For measures that several rules of one scan ask of the same message (SpamAssassin's
+    ten ``DATE_IN_*`` rules, its four upper-case ratios): the second asker gets the answer
+    without building the inputs again, which a cache keyed on the inputs still did (the
+    date's key, a tuple of every Received header, cost ~4 us a question).  One entry, so
+    a loop over a corpus is never served from a previous round; a message is read-only
+    once parsed, so its answer cannot change.  The last message is kept alive until the
+    next one is asked about.
+    """
+    last: tuple[Message | None, Any] = (None, None)
+
+    def cached(msg: Message) -> Any:
+        nonlocal last
+        seen, value = last  # one tuple, read and written whole: safe between threads
+        if seen is msg:
+            return value
+        value = fn(msg)
+        last = (msg, value)
+        return value
+
+    cached.__doc__, cached.__name__, cached.__wrapped__ = fn.__doc__, fn.__name__, fn  # type: ignore[attr-defined]
+    return cached
+
+
 # --------------------------------------------------------------------------- headers
 
 
@@ -334,8 +360,10 @@ def body_caps_ratio_over(msg: Message, ratio: float) -> tuple[bool, list[str]]:
     return (True, [f"{r:.2f}"]) if r > ratio else (False, [])
 
 
+@per_message
 def _letter_counts(msg: Message) -> tuple[int, int]:
-    """Latin-1 letters and capitals in the first 20,000 characters of the text (a compiled kernel)."""
+    """Latin-1 letters and capitals in the first 20,000 characters of the text (a compiled kernel;
+    SpamAssassin's rules ask it four times a message)."""
     return fastscore.impl.letter_counts(msg.text, 20000)
 
 
@@ -494,6 +522,7 @@ _SA_LOCAL = re.compile(r"\bfrom (?:localhost\s|(?:\S+ ){1,2}\S*\b127\.0\.0\.1\b)
 _SA_FETCHMAIL = re.compile(r"\bby localhost with \w+ \(fetchmail-[\d.]+")
 
 
+@per_message
 def shifted_date_diff(msg: Message) -> float:
     """Seconds from the Received time stamps to the message's date, as SpamAssassin's
     ``check_for_shifted_date`` measures it: the date is the first readable Resent-Date,
@@ -504,17 +533,12 @@ def shifted_date_diff(msg: Message) -> float:
     others).  0 when there is no date or no stamp, as in SpamAssassin.
     """
     # SpamAssassin's rules ask this of one message ten times (DATE_IN_PAST_*, DATE_IN_FUTURE_*):
-    # the answer is cached on its inputs (~15 us each time otherwise).
-    return _shifted_date_diff(tuple(msg.get_all("Resent-Date")), tuple(msg.get_all("Date")),
-                              tuple(r.raw for r in msg.received))
-
-
-@lru_cache(maxsize=8)
-def _shifted_date_diff(resent_dates: tuple[str, ...], dates: tuple[str, ...], received_raw: tuple[str, ...]) -> float:
-    date = next((t for value in (*resent_dates, *dates) if value and (t := _parsed_epoch(value)) is not None), None)
+    # remembered for the message (~20 us each time otherwise).
+    date = next((t for value in (*msg.get_all("Resent-Date"), *msg.get_all("Date"))
+                 if value and (t := _parsed_epoch(value)) is not None), None)
     if date is None:
         return 0.0
-    received = [raw for raw in received_raw if raw.strip()]
+    received = [r.raw for r in msg.received if r.raw.strip()]
     if received and _SA_LOCAL.search(received[0]) and len(received) > 1 and _SA_FETCHMAIL.search(received[1]):
         received = received[2:]
     diffs = []
@@ -532,15 +556,22 @@ def check_for_shifted_date(msg: Message, lo: float | None, hi: float | None) -> 
     """The date is between ``lo`` and ``hi`` hours from the Received stamps (negative: before
     them; ``'undef'`` leaves a side open), measured as SpamAssassin does (:func:`shifted_date_diff`)."""
     h = shifted_date_diff(msg) / 3600.0
-    ok = (lo is None or h >= lo) and (hi is None or h < hi)
-    return ok, [f"{h:+.1f}h"]
+    if (lo is None or h >= lo) and (hi is None or h < hi):
+        return True, [f"{h:+.1f}h"]
+    return False, []  # options are read only for a hit: ten rules ask, one at most hits
 
 
 @register("html_tag_exists", ("body", "rawbody"), (str,))
 def html_tag_exists(msg: Message, tag: str) -> bool:
     """The HTML contains a ``<tag`` element."""
     html = msg.html
-    return bool(html) and re.search(r"<" + re.escape(tag) + r"\b", html, re.I) is not None
+    return bool(html) and _tag_start(tag).search(html) is not None
+
+
+@lru_cache(maxsize=64)
+def _tag_start(tag: str) -> re.Pattern[str]:
+    """``<tag`` as a whole word in any case (one pattern per tag, built once)."""
+    return re.compile(r"<" + re.escape(tag) + r"\b", re.I)
 
 
 _IMG_TYPES = {"gif": ("image/gif",), "png": ("image/png",), "jpeg": ("image/jpeg", "image/jpg", "image/pjpeg")}
@@ -675,9 +706,11 @@ def check_illegal_chars(msg: Message, name: str, ratio: float, count: int) -> tu
     if name == "ALL":
         text = msg.header_bytes
     else:
-        vals = [v for n, v in msg.raw_headers if n.lower() == name.lower()]
-        text = "\n".join(vals).encode("utf-8", "surrogateescape")
+        text = "\n".join(msg.get_raw(name)).encode("utf-8", "surrogateescape")
     if not text:
         return False, []
-    bad = sum(1 for b in text if b >= 0x80)
+    bad = len(text) - len(text.translate(None, _HIGH_BYTES))  # bytes >= 0x80, counted in C
     return (bad >= count and bad / len(text) > ratio), [str(bad)]
+
+
+_HIGH_BYTES = bytes(range(0x80, 0x100))

@@ -18,7 +18,11 @@ are compiled in Hyperscan's prefilter mode, which matches a superset; only
 when the prefilter fires does Python ``re`` confirm the match.  A pattern
 Hyperscan refuses even as a prefilter runs in Python ``re`` on every scan.
 The patterns Python runs on most scans get possessive repeats where that changes no
-match (possessive.py), which spares ``re`` most of its backtracking.
+match (possessive.py), which spares ``re`` most of its backtracking.  A confirmation starts
+where a match can begin, when that is known: near the match ends Hyperscan reported (rules
+of bounded width), after the first end less the longest match the buffer allows (body rules
+whose unbounded parts are repeats of one byte class: runwidth.py), or at the line starts a
+``(?m)^LITERAL`` rule's literal follows.
 
 Both give the same set of matched rules on the same bytes (the test suite
 runs both over the default rules and a sample of the corpus).  Hit *counts* of ``tflags multiple`` rules are counted
@@ -43,6 +47,7 @@ from typing import Protocol
 from .compiler import CompiledRules
 from .possessive import possessive
 from .projection import ASCII, WESTERN, projection
+from .runwidth import RunWidth
 
 try:  # the regex parser of the running Python (named sre_parse before 3.11)
     from re import _parser as _sre_parse  # type: ignore[attr-defined]
@@ -133,9 +138,54 @@ def _lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
         start = end + 1
 
 
+def line_prefix(pattern: bytes, flags: int) -> tuple[bytes, bool] | None:
+    """``(literal, folded)`` for a pattern that starts ``(?m)^LITERAL`` (two bytes or more; folded:
+    case-insensitive, the literal lower-cased), else None: see :func:`_search_line_starts`."""
+    try:
+        tree = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return None
+    flags = tree.state.flags
+    items = list(tree)
+    if not flags & re.MULTILINE or not items or (str(items[0][0]), str(items[0][1])) != ("AT", "AT_BEGINNING"):
+        return None
+    lit = bytearray()
+    for op, av in items[1:]:
+        if str(op) != "LITERAL":
+            break
+        lit.append(av)
+    if len(lit) < 2:
+        return None
+    fold = bool(flags & re.IGNORECASE)
+    return (bytes(lit).lower() if fold else bytes(lit)), fold
+
+
+def _search_line_starts(rx: re.Pattern[bytes], literal: bytes, folded: bool, data: bytes,
+                        start: int = 0) -> re.Match[bytes] | None:
+    """``rx.search(data)`` for a pattern that starts ``(?m)^LITERAL``: ``rx.match`` at each line start
+    followed by the literal, in order (found by ``bytes.find``; folded: in the ASCII-lower-cased buffer,
+    which is how a bytes pattern ignores case).  A search tries every position in turn with the same
+    matcher, and only these can begin a match, so the first match found is the search's.  (Python's
+    ``re`` has no literal-prefix scan for a pattern that starts with an anchor: it tries every byte;
+    SpamAssassin's ``__FROM_NAME_IN_MSG`` walks the whole message that way.)"""
+    hay = data.lower() if folded else data
+    if start == 0 and hay.startswith(literal):
+        m = rx.match(data, 0)
+        if m is not None:
+            return m
+    needle = b"\n" + literal
+    p = hay.find(needle, max(0, start - 1))  # line starts at start or later
+    while p >= 0:
+        m = rx.match(data, p + 1)
+        if m is not None:
+            return m
+        p = hay.find(needle, p + 1)
+    return None
+
+
 class _PyRule:
-    __slots__ = ("id", "pattern", "search", "match", "finditer", "count_max", "width", "ascii_literals",
-                 "other_literals")
+    __slots__ = ("id", "pattern", "search", "search_from", "match", "finditer", "count_max", "width", "ascii_literals",
+                 "other_literals", "line_count", "run_width")
 
     def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int, per_line: bool = False,
                  searched: bool = True):
@@ -146,14 +196,21 @@ class _PyRule:
         self.pattern = pattern
         if per_line:  # matches confined to a line: a uri rule that could otherwise join two links
             self.search = functools.partial(line_search, rx)
+            self.search_from = None
             self.finditer = functools.partial(_line_finditer, rx)
         else:
-            self.search = rx.search
+            prefix = line_prefix(pattern, flags)
+            #: ``search_from(data, start)``: the first match that starts at ``start`` or later
+            self.search_from = rx.search if prefix is None else functools.partial(_search_line_starts, rx, *prefix)
+            self.search = self.search_from
             self.finditer = rx.finditer
         self.match = rx.match
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
         #: (shortest, longest) match in bytes when confirmed near match ends (see _confirm_near)
         self.width: tuple[int, int] | None = None
+        #: for a rule searched from before its first match end (HyperscanMatcher._starts): its
+        #: longest match in a given buffer
+        self.run_width: RunWidth | None = None
         lits = disjoint_literals(pattern, flags) if self.count_max and not per_line else None
         #: a counted rule that is a set of literals no two occurrences of which can overlap: counted
         #: with ``bytes.count`` (see _count); the literals with a byte >= 0x80 apart, since most
@@ -161,6 +218,8 @@ class _PyRule:
         #: a line is not counted so: its literals could hold a line break)
         self.ascii_literals = tuple(x for x in lits if x.isascii()) if lits else None
         self.other_literals = tuple(x for x in lits if not x.isascii()) if lits else ()
+        #: a counted rule shaped ``^X.*?LITERAL`` (``__HAS_HREF``): counted from the literal's occurrences
+        self.line_count = LineStartCount.of(pattern, flags) if self.count_max and not per_line and not lits else None
 
 
 def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
@@ -550,11 +609,100 @@ def _class_bytes(items) -> set[bytes] | None:  # type: ignore[no-untyped-def]
     return out
 
 
+class LineStartCount:
+    """Counts the matches of a rule shaped ``(?m)^X.*?(?:L1|L2...)`` without a regex scan.
+
+    ``X`` is one byte (``[^>]``, or ``.``) and the ``Li`` literals of one length (SpamAssassin's
+    ``__HAS_HREF`` is ``/^[^>].*?<a href=/im``, counted up to 100).  Python's ``finditer`` tries
+    such a pattern at every line start and walks each line byte by byte; the matches follow
+    from the literals' occurrences alone, found by ``bytes.find``:
+
+    * a match ends with an occurrence at ``t`` (the first one after its start) and starts at a
+      line start ``s < t`` with no line break in ``data[s+1:t]`` (``.`` stops at line breaks):
+      ``s`` is the start ``ls`` of ``t``'s line when ``ls < t``, or ``ls - 1`` when that is a line
+      start itself (an empty line, whose line break ``X`` may take);
+    * the search from ``pos`` finds the first occurrence at ``pos + 1`` or later; the lowest of
+      its (at most two) starts that is at ``pos`` or later and whose byte ``X`` allows is the
+      leftmost match, ending after that occurrence; no start serves an earlier occurrence,
+      and a start serving a later occurrence on another line lies after these;
+    * when neither start serves, the next occurrence is tried (on the same line, ``ls`` may
+      serve a later occurrence: the line's first byte began the first one).
+
+    Case-insensitive patterns fold ASCII only (bytes patterns), as ``bytes.lower`` does.
+    """
+
+    __slots__ = ("refused", "literals", "width", "fold")
+
+    def __init__(self, refused: bytes, literals: tuple[bytes, ...], fold: bool):
+        #: the bytes ``X`` does not match
+        self.refused = refused
+        self.literals = literals
+        self.width = len(literals[0])
+        self.fold = fold
+
+    @classmethod
+    def of(cls, pattern: bytes, flags: int) -> LineStartCount | None:
+        """The counter for ``pattern`` when it has that shape, else None."""
+        try:
+            tree = _sre_parse.parse(pattern, flags)
+        except Exception:
+            return None
+        flags = tree.state.flags
+        items = list(tree)
+        if not flags & re.MULTILINE or flags & re.DOTALL or len(items) < 4:
+            return None
+        (at, where), (one, c), (rep, av) = items[:3]
+        if (str(at), str(where), str(rep)) != ("AT", "AT_BEGINNING", "MIN_REPEAT"):
+            return None
+        lo, hi, body = av
+        if lo != 0 or hi != _sre_parse.MAXREPEAT or [(str(o), a) for o, a in body] != [("ANY", None)]:
+            return None
+        fold = bool(flags & re.IGNORECASE)
+        if str(one) == "NOT_LITERAL" and not (fold and bytes((c,)).isalpha()):
+            refused = bytes((c,))
+        elif str(one) == "ANY":
+            refused = b"\n"
+        else:
+            return None
+        lits = _literals(items[3:])
+        if not lits or len({len(x) for x in lits}) != 1 or b"" in lits:
+            return None
+        return cls(refused, tuple(sorted({x.lower() for x in lits} if fold else lits)), fold)
+
+    def count(self, data: bytes, cap: int) -> int:
+        """The non-overlapping matches ``finditer`` finds in ``data``, at most ``cap``."""
+        hay = data.lower() if self.fold else data
+        lits, refused, width = self.literals, self.refused, self.width
+        n = pos = 0
+        t = 1  # occurrences before pos + 1 serve no match from pos
+        #: each literal's next occurrence at t or later, found again only once t passes it (-1: none
+        #: left), so that a literal absent from a long buffer is looked for once, not once a match
+        nxt = [hay.find(x, t) for x in lits]
+        while n < cap:
+            best = -1  # the first occurrence of a literal at t or later
+            for i, k in enumerate(nxt):
+                if 0 <= k < t:
+                    k = nxt[i] = hay.find(lits[i], t)
+                if k >= 0 and (best < 0 or k < best):
+                    best = k
+            if best < 0:
+                break
+            ls = data.rfind(b"\n", 0, best) + 1  # the start of the occurrence's line
+            if ((ls > pos and (ls == 1 or data[ls - 2] == 10) and b"\n" not in refused)  # an empty line before it
+                    or (pos <= ls < best and data[ls : ls + 1] not in refused)):
+                n += 1
+                pos = best + width
+                t = pos + 1
+            else:
+                t = best + 1
+        return n
+
+
 #: counting literals: first in this many bytes per hit allowed, which suffices when they are frequent
 COUNT_PREFIX_PER_HIT = 16
 
 
-def _count(r: _PyRule, data: bytes) -> int:
+def _count(r: _PyRule, data: bytes, start: int = 0) -> int:
     """Non-overlapping matches of a counted rule, at most its ``count_max``.
 
     A rule that is a set of literals (see :func:`disjoint_literals`) is counted with
@@ -562,8 +710,11 @@ def _count(r: _PyRule, data: bytes) -> int:
     is one in the buffer, and a frequent letter reaches the cap there (SpamAssassin's ``e``
     counts stop at 230 or 320); then in the whole buffer.  A buffer with bytes >= 0x80 and
     a rule with literals made of such bytes go to ``finditer``, which stops at the cap,
-    rather than to one ``bytes.count`` per literal.
+    rather than to one ``bytes.count`` per literal.  ``start``: no match starts before it
+    (the regex scan begins there; the literal counts ignore it).
     """
+    if r.line_count is not None:
+        return r.line_count.count(data, r.count_max)
     lits = r.ascii_literals
     if lits is not None and (not r.other_literals or data.isascii()):
         cap = r.count_max
@@ -576,7 +727,7 @@ def _count(r: _PyRule, data: bytes) -> int:
                 return cap
         return min(sum(map(data.count, lits)), cap)
     n = 0
-    for _ in r.finditer(data):
+    for _ in r.finditer(data, start) if start else r.finditer(data):
         n += 1
         if n >= r.count_max:
             break
@@ -622,7 +773,7 @@ def _scan_python_rules(rules, data: bytes, out: dict[int, int], ends: dict[int, 
                     ends[r.id] = m.end()
 
 
-_MAGIC = b"ANTISPAM-HSDB-9\n"
+_MAGIC = b"ANTISPAM-HSDB-11\n"
 
 
 class HyperscanMatcher:
@@ -645,6 +796,10 @@ class HyperscanMatcher:
         #: prefiltered rules of bounded width, not counted: Hyperscan reports every match end
         #: (no SINGLEMATCH) and Python re tries only the starts that can lead to those ends
         self._near: dict[int, _PyRule] = {}
+        #: prefiltered rules of unbounded width whose longest match in a buffer is bounded by the runs of
+        #: a few byte classes there (runwidth): Hyperscan reports every match end (no SINGLEMATCH) and
+        #: Python searches from the first end less that width
+        self._starts: dict[int, _PyRule] = {}
         #: rules refused for an embedded anchor, run by Hyperscan as a prefilter without anchors
         self._unanchored: dict[int, bytes] = {}
         #: rules too long for Hyperscan, run exactly as several pieces under one id (split_alternatives)
@@ -668,11 +823,16 @@ class HyperscanMatcher:
                     pr.width = None if pr.count_max else _width(r.py, r.py_flags)  # type: ignore[arg-type]
                     if pr.width is not None:
                         self._near[i] = pr
+                    elif key == "body":
+                        # only in the body, the long buffer: in a header the bound's runs cost what the search does
+                        pr.run_width = RunWidth.of(r.py, r.py_flags)  # type: ignore[arg-type]
+                        if pr.run_width is not None:
+                            self._starts[i] = pr
                 elif pr.count_max:
                     self._counters[i] = pr
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
-        cache = Path(cache_dir) / (f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v9w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}"
+        cache = Path(cache_dir) / (f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v11w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}"
                                    f"x{MAX_PIECES}{''.join(v[0][0] for v in VARIANTS)}{PROJECTED_MAX_SHARE}.db") if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:
@@ -703,8 +863,10 @@ class HyperscanMatcher:
         self._plain = frozenset(k for k, ids in compiled.groups.items()
                                 if k in self.dbs and k not in self._py and k not in self._variants
                                 and not post.intersection(ids))
-        #: groups with rules confirmed near their match ends: their scan collects the ends
-        self._with_ends = frozenset(k for k, ids in compiled.groups.items() if k in self.dbs and self._near.keys() & set(ids))
+        #: groups with rules confirmed near their match ends or searched from before the first: their scan
+        #: collects the ends
+        self._with_ends = frozenset(k for k, ids in compiled.groups.items()
+                                    if k in self.dbs and (self._near.keys() | self._starts.keys()) & set(ids))
 
     # ------------------------------------------------------------------ building
 
@@ -726,9 +888,10 @@ class HyperscanMatcher:
         return exprs, out_ids
 
     def _rule_flags(self, rule, prefilter: bool) -> int:
-        """A rule's Hyperscan flags: every match end of the rules confirmed near them, else the first only."""
+        """A rule's Hyperscan flags: every match end of the rules confirmed near them or searched from
+        before the first, else the first only."""
         f = self._flags(rule.hs_flags, prefilter)
-        return f & ~_hs.HS_FLAG_SINGLEMATCH if rule.id in self._near else f
+        return f & ~_hs.HS_FLAG_SINGLEMATCH if rule.id in self._near or rule.id in self._starts else f
 
     @staticmethod
     def _flags(hs_flags: int, prefilter: bool = False) -> int:
@@ -751,6 +914,7 @@ class HyperscanMatcher:
                 self._counters.pop(i, None)
                 self._confirm.pop(i, None)
                 self._near.pop(i, None)
+                self._starts.pop(i, None)
                 self._py.setdefault(key, []).append(self._twins[i])
             if not good:
                 continue
@@ -898,6 +1062,7 @@ class HyperscanMatcher:
                         self._counters.pop(i, None)
                         self._confirm.pop(i, None)
                         self._near.pop(i, None)
+                        self._starts.pop(i, None)
                         self._py.setdefault(k, []).append(pr)
             return dbs
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
@@ -967,12 +1132,15 @@ class HyperscanMatcher:
                     out[rid] = 1
                     if ends is not None:
                         ends[rid] = end
-                elif c.count_max:
-                    n = _count(c, data)
+                    continue
+                # a rule searched from before its first match end: no match starts earlier (runwidth)
+                start = 0 if c.run_width is None else max(0, end - c.run_width.bound(data))
+                if c.count_max:
+                    n = _count(c, data, start)
                     if n:
                         out[rid] = n
                 else:
-                    m = c.search(data)
+                    m = c.search_from(data, start) if start else c.search(data)
                     if m is not None:
                         out[rid] = 1
                         if ends is not None:
@@ -996,8 +1164,10 @@ class HyperscanMatcher:
                     ends[rid] = [end]
                 else:
                     e.append(end)
-            elif rid not in found:
-                found[rid] = end
+            else:  # the first end: the smallest (the order of reports is not promised)
+                first = found.get(rid)
+                if first is None or end < first:
+                    found[rid] = end
         for rid, e in ends.items():
             if _confirm_near(near[rid], data, e):
                 out[rid] = 1

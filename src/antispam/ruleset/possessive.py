@@ -13,6 +13,14 @@ after it.  So only the longest run can lead to a match, which is what a possessi
 (``X++``, Python 3.11) tries, alone: the matches, their spans and groups are unchanged.
 (This is what PCRE calls auto-possessification; Python's engine does not do it.)
 
+In the same pass, with ``.`` matching line breaks and ``^`` at line starts (flags ``s`` and
+``m``, for the whole pattern), ``.{a,b}^`` (``a >= 1``) becomes ``.{a-1,b-1}\n``: after at
+least one byte, a line start is the position after a line break, so both match the same bytes
+and try the same lengths in the same order.  Python's engine backs out of a repeat quickly
+when a literal follows (it skips to the positions holding it), not when an anchor does:
+SpamAssassin's ``__FROM_NAME_IN_MSG`` looks for its name at a line start within 2 KB with
+``(?=.{1,2048}^\1\r?$)``, 2,048 anchor tests where a few line breaks are found at once.
+
 Used for the Python side only (Hyperscan never backtracks).  A pattern with a construct
 pattern_tree.py does not print is kept as written.
 """
@@ -35,7 +43,8 @@ def possessive(pattern: bytes, flags: int) -> bytes:
     if tree.state.flags & ~(flags | re.UNICODE | re.ASCII):
         return pattern  # inline global flags: not reproduced
     items = list(tree)
-    if not _rewrite(items):
+    lines = tree.state.flags & re.DOTALL and tree.state.flags & re.MULTILINE and not _scoped_line_flags(items)
+    if not _rewrite(items, bool(lines)):
         return pattern
     try:
         return print_items(items)
@@ -58,28 +67,53 @@ def _first_set(item) -> frozenset[int] | None:  # type: ignore[no-untyped-def]
     return _charset(op, av, True)
 
 
-def _rewrite(items: list) -> bool:  # type: ignore[type-arg]
-    """Rewrite a sequence of items in place (and the sequences inside them); True when anything changed."""
+def _rewrite(items: list, lines: bool) -> bool:  # type: ignore[type-arg]
+    """Rewrite a sequence of items in place (and the sequences inside them); True when anything changed.
+    ``lines``: ``.`` matches line breaks and ``^`` matches at line starts everywhere in the pattern."""
     changed = False
     for k, (op, av) in enumerate(items):
         if op is _c.BRANCH:
             for alt in av[1]:
-                changed |= _rewrite(alt.data if hasattr(alt, "data") else alt)
+                changed |= _rewrite(alt.data if hasattr(alt, "data") else alt, lines)
         elif op is _c.SUBPATTERN:
-            changed |= _rewrite(_seq(av[3]))
+            changed |= _rewrite(_seq(av[3]), lines)
         elif op in (_c.ASSERT, _c.ASSERT_NOT):
-            changed |= _rewrite(_seq(av[1]))
+            changed |= _rewrite(_seq(av[1]), lines)
         elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
             lo, hi, sub = av
             inner = _seq(sub)
-            changed |= _rewrite(inner)
-            if op is _c.MAX_REPEAT and lo != hi and len(inner) == 1 and k + 1 < len(items):
+            changed |= _rewrite(inner, lines)
+            if (lines and op is not _c.POSSESSIVE_REPEAT and lo >= 1 and inner == [(_c.ANY, None)]
+                    and k + 1 < len(items) and items[k + 1] == (_c.AT, _c.AT_BEGINNING)):
+                # .{a,b}^ -> .{a-1,b-1}\n (see the module's text)
+                items[k] = (op, (lo - 1, hi if hi == _c.MAXREPEAT else hi - 1, sub))
+                items[k + 1] = (_c.LITERAL, 10)
+                changed = True
+            elif op is _c.MAX_REPEAT and lo != hi and len(inner) == 1 and k + 1 < len(items):
                 mine = _charset(*inner[0], True)
                 after = _first_set(items[k + 1])
                 if mine is not None and after is not None and not mine & after:
                     items[k] = (_c.POSSESSIVE_REPEAT, (lo, hi, sub))
                     changed = True
     return changed
+
+
+def _scoped_line_flags(items) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a group turns ``s`` or ``m`` on or off for its part of the pattern."""
+    for op, av in items:
+        if op is _c.SUBPATTERN:
+            if (av[1] | av[2]) & (re.DOTALL | re.MULTILINE) or _scoped_line_flags(_seq(av[3])):
+                return True
+        elif op is _c.BRANCH:
+            if any(_scoped_line_flags(_seq(alt)) for alt in av[1]):
+                return True
+        elif op in (_c.ASSERT, _c.ASSERT_NOT):
+            if _scoped_line_flags(_seq(av[1])):
+                return True
+        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
+            if _scoped_line_flags(_seq(av[2])):
+                return True
+    return False
 
 
 def _seq(sub) -> list:  # type: ignore[no-untyped-def,type-arg]
