@@ -138,19 +138,28 @@ def _lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
         start = end + 1
 
 
-def line_prefix(pattern: bytes, flags: int) -> tuple[bytes, bool] | None:
-    """``(literal, folded)`` for a pattern that starts ``(?m)^LITERAL`` (two bytes or more; folded:
-    case-insensitive, the literal lower-cased), else None: see :func:`_search_line_starts`."""
+def _after_line_start(pattern: bytes, flags: int) -> tuple[int, list] | None:
+    """``(flags, items)`` of a pattern that starts ``(?m)^``: its final flags and the parsed items
+    after the anchor; None for any other pattern (or one that does not parse)."""
     try:
         tree = _sre_parse.parse(pattern, flags)
     except Exception:
         return None
-    flags = tree.state.flags
     items = list(tree)
-    if not flags & re.MULTILINE or not items or (str(items[0][0]), str(items[0][1])) != ("AT", "AT_BEGINNING"):
+    if not tree.state.flags & re.MULTILINE or not items or (str(items[0][0]), str(items[0][1])) != ("AT", "AT_BEGINNING"):
         return None
+    return tree.state.flags, items[1:]
+
+
+def line_prefix(pattern: bytes, flags: int) -> tuple[bytes, bool] | None:
+    """``(literal, folded)`` for a pattern that starts ``(?m)^LITERAL`` (two bytes or more; folded:
+    case-insensitive, the literal lower-cased), else None: see :func:`_search_line_starts`."""
+    parsed = _after_line_start(pattern, flags)
+    if parsed is None:
+        return None
+    flags, items = parsed
     lit = bytearray()
-    for op, av in items[1:]:
+    for op, av in items:
         if str(op) != "LITERAL":
             break
         lit.append(av)
@@ -643,16 +652,14 @@ class LineStartCount:
     @classmethod
     def of(cls, pattern: bytes, flags: int) -> LineStartCount | None:
         """The counter for ``pattern`` when it has that shape, else None."""
-        try:
-            tree = _sre_parse.parse(pattern, flags)
-        except Exception:
+        parsed = _after_line_start(pattern, flags)
+        if parsed is None:
             return None
-        flags = tree.state.flags
-        items = list(tree)
-        if not flags & re.MULTILINE or flags & re.DOTALL or len(items) < 4:
+        flags, items = parsed
+        if flags & re.DOTALL or len(items) < 3:
             return None
-        (at, where), (one, c), (rep, av) = items[:3]
-        if (str(at), str(where), str(rep)) != ("AT", "AT_BEGINNING", "MIN_REPEAT"):
+        (one, c), (rep, av) = items[:2]
+        if str(rep) != "MIN_REPEAT":
             return None
         lo, hi, body = av
         if lo != 0 or hi != _sre_parse.MAXREPEAT or [(str(o), a) for o, a in body] != [("ANY", None)]:
@@ -664,7 +671,7 @@ class LineStartCount:
             refused = b"\n"
         else:
             return None
-        lits = _literals(items[3:])
+        lits = _literals(items[2:])
         if not lits or len({len(x) for x in lits}) != 1 or b"" in lits:
             return None
         return cls(refused, tuple(sorted({x.lower() for x in lits} if fold else lits)), fold)
