@@ -105,6 +105,8 @@ def test_every_process_serves_and_the_verdicts_are_the_engines(tmp_path):
     finally:
         log = stop(proc)
     assert log.count("shutting down") >= 3  # the parent and each child
+    for k in kids:  # each process names itself in its lines (they share one log)
+        assert re.search(rf"antispam\.servers\.spamd\[{k}\]: scanned ", log), k
 
 
 def test_a_killed_process_is_replaced(tmp_path):
@@ -312,3 +314,18 @@ def test_milter_and_rspamd_http_in_processes(tmp_path):
             c.close()
     finally:
         stop(proc)
+
+
+def test_log_lines_name_the_process():
+    import json
+    import logging
+
+    from antispam.servers.common import JsonFormatter, KeyValueFormatter
+
+    rec = logging.LogRecord("antispam.servers.smtp", logging.INFO, __file__, 1, "scanned", None, None)
+    rec.fields = {"action": "reject"}
+    assert " antispam.servers.smtp[4242]: scanned action=reject" in KeyValueFormatter(pid=4242).format(rec)
+    assert " antispam.servers.smtp: scanned " in KeyValueFormatter().format(rec)
+    d = json.loads(JsonFormatter(pid=4242).format(rec))
+    assert d["pid"] == 4242 and d["action"] == "reject"
+    assert "pid" not in json.loads(JsonFormatter().format(rec))

@@ -375,7 +375,7 @@ def _child_main(spec: dict[str, Any]) -> int:
     from .common import event_loop_factory, setup_logging
 
     _exit_with_parent(spec["parent"])
-    setup_logging(spec["level"], spec["json"])
+    setup_logging(spec["level"], spec["json"], pid=os.getpid())
     config = Config.load(spec["config"], spec["overrides"])
     settings = getattr(config.servers, SERVERS[spec["kind"]][1])
     listener = SharedListener(socket.socket(fileno=spec["fd"]), spec["load_fd"], spec["slot"], spec["slots"])
