@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import importlib
 import logging
-from typing import Any
+from typing import Any, Callable
 
 SERVERS = {
     "spamd": ("antispam.servers.spamd:SpamdServer", "spamd"),
@@ -78,28 +78,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = args.serve_config or args.config
     overrides = _overrides(args)
     config = Config.load(path, overrides)
-    loop_factory = event_loop_factory(config.servers.event_loop)
+    event_loop_factory(config.servers.event_loop)  # an unknown or missing event loop is an error now, not in a child
     section = SERVERS[args.kind][1]
     settings = getattr(config.servers, section)
     check_settings(settings, section)
     if settings.processes > 1:
         return Supervisor(args.kind, path, overrides, settings, level, args.log_json).run()
+    # The bound port on stdout, one line, for scripts that start us on port 0.
+    run_server(args.kind, config,
+               listening=lambda server: print(f"antispam {args.kind} listening on {settings.host}:{server.port}",
+                                              flush=True))
+    return 0
+
+
+def run_server(kind: str, config: Any, listening: Callable[[Any], None], listener: Any = None) -> None:
+    """Build the server of ``kind`` and run it on the configured event loop until SIGTERM or SIGINT
+    (then it drains).  ``listening(server)`` is called once it takes connections; ``listener``: a
+    prefork process's side of the shared socket (``prefork.SharedListener``) instead of its own."""
+    from .common import event_loop_factory
+
     metrics = None
-    if settings.metrics_port:
+    if getattr(config.servers, SERVERS[kind][1]).metrics_port:
         from .metrics import Metrics
 
-        metrics = Metrics()
-    server = build(args.kind, config, metrics=metrics)
+        metrics = Metrics(multiprocess=listener is not None)
+    server = build(kind, config, metrics=metrics)
     if metrics is not None:
         metrics.watch_engine(server.engine)
 
     async def run() -> None:
-        await server.start()
-        # The bound port on stdout, one line, for scripts that start us on port 0.
-        print(f"antispam {args.kind} listening on {settings.host}:{server.port}", flush=True)
+        await server.start(listener=listener)
+        listening(server)
         await server.wait_for_signal()
 
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory(config.servers.event_loop)) as runner:
         runner.run(run())
-    return 0
-

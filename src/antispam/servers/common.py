@@ -246,12 +246,25 @@ class Server:
         reader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
         await loop.connect_accepted_socket(lambda: asyncio.StreamReaderProtocol(reader, self._accept, loop=loop), sock)
 
+    def _open_count(self) -> int:
+        """Connections open now: what a shared listener publishes to the other processes."""
+        return len(self._tasks)
+
+    def _take_from(self, listener: SharedListener) -> None:
+        self._listener = listener
+        listener.start(self._adopt, self._open_count)
+
+    def _stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
+
     async def start(self, listener: SharedListener | None = None) -> None:
         """Listen on ``settings.host:port``, or take connections from ``listener`` (the socket
         prefork processes share, see ``prefork.py``)."""
         if listener is not None:
-            self._listener = listener
-            listener.start(self._adopt, lambda: len(self._tasks))
+            self._take_from(listener)
         else:
             self._server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
                                                       limit=64 * 1024, reuse_address=True)
@@ -264,10 +277,7 @@ class Server:
     async def stop(self) -> None:
         """Graceful: stop accepting, close idle connections, wait for in-flight messages."""
         self.closing = True
-        if self._server is not None:
-            self._server.close()
-        if self._listener is not None:
-            self._listener.close()
+        self._stop_accepting()
         for task, conn in list(self._tasks.items()):
             if not conn.busy:
                 task.cancel()

@@ -10,9 +10,10 @@ own Engine.  ``benchmarks/servers.py --processes 2`` measures it against ``--wor
 Connections are spread by least connections (:class:`SharedListener`): each process accepts one
 connection at a time and publishes how many it holds in a small array the processes share; a
 process that holds more than another waits (a millisecond at a time, ten at most) before
-accepting again, so the other takes what arrives meanwhile.  Without it, the first process to wake takes a whole burst of
-connections, and MTAs keep theirs open for minutes (Postfix's connection cache, milter sessions),
-so one process would scan for most of them while another idles.
+accepting again, so the other takes what arrives meanwhile.  Without it, the first process to
+wake takes a whole burst of connections, and MTAs keep theirs open for minutes (Postfix's
+connection cache, milter sessions), so one process would scan for most of them while another
+idles.
 
 The parent binds the socket (so port 0 is picked once, for all), starts each child as a fresh
 interpreter (``python -m antispam.servers.prefork SPEC``: no state forked from the parent, no
@@ -323,7 +324,6 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if not self.stopping:
             log.info("shutting down", extra={"fields": {"server": self.kind, "processes": len(self.children)}})
-        self.stopping = True
         self._stop_all()
 
     def _stop_all(self) -> None:
@@ -368,33 +368,20 @@ def _exit_with_parent(parent: int) -> None:
 
 def _child_main(spec: dict[str, Any]) -> int:
     """One prefork process: the server of ``spec["kind"]`` on the inherited socket."""
-    import asyncio
-
     from ..config import Config
-    from .cli import SERVERS, build
-    from .common import event_loop_factory, setup_logging
+    from .cli import run_server
+    from .common import setup_logging
 
     _exit_with_parent(spec["parent"])
     setup_logging(spec["level"], spec["json"], pid=os.getpid())
-    config = Config.load(spec["config"], spec["overrides"])
-    settings = getattr(config.servers, SERVERS[spec["kind"]][1])
     listener = SharedListener(socket.socket(fileno=spec["fd"]), spec["load_fd"], spec["slot"], spec["slots"])
-    metrics = None
-    if settings.metrics_port:
-        from .metrics import Metrics
 
-        metrics = Metrics(multiprocess=True)
-    server = build(spec["kind"], config, metrics=metrics)
-
-    async def run() -> None:
-        await server.start(listener=listener)
-        if spec["ready"] >= 0:
+    def listening(server: Any) -> None:
+        if spec["ready"] >= 0:  # tell the parent, which waits for every first process
             os.write(spec["ready"], b"r")
             os.close(spec["ready"])
-        await server.wait_for_signal()
 
-    with asyncio.Runner(loop_factory=event_loop_factory(config.servers.event_loop)) as runner:
-        runner.run(run())
+    run_server(spec["kind"], Config.load(spec["config"], spec["overrides"]), listening, listener)
     return 0
 
 

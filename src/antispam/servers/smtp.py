@@ -475,8 +475,7 @@ class SmtpFilterServer(Server):
         prefork processes share, see ``prefork.py``)."""
         cfg = self.settings
         if listener is not None:
-            self._listener = listener
-            listener.start(self._adopt, lambda: len(self._protocols))
+            self._take_from(listener)
         else:
             self._server = await asyncio.get_running_loop().create_server(self._protocol, cfg.host, cfg.port,
                                                                           reuse_address=True)
@@ -489,14 +488,14 @@ class SmtpFilterServer(Server):
     async def _adopt(self, sock: socket.socket) -> None:
         await asyncio.get_running_loop().connect_accepted_socket(self._protocol, sock)
 
+    def _open_count(self) -> int:
+        return len(self._protocols)
+
     async def stop(self) -> None:
         """Stop accepting; wait for messages being scanned or relayed; then close every connection.
         A sender cut off before our 250 still has its message and retries."""
         self.closing = True
-        if self._server is not None:
-            self._server.close()
-        if self._listener is not None:
-            self._listener.close()
+        self._stop_accepting()
         try:
             await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_timeout)
         except (asyncio.TimeoutError, TimeoutError):
