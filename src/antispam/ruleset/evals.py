@@ -195,6 +195,7 @@ def _local_handover(raw: str) -> bool:
     return "[127.0.0.1]" in raw or "fetchmail" in raw.lower() or _FROM_LOCALHOST.match(raw) is not None
 
 
+@per_message
 def _date_skew(msg: Message) -> float | None:
     """Seconds from the newest Received date (local hand-overs skipped) to the Date header (positive: Date in the future)."""
     d = msg.get("Date")
@@ -241,9 +242,7 @@ def _parsed_epoch(value: str) -> float | None:
         return None
 
 
-@lru_cache(maxsize=8)
 def _skew(date: str, raw: str) -> float | None:
-    # Several rules ask the same question of one message: the answer is cached on its inputs.
     semi = raw.rfind(";")
     sent = _parsed_epoch(date)
     got = _parsed_epoch(raw[semi + 1 :].strip()) if semi >= 0 else None

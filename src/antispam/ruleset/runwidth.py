@@ -9,7 +9,8 @@ in one alternative), but in a given buffer a repeat of one byte class can take n
 the longest run of that class there: ``w`` = the fixed part + the longest runs of those classes.
 
 :class:`RunWidth` holds that sum: fixed bytes, and (multiplier, class) terms.  Alternatives are
-added up rather than the largest taken (a looser bound, simpler), a repeat of at most ``n``
+bounded by the largest fixed part and the sum of every alternative's runs (looser than the largest
+alternative's own bound, and simpler), a repeat of at most ``n``
 multiplies what it repeats, a back-reference counts as its group, look-arounds count nothing.
 Anything else unbounded (a repeat of a group, a conditional) gives None: searched from the top.
 """
