@@ -863,11 +863,14 @@ cdef inline unsigned char _lc(unsigned char c) noexcept nogil:
 cdef inline bint _is_sp(unsigned char c) noexcept nogil:
     return Py_UNICODE_ISSPACE(c)
 
+cdef inline bint _is_alnum(unsigned char c) noexcept nogil:
+    return _ascii_digit(c) or _ascii_letter(c)
+
 cdef inline bint _is_wc(unsigned char c) noexcept nogil:
-    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+    return _is_alnum(c) or c == 95
 
 cdef inline bint _is_hex(unsigned char c) noexcept nogil:
-    return (48 <= c <= 57) or (65 <= c <= 70) or (97 <= c <= 102)
+    return _ascii_digit(c) or (65 <= c <= 70) or (97 <= c <= 102)
 
 cdef inline bint _ci_at(const unsigned char* s, Py_ssize_t n, Py_ssize_t i, const char* lit) noexcept nogil:
     """``s[i:]`` starts with the lower-case ASCII ``lit``, ignoring case."""
@@ -883,7 +886,7 @@ cdef inline Py_ssize_t _dotted_quad(const unsigned char* s, Py_ssize_t i, Py_ssi
     cdef Py_ssize_t j, g
     for g in range(4):
         j = i
-        while i < end and 48 <= s[i] <= 57:
+        while i < end and _ascii_digit(s[i]):
             i += 1
         if i == j or i - j > 3:
             return -1
@@ -985,19 +988,19 @@ def received_fields(str head):
     # rdns: \(([A-Za-z0-9][-A-Za-z0-9.]*\.[A-Za-z]{2,})\s*\[ before the by clause: the name is the
     # whole run of name bytes after "(", its part after the last dot two letters or more
     for p in range(end):
-        if s[p] != 40 or p + 1 >= end or not (_is_wc(s[p + 1]) and s[p + 1] != 95):
+        if s[p] != 40 or p + 1 >= end or not _is_alnum(s[p + 1]):
             continue
         q = p + 1
         e = q + 1
         d = -1
-        while e < end and (_is_wc(s[e]) and s[e] != 95 or s[e] == 45 or s[e] == 46):
+        while e < end and (_is_alnum(s[e]) or s[e] == 45 or s[e] == 46):
             if s[e] == 46:
                 d = e
             e += 1
         if d < 0 or e - d - 1 < 2:
             continue
         k = d + 1
-        while k < e and ((65 <= s[k] <= 90) or (97 <= s[k] <= 122)):
+        while k < e and _ascii_letter(s[k]):
             k += 1
         if k < e:
             continue
