@@ -23,13 +23,13 @@ from antispam.ruleset.possessive import possessive
     (rb"\w+\s", 0, True),
     (rb"[a-z]+\d", re.IGNORECASE, True),
     (rb"(?:[^\n]+\n+)*Subject", 0, True),
-    (rb"a+a", 0, False),
-    (rb"[a-z]+B", re.IGNORECASE, False),  # under /i the B is a b too
-    (rb"[a-z]+[^a-z]", re.IGNORECASE, False),  # a negated class is taken as holding both cases
-    (rb"a+b?", 0, False),  # the next item may match nothing
-    (rb"a+?b", 0, False),
-    (rb"a{3}b", 0, False),
-    (rb"a+", 0, False),
+    (rb"xa+a", 0, False),
+    (rb"x[a-z]+B", re.IGNORECASE, False),  # under /i the B is a b too
+    (rb"x[a-z]+[^a-z]", re.IGNORECASE, False),  # a negated class is taken as holding both cases
+    (rb"xa+b?", 0, False),  # the next item may match nothing
+    (rb"xa+?b", 0, False),
+    (rb"xa{3}b", 0, False),
+    (rb"xa+", 0, False),
     (rb"(a)+b", 0, False),
     (rb"(x)(?=.{1,2048}^\1)", re.MULTILINE | re.DOTALL, True),  # .{a,b}^ -> .{a-1,b-1}\n
     (rb".+?^a", re.MULTILINE | re.DOTALL, True),
@@ -42,6 +42,19 @@ def test_where_repeats_become_possessive(pattern, flags, rewritten):
     out = possessive(pattern, flags)
     assert (out != pattern) == rewritten, out
     assert re.compile(out, flags)
+
+
+@pytest.mark.parametrize("pattern,flags,out", [
+    (rb"!{3,}", 0, rb"\x21\x21\x21(?:\x21){0,}"),  # a literal: every copy, for re's literal prefix
+    (rb"!{3}x", 0, rb"\x21\x21\x21x"),
+    (rb"\d{2,4}\.", 0, rb"[\d](?:[\d]){1,3}+\x2e"),  # a class: one copy, for re's first-byte set
+    (rb"[a-z]+?b", re.IGNORECASE, rb"[\x61-\x7a](?:[\x61-\x7a]){0,}?b"),  # lazy stays lazy
+    (rb"a{1}b", 0, rb"ab"),
+    (rb"(?:ab)+c", 0, rb"(?:ab)+c"),  # a repeat of a sequence: kept
+    (rb"\ba+", 0, rb"\ba+"),  # not the first item
+])
+def test_a_leading_repeat_is_written_out(pattern, flags, out):
+    assert possessive(pattern, flags) == out
 
 
 _PIECES = [rb"a+", rb"b*", rb"[ab]+", rb"[^\n]+", rb"\n+", rb"x", rb"(a+)", rb"(?:a|b)", rb"\1", rb"(?=a)", rb"(?!b)",

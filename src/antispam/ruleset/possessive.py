@@ -21,6 +21,13 @@ when a literal follows (it skips to the positions holding it), not when an ancho
 SpamAssassin's ``__FROM_NAME_IN_MSG`` looks for its name at a line start within 2 KB with
 ``(?=.{1,2048}^\1\r?$)``, 2,048 anchor tests where a few line breaks are found at once.
 
+And a pattern that begins with a repeat of one byte class, ``X{a,b}`` (``a >= 1``), begins
+with ``X`` written out instead: ``X{a,b}`` becomes ``XX{a-1,b-1}`` (every copy of a literal: ``!{3,}``
+becomes ``!!!!*``).  Both try the same lengths in the same order.  Python's engine looks for a
+pattern's first literal bytes, or for its first byte class, before it tries a position.  It does
+not look inside a repeat. Without the rewrite it tries the whole pattern at every position: a
+``/!{3,}/`` count walked a 5 KB body in ~60 us, against ~20 us with ``!!!!*``.
+
 Used for the Python side only (Hyperscan never backtracks).  A pattern with a construct
 pattern_tree.py does not print is kept as written.
 """
@@ -44,7 +51,9 @@ def possessive(pattern: bytes, flags: int) -> bytes:
         return pattern  # inline global flags: not reproduced
     items = list(tree)
     lines = tree.state.flags & re.DOTALL and tree.state.flags & re.MULTILINE and not _scoped_line_flags(items)
-    if not _rewrite(items, bool(lines)):
+    changed = _rewrite(items, bool(lines))
+    changed |= _lead_written_out(items)
+    if not changed:
         return pattern
     try:
         return print_items(items)
@@ -96,6 +105,21 @@ def _rewrite(items: list, lines: bool) -> bool:  # type: ignore[type-arg]
                     items[k] = (_c.POSSESSIVE_REPEAT, (lo, hi, sub))
                     changed = True
     return changed
+
+
+def _lead_written_out(items: list) -> bool:  # type: ignore[type-arg]
+    """A leading repeat of one byte class ``X{a,b}`` (``a >= 1``) as ``X`` then ``X{a-1,b-1}``, a literal
+    as its ``a`` copies then the rest of the repeat (see the module's text); True when rewritten."""
+    if not items or items[0][0] not in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
+        return False
+    op, (lo, hi, sub) = items[0]
+    inner = _seq(sub)
+    if lo < 1 or len(inner) != 1 or inner[0][0] not in (_c.LITERAL, _c.IN):
+        return False
+    copies = lo if inner[0][0] is _c.LITERAL else 1
+    rest = (op, (lo - copies, hi if hi == _c.MAXREPEAT else hi - copies, sub))
+    items[:1] = [inner[0]] * copies + ([rest] if rest[1][1] else [])
+    return True
 
 
 def _scoped_line_flags(items) -> bool:  # type: ignore[no-untyped-def]
