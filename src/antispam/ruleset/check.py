@@ -43,6 +43,7 @@ from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
 from .evals import EVALS, envelope_sender, header_absent, header_count_over, per_message
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from .parser import parse_paths
+from .runwidth import RunWidth
 
 log = logging.getLogger("antispam.rules")
 
@@ -416,6 +417,9 @@ class RulesCheck(Check):
         self._single_line = frozenset(i for i, (line, _) in shapes.items() if line)
         #: rule id -> longest possible match, for the rules whose matches are bounded
         self._max_width = {i: w for i, (_, w) in shapes.items() if w is not None}
+        #: rule id -> the longest match in a given buffer, for the others where runs of byte classes bound it
+        self._run_width = {i: rw for i, (_, w) in shapes.items() if w is None
+                           and (rw := RunWidth.of(c.rules[i].py, c.rules[i].py_flags)) is not None}  # type: ignore[arg-type]
         #: rules that hit in the template (``!~`` rules on absent headers, metas like ``!A``)
         self._template_hits = tuple(i for i, n in enumerate(template) if n)
 
@@ -590,7 +594,12 @@ class RulesCheck(Check):
         * when the rule cannot match across a line break, the leftmost match starts
           on ``e``'s line (a match on an earlier line would end before ``e``);
         * when no match of the rule is longer than ``w`` bytes, the leftmost match
-          starts at ``e - w`` or later (it ends at ``e`` or later).
+          starts at ``e - w`` or later (it ends at ``e`` or later);
+        * when its matches are unbounded but the runs of a few byte classes bound them
+          (runwidth), the part of the leftmost match before ``e`` is no longer than the
+          bound taken over the bytes from the search's start to ``e``: that part's
+          runs are runs there.  (A rule matching ``\\d+`` on a long paragraph was
+          searched from the paragraph's start at every hit: ~150 us.)
 
         A search from a position still reads the bytes before it, for ``\\b`` and
         look-behinds, so it finds exactly the match a search from the top finds.
@@ -618,6 +627,10 @@ class RulesCheck(Check):
         if end is not None:
             start = data.rfind(b"\n", 0, end) + 1 if rule.id in self._single_line else 0
             w = self._max_width.get(rule.id)
+            if w is None and end - start > _RUN_WIDTH_FROM:
+                rw = self._run_width.get(rule.id)
+                if rw is not None:
+                    w = rw.bound(data[start:end])
             if w is not None and end - w > start:
                 start = end - w
             if start:
@@ -630,6 +643,11 @@ class RulesCheck(Check):
         if len(text) > 40:
             text = text[:37] + "..."
         return (text,) if text else ()
+
+
+#: The bytes before a known match end from which a bound from the runs there pays: over a short
+#: stretch the search costs less than one pass over it per byte class of the rule.
+_RUN_WIDTH_FROM = 256
 
 
 def iter_rule_hits(check: RulesCheck, messages: Iterable[bytes]) -> Iterable[Mapping[str, int]]:

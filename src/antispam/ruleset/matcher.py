@@ -780,7 +780,7 @@ def _scan_python_rules(rules, data: bytes, out: dict[int, int], ends: dict[int, 
                     ends[r.id] = m.end()
 
 
-_MAGIC = b"ANTISPAM-HSDB-11\n"
+_MAGIC = b"ANTISPAM-HSDB-12\n"
 
 
 class HyperscanMatcher:
@@ -839,7 +839,7 @@ class HyperscanMatcher:
                     self._counters[i] = pr
         self.dbs: dict[str, object] = {}
         self._local = threading.local()
-        cache = Path(cache_dir) / (f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v11w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}"
+        cache = Path(cache_dir) / (f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v12w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}"
                                    f"x{MAX_PIECES}{''.join(v[0][0] for v in VARIANTS)}{PROJECTED_MAX_SHARE}.db") if cache_dir else None
         loaded = self._load(cache) if cache else None
         if loaded is not None:

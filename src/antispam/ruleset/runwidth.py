@@ -11,8 +11,10 @@ the longest run of that class there: ``w`` = the fixed part + the longest runs o
 :class:`RunWidth` holds that sum: fixed bytes, and (multiplier, class) terms.  Alternatives are
 bounded by the largest fixed part and the sum of every alternative's runs (looser than the largest
 alternative's own bound, and simpler), a repeat of at most ``n``
-multiplies what it repeats, a back-reference counts as its group, look-arounds count nothing.
-Anything else unbounded (a repeat of a group, a conditional) gives None: searched from the top.
+multiplies what it repeats, a back-reference counts as its group, look-arounds count nothing,
+and an unbounded repeat of a group counts the longest run of all the bytes the group can hold.
+Anything else unbounded (such a group with a back-reference, a conditional) gives None:
+searched from the top.
 """
 
 from __future__ import annotations
@@ -89,6 +91,36 @@ def _class_table(item: bytes, flags: int) -> bytes:
 Bound = tuple[int, list[tuple[int, bytes]]]
 
 
+def _bytes_of(items, flags: int) -> bytes | None:  # type: ignore[no-untyped-def]
+    """The table of every byte a match of ``items`` can hold (None: a construct not followed here).
+
+    An unbounded repeat of a group, ``(?:,\\d{3}){2,}``, takes no more bytes than the longest run
+    of those bytes: everything it matches is one run of them."""
+    table = bytearray(256)
+    for op, av in items:
+        if op in _SINGLE:
+            one: bytes | None = _table((op, av), flags)
+        elif op in (_c.AT, _c.ASSERT, _c.ASSERT_NOT):
+            continue  # zero width
+        elif op is _c.SUBPATTERN:
+            one = _bytes_of(list(av[3]), (flags | av[1]) & ~av[2])
+        elif op is _c.BRANCH:
+            one = bytes(256)
+            for alt in av[1]:
+                got = _bytes_of(list(alt), flags)
+                if got is None:
+                    return None
+                one = bytes(a | b for a, b in zip(one, got))
+        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
+            one = _bytes_of(list(av[2]), flags)
+        else:
+            return None  # back-references (their group's bytes could lie elsewhere), conditionals
+        if one is None:
+            return None
+        table = bytearray(a | b for a, b in zip(table, one))
+    return bytes(table)
+
+
 def _bound(items, flags: int, groups: dict[int, Bound]) -> Bound | None:  # type: ignore[no-untyped-def]
     fixed = 0
     terms: list[tuple[int, bytes]] = []
@@ -118,9 +150,13 @@ def _bound(items, flags: int, groups: dict[int, Bound]) -> Bound | None:  # type
             lo, hi, sub = av
             inner = list(sub)
             if hi == _c.MAXREPEAT:
-                if len(inner) != 1 or inner[0][0] not in _SINGLE:
-                    return None
-                got = (0, [(1, _table(inner[0], flags))])
+                if len(inner) == 1 and inner[0][0] in _SINGLE:
+                    got = (0, [(1, _table(inner[0], flags))])
+                else:
+                    union = _bytes_of(inner, flags)
+                    if union is None:
+                        return None
+                    got = (0, [(1, union)])
             else:
                 one = _bound(inner, flags, groups)
                 got = None if one is None else (hi * one[0], [(hi * m, t) for m, t in one[1]])
