@@ -102,7 +102,10 @@ def test_rules_cli(tmp_path, capsys):
 
 DATE_EDGES = ["Wed, 25 Nov 2026 11:33:33 -0000", "25 Nov 2026 11:33:33 +0000", "Wed,25 Nov 2026 01:33:33 +0100",
               "Wed, 5 Nov 2026 11:33:33 +0100 (CET)", " Tue, 1 Jan 2002 00:00:00 +1400 x", "Mon, 31 Feb 2026 99:99:99 -2359",
-              "Sun, 1 Jan 0099 00:00:00 +0000", "Fri, 1 jan 2021 00:00:00 +0000", "1 Jan 2021 00:00:00 EST", "", "junk"]
+              "Sun, 1 Jan 0099 00:00:00 +0000", "Fri, 1 jan 2021 00:00:00 +0000", "1 Jan 2021 00:00:00 EST", "", "junk",
+              "Mon, 9 Sep 2002 12:06:48 EDT", "Mon, 9 Sep 2002 12:06:48 UTC (x)", "Mon, 9 Sep 2002 12:06:48 Z",
+              "Mon, 9 Sep 2002 12:06:48 gmt", "Mon, 9 Sep 2002 12:06:48 PDTX", "Mon, 9 Sep 2002 12:06:48 CET",
+              "Mon, 9 Sep 2002 12:06:48 PST-0800", "Mon, 9 Sep 2002 12:06:48 UT"]
 
 
 def test_parse_date_fast_path_equals_parsedate_tz(corpus):

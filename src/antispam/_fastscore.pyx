@@ -786,6 +786,18 @@ cdef uint32_t MONTH_CODES[12]
 for _c in range(12):
     MONTH_CODES[_c] = _MONTH_CODES[_c]
 
+# The zone names parsedate_tz knows (the twin's NAMED_ZONES), as codes of their letters, and their offsets
+_ZONE_CODES = [0] * 14
+_ZONE_OFFSETS = [0] * 14
+for _c, (_name, _off) in enumerate(_twin.NAMED_ZONES.items()):
+    for _ch in _name:
+        _ZONE_CODES[_c] = (_ZONE_CODES[_c] << 8) | ord(_ch)
+    _ZONE_OFFSETS[_c] = _off
+cdef uint32_t ZONE_CODES[14]
+cdef int ZONE_OFFSETS[14]
+for _c in range(14):
+    ZONE_CODES[_c], ZONE_OFFSETS[_c] = _ZONE_CODES[_c], _ZONE_OFFSETS[_c]
+
 
 def canonical_date(str value):
     """The canonical date at the start of ``value`` as ``parsedate_tz`` returns it, or None (see the twin)."""
@@ -840,7 +852,20 @@ def canonical_date(str value):
     if hh < 0 or mi < 0 or ss < 0 or not Py_UNICODE_ISSPACE(_at(&u, i + 8)):
         return None
     i = _blanks(&u, i + 8)
-    # the zone, +hhmm or -hhmm, then a blank or the end
+    # the zone: a name (one to three capitals), then a blank or the end
+    if i < u.n and 65 <= _at(&u, i) <= 90:
+        code = 0
+        j = i
+        while j < u.n and j - i < 4 and 65 <= _at(&u, j) <= 90:
+            code = (code << 8) | <uint32_t>_at(&u, j)
+            j += 1
+        if j - i > 3 or (j < u.n and not Py_UNICODE_ISSPACE(_at(&u, j))):
+            return None
+        for k in range(14):
+            if ZONE_CODES[k] == code:
+                return (yy, mon, dd, hh, mi, ss, 0, 1, -1, ZONE_OFFSETS[k])
+        return None
+    # or +hhmm or -hhmm, then a blank or the end
     if i + 4 >= u.n or not (_at(&u, i) == 43 or _at(&u, i) == 45):
         return None
     zh, zm = _two_digits(&u, i + 1), _two_digits(&u, i + 3)

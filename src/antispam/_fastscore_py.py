@@ -221,9 +221,15 @@ def header_fields(block: str) -> list[tuple[str, str]]:
 
 _MONTH_NUMBER = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
                                              "Nov", "Dec"), 1)}
+#: The zone names ``parsedate_tz`` knows, written in capitals, and their offsets in seconds
+NAMED_ZONES = {"UT": 0, "UTC": 0, "GMT": 0, "Z": 0, "AST": -4 * 3600, "ADT": -3 * 3600, "EST": -5 * 3600,
+               "EDT": -4 * 3600, "CST": -6 * 3600, "CDT": -5 * 3600, "MST": -7 * 3600, "MDT": -6 * 3600,
+               "PST": -8 * 3600, "PDT": -7 * 3600}
 #: ``Wed, 25 Nov 2026 11:33:33 +0100 (CET)``: optional day name, day, month name, year, time, numeric zone
+#: or a zone name of NAMED_ZONES (``Mon, 9 Sep 2002 12:06:48 EDT``)
 CANONICAL_DATE_RE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?([0-9]{1,2})\s+(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
-                               r"\s+([12][0-9]{3})\s+([0-9]{2}):([0-9]{2}):([0-9]{2})\s+([+-])([0-9]{2})([0-9]{2})(?:\s|$)")
+                               r"\s+([12][0-9]{3})\s+([0-9]{2}):([0-9]{2}):([0-9]{2})\s+"
+                               r"(?:([+-])([0-9]{2})([0-9]{2})|(" + "|".join(NAMED_ZONES) + r"))(?:\s|$)")
 
 
 def canonical_date(value: str) -> tuple[int, ...] | None:
@@ -233,8 +239,8 @@ def canonical_date(value: str) -> tuple[int, ...] | None:
     m = CANONICAL_DATE_RE.match(value)
     if m is None:
         return None
-    dd, mon, yy, hh, mi, ss, sign, zh, zm = m.groups()
-    off = int(zh) * 3600 + int(zm) * 60
+    dd, mon, yy, hh, mi, ss, sign, zh, zm, name = m.groups()
+    off = NAMED_ZONES[name] if name else int(zh) * 3600 + int(zm) * 60
     return (int(yy), _MONTH_NUMBER[mon], int(dd), int(hh), int(mi), int(ss), 0, 1, -1, -off if sign == "-" else off)
 
 

@@ -163,19 +163,23 @@ def parse_date(value: str) -> tuple[int, ...] | None:
     return parsedate_tz(value) if t is None else t
 
 
-#: Date parsing, remembered for the last few dates: several rules of one scan read
-#: the same Date header.  Small on purpose: a benchmark looping over a corpus must
-#: not be served from answers of its previous round.
-_parse_date = lru_cache(maxsize=8)(parse_date)
+@per_message
+def _date_header(msg: Message) -> tuple[bool, tuple[int, ...] | None]:
+    """Whether the message has a Date header, and its first one parsed (None: unreadable).
+
+    Parsed once a message: the date rules and the skew read it.  (A cache keyed on the
+    date's text cost more than the canonical form's parse.)
+    """
+    d = msg.get("Date")
+    return (False, None) if d is None else (True, parse_date(d))
 
 
 @register("date_invalid", ("header",))
 def date_invalid(msg: Message) -> bool:
     """A Date header that RFC 5322 date parsing cannot read (or with an impossible zone)."""
-    d = msg.get("Date")
-    if d is None:
+    present, parsed = _date_header(msg)
+    if not present:
         return False
-    parsed = _parse_date(d)
     if parsed is None or parsed[0] < 1970:
         return True
     tz = parsed[9]
@@ -198,12 +202,12 @@ def _local_handover(raw: str) -> bool:
 @per_message
 def _date_skew(msg: Message) -> float | None:
     """Seconds from the newest Received date (local hand-overs skipped) to the Date header (positive: Date in the future)."""
-    d = msg.get("Date")
-    if not d:
+    parsed = _date_header(msg)[1]
+    if parsed is None:
         return None
     for r in msg.received:
         if not _local_handover(r.raw):
-            return _skew(d, r.raw)
+            return _skew(parsed, r.raw)
     return None
 
 
@@ -233,19 +237,25 @@ def epoch_seconds(t: tuple[int, ...]) -> float:
 
 def _parsed_epoch(value: str) -> float | None:
     """Epoch seconds of a date string, or None when it cannot be read (or lies outside the calendar)."""
-    t = _parse_date(value)
-    if t is None:
-        return None
+    t = parse_date(value)
+    return None if t is None else _epoch(t)
+
+
+def _epoch(t: tuple[int, ...]) -> float | None:
+    """Epoch seconds of a parsed date, or None when it lies outside the calendar."""
     try:
         return float(epoch_seconds(t))
     except (OverflowError, ValueError):
         return None
 
 
-def _skew(date: str, raw: str) -> float | None:
+def _skew(date: tuple[int, ...], raw: str) -> float | None:
+    """Seconds from the stamp after the last ``;`` of a Received header to the parsed ``date``."""
     semi = raw.rfind(";")
-    sent = _parsed_epoch(date)
-    got = _parsed_epoch(raw[semi + 1 :].strip()) if semi >= 0 else None
+    if semi < 0:
+        return None
+    got = _parsed_epoch(raw[semi + 1 :].strip())
+    sent = None if got is None else _epoch(date)
     return None if sent is None or got is None else sent - got
 
 
