@@ -452,7 +452,7 @@ class RulesCheck(Check):
                     # a plain Hyperscan group: one call, its reports final hits counted once, each
                     # with the end of its first match (scan_plain, inlined: ~20 groups a message)
                     firsts: dict[int, int] = {}
-                    d[0](data, match_event_handler=collect_first_end, context=firsts, scratch=d[1])
+                    d[0](data, collect_first_end, 0, firsts, d[1])
                     if firsts:
                         ends.update(firsts)
                         found = dict.fromkeys(firsts, 1)
