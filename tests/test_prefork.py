@@ -161,6 +161,46 @@ def test_metrics_are_summed_over_the_processes(tmp_path):
         stop(proc)
 
 
+def test_dns_list_counters_are_summed_over_the_processes(tmp_path):
+    """Each process copies its DNS lists' counters into the multiprocess files once a second."""
+    from dnsserver import DNSServer
+
+    zone = {"2.0.0.127.pf.test": [("A", "127.0.0.2")],  # the list's test point: the health check passes
+            "8.7.6.5.pf.test": [("A", "127.0.0.2")]}  # the relay of the message below
+    msg = (b"Received: from relay.example (relay.example [5.6.7.8]) by mx.ours.example; Mon, 2 Nov 2026 10:00:00 +0000\n"
+           b"From: a@sender.example\nTo: b@ours.example\nSubject: hello\n\nhello\n")
+    mport = free_port()
+    with DNSServer(zone) as dns:
+        proc, port = serve(tmp_path, "spamd", f"""
+[dns]
+nameservers = ["127.0.0.1"]
+port = {dns.port}
+[dnsbl.lists.pf]
+zone = "pf.test"
+inputs = ["relays"]
+default_symbol = "TEST_PF"
+[servers.spamd]
+metrics_port = {mport}
+""")
+        try:
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                replies = list(pool.map(lambda m: check(port, m), [msg] * 12))
+            assert all(r.startswith(b"SPAMD/1.1 0 EX_OK") for r in replies), replies[0]
+            deadline = time.monotonic() + 10
+            while True:  # copied within a second
+                text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+                got = dict(re.findall(r'^antispam_dnsbl_(\w+)\{list="pf"\} (\S+)$', text, re.M))
+                if float(got.get("listed_total", 0)) >= 12 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert float(got["listed_total"]) == 12.0, text
+            assert float(got["queries_total"]) == 12.0, text
+            assert float(got["errors_total"]) == 0.0, text
+            assert float(got["healthy"]) == 1.0, text
+        finally:
+            stop(proc)
+
+
 def test_smtp_filter_in_processes_relays_each_message_once(tmp_path):
     sink = Sink()
     try:

@@ -109,7 +109,15 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
     async def run() -> None:
         await server.start(listener=listener)
         listening(server)
-        await server.wait_for_signal()
+        if metrics is None or not metrics.watches_lists:
+            await server.wait_for_signal()
+            return
+        copier = asyncio.create_task(metrics.sync_lists_forever())
+        try:
+            await server.wait_for_signal()
+        finally:
+            copier.cancel()
+            await asyncio.gather(copier, return_exceptions=True)
 
     with asyncio.Runner(loop_factory=event_loop_factory(config.servers.event_loop)) as runner:
         runner.run(run())

@@ -23,12 +23,16 @@ this process cannot see; the list metrics then stay at zero.
 With server processes (``processes > 1``, prefork) each process records into prometheus-client's
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, a private directory the parent creates) and the
 parent alone serves ``/metrics``, summed over the processes (:func:`serve_multiprocess`); the
-connection gauge is the sum over live processes.  The DNS lists' counters live in each process
-and are not exported then.
+connection gauge is the sum over live processes.  The parent cannot read a process's DNS-list
+counters at scrape time, so each process copies them into its multiprocess files once a second
+(:meth:`Metrics.sync_lists`, from a timer on its event loop, and once more as it stops): the
+counters are summed over the processes, and ``healthy`` is the least over the live ones (0 while
+any process has the list disabled).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ..config import ServerConfig
@@ -54,12 +58,38 @@ class Metrics:
         self.connections = Gauge("antispam_connections", "Open client connections", ["server"], registry=self.registry,
                                  multiprocess_mode="livesum")
         self._http: Any = None
+        #: prefork: the DNS lists' counters copied into multiprocess files (see sync_lists)
+        self._lists: _ListCopies | None = None
 
     def watch_engine(self, engine: Any) -> None:
-        """Export the counters of the engine's DNS-list check (if it has one), read at each scrape."""
+        """Export the counters of the engine's DNS-list check (if it has one): read at each scrape,
+        or with ``multiprocess``, copied by :meth:`sync_lists`."""
         stats = [c.stats for c in getattr(engine, "checks", ()) if isinstance(getattr(c, "stats", None), dict)]
-        if stats:
+        if not stats:
+            return
+        if self.multiprocess:
+            self._lists = _ListCopies(stats, self.registry)
+        else:
             self.registry.register(_ListCollector(stats))
+
+    @property
+    def watches_lists(self) -> bool:
+        """Whether :meth:`sync_lists` has counters to copy (a prefork process with DNS lists)."""
+        return self._lists is not None
+
+    def sync_lists(self) -> None:
+        """Prefork: add what the DNS lists counted since the last call to this process's files."""
+        if self._lists is not None:
+            self._lists.sync()
+
+    async def sync_lists_forever(self, every: float = 1.0) -> None:
+        """:meth:`sync_lists` every ``every`` seconds, until cancelled (then once more)."""
+        try:
+            while True:
+                self.sync_lists()
+                await asyncio.sleep(every)
+        finally:
+            self.sync_lists()
 
     def observe(self, server: str, action: str, seconds: float) -> None:
         self.messages.labels(server).inc()
@@ -96,6 +126,39 @@ def serve_multiprocess(settings: ServerConfig) -> Any:
     return start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
 
 
+_LIST_COUNTERS = (("queries", "antispam_dnsbl_queries", "DNS list queries asked"),
+                  ("listed", "antispam_dnsbl_listed", "DNS list answers that listed something"),
+                  ("errors", "antispam_dnsbl_errors", "DNS list timeouts and server failures"),
+                  ("seconds", "antispam_dnsbl_seconds", "Seconds spent waiting for DNS list answers"))
+_HEALTHY_HELP = "1 unless the list is disabled by its health check"
+
+
+class _ListCopies:
+    """A prefork process's copy of ``DnsblCheck.stats`` in prometheus-client metrics, which write
+    to the multiprocess files: counters grown by what each list counted since the last copy."""
+
+    def __init__(self, stats: list[dict[str, Any]], registry: Any):
+        from prometheus_client import Counter, Gauge
+
+        self.stats = stats
+        self.counters = [(key, Counter(name, doc, ["list"], registry=registry)) for key, name, doc in _LIST_COUNTERS]
+        self.healthy = Gauge("antispam_dnsbl_healthy", _HEALTHY_HELP, ["list"], registry=registry,
+                             multiprocess_mode="livemin")
+        #: (list, counter key) -> the value already added
+        self.copied: dict[tuple[str, str], float] = {}
+
+    def sync(self) -> None:
+        for stats in self.stats:
+            for name, st in list(stats.items()):
+                for key, counter in self.counters:
+                    now = float(getattr(st, key))
+                    before = self.copied.get((name, key))
+                    if before is None or now > before:  # a list's first copy shows its zeros too
+                        counter.labels(name).inc(now - (before or 0.0))
+                        self.copied[name, key] = now
+                self.healthy.labels(name).set(1.0 if st.healthy else 0.0)
+
+
 class _ListCollector:
     """Reads ``DnsblCheck.stats`` (list name -> ``ListStats``) when Prometheus scrapes."""
 
@@ -108,14 +171,8 @@ class _ListCollector:
     def collect(self):  # type: ignore[no-untyped-def]
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        families = {
-            "queries": CounterMetricFamily("antispam_dnsbl_queries", "DNS list queries asked", labels=["list"]),
-            "listed": CounterMetricFamily("antispam_dnsbl_listed", "DNS list answers that listed something", labels=["list"]),
-            "errors": CounterMetricFamily("antispam_dnsbl_errors", "DNS list timeouts and server failures", labels=["list"]),
-            "seconds": CounterMetricFamily("antispam_dnsbl_seconds", "Seconds spent waiting for DNS list answers", labels=["list"]),
-        }
-        healthy = GaugeMetricFamily("antispam_dnsbl_healthy", "1 unless the list is disabled by its health check",
-                                    labels=["list"])
+        families = {key: CounterMetricFamily(name, doc, labels=["list"]) for key, name, doc in _LIST_COUNTERS}
+        healthy = GaugeMetricFamily("antispam_dnsbl_healthy", _HEALTHY_HELP, labels=["list"])
         for stats in self.stats:
             for name, st in list(stats.items()):
                 for key, fam in families.items():
