@@ -168,8 +168,15 @@ def _address_field(msg: Message, lname: str, accs: tuple[str, ...]) -> str | Non
     pos = msg.header_index.get(lname)
     if pos is None:
         return None
-    headers = msg.headers
     k = 1 if accs[0] == "addr" else 0
+    if len(pos) == 1:
+        # the message's own views of its one From or Reply-To (the classifier and reputation read them too)
+        if lname == "from":
+            addrs = msg.from_addresses
+            return addrs[0][k] if addrs else ""
+        if lname == "reply-to" and k:
+            return msg.reply_to or ""
+    headers = msg.headers
     out = []
     for i in pos:
         addrs = split_addresses(headers[i][1])
