@@ -296,14 +296,11 @@ def from_name_spoofs_domain(msg: Message) -> tuple[bool, list[str]]:
 @register("reply_to_differs", ("header",))
 def reply_to_differs(msg: Message) -> tuple[bool, list[str]]:
     """Reply-To points to another registrable domain than From (answers go elsewhere)."""
-    rt = msg.get("Reply-To")
+    rt = msg.reply_to  # the first Reply-To's first address (the message's view: others read it too)
     dom = msg.from_domain
     if not rt or not dom:
         return False, []
-    addrs = split_addresses(rt)
-    if not addrs:
-        return False, []
-    rdom = domain_of(addrs[0][1])
+    rdom = domain_of(rt)
     if rdom and _registrable(rdom) != _registrable(dom):
         return True, [rdom]
     return False, []
