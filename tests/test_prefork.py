@@ -161,8 +161,11 @@ def test_metrics_are_summed_over_the_processes(tmp_path):
         stop(proc)
 
 
-def test_dns_list_counters_are_summed_over_the_processes(tmp_path):
-    """Each process copies its DNS lists' counters into the multiprocess files once a second."""
+@pytest.mark.parametrize("mode", [("--processes", "2"), ("--processes", "1", "--workers", "2")],
+                         ids=["processes", "workers"])
+def test_dns_list_counters_are_summed_over_the_processes(tmp_path, mode):
+    """Each server process copies its DNS lists' counters into the multiprocess files once a second;
+    a server with scan workers asks each worker for them once a second."""
     from dnsserver import DNSServer
 
     zone = {"2.0.0.127.pf.test": [("A", "127.0.0.2")],  # the list's test point: the health check passes
@@ -181,7 +184,7 @@ inputs = ["relays"]
 default_symbol = "TEST_PF"
 [servers.spamd]
 metrics_port = {mport}
-""")
+""", *mode)
         try:
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 replies = list(pool.map(lambda m: check(port, m), [msg] * 12))

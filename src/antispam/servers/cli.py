@@ -96,6 +96,7 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
     (then it drains).  ``listening(server)`` is called once it takes connections; ``listener``: a
     prefork process's side of the shared socket (``prefork.SharedListener``) instead of its own."""
     from .common import event_loop_factory
+    from .workers import list_snapshot
 
     metrics = None
     if getattr(config.servers, SERVERS[kind][1]).metrics_port:
@@ -103,16 +104,22 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
 
         metrics = Metrics(multiprocess=listener is not None)
     server = build(kind, config, metrics=metrics)
+    pool = None
     if metrics is not None:
         metrics.watch_engine(server.engine)
+        # the workers build the same engine: ask them only when it has DNS lists
+        pool = server.scanner.pool if list_snapshot(server.engine) else None
+        if pool is not None:
+            metrics.watch_pool(pool)
 
     async def run() -> None:
         await server.start(listener=listener)
         listening(server)
-        if metrics is None or not metrics.watches_lists:
+        # the DNS lists' counters: copied to the shared files (prefork) or asked of the scan workers
+        if metrics is None or not (metrics.watches_lists or pool is not None):
             await server.wait_for_signal()
             return
-        copier = asyncio.create_task(metrics.sync_lists_forever())
+        copier = asyncio.create_task(metrics.sync_lists_forever() if metrics.watches_lists else pool.poll_lists_forever())
         try:
             await server.wait_for_signal()
         finally:

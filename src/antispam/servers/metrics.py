@@ -17,8 +17,9 @@ lists' counters since start-up, read at scrape time::
     antispam_dnsbl_seconds_total{list}           time spent waiting for answers
     antispam_dnsbl_healthy{list}                 1, or 0 while the list is disabled by its health check
 
-With scan worker processes (``workers > 0``) the lists are asked in the workers, whose counters
-this process cannot see; the list metrics then stay at zero.
+With scan worker processes (``workers > 0``) the lists are asked in the workers: the server asks
+each worker for its counters once a second (:meth:`Metrics.watch_pool`, a request queued behind its
+scans), and a scrape reads the sums of the last answers (those of a worker that died included).
 
 With server processes (``processes > 1``, prefork) each process records into prometheus-client's
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, a private directory the parent creates) and the
@@ -33,7 +34,8 @@ any process has the list disabled).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+from typing import Any, Callable, Mapping
 
 from ..config import ServerConfig
 
@@ -60,6 +62,8 @@ class Metrics:
         self._http: Any = None
         #: prefork: the DNS lists' counters copied into multiprocess files (see sync_lists)
         self._lists: _ListCopies | None = None
+        #: where a scrape reads the DNS lists' counters (one process): engines' stats, a pool's sums
+        self._list_sources: list[Callable[[], Mapping[str, Any]]] = []
 
     def watch_engine(self, engine: Any) -> None:
         """Export the counters of the engine's DNS-list check (if it has one): read at each scrape,
@@ -70,7 +74,17 @@ class Metrics:
         if self.multiprocess:
             self._lists = _ListCopies(stats, self.registry)
         else:
-            self.registry.register(_ListCollector(stats))
+            self._read_lists(*(functools.partial(dict.copy, st) for st in stats))
+
+    def watch_pool(self, pool: Any) -> None:
+        """Export the DNS lists' counters of a scan worker pool, summed over its workers (the
+        server must run ``pool.poll_lists_forever()`` for them to move)."""
+        self._read_lists(pool.list_totals)
+
+    def _read_lists(self, *sources: Callable[[], Mapping[str, Any]]) -> None:
+        if not self._list_sources:
+            self.registry.register(_ListCollector(self._list_sources))
+        self._list_sources.extend(sources)
 
     @property
     def watches_lists(self) -> bool:
@@ -160,10 +174,11 @@ class _ListCopies:
 
 
 class _ListCollector:
-    """Reads ``DnsblCheck.stats`` (list name -> ``ListStats``) when Prometheus scrapes."""
+    """Reads the DNS lists' counters (list name -> an object with the counters and ``healthy``,
+    as ``ListStats``) when Prometheus scrapes: summed over the sources, healthy in all of them."""
 
-    def __init__(self, stats: list[dict[str, Any]]):
-        self.stats = stats
+    def __init__(self, sources: list[Callable[[], Mapping[str, Any]]]):
+        self.sources = sources
 
     def describe(self) -> list[Any]:
         return []  # unchecked collector: the list names are only known at scrape time
@@ -171,12 +186,17 @@ class _ListCollector:
     def collect(self):  # type: ignore[no-untyped-def]
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        families = {key: CounterMetricFamily(name, doc, labels=["list"]) for key, name, doc in _LIST_COUNTERS}
+        merged: dict[str, list[float]] = {}
+        for source in self.sources:
+            for name, st in source().items():
+                values = [float(getattr(st, key)) for key, _, _ in _LIST_COUNTERS] + [1.0 if st.healthy else 0.0]
+                seen = merged.get(name)
+                merged[name] = values if seen is None else [a + b for a, b in zip(seen[:-1], values)] + [min(seen[-1], values[-1])]
+        families = [CounterMetricFamily(name, doc, labels=["list"]) for _, name, doc in _LIST_COUNTERS]
         healthy = GaugeMetricFamily("antispam_dnsbl_healthy", _HEALTHY_HELP, labels=["list"])
-        for stats in self.stats:
-            for name, st in list(stats.items()):
-                for key, fam in families.items():
-                    fam.add_metric([name], float(getattr(st, key)))
-                healthy.add_metric([name], 1.0 if st.healthy else 0.0)
-        yield from families.values()
+        for name, values in merged.items():
+            for fam, v in zip(families, values):
+                fam.add_metric([name], v)
+            healthy.add_metric([name], values[-1])
+        yield from families
         yield healthy

@@ -20,6 +20,9 @@ socket buffer), so it never idles while the loop is busy elsewhere; more
 requests than that wait in the pool, first come first served.  A worker that
 dies (killed for memory, a crash in native code) fails only the requests it
 held; they are sent once more to a fresh worker that replaces it.
+
+A request without a message asks the worker for its DNS lists' counters instead
+(:meth:`WorkerPool.poll_lists`, once a second when the server exports metrics).
 """
 
 from __future__ import annotations
@@ -80,6 +83,39 @@ def unpack_verdict(t: tuple) -> Verdict:
                    {"total": total}, skipped, message_id, authres, subject, prefix, authserv_id)
 
 
+# --------------------------------------------------------------------------- DNS-list counters
+
+#: the counters of a DNS list (``reputation.dnsbl.ListStats``) a worker reports, in this order
+LIST_COUNTERS = ("queries", "listed", "errors", "seconds")
+
+
+def list_snapshot(engine: Any) -> dict[str, tuple]:
+    """The engine's DNS lists' counters since start-up: name -> (queries, listed, errors, seconds, healthy)."""
+    out: dict[str, tuple] = {}
+    for check in getattr(engine, "checks", ()):
+        stats = getattr(check, "stats", None)
+        if isinstance(stats, dict):
+            for name, st in list(stats.items()):
+                out[name] = (*(getattr(st, k) for k in LIST_COUNTERS), st.healthy)
+    return out
+
+
+@dataclasses.dataclass
+class ListTotals:
+    """A DNS list's counters summed over the scan workers (and the ones that died), healthy in all."""
+
+    queries: float = 0
+    listed: float = 0
+    errors: float = 0
+    seconds: float = 0.0
+    healthy: bool = True
+
+    def add(self, snapshot: tuple) -> None:
+        for k, v in zip(LIST_COUNTERS, snapshot):
+            setattr(self, k, getattr(self, k) + v)
+        self.healthy = self.healthy and bool(snapshot[len(LIST_COUNTERS)])
+
+
 # --------------------------------------------------------------------------- the worker process
 
 
@@ -110,11 +146,14 @@ def worker_main(config: Config, sock: socket.socket) -> None:
         if data is None:
             return
         raw, fields, profile = pickle.loads(data)
-        envelope = None if fields is None else Envelope(*fields)
-        try:
-            out: tuple = (True, pack_verdict(engine.scan(raw, envelope, profile=profile)))
-        except Exception as exc:  # the server logs and answers it (fail open, or tempfail)
-            out = (False, f"{type(exc).__name__}: {exc}"[:500])
+        if raw is None:  # the server asks for the DNS lists' counters (WorkerPool.poll_lists)
+            out: tuple = (True, list_snapshot(engine))
+        else:
+            envelope = None if fields is None else Envelope(*fields)
+            try:
+                out = (True, pack_verdict(engine.scan(raw, envelope, profile=profile)))
+            except Exception as exc:  # the server logs and answers it (fail open, or tempfail)
+                out = (False, f"{type(exc).__name__}: {exc}"[:500])
         body = pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
         sock.sendall(_LEN.pack(len(body)) + body)
 
@@ -200,6 +239,10 @@ class WorkerPool:
         self._slots: asyncio.Semaphore | None = None
         self.deaths = 0
         self._closed = False
+        #: worker pid -> its DNS lists' counters when last asked (poll_lists); those of the workers
+        #: that died are added to ``_retired``, so that the sums never go down
+        self._lists: dict[int, dict[str, tuple]] = {}
+        self._retired: list[dict[str, tuple]] = []
 
     def _spawn(self) -> _Worker:
         ours, theirs = socket.socketpair()
@@ -241,8 +284,39 @@ class WorkerPool:
             return unpack_verdict(value)
         raise AssertionError("unreachable")
 
+    async def poll_lists(self) -> None:
+        """Ask every worker for its DNS lists' counters (a request queued behind its scans)."""
+        ask = pickle.dumps((None, None, None), protocol=pickle.HIGHEST_PROTOCOL)
+        for w in list(self._workers):
+            if self._closed:
+                return
+            try:
+                await w.attach()
+                ok, snapshot = pickle.loads(await w.send(ask))
+            except (WorkerDied, OSError):
+                continue  # its replacement answers next time
+            if ok and w in self._workers:
+                self._lists[w.process.pid] = snapshot
+
+    async def poll_lists_forever(self, every: float = 1.0) -> None:
+        """:meth:`poll_lists` every ``every`` seconds, until cancelled."""
+        while True:
+            await self.poll_lists()
+            await asyncio.sleep(every)
+
+    def list_totals(self) -> dict[str, ListTotals]:
+        """The DNS lists' counters summed over the workers, as last asked (read at scrape time)."""
+        out: dict[str, ListTotals] = {}
+        for snapshot in (*self._retired, *self._lists.values()):
+            for name, values in snapshot.items():
+                out.setdefault(name, ListTotals()).add(values)
+        return out
+
     def _lost(self, worker: _Worker) -> None:
         """A worker's socket closed: unless we are shutting down, it died; start its replacement."""
+        last = self._lists.pop(worker.process.pid, None)
+        if last:  # its counts stay in the sums; it says nothing more of the lists' health
+            self._retired.append({name: (*v[:len(LIST_COUNTERS)], True) for name, v in last.items()})
         if self._closed or worker not in self._workers:
             return
         self.deaths += 1
