@@ -116,15 +116,17 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
         await server.start(listener=listener)
         listening(server)
         # the DNS lists' counters: copied to the shared files (prefork) or asked of the scan workers
-        if metrics is None or not (metrics.watches_lists or pool is not None):
-            await server.wait_for_signal()
-            return
-        copier = asyncio.create_task(metrics.sync_lists_forever() if metrics.watches_lists else pool.poll_lists_forever())
+        copier = None
+        if metrics is not None and metrics.watches_lists:
+            copier = asyncio.create_task(metrics.sync_lists_forever())
+        elif pool is not None:
+            copier = asyncio.create_task(pool.poll_lists_forever())
         try:
             await server.wait_for_signal()
         finally:
-            copier.cancel()
-            await asyncio.gather(copier, return_exceptions=True)
+            if copier is not None:
+                copier.cancel()
+                await asyncio.gather(copier, return_exceptions=True)
 
     with asyncio.Runner(loop_factory=event_loop_factory(config.servers.event_loop)) as runner:
         runner.run(run())
