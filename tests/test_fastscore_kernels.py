@@ -109,6 +109,46 @@ def test_paragraph_lines_agree_on_corpus(corpus):
         assert compiled.paragraph_lines(text) == twin.paragraph_lines(text), m.name
 
 
+# Text URL pieces: the anchors in every spelling and near misses (a sixth letter before the
+# scheme, a Kelvin sign, an uppercase scheme), IPv6 literals whole and broken, every excluded
+# character, white space of every kind, characters that may or may not stand before a bare host,
+# and the trailing punctuation that is stripped.
+URL_PIECES = ["://", "http", "HTTPS", "https", "ftp", "Ftp", "xhttp", "mailto", "\u212atp", "\u00e9http", "www.", "WWW.",
+              "Www.", "wWw.", "ww", "w", ".", "/", "a", "Z", "9", "\u00e9", "\u0663", "[", "]", "[::1]", "[fe80::1", "[x]",
+              ":", "<", ">", '"', "'", "{", "}", "|", "\\", "^", "`", " ", "\t", "\n", "\x1c", "\xa0", "\u2028",
+              "\u3000", ",", ";", "!", "?", ")", "-", "_", "%20", "\U0001f600", "\ud800"]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_text_urls_agree_on_random_text(seed):
+    rng = random.Random(seed)
+    for _ in range(100):
+        text = "".join(rng.choice(URL_PIECES) for _ in range(rng.randint(0, 30)))
+        assert compiled.text_urls(text) == twin.text_urls(text), repr(text)
+
+
+def test_text_urls_by_definition():
+    for impl in (twin, compiled):
+        text = ("see http://a.example/x?y=1, HTTPS://B.example. ftp://[fe80::1]:21/f) xhttp://no "
+                "http://[zz]/no www.c.example! a.www.no.example /www.no.example (Www.d.example) http://")
+        assert impl.text_urls(text) == ["http://a.example/x?y=1", "HTTPS://B.example", "ftp://[fe80::1]:21/f",
+                                        "www.c.example", "Www.d.example"]
+        assert impl.text_urls("\u212atp://kelvin.example ftp://e.example\u3000x") == ["ftp://e.example"]
+        assert impl.text_urls("") == [] and impl.text_urls("no links") == []
+
+
+def test_text_urls_agree_on_the_corpus(corpus):
+    from antispam.message import Message
+
+    found = 0
+    for m in corpus:
+        text = Message(m.data).plain_text
+        urls = compiled.text_urls(text)
+        assert urls == twin.text_urls(text), m.name
+        found += len(urls)
+    assert found > 10000
+
+
 # Header block pieces: names with every kind of printable ASCII, near misses (a space or a non-ASCII
 # letter in the name, no colon, a colon first), blanks around the colon, folding by space and tab,
 # trailing white space of every kind (CR, NBSP, the line separator), non-ASCII values, empty values.

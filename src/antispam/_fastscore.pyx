@@ -636,6 +636,92 @@ def paragraph_lines(str text):
         free(b)
 
 
+# ---- text URL kernel -------------------------------------------------------------------------
+# Links in plain text; the definition is the twin's ``text_urls``, followed step by step.  Its
+# regex, ``URL_TAIL_RE``, has one way to match at a position: the bracketed part is taken when it
+# is there (its run of hex digits, colons and dots cannot hold the ``]``), and the run after it
+# is every character that is not white space or excluded.
+
+cdef extern from "Python.h":
+    bint Py_UNICODE_ISALPHA(Py_UCS4 ch) noexcept nogil
+
+cdef inline bint _url_char(Py_UCS4 c) noexcept nogil:
+    # [^\s<>"'{}|\\^`\[\]]
+    if c < 128:
+        return not (c <= 32 and Py_UNICODE_ISSPACE(c)) and c != 60 and c != 62 and c != 34 and c != 39 \
+            and c != 123 and c != 125 and c != 124 and c != 92 and c != 94 and c != 96 and c != 91 and c != 93
+    return not Py_UNICODE_ISSPACE(c)
+
+cdef inline bint _ip_literal_char(Py_UCS4 c) noexcept nogil:
+    # [0-9A-Fa-f:.]
+    return (48 <= c <= 58) or (65 <= c <= 70) or (97 <= c <= 102) or c == 46
+
+cdef Py_ssize_t _url_tail(const UStr* u, Py_ssize_t p) noexcept nogil:
+    """Where ``URL_TAIL_RE`` matched at ``p`` ends, or -1."""
+    cdef Py_ssize_t k, e, n = u.n
+    if p < n and _at(u, p) == 91:  # [ : the IPv6 literal, else no match ([ is excluded from the run)
+        k = p + 1
+        while k < n and _ip_literal_char(_at(u, k)):
+            k += 1
+        if k == p + 1 or k >= n or _at(u, k) != 93:
+            return -1
+        p = k + 1
+    e = p
+    while e < n and _url_char(_at(u, e)):
+        e += 1
+    return e if e > p else -1
+
+cdef bint _url_scheme(const UStr* u, Py_ssize_t j, Py_ssize_t i) noexcept nogil:
+    """``text[j:i].lower() in URL_SCHEMES``: only ASCII letters lower to these letters (the one other
+    character whose lower case is ASCII, the Kelvin sign, gives k)."""
+    cdef Py_ssize_t k
+    cdef Py_UCS4 c
+    cdef uint32_t w[5]
+    if i - j < 3 or i - j > 5:
+        return False
+    for k in range(j, i):
+        c = _at(u, k)
+        if not _ascii_letter(c):
+            return False
+        w[k - j] = <uint32_t>c | 0x20  # lower case
+    if i - j == 3:
+        return w[0] == 102 and w[1] == 116 and w[2] == 112  # ftp
+    if not (w[0] == 104 and w[1] == 116 and w[2] == 116 and w[3] == 112):  # http
+        return False
+    return i - j == 4 or w[4] == 115  # https
+
+
+def text_urls(str text):
+    """URLs in plain text, in order (see the twin)."""
+    cdef UStr u = _ustr(text)
+    cdef Py_ssize_t i, j, m
+    cdef Py_UCS4 c
+    cdef list found = []
+    i = text.find("://")
+    while i >= 0:
+        j = i
+        while j > 0 and i - j < 5 and Py_UNICODE_ISALPHA(_at(&u, j - 1)):
+            j -= 1
+        if _url_scheme(&u, j, i):
+            m = _url_tail(&u, i + 3)
+            if m >= 0:
+                found.append((j, text[j:m]))
+                i = m
+        i = text.find("://", i + 3)
+    for anchor in _twin.WWW_SPELLINGS:
+        i = text.find(anchor)
+        while i >= 0:
+            c = _at(&u, i - 1) if i else 32
+            if c != 47 and c != 46 and not Py_UNICODE_ISALNUM(c):
+                m = _url_tail(&u, i)
+                if m >= 0:
+                    found.append((i, text[i:m]))
+            i = text.find(anchor, i + 4)
+    found.sort()
+    trailing = _twin.URL_TRAILING
+    return [x.rstrip(trailing) for _, x in found]
+
+
 # ---- header kernel ---------------------------------------------------------------------------
 # The header block split into fields; the definition is the twin's regex, followed exactly.
 

@@ -196,6 +196,51 @@ def paragraph_lines(text: str) -> str:
     return "\n".join(p.replace("\n", " ") for p in paras)
 
 
+# ---- text URL kernel -------------------------------------------------------------------------
+# Links in plain text for ``antispam.message.Message.urls`` (the definition is ``text_urls``).
+
+#: what follows a scheme's ``://``, or a bare ``www.`` host: an optional bracketed IPv6 literal,
+#: then everything up to white space or a character that cannot stand in a URL
+URL_TAIL_RE = re.compile(r"""(?:\[[0-9A-Fa-f:.]+\])?[^\s<>"'{}|\\^`\[\]]+""")
+URL_SCHEMES = ("http", "https", "ftp")
+#: bare hosts are found in these three spellings only
+WWW_SPELLINGS = ("www.", "WWW.", "Www.")
+#: punctuation that ends a sentence rather than the URL before it
+URL_TRAILING = ".,;:!?)>'\""
+
+
+def text_urls(text: str) -> list[str]:
+    """URLs in plain text: ``scheme://...`` for http(s)/ftp, and bare ``www.`` hosts, in order.
+
+    Found from the literal anchors (``://``, ``www.``) with ``str.find``, far faster than trying
+    a regex at every position; the scheme is the up to five letters before ``://``, and a bare
+    host must not follow ``/``, ``.`` or a letter or digit.
+    """
+    found: list[tuple[int, str]] = []
+    i = text.find("://")
+    while i >= 0:
+        j = i
+        while j > 0 and i - j < 5 and text[j - 1].isalpha():
+            j -= 1
+        if text[j:i].lower() in URL_SCHEMES:
+            m = URL_TAIL_RE.match(text, i + 3)
+            if m:
+                found.append((j, text[j : m.end()]))
+                i = m.end()
+        i = text.find("://", i + 3)
+    for anchor in WWW_SPELLINGS:
+        i = text.find(anchor)
+        while i >= 0:
+            prev = text[i - 1] if i else " "
+            if prev != "/" and prev != "." and not prev.isalnum():
+                m = URL_TAIL_RE.match(text, i)
+                if m:
+                    found.append((i, m.group(0)))
+            i = text.find(anchor, i + 4)
+    found.sort()
+    return [u.rstrip(URL_TRAILING) for _, u in found]
+
+
 # ---- header kernel ---------------------------------------------------------------------------
 # The header block of ``antispam.message``, split into fields (the definition is this regex).
 

@@ -185,10 +185,7 @@ _HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))"""
 _HTML_SRC_RE = re.compile(r"""<(?:img|form|iframe|area)\b[^>]*?\b(?:src|action|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _BLANKS_RE = re.compile(r"\n\s*\n+")
 
-# Text URLs are found from literal anchors ("://", "www.") with str.find, which
-# is far faster than trying a regex at every position; the tail is then matched.
-_URL_TAIL_RE = re.compile(r"""(?:\[[0-9A-Fa-f:.]+\])?[^\s<>"'{}|\\^`\[\]]+""")
-_URL_SCHEMES = ("http", "https", "ftp")
+# Text URLs are found by a compiled kernel, ``fastscore.impl.text_urls`` (its twin is the definition).
 _URL_HOST_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#]*)", re.I)
 
 _charset_cache: dict[str, str | None] = {}
@@ -450,37 +447,6 @@ def _head_text(head: bytes, defects: set[str]) -> str:
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     return text
-
-
-#: bare hosts are found in these three spellings only
-_WWW_SPELLINGS = ("www.", "WWW.", "Www.")
-
-
-def _text_urls(text: str) -> list[str]:
-    """URLs in plain text: ``scheme://...`` for http(s)/ftp, and bare ``www.`` hosts, in order."""
-    found: list[tuple[int, str]] = []
-    i = text.find("://")
-    while i >= 0:
-        j = i
-        while j > 0 and i - j < 5 and text[j - 1].isalpha():
-            j -= 1
-        if text[j:i].lower() in _URL_SCHEMES:
-            m = _URL_TAIL_RE.match(text, i + 3)
-            if m:
-                found.append((j, text[j : m.end()]))
-                i = m.end()
-        i = text.find("://", i + 3)
-    for anchor in _WWW_SPELLINGS:
-        i = text.find(anchor)
-        while i >= 0:
-            prev = text[i - 1] if i else " "
-            if prev != "/" and prev != "." and not prev.isalnum():
-                m = _URL_TAIL_RE.match(text, i)
-                if m:
-                    found.append((i, m.group(0)))
-            i = text.find(anchor, i + 4)
-    found.sort()
-    return [u.rstrip(".,;:!?)>'\"") for _, u in found]
 
 
 def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
@@ -852,7 +818,7 @@ class Message:
                 seen.add(href)
                 out.append(Url(url=href, host=url_host(href), source="html", text=anchor))
         else:
-            for u in _text_urls(self.plain_text):
+            for u in fastscore.impl.text_urls(self.plain_text):
                 if u not in seen:
                     if len(out) == limit:
                         break
