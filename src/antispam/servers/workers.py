@@ -36,11 +36,14 @@ import pickle
 import signal
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..message import Envelope
 from ..verdict import SymbolResult, Verdict
+
+if TYPE_CHECKING:
+    from ..reputation.dnsbl import ListStats
 
 log = logging.getLogger("antispam.servers")
 
@@ -98,22 +101,6 @@ def list_snapshot(engine: Any) -> dict[str, tuple]:
             for name, st in list(stats.items()):
                 out[name] = (*(getattr(st, k) for k in LIST_COUNTERS), st.healthy)
     return out
-
-
-@dataclasses.dataclass
-class ListTotals:
-    """A DNS list's counters summed over the scan workers (and the ones that died), healthy in all."""
-
-    queries: float = 0
-    listed: float = 0
-    errors: float = 0
-    seconds: float = 0.0
-    healthy: bool = True
-
-    def add(self, snapshot: tuple) -> None:
-        for k, v in zip(LIST_COUNTERS, snapshot):
-            setattr(self, k, getattr(self, k) + v)
-        self.healthy = self.healthy and bool(snapshot[len(LIST_COUNTERS)])
 
 
 # --------------------------------------------------------------------------- the worker process
@@ -304,12 +291,20 @@ class WorkerPool:
             await self.poll_lists()
             await asyncio.sleep(every)
 
-    def list_totals(self) -> dict[str, ListTotals]:
-        """The DNS lists' counters summed over the workers, as last asked (read at scrape time)."""
-        out: dict[str, ListTotals] = {}
+    def list_totals(self) -> dict[str, ListStats]:
+        """The DNS lists' counters summed over the workers as last asked, healthy in all of them
+        (read at scrape time)."""
+        from ..reputation.dnsbl import ListStats
+
+        out: dict[str, ListStats] = {}
         for snapshot in (*self._retired, *self._lists.values()):
             for name, values in snapshot.items():
-                out.setdefault(name, ListTotals()).add(values)
+                st = out.get(name)
+                if st is None:
+                    st = out[name] = ListStats()
+                for key, v in zip(LIST_COUNTERS, values):
+                    setattr(st, key, getattr(st, key) + v)
+                st.healthy = st.healthy and bool(values[len(LIST_COUNTERS)])
         return out
 
     def _lost(self, worker: _Worker) -> None:
