@@ -866,23 +866,24 @@ cdef inline int _two_digits(const UStr* u, Py_ssize_t i) noexcept nogil:
         return (<int>_at(u, i) - 48) * 10 + (<int>_at(u, i + 1) - 48)
     return -1
 
-_MONTH_CODES = [(ord(m[0]) << 16) | (ord(m[1]) << 8) | ord(m[2]) for m in
-                ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")]
-cdef uint32_t MONTH_CODES[12]
-for _c in range(12):
-    MONTH_CODES[_c] = _MONTH_CODES[_c]
+def _letters_code(name):
+    """The letters of a month or zone name as one number, a byte each (as the kernel reads them)."""
+    code = 0
+    for ch in name:
+        code = (code << 8) | ord(ch)
+    return code
 
-# The zone names parsedate_tz knows (the twin's NAMED_ZONES), as codes of their letters, and their offsets
-_ZONE_CODES = [0] * 14
-_ZONE_OFFSETS = [0] * 14
-for _c, (_name, _off) in enumerate(_twin.NAMED_ZONES.items()):
-    for _ch in _name:
-        _ZONE_CODES[_c] = (_ZONE_CODES[_c] << 8) | ord(_ch)
-    _ZONE_OFFSETS[_c] = _off
+# The month names (the twin's MONTH_NUMBER, in order) and the zone names parsedate_tz knows (its
+# NAMED_ZONES) as codes of their letters, and the zones' offsets
+if len(_twin.MONTH_NUMBER) != 12 or len(_twin.NAMED_ZONES) != 14:
+    raise ImportError("the date kernel's tables no longer fit the twin's")
+cdef uint32_t MONTH_CODES[12]
+for _c, _name in enumerate(_twin.MONTH_NUMBER):
+    MONTH_CODES[_c] = _letters_code(_name)
 cdef uint32_t ZONE_CODES[14]
 cdef int ZONE_OFFSETS[14]
-for _c in range(14):
-    ZONE_CODES[_c], ZONE_OFFSETS[_c] = _ZONE_CODES[_c], _ZONE_OFFSETS[_c]
+for _c, (_name, _off) in enumerate(_twin.NAMED_ZONES.items()):
+    ZONE_CODES[_c], ZONE_OFFSETS[_c] = _letters_code(_name), _off
 
 
 def canonical_date(str value):

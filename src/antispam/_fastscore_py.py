@@ -264,7 +264,7 @@ def header_fields(block: str) -> list[tuple[str, str]]:
 # The canonical RFC 5322 date of ``antispam.ruleset.evals.parse_date``'s fast path (the definition
 # is this regex and the tuple built from its groups).
 
-_MONTH_NUMBER = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+MONTH_NUMBER = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
                                              "Nov", "Dec"), 1)}
 #: The zone names ``parsedate_tz`` knows, written in capitals, and their offsets in seconds
 NAMED_ZONES = {"UT": 0, "UTC": 0, "GMT": 0, "Z": 0, "AST": -4 * 3600, "ADT": -3 * 3600, "EST": -5 * 3600,
@@ -286,7 +286,7 @@ def canonical_date(value: str) -> tuple[int, ...] | None:
         return None
     dd, mon, yy, hh, mi, ss, sign, zh, zm, name = m.groups()
     off = NAMED_ZONES[name] if name else int(zh) * 3600 + int(zm) * 60
-    return (int(yy), _MONTH_NUMBER[mon], int(dd), int(hh), int(mi), int(ss), 0, 1, -1, -off if sign == "-" else off)
+    return (int(yy), MONTH_NUMBER[mon], int(dd), int(hh), int(mi), int(ss), 0, 1, -1, -off if sign == "-" else off)
 
 
 # ---- received kernel -------------------------------------------------------------------------

@@ -252,11 +252,9 @@ def _epoch(t: tuple[int, ...]) -> float | None:
 def _skew(date: tuple[int, ...], raw: str) -> float | None:
     """Seconds from the stamp after the last ``;`` of a Received header to the parsed ``date``."""
     semi = raw.rfind(";")
-    if semi < 0:
-        return None
-    got = _parsed_epoch(raw[semi + 1 :].strip())
+    got = _parsed_epoch(raw[semi + 1 :].strip()) if semi >= 0 else None
     sent = None if got is None else _epoch(date)
-    return None if sent is None or got is None else sent - got
+    return None if sent is None else sent - got  # type: ignore[operator]
 
 
 @register("date_skew_over", ("header",), (float, float))

@@ -149,14 +149,11 @@ def _bound(items, flags: int, groups: dict[int, Bound]) -> Bound | None:  # type
         elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
             lo, hi, sub = av
             inner = list(sub)
-            if hi == _c.MAXREPEAT:
-                if len(inner) == 1 and inner[0][0] in _SINGLE:
-                    got = (0, [(1, _table(inner[0], flags))])
-                else:
-                    union = _bytes_of(inner, flags)
-                    if union is None:
-                        return None
-                    got = (0, [(1, union)])
+            if hi == _c.MAXREPEAT:  # the run of every byte it can take (one class for X+, a union for a group)
+                union = _bytes_of(inner, flags)
+                if union is None:
+                    return None
+                got = (0, [(1, union)])
             else:
                 one = _bound(inner, flags, groups)
                 got = None if one is None else (hi * one[0], [(hi * m, t) for m, t in one[1]])

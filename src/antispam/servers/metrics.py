@@ -26,7 +26,7 @@ multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, a private directory the parent
 parent alone serves ``/metrics``, summed over the processes (:func:`serve_multiprocess`); the
 connection gauge is the sum over live processes.  The parent cannot read a process's DNS-list
 counters at scrape time, so each process copies them into its multiprocess files once a second
-(:meth:`Metrics.sync_lists`, from a timer on its event loop, and once more as it stops): the
+(:meth:`Metrics.sync_lists_forever`, a task on its event loop, and once more as it stops): the
 counters are summed over the processes, and ``healthy`` is the least over the live ones (0 while
 any process has the list disabled).
 """
@@ -60,14 +60,14 @@ class Metrics:
         self.connections = Gauge("antispam_connections", "Open client connections", ["server"], registry=self.registry,
                                  multiprocess_mode="livesum")
         self._http: Any = None
-        #: prefork: the DNS lists' counters copied into multiprocess files (see sync_lists)
+        #: prefork: the DNS lists' counters copied into multiprocess files (see sync_lists_forever)
         self._lists: _ListCopies | None = None
         #: where a scrape reads the DNS lists' counters (one process): engines' stats, a pool's sums
         self._list_sources: list[Callable[[], Mapping[str, Any]]] = []
 
     def watch_engine(self, engine: Any) -> None:
         """Export the counters of the engine's DNS-list check (if it has one): read at each scrape,
-        or with ``multiprocess``, copied by :meth:`sync_lists`."""
+        or with ``multiprocess``, copied by :meth:`sync_lists_forever`."""
         stats = [c.stats for c in getattr(engine, "checks", ()) if isinstance(getattr(c, "stats", None), dict)]
         if not stats:
             return
@@ -88,22 +88,21 @@ class Metrics:
 
     @property
     def watches_lists(self) -> bool:
-        """Whether :meth:`sync_lists` has counters to copy (a prefork process with DNS lists)."""
+        """Whether :meth:`sync_lists_forever` has counters to copy (a prefork process with DNS lists)."""
         return self._lists is not None
 
-    def sync_lists(self) -> None:
-        """Prefork: add what the DNS lists counted since the last call to this process's files."""
-        if self._lists is not None:
-            self._lists.sync()
-
     async def sync_lists_forever(self, every: float = 1.0) -> None:
-        """:meth:`sync_lists` every ``every`` seconds, until cancelled (then once more)."""
+        """Prefork: add what the DNS lists counted since the last copy to this process's files, every
+        ``every`` seconds until cancelled (then once more)."""
+        lists = self._lists
+        if lists is None:
+            return
         try:
             while True:
-                self.sync_lists()
+                lists.sync()
                 await asyncio.sleep(every)
         finally:
-            self.sync_lists()
+            lists.sync()
 
     def observe(self, server: str, action: str, seconds: float) -> None:
         self.messages.labels(server).inc()
@@ -145,6 +144,9 @@ _LIST_COUNTERS = (("queries", "antispam_dnsbl_queries", "DNS list queries asked"
                   ("errors", "antispam_dnsbl_errors", "DNS list timeouts and server failures"),
                   ("seconds", "antispam_dnsbl_seconds", "Seconds spent waiting for DNS list answers"))
 _HEALTHY_HELP = "1 unless the list is disabled by its health check"
+#: the counters of a DNS list (``reputation.dnsbl.ListStats``), in the order of the metrics above;
+#: scan workers report them in this order too (``workers.list_snapshot``)
+LIST_COUNTER_KEYS = tuple(key for key, _, _ in _LIST_COUNTERS)
 
 
 class _ListCopies:
@@ -189,7 +191,7 @@ class _ListCollector:
         merged: dict[str, list[float]] = {}
         for source in self.sources:
             for name, st in source().items():
-                values = [float(getattr(st, key)) for key, _, _ in _LIST_COUNTERS] + [1.0 if st.healthy else 0.0]
+                values = [float(getattr(st, key)) for key in LIST_COUNTER_KEYS] + [1.0 if st.healthy else 0.0]
                 seen = merged.get(name)
                 merged[name] = values if seen is None else [a + b for a, b in zip(seen[:-1], values)] + [min(seen[-1], values[-1])]
         families = [CounterMetricFamily(name, doc, labels=["list"]) for _, name, doc in _LIST_COUNTERS]

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config
 from ..message import Envelope
 from ..verdict import SymbolResult, Verdict
+from .metrics import LIST_COUNTER_KEYS
 
 if TYPE_CHECKING:
     from ..reputation.dnsbl import ListStats
@@ -88,8 +89,6 @@ def unpack_verdict(t: tuple) -> Verdict:
 
 # --------------------------------------------------------------------------- DNS-list counters
 
-#: the counters of a DNS list (``reputation.dnsbl.ListStats``) a worker reports, in this order
-LIST_COUNTERS = ("queries", "listed", "errors", "seconds")
 
 
 def list_snapshot(engine: Any) -> dict[str, tuple]:
@@ -99,7 +98,7 @@ def list_snapshot(engine: Any) -> dict[str, tuple]:
         stats = getattr(check, "stats", None)
         if isinstance(stats, dict):
             for name, st in list(stats.items()):
-                out[name] = (*(getattr(st, k) for k in LIST_COUNTERS), st.healthy)
+                out[name] = (*(getattr(st, k) for k in LIST_COUNTER_KEYS), st.healthy)
     return out
 
 
@@ -302,16 +301,16 @@ class WorkerPool:
                 st = out.get(name)
                 if st is None:
                     st = out[name] = ListStats()
-                for key, v in zip(LIST_COUNTERS, values):
+                for key, v in zip(LIST_COUNTER_KEYS, values):
                     setattr(st, key, getattr(st, key) + v)
-                st.healthy = st.healthy and bool(values[len(LIST_COUNTERS)])
+                st.healthy = st.healthy and bool(values[len(LIST_COUNTER_KEYS)])
         return out
 
     def _lost(self, worker: _Worker) -> None:
         """A worker's socket closed: unless we are shutting down, it died; start its replacement."""
         last = self._lists.pop(worker.process.pid, None)
         if last:  # its counts stay in the sums; it says nothing more of the lists' health
-            self._retired.append({name: (*v[:len(LIST_COUNTERS)], True) for name, v in last.items()})
+            self._retired.append({name: (*v[:len(LIST_COUNTER_KEYS)], True) for name, v in last.items()})
         if self._closed or worker not in self._workers:
             return
         self.deaths += 1
