@@ -138,14 +138,22 @@ class Sink:
     MAIL FROM's; ``down()`` / ``up()`` stop and restart it on the same port.  With ``pipelining``
     it announces PIPELINING (aiosmtpd reads commands from a buffer, so it serves pipelined
     commands in order; it just does not say so), and ``mail_grouped`` records for each MAIL
-    whether the command after it had arrived with it.
+    whether the command after it had arrived with it.  With ``chunking`` it also announces
+    CHUNKING and takes BDAT (it then runs on the filter's own ``FastSMTP``, which implements BDAT
+    where aiosmtpd does not), and ``bdat_grouped`` records for each MAIL whether a BDAT had come
+    with it: the filter's whole transaction in one write.
     """
 
-    def __init__(self, port: int | None = None, pipelining: bool = False):
+    def __init__(self, port: int | None = None, pipelining: bool = False, chunking: bool = False):
         from servers import free_port
 
         self.port = port or free_port()
-        self.pipelining = pipelining
+        self.pipelining = pipelining or chunking
+        self.chunking = chunking
+        self.bdat_grouped: list[bool] = []
+        #: the next this many MAILs drop their connection unanswered (a next hop that closed a kept
+        #: connection just as the filter wrote to it)
+        self.hang_up_at_mail = 0
         self.messages: list[tuple[str, tuple[str, ...], bytes]] = []
         self.refuse = False
         self.refuse_rcpts: dict[str, str] = {}
@@ -169,10 +177,17 @@ class Sink:
                 session.host_name = hostname
                 if sink.pipelining:
                     responses.insert(-1, "250-PIPELINING")
+                if sink.chunking:
+                    responses.insert(-1, "250-CHUNKING")
                 return responses
 
             async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
                 sink.mail_grouped.append(b"\n" in server._reader._buffer)
+                sink.bdat_grouped.append(b"\nBDAT " in server._reader._buffer)
+                if sink.hang_up_at_mail:
+                    sink.hang_up_at_mail -= 1
+                    server.transport.abort()
+                    return "421 4.3.2 never sent"
                 if address in sink.refuse_senders:
                     return sink.refuse_senders[address]
                 envelope.mail_from = address
@@ -196,7 +211,9 @@ class Sink:
 
         from aiosmtpd.smtp import SMTP
 
-        class LongLines(SMTP):
+        from antispam.servers.smtp import FastSMTP
+
+        class LongLines(FastSMTP if self.chunking else SMTP):  # type: ignore[misc]
             line_length_limit = 64 * 1024  # like Postfix's smtpd, which takes long lines
 
         class SinkController(Controller):

@@ -335,13 +335,27 @@ def test_postfix_next_hop_gets_pipelined_mail_rcpt_and_one_bdat(sink):
         assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
         c.sendall(ham(subject="after the refused one") + b".\r\n")
         assert smtp_replies(fh, 1)[0][:3] == b"250"
+        # a lone recipient pipelined with DATA is held: MAIL, RCPT and BDAT reach Postfix in one
+        # write, so its refusal of the recipient is the reply at end of data
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<gone@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="lone and gone") + b".\r\n")
+        (end,) = smtp_replies(fh, 1)
+        assert end[:1] == b"5" and b"No such user here" in end, end
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<eve@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="after the gone one") + b".\r\n")
+        assert smtp_replies(fh, 1)[0][:3] == b"250"
         c.sendall(b"QUIT\r\n")
         c.close()
         (first,) = sink.wait_for(marker("via postfix bdat"), timeout=30)
         assert sorted(first[1]) == ["bo@rcpt.test", "cy@rcpt.test"] and b"X-Spam-Flag: NO" in first[2]
         (after,) = sink.wait_for(marker("after the refused one"), timeout=30)
         assert after[1] == ("dee@rcpt.test",)
+        (after,) = sink.wait_for(marker("after the gone one"), timeout=30)
+        assert after[1] == ("eve@rcpt.test",)
         assert sink.wait_for(marker("please refuse me"), timeout=0.5) == []
+        assert sink.wait_for(marker("lone and gone"), timeout=0.1) == []
     finally:
         filt.stop()
         p.stop()

@@ -655,3 +655,116 @@ def test_one_timer_keeps_a_deadline_that_moves():
         return fired
 
     assert len(asyncio.run(run())) == 1
+
+
+@pytest.fixture()
+def chunking_sink():
+    s = Sink(chunking=True)
+    yield s
+    s.down()
+
+
+def _pipelined(port: int, raw: bytes, rcpt: bytes = b"bo@rcpt.test", bdat: bool = False) -> list[bytes]:
+    """One message from a client that pipelines MAIL, one RCPT and DATA (as Postfix's SMTP client
+    does), or MAIL, RCPT and ``BDAT <size> LAST`` with the message: every reply, in order."""
+    c, fh, _ = _ehlo(port)
+    try:
+        head = b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<%b>\r\n" % rcpt
+        if bdat:
+            c.sendall(head + b"BDAT %d LAST\r\n" % len(raw) + raw)
+            return smtp_replies(fh, 3)
+        c.sendall(head + b"DATA\r\n")
+        first = smtp_replies(fh, 3)
+        c.sendall(raw + b".\r\n")
+        return first + smtp_replies(fh, 1)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("bdat", [False, True], ids=["data", "bdat"])
+def test_lone_pipelined_recipient_goes_to_the_next_hop_with_the_message(chunking_sink, bdat):
+    """A client pipelining MAIL, one RCPT and DATA (or BDAT) is answered at once, and MAIL, RCPT
+    and the message go to a next hop that announces PIPELINING and CHUNKING in one write (one round
+    trip); the next hop's refusal of the sender or of the recipient then comes at end of data,
+    which for one recipient is the same outcome, and nothing is delivered."""
+    sink = chunking_sink
+    f = start(sink)
+    try:
+        replies = _pipelined(f.port, ham(subject=f"lone rcpt {bdat}"), bdat=bdat)
+        assert replies[:2] == [b"250 2.1.0 Ok", b"250 2.1.5 Ok"] and replies[-1] == sink.data_reply, replies
+        (got,) = sink.wait_for(marker(f"lone rcpt {bdat}"))
+        assert got[:2] == ("ana@sender.test", ("bo@rcpt.test",)) and b"X-Spam-Flag: NO" in got[2]
+        assert sink.bdat_grouped == [True]
+        sink.refuse_rcpts = {"gone@rcpt.test": "550 5.1.1 No such user here",
+                             "full@rcpt.test": "452 4.2.2 Mailbox full, try later"}
+        replies = _pipelined(f.port, ham(subject="to nobody"), rcpt=b"gone@rcpt.test", bdat=bdat)
+        assert replies[1] == b"250 2.1.5 Ok" and replies[-1] == b"550 5.1.1 No such user here", replies
+        replies = _pipelined(f.port, ham(subject="to nobody"), rcpt=b"full@rcpt.test", bdat=bdat)
+        assert replies[-1] == b"452 4.2.2 Mailbox full, try later", replies
+        sink.refuse_senders = {"ana@sender.test": "553 5.7.1 Sender refused"}
+        assert _pipelined(f.port, ham(subject="to nobody"), bdat=bdat)[-1] == b"553 5.7.1 Sender refused"
+        sink.refuse_senders = {}
+        sink.refuse = True  # the next hop refuses the message itself (4xx): passed back
+        assert _pipelined(f.port, ham(subject="to nobody"), bdat=bdat)[-1].startswith(b"451 4.3.0 sink refusing")
+        sink.refuse = False
+        # after each refusal the next hop is in step (the refused connection was not reused)
+        _pipelined(f.port, ham(subject=f"lone rcpt again {bdat}"), bdat=bdat)
+        assert len(sink.wait_for(marker(f"lone rcpt again {bdat}"))) == 1
+        assert sink.wait_for(marker("to nobody"), timeout=0.3) == []
+    finally:
+        sink.refuse_rcpts, sink.refuse_senders, sink.refuse = {}, {}, False
+        f.stop()
+
+
+def test_held_transaction_never_reaches_the_next_hop_when_refused_here(chunking_sink):
+    """Before-queue spam refused at end of DATA: the next hop never saw its MAIL (nothing to undo
+    there), and the kept connection carries the next message whole."""
+    sink = chunking_sink
+    f = start(sink, mode="before-queue", reject_reply="550 5.7.1 No spam here")
+    try:
+        assert _pipelined(f.port, spam(subject="held spam"))[-1] == b"550 5.7.1 No spam here"
+        assert sink.bdat_grouped == []  # no MAIL reached the next hop
+        assert _pipelined(f.port, ham(subject="held ham"))[-1] == sink.data_reply
+        assert len(sink.wait_for(marker("held ham"))) == 1 and sink.bdat_grouped == [True]
+    finally:
+        f.stop()
+
+
+def test_held_transaction_next_hop_down_or_restarted(chunking_sink):
+    """A next hop that cannot be reached is still refused at MAIL (451, the client keeps the
+    message); a kept connection the next hop closed while idle is replaced, and the message that
+    found it closed arrives once."""
+    sink = chunking_sink
+    f = start(sink)
+    try:
+        sink.down()
+        replies = _pipelined(f.port, ham(subject="hop away"))
+        assert replies[0].startswith(b"451 4.4.1") and replies[1] == b"503 Error: need MAIL command", replies
+        sink.up()
+        assert _pipelined(f.port, ham(subject="hop back"))[-1] == sink.data_reply
+        sink.down()  # closes the kept connection
+        sink.up()
+        assert _pipelined(f.port, ham(subject="hop restarted"))[-1] == sink.data_reply
+        assert len(sink.wait_for(marker("hop back"))) == 1
+        assert len(sink.wait_for(marker("hop restarted"))) == 1
+        assert sink.wait_for(marker("hop away"), timeout=0.3) == []
+    finally:
+        f.stop()
+
+
+def test_held_transaction_on_a_kept_connection_that_drops_is_sent_again_once(chunking_sink):
+    """A kept connection that the next hop drops as the whole transaction reaches it, before any
+    reply: the transaction goes again on a new connection and arrives once.  Dropped on a new
+    connection too, the client gets 4xx and keeps the message."""
+    sink = chunking_sink
+    f = start(sink)
+    try:
+        assert _pipelined(f.port, ham(subject="keep this connection"))[-1] == sink.data_reply
+        sink.hang_up_at_mail = 1
+        assert _pipelined(f.port, ham(subject="sent again"))[-1] == sink.data_reply
+        assert len(sink.wait_for(marker("sent again"))) == 1 and sink.bdat_grouped == [True, True, True]
+        sink.hang_up_at_mail = 2
+        assert _pipelined(f.port, ham(subject="dropped twice"))[-1].startswith(b"451 4.4.1")
+        assert sink.wait_for(marker("dropped twice"), timeout=0.3) == []
+    finally:
+        f.stop()

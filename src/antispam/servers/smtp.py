@@ -25,6 +25,14 @@ the message (Postfix leaves it in its queue and retries).  If this process
 dies mid-transaction the client never saw 250 and retries, and the next hop
 drops the transaction it never saw end.
 
+One case is not mirrored step by step: a client that pipelines MAIL, a single
+RCPT and DATA (Postfix's SMTP client does, for a message to one recipient) to
+a next hop that announces PIPELINING and CHUNKING.  Its MAIL and RCPT are
+answered at once and sent to the next hop with the message, all in one write,
+so the next hop's refusal of the sender or the recipient becomes our reply at
+the end of the data.  With one recipient that is the same outcome (a 5xx
+bounces it, a 4xx keeps it queued), and it saves a round trip and two writes.
+
 Postfix's ``XFORWARD`` is accepted (we announce it in EHLO), so checks see the
 original client's address, name and HELO rather than Postfix's loopback
 connection; and it is passed on to a next hop that announces it, so the
@@ -573,10 +581,16 @@ class SmtpFilterServer(Server):
         Per-recipient settings: one transaction carries recipients of one settings profile.
         A recipient whose profile differs from the first one's is deferred with 452 4.5.3, which
         SMTP clients (Postfix included) answer by sending it in a new transaction; each message
-        then gets the verdict, headers and reply of its own recipients' settings."""
+        then gets the verdict, headers and reply of its own recipients' settings.
+
+        A lone recipient pipelined with MAIL and DATA (or BDAT) is the exception: it is accepted
+        here and goes to the next hop with the message (``_NextHop.rcpt_with_message``)."""
         if envelope.rcpt_tos and self.scanner.profile_for(address) != self.scanner.profile_for(envelope.rcpt_tos[0]):
             return "452 4.5.3 Recipients with other spam settings: send in a separate transaction"
-        reply = await server.next_hop.rcpt(address)
+        if server.next_hop.deferred is not None and not envelope.rcpt_tos and _ends_group(server._next_line_here()):
+            reply = await server.next_hop.rcpt_with_message(address)
+        else:
+            reply = await server.next_hop.rcpt(address)
         if server._mail_deferred and not (await server.next_hop.deferred_mail_reply()).startswith("2"):
             return _NEED_MAIL  # the next hop refused the sender (see handle_MAIL)
         if reply.startswith("2"):
@@ -674,6 +688,14 @@ class SmtpFilterServer(Server):
         await asyncio.gather(*(c.quit() for c in conns), return_exceptions=True)
 
 
+def _ends_group(line: bytes | None) -> bool:
+    """``line`` is DATA or BDAT: the command that ends a client's pipelined group of recipients."""
+    if line is None:
+        return False
+    word = line[:5].upper()
+    return word == b"BDAT " or word.rstrip(b"\r\n") == b"DATA"
+
+
 def _reply(code: int, msg: Any) -> str:
     """The next hop's reply, for our client.  Its 421 (closing the connection) becomes 451: it is
     the next hop's connection that closes, not ours, and a 421 tells our client to hang up."""
@@ -689,6 +711,12 @@ class NextHopError(Exception):
 
 
 _EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+def _crlf(payload: bytes) -> bytes:
+    """Every line end as CRLF, as SMTP wants them (a message SMTP delivered has only those already:
+    then it is returned as it is, which is what the regular expression would give)."""
+    return payload if fastscore.impl.crlf_only(payload) else _EOL.sub(b"\r\n", payload)
 
 
 class _SmtpClient:
@@ -790,10 +818,7 @@ class _SmtpClient:
         command: one write and one reply, where DATA takes two of each (the command, then the
         message after the 354), and no dot-stuffing.  A refused BDAT leaves the transaction in a
         state RFC 3030 leaves open; the caller ends it with RSET, as after a refused DATA."""
-        if fastscore.impl.crlf_only(payload):
-            body = payload  # CRLF throughout, as SMTP delivered it: the regular expression's result
-        else:
-            body = _EOL.sub(b"\r\n", payload)
+        body = _crlf(payload)
         if "CHUNKING" in self.extensions:
             self.writer.write(b"BDAT %d LAST\r\n%b" % (len(body), body))
             await self._drain()
@@ -809,6 +834,22 @@ class _SmtpClient:
         code, msg = await self.reply()
         return code, msg, False
 
+    async def transaction(self, lines: list[str], body: bytes, replies: list[tuple[int, str]]) -> None:
+        """``lines`` (MAIL and RCPT, XFORWARD before them) and the message as ``BDAT <size> LAST``,
+        all in one write (RFC 2920 and RFC 3030 let BDAT stand anywhere in a pipelined group), and
+        their replies appended to ``replies`` in order: one round trip for the whole transaction.
+        The caller checks that the next hop announced PIPELINING and CHUNKING.  ``replies`` holds
+        what had come when an error is raised; a 421 ends them early (the next hop is closing).
+        Line ends in ``body`` become CRLF, as in :meth:`data`."""
+        body = _crlf(body)
+        self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8")
+                          + b"BDAT %d LAST\r\n%b" % (len(body), body))
+        await self._drain()
+        for _ in range(len(lines) + 1):
+            replies.append(await self.reply())
+            if replies[-1][0] == 421:
+                return
+
     async def _drain(self) -> None:
         """Wait, within the timeout, for what the socket did not take at once (a large message)."""
         if self.writer.transport.get_write_buffer_size():
@@ -818,6 +859,20 @@ class _SmtpClient:
 
 def _path(address: str) -> str:
     return "<>" if address in ("", "<>") else f"<{address}>"
+
+
+def _opening(conn: _SmtpClient, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> list[str]:
+    """The commands that open a transaction on ``conn``: MAIL with the options it announced, after
+    XFORWARD when there is one to pass on.  XFORWARD describes one transaction (the next hop forgets
+    it after), so it goes every time; its reply does not matter (the next hop ignores what it does
+    not allow)."""
+    wanted = {o.upper() for o in mail_options}
+    options = [o for o, ext in (("BODY=8BITMIME", "8BITMIME"), ("SMTPUTF8", "SMTPUTF8"))
+               if o in wanted and ext in conn.extensions]
+    lines = [" ".join([f"MAIL FROM:{_path(mail_from)}", *options])]
+    if xforward and "XFORWARD" in conn.extensions:
+        lines.insert(0, "XFORWARD " + " ".join(f"{k}={v}" for k, v in xforward.items()))
+    return lines
 
 
 class _NextHop:
@@ -838,6 +893,10 @@ class _NextHop:
         #: MAIL's arguments, kept to go with the following RCPT (``defer_mail``), and its reply
         self.deferred: tuple[str, list[str], dict[str, str]] | None = None
         self.mail_reply = ""
+        #: MAIL's arguments and the lone recipient, kept to go with the message (``rcpt_with_message``)
+        #: on ``conn``, which has seen nothing of them yet; ``kept``: that connection is a kept one
+        self.held: tuple[tuple[str, list[str], dict[str, str]], str] | None = None
+        self.kept = False
 
     def defer_mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> None:
         """Keep MAIL to send with the RCPT that follows (``SmtpFilterServer.handle_MAIL``)."""
@@ -871,14 +930,7 @@ class _NextHop:
                 return _unavailable(exc), _NEED_MAIL
             pipelined = rcpt is not None and "PIPELINING" in conn.extensions
             try:
-                wanted = {o.upper() for o in mail_options}
-                options = [o for o, ext in (("BODY=8BITMIME", "8BITMIME"), ("SMTPUTF8", "SMTPUTF8"))
-                           if o in wanted and ext in conn.extensions]
-                lines = [" ".join([f"MAIL FROM:{_path(mail_from)}", *options])]
-                # XFORWARD describes one transaction (the next hop forgets it after), so it goes every
-                # time; its reply does not matter (the next hop ignores what it does not allow).
-                if xforward and "XFORWARD" in conn.extensions:
-                    lines.insert(0, "XFORWARD " + " ".join(f"{k}={v}" for k, v in xforward.items()))
+                lines = _opening(conn, mail_from, mail_options, xforward)
                 if pipelined:
                     lines.append(f"RCPT TO:{_path(rcpt)}")  # type: ignore[arg-type]
                 replies = await conn.commands(lines)
@@ -917,6 +969,83 @@ class _NextHop:
         finally:
             self.busy = False
 
+    async def rcpt_with_message(self, address: str) -> str:
+        """Our reply to the transaction's first and only recipient (its client pipelined MAIL, this
+        RCPT and DATA or BDAT), with MAIL deferred (``defer_mail``): the whole transaction, MAIL,
+        RCPT and the message, then goes to the next hop in one write once the message is here
+        (:meth:`_whole`), where step by step it takes two round trips, four writes on our side.
+
+        So this recipient is accepted here before the next hop has, and the next hop's refusal of
+        it, if any, is our reply at the end of the data.  For a lone recipient that is the same
+        outcome, a refusal of the one recipient (a 5xx bounces it, a 4xx keeps it queued); a second
+        recipient would make it wrong for the other, and is never held.  The connection is taken
+        now, so that a next hop that cannot be reached is still refused at MAIL; one that does not
+        announce PIPELINING and CHUNKING is mirrored step by step, as before."""
+        self.busy = True
+        try:
+            mail, self.deferred = self.deferred, None
+            assert mail is not None
+            await self._end()
+            try:
+                conn, kept = await self.server._borrow()
+            except (OSError, TimeoutError, NextHopError) as exc:
+                self.mail_reply = _unavailable(exc)
+                return _NEED_MAIL
+            if not {"PIPELINING", "CHUNKING"} <= conn.extensions:
+                self.server._give_back(conn)  # taken again at once by _mail (the most recent idle one)
+                self.mail_reply, reply = await self._mail(*mail, rcpt=address)
+                return reply
+            self.conn, self.kept, self.held = conn, kept, (mail, address)
+            self.mail_reply = "250 2.1.0 Ok"
+            return "250 2.1.5 Ok"
+        finally:
+            self.busy = False
+
+    async def _whole(self, payload: bytes) -> str:
+        """The held transaction (``rcpt_with_message``) and its message in one write; our reply is
+        the first refusal among the next hop's replies to MAIL, RCPT and BDAT, or its 250.
+
+        A kept connection the next hop closed while it was idle (no reply at all) is replaced once,
+        as at MAIL.  After any refusal the connection is closed rather than kept: what a next hop
+        does with the chunk of a refused BDAT is its own (RFC 3030 leaves the state open), and the
+        bytes of a message must never be read as commands."""
+        assert self.held is not None
+        (mail_from, mail_options, xforward), rcpt = self.held
+        conn, kept = self.conn, self.kept
+        self.held, self.conn = None, None
+        assert conn is not None
+        for _ in (0, 1):
+            lines = _opening(conn, mail_from, mail_options, xforward)
+            lines.append(f"RCPT TO:{_path(rcpt)}")
+            replies: list[tuple[int, str]] = []
+            try:
+                await conn.transaction(lines, payload, replies)
+            except (OSError, TimeoutError, NextHopError) as exc:
+                self.server._discard(conn)
+                if kept and not replies and not isinstance(exc, TimeoutError):
+                    try:
+                        conn, kept = await self.server._borrow()
+                    except (OSError, TimeoutError, NextHopError) as exc2:
+                        return _unavailable(exc2)
+                    if {"PIPELINING", "CHUNKING"} <= conn.extensions:
+                        continue
+                    self.server._give_back(conn)  # the next hop changed: our client retries, step by step
+                return _unavailable(exc)
+            except BaseException:
+                self.server._discard(conn)
+                raise
+            # the replies that matter: MAIL's, RCPT's and BDAT's (XFORWARD's, first, does not)
+            for code, msg in replies[len(lines) - 2:]:
+                if code != 250:
+                    self.server._discard(conn)
+                    return _reply(code if 400 <= code < 600 else 451, msg)
+            if len(replies) == len(lines) + 1:
+                self.server._give_back(conn)
+                return _reply(*replies[-1])
+            self.server._discard(conn)
+            return "451 4.4.1 Next hop unavailable, try again later"
+        return "451 4.4.1 Next hop unavailable, try again later"
+
     async def _rcpt(self, address: str) -> str:
         if self.conn is None:
             return "451 4.4.1 Next hop unavailable, try again later"
@@ -944,6 +1073,8 @@ class _NextHop:
 
     async def _data(self, payload: bytes) -> str:
         """Send the message; the next hop's one reply covers every recipient it accepted."""
+        if self.held is not None:
+            return await self._whole(payload)
         conn, self.conn = self.conn, None
         if conn is None:
             return "451 4.4.1 Next hop unavailable, try again later"
@@ -978,6 +1109,10 @@ class _NextHop:
     async def _end(self) -> None:
         conn, self.conn = self.conn, None
         if conn is None:
+            return
+        if self.held is not None:  # the next hop has seen nothing of this transaction
+            self.held = None
+            self.server._give_back(conn)
             return
         try:
             code, _ = await conn.command("RSET")
