@@ -111,8 +111,8 @@ _SHAPE_CACHE_SIZE = 8192
 #: memos of :func:`_collapsed` for shapes and for Dates (bounded like the shape cache)
 _COLLAPSED_SHAPES: dict[str, str] = {}
 _COLLAPSED_DATES: dict[str, str] = {}
-#: lower-cased header name -> its ``hname:`` token or None (names repeat across mail; bounded)
-_HNAME_CACHE: dict[str, str | None] = {}
+#: lower-cased header name -> what it gives (:func:`_name_tokens`; names repeat across mail; bounded)
+_HNAME_CACHE: dict[str, tuple[tuple[str, ...], int]] = {}
 _HNAME_CACHE_SIZE = 4096
 #: a Date's shape: digits -> 9 and ASCII letters -> a, then each run of either kept once
 _DATE_TABLE = str.maketrans({**{c: "a" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"},
@@ -181,16 +181,7 @@ def meta_tokens(msg: Message) -> list[str]:
     if rt and dom and not rt.lower().endswith(dom):
         add("reply-to:other-domain")
     add("to:n:" + _bucket(len(msg.to_addrs)))
-    present = _header_names(msg, add)
-    for h in PRESENCE_HEADERS:
-        if h in present:
-            add("header:" + h)
-    for h in VALUE_HEADERS:
-        v = msg.get(h) if h in present else None
-        if v:
-            m = _FIRST_WORD_RE.search(v.lower())
-            if m:
-                add(f"header:{h}:{m.group()}")
+    present, listed = _header_names(msg, out)
     # MIME structure
     parts = msg.parts
     add("mime:parts:" + _bucket(len(parts)))
@@ -216,7 +207,7 @@ def meta_tokens(msg: Message) -> list[str]:
         add("mime:image-only")
     if not (has_plain or has_html):
         add("mime:no-text")
-    if has_html and any(h.startswith(_LIST_HEADER_PREFIXES) for h in present):
+    if has_html and listed:
         # HTML in list mail, and HTML that starts a list thread: list discussion is plain text and
         # replies, while advertising relayed by a list is neither.  A linear model cannot form
         # these conjunctions from the list headers and the ``mime:text/html`` token alone.
@@ -280,24 +271,52 @@ def _cached_shape(s: str) -> str:
     return v
 
 
-def _header_names(msg: Message, add):  # type: ignore[no-untyped-def]
-    """Which headers the sender wrote (mail software leaves its own set: ``X-Face``, ``Thread-Index``...).
+def _header_names(msg: Message, out: list[str]):  # type: ignore[no-untyped-def]
+    """The tokens of which headers the message has, in one pass over their names: ``hname:`` for
+    the ones its sender wrote (mail software leaves its own set: ``X-Face``, ``Thread-Index``...),
+    ``header:<name>`` for :data:`PRESENCE_HEADERS`, ``header:<name>:<word>`` for the first word of
+    :data:`VALUE_HEADERS`' values.
 
-    Returns the lower-cased names present (a set-like view), which the ``header:`` tokens read too.
+    Returns the lower-cased names present (a set-like view, which later tokens read too) and
+    whether a mailing list's header is among them.
     """
     cache = _HNAME_CACHE
+    extend = out.extend
+    listed = False
     # The Message's own index of lower-cased header names: built once per message and shared with
     # every get()/has(), so reading its keys costs nothing here.
     present = msg.header_index.keys()
     for low in present:
-        tok = cache.get(low, "")
-        if tok == "":
-            tok = None if low.startswith(UNREAD_HEADER_PREFIXES) else "hname:" + low[:30]
+        entry = cache.get(low)
+        if entry is None:
+            entry = _name_tokens(low)
             if len(cache) < _HNAME_CACHE_SIZE:
-                cache[low] = tok
-        if tok is not None:
-            add(tok)
-    return present
+                cache[low] = entry
+        tokens, flags = entry
+        extend(tokens)
+        if flags:  # rare: most names give only tokens
+            if flags & _VALUE:
+                v = msg.get(low)
+                if v:
+                    m = _FIRST_WORD_RE.search(v.lower())
+                    if m:
+                        out.append(f"header:{low}:{m.group()}")
+            if flags & _LIST:
+                listed = True
+    return present, listed
+
+
+#: :func:`_name_tokens` flags: the value's first word is a token; the header is a mailing list's
+_VALUE, _LIST = 1, 2
+
+
+def _name_tokens(low: str) -> tuple[tuple[str, ...], int]:
+    """What the header name ``low`` gives :func:`_header_names`: its ``hname:`` and ``header:``
+    tokens, and its flags."""
+    tokens = () if low.startswith(UNREAD_HEADER_PREFIXES) else ("hname:" + low[:30],)
+    if low in PRESENCE_HEADERS:
+        tokens += ("header:" + low,)
+    return tokens, (_VALUE if low in VALUE_HEADERS else 0) | (_LIST if low.startswith(_LIST_HEADER_PREFIXES) else 0)
 
 
 def _software_shapes(msg: Message, present: set[str], relays, add) -> None:  # type: ignore[no-untyped-def]
