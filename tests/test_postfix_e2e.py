@@ -290,7 +290,9 @@ def test_postfix_next_hop_gets_pipelined_mail_rcpt_and_one_bdat(sink):
     client's pipelined group gets Postfix's own reply per recipient (a refused one mid-group
     included), the message goes as BDAT and arrives once for the accepted recipients; a message
     Postfix refuses at its end (header_checks) is refused to the client with Postfix's reply, and
-    the next message on the same connections arrives whole."""
+    the next message on the same connections arrives whole.  A message to one recipient goes to
+    Postfix as MAIL, RCPT and BDAT in one write, so Postfix's refusal of that recipient is the
+    reply at end of data, and the next message still arrives."""
     import socket
 
     from antispam.config import SmtpConfig
@@ -326,26 +328,22 @@ def test_postfix_next_hop_gets_pipelined_mail_rcpt_and_one_bdat(sink):
         assert b"No such user here" in got[2]
         c.sendall(ham(subject="via postfix bdat") + b".\r\n")
         assert smtp_replies(fh, 1)[0][:3] == b"250"
-        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
-        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
-        c.sendall(ham(subject="please refuse me") + b".\r\n")
-        (end,) = smtp_replies(fh, 1)
+
+        def lone(rcpt: bytes, subject: str) -> bytes:
+            """One message to one recipient, pipelined as Postfix sends it: our reply at its end."""
+            c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<%b>\r\nDATA\r\n" % rcpt)
+            assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+            c.sendall(ham(subject=subject) + b".\r\n")
+            return smtp_replies(fh, 1)[0]
+
+        end = lone(b"bo@rcpt.test", "please refuse me")
         assert end[:1] == b"5" and b"refused by header_checks" in end, end
-        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<dee@rcpt.test>\r\nDATA\r\n")
-        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
-        c.sendall(ham(subject="after the refused one") + b".\r\n")
-        assert smtp_replies(fh, 1)[0][:3] == b"250"
-        # a lone recipient pipelined with DATA is held: MAIL, RCPT and BDAT reach Postfix in one
-        # write, so its refusal of the recipient is the reply at end of data
-        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<gone@rcpt.test>\r\nDATA\r\n")
-        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
-        c.sendall(ham(subject="lone and gone") + b".\r\n")
-        (end,) = smtp_replies(fh, 1)
+        assert lone(b"dee@rcpt.test", "after the refused one")[:3] == b"250"
+        # a lone recipient is held: MAIL, RCPT and BDAT reach Postfix in one write, so its refusal
+        # of the recipient is the reply at end of data
+        end = lone(b"gone@rcpt.test", "lone and gone")
         assert end[:1] == b"5" and b"No such user here" in end, end
-        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<eve@rcpt.test>\r\nDATA\r\n")
-        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
-        c.sendall(ham(subject="after the gone one") + b".\r\n")
-        assert smtp_replies(fh, 1)[0][:3] == b"250"
+        assert lone(b"eve@rcpt.test", "after the gone one")[:3] == b"250"
         c.sendall(b"QUIT\r\n")
         c.close()
         (first,) = sink.wait_for(marker("via postfix bdat"), timeout=30)
