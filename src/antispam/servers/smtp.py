@@ -876,7 +876,8 @@ def _opening(conn: _SmtpClient, mail_from: str, mail_options: list[str], xforwar
 
 
 class _NextHop:
-    """One client session's transaction at the next hop, mirrored step by step.
+    """One client session's transaction at the next hop, mirrored step by step (or held and sent
+    whole with the message, see :meth:`rcpt_with_message`).
 
     The connection is borrowed from the server's idle ones at MAIL and given back when the
     transaction ends (after DATA, at RSET, or when the client goes), so two transactions never
@@ -1036,7 +1037,7 @@ class _NextHop:
                 raise
             # the replies that matter: MAIL's, RCPT's and BDAT's (XFORWARD's, first, does not)
             for code, msg in replies[len(lines) - 2:]:
-                if code != 250:
+                if not 200 <= code < 300:  # 251 and the like accept a recipient too
                     self.server._discard(conn)
                     return _reply(code if 400 <= code < 600 else 451, msg)
             if len(replies) == len(lines) + 1:
