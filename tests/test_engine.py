@@ -316,3 +316,28 @@ def test_default_engine_makes_no_network_lookup(monkeypatch):
     v = e.scan((samples_dir() / "spam-phish.eml").read_bytes(), Envelope(client_ip="203.0.113.9", helo="x.example",
                                                                          mail_from="a@b.example"))
     assert v.is_spam and e.resolver is None and e.network_checks == []
+
+
+def test_scan_many_workers_start_from_this_engine_learning_included(tmp_path):
+    """Where the platform forks, pool workers are copies of the engine that calls scan_many, so
+    they scan with what it has learnt (workers built afresh from the configuration would not);
+    an engine that cannot cross a fork (an SQLite store) still gets workers of its own, which
+    scan as it does."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("the platform does not fork")
+    ham = b"From: ana@example.org\nTo: bo@example.net\nSubject: minutes of the meeting\n\n" \
+          b"Dear all, the minutes of tuesday's meeting are below; the next one is on friday.\n"
+    e = Engine()
+    before = e.scan(ham).score
+    for _ in range(3):
+        e.learn(ham + b"x" * _, spam=True)  # three different messages: each counts
+    learnt = e.scan(ham).score
+    assert learnt > before  # the learning moved the score, so the comparison below can fail
+    assert e._forkable()
+    assert [v.score for v in e.scan_many([ham] * 4, workers=2, chunksize=1)] == [learnt] * 4
+    stored = Engine(Config.load(None, {"store": {"url": f"sqlite:///{tmp_path / 's.db'}"}}))
+    assert not stored._forkable()
+    assert [v.score for v in stored.scan_many([ham, SPAM], workers=2, chunksize=1)] == \
+        [stored.scan(ham).score, stored.scan(SPAM).score]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from .errors import ConfigError
 from .message import Envelope, Message
 from .policy import Policy
 from .store import Store, open_store
+from .store.memory import MemoryStore
 from .verdict import Verdict
 
 log = logging.getLogger("antispam.engine")
@@ -316,18 +318,41 @@ class Engine:
         """Scan many messages, yielding verdicts in input order.
 
         ``items`` are raw bytes, paths of message files, or ``(bytes, Envelope)``
-        pairs.  With ``workers > 1`` a process pool is used; each worker builds
-        its engine once from this engine's configuration (so custom check
-        objects must be picklable).  An unreadable path yields a verdict with
-        the ``INPUT_ERROR`` symbol rather than stopping the batch.
+        pairs.  With ``workers > 1`` a process pool is used.  Where the platform
+        forks (Linux) and this engine can cross a fork (:meth:`_forkable`), each
+        worker starts as a copy of this engine, with what it has learnt: no
+        start-up, where building an engine takes ~0.3 s, most of a small batch.
+        Otherwise each worker builds its engine once from this engine's
+        configuration (so custom check objects must be picklable).  An
+        unreadable path yields a verdict with the ``INPUT_ERROR`` symbol rather
+        than stopping the batch.
         """
         if workers <= 1:
             for item in items:
                 yield _scan_item(self, item)
             return
+        if self._forkable():
+            key = id(self)
+            _FORKED[key] = self
+            try:
+                with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                                         initializer=_worker_inherit, initargs=(key,)) as pool:
+                    yield from pool.map(_worker_scan, items, chunksize=chunksize)
+            finally:
+                _FORKED.pop(key, None)
+            return
         spec = (self.config, self.checks if self._custom_checks else None)
         with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=spec) as pool:
             yield from pool.map(_worker_scan, items, chunksize=chunksize)
+
+    def _forkable(self) -> bool:
+        """Whether pool workers may start as fork()ed copies of this engine: the platform forks,
+        and nothing the engine holds is shared with the outside, which a copy would then share
+        too: no network checks (a resolver's sockets, event loops), an in-memory store (SQLite and
+        Redis connections must not cross a fork), and the built-in checks (a custom check's
+        state is not ours to judge)."""
+        return ("fork" in multiprocessing.get_all_start_methods() and not self.network_checks
+                and not self._custom_checks and isinstance(self.store, MemoryStore))
 
     # ------------------------------------------------------------------ learning
 
@@ -413,11 +438,19 @@ def _scan_item(engine: Engine, item: Any) -> Verdict:
 
 
 _WORKER_ENGINE: Engine | None = None
+#: engines whose scan_many pool is running, by id: what a forked worker starts from
+_FORKED: dict[int, Engine] = {}
 
 
 def _worker_init(config: Config, checks: Sequence[Check] | None) -> None:
     global _WORKER_ENGINE
     _WORKER_ENGINE = Engine(config, checks)
+
+
+def _worker_inherit(key: int) -> None:
+    """A forked worker's engine: the copy of its parent's, which the fork made."""
+    global _WORKER_ENGINE
+    _WORKER_ENGINE = _FORKED[key]
 
 
 def _worker_scan(item: Any) -> Verdict:
