@@ -768,3 +768,30 @@ def test_held_transaction_on_a_kept_connection_that_drops_is_sent_again_once(chu
         assert sink.wait_for(marker("dropped twice"), timeout=0.3) == []
     finally:
         f.stop()
+
+
+def test_held_transaction_with_a_slow_next_hop_or_a_client_that_leaves(chunking_sink):
+    """A next hop slower than ``next_hop_timeout`` with a held transaction: 451 at end of data (the
+    client keeps the message).  A client that leaves in the middle of its data: the next hop never
+    sees that transaction, and the kept connection carries the next message whole."""
+    sink = chunking_sink
+    f = start(sink, next_hop_timeout=0.5)
+    try:
+        sink.delay = 2.0
+        assert _pipelined(f.port, ham(subject="slow held"))[-1].startswith(b"451 4.4.1")
+        sink.delay = 0.0
+        time.sleep(2.0)  # the slow next hop finishes with that message (SMTP cannot take it back)
+        seen = len(sink.bdat_grouped)
+        c, fh, _ = _ehlo(f.port)
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+        assert smtp_replies(fh, 3)[2].startswith(b"354")
+        c.sendall(ham(subject="left half way")[:200])
+        c.close()
+        time.sleep(0.3)
+        assert _pipelined(f.port, ham(subject="after the one that left"))[-1] == sink.data_reply
+        assert len(sink.wait_for(marker("after the one that left"))) == 1
+        assert sink.bdat_grouped[seen:] == [True]  # one transaction reached the next hop: the last
+        assert sink.wait_for(marker("left half way"), timeout=0.3) == []
+    finally:
+        sink.delay = 0.0
+        f.stop()
