@@ -331,19 +331,19 @@ class Engine:
             for item in items:
                 yield _scan_item(self, item)
             return
-        if self._forkable():
-            key = id(self)
-            _FORKED[key] = self
-            try:
-                with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                                         initializer=_worker_inherit, initargs=(key,)) as pool:
-                    yield from pool.map(_worker_scan, items, chunksize=chunksize)
-            finally:
-                _FORKED.pop(key, None)
-            return
-        spec = (self.config, self.checks if self._custom_checks else None)
-        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=spec) as pool:
-            yield from pool.map(_worker_scan, items, chunksize=chunksize)
+        forked = self._forkable()
+        if forked:
+            _FORKED[id(self)] = self
+            start: dict[str, Any] = dict(mp_context=multiprocessing.get_context("fork"), initializer=_worker_inherit,
+                                         initargs=(id(self),))
+        else:
+            start = dict(initializer=_worker_init, initargs=(self.config, self.checks if self._custom_checks else None))
+        try:
+            with ProcessPoolExecutor(max_workers=workers, **start) as pool:
+                yield from pool.map(_worker_scan, items, chunksize=chunksize)
+        finally:
+            if forked:
+                _FORKED.pop(id(self), None)
 
     def _forkable(self) -> bool:
         """Whether pool workers may start as fork()ed copies of this engine: the platform forks,

@@ -38,7 +38,10 @@ class RunWidth:
         self.terms = terms
 
     @classmethod
+    @lru_cache(maxsize=4096)
     def of(cls, pattern: bytes, flags: int) -> RunWidth | None:
+        """The bound of ``pattern``, or None.  Cached: the rules check (for options) and the matcher
+        (for confirmations) both ask it of the same body rules at start-up."""
         try:
             tree = _p.parse(pattern, flags)
             got = _bound(list(tree), tree.state.flags, {})

@@ -90,7 +90,6 @@ def unpack_verdict(t: tuple) -> Verdict:
 # --------------------------------------------------------------------------- DNS-list counters
 
 
-
 def list_snapshot(engine: Any) -> dict[str, tuple]:
     """The engine's DNS lists' counters since start-up: name -> (queries, listed, errors, seconds, healthy)."""
     out: dict[str, tuple] = {}
@@ -226,9 +225,9 @@ class WorkerPool:
         self.deaths = 0
         self._closed = False
         #: worker pid -> its DNS lists' counters when last asked (poll_lists); those of the workers
-        #: that died are added to ``_retired``, so that the sums never go down
+        #: that died are added into ``_retired`` (a snapshot of sums), so that the sums never go down
         self._lists: dict[int, dict[str, tuple]] = {}
-        self._retired: list[dict[str, tuple]] = []
+        self._retired: dict[str, tuple] = {}
 
     def _spawn(self) -> _Worker:
         ours, theirs = socket.socketpair()
@@ -296,7 +295,7 @@ class WorkerPool:
         from ..reputation.dnsbl import ListStats
 
         out: dict[str, ListStats] = {}
-        for snapshot in (*self._retired, *self._lists.values()):
+        for snapshot in (self._retired, *self._lists.values()):
             for name, values in snapshot.items():
                 st = out.get(name)
                 if st is None:
@@ -310,7 +309,10 @@ class WorkerPool:
         """A worker's socket closed: unless we are shutting down, it died; start its replacement."""
         last = self._lists.pop(worker.process.pid, None)
         if last:  # its counts stay in the sums; it says nothing more of the lists' health
-            self._retired.append({name: (*v[:len(LIST_COUNTER_KEYS)], True) for name, v in last.items()})
+            n, retired = len(LIST_COUNTER_KEYS), self._retired
+            for name, v in last.items():
+                before = retired.get(name, (0,) * n)
+                retired[name] = (*(a + b for a, b in zip(before, v[:n])), True)
         if self._closed or worker not in self._workers:
             return
         self.deaths += 1
