@@ -588,8 +588,20 @@ class Message:
 
     @cached_property
     def from_addresses(self) -> tuple[tuple[str, str], ...]:
-        """``[(display_name, address)]`` of the From header (usually one)."""
-        return split_addresses(self.get("From", "") or "")
+        """``[(display_name, address)]`` of the (first) From header, usually one.
+
+        Parsed from the value as sent, then the display names decoded: an encoded-word never
+        holds an address (RFC 2047 section 5), so a name that decodes to ``<x@other.example>``
+        or to a comma must not be read as one, or an author could be hidden behind it.
+        """
+        raw = self.get_raw("From")
+        if not raw:
+            return ()
+        pairs = split_addresses(raw[0])
+        if "=?" in raw[0]:
+            d = self._defects
+            pairs = tuple((decode_rfc2047(n, d) if "=?" in n else n, a) for n, a in pairs)
+        return pairs
 
     @property
     def from_name(self) -> str:

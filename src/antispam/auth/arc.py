@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..message import Message
 
 
+#: instance values run from 1 to 50 (RFC 8617 section 4.2.1)
+MAX_SETS = 50
+
+
 @dataclass(frozen=True, slots=True)
 class ArcOutcome:
     """``cv``: pass, fail, none or temperror; ``sealers``: d= of each ARC-Seal, newest instance first."""
@@ -69,6 +73,9 @@ def verify_chain(raw: bytes, seals: list[tuple[int, str]], answers: dict[str, An
         return ArcOutcome("none")
     instances = seals[0][0]
     sealers = tuple(d for _, d in seals)
+    if max(instances, len(seals)) > MAX_SETS:
+        # dkimpy enforces the limit only when it seals; a chain past it is invalid (RFC 8617 4.2.1)
+        return ArcOutcome("fail", instances, sealers, f"more than {MAX_SETS} ARC sets")
     temp = [n for n, a in answers.items() if a.temporary]
     if temp:
         return ArcOutcome("temperror", instances, sealers, f"key lookup failed: {temp[0]}")

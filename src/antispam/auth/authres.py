@@ -25,21 +25,31 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import Config
     from ..message import Message
 
-# RFC 2045 token characters plus '@' and '.', which RFC 8601's pvalue allows unquoted
-# (an addr-spec or domain name).  Anything else is written as a quoted-string.
-_BARE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~@/]+$")
+# RFC 8601 2.2: pvalue = value / [ [ local-part ] "@" ] domain-name, value being a MIME token
+# (RFC 2045: no tspecials, so no "/", "=", "@") or a quoted-string.  A token, or an address whose
+# local part is a dot-atom, is written bare; anything else (a DKIM b= prefix with "/" or "=")
+# is quoted.
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+$")
+_ADDR = re.compile(r"^(?:[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*)?"
+                   r"@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*$")
 
 
 def quote_value(value: str) -> str:
-    """A property value as RFC 8601 wants it: bare when it is a token/addr-spec, else quoted."""
-    if value and _BARE.match(value):
+    """A property value as RFC 8601 wants it: bare when it is a token/addr-spec, else quoted.
+    Unfolded first (a value may be quoted from a folded tag of the message): the header we write
+    breaks only where we fold it."""
+    if value and (_TOKEN.match(value) or _ADDR.match(value)):
         return value
+    if "\r" in value or "\n" in value:
+        value = re.sub(r"[\r\n]+", "", value)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _comment(text: str) -> str:
     # Comments nest in RFC 5322; escaping parentheses and backslashes keeps ours flat and closed.
-    return "(" + re.sub(r"([()\\])", r"\\\1", text) + ")"
+    # Line breaks and runs of whitespace (a sender's folded tag value quoted in a reason) become
+    # one space: a header value we write never breaks where we did not fold it.
+    return "(" + re.sub(r"([()\\])", r"\\\1", re.sub(r"\s+", " ", text)) + ")"
 
 
 def resinfo(method: str, result: str, props: Iterable[tuple[str, str]] = (), reason: str | None = None,

@@ -75,11 +75,18 @@ def _tags(value: bytes | str) -> dict[bytes, bytes] | None:
 
 
 def _key_name(tags: dict[bytes, bytes]) -> str | None:
-    d, s = tags.get(b"d"), tags.get(b"s")
-    if not d or not s:
+    """``<s>._domainkey.<d>``, or None when the signature names no key it could have.
+
+    A selector and a domain are dot-separated names (RFC 6376 3.1, 3.5): whitespace inside
+    either (``s=a\r\n b``, folded) is a syntax error, not a name to ask for.  It must be
+    refused the same way whichever copy of the value is read (the unfolded one when asking
+    DNS, dkimpy's raw one when verifying), or the key looks "not fetched" (a temperror).
+    """
+    d, s = tags.get(b"d", b"").strip(), tags.get(b"s", b"").strip()
+    if not d or not s or any(c in b" \t\r\n" for c in s + d):
         return None
     try:
-        return f"{s.decode('ascii').strip()}._domainkey.{d.decode('ascii').strip()}".rstrip(".").lower()
+        return f"{s.decode('ascii')}._domainkey.{d.decode('ascii')}".rstrip(".").lower()
     except UnicodeDecodeError:
         return None
 

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
 from ..dns import Answer
+from ..message import domain_of, split_addresses
 from . import network_enabled
 from .arc import ArcOutcome
 from .authres import resinfo
@@ -143,7 +144,16 @@ class DmarcOutcome:
 
 
 def _labels(domain: str) -> list[str]:
-    return [l for l in domain.lower().rstrip(".").split(".") if l]
+    """The domain's labels, lower case, internationalised ones as A-labels: a From domain written
+    in Unicode (RFC 6532) and the ``xn--`` form SPF and DKIM identify the same domain, so they
+    must align (RFC 8616 section 4) and ask the same ``_dmarc`` names."""
+    d = domain.lower().rstrip(".")
+    if not d.isascii():
+        try:
+            d = d.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # not a domain name IDNA can map: compared as written, and never aligns with ASCII
+    return [l for l in d.split(".") if l]
 
 
 def walk_names(domain: str) -> list[str]:
@@ -175,12 +185,17 @@ def psl_org_domain(domain: str) -> str:
 Lookup = Callable[[str], Answer]
 
 
-def _record(lookup: Lookup, domain: str) -> DmarcRecord | None:
-    """The single valid record at ``_dmarc.<domain>``; several valid ones count as none (RFC 9989 4.10)."""
+def _records(lookup: Lookup, domain: str) -> list[DmarcRecord]:
+    """Every valid record at ``_dmarc.<domain>``."""
     a = lookup(f"_dmarc.{domain}")
     if a.temporary:
         raise _Temp(f"_dmarc.{domain}: {a.status}")
-    recs = [r for r in (parse_record(t) for t in a.texts()) if r is not None]
+    return [r for r in (parse_record(t) for t in a.texts()) if r is not None]
+
+
+def _record(lookup: Lookup, domain: str) -> DmarcRecord | None:
+    """The single valid record at ``_dmarc.<domain>``; several valid ones count as none (RFC 9989 4.10)."""
+    recs = _records(lookup, domain)
     return recs[0] if len(recs) == 1 else None
 
 
@@ -238,12 +253,22 @@ class _Evaluator:
         return self._org[d]
 
     def aligned(self, a: str, b: str, mode: str) -> bool:
+        """Whether ``a`` (an SPF or DKIM domain) aligns with ``b`` (the Author Domain).
+
+        An Organizational Domain is always one of its name's parent domains (or the name), so
+        ``a`` can share ``b``'s only when it ends with it: any other ``a`` is unaligned without a
+        look at its own records, whose failure (a DNS server that never answers, chosen by
+        whoever signed) must not turn the Author Domain's policy into a temperror.
+        """
         a, b = ".".join(_labels(a)), ".".join(_labels(b))
         if not a or not b:
             return False
         if a == b:
             return True
-        return mode == "r" and self.org(a) == self.org(b)
+        if mode != "r":
+            return False
+        org = self.org(b)
+        return (a == org or a.endswith("." + org)) and self.org(a) == org
 
     def discover(self, from_domain: str) -> tuple[str, DmarcRecord] | None:
         """(policy domain, record) or None."""
@@ -260,9 +285,11 @@ class _Evaluator:
                 if name == org:
                     return name, r
             return next(((n, r) for n, r in found if r.psd == "y"), None)
-        rec = _record(self.lookup, from_domain)
-        if rec is not None:
-            return from_domain, rec
+        recs = _records(self.lookup, from_domain)
+        if len(recs) > 1:
+            return None  # RFC 7489 6.6.3 step 4: several records end the discovery
+        if recs:
+            return from_domain, recs[0]
         org = psl_org_domain(from_domain)
         if org != from_domain:
             rec = _record(self.lookup, org)
@@ -283,6 +310,25 @@ def names_to_ask(mode: str, from_domain: str, other_domains: list[str]) -> list[
             out.append(".".join(_labels(d)))
             out.append(psl_org_domain(d))
     return [f"_dmarc.{n}" for n in dict.fromkeys(out)]
+
+
+def author_domains(msg: "Message") -> list[str]:
+    """Every distinct domain of the From addresses, over every From field, in order."""
+    out: dict[str, None] = {}
+    for value in msg.get_raw("From"):
+        for _, addr in split_addresses(value):
+            d = domain_of(addr)
+            if d:
+                out[d] = None
+    return list(out)
+
+
+def _strictness(o: DmarcOutcome) -> int:
+    """How strict an outcome is, for choosing among several Author Domains: a failure whose
+    policy applies above a temperror (the failure is known), above a pass, above no policy."""
+    if o.result == "fail":
+        return {"reject": 5, "quarantine": 4}.get(o.disposition, 3)
+    return {"temperror": 2, "pass": 1}.get(o.result, 0)
 
 
 def _sampled(pct: int, raw: bytes) -> bool:
@@ -385,8 +431,8 @@ class DmarcCheck(Check):
         self.trusted_arc_sealers = frozenset(s.lower().rstrip(".") for s in trusted_arc_sealers)
 
     def questions(self, msg: "Message", ctx: ScanContext) -> list[Question]:
-        d = msg.from_domain
-        if not d:
+        authors = author_domains(msg)
+        if not authors:
             return []
         env = ctx.envelope
         mail_from = (env.mail_from or "").strip().strip("<>")
@@ -396,32 +442,40 @@ class DmarcCheck(Check):
             dom = (_tags(v) or {}).get(b"d")
             if dom:
                 others.append(dom.decode("ascii", "replace").strip())
-        return [Question(n, "TXT") for n in names_to_ask(self.mode, d, others)]
+        names = dict.fromkeys(n for d in authors for n in names_to_ask(self.mode, d, others))
+        return [Question(n, "TXT") for n in names]
 
     async def arun(self, msg: "Message", ctx: ScanContext) -> list[Hit]:
-        from_domain = (msg.from_domain or "").lower()
-        if len({a for _, a in msg.from_addresses}) > 1:
-            ctx.add_auth_result(resinfo("dmarc", "none", comment="several From addresses"))
-            ctx.publish(DmarcOutcome("none", from_domain, mode=self.mode, reason="several From addresses"))
-            return [Hit("DMARC_NA", 1.0, ("several From addresses",))]
-        if not from_domain or ctx.resolver is None:
+        authors = author_domains(msg)
+        if not authors or ctx.resolver is None:
+            from_domain = authors[0] if authors else ""
             ctx.publish(DmarcOutcome("none", from_domain, mode=self.mode, reason="no From domain"))
             ctx.add_auth_result(resinfo("dmarc", "none"))
             return [Hit("DMARC_NA", 1.0, ("no From domain",))]
-        outcome = await evaluate(ctx.resolver, from_domain, ctx.get(SpfOutcome), ctx.get(DkimOutcome),
-                                 mode=self.mode, raw=msg.raw, deadline=ctx.deadline)
+        # Several Author Domains (RFC 5322 allows one From field, spoofers add a second, or list
+        # several addresses): each is checked and the strictest outcome applies (RFC 7489
+        # 6.6.1), so no added address can hide the one a reader sees.
+        outcomes = [await evaluate(ctx.resolver, d, ctx.get(SpfOutcome), ctx.get(DkimOutcome),
+                                   mode=self.mode, raw=msg.raw, deadline=ctx.deadline) for d in authors]
+        outcome = max(outcomes, key=_strictness)
+        if len(authors) > 1:
+            outcome = replace(outcome, notes=(*outcome.notes, f"strictest of {len(authors)} From domains"))
         arc = ctx.get(ArcOutcome)
         if outcome.result == "fail" and outcome.disposition != "none" and arc is not None and arc.cv == "pass":
-            trusted = next((s for s in arc.sealers if s in self.trusted_arc_sealers), None)
-            if trusted:
-                outcome = replace(outcome, disposition="none", override=f"arc:{trusted}")
+            # Only the newest ARC set's sealer vouches for the message as it reached us: an older
+            # set stays valid whatever a later hop changed, since only the newest AMS must
+            # validate (RFC 8617 section 5.2).  Trusting any sealer of the chain would let an
+            # untrusted hop rewrite a message a trusted list once sealed.
+            newest = arc.sealers[0] if arc.sealers else ""
+            if newest in self.trusted_arc_sealers:
+                outcome = replace(outcome, disposition="none", override=f"arc:{newest}")
         ctx.publish(outcome)
         comment = None
         if outcome.record is not None:
             comment = f"p={outcome.policy or outcome.record.p} dis={outcome.disposition.upper()}"
         elif outcome.reason and outcome.result != "none":
             comment = outcome.reason[:80]
-        ctx.add_auth_result(resinfo("dmarc", outcome.result, [("header.from", from_domain)], comment=comment))
+        ctx.add_auth_result(resinfo("dmarc", outcome.result, [("header.from", outcome.from_domain)], comment=comment))
         return [self._hit(outcome)]
 
     @staticmethod

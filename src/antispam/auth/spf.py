@@ -158,6 +158,8 @@ class _Query(pyspf.query):
         super().__init__(*args, **kw)
         self.max_lookups, self.max_void = limits
         self.limit_fired = ""
+        #: > 0 while the address lookups of an "mx" or "ptr" term's hosts are being made
+        self._host_lookups = 0
 
     def check_lookups(self) -> None:
         self.lookups += 1
@@ -165,8 +167,29 @@ class _Query(pyspf.query):
             self.limit_fired = f"dns-lookups>{self.max_lookups}"
             raise pyspf.PermError(f"more than {self.max_lookups} DNS-querying terms")
 
+    # RFC 7208 4.6.4 limits void *terms*: an "mx" term whose MX query answered is not void because
+    # one of its hosts has no address of the client's family (an IPv6 client and IPv4-only MX hosts,
+    # the common case), nor a "ptr" term because a name it returned does not resolve back.  pyspf
+    # counts each such host lookup, which turns legitimate mail into a permerror; the term's own
+    # query (MX, PTR) still counts.
+    def dns_mx(self, domainname):
+        self._host_lookups += 1
+        try:
+            return super().dns_mx(domainname)
+        finally:
+            self._host_lookups -= 1
+
+    def validated_ptrs(self):
+        self._host_lookups += 1
+        try:
+            return super().validated_ptrs()
+        finally:
+            self._host_lookups -= 1
+
     def dns(self, name, qtype, cnames=None, ignore_void=False):
         result = super().dns(name, qtype, cnames=cnames, ignore_void=True)
+        if self._host_lookups and qtype in ("A", "AAAA"):
+            ignore_void = True
         if not result and not ignore_void and cnames is None:
             self.void_lookups += 1
             if self.void_lookups > self.max_void:
