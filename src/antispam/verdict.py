@@ -7,6 +7,7 @@ that existing Sieve and procmail rules keep working unchanged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -14,6 +15,30 @@ from . import __version__
 from .frozen import quick_init
 
 SPAM_ACTIONS = frozenset({"add header", "rewrite subject", "soft reject", "reject"})
+
+#: the required score the wire formats show when a profile enables no spam action (the policy's
+#: ``required_score`` is then infinite): JSON has no infinity, and spamc reads ``inf`` as 0
+NEVER_SPAM_SHOWN = 1_000_000.0
+
+
+def shown_required(required: float) -> float:
+    """``required`` as a wire format may carry it: finite (see :data:`NEVER_SPAM_SHOWN`)."""
+    return required if math.isfinite(required) else NEVER_SPAM_SHOWN
+
+
+def shown_score(score: float, required: float, is_spam: bool, digits: int = 1) -> str:
+    """``score`` with ``digits`` decimals as a client comparing it with the required score must read it.
+
+    Clients decide from the printed pair: Exim's spamd support takes ``score >= required`` as spam.
+    A message that is not spam but scored 4.96 of 5 would print ``5.0 / 5.0`` and be taken for
+    spam there, so, as SpamAssassin does when it prints scores, a ham whose rounded score reaches
+    the rounded required score is shown one step below it (``4.9``).
+    """
+    text = f"{score:.{digits}f}"
+    req = round(shown_required(required), digits)
+    if is_spam or float(text) < req:
+        return text
+    return f"{req - 10.0 ** -digits:.{digits}f}"
 
 
 @quick_init
@@ -83,10 +108,12 @@ class Verdict:
         """
         flag = "YES" if self.is_spam else "NO"
         tests = ",".join(sorted(self.symbols)) or "none"
-        status = f"{'Yes' if self.is_spam else 'No'}, score={self.score:.1f} required={self.required_score:.1f} tests={tests} autolearn=no version=antispam-{__version__}"
+        score = shown_score(self.score, self.required_score, self.is_spam)
+        status = (f"{'Yes' if self.is_spam else 'No'}, score={score} required={shown_required(self.required_score):.1f} "
+                  f"tests={tests} autolearn=no version=antispam-{__version__}")
         out = [
             ("X-Spam-Flag", flag),
-            ("X-Spam-Score", f"{self.score:.1f}"),
+            ("X-Spam-Score", score),
             ("X-Spam-Level", "*" * max(0, min(50, int(self.score)))),
             ("X-Spam-Status", status),
             ("X-Spam-Action", self.action),
@@ -106,8 +133,8 @@ class Verdict:
         """rspamd ``/checkv2`` shape: score, required_score, action, symbols{NAME: {...}}."""
         d: dict[str, Any] = {
             "is_skipped": False,
-            "score": round(self.score, 3),
-            "required_score": self.required_score,
+            "score": float(shown_score(self.score, self.required_score, self.is_spam, 3)),
+            "required_score": shown_required(self.required_score),
             "action": self.action,
             "thresholds": dict(self.thresholds),
             "symbols": {name: s.to_dict() for name, s in sorted(self.symbols.items())},

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..config import ServerConfig
 from ..engine import Engine
-from ..message import Envelope
+from ..message import Envelope, _split_head_body
 from ..auth.authres import strip_forged
 from ..verdict import Verdict
 from .workers import WorkerPool
@@ -442,29 +442,46 @@ def line_ending(raw: bytes) -> bytes:
 
 
 def split_headers(raw: bytes) -> tuple[bytes, bytes]:
-    """(header block without its blank line, body after the blank line)."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = raw.find(sep)
-        if i >= 0:
-            other = b"\n\n" if sep == b"\r\n\r\n" else b"\r\n\r\n"
-            j = raw.find(other, 0, i + len(other) - 1)  # only an earlier one matters: not the whole body
-            if j >= 0 and j < i:
-                sep, i = other, j
-            return raw[:i], raw[i + len(sep):]
-    if raw.startswith((b"\r\n", b"\n")):
-        return b"", raw.split(b"\n", 1)[1]
-    return raw, b""
+    """(header block without its last line ending, body after the blank line).
+
+    Split where the scan's own parser splits (the first empty line, whatever mix of CRLF and bare
+    LF the message uses; a message that starts with one has no header block), so the fields we
+    add land in the block the scan read, and never in the body where no reader looks for them.
+    """
+    head, body, _ = _split_head_body(raw)
+    if head.endswith(b"\n"):  # no blank line at all: the whole message is its header block
+        head = head[:-1]
+    return (head[:-1] if head.endswith(b"\r") else head), body
+
+
+def subject_prefix_bytes(prefix: str, eol: bytes) -> bytes:
+    """The Subject tag as header bytes: as written when ASCII, else RFC 2047 encoded words (a
+    header field is ASCII unless the transport agreed otherwise), folded with ``eol``."""
+    if prefix.isascii():
+        return prefix.encode("ascii")
+    from email.header import Header
+
+    # the space after an encoded word separates it from the text (RFC 2047 section 5), so it
+    # stays outside the encoding
+    return Header(prefix.rstrip(), "utf-8").encode(linesep=eol.decode("ascii") + " ").encode("ascii") + b" "
 
 
 def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
-    """The message with our X-Spam-* (and Authentication-Results) headers, and the new Subject
+    """The message with our X-Spam-* (and Authentication-Results) headers, and its Subject tagged
     when the verdict rewrites it.  Headers of the same names already present are removed first:
     a sender could otherwise forge ``X-Spam-Flag: NO`` for sieve rules downstream.  So are
-    Authentication-Results claiming our authserv-id (RFC 8601 section 5): only we write those."""
+    Authentication-Results claiming our authserv-id (RFC 8601 section 5): only we write those.
+
+    The tag goes in front of the Subject as the message carries it, undecoded and with its
+    folding, as SpamAssassin does: writing back the decoded text would put 8-bit bytes in a
+    header, and an encoded word that decodes to a line break would start a header of the
+    sender's choosing.  A second Subject (RFC 5322 allows one) is dropped, so no reader sees
+    an untagged one.
+    """
     ours = verdict.headers()
     drop = {n.lower() for n, _ in ours if n.lower() != "authentication-results"}
-    new_subject = verdict.rewritten_subject()
-    if new_subject is None:
+    tag = verdict.action == "rewrite subject" and not (verdict.subject or "").startswith(verdict.subject_prefix)
+    if not tag:
         # Nearly all mail has none of the fields to remove: then the message is its header block,
         # our fields and the rest, without taking the header apart line by line (a third of the
         # SMTP filter's own time per message).  The test is looser than the removal below (the
@@ -478,30 +495,36 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
         shared = b"x-spam-" if all(n.startswith(b"x-spam-") for n in names) else b""
         if not (shared in low and any(n in low for n in names)) and \
                 not (verdict.authserv_id and b"authentication-results" in low):
-            return b"".join([head, eol if head and not head.endswith(b"\n") else b"",
+            return b"".join([head, eol if head else b"",
                              *[f"{n}: {v}".encode("utf-8") + eol for n, v in ours], eol, body])
     if verdict.authserv_id:
         raw = strip_forged(raw, verdict.authserv_id)
     eol = line_ending(raw)
     head, body = split_headers(raw)
-    if new_subject is not None:
-        drop.add("subject")
+    prefix = subject_prefix_bytes(verdict.subject_prefix, eol) if tag else None
     kept: list[bytes] = []
-    skipping = False
+    skipping = tagged = False
     for line in head.splitlines(keepends=True):
         if line[:1] in (b" ", b"\t"):
             if not skipping:
                 kept.append(line)
             continue
-        name = line.split(b":", 1)[0].strip().lower().decode("latin-1")
-        skipping = name in drop
+        name, _, value = line.partition(b":")
+        lname = name.strip().lower().decode("latin-1")
+        if prefix is not None and lname == "subject":
+            skipping = tagged  # the first Subject is tagged and keeps its folded lines; others go
+            if not tagged:
+                kept.append(b"Subject: " + prefix + value.lstrip(b" \t"))
+                tagged = True
+            continue
+        skipping = lname in drop
         if not skipping:
             kept.append(line)
     out = b"".join(kept)
     if out and not out.endswith(b"\n"):
         out += eol
-    if new_subject is not None:
-        out += b"Subject: " + new_subject.encode("utf-8") + eol
+    if prefix is not None and not tagged:
+        out += b"Subject: " + prefix.rstrip() + eol
     for name, value in ours:
         out += f"{name}: {value}".encode("utf-8") + eol
     return out + eol + body
