@@ -5,13 +5,15 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import urllib.request
 
 import pytest
 
-from antispam import Engine
+from antispam import Check, Engine, Hit, SymbolDef
 from antispam.builtin import GtubeCheck
 from antispam.config import RspamdHttpConfig
 from antispam.servers.metrics import Metrics
@@ -157,3 +159,132 @@ def test_exim_rspamd_variant(server, parts):
     assert out[m.end():].startswith(b"Action: reject\r\n") and b"Symbol: GTUBE(" in out
     env, _ = parts[0].seen[-1]
     assert env.client_ip == "192.0.2.33" and env.rcpt_tos == ("bo@rcpt.test",) and env.queue_id == "1a2b3c-0000AB-CD"
+
+
+# --------------------------------------------------------------------------- the wire, byte by byte
+
+
+def exchange(port: int, request: bytes, shut: bool = True) -> bytes:
+    """Send ``request``, then read the whole answer until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        if shut:
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def status_and_body(out: bytes) -> tuple[int, bytes]:
+    head, _, body = out.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+class _AlmostSpam(Check):
+    """Scores a message just under the default required score: 4.996 rounds to 5.00."""
+
+    name = "almost_spam"
+    symbols = (SymbolDef("ALMOST_SPAM", 4.996, "scores just under the required score", "test"),)
+
+    def run(self, msg, ctx):
+        return [Hit("ALMOST_SPAM", 1.0)]
+
+
+def test_exim_rspamd_variant_scores_compare_as_the_verdict():
+    """Exim's variant=rspamd reads ``score / required`` from the Metric line and takes
+    ``score >= required`` as spam: a ham at 4.996 of 5 must not print ``5.00 / 5.00``, and a
+    profile without spam actions must not print ``inf``."""
+    from antispam import Config
+
+    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
+                           "recipients": {"carol@rcpt.test": "lenient"}})
+    st = ServerThread(RspamdHttpServer(Engine(cfg, checks=[GtubeCheck(), _AlmostSpam()]), RspamdHttpConfig(port=0)))
+    metric = re.compile(rb"RSPAMD/\S{1,7} 0 EX_OK\r\nMetric: default; (\S{1,7})\s+([-\d.]+) / ([-\d.]+) / ([-\d.]+)\r\n")
+    try:
+        raw = ham(eol="\n")
+        m = metric.match(exchange(st.port, b"CHECK RSPAMC/1.3\r\nContent-length: %d\r\n\r\n" % len(raw) + raw))
+        assert m and m.group(1) == b"False;" and (m.group(2), m.group(3)) == (b"4.99", b"5.00"), m
+        raw = spam(eol="\n")
+        out = exchange(st.port, b"CHECK RSPAMC/1.3\r\nRcpt: <carol@rcpt.test>\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        m = metric.match(out)
+        assert m and m.group(1) == b"False;" and m.group(3) == b"1000000.00" and b"inf" not in out, out[:200]
+        assert float(m.group(2)) < float(m.group(3))
+    finally:
+        st.stop()
+
+
+@pytest.mark.parametrize("size", [b"-5", b"-0x10", b"0x5", b"+5", b"5_0", b"", b"zz", b" 5"])
+def test_chunk_size_must_be_hex_digits(server, size):
+    """RFC 9112 7.1: chunk-size = 1*HEXDIG.  int(x, 16) also takes "-5" (which crashed the handler:
+    no answer at all), "0x5", "+5" and "5_0"; each is a 400 now, with the connection closed."""
+    req = (b"POST /checkv2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + size
+           + b"\r\nhello\r\n0\r\n\r\n")
+    status, body = status_and_body(exchange(server.port, req))
+    assert status == 400 and "chunk" in json.loads(body)["error"]
+
+
+def test_chunked_body_with_extensions_and_bad_chunk_ends(server):
+    ok = (b"POST /checkv2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+          b"%x;name=value\r\n%s\r\n0\r\n\r\n")
+    raw = spam()
+    status, body = status_and_body(exchange(server.port, ok % (len(raw), raw)))
+    assert status == 200 and json.loads(body)["action"] == "reject"
+    # a chunk longer than its size says: the rest must not be taken for the next chunk-size line
+    status, _ = status_and_body(exchange(server.port, ok % (3, b"hello")))
+    assert status == 400
+
+
+@pytest.mark.parametrize("value", [b"+5", b"5_0", b"-0", b" 0x5", "\uff15".encode(), b"5, 6", b"9" * 5000],
+                         ids=["plus", "underscore", "minus-zero", "hex", "fullwidth", "list", "5000-digits"])
+def test_content_length_must_be_ascii_digits(server, value):
+    """RFC 9110 8.6: Content-Length = 1*DIGIT; int() would take "+5", "5_0", "-0" and full-width digits."""
+    req = b"POST /checkv2 HTTP/1.1\r\nHost: x\r\nContent-Length: " + value + b"\r\n\r\n" + b"hello" * 10
+    status, body = status_and_body(exchange(server.port, req))
+    assert status == 400 and "Content-Length" in json.loads(body)["error"]
+
+
+def test_expect_100_continue(server):
+    """RFC 9110 10.1.1: a server answers ``Expect: 100-continue`` at once, with ``100 Continue`` or
+    a final status; otherwise a client waits for it before sending the body (curl for a second per
+    request, others until the read timeout)."""
+    raw = spam()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /checkv2 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(raw))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(raw)
+        f = s.makefile("rb")
+        assert f.readline() == b"HTTP/1.1 200 OK\r\n"
+        f.close()
+    # too big: the final status at once, without reading a body the client has not sent
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /checkv2 HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\nExpect: 100-continue\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    status, body = status_and_body(out)
+    assert status == 413 and "larger" in json.loads(body)["error"] and b"100 Continue" not in out
+    # HTTP/1.0: the expectation is ignored (RFC 9110 10.1.1), no interim response
+    out = exchange(server.port, b"POST /checkv2 HTTP/1.0\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(raw) + raw)
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+@pytest.mark.parametrize("headers, status", [
+    (b"Host x\r\n", 400),                                              # no colon
+    (b"".join(b"X-H%d: v\r\n" % i for i in range(150)), 431),         # too many header fields
+    (b"X: " + b"a" * 17_000 + b"\r\n", 431),                           # one field over the line limit
+], ids=["no-colon", "too-many-fields", "line-too-long"])
+def test_malformed_headers_are_answered(server, headers, status):
+    """A malformed header section gets an answer (RFC 9112 2.2: 400; RFC 6585 5: 431 for header
+    fields too large), with a JSON error and the connection closed, not a silent close."""
+    out = exchange(server.port, b"POST /checkv2 HTTP/1.1\r\nContent-Length: 0\r\n" + headers + b"\r\n", shut=False)
+    got, body = status_and_body(out)
+    assert got == status and json.loads(body)["error"] and b"Connection: close" in out
+
+
+def test_legacy_protocol_bad_header_is_answered(server):
+    out = exchange(server.port, b"CHECK RSPAMC/1.3\r\nContent-length 5\r\n\r\nhello")
+    assert out.startswith(b"RSPAMD/1.3 76 EX_PROTOCOL ")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from antispam import Engine
+from antispam import Check, Engine, Hit, SymbolDef
 from antispam.builtin import GtubeCheck
 from antispam.config import SpamdConfig
 from antispam.servers.spamd import SpamdServer
@@ -478,3 +478,102 @@ def test_cli_serve_refuses_an_unknown_event_loop(tmp_path):
                        capture_output=True, timeout=60, env=env)
     assert r.returncode != 0
     assert b"event_loop" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------- scores on the wire
+
+
+class _AlmostSpam(Check):
+    """Scores a message just under the default required score (5.0): 4.96 rounds to 5.0."""
+
+    name = "almost_spam"
+    symbols = (SymbolDef("ALMOST_SPAM", 4.96, "scores just under the required score", "test"),)
+
+    def run(self, msg, ctx):
+        return [Hit("ALMOST_SPAM", 1.0)]
+
+
+@needs_spamc
+def test_ham_just_under_the_threshold_is_not_printed_as_reaching_it():
+    """A ham scoring 4.96 of 5 must not read ``5.0/5.0``: Exim takes ``score >= required`` from the
+    printed pair as spam.  SpamAssassin prints ``4.9`` (Util::get_tag_value_for_score)."""
+    eng = Engine(checks=[_AlmostSpam()])
+    raw = ham(eol="\n")
+    assert not eng.scan(raw).is_spam
+    st = ServerThread(SpamdServer(eng, SpamdConfig(port=0)))
+    try:
+        r = run_spamc(st.port, "-c", stdin=raw)
+        assert r.returncode == 0 and r.stdout == b"4.9/5.0\n", r
+        out = exchange(st.port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        assert out == b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 4.9 / 5.0\r\n\r\n"
+        # Exim: REPORT SPAMC/1.2, its sscanf of the first body line, then spam_rc = score >= threshold
+        out = exchange(st.port, b"REPORT SPAMC/1.2\r\nUser: exim\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        m = re.match(rb"SPAMD/\S{1,7} 0 EX_OK\r\nContent-length: \d+\r\n\r\n([-\d.]+)/([-\d.]+)\r\n", out)
+        assert m, out[:200]
+        assert (m.group(1), m.group(2)) == (b"4.9", b"5.0") and float(m.group(1)) < float(m.group(2))
+        assert b"score 4.9, required 5.0" in out
+        head = run_spamc(st.port, stdin=raw).stdout.split(b"\n\n", 1)[0]
+        assert b"X-Spam-Status: No, score=4.9 required=5.0 " in head
+    finally:
+        st.stop()
+
+
+@needs_spamc
+def test_profile_without_a_spam_action_shows_a_finite_required_score():
+    """A profile that enables no spam action has an infinite required score; ``inf`` on the wire is
+    read as 0.0 by spamc (``1000.0/0.0``), so the server shows NEVER_SPAM_SHOWN instead."""
+    from antispam import Config
+
+    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
+                           "recipients": {"carol": "lenient"}})
+    st = ServerThread(SpamdServer(Engine(cfg, checks=[GtubeCheck()]), SpamdConfig(port=0)))
+    try:
+        raw = spam()
+        out = exchange(st.port, b"CHECK SPAMC/1.5\r\nUser: carol\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        assert out == b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 1000.0 / 1000000.0\r\n\r\n"
+        r = run_spamc(st.port, "-c", "-u", "carol", stdin=raw)
+        assert r.returncode == 0 and r.stdout == b"1000.0/1000000.0\n", r
+        out = exchange(st.port, b"REPORT SPAMC/1.2\r\nUser: carol\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        assert b"\r\n\r\n1000.0/1000000.0\r\n" in out and b"inf" not in out
+    finally:
+        st.stop()
+
+
+# --------------------------------------------------------------------------- request validation
+
+
+def test_truncated_zlib_stream_is_refused(engine):
+    """A zlib body without its end-of-stream marker is refused, as spamd refuses it ("failed to
+    find end of zlib stream"), instead of scanning the fragment that did decompress."""
+    st = ServerThread(SpamdServer(engine, SpamdConfig(port=0)))
+    try:
+        z = zlib.compress(spam())
+        out = exchange(st.port, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n" % len(z) + z)
+        assert out.startswith(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; ")
+        for cut in (z[:len(z) // 3], z[:-4]):  # a third of the stream; everything but the adler32
+            out = exchange(st.port, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n" % len(cut) + cut)
+            assert out.startswith(b"SPAMD/1.1 65 EX_DATAERR ") and b"end of zlib stream" in out, out
+    finally:
+        st.stop()
+
+
+def test_content_length_must_be_ascii_digits(spamd):
+    """spamd takes Content-length as ``/^(\\d*)$/`` (got_clen_header); Python's int() would also take
+    ``+5``, ``5_0`` or ``-0`` and read a different length than the client meant."""
+    for value in (b"+5", b"5_0", b"-0", b"0x5", "\uff15".encode(), b"9" * 5000):
+        out = exchange(spamd.port, b"CHECK SPAMC/1.5\r\nContent-length: " + value + b"\r\n\r\n" + b"hello" * 10)
+        assert out.startswith(b"SPAMD/1.1 76 EX_PROTOCOL "), (value, out)
+
+
+def test_tell_without_set_or_remove_does_nothing():
+    """spamd's dotell answers EX_OK and does nothing ("Did nothing") when neither Set nor Remove
+    names a location: no error, no DidSet/DidRemove, nothing learned."""
+    learner = MemoryLearner()
+    st = ServerThread(SpamdServer(Engine(checks=[GtubeCheck(), learner]), SpamdConfig(port=0)))
+    try:
+        raw = ham()
+        out = exchange(st.port, b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        assert out == b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\n\r\n"
+        assert not learner.labels
+    finally:
+        st.stop()

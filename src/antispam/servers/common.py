@@ -375,21 +375,9 @@ class Server:
             await self._close(writer)
 
     async def _refuse_and_close(self, conn: "Connection", reason: str) -> None:
-        """Send the refusal, then half-close and drain the client's input for at most a second.
-
-        Closing a socket whose input was not read makes the kernel answer with
-        a reset, and a client that sent its request before reading (spamc
-        does) may then lose the refusal it was meant to read.
-        """
+        """Send the refusal, then close as :func:`linger` does."""
         await self.refuse(conn, reason)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        with contextlib.suppress(Exception):
-            if conn.writer.can_write_eof():
-                conn.writer.write_eof()
-            while (left := deadline - loop.time()) > 0:
-                if not await asyncio.wait_for(conn.reader.read(65536), left):
-                    break
+        await linger(conn)
         await self._close(conn.writer)
 
     @staticmethod
@@ -430,6 +418,24 @@ class Server:
     def _count_error(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.errors.labels(self.name, kind).inc()
+
+
+async def linger(conn: "Connection", out: bytes = b"", seconds: float = 1.0) -> None:
+    """Send ``out`` (a last answer, often an error), then half-close and drain the client's input
+    for at most ``seconds`` (RFC 9112 9.6).
+
+    Closing a socket whose input was not read makes the kernel answer with a reset, and a client
+    that sent its request before reading (spamc does, an HTTP client sending a body) may then
+    lose the answer it was meant to read.
+    """
+    with contextlib.suppress(Exception):
+        if out:
+            await conn.write(out)
+        if conn.writer.can_write_eof():
+            conn.writer.write_eof()
+        async with asyncio.timeout(seconds):
+            while await conn.reader.read(65536):
+                pass
 
 
 # --------------------------------------------------------------------------- message editing

@@ -12,23 +12,37 @@ antispam unchanged: ``antispam serve rspamd-http``.
 ``GET /metrics``    Prometheus metrics, when the server has them
 ==================  =========================================================
 
-HTTP/1.1 with keep-alive, ``Content-Length`` or chunked request bodies; one small
-parser here, since the protocol needs nothing more and a web framework would be
-a dependency for four routes.
+HTTP/1.1 with keep-alive, ``Content-Length`` or chunked request bodies and
+``Expect: 100-continue``; one small parser here, since the protocol needs nothing
+more and a web framework would be a dependency for four routes.  A request the
+parser cannot take is answered (400, 413, 414 or 431 with a JSON ``error``) and
+the connection closed: without an answer a client cannot tell a bad request from
+a server that died.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from typing import Any
 
 from ..message import Envelope
-from .common import Connection, ProtocolError, RequestError, Server
+from ..verdict import shown_required, shown_score
+from .common import Connection, ProtocolError, RequestError, Server, linger
 
 _REASONS = {200: "OK", 208: "Already Reported", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 403: "Forbidden",
-            413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+            413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 _MAX_LINE = 16 * 1024
 _MAX_HEADERS = 100
+#: RFC 9110 8.6: Content-Length = 1*DIGIT (ASCII; int() would also take "+5", "5_0", "-0", "５");
+#: at most 18, past any size we take: 8.6 asks recipients to guard against overflowing numerals
+_DIGITS = re.compile(r"[0-9]{1,18}")
+#: RFC 9112 7.1: chunk-size = 1*HEXDIG, then optional chunk extensions (BWS ";" ...) we ignore.
+#: int(x, 16) alone would take "-5" (a negative read), "0x5", "+5" and "5_0".
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def response(status: int, body: bytes, content_type: str = "application/json", keep_alive: bool = True) -> bytes:
@@ -55,8 +69,15 @@ class RspamdHttpServer(Server):
             pass
 
     async def handle(self, conn: Connection) -> None:
+        """The requests of one connection, in turn, while the client keeps it alive."""
         while not self.closing:
-            first = await conn.readline(_MAX_LINE)
+            try:
+                first = await conn.readline(_MAX_LINE)
+            except ProtocolError:
+                # RFC 9112 3: a request-target longer than the server parses is answered 414
+                self._count_error("request")
+                await linger(conn, _json(414, {"error": "request line too long"}, keep_alive=False))
+                return
             if not first:
                 return
             if first in (b"\r\n", b"\n"):
@@ -66,20 +87,35 @@ class RspamdHttpServer(Server):
                 await self._legacy(conn, parts[0])
                 return
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                await conn.write(_json(400, {"error": "bad request line"}, keep_alive=False))
+                await linger(conn, _json(400, {"error": "bad request line"}, keep_alive=False))
                 return
             method, target, version = parts
-            headers = await self._headers(conn)
-            keep = (version == "HTTP/1.1" and headers.get("connection", [""])[-1].lower() != "close") or \
-                headers.get("connection", [""])[-1].lower() == "keep-alive"
-            conn.busy = True
+            keep = refused = False
             try:
+                headers = await self._headers(conn)
+                keep = (version == "HTTP/1.1" and headers.get("connection", [""])[-1].lower() != "close") or \
+                    headers.get("connection", [""])[-1].lower() == "keep-alive"
+                conn.busy = True
+                # RFC 9110 10.1.1: an HTTP/1.0 request's 100-continue expectation is ignored
+                if version == "HTTP/1.1" and any(v.lower() == "100-continue" for v in headers.get("expect", [])):
+                    await self._continue(conn, headers)
                 body = await self._body(conn, headers)
                 out = await self._route(conn, method, target.split("?", 1)[0], headers, body, keep)
             except RequestError as exc:
                 self._count_error("request")
-                keep = keep and exc.code not in (400, 413)
+                # after a malformed or refused request the connection is out of step: close it
+                keep = keep and exc.code not in (400, 413, 431)
+                refused = True
                 out = _json(exc.code, {"error": exc.text}, keep_alive=keep)
+            except ProtocolError as exc:
+                # cut off inside the headers or the body, a chunk line too long: answer 400 if the
+                # client still reads (RFC 9110 15.5.1), then close; the caller counts and logs it
+                with contextlib.suppress(OSError, TimeoutError):
+                    await linger(conn, _json(400, {"error": str(exc)}, keep_alive=False))
+                raise
+            if refused and not keep:
+                await linger(conn, out)
+                return
             await conn.write(out)
             conn.busy = False
             if not keep:
@@ -89,17 +125,24 @@ class RspamdHttpServer(Server):
         """rspamd's older line protocol, which Exim's ``spamd_address = ... variant=rspamd`` speaks:
         ``CHECK RSPAMC/1.3``, the same envelope headers as HTTP, ``Content-length``, the message;
         answered with ``RSPAMD/1.3 0 EX_OK``, a ``Metric: default; True; score / required / reject``
-        line, ``Action:`` and one ``Symbol:`` line per symbol, then the connection closes."""
-        headers = await self._headers(conn)
-        if method not in ("CHECK", "SYMBOLS"):
-            await conn.write(b"RSPAMD/1.3 76 EX_PROTOCOL unsupported command\r\n\r\n")
-            return
-        conn.busy = True
+        line, ``Action:`` and one ``Symbol:`` line per symbol, then the connection closes.
+        Malformed requests are answered in this protocol's words (``76 EX_PROTOCOL``; ``65
+        EX_DATAERR`` for a message over ``max_size``), never with HTTP."""
         try:
+            headers = await self._headers(conn)
+            if method not in ("CHECK", "SYMBOLS"):
+                await linger(conn, b"RSPAMD/1.3 76 EX_PROTOCOL unsupported command\r\n\r\n")
+                return
+            conn.busy = True
             body = await self._body(conn, headers)
         except RequestError as exc:
-            await conn.write(f"RSPAMD/1.3 65 EX_DATAERR {exc.text}\r\n\r\n".encode())
+            code = "65 EX_DATAERR" if exc.code == 413 else "76 EX_PROTOCOL"
+            await linger(conn, f"RSPAMD/1.3 {code} {exc.text}\r\n\r\n".encode())
             return
+        except ProtocolError as exc:
+            with contextlib.suppress(OSError, TimeoutError):
+                await conn.write(f"RSPAMD/1.3 76 EX_PROTOCOL {exc}\r\n\r\n".encode())
+            raise
         env = _envelope(headers)
         profile = self.scanner.profile_for(env.rcpt_tos[0] if env.rcpt_tos else None)
         try:
@@ -108,38 +151,59 @@ class RspamdHttpServer(Server):
         except Exception:
             await conn.write(b"RSPAMD/1.3 70 EX_SOFTWARE scan failed\r\n\r\n")
             return
-        reject = v.thresholds.get("reject", v.required_score)
+        # Exim (variant=rspamd) takes ``score >= required`` from this line as spam: a ham's printed
+        # score stays below the printed required score, and no threshold is printed as "inf".
+        score = shown_score(v.score, v.required_score, v.is_spam, digits=2)
+        required = shown_required(v.required_score)
+        reject = shown_required(v.thresholds.get("reject", v.required_score))
         lines = ["RSPAMD/1.3 0 EX_OK",
-                 f"Metric: default; {'True' if v.is_spam else 'False'}; {v.score:.2f} / {v.required_score:.2f} / {reject:.2f}",
+                 f"Metric: default; {'True' if v.is_spam else 'False'}; {score} / {required:.2f} / {reject:.2f}",
                  f"Action: {v.action}"]
         lines += [f"Symbol: {s.name}({s.score:.2f})" + (f"; {','.join(s.options)}" if s.options else "")
                   for s in sorted(v.symbols.values(), key=lambda s: (-abs(s.score), s.name))]
         await conn.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     async def _headers(self, conn: Connection) -> dict[str, list[str]]:
+        """The request's header fields, names lower-cased.  A malformed section is a RequestError,
+        answered 400 (RFC 9112 5: a field line without a colon) or 431 (RFC 6585 5: too many or too
+        long field lines), then the connection is closed; EOF is a ProtocolError."""
         headers: dict[str, list[str]] = {}
         for _ in range(_MAX_HEADERS + 1):
-            line = await conn.readline(_MAX_LINE)
+            try:
+                line = await conn.readline(_MAX_LINE)
+            except ProtocolError:
+                raise RequestError(431, f"header line longer than {_MAX_LINE} bytes") from None
             if not line:
                 raise ProtocolError("connection closed inside the request headers")
             if line in (b"\r\n", b"\n"):
                 return headers
             name, sep, value = line.decode("utf-8", "surrogateescape").partition(":")
             if not sep:
-                raise ProtocolError("bad header line")
+                raise RequestError(400, "bad header line (no colon)")
             headers.setdefault(name.strip().lower(), []).append(value.strip())
-        raise ProtocolError("too many request headers")
+        raise RequestError(431, f"more than {_MAX_HEADERS} header lines")
+
+    async def _continue(self, conn: Connection, headers: dict[str, list[str]]) -> None:
+        """Answer ``Expect: 100-continue`` before the body, as RFC 9110 10.1.1 asks: with the final
+        status at once when the announced body is too large (the client then never sends it: no
+        reading it to drop it), else with ``100 Continue``.  Without this a client waits for the
+        interim answer before it sends the body (curl a second per request, others until the
+        server's read timeout)."""
+        if not _chunked(headers):
+            n = _content_length(headers)
+            if n > self.settings.max_size:
+                raise RequestError(413, f"message larger than {self.settings.max_size} bytes")
+        await conn.write(_CONTINUE)
 
     async def _body(self, conn: Connection, headers: dict[str, list[str]]) -> bytes:
         limit = self.settings.max_size
-        if "chunked" in headers.get("transfer-encoding", [""])[-1].lower():
+        if _chunked(headers):
             body = bytearray()
             while True:
-                size_line = await conn.readline(_MAX_LINE)
-                try:
-                    size = int(size_line.split(b";", 1)[0].strip() or b"x", 16)
-                except ValueError:
-                    raise RequestError(400, "bad chunk size") from None
+                m = _CHUNK_SIZE.fullmatch(await conn.readline(_MAX_LINE))
+                if not m:
+                    raise RequestError(400, "bad chunk size")
+                size = int(m.group(1), 16)
                 if size == 0:
                     while (await conn.readline(_MAX_LINE)) not in (b"\r\n", b"\n", b""):
                         pass
@@ -147,13 +211,11 @@ class RspamdHttpServer(Server):
                 if len(body) + size > limit:
                     raise RequestError(413, f"message larger than {limit} bytes")
                 body += await conn.readexactly(size)
-                await conn.readline(_MAX_LINE)
-        try:
-            n = int(headers.get("content-length", ["0"])[-1])
-        except ValueError:
-            raise RequestError(400, "bad Content-Length") from None
-        if n < 0:
-            raise RequestError(400, "bad Content-Length")
+                # RFC 9112 7.1: chunk-data is followed by CRLF; anything else means the chunk was
+                # longer than its size said, and its rest must not be read as the next size line
+                if (await conn.readline(_MAX_LINE)) not in (b"\r\n", b"\n"):
+                    raise RequestError(400, "chunk longer than its chunk size")
+        n = _content_length(headers)
         if n > limit:
             await conn.discard(n)
             raise RequestError(413, f"message larger than {limit} bytes")
@@ -190,6 +252,22 @@ class RspamdHttpServer(Server):
             why = "no learner took the message (already learned, or no learning check is enabled)"
             return _json(208, {"success": False, "error": why}, keep)
         raise RequestError(404, f"no such endpoint {path}")
+
+
+def _chunked(headers: dict[str, list[str]]) -> bool:
+    return "chunked" in headers.get("transfer-encoding", [""])[-1].lower()
+
+
+def _content_length(headers: dict[str, list[str]]) -> int:
+    """The announced body length (0 without one).  RFC 9110 8.6: 1*DIGIT, and several values must
+    agree (RFC 9112 6.3: otherwise the message is invalid, a 400): a lenient reading could take a
+    different length than an intermediary did and read the rest as the next request."""
+    values = headers.get("content-length")
+    if not values:
+        return 0
+    if not all(_DIGITS.fullmatch(v) for v in values) or len({int(v) for v in values}) != 1:
+        raise RequestError(400, "bad Content-Length")
+    return int(values[0])
 
 
 def _envelope(headers: dict[str, list[str]]) -> Envelope:

@@ -31,7 +31,7 @@ import zlib
 
 from .. import __version__
 from ..message import Envelope
-from ..verdict import Verdict
+from ..verdict import Verdict, shown_required, shown_score
 from .common import Connection, ProtocolError, RequestError, Server, rewrite_headers, split_headers
 
 EX_OK = 0
@@ -51,6 +51,9 @@ SCAN_METHODS = frozenset({"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCES
 _REQUEST = re.compile(rb"^([A-Z_]+) SPAMC/(\d+)\.(\d+)\r?\n$")
 _MAX_LINE = 8192
 _MAX_HEADERS = 64
+#: spamd's got_clen_header takes ``/^(\d*)$/``: ASCII digits only (int() would take "+5", "5_0", "-0");
+#: at most 18, past any size we take and short of int()'s 4300-digit limit (a ValueError there)
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def status_line(code: int, text: str | None = None) -> bytes:
@@ -63,14 +66,27 @@ def error_response(code: int, text: str) -> bytes:
     return status_line(code, f"{_NAMES.get(code, 'EX_SOFTWARE')} {text}"[:200])
 
 
+def score_pair(v: Verdict) -> tuple[str, str]:
+    """(score, required) as spamd prints them: ``%2.1f`` each, a ham's score kept below the required
+    score (spamd's Util::get_tag_value_for_score; clients such as Exim compare the printed pair),
+    and an infinite required score (a profile without spam actions) shown finite, since spamc
+    reads ``inf`` as 0.0."""
+    return shown_score(v.score, v.required_score, v.is_spam), f"{shown_required(v.required_score):.1f}"
+
+
 def spam_header(v: Verdict) -> str:
-    return f"Spam: {'True' if v.is_spam else 'False'} ; {v.score:.1f} / {v.required_score:.1f}"
+    # spamd sends "Yes"/"No" instead of "True"/"False" for REPORT_IFSPAM; libspamc compares with
+    # "true" (strcasecmp), so spamc -r would then lose its score line and -E its exit code.  We send
+    # True/False for every method, which is what spamc(1) documents.
+    score, required = score_pair(v)
+    return f"Spam: {'True' if v.is_spam else 'False'} ; {score} / {required}"
 
 
 def report_text(v: Verdict, eol: str = "\r\n") -> str:
     """A plain-text explanation, one line per symbol, largest contribution first."""
+    score, required = score_pair(v)
     lines = [f"antispam {__version__} on {socket.gethostname()}: action '{v.action}', "
-             f"score {v.score:.1f}, required {v.required_score:.1f}", "",
+             f"score {score}, required {required}", "",
              " score  symbol                          description",
              "------  ------------------------------  -----------"]
     for s in sorted(v.symbols.values(), key=lambda s: (-abs(s.score), s.name)):
@@ -82,7 +98,14 @@ def report_text(v: Verdict, eol: str = "\r\n") -> str:
 
 
 def _decompress(data: bytes, limit: int) -> bytes:
-    """zlib, refusing output past ``limit`` so a small bomb cannot exhaust memory."""
+    """zlib, refusing output past ``limit`` so a small bomb cannot exhaust memory, and refusing a
+    stream that does not end: a truncated body would otherwise be scanned as the fragment that did
+    decompress, and a verdict given for a message the client never sent.
+
+    spamd (zlib_inflate_read) requires Z_STREAM_END ("failed to find end of zlib stream") and
+    ignores bytes after the end, as this does (``unused_data``).  It answers every zlib failure
+    with EX_UNAVAILABLE; this server answers EX_DATAERR, as for the other bad zlib data.
+    """
     d = zlib.decompressobj()
     try:
         out = d.decompress(data, limit + 1)
@@ -90,6 +113,9 @@ def _decompress(data: bytes, limit: int) -> bytes:
         raise RequestError(EX_DATAERR, f"bad zlib data: {exc}") from None
     if len(out) > limit:
         raise RequestError(EX_DATAERR, "message too big after decompression")
+    # Output under max_length means every input byte was consumed: the stream is whole iff it ended.
+    if not d.eof:
+        raise RequestError(EX_DATAERR, "failed to find end of zlib stream")
     return out
 
 
@@ -165,12 +191,9 @@ class SpamdServer(Server):
     async def _body(self, conn: Connection, headers: dict[str, str]) -> bytes:
         limit = self.settings.max_size
         if "content-length" in headers:
-            try:
-                n = int(headers["content-length"])
-            except ValueError:
-                raise RequestError(EX_PROTOCOL, "Content-length is not a number") from None
-            if n < 0:
-                raise RequestError(EX_PROTOCOL, "negative Content-length")
+            if not _DIGITS.fullmatch(headers["content-length"]):
+                raise RequestError(EX_PROTOCOL, "Content-length is not a number (1 to 18 ASCII digits)")
+            n = int(headers["content-length"])
             if n > limit:
                 # Read and drop what the client sends, so that it is reading when the error comes
                 # (a reset mid-send would reach it as an I/O error instead of this answer).
@@ -202,7 +225,8 @@ class SpamdServer(Server):
         elif method in ("REPORT", "REPORT_IFSPAM"):
             text = report_text(v) if (method == "REPORT" or v.is_spam) else ""
             if version < (1, 3):
-                body = f"{v.score:.1f}/{v.required_score:.1f}\r\n{text}".encode()
+                score, required = score_pair(v)
+                body = f"{score}/{required}\r\n{text}".encode()
                 return status_line(EX_OK) + f"Content-length: {len(body)}\r\n\r\n".encode() + body
             body = text.encode()
         elif method == "PROCESS":
@@ -220,8 +244,7 @@ class SpamdServer(Server):
         klass = headers.get("message-class", "").lower()
         to_set = _locations(headers.get("set", ""))
         to_remove = _locations(headers.get("remove", ""))
-        if not to_set and not to_remove:
-            raise RequestError(EX_PROTOCOL, "TELL needs a Set or Remove header")
+        # Neither Set nor Remove: spamd's dotell learns nothing and answers EX_OK ("Did nothing").
         if to_set & to_remove:
             raise RequestError(EX_PROTOCOL, "TELL cannot Set and Remove the same location")
         if to_set and klass not in ("spam", "ham"):
