@@ -275,3 +275,28 @@ def test_message_rejects_non_bytes():
 def test_garbage_never_raises(raw):
     m = Message(raw).parse_all()
     assert isinstance(m.text, str)
+
+
+@pytest.mark.parametrize("url, host", [
+    ("http://user@x.example@listed.example/", "listed.example"),  # the host follows the last "@"
+    ("http://%6Cisted.example/a", "listed.example"),  # percent-decoded, as a browser does
+    ("http://listed\u3002example/", "listed.example"),  # an ideographic full stop is a dot
+    ("http://listed.example\\@evil.test/", "listed.example"),  # a backslash ends the authority
+    ("HTTP://Listed.Example.:8080/x", "listed.example"),
+    ("http://a:b@host.example:80/", "host.example"),
+    ("http://[2001:db8::2]:8080/", "2001:db8::2"),
+    ("www.x.example/path", "www.x.example"),
+    ("mailto:a@b.example", ""),
+])
+def test_url_host_is_the_host_a_browser_opens(url, host):
+    """URI reputation looks up what the reader's browser would open, however the URL disguises it."""
+    from antispam.message import url_host
+
+    assert url_host(url) == host
+
+
+def test_from_addresses_read_the_field_as_sent():
+    """RFC 2047 section 5: an encoded-word is never an address, whatever it decodes to."""
+    m = Message(b"From: =?utf-8?q?=3Cx=40attacker=2Etest=3E=2C_Smith?= <ceo@victim.example>\r\n\r\nx\r\n")
+    assert m.from_addresses == (("<x@attacker.test>, Smith", "ceo@victim.example"),)
+    assert m.from_domain == "victim.example"

@@ -186,7 +186,11 @@ _HTML_SRC_RE = re.compile(r"""<(?:img|form|iframe|area)\b[^>]*?\b(?:src|action|h
 _BLANKS_RE = re.compile(r"\n\s*\n+")
 
 # Text URLs are found by a compiled kernel, ``fastscore.impl.text_urls`` (its twin is the definition).
-_URL_HOST_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#]*)", re.I)
+#: a URL's authority: what a browser reads between ``//`` and the path, query or fragment (WHATWG URL
+#: ends it at a backslash too, for the web's schemes)
+_URL_AUTHORITY_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//([^/?#\\]*)", re.I)
+#: full stops a browser reads as "." in a host name (UTS #46 maps them)
+_HOST_DOTS = str.maketrans("\u3002\uff0e\uff61", "...")
 
 _charset_cache: dict[str, str | None] = {}
 
@@ -389,16 +393,31 @@ def domain_of(addr: str | None) -> str | None:
 
 
 def url_host(url: str) -> str:
-    """Lower-cased host of a URL (``www.x`` without a scheme counts as ``http://www.x``)."""
+    """Lower-cased host of a URL (``www.x`` without a scheme counts as ``http://www.x``).
+
+    The host a browser would open, since that is what reputation must look up: after the *last*
+    ``@`` of the authority (``http://x.example@listed.example/`` opens listed.example),
+    percent-decoded (``%6Cisted.example``), ideographic full stops read as dots
+    (``listed。example``), without port or trailing dot.  An IP literal keeps its brackets off.
+    """
     if url[:4].lower() == "www.":
         url = "http://" + url
-    m = _URL_HOST_RE.match(url)
+    m = _URL_AUTHORITY_RE.match(url)
     if not m:
         return ""
-    host = m.group(1).lower().rstrip(".")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host
+    host = m.group(1)
+    at = host.rfind("@")
+    if at >= 0:
+        host = host[at + 1:]
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end].lower() if end > 0 else ""
+    host = host.partition(":")[0]
+    if "%" in host:
+        host = unquote_to_bytes(host).decode("utf-8", "replace")
+    if not host.isascii():
+        host = host.translate(_HOST_DOTS)
+    return host.lower().rstrip(".")
 
 
 def _parse_header_block(block: str, max_headers: int, defects: set[str]) -> list[tuple[str, str]]:
