@@ -141,7 +141,8 @@ async def milter_client(port: int, msgs: list[bytes], deadline: float) -> int:
         for line in head.split(b"\n"):
             if line and line[:1] not in (b" ", b"\t"):
                 name, _, value = line.partition(b":")
-                await step(b"L", name + b"\0" + value.strip() + b"\0")
+                # SMFIP_HDR_LEADSPC agreed: the value as it follows the colon, as Postfix sends it
+                await step(b"L", name + b"\0" + (value if proto & 0x100000 else value.strip()) + b"\0")
         await step(b"N", b"")
         body = body.replace(b"\n", b"\r\n")
         for i in range(0, len(body), 65535):

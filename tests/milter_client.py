@@ -9,6 +9,8 @@ FINAL = {b"a", b"c", b"r", b"t", b"y", b"d"}
 ALL_ACTIONS = 0x1FF
 #: every step sent, every no-reply flag offered, as Postfix 3.x offers them
 POSTFIX_PROTOCOL = 0x1FFFFF
+#: SMFIP_HDR_LEADSPC: header values as they follow the colon, leading space included
+LEADSPC = 0x100000
 
 
 class MilterClient:
@@ -66,13 +68,16 @@ class MilterClient:
             self.step(b"R", f"<{r}>\0".encode(), 0x8000)
         self.step(b"T", b"", 0x10000)
         head, _, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
+        # As Postfix (milter8.c): a value exactly as it follows the colon when the milter agreed to
+        # SMFIP_HDR_LEADSPC, else without the one space after the colon; folded lines joined by LF.
+        verbatim = bool(self.protocol & LEADSPC)
         headers: list[list[bytes]] = []
         for line in head.split(b"\n"):
             if line[:1] in (b" ", b"\t") and headers:
                 headers[-1][1] += b"\n" + line
             else:
                 name, _, value = line.partition(b":")
-                headers.append([name, value.lstrip(b" ")])
+                headers.append([name, value if verbatim or value[:1] != b" " else value[1:]])
         for name, value in headers:
             self.step(b"L", name + b"\0" + value + b"\0", 0x80)
         if abort_after_headers:

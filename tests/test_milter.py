@@ -6,6 +6,7 @@ cover the protocol corners Postfix does not reach on demand.
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -15,12 +16,21 @@ from antispam.builtin import GtubeCheck
 from antispam.config import MilterConfig
 from antispam.servers.milter import MilterServer
 
-from milter_client import MilterClient
-from server_helpers import EnvelopeProbe, ServerThread, ham, spam
+import postfix as pf
+from milter_client import LEADSPC, MilterClient
+from server_helpers import EnvelopeProbe, ServerThread, Sink, ham, marker, spam
+from servers import free_port
 
 
 def headers_added(replies):
-    return [tuple(x.decode() for x in data.split(b"\0")[:2]) for cmd, data in replies if cmd == b"h"]
+    """(name, value) of each ADDHEADER; the value without the space it starts with when the MTA
+    agreed to SMFIP_HDR_LEADSPC (the header reads ``Name: value`` either way)."""
+    out = []
+    for cmd, data in replies:
+        if cmd == b"h":
+            name, value = (x.decode() for x in data.split(b"\0")[:2])
+            out.append((name, value[1:] if value.startswith(" ") else value))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +145,7 @@ def test_rewrite_subject():
     cfg = Config().merged({"actions": {"reject": False, "add header": False, "rewrite subject": 5.0}})
     replies = _one_off(MilterConfig(port=0), cfg)
     changes = [d for cmd, d in replies if cmd == b"m"]
-    assert any(d[4:].startswith(b"Subject\0***SPAM*** You have won") for d in changes)
+    assert any(d[4:].startswith(b"Subject\0 ***SPAM*** You have won") for d in changes)  # " ": HDR_LEADSPC
     assert replies[-1][0] == b"c"
 
 
@@ -291,3 +301,307 @@ def test_idle_mta_connection_times_out_but_a_slow_one_does_not():
         idle.close()
     finally:
         st.stop()
+
+
+# --------------------------------------------------------------------------- regressions (review of the milter)
+
+REWRITE = {"actions": {"reject": False, "add header": False, "rewrite subject": 5.0}}
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def _changes(replies) -> list[tuple[int, bytes, bytes]]:
+    """CHGHEADER packets as (index, name, value)."""
+    out = []
+    for cmd, d in replies:
+        if cmd == b"m":
+            name, value = d[4:].split(b"\0")[:2]
+            out.append((struct.unpack(">I", d[:4])[0], name, value))
+    return out
+
+
+def _one_off_client(settings: MilterConfig, config: Config | None = None, raw: bytes | None = None, **negotiate):
+    st = ServerThread(MilterServer(Engine(config, checks=[GtubeCheck()]), settings))
+    try:
+        c = client(st, **negotiate)
+        replies = c.message(raw or spam())
+        c.quit()
+        return replies
+    finally:
+        st.stop()
+
+
+def test_reply_text_percent_is_doubled_and_lines_joined_with_crlf():
+    """milter8.c reads SMFIR_REPLYCODE text with '%' as an escape (libmilter's smfi_setreply:
+    "use '%%'"), so a single '%' would be dropped; libmilter joins the lines of a multi-line reply
+    with CRLF."""
+    replies = _one_off(MilterConfig(port=0, reject_reply="550 5.7.1 Rejected: 100% sure, see http://x.test/a%20b"))
+    assert replies == [(b"y", b"550 5.7.1 Rejected: 100%% sure, see http://x.test/a%%20b\0")]
+    replies = _one_off(MilterConfig(port=0, reject_reply="550-5.7.1 line one\n550 5.7.1 line two"))
+    assert replies == [(b"y", b"550-5.7.1 line one\r\n550 5.7.1 line two\0")]
+
+
+@pytest.mark.parametrize("key, value", [
+    ("reject_reply", "550 4.7.1 Rejected as spam"),    # enhanced status of another class than the code
+    ("reject_reply", "Rejected as spam"),              # no code at all
+    ("reject_reply", "550 Rejected as spam"),          # no enhanced status code
+    ("reject_reply", "250 2.0.0 Fine"),                # not a refusal
+    ("reject_reply", "550-5.7.1 the only line"),       # a continuation with nothing after it
+    ("reject_reply", "550-5.7.1 one\n551 5.7.1 two"),  # a different code on the second line
+    ("reject_reply", "550 5.7.1 one\n550 5.7.1 two"),  # the first line should say '-'
+    ("reject_reply", "550 5.7.1 a\0b"),                # would end the packet's string early
+    ("tempfail_reply", "550 5.7.1 Not now"),           # a permanent refusal where a retry is meant
+    ("tempfail_reply", "451 5.7.1 Later"),
+])
+def test_malformed_reply_is_a_config_error(key, value):
+    """Postfix logs "malformed reply" and applies milter_default_action (accept): spam delivered."""
+    from antispam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"servers.milter.{key}"):
+        MilterConfig(**{key: value})
+    with pytest.raises(ConfigError, match=f"servers.milter.{key}"):
+        Config.load(overrides={"servers": {"milter": {key: value}}})
+
+
+def test_wellformed_replies_are_accepted():
+    for value in ("550 5.7.1 Message rejected as spam", "554 5.7.0 100% spam", "550-5.7.1 one\r\n550 5.7.1 two\n",
+                  "451 4.7.1 Please try again later"):
+        assert Config.load(overrides={"servers": {"milter": {"reject_reply": value}}}).servers.milter.reject_reply == value
+    assert MilterConfig(tempfail_reply="421 4.3.2 Busy").tempfail_reply == "421 4.3.2 Busy"
+
+
+@pytest.mark.parametrize("subject", [
+    "=?utf-8?q?inj=0D=0AX-Spam-Flag:_NO?=",  # decodes to a line break: would start a header
+    "=?utf-8?q?nul=00x?=",                   # decodes to NUL: would end the packet's string early
+    "=?utf-8?b?w6l0w6k=?= enc",              # decodes to 8-bit text: would be a raw 8-bit header
+    "=?utf-7?q?+2D0-?= surrogate",           # decodes to a lone surrogate: could not be encoded at all
+])
+def test_rewrite_subject_tags_the_subject_as_sent(subject):
+    for negotiate, lead in (({}, b" "), ({"protocol": 0x1FFFFF & ~LEADSPC}, b"")):
+        replies = _one_off_client(MilterConfig(port=0), Config().merged(REWRITE), ham(subject=subject, body=GTUBE + "\n"),
+                                  **negotiate)
+        assert replies[-1] == (b"c", b"")
+        assert _changes(replies) == [(1, b"Subject", lead + b"***SPAM*** " + subject.encode())]
+
+
+def test_rewrite_subject_unfolds_and_encodes_a_non_ascii_prefix():
+    from email.header import decode_header, make_header
+
+    cfg = Config().merged({**REWRITE, "engine": {"subject_prefix": "[SPÄM] "}})
+    raw = ham(subject="Hello\r\n there", body=GTUBE + "\n")
+    ((index, name, value),) = _changes(_one_off_client(MilterConfig(port=0), cfg, raw))
+    assert (index, name) == (1, b"Subject") and value.isascii() and b"\n" not in value and b"\r" not in value
+    assert str(make_header(decode_header(value.decode().strip()))) == "[SPÄM] Hello there"
+    encoded = ham(subject="=?utf-8?q?caf=C3=A9?=", body=GTUBE + "\n")  # the prefix's space inside its word
+    ((_, _, value),) = _changes(_one_off_client(MilterConfig(port=0), cfg, encoded))
+    assert str(make_header(decode_header(value.decode().strip()))) == "[SPÄM] café"
+
+
+def test_rewrite_subject_adds_one_when_there_is_none_and_keeps_a_tagged_one():
+    raw = ham(body=GTUBE + "\n").replace(b"Subject: Lunch on Friday\r\n", b"")
+    replies = _one_off_client(MilterConfig(port=0), Config().merged(REWRITE), raw)
+    assert (b"h", b"Subject\0 ***SPAM***\0") in replies and not _changes(replies)
+    tagged = ham(subject="***SPAM*** already", body=GTUBE + "\n")
+    replies = _one_off_client(MilterConfig(port=0), Config().merged(REWRITE), tagged)
+    assert _changes(replies) == [(1, b"Subject", b" ***SPAM*** already")]
+
+
+def test_rewrite_subject_deletes_further_subjects():
+    raw = spam(subject="first").replace(b"MIME-Version", b"Subject: second\r\nSubject: third\r\nMIME-Version")
+    replies = _one_off_client(MilterConfig(port=0), Config().merged(REWRITE), raw)
+    assert _changes(replies) == [(3, b"Subject", b""), (2, b"Subject", b""), (1, b"Subject", b" ***SPAM*** first")]
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_a_failure_building_the_reply_follows_fail_open(fail_open):
+    """Without an answer the MTA applies its own default (Postfix: milter_default_action)."""
+    st = ServerThread(MilterServer(Engine(checks=[GtubeCheck()]), MilterConfig(port=0, fail_open=fail_open)))
+
+    def broken(s, v):  # type: ignore[no-untyped-def]
+        raise UnicodeEncodeError("utf-8", "\ud83d", 0, 1, "surrogates not allowed")
+
+    st.server._verdict_reply = broken
+    try:
+        c = client(st)
+        raw = ham().replace(b"MIME-Version", b"X-Spam-Flag: NO\r\nMIME-Version")
+        replies = c.message(raw)
+        if fail_open:
+            assert replies == [(b"m", struct.pack(">I", 1) + b"X-Spam-Flag\0\0"), (b"c", b"")]
+        else:
+            assert replies == [(b"y", b"451 4.7.1 Please try again later\0")]
+        assert c.message(ham())[-1][0] in (b"c", b"y")  # the connection goes on
+        c.quit()
+    finally:
+        st.stop()
+
+
+def test_header_values_keep_their_leading_space_when_the_mta_offers_it():
+    """SMFIP_HDR_LEADSPC: the scan sees the header bytes as sent (``Subject:x`` stays so; DKIM with
+    c=simple signs them), and the values we add start with the space Postfix then does not add."""
+    probe = EnvelopeProbe()
+    st = ServerThread(MilterServer(Engine(checks=[GtubeCheck(), probe]), MilterConfig(port=0)))
+    raw = ham().replace(b"Subject: Lunch on Friday", b"Subject:Lunch\r\n\ton Friday").replace(b"To: Bo", b"To:\t Bo")
+    try:
+        c = MilterClient(st.port)
+        assert c.negotiate()[2] & LEADSPC
+        c.session()
+        replies = c.message(raw)
+        assert probe.seen[-1][1] == raw
+        assert (b"h", b"X-Spam-Flag\0 NO\0") in replies
+        c.quit()
+        c = MilterClient(st.port)  # not offered: values as before, and Postfix adds the space
+        assert not c.negotiate(protocol=0x1FFFFF & ~LEADSPC)[2] & LEADSPC
+        c.session()
+        replies = c.message(ham())
+        assert probe.seen[-1][1] == ham()
+        assert (b"h", b"X-Spam-Flag\0NO\0") in replies
+        c.quit()
+    finally:
+        st.stop()
+
+
+def test_quarantine_the_mta_does_not_offer_falls_back_to_reject():
+    replies = _one_off_client(MilterConfig(port=0, quarantine=True), actions=0x01 | 0x10)
+    assert replies == [(b"y", b"550 5.7.1 Message rejected as spam\0")]
+
+
+FORGED = b"X-Spam-Flag: NO\r\nX-Spam-Status: No, score=-5.0\r\nMIME-Version"
+
+
+def test_forged_headers_are_deleted_from_mail_accepted_unscanned():
+    raw = spam(body="x" * 400 + "\n" + GTUBE + "\n").replace(b"MIME-Version", FORGED)
+    deletes = [(1, b"X-Spam-Flag", b""), (1, b"X-Spam-Status", b"")]
+    replies = _one_off_client(MilterConfig(port=0, max_size=300), raw=raw)  # too big
+    assert sorted(_changes(replies)) == deletes and replies[-1] == (b"c", b"")
+    st = ServerThread(MilterServer(Engine(checks=[GtubeCheck()]), MilterConfig(port=0)))
+
+    async def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise RuntimeError("engine down")
+
+    st.server.scanner.scan = boom
+    try:
+        c = client(st)
+        replies = c.message(raw)  # scan failed, fail_open
+        assert sorted(_changes(replies)) == deletes and replies[-1] == (b"c", b"")
+        c.quit()
+    finally:
+        st.stop()
+    # without CHGHDRS there is nothing to send but the verdict
+    assert _one_off_client(MilterConfig(port=0, max_size=300), raw=raw, actions=0x01) == [(b"c", b"")]
+
+
+# --------------------------------------------------------------------------- the same, through Postfix
+
+needs_postfix = pytest.mark.skipif(pf.available() is not None and not os.environ.get("CI"), reason=pf.available() or "")
+
+
+@pytest.fixture(scope="module")
+def pf_milter():
+    """A private Postfix whose smtpd_milters is a milter rewriting the Subject of spam, and its sink."""
+    probe = EnvelopeProbe()
+    port = free_port()
+    st = ServerThread(MilterServer(Engine(Config().merged(REWRITE), checks=[GtubeCheck(), probe]), MilterConfig(port=port)))
+    sink = Sink()
+    p = pf.Postfix(relay_port=sink.port, main={
+        "smtpd_milters": f"inet:127.0.0.1:{port}", "milter_protocol": "6", "milter_default_action": "accept",
+        "milter_connect_timeout": "3s", "milter_command_timeout": "3s", "milter_content_timeout": "3s"})
+    try:
+        yield p, sink, st, probe
+    finally:
+        p.stop()
+        sink.down()
+        st.stop()
+
+
+def _head(raw: bytes) -> list[bytes]:
+    return raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+@needs_postfix
+@pytest.mark.parametrize("subject", [
+    "=?utf-8?q?pf-inj=0D=0AX-Spam-Flag:_NO?=",
+    "=?utf-8?q?pf-nul=00x?=",
+    "=?utf-8?b?w6l0w6k=?= pf-enc",
+    "=?utf-7?q?+2D0-?= pf-surrogate",
+])
+def test_postfix_delivers_the_subject_tagged_as_sent(pf_milter, subject):
+    p, sink, _, _ = pf_milter
+    tag = subject.split("pf-")[1][:3]
+    r = pf.swaks(p.port, ham(subject=subject, body=f"{GTUBE}\nmark-{tag}\n"))
+    assert r.returncode == 0, r.stdout[-1500:]
+    (got,) = sink.wait_for(marker(f"mark-{tag}"))
+    head = _head(got[2])
+    assert [h for h in head if h.lower().startswith(b"subject")] == [b"Subject: ***SPAM*** " + subject.encode()]
+    assert [h for h in head if h.startswith(b"X-Spam-Flag")] == [b"X-Spam-Flag: YES"]
+    assert not [line for line in p.log().splitlines() if "warning" in line and "milter" in line]
+
+
+@needs_postfix
+def test_postfix_without_leadspc_gets_values_without_their_space(pf_milter):
+    """milter_protocol 4 offers no SMFIP_HDR_LEADSPC: Postfix drops the space after the colon and
+    adds one before each value we send, so ours must not start with one."""
+    p, sink, _, probe = pf_milter
+    try:
+        p.set(milter_protocol="4")
+        r = pf.swaks(p.port, ham(subject="=?utf-8?q?v4=C3=A9?= tagged", body=f"{GTUBE}\nmark-v4\n"))
+        assert r.returncode == 0, r.stdout[-1500:]
+        (got,) = sink.wait_for(marker("mark-v4"))
+        head = _head(got[2])
+        assert [h for h in head if h.startswith(b"Subject")] == [b"Subject: ***SPAM*** =?utf-8?q?v4=C3=A9?= tagged"]
+        assert [h for h in head if h.startswith(b"X-Spam-Flag")] == [b"X-Spam-Flag: YES"]
+        assert b"\r\nSubject: =?utf-8?q?v4=C3=A9?= tagged\r\n" in probe.seen[-1][1]
+    finally:
+        p.set(milter_protocol="6")
+
+
+@needs_postfix
+def test_postfix_reply_text_keeps_percent_signs():
+    port = free_port()
+    text = "550-5.7.1 Rejected: 100% sure\n550 5.7.1 see http://x.test/a%20b"
+    st = ServerThread(MilterServer(Engine(checks=[GtubeCheck()]), MilterConfig(port=port, reject_reply=text)))
+    sink = Sink()
+    p = pf.Postfix(relay_port=sink.port, main={"smtpd_milters": f"inet:127.0.0.1:{port}", "milter_protocol": "6",
+                                               "milter_default_action": "accept"})
+    try:
+        r = pf.swaks(p.port, spam())
+        lines = r.stdout.splitlines()
+        assert r.returncode != 0 and all(f"<** {line}" in lines for line in text.split("\n")), r.stdout[-1500:]
+    finally:
+        p.stop()
+        sink.down()
+        st.stop()
+
+
+@needs_postfix
+def test_postfix_passes_headers_verbatim_so_dkim_simple_verifies(pf_milter):
+    """``Subject:x`` (no space after the colon) signed with c=simple/simple: through Postfix the scan
+    must see the same bytes (SMFIP_HDR_LEADSPC) for the signature to verify."""
+    import dkim
+
+    from authkeys import AUTH_FACTORIES, rsa_key
+    from dnsserver import DNSServer
+
+    from antispam.engine import _load_factory
+
+    p, sink, _, _ = pf_milter
+    with DNSServer({"rsa._domainkey.example.org": [("TXT", rsa_key(2048).record)]}) as dns:
+        cfg = Config().merged({"dns": {"nameservers": [dns.host], "port": dns.port, "timeout": 1, "attempts": 1},
+                               "auth": {"spf": False, "dmarc": False}, "engine": {"authserv_id": "mx.rcpt.test"}})
+        probe = EnvelopeProbe()
+        checks = [c for c in (_load_factory(f)(cfg, None) for f in AUTH_FACTORIES) if c is not None] + [probe]
+        port = free_port()
+        st = ServerThread(MilterServer(Engine(cfg, checks), MilterConfig(port=port)))
+        try:
+            p.set(smtpd_milters=f"inet:127.0.0.1:{port}")
+            for n, sep in enumerate(["", "\t", " "]):
+                msg = (f"From: Alice <alice@example.org>\r\nTo: bo@rcpt.test\r\nSubject:{sep}Figures dk-{n}\r\n"
+                       "Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <t1@example.org>\r\n\r\nSee you at ten.\r\n").encode()
+                raw = dkim.sign(msg, b"rsa", b"example.org", rsa_key().private, canonicalize=(b"simple", b"simple"),
+                                include_headers=[b"from", b"to", b"subject", b"date"]) + msg
+                assert pf.swaks(p.port, raw).returncode == 0
+                (got,) = sink.wait_for(marker(f"dk-{n}"))
+                assert f"Subject:{sep}Figures dk-{n}\r\n".encode() in probe.seen[-1][1]
+                (status,) = [h for h in _head(got[2]) if h.startswith(b"X-Spam-Status")]
+                assert b"R_DKIM_ALLOW" in status, status
+        finally:
+            p.set(smtpd_milters=f"inet:127.0.0.1:{pf_milter[2].port}")
+            st.stop()

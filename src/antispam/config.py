@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -113,6 +114,37 @@ class MilterConfig(ServerConfig):
     #: hold ``reject`` verdicts in the MTA's quarantine (Postfix: hold queue) instead of rejecting
     quarantine: bool = False
     quarantine_reason: str = "antispam: spam"
+
+    def __post_init__(self) -> None:
+        # Postfix's milter client (milter8.c) takes a reply it cannot parse for a broken milter and
+        # applies milter_default_action, by default accept: a typo here would deliver the spam.
+        _check_milter_reply(self.reject_reply, "servers.milter.reject_reply", "45")
+        _check_milter_reply(self.tempfail_reply, "servers.milter.tempfail_reply", "4")
+
+
+#: One line of an SMTP reply as a milter may send it (SMFIR_REPLYCODE): milter8.c wants 4xx or 5xx,
+#: then ' ' or '-', and an enhanced status code (RFC 3463), if any, of the same class; we require
+#: one.  The text is printable ASCII (RFC 5321 textstring): NUL would end the milter packet's string.
+_REPLY_LINE = re.compile(r"([45])\d\d([ -])\1\.\d{1,3}\.\d{1,3}(?: [\t\x20-\x7e]*)?", re.ASCII)
+
+
+def reply_lines(text: str) -> list[str]:
+    """The lines of a configured SMTP reply: one a line (LF or CRLF), a last line end ignored."""
+    return text.rstrip("\r\n").replace("\r\n", "\n").split("\n")
+
+
+def _check_milter_reply(text: str, key: str, classes: str) -> None:
+    """Raise ConfigError unless ``text`` is a reply Postfix takes from a milter, of a class in ``classes``:
+    every line ``ddd X.Y.Z text`` with the same code, ``-`` after it on all lines but the last
+    (RFC 5321 section 4.2.1)."""
+    lines = reply_lines(text)
+    for i, line in enumerate(lines):
+        m = _REPLY_LINE.fullmatch(line)
+        if m is None or m.group(1) not in classes or line[:3] != lines[0][:3] or (m.group(2) == " ") != (i == len(lines) - 1):
+            example = "451 4.7.1 Please try again later" if classes == "4" else "550 5.7.1 Message rejected as spam"
+            raise ConfigError(f"{line!r} is not a reply line Postfix takes from a milter: write code, enhanced status "
+                              f"of the same class, text (e.g. {example!r}); on several lines, the same code on each "
+                              "and '-' after it on all but the last", key=key)
 
 
 @dataclass(frozen=True)

@@ -460,16 +460,25 @@ def split_headers(raw: bytes) -> tuple[bytes, bytes]:
     return (head[:-1] if head.endswith(b"\r") else head), body
 
 
-def subject_prefix_bytes(prefix: str, eol: bytes) -> bytes:
-    """The Subject tag as header bytes: as written when ASCII, else RFC 2047 encoded words (a
-    header field is ASCII unless the transport agreed otherwise), folded with ``eol``."""
+def subject_tag(prefix: str, rest: bytes) -> bytes:
+    """The Subject tag to put in front of ``rest`` (the Subject's value as sent), as header bytes.
+
+    As written when ASCII.  Otherwise an RFC 2047 encoded word: a header is ASCII unless the
+    transport agreed otherwise, which a filter cannot know.  An encoded word must be set off by
+    white space (RFC 2047 section 5), which is not shown between two encoded words (section
+    6.2): before one, the prefix's trailing space goes inside the word; before text, it stays
+    outside, so the reader sees it once either way.
+    """
+    before_word = rest.startswith(b"=?")
     if prefix.isascii():
-        return prefix.encode("ascii")
+        out = prefix.encode("ascii")
+        return out + b" " if before_word and not out.endswith((b" ", b"\t")) else out
     from email.header import Header
 
-    # the space after an encoded word separates it from the text (RFC 2047 section 5), so it
-    # stays outside the encoding
-    return Header(prefix.rstrip(), "utf-8").encode(linesep=eol.decode("ascii") + " ").encode("ascii") + b" "
+    text = prefix if before_word else prefix.rstrip()
+    space = "" if before_word else prefix[len(text):]
+    word = Header(text, "utf-8").encode().replace("\r", "").replace("\n", "")  # a long prefix comes folded
+    return (word + (space or " ")).encode("ascii")
 
 
 def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
@@ -507,7 +516,7 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
         raw = strip_forged(raw, verdict.authserv_id)
     eol = line_ending(raw)
     head, body = split_headers(raw)
-    prefix = subject_prefix_bytes(verdict.subject_prefix, eol) if tag else None
+    prefix = verdict.subject_prefix if tag else None
     kept: list[bytes] = []
     skipping = tagged = False
     for line in head.splitlines(keepends=True):
@@ -520,7 +529,8 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
         if prefix is not None and lname == "subject":
             skipping = tagged  # the first Subject is tagged and keeps its folded lines; others go
             if not tagged:
-                kept.append(b"Subject: " + prefix + value.lstrip(b" \t"))
+                value = value.lstrip(b" \t")
+                kept.append(b"Subject: " + subject_tag(prefix, value) + value)
                 tagged = True
             continue
         skipping = lname in drop
@@ -530,7 +540,7 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     if out and not out.endswith(b"\n"):
         out += eol
     if prefix is not None and not tagged:
-        out += b"Subject: " + prefix.rstrip() + eol
+        out += b"Subject: " + subject_tag(prefix, b"").rstrip() + eol
     for name, value in ours:
         out += f"{name}: {value}".encode("utf-8") + eol
     return out + eol + body

@@ -25,11 +25,19 @@ At end of message the verdict's action decides:
 ``rewrite subject`` the headers, and the Subject prefixed
 ``greylist``,       ``tempfail_reply`` (4xx): the sender retries
 ``soft reject``
-``reject``          ``reject_reply`` (5xx) at end of DATA; or, with ``quarantine``,
-                    the headers and the MTA's quarantine (Postfix: hold queue)
-scan failed         accept unscanned when ``fail_open`` (default), else 4xx
+``reject``          ``reject_reply`` (5xx) at end of DATA; or, with ``quarantine`` and an
+                    MTA that offers it, the headers and the MTA's quarantine (Postfix: hold queue)
+scan failed         accept unscanned when ``fail_open`` (default), else 4xx; the same when
+                    the answer to the verdict could not be built
 too big             accepted unscanned (counted in the metrics as ``too_big``)
 ==================  ==============================================================
+
+Mail accepted unscanned still loses the ``X-Spam-*`` headers it came with (when the MTA lets us
+change headers): a forged ``X-Spam-Flag: NO`` must not pass because the scan did not run.
+
+Header values are kept as the MTA received them when it offers ``SMFIP_HDR_LEADSPC`` (Postfix
+does, with ``milter_protocol = 6``): without it the MTA drops the space after the colon and
+``Subject:x`` could not be told from ``Subject: x``, which breaks DKIM ``c=simple`` signatures.
 
 Envelope facts come from the stream, so checks see the real connection:
 client address from ``C``, HELO from ``H``, sender and recipients from ``M``/``R``,
@@ -42,9 +50,10 @@ import struct
 from dataclasses import dataclass, field
 
 from ..auth.authres import parse as parse_authres
+from ..config import reply_lines
 from ..message import Envelope
 from ..verdict import Verdict
-from .common import Connection, ProtocolError, Server
+from .common import Connection, ProtocolError, Server, subject_tag
 
 VERSION = 6
 
@@ -54,9 +63,13 @@ ADDHDRS, CHGBODY, ADDRCPT, DELRCPT, CHGHDRS, QUARANTINE = 0x01, 0x02, 0x04, 0x08
 NOUNKNOWN = 0x100
 NR_HDR, NR_CONN, NR_HELO, NR_MAIL, NR_RCPT, NR_DATA = 0x80, 0x1000, 0x2000, 0x4000, 0x8000, 0x10000
 NR_UNKN, NR_EOH, NR_BODY = 0x20000, 0x40000, 0x80000
+#: header values exactly as they follow the colon (libmilter's SMFIP_HDR_LEADSPC); the values we
+#: send then carry their own leading space (milter8.c adds none)
+HDR_LEADSPC = 0x100000
 _NO_REPLY = {b"C": NR_CONN, b"H": NR_HELO, b"M": NR_MAIL, b"R": NR_RCPT, b"T": NR_DATA,
              b"L": NR_HDR, b"N": NR_EOH, b"B": NR_BODY, b"U": NR_UNKN}
-WANTED_PROTOCOL = NOUNKNOWN | NR_HDR | NR_CONN | NR_HELO | NR_MAIL | NR_RCPT | NR_DATA | NR_UNKN | NR_EOH | NR_BODY
+WANTED_PROTOCOL = (NOUNKNOWN | NR_HDR | NR_CONN | NR_HELO | NR_MAIL | NR_RCPT | NR_DATA | NR_UNKN | NR_EOH | NR_BODY
+                   | HDR_LEADSPC)
 WANTED_ACTIONS = ADDHDRS | CHGHDRS | QUARANTINE
 
 # Replies (SMFIR_*).
@@ -74,6 +87,10 @@ def packet(cmd: bytes, data: bytes = b"") -> bytes:
 #: the answer to most packets, built once
 _CONTINUE = packet(CONTINUE)
 
+#: the names of the X-Spam-* headers a verdict adds: removed from mail accepted unscanned too
+_OUR_NAMES = frozenset(n.lower() for n, _ in Verdict(score=0.0, required_score=0.0, action="no action", symbols={},
+                                                     thresholds={}).headers()) - {"authentication-results"}
+
 
 def _cstrings(data: bytes) -> list[str]:
     """NUL-separated strings (the last NUL optional), decoded leniently: mail is not always UTF-8."""
@@ -90,6 +107,16 @@ def _address(arg: str) -> str:
 
 def _c(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape") + b"\0"
+
+
+def _reply(text: str) -> bytes:
+    """SMFIR_REPLYCODE with ``text`` (checked when the configuration was loaded).
+
+    Lines are joined with CRLF, as libmilter's smfi_setmlreply joins them, and every ``%`` is
+    doubled: milter8.c reads ``%`` as an escape of the next character and drops a single one
+    (libmilter's smfi_setreply: "if there really should be '%' in the string, use '%%'").
+    """
+    return packet(REPLYCODE, _c("\r\n".join(reply_lines(text)).replace("%", "%%")))
 
 
 @dataclass
@@ -121,8 +148,11 @@ class Session:
     def raw(self) -> bytes:
         """The message as the MTA received it: headers as sent (folding kept), CRLF, body."""
         # Line ends made CRLF on the whole block at once: the same bytes as header by header,
-        # since each field's own CRLF comes through both replacements unchanged.
-        head = "".join(f"{n}: {v}\r\n" for n, v in self.headers).encode("utf-8", "surrogateescape")
+        # since each field's own CRLF comes through both replacements unchanged.  With
+        # SMFIP_HDR_LEADSPC a value is everything after the colon; without it the MTA dropped a
+        # space there (milter8.c), most likely one, which is put back.
+        sep = ":" if self.protocol & HDR_LEADSPC else ": "
+        head = "".join(f"{n}{sep}{v}\r\n" for n, v in self.headers).encode("utf-8", "surrogateescape")
         return head.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" + bytes(self.body)
 
     def envelope(self) -> Envelope:
@@ -241,7 +271,7 @@ class MilterServer(Server):
                 # deferred (452 4.5.3) and the MTA's client sends it in a separate transaction.
                 if s.rcpts and not s.protocol & NR_RCPT and \
                         self.scanner.profile_for(rcpt) != self.scanner.profile_for(s.rcpts[0]):
-                    return packet(REPLYCODE, _c("452 4.5.3 Recipients with other spam settings: send in a separate transaction"))
+                    return _reply("452 4.5.3 Recipients with other spam settings: send in a separate transaction")
                 s.rcpts.append(rcpt)
             return _CONTINUE
         if cmd in (b"T", b"N", b"U"):
@@ -259,48 +289,106 @@ class MilterServer(Server):
         raise ProtocolError(f"unknown milter command {cmd!r}")
 
     async def _end_of_message(self, conn: Connection, s: Session) -> bytes:
-        cfg = self.settings
         qid = s.macros.get("i", "")
         if s.too_big:
             self._count_error("too_big")
             self.log.info("message too big: accepted unscanned",
                           extra={"fields": {"server": self.name, "queue_id": qid, "size": s.size}})
-            return _CONTINUE
+            return self._unscanned(s)
         try:
             profile = self.scanner.profile_for(s.rcpts[0]) if s.rcpts else None
             verdict = await self.scan(s.raw(), s.envelope(), profile, peer=conn.peer_ip, queue_id=qid,
                                       client_ip=s.client_ip or "")
         except Exception:
-            if cfg.fail_open:
-                return _CONTINUE
-            return packet(REPLYCODE, _c(cfg.tempfail_reply))  # type: ignore[attr-defined]
-        return self._verdict_reply(s, verdict)
+            return self._failed(s)
+        try:
+            return self._verdict_reply(s, verdict)
+        except Exception:
+            # Without an answer the MTA drops the connection and applies its own default
+            # (Postfix: milter_default_action): this server's fail_open decides instead.
+            self._count_error("internal")
+            self.log.exception("milter reply failed", extra={"fields": {"server": self.name, "queue_id": qid,
+                                                                        "action": verdict.action}})
+            return self._failed(s)
+
+    def _failed(self, s: Session) -> bytes:
+        """The answer when there is no verdict to give: accept unscanned when ``fail_open``, else 4xx."""
+        if self.settings.fail_open:
+            return self._unscanned(s)
+        return _reply(self.settings.tempfail_reply)  # type: ignore[attr-defined]
+
+    def _unscanned(self, s: Session) -> bytes:
+        """Accept a message without a verdict: first delete the headers named like ours that came
+        with it (and Authentication-Results claiming our authserv-id), as for scanned mail, since
+        a forged ``X-Spam-Flag: NO`` would otherwise pass every message the scan did not see."""
+        if not s.actions & CHGHDRS or not s.headers:
+            return _CONTINUE
+        try:
+            lowered = [n.lower() for n, _ in s.headers]
+            return (self._remove_forged(s, lowered, _OUR_NAMES)
+                    + self._remove_forged_authres(s, lowered, getattr(self.scanner.engine, "authserv_id", ""))
+                    + _CONTINUE)
+        except Exception:  # the deletes are a courtesy here: never the reason a message is lost
+            self.log.exception("milter header cleanup failed", extra={"fields": {"server": self.name}})
+            return _CONTINUE
 
     def _verdict_reply(self, s: Session, v: Verdict) -> bytes:
         cfg = self.settings
         action = v.action
         if action in ("greylist", "soft reject"):
-            return packet(REPLYCODE, _c(cfg.tempfail_reply))  # type: ignore[attr-defined]
-        if action == "reject" and not cfg.quarantine:  # type: ignore[attr-defined]
-            return packet(REPLYCODE, _c(cfg.reject_reply))  # type: ignore[attr-defined]
+            return _reply(cfg.tempfail_reply)  # type: ignore[attr-defined]
+        # Quarantine needs the MTA to allow SMFIF_QUARANTINE at negotiation (libmilter's
+        # smfi_quarantine fails otherwise); an MTA that does not would have us deliver the spam:
+        # reject it then, as without quarantine.
+        quarantine = cfg.quarantine and s.actions & QUARANTINE  # type: ignore[attr-defined]
+        if action == "reject" and not quarantine:
+            return _reply(cfg.reject_reply)  # type: ignore[attr-defined]
         out = bytearray()
         ours = v.headers()
+        # With SMFIP_HDR_LEADSPC milter8.c puts our value right after the colon: we give the space.
+        lead = b" " if s.protocol & HDR_LEADSPC else b""
+        lowered = [n.lower() for n, _ in s.headers]  # once, not once per name looked for
         if s.actions & CHGHDRS:
-            lowered = [n.lower() for n, _ in s.headers]  # once, not once per name looked for
             out += self._remove_forged(s, lowered, {n.lower() for n, _ in ours if n.lower() != "authentication-results"})
             out += self._remove_forged_authres(s, lowered, v.authserv_id)
-            subject = v.rewritten_subject()
-            if subject is not None:
-                if "subject" in lowered:
-                    out += packet(CHGHEADER, struct.pack(">I", 1) + _c("Subject") + _c(subject))
-                elif s.actions & ADDHDRS:
-                    out += packet(ADDHEADER, _c("Subject") + _c(subject))
+        if action == "rewrite subject":
+            out += self._tag_subject(s, lowered, v, lead)
         if s.actions & ADDHDRS:
             for name, value in ours:
-                out += packet(ADDHEADER, _c(name) + _c(value))
-        if action == "reject" and s.actions & QUARANTINE:
+                out += packet(ADDHEADER, _c(name) + lead + _c(value))
+        if action == "reject":  # here only when quarantined
             out += packet(QUARANTINE_R, _c(cfg.quarantine_reason))  # type: ignore[attr-defined]
-        return bytes(out) + packet(CONTINUE)
+        return bytes(out) + _CONTINUE
+
+    @staticmethod
+    def _tag_subject(s: Session, lowered: list[str], v: Verdict, lead: bytes) -> bytes:
+        """The packets that put the verdict's ``subject_prefix`` in front of the Subject.
+
+        The new value is the first Subject exactly as the MTA sent it, not the decoded text the
+        scan read (:meth:`Verdict.rewritten_subject`): written back decoded, an encoded word
+        becomes 8-bit bytes in a header, one that decodes to CR LF starts a header of the
+        sender's choosing, and one that decodes to NUL ends the packet's string early, which
+        milter8.c answers by dropping the milter ("left-over data"; the message then goes by
+        milter_default_action, untagged).  CR, LF (the folding) and NUL are taken out of it.
+        Further Subject fields are deleted, last first so that the indexes stay valid, so that
+        no reader shows an untagged one.  A message without a Subject gets one: the prefix.
+        """
+        count = lowered.count("subject")
+        if not count:
+            if not s.actions & ADDHDRS:
+                return b""
+            return packet(ADDHEADER, b"Subject\0" + lead + subject_tag(v.subject_prefix, b"").rstrip() + b"\0")
+        if not s.actions & CHGHDRS:
+            return b""
+        name, value = s.headers[lowered.index("subject")]
+        raw = value.encode("utf-8", "surrogateescape").translate(None, b"\r\n\0").lstrip(b" \t")
+        if not (v.subject or "").startswith(v.subject_prefix):  # not tagged already (by an earlier pass)
+            raw = subject_tag(v.subject_prefix, raw) + raw
+        out = bytearray()
+        for index in range(count, 1, -1):
+            out += packet(CHGHEADER, struct.pack(">I", index) + _c(name) + b"\0")
+        out += packet(CHGHEADER, struct.pack(">I", 1) + _c(name) + lead + raw + b"\0")
+        return bytes(out)
 
     @staticmethod
     def _remove_forged_authres(s: Session, lowered: list[str], authserv_id: str) -> bytes:
