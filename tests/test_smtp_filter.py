@@ -50,11 +50,11 @@ def default_engine() -> Engine:
     return _SHARED[0]
 
 
-def start(sink, engine=None, **settings) -> ServerThread:
+def start(sink, engine=None, event_loop: str = "auto", **settings) -> ServerThread:
     settings.setdefault("port", 0)
     settings.setdefault("next_hop", f"127.0.0.1:{sink.port}")
     settings.setdefault("next_hop_timeout", 5.0)
-    return ServerThread(SmtpFilterServer(engine or default_engine(), SmtpConfig(**settings)))
+    return ServerThread(SmtpFilterServer(engine or default_engine(), SmtpConfig(**settings)), event_loop=event_loop)
 
 
 def send(port: int, raw: bytes, mail_from="ana@sender.test", rcpts=("bo@rcpt.test",)) -> dict:
@@ -794,4 +794,313 @@ def test_held_transaction_with_a_slow_next_hop_or_a_client_that_leaves(chunking_
         assert sink.wait_for(marker("left half way"), timeout=0.3) == []
     finally:
         sink.delay = 0.0
+        f.stop()
+
+
+# --------------------------------------------------------------------------- regressions
+
+
+def _on_mail(sink: Sink, hook) -> None:
+    """Run ``hook(server)`` at each MAIL the sink gets before its own handling; a true result ends
+    that MAIL there (the hook has answered, or dropped the connection)."""
+    handler = sink.controller.handler
+    own = handler.handle_MAIL
+
+    async def handle_MAIL(server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
+        if hook(server):
+            return "421 4.3.2 not sent"  # the hook closed the connection: never written
+        return await own(server, session, envelope, address, mail_options)
+
+    handler.handle_MAIL = handle_MAIL
+
+
+def _says_421_and_closes(server) -> None:  # type: ignore[no-untyped-def]
+    """What Postfix's smtpd writes to a client idle past ``smtpd_timeout`` before it closes."""
+    server._writer.write(b"421 4.4.2 sink.test Error: timeout exceeded\r\n")
+    server.transport.close()
+
+
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_kept_connection_the_next_hop_timed_out_is_not_reused(chunking_sink, event_loop):
+    """A next hop that times out an idle kept connection as Postfix's smtpd does (a 421, then it
+    closes): that connection counts as closed and is not taken for the next message, which goes on
+    a new one and arrives once."""
+    from antispam.servers.smtp import FastSMTP
+
+    sink = chunking_sink
+
+    class IdleTimeout(FastSMTP):
+        line_length_limit = 64 * 1024
+
+        def _timeout_cb(self) -> None:
+            _says_421_and_closes(self)
+
+    sink.controller.factory = lambda: IdleTimeout(sink.controller.handler, hostname="sink.test",
+                                                  decode_data=False, timeout=1)
+    f = start(sink, event_loop=event_loop)
+    try:
+        assert _pipelined(f.port, ham(subject="before idle"))[-1] == sink.data_reply
+        time.sleep(1.6)  # the next hop's idle timeout passes: 421 and EOF wait unread on the kept one
+
+        async def kept_closed() -> list[bool]:
+            return [c.closed() for c in f.server._idle_connections]
+
+        assert f.call(kept_closed()) == [True]
+        assert _pipelined(f.port, ham(subject="after idle"))[-1] == sink.data_reply
+        assert len(sink.wait_for(marker("after idle"))) == 1
+    finally:
+        f.stop()
+
+
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_held_transaction_on_a_kept_connection_answered_421_is_sent_again_once(chunking_sink, event_loop):
+    """The next hop says 421 and closes a kept connection just as the whole transaction reaches
+    it (its idle timeout): a 421 as the first reply means it read none of it, so the transaction
+    goes again on a new connection and arrives once; a 421 there too is 4xx for the client."""
+    sink = chunking_sink
+    closes: list[int] = []
+    _on_mail(sink, lambda server: closes and (closes.pop(), _says_421_and_closes(server)))
+    f = start(sink, event_loop=event_loop)
+    try:
+        assert _pipelined(f.port, ham(subject="keep it"))[-1] == sink.data_reply
+        closes.append(1)
+        assert _pipelined(f.port, ham(subject="after a 421"))[-1] == sink.data_reply
+        assert len(sink.wait_for(marker("after a 421"))) == 1 and closes == []
+        closes.extend([1, 1])
+        assert _pipelined(f.port, ham(subject="two 421s"))[-1].startswith(b"451 4.4.2"), closes
+        assert closes == [] and sink.wait_for(marker("two 421s"), timeout=0.3) == []
+    finally:
+        f.stop()
+
+
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_client_idle_timeout_does_not_cut_a_relay_in_progress(sink, event_loop):
+    """The client's idle timeout does not run while the message is in our hands (the next hop's
+    wait has ``next_hop_timeout``): a next hop slower than it still gets the message once and the
+    client its 250; the timeout is back after the reply."""
+    f = start(sink, event_loop=event_loop, timeout=1, next_hop_timeout=10.0)
+    sink.delay = 2.0
+    try:
+        c, fh, _ = _ehlo(f.port)
+        for cmd in (b"MAIL FROM:<ana@sender.test>", b"RCPT TO:<bo@rcpt.test>", b"DATA"):
+            c.sendall(cmd + b"\r\n")
+            assert smtp_replies(fh, 1)[0][:1] in (b"2", b"3")
+        c.sendall(ham(subject="slow but once") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        t = time.monotonic()
+        assert fh.readline() == b""  # silence after the reply: dropped after the idle timeout
+        assert 0.5 < time.monotonic() - t < 3.0
+        c.close()
+        assert len(sink.wait_for(marker("slow but once"))) == 1
+    finally:
+        f.stop()
+
+
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_client_that_half_closes_after_its_data_still_gets_the_reply(sink, event_loop):
+    """A client that pipelines QUIT after its data and shuts down its sending side while the
+    message is relayed: the relay is not cut off, the client gets the next hop's 250 and the 221,
+    and the message arrives once."""
+    f = start(sink, event_loop=event_loop)
+    sink.delay = 1.0
+    try:
+        c, fh, _ = _ehlo(f.port)
+        for cmd in (b"MAIL FROM:<ana@sender.test>", b"RCPT TO:<bo@rcpt.test>", b"DATA"):
+            c.sendall(cmd + b"\r\n")
+            assert smtp_replies(fh, 1)[0][:1] in (b"2", b"3")
+        c.sendall(ham(subject="half closed") + b".\r\n")
+        time.sleep(0.3)
+        c.sendall(b"QUIT\r\n")
+        c.shutdown(socket.SHUT_WR)
+        assert smtp_replies(fh, 2) == [sink.data_reply, b"221 Bye"]
+        assert fh.read() == b""
+        c.close()
+        assert len(sink.wait_for(marker("half closed"))) == 1
+        assert send(f.port, ham(subject="after half closed")) == {}  # the filter is in step
+        assert len(sink.wait_for(marker("after half closed"))) == 1
+    finally:
+        f.stop()
+
+
+def _eight_bit_sink(chunking: bool) -> Sink:
+    """A next hop that takes 8-bit envelope addresses (aiosmtpd with SMTPUTF8 on), so the bytes
+    that reach it can be compared."""
+    from aiosmtpd.smtp import SMTP
+
+    from antispam.servers.smtp import FastSMTP
+
+    s = Sink(chunking=chunking)
+    cls = FastSMTP if chunking else SMTP
+    s.controller.factory = lambda: cls(s.controller.handler, hostname="sink.test", decode_data=False,
+                                       enable_SMTPUTF8=True)
+    return s
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["next-hop-plain", "next-hop-chunking"])
+def test_8bit_envelope_addresses_go_to_the_next_hop_as_sent(chunking):
+    """A non-UTF-8 byte in MAIL FROM or RCPT TO (aiosmtpd decodes them with surrogateescape) goes
+    to the next hop as the same bytes, step by step, pipelined and as a held lone recipient;
+    every reply is an SMTP reply and the next transaction starts clean."""
+    sink = _eight_bit_sink(chunking)
+    f = start(sink)
+    raw_from, raw_rcpt = b"\xff\xfe@sender.test", b"b\xe9@rcpt.test"
+    try:
+        c, fh, _ = _ehlo(f.port)
+        for cmd in (b"MAIL FROM:<%b>" % raw_from, b"RCPT TO:<%b>" % raw_rcpt, b"DATA"):  # step by step
+            c.sendall(cmd + b"\r\n")
+            assert smtp_replies(fh, 1)[0][:1] in (b"2", b"3")
+        c.sendall(ham(subject="8bit one") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        # pipelined with two recipients (MAIL goes with the first RCPT), then a lone one (held)
+        c.sendall(b"MAIL FROM:<%b>\r\nRCPT TO:<%b>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n" % (raw_from, raw_rcpt))
+        assert [r[:3] for r in smtp_replies(fh, 4)] == [b"250", b"250", b"250", b"354"]
+        c.sendall(ham(subject="8bit two") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        c.sendall(b"MAIL FROM:<%b>\r\nRCPT TO:<%b>\r\nDATA\r\n" % (raw_from, raw_rcpt))
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="8bit three") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\n")
+        assert smtp_replies(fh, 1) == [b"250 2.1.0 Ok"]  # not "503 nested MAIL"
+        c.close()
+        for n in ("one", "two", "three"):
+            (got,) = sink.wait_for(marker(f"8bit {n}"))
+            assert got[0].encode("utf-8", "surrogateescape") == raw_from
+            assert got[1][0].encode("utf-8", "surrogateescape") == raw_rcpt
+    finally:
+        f.stop()
+        sink.down()
+
+
+def test_8bit_sender_refused_by_the_next_hop_gets_its_reply_never_an_empty_line(sink):
+    """A next hop that refuses the 8-bit sender: its reply is the client's, pipelined or not (it
+    was an empty line when MAIL went with the RCPT after it).  An 8-bit XFORWARD name is refused
+    501, not aiosmtpd's 500 for a reply that could not be encoded."""
+    f = start(sink)
+    try:
+        c, fh, _ = _ehlo(f.port)
+        c.sendall(b"MAIL FROM:<\xff\xfe@sender.test>\r\n")
+        assert smtp_replies(fh, 1) == [b"500 Error: strict ASCII mode"]  # aiosmtpd's own refusal
+        c.sendall(b"MAIL FROM:<\xff\xfe@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nRSET\r\nNOOP\r\n")
+        assert smtp_replies(fh, 4) == [b"500 Error: strict ASCII mode", b"503 Error: need MAIL command",
+                                       b"250 2.0.0 Ok", b"250 OK"]
+        c.sendall(b"XFORWARD \xff=1\r\n")  # refused with the name shown escaped (a reply is ASCII)
+        assert smtp_replies(fh, 1) == [b"501 5.5.4 Bad XFORWARD attribute \\xff"]
+        c.close()
+    finally:
+        f.stop()
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["next-hop-plain", "next-hop-chunking"])
+def test_internal_error_at_end_of_data_is_4xx_and_ends_the_transaction(chunking, monkeypatch):
+    """An unexpected exception while handling the message is a temporary failure (451 4.3.0: the
+    client keeps the message), never aiosmtpd's 500; the transaction ends, here and at the next
+    hop, and the next one on the same connection is delivered."""
+    import antispam.servers.smtp as smtp_mod
+
+    sink = Sink(chunking=chunking)
+    f = start(sink)
+    own = smtp_mod.rewrite_headers
+
+    def rewrite(raw: bytes, verdict):  # type: ignore[no-untyped-def]
+        if b"break me" in raw:
+            raise RuntimeError("a bug")
+        return own(raw, verdict)
+
+    monkeypatch.setattr(smtp_mod, "rewrite_headers", rewrite)
+    try:
+        c, fh, _ = _ehlo(f.port)
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="break me") + b".\r\n")
+        assert smtp_replies(fh, 1)[0].startswith(b"451 4.3.0")
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="next one whole") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        c.close()
+        (got,) = sink.wait_for(marker("next one whole"))
+        assert got[1] == ("bo@rcpt.test",)
+        assert sink.wait_for(marker("break me"), timeout=0.3) == []
+    finally:
+        f.stop()
+        sink.down()
+
+
+def test_our_headers_land_in_the_header_block_the_next_hop_sees(sink):
+    """Line ends are made CRLF before our fields go in: whatever mix of CRLF, bare LF and bare CR
+    the message uses, the header/body boundary the next hop sees is the one our fields are put
+    above, so they are header fields there, never body text."""
+    import email
+
+    gtube = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+    cases = [b"Subject: win TAG\r\n\n" + gtube + b"\r\n",  # CRLF header, bare-LF blank line
+             b"Subject: win TAG\nFrom: a@sender.test\n\r\n" + gtube + b"\r\n",  # LF header, CRLF blank line
+             b"Subject: win TAG\r\r\n" + gtube + b"\r\n",  # a bare CR: a blank line once it is CRLF
+             b"Subject: win TAG\rFrom: a@sender.test\r\r" + gtube + b"\r"]  # bare CRs only
+    f = start(sink)
+    try:
+        for i, raw in enumerate(cases):
+            tag = b"boundary%d" % i
+            send(f.port, raw.replace(b"TAG", tag))
+            (got,) = sink.wait_for(marker(tag.decode()))
+            parsed = email.message_from_bytes(got[2])
+            assert parsed.get("X-Spam-Flag") in ("YES", "NO"), got[2]
+            assert b"X-Spam-" not in got[2].split(b"\r\n\r\n", 1)[1], got[2]
+    finally:
+        f.stop()
+
+
+def test_bdat_size_that_is_not_ascii_digits_closes_the_connection(sink):
+    """``BDAT ¹⁵``: Python's isdigit() takes superscripts, int() does not.  A size that cannot be
+    read is 501 and the connection closes (the chunk's bytes are never read as commands)."""
+    f = start(sink)
+    try:
+        c, fh, _ = _ehlo(f.port)
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\n")
+        assert smtp_replies(fh, 2) == [b"250 2.1.0 Ok", b"250 2.1.5 Ok"]
+        c.sendall("BDAT \u00b9\u2075 LAST\r\n".encode() + b"NOOP smuggled\r\n")
+        assert smtp_replies(fh, 1) == [b"501 5.5.4 Syntax: BDAT <size> [LAST]"]
+        assert fh.readline() == b""
+        c.close()
+    finally:
+        f.stop()
+
+
+def test_xforward_describes_one_transaction(sink):
+    """XFORWARD attributes hold for the transaction they precede, as in Postfix's smtpd (which
+    forgets them when a transaction ends, at RSET and at HELO/EHLO): a later message on the same
+    connection without XFORWARD is the connecting client's own."""
+    probe = EnvelopeProbe()
+    f = start(sink, engine=Engine(checks=[GtubeCheck(), probe]))
+    try:
+        with smtplib.SMTP("127.0.0.1", f.port, timeout=30) as s:
+            s.ehlo("postfix.local")
+            assert s.docmd("XFORWARD", "NAME=mail.sender.test ADDR=198.51.100.7 HELO=mail.sender.test")[0] == 250
+            s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject="xf one"))
+            assert probe.seen[-1][0].client_ip == "198.51.100.7"
+            s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject="xf two"))
+            assert probe.seen[-1][0].client_ip == "127.0.0.1" and probe.seen[-1][0].helo == "postfix.local"
+            assert s.docmd("XFORWARD", "ADDR=198.51.100.8")[0] == 250
+            assert s.rset()[0] == 250
+            s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject="xf three"))
+            assert probe.seen[-1][0].client_ip == "127.0.0.1"
+    finally:
+        f.stop()
+
+
+def test_next_hop_reply_line_too_long_is_4xx(sink):
+    """A next hop whose reply line is longer than the client reads (64 KiB) broke the protocol:
+    451, as for any reply that is not one (it was aiosmtpd's 500 for a ValueError), and the next
+    message goes through."""
+    f = start(sink)
+    sink.refuse_senders = {"long@sender.test": "550 5.7.1 " + "x" * 70000}
+    try:
+        with pytest.raises(smtplib.SMTPSenderRefused) as exc:
+            send(f.port, ham(subject="long reply"), mail_from="long@sender.test")
+        assert exc.value.smtp_code == 451
+        assert send(f.port, ham(subject="after long reply")) == {}
+        assert len(sink.wait_for(marker("after long reply"))) == 1
+    finally:
+        sink.refuse_senders = {}
         f.stop()

@@ -59,11 +59,15 @@ XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 #: an address aiosmtpd's parser would return unchanged: ``<dot-atom@dot-atom>`` and the parameters
 _PLAIN_PATH = re.compile(r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                          r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)", re.S)
-_UNAVAILABLE = {"[UNAVAILABLE]", "[TEMPUNAVAIL]", ""}
+#: XFORWARD values that say nothing (None: not sent), where the connection's own are taken
+_UNAVAILABLE: frozenset[str | None] = frozenset({None, "[UNAVAILABLE]", "[TEMPUNAVAIL]", ""})
 #: handle_MAIL's answer when the next hop's reply comes with the following RCPT's
 _MAIL_DEFERRED = object()
 #: aiosmtpd's reply to a RCPT without an accepted MAIL
 _NEED_MAIL = "503 Error: need MAIL command"
+#: our reply when something of ours failed: temporary (RFC 3463 4.3.0, "other or undefined mail
+#: system status"), so that the client keeps the message and tries again
+_INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 
 
 def _one_line(text: Any) -> str:
@@ -227,6 +231,11 @@ class FastSMTP(SMTP):
             self._set_post_data_state()
             return
         self.envelope.content = self.envelope.original_content = content
+        await self._end_of_data()
+
+    async def _end_of_data(self) -> None:
+        """The message is here whole (after DATA, or at ``BDAT ... LAST``): the handler's reply to
+        it ends the transaction.  One step, so that a subclass can hold the session around it."""
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
@@ -292,14 +301,17 @@ class FastSMTP(SMTP):
         message goes to the handler as after DATA, and its reply is the transaction's.  Whatever
         is refused (no recipient, over ``data_size_limit``, a chunk after a refused one) is read
         through first, so the stream stays in step with the client.  A size that cannot be read
-        leaves no way to find the next command: refused, and the connection closed."""
+        leaves no way to find the next command: refused, and the connection closed.  RFC 3030's
+        chunk-size is ``1*DIGIT``, ASCII digits: ``str.isdigit`` alone takes superscripts and other
+        digits ``int`` refuses."""
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("BDAT"):
             return
         words = (arg or "").split()
         last = len(words) == 2 and words[1].upper() == "LAST"
-        if not words or len(words) > 2 or (len(words) == 2 and not last) or not words[0].isdigit():
+        if not words or len(words) > 2 or (len(words) == 2 and not last) \
+                or not (words[0].isascii() and words[0].isdigit()):
             await self.push("501 5.5.4 Syntax: BDAT <size> [LAST]")
             assert self.transport is not None
             self.transport.close()
@@ -339,9 +351,7 @@ class FastSMTP(SMTP):
             await self.push(f"250 2.0.0 Ok: {size} octets received")
             return
         self.envelope.content = self.envelope.original_content = b"".join(self._chunks)
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        await self._end_of_data()
 
     async def _discard(self, size: int) -> None:
         """Read and drop ``size`` bytes, a bounded piece at a time."""
@@ -368,16 +378,33 @@ class FastSMTP(SMTP):
 
 
 class _FilterSMTP(FastSMTP):
-    """aiosmtpd's SMTP with our admission control (allow-list, connection limit) and XFORWARD."""
+    """aiosmtpd's SMTP with our admission control (allow-list, connection limit) and XFORWARD.
+
+    While a message is in our hands (from the end of its data until our reply: the scan and the
+    next hop's answer), nothing of the client's side cuts the relay short.  The next hop may
+    already have the message when it is cut: the client, never told 250, sends it again, and
+    the next hop gets two copies.  So the idle timeout does not run then (the wait for the next
+    hop is bounded by ``next_hop_timeout``), and the client's EOF or the connection's loss,
+    which aiosmtpd answers by cancelling the session (and the relay in it), wait for the relay
+    to end (see :meth:`_end_of_data`).
+    """
 
     #: RFC 5321 caps lines at 1000 octets, but a filter that refused longer ones would bounce mail
     #: its MTA already accepted (after-queue): take them and let the next hop decide.
     line_length_limit = 64 * 1024
 
+    #: the message is in our hands: from the end of its data until our reply is written
+    _relaying = False
+    #: the client's EOF came while relaying: aiosmtpd's handling of it is run after the reply
+    _eof_pending = False
+    #: the connection was lost while relaying: ``connection_lost``'s argument, for after the relay
+    _loss_pending: tuple[Exception | None] | None = None
+
     def __init__(self, server: "SmtpFilterServer", **kw: Any):
+        #: the original client's attributes (XFORWARD) for the transaction they precede
+        self.xforward: dict[str, str] = {}
         super().__init__(server, **kw)
         self.filter = server
-        self.xforward: dict[str, str] = {}
         #: this session's transaction at the next hop
         self.next_hop = _NextHop(server)
         #: the reply to MAIL waits for the next hop's, to come with the RCPT's
@@ -390,6 +417,11 @@ class _FilterSMTP(FastSMTP):
             self.filter.metrics.connections.labels(self.filter.name).inc()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._relaying and not self.filter.closing:
+            # handled once the relay has ended (see _end_of_data); at shutdown the relay is cut as
+            # before (``stop`` closes the connections left after its grace period)
+            self._loss_pending = (error,)
+            return
         if self in self.filter._protocols:
             self.filter._protocols.discard(self)
             if self.filter.metrics is not None:
@@ -402,16 +434,84 @@ class _FilterSMTP(FastSMTP):
             task.add_done_callback(self.filter._background.discard)
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        """The client shut its sending side.  aiosmtpd cancels the session at once; while a message
+        is being relayed that waits until the relay has ended and the client, who may still read,
+        has our reply (a client that pipelines QUIT after its data may half-close so)."""
+        if self._relaying:
+            self._eof_pending = True
+            return True  # our side stays open for the reply
+        return super().eof_received()
+
+    async def _end_of_data(self) -> None:
+        """The message, relayed with the idle timeout held and the client's EOF or connection loss
+        put off until the relay has ended (see the class docstring): the next hop's outcome is
+        final either way, and this way the client hears it whenever it can still read.
+
+        An unexpected error here is our reply ``451 4.3.0``, temporary, rather than aiosmtpd's
+        ``500`` (the client would bounce mail that a later try may deliver), and the transaction
+        ends all the same, here and at the next hop."""
+        self._timeout_handle.push(None)  # type: ignore[union-attr]  # a _Deadline (FastSMTP)
+        self._relaying = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        except Exception as exc:
+            status = await self._internal_error(exc)
+        finally:
+            self._relaying = False
+        self._set_post_data_state()
+        if self._loss_pending is not None:  # nobody to tell: the session ends as aiosmtpd ends it
+            self.connection_lost(self._loss_pending[0])
+            return
+        self._reset_timeout()  # idle again from our reply on
+        await self.push(status)
+        if self._eof_pending:
+            # The EOF is handled once the session would wait for more: the commands the client
+            # sent before it, already here, are answered first (its QUIT too: RFC 5321 section
+            # 4.1.1.10 wants a QUIT answered before the channel closes).
+            self._eof_pending = False
+            self.loop.call_soon(self.eof_received)
+
+    async def _internal_error(self, exc: BaseException) -> str:
+        """Log a failure of ours at end of data, end the next hop's transaction, and answer 451."""
+        self.filter._count_error("internal")
+        self.filter.log.error("message not relayed: internal error", exc_info=exc,
+                              extra={"fields": {"server": self.filter.name}})
+        try:
+            await self.next_hop.reset()
+        except Exception:  # the connection is dropped: the next hop drops the transaction with it
+            self.next_hop._lose()
+        return _INTERNAL_ERROR
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's reply to an exception in a command: ours is temporary (451 4.3.0), not its 500.
+        A permanent reply to a failure of ours would make the client bounce the mail."""
+        self.filter._count_error("internal")
+        self.filter.log.error("command failed: internal error", exc_info=error,
+                              extra={"fields": {"server": self.filter.name}})
+        return _INTERNAL_ERROR
+
+    def _set_post_data_state(self) -> None:
+        """A transaction ends (after its message, at RSET, HELO or EHLO): the XFORWARD attributes
+        go with it, as Postfix's smtpd forgets them in its ``mail_reset()``; a Postfix client
+        sends them again before each MAIL (XFORWARD_README)."""
+        super()._set_post_data_state()
+        if self.xforward:
+            self.xforward.clear()
+
     async def push(self, status: str | bytes, hold: bool = False) -> None:
         """A deferred MAIL (see ``SmtpFilterServer.handle_MAIL``) is answered here, just before
-        the RCPT that follows it, with the next hop's own reply to MAIL."""
+        the RCPT that follows it, with the next hop's own reply to MAIL.  No reply is ever an
+        empty line (a MAIL whose relay failed before any reply came): that is ``451 4.3.0``."""
         if status is _MAIL_DEFERRED:
             self._groupable = False
             self._mail_deferred = True
             return
+        if not status:
+            status = _INTERNAL_ERROR
         if self._mail_deferred:  # this is the reply to the RCPT line that was waiting
             self._mail_deferred = False
-            mail_reply = await self.next_hop.deferred_mail_reply()
+            mail_reply = await self.next_hop.deferred_mail_reply() or _INTERNAL_ERROR
             if not mail_reply.startswith("2"):
                 self.filter._mail_refused(self.envelope, mail_reply)
                 status = _NEED_MAIL
@@ -436,7 +536,9 @@ class _FilterSMTP(FastSMTP):
         for item in arg.split():
             name, sep, value = item.partition("=")
             if not sep or name.upper() not in XFORWARD_ATTRS:
-                await self.push(f"501 5.5.4 Bad XFORWARD attribute {_one_line(name)[:40]}")
+                # a reply is ASCII: an 8-bit name (aiosmtpd decoded it with surrogateescape) is shown escaped
+                shown = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+                await self.push(f"501 5.5.4 Bad XFORWARD attribute {_one_line(shown)[:40]}")
                 return
             self.xforward[name.upper()] = value
         await self.push("250 2.0.0 Ok")
@@ -642,7 +744,11 @@ class SmtpFilterServer(Server):
                 if reply is not None:
                     await server.next_hop.reset()
                     return reply
-            out = rewrite_headers(raw, verdict)
+            # SMTP carries CRLF line ends only (RFC 5321 section 2.3.8): the message goes on with
+            # every bare LF and bare CR made CRLF.  That is done first, so that our fields go
+            # above the header/body boundary the next hop will see: converted afterwards, a bare
+            # CR or a mix of CRLF and LF can make a blank line elsewhere, and our fields body text.
+            out = rewrite_headers(_crlf(raw), verdict)
         reply = await server.next_hop.data(out)
         if not reply.startswith("2"):
             self._next_hop_refused("DATA", reply)
@@ -655,13 +761,15 @@ class SmtpFilterServer(Server):
 
     # ------------------------------------------------------------ connections to the next hop
 
-    async def _borrow(self) -> tuple["_SmtpClient", bool]:
+    async def _borrow(self, fresh: bool = False) -> tuple["_SmtpClient", bool]:
         """A connection for one transaction, and whether it was kept from an earlier one.
 
         Connections stay open between transactions (connect, greeting and EHLO cost about as much
         as the transaction); the most recently used one is taken first, as the least likely to
-        have been closed by the next hop meanwhile, and one the next hop visibly closed is dropped."""
-        while self._idle_connections:
+        have been closed by the next hop meanwhile, and one the next hop visibly closed is dropped.
+        ``fresh``: a new connection (a second try, after a kept one turned out closed: the others
+        kept as long may be closed too)."""
+        while self._idle_connections and not fresh:
             c = self._idle_connections.pop()
             if not c.closed():
                 return c, True
@@ -754,7 +862,14 @@ class _SmtpClient:
         return c
 
     def closed(self) -> bool:
-        return self.reader.at_eof() or self.writer.is_closing() or self.reader.exception() is not None
+        """Whether the connection cannot carry a new transaction: closed on either side, failed,
+        or, idle, with anything at all from the next hop unread.  An idle server has nothing to
+        say but its farewell: Postfix's smtpd writes ``421 4.4.2 ... Error: timeout exceeded`` to
+        a client idle past ``smtpd_timeout`` and closes, and that 421 waits in the buffer ahead of
+        the EOF (``at_eof()`` is true only once the buffer is empty)."""
+        reader = self.reader
+        return (bool(reader._buffer) or reader._eof or self.writer.is_closing()
+                or reader.exception() is not None)
 
     def close(self) -> None:
         self._wait.cancel()
@@ -779,7 +894,10 @@ class _SmtpClient:
         lines = []
         try:
             while True:
-                line = await self.reader.readline()
+                try:
+                    line = await self.reader.readline()
+                except ValueError:  # a line over the stream's limit (64 KiB): no SMTP reply line is
+                    raise NextHopError("reply line too long") from None
                 if not line.endswith(b"\n"):
                     raise ConnectionError("next hop closed the connection")
                 if len(line) < 4 or not line[:3].isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
@@ -794,7 +912,9 @@ class _SmtpClient:
         self.reader.set_exception(TimeoutError("the next hop did not answer in time"))
 
     async def command(self, line: str) -> tuple[int, str]:
-        self.writer.write(line.encode("utf-8") + b"\r\n")
+        """``line`` (its addresses as aiosmtpd decoded them: UTF-8, any other byte a surrogate, which
+        ``surrogateescape`` turns back into that byte: the next hop gets what our client sent)."""
+        self.writer.write(line.encode("utf-8", "surrogateescape") + b"\r\n")
         return await self.reply()
 
     async def commands(self, lines: list[str]) -> list[tuple[int, str]]:
@@ -802,7 +922,7 @@ class _SmtpClient:
         (RFC 2920: the commands used here may all stand in one group), else one at a time."""
         if "PIPELINING" not in self.extensions:
             return [await self.command(line) for line in lines]
-        self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
+        self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape"))
         replies = []
         for _ in lines:
             replies.append(await self.reply())
@@ -812,7 +932,10 @@ class _SmtpClient:
 
     async def data(self, payload: bytes) -> tuple[int, str, bool]:
         """The message and its end: (code, text, whether the transaction may still be open at
-        the next hop, to be ended with RSET).  Line ends become CRLF, as SMTP wants them.
+        the next hop, to be ended with RSET).  Line ends become CRLF, as SMTP wants them: the
+        message's own were made so before our fields went in (``SmtpFilterServer._filter``, and our
+        fields take the message's line ending, folds included), so this is for a message relayed
+        as it came; on CRLF-only bytes it is one scan, no copy.
 
         With CHUNKING (RFC 3030) the message goes as one ``BDAT <size> LAST``, written with its
         command: one write and one reply, where DATA takes two of each (the command, then the
@@ -842,7 +965,7 @@ class _SmtpClient:
         what had come when an error is raised; a 421 ends them early (the next hop is closing).
         Line ends in ``body`` become CRLF, as in :meth:`data`."""
         body = _crlf(body)
-        self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8")
+        self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape")
                           + b"BDAT %d LAST\r\n%b" % (len(body), body))
         await self._drain()
         for _ in range(len(lines) + 1):
@@ -924,9 +1047,9 @@ class _NextHop:
         next hop's, or ours when MAIL was refused), pipelined when the next hop allows it."""
         self.deferred = None
         await self._end()  # a transaction our client dropped without RSET (EHLO, a refused DATA)
-        for _ in (0, 1):
+        for attempt in (0, 1):
             try:
-                conn, kept = await self.server._borrow()
+                conn, kept = await self.server._borrow(fresh=attempt > 0)
             except (OSError, TimeoutError, NextHopError) as exc:
                 return _unavailable(exc), _NEED_MAIL
             pipelined = rcpt is not None and "PIPELINING" in conn.extensions
@@ -1006,16 +1129,20 @@ class _NextHop:
         """The held transaction (``rcpt_with_message``) and its message in one write; our reply is
         the first refusal among the next hop's replies to MAIL, RCPT and BDAT, or its 250.
 
-        A kept connection the next hop closed while it was idle (no reply at all) is replaced once,
-        as at MAIL.  After any refusal the connection is closed rather than kept: what a next hop
-        does with the chunk of a refused BDAT is its own (RFC 3030 leaves the state open), and the
+        A kept connection the next hop closed while it was idle is replaced once, as at MAIL: one
+        that ends with no reply at all, or whose first reply is a 421 (Postfix's smtpd writes
+        ``421 4.4.2 ... Error: timeout exceeded`` to a client idle past ``smtpd_timeout``, then
+        closes).  Replies come in order (RFC 2920), and a 421 closes the session (RFC 5321 section
+        3.8), so the next hop took none of the transaction: sending it again cannot make a second
+        copy.  After any refusal the connection is closed rather than kept: what a next hop does
+        with the chunk of a refused BDAT is its own (RFC 3030 leaves the state open), and the
         bytes of a message must never be read as commands."""
         assert self.held is not None
         (mail_from, mail_options, xforward), rcpt = self.held
         conn, kept = self.conn, self.kept
         self.held, self.conn = None, None
         assert conn is not None
-        for _ in (0, 1):
+        for attempt in (0, 1):
             lines = _opening(conn, mail_from, mail_options, xforward)
             lines.append(f"RCPT TO:{_path(rcpt)}")
             replies: list[tuple[int, str]] = []
@@ -1023,29 +1150,36 @@ class _NextHop:
                 await conn.transaction(lines, payload, replies)
             except (OSError, TimeoutError, NextHopError) as exc:
                 self.server._discard(conn)
-                if kept and not replies and not isinstance(exc, TimeoutError):
-                    try:
-                        conn, kept = await self.server._borrow()
-                    except (OSError, TimeoutError, NextHopError) as exc2:
-                        return _unavailable(exc2)
-                    if {"PIPELINING", "CHUNKING"} <= conn.extensions:
-                        continue
-                    self.server._give_back(conn)  # the next hop changed: our client retries, step by step
-                return _unavailable(exc)
+                if not (kept and attempt == 0 and not replies and not isinstance(exc, TimeoutError)):
+                    return _unavailable(exc)
+                failed = _unavailable(exc)
             except BaseException:
                 self.server._discard(conn)
                 raise
-            # the replies that matter: MAIL's, RCPT's and BDAT's (XFORWARD's, first, does not)
-            for code, msg in replies[len(lines) - 2:]:
-                if not 200 <= code < 300:  # 251 and the like accept a recipient too
+            else:
+                if kept and attempt == 0 and replies[0][0] == 421:
                     self.server._discard(conn)
-                    return _reply(code if 400 <= code < 600 else 451, msg)
-            if len(replies) == len(lines) + 1:
-                self.server._give_back(conn)
-                return _reply(*replies[-1])
-            self.server._discard(conn)
-            return "451 4.4.1 Next hop unavailable, try again later"
-        return "451 4.4.1 Next hop unavailable, try again later"
+                    failed = _reply(*replies[0])
+                else:
+                    # the replies that matter: MAIL's, RCPT's and BDAT's (XFORWARD's, first, does not)
+                    for code, msg in replies[len(lines) - 2:]:
+                        if not 200 <= code < 300:  # 251 and the like accept a recipient too
+                            self.server._discard(conn)
+                            return _reply(code if 400 <= code < 600 else 451, msg)
+                    if len(replies) == len(lines) + 1:
+                        self.server._give_back(conn)
+                        return _reply(*replies[-1])
+                    self.server._discard(conn)
+                    return "451 4.4.1 Next hop unavailable, try again later"
+            # the kept connection had been closed: once more, on a new one
+            try:
+                conn, kept = await self.server._borrow(fresh=True)
+            except (OSError, TimeoutError, NextHopError) as exc:
+                return _unavailable(exc)
+            if not {"PIPELINING", "CHUNKING"} <= conn.extensions:
+                self.server._give_back(conn)  # the next hop changed: our client retries, step by step
+                return failed
+        return "451 4.4.1 Next hop unavailable, try again later"  # not reached: the second try returns
 
     async def _rcpt(self, address: str) -> str:
         if self.conn is None:
