@@ -107,10 +107,13 @@ class Verdict:
         ``X-Spam-Status: Yes, score=7.3 required=5.0 tests=A,B autolearn=no version=...``
         """
         flag = "YES" if self.is_spam else "NO"
-        tests = ",".join(sorted(self.symbols)) or "none"
         score = shown_score(self.score, self.required_score, self.is_spam)
-        status = (f"{'Yes' if self.is_spam else 'No'}, score={score} required={shown_required(self.required_score):.1f} "
-                  f"tests={tests} autolearn=no version=antispam-{__version__}")
+        names = sorted(self.symbols) or ["none"]
+        pieces = [("", f"{'Yes' if self.is_spam else 'No'}, score={score}"),
+                  (" ", f"required={shown_required(self.required_score):.1f}"), (" ", "tests=" + names[0])]
+        pieces += [(",", n) for n in names[1:]]
+        pieces += [(" ", "autolearn=no"), (" ", f"version=antispam-{__version__}")]
+        status = _fold(len("X-Spam-Status: "), pieces)
         out = [
             ("X-Spam-Flag", flag),
             ("X-Spam-Score", score),
@@ -149,6 +152,29 @@ class Verdict:
         if self.authentication_results:
             d["milter"] = {"add_headers": {"Authentication-Results": {"value": self.authentication_results, "order": 0}}}
         return d
+
+
+def _fold(start: int, pieces: list[tuple[str, str]], width: int = 78) -> str:
+    """Join ``(separator, text)`` pieces into a header value folded (LF + tab) before a piece that
+    would pass ``width`` columns, the first line starting at column ``start``.
+
+    RFC 5322 2.1.1: a line MUST stay within 998 characters and SHOULD within 78.  A verdict with
+    many symbols (a large ruleset) makes a long X-Spam-Status; unfolded, it could pass 998 and be
+    split by an MTA (Postfix breaks lines past ``line_length_limit``) where no fold belongs.  A
+    ``,`` separator stays at the end of its line, as SpamAssassin folds its test list.
+    """
+    out: list[str] = []
+    col = start
+    for sep, text in pieces:
+        if out and col + len(sep) + len(text) > width:
+            keep = sep.strip()
+            out.append(keep + "\n\t")
+            col = 8 + len(text)
+            out.append(text)
+        else:
+            out.append(sep + text)
+            col += len(sep) + len(text)
+    return "".join(out)
 
 
 def freeze(mapping: dict[str, Any]) -> Mapping[str, Any]:

@@ -481,6 +481,15 @@ def subject_tag(prefix: str, rest: bytes) -> bytes:
     return (word + (space or " ")).encode("ascii")
 
 
+def _field(name: str, value: str, eol: bytes) -> bytes:
+    """One header field of ours with the message's line ending, folds included: a value folded
+    with LF (Authentication-Results, X-Spam-Status) keeps no bare LF inside a CRLF message."""
+    line = f"{name}: {value}".encode("utf-8")
+    if eol != b"\n" and b"\n" in line:
+        line = line.replace(b"\n", eol)
+    return line + eol
+
+
 def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     """The message with our X-Spam-* (and Authentication-Results) headers, and its Subject tagged
     when the verdict rewrites it.  Headers of the same names already present are removed first:
@@ -511,7 +520,7 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
         if not (shared in low and any(n in low for n in names)) and \
                 not (verdict.authserv_id and b"authentication-results" in low):
             return b"".join([head, eol if head else b"",
-                             *[f"{n}: {v}".encode("utf-8") + eol for n, v in ours], eol, body])
+                             *[_field(n, v, eol) for n, v in ours], eol, body])
     if verdict.authserv_id:
         raw = strip_forged(raw, verdict.authserv_id)
     eol = line_ending(raw)
@@ -542,7 +551,7 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     if prefix is not None and not tagged:
         out += b"Subject: " + subject_tag(prefix, b"").rstrip() + eol
     for name, value in ours:
-        out += f"{name}: {value}".encode("utf-8") + eol
+        out += _field(name, value, eol)
     return out + eol + body
 
 
