@@ -123,3 +123,24 @@ def test_a_ham_at_the_threshold_reads_as_ham_in_every_format(engine: Engine) -> 
     assert v.to_dict()["score"] < v.to_dict()["required_score"]
     assert "score=4.9 " in dict(v.headers())["X-Spam-Status"]
     assert dict(v.headers())["X-Spam-Score"] == "4.9"
+
+
+def test_a_long_x_spam_status_is_folded_and_unfolds_to_the_same_list(engine: Engine) -> None:
+    """RFC 5322 2.1.1: lines within 998 characters (78 recommended), whatever the number of symbols."""
+    from antispam.verdict import SymbolResult
+
+    names = [f"A_RULE_FROM_A_LARGE_RULESET_{i:03d}" for i in range(60)]
+    v = replace(engine.scan(b"Subject: hi\r\n\r\nhello\r\n"),
+                symbols={n: SymbolResult(n, 0.1, 1.0, (), "", "") for n in names})
+    status = dict(v.headers())["X-Spam-Status"]
+    lines = ("X-Spam-Status: " + status).split("\n")
+    assert len(lines) > 10 and all(len(line.expandtabs(8)) <= 78 for line in lines)
+    unfolded = status.replace("\n", "")
+    assert "".join(unfolded.split("tests=")[1].split("autolearn=")[0].split()).split(",") == names
+
+
+def test_our_folded_fields_take_the_messages_line_ending(engine: Engine) -> None:
+    raw = b"Subject: hi\r\nFrom: a@x.example\r\n\r\n" + GTUBE + b"\r\n"
+    out = rewrite_headers(raw, engine.scan(raw))
+    head = out.split(b"\r\n\r\n", 1)[0]
+    assert b"\n\t" in head and b"\n" not in head.replace(b"\r\n", b"")  # folded, and no bare LF
