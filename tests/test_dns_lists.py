@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from antispam.errors import ConfigError
-from antispam.reputation.lists import KNOWN_LISTS, ListSpec, parse_lists, query_name, reverse_ip, health_points
+from antispam.reputation.lists import KNOWN_LISTS, ListSpec, health_points, lookup_ip, parse_lists, query_name, reverse_ip
 
 
 def spec(**kw):
@@ -19,14 +19,37 @@ def test_reverse_ip_v4_v6_and_mapped():
     assert reverse_ip("2001:db8::1") == "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2"
     assert reverse_ip("::ffff:192.0.2.9") == "9.2.0.192"
     assert reverse_ip("not-an-ip") is None
+    # A zone index never makes formatting raise (ipaddress' ``exploded`` does for scoped addresses).
+    assert reverse_ip("fe80::1%eth0") == "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.e.f"
+
+
+@pytest.mark.parametrize("ip", [
+    "127.0.0.2", "::1", "::ffff:127.0.0.2", "10.1.2.3", "172.16.0.1", "192.168.1.5", "100.64.0.1", "169.254.1.1",
+    "192.0.2.1", "0.0.0.0", "224.1.1.1", "255.255.255.255", "fe80::1", "fc00::1", "2001:db8::1", "ff0e::1",
+    "fe80::1%eth0", "fe80::1%25x", "2a00:1450::1%eth0",
+])
+def test_non_public_and_scoped_addresses_are_never_asked(ip):
+    """RFC 5782 lists describe the public Internet; 127.0.0.2 is their test point (section 5)."""
+    assert lookup_ip(ip) is None
+    assert query_name(spec(), ip) is None
+    assert query_name(spec(kind="uri", inputs=("urls",)), ip) is None
+
+
+def test_public_addresses_are_asked():
+    assert lookup_ip("not-an-ip") is None and lookup_ip("") is None and lookup_ip(None) is None
+    assert str(lookup_ip("::ffff:44.4.4.4")) == "44.4.4.4"
+    assert query_name(spec(), "2a00:1450::1") == \
+        "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.5.4.1.0.0.a.2.bl.test."
 
 
 def test_query_names_per_kind():
-    assert query_name(spec(), "192.0.2.1") == "1.2.0.192.bl.test."
+    assert query_name(spec(), "44.4.4.4") == "4.4.4.44.bl.test."
     assert query_name(spec(kind="domain"), "Mail.Example.COM.") == "mail.example.com.bl.test."
     assert query_name(spec(kind="domain"), "bücher.example") == "xn--bcher-kva.example.bl.test."
     assert query_name(spec(kind="domain"), "a..b") is None
     assert query_name(spec(kind="uri"), "44.4.4.4") == "4.4.4.44.bl.test."
+    assert query_name(spec(kind="uri", ip_queries=False), "44.4.4.4") is None     # domain-only URI list
+    assert query_name(spec(kind="uri", ip_queries=False), "shop.example") == "shop.example.bl.test."
     assert query_name(spec(kind="hash", hash="md5"), " X@Example.com ") == \
         __import__("hashlib").md5(b"x@example.com").hexdigest() + ".bl.test."
 
@@ -54,6 +77,10 @@ def test_known_lists_parse_and_have_descriptions():
     assert all(s.description and s.symbols() for s in specs)
     zen = next(s for s in specs if s.name == "spamhaus_zen")
     assert zen.interpret(["127.255.255.254"])[1] is True and "RBL_SPAMHAUS_PBL" in zen.client_only
+    # The DBL lists domains only and answers IP questions with 127.0.1.255 (a refused code).
+    dbl_uri = next(s for s in specs if s.name == "spamhaus_dbl_uri")
+    assert dbl_uri.ip_queries is False and query_name(dbl_uri, "44.4.4.4") is None
+    assert next(s for s in specs if s.name == "surbl").ip_queries is True
 
 
 @pytest.mark.parametrize("table,key", [
@@ -63,6 +90,8 @@ def test_known_lists_parse_and_have_descriptions():
     ({"zone": "a.test", "bitmask": {"two": "X"}}, "dnsbl.lists.x.bitmask"),
     ({"zone": "a.test", "colour": "red"}, "dnsbl.lists.x"),
     ({"zone": "a.test", "kind": "hash", "inputs": ["from"], "hash": "crc32"}, "dnsbl.lists.x.hash"),
+    ({"zone": "a.test", "kind": "uri", "inputs": ["urls"], "ip_queries": "no"}, "dnsbl.lists.x.ip_queries"),
+    ({"zone": "a.test", "kind": "ip", "ip_queries": False}, "dnsbl.lists.x.ip_queries"),
 ])
 def test_bad_list_tables_name_the_key(table, key):
     with pytest.raises(ConfigError) as ei:

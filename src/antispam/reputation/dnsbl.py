@@ -13,6 +13,15 @@ header, hops whose IP is in ``trusted_networks`` (our own relays) are
 skipped; everything after the first untrusted hop was written by hosts we do
 not control, so only public addresses are kept, at most ``max_relays``.
 
+Which addresses are never asked, whatever their input (client IP, relay,
+IP-literal URL): those :func:`~antispam.reputation.lists.lookup_ip` refuses,
+i.e. non-global ones (loopback, RFC 1918, CGNAT, link-local, special-purpose,
+multicast) and IPv6 addresses with a zone.  RFC 5782 lists describe the public
+Internet; 127.0.0.2 is their test point (section 5) and would "list" anything
+that links to it.  Lists with ``ip_queries`` off (Spamhaus DBL) are never asked
+about IP-literal URLs.  One item that cannot be turned into a question is
+skipped; it never costs the other questions of the scan.
+
 List health (RFC 5782 section 5): before first use, and every
 ``health_interval`` seconds, each list is asked its test points; a list that
 does not list 127.0.0.2 (or ``test``), lists 127.0.0.1 (or ``invalid``), or
@@ -33,10 +42,10 @@ from typing import Any, Iterable
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
 from ..config import Config
-from ..domains import is_ip, parse_ip, registered_domain
+from ..domains import is_ip, registered_domain
 from ..message import Message, domain_of
 from ..store import Store
-from .lists import DEFAULT_SCORES, KNOWN_LISTS, ListSpec, parse_lists, query_name, health_points
+from .lists import DEFAULT_SCORES, KNOWN_LISTS, ListSpec, health_points, lookup_ip, parse_lists, query_name
 from .netkeys import in_networks, parse_networks
 
 log = logging.getLogger("antispam.dnsbl")
@@ -97,8 +106,7 @@ class DnsblCheck(Check):
                 continue
             if in_networks(ip, self.trusted):
                 continue
-            addr = parse_ip(ip)
-            if addr is None or not addr.is_global:
+            if lookup_ip(ip) is None:
                 continue
             if ip not in out:
                 out.append(ip)
@@ -112,14 +120,21 @@ class DnsblCheck(Check):
         out: list[tuple[str, str]] = []
         for inp in spec.inputs:
             if inp == "client_ip":
-                if env.client_ip and not in_networks(env.client_ip, self.trusted):
+                # The same filter as for relays: a private, CGNAT, link-local or scoped client
+                # (a LAN submission, a test) is never sent to a public list.
+                if env.client_ip and not in_networks(env.client_ip, self.trusted) and lookup_ip(env.client_ip):
                     out.append((inp, env.client_ip))
             elif inp == "relays":
                 out.extend((inp, ip) for ip in (self.relay_ips(msg) if relays is None else relays) if ip != env.client_ip)
             elif inp == "urls":
                 seen: set[str] = set()
                 for host in msg.url_hosts:
-                    item = host if is_ip(host) else registered_domain(host)
+                    if is_ip(host):
+                        # Dropped before the MAX_URL_DOMAINS cap, so links to private or loopback
+                        # literals cannot crowd the real domains out of the lookups.
+                        item = host if spec.ip_queries and lookup_ip(host) else None
+                    else:
+                        item = registered_domain(host)
                     if item and item not in seen:
                         seen.add(item)
                         out.append((inp, item))
@@ -153,7 +168,13 @@ class DnsblCheck(Check):
             if not self.stats[spec.name].healthy:
                 continue
             for inp, item in self.items(spec, msg, relays):
-                q = query_name(spec, item)
+                try:
+                    q = query_name(spec, item)
+                except ValueError as exc:
+                    # Hostile input (a URL host, a Received IP) must cost its own question only,
+                    # never the whole check: an exception here would switch off every list.
+                    log.debug("DNS list %s: cannot ask about %r: %s", spec.name, item, exc)
+                    continue
                 if q:
                     out.append((spec, inp, item, q))
         return DnsblPlan(tuple(out))

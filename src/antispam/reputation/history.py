@@ -15,6 +15,16 @@ exactly the weight ``2 ** (-(now - t) / half_life)`` each observation should
 have, and increments stay single atomic additions in the store.  The scale
 grows by a factor of 2**26 a year with the default 14-day half-life, far
 inside a float's range for decades; EPOCH is fixed at 2026-01-01.
+
+Learning is recorded in a ledger entry per message (``h:learned:<sha256>``)
+whose value is the label and the exact amount that was added, e.g.
+``b"s:161234.5"``.  ``unlearn`` subtracts that amount, not one computed at
+unlearn time: an amount scaled for *now* is larger than the one added weeks
+ago and would leave negative counts.  Only the caller whose ``delete`` removed
+the ledger entry subtracts, so two processes unlearning the same message
+count it once.  Entries written before the amount was recorded hold the
+label alone (``b"s"``/``b"h"``); they are still unlearned, with the amount
+scaled for the unlearn time as before.
 """
 
 from __future__ import annotations
@@ -132,8 +142,11 @@ class HistoryCheck(Check):
         return tuple(hits.values())
 
     def _add(self, msg: Message, spam: bool, weight: float, ctx: ScanContext | None = None) -> None:
-        now = self._clock()
-        amount = weight * self._scale(now)
+        """Count ``weight`` observations made now."""
+        self._incr(msg, spam, weight * self._scale(self._clock()), ctx)
+
+    def _incr(self, msg: Message, spam: bool, amount: float, ctx: ScanContext | None = None) -> None:
+        """Add an already scaled ``amount`` to the spam or ham count of every entity of ``msg``."""
         lab = "s" if spam else "h"
         seen = ctx.get(HistoryEntities) if ctx is not None else None
         ents = seen.pairs if seen is not None else self.entities(msg, ctx)
@@ -147,21 +160,53 @@ class HistoryCheck(Check):
             self._add(msg, False, 1.0, ctx)
 
     def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:
-        """A user's judgement: counts ``learn_weight`` observations; the same bytes count once."""
+        """A user's judgement: counts ``learn_weight`` observations; the same bytes count once.
+
+        The ledger entry records the scaled amount added, so that :meth:`unlearn`
+        can take back exactly that however much later it runs.
+        """
         digest = hashlib.sha256(msg.raw).hexdigest()
-        if not self.store.add(f"h:learned:{digest}", b"s" if spam else b"h"):
+        amount = self.cfg.learn_weight * self._scale(self._clock())
+        if not self.store.add(f"h:learned:{digest}", _ledger_value(spam, amount)):
             return False
-        self._add(msg, spam, self.cfg.learn_weight)
+        self._incr(msg, spam, amount)
         return True
 
     def unlearn(self, msg: Message) -> bool:
-        digest = hashlib.sha256(msg.raw).hexdigest()
-        label = self.store.get(f"h:learned:{digest}")
-        if label is None:
+        """Take back an earlier :meth:`learn` of the same bytes; False if it was not learned.
+
+        Only the caller whose ``delete`` removed the ledger entry subtracts (every
+        store's ``delete`` is atomic and says whether this call removed a live key):
+        two processes unlearning the same message at once must not both subtract.
+        """
+        key = f"h:learned:{hashlib.sha256(msg.raw).hexdigest()}"
+        value = self.store.get(key)
+        if value is None or not self.store.delete(key):
             return False
-        self.store.delete(f"h:learned:{digest}")
-        self._add(msg, label == b"s", -self.cfg.learn_weight)
+        spam, amount = _parse_ledger(value)
+        if amount is None:  # a label-only entry from before amounts were recorded
+            amount = self.cfg.learn_weight * self._scale(self._clock())
+        self._incr(msg, spam, -amount)
         return True
+
+
+def _ledger_value(spam: bool, amount: float) -> bytes:
+    """``b"s:<amount>"``: the label and the exact scaled amount learn added (``repr`` round-trips)."""
+    return f"{'s' if spam else 'h'}:{amount!r}".encode("ascii")
+
+
+def _parse_ledger(value: bytes) -> tuple[bool, float | None]:
+    """``(spam, amount)`` of a ledger value; amount None for old label-only values or junk."""
+    label, _, rest = bytes(value).partition(b":")
+    amount: float | None = None
+    if rest:
+        try:
+            amount = float(rest)
+        except ValueError:
+            amount = None
+        if amount is not None and not (math.isfinite(amount) and amount >= 0):
+            amount = None
+    return label == b"s", amount
 
 
 def history_check(config: Config, store: Store) -> Check | None:

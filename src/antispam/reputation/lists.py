@@ -13,6 +13,16 @@ resolvers, over quota, unregistered users) answer with special addresses.
 Those are in ``refused``; they never count as a listing and they disable the
 list until its health check passes again.
 
+Which addresses are never asked (DNSxLs describe hosts of the public
+Internet): anything that is not globally routable (loopback, RFC 1918,
+CGNAT 100.64.0.0/10, link-local, documentation and other special-purpose
+ranges, multicast) and any IPv6 address with a zone (``fe80::1%eth0``).
+Asking a public list about them leaks internal addresses and, for
+127.0.0.2, hits the list's own test point (RFC 5782 section 5), so a link
+to ``http://127.0.0.2/`` would "list" the message.  Domain-only lists
+(``ip_queries = False``, e.g. Spamhaus DBL) are never asked about IP-literal
+URLs at all.
+
 The well-known lists below ship *disabled*: enabling one is one line,
 ``[dnsbl] enable = ["spamhaus_zen"]``.  Their zones and return codes are the
 lists' own published facts; check each list's usage terms before enabling it.
@@ -24,7 +34,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..domains import is_ip, parse_ip
+from ..domains import Address, is_ip, parse_ip
 from ..errors import ConfigError
 
 INPUTS = {
@@ -41,8 +51,9 @@ class ListSpec:
 
     name: str
     zone: str
-    #: "ip" (reversed address), "domain" (a domain name), "uri" (URL registered domains; IP-literal
-    #: URLs are asked as reversed addresses), "hash" (hex digest of an identifier, e.g. an address)
+    #: "ip" (reversed address), "domain" (a domain name), "uri" (URL registered domains; public
+    #: IP-literal URLs are asked as reversed addresses unless ``ip_queries`` is off), "hash" (hex
+    #: digest of an identifier, e.g. an address)
     kind: str
     inputs: tuple[str, ...]
     codes: Mapping[str, str] = field(default_factory=dict)
@@ -56,6 +67,10 @@ class ListSpec:
     #: symbols that count only for the connecting client, never for relays (policy lists such
     #: as Spamhaus PBL name dynamic ranges, which legitimately hand mail to their ISP's relay)
     client_only: frozenset[str] = frozenset()
+    #: False for "uri" lists that list domains only: they are never asked about IP-literal URLs.
+    #: Spamhaus DBL answers any IP question with 127.0.1.255 ("IP queries prohibited", a refused
+    #: code), so asking it about one ``http://44.4.4.4/`` link would disable it for every scan.
+    ip_queries: bool = True
     description: str = ""
 
     def symbols(self) -> list[str]:
@@ -92,18 +107,51 @@ class ListSpec:
 
 
 def reverse_ip(ip: str) -> str | None:
-    """``192.0.2.1`` -> ``1.2.0.192``; IPv6 as 32 reversed nibbles (RFC 5782 section 2.4)."""
+    """``192.0.2.1`` -> ``1.2.0.192``; IPv6 as 32 reversed nibbles (RFC 5782 section 2.4).
+
+    Never raises: the nibbles come from the packed address, because ``exploded``
+    raises for an address with a zone (``fe80::1%eth0``) on the Python versions we
+    support.  Whether an address may be *asked* is :func:`lookup_ip`'s decision.
+    """
     addr = parse_ip(ip)
     if addr is None:
         return None
     if addr.version == 6:
-        return ".".join(reversed(addr.exploded.replace(":", "")))
+        return ".".join(reversed(addr.packed.hex()))
     return ".".join(reversed(str(addr).split(".")))
 
 
+def lookup_ip(ip: str | None) -> Address | None:
+    """The address if a public DNS list may be asked about it, else None.
+
+    RFC 5782 lists describe hosts of the public Internet; a non-global address
+    (loopback, RFC 1918, CGNAT 100.64.0.0/10, link-local, documentation and other
+    IANA special-purpose ranges) means nothing to them, leaks our internal
+    addressing to the list operator, and 127.0.0.2 is every list's test point
+    (RFC 5782 section 5), listed by definition.  Multicast is not a host.  An
+    IPv6 zone (``%eth0``) only means something on this machine.
+    """
+    if not ip:
+        return None
+    addr = parse_ip(ip)
+    if addr is None or not addr.is_global or addr.is_multicast:
+        return None
+    if getattr(addr, "scope_id", None):
+        return None
+    return addr
+
+
 def query_name(spec: ListSpec, item: str) -> str | None:
-    """The name to ask ``spec`` about ``item``, or None when the item cannot be asked."""
+    """The name to ask ``spec`` about ``item``, or None when the item must not or cannot be asked.
+
+    IP items (of "ip" lists, and IP-literal URLs of "uri" lists) are asked only when
+    :func:`lookup_ip` accepts them, and never of a list with ``ip_queries`` off.
+    """
     if spec.kind == "ip" or (spec.kind == "uri" and is_ip(item)):
+        if spec.kind == "uri" and not spec.ip_queries:
+            return None
+        if lookup_ip(item) is None:
+            return None
         rev = reverse_ip(item)
         return f"{rev}.{spec.zone}." if rev else None
     if spec.kind == "hash":
@@ -151,12 +199,15 @@ KNOWN_LISTS: dict[str, dict[str, Any]] = {
         codes={"127.0.1.2": "DBL_SPAM", "127.0.1.4": "DBL_PHISH", "127.0.1.5": "DBL_MALWARE", "127.0.1.6": "DBL_BOTNET",
                "127.0.1.102": "DBL_ABUSED_LEGIT", "127.0.1.103": "DBL_ABUSED_LEGIT", "127.0.1.104": "DBL_ABUSED_LEGIT",
                "127.0.1.105": "DBL_ABUSED_LEGIT", "127.0.1.106": "DBL_ABUSED_LEGIT"},
-        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, description="Spamhaus domain block list (sender and HELO domains)"),
+        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, ip_queries=False,
+        description="Spamhaus domain block list (sender and HELO domains)"),
+    # The DBL lists domains only; its documented return codes answer any IP question with
+    # 127.0.1.255 ("IP queries prohibited"), so IP-literal URLs are never asked of it.
     "spamhaus_dbl_uri": dict(
         zone="dbl.spamhaus.org", kind="uri", inputs=("urls",),
         codes={"127.0.1.2": "URI_DBL_SPAM", "127.0.1.4": "URI_DBL_PHISH", "127.0.1.5": "URI_DBL_MALWARE",
                "127.0.1.6": "URI_DBL_BOTNET"},
-        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, description="Spamhaus DBL on URL domains"),
+        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, ip_queries=False, description="Spamhaus DBL on URL domains"),
     "surbl": dict(zone="multi.surbl.org", kind="uri", inputs=("urls",),
                   bitmask={8: "SURBL_PHISH", 16: "SURBL_MALWARE", 64: "SURBL_ABUSE", 128: "SURBL_CRACKED"},
                   description="SURBL multi: bitmask of phishing, malware, abuse and cracked-site lists"),
@@ -195,7 +246,7 @@ def parse_lists(known: Mapping[str, Mapping[str, Any]], custom: Mapping[str, Any
 
 
 _FIELDS = {"zone", "kind", "inputs", "codes", "bitmask", "default_symbol", "refused", "allow", "hash", "description",
-           "client_only"}
+           "client_only", "ip_queries"}
 
 
 def _spec(name: str, t: Mapping[str, Any], key: str) -> ListSpec:
@@ -227,6 +278,13 @@ def _spec(name: str, t: Mapping[str, Any], key: str) -> ListSpec:
     h = t.get("hash", "sha1")
     if h not in ("sha1", "sha256", "md5"):
         raise ConfigError("must be sha1, sha256 or md5", key=f"{key}.hash")
+    ip_queries = t.get("ip_queries", True)
+    if not isinstance(ip_queries, bool):
+        raise ConfigError("must be true or false", key=f"{key}.ip_queries")
+    if kind == "ip" and not ip_queries:
+        raise ConfigError("an ip list is asked about addresses only; ip_queries = false would ask it nothing",
+                          key=f"{key}.ip_queries")
     return ListSpec(name=name, zone=zone.rstrip(".").lower(), kind=kind, inputs=inputs, codes=codes, bitmask=bitmask,
                     default_symbol=default_symbol, refused=frozenset(t.get("refused", ())), allow=bool(t.get("allow", False)),
-                    hash=h, description=str(t.get("description", "")), client_only=frozenset(t.get("client_only", ())))
+                    hash=h, description=str(t.get("description", "")), client_only=frozenset(t.get("client_only", ())),
+                    ip_queries=ip_queries)
