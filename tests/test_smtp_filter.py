@@ -1104,3 +1104,20 @@ def test_next_hop_reply_line_too_long_is_4xx(sink):
     finally:
         sink.refuse_senders = {}
         f.stop()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("reject_reply", "Rejected as spam"),            # no code: the sending MTA reads a protocol error
+    ("reject_reply", "550 4.7.1 Rejected"),          # enhanced status of another class
+    ("reject_reply", "451 4.7.1 Not spam enough"),   # a retry where a refusal is meant
+    ("reject_reply", "550-5.7.1 one\n550 5.7.1 two"),  # the filter sends one line
+    ("tempfail_reply", "550 5.7.1 Not now"),
+])
+def test_a_malformed_reply_is_a_config_error(key, value):
+    from antispam.config import Config, SmtpConfig
+    from antispam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"servers.smtp.{key}"):
+        SmtpConfig(**{key: value})
+    with pytest.raises(ConfigError, match=f"servers.smtp.{key}"):
+        Config.load(overrides={"servers": {"smtp": {key: value}}})

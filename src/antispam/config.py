@@ -61,6 +61,8 @@ class StoreConfig:
     url: str = "memory://"
     #: what a check does when the store is down: "open" (skip, scan goes on) or "closed" (tempfail the message)
     on_failure: str = "open"
+    #: seconds to wait for a Redis store's answer; after a timeout it is left alone (fails fast) for a few seconds
+    timeout: float = 0.5
 
 
 # --- servers (spamd, milter, SMTP filter, rspamd HTTP): [servers.NAME] tables ---------------
@@ -118,8 +120,8 @@ class MilterConfig(ServerConfig):
     def __post_init__(self) -> None:
         # Postfix's milter client (milter8.c) takes a reply it cannot parse for a broken milter and
         # applies milter_default_action, by default accept: a typo here would deliver the spam.
-        _check_milter_reply(self.reject_reply, "servers.milter.reject_reply", "45")
-        _check_milter_reply(self.tempfail_reply, "servers.milter.tempfail_reply", "4")
+        _check_reply(self.reject_reply, "servers.milter.reject_reply", "45")
+        _check_reply(self.tempfail_reply, "servers.milter.tempfail_reply", "4")
 
 
 #: One line of an SMTP reply as a milter may send it (SMFIR_REPLYCODE): milter8.c wants 4xx or 5xx,
@@ -133,16 +135,19 @@ def reply_lines(text: str) -> list[str]:
     return text.rstrip("\r\n").replace("\r\n", "\n").split("\n")
 
 
-def _check_milter_reply(text: str, key: str, classes: str) -> None:
-    """Raise ConfigError unless ``text`` is a reply Postfix takes from a milter, of a class in ``classes``:
-    every line ``ddd X.Y.Z text`` with the same code, ``-`` after it on all lines but the last
-    (RFC 5321 section 4.2.1)."""
+def _check_reply(text: str, key: str, classes: str, multiline: bool = True) -> None:
+    """Raise ConfigError unless ``text`` is an SMTP reply of a class in ``classes`` as Postfix takes it
+    (from a milter, the strictest): every line ``ddd X.Y.Z text`` with the same code, ``-`` after it
+    on all lines but the last
+    (RFC 5321 section 4.2.1); one line only unless ``multiline``."""
     lines = reply_lines(text)
+    if not multiline and len(lines) > 1:
+        raise ConfigError(f"{text!r}: the SMTP filter's replies are one line", key=key)
     for i, line in enumerate(lines):
         m = _REPLY_LINE.fullmatch(line)
         if m is None or m.group(1) not in classes or line[:3] != lines[0][:3] or (m.group(2) == " ") != (i == len(lines) - 1):
             example = "451 4.7.1 Please try again later" if classes == "4" else "550 5.7.1 Message rejected as spam"
-            raise ConfigError(f"{line!r} is not a reply line Postfix takes from a milter: write code, enhanced status "
+            raise ConfigError(f"{line!r} is not an SMTP reply line an MTA takes: write code, enhanced status "
                               f"of the same class, text (e.g. {example!r}); on several lines, the same code on each "
                               "and '-' after it on all but the last", key=key)
 
@@ -161,6 +166,11 @@ class SmtpConfig(ServerConfig):
     tempfail_reply: str = "451 4.7.1 Please try again later"
     #: the name this filter gives itself in its SMTP greeting
     hostname: str = "localhost"
+
+    def __post_init__(self) -> None:
+        # a reply the sending MTA cannot parse is a protocol error there, not the refusal meant
+        _check_reply(self.reject_reply, "servers.smtp.reject_reply", "5", multiline=False)
+        _check_reply(self.tempfail_reply, "servers.smtp.tempfail_reply", "4", multiline=False)
 
 
 @dataclass(frozen=True)
