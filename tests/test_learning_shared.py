@@ -52,3 +52,81 @@ def test_processes_learn_together(shared_url):
     # Learning again here is recognised as already learned.
     assert reader.learn(message(7), spam=True)["classifier"] is False
     reader.close()
+
+
+# ----------------------------------------------------------------- relearning with the other label, racing
+
+
+class RacingStore:
+    """A store whose first read of the learning ledger lets another process relearn the message first.
+
+    That is the window between reading the old label and moving the counts, in
+    which two processes correcting the same message both used to move them.
+    """
+
+    def __init__(self, store, race):
+        self._store = store
+        self._race = race
+
+    def get(self, key):
+        value = self._store.get(key)
+        race, self._race = self._race, None
+        if race is not None and key.startswith("learn:cls:"):
+            race()                                        # changes the ledger after we read it
+        return value
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_relearn_racing_another_process_moves_counts_once(any_store):
+    import numpy as np
+
+    from antispam.classifier.learn import TokenStats
+    from antispam.classifier.tokenizer import TokenizerSpec
+
+    raw, ids = message(1), np.array([3, 5, 8])
+    other = TokenStats(any_store, TokenizerSpec(), 0.3)
+    mine = TokenStats(RacingStore(any_store, lambda: other.learn(raw, ids, spam=False, source="b")),
+                      TokenizerSpec(), 0.3)
+    assert other.learn(raw, ids, spam=True) is True
+    assert mine.learn(raw, ids, spam=False, source="a") is False     # the other process moved them already
+    assert other.totals() == (0.0, 1.0)
+    keys = other._keys([3, 5, 8], "s:") + other._keys([3, 5, 8], "h:")
+    assert any_store.get_counts(keys) == [0.0] * 3 + [1.0] * 3
+    # unlearn racing a relearn takes out the label that is really counted
+    mine = TokenStats(RacingStore(any_store, lambda: other.learn(raw, ids, spam=True)), TokenizerSpec(), 0.3)
+    assert mine.unlearn(raw, ids) is True
+    assert other.totals() == (0.0, 0.0) and any_store.get_counts(keys) == [0.0] * 6
+
+
+ROUNDS = 20
+
+
+def _relearner(url: str, barrier, indices: list[int]) -> None:
+    engine = Engine(Config.load(overrides={"store": {"url": url}}))
+    for i in indices:
+        barrier.wait()
+        engine.learn(message(1000 + i), spam=False)     # both processes correct the same message to ham
+        barrier.wait()
+    engine.close()
+
+
+def test_processes_relearning_one_message_move_its_counts_once(shared_url):
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_relearner, args=(shared_url, barrier, list(range(ROUNDS)))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    engine = Engine(Config.load(overrides={"store": {"url": shared_url}}))
+    try:
+        for i in range(ROUNDS):
+            engine.learn(message(1000 + i), spam=True)
+            barrier.wait(timeout=120)
+            barrier.wait(timeout=120)
+    finally:
+        for p in procs:
+            p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    assert classifier_stats(engine).totals() == (0.0, float(ROUNDS))
+    engine.close()

@@ -51,6 +51,8 @@ MAX_CNAME_CHAIN = 16
 #: ``Answer.detail`` of a question cut off by the caller's deadline.  Such answers are not cached:
 #: one scan running out of time says nothing about the server, and must not fail the next scans.
 DEADLINE = "deadline reached"
+#: rcodes that answer the question; any other (SERVFAIL, REFUSED, NOTIMP...) sends us to the next nameserver
+FINAL_RCODES = frozenset({dns.rcode.NOERROR, dns.rcode.NXDOMAIN})
 #: EDNS(0) UDP payload size we advertise (the 2020 DNS flag day value): DKIM keys fit without TCP
 EDNS_PAYLOAD = 1232
 
@@ -159,6 +161,21 @@ class _Cache:
         return len(self._data)
 
 
+class _Flight:
+    """One question being asked in one loop: the query task and how many callers wait for it.
+
+    The query is a task of its own so that no caller's deadline or cancellation
+    cuts it short for the others; when the last caller gives up it is dropped
+    (see :meth:`Resolver.resolve`).
+    """
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: "asyncio.Task[Answer]"):
+        self.task = task
+        self.waiters = 0
+
+
 class _LoopState:
     """What must not cross event loops: the semaphore and the in-flight table.
 
@@ -171,7 +188,7 @@ class _LoopState:
 
     def __init__(self, concurrency: int):
         self.sem = asyncio.Semaphore(concurrency)
-        self.inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
+        self.inflight: dict[tuple[str, str], _Flight] = {}
 
 
 class Resolver:
@@ -228,32 +245,57 @@ class Resolver:
     async def resolve(self, qname: str, rdtype: str = "A", deadline: float | None = None) -> Answer:
         """Answer ``qname``/``rdtype`` from the cache or the servers; never raises for DNS trouble.
 
-        ``deadline`` is an absolute ``time.monotonic()`` past which no attempt
-        starts (the answer is then ``timeout``).  Concurrent identical questions
-        share one query.
+        ``deadline`` is an absolute ``time.monotonic()`` past which this caller
+        stops waiting (the answer is then ``timeout`` with detail
+        :data:`DEADLINE`, never cached).  Concurrent identical questions share
+        one query, which runs as a task bounded only by the resolver's own
+        ``timeout``/``attempts``: each caller waits for it up to its own
+        deadline, so a caller that joined with more time left still gets the
+        answer after an earlier caller gave up or was cancelled.
         """
         key = _key(qname, rdtype)
         answer = self.cached(*key)
         if answer is not None:
             return answer
         state = self._state()
-        pending = state.inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        state.inflight[key] = fut
+        flight = state.inflight.get(key)
+        if flight is None:
+            if deadline is not None and deadline - time.monotonic() <= 0.001:
+                return Answer(key[0], key[1], "timeout", detail=DEADLINE)  # out of time: start no query
+            task = asyncio.get_running_loop().create_task(self._query(state, key))
+            flight = state.inflight[key] = _Flight(task)
+        task = flight.task
+        flight.waiters += 1
+        try:
+            if deadline is None:
+                return await asyncio.shield(task)
+            try:
+                return await asyncio.wait_for(asyncio.shield(task), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                return Answer(key[0], key[1], "timeout", detail=DEADLINE)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not task.done():
+                # Nobody wants the answer any more: drop the query rather than leave a task behind.  The
+                # engine's synchronous scans reuse a loop that stops between scans; a task left there would
+                # resume with its timers long expired (a false "timeout", cached) or be destroyed pending
+                # when the loop closes.  Waiting for the cancellation closes its socket now.
+                if state.inflight.get(key) is flight:
+                    del state.inflight[key]
+                task.cancel()
+                await asyncio.wait((task,))
+
+    async def _query(self, state: _LoopState, key: tuple[str, str]) -> Answer:
+        """The shared query of :meth:`resolve`: ask, cache the answer, leave the in-flight table."""
         try:
             async with state.sem:
-                answer = await self._ask_async(key[0], key[1], deadline)
+                answer = await self._ask_async(key[0], key[1])
             self._store(key, answer)
-            fut.set_result(answer)
             return answer
-        except BaseException:  # cancelled by a caller's deadline: waiters see a timeout, not a hang
-            if not fut.done():
-                fut.set_result(Answer(key[0], key[1], "timeout", detail=DEADLINE))
-            raise
         finally:
-            state.inflight.pop(key, None)
+            flight = state.inflight.get(key)
+            if flight is not None and flight.task is asyncio.current_task():
+                del state.inflight[key]
 
     async def prefetch(self, questions: Iterable["Question"], deadline: float | None = None) -> list[Answer]:
         """Ask every question at once (duplicates once); returns the answers in first-seen order."""
@@ -269,30 +311,42 @@ class Resolver:
                 answers[key] = answer
         return list(answers.values())  # type: ignore[arg-type]
 
-    async def _ask_async(self, qname: str, rdtype: str, deadline: float | None) -> Answer:
+    async def _ask_async(self, qname: str, rdtype: str) -> Answer:
+        """Try the nameservers in turn, ``attempts`` times, each try bounded by ``timeout``.
+
+        No caller's deadline applies here: the query may be shared (see
+        :meth:`resolve`).  A server answering with an rcode other than NOERROR
+        or NXDOMAIN (SERVFAIL, REFUSED...) is not asked again for this
+        question and the next one is, as glibc and dnspython's Resolver do:
+        one broken or refusing resolver in the list must not hide the others.
+        """
         query = self._make_query(qname, rdtype)
         if isinstance(query, Answer):
             return query
         last = "no attempt made"
+        failed: set[str] | None = None
         for _ in range(self.attempts):
             for server in self.nameservers:
-                timeout = self._attempt_timeout(deadline)
-                if timeout is None:
-                    return Answer(qname, rdtype, "timeout", detail=DEADLINE)
+                if failed is not None and server in failed:
+                    continue
                 self.sent += 1
                 try:
                     response, _tcp = await dns.asyncquery.udp_with_fallback(
-                        query, server, timeout=timeout, port=self.port)
+                        query, server, timeout=self.timeout, port=self.port)
                 except dns.exception.Timeout:
-                    if timeout < self.timeout:  # cut short by the caller's deadline: not the server's fault
-                        return Answer(qname, rdtype, "timeout", detail=DEADLINE)
                     last = f"timeout from {server}"
                     continue
                 except (OSError, dns.exception.DNSException) as exc:
                     last = f"{server}: {type(exc).__name__}: {exc}"
                     continue
-                return self._answer_from(qname, rdtype, response)
-        return Answer(qname, rdtype, "timeout", detail=last)
+                if response.rcode() in FINAL_RCODES:
+                    return self._answer_from(qname, rdtype, response)
+                failed = failed or set()
+                failed.add(server)
+                last = f"{dns.rcode.to_text(response.rcode())} from {server}"
+            if failed is not None and failed.issuperset(self.nameservers):
+                break
+        return self._failure(qname, rdtype, failed, last)
 
     # ------------------------------------------------------------------ sync
 
@@ -311,9 +365,12 @@ class Resolver:
         if isinstance(query, Answer):
             return query
         last = "no attempt made"
+        failed: set[str] | None = None
         with self._sync_sem:
             for _ in range(self.attempts):
                 for server in self.nameservers:
+                    if failed is not None and server in failed:
+                        continue
                     t = self._attempt_timeout(deadline)
                     if t is None:
                         return Answer(key[0], key[1], "timeout", detail=DEADLINE)
@@ -328,14 +385,26 @@ class Resolver:
                     except (OSError, dns.exception.DNSException) as exc:
                         last = f"{server}: {type(exc).__name__}: {exc}"
                         continue
+                    if response.rcode() not in FINAL_RCODES:  # SERVFAIL, REFUSED...: next server (see _ask_async)
+                        failed = failed or set()
+                        failed.add(server)
+                        last = f"{dns.rcode.to_text(response.rcode())} from {server}"
+                        continue
                     answer = self._answer_from(key[0], key[1], response)
                     self._store(key, answer)
                     return answer
-        answer = Answer(key[0], key[1], "timeout", detail=last)
+                if failed is not None and failed.issuperset(self.nameservers):
+                    break
+        answer = self._failure(key[0], key[1], failed, last)
         self._store(key, answer)
         return answer
 
     # ------------------------------------------------------------------ shared
+
+    @staticmethod
+    def _failure(qname: str, rdtype: str, failed: set[str] | None, last: str) -> Answer:
+        """No usable answer from any server: ``servfail`` if one answered with an error rcode, else ``timeout``."""
+        return Answer(qname, rdtype, "servfail" if failed else "timeout", detail=last)
 
     def _attempt_timeout(self, deadline: float | None) -> float | None:
         if deadline is None:

@@ -134,7 +134,7 @@ class Engine:
                  resolver: Any = None, store: Store | None = None):
         self.config = config or Config.default()
         #: shared state (learning, reputation, greylisting); see ``[store]``
-        self.store = store if store is not None else open_store(self.config.store.url)
+        self.store = store if store is not None else open_store(self.config.store.url, timeout=self.config.store.timeout)
         chosen = list(checks) if checks is not None else default_checks(self.config, self.store)
         disabled = set(self.config.engine.disabled_checks)
         chosen = [c for c in chosen if c.name not in disabled]

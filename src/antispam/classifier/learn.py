@@ -22,7 +22,10 @@ and normalised like the weights (divided by ``sqrt(n)``), see
 Every learn records the message's sha256 in a ledger (``learn:cls:<sha256>``
 -> label), written with the store's atomic ``add``: learning the same bytes
 twice counts once, learning them with the other label moves their counts,
-and ``unlearn`` takes them back out exactly.
+and ``unlearn`` takes them back out exactly.  Changing or removing a ledger
+entry is claimed with the store's atomic ``compare_and_set`` before any count
+moves, so that of several processes relearning (or unlearning) the same
+message at once exactly one moves its counts.
 
 Keys carry a tag of the tokenizer (version, bits, seed) so that counts learned
 under one feature space are never read under another.
@@ -43,6 +46,8 @@ from .tokenizer import TokenizerSpec
 SHRINK = 2.0
 #: EPS of the formula above
 EPS = 0.01
+#: ledger changes lost to other processes before giving up (each loss means another process just changed it)
+CLAIM_TRIES = 8
 
 
 class TokenStats:
@@ -88,36 +93,63 @@ class TokenStats:
         amounts[self._totals[0 if spam else 1]] = sign
         self.store.incr_many(amounts)
 
+    def _move(self, ids: np.ndarray, spam: bool) -> None:
+        """Move a message's counts to the ``spam`` side from the other, in one atomic ``incr_many``."""
+        idl = ids.tolist()
+        amounts = dict.fromkeys(self._keys(idl, "h:" if spam else "s:"), -1.0)
+        amounts.update(dict.fromkeys(self._keys(idl, "s:" if spam else "h:"), 1.0))
+        amounts[self._totals[0]] = 1.0 if spam else -1.0
+        amounts[self._totals[1]] = -1.0 if spam else 1.0
+        self.store.incr_many(amounts)
+
     def learn(self, raw: bytes, ids: np.ndarray, spam: bool, source: str = "api") -> bool:
         """Count a message once.  True if the statistics changed."""
         key = ledger_key(raw)
         label = b"spam" if spam else b"ham"
-        if self.store.add(key, label + b" " + source.encode("utf-8", "replace")[:200]):
-            try:
-                self._add(ids, spam, 1.0)
-            except Exception:
-                # The counts did not change (incr_many is all or nothing): forget the ledger entry
-                # too, so that a retry learns the message instead of calling it already learned.
-                self.store.delete(key)
-                raise
-            return True
-        prev = (self.store.get(key) or b"").split(b" ", 1)[0]
-        if prev == label:
-            return False
-        # Learned before with the other label: move its counts.
-        self._add(ids, not spam, -1.0)
-        self._add(ids, spam, 1.0)
-        self.store.set(key, label + b" " + source.encode("utf-8", "replace")[:200])
-        return True
+        entry = label + b" " + source.encode("utf-8", "replace")[:200]
+        for _ in range(CLAIM_TRIES):
+            if self.store.add(key, entry):
+                try:
+                    self._add(ids, spam, 1.0)
+                except Exception:
+                    # The counts did not change (incr_many is all or nothing): forget the ledger entry
+                    # too, so that a retry learns the message instead of calling it already learned.
+                    self.store.compare_and_set(key, entry, None)
+                    raise
+                return True
+            prev = self.store.get(key)
+            if prev is None:
+                continue  # unlearned since our add: try again
+            if prev.split(b" ", 1)[0] == label:
+                return False
+            # Learned before with the other label: claim the change, then move its counts.  Another process
+            # relearning it at the same time reads the same ``prev``; only one compare_and_set succeeds.
+            if self.store.compare_and_set(key, prev, entry):
+                try:
+                    self._move(ids, spam)
+                except Exception:
+                    self.store.compare_and_set(key, entry, prev)  # the counts did not move: nor does the label
+                    raise
+                return True
+        return False
 
     def unlearn(self, raw: bytes, ids: np.ndarray) -> bool:
         """Take a learned message back out.  False if it was never learned."""
         key = ledger_key(raw)
-        prev = self.store.get(key)
-        if prev is None or not self.store.delete(key):
-            return False
-        self._add(ids, prev.split(b" ", 1)[0] == b"spam", -1.0)
-        return True
+        for _ in range(CLAIM_TRIES):
+            prev = self.store.get(key)
+            if prev is None:
+                return False
+            # Delete only the entry we read: if another process relearned it meanwhile, read it again, so
+            # that the counts taken out are those of the label really counted.
+            if self.store.compare_and_set(key, prev, None):
+                try:
+                    self._add(ids, prev.split(b" ", 1)[0] == b"spam", -1.0)
+                except Exception:
+                    self.store.compare_and_set(key, None, prev)
+                    raise
+                return True
+        return False
 
 
 def ledger_key(raw: bytes) -> str:

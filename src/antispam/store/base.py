@@ -12,7 +12,10 @@ Keys are strings, namespaced by their user (``tok:``, ``rep:``, ``grey:``,
 
 A backend that cannot be reached raises :class:`StoreUnavailable`; callers turn
 that into a symbol and their configured fail-open/fail-closed behaviour, never
-into a crashed scan.
+into a crashed scan.  A network backend waits at most ``[store] timeout`` for
+an answer, and after a timeout or connection error fails fast for a few
+seconds (a circuit breaker), so that a hung server costs one timeout, not one
+per operation of every scan.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..errors import AntispamError
+
+
+#: seconds a network store may take to answer (``[store] timeout``): a fraction of the scan deadline, because
+#: every check that uses the store waits for it
+DEFAULT_TIMEOUT = 0.5
 
 
 class StoreUnavailable(AntispamError):
@@ -60,6 +68,16 @@ class Store(Protocol):
     def delete(self, key: str) -> bool:
         """Remove a key; True if it existed."""
 
+    def compare_and_set(self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None = None) -> bool:
+        """Atomically replace the value of ``key`` if it is ``expected``; True if this call changed it.
+
+        ``expected=None`` means "absent (or expired)"; ``new=None`` deletes the key.
+        This is how a process claims a change of state that others may be making
+        at the same time (relearning a message with the other label): of several
+        callers expecting the same value, exactly one wins, and only the winner
+        acts on it.
+        """
+
     def take(self, key: str, rate: float, burst: float, cost: float = 1.0, now: float | None = None) -> BucketResult:
         """Token bucket: refill at ``rate`` tokens/s up to ``burst``, then take ``cost`` if available (atomic)."""
 
@@ -70,10 +88,13 @@ class Store(Protocol):
         """Release connections and files."""
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, timeout: float | None = None) -> Store:
     """A store from a URL: ``memory://``, ``sqlite:///path/to/file.db``, ``redis://host:port/db``.
 
-    Raises :class:`~antispam.errors.ConfigError` for an unknown scheme.
+    ``timeout`` (``[store] timeout``, seconds) bounds every wait for a Redis
+    server; None keeps the backend's default (:data:`DEFAULT_TIMEOUT`).  The
+    local backends ignore it.  Raises :class:`~antispam.errors.ConfigError`
+    for an unknown scheme.
     """
     from ..errors import ConfigError
 
@@ -92,7 +113,7 @@ def open_store(url: str) -> Store:
     if url.startswith(("redis:", "rediss:", "unix:")):
         from .redis import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(url, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     raise ConfigError(f"unknown store URL {url!r} (use memory://, sqlite:///PATH or redis://HOST:PORT/DB)", key="store.url")
 
 

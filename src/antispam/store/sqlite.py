@@ -127,6 +127,23 @@ class SqliteStore:
         self._wrote()
         return cur.rowcount == 1
 
+    def compare_and_set(self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None = None) -> bool:
+        # One conditional statement each, checked by its rowcount: SQLite runs a statement under the write
+        # lock, so of several processes expecting the same value exactly one changes it.
+        now = time.time()
+        if expected is None:
+            if new is None:
+                return self.get(key) is None
+            return self.add(key, new, ttl)
+        if new is None:
+            cur = self._exec("DELETE FROM kv WHERE k = ? AND v = ? AND (exp IS NULL OR exp > ?)",
+                             (key, bytes(expected), now))
+        else:
+            cur = self._exec("UPDATE kv SET v = ?, exp = ? WHERE k = ? AND v = ? AND (exp IS NULL OR exp > ?)",
+                             (bytes(new), self._exp(ttl), key, bytes(expected), now))
+            self._wrote()
+        return cur.rowcount == 1
+
     def delete(self, key: str) -> bool:
         now = time.time()
         live = False
