@@ -5,6 +5,11 @@ a site file (``Engine.from_config(path)``) < explicit overrides (a dict, e.g.
 from command-line flags).  Unknown keys and values of the wrong type are
 errors that name the dotted key and the file, because a typo in a spam
 filter's configuration silently disabling a check is the worst outcome.
+So are numbers out of range (every float must be finite; ``_RULES`` below
+gives each setting's bounds or allowed values, e.g. timeouts > 0, ratios
+0..1, ``store.on_failure`` "open" or "closed") and a file that cannot be
+read.  ``engine.disabled_checks`` is checked by the engine, which knows its
+checks (custom ones included).
 
 Every section is a frozen dataclass, so the whole configuration of a running
 engine is one immutable value that can be printed, compared and shipped to
@@ -19,6 +24,7 @@ threshold or false), ``[groups.NAME]`` (``max_score``, ``min_score``) and
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -41,7 +47,7 @@ class EngineConfig:
 
     #: seconds a scan may spend on network checks before they are cut off (TEMPFAIL symbols)
     scan_deadline: float = 10.0
-    #: checks to leave out, by name (``antispam checks`` lists them)
+    #: checks to leave out, by name (``antispam checks`` lists them); an unknown name is an error
     disabled_checks: tuple[str, ...] = ()
     #: the authserv-id written in Authentication-Results (RFC 8601); empty means the host name
     authserv_id: str = ""
@@ -392,6 +398,9 @@ class Config:
     recipients: Mapping[str, str] = field(default_factory=dict)
     #: where the configuration came from, for error messages and ``antispam config``
     sources: tuple[str, ...] = ("<defaults>",)
+    #: dotted key -> the source that last set it, so a check validated later (at engine
+    #: construction, e.g. ``engine.disabled_checks``) can still name the file
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # ------------------------------------------------------------------ loading
 
@@ -422,7 +431,13 @@ class Config:
                 with open(p, "rb") as fh:
                     data = tomllib.load(fh)
             except FileNotFoundError:
-                raise ConfigError(f"configuration file not found: {p}") from None
+                raise ConfigError("configuration file not found", source=str(p)) from None
+            except IsADirectoryError:
+                raise ConfigError("is a directory, not a configuration file", source=str(p)) from None
+            except OSError as exc:  # no read permission, I/O error: the operator's to fix, not a traceback
+                raise ConfigError(f"cannot read the configuration file: {exc.strerror or exc}", source=str(p)) from None
+            except UnicodeDecodeError as exc:  # TOML is UTF-8 (tomllib decodes before parsing)
+                raise ConfigError(f"not UTF-8 text (byte {exc.start}): TOML files are UTF-8", source=str(p)) from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"invalid TOML: {exc}", source=str(p)) from None
             cfg = cfg.merged(data, source=str(p))
@@ -453,7 +468,8 @@ class Config:
                 known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups", "profiles", "recipients"]))
                 raise ConfigError(f"unknown section (known: {known})", key=key, source=source)
         sources = self.sources + ((source,) if source not in self.sources else ())
-        merged = dataclasses.replace(self, sources=sources, **changes)
+        origins = {**self.origins, **dict.fromkeys(_leaf_keys(data), source)}
+        merged = dataclasses.replace(self, sources=sources, origins=origins, **changes)
         for who, profile in merged.recipients.items():
             if profile not in merged.profiles:
                 raise ConfigError(f"names profile {profile!r}, which is not defined in [profiles]",
@@ -474,6 +490,10 @@ class Config:
         at = r.rfind("@")
         return self.recipients.get(r[at:]) if at >= 0 else None
 
+    def source_of(self, key: str) -> str | None:
+        """The file (or ``<overrides>``) that set dotted ``key`` last; None for a built-in default."""
+        return self.origins.get(key)
+
     def score_for(self, symbol: str, default: float) -> float:
         return self.scores.get(symbol, default)
 
@@ -481,7 +501,7 @@ class Config:
         """Plain nested dicts, TOML-shaped, for ``antispam config`` and for logging."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name == "sources":
+            if f.name in ("sources", "origins"):
                 continue
             v = getattr(self, f.name)
             out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else {k: (dict(x) if isinstance(x, Mapping) else x) for k, x in v.items()}
@@ -512,7 +532,17 @@ def _merge_section(current: Any, value: Any, key: str, source: str) -> Any:
             changes[k] = _merge_section(sub, v, f"{key}.{k}", source)
         else:
             changes[k] = _coerce(v, hints[k], f"{key}.{k}", source)
+            _check_value(changes[k], f"{key}.{k}", source)
     return dataclasses.replace(current, **changes)
+
+
+def _leaf_keys(data: Mapping[str, Any], prefix: str = "") -> typing.Iterator[str]:
+    """Dotted keys of the tables and values in ``data``, for :attr:`Config.origins`."""
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        yield key
+        if isinstance(v, Mapping):
+            yield from _leaf_keys(v, key + ".")
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -550,14 +580,150 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             raise ConfigError(f"must not be negative, got {value!r}", key=key, source=source)
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"expected a number, got {value!r}", key=key, source=source)
+        # inf and nan are never meant: an infinite score prints as invalid JSON, inf and -inf
+        # together make a NaN score, an infinite timeout never times out.
+        if not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {value!r}", key=key, source=source)
         return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"expected a string, got {value!r}", key=key, source=source)
         return value
     return value
+
+
+# --- value rules: the range or the allowed values of each setting, by dotted key ---------------
+#
+# One table, so an operator (and a reviewer) reads every knob's range in one place, and the same
+# check runs for site files and overrides alike.  ``servers.*.KEY`` covers every server section.
+# A setting without a rule takes any value of its type (floats finite; integers, not negative);
+# tests/test_config_errors.py requires a rule for every float.
+
+
+@dataclass(frozen=True)
+class _Range:
+    """``lo <= value <= hi``; ``lo_open``: ``lo < value``, where ``lo`` itself makes no sense
+    (a timeout of 0 times out at once, a half-life of 0 divides by zero)."""
+
+    lo: float = 0.0
+    hi: float = math.inf
+    lo_open: bool = False
+
+    def __call__(self, value: Any, key: str, source: str) -> None:
+        if value < self.lo or value > self.hi or (self.lo_open and value == self.lo):
+            raise ConfigError(f"must be {self.describe()}, got {value!r}", key=key, source=source)
+
+    def describe(self) -> str:
+        lo = f"{self.lo:g}"
+        if self.hi == math.inf:
+            return f"{'greater than' if self.lo_open else 'at least'} {lo}"
+        return f"{'over' if self.lo_open else 'from'} {lo} to {self.hi:g}"
+
+
+@dataclass(frozen=True)
+class _OneOf:
+    """An enumerated string: anything else (a typo) would silently read as the default branch."""
+
+    choices: tuple[str, ...]
+
+    def __call__(self, value: Any, key: str, source: str) -> None:
+        if value not in self.choices:
+            raise ConfigError(f"must be one of {', '.join(repr(c) for c in self.choices)}, got {value!r}",
+                              key=key, source=source)
+
+
+def _ip_addresses(value: Any, key: str, source: str) -> None:
+    """The resolver sends to addresses; a host name would need a resolver to find the resolver."""
+    for entry in value:
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            raise ConfigError(f"{entry!r} is not an IP address (IPv4 or IPv6): name resolvers by address",
+                              key=key, source=source) from None
+
+
+def _store_url(value: Any, key: str, source: str) -> None:
+    """The schemes :func:`antispam.store.open_store` opens, checked at load so the error names the file."""
+    if value.startswith(("memory:", "redis:", "rediss:", "unix:")):
+        return
+    if value.startswith("sqlite:"):
+        path = value[len("sqlite:"):]
+        if path[2:] if path.startswith("//") else path:
+            return
+        raise ConfigError("sqlite store URL needs a path: sqlite:///var/lib/antispam/state.db", key=key, source=source)
+    raise ConfigError(f"unknown store URL {value!r} (use memory://, sqlite:///PATH or redis://HOST:PORT/DB)",
+                      key=key, source=source)
+
+
+#: ``[rules] engine`` (``antispam.ruleset.matcher.make_matcher``)
+RULES_ENGINES = ("auto", "hyperscan", "python")
+#: ``[servers] event_loop`` (``antispam.servers.common.EVENT_LOOPS``)
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+_POSITIVE = _Range(lo_open=True)  # seconds to wait, half-lives: 0 makes no sense
+_NOT_NEGATIVE = _Range()  # delays, TTLs, rates, weights: 0 means none / off
+_RATIO = _Range(0.0, 1.0)
+_PORT = _Range(0, 65535)  # 0: servers take a free port, metrics are off
+
+_RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
+    "engine.scan_deadline": _POSITIVE,
+    "store.url": _store_url,
+    "store.on_failure": _OneOf(("open", "closed")),
+    "store.timeout": _POSITIVE,
+    "servers.event_loop": _OneOf(EVENT_LOOPS),
+    "servers.*.port": _PORT,
+    "servers.*.metrics_port": _PORT,
+    "servers.*.max_size": _Range(1),  # 0 would refuse every message
+    "servers.*.max_connections": _Range(1),
+    "servers.*.timeout": _POSITIVE,
+    "servers.*.shutdown_timeout": _NOT_NEGATIVE,  # 0: cut in-flight messages off at once
+    "servers.smtp.mode": _OneOf(("after-queue", "before-queue")),
+    "servers.smtp.next_hop_timeout": _POSITIVE,
+    "greylist.mode": _OneOf(("triplet", "content")),
+    "greylist.delay": _NOT_NEGATIVE,
+    "greylist.pending_ttl": _POSITIVE,  # 0 forgets every first attempt: deferred for ever
+    "greylist.pass_ttl": _POSITIVE,
+    "greylist.ipv4_prefix": _Range(0, 32),
+    "greylist.ipv6_prefix": _Range(0, 128),
+    **{f"ratelimit.{kind}_{what}": _NOT_NEGATIVE for kind in ("ip", "sender", "rcpt", "user") for what in ("rate", "burst")},
+    "ratelimit.action": _OneOf(("", *ACTIONS[1:])),
+    "history.half_life_days": _POSITIVE,
+    "history.min_observations": _NOT_NEGATIVE,
+    "history.bad_ratio": _RATIO,
+    "history.good_ratio": _RATIO,
+    "history.learn_weight": _NOT_NEGATIVE,
+    "dnsbl.health_interval": _NOT_NEGATIVE,  # 0: never check
+    "dns.nameservers": _ip_addresses,
+    "dns.port": _Range(1, 65535),
+    "dns.timeout": _POSITIVE,
+    "dns.attempts": _Range(1),
+    "dns.max_concurrency": _Range(1),
+    "dns.negative_ttl": _NOT_NEGATIVE,
+    "dns.failure_ttl": _NOT_NEGATIVE,
+    "dns.min_ttl": _NOT_NEGATIVE,
+    "dns.max_ttl": _NOT_NEGATIVE,
+    "auth.dmarc_mode": _OneOf(("rfc9989", "rfc7489")),
+    "classifier.learn_rate": _NOT_NEGATIVE,  # 0: online learning off
+    "rules.engine": _OneOf(RULES_ENGINES),
+}
+
+
+def _rule_for(key: str) -> typing.Callable[[Any, str, str], None] | None:
+    """The rule of dotted ``key``: its own, else its ``servers.*`` one."""
+    rule = _RULES.get(key)
+    parts = key.split(".")
+    if rule is None and len(parts) == 3 and parts[0] == "servers":
+        rule = _RULES.get(f"servers.*.{parts[2]}")
+    return rule
+
+
+def _check_value(value: Any, key: str, source: str) -> None:
+    """Apply ``key``'s rule, if it has one, to an already type-checked value."""
+    rule = _rule_for(key)
+    if rule is not None and value is not None:
+        rule(value, key, source)
 
 
 def _hint_name(hint: Any) -> str:
@@ -576,18 +742,19 @@ def _str_map(value: Any, key: str, source: str) -> dict[str, str]:
     return {k: _coerce(v, str, f"{key}.{k}", source) for k, v in value.items()}
 
 
-def _actions(value: Any, source: str) -> dict[str, float | None]:
+def _actions(value: Any, source: str, prefix: str = "actions") -> dict[str, float | None]:
+    """``prefix`` is where the table sits (``profiles.NAME.actions`` in a profile), for error messages."""
     if not isinstance(value, Mapping):
-        raise ConfigError("must be a table of action = threshold", key="actions", source=source)
+        raise ConfigError("must be a table of action = threshold", key=prefix, source=source)
     out: dict[str, float | None] = {}
     for k, v in value.items():
         name = k.replace("_", " ")
         if name not in ACTIONS or name == "no action":
-            raise ConfigError(f"unknown action (known: {', '.join(ACTIONS[1:])})", key=f"actions.{k}", source=source)
+            raise ConfigError(f"unknown action (known: {', '.join(ACTIONS[1:])})", key=f"{prefix}.{k}", source=source)
         if v is False:
             out[name] = None
         else:
-            out[name] = _coerce(v, float, f"actions.{k}", source)
+            out[name] = _coerce(v, float, f"{prefix}.{k}", source)
     return out
 
 
@@ -603,22 +770,23 @@ def _profiles(value: Any, source: str) -> dict[str, dict[str, Any]]:
             if k not in ("actions", "scores", "groups"):
                 raise ConfigError("unknown key (known: actions, scores, groups)", key=f"profiles.{name}.{k}", source=source)
         # Validate now, so a bad profile fails at load time and names its key.
-        _actions(table.get("actions", {}), source)
+        _actions(table.get("actions", {}), source, f"profiles.{name}.actions")
         _float_map(table.get("scores", {}), f"profiles.{name}.scores", source)
-        _groups(table.get("groups", {}), source)
+        _groups(table.get("groups", {}), source, f"profiles.{name}.groups")
         out[name] = dict(table)
     return out
 
 
-def _groups(value: Any, source: str) -> dict[str, dict[str, float]]:
+def _groups(value: Any, source: str, prefix: str = "groups") -> dict[str, dict[str, float]]:
+    """``prefix`` is where the table sits (``profiles.NAME.groups`` in a profile), for error messages."""
     if not isinstance(value, Mapping):
-        raise ConfigError("must be a table of groups", key="groups", source=source)
+        raise ConfigError("must be a table of groups", key=prefix, source=source)
     out = {}
     for g, spec in value.items():
         if not isinstance(spec, Mapping):
-            raise ConfigError("must be a table", key=f"groups.{g}", source=source)
+            raise ConfigError("must be a table", key=f"{prefix}.{g}", source=source)
         for k in spec:
             if k not in ("max_score", "min_score"):
-                raise ConfigError("unknown key (known: max_score, min_score)", key=f"groups.{g}.{k}", source=source)
-        out[g] = {k: _coerce(v, float, f"groups.{g}.{k}", source) for k, v in spec.items()}
+                raise ConfigError("unknown key (known: max_score, min_score)", key=f"{prefix}.{g}.{k}", source=source)
+        out[g] = {k: _coerce(v, float, f"{prefix}.{g}.{k}", source) for k, v in spec.items()}
     return out

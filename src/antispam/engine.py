@@ -23,7 +23,9 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -82,6 +84,38 @@ def default_checks(config: Config, store: Store) -> list[Check]:
     return checks
 
 
+def builtin_check_names() -> frozenset[str]:
+    """The ``name`` of every check a default factory can build, enabled or not.
+
+    Read off the Check classes defined in the factories' modules rather than
+    kept as a second list, so a new factory is known here without an edit;
+    a check that is off (greylist by default) may still be named in
+    ``[engine] disabled_checks``, so building the checks would not do.
+    """
+    names: set[str] = set()
+    for spec in DEFAULT_CHECK_FACTORIES:
+        module = importlib.import_module(spec.partition(":")[0])
+        names.update(obj.name for obj in vars(module).values()
+                     if isinstance(obj, type) and issubclass(obj, Check) and obj is not Check
+                     and obj.__module__ == module.__name__)
+    return frozenset(names)
+
+
+def _check_disabled(config: Config, checks: Sequence[Check] | None) -> None:
+    """``[engine] disabled_checks`` may name built-in checks and the custom ``checks`` given; a typo
+    (``claasifier``) would otherwise leave the check running without a word.  Checked here, not at
+    config load, because only the engine knows its custom checks."""
+    disabled = set(config.engine.disabled_checks)
+    unknown = disabled - {c.name for c in checks or ()}
+    if unknown:
+        valid = builtin_check_names() | {c.name for c in checks or ()}
+        unknown -= valid
+    if unknown:
+        raise ConfigError(f"unknown check(s) {', '.join(repr(n) for n in sorted(unknown))} "
+                          f"(known: {', '.join(sorted(valid))})",
+                          key="engine.disabled_checks", source=config.source_of("engine.disabled_checks"))
+
+
 def _order(checks: Sequence[Check]) -> list[Check]:
     """Topological order by ``requires`` (stable); unknown requirements are ignored."""
     by_name = {c.name: c for c in checks}
@@ -133,6 +167,7 @@ class Engine:
     def __init__(self, config: Config | None = None, checks: Sequence[Check] | None = None, *,
                  resolver: Any = None, store: Store | None = None):
         self.config = config or Config.default()
+        _check_disabled(self.config, checks)
         #: shared state (learning, reputation, greylisting); see ``[store]``
         self.store = store if store is not None else open_store(self.config.store.url, timeout=self.config.store.timeout)
         chosen = list(checks) if checks is not None else default_checks(self.config, self.store)
@@ -270,6 +305,9 @@ class Engine:
                 await asyncio.wait_for(self.resolver.prefetch(questions), timeout=ctx.remaining())
             except (asyncio.TimeoutError, TimeoutError):
                 pass  # each check sees the missing answers and reports its own TEMPFAIL
+            except Exception as exc:  # a broken resolver (a bad nameserver...) must not lose the verdict
+                log.exception("DNS prefetch for the network checks failed")
+                hits.append(Hit("CHECK_ERROR", 1.0, (f"dns_prefetch: {type(exc).__name__}: {exc}"[:200],)))
             timings["dns_prefetch"] = time.perf_counter() - t
         for stage in self._stages:
             results = await asyncio.gather(*(self._one_network(c, msg, ctx) for c in stage))
@@ -326,6 +364,14 @@ class Engine:
         configuration (so custom check objects must be picklable).  An
         unreadable path yields a verdict with the ``INPUT_ERROR`` symbol rather
         than stopping the batch.
+
+        ``items`` is read as the scan goes, a few chunks ahead of the verdicts
+        (not all at once, as ``ProcessPoolExecutor.map`` would), so a long stream
+        of messages needs memory for a few chunks only.  A worker that dies (a
+        crash in a C kernel, the OOM killer) breaks the pool; the messages that
+        got no verdict are then scanned again one at a time in a fresh worker,
+        and one that kills that worker too gets a verdict with ``CHECK_ERROR``:
+        every item gets a verdict, in order, whatever happens to a worker.
         """
         if workers <= 1:
             for item in items:
@@ -339,11 +385,64 @@ class Engine:
         else:
             start = dict(initializer=_worker_init, initargs=(self.config, self.checks if self._custom_checks else None))
         try:
-            with ProcessPoolExecutor(max_workers=workers, **start) as pool:
-                yield from pool.map(_worker_scan, items, chunksize=chunksize)
+            yield from self._scan_pooled(_chunks(items, max(1, chunksize)), workers, start)
         finally:
             if forked:
                 _FORKED.pop(id(self), None)
+
+    def _scan_pooled(self, chunks: Iterator[list[Any]], workers: int, start: dict[str, Any]) -> Iterator[Verdict]:
+        """The pool behind :meth:`scan_many`: at most ``_WINDOW * workers`` chunks in flight, results in order.
+
+        One future per chunk, as ``ProcessPoolExecutor.map`` does, so a batch in which no worker dies
+        costs what ``map`` did.  When the pool breaks, the chunks finished before keep their verdicts,
+        the others are scanned again one at a time (:class:`_Isolated`), and the rest of the stream
+        gets a fresh pool.
+        """
+        window: deque[tuple[list[Any], Future[list[Verdict]] | None]] = deque()
+        pool = ProcessPoolExecutor(max_workers=workers, **start)
+        try:
+            while True:
+                while len(window) < _WINDOW * workers:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    try:
+                        window.append((chunk, pool.submit(_worker_scan_chunk, chunk)))
+                    except BrokenProcessPool:
+                        window.append((chunk, None))
+                        break
+                if not window:
+                    return
+                chunk, fut = window[0]
+                if fut is not None:
+                    try:
+                        results = fut.result()
+                    except BrokenProcessPool:
+                        pass
+                    else:
+                        window.popleft()
+                        yield from results
+                        continue
+                # A worker died: every chunk still in the window that has no result is scanned again.
+                log.warning("a scan worker died; scanning again, one at a time, the messages it left without a verdict")
+                pool.shutdown(wait=True, cancel_futures=True)
+                pending = list(window)
+                window.clear()
+                retry = _Isolated(self, start)
+                try:
+                    for chunk, fut in pending:
+                        done = (fut is not None and fut.done() and not fut.cancelled()
+                                and fut.exception() is None)
+                        if done:
+                            yield from fut.result()  # type: ignore[union-attr]
+                        else:
+                            for item in chunk:
+                                yield retry.scan(item)
+                finally:
+                    retry.close()
+                pool = ProcessPoolExecutor(max_workers=workers, **start)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _forkable(self) -> bool:
         """Whether pool workers may start as fork()ed copies of this engine: the platform forks,
@@ -456,3 +555,65 @@ def _worker_inherit(key: int) -> None:
 def _worker_scan(item: Any) -> Verdict:
     assert _WORKER_ENGINE is not None
     return _scan_item(_WORKER_ENGINE, item)
+
+
+def _worker_scan_chunk(chunk: list[Any]) -> list[Verdict]:
+    """One pool task: a chunk of items, to pay the inter-process round trip once per chunk."""
+    assert _WORKER_ENGINE is not None
+    return [_scan_item(_WORKER_ENGINE, item) for item in chunk]
+
+
+#: a chunk of a scan_many batch is cut early past this many bytes of messages, so the chunks in
+#: flight (``_WINDOW * workers`` of them) hold a bounded amount of mail however large the messages are
+_CHUNK_BYTES = 4 * 1024 * 1024
+#: chunks in flight per worker: one running, the others queued so that no worker waits for work
+_WINDOW = 4
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of at most ``size`` (or about ``_CHUNK_BYTES`` of raw bytes), read lazily."""
+    chunk: list[Any] = []
+    nbytes = 0
+    for item in items:
+        chunk.append(item)
+        if isinstance(item, (bytes, bytearray)):
+            nbytes += len(item)
+        elif isinstance(item, tuple) and item and isinstance(item[0], (bytes, bytearray)):
+            nbytes += len(item[0])
+        if len(chunk) >= size or nbytes >= _CHUNK_BYTES:
+            yield chunk
+            chunk, nbytes = [], 0
+    if chunk:
+        yield chunk
+
+
+class _Isolated:
+    """Scans items one at a time in a single-worker pool, after a worker died in a batch.
+
+    One item in flight in one worker: if that worker dies too, this item killed it (the second time,
+    as it was in the batch the first death broke), so it gets a ``CHECK_ERROR`` verdict instead of a
+    third try, and the next item gets a fresh worker.  Not in this process: what killed a worker would
+    kill the caller.
+    """
+
+    def __init__(self, engine: Engine, start: dict[str, Any]):
+        self.engine = engine
+        self.start = start
+        self.pool: ProcessPoolExecutor | None = None
+
+    def scan(self, item: Any) -> Verdict:
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=1, **self.start)
+        try:
+            return self.pool.submit(_worker_scan, item).result()
+        except BrokenProcessPool:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+            log.error("a scan worker died twice on the same message; it gets a CHECK_ERROR verdict")
+            return self.engine.policy.decide(
+                [Hit("CHECK_ERROR", 1.0, ("scan: the worker process died scanning this message, twice",))])
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None

@@ -1246,7 +1246,11 @@ def _collect_ends(rid: int, start: int, end: int, flags: int, found: list[tuple[
 def make_matcher(compiled: CompiledRules, engine: str = "auto", cache_dir: str | os.PathLike[str] | None = None) -> Matcher:
     """``auto``: Hyperscan when installed, else Python; ``hyperscan`` fails when it is missing."""
     if engine not in ("auto", "hyperscan", "python"):
-        raise ValueError(f"unknown rules engine {engine!r} (auto, hyperscan, python)")
+        # a configuration mistake ([rules] engine), reported as one (antispam: ..., exit 2), not a traceback;
+        # Config.load checks it first and names the file
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown rules engine {engine!r} (auto, hyperscan, python)", key="rules.engine")
     if engine == "python" or (engine == "auto" and _hs is None):
         return PythonMatcher(compiled)
     return HyperscanMatcher(compiled, cache_dir)
