@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from . import __version__
 
@@ -113,46 +113,82 @@ class Progress:
             sys.stderr.flush()
 
 
+def _shown(text: str) -> str:
+    """``text`` fit for any output: a file name that is not UTF-8 reaches Python as lone surrogates
+    (``surrogateescape``), which a strict UTF-8 stdout refuses (a crash) and which JSON carries as
+    invalid Unicode; its bytes are shown as ``\\xff`` escapes instead."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
+    """Scan every message under the paths, one output line per message or unreadable input.
+
+    Streamed: messages are read as the scan goes (at most ``[limits] max_bytes + 1`` bytes each),
+    not all before the first verdict, so memory does not grow with the corpus.  Exit status: 0 when
+    at least one message was scanned or there was nothing to scan, 1 when every input was
+    unreadable; ``main`` adds 2 for a configuration error and 130 for Ctrl-C.
+    """
+    from collections import deque
+
     from .corpus import iter_messages
     from .engine import Engine
 
     engine: Engine = _engine(args)
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
-    items = list(iter_messages(args.paths))
-    readable = [it for it in items if it.data is not None]
-    progress = Progress(not args.no_progress, len(items))
+    #: what was read, in input order, waiting for its line: (source, error); error None for a message
+    pending: deque[tuple[str, str | None]] = deque()
+
+    def feed() -> Iterator[bytes]:
+        for it in iter_messages(args.paths, max_bytes=engine.limits.max_bytes):
+            pending.append((it.source, (it.error or "unreadable") if it.data is None else None))
+            if it.data is not None:
+                yield it.data
+
+    progress = Progress(not args.no_progress)
     counts: dict[str, int] = {}
     errors = 0
+    n = 0
     t0 = time.perf_counter()
-    verdicts: Iterator[Any] = engine.scan_many((it.data for it in readable), workers=workers) if readable else iter(())
     out = sys.stdout
-    for it in items:
-        if it.data is None:
-            errors += 1
+
+    def flush_errors() -> int:
+        k = 0
+        while pending and pending[0][1] is not None:
+            source, error = pending.popleft()
             if args.json:
-                out.write(json.dumps({"file": it.source, "error": it.error}) + "\n")
+                out.write(json.dumps({"file": _shown(source), "error": _shown(error or "")}) + "\n")
             else:
-                out.write(f"{it.source}\terror\t{it.error}\n")
+                out.write(f"{_shown(source)}\terror\t{_shown(error or '')}\n")
             progress.step()
-            continue
-        v = next(verdicts)
-        counts[v.action] = counts.get(v.action, 0) + 1
-        if args.json:
-            d = v.to_dict()
-            d["file"] = it.source
-            out.write(json.dumps(d) + "\n")
-        else:
-            top = " ".join(f"{s.name}({s.score:g})" for s in v.top_symbols(args.top))
-            out.write(f"{it.source}\t{v.action}\t{v.score:.2f}\t{top}\n")
-        progress.step()
-    progress.close()
+            k += 1
+        return k
+
+    try:
+        for v in engine.scan_many(feed(), workers=workers):
+            errors += flush_errors()
+            source, _ = pending.popleft()
+            n += 1
+            counts[v.action] = counts.get(v.action, 0) + 1
+            if args.json:
+                d = v.to_dict()
+                d["file"] = _shown(source)
+                out.write(json.dumps(d) + "\n")
+            else:
+                top = " ".join(f"{s.name}({s.score:g})" for s in v.top_symbols(args.top))
+                out.write(f"{_shown(source)}\t{v.action}\t{v.score:.2f}\t{top}\n")
+            progress.step()
+        errors += flush_errors()
+    finally:
+        progress.close()
+        engine.close()
     dt = time.perf_counter() - t0
-    n = len(readable)
     summary = ", ".join(f"{k}: {counts[k]}" for k in sorted(counts)) or "nothing scanned"
     sys.stderr.write(f"{n} message(s) scanned in {dt:.2f}s ({n / dt if dt else 0:,.0f} msgs/s); {summary}"
                      + (f"; {errors} unreadable" if errors else "") + "\n")
-    engine.close()
     return 1 if errors and not n else 0
 
 
@@ -179,10 +215,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
         engine.close()
         return 2
     counts = {"learned": 0, "already known": 0, "unreadable": 0}
-    for it in iter_messages(args.paths):
+    for it in iter_messages(args.paths, max_bytes=engine.limits.max_bytes):
         if it.data is None:
             counts["unreadable"] += 1
-            sys.stderr.write(f"{it.source}: {it.error}\n")
+            sys.stderr.write(f"{_shown(it.source)}: {_shown(it.error or '')}\n")
             continue
         done = engine.unlearn(it.data) if args.forget else engine.learn(it.data, spam=args.spam, source="cli")
         counts["learned" if any(done.values()) else "already known"] += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -20,11 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--manifest", metavar="DIR", help="a labelled corpus directory (MANIFEST.tsv)")
     t.add_argument("--split", choices=("train", "test", "all"), default="train",
                    help="with --manifest: which split to train on (default train)")
-    t.add_argument("-o", "--out", required=True, metavar="DIR", help="model directory to write, e.g. models/mine")
-    t.add_argument("--bits", type=int, default=None, help="feature space 2**BITS (default 20)")
+    t.add_argument("-o", "--out", required=True, metavar="DIR",
+                   help="model directory to write, e.g. models/mine (a model already there is replaced)")
+    t.add_argument("--bits", type=_bits, default=None, help=f"feature space 2**BITS, {MIN_BITS}..{MAX_BITS} (default 20)")
     t.add_argument("--bigrams", action="store_true", help="add word bigram features")
-    t.add_argument("--target-fpr", type=float, default=0.002,
-                   help="the default threshold keeps the cross-validated ham FPR at most this (default 0.002)")
+    t.add_argument("--target-fpr", type=_fraction, default=0.002,
+                   help="the default threshold keeps the cross-validated ham FPR at most this, 0..1 (default 0.002)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate the classifier and the engine on a labelled corpus",
@@ -41,6 +44,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--roc", metavar="PNG", help="write the ROC plot here (needs matplotlib)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+
+#: the feature-space sizes a model may have: what the model loader accepts (``classifier.model``)
+MIN_BITS, MAX_BITS = 1, 31
+
+
+def _bits(text: str) -> int:
+    """``--bits``: checked here, as ``0`` once fell back silently to the default (``args.bits or 20``)."""
+    try:
+        bits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise argparse.ArgumentTypeError(f"{bits} is out of range: the feature space is 2**BITS, "
+                                         f"BITS from {MIN_BITS} to {MAX_BITS}")
+    return bits
+
+
+def _fraction(text: str) -> float:
+    """A rate from 0 to 1: ``nan``, a negative rate or one above 1 would train to a meaningless threshold."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(x) and 0.0 <= x <= 1.0):
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a rate from 0 to 1, e.g. 0.002")
+    return x
+
+
+def _out_problem(out: str) -> str | None:
+    """Why the model directory ``out`` could not be written, if it could not: checked before
+    training, which takes minutes, rather than after it, where it used to fail (FileExistsError when
+    ``out`` is a file).  A model directory already there is replaced, as docs/classifier.md's retraining
+    of ``models/default`` expects."""
+    p = Path(out)
+    if p.exists():
+        if not p.is_dir():
+            return f"{out} exists and is not a directory (a model is a directory: model.json and .npy files); " \
+                   f"give another -o, or remove {out}"
+        if (p / "model.json").is_dir():
+            return f"{p / 'model.json'} is a directory; give another -o"
+        return None if os.access(p, os.W_OK) else f"{out}: cannot write there (permission denied)"
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {out}: {parent} is not a directory"
+    return None if os.access(parent, os.W_OK) else f"cannot create {out}: {parent} is not writable"
 
 
 def _say(msg: str) -> None:
@@ -74,14 +125,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.manifest and not (args.spam and args.ham):
         _say("antispam train: give --spam and --ham sources, or --manifest DIR")
         return 2
-    examples = _examples(args)
-    spec = TokenizerSpec(bits=args.bits or DEFAULT_BITS, bigrams=args.bigrams)
+    problem = _out_problem(args.out)
+    if problem:
+        _say(f"antispam train: {problem}")
+        return 2
+    try:
+        examples = _examples(args)
+    except AntispamError as exc:  # a missing MANIFEST.tsv or <set>.tar.gz (CorpusError)
+        _say(f"antispam train: {exc}")
+        return 2
+    spec = TokenizerSpec(bits=args.bits if args.bits is not None else DEFAULT_BITS, bigrams=args.bigrams)
     try:
         model = train(examples, spec, target_fpr=args.target_fpr, progress=_say)
     except ValueError as exc:
         _say(f"antispam train: {exc}")
         return 2
-    path = model.save(args.out)
+    try:
+        path = model.save(args.out)
+    except OSError as exc:  # the directory changed under us while training
+        _say(f"antispam train: cannot write the model to {args.out}: {exc.strerror or exc}")
+        return 2
     cv = model.meta["cross_validation"]
     _say(f"wrote {path}: cross-validated AUC {cv['roc_auc']:.5f}, at p>={model.threshold:.4f} "
          f"ham FPR {cv['ham_fpr']:.4f} spam recall {cv['spam_recall']:.4f}")

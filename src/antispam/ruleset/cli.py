@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -64,10 +65,19 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_load_sa(args: argparse.Namespace) -> int:
+    src = Path(args.path)
+    if not src.exists():  # a report of "0 files" and exit 0 read like an empty but sound ruleset
+        sys.stderr.write(f"antispam rules load-sa: {args.path}: no such file or directory\n")
+        return 2
     parsed = parse_paths([args.path], pre_dirs=[args.pre] if args.pre else [])
+    ours = [f for f in parsed.files if Path(f) == src or src in Path(f).parents]
+    if not ours:
+        sys.stderr.write(f"antispam rules load-sa: no rule files (*.cf) in {args.path}\n")
+        return 2
     compiled = compile_rules(parsed, lenient_meta=True)
     r = compiled.report
-    print(f"SpamAssassin rules from {args.path}: {len(parsed.files)} files")
+    print(f"SpamAssassin rules from {args.path}: {len(ours)} files" + (f" (and {len(parsed.files) - len(ours)} from --pre)"
+                                                                   if len(parsed.files) > len(ours) else ""))
     print(f"{'kind':10s} {'accepted':>9s} {'translated':>11s} {'refused':>8s} {'usable %':>9s}")
     tot = [0, 0, 0]
     for kind in ("header", "body", "rawbody", "uri", "full", "mimeheader", "meta"):
@@ -147,9 +157,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for d in dirs:
         pd = Path(d)
         paths += [f for f in sorted(pd.glob("*.cf")) if f.name != "scores.cf"] if pd.is_dir() else [pd]
-    check = RulesCheck(load_rules(paths, every_rule=True))
+    # The corpus first: a wrong --corpus is an error at once (CorpusError, exit 2), not after the rules load.
     train = load_labelled(corpus, split="train")
     test = load_labelled(corpus, split="test")
+    check = RulesCheck(load_rules(paths, every_rule=True))
     Xtr, names = hit_matrix(check, [m.data for m in train])
     ytr = np.array([m.is_spam for m in train], dtype=float)
     Xte, _ = hit_matrix(check, [m.data for m in test])
