@@ -873,6 +873,15 @@ def test_held_transaction_on_a_kept_connection_answered_421_is_sent_again_once(c
         f.stop()
 
 
+def _at_data(port: int):
+    """A client past EHLO, MAIL, RCPT and DATA (one command at a time), ready to send its message."""
+    c, fh, _ = _ehlo(port)
+    for cmd in (b"MAIL FROM:<ana@sender.test>", b"RCPT TO:<bo@rcpt.test>", b"DATA"):
+        c.sendall(cmd + b"\r\n")
+        assert smtp_replies(fh, 1)[0][:1] in (b"2", b"3")
+    return c, fh
+
+
 @pytest.mark.parametrize("event_loop", EVENT_LOOPS)
 def test_client_idle_timeout_does_not_cut_a_relay_in_progress(sink, event_loop):
     """The client's idle timeout does not run while the message is in our hands (the next hop's
@@ -881,10 +890,7 @@ def test_client_idle_timeout_does_not_cut_a_relay_in_progress(sink, event_loop):
     f = start(sink, event_loop=event_loop, timeout=1, next_hop_timeout=10.0)
     sink.delay = 2.0
     try:
-        c, fh, _ = _ehlo(f.port)
-        for cmd in (b"MAIL FROM:<ana@sender.test>", b"RCPT TO:<bo@rcpt.test>", b"DATA"):
-            c.sendall(cmd + b"\r\n")
-            assert smtp_replies(fh, 1)[0][:1] in (b"2", b"3")
+        c, fh = _at_data(f.port)
         c.sendall(ham(subject="slow but once") + b".\r\n")
         assert smtp_replies(fh, 1) == [sink.data_reply]
         t = time.monotonic()
@@ -904,10 +910,7 @@ def test_client_that_half_closes_after_its_data_still_gets_the_reply(sink, event
     f = start(sink, event_loop=event_loop)
     sink.delay = 1.0
     try:
-        c, fh, _ = _ehlo(f.port)
-        for cmd in (b"MAIL FROM:<ana@sender.test>", b"RCPT TO:<bo@rcpt.test>", b"DATA"):
-            c.sendall(cmd + b"\r\n")
-            assert smtp_replies(fh, 1)[0][:1] in (b"2", b"3")
+        c, fh = _at_data(f.port)
         c.sendall(ham(subject="half closed") + b".\r\n")
         time.sleep(0.3)
         c.sendall(b"QUIT\r\n")
