@@ -169,13 +169,10 @@ def _address_field(msg: Message, lname: str, accs: tuple[str, ...]) -> str | Non
     if pos is None:
         return None
     k = 1 if accs[0] == "addr" else 0
-    if len(pos) == 1:
-        # the message's own views of its one From or Reply-To (the classifier and reputation read them too)
-        if lname == "from":
-            addrs = msg.from_addresses
-            return addrs[0][k] if addrs else ""
-        if lname == "reply-to" and k:
-            return msg.reply_to or ""
+    # Not Message.from_addresses, which reads the field as sent (for DMARC an encoded word is never
+    # an address): rules read addresses out of the decoded value, as SpamAssassin's From:addr does.
+    if len(pos) == 1 and lname == "reply-to" and k:
+        return msg.reply_to or ""  # the message's own view (reputation reads it too)
     headers = msg.headers
     out = []
     for i in pos:
