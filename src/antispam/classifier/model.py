@@ -31,14 +31,19 @@ per-feature adjustments learned online (:mod:`antispam.classifier.learn`);
 ``a`` and ``b`` are Platt scaling fitted on out-of-fold margins of the
 training set, which turns the margin into a calibrated probability.
 
-Loading checks the format, the tokenizer version, every array's sha256 and
-shape, and refuses anything else with a :class:`~antispam.errors.ModelError`.
+Loading checks the format, the tokenizer settings, every array's sha256, dtype
+and shape, that the indices are strictly increasing, inside ``2**bits`` and as
+many as ``nonzero`` says, that the weights and every number (bias,
+calibration, threshold) are finite, the slope ``a`` positive and the threshold a
+probability, and refuses anything else with a
+:class:`~antispam.errors.ModelError` naming the file or field.
 ``np.load`` is always called with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -141,6 +146,65 @@ def _need(meta: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wher
     return v
 
 
+_MISSING: Any = object()
+
+
+def _number(meta: Mapping[str, Any], key: str, where: Path, *, name: str | None = None,
+            default: Any = _MISSING) -> float:
+    """``meta[key]`` as a finite float (JSON int or float, not bool); ``default`` when absent, if given.
+
+    ``name`` is the field as the error names it (``calibration.a``).
+    """
+    name = name or key
+    if key not in meta:
+        if default is _MISSING:
+            raise ModelError(f"{where}: model.json field {name!r} is missing")
+        return default
+    v = meta[key]
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise ModelError(f"{where}: model.json field {name!r} must be a number, not {v!r}")
+    try:
+        f = float(v)
+    except OverflowError:  # an int beyond the float range
+        f = math.inf
+    if not math.isfinite(f):
+        raise ModelError(f"{where}: model.json field {name!r} must be finite, not {v!r}")
+    return f
+
+
+def _int(meta: Mapping[str, Any], key: str, where: Path, name: str) -> int:
+    v = meta.get(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ModelError(f"{where}: model.json field {name!r} missing or not an integer: {v!r}")
+    return v
+
+
+#: the highest threshold training writes: ``nextafter`` of a ham probability that rounded to 1.0
+#: (a classifier that alone never calls a message spam)
+_MAX_THRESHOLD = float(np.nextafter(1.0, 2.0))
+
+
+def _load_array(path: Path, digest: Any, dtype: type) -> np.ndarray:
+    """The verified 1-D ``dtype`` array of ``path``: read once, sha256 checked, then parsed (never unpickled)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: unreadable: {exc}") from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ModelError(f"{path}: sha256 does not match model.json (tampered or corrupted model)")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # ValueError, EOFError, BadZipFile, ...: whatever a damaged file makes numpy raise
+        raise ModelError(f"{path}: not a plain numpy array: {exc}") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive loads as an NpzFile
+        raise ModelError(f"{path}: not a plain numpy array (.npy) but {type(arr).__name__}")
+    if arr.dtype != dtype or arr.ndim != 1:
+        raise ModelError(f"{path}: must be a 1-D {np.dtype(dtype).name} array, not {arr.ndim}-D {arr.dtype}")
+    return arr
+
+
 def load_model(directory: str | Path) -> Model:
     """Load and verify a model directory.  Raises ModelError for anything unexpected."""
     d = Path(directory)
@@ -161,36 +225,43 @@ def load_model(directory: str | Path) -> Model:
         raise ModelError(
             f"{mpath}: model was trained with tokenizer version {version!r}, this antispam has version "
             f"{TOKENIZER_VERSION}; retrain it with 'antispam train'")
-    try:
-        spec = TokenizerSpec(version=int(version), seed=int(tok["seed"]), bits=int(tok["bits"]),
-                             bigrams=bool(tok["bigrams"]))
-    except (KeyError, TypeError, ValueError):
-        raise ModelError(f"{mpath}: incomplete tokenizer settings {tok!r}") from None
-    if not 1 <= spec.bits <= 31 or not 0 <= spec.seed < 2**64:
+    seed = _int(tok, "seed", mpath, "tokenizer.seed")
+    bits = _int(tok, "bits", mpath, "tokenizer.bits")
+    bigrams = tok.get("bigrams")
+    if not isinstance(bigrams, bool):
+        raise ModelError(f"{mpath}: model.json field 'tokenizer.bigrams' missing or not true/false: {bigrams!r}")
+    if not 1 <= bits <= 31 or not 0 <= seed < 2**64:
         raise ModelError(f"{mpath}: tokenizer bits/seed out of range")
+    spec = TokenizerSpec(version=TOKENIZER_VERSION, seed=seed, bits=bits, bigrams=bigrams)
     digests = _need(meta, "arrays", dict, mpath)
-    arrays = {}
-    for name in _ARRAYS:
-        path = d / f"{name}.npy"
-        if not path.exists():
-            raise ModelError(f"{path}: missing")
-        if _sha256(path) != digests.get(name):
-            raise ModelError(f"{path}: sha256 does not match model.json (tampered or corrupted model)")
-        try:
-            arrays[name] = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ModelError(f"{path}: not a plain numpy array: {exc}") from None
-    idx, w = arrays["indices"], arrays["weights"]
-    if idx.dtype != np.uint32 or w.dtype != np.float32 or idx.ndim != 1 or idx.shape != w.shape:
-        raise ModelError(f"{d}: indices/weights must be 1-D uint32/float32 arrays of equal length")
-    if len(idx) and int(idx.max()) >= spec.n_features:
-        raise ModelError(f"{d}: feature index outside 2**{spec.bits}")
+    ipath, wpath = d / "indices.npy", d / "weights.npy"
+    idx = _load_array(ipath, digests.get("indices"), np.uint32)
+    w = _load_array(wpath, digests.get("weights"), np.float32)
+    if idx.shape != w.shape:
+        raise ModelError(f"{d}: indices.npy and weights.npy differ in length ({len(idx)} != {len(w)})")
+    if "nonzero" in meta and _int(meta, "nonzero", mpath, "nonzero") != len(idx):
+        raise ModelError(f"{mpath}: model.json field 'nonzero' is {meta['nonzero']!r} but indices.npy "
+                         f"has {len(idx)} entries")
+    # Strictly increasing (as save() writes them): a duplicate would silently drop a weight.
+    if len(idx) > 1 and not bool(np.all(idx[1:] > idx[:-1])):
+        raise ModelError(f"{ipath}: feature ids are not strictly increasing (duplicate or unsorted)")
+    if len(idx) and int(idx[-1]) >= spec.n_features:
+        raise ModelError(f"{ipath}: feature id {int(idx[-1])} outside the 2**{spec.bits} features of "
+                         f"'tokenizer.bits'")
     if not np.all(np.isfinite(w)):
-        raise ModelError(f"{d}: non-finite weights")
+        raise ModelError(f"{wpath}: non-finite weights")
     dense = np.zeros(spec.n_features, dtype=np.float32)
     dense[idx] = w
-    bias = _need(meta, "bias", (int, float), mpath)
+    bias = _number(meta, "bias", mpath)
     cal = _need(meta, "calibration", dict, mpath)
+    calib_a = _number(cal, "a", mpath, name="calibration.a", default=1.0)
+    calib_b = _number(cal, "b", mpath, name="calibration.b", default=0.0)
+    if calib_a <= 0:
+        raise ModelError(f"{mpath}: model.json field 'calibration.a' must be positive (a spammier margin "
+                         f"is a higher probability), not {calib_a!r}")
+    threshold = _number(meta, "threshold", mpath, default=0.5)
+    if not 0.0 <= threshold <= _MAX_THRESHOLD:
+        raise ModelError(f"{mpath}: model.json field 'threshold' is a probability, from 0 to 1, not {threshold!r}")
     vocab_raw = meta.get("vocab", {})
     if not isinstance(vocab_raw, dict):
         raise ModelError(f"{mpath}: vocab must be an object")
@@ -199,6 +270,5 @@ def load_model(directory: str | Path) -> Model:
     except ValueError:
         raise ModelError(f"{mpath}: vocab keys must be feature ids") from None
     rest = {k: v for k, v in meta.items() if k not in ("vocab",)}
-    return Model(spec=spec, weights=dense, bias=float(bias), calib_a=float(cal.get("a", 1.0)),
-                 calib_b=float(cal.get("b", 0.0)), threshold=float(meta.get("threshold", 0.5)),
+    return Model(spec=spec, weights=dense, bias=bias, calib_a=calib_a, calib_b=calib_b, threshold=threshold,
                  vocab=vocab, meta=rest)
