@@ -625,7 +625,10 @@ class RulesCheck(Check):
                 if m is None:
                     return ()
                 end = m.start()
-            u = msg.urls[data.count(b"\n", 0, end)]
+            k = data.count(b"\n", 0, end)
+            if k >= len(msg.urls):
+                return ()  # a match of the empty string in a buffer without links (e.g. /^$/)
+            u = msg.urls[k]
             return ((u.host or u.url[:60]).translate(_URL_BLANKS),)
         m = None
         if end is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -33,6 +34,9 @@ _UNSUPPORTED_PSEUDO = ("ALL-TRUSTED", "ALL-UNTRUSTED", "ALL-INTERNAL", "ALL-EXTE
 #: Pseudo-headers built here from the Received chain, approximating SpamAssassin's trust inference.
 _APPROXIMATED_PSEUDO = ("X-Spam-Relays-",)
 
+#: limits on a meta expression: Python's compiler (and _meta_python) recurse over it
+_META_MAX_TOKENS = 600
+_META_MAX_NESTING = 100
 _META_TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\d+(?:\.\d+)?)|(&&|\|\||==|!=|>=|<=|[-+*/()<>!]))")
 
 
@@ -241,8 +245,11 @@ def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False) -> Compile
     for r in out:
         if r.buffer:
             groups.setdefault(r.buffer, []).append(r.id)
+    # The cache key of the Hyperscan databases: everything their flags depend on too (tflags
+    # ``multiple`` and maxhits decide which rules are counted, and so SINGLEMATCH).
     digest = hashlib.sha256("\n".join(
-        f"{r.name}\t{r.kind}\t{r.buffer}\t{r.py!r}\t{r.hs!r}\t{r.hs_flags}\t{r.py_flags}" for r in out
+        f"{r.name}\t{r.kind}\t{r.buffer}\t{r.py!r}\t{r.hs!r}\t{r.hs_flags}\t{r.py_flags}"
+        f"\t{' '.join(sorted(r.tflags))}\t{r.maxhits}" for r in out
     ).encode("utf-8", "surrogateescape")).hexdigest()
     return CompiledRules(
         rules=out, by_name={r.name: r for r in out}, groups=groups, metas=metas,
@@ -335,7 +342,7 @@ def _compile_one(rule: RuleDef, rid: int, report: CompileReport) -> CompiledRule
     pyflags = (re.I if t.caseless else 0) | (re.S if t.dotall else 0) | (re.M if t.multiline else 0)
     try:
         re.compile(t.py, pyflags)
-    except re.error as exc:
+    except (re.error, OverflowError, ValueError, RecursionError) as exc:  # e.g. a{4294967296}
         raise _Refused(f"bad regex /{rule.pattern[:60]}/: {exc}") from None
     risk = backtracking_risk(t.py, pyflags)
     if risk:
@@ -368,19 +375,33 @@ def _tokenize_meta(expr: str) -> list[tuple[str, str]]:
             toks.append(("num", m.group(2)))
         else:
             toks.append(("op", m.group(3)))
+        if len(toks) > _META_MAX_TOKENS:
+            raise _Refused(f"meta expression longer than {_META_MAX_TOKENS} terms and operators")
     if not toks:
         raise _Refused("empty meta expression")
-    depth = 0
+    depth = bangs = 0
+    prev = ""
     for kind, v in toks:
         depth += (v == "(") - (v == ")") if kind == "op" else 0
         if depth < 0:
             break
+        # ``(`` and a run of ``!`` nest (both are recursed into, here and by Python's compiler)
+        bangs = bangs + 1 if (kind, v) == ("op", "!") else bangs if (kind, v) == ("op", "(") else 0
+        if depth + bangs > _META_MAX_NESTING:
+            raise _Refused(f"meta expression nested more than {_META_MAX_NESTING} deep")
+        # Perl would refuse ``(A)(B)`` or ``A > 1 0``; Python would read a call or a syntax error
+        if kind in ("name", "num") or v == "(":
+            if prev in ("name", "num", ")"):
+                raise _Refused(f"meta expression is not valid: {expr!r}")
+        prev = kind if kind != "op" else v
     if depth != 0:
         raise _Refused(f"unbalanced parentheses in meta expression {expr!r}")
     # Validate by compiling once with placeholder names.
     try:
-        compile(_meta_python(toks, lambda n: "0"), "<meta>", "eval")
-    except SyntaxError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(_meta_python(toks, lambda n: "0"), "<meta>", "eval")
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
         raise _Refused(f"meta expression is not valid: {expr!r}") from None
     return toks
 

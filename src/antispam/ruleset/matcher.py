@@ -33,6 +33,7 @@ in both engines, Hyperscan serving as the prefilter.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -780,7 +781,7 @@ def _scan_python_rules(rules, data: bytes, out: dict[int, int], ends: dict[int, 
                     ends[r.id] = m.end()
 
 
-_MAGIC = b"ANTISPAM-HSDB-12\n"
+_MAGIC = b"ANTISPAM-HSDB-13\n"
 
 
 class HyperscanMatcher:
@@ -841,7 +842,7 @@ class HyperscanMatcher:
         self._local = threading.local()
         cache = Path(cache_dir) / (f"rules-{compiled.digest[:32]}-hs{_hs.__version__}-v12w{NEAR_MAX_WIDTH}p{PIECE_LIMIT}"
                                    f"x{MAX_PIECES}{''.join(v[0][0] for v in VARIANTS)}{PROJECTED_MAX_SHARE}.db") if cache_dir else None
-        loaded = self._load(cache) if cache else None
+        loaded = self._load(cache, compiled) if cache else None
         if loaded is not None:
             self.dbs = loaded
         else:
@@ -1012,7 +1013,8 @@ class HyperscanMatcher:
         return True
 
     def _save(self, path: Path) -> None:
-        """Container: magic, JSON index (group -> offset, size, python-only ids), then the blobs."""
+        """Container: magic, the sha256 of the rest, JSON index (group -> offset, size, python-only ids),
+        then the blobs."""
         try:
             blobs = {k: _hs.dumpb(db) for k, db in self.dbs.items()}
             index, off = {}, 0
@@ -1024,23 +1026,41 @@ class HyperscanMatcher:
                                "unanchored": sorted(self._unanchored)}).encode()
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
+            body = [struct.pack(">I", len(meta)), meta, *blobs.values()]
+            sha = hashlib.sha256()
+            for b in body:
+                sha.update(b)
             with open(tmp, "wb") as fh:
-                fh.write(_MAGIC + struct.pack(">I", len(meta)) + meta)
-                for b in blobs.values():
+                fh.write(_MAGIC + sha.digest())
+                for b in body:
                     fh.write(b)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write the rules cache %s: %s", path, exc)
 
-    def _load(self, path: Path) -> dict[str, object] | None:
+    def _load(self, path: Path, compiled: CompiledRules) -> dict[str, object] | None:
+        """The cached databases, with this matcher's state set as when they were built; None (the
+        state untouched) for a cache that is missing, damaged or does not fit these rules."""
         try:
             data = path.read_bytes()
         except OSError:
             return None
+        saved = (set(self._as_prefilter), dict(self._counters), dict(self._confirm), dict(self._near),
+                 dict(self._starts), dict(self._unanchored), {k: list(v) for k, v in self._py.items()})
+        dbs = self._load_checked(path, data, compiled)
+        if dbs is None:
+            (self._as_prefilter, self._counters, self._confirm, self._near,
+             self._starts, self._unanchored, self._py) = saved
+        return dbs
+
+    def _load_checked(self, path: Path, data: bytes, compiled: CompiledRules) -> dict[str, object] | None:
         try:
             if not data.startswith(_MAGIC):
                 return None
-            p = len(_MAGIC)
+            p = len(_MAGIC) + 32
+            if hashlib.sha256(memoryview(data)[p:]).digest() != data[len(_MAGIC):p]:
+                log.warning("ignoring damaged rules cache %s: checksum mismatch", path)
+                return None
             (n,) = struct.unpack(">I", data[p : p + 4])
             meta = json.loads(data[p + 4 : p + 4 + n])
             base = p + 4 + n
@@ -1071,6 +1091,11 @@ class HyperscanMatcher:
                         self._near.pop(i, None)
                         self._starts.pop(i, None)
                         self._py.setdefault(k, []).append(pr)
+            # Every rule of every group is run: by the group's database or by Python.
+            for k, ids in compiled.groups.items():
+                if k not in dbs and set(ids) - {r.id for r in self._py.get(k, ())}:
+                    log.warning("ignoring rules cache %s: no database for %s", path, k)
+                    return None
             return dbs
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring damaged rules cache %s: %s", path, exc)

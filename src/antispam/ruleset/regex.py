@@ -71,6 +71,9 @@ def _lit(ch: str) -> str:
         return "(?:" + "".join(f"\\x{x:02x}" for x in b) + ")"
     if ch.isalnum() or ch == "_":
         return ch
+    if o < 0x20 and ch not in "\t\n" or o == 0x7F:
+        # a raw control byte (NUL above all: Hyperscan reads its pattern as a C string) as an escape
+        return f"\\x{o:02x}"
     if ch in " \t":
         return "\\x20" if ch == " " else "\\t"
     if ch == "\n":
@@ -91,18 +94,29 @@ def _byte_in_class(ch: str) -> str:
 
 def translate(pattern: str, flags: str = "", *, force_multiline: bool = False) -> Translated:
     """Translate a Perl pattern with Perl flags (``imsx``) for both engines."""
-    t = _Translator(pattern, "x" in flags)
+    multiline = ("m" in flags) or force_multiline
+    t = _Translator(pattern, "x" in flags, multiline or _INLINE_M.search(pattern) is not None)
     py, hs = t.run()
     return Translated(
         py=py.encode("ascii"), hs=None if t.hs_missing else hs.encode("ascii"), hs_missing=t.hs_missing,
-        caseless="i" in flags, dotall="s" in flags, multiline=("m" in flags) or force_multiline,
+        caseless="i" in flags, dotall="s" in flags, multiline=multiline,
         changed=t.changed,
     )
 
 
+#: an inline flag group that may turn on multiline mode
+_INLINE_M = re.compile(r"\(\?\^?[a-zA-Z]*m")
+#: groups nested deeper than this are refused (Python's parser, and every walk of its tree, recurse)
+MAX_GROUP_DEPTH = 64
+#: Python's guard after ``^`` in multiline mode: no line start after a final newline (see run)
+_NOT_AFTER_FINAL_NL = "(?!(?<=\\n)\\Z)"
+
+
 class _Translator:
-    def __init__(self, pattern: str, extended: bool):
+    def __init__(self, pattern: str, extended: bool, multiline: bool = False):
         self.p = pattern
+        #: whether ``^`` may mean a line start (multiline flag, or an inline ``m``)
+        self.multiline = multiline
         self.i = 0
         self.x = extended
         self.hs_missing = ""
@@ -136,6 +150,8 @@ class _Translator:
             elif c == "[":
                 a = b = self.char_class()
             elif c == "(":
+                if len(self.close_extra) > MAX_GROUP_DEPTH:
+                    raise Unsupported(f"groups nested more than {MAX_GROUP_DEPTH} deep")
                 a, b = self.open_group(at_start)
             elif c == ")":
                 if len(self.close_extra) <= 1:
@@ -161,6 +177,11 @@ class _Translator:
                 scopes = self.close_extra[-1]
                 a = b = ")" * len(scopes) + "|" + "".join(scopes)
                 self.i += 1
+            elif c == "^" and self.multiline and self.line_start_may_end():
+                # Python's ``re`` sees a line start after a buffer's final newline, Perl and
+                # Hyperscan do not: for Python, ``^`` there is refused (same matches elsewhere).
+                a, b = "^" + _NOT_AFTER_FINAL_NL, "^"
+                self.i += 1
             elif c in ".^$|":
                 a = b = c
                 self.i += 1
@@ -179,6 +200,38 @@ class _Translator:
         hs.append(")" * len(self.close_extra[0]))
         return "".join(py), "".join(hs)
 
+    def line_start_may_end(self) -> bool:
+        """Whether what follows the ``^`` at ``self.i`` may match the empty string (conservatively:
+        True unless it is one character, class or escape that must consume a byte)."""
+        p = self.p
+        j = self.i + 1
+        if self.x or j >= len(p):
+            return True
+        ch = p[j]
+        if ch == "\\":
+            m = re.compile(r"\\(?:[dDwWsSntrfe]|x\{[0-9A-Fa-f]{1,6}\}|x[0-9A-Fa-f]{1,2}|[^0-9A-Za-z])").match(p, j)
+            if not m:
+                return True
+            end = m.end()
+        elif ch == "[":
+            saved = self.i, self.changed
+            try:
+                self.i = j
+                self.char_class()
+                end = self.i
+            except Unsupported:
+                return True
+            finally:
+                self.i, self.changed = saved
+        elif ch in "()|^$*+?{}#":
+            return True
+        else:
+            end = j + 1
+        if end < len(p) and p[end] in "?*":
+            return True
+        m = re.compile(r"\{(\d+)(?:,\d*)?\}").match(p, end)
+        return bool(m) and int(m.group(1)) == 0
+
     def quant_suffix(self) -> tuple[str, str]:
         if self.i < len(self.p) and self.p[self.i] == "?":
             self.i += 1
@@ -196,6 +249,9 @@ class _Translator:
             raise Unsupported("trailing backslash")
         c = p[i + 1]
         self.i = i + 2
+        if c == "B":
+            # Python's ``\\B`` never matches in an empty buffer, Perl's and Hyperscan's do
+            return "(?:\\B|\\A\\Z)", "\\B"
         if c in _SIMPLE_ESC:
             return "\\" + c, "\\" + c
         if c == "A":
@@ -224,6 +280,8 @@ class _Translator:
             self.i = m.end()
             if m.group(1) is not None:
                 cp = int(m.group(1), 16)
+                if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
+                    raise Unsupported(f"\\x{{{m.group(1)}}} is not a Unicode character")
                 self.changed = True
                 if cp < 0x80:
                     s = f"\\x{cp:02x}"
@@ -435,6 +493,12 @@ class _Translator:
 _MAXREPEAT = _sre_c.MAXREPEAT
 #: A bounded repeat above this many iterations is treated like an unbounded one.
 _BIG = 32
+#: A repeat over a sub-pattern that can match in several ways: at most this many iterations
+#: whatever those ways (a polynomial of this degree), more only while count x ways <= _BIG.
+_SMALL = 3
+#: At most this many big repeats in a row that can match the same bytes.
+_RUN = 3
+_INF = 1 << 62
 
 
 def backtracking_risk(pattern: bytes, flags: int = 0) -> str | None:
@@ -446,12 +510,23 @@ def backtracking_risk(pattern: bytes, flags: int = 0) -> str | None:
     ``{n,}``, ``{n,m}`` with m > 32) whose body contains another variable repeat
     or an alternation.  Bounded small repeats (``(?:\\w+\\s){0,3}``) cost at most
     a small polynomial and are allowed.
+
+    The bounds of nested repeats multiply (``(?:(?:a|b){1,8}c){1,8}`` repeats the
+    alternation up to 64 times), and a repeat of more than :data:`_SMALL`
+    iterations over a sub-pattern that can match in several ways is refused when
+    its count times those ways passes :data:`_BIG` (``(?:.*?,){30}P``, a
+    polynomial of degree 30; ``(?:a{1,32}){1,32}``).  More than :data:`_RUN`
+    big repeats in a row whose bytes overlap (``.*.*.*.*=``, ``.*,.*,.*,.*,``)
+    are refused as well: each one more multiplies the work by the line length.
     """
     try:
         tree = _sre_parse.parse(pattern, flags)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:
         return f"invalid: {exc}"
-    return _walk(tree, False, bool(flags & re.I))
+    try:
+        return _walk(tree, 1, bool(flags & re.I))
+    except RecursionError:
+        return "nested too deeply"
 
 
 def _is_variable(items) -> bool:
@@ -567,29 +642,131 @@ def _delimited(sub, caseless: bool) -> bool:
     return True
 
 
-def _walk(items, inside_big_repeat: bool, caseless: bool = False) -> str | None:
+def _span(items) -> int:
+    """How many ways (roughly) a sub-pattern can match a given stretch: the product of the
+    ranges of its variable repeats and of its alternations' sizes (capped at _INF)."""
+    n = 1
     for op, av in items:
         if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
             lo, hi, sub = av
-            big = hi is _MAXREPEAT or hi == _MAXREPEAT or hi > _BIG
-            if big and _is_variable(sub) and not _delimited(sub, caseless):
-                return "a repeat over a sub-pattern that can itself match in several ways (exponential backtracking)"
-            why = _walk(sub, inside_big_repeat or big, caseless)
+            k = _INF if hi is _MAXREPEAT or hi == _MAXREPEAT else hi - lo + 1
+            n *= k * _span(sub)
+        elif op is _sre_c.BRANCH:
+            n *= sum(_span(alt) for alt in av[1])
+        elif op is _sre_c.SUBPATTERN:
+            n *= _span(av[-1])
+        n = min(n, _INF)  # (a back-reference matches one string: one way)
+    return n
+
+
+def _fixed_start(sub, caseless: bool) -> bool:
+    """A repeated body that starts with a byte none of its variable parts can match
+    (``(?:&\\#\\d{1,3}\\s{0,64};){10}``): each iteration starts at such a byte, so the
+    iterations cannot trade bytes and the count does not multiply the ways."""
+    items = list(sub)
+    while len(items) == 1 and items[0][0] is _sre_c.SUBPATTERN:
+        items = list(items[0][1][-1])
+    first = _charset(*items[0], caseless) if items else None
+    if first is None:
+        return False
+    groups: dict[int, frozenset[int]] = {}
+
+    def chars(its) -> frozenset[int]:
+        out: set[int] = set()
+        for op, av in its:
+            cs = _charset(op, av, caseless)
+            if cs is not None:
+                out |= cs
+            elif op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+                out |= chars(av[2])
+            elif op is _sre_c.BRANCH:
+                for alt in av[1]:
+                    out |= chars(alt)
+            elif op is _sre_c.SUBPATTERN:
+                cs = chars(av[-1])
+                if av[0] is not None:
+                    groups[av[0]] = cs
+                out |= cs
+            elif op is _sre_c.GROUPREF:
+                out |= groups.get(av, _ALL)
+            elif op not in (_sre_c.AT, _sre_c.ASSERT, _sre_c.ASSERT_NOT):
+                return _ALL
+        return frozenset(out)
+
+    def variable(its) -> frozenset[int]:
+        """The bytes the variable parts of ``its`` can match."""
+        out: set[int] = set()
+        for op, av in its:
+            if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+                out |= chars(av[2]) if av[0] != av[1] or _is_variable(av[2]) else variable(av[2])
+            elif op is _sre_c.BRANCH:
+                for alt in av[1]:
+                    out |= chars(alt)
+            elif op is _sre_c.SUBPATTERN:
+                out |= variable(av[-1])
+            elif op is _sre_c.GROUPREF:
+                out |= groups.get(av, _ALL)
+        return frozenset(out)
+
+    chars(items)  # the groups' bytes, for back-references
+    return not first & variable(items)
+
+
+def _walk(items, mult: int, caseless: bool = False) -> str | None:
+    """``mult``: the product of the bounds of the repeats around ``items``."""
+    run = 0  # big repeats in a row (only single-byte items between) that can all match the bytes in run_cs
+    run_cs: frozenset[int] = frozenset()
+    for op, av in items:
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+            lo, hi, sub = av
+            unbounded = hi is _MAXREPEAT or hi == _MAXREPEAT
+            eff = _INF if unbounded else min(hi * mult, _INF)
+            big = eff > _BIG
+            if _is_variable(sub) and not _delimited(sub, caseless):
+                if big:
+                    return "a repeat over a sub-pattern that can itself match in several ways (exponential backtracking)"
+                if eff > _SMALL and eff * _span(sub) > _BIG and not _fixed_start(sub, caseless):
+                    return (f"{eff} repeats of a sub-pattern that can match in several ways "
+                            "(polynomial backtracking of high degree)")
+            why = _walk(sub, eff, caseless)
             if why:
                 return why
-        elif getattr(_sre_c, "POSSESSIVE_REPEAT", None) is op:
+            sub = list(sub)
+            cs = _charset(*sub[0], caseless) if len(sub) == 1 else None
+            if cs is None:
+                run = 0
+            elif unbounded or hi > _BIG:
+                if run and run_cs & cs:
+                    run, run_cs = run + 1, run_cs & cs
+                else:
+                    run, run_cs = 1, cs
+                if run > _RUN:
+                    return f"more than {_RUN} unbounded repeats in a row that can match the same bytes (polynomial backtracking)"
+            elif run:
+                run_cs &= cs
+                run = run if run_cs else 0
+            continue
+        cs = _charset(op, av, caseless)
+        if cs is not None:
+            if run:
+                run_cs &= cs
+                run = run if run_cs else 0
+            continue
+        if op is not _sre_c.AT:
+            run = 0
+        if getattr(_sre_c, "POSSESSIVE_REPEAT", None) is op:
             continue  # possessive repeats never backtrack into their body
         elif op is _sre_c.BRANCH:
             for alt in av[1]:
-                why = _walk(alt, inside_big_repeat, caseless)
+                why = _walk(alt, mult, caseless)
                 if why:
                     return why
         elif op is _sre_c.SUBPATTERN:
-            why = _walk(av[-1], inside_big_repeat, caseless)
+            why = _walk(av[-1], mult, caseless)
             if why:
                 return why
         elif op in (_sre_c.ASSERT, _sre_c.ASSERT_NOT):
-            why = _walk(av[1], inside_big_repeat, caseless)
+            why = _walk(av[1], mult, caseless)
             if why:
                 return why
         elif op is getattr(_sre_c, "ATOMIC_GROUP", None):
