@@ -75,6 +75,13 @@ class AllowList:
                 from ..errors import ConfigError
 
                 raise ConfigError(f"not a network: {n!r} ({exc})", key="allow") from None
+        # A peer's IPv4-mapped address (``::ffff:192.0.2.7``, what a socket bound to ``::`` sees of
+        # an IPv4 client, and what the refusal's log line shows) is compared as IPv4, so a mapped
+        # network (``::ffff:192.0.2.0/120``) is too: else it could never match anyone.
+        for i, net in enumerate(nets):
+            if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and \
+                    net.network_address.ipv4_mapped is not None:
+                nets[i] = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
         self.networks = tuple(nets)
 
     def allows(self, ip: str | None) -> bool:

@@ -319,6 +319,8 @@ class Supervisor:
                         extra={"fields": {"server": self.kind, "pid": pid, "code": child.proc.returncode,
                                           "seconds": round(lived, 1)}})
             self._start(sock, slot, ready=False)
+            if self.stopping:  # SIGTERM came while it started: _stop_all did not know it yet
+                self._stop_all()
         return 0
 
     def _on_signal(self, signum: int, frame: Any) -> None:

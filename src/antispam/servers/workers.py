@@ -158,6 +158,8 @@ class _Worker(asyncio.Protocol):
         #: futures of the requests sent and not yet answered, oldest first (replies come in order)
         self.pending: collections.deque[asyncio.Future] = collections.deque()
         self.buf = bytearray()
+        #: the socket closed (the worker died or the pool is shutting down): it takes no request
+        self.lost = False
 
     async def attach(self) -> None:
         """Join the socket to the running loop (at first use: the pool is built outside it)."""
@@ -185,6 +187,7 @@ class _Worker(asyncio.Protocol):
             self.pool.deaths = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         pending, self.pending = self.pending, collections.deque()
         for fut in pending:
             if not fut.done():
@@ -193,6 +196,9 @@ class _Worker(asyncio.Protocol):
 
     def send(self, payload: bytes) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
+        if self.lost:  # a write to a closed transport is dropped: the reply would never come
+            fut.set_exception(WorkerDied(f"scan worker {self.process.pid} exited"))
+            return fut
         self.pending.append(fut)
         assert self.transport is not None
         self.transport.write(_LEN.pack(len(payload)) + payload)
@@ -218,6 +224,7 @@ class WorkerPool:
         # keep them open after the server closes them (the client never sees EOF).
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         self._ctx = multiprocessing.get_context(method)
+        self._size = n
         self._workers: list[_Worker] = [self._spawn() for _ in range(n)]
         #: requests in flight or queued in the workers' sockets, at most DEPTH per worker; the
         #: rest wait here, first come first served
@@ -249,10 +256,10 @@ class WorkerPool:
         fields = None if envelope is None else tuple(getattr(envelope, f) for f in _ENVELOPE_FIELDS)
         payload = pickle.dumps((raw, fields, profile), protocol=pickle.HIGHEST_PROTOCOL)
         if self._slots is None:
-            self._slots = asyncio.Semaphore(DEPTH * len(self._workers))
+            self._slots = asyncio.Semaphore(DEPTH * self._size)
         for attempt in (0, 1):
             async with self._slots:
-                if self._closed or self.deaths >= self.MAX_DEATHS:
+                if self._closed or self.deaths >= self.MAX_DEATHS or not self._workers:
                     raise WorkerDied("the scan workers are shut down" if self._closed else
                                      "the scan workers keep dying; see the log")
                 worker = min(self._workers, key=lambda w: len(w.pending))
@@ -321,6 +328,10 @@ class WorkerPool:
                     worker.process.exitcode)
         if self.deaths < self.MAX_DEATHS:
             self._workers[self._workers.index(worker)] = self._spawn()
+        else:
+            # Not replaced: out of the choice, or once a live worker's reply resets ``deaths``, new
+            # requests would go to it (it holds none) and wait for ever for its answer.
+            self._workers.remove(worker)
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the sockets (the workers exit at EOF), wait for them, then kill stragglers."""
