@@ -657,10 +657,18 @@ def _store_url(value: Any, key: str, source: str) -> None:
                       key=key, source=source)
 
 
+# The allowed values of the enumerated settings: defined here, where loading checks them, and
+# imported by the code that reads them, so the two cannot drift apart.
 #: ``[rules] engine`` (``antispam.ruleset.matcher.make_matcher``)
 RULES_ENGINES = ("auto", "hyperscan", "python")
-#: ``[servers] event_loop`` (``antispam.servers.common.EVENT_LOOPS``)
+#: ``[servers] event_loop`` (``antispam.servers.common.event_loop_factory``)
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+#: ``[auth] dmarc_mode`` (``antispam.auth.dmarc``)
+DMARC_MODES = ("rfc9989", "rfc7489")
+#: ``[greylist] mode`` (``antispam.reputation.greylist``)
+GREYLIST_MODES = ("triplet", "content")
+#: ``[servers.smtp] mode`` (``antispam.servers.smtp``)
+SMTP_MODES = ("after-queue", "before-queue")
 
 _POSITIVE = _Range(lo_open=True)  # seconds to wait, half-lives: 0 makes no sense
 _NOT_NEGATIVE = _Range()  # delays, TTLs, rates, weights: 0 means none / off
@@ -679,9 +687,9 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "servers.*.max_connections": _Range(1),
     "servers.*.timeout": _POSITIVE,
     "servers.*.shutdown_timeout": _NOT_NEGATIVE,  # 0: cut in-flight messages off at once
-    "servers.smtp.mode": _OneOf(("after-queue", "before-queue")),
+    "servers.smtp.mode": _OneOf(SMTP_MODES),
     "servers.smtp.next_hop_timeout": _POSITIVE,
-    "greylist.mode": _OneOf(("triplet", "content")),
+    "greylist.mode": _OneOf(GREYLIST_MODES),
     "greylist.delay": _NOT_NEGATIVE,
     "greylist.pending_ttl": _POSITIVE,  # 0 forgets every first attempt: deferred for ever
     "greylist.pass_ttl": _POSITIVE,
@@ -704,7 +712,7 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "dns.failure_ttl": _NOT_NEGATIVE,
     "dns.min_ttl": _NOT_NEGATIVE,
     "dns.max_ttl": _NOT_NEGATIVE,
-    "auth.dmarc_mode": _OneOf(("rfc9989", "rfc7489")),
+    "auth.dmarc_mode": _OneOf(DMARC_MODES),
     "classifier.learn_rate": _NOT_NEGATIVE,  # 0: online learning off
     "rules.engine": _OneOf(RULES_ENGINES),
 }

@@ -49,6 +49,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Callable
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
+from ..config import DMARC_MODES
 from ..dns import Answer
 from ..message import domain_of, split_addresses
 from . import network_enabled
@@ -62,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..dns import Resolver
     from ..message import Message
 
-MODES = ("rfc9989", "rfc7489")
+MODES = DMARC_MODES
 POLICIES = ("none", "quarantine", "reject")
 #: RFC 9989 tree walk: a longer name is cut to this many labels after the first query
 MAX_WALK_LABELS = 7

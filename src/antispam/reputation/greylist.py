@@ -21,7 +21,7 @@ import time
 from typing import Iterable
 
 from ..check import Check, Hit, ScanContext, SymbolDef
-from ..config import Config
+from ..config import GREYLIST_MODES, Config
 from ..errors import ConfigError
 from ..message import Message, domain_of
 from ..store import Store, StoreUnavailable
@@ -37,7 +37,7 @@ class GreylistCheck(Check):
 
     def __init__(self, config: Config, store: Store, clock=time.time):  # type: ignore[no-untyped-def]
         g = config.greylist
-        if g.mode not in ("triplet", "content"):
+        if g.mode not in GREYLIST_MODES:
             raise ConfigError("must be \"triplet\" or \"content\"", key="greylist.mode")
         self.cfg = g
         self.store = store

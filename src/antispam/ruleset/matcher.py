@@ -1270,7 +1270,9 @@ def _collect_ends(rid: int, start: int, end: int, flags: int, found: list[tuple[
 
 def make_matcher(compiled: CompiledRules, engine: str = "auto", cache_dir: str | os.PathLike[str] | None = None) -> Matcher:
     """``auto``: Hyperscan when installed, else Python; ``hyperscan`` fails when it is missing."""
-    if engine not in ("auto", "hyperscan", "python"):
+    from ..config import RULES_ENGINES
+
+    if engine not in RULES_ENGINES:
         # a configuration mistake ([rules] engine), reported as one (antispam: ..., exit 2), not a traceback;
         # Config.load checks it first and names the file
         from ..errors import ConfigError

@@ -23,13 +23,14 @@ import contextlib
 import ipaddress
 import json
 import logging
+import re
 import signal
 import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..config import ServerConfig
+from ..config import EVENT_LOOPS, ServerConfig
 from ..engine import Engine
 from ..message import Envelope, _split_head_body
 from ..auth.authres import strip_forged
@@ -48,6 +49,18 @@ class ProtocolError(Exception):
 
 class TooBig(ProtocolError):
     """The message is larger than ``max_size``."""
+
+
+#: a length header's value (spamd's Content-length, HTTP's Content-Length): ASCII digits only, as
+#: spamd's got_clen_header (/^(\d*)$/) and RFC 9110 8.6 (1*DIGIT) take it, where int() would also
+#: take "+5", "5_0", "-0" or full-width digits; at most 18, past any size we take (8.6 asks
+#: recipients to guard against overflowing numerals)
+_LENGTH = re.compile(r"[0-9]{1,18}")
+
+
+def parse_length(text: str) -> int | None:
+    """The length ``text`` announces, or None when it is not one (see :data:`_LENGTH`)."""
+    return int(text) if _LENGTH.fullmatch(text) else None
 
 
 class RequestError(Exception):
@@ -622,9 +635,6 @@ def _kv_value(v: Any) -> Any:
     if v.isprintable() and '"' not in v and "\\" not in v:
         return v if v and " " not in v else f'"{v}"'
     return json.dumps(v)
-
-
-EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:

@@ -29,16 +29,13 @@ from typing import Any
 
 from ..message import Envelope
 from ..verdict import shown_required, shown_score
-from .common import Connection, ProtocolError, RequestError, Server, linger
+from .common import Connection, ProtocolError, RequestError, Server, linger, parse_length
 
 _REASONS = {200: "OK", 208: "Already Reported", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 403: "Forbidden",
             413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable"}
 _MAX_LINE = 16 * 1024
 _MAX_HEADERS = 100
-#: RFC 9110 8.6: Content-Length = 1*DIGIT (ASCII; int() would also take "+5", "5_0", "-0", "５");
-#: at most 18, past any size we take: 8.6 asks recipients to guard against overflowing numerals
-_DIGITS = re.compile(r"[0-9]{1,18}")
 #: RFC 9112 7.1: chunk-size = 1*HEXDIG, then optional chunk extensions (BWS ";" ...) we ignore.
 #: int(x, 16) alone would take "-5" (a negative read), "0x5", "+5" and "5_0".
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
@@ -265,9 +262,10 @@ def _content_length(headers: dict[str, list[str]]) -> int:
     values = headers.get("content-length")
     if not values:
         return 0
-    if not all(_DIGITS.fullmatch(v) for v in values) or len({int(v) for v in values}) != 1:
+    lengths = {parse_length(v) for v in values}
+    if None in lengths or len(lengths) != 1:
         raise RequestError(400, "bad Content-Length")
-    return int(values[0])
+    return lengths.pop()  # type: ignore[return-value]
 
 
 def _envelope(headers: dict[str, list[str]]) -> Envelope:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, Session as SmtpSession, syntax
 
 from .. import fastscore
+from ..config import SMTP_MODES
 from ..message import Envelope
 from .common import Server, rewrite_headers
 
@@ -558,7 +559,7 @@ class SmtpFilterServer(Server):
             from ..errors import ConfigError
 
             raise ConfigError(f"next_hop must be host:port, got {cfg.next_hop!r}", key="servers.smtp.next_hop")  # type: ignore[attr-defined]
-        if cfg.mode not in ("after-queue", "before-queue"):  # type: ignore[attr-defined]
+        if cfg.mode not in SMTP_MODES:  # type: ignore[attr-defined]
             from ..errors import ConfigError
 
             raise ConfigError(f"mode must be after-queue or before-queue, got {cfg.mode!r}", key="servers.smtp.mode")  # type: ignore[attr-defined]

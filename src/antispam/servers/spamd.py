@@ -32,7 +32,7 @@ import zlib
 from .. import __version__
 from ..message import Envelope
 from ..verdict import Verdict, shown_required, shown_score
-from .common import Connection, ProtocolError, RequestError, Server, rewrite_headers, split_headers
+from .common import Connection, ProtocolError, RequestError, Server, parse_length, rewrite_headers, split_headers
 
 EX_OK = 0
 EX_USAGE = 64
@@ -51,9 +51,6 @@ SCAN_METHODS = frozenset({"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCES
 _REQUEST = re.compile(rb"^([A-Z_]+) SPAMC/(\d+)\.(\d+)\r?\n$")
 _MAX_LINE = 8192
 _MAX_HEADERS = 64
-#: spamd's got_clen_header takes ``/^(\d*)$/``: ASCII digits only (int() would take "+5", "5_0", "-0");
-#: at most 18, past any size we take and short of int()'s 4300-digit limit (a ValueError there)
-_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def status_line(code: int, text: str | None = None) -> bytes:
@@ -191,9 +188,9 @@ class SpamdServer(Server):
     async def _body(self, conn: Connection, headers: dict[str, str]) -> bytes:
         limit = self.settings.max_size
         if "content-length" in headers:
-            if not _DIGITS.fullmatch(headers["content-length"]):
+            n = parse_length(headers["content-length"])
+            if n is None:
                 raise RequestError(EX_PROTOCOL, "Content-length is not a number (1 to 18 ASCII digits)")
-            n = int(headers["content-length"])
             if n > limit:
                 # Read and drop what the client sends, so that it is reading when the error comes
                 # (a reset mid-send would reach it as an I/O error instead of this answer).
