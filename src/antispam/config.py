@@ -645,16 +645,13 @@ def _ip_addresses(value: Any, key: str, source: str) -> None:
 
 
 def _store_url(value: Any, key: str, source: str) -> None:
-    """The schemes :func:`antispam.store.open_store` opens, checked at load so the error names the file."""
-    if value.startswith(("memory:", "redis:", "rediss:", "unix:")):
-        return
-    if value.startswith("sqlite:"):
-        path = value[len("sqlite:"):]
-        if path[2:] if path.startswith("//") else path:
-            return
-        raise ConfigError("sqlite store URL needs a path: sqlite:///var/lib/antispam/state.db", key=key, source=source)
-    raise ConfigError(f"unknown store URL {value!r} (use memory://, sqlite:///PATH or redis://HOST:PORT/DB)",
-                      key=key, source=source)
+    """The URL :func:`antispam.store.open_store` would open, checked at load so the error names the file."""
+    from .store.base import parse_store_url
+
+    try:
+        parse_store_url(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key, source=source) from None
 
 
 # The allowed values of the enumerated settings: defined here, where loading checks them, and

@@ -88,6 +88,24 @@ class Store(Protocol):
         """Release connections and files."""
 
 
+def parse_store_url(url: str) -> tuple[str, str]:
+    """The backend a store URL names and what that backend is given: ``("memory", "")``,
+    ``("sqlite", path)`` or ``("redis", url)``; ValueError, in words an operator can act on,
+    otherwise.  One reading for :func:`open_store` and for the configuration check at load
+    (which adds the file and key to the error)."""
+    if url.startswith("memory:"):
+        return "memory", ""
+    if url.startswith("sqlite:"):
+        path = url[len("sqlite:"):]
+        path = path[2:] if path.startswith("//") else path
+        if not path:
+            raise ValueError("sqlite store URL needs a path: sqlite:///var/lib/antispam/state.db")
+        return "sqlite", path
+    if url.startswith(("redis:", "rediss:", "unix:")):
+        return "redis", url
+    raise ValueError(f"unknown store URL {url!r} (use memory://, sqlite:///PATH or redis://HOST:PORT/DB)")
+
+
 def open_store(url: str, timeout: float | None = None) -> Store:
     """A store from a URL: ``memory://``, ``sqlite:///path/to/file.db``, ``redis://host:port/db``.
 
@@ -98,23 +116,22 @@ def open_store(url: str, timeout: float | None = None) -> Store:
     """
     from ..errors import ConfigError
 
-    if url.startswith("memory:"):
+    try:
+        kind, target = parse_store_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="store.url") from None
+    if kind == "memory":
         from .memory import MemoryStore
 
         return MemoryStore()
-    if url.startswith("sqlite:"):
+    if kind == "sqlite":
         from .sqlite import SqliteStore
 
-        path = url[len("sqlite:"):]
-        path = path[2:] if path.startswith("//") else path
-        if not path:
-            raise ConfigError("sqlite store URL needs a path: sqlite:///var/lib/antispam/state.db", key="store.url")
-        return SqliteStore(path)
-    if url.startswith(("redis:", "rediss:", "unix:")):
-        from .redis import RedisStore
+        return SqliteStore(target)
+    from .redis import RedisStore
 
-        return RedisStore(url, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
-    raise ConfigError(f"unknown store URL {url!r} (use memory://, sqlite:///PATH or redis://HOST:PORT/DB)", key="store.url")
+    return RedisStore(target, timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+
 
 
 def bucket_refill(tokens: float, last: float, now: float, rate: float, burst: float) -> float:
