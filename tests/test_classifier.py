@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -246,6 +247,86 @@ def test_learn_counts_once_and_unlearn_restores(store):
     assert clf.unlearn(Message(raw)) is False
     assert _counts(clf, raw) == zero
     assert clf.classify(Message(raw)) == before
+
+
+def _crlf(raw: bytes) -> bytes:
+    """The copy of an LF message that spamd TELL, the milter or rspamd's HTTP learning hands over."""
+    return raw.replace(b"\n", b"\r\n")
+
+
+def test_ledger_digest_ignores_crlf_line_ends():
+    from antispam.message import ledger_digests
+
+    lf = HAM[4]
+    digest, *legacy = ledger_digests(lf)
+    assert digest == hashlib.sha256(lf).hexdigest()          # an LF message keeps its key from before
+    assert legacy == [hashlib.sha256(_crlf(lf)).hexdigest()]  # its CRLF copy's old key is still looked up
+    assert ledger_digests(_crlf(lf)) == (digest, hashlib.sha256(_crlf(lf)).hexdigest())
+    mixed = lf.replace(b"\n", b"\r\n", 2)
+    assert ledger_digests(mixed) == (digest, hashlib.sha256(mixed).hexdigest(), hashlib.sha256(_crlf(lf)).hexdigest())
+    # a bare CR is no line end to the parser (the message reads differently): not the same message
+    assert ledger_digests(lf.replace(b"\n", b"\r"))[0] != digest
+    assert ledger_digests(lf.replace(b"\n", b"\r\r\n"))[0] != digest
+    assert ledger_digests(b"") == (hashlib.sha256(b"").hexdigest(),)
+
+
+@pytest.mark.parametrize("first_crlf", [False, True], ids=["lf-first", "crlf-first"])
+def test_lf_and_crlf_copies_are_learned_once(store, first_crlf):
+    clf = Classifier(default_model(), store, learn_rate=0.3)
+    lf = HAM[5]
+    first, second = (_crlf(lf), lf) if first_crlf else (lf, _crlf(lf))
+    assert clf.features(Message(lf)).tolist() == clf.features(Message(_crlf(lf))).tolist()
+    zero = _counts(clf, lf)
+    assert clf.learn(Message(first), spam=True) is True
+    once = _counts(clf, lf)
+    assert clf.learn(Message(second), spam=True) is False    # the same message, the other line ends: counted once
+    assert _counts(clf, lf) == once
+    # relabelling through the other copy moves the counts once
+    assert clf.learn(Message(second), spam=False) is True
+    assert clf.learn(Message(first), spam=False) is False
+    counts, totals = _counts(clf, lf)
+    n = len(counts) // 2
+    assert totals == (0.0, 1.0) and all(c == 0 for c in counts[:n]) and all(c == 1 for c in counts[n:])
+    # unlearn of the other copy takes out what the first learned
+    assert clf.unlearn(Message(second)) is True
+    assert clf.unlearn(Message(first)) is False
+    assert _counts(clf, lf) == zero
+
+
+def test_ledger_entries_keyed_by_raw_bytes_are_honoured(store):
+    """Entries written before line ends were normalised are keyed by sha256 of the bytes as learned."""
+    clf = Classifier(default_model(), store, learn_rate=0.3)
+    lf = HAM[6]
+    crlf = _crlf(lf)
+    zero = _counts(clf, lf)
+    # what the earlier code wrote for a message learned as spam through spamd TELL: counts and ledger entry
+    clf.stats._add(clf.features(Message(crlf)), True, 1.0)
+    store.set("learn:cls:" + hashlib.sha256(crlf).hexdigest(), b"spam spamd")
+    once = _counts(clf, lf)
+    assert clf.learn(Message(lf), spam=True) is False        # learned again from a file: already counted
+    assert clf.learn(Message(crlf), spam=True) is False
+    assert _counts(clf, lf) == once
+    assert clf.learn(Message(lf), spam=False) is True        # relabelled from a file: the counts move once
+    assert clf.learn(Message(crlf), spam=False) is False
+    counts, totals = _counts(clf, lf)
+    n = len(counts) // 2
+    assert totals == (0.0, 1.0) and all(c == 0 for c in counts[:n]) and all(c == 1 for c in counts[n:])
+    assert clf.unlearn(Message(crlf)) is True                # the entry under the bytes as given
+    assert clf.unlearn(Message(lf)) is False
+    assert _counts(clf, lf) == zero
+    # the same again, unlearned from the LF file
+    clf.stats._add(clf.features(Message(crlf)), False, 1.0)
+    store.set("learn:cls:" + hashlib.sha256(crlf).hexdigest(), b"ham spamd")
+    assert clf.unlearn(Message(lf)) is True
+    assert clf.unlearn(Message(crlf)) is False
+    assert _counts(clf, lf) == zero
+    # a message with mixed line ends is found under its own old key
+    mixed = lf.replace(b"\n", b"\r\n", 3)
+    clf.stats._add(clf.features(Message(mixed)), True, 1.0)
+    store.set("learn:cls:" + hashlib.sha256(mixed).hexdigest(), b"spam milter")
+    assert clf.learn(Message(mixed), spam=True) is False
+    assert clf.unlearn(Message(mixed)) is True
+    assert _counts(clf, lf) == zero
 
 
 def test_engine_learn_and_unlearn_through_the_store(tmp_path):

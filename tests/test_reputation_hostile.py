@@ -262,3 +262,45 @@ def test_unlearn_reads_legacy_label_only_ledger(any_store):
     assert hist.unlearn(msg) is True
     assert hist.unlearn(msg) is False
     assert all(abs(c) < 1e-6 for c in any_store.get_counts(SPAM_KEYS))
+
+
+# ----------------------------------------------------------------- 7: one message, LF or CRLF line ends
+
+CRLF = MSG.replace(b"\n", b"\r\n")                       # the copy spamd TELL or the milter hands over
+
+
+@pytest.mark.parametrize("first,second", [(MSG, CRLF), (CRLF, MSG)], ids=["lf-first", "crlf-first"])
+def test_lf_and_crlf_copies_are_learned_once(any_store, first, second):
+    clock = Clock()
+    hist = history(any_store, clock)
+    assert hist.learn(Message(first, ENV), True) is True
+    once = any_store.get_counts(SPAM_KEYS)
+    assert all(c > 0 for c in once)
+    assert hist.learn(Message(second, ENV), True) is False    # the same message: counted once
+    assert any_store.get_counts(SPAM_KEYS) == once
+    clock.t += 3 * 86400
+    assert hist.unlearn(Message(second, ENV)) is True         # the other copy takes back what the first added
+    assert hist.unlearn(Message(first, ENV)) is False
+    assert all(abs(c) < 1e-6 for c in any_store.get_counts(SPAM_KEYS))
+
+
+@pytest.mark.parametrize("unlearn_copy", [MSG, CRLF], ids=["unlearn-lf", "unlearn-crlf"])
+def test_ledger_keyed_by_raw_bytes_is_honoured(any_store, unlearn_copy):
+    """Entries written before line ends were normalised are keyed by sha256 of the bytes as learned."""
+    clock = Clock()
+    hist = history(any_store, clock)
+    amount = 3.0 * hist._scale(clock.t)
+    hist._incr(Message(CRLF, ENV), True, amount)          # what the earlier learn() added through spamd...
+    any_store.set("h:learned:" + hashlib.sha256(CRLF).hexdigest(), f"s:{amount!r}".encode())   # ...and recorded
+    once = any_store.get_counts(SPAM_KEYS)
+    assert hist.learn(Message(MSG, ENV), True) is False       # learned again from a file: already counted
+    assert hist.learn(Message(CRLF, ENV), True) is False
+    assert any_store.get_counts(SPAM_KEYS) == once
+    clock.t += 14 * 86400
+    assert hist.unlearn(Message(unlearn_copy, ENV)) is True
+    assert hist.unlearn(Message(MSG, ENV)) is False
+    assert hist.unlearn(Message(CRLF, ENV)) is False
+    assert all(abs(c) < 1e-6 for c in any_store.get_counts(SPAM_KEYS))
+    # unlearned, it can be learned anew, once
+    assert hist.learn(Message(unlearn_copy, ENV), True) is True
+    assert hist.learn(Message(CRLF if unlearn_copy is MSG else MSG, ENV), True) is False

@@ -175,6 +175,19 @@ def test_history_learn_counts_once_and_unlearns(store):
     assert not Engine(cfg, checks=[HistoryCheck(cfg, store, clock=clock)], store=store).scan(msg, who).has("REPUTATION_BAD_IP")
 
 
+def test_engine_learns_lf_and_crlf_copies_once(store):
+    """``antispam learn`` reads the file (LF), spamd TELL and the milter hand over CRLF: one message."""
+    cfg = Config.load(overrides={"history": {"enabled": True}})
+    e = Engine(cfg, store=store)
+    who = env(ip="203.0.113.81", sender="q@phish.example")
+    lf = b"From: q@phish.example\nSubject: your parcel\n\nPay the customs fee at http://parcel.example/pay\n"
+    crlf = lf.replace(b"\n", b"\r\n")
+    assert e.learn(lf, spam=True, envelope=who, source="cli") == {"classifier": True, "history": True}
+    assert e.learn(crlf, spam=True, envelope=who, source="spamd") == {"classifier": False, "history": False}
+    assert e.unlearn(crlf, envelope=who) == {"classifier": True, "history": True}
+    assert e.unlearn(lf, envelope=who) == {"classifier": False, "history": False}
+
+
 def test_history_store_down_is_a_symbol():
     cfg = Config.load(overrides={"history": {"enabled": True}, "store": {"url": f"redis://127.0.0.1:{free_port()}/0"}})
     v = Engine(cfg).scan(HAM, env())

@@ -469,7 +469,7 @@ class Engine:
         return out
 
     def unlearn(self, raw: bytes, envelope: Envelope | None = None) -> dict[str, bool]:
-        """Undo an earlier :meth:`learn` of the same message bytes."""
+        """Undo an earlier :meth:`learn` of the same message (its bytes, CRLF or LF line ends alike)."""
         msg = Message(raw, envelope, self.limits)
         out = {}
         for check in self.checks:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import hashlib
 import html as _html
 import re
 from dataclasses import dataclass, field
@@ -495,6 +496,56 @@ def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
     text = fastscore.impl.collapse_blanks(text)
     text = _BLANKS_RE.sub("\n", text)
     return text.strip(), links
+
+
+# --------------------------------------------------------------------------- learning ledgers
+
+
+def ledger_digests(raw: bytes) -> tuple[str, ...]:
+    """What the learning ledgers call a message: ``(digest, *older digests)``, sha256 hex strings.
+
+    ``digest`` is the sha256 of the message with each CRLF line end made LF
+    (``raw.replace(b"\\r\\n", b"\\n")``), so that one message counts once however it
+    arrives: ``antispam learn`` reads files and mailboxes with LF line ends, the
+    milter (and spamd TELL, from most clients) hands over the wire's CRLF.  Both
+    ledgers key their entries with it (``learn:cls:`` in
+    :mod:`antispam.classifier.learn`, ``h:learned:`` in
+    :mod:`antispam.reputation.history`).  Why this normalisation and no other:
+
+    * Only CRLF, not a bare CR.  The ledgers may equate only copies that every
+      learner reads as the same message, because relearning and unlearning move or
+      take out the counts of the copy presented.  :class:`Message` reads CRLF and
+      LF alike (every message of the SpamAssassin corpus gives the classifier the
+      same features either way), but a bare CR is no line end to it: a message
+      with CR line ends parses as one long header, with other tokens and URLs, and
+      equating it with its LF copy would let an unlearn take out counts that were
+      never added.
+    * To LF, not to CRLF: an LF-only message (a file, the usual thing to learn
+      from) is hashed as it is, without a copy, and keeps the key that ledgers
+      written before this normalisation gave it.
+    * Exactly one CR before each LF goes, as the parser reads a line end:
+      ``a\\r\\r\\n`` (a stray CR, then a CRLF) stays apart from ``a\\r\\n``.
+
+    The older digests are keys that ledgers written before the normalisation
+    (sha256 of the bytes as learned) may hold this message under: the bytes as
+    given when they have a CRLF, then the all-CRLF form when it differs from them
+    (the wire's copy of an LF file, so that what spamd learned before can be
+    unlearned from the file).  An original with mixed line ends is found only
+    from its own bytes.  A ledger keeps a message's entry under the first of
+    these keys that holds one, and writes a new entry only under ``digest``.
+    Cost: one sha256 of the message, plus one per older form (usually one).
+    """
+    sha256 = hashlib.sha256
+    if b"\r\n" not in raw:
+        digest = sha256(raw).hexdigest()
+        if b"\n" not in raw:
+            return (digest,)
+        return digest, sha256(raw.replace(b"\n", b"\r\n")).hexdigest()
+    lf = raw.replace(b"\r\n", b"\n")
+    digests = (sha256(lf).hexdigest(), sha256(raw).hexdigest())
+    if raw.count(b"\n") != raw.count(b"\r\n"):  # some LF without its CR: the all-CRLF form is another
+        digests += (sha256(lf.replace(b"\n", b"\r\n")).hexdigest(),)
+    return digests
 
 
 # --------------------------------------------------------------------------- message

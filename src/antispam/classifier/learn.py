@@ -19,13 +19,27 @@ and makes ``d_i = 0`` for a feature never learned.  The adjustments are summed
 and normalised like the weights (divided by ``sqrt(n)``), see
 :mod:`antispam.classifier.model`.
 
-Every learn records the message's sha256 in a ledger (``learn:cls:<sha256>``
--> label), written with the store's atomic ``add``: learning the same bytes
-twice counts once, learning them with the other label moves their counts,
-and ``unlearn`` takes them back out exactly.  Changing or removing a ledger
-entry is claimed with the store's atomic ``compare_and_set`` before any count
-moves, so that of several processes relearning (or unlearning) the same
-message at once exactly one moves its counts.
+Every learn records the message's digest in a ledger (``learn:cls:<digest>``
+-> label), written with the store's atomic ``add``: learning the same message
+twice counts once, learning it with the other label moves its counts, and
+``unlearn`` takes them back out exactly.  The digest is the sha256 of the
+message with CRLF line ends made LF (:func:`antispam.message.ledger_digests`,
+shared with the reputation history's ledger), so the copy a file holds and the
+copy spamd TELL or the milter hands over are one message.  Changing or
+removing a ledger entry is claimed with the store's atomic ``compare_and_set``
+before any count moves, so that of several processes relearning (or
+unlearning) the same message at once exactly one moves its counts.
+
+Ledgers written before line ends were normalised keyed a message by the sha256
+of its bytes as learned.  Such an entry is looked up under the message's older
+keys (the bytes as given, the all-CRLF form) and kept where it is: a relabel
+claims it in place and an unlearn deletes it, each with ``compare_and_set`` on
+that key as above.  Moving it to the new key cannot be made atomic with a
+single-key compare-and-set (another process could see neither key in between
+and count the message again), and nothing is lost by leaving it.  New entries
+are only ever written under the new key.  (A message those ledgers counted
+twice, once per line-end form, keeps both entries and both counts; each unlearn
+takes one out.)
 
 Keys carry a tag of the tokenizer (version, bits, seed) so that counts learned
 under one feature space are never read under another.
@@ -33,12 +47,12 @@ under one feature space are never read under another.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Sequence
 
 import numpy as np
 
+from ..message import ledger_digests
 from ..store import Store
 from .tokenizer import TokenizerSpec
 
@@ -102,55 +116,68 @@ class TokenStats:
         amounts[self._totals[1]] = -1.0 if spam else 1.0
         self.store.incr_many(amounts)
 
+    def _entry(self, keys: Sequence[str]) -> tuple[str, bytes | None]:
+        """The first of ``keys`` that holds a ledger entry, and the entry (the first key and None if none does)."""
+        for key in keys:
+            value = self.store.get(key)
+            if value is not None:
+                return key, value
+        return keys[0], None
+
     def learn(self, raw: bytes, ids: np.ndarray, spam: bool, source: str = "api") -> bool:
         """Count a message once.  True if the statistics changed."""
-        key = ledger_key(raw)
+        key, *older = ledger_keys(raw)
         label = b"spam" if spam else b"ham"
         entry = label + b" " + source.encode("utf-8", "replace")[:200]
         for _ in range(CLAIM_TRIES):
-            if self.store.add(key, entry):
-                try:
-                    self._add(ids, spam, 1.0)
-                except Exception:
-                    # The counts did not change (incr_many is all or nothing): forget the ledger entry
-                    # too, so that a retry learns the message instead of calling it already learned.
-                    self.store.compare_and_set(key, entry, None)
-                    raise
-                return True
-            prev = self.store.get(key)
+            at, prev = self._entry(older) if older else (key, None)
             if prev is None:
-                continue  # unlearned since our add: try again
+                # No entry from before line ends were normalised (none is written there any more): the
+                # message's entry, if any, is under ``key``.
+                if self.store.add(key, entry):
+                    try:
+                        self._add(ids, spam, 1.0)
+                    except Exception:
+                        # The counts did not change (incr_many is all or nothing): forget the ledger entry
+                        # too, so that a retry learns the message instead of calling it already learned.
+                        self.store.compare_and_set(key, entry, None)
+                        raise
+                    return True
+                at, prev = key, self.store.get(key)
+                if prev is None:
+                    continue  # unlearned since our add: try again
             if prev.split(b" ", 1)[0] == label:
                 return False
             # Learned before with the other label: claim the change, then move its counts.  Another process
             # relearning it at the same time reads the same ``prev``; only one compare_and_set succeeds.
-            if self.store.compare_and_set(key, prev, entry):
+            if self.store.compare_and_set(at, prev, entry):
                 try:
                     self._move(ids, spam)
                 except Exception:
-                    self.store.compare_and_set(key, entry, prev)  # the counts did not move: nor does the label
+                    self.store.compare_and_set(at, entry, prev)  # the counts did not move: nor does the label
                     raise
                 return True
         return False
 
     def unlearn(self, raw: bytes, ids: np.ndarray) -> bool:
         """Take a learned message back out.  False if it was never learned."""
-        key = ledger_key(raw)
+        keys = ledger_keys(raw)
         for _ in range(CLAIM_TRIES):
-            prev = self.store.get(key)
+            at, prev = self._entry(keys)
             if prev is None:
                 return False
             # Delete only the entry we read: if another process relearned it meanwhile, read it again, so
             # that the counts taken out are those of the label really counted.
-            if self.store.compare_and_set(key, prev, None):
+            if self.store.compare_and_set(at, prev, None):
                 try:
                     self._add(ids, prev.split(b" ", 1)[0] == b"spam", -1.0)
                 except Exception:
-                    self.store.compare_and_set(key, None, prev)
+                    self.store.compare_and_set(at, None, prev)
                     raise
                 return True
         return False
 
 
-def ledger_key(raw: bytes) -> str:
-    return "learn:cls:" + hashlib.sha256(raw).hexdigest()
+def ledger_keys(raw: bytes) -> tuple[str, ...]:
+    """``learn:cls:<digest>`` of a message, then the keys older ledgers may hold it under (see the module)."""
+    return tuple("learn:cls:" + d for d in ledger_digests(raw))

@@ -16,7 +16,7 @@ have, and increments stay single atomic additions in the store.  The scale
 grows by a factor of 2**26 a year with the default 14-day half-life, far
 inside a float's range for decades; EPOCH is fixed at 2026-01-01.
 
-Learning is recorded in a ledger entry per message (``h:learned:<sha256>``)
+Learning is recorded in a ledger entry per message (``h:learned:<digest>``)
 whose value is the label and the exact amount that was added, e.g.
 ``b"s:161234.5"``.  ``unlearn`` subtracts that amount, not one computed at
 unlearn time: an amount scaled for *now* is larger than the one added weeks
@@ -25,11 +25,19 @@ the ledger entry subtracts, so two processes unlearning the same message
 count it once.  Entries written before the amount was recorded hold the
 label alone (``b"s"``/``b"h"``); they are still unlearned, with the amount
 scaled for the unlearn time as before.
+
+The digest is the sha256 of the message with CRLF line ends made LF
+(:func:`antispam.message.ledger_digests`, shared with the classifier's
+ledger): the copy a file holds and the copy spamd TELL or the milter hands
+over are one message, learned once.  Entries written before line ends were
+normalised are keyed by the sha256 of the bytes as learned; they are looked up
+under the message's older keys (the bytes as given, the all-CRLF form), count
+as learned, and are deleted by ``unlearn`` where they are.  New entries are
+only written under the new key.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -39,7 +47,7 @@ from ..check import Check, Hit, ScanContext, SymbolDef
 from ..config import Config
 from ..auth.dkim import DkimOutcome
 from ..domains import registered_domain
-from ..message import Message, domain_of
+from ..message import Message, domain_of, ledger_digests
 from ..store import Store, StoreUnavailable
 from ..verdict import Verdict
 from .netkeys import network_key
@@ -160,34 +168,49 @@ class HistoryCheck(Check):
             self._add(msg, False, 1.0, ctx)
 
     def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:
-        """A user's judgement: counts ``learn_weight`` observations; the same bytes count once.
+        """A user's judgement: counts ``learn_weight`` observations; the same message counts once.
 
-        The ledger entry records the scaled amount added, so that :meth:`unlearn`
+        The same message: with CRLF or LF line ends alike (see the module).  The
+        ledger entry records the scaled amount added, so that :meth:`unlearn`
         can take back exactly that however much later it runs.
         """
-        digest = hashlib.sha256(msg.raw).hexdigest()
+        key, *older = _ledger_keys(msg.raw)
+        for k in older:  # an entry from before line ends were normalised: learned already
+            if self.store.get(k) is not None:
+                return False
         amount = self.cfg.learn_weight * self._scale(self._clock())
-        if not self.store.add(f"h:learned:{digest}", _ledger_value(spam, amount)):
+        if not self.store.add(key, _ledger_value(spam, amount)):
             return False
         self._incr(msg, spam, amount)
         return True
 
     def unlearn(self, msg: Message) -> bool:
-        """Take back an earlier :meth:`learn` of the same bytes; False if it was not learned.
+        """Take back an earlier :meth:`learn` of the same message; False if it was not learned.
 
         Only the caller whose ``delete`` removed the ledger entry subtracts (every
         store's ``delete`` is atomic and says whether this call removed a live key):
         two processes unlearning the same message at once must not both subtract.
+        The entry is the first found under the message's keys, the current one
+        first (see the module).
         """
-        key = f"h:learned:{hashlib.sha256(msg.raw).hexdigest()}"
-        value = self.store.get(key)
-        if value is None or not self.store.delete(key):
+        for key in _ledger_keys(msg.raw):
+            value = self.store.get(key)
+            if value is not None:
+                break
+        else:
+            return False
+        if not self.store.delete(key):
             return False
         spam, amount = _parse_ledger(value)
         if amount is None:  # a label-only entry from before amounts were recorded
             amount = self.cfg.learn_weight * self._scale(self._clock())
         self._incr(msg, spam, -amount)
         return True
+
+
+def _ledger_keys(raw: bytes) -> tuple[str, ...]:
+    """``h:learned:<digest>`` of a message, then the keys older ledgers may hold it under (see the module)."""
+    return tuple("h:learned:" + d for d in ledger_digests(raw))
 
 
 def _ledger_value(spam: bool, amount: float) -> bytes:
