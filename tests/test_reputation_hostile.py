@@ -193,8 +193,9 @@ class MeetAfterGet:
 
     def get(self, key: str) -> bytes | None:
         value = self._store.get(key)
-        if key.startswith("h:learned:"):
-            self._barrier.wait(timeout=10)
+        if value is not None and key.startswith("h:learned:") and self._barrier is not None:
+            barrier, self._barrier = self._barrier, None  # the first read that finds the entry only
+            barrier.wait(timeout=10)
         return value
 
     def __getattr__(self, name: str) -> Any:
@@ -232,6 +233,44 @@ def test_concurrent_unlearn_subtracts_once(store_url):
         if second is not first:
             second.close()
         first.close()
+
+
+class RelearnAfterGet:
+    """A store proxy whose first read of a ledger entry lets other processes unlearn the message and
+    learn it again as ham before this unlearner deletes what it read."""
+
+    def __init__(self, store, race):
+        self._store, self._race = store, race
+
+    def get(self, key: str) -> bytes | None:
+        value = self._store.get(key)
+        if value is not None and key.startswith("h:learned:"):
+            race, self._race = self._race, None
+            if race is not None:
+                race()
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_unlearn_racing_a_relearn_takes_out_what_is_counted(any_store):
+    clock = Clock()
+    other = history(any_store, clock)
+    msg = Message(MSG, ENV)
+    assert other.learn(msg, True)
+
+    def relearn_as_ham() -> None:
+        assert other.unlearn(msg) and other.learn(msg, False)
+        clock.t += 86400                                 # a day later: a larger amount than the spam's
+
+    mine = history(RelearnAfterGet(any_store, relearn_as_ham), clock)
+    assert mine.unlearn(msg) is True
+    scale = other._scale(clock.t)
+    spam = [c / scale for c in any_store.get_counts(SPAM_KEYS)]
+    ham = [c / scale for c in any_store.get_counts([k[:-1] + "h" for k in SPAM_KEYS])]
+    assert all(abs(c) < 1e-9 for c in spam + ham), f"spam {spam}, ham {ham}: the unlearn took out the old entry's amount"
+    assert other.unlearn(msg) is False                   # nothing left to take back
 
 
 # ----------------------------------------------------------------- 6: unlearn after decay

@@ -20,9 +20,9 @@ Learning is recorded in a ledger entry per message (``h:learned:<digest>``)
 whose value is the label and the exact amount that was added, e.g.
 ``b"s:161234.5"``.  ``unlearn`` subtracts that amount, not one computed at
 unlearn time: an amount scaled for *now* is larger than the one added weeks
-ago and would leave negative counts.  Only the caller whose ``delete`` removed
-the ledger entry subtracts, so two processes unlearning the same message
-count it once.  Entries written before the amount was recorded hold the
+ago and would leave negative counts.  Only the caller whose compare-and-set
+removed the very entry it read subtracts, so two processes unlearning the same
+message count it once, and an entry others replaced meanwhile is read again.  Entries written before the amount was recorded hold the
 label alone (``b"s"``/``b"h"``); they are still unlearned, with the amount
 scaled for the unlearn time as before.
 
@@ -54,6 +54,8 @@ from .netkeys import network_key
 
 EPOCH = 1767225600.0  # 2026-01-01T00:00:00Z
 MAX_URL_DOMAINS = 10
+#: rounds of read-then-claim an unlearn tries while other processes keep changing the entry
+CLAIM_TRIES = 8
 
 # entity kind -> (bad symbol, good symbol or None)
 _KINDS = {
@@ -187,25 +189,29 @@ class HistoryCheck(Check):
     def unlearn(self, msg: Message) -> bool:
         """Take back an earlier :meth:`learn` of the same message; False if it was not learned.
 
-        Only the caller whose ``delete`` removed the ledger entry subtracts (every
-        store's ``delete`` is atomic and says whether this call removed a live key):
-        two processes unlearning the same message at once must not both subtract.
+        Only the caller whose ``compare_and_set`` removed the very entry it read
+        subtracts, and it subtracts that entry's amount: two processes unlearning
+        the same message at once must not both subtract, and an entry replaced
+        meanwhile (unlearned and learned again by others, perhaps with the other
+        label) is read again rather than deleted for the amount of the old one.
         The entry is the first found under the message's keys, the current one
         first (see the module).
         """
-        for key in _ledger_keys(msg.raw):
-            value = self.store.get(key)
-            if value is not None:
-                break
-        else:
-            return False
-        if not self.store.delete(key):
-            return False
-        spam, amount = _parse_ledger(value)
-        if amount is None:  # a label-only entry from before amounts were recorded
-            amount = self.cfg.learn_weight * self._scale(self._clock())
-        self._incr(msg, spam, -amount)
-        return True
+        keys = _ledger_keys(msg.raw)
+        for _ in range(CLAIM_TRIES):
+            for key in keys:
+                value = self.store.get(key)
+                if value is not None:
+                    break
+            else:
+                return False
+            if self.store.compare_and_set(key, value, None):
+                spam, amount = _parse_ledger(value)
+                if amount is None:  # a label-only entry from before amounts were recorded
+                    amount = self.cfg.learn_weight * self._scale(self._clock())
+                self._incr(msg, spam, -amount)
+                return True
+        return False
 
 
 def _ledger_keys(raw: bytes) -> tuple[str, ...]:
