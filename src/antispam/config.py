@@ -102,11 +102,19 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
 
 
+#: the default of ``request_timeout`` (spamd and rspamd-http): seconds a whole request (headers and
+#: body) may take to arrive; see docs/servers.md ("Timeouts") for why this number
+REQUEST_TIMEOUT = 120.0
+
+
 @dataclass(frozen=True)
 class SpamdConfig(ServerConfig):
     port: int = 783
     #: accept TELL (learn / forget); spamd calls this --allow-tell
     allow_tell: bool = True
+    #: seconds the whole request (headers and body) may take to arrive, from the connection's
+    #: start; ``timeout`` bounds each read only, so a client trickling bytes was held for ever
+    request_timeout: float = REQUEST_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,8 @@ class SmtpConfig(ServerConfig):
 @dataclass(frozen=True)
 class RspamdHttpConfig(ServerConfig):
     port: int = 11333
+    #: seconds each request's headers and body may take to arrive, from its request line
+    request_timeout: float = REQUEST_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -684,6 +694,8 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "servers.*.max_connections": _Range(1),
     "servers.*.timeout": _POSITIVE,
     "servers.*.shutdown_timeout": _NOT_NEGATIVE,  # 0: cut in-flight messages off at once
+    "servers.spamd.request_timeout": _POSITIVE,
+    "servers.rspamd_http.request_timeout": _POSITIVE,
     "servers.smtp.mode": _OneOf(SMTP_MODES),
     "servers.smtp.next_hop_timeout": _POSITIVE,
     "greylist.mode": _OneOf(GREYLIST_MODES),

@@ -99,11 +99,21 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
     from .workers import list_snapshot
 
     metrics = None
-    if getattr(config.servers, SERVERS[kind][1]).metrics_port:
+    settings = getattr(config.servers, SERVERS[kind][1])
+    if settings.metrics_port:
         from .metrics import Metrics
 
         metrics = Metrics(multiprocess=listener is not None)
-    server = build(kind, config, metrics=metrics)
+        # before the server is built and binds its port (and before any scan worker starts): a
+        # metrics port in use ends the start with one line and exit status 2, nothing accepted
+        # (a prefork process serves none: its parent serves them, and checked the port first)
+        metrics.start_http(settings)
+    try:
+        server = build(kind, config, metrics=metrics)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
     pool = None
     if metrics is not None:
         metrics.watch_engine(server.engine)
@@ -113,7 +123,12 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
             metrics.watch_pool(pool)
 
     async def run() -> None:
-        await server.start(listener=listener)
+        try:
+            await server.start(listener=listener)
+        except BaseException:
+            if metrics is not None:
+                metrics.close()
+            raise
         listening(server)
         # the DNS lists' counters: copied to the shared files (prefork) or asked of the scan workers
         copier = None

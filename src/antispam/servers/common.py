@@ -2,9 +2,12 @@
 
 Each protocol module (spamd, milter, smtp, rspamd_http) subclasses :class:`Server`
 and writes only ``handle(conn)``: the base class accepts the connection, refuses
-clients outside the allow-list and connections past ``max_connections``, applies
-the per-connection timeout to every read, counts the connection in the metrics,
-and on shutdown stops accepting, lets every message already being scanned
+clients outside the allow-list and connections past ``max_connections`` (at most
+``max_connections`` refusals linger at a time, the rest are closed at once),
+applies the per-connection timeout to every read and, where the protocol notes
+when a request began (spamd, rspamd-http), ``request_timeout`` to the whole
+request, counts the connection in the metrics, and on shutdown stops accepting,
+lets every request already started (a byte of it arrived) or being scanned
 finish (up to ``shutdown_timeout``), and closes idle connections at once.
 
 Scanning goes through :class:`Scanner`.  With ``workers = 0`` it awaits
@@ -170,17 +173,24 @@ class Connection:
     peer_ip: str
     peer_port: int
     timeout: float
-    #: True while a message is being received or scanned: shutdown waits for it
+    #: True while a message is being received or scanned: shutdown waits for it (and for a
+    #: connection whose next bytes have arrived unread: ``Server.stop``)
     busy: bool = False
     #: when the read in progress began waiting (time.monotonic()), None between reads
     waiting_since: float | None = None
-    #: set by the server's sweeper when a read waited longer than ``timeout``
+    #: when the request being read began (time.monotonic()), None outside one: the protocol
+    #: notes it (spamd at the connection's start, rspamd-http at each request line) and clears
+    #: it once the request is read; the sweeper ends a request older than ``request_timeout``
+    request_since: float | None = None
+    #: set by the server's sweeper when a read waited longer than ``timeout``, or a request
+    #: took longer than ``request_timeout``
     timed_out: bool = False
 
     # Read timeouts are enforced by the server's sweeper (Server._sweep), which ends a connection
     # whose read has waited longer than ``timeout``, rather than by a timer per read: the milter
     # reads two dozen times a message, and arming and cancelling a timer for each read
     # (asyncio.timeout) was a quarter of its protocol's CPU.  A read only notes when it began.
+    # The whole-request deadline is the same: a timestamp the protocol notes, the sweeper reads.
 
     async def readline(self, limit: int) -> bytes:
         """One line including its terminator, or b"" at EOF; ProtocolError past ``limit`` bytes."""
@@ -234,6 +244,14 @@ class Server:
 
     #: short name used in logs and metrics labels
     name = "server"
+    #: the protocol's last answer to a request cut off by a timeout (sent before the close, as
+    #: :func:`linger` sends); empty: closed without one
+    timeout_reply = b""
+    #: whether bytes that arrived unread make a connection in flight at shutdown: true where any
+    #: byte starts a request that ends the connection or its turn (spamd, rspamd-http); the milter
+    #: keeps its own rule (busy from a message's first packet to its end: the MTA's session goes on
+    #: after other packets, and would hold the drain to ``shutdown_timeout``)
+    in_flight_on_input = False
 
     def __init__(self, engine: Engine, settings: ServerConfig, *, scanner: Scanner | None = None,
                  metrics: Any = None):
@@ -248,6 +266,10 @@ class Server:
         self._listener: SharedListener | None = None
         self._tasks: dict[asyncio.Task, Connection] = {}
         self._sweeper: asyncio.Task | None = None
+        #: seconds a whole request may take (``request_timeout``: spamd, rspamd-http; None elsewhere)
+        self.request_timeout: float | None = getattr(settings, "request_timeout", None)
+        #: refused connections being answered and drained now (see _refuse_and_close)
+        self._refusing = 0
         self.closing = False
 
     # ------------------------------------------------------------ lifecycle
@@ -283,23 +305,40 @@ class Server:
     async def start(self, listener: SharedListener | None = None) -> None:
         """Listen on ``settings.host:port``, or take connections from ``listener`` (the socket
         prefork processes share, see ``prefork.py``)."""
+        if self.metrics is not None:
+            # first: a metrics port in use fails the start before a client could connect
+            self.metrics.start_http(self.settings)
         if listener is not None:
             self._take_from(listener)
         else:
-            self._server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
-                                                      limit=64 * 1024, reuse_address=True)
+            try:
+                self._server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
+                                                          limit=64 * 1024, reuse_address=True)
+            except OSError as exc:
+                from .prefork import listen_error
+
+                raise listen_error(self.settings.host, self.settings.port, exc) from None
         self._sweeper = asyncio.create_task(self._sweep())
-        if self.metrics is not None:
-            self.metrics.start_http(self.settings)
         self.log.info("listening", extra={"fields": {"server": self.name, "host": self.settings.host,
                                                      "port": self.port, "workers": self.settings.workers}})
 
     async def stop(self) -> None:
-        """Graceful: stop accepting, close idle connections, wait for in-flight messages."""
+        """Graceful: stop accepting, close idle connections, wait for in-flight messages.
+
+        A connection is in flight when busy (a request started: spamd from its request line,
+        HTTP from each request line, the milter from a message's first packet) or, with
+        ``in_flight_on_input``, when bytes of its next request have arrived that the handler has
+        not taken yet (a request line cut in two): a client still sending its request is
+        answered, not dropped.  One with nothing sent is closed at once."""
         self.closing = True
         self._stop_accepting()
+        # Two turns of the loop, so bytes already in the kernel reach the readers before we look
+        # (asyncio runs this task before the read callbacks of the turn that found them).
+        for _ in range(2):
+            await asyncio.sleep(0)
+        on_input = self.in_flight_on_input
         for task, conn in list(self._tasks.items()):
-            if not conn.busy:
+            if not conn.busy and not (on_input and _has_input(conn.reader)):
                 task.cancel()
         pending = [t for t in self._tasks]
         if pending:
@@ -339,15 +378,22 @@ class Server:
     # ------------------------------------------------------------ connections
 
     async def _sweep(self) -> None:
-        """End connections whose read has waited longer than ``timeout``, checking a few times
-        per timeout (at least once a second): a connection goes at most that much late."""
-        interval = min(1.0, max(0.05, self.settings.timeout / 4))
+        """End connections whose read has waited longer than ``timeout``, or whose request began
+        longer than ``request_timeout`` ago, checking a few times per timeout (at least once a
+        second): a connection goes at most that much late."""
+        request_timeout = self.request_timeout
+        shortest = min(self.settings.timeout, request_timeout or self.settings.timeout)
+        interval = min(1.0, max(0.05, shortest / 4))
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for task, conn in list(self._tasks.items()):
+                if conn.timed_out:
+                    continue
                 since = conn.waiting_since
-                if since is not None and now - since > conn.timeout and not conn.timed_out:
+                began = conn.request_since
+                if (since is not None and now - since > conn.timeout) or \
+                        (began is not None and now - began > request_timeout):  # type: ignore[operator]
                     conn.timed_out = True
                     task.cancel()
 
@@ -377,6 +423,10 @@ class Server:
             if conn.timed_out:
                 self._count_error("timeout")
                 self.log.info("connection timed out", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
+                if conn.request_since is not None and self.timeout_reply:
+                    # a request cut off (by either timeout): answered in the protocol's words
+                    # (spamd's EX_TIMEOUT, HTTP's 408) before the close, so the client can tell
+                    await linger(conn, self.timeout_reply)
         except (asyncio.TimeoutError, TimeoutError):  # a write the client did not read
             self._count_error("timeout")
             self.log.info("connection timed out", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
@@ -395,10 +445,21 @@ class Server:
             await self._close(writer)
 
     async def _refuse_and_close(self, conn: "Connection", reason: str) -> None:
-        """Send the refusal, then close as :func:`linger` does."""
-        await self.refuse(conn, reason)
-        await linger(conn)
-        await self._close(conn.writer)
+        """Send the refusal, then close as :func:`linger` does.
+
+        A refusal lingers (up to a second) outside ``max_connections``: at most that many at a
+        time, so a flood of connections cannot pile up lingering sockets and tasks; past it a
+        refused connection is closed at once, without the courtesy answer."""
+        if self._refusing >= self.settings.max_connections:
+            conn.writer.transport.abort()
+            return
+        self._refusing += 1
+        try:
+            await self.refuse(conn, reason)
+            await linger(conn)
+            await self._close(conn.writer)
+        finally:
+            self._refusing -= 1
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
@@ -440,14 +501,23 @@ class Server:
             self.metrics.errors.labels(self.name, kind).inc()
 
 
+def _has_input(reader: asyncio.StreamReader) -> bool:
+    """Whether bytes have arrived that the connection's handler has not taken yet (a line still
+    incomplete stays in the reader's buffer).  asyncio's StreamReader keeps them in ``_buffer``
+    (uvloop's streams are asyncio's); read at shutdown only."""
+    return bool(getattr(reader, "_buffer", None))
+
+
 async def linger(conn: "Connection", out: bytes = b"", seconds: float = 1.0) -> None:
     """Send ``out`` (a last answer, often an error), then half-close and drain the client's input
     for at most ``seconds`` (RFC 9112 9.6).
 
     Closing a socket whose input was not read makes the kernel answer with a reset, and a client
     that sent its request before reading (spamc does, an HTTP client sending a body) may then
-    lose the answer it was meant to read.
+    lose the answer it was meant to read.  The request is over: its deadline no longer runs
+    (``out`` is the last answer, not to be followed by a timeout's).
     """
+    conn.request_since = None
     with contextlib.suppress(Exception):
         if out:
             await conn.write(out)

@@ -38,6 +38,7 @@ import functools
 from typing import Any, Callable, Mapping
 
 from ..config import ServerConfig
+from ..errors import ConfigError
 
 # Scans take from tens of microseconds (content only) to seconds (network checks near their deadline).
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -110,11 +111,11 @@ class Metrics:
         self.latency.labels(server).observe(seconds)
 
     def start_http(self, settings: ServerConfig) -> None:
-        """Serve /metrics when the server's settings ask for it (``metrics_port`` > 0)."""
+        """Serve /metrics when the server's settings ask for it (``metrics_port`` > 0).  Called
+        before the server's own port is bound (``antispam serve`` calls it before it builds the
+        server): a port in use is a ConfigError saying so, and nothing has accepted a client."""
         if settings.metrics_port and self._http is None and not self.multiprocess:
-            from prometheus_client import start_http_server
-
-            self._http = start_http_server(settings.metrics_port, settings.metrics_host, registry=self.registry)
+            self._http = _start_http(settings, self.registry)
 
     def close(self) -> None:
         if self._http is not None:
@@ -131,12 +132,24 @@ class Metrics:
 def serve_multiprocess(settings: ServerConfig) -> Any:
     """The prefork parent's /metrics: the sum of what every process wrote under
     ``PROMETHEUS_MULTIPROC_DIR``.  Returns the (server, thread) pair to shut down."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    return start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
+    return _start_http(settings, registry)
+
+
+def _start_http(settings: ServerConfig, registry: Any) -> Any:
+    """prometheus-client's /metrics server on ``metrics_host:metrics_port``; a port that cannot
+    be bound is a ConfigError of one line (``antispam serve`` prints it and exits 2)."""
+    from prometheus_client import start_http_server
+
+    try:
+        return start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                          f"{exc.strerror or exc}") from None
 
 
 _LIST_COUNTERS = (("queries", "antispam_dnsbl_queries", "DNS list queries asked"),

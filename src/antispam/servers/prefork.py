@@ -159,8 +159,16 @@ def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise listen_error(host, port, exc) from None
     return sock
+
+
+def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """A port that cannot be bound (in use, privileged, no such address), as one line that
+    ``antispam serve`` prints before exiting with status 2: the same words whether one process
+    or the prefork parent binds it."""
+    # the errno's words: asyncio and uvloop wrap the socket's error in a sentence of their own
+    return ConfigError(f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}")
 
 
 @dataclass
@@ -191,13 +199,10 @@ class Supervisor:
     metrics_dir: str | None = None
 
     def run(self) -> int:
-        sock = listening_socket(self.settings.host, self.settings.port)
-        n = self.settings.processes
-        self.load_fd = os.memfd_create("antispam-prefork-load")
-        os.ftruncate(self.load_fd, 8 * n)
-        load_map = mmap.mmap(self.load_fd, 8 * n)
-        self.counts = memoryview(load_map).cast("q")
         metrics_http = None
+        sock: socket.socket | None = None
+        load_map: mmap.mmap | None = None
+        n = self.settings.processes
         try:
             if self.settings.metrics_port:
                 # Before any prometheus_client import, here or in a child: it picks its value
@@ -206,11 +211,14 @@ class Supervisor:
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
                 from .metrics import serve_multiprocess
 
-                try:  # before any child starts: a port in use is an error at once
-                    metrics_http = serve_multiprocess(self.settings)
-                except OSError as exc:
-                    raise ConfigError(f"cannot serve metrics on {self.settings.metrics_host}:"
-                                      f"{self.settings.metrics_port}: {exc.strerror or exc}") from None
+                # before the server's socket and any child: a metrics port in use is an error at
+                # once (a ConfigError naming it), and no client was ever accepted into the backlog
+                metrics_http = serve_multiprocess(self.settings)
+            sock = listening_socket(self.settings.host, self.settings.port)
+            self.load_fd = os.memfd_create("antispam-prefork-load")
+            os.ftruncate(self.load_fd, 8 * n)
+            load_map = mmap.mmap(self.load_fd, 8 * n)
+            self.counts = memoryview(load_map).cast("q")
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
             try:
@@ -230,10 +238,13 @@ class Supervisor:
                 self._reap_all()
                 raise
         finally:
-            sock.close()
-            self.counts.release()
-            load_map.close()
-            os.close(self.load_fd)
+            if sock is not None:
+                sock.close()
+            if load_map is not None:
+                self.counts.release()
+                load_map.close()
+            if self.load_fd >= 0:
+                os.close(self.load_fd)
             if metrics_http is not None:
                 metrics_http[0].shutdown()
                 metrics_http[0].server_close()

@@ -22,9 +22,11 @@ a server that died.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
+import time
 from typing import Any
 
 from ..message import Envelope
@@ -32,7 +34,7 @@ from ..verdict import shown_required, shown_score
 from .common import Connection, ProtocolError, RequestError, Server, linger, parse_length
 
 _REASONS = {200: "OK", 208: "Already Reported", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 403: "Forbidden",
-            413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+            408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable"}
 _MAX_LINE = 16 * 1024
 _MAX_HEADERS = 100
@@ -53,10 +55,18 @@ def _json(status: int, obj: Any, keep_alive: bool = True) -> bytes:
     return response(status, json.dumps(obj).encode(), keep_alive=keep_alive)
 
 
+_LEGACY_TIMEOUT = b"RSPAMD/1.3 79 EX_TIMEOUT timeout\r\n\r\n"
+
+
 class RspamdHttpServer(Server):
     """``antispam serve rspamd-http``: see the module docstring."""
 
     name = "rspamd_http"
+    #: a request is in flight from its first byte: a graceful stop lets a client still sending it finish
+    in_flight_on_input = True
+    #: RFC 9110 15.5.9: the request did not arrive whole within request_timeout (or a read of it
+    #: within timeout); the connection is closed after it
+    timeout_reply = _json(408, {"error": "request timeout"}, keep_alive=False)
 
     async def refuse(self, conn: Connection, reason: str) -> None:
         status = 403 if reason == "not allowed" else 503
@@ -79,6 +89,10 @@ class RspamdHttpServer(Server):
                 return
             if first in (b"\r\n", b"\n"):
                 continue
+            # A request has begun: it is in flight (a graceful stop waits for it), and its headers
+            # and body must arrive within request_timeout (the sweeper reads this timestamp).
+            conn.busy = True
+            conn.request_since = time.monotonic()
             parts = first.decode("latin-1").split()
             if len(parts) == 2 and parts[1].startswith("RSPAMC/"):
                 await self._legacy(conn, parts[0])
@@ -92,13 +106,14 @@ class RspamdHttpServer(Server):
                 headers = await self._headers(conn)
                 keep = (version == "HTTP/1.1" and headers.get("connection", [""])[-1].lower() != "close") or \
                     headers.get("connection", [""])[-1].lower() == "keep-alive"
-                conn.busy = True
                 # RFC 9110 10.1.1: an HTTP/1.0 request's 100-continue expectation is ignored
                 if version == "HTTP/1.1" and any(v.lower() == "100-continue" for v in headers.get("expect", [])):
                     await self._continue(conn, headers)
                 body = await self._body(conn, headers)
+                conn.request_since = None  # read in time; the scan has its own deadline
                 out = await self._route(conn, method, target.split("?", 1)[0], headers, body, keep)
             except RequestError as exc:
+                conn.request_since = None  # answered below: no timeout answer after this one
                 self._count_error("request")
                 # after a malformed or refused request the connection is out of step: close it
                 keep = keep and exc.code not in (400, 413, 431)
@@ -130,13 +145,20 @@ class RspamdHttpServer(Server):
             if method not in ("CHECK", "SYMBOLS"):
                 await linger(conn, b"RSPAMD/1.3 76 EX_PROTOCOL unsupported command\r\n\r\n")
                 return
-            conn.busy = True
             body = await self._body(conn, headers)
+            conn.request_since = None
+        except asyncio.CancelledError:
+            if conn.timed_out and conn.request_since is not None:
+                # cut off by a timeout: answered in this protocol's words, not with the HTTP 408
+                # the server would send (linger clears request_since, so it sends nothing more)
+                await linger(conn, _LEGACY_TIMEOUT)
+            raise
         except RequestError as exc:
             code = "65 EX_DATAERR" if exc.code == 413 else "76 EX_PROTOCOL"
             await linger(conn, f"RSPAMD/1.3 {code} {exc.text}\r\n\r\n".encode())
             return
         except ProtocolError as exc:
+            conn.request_since = None
             with contextlib.suppress(OSError, TimeoutError):
                 await conn.write(f"RSPAMD/1.3 76 EX_PROTOCOL {exc}\r\n\r\n".encode())
             raise

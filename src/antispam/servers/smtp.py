@@ -585,14 +585,20 @@ class SmtpFilterServer(Server):
         """Listen on ``settings.host:port``, or take connections from ``listener`` (the socket
         prefork processes share, see ``prefork.py``)."""
         cfg = self.settings
+        if self.metrics is not None:
+            # first: a metrics port in use fails the start before a client could connect
+            self.metrics.start_http(cfg)
         if listener is not None:
             self._take_from(listener)
         else:
-            self._server = await asyncio.get_running_loop().create_server(self._protocol, cfg.host, cfg.port,
-                                                                          reuse_address=True)
+            try:
+                self._server = await asyncio.get_running_loop().create_server(self._protocol, cfg.host, cfg.port,
+                                                                              reuse_address=True)
+            except OSError as exc:
+                from .prefork import listen_error
+
+                raise listen_error(cfg.host, cfg.port, exc) from None
         self._idle.set()
-        if self.metrics is not None:
-            self.metrics.start_http(cfg)
         self.log.info("listening", extra={"fields": {"server": self.name, "host": cfg.host, "port": self.port,
                                                      "mode": cfg.mode, "next_hop": cfg.next_hop}})  # type: ignore[attr-defined]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 import zlib
 
 from .. import __version__
@@ -120,16 +121,25 @@ class SpamdServer(Server):
     """``antispam serve spamd``: see the module docstring for the wire format."""
 
     name = "spamd"
+    #: a request is in flight from its first byte: a graceful stop lets a client still sending it finish
+    in_flight_on_input = True
+    #: spamd's answer when its client is too slow (SpamAssassin's service_timeout: EX_TIMEOUT)
+    timeout_reply = error_response(EX_TIMEOUT, "timeout")
 
     async def handle(self, conn: Connection) -> None:
+        # One request per connection: it must have arrived whole within request_timeout of the
+        # connection's start (``timeout`` bounds each read only; see Server._sweep).
+        conn.request_since = time.monotonic()
         try:
             await self._request(conn)
         except RequestError as exc:
+            conn.request_since = None  # answered: no timeout answer after this one
             self._count_error("request")
             self.log.warning("request refused", extra={"fields": {"server": self.name, "peer": conn.peer_ip,
                                                                   "code": exc.code, "error": exc.text}})
             await conn.write(error_response(exc.code, exc.text))
         except ProtocolError as exc:
+            conn.request_since = None
             await conn.write(error_response(EX_PROTOCOL, str(exc)))
             raise
 
@@ -144,6 +154,9 @@ class SpamdServer(Server):
         first = await conn.readline(_MAX_LINE)
         if not first:
             return
+        # in flight from here: a graceful stop waits for the rest of the request (and the bytes of
+        # a request line not yet whole keep it waiting too: Server.stop)
+        conn.busy = True
         m = _REQUEST.match(first)
         if not m:
             raise ProtocolError(f"bad request line {first[:60]!r}")
@@ -157,8 +170,8 @@ class SpamdServer(Server):
         if method not in SCAN_METHODS and method != "TELL":
             raise RequestError(EX_PROTOCOL, f"unknown method {method}")
         headers = await self._headers(conn)
-        conn.busy = True
         raw = await self._body(conn, headers)
+        conn.request_since = None  # read in time; the scan has its own deadline
         if method == "TELL":
             await self._tell(conn, raw, headers)
             return
