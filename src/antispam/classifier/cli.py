@@ -34,15 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train on TRAIN and test on TEST (project split: sha256 first hex digit c-f "
                                    "is TEST), or run TREC-style online (classify, then learn, in order).")
     e.add_argument("--corpus", metavar="DIR", help="labelled corpus (default: the SpamAssassin corpus)")
-    e.add_argument("--mode", choices=("split", "online"), default="split")
+    e.add_argument("--mode", choices=("split", "online"), default="split",
+                   help="split: train on TRAIN, test on TEST (default); online: TREC style over the whole corpus")
     e.add_argument("--model", default="train", metavar="MODEL",
                    help="split: 'train' (fit on TRAIN now, default), 'default' (the shipped model) or a "
                         "directory; online: 'empty' (default for online), 'default' or a directory")
     e.add_argument("--no-engine", action="store_true", help="classifier only: skip the whole-engine scan")
-    e.add_argument("--target-fpr", type=float, default=0.001, help="report the threshold for this ham FPR")
+    e.add_argument("--target-fpr", type=float, default=0.001, help="report the threshold for this ham FPR (default 0.001)")
     e.add_argument("--json", metavar="FILE", help="write the JSON report here")
     e.add_argument("--roc", metavar="PNG", help="write the ROC plot here (needs matplotlib)")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     e.set_defaults(func=cmd_eval)
 
 

@@ -1,4 +1,4 @@
-"""``antispam rules ...``: lint, load-sa, stats.
+"""``antispam rules ...``: lint, load-sa, stats, fit.
 
 * ``lint DIR...``: every problem at once, with file:line; exit 1 on errors.
 * ``load-sa DIR``: load a SpamAssassin rules directory and report how many
@@ -6,6 +6,7 @@
   kind and by reason.
 * ``stats [CORPUS]``: per-rule hit rates on ham and spam, S/O ratio and rank,
   like SpamAssassin's mass-check ``hit-frequencies`` report.
+* ``fit``: fit the rules' scores alone on the TRAIN split (``--out`` writes ``scores.cf``).
 """
 
 from __future__ import annotations
@@ -24,30 +25,32 @@ SA_KINDS = ("header", "body", "uri", "meta")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("rules", help="rule files: lint, load-sa, stats")
+    p = sub.add_parser("rules", help="rule files: lint, load-sa, stats, fit")
     rs = p.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
     lint = rs.add_parser("lint", help="report every problem in rule files, with file:line")
     lint.add_argument("paths", nargs="*", metavar="DIR", help="rule directories or files (default: the embedded rules)")
     lint.add_argument("--all", action="store_true", help="also list ignored lines")
     lint.set_defaults(func=cmd_lint)
     sa = rs.add_parser("load-sa", help="load a SpamAssassin rules directory and report what was accepted")
-    sa.add_argument("path", nargs="?", default="/usr/share/spamassassin", metavar="DIR")
-    sa.add_argument("--pre", default="/etc/spamassassin", metavar="DIR", help="directory of *.pre files (loadplugin)")
+    sa.add_argument("path", nargs="?", default="/usr/share/spamassassin", metavar="DIR",
+                    help="SpamAssassin rules directory (default /usr/share/spamassassin)")
+    sa.add_argument("--pre", default="/etc/spamassassin", metavar="DIR", help="directory of *.pre files (loadplugin; default /etc/spamassassin)")
     sa.add_argument("-v", "--verbose", action="store_true", help="list every refused rule")
     sa.set_defaults(func=cmd_load_sa)
     st = rs.add_parser("stats", help="per-rule hit rates on a labelled corpus (mass-check style)")
     st.add_argument("corpus", nargs="?", help="labelled corpus directory (default: the shared SpamAssassin corpus)")
-    st.add_argument("--split", choices=("train", "test", "all"), default="train")
+    st.add_argument("--split", choices=("train", "test", "all"), default="train", help="corpus split (default train)")
     st.add_argument("--rules", action="append", default=[], metavar="DIR", help="rule directories (default: embedded)")
-    st.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "python"))
+    st.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "python"),
+                    help="matcher (default auto: Hyperscan when installed)")
     st.set_defaults(func=cmd_stats)
     fit = rs.add_parser("fit", help="fit rule scores on the TRAIN split and write scores.cf")
     fit.add_argument("--corpus", default=None, help="labelled corpus directory (default: the shared SpamAssassin corpus)")
     fit.add_argument("--rules", action="append", default=[], metavar="DIR", help="rule directories (default: embedded)")
     fit.add_argument("--out", default=None, help="where to write scores.cf (default: print only)")
-    fit.add_argument("--lam", type=float, default=1.0, help="L2 regularisation strength")
-    fit.add_argument("--max-score", type=float, default=4.0)
-    fit.add_argument("--ham-weight", type=float, default=20.0, help="weight of a ham error relative to a spam error")
+    fit.add_argument("--lam", type=float, default=1.0, help="L2 regularisation strength (default 1.0)")
+    fit.add_argument("--max-score", type=float, default=4.0, help="cap on the absolute value of a written score (default 4.0)")
+    fit.add_argument("--ham-weight", type=float, default=20.0, help="weight of a ham error relative to a spam error (default 20)")
     fit.set_defaults(func=cmd_fit)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
