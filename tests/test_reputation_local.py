@@ -7,6 +7,7 @@ import pytest
 from antispam import Config, Engine, Envelope
 from antispam.builtin import GTUBE
 from antispam.errors import ConfigError
+from antispam.message import Message
 from antispam.reputation.greylist import GreylistCheck
 from antispam.reputation.history import HistoryCheck
 from antispam.store import open_store
@@ -218,3 +219,23 @@ def test_history_dkim_domains_only_from_verified_signatures(store):
     # Without a verified signature the domain is not credited.
     bare = Message(b"Subject: x\n\ny\n", Envelope(client_ip="198.51.100.201"))
     assert "REPUTATION_GOOD_DKIM_DOMAIN" not in {h.symbol for h in hist.run(bare, ScanContext(bare.envelope, cfg))}
+
+
+def test_a_deferred_ham_is_not_spam_nor_counted_by_the_history(store):
+    """Greylisting forces ``soft reject`` on a clean message: the verdict still says ham (X-Spam-Flag,
+    spamd's Spam:), and the reputation history counts neither spam nor, for each retry, ham."""
+    clock = Clock()
+    cfg = Config.load(overrides={"greylist": {"enabled": True, "delay": 300}, "history": {"enabled": True}})
+    hist = HistoryCheck(cfg, store, clock=clock)
+    e = Engine(cfg, checks=[GreylistCheck(cfg, store, clock=clock), hist], store=store)
+    for i in range(7):                                   # seven first attempts, each a new triplet
+        v = e.scan(HAM, env(rcpts=(f"u{i}@rcpt.example",)))
+        assert v.action == "soft reject" and v.score < v.required_score
+        assert not v.is_spam and dict(v.headers())["X-Spam-Flag"] == "NO"
+        assert not any(name.startswith("REPUTATION_BAD") for name in v.symbols), v.symbols
+    keys = [f"h:{k}:{val}:{lab}" for k, val in hist.entities(Message(HAM, env())) for lab in "sh"]
+    assert store.get_counts(keys) == [0.0] * len(keys)
+    clock.t += 301                                       # the retry is taken, and counted once as ham
+    v = e.scan(HAM, env(rcpts=("u0@rcpt.example",)))
+    assert v.action == "no action" and v.score <= 0
+    assert any(c > 0 for c in store.get_counts([k for k in keys if k.endswith(":h")]))

@@ -14,8 +14,6 @@ from typing import Any, Mapping
 from . import __version__
 from .frozen import quick_init
 
-SPAM_ACTIONS = frozenset({"add header", "rewrite subject", "soft reject", "reject"})
-
 #: the required score the wire formats show when a profile enables no spam action (the policy's
 #: ``required_score`` is then infinite): JSON has no infinity, and spamc reads ``inf`` as 0
 NEVER_SPAM_SHOWN = 1_000_000.0
@@ -92,7 +90,15 @@ class Verdict:
 
     @property
     def is_spam(self) -> bool:
-        return self.action in SPAM_ACTIONS
+        """Whether the content scored as spam: the score reaches ``required_score``, the least
+        threshold of a spam action (SpamAssassin's meaning of ``X-Spam-Flag``, spamd's ``Spam:``).
+
+        Not the action: a check may force one that says nothing of the content (greylisting and
+        rate limits defer with ``soft reject``), and a deferred ham is still ham: flagged spam it
+        would be refused by an MTA rule on the flag, and counted as spam by the reputation
+        history.  Without forcing, the two agree: the action is a spam action exactly when the
+        score reaches ``required_score``."""
+        return self.score >= self.required_score
 
     def has(self, symbol: str) -> bool:
         return symbol in self.symbols

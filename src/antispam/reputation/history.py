@@ -54,6 +54,8 @@ from .netkeys import network_key
 
 EPOCH = 1767225600.0  # 2026-01-01T00:00:00Z
 MAX_URL_DOMAINS = 10
+#: actions under which a message is not taken (deferred or refused): a clean one is not counted
+_NOT_ACCEPTED = frozenset({"greylist", "soft reject", "reject"})
 #: rounds of read-then-claim an unlearn tries while other processes keep changing the entry
 CLAIM_TRIES = 8
 
@@ -163,10 +165,14 @@ class HistoryCheck(Check):
         self.store.incr_many({f"h:{k}:{v}:{lab}": amount for k, v in ents})
 
     def record(self, msg: Message, ctx: ScanContext, verdict: Verdict) -> None:
-        """After a scan: count a clear outcome (spam, or a score at or below zero)."""
+        """After a scan: count a clear outcome (spam by score, or a score at or below zero).
+
+        A clean message that is deferred or refused all the same (greylisting, a rate limit) is
+        not counted: it comes back with each retry, and every attempt would credit its sender
+        again."""
         if verdict.is_spam:
             self._add(msg, True, 1.0, ctx)
-        elif verdict.score <= 0:
+        elif verdict.score <= 0 and verdict.action not in _NOT_ACCEPTED:
             self._add(msg, False, 1.0, ctx)
 
     def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:
