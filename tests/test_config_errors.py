@@ -87,6 +87,9 @@ def test_infinite_numbers_are_rejected(tmp_path, text, key):
     ("[greylist]\nipv4_prefix = 33\n", "greylist.ipv4_prefix"),
     ("[ratelimit]\nip_rate = -1\n", "ratelimit.ip_rate"),
     ("[classifier]\nlearn_rate = -0.3\n", "classifier.learn_rate"),
+    ("[classifier]\nclues = 65\n", "classifier.clues"),               # past the kernels' MAX_CLUES
+    ("[ratelimit]\nenabled = true\nip_rate = 60\n", "ratelimit.ip_burst"),  # a rate with no burst
+    ("[servers.milter]\nreject_reply = \"550 no\"\n", "servers.milter.reject_reply"),
 ])
 def test_out_of_range_numbers_are_rejected(tmp_path, text, key):
     err, f = load_error(tmp_path, text)
@@ -329,3 +332,9 @@ def test_nameserver_addresses_are_accepted():
 
 def test_nameserver_name_on_the_command_line(tmp_path, capsys):
     assert_cli_names(capsys, write(tmp_path, '[dns]\nnameservers = ["resolver.example"]\n'), "dns.nameservers")
+
+
+def test_the_largest_clue_count_scans():
+    """``classifier.clues`` at its bound still lists clues: the bound is the kernels' own."""
+    v = Engine(Config.load(overrides={"classifier": {"clues": 64}})).scan((SAMPLES / "spam-pharmacy.eml").read_bytes())
+    assert "CHECK_ERROR" not in v.symbols and any(n.startswith("BAYES_") for n in v.symbols)

@@ -254,6 +254,13 @@ class RateLimitConfig:
     #: networks never limited
     allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
+    def __post_init__(self) -> None:
+        # A bucket that holds less than one message refuses every message: a rate without a burst
+        # is a mistake, caught at load (naming the file) rather than at the first scan.
+        for kind in ("ip", "sender", "rcpt", "user"):
+            if getattr(self, f"{kind}_rate") > 0 and getattr(self, f"{kind}_burst") < 1:
+                raise ConfigError("must be at least 1 when the rate is set", key=f"ratelimit.{kind}_burst")
+
 
 @dataclass(frozen=True)
 class HistoryConfig:
@@ -543,7 +550,12 @@ def _merge_section(current: Any, value: Any, key: str, source: str) -> Any:
         else:
             changes[k] = _coerce(v, hints[k], f"{key}.{k}", source)
             _check_value(changes[k], f"{key}.{k}", source)
-    return dataclasses.replace(current, **changes)
+    try:
+        return dataclasses.replace(current, **changes)
+    except ConfigError as exc:  # a section's own check of its keys together (__post_init__): name the file
+        if exc.source is None:
+            raise ConfigError(exc.detail, key=exc.key, source=source) from None
+        raise
 
 
 def _leaf_keys(data: Mapping[str, Any], prefix: str = "") -> typing.Iterator[str]:
@@ -723,6 +735,7 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "dns.max_ttl": _NOT_NEGATIVE,
     "auth.dmarc_mode": _OneOf(DMARC_MODES),
     "classifier.learn_rate": _NOT_NEGATIVE,  # 0: online learning off
+    "classifier.clues": _Range(0, 64),  # the kernels' MAX_CLUES: more would fail every scan's classifier
     "rules.engine": _OneOf(RULES_ENGINES),
 }
 

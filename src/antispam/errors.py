@@ -20,6 +20,8 @@ class ConfigError(AntispamError):
     """
 
     def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        #: the message without the key and file (to raise it again naming the file)
+        self.detail = message
         self.key = key
         self.source = source
         where = []

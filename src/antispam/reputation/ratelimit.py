@@ -30,9 +30,6 @@ class RateLimitCheck(Check):
         c = config.ratelimit
         if c.action and (c.action not in ACTIONS or c.action == "no action"):
             raise ConfigError(f"must be one of {', '.join(ACTIONS[1:])} or \"\"", key="ratelimit.action")
-        for kind in ("ip", "sender", "rcpt", "user"):
-            if getattr(c, f"{kind}_rate") > 0 and getattr(c, f"{kind}_burst") < 1:
-                raise ConfigError("must be at least 1 when the rate is set", key=f"ratelimit.{kind}_burst")
         self.cfg = c
         self.store = store
         self.fail_closed = config.store.on_failure == "closed"
