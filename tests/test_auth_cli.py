@@ -40,3 +40,17 @@ def test_auth_command_needs_a_nameserver(tmp_path, capsys):
     f.write_bytes(message())
     assert main(["auth", str(f)]) == 2
     assert "no nameserver" in capsys.readouterr().err
+
+
+def test_auth_command_usage_mistakes_are_one_line(tmp_path, capsys):
+    """A message that cannot be read, or a resolver port that is not a number: one line, status 2."""
+    f = tmp_path / "m.eml"
+    f.write_bytes(message())
+    for argv, said in ((["auth", str(tmp_path / "missing.eml"), "--nameserver", "127.0.0.1"],
+                        f"antispam: cannot read {tmp_path / 'missing.eml'}: No such file or directory"),
+                       (["auth", str(tmp_path), "--nameserver", "127.0.0.1"], f"antispam: cannot read {tmp_path}: "),
+                       (["auth", str(f), "--nameserver", "127.0.0.1#x"],
+                        "antispam: --nameserver 127.0.0.1#x: the port after '#' must be a number")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(said) and err.count("\n") == 1, err

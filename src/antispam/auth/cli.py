@@ -43,6 +43,8 @@ def cmd_auth(args: argparse.Namespace) -> int:
             host, _, port = spec.partition("#")
             servers.append(host)
             if port:
+                if not (port.isascii() and port.isdigit()):
+                    raise ConfigError(f"--nameserver {spec}: the port after '#' must be a number")
                 ports.add(int(port))
         if len(ports) > 1:
             raise ConfigError("--nameserver: all servers must use one port")
@@ -56,7 +58,10 @@ def cmd_auth(args: argparse.Namespace) -> int:
     config = Config.load(args.config, overrides)
     if not config.dns.nameservers:
         raise ConfigError("no nameserver: set [dns] nameservers or pass --nameserver")
-    raw = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
+    try:
+        raw = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
+    except OSError as exc:  # the usage's mistake: one line and status 2, as for every other
+        raise ConfigError(f"cannot read {args.message}: {exc.strerror or exc}") from None
     env = Envelope(client_ip=args.ip, helo=args.helo, mail_from=args.mail_from)
     with Engine(config) as engine:
         v = engine.scan(raw, env)
