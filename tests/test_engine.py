@@ -341,3 +341,15 @@ def test_scan_many_workers_start_from_this_engine_learning_included(tmp_path):
     assert not stored._forkable()
     assert [v.score for v in stored.scan_many([ham, SPAM], workers=2, chunksize=1)] == \
         [stored.scan(ham).score, stored.scan(SPAM).score]
+
+
+def test_the_configuration_can_score_a_rule_its_files_score_zero():
+    """``rules/scores.cf`` scores AS_ACT_NOW 0, so the rule is not even run; a ``[scores]`` entry (or a
+    profile's) brings it back, scored as configured, where it used to have no effect and no error."""
+    raw = b"From: a@b.example\nSubject: act now\n\nAct now!\n"
+    assert "AS_ACT_NOW" not in Engine().scan(raw).symbols
+    v = Engine(Config.load(overrides={"scores": {"AS_ACT_NOW": 3.0}})).scan(raw)
+    assert v.symbols["AS_ACT_NOW"].score == 3.0
+    e = Engine(Config.load(overrides={"profiles": {"strict": {"scores": {"AS_ACT_NOW": 2.5}}}}))
+    assert e.scan(raw, profile="strict").symbols["AS_ACT_NOW"].score == 2.5
+    assert e.scan(raw).symbols["AS_ACT_NOW"].score == 0.0      # the base profile keeps the files' 0

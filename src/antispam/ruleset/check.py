@@ -261,11 +261,14 @@ class LoadedRules:
     matcher: Matcher
     #: problems that did not stop loading (ignored lines, skipped bad rules)
     problems: tuple[str, ...]
+    #: rules reported though their files score them 0: the configuration gives them a score
+    also_reported: frozenset[str] = frozenset()
 
 
 def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = (), engine: str = "auto",
                skip_bad: bool = False, cache_dir: str | Path | None = None,
-               sa_pre_dirs: Sequence[str | Path] = (), every_rule: bool = False) -> LoadedRules:
+               sa_pre_dirs: Sequence[str | Path] = (), every_rule: bool = False,
+               report: Iterable[str] = ()) -> LoadedRules:
     """Parse, compile and build the matcher.
 
     Errors in ``paths`` raise :class:`RuleError` listing all of them, unless
@@ -273,7 +276,9 @@ def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = 
     are foreign: those that cannot be used are left out and summarised in the
     log, never fatal.  Rules scored 0 that no reported meta reads are not
     evaluated (:func:`~.compiler.scored_only`) unless ``every_rule``, which
-    corpus statistics and score fitting ask for.
+    corpus statistics and score fitting ask for.  ``report``: rule names to report
+    even when their files score them 0 (``__`` sub-rules never are), because the
+    configuration's ``[scores]`` (or a profile's) gives them a score.
     """
     parsed = parse_paths([*paths, *sa_paths], pre_dirs=sa_pre_dirs)
     compiled = compile_rules(parsed, lenient_meta=bool(sa_paths))
@@ -289,11 +294,12 @@ def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = 
         r = compiled.report
         a, t, x = r.total()
         log.info("SpamAssassin rules: %d accepted, %d translated, %d refused", a, t, x)
+    also = frozenset(n for n in report if not n.startswith("__") and n in compiled.by_name)
     if not every_rule:
-        compiled = scored_only(compiled)
+        compiled = scored_only(compiled, also)
     matcher = make_matcher(compiled, engine, cache_dir)
     kept = tuple(str(p) for p in compiled.problems if p.severity != "ignored" or not foreign(p.where))
-    return LoadedRules(compiled, matcher, kept)
+    return LoadedRules(compiled, matcher, kept, also)
 
 
 # --------------------------------------------------------------------------- the check
@@ -309,12 +315,13 @@ class RulesCheck(Check):
         c = loaded.compiled
         self.compiled = c
         self.matcher = loaded.matcher
+        reported = [r.emitted or r.name in loaded.also_reported for r in c.rules]
         self.symbols = tuple(  # type: ignore[misc]
-            SymbolDef(r.name, r.score, r.description or r.name, "rules") for r in c.rules if r.emitted
+            SymbolDef(r.name, r.score, r.description or r.name, "rules") for r, rep in zip(c.rules, reported) if rep
         )
         self._n = len(c.rules)
         self._names = [r.name for r in c.rules]
-        self._emitted = [r.emitted for r in c.rules]
+        self._emitted = reported
         # Header groups: (group key, reader, name, accessor, if-unset text, rule ids, ids of !~ rules, hits on "");
         # reader None: an ordinary header read as decoded, taken from the table built once per scan.
         self._headers: list[tuple[str, Callable[..., str | None] | None, str, object, str | None, tuple[int, ...],
@@ -416,7 +423,7 @@ class RulesCheck(Check):
                 self._evals.append((rid, fn, r.eval_args, r.name))
         # Where the text shown for a hit is searched from (see _options); only rules that are
         # emitted show a text.  One parse of each pattern gives both answers.
-        shapes = {r.id: match_shape(r.py, r.py_flags) for r in c.rules if r.emitted and r.py is not None}
+        shapes = {r.id: match_shape(r.py, r.py_flags) for r in c.rules if reported[r.id] and r.py is not None}
         #: rules whose matches never contain a newline: searched from the line of the first match end
         self._single_line = frozenset(i for i, (line, _) in shapes.items() if line)
         #: rule id -> longest possible match, for the rules whose matches are bounded
@@ -683,10 +690,16 @@ def rules_check(config, store=None) -> Check | None:
     dirs = list(rc.dirs) if rc is not None and rc.dirs else [str(default_rules_dir())]
     if rc is not None:
         dirs += list(rc.extra_dirs)
+    # A rule its files score 0 is left out (as SpamAssassin does), unless the configuration scores
+    # it: then it runs and reports, and [scores] (or the profile) gives it its score.
+    scored = {n for n, s in getattr(config, "scores", {}).items() if s}
+    for profile in getattr(config, "profiles", {}).values():
+        scored |= {n for n, s in profile.get("scores", {}).items() if s}
     loaded = load_rules(
         dirs, sa_paths=rc.sa_dirs if rc else (), engine=rc.engine if rc else "auto",
         skip_bad=rc.skip_bad if rc else False, cache_dir=_cache_dir(rc.cache_dir) if rc else None,
         sa_pre_dirs=(rc.sa_pre_dir,) if rc and rc.sa_dirs and rc.sa_pre_dir and Path(rc.sa_pre_dir).is_dir() else (),
+        report=scored,
     )
     return RulesCheck(loaded)
 

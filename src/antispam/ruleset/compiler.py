@@ -258,7 +258,7 @@ def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False) -> Compile
     )
 
 
-def scored_only(compiled: CompiledRules) -> CompiledRules:
+def scored_only(compiled: CompiledRules, also: frozenset[str] = frozenset()) -> CompiledRules:
     """The rules a scan needs: those it reports, and every rule their metas read.
 
     A rule scored 0 that no reported meta reads (directly or through other metas)
@@ -266,11 +266,12 @@ def scored_only(compiled: CompiledRules) -> CompiledRules:
     its patterns out of the Hyperscan databases, as SpamAssassin leaves out a rule
     whose score is 0.  The rule list itself, and so every rule id, is unchanged.
     Corpus tools that rate or fit every rule (``rules stats``, ``rules fit``) load
-    every rule instead.
+    every rule instead.  ``also``: names reported all the same (the configuration
+    scores them, see :func:`~.check.rules_check`).
     """
     rules = compiled.rules
     keep: set[int] = set()
-    todo = [r.id for r in rules if r.emitted]
+    todo = [r.id for r in rules if r.emitted or r.name in also]
     while todo:
         i = todo.pop()
         if i not in keep:
