@@ -65,7 +65,8 @@ class StoreConfig:
     """
 
     url: str = "memory://"
-    #: what a check does when the store is down: "open" (skip, scan goes on) or "closed" (tempfail the message)
+    #: when the store is down: "open" (its checks are skipped, the scan goes on) or "closed" (greylisting and
+    #: rate limits then force ``soft reject``, a tempfail; the other checks are skipped either way)
     on_failure: str = "open"
     #: seconds to wait for a Redis store's answer; after a timeout it is left alone (fails fast) for a few seconds
     timeout: float = 0.5
