@@ -12,8 +12,12 @@ TRAIN); they are not rerun by this script.  ``--peers DIR`` adds the table of a
 side-by-side run: DIR holds the peers' trained TSVs from
 ``../shared/peers/run_all.sh`` (``OUT=DIR``) and ``antispam_default.tsv`` from
 ``benchmarks/run_antispam.py /tmp/peers-corpus/test DIR/antispam_default.tsv
---workers 2``, all scored by the peers' own ``eval.py``.
-Writes a markdown table to ``--out`` and the JSON report and ROC plot beside it.
+--workers 2``, all scored by the peers' own ``eval.py``: ``benchmarks/peers.sh`` writes both
+into ``/tmp/peers-out``.  The shipped ``benchmarks/RESULTS.md`` is
+``--model default --online --peers /tmp/peers-out``.
+Writes a markdown table to ``--out`` (default: ``benchmarks/RESULTS.md``, which it replaces) and the
+JSON report (``.json`` beside it) and ROC plot (``roc.png`` in the same directory).
+The corpus is ``$ANTISPAM_CORPUS``, else ``../shared/corpora/spamassassin`` beside the checkout.
 """
 
 from __future__ import annotations
@@ -25,16 +29,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import die, labelled  # noqa: E402
 
 from antispam.classifier import eval as ev  # noqa: E402
 from antispam.classifier.check import default_model  # noqa: E402
 from antispam.classifier.model import load_model  # noqa: E402
 from antispam.config import Config  # noqa: E402
-from antispam.corpus import default_corpus_dir, load_labelled  # noqa: E402
 from antispam.engine import default_checks  # noqa: E402
+from antispam.errors import ModelError  # noqa: E402
 from antispam.store.memory import MemoryStore  # noqa: E402
 
 #: From ../shared/peers/RESULTS.md, TEST split, trained on TRAIN (run 2026-11-22; not rerun here).
+DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
+
 PEERS = (
     ("SpamAssassin -L + Bayes (trained)", 0.9819, 0.9560, 0.0067, 0.9842, 0.9699, 0.9981, "435/7/20/1033"),
     ("SpamAssassin net (NXDOMAIN) + Bayes", 0.9759, 0.9560, 0.0154, 0.9645, 0.9603, 0.9973, "435/16/20/1024"),
@@ -49,19 +58,40 @@ def _row(name: str, r: dict) -> str:
             f"{r['f1']:.4f} | {r['roc_auc']:.5f} | {r['tp']}/{r['fp']}/{r['fn']}/{r['tn']} |")
 
 
-def _peers_table(d: Path) -> list[str]:
-    import subprocess
+PEER_TSVS = ("spamassassin_local_trained", "spamassassin_net_trained", "rspamd_trained", "bogofilter_trained")
 
+
+def _peers_inputs(d: Path) -> tuple[Path, list[str]]:
+    """The peers' eval.py and the TSVs of ``--peers DIR``, checked before anything is measured or written."""
     here = Path(__file__).resolve()
     evaluator = next((up / "shared" / "peers" / "eval.py" for up in here.parents
                       if (up / "shared" / "peers" / "eval.py").exists()), None)
     if evaluator is None:
-        return ["(the peers' eval.py was not found in a shared/peers directory above this checkout)"]
-    names = ("spamassassin_local_trained", "spamassassin_net_trained", "rspamd_trained", "bogofilter_trained",
-             "antispam_default")
-    tsvs = [str(d / f"{n}.tsv") for n in names if (d / f"{n}.tsv").exists()]
-    out = subprocess.run([sys.executable, str(evaluator), "--markdown", *tsvs], capture_output=True, text=True,
-                         check=True).stdout
+        die("--peers: the peers' eval.py was not found (shared/peers/eval.py in a directory above this checkout)")
+    if not d.is_dir():
+        die(f"--peers {d}: no such directory (run benchmarks/peers.sh first; it writes /tmp/peers-out)")
+    if not (d / "antispam_default.tsv").is_file():
+        die(f"--peers {d}: no antispam_default.tsv there (benchmarks/peers.sh writes it, or "
+            f"benchmarks/run_antispam.py /tmp/peers-corpus/test {d}/antispam_default.tsv --workers 2)")
+    peers = [n for n in PEER_TSVS if (d / f"{n}.tsv").is_file()]
+    if not peers:
+        die(f"--peers {d}: none of the peers' results ({', '.join(n + '.tsv' for n in PEER_TSVS)}) is there "
+            f"(run benchmarks/peers.sh first)")
+    missing = [n for n in PEER_TSVS if n not in peers]
+    if missing:
+        print(f"note: --peers {d} has no {', '.join(n + '.tsv' for n in missing)}; the table leaves them out",
+              file=sys.stderr)
+    return evaluator, [str(d / f"{n}.tsv") for n in (*peers, "antispam_default")]
+
+
+def _peers_table(evaluator: Path, tsvs: list[str]) -> list[str]:
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(evaluator), "--markdown", *tsvs], capture_output=True, text=True)
+    if run.returncode != 0 or not run.stdout.strip():
+        err = (run.stderr.strip().splitlines() or ["no output"])[-1]
+        die(f"the peers' eval.py failed on {' '.join(tsvs)} (status {run.returncode}): {err}")
+    out = run.stdout
     when = ", ".join(f"{Path(t).stem} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(Path(t).stat().st_mtime))} UTC"
                      for t in tsvs)
     return [
@@ -81,13 +111,16 @@ def main() -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--online", action="store_true")
     ap.add_argument("--peers", metavar="DIR", help="include the side-by-side run whose TSVs are in DIR")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args()
-    corpus = default_corpus_dir()
-    if corpus is None:
-        print("SpamAssassin corpus not found", file=sys.stderr)
-        return 2
-    msgs = load_labelled(corpus)
+    peers = _peers_inputs(Path(args.peers)) if args.peers else None
+    model = None
+    if args.model not in ("default", "train"):
+        try:
+            model = load_model(args.model)
+        except ModelError as exc:
+            die(f"--model {args.model}: {exc}")
+    msgs = labelled()
     train = [m for m in msgs if m.split == "train"]
     test = [m for m in msgs if m.split == "test"]
     if args.model == "default":
@@ -96,20 +129,22 @@ def main() -> int:
         from antispam.classifier.train import Example, train as fit
 
         model = fit([Example(m.data, m.is_spam) for m in train], progress=lambda s: print(s, file=sys.stderr))
-    else:
-        model = load_model(args.model)
     checks = [c.name for c in default_checks(Config(), MemoryStore())]
     t0 = time.monotonic()
     scored, required = ev.run_split(model, test)
     secs = time.monotonic() - t0
     rep = ev.report(scored, model.threshold, required, target_fpr=0.001, protocol="split", model=args.model)
     out = Path(args.out)
+    command = " ".join(["python benchmarks/accuracy.py", f"--model {args.model}",
+                        *(["--online"] if args.online else []), *([f"--peers {args.peers}"] if args.peers else []),
+                        *([f"--out {args.out}"] if out.resolve() != DEFAULT_OUT else [])])
+    peer_lines = _peers_table(*peers) if peers else []  # before anything is written: eval.py may fail
     notes = ev.write_outputs(rep, scored, out.with_suffix(".json"), out.with_name("roc.png"))
     c, e = rep["classifier"], rep["engine"]
     lines = [
         "# Accuracy on the SpamAssassin corpus (TEST split, trained on TRAIN)",
         "",
-        f"Produced by `python benchmarks/accuracy.py --model {args.model}`. TEST = {rep['messages']} messages "
+        f"Produced by `{command}`. TEST = {rep['messages']} messages "
         f"({rep['spam']} spam, {rep['ham']} ham); spam is the positive class. Confusion counts are TP/FP/FN/TN.",
         f"Classifier threshold: the model's own (p >= {model.threshold:.4f}, chosen by cross-validation on TRAIN "
         f"for a 0.2% ham FPR). Engine threshold: the default required score {required:g}.",
@@ -150,7 +185,7 @@ def main() -> int:
         rep["online"] = orep
         out.with_suffix(".json").write_text(json.dumps(rep, indent=1, sort_keys=True, default=float) + "\n")
     if args.peers:
-        lines += ["", "## Side by side, one run", "", *_peers_table(Path(args.peers))]
+        lines += ["", "## Side by side, one run", "", *peer_lines]
     lines += [f"- {n}" for n in notes]
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import die, labelled  # noqa: E402
 
 from antispam import _fastscore_py  # noqa: E402
 from antispam.classifier import Classifier, default_model  # noqa: E402
 from antispam.classifier.tokenizer import views  # noqa: E402
-from antispam.corpus import default_corpus_dir, load_labelled  # noqa: E402
 from antispam.message import Message  # noqa: E402
 
 
@@ -42,13 +44,8 @@ def main() -> int:
     try:
         from antispam import _fastscore as compiled
     except ImportError:
-        print("compiled core not built: python setup.py build_ext --inplace", file=sys.stderr)
-        return 2
-    corpus = default_corpus_dir()
-    if corpus is None:
-        print("SpamAssassin corpus not found", file=sys.stderr)
-        return 2
-    msgs = [Message(m.data) for m in load_labelled(corpus, split=None if args.split == "all" else args.split)]
+        die("compiled core not built: python setup.py build_ext --inplace (or pip install -e .)")
+    msgs = [Message(m.data) for m in labelled(split=None if args.split == "all" else args.split)]
     for m in msgs:
         m.parse_all()
     clf = Classifier(default_model())

@@ -1,6 +1,6 @@
 """Cost of DNS lists and local reputation per message, against a DNS server on loopback.
 
-    python benchmarks/reputation.py [CORPUS] [--n 1000]
+    python benchmarks/reputation.py [CORPUS] [--n 1000] [--in-flight 32] [--server python|unbound]
 
 Serves every zone of the known lists (Spamhaus ZEN/DBL, SpamCop, Barracuda,
 DNSWL, SURBL, URIBL) from the tests' authoritative server on 127.0.0.1, with
@@ -9,7 +9,8 @@ with a client IP, sender and HELO, in three configurations: content only;
 with every known list enabled (answers uncached: the cache is cleared before
 each message; and cached: the same messages again); with local history on a
 SQLite store.  Reports msgs/s, p50/p99 per message, and DNS questions per
-message and per second.  Nothing leaves 127.0.0.1.
+message and per second.  Nothing leaves 127.0.0.1.  CORPUS defaults to ``$ANTISPAM_CORPUS``, else
+``../shared/corpora/spamassassin`` beside the checkout.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import die, labelled  # noqa: E402
 
 from dnsserver import DNSServer  # noqa: E402
 
 from antispam import Config, Engine, Envelope  # noqa: E402
-from antispam.corpus import default_corpus_dir, load_labelled  # noqa: E402
 from antispam.reputation.lists import KNOWN_LISTS  # noqa: E402
 
 
@@ -49,7 +52,8 @@ class UnboundServer:
     """The same zones served by Debian's unbound on a loopback port (fast, C): ``--server unbound``.
 
     Each list zone is a ``static`` local zone, so unbound answers from memory and never recurses;
-    names without data are NXDOMAIN, as from the Python server.
+    names without data are NXDOMAIN, as from the Python server.  The root is a ``static`` zone too:
+    a name outside the lists is NXDOMAIN at once, never a query to the Internet's servers.
     """
 
     def __init__(self, zone_data: dict, workdir: str):
@@ -59,14 +63,15 @@ class UnboundServer:
 
         exe = shutil.which("unbound")
         if exe is None:
-            raise SystemExit("unbound is not installed (apt-get install unbound)")
+            die("--server unbound: unbound is not installed (apt-get install unbound)")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         zones = sorted({spec["zone"] for spec in KNOWN_LISTS.values()})
         lines = ["server:", "  interface: 127.0.0.1", f"  port: {self.port}", "  do-daemonize: no",
                  "  use-syslog: no", f"  directory: \"{workdir}\"", "  chroot: \"\"", "  username: \"\"",
-                 "  pidfile: \"\"", "  num-threads: 1", "  access-control: 127.0.0.0/8 allow", "  do-ip6: no"]
+                 "  pidfile: \"\"", "  num-threads: 1", "  access-control: 127.0.0.0/8 allow", "  do-ip6: no",
+                 '  local-zone: "." static']
         lines += [f'  local-zone: "{z}." static' for z in zones]
         for name, records in zone_data.items():
             for rdtype, value in records:
@@ -74,8 +79,27 @@ class UnboundServer:
         conf = f"{workdir}/unbound.conf"
         with open(conf, "w") as fh:
             fh.write("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen([exe, "-d", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        self.log = log = open(f"{workdir}/unbound.log", "w+")
+        self.proc = subprocess.Popen([exe, "-d", "-c", conf], stdout=log, stderr=subprocess.STDOUT)
+        # ready when it answers a listed name; a failed start is one line, not a run of timeouts
+        import dns.exception
+        import dns.message
+        import dns.query
+
+        probe = dns.message.make_query(next(iter(zone_data)), "A")
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                log.seek(0)
+                why = (log.read().strip().splitlines() or ["no output"])[-1]
+                die(f"--server unbound: unbound exited with status {self.proc.returncode} at start: {why}")
+            try:
+                dns.query.udp(probe, "127.0.0.1", port=self.port, timeout=0.2)
+                break
+            except (OSError, dns.exception.DNSException):
+                if time.monotonic() > deadline:
+                    self.proc.kill()
+                    die(f"--server unbound: unbound did not answer on 127.0.0.1:{self.port} within 10 s")
 
     def __enter__(self) -> "UnboundServer":
         return self
@@ -83,6 +107,15 @@ class UnboundServer:
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.wait(5)
+        self.log.close()
+
+
+def dns_server(kind: str, workdir: str):  # type: ignore[no-untyped-def]
+    """The loopback DNS server serving :func:`zone`; one that cannot start is one line and exit 2."""
+    try:
+        return UnboundServer(zone(), workdir) if kind == "unbound" else DNSServer(zone())
+    except OSError as exc:
+        die(f"the {kind} DNS server did not start on 127.0.0.1: {exc}")
 
 
 def percentiles(lat: list[float]) -> str:
@@ -129,9 +162,10 @@ def main() -> None:
     ap.add_argument("--server", choices=("python", "unbound"), default="python",
                     help="the loopback DNS server: the tests' Python server, or unbound (much faster)")
     a = ap.parse_args()
-    corpus = a.corpus or default_corpus_dir()
-    msgs = [m.data for m in load_labelled(corpus, verify=False)][: a.n]
-    with tempfile.TemporaryDirectory() as tmp, (UnboundServer(zone(), tmp) if a.server == "unbound" else DNSServer(zone())) as srv:
+    if a.n < 2:
+        die("--n: at least 2 messages (the percentiles need two)")
+    msgs = [m.data for m in labelled(a.corpus, verify=False)][: a.n]
+    with tempfile.TemporaryDirectory() as tmp, dns_server(a.server, tmp) as srv:
         dns = {"nameservers": ["127.0.0.1"], "port": srv.port, "timeout": 1.0, "attempts": 1}
         configs = {
             "content only": Config.load(),

@@ -5,7 +5,12 @@ tree, text, HTML rendering, URLs) were computed beforehand, so the figure is
 the rule engine's cost, not the parser's.  One process, one core.
 
     python benchmarks/rules.py [--corpus DIR] [--sa /usr/share/spamassassin] [--engine auto|hyperscan|python] [--limit N]
-                               [--synthetic 2000]
+                               [--repeat 3] [--synthetic 2000] [--cache /tmp/antispam-rules-cache]
+
+``--corpus`` defaults to ``$ANTISPAM_CORPUS``, else ``../shared/corpora/spamassassin`` beside the
+checkout.  ``--sa`` defaults to /usr/share/spamassassin when it is there; ``--sa ""`` leaves
+SpamAssassin's rules out.  Compiled Hyperscan databases are cached in ``--cache``: the first run
+with SpamAssassin's rules compiles them (minutes), later ones load them.
 
 ``--synthetic N`` also times the default ruleset plus N generated rules of the kinds a content
 ruleset is mostly made of (70% body phrases, 20% Subject/From words, 10% URI host words, each
@@ -26,10 +31,12 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import die, labelled, need_hyperscan  # noqa: E402
 
 from antispam.check import ScanContext  # noqa: E402
 from antispam.config import Config  # noqa: E402
-from antispam.corpus import default_corpus_dir, load_labelled  # noqa: E402
 from antispam.message import Message  # noqa: E402
 from antispam.resources import default_rules_dir  # noqa: E402
 from antispam.ruleset.check import RulesCheck, body_text, load_rules, rawbody_text, uri_text  # noqa: E402
@@ -65,15 +72,24 @@ def run(check: RulesCheck, msgs, repeat: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=None)
-    ap.add_argument("--sa", default="/usr/share/spamassassin")
+    ap.add_argument("--sa", default=None, help="SpamAssassin rules to add (default: /usr/share/spamassassin "
+                    "when present; '' for none)")
     ap.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "python"))
     ap.add_argument("--limit", type=int, default=0, help="messages (default: all)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cache", default="/tmp/antispam-rules-cache")
     ap.add_argument("--synthetic", type=int, default=0, help="also time N generated rules added to the default set")
     a = ap.parse_args()
-    corpus = a.corpus or default_corpus_dir()
-    msgs = load_labelled(corpus)
+    if a.engine == "hyperscan":
+        need_hyperscan("--engine hyperscan")
+    if a.sa is None:
+        a.sa = "/usr/share/spamassassin" if Path("/usr/share/spamassassin").is_dir() else ""
+        if not a.sa:
+            print("(no SpamAssassin rules in /usr/share/spamassassin: the default + SA row is left out)",
+                  file=sys.stderr)
+    elif a.sa and not Path(a.sa).is_dir():
+        die(f"--sa {a.sa}: no such directory")
+    msgs = labelled(a.corpus)
     if a.limit:
         msgs = msgs[:: max(1, len(msgs) // a.limit)][: a.limit]
     pm = prepared(msgs)
@@ -84,7 +100,7 @@ def main() -> int:
           f"{evaluated(default)} evaluated: the others are scored 0 and read by no reported meta)")
     every = RulesCheck(load_rules([default_rules_dir()], engine=a.engine, cache_dir=a.cache, every_rule=True))
     print(f"  every rule      {n_def:5d} rules  {run(every, pm, a.repeat):9.0f} msgs/s  (as rules stats and rules fit run them)")
-    if a.sa and Path(a.sa).is_dir():
+    if a.sa:
         t = time.perf_counter()
         big = RulesCheck(load_rules([default_rules_dir()], sa_paths=[a.sa], engine=a.engine, cache_dir=a.cache,
                                     sa_pre_dirs=["/etc/spamassassin"] if Path("/etc/spamassassin").is_dir() else []))
@@ -95,7 +111,7 @@ def main() -> int:
     if a.synthetic:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "synthetic.cf"
-            path.write_text(synthetic_rules(load_labelled(corpus, split="train"), a.synthetic))
+            path.write_text(synthetic_rules([m for m in msgs if m.split == "train"], a.synthetic))
             t = time.perf_counter()
             syn = RulesCheck(load_rules([default_rules_dir(), tmp], engine=a.engine, cache_dir=a.cache))
             load_s = time.perf_counter() - t

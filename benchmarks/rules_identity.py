@@ -5,8 +5,11 @@ options, as JSON lines; run it once with the old tree and once with the new one 
 the files (``cmp``).  Used to prove that a speed-up changes no hit.
 
     python benchmarks/rules_identity.py --src src --out new.jsonl [--sa /usr/share/spamassassin] [--engine python]
-                                        [--every-rule]
+                                        [--every-rule] [--limit N]
 
+``--src`` is the tree's ``src`` directory (default: this checkout's); the corpus is
+``$ANTISPAM_CORPUS``, else ``../shared/corpora/spamassassin`` beside the checkout; ``--limit N``
+takes N messages spread over it.
 ``--every-rule`` evaluates the rules scored 0 that no reported meta reads too (as ``rules stats``
 does), so that their counts are compared as well.
 """
@@ -18,6 +21,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import die, labelled, need_hyperscan  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -28,10 +34,15 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--every-rule", action="store_true")
     a = ap.parse_args()
-    sys.path.insert(0, a.src)
+    if not (Path(a.src) / "antispam" / "__init__.py").is_file():
+        die(f"--src {a.src}: not a source tree (no antispam/__init__.py in it)")
+    if a.engine == "hyperscan":
+        need_hyperscan("--engine hyperscan")
+    if a.sa and not Path(a.sa).is_dir():
+        die(f"--sa {a.sa}: no such directory")
+    sys.path.insert(0, str(Path(a.src).resolve()))
     from antispam.check import ScanContext
     from antispam.config import Config
-    from antispam.corpus import default_corpus_dir, load_labelled
     from antispam.message import Message
     from antispam.resources import default_rules_dir
     from antispam.ruleset.check import RuleHits, RulesCheck, load_rules
@@ -40,7 +51,7 @@ def main() -> int:
     if a.every_rule:
         kw["every_rule"] = True
     check = RulesCheck(load_rules([default_rules_dir()], engine=a.engine, cache_dir="/tmp/antispam-rules-cache", **kw))
-    msgs = load_labelled(default_corpus_dir() or "/work/shared/corpora/spamassassin")
+    msgs = labelled()
     if a.limit:
         msgs = msgs[:: max(1, len(msgs) // a.limit)][: a.limit]
     cfg = Config()

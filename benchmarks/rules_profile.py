@@ -1,6 +1,10 @@
 """Where a message's time goes in ``RulesCheck.run``: buffer groups, evals, metas, Python confirmations.
 
     python benchmarks/rules_profile.py [--corpus DIR] [--sa /usr/share/spamassassin] [--limit 1500] [--top 30]
+                                       [--engine auto|hyperscan|python] [--floor]
+
+``--corpus`` defaults to ``$ANTISPAM_CORPUS``, else ``../shared/corpora/spamassassin`` beside the
+checkout; without ``--sa`` only the default rules are profiled.
 
 First the plain figure (process CPU time of ``RulesCheck.run``, best of 3, as benchmarks/rules.py
 measures it), then one instrumented pass that wraps, message by message:
@@ -35,10 +39,10 @@ import antispam.ruleset.check as chk  # noqa: E402
 import antispam.ruleset.matcher as mat  # noqa: E402
 from antispam.check import ScanContext  # noqa: E402
 from antispam.config import Config  # noqa: E402
-from antispam.corpus import default_corpus_dir, load_labelled  # noqa: E402
 from antispam.resources import default_rules_dir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import die, labelled, need_hyperscan  # noqa: E402
 from rules import prepared  # noqa: E402
 
 ACC: collections.Counter[str] = collections.Counter()
@@ -104,7 +108,13 @@ def main() -> int:
     ap.add_argument("--cache", default="/tmp/antispam-rules-cache")
     ap.add_argument("--floor", action="store_true", help="also replay the Hyperscan scans alone (the floor)")
     a = ap.parse_args()
-    msgs = load_labelled(a.corpus or default_corpus_dir())
+    if a.engine == "hyperscan" or a.floor:
+        if a.engine == "python":
+            die("--floor replays Hyperscan's scans: it needs --engine auto or hyperscan, not python")
+        need_hyperscan("--engine hyperscan" if a.engine == "hyperscan" else "--floor")
+    if a.sa and not Path(a.sa).is_dir():
+        die(f"--sa {a.sa}: no such directory")
+    msgs = labelled(a.corpus)
     if a.limit:
         msgs = msgs[:: max(1, len(msgs) // a.limit)][: a.limit]
     pm = prepared(msgs)

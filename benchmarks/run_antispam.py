@@ -24,8 +24,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import die  # noqa: E402
 
 from antispam import Engine  # noqa: E402
+from antispam.errors import AntispamError  # noqa: E402
 from antispam.fastscore import IMPLEMENTATION  # noqa: E402
 
 
@@ -49,8 +53,18 @@ def main() -> int:
     ap.add_argument("--label", default="default")
     a = ap.parse_args()
     root = Path(a.dir).resolve()
+    if not root.is_dir():
+        die(f"{a.dir}: no such directory (the peers' TEST directory is /tmp/peers-corpus/test, laid out by "
+            f"../shared/peers/prepare_corpus.py)")
     files = list_messages(root)
-    engine = Engine.from_config(a.config) if a.config else Engine()
+    if not files:
+        die(f"{a.dir}: no message files under it")
+    if not Path(a.out_tsv).resolve().parent.is_dir():
+        die(f"{a.out_tsv}: its directory does not exist")
+    try:
+        engine = Engine.from_config(a.config) if a.config else Engine()
+    except AntispamError as exc:
+        die(str(exc))
     t0 = time.perf_counter()
     verdicts = list(engine.scan_many([str(root / f) for f in files], workers=a.workers, chunksize=32))
     wall = time.perf_counter() - t0

@@ -11,7 +11,9 @@ other core).  This script tells them apart.  It runs the server (``workers =
 0``) in this process with its scanner timed by the thread's CPU clock, drives it
 with the same clients as ``servers.py`` from a child process, and prints per
 message: the event-loop thread's CPU, the CPU inside the scans, and the rest,
-next to ``Engine.scan``'s CPU per message measured here first.
+next to ``Engine.scan``'s CPU per message measured here first.  Messages as in
+``servers.py``: the corpus TEST split, or the repository's samples without a corpus.
+A server that does not start, or a client driver that fails, is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import servers as bench  # noqa: E402
+from _common import die  # noqa: E402
 
 from antispam import Engine  # noqa: E402
 from antispam.config import Config  # noqa: E402
+from antispam.errors import AntispamError  # noqa: E402
 from antispam.servers.cli import build  # noqa: E402
 from antispam.servers.common import setup_logging  # noqa: E402
 
@@ -56,7 +60,10 @@ async def measure(kind: str, clients: int, seconds: float, messages: int, sink_p
     overrides: dict = {"servers": {section: {"port": 0, "workers": 0, "max_connections": 64}}}
     if kind == "smtp":
         overrides["servers"]["smtp"]["next_hop"] = f"127.0.0.1:{sink_port}"
-    server = build(kind, Config.load(None, overrides))
+    try:
+        server = build(kind, Config.load(None, overrides))
+    except AntispamError as exc:
+        die(f"{kind}: the server could not be built: {exc}")
     spent = [0.0]
     scan = server.scanner.scan
 
@@ -68,23 +75,36 @@ async def measure(kind: str, clients: int, seconds: float, messages: int, sink_p
             spent[0] += time.thread_time() - t
 
     server.scanner.scan = timed_scan  # type: ignore[method-assign]
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        die(f"{kind}: the server did not start on loopback: {exc}")
+    child = None
     try:
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-c", DRIVER, kind, str(server.port), str(clients), str(seconds),
             str(ROOT / "benchmarks"), str(messages), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert child.stdin is not None and child.stdout is not None
-        await child.stdout.readline()  # warmed up
+        if await child.stdout.readline() != b"warm\n":
+            die(f"{kind}: the client driver failed during the warm-up (status {await child.wait()}; its error above)")
         spent[0] = 0.0
         t0 = time.thread_time()
         child.stdin.write(b"go\n")
         await child.stdin.drain()
-        n_s, dt_s = (await child.stdout.readline()).split()
+        result = (await child.stdout.readline()).split()
         loop_cpu = time.thread_time() - t0
+        if len(result) != 2:
+            die(f"{kind}: the client driver failed (status {await child.wait()}; its error above)")
+        n_s, dt_s = result
         await child.wait()
     finally:
+        if child is not None and child.returncode is None:
+            child.kill()
+            await child.wait()
         await server.stop()
     n = int(n_s)
+    if n == 0:
+        die(f"{kind}: no message went through in {seconds:g} s")
     return loop_cpu / n * 1e6, spent[0] / n * 1e6, n / float(dt_s), n
 
 
@@ -95,6 +115,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--messages", type=int, default=2000)
     a = ap.parse_args()
+    unknown = [k for k in a.servers.split(",") if k not in bench.CLIENTS]
+    if unknown:
+        die(f"--servers: unknown {', '.join(unknown)} (known: {', '.join(bench.CLIENTS)})")
     setup_logging(logging.INFO, False)  # as `antispam serve` logs: the line per message is part of the cost
     logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))
     msgs = bench.load(a.messages)

@@ -2,7 +2,8 @@
 
     python benchmarks/servers.py [--messages 1000] [--servers spamd,milter,smtp,rspamd-http]
                                  [--workers 0,2] [--processes 1,2] [--clients 2,16] [--seconds 20]
-                                 [--event-loop auto,asyncio]
+                                 [--event-loop auto,asyncio] [--smtp-client data|bdat]
+                                 [--next-hop-ext PIPELINING,8BITMIME,CHUNKING]
 
 Each server runs as ``antispam serve KIND`` in its own process; the clients are
 asyncio coroutines in this process, each sending messages back to back over
@@ -11,7 +12,10 @@ SMTP and HTTP: one kept-alive connection per client, as MTAs do).  The SMTP
 filter relays to a minimal SMTP sink in a third process, which announces what
 Postfix's smtpd (the usual next hop) does: PIPELINING and CHUNKING
 (``--next-hop-ext 8BITMIME`` for a next hop without them).  Messages are the
-corpus TEST split (``load_labelled``), or the repository's samples.
+corpus TEST split (``load_labelled``; ``$ANTISPAM_CORPUS``, else
+``../shared/corpora/spamassassin`` beside the checkout), or, when there is no
+corpus, the repository's ``samples/*.eml`` (the first line says which).  A server
+that does not start is one line and exit status 2.
 
 The in-process figures are ``Engine.scan`` in a loop on one core and
 ``Engine.scan_many`` with a process pool of 2.  On a 2-core machine the clients
@@ -54,18 +58,33 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import die, labelled  # noqa: E402
 
 from antispam import Engine  # noqa: E402
-from antispam.corpus import default_corpus_dir, iter_messages, load_labelled  # noqa: E402
+from antispam.corpus import default_corpus_dir  # noqa: E402
 from antispam.fastscore import IMPLEMENTATION  # noqa: E402
 
 
+#: where :func:`load` took the messages from
+SOURCE = ""
+
+
 def load(n: int) -> list[bytes]:
-    d = default_corpus_dir()
-    if d is not None and (d / "MANIFEST.tsv").exists():
-        msgs = [m.data for m in load_labelled(d, verify=False) if m.split == "test"]
+    """``n`` messages: the corpus TEST split, or the samples when there is no corpus (a wrong
+    ``$ANTISPAM_CORPUS`` is an error), repeated as needed."""
+    global SOURCE
+    if os.environ.get("ANTISPAM_CORPUS") or default_corpus_dir() is not None:
+        msgs = [m.data for m in labelled(verify=False, split="test")]
+        SOURCE = "corpus TEST split"
     else:
-        msgs = [it.data for it in iter_messages([str(ROOT / "samples")]) if it.data]
+        msgs = [p.read_bytes() for p in sorted((ROOT / "samples").glob("*.eml"))]
+        SOURCE = "no corpus: the repository's samples/*.eml"
+        if not msgs:
+            die("no corpus (set ANTISPAM_CORPUS) and no samples/*.eml in the checkout")
+    if n < 1:
+        die("--messages: at least 1")
     out = []
     while len(out) < n:
         out.extend(msgs[: n - len(out)])
@@ -245,8 +264,21 @@ def free_port() -> int:
 @contextlib.contextmanager
 def sink_process(next_hop_ext: str = "PIPELINING,8BITMIME,CHUNKING"):
     """The SMTP filter's next hop, in a process of its own for the time of the block: yields its port."""
+    import socket
+
     port = free_port()
     sink = subprocess.Popen([sys.executable, __file__, "--sink", str(port), "--next-hop-ext", next_hop_ext])
+    deadline = time.monotonic() + 30
+    while True:  # taking connections before any server relays to it
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if sink.poll() is not None or time.monotonic() > deadline:
+                sink.kill()
+                die(f"the SMTP sink (next hop) did not start on 127.0.0.1:{port}"
+                    + (f": it exited with status {sink.returncode}" if sink.returncode is not None else ""))
+            time.sleep(0.05)
     try:
         yield port
     finally:
@@ -264,16 +296,38 @@ def in_process(engine: Engine, msgs: list[bytes]) -> tuple[float, float]:
     return len(msgs) / (time.perf_counter() - t0), (time.process_time() - c0) / len(msgs) * 1e6
 
 
+def _start(args: list[str], env: dict, stderr, timeout: float) -> tuple[subprocess.Popen, str]:  # type: ignore[no-untyped-def]
+    """Start ``args``; (process, its first stdout line, or "" when it said nothing within ``timeout``)."""
+    import selectors
+
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=env)
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        return proc, proc.stdout.readline().decode() if sel.select(timeout) else ""
+
+
 def spawn_server(kind: str, workers: int, next_hop: int | None, event_loop: str = "auto",
-                 processes: int = 1) -> tuple[subprocess.Popen, int]:
+                 processes: int = 1, timeout: float = 60.0) -> tuple[subprocess.Popen, int]:
+    """``antispam serve KIND`` on a free loopback port: (process, port), once it says it listens.
+    One that exits or says nothing within ``timeout`` seconds: one line and exit 2."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     args = [sys.executable, "-m", "antispam.cli", "serve", kind, "--port", "0", "--workers", str(workers),
             "--processes", str(processes), "--max-connections", "64", "--event-loop", event_loop]
     if next_hop:
         args += ["--next-hop", f"127.0.0.1:{next_hop}"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    line = proc.stdout.readline().decode()
-    return proc, int(line.rsplit(":", 1)[1])
+    # stderr (a log line per message) to /dev/null, as measured; it is read only to say why a start failed
+    proc, line = _start(args, env, subprocess.DEVNULL, timeout)
+    port = line.strip().rsplit(":", 1)[-1]
+    if "listening on" in line and port.isdigit():
+        return proc, int(port)
+    state = f"exited with status {proc.poll()}" if proc.poll() is not None else f"said nothing in {timeout:g} s"
+    proc.kill()
+    proc.wait()
+    again, _ = _start(args, env, subprocess.PIPE, timeout)  # once more, for its error message
+    again.kill()
+    why = (again.communicate()[1].decode(errors="replace").strip().splitlines() or ["nothing on stderr"])[-1]
+    die(f"antispam serve {kind} (workers {workers}, processes {processes}, event loop {event_loop}) did not "
+        f"start: {state}: {why}")
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -345,8 +399,12 @@ def main() -> int:
         return 0
     global SMTP_CLIENT_MODE
     SMTP_CLIENT_MODE = a.smtp_client
+    unknown = [k for k in a.servers.split(",") if k not in CLIENTS]
+    if unknown:
+        die(f"--servers: unknown {', '.join(unknown)} (known: {', '.join(CLIENTS)})")
     msgs = load(a.messages)
-    print(f"core: {IMPLEMENTATION}; {len(msgs)} messages, {sum(map(len, msgs)) / len(msgs) / 1024:.1f} KiB mean")
+    print(f"core: {IMPLEMENTATION}; {len(msgs)} messages ({SOURCE}), "
+          f"{sum(map(len, msgs)) / len(msgs) / 1024:.1f} KiB mean")
     engine = Engine()
     base, base_cpu = in_process(engine, msgs)
     t0 = time.perf_counter()
@@ -371,7 +429,9 @@ def main() -> int:
                     n, dt = asyncio.run(drive(kind, port, msgs, clients, a.seconds))
                     c1 = tree_cpu(proc.pid)
                     rate = n / dt
-                    if c0 is not None and c1 is not None:
+                    # too few messages for the clock tick (10 ms) leave nothing to divide by: no CPU columns
+                    if (c0 is not None and c1 is not None and n and c1[1] > c0[1]
+                            and (processes > 1 or c1[0] > c0[0])):
                         loop_us, total_us = (c1[0] - c0[0]) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
                         cores = os.cpu_count() or 1
                         if processes > 1:  # every process does it all: the CPU of min(P, C) cores

@@ -20,22 +20,31 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from antispam import Engine  # noqa: E402
-from antispam.corpus import default_corpus_dir, iter_messages, load_labelled  # noqa: E402
+from _common import die, labelled  # noqa: E402
+
+from antispam.corpus import iter_messages  # noqa: E402
 from antispam.fastscore import IMPLEMENTATION  # noqa: E402
 from antispam.message import Message  # noqa: E402
 
 
 def load(paths: list[str]) -> list[bytes]:
-    if not paths:
-        d = default_corpus_dir()
-        if d is None:
-            sys.exit("no corpus: give a path or set ANTISPAM_CORPUS")
-        paths = [str(d)]
-    if len(paths) == 1 and (Path(paths[0]) / "MANIFEST.tsv").exists():
-        return [m.data for m in load_labelled(paths[0], verify=False)]
-    return [it.data for it in iter_messages(paths) if it.data is not None]
+    """A labelled corpus (no path: ``$ANTISPAM_CORPUS`` or ../shared), or the messages under ``paths``."""
+    if not paths or (len(paths) == 1 and (Path(paths[0]) / "MANIFEST.tsv").exists()):
+        return [m.data for m in labelled(paths[0] if paths else None, verify=False)]
+    msgs, errors = [], []
+    for it in iter_messages(paths):
+        if it.data is not None:
+            msgs.append(it.data)
+        else:
+            errors.append(f"{it.source}: {it.error}")
+    if not msgs:
+        die(f"no message read from {' '.join(paths)}" + (f" ({errors[0]})" if errors else ""))
+    if errors:
+        print(f"({len(errors)} unreadable source(s) skipped, e.g. {errors[0]})", file=sys.stderr)
+    return msgs
 
 
 def timed(fn, msgs: list[bytes], repeat: int) -> tuple[float, float, list[float]]:
@@ -55,7 +64,7 @@ def timed(fn, msgs: list[bytes], repeat: int) -> tuple[float, float, list[float]
 def report(name: str, n: int, wall: float, cpu: float, lat: list[float]) -> None:
     # CPU time is what one core delivers when it is not shared: on a busy machine the
     # wall-time rate mostly measures the neighbours, so both are printed.
-    q = statistics.quantiles(lat, n=100)
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
     print(f"{name:28} {n / wall:9,.0f} msgs/s   p50 {q[49] * 1e6:7.0f} us   p99 {q[98] * 1e6:7.0f} us"
           f"   (CPU time: {n / cpu:,.0f} msgs/s)")
 
