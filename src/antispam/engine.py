@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import logging
 import multiprocessing
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -166,7 +168,12 @@ class Engine:
 
     def __init__(self, config: Config | None = None, checks: Sequence[Check] | None = None, *,
                  resolver: Any = None, store: Store | None = None):
-        self.config = config or Config.default()
+        if config is not None and not isinstance(config, Config):
+            # A mapping or a path here used to fail deep inside (``'dict' object has no attribute 'engine'``),
+            # and an empty mapping silently meant the defaults.
+            raise TypeError(f"Engine needs an antispam.Config or None, not {type(config).__name__}: use "
+                            "Engine(Config.load(path, overrides={...})) or Engine.from_config(path, overrides)")
+        self.config = config if config is not None else Config.default()
         _check_disabled(self.config, checks)
         #: shared state (learning, reputation, greylisting); see ``[store]``
         self.store = store if store is not None else open_store(self.config.store.url, timeout=self.config.store.timeout)
@@ -183,7 +190,7 @@ class Engine:
         self.resolver = resolver
         self._loops = threading.local()
         self._loops_lock = threading.Lock()
-        self._all_loops: list[asyncio.AbstractEventLoop] = []
+        self._all_loops: weakref.WeakSet[_ThreadLoop] = weakref.WeakSet()
         if self.resolver is None and self.network_checks:
             self.resolver = self._default_resolver()
         self.limits = self.config.limits
@@ -229,15 +236,18 @@ class Engine:
         self._check_profile(profile)
         return self._scan_sync(raw, envelope, (profile,))[0]
 
-    def scan_per_recipient(self, raw: bytes, envelope: Envelope) -> dict[str, Verdict]:
-        """Run the checks once and decide once per recipient, under each one's profile (``[recipients]``)."""
-        rcpts = envelope.rcpt_tos or ("",)
+    def scan_per_recipient(self, raw: bytes, envelope: Envelope | None = None) -> dict[str, Verdict]:
+        """Run the checks once and decide once per recipient, under each one's profile (``[recipients]``).
+
+        Without recipients (or an envelope) there is one verdict, under the key ``""``.
+        """
+        rcpts = (envelope.rcpt_tos if envelope is not None else ()) or ("",)
         verdicts = self._scan_sync(raw, envelope, tuple(self.config.profile_for(r) for r in rcpts))
         return dict(zip(rcpts, verdicts))
 
-    async def ascan_per_recipient(self, raw: bytes, envelope: Envelope) -> dict[str, Verdict]:
+    async def ascan_per_recipient(self, raw: bytes, envelope: Envelope | None = None) -> dict[str, Verdict]:
         """:meth:`scan_per_recipient` inside an event loop."""
-        rcpts = envelope.rcpt_tos or ("",)
+        rcpts = (envelope.rcpt_tos if envelope is not None else ()) or ("",)
         verdicts = await self._ascan(raw, envelope, tuple(self.config.profile_for(r) for r in rcpts))
         return dict(zip(rcpts, verdicts))
 
@@ -379,16 +389,20 @@ class Engine:
             return
         forked = self._forkable()
         if forked:
-            _FORKED[id(self)] = self
+            # One key per batch, not per engine: two batches of one engine at once (two threads, two
+            # generators) must not take each other's entry away, or the end of one would leave the
+            # other unable to start a worker in place of one that died.
+            key = next(_FORK_KEYS)
+            _FORKED[key] = self
             start: dict[str, Any] = dict(mp_context=multiprocessing.get_context("fork"), initializer=_worker_inherit,
-                                         initargs=(id(self),))
+                                         initargs=(key,))
         else:
             start = dict(initializer=_worker_init, initargs=(self.config, self.checks if self._custom_checks else None))
         try:
             yield from self._scan_pooled(_chunks(items, max(1, chunksize)), workers, start)
         finally:
             if forked:
-                _FORKED.pop(id(self), None)
+                _FORKED.pop(key, None)
 
     def _scan_pooled(self, chunks: Iterator[list[Any]], workers: int, start: dict[str, Any]) -> Iterator[Verdict]:
         """The pool behind :meth:`scan_many`: at most ``_WINDOW * workers`` chunks in flight, results in order.
@@ -459,7 +473,10 @@ class Engine:
         """Feed a labelled message to every check that learns (classifier, reputation).
 
         Returns ``{check name: learned}``; learning the same message twice counts once.
+        ``spam`` is a bool: a label such as ``"ham"`` (a true value) is a ``TypeError``, not spam.
         """
+        if spam is None or isinstance(spam, (str, bytes, bytearray)):
+            raise TypeError(f"learn(raw, spam): spam must be True (spam) or False (ham), not {spam!r}")
         msg = Message(raw, envelope, self.limits)
         out = {}
         for check in self.checks:
@@ -483,21 +500,21 @@ class Engine:
 
         Reused from scan to scan: ``asyncio.run`` per message cost ~80 us of loop
         set-up and tear-down (a reused loop: ~7 us), and the resolver shares
-        in-flight questions per loop.  One per thread, so ``scan`` stays thread-safe.
+        in-flight questions per loop.  One per thread, so ``scan`` stays thread-safe,
+        and closed when its thread ends (:class:`_ThreadLoop`).
         """
-        loop = getattr(self._loops, "loop", None)
-        if loop is None or loop.is_closed():
-            loop = self._loops.loop = asyncio.new_event_loop()
+        held = getattr(self._loops, "held", None)
+        if held is None or held.loop.is_closed():
+            held = self._loops.held = _ThreadLoop()
             with self._loops_lock:
-                self._all_loops.append(loop)
-        return loop
+                self._all_loops.add(held)
+        return held.loop
 
     def close(self) -> None:
         with self._loops_lock:
-            loops, self._all_loops = self._all_loops, []
-        for loop in loops:
-            if not loop.is_running():
-                loop.close()
+            held, self._all_loops = list(self._all_loops), weakref.WeakSet()
+        for h in held:
+            _close_loop(h.loop)
         for c in self.checks:
             c.close()
         if self.resolver is not None and hasattr(self.resolver, "close"):
@@ -509,6 +526,27 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _ThreadLoop:
+    """One thread's private event loop for :meth:`Engine.scan`, closed when the thread ends.
+
+    The engine's thread-local slot is the only strong reference to it: when the thread ends its
+    thread-locals go, and the finalizer closes the loop.  Kept open for the engine's life instead,
+    each loop held an epoll descriptor and a socket pair, so a milter that runs a thread per
+    connection (pymilter) ran out of file descriptors after some hundred connections.
+    """
+
+    __slots__ = ("loop", "__weakref__")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        weakref.finalize(self, _close_loop, self.loop)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    if not loop.is_closed() and not loop.is_running():
+        loop.close()
 
 
 def _hostname() -> str:
@@ -525,10 +563,18 @@ def _hostname() -> str:
 
 
 def _scan_item(engine: Engine, item: Any) -> Verdict:
+    """One :meth:`Engine.scan_many` item's verdict.  An item of no kind it takes is the caller's error,
+    a ``TypeError`` that says so (an unreadable path is the input's: an ``INPUT_ERROR`` verdict)."""
     if isinstance(item, tuple):
+        if len(item) != 2 or not isinstance(item[0], (bytes, bytearray, memoryview)) \
+                or not (item[1] is None or isinstance(item[1], Envelope)):
+            raise TypeError("scan_many: a tuple item must be a (bytes, Envelope) pair, not "
+                            f"({', '.join(type(x).__name__ for x in item)})")
         return engine.scan(item[0], item[1])
     if isinstance(item, (bytes, bytearray, memoryview)):
         return engine.scan(bytes(item))
+    if not isinstance(item, (str, os.PathLike)):
+        raise TypeError(f"scan_many items are raw bytes, paths or (bytes, Envelope) pairs, not {type(item).__name__}")
     try:
         data = Path(item).read_bytes()
     except OSError as exc:
@@ -537,8 +583,9 @@ def _scan_item(engine: Engine, item: Any) -> Verdict:
 
 
 _WORKER_ENGINE: Engine | None = None
-#: engines whose scan_many pool is running, by id: what a forked worker starts from
+#: the engines of the scan_many batches whose pool is running, by batch: what a forked worker starts from
 _FORKED: dict[int, Engine] = {}
+_FORK_KEYS = itertools.count()
 
 
 def _worker_init(config: Config, checks: Sequence[Check] | None) -> None:

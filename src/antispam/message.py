@@ -30,6 +30,7 @@ from urllib.parse import unquote_to_bytes
 
 from . import fastscore
 from ._fastscore_py import HTML_TAG_RE as _HTML_TAG_RE  # one definition of a tag, shared with the text kernels
+from ._fastscore_py import sub_tags as _sub_tags
 from .frozen import quick_init
 
 __all__ = ["Envelope", "Limits", "Message", "Part", "Relay", "Url", "Attachment"]
@@ -45,6 +46,18 @@ class Envelope:
     Every field is optional: a scan of a file on disk has none of them, and the
     checks that need one (SPF needs ``client_ip``) report that they could not
     run instead of guessing.
+
+    Every field but ``rcpt_tos`` is a ``str`` or None, and ``rcpt_tos`` is any
+    iterable of ``str`` (kept as a tuple) or one ``str`` (one recipient); anything
+    else is a ``TypeError`` naming the field, here, rather than a ``CHECK_ERROR``
+    in each check that reads it (bytes from a milter library, an int address).
+    ``client_ip`` is kept as the address alone when it comes as an RFC 5321
+    address literal (``[192.0.2.1]``, ``IPv6:2001:db8::1``, as Sendmail's
+    ``{client_addr}`` gives IPv6) or with blanks around it, so that every check
+    reads the same address (the DNS lists took ``[192.0.2.1]``, SPF did not).
+    Anything else is kept as given (an IPv6 zone too: the DNS lists are never
+    asked about a scoped address); the checks that need an address say when it
+    is not one.
     """
 
     client_ip: str | None = None
@@ -58,9 +71,45 @@ class Envelope:
     queue_id: str | None = None
 
     def __post_init__(self) -> None:
-        # Accept any iterable of recipients (a list from an MTA hook) but store a tuple.
-        if not isinstance(self.rcpt_tos, tuple):
-            object.__setattr__(self, "rcpt_tos", tuple(self.rcpt_tos))
+        for name in _ENVELOPE_TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"Envelope.{name} must be a str or None, not {type(value).__name__}"
+                                + (" (decode it first)" if isinstance(value, (bytes, bytearray)) else ""))
+        rcpts = self.rcpt_tos
+        if not isinstance(rcpts, tuple):
+            # Any iterable of recipients (a list from an MTA hook), stored as a tuple; a lone string is
+            # one recipient, not one per character.
+            if rcpts is None:
+                rcpts = ()
+            elif isinstance(rcpts, str):
+                rcpts = (rcpts,)
+            elif isinstance(rcpts, (bytes, bytearray)):
+                raise TypeError("Envelope.rcpt_tos must be str addresses, not bytes (decode them first)")
+            else:
+                rcpts = tuple(rcpts)
+            object.__setattr__(self, "rcpt_tos", rcpts)
+        for r in rcpts:
+            if not isinstance(r, str):
+                raise TypeError(f"Envelope.rcpt_tos must be str addresses, not {type(r).__name__}")
+        ip = self.client_ip
+        if ip and (ip[0] in "[Ii \t" or ip[-1] in " \t"):
+            object.__setattr__(self, "client_ip", _bare_address(ip))
+
+
+#: the Envelope fields that are text (``rcpt_tos`` is checked on its own)
+_ENVELOPE_TEXT_FIELDS = ("client_ip", "helo", "hostname", "mail_from", "user", "queue_id")
+
+
+def _bare_address(ip: str) -> str:
+    """``client_ip`` as the address alone: without blanks around it, RFC 5321 literal brackets
+    or the ``IPv6:`` tag."""
+    ip = ip.strip()
+    if ip.startswith("[") and ip.endswith("]"):
+        ip = ip[1:-1]
+    if ip[:5].lower() == "ipv6:":
+        ip = ip[5:]
+    return ip
 
 
 # --------------------------------------------------------------------------- limits
@@ -185,6 +234,10 @@ _HTML_ANCHOR_RE = re.compile(r"<a\b([^>]*)>([^<]*(?:<(?!/a\s*>|a\b)[^<]*)*)(?:</
 _HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _HTML_SRC_RE = re.compile(r"""<(?:img|form|iframe|area)\b[^>]*?\b(?:src|action|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _BLANKS_RE = re.compile(r"\n\s*\n+")
+#: where a match of the patterns above can begin, for the searches in linear time (:func:`_tag_matches`)
+_HTML_DROP_START_RE = re.compile(r"<(?:!--|(?:script|style|head|title)\b)", re.I)
+_HTML_ANCHOR_START_RE = re.compile(r"<a\b", re.I)
+_HTML_SRC_START_RE = re.compile(r"<(?:img|form|iframe|area)\b", re.I)
 
 # Text URLs are found by a compiled kernel, ``fastscore.impl.text_urls`` (its twin is the definition).
 #: a URL's authority: what a browser reads between ``//`` and the path, query or fragment (WHATWG URL
@@ -476,18 +529,23 @@ def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
     line breaks; entities are unescaped.  Image, form and frame targets are
     links with empty anchor text.
     """
-    markup = _HTML_DROP_RE.sub(" ", markup)
+    markup = _drop_hidden(markup)
     links: list[tuple[str, str]] = []
     if "<a" in markup or "<A" in markup:
-        for m in _HTML_ANCHOR_RE.finditer(markup):
+        # An anchor fails to open only with no ">" after it: ``re`` alone is linear unless one opens after the last.
+        anchors = (_HTML_ANCHOR_RE.finditer(markup) if _HTML_ANCHOR_START_RE.search(markup, markup.rfind(">") + 1) is None
+                   else _tag_matches(_HTML_ANCHOR_RE, _HTML_ANCHOR_START_RE, markup))
+        for m in anchors:
             h = _HTML_HREF_RE.search(m.group(1))
             if h:
                 href = h.group(1) if h.group(1) is not None else (h.group(2) if h.group(2) is not None else h.group(3))
-                anchor = _HTML_TAG_RE.sub("", m.group(2))
+                anchor = m.group(2)
+                if "<" in anchor:
+                    anchor = _sub_tags(_HTML_TAG_RE, "", anchor)
                 if "&" in anchor:
                     anchor = _html.unescape(anchor)
                 links.append((_html.unescape(href.strip()) if "&" in href else href.strip(), fastscore.impl.collapse_blanks(anchor).strip()))
-    for m in _HTML_SRC_RE.finditer(markup):
+    for m in _tag_matches(_HTML_SRC_RE, _HTML_SRC_START_RE, markup):
         src = m.group(1) if m.group(1) is not None else (m.group(2) if m.group(2) is not None else m.group(3))
         links.append((src.strip(), ""))
     text = fastscore.impl.html_strip_tags(markup)  # block-level tags -> line breaks, other tags removed
@@ -496,6 +554,55 @@ def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
     text = fastscore.impl.collapse_blanks(text)
     text = _BLANKS_RE.sub("\n", text)
     return text.strip(), links
+
+
+def _tag_matches(pattern: re.Pattern[str], starts: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """``pattern.finditer(text)`` in time linear in ``len(text)``, for the anchor and the link patterns:
+    ``<name`` (found by ``starts``), then the tag's attributes read as ``[^>]*``.
+
+    ``re`` tries every place a tag opens, and where no match begins it has read on to the next ``>``
+    (to the end when there is none): for ``<img <img ...`` with no link and no ``>``, the square of the
+    length, minutes for a part of 100 KB, and a scan has no deadline there.  Where no match begins,
+    none begins before that ``>`` either (what the pattern looks for among the attributes does not
+    depend on where the tag opened), so the search goes on after it.
+    """
+    pos = 0
+    while (c := starts.search(text, pos)) is not None:
+        m = pattern.match(text, c.start())
+        if m is not None:
+            yield m
+            pos = m.end()
+        else:
+            gt = text.find(">", c.start())
+            if gt < 0:
+                return
+            pos = gt + 1
+
+
+def _drop_hidden(markup: str) -> str:
+    """``_HTML_DROP_RE.sub(" ", markup)`` in time linear in ``len(markup)``.
+
+    A script, style, head or title tag cannot open with no ``>`` after it, and ``re`` trying each one
+    there reads on to the end (see :func:`_tag_matches`): those places are passed over.  A comment
+    opens anywhere (one left open runs to the end).
+    """
+    last = markup.rfind(">")
+    if _HTML_DROP_START_RE.search(markup, last + 1) is None:
+        return _HTML_DROP_RE.sub(" ", markup)  # nothing opens after the last ">": ``re`` alone is linear
+    out: list[str] = []
+    done = pos = 0
+    while (c := _HTML_DROP_START_RE.search(markup, pos)) is not None:
+        s = c.start()
+        m = _HTML_DROP_RE.match(markup, s) if s < last or markup[s + 1] == "!" else None
+        if m is None:
+            pos = s + 1
+            continue
+        out += (markup[done:s], " ")
+        done = pos = m.end()
+    if not out:
+        return markup
+    out.append(markup[done:])
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- learning ledgers
@@ -566,6 +673,9 @@ class Message:
     def __init__(self, raw: bytes, envelope: Envelope | None = None, limits: Limits | None = None):
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise TypeError(f"Message needs the raw bytes of a message, not {type(raw).__name__}")
+        if envelope is not None and not isinstance(envelope, Envelope):
+            # A dict or an address string would be ignored by content checks and break every network check.
+            raise TypeError(f"the envelope must be an antispam.Envelope or None, not {type(envelope).__name__}")
         raw = bytes(raw)
         self.envelope = envelope or _NO_ENVELOPE
         self.limits = limits or DEFAULT_LIMITS

@@ -20,6 +20,8 @@ the verdict itself.
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Iterable, Mapping
 
 from .check import Hit, SymbolDef
@@ -69,16 +71,11 @@ class Policy:
             else:
                 opts = prev[1] + tuple(o for o in h.options if o not in prev[1])
                 merged[h.symbol] = (max(prev[0], h.weight), opts)
-        results: dict[str, SymbolResult] = {}
-        meta = self._meta
-        for name, (weight, options) in merged.items():
-            m = meta.get(name)
-            if m is None:  # undeclared symbol: visible, scored by config or 0
-                m = (self.config.scores.get(name, 0.0), "", "misc")
-            results[name] = SymbolResult(name, m[0] * weight, weight, options, m[1], m[2])
-        if self.group_caps:
-            results = self._apply_caps(results)
+        results = self._results(merged)
         total = float(round(sum(r.score for r in results.values()), 4))
+        if not math.isfinite(total):
+            results = self._results(self._finite(merged))
+            total = float(round(sum(r.score for r in results.values()), 4))
         action = self.action_for(total)
         if forced is not None and _SEVERITY[forced] > _SEVERITY[action]:
             action = forced
@@ -96,6 +93,40 @@ class Policy:
             subject_prefix=self.config.engine.subject_prefix,
             authserv_id=authserv_id,
         )
+
+    def _results(self, merged: Mapping[str, tuple[float, tuple[str, ...]]]) -> dict[str, SymbolResult]:
+        results: dict[str, SymbolResult] = {}
+        meta = self._meta
+        for name, (weight, options) in merged.items():
+            m = meta.get(name)
+            if m is None:  # undeclared symbol: visible, scored by config or 0
+                m = (self.config.scores.get(name, 0.0), "", "misc")
+            results[name] = SymbolResult(name, m[0] * weight, weight, options, m[1], m[2])
+        if self.group_caps:
+            results = self._apply_caps(results)
+        return results
+
+    def _finite(self, merged: Mapping[str, tuple[float, tuple[str, ...]]]) -> dict[str, tuple[float, tuple[str, ...]]]:
+        """``merged`` with each symbol whose score is not a finite number (a check's weight of NaN or of
+        an infinity) counted as 0, and a ``CHECK_ERROR`` that names it.
+
+        Such a score made the total NaN, which no threshold reaches (every comparison with NaN is
+        false: "no action" whatever the other symbols said), or infinite; either way a verdict that
+        ``to_dict()`` cannot write as JSON nor ``headers()`` print.  The check that computed it is
+        broken, as one that raises is: the verdict stands on the others.
+        """
+        out = dict(merged)
+        scores = {name: self._meta.get(name, (self.config.scores.get(name, 0.0),))[0] * weight
+                  for name, (weight, _) in merged.items()}
+        bad = [name for name, score in scores.items() if not math.isfinite(score)]
+        if not bad:  # finite scores whose sum overflows: those too large to add up
+            bad = [name for name, score in scores.items() if abs(score) > sys.float_info.max / len(scores)]
+        for name in bad:
+            out[name] = (0.0, merged[name][1])
+        weight, options = out.get("CHECK_ERROR", (1.0, ()))
+        out["CHECK_ERROR"] = (weight, options + tuple(f"{name}: weight {merged[name][0]!r} gives no finite score"
+                                                      for name in bad))
+        return out
 
     def _apply_caps(self, results: dict[str, SymbolResult]) -> dict[str, SymbolResult]:
         by_group: dict[str, list[str]] = {}

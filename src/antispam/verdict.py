@@ -7,7 +7,9 @@ that existing Sieve and procmail rules keep working unchanged.
 
 from __future__ import annotations
 
+import base64
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -54,7 +56,8 @@ class SymbolResult:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "score": round(self.score, 3), "metric_score": round(self.score / self.weight, 3) if self.weight else 0.0}
         if self.options:
-            d["options"] = list(self.options)
+            # str() each: an option a custom check gave as bytes (or a number) must not make the verdict unwritable as JSON
+            d["options"] = [o if type(o) is str else str(o) for o in self.options]
         if self.description:
             d["description"] = self.description
         return d
@@ -111,6 +114,12 @@ class Verdict:
         """Headers to add, SpamAssassin style, plus Authentication-Results when auth ran.
 
         ``X-Spam-Status: Yes, score=7.3 required=5.0 tests=A,B autolearn=no version=...``
+
+        Each value is printable ASCII, folded with LF + tab where it is long: ready to write.
+        Authentication-Results quotes what the message and the envelope said (DKIM tags, the
+        From domain, MAIL FROM); a character there that a header of ours must not carry (a
+        control character, a line break that is not our fold, anything outside ASCII) is
+        written as ``?`` (:func:`header_safe`).  :attr:`authentication_results` keeps it as read.
         """
         flag = "YES" if self.is_spam else "NO"
         score = shown_score(self.score, self.required_score, self.is_spam)
@@ -128,15 +137,22 @@ class Verdict:
             ("X-Spam-Action", self.action),
         ]
         if self.authentication_results:
-            out.append(("Authentication-Results", self.authentication_results))
+            out.append(("Authentication-Results", header_safe(self.authentication_results)))
         return out
 
     def rewritten_subject(self) -> str | None:
-        """The new Subject when the action is ``rewrite subject``, else None."""
+        """The new Subject when the action is ``rewrite subject``, else None: a header value, ready to write.
+
+        :attr:`subject` is the Subject as decoded for the scan, which may hold anything an encoded
+        word can say: written back as it is, a CR LF in it starts a header of the sender's choosing
+        and 8-bit text goes out raw.  So control characters (line breaks, NUL...) become spaces, and
+        text that is not ASCII is written as RFC 2047 encoded words, as rspamd's ``/checkv2`` gives
+        its ``subject`` (:func:`header_text`).  The servers tag the Subject as sent instead.
+        """
         if self.action != "rewrite subject":
             return None
         subj = self.subject or ""
-        return subj if subj.startswith(self.subject_prefix) else self.subject_prefix + subj
+        return header_text(subj if subj.startswith(self.subject_prefix) else self.subject_prefix + subj)
 
     def to_dict(self) -> dict[str, Any]:
         """rspamd ``/checkv2`` shape: score, required_score, action, symbols{NAME: {...}}."""
@@ -156,8 +172,51 @@ class Verdict:
         if self.action == "rewrite subject":
             d["subject"] = self.rewritten_subject()
         if self.authentication_results:
-            d["milter"] = {"add_headers": {"Authentication-Results": {"value": self.authentication_results, "order": 0}}}
+            d["milter"] = {"add_headers": {"Authentication-Results": {"value": header_safe(self.authentication_results),
+                                                                      "order": 0}}}
         return d
+
+
+#: what a header value of ours may not carry: anything but printable ASCII and tabs, and a line break
+#: that is not one of our folds (LF, then a tab)
+_HEADER_UNSAFE = re.compile(r"[^\t\n\x20-\x7e]|\n(?!\t)")
+
+
+def header_safe(value: str) -> str:
+    """``value`` with each character a header of ours must not carry written as ``?`` (see ``_HEADER_UNSAFE``)."""
+    return _HEADER_UNSAFE.sub("?", value)
+
+
+#: control characters (C0, DEL, C1) and the Unicode line and paragraph separators
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+#: the UTF-8 bytes of text one encoded word carries: 45 bytes are 60 base64 characters, and with
+#: ``=?UTF-8?B?``...``?=`` a word of 72, within the 75 of RFC 2047 section 2
+_WORD_BYTES = 45
+
+
+def header_text(text: str) -> str:
+    """``text`` as an unstructured header value (a Subject): one line, printable ASCII.
+
+    Each run of control characters becomes one space.  When what is left is not ASCII, the
+    words from the first one that is not are RFC 2047 encoded words (UTF-8, base64) separated
+    by spaces, which readers do not show between two encoded words; the ASCII words before
+    stay as they are (so a filter matching the ``***SPAM***`` prefix still finds it).
+    """
+    text = _CONTROLS.sub(" ", text)
+    if text.isascii():
+        return text
+    first = next(i for i, c in enumerate(text) if not c.isascii())
+    cut = text.rfind(" ", 0, first) + 1
+    words: list[bytes] = []
+    chunk = b""
+    for c in text[cut:]:
+        b = c.encode("utf-8", "replace")  # a lone surrogate (undecodable input) is written as "?"
+        if len(chunk) + len(b) > _WORD_BYTES:
+            words.append(chunk)
+            chunk = b""
+        chunk += b
+    words.append(chunk)
+    return text[:cut] + " ".join(f"=?UTF-8?B?{base64.b64encode(w).decode('ascii')}?=" for w in words)
 
 
 def _fold(start: int, pieces: list[tuple[str, str]], width: int = 78) -> str:

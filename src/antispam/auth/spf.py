@@ -215,9 +215,13 @@ def evaluate(ip: str, sender: str | None, helo: str | None, lookup: Lookup,
     """check_host() with ``lookup`` answering every DNS question (raises :class:`_Miss` through)."""
     identity, address, domain = _identity(sender, helo)
     try:
-        ipaddress.ip_address(ip)
+        addr = ipaddress.ip_address(ip)
     except ValueError:
         return SpfOutcome("none", identity, address, domain, reason=f"not an IP address: {ip!r}")
+    if getattr(addr, "scope_id", None):
+        # An IPv6 zone (fe80::1%eth0, a link-local client) names an interface of this host; SPF is about
+        # the address, and pyspf raised on the zone (a CHECK_ERROR and no SPF result).
+        ip = ip.partition("%")[0]
     if not domain:
         return SpfOutcome("none", identity, address, domain, reason="no identity to check")
     q = _Query(ip, address, helo or "", limits=limits, strict=True)

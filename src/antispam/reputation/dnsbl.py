@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -83,7 +84,8 @@ class DnsblCheck(Check):
         self.lists = specs
         self.trusted = parse_networks(c.trusted_networks, "dnsbl.trusted_networks")
         self.stats = {s.name: ListStats() for s in specs}
-        self._health_lock: asyncio.Lock | None = None
+        #: one lock per event loop (see :meth:`_ensure_health`)
+        self._health_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
         syms: dict[str, SymbolDef] = {}
         for s in specs:
             for sym in s.symbols():
@@ -244,16 +246,24 @@ class DnsblCheck(Check):
         st.healthy, st.reason = False, reason
 
     async def _ensure_health(self, resolver: Any, ctx: ScanContext) -> None:
-        """Run the due health checks; concurrent scans wait for one run instead of repeating it."""
+        """Run the due health checks; concurrent scans wait for one run instead of repeating it.
+
+        Concurrent scans of one event loop, that is: an ``asyncio.Lock`` serves the loop it was first
+        waited on in, and ``Engine.scan`` from several threads runs one loop per thread, where one
+        lock for all made every scan that had to wait in another loop a ``CHECK_ERROR``.  Each loop
+        has its lock; the scans of two threads may each run the check once.
+        """
         if self.cfg.health_interval <= 0:
             return
         now = time.monotonic()
         due = [s for s in self.lists if now - self.stats[s.name].checked_at >= self.cfg.health_interval]
         if not due:
             return
-        if self._health_lock is None:
-            self._health_lock = asyncio.Lock()
-        async with self._health_lock:
+        loop = asyncio.get_running_loop()
+        lock = self._health_locks.get(loop)
+        if lock is None:
+            lock = self._health_locks[loop] = asyncio.Lock()
+        async with lock:
             due = [s for s in due if time.monotonic() - self.stats[s.name].checked_at >= self.cfg.health_interval]
             if due:
                 await asyncio.gather(*(self.check_health(s, resolver, ctx.deadline) for s in due))
