@@ -260,7 +260,7 @@ class Resolver:
         state = self._state()
         flight = state.inflight.get(key)
         if flight is None:
-            if deadline is not None and deadline - time.monotonic() <= 0.001:
+            if self._attempt_timeout(deadline) is None:
                 return Answer(key[0], key[1], "timeout", detail=DEADLINE)  # out of time: start no query
             task = asyncio.get_running_loop().create_task(self._query(state, key))
             flight = state.inflight[key] = _Flight(task)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from ..corpus import LabelledMessage, default_corpus_dir, iter_messages, load_labelled
 from ..errors import AntispamError
+from .tokenizer import MAX_BITS, MIN_BITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,8 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
 
-#: the feature-space sizes a model may have: what the model loader accepts (``classifier.model``)
-MIN_BITS, MAX_BITS = 1, 31
 
 
 def _bits(text: str) -> int:

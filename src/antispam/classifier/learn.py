@@ -54,14 +54,13 @@ import numpy as np
 
 from ..message import ledger_digests
 from ..store import Store
+from ..store.base import CLAIM_TRIES, first_entry
 from .tokenizer import TokenizerSpec
 
 #: the shrink constant K of the formula above
 SHRINK = 2.0
 #: EPS of the formula above
 EPS = 0.01
-#: ledger changes lost to other processes before giving up (each loss means another process just changed it)
-CLAIM_TRIES = 8
 
 
 class TokenStats:
@@ -116,21 +115,13 @@ class TokenStats:
         amounts[self._totals[1]] = -1.0 if spam else 1.0
         self.store.incr_many(amounts)
 
-    def _entry(self, keys: Sequence[str]) -> tuple[str, bytes | None]:
-        """The first of ``keys`` that holds a ledger entry, and the entry (the first key and None if none does)."""
-        for key in keys:
-            value = self.store.get(key)
-            if value is not None:
-                return key, value
-        return keys[0], None
-
     def learn(self, raw: bytes, ids: np.ndarray, spam: bool, source: str = "api") -> bool:
         """Count a message once.  True if the statistics changed."""
         key, *older = ledger_keys(raw)
         label = b"spam" if spam else b"ham"
         entry = label + b" " + source.encode("utf-8", "replace")[:200]
         for _ in range(CLAIM_TRIES):
-            at, prev = self._entry(older) if older else (key, None)
+            at, prev = first_entry(self.store, older) if older else (key, None)
             if prev is None:
                 # No entry from before line ends were normalised (none is written there any more): the
                 # message's entry, if any, is under ``key``.
@@ -163,7 +154,7 @@ class TokenStats:
         """Take a learned message back out.  False if it was never learned."""
         keys = ledger_keys(raw)
         for _ in range(CLAIM_TRIES):
-            at, prev = self._entry(keys)
+            at, prev = first_entry(self.store, keys)
             if prev is None:
                 return False
             # Delete only the entry we read: if another process relearned it meanwhile, read it again, so

@@ -53,7 +53,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ModelError
-from .tokenizer import TOKENIZER_VERSION, TokenizerSpec
+from .tokenizer import MAX_BITS, MIN_BITS, TOKENIZER_VERSION, TokenizerSpec
 
 MODEL_FORMAT = "antispam-linear-1"
 #: see the module docstring: messages with fewer features are normalised as if they had this many
@@ -230,7 +230,7 @@ def load_model(directory: str | Path) -> Model:
     bigrams = tok.get("bigrams")
     if not isinstance(bigrams, bool):
         raise ModelError(f"{mpath}: model.json field 'tokenizer.bigrams' missing or not true/false: {bigrams!r}")
-    if not 1 <= bits <= 31 or not 0 <= seed < 2**64:
+    if not MIN_BITS <= bits <= MAX_BITS or not 0 <= seed < 2**64:
         raise ModelError(f"{mpath}: tokenizer bits/seed out of range")
     spec = TokenizerSpec(version=TOKENIZER_VERSION, seed=seed, bits=bits, bigrams=bigrams)
     digests = _need(meta, "arrays", dict, mpath)

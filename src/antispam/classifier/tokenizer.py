@@ -82,6 +82,8 @@ TOKENIZER_VERSION = 6
 DEFAULT_SEED = 0x5A17_0A5E_C1A5_51F1
 #: The default id space: 2**20 features.
 DEFAULT_BITS = 20
+#: the feature-space sizes a model may have (2**1 .. 2**31 ids), as the loader and ``antispam train`` check them
+MIN_BITS, MAX_BITS = 1, 31
 #: Text beyond this many characters is not tokenized (bounds the work per message).
 MAX_TEXT_CHARS = 200_000
 

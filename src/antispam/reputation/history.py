@@ -49,6 +49,7 @@ from ..auth.dkim import DkimOutcome
 from ..domains import registered_domain
 from ..message import Message, domain_of, ledger_digests
 from ..store import Store, StoreUnavailable
+from ..store.base import CLAIM_TRIES, first_entry
 from ..verdict import Verdict
 from .netkeys import network_key
 
@@ -56,8 +57,6 @@ EPOCH = 1767225600.0  # 2026-01-01T00:00:00Z
 MAX_URL_DOMAINS = 10
 #: actions under which a message is not taken (deferred or refused): a clean one is not counted
 _NOT_ACCEPTED = frozenset({"greylist", "soft reject", "reject"})
-#: rounds of read-then-claim an unlearn tries while other processes keep changing the entry
-CLAIM_TRIES = 8
 
 # entity kind -> (bad symbol, good symbol or None)
 _KINDS = {
@@ -205,11 +204,8 @@ class HistoryCheck(Check):
         """
         keys = _ledger_keys(msg.raw)
         for _ in range(CLAIM_TRIES):
-            for key in keys:
-                value = self.store.get(key)
-                if value is not None:
-                    break
-            else:
+            key, value = first_entry(self.store, keys)
+            if value is None:
                 return False
             if self.store.compare_and_set(key, value, None):
                 spam, amount = _parse_ledger(value)

@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ..config import RULES_ENGINES
 from ..resources import default_rules_dir
 from .compiler import compile_rules
 from .parser import parse_paths
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("corpus", nargs="?", help="labelled corpus directory (default: the shared SpamAssassin corpus)")
     st.add_argument("--split", choices=("train", "test", "all"), default="train", help="corpus split (default train)")
     st.add_argument("--rules", action="append", default=[], metavar="DIR", help="rule directories (default: embedded)")
-    st.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "python"),
+    st.add_argument("--engine", default="auto", choices=RULES_ENGINES,
                     help="matcher (default auto: Hyperscan when installed)")
     st.set_defaults(func=cmd_stats)
     fit = rs.add_parser("fit", help="fit rule scores on the TRAIN split and write scores.cf")

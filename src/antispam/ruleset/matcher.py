@@ -1277,7 +1277,7 @@ def make_matcher(compiled: CompiledRules, engine: str = "auto", cache_dir: str |
         # Config.load checks it first and names the file
         from ..errors import ConfigError
 
-        raise ConfigError(f"unknown rules engine {engine!r} (auto, hyperscan, python)", key="rules.engine")
+        raise ConfigError(f"unknown rules engine {engine!r} ({', '.join(RULES_ENGINES)})", key="rules.engine")
     if engine == "python" or (engine == "auto" and _hs is None):
         return PythonMatcher(compiled)
     return HyperscanMatcher(compiled, cache_dir)

@@ -580,6 +580,16 @@ def _field(name: str, value: str, eol: bytes) -> bytes:
     return line + eol
 
 
+#: the names (lower case) of the X-Spam-* fields a verdict adds (``Verdict.headers()`` but
+#: Authentication-Results, which is removed by authserv-id instead): a message's own fields of these
+#: names are removed before ours go in, and from mail accepted unscanned (the milter)
+OUR_NAMES = frozenset(n.lower() for n, _ in Verdict(score=0.0, required_score=0.0, action="no action", symbols={},
+                                                    thresholds={}).headers()) - {"authentication-results"}
+_OUR_NAMES_B = tuple(n.encode("ascii") for n in OUR_NAMES)
+#: what all of them start with: one search for it settles nearly every message
+_OUR_SHARED = b"x-spam-" if all(n.startswith(b"x-spam-") for n in _OUR_NAMES_B) else b""
+
+
 def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     """The message with our X-Spam-* (and Authentication-Results) headers, and its Subject tagged
     when the verdict rewrites it.  Headers of the same names already present are removed first:
@@ -593,7 +603,7 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     an untagged one.
     """
     ours = verdict.headers()
-    drop = {n.lower() for n, _ in ours if n.lower() != "authentication-results"}
+    drop = OUR_NAMES
     tag = verdict.action == "rewrite subject" and not (verdict.subject or "").startswith(verdict.subject_prefix)
     if not tag:
         # Nearly all mail has none of the fields to remove: then the message is its header block,
@@ -605,9 +615,7 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
         head, body = split_headers(raw)
         eol = line_ending(raw)
         low = head.lower()
-        names = [n.encode("ascii") for n in drop]
-        shared = b"x-spam-" if all(n.startswith(b"x-spam-") for n in names) else b""
-        if not (shared in low and any(n in low for n in names)) and \
+        if not (_OUR_SHARED in low and any(n in low for n in _OUR_NAMES_B)) and \
                 not (verdict.authserv_id and b"authentication-results" in low):
             return b"".join([head, eol if head else b"",
                              *[_field(n, v, eol) for n, v in ours], eol, body])

@@ -53,7 +53,7 @@ from ..auth.authres import parse as parse_authres
 from ..config import reply_lines
 from ..message import Envelope
 from ..verdict import Verdict
-from .common import Connection, ProtocolError, Server, subject_tag
+from .common import OUR_NAMES, Connection, ProtocolError, Server, subject_tag
 
 VERSION = 6
 
@@ -87,9 +87,6 @@ def packet(cmd: bytes, data: bytes = b"") -> bytes:
 #: the answer to most packets, built once
 _CONTINUE = packet(CONTINUE)
 
-#: the names of the X-Spam-* headers a verdict adds: removed from mail accepted unscanned too
-_OUR_NAMES = frozenset(n.lower() for n, _ in Verdict(score=0.0, required_score=0.0, action="no action", symbols={},
-                                                     thresholds={}).headers()) - {"authentication-results"}
 
 
 def _cstrings(data: bytes) -> list[str]:
@@ -325,7 +322,7 @@ class MilterServer(Server):
             return _CONTINUE
         try:
             lowered = [n.lower() for n, _ in s.headers]
-            return (self._remove_forged(s, lowered, _OUR_NAMES)
+            return (self._remove_forged(s, lowered, OUR_NAMES)
                     + self._remove_forged_authres(s, lowered, getattr(self.scanner.engine, "authserv_id", ""))
                     + _CONTINUE)
         except Exception:  # the deletes are a courtesy here: never the reason a message is lost
@@ -349,7 +346,7 @@ class MilterServer(Server):
         lead = b" " if s.protocol & HDR_LEADSPC else b""
         lowered = [n.lower() for n, _ in s.headers]  # once, not once per name looked for
         if s.actions & CHGHDRS:
-            out += self._remove_forged(s, lowered, {n.lower() for n, _ in ours if n.lower() != "authentication-results"})
+            out += self._remove_forged(s, lowered, OUR_NAMES)
             out += self._remove_forged_authres(s, lowered, v.authserv_id)
         if action == "rewrite subject":
             out += self._tag_subject(s, lowered, v, lead)

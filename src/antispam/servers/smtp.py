@@ -51,7 +51,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, Session as Sm
 from .. import fastscore
 from ..config import SMTP_MODES
 from ..message import Envelope
-from .common import Server, rewrite_headers
+from .common import Server, _has_input, rewrite_headers
 
 if TYPE_CHECKING:
     from .prefork import SharedListener
@@ -875,7 +875,7 @@ class _SmtpClient:
         a client idle past ``smtpd_timeout`` and closes, and that 421 waits in the buffer ahead of
         the EOF (``at_eof()`` is true only once the buffer is empty)."""
         reader = self.reader
-        return (bool(reader._buffer) or reader._eof or self.writer.is_closing()
+        return (_has_input(reader) or reader._eof or self.writer.is_closing()
                 or reader.exception() is not None)
 
     def close(self) -> None:

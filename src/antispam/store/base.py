@@ -134,6 +134,22 @@ def open_store(url: str, timeout: float | None = None) -> Store:
 
 
 
+#: rounds of read-then-``compare_and_set`` a ledger change tries before giving up (each lost round
+#: means another process just changed the entry)
+CLAIM_TRIES = 8
+
+
+def first_entry(store: Store, keys: Sequence[str]) -> tuple[str, bytes | None]:
+    """The first of ``keys`` that holds a value, and the value (the first key and None if none does):
+    how the learning ledgers find a message's entry under its current key or a key older ledgers
+    used (:func:`antispam.message.ledger_digests`)."""
+    for key in keys:
+        value = store.get(key)
+        if value is not None:
+            return key, value
+    return keys[0], None
+
+
 def bucket_refill(tokens: float, last: float, now: float, rate: float, burst: float) -> float:
     """Tokens in a bucket at ``now`` that held ``tokens`` at ``last``: linear refill, capped at ``burst``.
 
