@@ -224,6 +224,26 @@ def test_maildir_reads_only_messages(tmp_path):
     assert [it.data for it in items] == [msg(1), msg(2), msg(4)]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_odd_entries_in_a_plain_directory_and_in_a_maildir(tmp_path):
+    """Both walks read an entry alike: a dangling link and a FIFO are error items; a maildir's file is
+    one message even when it looks like a mbox, and a directory inside its ``cur`` is skipped."""
+    box = b"From a@example.com Mon Jan  1 00:00:00 2024\n" + msg(1) + b"\nFrom b@example.com Mon Jan  1 00:00:01 2024\n" + msg(2)
+    plain, md = tmp_path / "plain", tmp_path / "md"
+    for d in (plain, md / "cur" / "sub", md / "new"):
+        d.mkdir(parents=True)
+    for d in (plain, md / "cur"):
+        (d / "box").write_bytes(box)
+        os.symlink(tmp_path / "nowhere", d / "gone")
+        os.mkfifo(d / "pipe")
+    (md / "cur" / "sub" / "x").write_bytes(msg(3))
+    got = [(os.path.relpath(it.source, tmp_path), it.error.split(":")[0] if it.error else None)
+           for it in iter_messages([plain, md])]
+    assert got == [("plain/box#1", None), ("plain/box#2", None), ("plain/gone", "cannot read"),
+                   ("plain/pipe", "not a regular file (FIFO)"),
+                   ("md/cur/box", None), ("md/cur/gone", "cannot read"), ("md/cur/pipe", "not a regular file (FIFO)")]
+
+
 # ----------------------------------------------------------------------------- 15. manifest
 
 

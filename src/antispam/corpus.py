@@ -292,6 +292,21 @@ def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
         return None
 
 
+def _iter_entry(entry: os.DirEntry[str], st: os.stat_result | None, cap: int | None, single: bool) -> Iterator[Item]:
+    """One file met in a directory walk (``st``: its :func:`_stat`), read with ``regular_only``: the
+    message(s) of a regular file, an error item for a dangling link or a special file.
+
+    A directory is skipped without a word: the walk reaches the subdirectories it reads by itself,
+    and one inside a maildir's ``cur``/``new`` is no mail.  ``single`` as for :func:`_iter_file`.
+    """
+    if st is None:
+        yield _error(entry.path, "cannot read: a dangling symbolic link or a link loop")
+    elif stat.S_ISREG(st.st_mode):
+        yield from _iter_file(Path(entry.path), cap, regular_only=True, single=single)
+    elif not stat.S_ISDIR(st.st_mode):
+        yield _error(entry.path, f"not a regular file ({_kind(st.st_mode)}): skipped")
+
+
 def _iter_dir(path: Path, st: os.stat_result, visited: set[tuple[int, int]], cap: int | None) -> Iterator[Item]:
     """A directory, recursively in name order: its files, then its subdirectories.
 
@@ -314,15 +329,9 @@ def _iter_dir(path: Path, st: os.stat_result, visited: set[tuple[int, int]], cap
         yield from _iter_maildir(path, entries, stats, visited, cap)
         return
     for e in entries:
-        s = stats[e.name]
         if e.name in subdirs or e.name.startswith(".") or e.name in _NOT_MAIL or e.name.endswith(".md"):
             continue
-        if s is None:
-            yield _error(e.path, "cannot read: a dangling symbolic link or a link loop")
-        elif not stat.S_ISREG(s.st_mode):
-            yield _error(e.path, f"not a regular file ({_kind(s.st_mode)}): skipped")
-        else:
-            yield from _iter_file(Path(e.path), cap, regular_only=True)
+        yield from _iter_entry(e, stats[e.name], cap, single=False)
     for e in entries:
         if e.name in subdirs:
             yield from _iter_dir(Path(e.path), stats[e.name], visited, cap)  # type: ignore[arg-type]
@@ -347,22 +356,15 @@ def _iter_maildir(path: Path, entries: list[os.DirEntry[str]], stats: dict[str, 
             yield _error(d, why or "cannot list directory")
             continue
         for e in files:
-            if e.name.startswith("."):
-                continue
-            fs = _stat(e)
-            if fs is None:
-                yield _error(e.path, "cannot read: a dangling symbolic link or a link loop")
-            elif not stat.S_ISREG(fs.st_mode):
-                if not stat.S_ISDIR(fs.st_mode):
-                    yield _error(e.path, f"not a regular file ({_kind(fs.st_mode)}): skipped")
-            else:
-                yield from _iter_file(Path(e.path), cap, regular_only=True, single=True)
+            if not e.name.startswith("."):
+                yield from _iter_entry(e, _stat(e), cap, single=True)
     for e in entries:
         s = stats[e.name]
         if e.name in ("cur", "new", "tmp") or s is None or not stat.S_ISDIR(s.st_mode):
             continue
         try:
-            inner = {x.name for x in os.scandir(e.path) if x.is_dir()}
+            with os.scandir(e.path) as it:
+                inner = {x.name for x in it if x.is_dir()}
         except OSError as exc:
             yield _error(e.path, f"cannot list directory: {_why(exc)}")
             continue
