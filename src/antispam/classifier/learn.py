@@ -100,20 +100,21 @@ class TokenStats:
             total += seen / (seen + SHRINK) * math.log((s / ns1 + EPS) / (h / nh1 + EPS))
         return self.rate * total
 
-    def _add(self, ids: np.ndarray, spam: bool, sign: float) -> None:
-        kind = "s:" if spam else "h:"
-        amounts = {k: sign for k in self._keys(ids.tolist(), kind)}
+    def _amounts(self, idl: list[int], spam: bool, sign: float) -> dict[str, float]:
+        """``sign`` on the spam (or ham) count of each feature and on that side's message count: the
+        increments that count one message in (+1) or take it out (-1) of one side."""
+        amounts = dict.fromkeys(self._keys(idl, "s:" if spam else "h:"), sign)
         amounts[self._totals[0 if spam else 1]] = sign
-        self.store.incr_many(amounts)
+        return amounts
+
+    def _add(self, ids: np.ndarray, spam: bool, sign: float) -> None:
+        """Count a message in (``sign`` +1) or out (-1) of the ``spam`` side, in one atomic ``incr_many``."""
+        self.store.incr_many(self._amounts(ids.tolist(), spam, sign))
 
     def _move(self, ids: np.ndarray, spam: bool) -> None:
         """Move a message's counts to the ``spam`` side from the other, in one atomic ``incr_many``."""
         idl = ids.tolist()
-        amounts = dict.fromkeys(self._keys(idl, "h:" if spam else "s:"), -1.0)
-        amounts.update(dict.fromkeys(self._keys(idl, "s:" if spam else "h:"), 1.0))
-        amounts[self._totals[0]] = 1.0 if spam else -1.0
-        amounts[self._totals[1]] = -1.0 if spam else 1.0
-        self.store.incr_many(amounts)
+        self.store.incr_many({**self._amounts(idl, not spam, -1.0), **self._amounts(idl, spam, 1.0)})
 
     def learn(self, raw: bytes, ids: np.ndarray, spam: bool, source: str = "api") -> bool:
         """Count a message once.  True if the statistics changed."""
