@@ -51,6 +51,18 @@ def test_ttl_expiry(store):
     assert store.incr("tc", 1) == 1.0                 # an expired counter restarts from 0
 
 
+def test_a_sub_second_ttl_is_a_short_life(store):
+    """Every operation taking a ttl accepts a fractional one under a second and keeps the key:
+    Redis's EXPIRE / SET EX take whole seconds only, where 0 is an error or an instant delete."""
+    store.set("f:set", b"v", ttl=0.9)
+    assert store.add("f:add", b"v", ttl=0.9) is True
+    assert store.compare_and_set("f:cas", None, b"v", ttl=0.9) is True
+    store.incr("f:incr", 1, ttl=0.9)
+    store.incr_many({"f:many": 2}, ttl=0.9)
+    assert [store.get(k) for k in ("f:set", "f:add", "f:cas")] == [b"v"] * 3
+    assert store.get_counts(["f:incr", "f:many"]) == [1.0, 2.0]
+
+
 def test_token_bucket(store):
     t0 = 1_000_000.0
     results = [store.take("rl:ip", rate=1.0, burst=3, now=t0).allowed for _ in range(4)]

@@ -62,6 +62,18 @@ return {allowed, tostring(tokens)}
 """
 
 
+def _expiry(ttl: float) -> int:
+    """``ttl`` as Redis's EXPIRE and SET EX take it: whole seconds, at least one.
+
+    They accept a positive integer only.  A fractional ttl would be refused as
+    "not an integer", and a sub-second one merely truncated to 0 would be
+    refused by SET EX, delete the key at once under EXPIRE, and mean "no
+    expiry" to the compare-and-set script, where the caller asked for a short
+    life.  So a ttl is rounded down, but never below one second.
+    """
+    return max(1, int(ttl))
+
+
 class RedisStore:
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "as:", timeout: float = DEFAULT_TIMEOUT,
                  down_for: float = DOWN_FOR):
@@ -117,7 +129,7 @@ class RedisStore:
             p = self._r.pipeline(transaction=True)
             p.incrbyfloat(self._k(key), amount)
             if ttl is not None:
-                p.expire(self._k(key), max(1, int(ttl)))
+                p.expire(self._k(key), _expiry(ttl))
             return p.execute()[0]
         return float(self._call(op))
 
@@ -130,7 +142,7 @@ class RedisStore:
             for key, amount in amounts.items():
                 p.incrbyfloat(self._k(key), amount)
                 if ttl is not None:
-                    p.expire(self._k(key), max(1, int(ttl)))
+                    p.expire(self._k(key), _expiry(ttl))
             p.execute()
         self._call(op)
 
@@ -144,15 +156,15 @@ class RedisStore:
         return self._call(self._r.get, self._k(key))
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self._call(lambda: self._r.set(self._k(key), value, ex=max(1, int(ttl)) if ttl is not None else None))
+        self._call(lambda: self._r.set(self._k(key), value, ex=_expiry(ttl) if ttl is not None else None))
 
     def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         return bool(self._call(lambda: self._r.set(self._k(key), value, nx=True,
-                                                   ex=max(1, int(ttl)) if ttl is not None else None)))
+                                                   ex=_expiry(ttl) if ttl is not None else None)))
 
     def compare_and_set(self, key: str, expected: bytes | None, new: bytes | None, ttl: float | None = None) -> bool:
         args = ["0" if expected is None else "1", expected or b"", "0" if new is None else "1", new or b"",
-                str(max(1, int(ttl))) if ttl is not None else "0"]
+                str(_expiry(ttl)) if ttl is not None else "0"]
         return bool(int(self._call(lambda: self._cas(keys=[self._k(key)], args=args))))
 
     def delete(self, key: str) -> bool:
