@@ -71,6 +71,13 @@ ENGINE_SYMBOLS = (
 )
 
 
+def _check_error(name: str, exc: BaseException) -> Hit:
+    """The ``CHECK_ERROR`` hit for a check (or the DNS prefetch) that raised: the scan goes on without
+    it, and the option says which one failed and why, cut to 200 characters (an exception's text can
+    be as long as the message it quotes)."""
+    return Hit("CHECK_ERROR", 1.0, (f"{name}: {type(exc).__name__}: {exc}"[:200],))
+
+
 def _load_factory(spec: str):
     module, _, func = spec.partition(":")
     return getattr(importlib.import_module(module), func)
@@ -298,7 +305,7 @@ class Engine:
                     hits.extend(found)
             except Exception as exc:  # isolation: one broken check never loses the verdict
                 log.exception("check %s failed", check.name)
-                hits.append(Hit("CHECK_ERROR", 1.0, (f"{check.name}: {type(exc).__name__}: {exc}"[:200],)))
+                hits.append(_check_error(check.name, exc))
             timings[check.name] = pc() - t
 
     async def _run_network(self, msg: Message, ctx: ScanContext, hits: list[Hit], timings: dict[str, float]) -> None:
@@ -308,7 +315,7 @@ class Engine:
                 questions.extend(check.questions(msg, ctx))
             except Exception as exc:
                 log.exception("check %s failed to list its questions", check.name)
-                hits.append(Hit("CHECK_ERROR", 1.0, (f"{check.name}: {type(exc).__name__}: {exc}"[:200],)))
+                hits.append(_check_error(check.name, exc))
         if questions and self.resolver is not None and hasattr(self.resolver, "prefetch"):
             t = time.perf_counter()
             try:
@@ -317,7 +324,7 @@ class Engine:
                 pass  # each check sees the missing answers and reports its own TEMPFAIL
             except Exception as exc:  # a broken resolver (a bad nameserver...) must not lose the verdict
                 log.exception("DNS prefetch for the network checks failed")
-                hits.append(Hit("CHECK_ERROR", 1.0, (f"dns_prefetch: {type(exc).__name__}: {exc}"[:200],)))
+                hits.append(_check_error("dns_prefetch", exc))
             timings["dns_prefetch"] = time.perf_counter() - t
         for stage in self._stages:
             results = await asyncio.gather(*(self._one_network(c, msg, ctx) for c in stage))
@@ -334,7 +341,7 @@ class Engine:
             out = [Hit("CHECK_TIMEOUT", 1.0, (check.name,))]
         except Exception as exc:
             log.exception("check %s failed", check.name)
-            out = [Hit("CHECK_ERROR", 1.0, (f"{check.name}: {type(exc).__name__}: {exc}"[:200],))]
+            out = [_check_error(check.name, exc)]
         return out, time.perf_counter() - t
 
     def _finish(self, msg: Message, ctx: ScanContext, hits: list[Hit], timings: dict[str, float], t0: float,
