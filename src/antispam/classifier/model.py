@@ -139,10 +139,16 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _need(meta: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+def _need(meta: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: Path, *,
+          name: str | None = None, wrong: str = "of the wrong type") -> Any:
+    """``meta[key]`` if it is a ``kind`` (a JSON true/false is no number), else a ModelError.
+
+    ``name`` is the field as the error names it (``tokenizer.seed``), ``wrong`` what the error says of a
+    value that is not a ``kind``.
+    """
     v = meta.get(key)
     if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
-        raise ModelError(f"{where}: model.json field {key!r} missing or of the wrong type")
+        raise ModelError(f"{where}: model.json field {name or key!r} missing or {wrong}")
     return v
 
 
@@ -173,10 +179,8 @@ def _number(meta: Mapping[str, Any], key: str, where: Path, *, name: str | None 
 
 
 def _int(meta: Mapping[str, Any], key: str, where: Path, name: str) -> int:
-    v = meta.get(key)
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise ModelError(f"{where}: model.json field {name!r} missing or not an integer: {v!r}")
-    return v
+    """``meta[key]``, a JSON integer (not ``20.0``, not ``true``); the error shows the value found."""
+    return _need(meta, key, int, where, name=name, wrong=f"not an integer: {meta.get(key)!r}")
 
 
 #: the highest threshold training writes: ``nextafter`` of a ham probability that rounded to 1.0
