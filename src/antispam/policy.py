@@ -94,13 +94,17 @@ class Policy:
             authserv_id=authserv_id,
         )
 
+    def _meta_of(self, name: str) -> tuple[float, str, str]:
+        """``(configured score, description, group)`` of a symbol.  One a check emits without declaring
+        it is still shown, scored by ``[scores]`` or 0."""
+        m = self._meta.get(name)
+        return m if m is not None else (self.config.scores.get(name, 0.0), "", "misc")
+
     def _results(self, merged: Mapping[str, tuple[float, tuple[str, ...]]]) -> dict[str, SymbolResult]:
         results: dict[str, SymbolResult] = {}
-        meta = self._meta
+        meta_of = self._meta_of
         for name, (weight, options) in merged.items():
-            m = meta.get(name)
-            if m is None:  # undeclared symbol: visible, scored by config or 0
-                m = (self.config.scores.get(name, 0.0), "", "misc")
+            m = meta_of(name)
             results[name] = SymbolResult(name, m[0] * weight, weight, options, m[1], m[2])
         if self.group_caps:
             results = self._apply_caps(results)
@@ -116,8 +120,7 @@ class Policy:
         broken, as one that raises is: the verdict stands on the others.
         """
         out = dict(merged)
-        scores = {name: self._meta.get(name, (self.config.scores.get(name, 0.0),))[0] * weight
-                  for name, (weight, _) in merged.items()}
+        scores = {name: self._meta_of(name)[0] * weight for name, (weight, _) in merged.items()}
         bad = [name for name, score in scores.items() if not math.isfinite(score)]
         if not bad:  # finite scores whose sum overflows: those too large to add up
             bad = [name for name, score in scores.items() if abs(score) > sys.float_info.max / len(scores)]
