@@ -103,6 +103,17 @@ def test_trusted_client_is_not_asked(dns):
     assert not v.has("TEST_BL")
 
 
+def test_trusted_network_written_ipv4_mapped_matches_an_ipv4_client(dns):
+    """A trusted network written IPv4-mapped (``::ffff:1.2.3.0/120``, as a dual-stack socket shows an
+    IPv4 peer) covers the IPv4 client 1.2.3.4, as the servers' allow-list does; one that does not
+    cover it still lets it be asked."""
+    for trusted, asked in ((["::ffff:1.2.3.0/120"], False), (["::ffff:10.0.0.0/104"], True)):
+        e = engine(dns, lists={"bl": LISTS["bl"]}, trusted_networks=trusted)
+        for client in ("1.2.3.4", "::ffff:1.2.3.4"):
+            v = e.scan(b"Subject: x\n\nbody\n", Envelope(client_ip=client))
+            assert v.has("TEST_BL") is asked, (trusted, client)
+
+
 def test_answers_outside_loopback_range_are_ignored(dns):
     v = engine(dns, lists={"bl": LISTS["bl"]}).scan(b"\n\n", Envelope(client_ip="9.9.9.9"))
     assert not any(s.startswith("TEST_BL") for s in v.symbols)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import re
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from ..config import EVENT_LOOPS, ServerConfig
 from ..engine import Engine
 from ..message import Envelope, _split_head_body
+from ..reputation.netkeys import in_networks, parse_network
 from ..auth.authres import strip_forged
 from ..verdict import Verdict
 from .workers import WorkerPool
@@ -80,36 +80,26 @@ class RequestError(Exception):
 
 
 class AllowList:
-    """Client networks allowed to connect.  An empty list allows nobody."""
+    """Client networks allowed to connect.  An empty list allows nobody.
+
+    Networks are read and addresses compared as the reputation checks' are
+    (:mod:`antispam.reputation.netkeys`), IPv4-mapped IPv6 ones as IPv4.
+    """
 
     def __init__(self, networks: Iterable[str]):
         nets = []
         for n in networks:
             try:
-                nets.append(ipaddress.ip_network(n.strip(), strict=False))
+                nets.append(parse_network(n.strip()))
             except ValueError as exc:
                 from ..errors import ConfigError
 
                 raise ConfigError(f"not a network: {n!r} ({exc})", key="allow") from None
-        # A peer's IPv4-mapped address (``::ffff:192.0.2.7``, what a socket bound to ``::`` sees of
-        # an IPv4 client, and what the refusal's log line shows) is compared as IPv4, so a mapped
-        # network (``::ffff:192.0.2.0/120``) is too: else it could never match anyone.
-        for i, net in enumerate(nets):
-            if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and \
-                    net.network_address.ipv4_mapped is not None:
-                nets[i] = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
         self.networks = tuple(nets)
 
     def allows(self, ip: str | None) -> bool:
-        if not ip:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr.version == n.version and addr in n for n in self.networks)
+        # an IPv6 peer's zone (``fe80::1%eth0``) names our interface, not the peer: dropped
+        return in_networks(ip.split("%", 1)[0] if ip else None, self.networks)
 
 
 # --------------------------------------------------------------------------- scanning
