@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
+
 import pytest
 
 from antispam.engine import Engine
 from antispam.errors import RuleError
-from antispam.ruleset import load_rules
+from antispam.ruleset import compile_rules, load_rules
 from antispam.ruleset.check import RulesCheck
-from antispam.ruleset.matcher import hyperscan_available
+from antispam.ruleset.matcher import _MAGIC, HyperscanMatcher, hyperscan_available
+from antispam.ruleset.parser import Parser
 from antispam.ruleset.regex import backtracking_risk
 
 needs_hs = pytest.mark.skipif(not hyperscan_available(), reason="hyperscan not installed")
@@ -128,3 +133,50 @@ def test_damaged_cache_rebuilt(tmp_path, damage):
     lr = _load(tmp_path, rules, "hyperscan", cache)
     assert _symbols(lr, msg) == ["B1", "H1"]
     assert _symbols(lr, b"Subject: x\n\nnothing\n") == []
+
+
+def _matcher_state(m) -> tuple:
+    """What a Hyperscan matcher's cache sets: which rules run how, and the databases it has."""
+    return (sorted(m._as_prefilter), sorted(m._counters), sorted(m._confirm), sorted(m._near), sorted(m._starts),
+            dict(m._unanchored), {k: [r.id for r in v] for k, v in m._py.items()}, sorted(m.dbs))
+
+
+def _rewrite_cache_index(db, change) -> None:
+    """Change the JSON index of a rules cache file and sign it again: damage the checksum does not catch."""
+    data = db.read_bytes()
+    p = len(_MAGIC) + 32
+    (n,) = struct.unpack(">I", data[p : p + 4])
+    meta = json.loads(data[p + 4 : p + 4 + n])
+    change(meta)
+    index = json.dumps(meta).encode()
+    rest = struct.pack(">I", len(index)) + index + data[p + 4 + n :]
+    db.write_bytes(_MAGIC + hashlib.sha256(rest).digest() + rest)
+
+
+@needs_hs
+@pytest.mark.parametrize("stale", ["py", "prefilter", "unanchored", "no-database"])
+def test_cache_that_does_not_fit_the_rules_leaves_no_trace(tmp_path, stale):
+    """A signed cache whose index names rules these rules do not have (or not as it says) is compiled
+    anew, and nothing of it is kept: not even the part of the index read before the misfit."""
+    parser = Parser()
+    parser.read_text("body B1 /foo\\d+bar/\nbody B2 /a(?=b)c?/\nheader H1 Subject =~ /free/i\n", "t.cf")
+    compiled = compile_rules(parser.finish())
+    cache = tmp_path / "cache"
+    fresh = _matcher_state(HyperscanMatcher(compiled, cache))
+    assert _matcher_state(HyperscanMatcher(compiled, cache)) == fresh, "a sound cache gives the same state"
+    db = next(cache.glob("*.db"))
+    first = min(compiled.groups["body"])
+    changes = {
+        "py": lambda m: m["py"].__setitem__("body", [10**6]),
+        "prefilter": lambda m: m["prefilter"].append(10**6),
+        "unanchored": lambda m: m.__setitem__("unanchored", [first]),  # B1 has no anchor to drop
+        "no-database": lambda m: m["dbs"].pop("body"),
+    }
+
+    def change(meta):
+        meta["prefilter"] = [first]  # read before the misfit, in the order the index is read
+        changes[stale](meta)
+
+    _rewrite_cache_index(db, change)
+    assert _matcher_state(HyperscanMatcher(compiled, cache)) == fresh
+    assert _matcher_state(HyperscanMatcher(compiled, cache)) == fresh, "the cache written again is sound"

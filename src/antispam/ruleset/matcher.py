@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .compiler import CompiledRules
 from .possessive import possessive
@@ -784,6 +784,18 @@ def _scan_python_rules(rules, data: bytes, out: dict[int, int], ends: dict[int, 
 _MAGIC = b"ANTISPAM-HSDB-13\n"
 
 
+class _Cached(NamedTuple):
+    """A rules cache as :meth:`HyperscanMatcher._read_cache` read and checked it, not yet applied."""
+
+    dbs: dict[str, object]
+    #: ids of the rules Hyperscan ran only as a prefilter
+    prefilter: list[int]
+    #: (id, pattern without its anchors) of the rules run unanchored
+    unanchored: list[tuple[int, bytes]]
+    #: group -> the rules that run in Python there, beyond those that already do
+    py: dict[str, list[_PyRule]]
+
+
 class HyperscanMatcher:
     """One Hyperscan database per buffer; Python ``re`` for the few rules Hyperscan cannot run."""
 
@@ -1040,66 +1052,77 @@ class HyperscanMatcher:
 
     def _load(self, path: Path, compiled: CompiledRules) -> dict[str, object] | None:
         """The cached databases, with this matcher's state set as when they were built; None (the
-        state untouched) for a cache that is missing, damaged or does not fit these rules."""
+        state untouched) for a cache that is missing, damaged or does not fit these rules.
+
+        The whole cache is read and checked against the rules first (:meth:`_read_cache`), and only a
+        cache that passes changes the state, so a bad one leaves nothing to undo.
+        """
         try:
             data = path.read_bytes()
         except OSError:
             return None
-        saved = (set(self._as_prefilter), dict(self._counters), dict(self._confirm), dict(self._near),
-                 dict(self._starts), dict(self._unanchored), {k: list(v) for k, v in self._py.items()})
-        dbs = self._load_checked(path, data, compiled)
-        if dbs is None:
-            (self._as_prefilter, self._counters, self._confirm, self._near,
-             self._starts, self._unanchored, self._py) = saved
-        return dbs
-
-    def _load_checked(self, path: Path, data: bytes, compiled: CompiledRules) -> dict[str, object] | None:
         try:
-            if not data.startswith(_MAGIC):
-                return None
-            p = len(_MAGIC) + 32
-            if hashlib.sha256(memoryview(data)[p:]).digest() != data[len(_MAGIC):p]:
-                log.warning("ignoring damaged rules cache %s: checksum mismatch", path)
-                return None
-            (n,) = struct.unpack(">I", data[p : p + 4])
-            meta = json.loads(data[p + 4 : p + 4 + n])
-            base = p + 4 + n
-            dbs = {k: _hs.loadb(data[base + o : base + o + size], _hs.HS_MODE_BLOCK) for k, (o, size) in meta["dbs"].items()}
-            for i in meta.get("prefilter", ()):
-                if i not in self._twins:
-                    return None
-                self._as_prefilter.add(i)
-                self._counters.pop(i, None)
-                self._confirm[i] = self._twins[i]
-            for i in meta.get("unanchored", ()):
-                pattern = drop_anchors(self._twins[i].pattern) if i in self._twins else None
-                if pattern is None:
-                    return None
-                self._unanchored[i] = pattern
-                self._counters.pop(i, None)
-                self._confirm[i] = self._twins[i]
-            # Rules that Hyperscan refused at compile time run in Python, as when the cache was written.
-            for k, ids in meta["py"].items():
-                have = {r.id for r in self._py.get(k, ())}
-                for i in ids:
-                    if i not in have:
-                        pr = self._twins.get(i)
-                        if pr is None:
-                            return None  # index does not fit these rules: rebuild
-                        self._counters.pop(i, None)
-                        self._confirm.pop(i, None)
-                        self._near.pop(i, None)
-                        self._starts.pop(i, None)
-                        self._py.setdefault(k, []).append(pr)
-            # Every rule of every group is run: by the group's database or by Python.
-            for k, ids in compiled.groups.items():
-                if k not in dbs and set(ids) - {r.id for r in self._py.get(k, ())}:
-                    log.warning("ignoring rules cache %s: no database for %s", path, k)
-                    return None
-            return dbs
+            cached = self._read_cache(path, data, compiled)
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring damaged rules cache %s: %s", path, exc)
             return None
+        if cached is None:
+            return None
+        for i in cached.prefilter:
+            self._as_prefilter.add(i)
+            self._counters.pop(i, None)
+            self._confirm[i] = self._twins[i]
+        for i, pattern in cached.unanchored:
+            self._unanchored[i] = pattern
+            self._counters.pop(i, None)
+            self._confirm[i] = self._twins[i]
+        # Rules that Hyperscan refused at compile time run in Python, as when the cache was written.
+        for k, added in cached.py.items():
+            for pr in added:
+                self._counters.pop(pr.id, None)
+                self._confirm.pop(pr.id, None)
+                self._near.pop(pr.id, None)
+                self._starts.pop(pr.id, None)
+                self._py.setdefault(k, []).append(pr)
+        return cached.dbs
+
+    def _read_cache(self, path: Path, data: bytes, compiled: CompiledRules) -> _Cached | None:
+        """The databases and rule states of the cache file ``data``, checked against these rules without
+        changing anything; None when it is no cache of ours or does not fit them (raises when damaged)."""
+        if not data.startswith(_MAGIC):
+            return None
+        p = len(_MAGIC) + 32
+        if hashlib.sha256(memoryview(data)[p:]).digest() != data[len(_MAGIC):p]:
+            log.warning("ignoring damaged rules cache %s: checksum mismatch", path)
+            return None
+        (n,) = struct.unpack(">I", data[p : p + 4])
+        meta = json.loads(data[p + 4 : p + 4 + n])
+        base = p + 4 + n
+        dbs = {k: _hs.loadb(data[base + o : base + o + size], _hs.HS_MODE_BLOCK) for k, (o, size) in meta["dbs"].items()}
+        prefilter = list(meta.get("prefilter", ()))
+        if any(i not in self._twins for i in prefilter):
+            return None
+        unanchored: list[tuple[int, bytes]] = []
+        for i in meta.get("unanchored", ()):
+            pattern = drop_anchors(self._twins[i].pattern) if i in self._twins else None
+            if pattern is None:
+                return None
+            unanchored.append((i, pattern))
+        py: dict[str, list[_PyRule]] = {}
+        for k, ids in meta["py"].items():
+            have = {r.id for r in self._py.get(k, ())}
+            for i in ids:
+                if i not in have:
+                    pr = self._twins.get(i)
+                    if pr is None:
+                        return None  # index does not fit these rules: rebuild
+                    py.setdefault(k, []).append(pr)
+        # Every rule of every group is run: by the group's database or by Python.
+        for k, ids in compiled.groups.items():
+            if k not in dbs and set(ids) - {r.id for r in (*self._py.get(k, ()), *py.get(k, ()))}:
+                log.warning("ignoring rules cache %s: no database for %s", path, k)
+                return None
+        return _Cached(dbs, prefilter, unanchored, py)
 
     # ------------------------------------------------------------------ scanning
 
