@@ -1124,3 +1124,60 @@ def test_a_malformed_reply_is_a_config_error(key, value):
         SmtpConfig(**{key: value})
     with pytest.raises(ConfigError, match=f"servers.smtp.{key}"):
         Config.load(overrides={"servers": {"smtp": {key: value}}})
+
+
+def _failing_scans(f: ServerThread) -> None:
+    """Make every scan of ``f`` fail as an engine bug would (a worker killed, an exception)."""
+
+    async def boom(*args, **kw):  # type: ignore[no-untyped-def]
+        raise RuntimeError("engine failure")
+
+    f.server.scanner.scan = boom
+
+
+def test_a_failed_scan_relays_the_message_unscanned_when_fail_open(sink):
+    """``fail_open`` (the default): the message goes on unscanned, with its line ends made CRLF and
+    without the X-Spam-* fields or Authentication-Results of ours a sender put in (downstream sieve
+    rules would trust a forged ``X-Spam-Flag: NO``), as the milter delivers it; others' stay."""
+    engine = Engine(checks=[GtubeCheck()])
+    f = start(sink, engine=engine)
+    _failing_scans(f)
+    ours = engine.authserv_id
+    raw = (f"Subject: unscanned one\nFrom: ana@sender.test\nX-Spam-Flag: NO\nX-Spam-Status: No, score=-50\n"
+           f"Authentication-Results: {ours}; spf=pass smtp.mailfrom=sender.test\n"
+           f"Authentication-Results: mx.other.test; dkim=pass header.d=sender.test\n"
+           f"\nline one\nline two\r\n").encode()  # the end of data is CRLF . CRLF
+    try:
+        c, fh, _ = _ehlo(f.port)
+        c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(raw + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        c.close()
+        (got,) = sink.wait_for(marker("unscanned one"))
+        data = got[2]
+        assert b"\n" not in data.replace(b"\r\n", b""), data  # CRLF only
+        assert b"X-Spam-" not in data, data
+        assert f"Authentication-Results: {ours}".encode() not in data, data
+        assert b"Authentication-Results: mx.other.test; dkim=pass" in data
+        assert data.endswith(b"\r\n\r\nline one\r\nline two\r\n")
+    finally:
+        f.stop()
+
+
+def test_a_failed_scan_is_a_temporary_failure_when_fail_closed(sink):
+    """``fail_open = false``: the client hears ``tempfail_reply`` and keeps the message; nothing
+    reaches the next hop, and the next message on the connection goes through the same way."""
+    f = start(sink, engine=Engine(checks=[GtubeCheck()]), fail_open=False)
+    _failing_scans(f)
+    try:
+        c, fh, _ = _ehlo(f.port)
+        for tag in ("held one", "held two"):
+            c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+            assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+            c.sendall(ham(subject=tag) + b".\r\n")
+            assert smtp_replies(fh, 1) == [SmtpConfig().tempfail_reply.encode()]
+        c.close()
+        assert sink.wait_for(marker("held"), timeout=0.5) == []
+    finally:
+        f.stop()

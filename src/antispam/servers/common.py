@@ -592,10 +592,23 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     sender's choosing.  A second Subject (RFC 5322 allows one) is dropped, so no reader sees
     an untagged one.
     """
-    ours = verdict.headers()
-    drop = OUR_NAMES
     tag = verdict.action == "rewrite subject" and not (verdict.subject or "").startswith(verdict.subject_prefix)
-    if not tag:
+    return _rewrite(raw, verdict.headers(), verdict.authserv_id, verdict.subject_prefix if tag else None)
+
+
+def without_ours(raw: bytes, authserv_id: str) -> bytes:
+    """The message as it goes on unscanned (``fail_open``): without the X-Spam-* fields and the
+    Authentication-Results claiming ``authserv_id`` that a sender put in, as
+    :func:`rewrite_headers` removes them, and nothing added.  A sieve rule downstream trusts
+    ``X-Spam-Flag: NO`` whether or not the scan ran.  A message with none of them is returned as it is."""
+    return _rewrite(raw, [], authserv_id, None)
+
+
+def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: str | None) -> bytes:
+    """``raw`` without the fields of ours it carries, with ``ours`` added, and its Subject tagged
+    with ``prefix`` (None: untouched)."""
+    drop = OUR_NAMES
+    if prefix is None:
         # Nearly all mail has none of the fields to remove: then the message is its header block,
         # our fields and the rest, without taking the header apart line by line (a third of the
         # SMTP filter's own time per message).  The test is looser than the removal below (the
@@ -606,14 +619,15 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
         eol = line_ending(raw)
         low = head.lower()
         if not (_OUR_SHARED in low and any(n in low for n in _OUR_NAMES_B)) and \
-                not (verdict.authserv_id and b"authentication-results" in low):
+                not (authserv_id and b"authentication-results" in low):
+            if not ours:
+                return raw
             return b"".join([head, eol if head else b"",
                              *[_field(n, v, eol) for n, v in ours], eol, body])
-    if verdict.authserv_id:
-        raw = strip_forged(raw, verdict.authserv_id)
+    if authserv_id:
+        raw = strip_forged(raw, authserv_id)
     eol = line_ending(raw)
     head, body = split_headers(raw)
-    prefix = verdict.subject_prefix if tag else None
     kept: list[bytes] = []
     skipping = tagged = False
     for line in head.splitlines(keepends=True):

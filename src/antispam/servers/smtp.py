@@ -51,7 +51,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, Session as Sm
 from .. import fastscore
 from ..config import SMTP_MODES
 from ..message import Envelope
-from .common import Server, _has_input, rewrite_headers
+from .common import Server, _has_input, rewrite_headers, without_ours
 
 if TYPE_CHECKING:
     from .prefork import SharedListener
@@ -740,7 +740,8 @@ class SmtpFilterServer(Server):
             if not cfg.fail_open:
                 await server.next_hop.reset()
                 return cfg.tempfail_reply  # type: ignore[attr-defined]
-            out = raw  # fail open: deliver unscanned rather than hold mail hostage to a bug
+            # fail open: deliver unscanned rather than hold mail hostage to a bug (CRLF: see below)
+            out = without_ours(_crlf(raw), self.scanner.engine.authserv_id)
         else:
             if cfg.mode == "before-queue":  # type: ignore[attr-defined]
                 reply = None
@@ -937,18 +938,16 @@ class _SmtpClient:
                 break
         return replies
 
-    async def data(self, payload: bytes) -> tuple[int, str, bool]:
+    async def data(self, body: bytes) -> tuple[int, str, bool]:
         """The message and its end: (code, text, whether the transaction may still be open at
-        the next hop, to be ended with RSET).  Line ends become CRLF, as SMTP wants them: the
-        message's own were made so before our fields went in (``SmtpFilterServer._filter``, and our
-        fields take the message's line ending, folds included), so this is for a message relayed
-        as it came; on CRLF-only bytes it is one scan, no copy.
+        the next hop, to be ended with RSET).  ``body`` has CRLF line ends only, as SMTP wants
+        them: ``SmtpFilterServer._filter`` made them so, once, before our fields went in (and our
+        fields take the message's line ending, folds included).
 
         With CHUNKING (RFC 3030) the message goes as one ``BDAT <size> LAST``, written with its
         command: one write and one reply, where DATA takes two of each (the command, then the
         message after the 354), and no dot-stuffing.  A refused BDAT leaves the transaction in a
         state RFC 3030 leaves open; the caller ends it with RSET, as after a refused DATA."""
-        body = _crlf(payload)
         if "CHUNKING" in self.extensions:
             self.writer.write(b"BDAT %d LAST\r\n%b" % (len(body), body))
             await self._drain()
@@ -957,7 +956,7 @@ class _SmtpClient:
         code, msg = await self.command("DATA")
         if code != 354:
             return code, msg, True
-        # a dot starting a line gets another (the counts above make ^ after CRLF the only kind)
+        # a dot starting a line gets another (``body`` is CRLF-only: a line starts only after CRLF)
         body = (b"." if body[:1] == b"." else b"") + body.replace(b"\r\n.", b"\r\n..")
         self.writer.write(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
         await self._drain()
@@ -970,8 +969,7 @@ class _SmtpClient:
         their replies appended to ``replies`` in order: one round trip for the whole transaction.
         The caller checks that the next hop announced PIPELINING and CHUNKING.  ``replies`` holds
         what had come when an error is raised; a 421 ends them early (the next hop is closing).
-        Line ends in ``body`` become CRLF, as in :meth:`data`."""
-        body = _crlf(body)
+        ``body`` has CRLF line ends only, as in :meth:`data`."""
         self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape")
                           + b"BDAT %d LAST\r\n%b" % (len(body), body))
         await self._drain()
