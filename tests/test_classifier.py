@@ -270,6 +270,34 @@ def test_ledger_digest_ignores_crlf_line_ends():
     assert ledger_digests(b"") == (hashlib.sha256(b"").hexdigest(),)
 
 
+def test_a_message_is_hashed_once_for_the_ledgers(store, monkeypatch):
+    """Message.ledger_digests is ledger_digests() of the bytes scanned, computed on first read; TokenStats
+    keys its ledger with them when given, as it does from the bytes."""
+    import antispam.classifier.learn as learn_mod
+    import antispam.message as message_mod
+
+    real = message_mod.ledger_digests
+    calls: list[bytes] = []
+
+    def counted(raw: bytes) -> tuple[str, ...]:
+        calls.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(message_mod, "ledger_digests", counted)
+    monkeypatch.setattr(learn_mod, "ledger_digests", counted)
+    msg = Message(b"From a@example.com Mon Jan  1 00:00:00 2024\n" + _crlf(HAM[7]))  # the From line is not scanned
+    assert msg.ledger_digests == real(_crlf(HAM[7])) and msg.ledger_digests is msg.ledger_digests
+    assert calls == [msg.raw]
+    clf = Classifier(default_model(), store, learn_rate=0.3)
+    ids = clf.features(msg)
+    zero = _counts(clf, HAM[7])
+    assert clf.stats.learn(msg.raw, ids, spam=True, digests=msg.ledger_digests) is True
+    assert calls == [msg.raw]
+    assert clf.stats.learn(HAM[7], ids, spam=True) is False    # the bytes give the same keys
+    assert clf.stats.unlearn(msg.raw, ids, digests=msg.ledger_digests) is True
+    assert _counts(clf, HAM[7]) == zero and len(calls) == 2
+
+
 @pytest.mark.parametrize("first_crlf", [False, True], ids=["lf-first", "crlf-first"])
 def test_lf_and_crlf_copies_are_learned_once(store, first_crlf):
     clf = Classifier(default_model(), store, learn_rate=0.3)

@@ -176,6 +176,20 @@ def test_history_learn_counts_once_and_unlearns(store):
     assert not Engine(cfg, checks=[HistoryCheck(cfg, store, clock=clock)], store=store).scan(msg, who).has("REPUTATION_BAD_IP")
 
 
+def test_history_keys_its_ledger_with_the_message_digests(store, monkeypatch):
+    """learn and unlearn read Message.ledger_digests, which the classifier's ledger shares: no hashing of
+    their own."""
+    import antispam.message as message_mod
+
+    cfg = Config.load(overrides={"history": {"enabled": True}})
+    hist = HistoryCheck(cfg, store, clock=Clock())
+    msg = Message(HAM.replace(b"\n", b"\r\n"), env())
+    key = "h:learned:" + msg.ledger_digests[0]
+    monkeypatch.setattr(message_mod, "ledger_digests", lambda raw: pytest.fail("the message was hashed again"))
+    assert hist.learn(msg, spam=False) is True and store.get(key) is not None
+    assert hist.unlearn(msg) is True and store.get(key) is None
+
+
 def test_engine_learns_lf_and_crlf_copies_once(store):
     """``antispam learn`` reads the file (LF), spamd TELL and the milter hand over CRLF: one message."""
     cfg = Config.load(overrides={"history": {"enabled": True}})

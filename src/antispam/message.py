@@ -694,6 +694,13 @@ class Message:
     def __repr__(self) -> str:
         return f"<Message {self.size} bytes subject={self.subject[:40]!r}>"
 
+    @cached_property
+    def ledger_digests(self) -> tuple[str, ...]:
+        """:func:`ledger_digests` of :attr:`raw`, computed once per message: one ``learn`` or ``unlearn``
+        goes through both learning ledgers (the classifier's and the reputation history's), and each
+        digest is a sha256 pass over the whole message."""
+        return ledger_digests(self.raw)
+
     # ---------------------------------------------------------------- top level split
 
     @cached_property

@@ -116,9 +116,15 @@ class TokenStats:
         idl = ids.tolist()
         self.store.incr_many({**self._amounts(idl, not spam, -1.0), **self._amounts(idl, spam, 1.0)})
 
-    def learn(self, raw: bytes, ids: np.ndarray, spam: bool, source: str = "api") -> bool:
-        """Count a message once.  True if the statistics changed."""
-        key, *older = ledger_keys(raw)
+    def learn(self, raw: bytes, ids: np.ndarray, spam: bool, source: str = "api",
+              digests: tuple[str, ...] | None = None) -> bool:
+        """Count a message once.  True if the statistics changed.
+
+        ``digests``: the message's :func:`~antispam.message.ledger_digests` when the caller has them
+        already (:attr:`Message.ledger_digests <antispam.message.Message.ledger_digests>`), so that one
+        ``engine.learn`` hashes the message once for both ledgers; else they are computed from ``raw``.
+        """
+        key, *older = ledger_keys(raw, digests)
         label = b"spam" if spam else b"ham"
         entry = label + b" " + source.encode("utf-8", "replace")[:200]
         for _ in range(CLAIM_TRIES):
@@ -151,9 +157,9 @@ class TokenStats:
                 return True
         return False
 
-    def unlearn(self, raw: bytes, ids: np.ndarray) -> bool:
-        """Take a learned message back out.  False if it was never learned."""
-        keys = ledger_keys(raw)
+    def unlearn(self, raw: bytes, ids: np.ndarray, digests: tuple[str, ...] | None = None) -> bool:
+        """Take a learned message back out.  False if it was never learned.  ``digests`` as for :meth:`learn`."""
+        keys = ledger_keys(raw, digests)
         for _ in range(CLAIM_TRIES):
             at, prev = first_entry(self.store, keys)
             if prev is None:
@@ -170,6 +176,7 @@ class TokenStats:
         return False
 
 
-def ledger_keys(raw: bytes) -> tuple[str, ...]:
-    """``learn:cls:<digest>`` of a message, then the keys older ledgers may hold it under (see the module)."""
-    return tuple("learn:cls:" + d for d in ledger_digests(raw))
+def ledger_keys(raw: bytes, digests: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """``learn:cls:<digest>`` of a message, then the keys older ledgers may hold it under (see the module);
+    from ``digests`` when given (the :func:`ledger_digests` of ``raw``)."""
+    return tuple("learn:cls:" + d for d in (ledger_digests(raw) if digests is None else digests))

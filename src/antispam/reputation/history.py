@@ -47,7 +47,7 @@ from ..check import Check, Hit, ScanContext, SymbolDef
 from ..config import Config
 from ..auth.dkim import DkimOutcome
 from ..domains import registered_domain
-from ..message import Message, domain_of, ledger_digests
+from ..message import Message, domain_of
 from ..store import Store, StoreUnavailable
 from ..store.base import CLAIM_TRIES, first_entry
 from ..verdict import Verdict
@@ -181,7 +181,7 @@ class HistoryCheck(Check):
         ledger entry records the scaled amount added, so that :meth:`unlearn`
         can take back exactly that however much later it runs.
         """
-        key, *older = _ledger_keys(msg.raw)
+        key, *older = _ledger_keys(msg.ledger_digests)
         for k in older:  # an entry from before line ends were normalised: learned already
             if self.store.get(k) is not None:
                 return False
@@ -202,7 +202,7 @@ class HistoryCheck(Check):
         The entry is the first found under the message's keys, the current one
         first (see the module).
         """
-        keys = _ledger_keys(msg.raw)
+        keys = _ledger_keys(msg.ledger_digests)
         for _ in range(CLAIM_TRIES):
             key, value = first_entry(self.store, keys)
             if value is None:
@@ -216,9 +216,10 @@ class HistoryCheck(Check):
         return False
 
 
-def _ledger_keys(raw: bytes) -> tuple[str, ...]:
-    """``h:learned:<digest>`` of a message, then the keys older ledgers may hold it under (see the module)."""
-    return tuple("h:learned:" + d for d in ledger_digests(raw))
+def _ledger_keys(digests: tuple[str, ...]) -> tuple[str, ...]:
+    """``h:learned:<digest>`` of a message, then the keys older ledgers may hold it under (see the module),
+    from its :attr:`Message.ledger_digests <antispam.message.Message.ledger_digests>`."""
+    return tuple("h:learned:" + d for d in digests)
 
 
 def _ledger_value(spam: bool, amount: float) -> bytes:
