@@ -177,6 +177,20 @@ def test_every_nameserver_failing_is_servfail(good, bad):
         other.close()
 
 
+def test_both_paths_fail_over_alike(good, bad):
+    """The event loop and the blocking path share one failover: a server that answered with an error
+    rcode is not asked on the next attempt, one that timed out is, and the answer (servfail, since
+    a server answered with an error) says what went wrong last."""
+    good.add("hang.test", "TIMEOUT")
+    r = Resolver(["127.0.0.2", "127.0.0.1"], port=good.port, timeout=0.2, attempts=2, failure_ttl=0)
+    a = asyncio.run(r.resolve("hang.test", "A"))
+    assert (a.status, a.detail) == ("servfail", "timeout from 127.0.0.1")
+    assert (bad.asked, good.asked("hang.test"), r.sent) == (1, 2, 3)
+    s = r.resolve_sync("hang.test", "A")  # failure_ttl=0: not cached, asked again
+    assert (s.status, s.detail) == (a.status, a.detail)
+    assert (bad.asked, good.asked("hang.test"), r.sent) == (2, 4, 6)
+
+
 def test_dnsbl_is_listed_through_the_second_nameserver(good, bad):
     cfg = Config.load(overrides={
         "dns": {"nameservers": ["127.0.0.2", "127.0.0.1"], "port": good.port, "timeout": 0.5, "attempts": 1},

@@ -29,7 +29,7 @@ import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import dns.asyncquery
 import dns.exception
@@ -191,6 +191,58 @@ class _LoopState:
         self.inflight: dict[tuple[str, str], _Flight] = {}
 
 
+class _Failover:
+    """Which nameserver to ask next for one question, and what the failures were.
+
+    Shared by :meth:`Resolver._ask_async` and :meth:`Resolver.resolve_sync`, so
+    the event loop and the blocking path fail over alike: the list is tried
+    ``attempts`` times in order; a server answering with an rcode other than
+    NOERROR or NXDOMAIN (SERVFAIL, REFUSED...) is not asked again for this
+    question, as glibc and dnspython's Resolver do (one broken or refusing
+    resolver in the list must not hide the others), and once every server has
+    so answered there is nobody left to try.
+    """
+
+    __slots__ = ("nameservers", "attempts", "failed", "last")
+
+    def __init__(self, nameservers: tuple[str, ...], attempts: int):
+        self.nameservers = nameservers
+        self.attempts = attempts
+        #: servers that answered this question with an error rcode
+        self.failed: set[str] = set()
+        #: what went wrong last, for the failure's ``detail``
+        self.last = "no attempt made"
+
+    def servers(self) -> Iterator[str]:
+        """The servers to ask, in turn, until one answers (the caller stops) or none is left."""
+        for _ in range(self.attempts):
+            for server in self.nameservers:
+                if server not in self.failed:
+                    yield server
+            if self.failed.issuperset(self.nameservers):
+                return
+
+    def unanswered(self, server: str, exc: Exception) -> None:
+        """``server`` timed out or could not be asked (network error, malformed reply): try the next."""
+        if isinstance(exc, dns.exception.Timeout):
+            self.last = f"timeout from {server}"
+        else:
+            self.last = f"{server}: {type(exc).__name__}: {exc}"
+
+    def answered(self, server: str, response: dns.message.Message) -> bool:
+        """True if ``response`` answers the question; else ``server`` is not asked again."""
+        rcode = response.rcode()
+        if rcode in FINAL_RCODES:
+            return True
+        self.failed.add(server)
+        self.last = f"{dns.rcode.to_text(rcode)} from {server}"
+        return False
+
+    def failure(self, qname: str, rdtype: str) -> Answer:
+        """No usable answer from any server: ``servfail`` if one answered with an error rcode, else ``timeout``."""
+        return Answer(qname, rdtype, "servfail" if self.failed else "timeout", detail=self.last)
+
+
 class Resolver:
     """Async stub resolver with a shared TTL cache and a blocking read-through.
 
@@ -312,41 +364,26 @@ class Resolver:
         return list(answers.values())  # type: ignore[arg-type]
 
     async def _ask_async(self, qname: str, rdtype: str) -> Answer:
-        """Try the nameservers in turn, ``attempts`` times, each try bounded by ``timeout``.
+        """Try the nameservers in turn (:class:`_Failover`), each try bounded by ``timeout``.
 
         No caller's deadline applies here: the query may be shared (see
-        :meth:`resolve`).  A server answering with an rcode other than NOERROR
-        or NXDOMAIN (SERVFAIL, REFUSED...) is not asked again for this
-        question and the next one is, as glibc and dnspython's Resolver do:
-        one broken or refusing resolver in the list must not hide the others.
+        :meth:`resolve`).
         """
         query = self._make_query(qname, rdtype)
         if isinstance(query, Answer):
             return query
-        last = "no attempt made"
-        failed: set[str] | None = None
-        for _ in range(self.attempts):
-            for server in self.nameservers:
-                if failed is not None and server in failed:
-                    continue
-                self.sent += 1
-                try:
-                    response, _tcp = await dns.asyncquery.udp_with_fallback(
-                        query, server, timeout=self.timeout, port=self.port)
-                except dns.exception.Timeout:
-                    last = f"timeout from {server}"
-                    continue
-                except (OSError, dns.exception.DNSException) as exc:
-                    last = f"{server}: {type(exc).__name__}: {exc}"
-                    continue
-                if response.rcode() in FINAL_RCODES:
-                    return self._answer_from(qname, rdtype, response)
-                failed = failed or set()
-                failed.add(server)
-                last = f"{dns.rcode.to_text(response.rcode())} from {server}"
-            if failed is not None and failed.issuperset(self.nameservers):
-                break
-        return self._failure(qname, rdtype, failed, last)
+        failover = _Failover(self.nameservers, self.attempts)
+        for server in failover.servers():
+            self.sent += 1
+            try:
+                response, _tcp = await dns.asyncquery.udp_with_fallback(
+                    query, server, timeout=self.timeout, port=self.port)
+            except (OSError, dns.exception.DNSException) as exc:
+                failover.unanswered(server, exc)
+                continue
+            if failover.answered(server, response):
+                return self._answer_from(qname, rdtype, response)
+        return failover.failure(qname, rdtype)
 
     # ------------------------------------------------------------------ sync
 
@@ -364,47 +401,29 @@ class Resolver:
         query = self._make_query(*key)
         if isinstance(query, Answer):
             return query
-        last = "no attempt made"
-        failed: set[str] | None = None
+        failover = _Failover(self.nameservers, self.attempts)
         with self._sync_sem:
-            for _ in range(self.attempts):
-                for server in self.nameservers:
-                    if failed is not None and server in failed:
-                        continue
-                    t = self._attempt_timeout(deadline)
-                    if t is None:
-                        return Answer(key[0], key[1], "timeout", detail=DEADLINE)
-                    self.sent += 1
-                    try:
-                        response, _tcp = dns.query.udp_with_fallback(query, server, timeout=t, port=self.port)
-                    except dns.exception.Timeout:
-                        if t < self.timeout:
-                            return Answer(key[0], key[1], "timeout", detail=DEADLINE)
-                        last = f"timeout from {server}"
-                        continue
-                    except (OSError, dns.exception.DNSException) as exc:
-                        last = f"{server}: {type(exc).__name__}: {exc}"
-                        continue
-                    if response.rcode() not in FINAL_RCODES:  # SERVFAIL, REFUSED...: next server (see _ask_async)
-                        failed = failed or set()
-                        failed.add(server)
-                        last = f"{dns.rcode.to_text(response.rcode())} from {server}"
-                        continue
+            for server in failover.servers():
+                t = self._attempt_timeout(deadline)
+                if t is None:
+                    return Answer(key[0], key[1], "timeout", detail=DEADLINE)
+                self.sent += 1
+                try:
+                    response, _tcp = dns.query.udp_with_fallback(query, server, timeout=t, port=self.port)
+                except (OSError, dns.exception.DNSException) as exc:
+                    if isinstance(exc, dns.exception.Timeout) and t < self.timeout:
+                        return Answer(key[0], key[1], "timeout", detail=DEADLINE)  # the caller's time ran out
+                    failover.unanswered(server, exc)
+                    continue
+                if failover.answered(server, response):
                     answer = self._answer_from(key[0], key[1], response)
                     self._store(key, answer)
                     return answer
-                if failed is not None and failed.issuperset(self.nameservers):
-                    break
-        answer = self._failure(key[0], key[1], failed, last)
+        answer = failover.failure(key[0], key[1])
         self._store(key, answer)
         return answer
 
     # ------------------------------------------------------------------ shared
-
-    @staticmethod
-    def _failure(qname: str, rdtype: str, failed: set[str] | None, last: str) -> Answer:
-        """No usable answer from any server: ``servfail`` if one answered with an error rcode, else ``timeout``."""
-        return Answer(qname, rdtype, "servfail" if failed else "timeout", detail=last)
 
     def _attempt_timeout(self, deadline: float | None) -> float | None:
         if deadline is None:
