@@ -175,6 +175,9 @@ class Connection:
     #: set by the server's sweeper when a read waited longer than ``timeout``, or a request
     #: took longer than ``request_timeout``
     timed_out: bool = False
+    #: this connection's answer to a request cut off by a timeout, where it is not the server's
+    #: (``Server.timeout_reply``): a connection that turned out to speak another protocol
+    timeout_reply: bytes | None = None
 
     # Read timeouts are enforced by the server's sweeper (Server._sweep), which ends a connection
     # whose read has waited longer than ``timeout``, rather than by a timer per read: the milter
@@ -413,10 +416,11 @@ class Server:
             if conn.timed_out:
                 self._count_error("timeout")
                 self.log.info("connection timed out", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
-                if conn.request_since is not None and self.timeout_reply:
+                reply = self.timeout_reply if conn.timeout_reply is None else conn.timeout_reply
+                if conn.request_since is not None and reply:
                     # a request cut off (by either timeout): answered in the protocol's words
                     # (spamd's EX_TIMEOUT, HTTP's 408) before the close, so the client can tell
-                    await linger(conn, self.timeout_reply)
+                    await linger(conn, reply)
         except (asyncio.TimeoutError, TimeoutError):  # a write the client did not read
             self._count_error("timeout")
             self.log.info("connection timed out", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})

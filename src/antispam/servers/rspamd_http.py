@@ -22,7 +22,6 @@ a server that died.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -139,7 +138,8 @@ class RspamdHttpServer(Server):
         answered with ``RSPAMD/1.3 0 EX_OK``, a ``Metric: default; True; score / required / reject``
         line, ``Action:`` and one ``Symbol:`` line per symbol, then the connection closes.
         Malformed requests are answered in this protocol's words (``76 EX_PROTOCOL``; ``65
-        EX_DATAERR`` for a message over ``max_size``), never with HTTP."""
+        EX_DATAERR`` for a message over ``max_size``), never with HTTP, a timeout's too."""
+        conn.timeout_reply = _LEGACY_TIMEOUT
         try:
             headers = await self._headers(conn)
             if method not in ("CHECK", "SYMBOLS"):
@@ -147,12 +147,6 @@ class RspamdHttpServer(Server):
                 return
             body = await self._body(conn, headers)
             conn.request_since = None
-        except asyncio.CancelledError:
-            if conn.timed_out and conn.request_since is not None:
-                # cut off by a timeout: answered in this protocol's words, not with the HTTP 408
-                # the server would send (linger clears request_since, so it sends nothing more)
-                await linger(conn, _LEGACY_TIMEOUT)
-            raise
         except RequestError as exc:
             code = "65 EX_DATAERR" if exc.code == 413 else "76 EX_PROTOCOL"
             await linger(conn, f"RSPAMD/1.3 {code} {exc.text}\r\n\r\n".encode())
