@@ -305,15 +305,28 @@ class Server:
             self._take_from(listener)
         else:
             try:
-                self._server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
-                                                          limit=64 * 1024, reuse_address=True)
+                self._server = await self._listen()
             except OSError as exc:
                 from .prefork import listen_error
 
                 raise listen_error(self.settings.host, self.settings.port, exc) from None
-        self._sweeper = asyncio.create_task(self._sweep())
+        self._started()
         self.log.info("listening", extra={"fields": {"server": self.name, "host": self.settings.host,
-                                                     "port": self.port, "workers": self.settings.workers}})
+                                                     "port": self.port, **self._described()}})
+
+    async def _listen(self) -> asyncio.AbstractServer:
+        """The listening server on ``settings.host:port`` (a protocol with its own transport
+        handling, the SMTP filter's, makes its own)."""
+        return await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
+                                          limit=64 * 1024, reuse_address=True)
+
+    def _started(self) -> None:
+        """Taking connections: the sweeper of read and request timeouts starts."""
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    def _described(self) -> dict[str, Any]:
+        """What the "listening" line says besides the address."""
+        return {"workers": self.settings.workers}
 
     async def stop(self) -> None:
         """Graceful: stop accepting, close idle connections, wait for in-flight messages.

@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, Session as SmtpSession, syntax
 
@@ -52,9 +52,6 @@ from .. import fastscore
 from ..config import SMTP_MODES
 from ..message import Envelope
 from .common import Server, _has_input, rewrite_headers, without_ours
-
-if TYPE_CHECKING:
-    from .prefork import SharedListener
 
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 #: an address aiosmtpd's parser would return unchanged: ``<dot-atom@dot-atom>`` and the parameters
@@ -581,26 +578,18 @@ class SmtpFilterServer(Server):
                            timeout=int(max(1, cfg.timeout)), decode_data=False, enable_SMTPUTF8=True,
                            ident="antispam filter")
 
-    async def start(self, listener: SharedListener | None = None) -> None:
-        """Listen on ``settings.host:port``, or take connections from ``listener`` (the socket
-        prefork processes share, see ``prefork.py``)."""
+    async def _listen(self) -> asyncio.AbstractServer:
+        """aiosmtpd's protocol makes its own streams: the server is made on it, not on ``_accept``."""
         cfg = self.settings
-        if self.metrics is not None:
-            # first: a metrics port in use fails the start before a client could connect
-            self.metrics.start_http(cfg)
-        if listener is not None:
-            self._take_from(listener)
-        else:
-            try:
-                self._server = await asyncio.get_running_loop().create_server(self._protocol, cfg.host, cfg.port,
-                                                                              reuse_address=True)
-            except OSError as exc:
-                from .prefork import listen_error
+        return await asyncio.get_running_loop().create_server(self._protocol, cfg.host, cfg.port, reuse_address=True)
 
-                raise listen_error(cfg.host, cfg.port, exc) from None
+    def _started(self) -> None:
+        """aiosmtpd keeps its own idle timeout: no sweeper; nothing is in flight yet."""
         self._idle.set()
-        self.log.info("listening", extra={"fields": {"server": self.name, "host": cfg.host, "port": self.port,
-                                                     "mode": cfg.mode, "next_hop": cfg.next_hop}})  # type: ignore[attr-defined]
+
+    def _described(self) -> dict[str, Any]:
+        cfg = self.settings
+        return {"mode": cfg.mode, "next_hop": cfg.next_hop}  # type: ignore[attr-defined]
 
     async def _adopt(self, sock: socket.socket) -> None:
         await asyncio.get_running_loop().connect_accepted_socket(self._protocol, sock)
