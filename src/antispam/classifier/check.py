@@ -128,12 +128,12 @@ class Classifier:
     def learn(self, msg: Message, spam: bool, source: str = "api") -> bool:
         if self.stats is None:
             return False
-        return self.stats.learn(msg.raw, self.features(msg), spam, source)
+        return self.stats.learn(msg.raw, self.features(msg), spam, source, digests=msg.ledger_digests)
 
     def unlearn(self, msg: Message) -> bool:
         if self.stats is None:
             return False
-        return self.stats.unlearn(msg.raw, self.features(msg))
+        return self.stats.unlearn(msg.raw, self.features(msg), digests=msg.ledger_digests)
 
 
 def _options(c: Classification) -> tuple[str, ...]:
