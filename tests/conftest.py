@@ -92,3 +92,22 @@ def any_store(store_url):
     s = open_store(store_url)
     yield s
     s.close()
+
+
+@pytest.fixture
+def digest_calls(monkeypatch):
+    """Counts the computations of a message's ledger digests (``message.ledger_digests``, where
+    the message module and the classifier's learner call it): the list of the bytes hashed."""
+    import antispam.classifier.learn as learn_mod
+    import antispam.message as message_mod
+
+    real = message_mod.ledger_digests
+    calls: list[bytes] = []
+
+    def counted(raw: bytes) -> tuple[str, ...]:
+        calls.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(message_mod, "ledger_digests", counted)
+    monkeypatch.setattr(learn_mod, "ledger_digests", counted)
+    return calls

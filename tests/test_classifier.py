@@ -14,7 +14,7 @@ from antispam.classifier import Classifier, ClassifierCheck, bayes_hit, default_
 from antispam.classifier.model import Model
 from antispam.classifier.tokenizer import TOKENIZER_VERSION, TokenizerSpec
 from antispam.errors import ModelError
-from antispam.message import Message
+from antispam.message import Message, ledger_digests
 from antispam.store.memory import MemoryStore
 
 SPAM_LINES = [
@@ -255,8 +255,6 @@ def _crlf(raw: bytes) -> bytes:
 
 
 def test_ledger_digest_ignores_crlf_line_ends():
-    from antispam.message import ledger_digests
-
     lf = HAM[4]
     digest, *legacy = ledger_digests(lf)
     assert digest == hashlib.sha256(lf).hexdigest()          # an LF message keeps its key from before
@@ -270,23 +268,12 @@ def test_ledger_digest_ignores_crlf_line_ends():
     assert ledger_digests(b"") == (hashlib.sha256(b"").hexdigest(),)
 
 
-def test_a_message_is_hashed_once_for_the_ledgers(store, monkeypatch):
+def test_a_message_is_hashed_once_for_the_ledgers(store, digest_calls):
     """Message.ledger_digests is ledger_digests() of the bytes scanned, computed on first read; TokenStats
     keys its ledger with them when given, as it does from the bytes."""
-    import antispam.classifier.learn as learn_mod
-    import antispam.message as message_mod
-
-    real = message_mod.ledger_digests
-    calls: list[bytes] = []
-
-    def counted(raw: bytes) -> tuple[str, ...]:
-        calls.append(raw)
-        return real(raw)
-
-    monkeypatch.setattr(message_mod, "ledger_digests", counted)
-    monkeypatch.setattr(learn_mod, "ledger_digests", counted)
+    calls = digest_calls
     msg = Message(b"From a@example.com Mon Jan  1 00:00:00 2024\n" + _crlf(HAM[7]))  # the From line is not scanned
-    assert msg.ledger_digests == real(_crlf(HAM[7])) and msg.ledger_digests is msg.ledger_digests
+    assert msg.ledger_digests == ledger_digests(_crlf(HAM[7])) and msg.ledger_digests is msg.ledger_digests
     assert calls == [msg.raw]
     clf = Classifier(default_model(), store, learn_rate=0.3)
     ids = clf.features(msg)

@@ -203,21 +203,10 @@ def test_engine_learns_lf_and_crlf_copies_once(store):
     assert e.unlearn(lf, envelope=who) == {"classifier": False, "history": False}
 
 
-def test_engine_learn_hashes_the_message_once(store, monkeypatch):
+def test_engine_learn_hashes_the_message_once(store, digest_calls):
     """One learn (or unlearn) goes through both ledgers, the classifier's and the history's, with one
     computation of the message's ledger digests."""
-    import antispam.classifier.learn as learn_mod
-    import antispam.message as message_mod
-
-    real = message_mod.ledger_digests
-    calls: list[bytes] = []
-
-    def counted(raw: bytes) -> tuple[str, ...]:
-        calls.append(raw)
-        return real(raw)
-
-    monkeypatch.setattr(message_mod, "ledger_digests", counted)
-    monkeypatch.setattr(learn_mod, "ledger_digests", counted)
+    calls = digest_calls
     e = Engine(Config.load(overrides={"history": {"enabled": True}}), store=store)
     assert e.learn(HAM, spam=False, envelope=env()) == {"classifier": True, "history": True}
     assert len(calls) == 1
