@@ -247,6 +247,8 @@ _URL_AUTHORITY_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//([^/?#\\]*)", re.I)
 _HOST_DOTS = str.maketrans("\u3002\uff0e\uff61", "...")
 
 _charset_cache: dict[str, str | None] = {}
+#: text codecs that still raise on bad bytes with errors="replace" (or on any bytes)
+_UNUSABLE_CODECS = frozenset({"idna", "punycode", "undefined"})
 
 
 def _codec(charset: str | None) -> str | None:
@@ -262,9 +264,16 @@ def _codec(charset: str | None) -> str | None:
             name = aliases[key]
         else:
             try:
-                name = codecs.lookup(key).name
+                info = codecs.lookup(key)
             except (LookupError, ValueError):
                 name = None
+            else:
+                # A charset must name a text codec whose decode(..., "replace") cannot fail: codecs.lookup
+                # also finds bytes-to-bytes and str-to-str codecs (base64, zlib, rot13: bytes.decode raises
+                # LookupError), and idna, punycode and undefined raise a bare UnicodeError or refuse
+                # "replace".  ``=?rot13?Q?x?=`` in a header made every scan raise from Message.headers.
+                usable = getattr(info, "_is_text_encoding", True) and info.name not in _UNUSABLE_CODECS
+                name = info.name if usable else None
         _charset_cache[charset] = name
     return name
 
