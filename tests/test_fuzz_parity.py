@@ -58,3 +58,28 @@ def test_a_charset_naming_a_codec_that_cannot_decode_text_is_unknown(impl, engin
     assert "hello" in m.text
     defects: set[str] = set()
     assert decode_rfc2047(f"=?{charset}?B?4pyT?=", defects) == "\u2713"  # read as UTF-8, as an unknown charset is
+
+
+# --------------------------------------------------------------------------- lone surrogates from decoding
+
+
+def _has_surrogate(s: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in s)
+
+
+@pytest.mark.parametrize("raw", [
+    b"From: a@example.com\nSubject: call\nContent-Type: text/plain; charset=utf-7\n\nPh.: +353-1-7161987\n",
+    b"From: a@example.com\nSubject: =?utf-7?Q?+353?= now\n\nhello\n",
+    b"From: a@example.com\nSubject: x\nContent-Type: text/plain; charset=unicode-escape\n\nbad \\ud800 half\n",
+    b"From: a@example.com\nSubject: x\nContent-Type: text/html; charset=utf-7\n\n<p>+2D3 +353</p>\n",
+    b"From: a@example.com\nContent-Type: text/plain; name*=utf-7''%2B353\n\nhi\n",
+], ids=["utf7-body", "utf7-subject", "unicode-escape-body", "utf7-html", "utf7-rfc2231"])
+def test_decoded_text_never_holds_a_lone_surrogate(impl, engine, raw):
+    """UTF-7 decoding with "replace" leaves half a UTF-16 pair for a broken shift sequence (``+353``, a
+    phone number), and unicode-escape decodes ``\\ud800``; the rules check then failed to encode the text
+    to UTF-8, a ``CHECK_ERROR`` on mail that is merely badly labelled."""
+    m = Message(raw)
+    views = [m.subject, m.text, m.plain_text, m.html] + [v for _, v in m.headers]
+    views += [p.filename or "" for p in m.parts] + [p.text or "" for p in m.parts]
+    assert not any(_has_surrogate(s) for s in views)
+    _clean_verdict(engine, raw)

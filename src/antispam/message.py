@@ -278,6 +278,24 @@ def _codec(charset: str | None) -> str | None:
     return name
 
 
+#: a lone surrogate code point: no character, and no UTF-8 encoding
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+
+
+def _decode(data: bytes, codec: str, errors: str = "strict") -> str:
+    """``data.decode(codec, errors)`` without lone surrogates (each becomes U+FFFD).
+
+    UTF-7 decoding with "replace" leaves half a UTF-16 pair for a broken shift sequence (``+353``,
+    a phone number, gives ``\\udf9d``), and unicode-escape decodes ``\\ud800`` to one.  Such a str
+    cannot be encoded to UTF-8: the rules check raised on it (a ``CHECK_ERROR``), as would anything
+    writing the text out.  The decoded text of a message therefore never holds one.
+    """
+    text = data.decode(codec, errors)
+    if not text.isascii() and _SURROGATE_RE.search(text):
+        text = _SURROGATE_RE.sub("\ufffd", text)
+    return text
+
+
 def _decode_text(data: bytes, charset: str | None, defects: set[str]) -> str:
     """Bytes of a text part to str.  Never raises: unknown charsets and bad
     bytes become defects and replacement characters."""
@@ -296,10 +314,10 @@ def _decode_text(data: bytes, charset: str | None, defects: set[str]) -> str:
             except UnicodeDecodeError:
                 return data.decode("cp1252", "replace")
     try:
-        return data.decode(codec)
+        return _decode(data, codec)
     except UnicodeDecodeError:
         defects.add("MIME_BAD_CHARSET_DATA")
-        return data.decode(codec, "replace")
+        return _decode(data, codec, "replace")
     except LookupError:  # pragma: no cover - codec vanished
         return data.decode("utf-8", "replace")
 
@@ -344,11 +362,11 @@ def decode_rfc2047(value: str, defects: set[str] | None = None) -> str:
             return m.group(0)
         codec = _codec(charset) or "utf-8"
         try:
-            return raw.decode(codec)
+            return _decode(raw, codec)
         except (UnicodeDecodeError, LookupError):
             if defects is not None:
                 defects.add("HEADER_BAD_ENCODING")
-            return raw.decode(codec if _codec(charset) else "utf-8", "replace")
+            return _decode(raw, codec if _codec(charset) else "utf-8", "replace")
 
     return _ENCODED_WORD_RE.sub(repl, value)
 
@@ -385,7 +403,7 @@ def parse_params(value: str) -> tuple[str, dict[str, str]]:
             if encoded:
                 if i == 0 and val.count("'") >= 2:
                     charset, _, val = val.split("'", 2)
-                val = unquote_to_bytes(val).decode(_codec(charset) or "utf-8", "replace")
+                val = _decode(unquote_to_bytes(val), _codec(charset) or "utf-8", "replace")
             text_parts.append(val)
         params[base] = "".join(text_parts)
     return main, params
