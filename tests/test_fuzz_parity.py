@@ -116,3 +116,18 @@ def test_a_pattern_made_for_the_leftmost_match_finds_the_same_match(pattern, fla
         data = bytes(rng.choice(b"aAbx!> \t\n-#([])0") for _ in range(rng.randint(0, 40)))
         a, b = plain.search(data), leftmost.search(data)
         assert (a and (a.span(), a.groups())) == (b and (b.span(), b.groups())), data
+
+
+# --------------------------------------------------------------------------- RFC 2231 section numbers
+
+
+@pytest.mark.parametrize("section", ["\u00b2", "\u0661", "9" * 5000, "1\u00b2"])
+def test_an_rfc2231_section_number_that_is_not_a_small_ascii_number_is_no_error(impl, engine, section):
+    """``str.isdigit()`` is true of ``²`` (which ``int`` refuses) and of ``١`` (which it reads), and ``int``
+    refuses over 4,300 digits: the ValueError from ``parse_params`` made every check that walks the MIME
+    tree a ``CHECK_ERROR``."""
+    raw = (f"From: a@example.com\nTo: b@example.net\nSubject: s\n"
+           f"Content-Type: text/plain; charset=utf-8; name*{section}=report.txt\n\nhello\n").encode()
+    v = _clean_verdict(engine, raw)
+    assert "hello" in Message(raw).text
+    assert v.action

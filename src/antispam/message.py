@@ -391,7 +391,10 @@ def parse_params(value: str) -> tuple[str, dict[str, str]]:
             base, _, rest = name.partition("*")
             encoded = rest.endswith("*") or rest == ""
             idx_txt = rest.rstrip("*")
-            idx = int(idx_txt) if idx_txt.isdigit() else 0
+            # An ASCII number of a few digits: str.isdigit() is also true of "²" and "١", which int()
+            # refuses or reads, and int() refuses more than 4,300 digits; a ValueError here failed
+            # every check that read the MIME tree.  Anything else is section 0, as a missing number is.
+            idx = int(idx_txt) if idx_txt.isascii() and idx_txt.isdigit() and len(idx_txt) <= 9 else 0
             pieces.setdefault(base, {})[idx] = (val, encoded)
         elif name not in params:
             params[name] = val
