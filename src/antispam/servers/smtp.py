@@ -184,15 +184,27 @@ class FastSMTP(SMTP):
         go to that parser."""
         m = _PLAIN_PATH.fullmatch(arg)
         if m is None:
-            return super()._getaddr(arg)
+            return self._parsed_addr(arg)
         address, rest = m.group(1), m.group(2)
         if rest[:1] in (" ", "\t"):  # the parser drops the white space after the address
             rest = rest.lstrip(" \t")
         if rest[:1] == "(":  # ... and comments: left to it
-            return super()._getaddr(arg)
+            return self._parsed_addr(arg)
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return address, rest
+
+    def _parsed_addr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's parse of an address, with the parser's own failures taken as a malformed
+        address.  aiosmtpd catches only HeaderParseError, but the e-mail package's parser raises
+        others on some inputs: ``RCPT TO:<a@`` (a domain cut off) is an IndexError in its
+        get_domain.  Uncaught, that reached the client as ``451 4.3.0`` (a failure of ours, logged
+        as an internal error, and the client retrying the same bad address for days) instead of
+        aiosmtpd's ``553 5.1.3 Error: malformed address`` (or 501 for VRFY)."""
+        try:
+            return super()._getaddr(arg)
+        except Exception:
+            return None, None
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
