@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import pytest
 
@@ -13,7 +14,7 @@ from antispam.builtin import GtubeCheck
 from antispam.config import SmtpConfig
 from antispam.servers.smtp import SmtpFilterServer
 
-from server_helpers import ServerThread, Sink, ham, smtp_replies
+from server_helpers import EVENT_LOOPS, ServerThread, Sink, ham, smtp_replies
 
 
 @pytest.fixture()
@@ -53,3 +54,23 @@ def test_smtp_address_the_parser_chokes_on_is_malformed_not_our_failure(sink, ca
     finally:
         f.stop()
     assert not [r for r in caplog.records if r.exc_info or "internal error" in r.getMessage()]
+
+
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_smtp_burst_of_connections_serves_max_connections(sink, event_loop):
+    """Connections that arrive together were all connected before the first was admitted, and
+    each counted the others: the whole burst was refused 421, the first max_connections too."""
+    f = _filter(sink, event_loop, max_connections=4)
+    socks = []
+    try:
+        # the server's loop held up while they connect: the kernel queues all twelve, and the loop
+        # then takes them in one go, as when many clients connect at the same moment
+        f.loop.call_soon_threadsafe(time.sleep, 0.5)
+        socks = [socket.create_connection(("127.0.0.1", f.port), timeout=10) for _ in range(12)]
+        greetings = [s.makefile("rb").readline() for s in socks]
+        assert sum(g.startswith(b"220") for g in greetings) == 4, greetings
+        assert sum(g.startswith(b"421") for g in greetings) == 8, greetings
+    finally:
+        for s in socks:
+            s.close()
+        f.stop()

@@ -432,6 +432,7 @@ class _FilterSMTP(FastSMTP):
             # before (``stop`` closes the connections left after its grace period)
             self._loss_pending = (error,)
             return
+        self.filter._admitted.discard(self)
         if self in self.filter._protocols:
             self.filter._protocols.discard(self)
             if self.filter.metrics is not None:
@@ -535,6 +536,7 @@ class _FilterSMTP(FastSMTP):
             assert self.transport is not None
             self.transport.close()
             return
+        self.filter._admitted.add(self)
         await super()._handle_client()
 
     @syntax("XFORWARD attribute=value ...")
@@ -574,6 +576,8 @@ class SmtpFilterServer(Server):
             raise ConfigError(f"mode must be after-queue or before-queue, got {cfg.mode!r}", key="servers.smtp.mode")  # type: ignore[attr-defined]
         self.next_hop = (host.strip("[]"), int(port))
         self._protocols: set[_FilterSMTP] = set()
+        #: the connections let in (``_admit``): what ``max_connections`` counts
+        self._admitted: set[_FilterSMTP] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()
         #: every open connection to the next hop (closed at shutdown), and the idle ones
@@ -639,7 +643,11 @@ class SmtpFilterServer(Server):
             self._count_error("not_allowed")
             self.log.warning("client refused: not in allow-list", extra={"fields": {"server": self.name, "peer": ip}})
             return "554 5.7.1 Not allowed"
-        if len(self._protocols) > self.settings.max_connections:
+        # Counted against the connections already let in, not every one connected: a burst of
+        # connections made together (Postfix starting its deliveries at once) is all connected
+        # before the first is admitted, and counting those refused every one of the burst, the
+        # first max_connections too, where the other servers serve those and refuse the rest.
+        if len(self._admitted) >= self.settings.max_connections:
             self._count_error("too_many_connections")
             return "421 4.3.2 Too many connections, try again later"
         return None
