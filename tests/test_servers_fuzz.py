@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import time
 
 import pytest
 
 from antispam import Engine
 from antispam.builtin import GtubeCheck
-from antispam.config import SmtpConfig
+from antispam.config import MilterConfig, SmtpConfig
+from antispam.servers.milter import MilterServer
 from antispam.servers.smtp import SmtpFilterServer
 
 from server_helpers import EVENT_LOOPS, ServerThread, Sink, ham, smtp_replies
@@ -74,3 +76,44 @@ def test_smtp_burst_of_connections_serves_max_connections(sink, event_loop):
         for s in socks:
             s.close()
         f.stop()
+
+
+def _pk(cmd: bytes, data: bytes = b"") -> bytes:
+    return struct.pack(">I", len(data) + 1) + cmd + data
+
+
+def _milter_message(port: int, packets: list[bytes]) -> list[bytes]:
+    """Negotiate (add and change headers, no no-reply flags), send ``packets`` and end-of-message;
+    the commands of the replies to end-of-message."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(_pk(b"O", struct.pack(">III", 6, 0x11, 0x100000 | 0x80 | 0x40000 | 0x80000 | 0x4000 | 0x8000)))
+        fh = c.makefile("rb")
+
+        def recv() -> bytes:
+            (n,) = struct.unpack(">I", fh.read(4))
+            return fh.read(n)
+
+        assert recv()[:1] == b"O"
+        c.sendall(b"".join(packets) + _pk(b"N") + _pk(b"B", b"hello\r\n") + _pk(b"E"))
+        out = []
+        while True:
+            r = recv()
+            out.append(r[:1] + (r[5:].split(b"\0")[0] if r[:1] == b"m" else b""))
+            if r[:1] in (b"a", b"c", b"r", b"t", b"y"):
+                return out
+
+
+def test_milter_headers_and_recipients_count_against_max_size():
+    """Only body chunks counted against max_size: header (and recipient) packets were kept without
+    bound and scanned (300 MB of headers grew the server by 1.1 GB).  Past max_size the message is
+    accepted unscanned, as a big body is, and a forged X-Spam-Flag after the limit is still deleted."""
+    st = ServerThread(MilterServer(Engine(checks=[GtubeCheck()]), MilterConfig(port=0, max_size=4096)))
+    try:
+        small = [_pk(b"M", b"<a@b.test>\0"), _pk(b"R", b"<c@d.test>\0"), _pk(b"L", b"Subject\0 hi\0")]
+        assert b"h" in _milter_message(st.port, small)  # scanned: our headers added
+        big = small + [_pk(b"L", b"X-Filler\0 " + b"v" * 1000 + b"\0")] * 8 + [_pk(b"L", b"X-Spam-Flag\0 NO\0")]
+        assert _milter_message(st.port, big) == [b"mX-Spam-Flag", b"c"]  # unscanned, forged field gone
+        many = [_pk(b"M", b"<a@b.test>\0")] + [_pk(b"R", b"<r%d@%s.test>\0" % (i, b"d" * 200)) for i in range(40)]
+        assert _milter_message(st.port, many) == [b"c"]
+    finally:
+        st.stop()

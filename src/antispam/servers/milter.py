@@ -84,6 +84,9 @@ def packet(cmd: bytes, data: bytes = b"") -> bytes:
     return struct.pack(">I", len(data) + 1) + cmd + data
 
 
+#: the macros this server reads (``Session.envelope``, the queue id of its log lines)
+_MACROS = frozenset({"i", "{auth_authen}"})
+
 #: the answer to most packets, built once
 _CONTINUE = packet(CONTINUE)
 
@@ -215,14 +218,26 @@ class MilterServer(Server):
             if data:
                 s.size += len(data)
                 name, _, rest = data.partition(b"\0")
-                s.headers.append((name.decode("utf-8", "surrogateescape"),
-                                  rest.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")))
+                text = name.decode("utf-8", "surrogateescape")
+                # Headers count against max_size as the body does: only body chunks were counted,
+                # and an MTA (or whoever holds its socket) sending header packets without end grew
+                # the session without bound (300 MB of them took 1.1 GB), and had them all scanned.
+                # Past max_size the message goes unscanned, and of its further headers only those
+                # _unscanned deletes are kept (our names without their values, which it does not
+                # read; Authentication-Results with them, to tell ours).
+                if s.size > self.settings.max_size:
+                    self._too_big(s)
+                if not s.too_big:
+                    s.headers.append((text, rest.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")))
+                elif text.lower() in OUR_NAMES:
+                    s.headers.append((text, ""))
+                elif text.lower() == "authentication-results":
+                    s.headers.append((text, rest.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")))
             return _CONTINUE
         if cmd == b"B":
             s.size += len(data)
             if s.size > self.settings.max_size:
-                s.too_big = True
-                s.body = bytearray()
+                self._too_big(s)
             elif not s.too_big:
                 s.body += data
             return _CONTINUE
@@ -242,7 +257,10 @@ class MilterServer(Server):
             if data:
                 items = _cstrings(data[1:])
                 for k, v in zip(items[0::2], items[1::2]):
-                    s.macros[k] = v
+                    # only the macros read here are kept: every distinct name an MTA sent stayed
+                    # in the session for its lifetime, a growth without bound
+                    if k in _MACROS:
+                        s.macros[k] = v
             return None
         if cmd == b"C":
             host, _, rest = data.partition(b"\0")
@@ -269,7 +287,13 @@ class MilterServer(Server):
                 if s.rcpts and not s.protocol & NR_RCPT and \
                         self.scanner.profile_for(rcpt) != self.scanner.profile_for(s.rcpts[0]):
                     return _reply("452 4.5.3 Recipients with other spam settings: send in a separate transaction")
-                s.rcpts.append(rcpt)
+                # recipients count against max_size too (a list without bound otherwise); once
+                # the message is too big only the first, which picks the profile, is kept
+                s.size += len(data)
+                if s.size > self.settings.max_size:
+                    self._too_big(s)
+                if not s.too_big or not s.rcpts:
+                    s.rcpts.append(rcpt)
             return _CONTINUE
         if cmd in (b"T", b"N", b"U"):
             return _CONTINUE
@@ -284,6 +308,12 @@ class MilterServer(Server):
         if cmd == b"Q":
             return False
         raise ProtocolError(f"unknown milter command {cmd!r}")
+
+    @staticmethod
+    def _too_big(s: Session) -> None:
+        """The message is over ``max_size``: it goes unscanned, and its body is not kept."""
+        s.too_big = True
+        s.body = bytearray()
 
     async def _end_of_message(self, conn: Connection, s: Session) -> bytes:
         qid = s.macros.get("i", "")
