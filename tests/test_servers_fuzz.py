@@ -12,11 +12,12 @@ import pytest
 
 from antispam import Engine
 from antispam.builtin import GtubeCheck
-from antispam.config import MilterConfig, SmtpConfig
+from antispam.config import MilterConfig, SmtpConfig, SpamdConfig
 from antispam.servers.milter import MilterServer
 from antispam.servers.smtp import SmtpFilterServer
+from antispam.servers.spamd import SpamdServer
 
-from server_helpers import EVENT_LOOPS, ServerThread, Sink, ham, smtp_replies
+from server_helpers import EVENT_LOOPS, MemoryLearner, ServerThread, Sink, ham, smtp_replies
 
 
 @pytest.fixture()
@@ -117,3 +118,33 @@ def test_milter_headers_and_recipients_count_against_max_size():
         assert _milter_message(st.port, many) == [b"c"]
     finally:
         st.stop()
+
+
+class _SlowLearner(MemoryLearner):
+    """Learns after a pause (in the thread learning runs in), so the client can go meanwhile."""
+
+    def learn(self, msg, spam, source="api"):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+        return super().learn(msg, spam, source)
+
+
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_spamd_client_reset_while_its_request_runs_is_a_lost_connection(event_loop, caplog):
+    """A client that resets the connection (SO_LINGER 0) before its answer: on uvloop the answer's
+    write raised RuntimeError, logged as "handler failed" with a traceback."""
+    st = ServerThread(SpamdServer(Engine(checks=[_SlowLearner()]), SpamdConfig(port=0)), event_loop=event_loop)
+    try:
+        raw = ham(msgid="fuzz-reset")
+        with caplog.at_level(logging.INFO):
+            c = socket.create_connection(("127.0.0.1", st.port), timeout=10)
+            c.sendall(b"TELL SPAMC/1.5\r\nContent-length: %d\r\nMessage-class: spam\r\nSet: local\r\n\r\n" % len(raw) + raw)
+            time.sleep(0.1)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            time.sleep(0.6)
+            with socket.create_connection(("127.0.0.1", st.port), timeout=10) as c:
+                c.sendall(b"PING SPAMC/1.5\r\n\r\n")
+                assert c.recv(100).startswith(b"SPAMD/1.5 0 PONG")
+    finally:
+        st.stop()
+    assert not [r for r in caplog.records if r.exc_info or "handler failed" in r.getMessage()]

@@ -226,6 +226,12 @@ class Connection:
             n -= len(chunk)
 
     async def write(self, data: bytes) -> None:
+        # A client that reset the connection while its request was scanned or learned: asyncio's
+        # transport drops the write, but uvloop's raises RuntimeError ("the handler is closed"),
+        # which was logged as an internal failure ("handler failed", with a traceback).  It is a
+        # connection lost, and handled as one.
+        if self.writer.transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
         self.writer.write(data)
         if self.writer.transport.get_write_buffer_size() > 0:
             async with asyncio.timeout(self.timeout):
