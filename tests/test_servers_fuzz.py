@@ -148,3 +148,24 @@ def test_spamd_client_reset_while_its_request_runs_is_a_lost_connection(event_lo
     finally:
         st.stop()
     assert not [r for r in caplog.records if r.exc_info or "handler failed" in r.getMessage()]
+
+
+@pytest.mark.parametrize("closing", [b"BDAT x\r\n", b"NOPE\r\n" * 5])
+def test_smtp_message_after_we_closed_the_connection_is_not_relayed(sink, closing):
+    """After a reply that closes the connection (501 for a BDAT size we cannot read, aiosmtpd's
+    502 after too many unknown commands) aiosmtpd went on with the commands already buffered: a
+    message among them reached the next hop, though its client never got a 250 (and sends it again)."""
+    f = _filter(sink)
+    try:
+        with socket.create_connection(("127.0.0.1", f.port), timeout=10) as c:
+            raw = ham(msgid="fuzz-after-close")
+            c.sendall(b"EHLO client.test\r\nMAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\n" + closing
+                      + b"BDAT %d LAST\r\n" % len(raw) + raw + b"QUIT\r\n")
+            out = b""
+            while chunk := c.recv(65536):
+                out += chunk
+        assert b"stored" not in out
+        time.sleep(0.5)
+        assert not sink.messages
+    finally:
+        f.stop()

@@ -462,6 +462,14 @@ class _FilterSMTP(FastSMTP):
         An unexpected error here is our reply ``451 4.3.0``, temporary, rather than aiosmtpd's
         ``500`` (the client would bounce mail that a later try may deliver), and the transaction
         ends all the same, here and at the next hop."""
+        if self.transport is None or self.transport.is_closing():
+            # We closed the connection (aiosmtpd's 502 after too many unknown commands, our 501
+            # for a BDAT size we cannot read), but aiosmtpd goes on with the commands already
+            # buffered until connection_lost runs: a message among them was relayed, and the
+            # client, never told 250, sends it again.  Not relayed; the next hop's transaction
+            # is ended when the connection goes (connection_lost).
+            self._set_post_data_state()
+            return
         self._timeout_handle.push(None)  # type: ignore[union-attr]  # a _Deadline (FastSMTP)
         self._relaying = True
         try:
