@@ -17,6 +17,7 @@ from antispam import Engine, fastscore
 from antispam import _fastscore_py as twin
 from antispam.classifier.tokenizer import views
 from antispam.message import Message, decode_rfc2047
+from antispam.ruleset.matcher import hyperscan_available
 from antispam.ruleset.possessive import run_start
 
 try:
@@ -197,3 +198,21 @@ def test_generated_hostile_messages_give_identical_results_in_both_kernel_modes(
             assert compiled.letter_counts(s, 500) == twin.letter_counts(s, 500)
             assert compiled.features(s[:80], s, [s[:9]], 5, 22, True).tolist() == twin.features(s[:80], s, [s[:9]], 5, 22, True).tolist()
         assert compiled.crlf_only(raw) == twin.crlf_only(raw)
+
+
+def test_the_python_rules_engine_searches_a_long_run_of_blanks_in_linear_time():
+    """Where Hyperscan is not installed every rule is searched with ``re``: the search for whether
+    ``\\s{3,}...\\s*$`` matches at all had the same square of the run's length as naming its text
+    (30,000 tabs: seconds a message, for every scan).  Same verdict as the Hyperscan engine's."""
+    from antispam.config import Config
+
+    raw = (b"From: a@example.com\nTo: b@example.net\nSubject: Notes from the planning call" + b"\t" * 30000
+           + b" and more\n    tomorrow\n\nSee you.\n")
+    python_engine = Engine(Config.load(overrides={"rules": {"engine": "python"}}))
+    t = time.perf_counter()
+    v = _clean_verdict(python_engine, raw)
+    assert time.perf_counter() - t < 2.0
+    assert v.symbols["AS_SUBJ_TRAILING_ID"].options == ("tomorrow",)
+    if hyperscan_available():
+        hs = _clean_verdict(Engine(), raw)
+        assert (v.score, v.symbols) == (hs.score, hs.symbols)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from .compiler import CompiledRules
-from .possessive import possessive
+from .possessive import possessive, run_start
 from .projection import ASCII, WESTERN, projection
 from .runwidth import RunWidth
 
@@ -213,6 +213,14 @@ class _PyRule:
             #: ``search_from(data, start)``: the first match that starts at ``start`` or later
             self.search_from = rx.search if prefix is None else functools.partial(_search_line_starts, rx, *prefix)
             self.search = self.search_from
+            if prefix is None and searched:
+                # the leftmost match, without trying each position of a run of the leading repeat's
+                # bytes (``possessive.run_start``: the square of the run's length otherwise; 30,000
+                # tabs before ``\s{3,}...`` took seconds).  Not for ``search_from`` or counting,
+                # which may have to start inside a run.
+                lead = run_start(pattern, flags)  # on the rule as written: possessive() splits X{3,}
+                if lead != pattern:
+                    self.search = re.compile(possessive(lead, flags), flags).search
             self.finditer = rx.finditer
         self.match = rx.match
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
