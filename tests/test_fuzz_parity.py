@@ -216,3 +216,23 @@ def test_the_python_rules_engine_searches_a_long_run_of_blanks_in_linear_time():
     if hyperscan_available():
         hs = _clean_verdict(Engine(), raw)
         assert (v.score, v.symbols) == (hs.score, hs.symbols)
+
+
+@pytest.mark.parametrize("value", [b"a" * 100000, b"ann." * 25000 + b"@", b"x" * 50000 + b" (" + b"y" * 50000])
+def test_a_long_address_header_without_an_address_is_read_in_linear_time(impl, engine, value):
+    """A From (or Reply-To) without ``<...>`` is searched for a bare ``local@domain``: ``re`` read on from
+    every position of a run of address characters with no "@" in it (100,000 letters: about 25 s)."""
+    raw = b"From: " + value + b"\nReply-To: " + value + b"\nSubject: hi\n\nbody\n"
+    t = time.perf_counter()
+    _clean_verdict(engine, raw)
+    assert time.perf_counter() - t < 2.0
+
+
+def test_a_bare_address_is_the_same_run_it_was():
+    """The look-behind that keeps the bare-address search linear finds the address it found before."""
+    from antispam.message import split_addresses
+
+    assert split_addresses("Ann ann.lee+x@mail.example.com (Ann Lee)") == (("Ann Lee", "ann.lee+x@mail.example.com"),)
+    assert split_addresses("junk;ann@a.example,bob@b.example") == (("", "ann@a.example"), ("", "bob@b.example"))
+    assert split_addresses("a@@b x@y") == (("", "a@@b"),)
+    assert split_addresses("no address here") == ()

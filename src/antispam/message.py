@@ -218,7 +218,11 @@ _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _EW_GAP_RE = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
 _PARAM_RE = re.compile(r';\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))', re.S)
 _ADDR_RE = re.compile(r"<([^<>]*)>")
-_BARE_ADDR_RE = re.compile(r"[^\s<>()\"',;:]+@[^\s<>()\"',;:]+")
+#: a bare address: a run of address characters holding an "@" with one after it.  The look-behind
+#: starts a match only where a run starts, which changes no leftmost match (one starting inside a run
+#: starts at the run's beginning too, the first repeat taking the characters before); without it
+#: ``re`` read on from every position of a long run without an "@" (a From of 30,000 letters: 2 s)
+_BARE_ADDR_RE = re.compile(r"(?<![^\s<>()\"',;:])[^\s<>()\"',;:]+@[^\s<>()\"',;:]+")
 _COMMENT_RE = re.compile(r"\([^()]*\)")
 
 # HTML -> text.  Regular expressions rather than a DOM: the filter wants the
