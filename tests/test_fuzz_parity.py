@@ -252,3 +252,15 @@ def test_naming_a_match_after_a_long_run_in_one_branch_is_linear(rules_engine):
     v = _clean_verdict(e, raw)
     assert time.perf_counter() - t < 2.0
     assert v.symbols["AS_SUBJ_DOLLARS"].options == ("5 USD",)
+
+
+def test_charset_names_from_mail_do_not_accumulate():
+    """Every charset name a message carries was remembered for the process's life: spam naming a new
+    one in each message grew a long-running server without bound.  The memo is bounded now, and still
+    answers for the names it forgot."""
+    from antispam.message import _codec, _codec_of
+
+    for i in range(5000):
+        assert _codec(f"x-made-up-{i}") is None
+    assert _codec_of.cache_info().currsize <= _codec_of.cache_info().maxsize < 5000
+    assert _codec("UTF-8") == "utf-8" and _codec('"ISO-8859-1"') == "iso8859-1" and _codec("rot13") is None

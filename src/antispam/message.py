@@ -250,7 +250,6 @@ _URL_AUTHORITY_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//([^/?#\\]*)", re.I)
 #: full stops a browser reads as "." in a host name (UTS #46 maps them)
 _HOST_DOTS = str.maketrans("\u3002\uff0e\uff61", "...")
 
-_charset_cache: dict[str, str | None] = {}
 #: text codecs that still raise on bad bytes with errors="replace" (or on any bytes)
 _UNUSABLE_CODECS = frozenset({"idna", "punycode", "undefined"})
 
@@ -259,27 +258,31 @@ def _codec(charset: str | None) -> str | None:
     """Normalise a MIME charset to a Python codec name, or None if unknown."""
     if not charset:
         return "ascii"
-    name = _charset_cache.get(charset)
-    if name is None and charset not in _charset_cache:
-        key = charset.strip().strip('"').lower()
-        aliases = {"ks_c_5601-1987": "cp949", "x-unknown": None, "unknown-8bit": None,
-                   "iso-8859-8-i": "iso-8859-8", "gb2312": "gb18030", "x-gbk": "gb18030"}
-        if key in aliases:
-            name = aliases[key]
-        else:
-            try:
-                info = codecs.lookup(key)
-            except (LookupError, ValueError):
-                name = None
-            else:
-                # A charset must name a text codec whose decode(..., "replace") cannot fail: codecs.lookup
-                # also finds bytes-to-bytes and str-to-str codecs (base64, zlib, rot13: bytes.decode raises
-                # LookupError), and idna, punycode and undefined raise a bare UnicodeError or refuse
-                # "replace".  ``=?rot13?Q?x?=`` in a header made every scan raise from Message.headers.
-                usable = getattr(info, "_is_text_encoding", True) and info.name not in _UNUSABLE_CODECS
-                name = info.name if usable else None
-        _charset_cache[charset] = name
-    return name
+    return _codec_of(charset)
+
+
+#: MIME charset aliases Python's codec registry does not know, or knows as something else
+_CHARSET_ALIASES = {"ks_c_5601-1987": "cp949", "x-unknown": None, "unknown-8bit": None,
+                    "iso-8859-8-i": "iso-8859-8", "gb2312": "gb18030", "x-gbk": "gb18030"}
+
+
+@lru_cache(maxsize=1024)
+def _codec_of(charset: str) -> str | None:
+    """:func:`_codec` of a charset as written, cached.  Bounded: the charset names come from the mail,
+    and a server scanning spam that names a new one in every message would otherwise keep them all."""
+    key = charset.strip().strip('"').lower()
+    if key in _CHARSET_ALIASES:
+        return _CHARSET_ALIASES[key]
+    try:
+        info = codecs.lookup(key)
+    except (LookupError, ValueError):
+        return None
+    # A charset must name a text codec whose decode(..., "replace") cannot fail: codecs.lookup
+    # also finds bytes-to-bytes and str-to-str codecs (base64, zlib, rot13: bytes.decode raises
+    # LookupError), and idna, punycode and undefined raise a bare UnicodeError or refuse
+    # "replace".  ``=?rot13?Q?x?=`` in a header made every scan raise from Message.headers.
+    usable = getattr(info, "_is_text_encoding", True) and info.name not in _UNUSABLE_CODECS
+    return info.name if usable else None
 
 
 #: a lone surrogate code point: no character, and no UTF-8 encoding
