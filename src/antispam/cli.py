@@ -36,6 +36,31 @@ def _version_text() -> str:
     return f"antispam {__version__} (core: {IMPLEMENTATION}; python {sys.version.split()[0]})"
 
 
+#: the most worker processes ``scan -j`` starts: a number past what a C int holds crashed the process
+#: pool with a traceback (OverflowError), and thousands of processes are a typo, not a plan
+MAX_WORKERS = 1024
+
+
+def _count(most: int | None):
+    """An argparse type: a whole number from 0 to ``most`` (None: no upper bound).
+
+    ``-j -1`` used to mean "one per core" silently and ``--top -5`` showed all but the last five
+    symbols (a negative slice): a negative count is a usage error, as a non-number is.
+    """
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if n < 0 or (most is not None and n > most):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: from 0 to {most}" if most is not None
+                                             else f"{text} is negative")
+        return n
+
+    parse.__name__ = "count"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="antispam", description="High-throughput e-mail anti-spam engine.")
     p.add_argument("--version", action="version", version=_version_text())
@@ -46,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scan", help="scan messages: files, directories, maildirs, mbox files, .tar.gz archives")
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--json", action="store_true", help="one JSON object (rspamd /checkv2 shape) per line")
-    s.add_argument("-j", "--workers", type=int, default=1, help="worker processes (default 1; 0 = one per core)")
-    s.add_argument("--top", type=int, default=3, help="symbols shown per message (default 3)")
+    s.add_argument("-j", "--workers", type=_count(MAX_WORKERS), default=1,
+                   help=f"worker processes (default 1; 0 = one per core; at most {MAX_WORKERS})")
+    s.add_argument("--top", type=_count(None), default=3, help="symbols shown per message (default 3)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     s.set_defaults(func=cmd_scan)
 
