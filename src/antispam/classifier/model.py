@@ -42,10 +42,13 @@ probability, and refuses anything else with a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -188,14 +191,29 @@ def _int(meta: Mapping[str, Any], key: str, where: Path, name: str) -> int:
 _MAX_THRESHOLD = float(np.nextafter(1.0, 2.0))
 
 
+def _read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file; OSError otherwise.
+
+    A model's files sit in a directory, so anything but a regular file there is damage or mischief,
+    and reading it as a file was worse than refusing it: a FIFO (``mkfifo weights.npy``) hung the
+    load for ever waiting for a writer, a link to ``/dev/zero`` read until memory ran out.  The
+    file is opened non-blocking (so opening a FIFO does not wait) and checked on its descriptor.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fh.read()
+
+
 def _load_array(path: Path, digest: Any, dtype: type) -> np.ndarray:
     """The verified 1-D ``dtype`` array of ``path``: read once, sha256 checked, then parsed (never unpickled)."""
     try:
-        data = path.read_bytes()
+        data = _read_regular(path)
     except FileNotFoundError:
         raise ModelError(f"{path}: missing") from None
     except OSError as exc:
-        raise ModelError(f"{path}: unreadable: {exc}") from None
+        raise ModelError(f"{path}: unreadable: {exc.strerror or exc}") from None
     if hashlib.sha256(data).hexdigest() != digest:
         raise ModelError(f"{path}: sha256 does not match model.json (tampered or corrupted model)")
     try:
@@ -214,11 +232,15 @@ def load_model(directory: str | Path) -> Model:
     d = Path(directory)
     mpath = d / "model.json"
     try:
-        meta = json.loads(mpath.read_text(encoding="utf-8"))
+        meta = json.loads(_read_regular(mpath).decode("utf-8"))
     except FileNotFoundError:
         raise ModelError(f"no model at {d} (model.json not found)") from None
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{mpath}: unreadable model metadata: {exc}") from None
+    except OSError as exc:
+        raise ModelError(f"{mpath}: unreadable model metadata: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: json nests by recursion, so a file of 100,000 '[' crashed the load with a
+        # traceback instead of this error
+        raise ModelError(f"{mpath}: unreadable model metadata: {type(exc).__name__}: {exc}") from None
     if not isinstance(meta, dict):
         raise ModelError(f"{mpath}: metadata is not a JSON object")
     if meta.get("format") != MODEL_FORMAT:
@@ -270,9 +292,13 @@ def load_model(directory: str | Path) -> Model:
     if not isinstance(vocab_raw, dict):
         raise ModelError(f"{mpath}: vocab must be an object")
     try:
-        vocab = {int(k): str(v) for k, v in vocab_raw.items()}
+        vocab = {int(k): v for k, v in vocab_raw.items()}
     except ValueError:
         raise ModelError(f"{mpath}: vocab keys must be feature ids") from None
+    # the values are token strings: anything else (a table, a list) was turned into its repr and
+    # shown as a clue, where a wrong type in model.json is to be refused
+    if not all(isinstance(v, str) for v in vocab.values()):
+        raise ModelError(f"{mpath}: vocab values must be token strings")
     rest = {k: v for k, v in meta.items() if k not in ("vocab",)}
     return Model(spec=spec, weights=dense, bias=bias, calib_a=calib_a, calib_b=calib_b, threshold=threshold,
                  vocab=vocab, meta=rest)
