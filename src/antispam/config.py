@@ -38,6 +38,9 @@ from typing import Any, Mapping
 from .errors import ConfigError
 from .message import Limits
 
+#: the largest configuration file read (bytes); a real one is a few kilobytes
+MAX_CONFIG_BYTES = 16 << 20
+
 ACTIONS = ("no action", "greylist", "add header", "rewrite subject", "soft reject", "reject")
 
 
@@ -447,7 +450,14 @@ class Config:
             p = Path(path)
             try:
                 with open(p, "rb") as fh:
-                    data = tomllib.load(fh)
+                    # At most MAX_CONFIG_BYTES (+1 to see it was longer): ``-c /dev/zero`` or a
+                    # runaway generated file read until memory ran out (MemoryError, a traceback).
+                    # A pipe (``-c <(...)``) is still read, as a file.
+                    text = fh.read(MAX_CONFIG_BYTES + 1)
+                if len(text) > MAX_CONFIG_BYTES:
+                    raise ConfigError(f"larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB: not a configuration file",
+                                      source=str(p))
+                data = tomllib.loads(text.decode("utf-8"))
             except FileNotFoundError:
                 raise ConfigError("configuration file not found", source=str(p)) from None
             except IsADirectoryError:
