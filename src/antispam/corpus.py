@@ -13,7 +13,9 @@ hangs it: each problem becomes one :class:`Item` with ``error`` set.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import logging
 import os
 import re
@@ -444,6 +446,22 @@ def default_corpus_dir() -> Path | None:
     return cand if (cand / "MANIFEST.tsv").exists() else None
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """A labelled corpus's file (``MANIFEST.tsv``, a set archive) opened for reading; OSError unless it
+    is a regular file.  Like a file met in a directory walk (:func:`_open`): a FIFO there made
+    ``antispam train --manifest``/``eval`` wait for a writer for ever, a link to ``/dev/zero`` read
+    until memory ran out."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(mode)})")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def load_labelled(corpus_dir: str | os.PathLike[str], split: str | None = None, verify: bool = True) -> list[LabelledMessage]:
     """Load a labelled corpus laid out as ``MANIFEST.tsv`` + ``<set>.tar.gz``.
 
@@ -463,7 +481,7 @@ def load_labelled(corpus_dir: str | os.PathLike[str], split: str | None = None, 
     manifest: dict[tuple[str, str], tuple[str, str]] = {}
     malformed: list[int] = []
     try:
-        with open(mpath, encoding="utf-8") as fh:
+        with io.TextIOWrapper(_open_regular(mpath), encoding="utf-8") as fh:
             header = fh.readline().rstrip("\r\n").split("\t")
             col = {c: i for i, c in enumerate(header)}
             need = [c for c in ("set", "file", "label", "sha256") if c not in col]
@@ -494,7 +512,7 @@ def load_labelled(corpus_dir: str | os.PathLike[str], split: str | None = None, 
     for set_name in sorted({s for s, _ in manifest}):
         tpath = root / f"{set_name}.tar.gz"
         try:
-            with tarfile.open(tpath, "r:gz") as tf:
+            with _open_regular(tpath) as raw, tarfile.open(name=str(tpath), fileobj=raw, mode="r:gz") as tf:
                 for member in tf:
                     if not member.isfile():
                         continue
