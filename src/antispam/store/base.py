@@ -100,8 +100,24 @@ def parse_store_url(url: str) -> tuple[str, str]:
         path = path[2:] if path.startswith("//") else path
         if not path:
             raise ValueError("sqlite store URL needs a path: sqlite:///var/lib/antispam/state.db")
+        if "\0" in path:  # sqlite3.connect raised ValueError("embedded null byte"): a traceback
+            raise ValueError(f"sqlite store URL {url!r}: the path has a NUL character")
         return "sqlite", path
     if url.startswith(("redis:", "rediss:", "unix:")):
+        # What redis-py would otherwise fail on with a bare ValueError (a traceback at start-up) or
+        # quietly ignore: a port that is no number or out of range, a database that is no number
+        # (``redis://host:6379/abc`` was database 0).
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"redis store URL {url!r}: the port must be a number from 0 to 65535") from None
+        db = parts.path.strip("/")
+        if not url.startswith("unix:") and db and not (db.isascii() and db.isdigit()):
+            raise ValueError(f"redis store URL {url!r}: the database after the host must be a number, "
+                             "e.g. redis://127.0.0.1:6379/0")
         return "redis", url
     raise ValueError(f"unknown store URL {url!r} (use memory://, sqlite:///PATH or redis://HOST:PORT/DB)")
 
