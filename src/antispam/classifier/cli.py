@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="split: 'train' (fit on TRAIN now, default), 'default' (the shipped model) or a "
                         "directory; online: 'empty' (default for online), 'default' or a directory")
     e.add_argument("--no-engine", action="store_true", help="classifier only: skip the whole-engine scan")
-    e.add_argument("--target-fpr", type=float, default=0.001, help="report the threshold for this ham FPR (default 0.001)")
+    # _fraction, not float: nan or inf crashed the report at the end of the run (a traceback)
+    e.add_argument("--target-fpr", type=_fraction, default=0.001,
+                   help="report the threshold for this ham FPR, 0..1 (default 0.001)")
     e.add_argument("--json", metavar="FILE", help="write the JSON report here")
     e.add_argument("--roc", metavar="PNG", help="write the ROC plot here (needs matplotlib)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -87,6 +89,21 @@ def _out_problem(out: str) -> str | None:
             return f"{p / 'model.json'} is a directory; give another -o"
         return None if os.access(p, os.W_OK) else f"{out}: cannot write there (permission denied)"
     parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {out}: {parent} is not a directory"
+    return None if os.access(parent, os.W_OK) else f"cannot create {out}: {parent} is not writable"
+
+
+def _file_problem(out: str) -> str | None:
+    """Why the output file ``out`` could not be written, if it could not (checked before the run)."""
+    p = Path(out)
+    if p.is_dir():
+        return f"{out} is a directory; give a file name"
+    if p.exists():
+        return None if os.access(p, os.W_OK) else f"{out}: cannot write there (permission denied)"
+    parent = p.parent  # created if missing (write_outputs), so the nearest existing ancestor counts
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
@@ -172,10 +189,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..cli import Progress
     from . import eval as ev
 
-    corpus = Path(args.corpus) if args.corpus else default_corpus_dir()
+    # ``is not None``: an empty --corpus '' (an unset shell variable) silently evaluated the default
+    # corpus; now it names the current directory, as any relative path would
+    corpus = Path(args.corpus) if args.corpus is not None else default_corpus_dir()
     if corpus is None:
         _say("antispam eval: no corpus found; give --corpus DIR (MANIFEST.tsv + <set>.tar.gz)")
         return 2
+    # The report and plot paths are checked before the run, which takes minutes: a --json in a
+    # missing directory or naming a directory crashed at the very end with a traceback.
+    for flag, out in (("--json", args.json), ("--roc", args.roc)):
+        problem = _file_problem(out) if out is not None else None
+        if problem:
+            _say(f"antispam eval: {flag} {problem}")
+            return 2
     try:
         msgs = load_labelled(corpus)
         if args.mode == "split":
@@ -199,8 +225,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     threshold = model.threshold
     rep = ev.report(scored, threshold, required, target_fpr=args.target_fpr, corpus=str(corpus), **info)
-    for note in ev.write_outputs(rep, scored, Path(args.json) if args.json else None,
-                                 Path(args.roc) if args.roc else None):
+    try:
+        notes = ev.write_outputs(rep, scored, Path(args.json) if args.json else None,
+                                 Path(args.roc) if args.roc else None)
+    except OSError as exc:  # the directory changed during the run
+        _say(f"antispam eval: cannot write {exc.filename or 'the report'}: {exc.strerror or exc}")
+        return 2
+    for note in notes:
         _say(note)
     print(ev.format_report(rep))
     return 0
