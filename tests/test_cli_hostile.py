@@ -200,3 +200,16 @@ def test_eval_empty_corpus_argument_is_not_the_default_corpus(capsys, tmp_path, 
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "eval", "--corpus", "", "--no-progress")
     assert code == 2 and "MANIFEST.tsv" in err
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_huge_max_bytes_is_not_allocated_up_front(tmp_path, capsys):
+    # every read asked for max_bytes + 1 bytes at once: MemoryError / OverflowError tracebacks
+    c = tmp_path / "c.toml"
+    c.write_text("[limits]\nmax_bytes = 9223372036854775807\n")
+    code, out, err = run(capsys, "-c", c, "scan", GTUBE)
+    assert code == 0 and "\treject\t" in out and "Traceback" not in err
+    code, _, err = run(capsys, "-c", c, "auth", GTUBE, "--nameserver", "127.0.0.1#1")
+    assert code == 0

@@ -96,6 +96,27 @@ def _why(exc: BaseException) -> str:
     return f"{exc}" or type(exc).__name__
 
 
+#: the most one read asks for: see :func:`read_at_most`
+_CHUNK = 1 << 20
+
+
+def read_at_most(fh: BinaryIO, n: int) -> bytes:
+    """At most ``n`` bytes of ``fh``, read a chunk at a time.
+
+    ``fh.read(n)`` allocates ``n`` bytes before it reads one, so a huge ``[limits] max_bytes``
+    (9223372036854775807 is a valid TOML integer) made every read fail with MemoryError or
+    OverflowError, a traceback; read in chunks, the memory is what the file holds.
+    """
+    parts: list[bytes] = []
+    while n > 0:
+        piece = fh.read(min(n, _CHUNK))
+        if not piece:
+            break
+        parts.append(piece)
+        n -= len(piece)
+    return b"".join(parts)
+
+
 class _Capped:
     """Collects a message's bytes, keeping at most ``cap``: a message past ``[limits] max_bytes`` is
     scanned truncated anyway, and ``max_bytes + 1`` bytes are enough for :class:`Message` to see it
@@ -196,7 +217,7 @@ def _iter_tar(path: Path, fh: BinaryIO, cap: int | None) -> Iterator[Item]:
                 mf = tf.extractfile(member)
                 if mf is None:
                     continue
-                data = mf.read(cap) if cap is not None else mf.read()
+                data = read_at_most(mf, cap) if cap is not None else mf.read()
                 yield Item(f"{path}:{member.name}", data)
                 count += 1
             stop = getattr(tf, "_antispam_stop", None)
@@ -271,7 +292,7 @@ def _iter_file(path: Path, cap: int | None, regular_only: bool, single: bool = F
             else:
                 # Message drops a leading mbox From line before it compares the size with max_bytes.
                 want = cap - len(first) + (len(first) if first.startswith(b"From ") else 0)
-                data = first + fh.read(want) if want > 0 else first
+                data = first + read_at_most(fh, want) if want > 0 else first
         except OSError as exc:
             yield _error(path, f"cannot read: {_why(exc)}")
             return
