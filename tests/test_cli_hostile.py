@@ -213,3 +213,13 @@ def test_huge_max_bytes_is_not_allocated_up_front(tmp_path, capsys):
     assert code == 0 and "\treject\t" in out and "Traceback" not in err
     code, _, err = run(capsys, "-c", c, "auth", GTUBE, "--nameserver", "127.0.0.1#1")
     assert code == 0
+
+
+@pytest.mark.parametrize("text", ['[rules]\ncache_dir = "\\u0000"\n', '[classifier]\nmodel = "a\\u0000b"\n',
+                                  '[rules]\ndirs = ["a\\u0000"]\n'])
+def test_file_name_with_nul_is_a_config_error(tmp_path, capsys, text):
+    # the file functions refused it with a bare ValueError: a traceback
+    c = tmp_path / "c.toml"
+    c.write_text(text)
+    code, _, err = run(capsys, "-c", c, "scan", GTUBE)
+    assert code == 2 and "NUL character" in err and "Traceback" not in err

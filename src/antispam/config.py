@@ -687,6 +687,14 @@ def _store_url(value: Any, key: str, source: str) -> None:
         raise ConfigError(str(exc), key=key, source=source) from None
 
 
+def _paths(value: Any, key: str, source: str) -> None:
+    """A file or directory name, or a list of them: no NUL, which no file name holds and which the
+    file functions refuse with a bare ValueError (``cache_dir = "\\u0000"`` was a traceback)."""
+    for entry in (value if isinstance(value, (list, tuple)) else (value,)):
+        if isinstance(entry, str) and "\0" in entry:
+            raise ConfigError(f"{entry!r} is no file name: it has a NUL character", key=key, source=source)
+
+
 # The allowed values of the enumerated settings: defined here, where loading checks them, and
 # imported by the code that reads them, so the two cannot drift apart.
 #: ``[rules] engine`` (``antispam.ruleset.matcher.make_matcher``)
@@ -748,6 +756,8 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "classifier.learn_rate": _NOT_NEGATIVE,  # 0: online learning off
     "classifier.clues": _Range(0, 64),  # the kernels' MAX_CLUES: more would fail every scan's classifier
     "rules.engine": _OneOf(RULES_ENGINES),
+    **{f"rules.{k}": _paths for k in ("dirs", "extra_dirs", "sa_dirs", "sa_pre_dir", "cache_dir")},
+    "classifier.model": _paths,
 }
 
 
