@@ -223,3 +223,11 @@ def test_file_name_with_nul_is_a_config_error(tmp_path, capsys, text):
     c.write_text(text)
     code, _, err = run(capsys, "-c", c, "scan", GTUBE)
     assert code == 2 and "NUL character" in err and "Traceback" not in err
+
+
+def test_empty_path_is_not_the_current_directory(tmp_path, capsys, monkeypatch):
+    # Path("") is ".": `antispam scan ""` scanned every file under the current directory
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.eml").write_bytes(Path(GTUBE).read_bytes())
+    code, out, _ = run(capsys, "scan", "")
+    assert code == 1 and out == "\terror\tcannot read: an empty path names no file\n"

@@ -413,6 +413,11 @@ def iter_messages(paths: Iterable[str | os.PathLike[str]], max_bytes: int | None
     """
     cap = max_bytes + 1 if max_bytes is not None else None
     for p in paths:
+        if not os.fspath(p):
+            # Path("") is ".": `antispam scan "$UNSET"` silently scanned (or learned, or trained on)
+            # the whole current directory
+            yield _error("", "cannot read: an empty path names no file")
+            continue
         path = Path(p)
         try:
             st = os.stat(path)
