@@ -231,3 +231,12 @@ def test_empty_path_is_not_the_current_directory(tmp_path, capsys, monkeypatch):
     (tmp_path / "m.eml").write_bytes(Path(GTUBE).read_bytes())
     code, out, _ = run(capsys, "scan", "")
     assert code == 1 and out == "\terror\tcannot read: an empty path names no file\n"
+
+
+@pytest.mark.parametrize("value", ["5", '"str"', "[1, 2]", "true"])
+def test_dnsbl_lists_must_be_a_table(tmp_path, capsys, value):
+    # passed the load, then crashed building the engine with an AttributeError traceback
+    c = tmp_path / "c.toml"
+    c.write_text(f"[dnsbl]\nlists = {value}\n")
+    code, _, err = run(capsys, "-c", c, "scan", GTUBE)
+    assert code == 2 and "dnsbl.lists" in err and "Traceback" not in err

@@ -758,7 +758,14 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "rules.engine": _OneOf(RULES_ENGINES),
     **{f"rules.{k}": _paths for k in ("dirs", "extra_dirs", "sa_dirs", "sa_pre_dir", "cache_dir")},
     "classifier.model": _paths,
+    "dnsbl.lists": lambda value, key, source: _table(value, key, source, "a table of [dnsbl.lists.NAME] tables"),
 }
+
+
+def _table(value: Any, key: str, source: str, what: str) -> None:
+    """A table: ``[dnsbl] lists = 5`` passed the load and crashed building the engine (AttributeError)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"must be {what}, got {value!r}", key=key, source=source)
 
 
 def _rule_for(key: str) -> typing.Callable[[Any, str, str], None] | None:
