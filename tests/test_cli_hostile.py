@@ -240,3 +240,18 @@ def test_dnsbl_lists_must_be_a_table(tmp_path, capsys, value):
     c.write_text(f"[dnsbl]\nlists = {value}\n")
     code, _, err = run(capsys, "-c", c, "scan", GTUBE)
     assert code == 2 and "dnsbl.lists" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text", ["a = " + "[" * 5000 + "]" * 5000 + "\n", "a = " + "{b = " * 2000 + "1" + "}" * 2000 + "\n"])
+def test_config_nested_too_deep(tmp_path, capsys, text):
+    # tomllib's RecursionError was a traceback
+    c = tmp_path / "c.toml"
+    c.write_text(text)
+    code, _, err = run(capsys, "-c", c, "config")
+    assert code == 2 and "nested too deeply" in err
+
+
+def test_empty_config_argument_is_not_the_defaults(capsys):
+    # -c '' silently scanned with the embedded defaults
+    code, _, err = run(capsys, "-c", "", "scan", GTUBE)
+    assert code == 2 and err.startswith("antispam: ")

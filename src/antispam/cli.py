@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _engine(args: argparse.Namespace):
     from .engine import Engine
 
-    return Engine.from_config(args.config) if args.config else Engine()
+    # ``is not None``: an empty -c '' (an unset shell variable) silently ran with the defaults
+    return Engine.from_config(args.config) if args.config is not None else Engine()
 
 
 class Progress:

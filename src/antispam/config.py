@@ -468,6 +468,8 @@ class Config:
                 raise ConfigError(f"not UTF-8 text (byte {exc.start}): TOML files are UTF-8", source=str(p)) from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"invalid TOML: {exc}", source=str(p)) from None
+            except RecursionError:  # tomllib nests by recursion: a = [[[[... was a traceback
+                raise ConfigError("invalid TOML: arrays or tables nested too deeply", source=str(p)) from None
             cfg = cfg.merged(data, source=str(p))
         if overrides:
             cfg = cfg.merged(overrides, source="<overrides>")
