@@ -43,12 +43,9 @@ from .regex import _charset
 def possessive(pattern: bytes, flags: int) -> bytes:
     """``pattern`` with possessive repeats wherever that changes no match (see the module's text);
     ``pattern`` itself when there is none or the pattern is not understood."""
-    try:
-        tree = _p.parse(pattern, flags)
-    except Exception:
+    tree = _parsed(pattern, flags)
+    if tree is None:
         return pattern
-    if tree.state.flags & ~(flags | re.UNICODE | re.ASCII):
-        return pattern  # inline global flags: not reproduced
     items = list(tree)
     lines = tree.state.flags & re.DOTALL and tree.state.flags & re.MULTILINE and not _scoped_line_flags(items)
     changed = _rewrite(items, bool(lines))
@@ -59,6 +56,16 @@ def possessive(pattern: bytes, flags: int) -> bytes:
         return print_items(items)
     except Unsupported:
         return pattern
+
+
+def _parsed(pattern: bytes, flags: int):  # type: ignore[no-untyped-def]
+    """The parse tree of ``pattern``, or None when it is not understood or sets global flags inline
+    (which a rewrite would not reproduce)."""
+    try:
+        tree = _p.parse(pattern, flags)
+    except Exception:
+        return None
+    return None if tree.state.flags & ~(flags | re.UNICODE | re.ASCII) else tree
 
 
 def _first_set(item) -> frozenset[int] | None:  # type: ignore[no-untyped-def]
@@ -163,12 +170,9 @@ def run_start(pattern: bytes, flags: int) -> bytes:
     find a match starting at a given position inside a run (``finditer`` after a match, ``match``)
     would miss it.
     """
-    try:
-        tree = _p.parse(pattern, flags)
-    except Exception:
+    tree = _parsed(pattern, flags)
+    if tree is None:
         return pattern
-    if tree.state.flags & ~(flags | re.UNICODE | re.ASCII):
-        return pattern  # inline global flags: not reproduced
     items = list(tree)
     if len(items) == 1 and items[0][0] is _c.BRANCH:
         branches = [list(_seq(b)) for b in items[0][1][1]]
