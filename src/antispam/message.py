@@ -287,6 +287,9 @@ def _codec_of(charset: str) -> str | None:
 
 #: a lone surrogate code point: no character, and no UTF-8 encoding
 _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+#: the text codecs whose decoding (strict or with "replace") can leave one: decoding random bytes
+#: with every text codec Python has, only these did
+_SURROGATE_CODECS = frozenset({"utf-7", "unicode-escape", "raw-unicode-escape"})
 
 
 def _decode(data: bytes, codec: str, errors: str = "strict") -> str:
@@ -298,7 +301,8 @@ def _decode(data: bytes, codec: str, errors: str = "strict") -> str:
     writing the text out.  The decoded text of a message therefore never holds one.
     """
     text = data.decode(codec, errors)
-    if not text.isascii() and _SURROGATE_RE.search(text):
+    # only where the codec can leave one: the search is a second pass over every non-ASCII part
+    if codec in _SURROGATE_CODECS and not text.isascii() and _SURROGATE_RE.search(text):
         text = _SURROGATE_RE.sub("\ufffd", text)
     return text
 
