@@ -453,7 +453,10 @@ class Config:
                     # At most MAX_CONFIG_BYTES (+1 to see it was longer): ``-c /dev/zero`` or a
                     # runaway generated file read until memory ran out (MemoryError, a traceback).
                     # A pipe (``-c <(...)``) is still read, as a file.
-                    text = fh.read(MAX_CONFIG_BYTES + 1)
+                    # Read a piece at a time (read_at_most): fh.read(n) reserves n bytes first.
+                    from .corpus import read_at_most
+
+                    text = read_at_most(fh, MAX_CONFIG_BYTES + 1)
                 if len(text) > MAX_CONFIG_BYTES:
                     raise ConfigError(f"larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB: not a configuration file",
                                       source=str(p))
