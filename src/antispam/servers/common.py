@@ -630,7 +630,6 @@ def without_ours(raw: bytes, authserv_id: str) -> bytes:
 def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: str | None) -> bytes:
     """``raw`` without the fields of ours it carries, with ``ours`` added, and its Subject tagged
     with ``prefix`` (None: untouched)."""
-    drop = OUR_NAMES
     if prefix is None:
         # Nearly all mail has none of the fields to remove: then the message is its header block,
         # our fields and the rest, without taking the header apart line by line (a third of the
@@ -639,12 +638,12 @@ def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: 
         # Our names share "x-spam-": one search for that settles nearly every message, before one
         # search per name.  The result is built with one join (one copy of the message).
         head, body = split_headers(raw)
-        eol = line_ending(raw)
         low = head.lower()
         if not (_OUR_SHARED in low and any(n in low for n in _OUR_NAMES_B)) and \
                 not (authserv_id and b"authentication-results" in low):
             if not ours:
                 return raw
+            eol = line_ending(raw)
             return b"".join([head, eol if head else b"",
                              *[_field(n, v, eol) for n, v in ours], eol, body])
     if authserv_id:
@@ -667,7 +666,7 @@ def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: 
                 kept.append(b"Subject: " + subject_tag(prefix, value) + value)
                 tagged = True
             continue
-        skipping = lname in drop
+        skipping = lname in OUR_NAMES
         if not skipping:
             kept.append(line)
     out = b"".join(kept)
