@@ -216,7 +216,7 @@ class MilterServer(Server):
         """One packet other than end-of-message: its reply, None for none, False to end."""
         if cmd == b"L":  # name NUL value NUL: what _cstrings gives, without the list
             if data:
-                s.size += len(data)
+                within = self._grow(s, len(data))
                 name, _, rest = data.partition(b"\0")
                 text = name.decode("utf-8", "surrogateescape")
                 # Headers count against max_size as the body does: only body chunks were counted,
@@ -225,20 +225,14 @@ class MilterServer(Server):
                 # Past max_size the message goes unscanned, and of its further headers only those
                 # _unscanned deletes are kept (our names without their values, which it does not
                 # read; Authentication-Results with them, to tell ours).
-                if s.size > self.settings.max_size:
-                    self._too_big(s)
-                if not s.too_big:
+                lname = "" if within else text.lower()
+                if within or lname == "authentication-results":
                     s.headers.append((text, rest.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")))
-                elif text.lower() in OUR_NAMES:
+                elif lname in OUR_NAMES:
                     s.headers.append((text, ""))
-                elif text.lower() == "authentication-results":
-                    s.headers.append((text, rest.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")))
             return _CONTINUE
         if cmd == b"B":
-            s.size += len(data)
-            if s.size > self.settings.max_size:
-                self._too_big(s)
-            elif not s.too_big:
+            if self._grow(s, len(data)):
                 s.body += data
             return _CONTINUE
         if cmd == b"O":
@@ -289,10 +283,7 @@ class MilterServer(Server):
                     return _reply("452 4.5.3 Recipients with other spam settings: send in a separate transaction")
                 # recipients count against max_size too (a list without bound otherwise); once
                 # the message is too big only the first, which picks the profile, is kept
-                s.size += len(data)
-                if s.size > self.settings.max_size:
-                    self._too_big(s)
-                if not s.too_big or not s.rcpts:
+                if self._grow(s, len(data)) or not s.rcpts:
                     s.rcpts.append(rcpt)
             return _CONTINUE
         if cmd in (b"T", b"N", b"U"):
@@ -309,11 +300,15 @@ class MilterServer(Server):
             return False
         raise ProtocolError(f"unknown milter command {cmd!r}")
 
-    @staticmethod
-    def _too_big(s: Session) -> None:
-        """The message is over ``max_size``: it goes unscanned, and its body is not kept."""
-        s.too_big = True
-        s.body = bytearray()
+    def _grow(self, s: Session, n: int) -> bool:
+        """Count ``n`` more bytes of the message (header, recipient or body packets) against
+        ``max_size``; whether it is still within it.  Past it the message goes unscanned and its
+        body is not kept."""
+        s.size += n
+        if s.size > self.settings.max_size:
+            s.too_big = True
+            s.body = bytearray()
+        return not s.too_big
 
     async def _end_of_message(self, conn: Connection, s: Session) -> bytes:
         qid = s.macros.get("i", "")
