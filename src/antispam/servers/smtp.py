@@ -409,6 +409,8 @@ class _FilterSMTP(FastSMTP):
     _eof_pending = False
     #: the connection was lost while relaying: ``connection_lost``'s argument, for after the relay
     _loss_pending: tuple[Exception | None] | None = None
+    #: admitted (``SmtpFilterServer._admit``): what ``max_connections`` counts
+    _let_in = False
 
     def __init__(self, server: "SmtpFilterServer", **kw: Any):
         #: the original client's attributes (XFORWARD) for the transaction they precede
@@ -432,7 +434,6 @@ class _FilterSMTP(FastSMTP):
             # before (``stop`` closes the connections left after its grace period)
             self._loss_pending = (error,)
             return
-        self.filter._admitted.discard(self)
         if self in self.filter._protocols:
             self.filter._protocols.discard(self)
             if self.filter.metrics is not None:
@@ -544,7 +545,7 @@ class _FilterSMTP(FastSMTP):
             assert self.transport is not None
             self.transport.close()
             return
-        self.filter._admitted.add(self)
+        self._let_in = True
         await super()._handle_client()
 
     @syntax("XFORWARD attribute=value ...")
@@ -584,8 +585,6 @@ class SmtpFilterServer(Server):
             raise ConfigError(f"mode must be after-queue or before-queue, got {cfg.mode!r}", key="servers.smtp.mode")  # type: ignore[attr-defined]
         self.next_hop = (host.strip("[]"), int(port))
         self._protocols: set[_FilterSMTP] = set()
-        #: the connections let in (``_admit``): what ``max_connections`` counts
-        self._admitted: set[_FilterSMTP] = set()
         self._in_flight = 0
         self._idle = asyncio.Event()
         #: every open connection to the next hop (closed at shutdown), and the idle ones
@@ -655,7 +654,7 @@ class SmtpFilterServer(Server):
         # connections made together (Postfix starting its deliveries at once) is all connected
         # before the first is admitted, and counting those refused every one of the burst, the
         # first max_connections too, where the other servers serve those and refuse the rest.
-        if len(self._admitted) >= self.settings.max_connections:
+        if sum(p._let_in for p in self._protocols) >= self.settings.max_connections:
             self._count_error("too_many_connections")
             return "421 4.3.2 Too many connections, try again later"
         return None
