@@ -472,11 +472,11 @@ def default_corpus_dir() -> Path | None:
     return cand if (cand / "MANIFEST.tsv").exists() else None
 
 
-def _open_regular(path: Path) -> BinaryIO:
-    """A labelled corpus's file (``MANIFEST.tsv``, a set archive) opened for reading; OSError unless it
-    is a regular file.  Like a file met in a directory walk (:func:`_open`): a FIFO there made
-    ``antispam train --manifest``/``eval`` wait for a writer for ever, a link to ``/dev/zero`` read
-    until memory ran out."""
+def open_regular(path: Path) -> BinaryIO:
+    """A file that must be a regular one (a labelled corpus's ``MANIFEST.tsv`` and set archives, a
+    model's files) opened for reading; OSError unless it is a regular file.  Like a file met in a
+    directory walk (:func:`_open`): a FIFO there made ``antispam train --manifest``/``eval`` wait for
+    a writer for ever, a link to ``/dev/zero`` read until memory ran out."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
@@ -507,7 +507,7 @@ def load_labelled(corpus_dir: str | os.PathLike[str], split: str | None = None, 
     manifest: dict[tuple[str, str], tuple[str, str]] = {}
     malformed: list[int] = []
     try:
-        with io.TextIOWrapper(_open_regular(mpath), encoding="utf-8") as fh:
+        with io.TextIOWrapper(open_regular(mpath), encoding="utf-8") as fh:
             header = fh.readline().rstrip("\r\n").split("\t")
             col = {c: i for i, c in enumerate(header)}
             need = [c for c in ("set", "file", "label", "sha256") if c not in col]
@@ -538,7 +538,7 @@ def load_labelled(corpus_dir: str | os.PathLike[str], split: str | None = None, 
     for set_name in sorted({s for s, _ in manifest}):
         tpath = root / f"{set_name}.tar.gz"
         try:
-            with _open_regular(tpath) as raw, tarfile.open(name=str(tpath), fileobj=raw, mode="r:gz") as tf:
+            with open_regular(tpath) as raw, tarfile.open(name=str(tpath), fileobj=raw, mode="r:gz") as tf:
                 for member in tf:
                     if not member.isfile():
                         continue

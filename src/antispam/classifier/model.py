@@ -42,13 +42,10 @@ probability, and refuses anything else with a
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
 import math
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -197,12 +194,12 @@ def _read_regular(path: Path) -> bytes:
     A model's files sit in a directory, so anything but a regular file there is damage or mischief,
     and reading it as a file was worse than refusing it: a FIFO (``mkfifo weights.npy``) hung the
     load for ever waiting for a writer, a link to ``/dev/zero`` read until memory ran out.  The
-    file is opened non-blocking (so opening a FIFO does not wait) and checked on its descriptor.
+    file is opened non-blocking (so opening a FIFO does not wait) and checked on its descriptor
+    (:func:`antispam.corpus.open_regular`).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+    from ..corpus import open_regular
+
+    with open_regular(path) as fh:
         return fh.read()
 
 
