@@ -88,6 +88,12 @@ def _out_problem(out: str) -> str | None:
         if (p / "model.json").is_dir():
             return f"{p / 'model.json'} is a directory; give another -o"
         return None if os.access(p, os.W_OK) else f"{out}: cannot write there (permission denied)"
+    return _creatable(out, p)
+
+
+def _creatable(out: str, p: Path) -> str | None:
+    """Why ``p`` (not there yet) could not be created with its missing parents, if it could not: its
+    nearest existing ancestor must be a writable directory."""
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -103,12 +109,7 @@ def _file_problem(out: str) -> str | None:
         return f"{out} is a directory; give a file name"
     if p.exists():
         return None if os.access(p, os.W_OK) else f"{out}: cannot write there (permission denied)"
-    parent = p.parent  # created if missing (write_outputs), so the nearest existing ancestor counts
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot create {out}: {parent} is not a directory"
-    return None if os.access(parent, os.W_OK) else f"cannot create {out}: {parent} is not writable"
+    return _creatable(out, p)  # its parents are created if missing (write_outputs)
 
 
 def _say(msg: str) -> None:
