@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - Python < 3.11
 
 log = logging.getLogger("antispam.rules")
 
-try:  # optional: wheels exist for x86-64 Linux and macOS
+try:  # optional: wheels (Vectorscan) exist for x86-64 and 64-bit ARM Linux and macOS
     import hyperscan as _hs
 except Exception:  # pragma: no cover - depends on the platform
     _hs = None
