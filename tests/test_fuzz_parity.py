@@ -220,6 +220,77 @@ def test_the_python_rules_engine_searches_a_long_run_of_blanks_in_linear_time():
         assert (v.score, v.symbols) == (hs.score, hs.symbols)
 
 
+#: header and body shapes on which three default rules were super-linear under Python's ``re`` (no Hyperscan):
+#: the rule, the message, and the text the rule names (None: no hit)
+SUPERLINEAR_BEFORE = {
+    "Message-ID of '< '": ("AS_MID_SPACES", b"Message-ID: " + b"< " * 15000 + b"\n", None),  # 12 minutes
+    "Message-ID of '<' then '>'": ("AS_MID_SPACES", b"Message-ID: " + b"<" * 30000 + b">\n", None),
+    "Message-ID of '<a'": ("AS_MID_SPACES", b"Message-ID: " + b"<a" * 15000 + b"\n", None),
+    "blanks inside a Message-ID": ("AS_MID_SPACES", b"Message-ID: <" + b"< " * 15000 + b"x@y>\n", b"< < < <"),
+    "To of '@' words": ("AS_TO_NO_BRACKETS_NAME", b"To: a " + b"@" * 30000 + b" x\n", None),  # 5 s
+    "To of blanks": ("AS_TO_NO_BRACKETS_NAME", b"To: a" + b" " * 30000 + b"@b x\n", None),
+    "To: a name of blanks, then an address": ("AS_TO_NO_BRACKETS_NAME", b"To: Ann" + b" " * 30000 + b"ann@example.com\n",
+                                              b"Ann"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUPERLINEAR_BEFORE))
+@pytest.mark.parametrize("rules_engine", ["auto", "python"])
+def test_header_rules_read_a_long_field_in_linear_time(rules_engine, name):
+    """Each shape took seconds (a Message-ID of 30 KB of ``< ``: 12 minutes) with the Python rules engine;
+    the rewritten rules hit where they did, and name the text the Hyperscan engine names."""
+    from antispam.config import Config
+
+    rule, field, named = SUPERLINEAR_BEFORE[name]
+    raw = b"From: a@example.com\nSubject: hi\n" + field + b"\nSee you.\n"
+    e = Engine(Config.load(overrides={"rules": {"engine": rules_engine}}))
+    t = time.perf_counter()
+    v = _clean_verdict(e, raw)
+    assert time.perf_counter() - t < 2.0
+    if named is None:
+        assert rule not in v.symbols
+    else:
+        assert v.symbols[rule].options[0].startswith(named.decode()), v.symbols[rule].options
+
+
+@pytest.mark.parametrize("rules_engine", ["auto", "python"])
+def test_blank_lines_before_a_greeting_are_read_once(rules_engine):
+    """AS_DEAR_FRIEND's ``^\\s*`` started again at each of 30,000 blank lines (seconds with ``re``)."""
+    from antispam.config import Config
+
+    e = Engine(Config.load(overrides={"rules": {"engine": rules_engine}}))
+    for body, named in ((b"\n" * 30000 + b"  Dear Friend,\n", ("Dear Friend",)), (b"\n" * 30000 + b"x\n", None)):
+        t = time.perf_counter()
+        v = _clean_verdict(e, b"From: a@example.com\nSubject: hi\n\n" + body)
+        assert time.perf_counter() - t < 2.0
+        assert (v.symbols["AS_DEAR_FRIEND"].options if named else "AS_DEAR_FRIEND" in v.symbols) == (named or False)
+
+
+@pytest.mark.parametrize("rule,was,alphabet", [
+    ("AS_TO_NO_BRACKETS_NAME", rb'^"?[^"<>]+"?\s+[^\s<>]+\@[^\s<>]+$', b'"<> \t\n@ab'),
+    ("AS_MID_SPACES", rb"<[^>]*\s[^>]*>", b"<> \na@"),
+])
+def test_rewritten_rules_hit_where_the_rules_as_first_written_hit(rule, was, alphabet):
+    """Every string of up to 6 bytes over the bytes that matter, and random longer ones: the same hit
+    (AS_TO_NO_BRACKETS_NAME: the same match too, the whole line)."""
+    import itertools
+
+    from antispam.ruleset.check import load_rules
+    from antispam.resources import default_rules_dir
+
+    compiled = load_rules([default_rules_dir()], engine="python", every_rule=True).compiled
+    r = compiled.by_name[rule]
+    now, old = re.compile(r.py, r.py_flags), re.compile(was, r.py_flags)
+    rnd = random.Random(5)
+    texts = [bytes(t) for n in range(7) for t in itertools.product(alphabet, repeat=n)]
+    texts += [bytes(rnd.choice(alphabet) for _ in range(rnd.randint(7, 30))) for _ in range(20000)]
+    for text in texts:
+        a, b = old.search(text), now.search(text)
+        assert (a is None) == (b is None), text
+        if rule == "AS_TO_NO_BRACKETS_NAME" and a:
+            assert a.span() == b.span(), text
+
+
 @pytest.mark.parametrize("value", [b"a" * 100000, b"ann." * 25000 + b"@", b"x" * 50000 + b" (" + b"y" * 50000])
 def test_a_long_address_header_without_an_address_is_read_in_linear_time(impl, engine, value):
     """A From (or Reply-To) without ``<...>`` is searched for a bare ``local@domain``: ``re`` read on from

@@ -25,8 +25,8 @@ from antispam.config import Config
 from antispam.message import Message
 from antispam.ruleset.check import LoadedRules, RulesCheck, body_text
 from antispam.ruleset.matcher import (NEAR_MAX_ENDS, HyperscanMatcher, LineStartCount, PythonMatcher, _PyRule,
-                                      disjoint_literals, drop_anchors, hyperscan_available, line_prefix,
-                                      make_matcher, match_shape)
+                                      disjoint_literals, drop_anchors, hyperscan_available, last_literal,
+                                      line_prefix, make_matcher, match_shape)
 from antispam.ruleset.parser import Parser
 
 NEAR_RULES = r"""
@@ -275,3 +275,37 @@ def test_line_prefix_only_for_an_anchored_literal():
     assert line_prefix(rb"^From\:", re.M | re.I) == (b"from:", True)
     assert line_prefix(rb"^From", 0) is None, "without MULTILINE ^ is the buffer start: a search tries once anyway"
     assert line_prefix(rb"^a+b", re.M) is None and line_prefix(rb"^ab|cd", re.M) is None and line_prefix(rb"x^ab", re.M) is None
+
+
+LAST_LITERAL_PATTERNS = [
+    (rb"<[^<>\s]*\s[^>]*>", 0), (rb"<[^>]*\s[^>]*>", 0), (rb"(?<=a)b[^c]*c", 0), (rb"\bwin[^!]*!!", re.I),
+    (rb"(?m)^x[^;]*;", 0), (rb"(a|ab)(c|bcd)(?>d*)e", 0), (rb"(\w)[^x]*\1x", 0), (rb"\d+,", 0),
+]
+
+
+@pytest.mark.parametrize("pattern,flags", LAST_LITERAL_PATTERNS)
+def test_a_search_up_to_the_last_literal_equals_a_search(pattern, flags):
+    """A rule whose matches all end with a literal is searched only up to the literal's last occurrence
+    (``_search_to_last``): the same match (span and groups) as a search of the whole buffer, from the
+    top and from any start (``search_from``)."""
+    assert last_literal(pattern, flags) is not None
+    rule = _PyRule(0, pattern, flags, False, 0)
+    rx = re.compile(pattern, flags)
+    rnd = random.Random(11)
+    pieces = [b"<", b">", b" ", b"\n", b"a", b"b", b"c", b"d", b"e", b"x", b";", b"!", b"WIN", b"win", b"1", b","]
+    for _ in range(4000):
+        text = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 20)))
+        want, got = rx.search(text), rule.search(text)
+        assert (want and (want.span(), want.groups())) == (got and (got.span(), got.groups())), text
+        start = rnd.randint(0, len(text))
+        want, got = rx.search(text, start), rule.search_from(text, start)
+        assert (want and (want.span(), want.groups())) == (got and (got.span(), got.groups())), (text, start)
+
+
+def test_last_literal_only_where_nothing_looks_past_a_match():
+    assert last_literal(rb"<[^>]*>", 0) == b">"
+    assert last_literal(rb"(?<=x)ab", 0) == b"ab"
+    assert last_literal(rb"Abc>", re.I) == b">", "case-insensitive: the trailing bytes that are not letters"
+    assert last_literal(rb"abc", re.I) is None
+    for pattern in (rb"a(?=b)c", rb"a(?!b)c", rb"a$\nc", rb"a\Zc", rb"a|b", rb"ab+", rb"ab\b", rb"(a(?=x))c"):
+        assert last_literal(pattern, 0) is None, pattern

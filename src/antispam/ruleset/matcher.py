@@ -170,6 +170,79 @@ def line_prefix(pattern: bytes, flags: int) -> tuple[bytes, bool] | None:
     return (bytes(lit).lower() if fold else bytes(lit)), fold
 
 
+#: zero-width items that look at no byte after their position (a search cut short just past the
+#: last occurrence of a pattern's final literal sees every byte they would)
+_BACKWARD_ONLY_AT = frozenset({"AT_BEGINNING", "AT_BEGINNING_STRING", "AT_BEGINNING_LINE", "AT_BOUNDARY",
+                               "AT_NON_BOUNDARY"})
+
+
+def last_literal(pattern: bytes, flags: int) -> bytes | None:
+    """The literal bytes a pattern's every match ends with, when nothing in it looks past a byte it
+    matched (no look-ahead, no ``$`` or ``\\Z``): see :func:`_search_to_last`; else None.
+
+    Case-insensitive patterns keep only the trailing bytes that are not letters, since ``rfind``
+    is exact."""
+    try:
+        tree = _sre_parse.parse(pattern, flags)
+    except Exception:
+        return None
+    items = list(tree)
+    lit = bytearray()
+    for op, av in reversed(items):
+        if str(op) != "LITERAL":
+            break
+        lit.insert(0, av)
+    if tree.state.flags & re.IGNORECASE:
+        while lit and bytes(lit[:1]).isalpha():
+            del lit[0]
+    if not lit or not _looks_back_only(items):
+        return None
+    return bytes(lit)
+
+
+def _looks_back_only(items) -> bool:  # type: ignore[no-untyped-def]
+    """No item here or inside looks at bytes after its own position: no look-ahead, no end anchor."""
+    for op, av in items:
+        name = str(op)
+        if name == "AT":
+            if str(av) not in _BACKWARD_ONLY_AT:
+                return False
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            if av[0] >= 0 or not _looks_back_only(av[1]):  # direction 1: look-ahead
+                return False
+        elif name == "SUBPATTERN":
+            if not _looks_back_only(av[3]):
+                return False
+        elif name == "BRANCH":
+            if not all(_looks_back_only(alt) for alt in av[1]):
+                return False
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if not _looks_back_only(av[2]):
+                return False
+        elif name == "ATOMIC_GROUP":
+            if not _looks_back_only(av):
+                return False
+        elif name == "GROUPREF_EXISTS":
+            if not all(_looks_back_only(x) for x in av[1:] if x is not None):
+                return False
+    return True
+
+
+def _search_to_last(search, literal: bytes, data: bytes, start: int = 0) -> re.Match[bytes] | None:  # type: ignore[no-untyped-def]
+    """``search(data, start)`` for a pattern whose every match ends with ``literal`` (:func:`last_literal`):
+    over the bytes up to the literal's last occurrence only, and not at all when it does not occur.
+
+    No match ends later, and the pattern reads no byte past the end of its match, so the search
+    finds what it finds over the whole buffer.  What it saves is the tries that read to the end of
+    the buffer looking for a final byte that is not there: ``<[^<>\\s]*\\s[^>]*>`` (AS_MID_SPACES)
+    read from every ``<`` of a Message-ID of 30 KB of ``< `` to its end, seconds a scan, where a
+    ``>`` was missing."""
+    last = data.rfind(literal)
+    if last < start:
+        return None
+    return search(data, start, last + len(literal))
+
+
 def _search_line_starts(rx: re.Pattern[bytes], literal: bytes, folded: bool, data: bytes,
                         start: int = 0) -> re.Match[bytes] | None:
     """``rx.search(data)`` for a pattern that starts ``(?m)^LITERAL``: ``rx.match`` at each line start
@@ -210,8 +283,10 @@ class _PyRule:
             self.finditer = functools.partial(_line_finditer, rx)
         else:
             prefix = line_prefix(pattern, flags)
+            last = last_literal(pattern, flags) if prefix is None else None
             #: ``search_from(data, start)``: the first match that starts at ``start`` or later
-            self.search_from = rx.search if prefix is None else functools.partial(_search_line_starts, rx, *prefix)
+            self.search_from = (rx.search if last is None else functools.partial(_search_to_last, rx.search, last)) \
+                if prefix is None else functools.partial(_search_line_starts, rx, *prefix)
             self.search = self.search_from
             if prefix is None and searched:
                 # the leftmost match, without trying each position of a run of the leading repeat's
@@ -220,7 +295,8 @@ class _PyRule:
                 # which may have to start inside a run.
                 lead = run_start(pattern, flags)  # on the rule as written: possessive() splits X{3,}
                 if lead != pattern:
-                    self.search = re.compile(possessive(lead, flags), flags).search
+                    found = re.compile(possessive(lead, flags), flags).search
+                    self.search = found if last is None else functools.partial(_search_to_last, found, last)
             self.finditer = rx.finditer
         self.match = rx.match
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
