@@ -102,6 +102,15 @@ def test_out_of_range_overrides_are_rejected():
     assert ei.value.key == "engine.scan_deadline" and ei.value.source == "<overrides>"
 
 
+def test_a_dotted_override_says_how_to_nest_it():
+    """``Config.load(overrides={"rules.engine": "python"})`` named ``rules`` among the known sections it
+    refused: the error now says what to write."""
+    with pytest.raises(ConfigError, match=r"tables nest as in the file: \{'rules': \{'engine': \.\.\.\}\}"):
+        Config.load(overrides={"rules.engine": "python"})
+    with pytest.raises(ConfigError, match=r"known: actions, auth"):
+        Config.load(overrides={"rulez": {}})
+
+
 def test_in_range_edges_are_accepted():
     cfg = Config.load(overrides={"history": {"bad_ratio": 1, "good_ratio": 0}, "servers": {"spamd": {"shutdown_timeout": 0, "port": 0}},
                                  "dnsbl": {"health_interval": 0}, "classifier": {"learn_rate": 0}, "scores": {"GTUBE": -1e300}})

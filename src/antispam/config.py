@@ -498,8 +498,12 @@ class Config:
                 current = getattr(self, key)
                 changes[key] = _merge_section(current, value, key, source)
             else:
-                known = ", ".join(sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups", "profiles", "recipients"]))
-                raise ConfigError(f"unknown section (known: {known})", key=key, source=source)
+                sections = sorted([*_SECTIONS, "scores", "descriptions", "actions", "groups", "profiles", "recipients"])
+                head, dot, rest = key.partition(".")
+                if dot and head in sections:  # {"rules.engine": ...} from the Python API
+                    raise ConfigError(f"unknown section: a dotted name; tables nest as in the file: "
+                                      f"{{{head!r}: {{{rest!r}: ...}}}}", key=key, source=source)
+                raise ConfigError(f"unknown section (known: {', '.join(sections)})", key=key, source=source)
         sources = self.sources + ((source,) if source not in self.sources else ())
         origins = {**self.origins, **dict.fromkeys(_leaf_keys(data), source)}
         merged = dataclasses.replace(self, sources=sources, origins=origins, **changes)
