@@ -121,6 +121,18 @@ def test_auth_reads_at_most_max_bytes(tmp_path, capsys):
     assert code == 0 and "Traceback" not in err
 
 
+def test_a_leading_from_line_does_not_count_against_max_bytes():
+    """``auth`` read max_bytes + 1 bytes counting a leading mbox ``From `` line, which Message drops before
+    it measures: a message of exactly max_bytes after such a line was cut (its body hash then fails)."""
+    from antispam.corpus import read_message
+
+    msg = b"Subject: x\n\n" + b"a" * 88
+    assert read_message(io.BytesIO(b"From ann@example.com Mon Dec  7 10:00:00 2026\n" + msg + b"tail"), 101) \
+        == b"From ann@example.com Mon Dec  7 10:00:00 2026\n" + msg + b"t"
+    assert read_message(io.BytesIO(msg + b"tail"), 101) == msg + b"t"
+    assert read_message(io.BytesIO(b"From: ann@example.com\n" + msg), 10) == b"From: ann@example.com\n"
+
+
 # ---------------------------------------------------------------- labelled corpora
 
 

@@ -117,6 +117,16 @@ def read_at_most(fh: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
+def read_message(fh: BinaryIO, cap: int, first: bytes | None = None) -> bytes:
+    """One message from ``fh``: at most ``cap`` bytes, not counting a leading mbox ``From `` line
+    (``first``: the first line, when the caller has read it already), which :class:`Message`
+    drops before it compares the size with ``[limits] max_bytes``."""
+    if first is None:
+        first = fh.readline(1024)
+    want = cap - len(first) + (len(first) if first.startswith(b"From ") else 0)
+    return first + read_at_most(fh, want) if want > 0 else first
+
+
 class _Capped:
     """Collects a message's bytes, keeping at most ``cap``: a message past ``[limits] max_bytes`` is
     scanned truncated anyway, and ``max_bytes + 1`` bytes are enough for :class:`Message` to see it
@@ -287,12 +297,7 @@ def _iter_file(path: Path, cap: int | None, regular_only: bool, single: bool = F
             if not single and first.startswith(b"From ") and (name.endswith(_MBOX_SUFFIXES) or _FROM_LINE.match(first)):
                 yield from _split_mbox(fh, first, str(path), cap)
                 return
-            if cap is None:
-                data = first + fh.read()
-            else:
-                # Message drops a leading mbox From line before it compares the size with max_bytes.
-                want = cap - len(first) + (len(first) if first.startswith(b"From ") else 0)
-                data = first + read_at_most(fh, want) if want > 0 else first
+            data = first + fh.read() if cap is None else read_message(fh, cap, first)
         except OSError as exc:
             yield _error(path, f"cannot read: {_why(exc)}")
             return

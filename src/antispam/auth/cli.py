@@ -60,15 +60,15 @@ def cmd_auth(args: argparse.Namespace) -> int:
     # At most [limits] max_bytes + 1 bytes, as `antispam scan` reads (the scan reads no further and
     # sees from the extra byte that the message was cut): `antispam auth /dev/zero` read until
     # memory ran out (MemoryError, a traceback).
-    from ..corpus import read_at_most  # in chunks: a huge max_bytes must not be allocated up front
+    from ..corpus import read_message  # in chunks: a huge max_bytes must not be allocated up front
 
     cap = config.limits.max_bytes + 1
     try:
         if args.message == "-":
-            raw = read_at_most(sys.stdin.buffer, cap)
+            raw = read_message(sys.stdin.buffer, cap)
         else:
             with open(args.message, "rb") as fh:
-                raw = read_at_most(fh, cap)
+                raw = read_message(fh, cap)
     except OSError as exc:  # the usage's mistake: one line and status 2, as for every other
         raise ConfigError(f"cannot read {args.message}: {exc.strerror or exc}") from None
     env = Envelope(client_ip=args.ip, helo=args.helo, mail_from=args.mail_from)
