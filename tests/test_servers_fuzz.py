@@ -120,6 +120,24 @@ def test_milter_headers_and_recipients_count_against_max_size():
         st.stop()
 
 
+def test_milter_keeps_a_bounded_amount_of_headers_past_max_size(monkeypatch):
+    """Past max_size a header named like ours was kept (to delete it) however many came: 10 MB of
+    ``X-Spam-A:`` a tuple each.  Up to LATE_HEADERS_MAX bytes of them are deleted as before; a message
+    with more is refused for now (4xx), since it could not leave without some of them."""
+    from antispam.servers import milter as milter_module
+
+    monkeypatch.setattr(milter_module, "LATE_HEADERS_MAX", 200)
+    st = ServerThread(MilterServer(Engine(checks=[GtubeCheck()]), MilterConfig(port=0, max_size=4096)))
+    try:
+        big = [_pk(b"M", b"<a@b.test>\0"), _pk(b"R", b"<c@d.test>\0")] + [_pk(b"L", b"X-Filler\0 " + b"v" * 1000 + b"\0")] * 5
+        few = big + [_pk(b"L", b"X-Spam-Flag\0 NO\0")] * 10  # 110 bytes of names
+        assert _milter_message(st.port, few) == [b"mX-Spam-Flag"] * 10 + [b"c"]
+        many = big + [_pk(b"L", b"X-Spam-Flag\0 NO\0")] * 10 + [_pk(b"L", b"Authentication-Results\0 x" + b"y" * 100 + b"\0")]
+        assert _milter_message(st.port, many) == [b"y"]
+    finally:
+        st.stop()
+
+
 class _SlowLearner(MemoryLearner):
     """Learns after a pause (in the thread learning runs in), so the client can go meanwhile."""
 

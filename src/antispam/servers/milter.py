@@ -29,7 +29,9 @@ At end of message the verdict's action decides:
                     MTA that offers it, the headers and the MTA's quarantine (Postfix: hold queue)
 scan failed         accept unscanned when ``fail_open`` (default), else 4xx; the same when
                     the answer to the verdict could not be built
-too big             accepted unscanned (counted in the metrics as ``too_big``)
+too big             accepted unscanned (counted in the metrics as ``too_big``); 4xx when past
+                    ``max_size`` it also carried more than :data:`LATE_HEADERS_MAX` bytes of
+                    headers named like ours, which could not all be deleted
 ==================  ==============================================================
 
 Mail accepted unscanned still loses the ``X-Spam-*`` headers it came with (when the MTA lets us
@@ -77,6 +79,9 @@ ACCEPT, CONTINUE, TEMPFAIL, REPLYCODE = b"a", b"c", b"t", b"y"
 ADDHEADER, CHGHEADER, QUARANTINE_R = b"h", b"m", b"q"
 
 MAX_PACKET = 1024 * 1024  # Postfix sends body chunks of at most 64 KiB; anything near this is hostile
+#: bytes of the headers named like ours (their names; Authentication-Results with their values) kept
+#: past ``max_size`` to delete them, at most: beyond it the message is refused for now (4xx)
+LATE_HEADERS_MAX = 1024 * 1024
 _LENGTH = struct.Struct(">I")
 
 
@@ -136,6 +141,8 @@ class Session:
     body: bytearray = field(default_factory=bytearray)
     size: int = 0
     too_big: bool = False
+    #: bytes of headers kept past max_size (see LATE_HEADERS_MAX)
+    late: int = 0
 
     def new_message(self) -> None:
         self.mail_from = None
@@ -144,6 +151,7 @@ class Session:
         self.body = bytearray()
         self.size = 0
         self.too_big = False
+        self.late = 0
 
     def raw(self) -> bytes:
         """The message as the MTA received it: headers as sent (folding kept), CRLF, body."""
@@ -225,11 +233,15 @@ class MilterServer(Server):
                 # Past max_size the message goes unscanned, and of its further headers only those
                 # _unscanned deletes are kept (our names without their values, which it does not
                 # read; Authentication-Results with them, to tell ours).
+                # Those are bounded too (LATE_HEADERS_MAX): 10 MB of X-Spam-A: kept a tuple each.
                 lname = "" if within else text.lower()
-                if within or lname == "authentication-results":
+                if within:
                     s.headers.append((text, rest.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")))
-                elif lname in OUR_NAMES:
-                    s.headers.append((text, ""))
+                elif lname == "authentication-results" or lname in OUR_NAMES:
+                    value = rest.split(b"\0", 1)[0] if lname == "authentication-results" else b""
+                    s.late += len(name) + len(value)
+                    if s.late <= LATE_HEADERS_MAX:
+                        s.headers.append((text, value.decode("utf-8", "surrogateescape")))
             return _CONTINUE
         if cmd == b"B":
             if self._grow(s, len(data)):
@@ -314,6 +326,11 @@ class MilterServer(Server):
         qid = s.macros.get("i", "")
         if s.too_big:
             self._count_error("too_big")
+            if s.late > LATE_HEADERS_MAX and s.actions & CHGHDRS:
+                self.log.warning("message too big, with more headers named like ours than can be deleted: "
+                                 "refused for now", extra={"fields": {"server": self.name, "queue_id": qid,
+                                                                      "size": s.size}})
+                return _reply(self.settings.tempfail_reply)  # type: ignore[attr-defined]
             self.log.info("message too big: accepted unscanned",
                           extra={"fields": {"server": self.name, "queue_id": qid, "size": s.size}})
             return self._unscanned(s)
