@@ -43,7 +43,7 @@ from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
 from .evals import EVALS, envelope_sender, header_absent, header_count_over, per_message
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from .parser import parse_paths
-from .possessive import run_start
+from .possessive import leftmost
 from .runwidth import RunWidth
 
 log = logging.getLogger("antispam.rules")
@@ -346,7 +346,7 @@ class RulesCheck(Check):
                 reader, name_arg, acc_arg = mime_header_text, hname, acc
             self._headers.append((key, reader, name_arg, acc_arg, unset, tuple(ids), negs, empty_matches))
         self._rx = {r.id: re.compile(r.py, r.py_flags) for r in c.rules if r.py is not None}
-        #: the patterns of _rx made for a search of the leftmost match (possessive.run_start), made when first needed
+        #: the patterns of _rx made for a search of the leftmost match (possessive.leftmost), made when first needed
         self._rx_leftmost: dict[int, re.Pattern[bytes]] = {}
         # Metas: who depends on whom, their order, and their values when nothing hits.
         self._meta_fns = dict(c.metas)
@@ -670,9 +670,9 @@ class RulesCheck(Check):
 
 
 def _leftmost(rx: re.Pattern[bytes]) -> re.Pattern[bytes]:
-    """``rx`` made for a search of its leftmost match (see :func:`.possessive.run_start`)."""
-    pattern = run_start(rx.pattern, rx.flags)
-    return rx if pattern == rx.pattern else re.compile(pattern, rx.flags)
+    """``rx`` made for a search of its leftmost match (see :func:`.possessive.leftmost`)."""
+    pattern = leftmost(rx.pattern, rx.flags)
+    return rx if pattern is None else re.compile(pattern, rx.flags)
 
 
 #: The bytes before a known match end from which a bound from the runs there pays: over a short

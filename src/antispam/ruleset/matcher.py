@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from .compiler import CompiledRules
-from .possessive import possessive, run_start
+from .possessive import leftmost, possessive
 from .projection import ASCII, WESTERN, projection
 from .runwidth import RunWidth
 
@@ -293,9 +293,9 @@ class _PyRule:
                 # bytes (``possessive.run_start``: the square of the run's length otherwise; 30,000
                 # tabs before ``\s{3,}...`` took seconds).  Not for ``search_from`` or counting,
                 # which may have to start inside a run.
-                lead = run_start(pattern, flags)  # on the rule as written: possessive() splits X{3,}
-                if lead != pattern:
-                    found = re.compile(possessive(lead, flags), flags).search
+                lead = leftmost(pattern, flags)
+                if lead is not None:
+                    found = re.compile(lead, flags).search
                     self.search = found if last is None else functools.partial(_search_to_last, found, last)
             self.finditer = rx.finditer
         self.match = rx.match

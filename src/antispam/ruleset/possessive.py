@@ -191,6 +191,16 @@ def run_start(pattern: bytes, flags: int) -> bytes:
         return pattern
 
 
+def leftmost(pattern: bytes, flags: int) -> bytes | None:
+    """``pattern`` made for a search of its leftmost match (:func:`run_start`), with possessive repeats
+    (:func:`possessive`); None when :func:`run_start` leaves it as it is.
+
+    :func:`run_start` reads the rule as written: :func:`possessive` would write a leading ``X{3,}``
+    as ``XXX*``, which no longer begins with the repeat it looks for."""
+    lead = run_start(pattern, flags)
+    return None if lead == pattern else possessive(lead, flags)
+
+
 def _run_guarded(items: list) -> list | None:  # type: ignore[type-arg]
     """``items`` with ``(?<!X)`` in front when they begin with ``X{a,}`` (see :func:`run_start`), else None."""
     if not items or items[0][0] not in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
