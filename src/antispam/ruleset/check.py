@@ -316,7 +316,7 @@ class RulesCheck(Check):
         c = loaded.compiled
         self.compiled = c
         self.matcher = loaded.matcher
-        reported = [r.emitted or r.name in loaded.also_reported for r in c.rules]
+        reported = [r.reported(loaded.also_reported) for r in c.rules]
         self.symbols = tuple(  # type: ignore[misc]
             SymbolDef(r.name, r.score, r.description or r.name, "rules") for r, rep in zip(c.rules, reported) if rep
         )

@@ -76,6 +76,11 @@ class CompiledRule:
         """Sub-rules (``__``) and rules scored 0 are evaluated for metas but never reported."""
         return not self.name.startswith("__") and self.score != 0
 
+    def reported(self, also: frozenset[str]) -> bool:
+        """Whether a scan reports this rule: :attr:`emitted`, or named in ``also`` (rules the
+        configuration scores though their files score them 0)."""
+        return self.emitted or self.name in also
+
 
 @dataclass
 class CompileReport:
@@ -271,7 +276,7 @@ def scored_only(compiled: CompiledRules, also: frozenset[str] = frozenset()) -> 
     """
     rules = compiled.rules
     keep: set[int] = set()
-    todo = [r.id for r in rules if r.emitted or r.name in also]
+    todo = [r.id for r in rules if r.reported(also)]
     while todo:
         i = todo.pop()
         if i not in keep:
