@@ -53,9 +53,10 @@ class MilterClient:
             return None
         return self.recv()
 
-    def session(self, client_ip: str = "192.0.2.10", hostname: str = "mail.sender.test", helo: str = "mail.sender.test") -> None:
+    def session(self, client_ip: str = "192.0.2.10", hostname: str = "mail.sender.test", helo: str = "mail.sender.test",
+                family: bytes = b"4") -> None:
         self.send(b"D", b"C" + b"j\0mx.rcpt.test\0{daemon_name}\0test-mta\0")
-        self.step(b"C", hostname.encode() + b"\0" + b"4" + struct.pack(">H", 40000) + client_ip.encode() + b"\0", 0x1000)
+        self.step(b"C", hostname.encode() + b"\0" + family + struct.pack(">H", 40000) + client_ip.encode() + b"\0", 0x1000)
         self.step(b"H", helo.encode() + b"\0", 0x2000)
 
     def message(self, raw: bytes, mail_from: str = "ana@sender.test", rcpts: tuple[str, ...] = ("bo@rcpt.test",),

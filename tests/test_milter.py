@@ -79,6 +79,17 @@ def test_spam_is_rejected_with_the_configured_reply(milter):
     c.quit()
 
 
+@pytest.mark.parametrize("sent", ["IPv6:2001:db8::25", "ipv6:2001:db8::25", "[2001:db8::25]"])
+def test_an_ipv6_client_address_is_the_address_alone(milter, probe, sent):
+    """Sendmail gives an IPv6 client as ``IPv6:2001:db8::25``; the scan (SPF, DNS lists) reads the address."""
+    c = MilterClient(milter.port)
+    c.negotiate()
+    c.session(client_ip=sent, family=b"6")
+    c.message(ham())
+    assert probe.seen[-1][0].client_ip == "2001:db8::25"
+    c.quit()
+
+
 def test_envelope_comes_from_the_stream(milter, probe):
     c = client(milter)
     c.message(ham(), mail_from="ana@sender.test", rcpts=("bo@rcpt.test", "cy@rcpt.test"),

@@ -94,14 +94,14 @@ class Envelope:
                 raise TypeError(f"Envelope.rcpt_tos must be str addresses, not {type(r).__name__}")
         ip = self.client_ip
         if ip and (ip[0] in "[Ii \t" or ip[-1] in " \t"):
-            object.__setattr__(self, "client_ip", _bare_address(ip))
+            object.__setattr__(self, "client_ip", bare_address(ip))
 
 
 #: the Envelope fields that are text (``rcpt_tos`` is checked on its own)
 _ENVELOPE_TEXT_FIELDS = ("client_ip", "helo", "hostname", "mail_from", "user", "queue_id")
 
 
-def _bare_address(ip: str) -> str:
+def bare_address(ip: str) -> str:
     """``client_ip`` as the address alone: without blanks around it, RFC 5321 literal brackets
     or the ``IPv6:`` tag."""
     ip = ip.strip()

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 from ..auth.authres import parse as parse_authres
 from ..config import reply_lines
-from ..message import Envelope
+from ..message import Envelope, bare_address
 from ..verdict import Verdict
 from .common import OUR_NAMES, Connection, ProtocolError, Server, subject_tag
 
@@ -272,9 +272,7 @@ class MilterServer(Server):
             host, _, rest = data.partition(b"\0")
             s.hostname = host.decode("utf-8", "surrogateescape")
             if rest[:1] in (b"4", b"6") and len(rest) >= 3:
-                s.client_ip = rest[3:].split(b"\0", 1)[0].decode("ascii", "replace")
-                if s.client_ip.lower().startswith("ipv6:"):
-                    s.client_ip = s.client_ip[5:]
+                s.client_ip = bare_address(rest[3:].split(b"\0", 1)[0].decode("ascii", "replace"))
             return _CONTINUE
         if cmd == b"H":
             s.helo = (_cstrings(data) or [""])[0]
