@@ -64,3 +64,18 @@ def test_engines_agree_on_sa_rules(sa_dir, corpus, tmp_path):
         assert seen[0] == seen[1], m.name
         fired += len(seen[0][0])
     assert fired > 100
+
+
+@pytest.mark.parametrize("engine", ["python", "hyperscan"])
+def test_foreign_rules_on_the_python_matcher_are_warned_about(tmp_path, caplog, engine):
+    """SpamAssassin's rules are loaded as written, and some take the square of a field's length under
+    ``re`` (8 KB of line breaks: up to 2 s a scan): the operator is told to run Hyperscan with them."""
+    from antispam.ruleset.check import load_rules
+
+    if engine == "hyperscan" and not hyperscan_available():
+        pytest.skip("hyperscan not installed")
+    (tmp_path / "local.cf").write_text("body LOCAL_X /xyzzy/\nscore LOCAL_X 1.0\n")
+    with caplog.at_level("WARNING", logger="antispam.rules"):
+        load_rules([], sa_paths=[tmp_path], engine=engine, cache_dir=None)
+    warned = [r for r in caplog.records if "install hyperscan" in r.getMessage()]
+    assert len(warned) == (engine == "python")
