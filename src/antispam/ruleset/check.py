@@ -316,8 +316,10 @@ class RulesCheck(Check):
 
     name = "rules"
 
-    def __init__(self, loaded: LoadedRules):
+    def __init__(self, loaded: LoadedRules, max_header_bytes: int = 0):
         self.loaded = loaded
+        #: bytes of a header's value that the rules read, at most (0: all): ``[rules] max_header_bytes``
+        self.max_header_bytes = max_header_bytes
         c = loaded.compiled
         self.compiled = c
         self.matcher = loaded.matcher
@@ -453,6 +455,7 @@ class RulesCheck(Check):
         index = msg.header_index
         headers = msg.headers
         direct = self.matcher.direct_scanners()
+        cap = self.max_header_bytes
         for key, reader, hname, acc, unset, empty, special_set, special, negs in self._header_scan:
             if reader is None:
                 pos = index.get(hname)
@@ -466,6 +469,8 @@ class RulesCheck(Check):
                 found, data = empty, b""
             else:
                 data = value.encode("utf-8", "surrogateescape")
+                if cap and len(data) > cap:
+                    data = data[:cap]
                 d = direct.get(key)
                 if d is not None:
                     # a plain Hyperscan group: one call, its reports final hits counted once, each
@@ -703,6 +708,7 @@ def iter_rule_hits(check: RulesCheck, messages: Iterable[bytes]) -> Iterable[Map
 
 def rules_check(config, store=None) -> Check | None:
     """Engine factory: the configured rules (the embedded default set unless ``[rules] dirs`` says otherwise)."""
+    from ..config import RulesConfig
     from ..resources import default_rules_dir
 
     rc = getattr(config, "rules", None)
@@ -722,7 +728,7 @@ def rules_check(config, store=None) -> Check | None:
         sa_pre_dirs=(rc.sa_pre_dir,) if rc and rc.sa_dirs and rc.sa_pre_dir and Path(rc.sa_pre_dir).is_dir() else (),
         report=scored,
     )
-    return RulesCheck(loaded)
+    return RulesCheck(loaded, rc.max_header_bytes if rc is not None else RulesConfig.max_header_bytes)
 
 
 def _cache_dir(setting: str) -> Path | None:
