@@ -242,6 +242,19 @@ def test_line_start_counts_equal_finditer_counts(pattern, flags):
         assert counter.count(text, cap) == min(sum(1 for _ in rx.finditer(text)), cap), text
 
 
+def test_line_start_count_reads_a_long_line_once():
+    """Each occurrence's line start was found by an ``rfind`` back to the buffer's start: on one long line,
+    the square of its length (SpamAssassin's ``__HAS_IMG_SRC`` over 1 MB of ``<img src=``: 2 s a scan)."""
+    import time
+
+    counter = LineStartCount.of(rb"^[^>].*?<img src=", re.M | re.I)
+    data = b"x" + b"<img src=" * 120_000
+    t = time.perf_counter()
+    assert counter.count(data, 100) == 1
+    assert counter.count(b"\n".join([data[:450_000]] * 3) + b"\n>" + data[:9], 100) == 3
+    assert time.perf_counter() - t < 1.0
+
+
 @pytest.mark.parametrize("pattern,flags", [(rb"^[^a].*?ab", re.M | re.I), (rb"^[^>].*?ab", re.M | re.S),
                                            (rb"^[^>].*ab", re.M), (rb"^[^>].*?a+", re.M), (rb"^[^>].*?(?:ab|abc)", re.M),
                                            (rb"^[^>].*?ab", 0), (rb"^.*?ab", re.M)])

@@ -770,6 +770,10 @@ class LineStartCount:
         #: each literal's next occurrence at t or later, found again only once t passes it (-1: none
         #: left), so that a literal absent from a long buffer is looked for once, not once a match
         nxt = [hay.find(x, t) for x in lits]
+        # The line start of each occurrence, from the line breaks since the last one looked at
+        # (occurrences come in order): rfind back to the buffer's start each time read a long
+        # line once per occurrence, the square of its length (1 MB of `<img src=`: 2 s a scan).
+        ls, seen = 0, 0
         while n < cap:
             best = -1  # the first occurrence of a literal at t or later
             for i, k in enumerate(nxt):
@@ -779,7 +783,10 @@ class LineStartCount:
                     best = k
             if best < 0:
                 break
-            ls = data.rfind(b"\n", 0, best) + 1  # the start of the occurrence's line
+            brk = data.rfind(b"\n", seen, best)
+            if brk >= 0:
+                ls = brk + 1  # the start of the occurrence's line
+            seen = best
             if ((ls > pos and (ls == 1 or data[ls - 2] == 10) and b"\n" not in refused)  # an empty line before it
                     or (pos <= ls < best and data[ls : ls + 1] not in refused)):
                 n += 1
