@@ -115,6 +115,20 @@ def test_an_internationalised_author_aligns_with_its_a_label(server, mode: str) 
     assert "DMARC_POLICY_ALLOW" in dmarc(e.scan(signed, Envelope(client_ip=BAD_IP, helo="mx.x.example", mail_from="x@other.example")))
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sender,shown", [("anna@b\u00fccher.example", f"anna@{IDN}"),
+                                          ("\u00e4nna@b\u00fccher.example", IDN)])
+def test_an_smtputf8_sender_is_written_in_ascii_in_authentication_results(server, mode: str, sender: str,
+                                                                           shown: str) -> None:
+    """An SMTPUTF8 sender came out as ``smtp.mailfrom=anna@b?cher.example`` (a header of ours carries ASCII
+    only): its domain is written as the A-label SPF checked, and a local part that is not ASCII is left out."""
+    raw = ("From: Anna <anna@b\u00fccher.example>\r\nTo: bob@example.net\r\nSubject: hi\r\n"
+           "Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <i@x>\r\n\r\nhello\r\n").encode("utf-8")
+    v = engine(server, mode).scan(raw, Envelope(client_ip=GOOD_IP, helo="mx.x.example", mail_from=sender))
+    ar = dict(v.headers())["Authentication-Results"]
+    assert f"spf=pass smtp.mailfrom={shown}" in ar and f"header.from={IDN}" in ar and "?" not in ar, ar
+
+
 # --------------------------------------------------------------------------- what a failure depends on
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from antispam import Engine, Envelope
-from antispam.auth.authres import AuthResultsCheck, UpstreamAuth, parse, quote_value, resinfo, strip_forged
+from antispam.auth.authres import AuthResultsCheck, UpstreamAuth, ascii_value, parse, quote_value, resinfo, strip_forged
 from antispam.check import Hit
 from antispam.config import Config
 
@@ -93,4 +94,16 @@ def test_what_we_write_we_read_back(method, result, props, comment):
     assert ar.authserv_id == "mx.test"
     (r,) = ar.results
     assert (r.method, r.result) == (method, result)
-    assert list(r.props) == [(k, v) for k, v in props]
+    # a domain or address written in Unicode is written with A-labels (ascii_value); the rest as given
+    assert list(r.props) == [(k, ascii_value(v)) for k, v in props]
+
+
+@pytest.mark.parametrize("value,written", [
+    ("ana@b\u00fccher.example", "ana@xn--bcher-kva.example"), ("b\u00fccher.example", "xn--bcher-kva.example"),
+    ("\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a", "xn--fsqu00a.xn--4rr70v"), ("ana@plain.example", "ana@plain.example"),
+    ("\u00a0", "\u00a0"), ("ana@" + "\u00fc" * 70 + ".example", "ana@" + "\u00fc" * 70 + ".example"),
+])
+def test_ascii_value_gives_a_domain_its_a_labels(value, written):
+    """IDNA only where the result is a host name: a label too long, or text IDNA maps to a blank, stays
+    as it was (and a header of ours writes ``?`` for it)."""
+    assert ascii_value(value) == written

@@ -34,6 +34,9 @@ _ADDR = re.compile(r"^(?:[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+
                    r"@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*$")
 
 
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+
+
 def quote_value(value: str) -> str:
     """A property value as RFC 8601 wants it: bare when it is a token/addr-spec, else quoted.
     Unfolded first (a value may be quoted from a folded tag of the message): the header we write
@@ -43,6 +46,29 @@ def quote_value(value: str) -> str:
     if "\r" in value or "\n" in value:
         value = re.sub(r"[\r\n]+", "", value)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ascii_value(value: str) -> str:
+    """A property value an Authentication-Results field can carry: ASCII (RFC 8601 fields are, unless
+    the whole message is internationalized, which the servers that write ours cannot tell).
+
+    A domain, or an address's domain, written in Unicode (an SMTPUTF8 sender, an RFC 6532 From) is
+    given as IDNA A-labels, the form DNS and DKIM ``d=`` use for it; an address whose local part
+    is not ASCII is given as its domain alone, the part SPF and DMARC checked.  A value neither
+    maps to is returned as it is (:func:`antispam.verdict.header_safe` then writes ``?`` for
+    what a header cannot carry)."""
+    if value.isascii():
+        return value
+    local, at, domain = value.rpartition("@")
+    try:
+        a_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return value
+    if not _HOSTNAME.match(a_domain):  # IDNA maps some text to what is no domain (a no-break space to a space)
+        return value
+    if not at:
+        return a_domain
+    return f"{local}@{a_domain}" if local.isascii() else a_domain
 
 
 def _comment(text: str) -> str:
@@ -61,7 +87,7 @@ def resinfo(method: str, result: str, props: Iterable[tuple[str, str]] = (), rea
     if reason:
         out += " reason=" + quote_value(reason)
     for ptype_prop, value in props:
-        out += f" {ptype_prop}={quote_value(value)}"
+        out += f" {ptype_prop}={quote_value(ascii_value(value))}"
     return out
 
 
