@@ -139,11 +139,20 @@ def _lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
         start = end + 1
 
 
+@functools.lru_cache(maxsize=8)
+def _parse(pattern: bytes, flags: int):  # type: ignore[no-untyped-def]
+    """The parse tree of a pattern, read (never changed) by the analyses of one rule that run one after
+    the other as its matcher entry is built (:func:`line_prefix`, :func:`last_literal`,
+    :func:`match_shape`...): each parsed it again, five parses a rule, about a second of the start-up
+    with SpamAssassin's 2,000 rules.  A pattern that does not parse raises each time."""
+    return _sre_parse.parse(pattern, flags)
+
+
 def _after_line_start(pattern: bytes, flags: int) -> tuple[int, list] | None:
     """``(flags, items)`` of a pattern that starts ``(?m)^``: its final flags and the parsed items
     after the anchor; None for any other pattern (or one that does not parse)."""
     try:
-        tree = _sre_parse.parse(pattern, flags)
+        tree = _parse(pattern, flags)
     except Exception:
         return None
     items = list(tree)
@@ -183,7 +192,7 @@ def last_literal(pattern: bytes, flags: int) -> bytes | None:
     Case-insensitive patterns keep only the trailing bytes that are not letters, since ``rfind``
     is exact."""
     try:
-        tree = _sre_parse.parse(pattern, flags)
+        tree = _parse(pattern, flags)
     except Exception:
         return None
     items = list(tree)
@@ -325,7 +334,7 @@ def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
 
 def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
     """(shortest, longest) match of a pattern in bytes; None when unbounded or longer than NEAR_MAX_WIDTH."""
-    lo, hi = _sre_parse.parse(pattern, flags).getwidth()
+    lo, hi = _parse(pattern, flags).getwidth()
     return (lo, hi) if hi <= NEAR_MAX_WIDTH else None
 
 
@@ -343,7 +352,7 @@ def match_shape(pattern: bytes, flags: int) -> tuple[bool, int | None]:
     only costs a longer search.
     """
     try:
-        tree = _sre_parse.parse(pattern, flags)
+        tree = _parse(pattern, flags)
     except Exception:
         return False, None
     hi = tree.getwidth()[1]
@@ -642,7 +651,7 @@ def disjoint_literals(pattern: bytes, flags: int) -> tuple[bytes, ...] | None:
     if flags & re.IGNORECASE:
         return None
     try:
-        tree = _sre_parse.parse(pattern, flags)
+        tree = _parse(pattern, flags)
     except Exception:
         return None
     lits = _literals(list(tree))
