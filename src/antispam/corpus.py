@@ -244,31 +244,41 @@ def _iter_tar(path: Path, fh: BinaryIO, cap: int | None) -> Iterator[Item]:
         yield _error(path, f"cannot read archive{after}: {type(exc).__name__}: {_why(exc)}")
 
 
-def _open(path: Path, regular_only: bool) -> tuple[BinaryIO | None, str | None]:
-    """Open ``path`` for reading: the file, or why not.
+class _NotRegular(OSError):
+    """A path that is not a regular file where only one will do."""
 
-    With ``regular_only`` (files met in a directory walk) anything but a regular file is refused:
-    reading a FIFO waits for a writer forever, a device may never end.  The check is on the opened
-    descriptor (opened non-blocking, so opening a FIFO does not wait either), so a file swapped for
-    a FIFO in between cannot slip through.  A path named by the operator may be a pipe
-    (``antispam scan <(zcat x.gz)``, ``/dev/stdin``), which is read like a file.
+
+def _open_checked(path: Path, regular_only: bool) -> BinaryIO:
+    """Open ``path`` for reading; OSError (:class:`_NotRegular` for the kind of file) if it cannot be read.
+
+    With ``regular_only`` (files met in a directory walk, a corpus's or a model's files) anything but a
+    regular file is refused: reading a FIFO waits for a writer forever, a device may never end.  The
+    check is on the opened descriptor (opened non-blocking, so opening a FIFO does not wait either), so
+    a file swapped for a FIFO in between cannot slip through.  A path named by the operator may be a
+    pipe (``antispam scan <(zcat x.gz)``, ``/dev/stdin``), which is read like a file.
     """
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     if regular_only:
         flags |= getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
     try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        return None, f"cannot read: {_why(exc)}"
-    try:
-        st = os.fstat(fd)
-        kind = _kind(st.st_mode)
-        if stat.S_ISDIR(st.st_mode) or (kind != "file" and (regular_only or stat.S_ISSOCK(st.st_mode))):
-            os.close(fd)
-            return None, f"not a regular file ({kind}): skipped"
-        return os.fdopen(fd, "rb"), None
-    except OSError as exc:
+        mode = os.fstat(fd).st_mode
+        kind = _kind(mode)
+        if stat.S_ISDIR(mode) or (kind != "file" and (regular_only or stat.S_ISSOCK(mode))):
+            raise _NotRegular(errno.EINVAL, f"not a regular file ({kind})")
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def _open(path: Path, regular_only: bool) -> tuple[BinaryIO | None, str | None]:
+    """:func:`_open_checked` for a walk: the file, or why not."""
+    try:
+        return _open_checked(path, regular_only), None
+    except _NotRegular as exc:
+        return None, f"{exc.strerror}: skipped"
+    except OSError as exc:
         return None, f"cannot read: {_why(exc)}"
 
 
@@ -479,18 +489,10 @@ def default_corpus_dir() -> Path | None:
 
 def open_regular(path: Path) -> BinaryIO:
     """A file that must be a regular one (a labelled corpus's ``MANIFEST.tsv`` and set archives, a
-    model's files) opened for reading; OSError unless it is a regular file.  Like a file met in a
-    directory walk (:func:`_open`): a FIFO there made ``antispam train --manifest``/``eval`` wait for
-    a writer for ever, a link to ``/dev/zero`` read until memory ran out."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, f"not a regular file ({_kind(mode)})")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    model's files) opened for reading; OSError unless it is a regular file.  As a file met in a
+    directory walk is (:func:`_open_checked`): a FIFO there made ``antispam train --manifest``/``eval``
+    wait for a writer for ever, a link to ``/dev/zero`` read until memory ran out."""
+    return _open_checked(path, True)
 
 
 def load_labelled(corpus_dir: str | os.PathLike[str], split: str | None = None, verify: bool = True) -> list[LabelledMessage]:
