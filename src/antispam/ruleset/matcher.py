@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from .compiler import CompiledRules
+from .pattern_tree import walk
 from .possessive import leftmost, possessive
 from .projection import ASCII, WESTERN, projection
 from .runwidth import RunWidth
@@ -211,29 +212,10 @@ def last_literal(pattern: bytes, flags: int) -> bytes | None:
 
 def _looks_back_only(items) -> bool:  # type: ignore[no-untyped-def]
     """No item here or inside looks at bytes after its own position: no look-ahead, no end anchor."""
-    for op, av in items:
+    for op, av in walk(items):
         name = str(op)
-        if name == "AT":
-            if str(av) not in _BACKWARD_ONLY_AT:
-                return False
-        elif name in ("ASSERT", "ASSERT_NOT"):
-            if av[0] >= 0 or not _looks_back_only(av[1]):  # direction 1: look-ahead
-                return False
-        elif name == "SUBPATTERN":
-            if not _looks_back_only(av[3]):
-                return False
-        elif name == "BRANCH":
-            if not all(_looks_back_only(alt) for alt in av[1]):
-                return False
-        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            if not _looks_back_only(av[2]):
-                return False
-        elif name == "ATOMIC_GROUP":
-            if not _looks_back_only(av):
-                return False
-        elif name == "GROUPREF_EXISTS":
-            if not all(_looks_back_only(x) for x in av[1:] if x is not None):
-                return False
+        if (name == "AT" and str(av) not in _BACKWARD_ONLY_AT) or (name in ("ASSERT", "ASSERT_NOT") and av[0] >= 0):
+            return False  # an ASSERT's direction is 1 for a look-ahead, -1 for a look-behind
     return True
 
 

@@ -31,6 +31,29 @@ CATEGORIES = {_c.CATEGORY_DIGIT: b"\\d", _c.CATEGORY_NOT_DIGIT: b"\\D", _c.CATEG
 _FLAG_LETTERS = ((re.IGNORECASE, b"i"), (re.MULTILINE, b"m"), (re.DOTALL, b"s"))
 
 
+def walk(items):  # type: ignore[no-untyped-def]
+    """Every ``(op, av)`` item of a parsed sequence and, depth first, of every sequence inside it
+    (groups, alternatives, repeats, look-arounds, atomic groups, conditionals): for the questions
+    asked of a whole pattern ("does anything in it look ahead?")."""
+    for op, av in items:
+        yield op, av
+        if op is _c.SUBPATTERN:
+            yield from walk(av[3])
+        elif op is _c.BRANCH:
+            for alt in av[1]:
+                yield from walk(alt)
+        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
+            yield from walk(av[2])
+        elif op in (_c.ASSERT, _c.ASSERT_NOT):
+            yield from walk(av[1])
+        elif op is _c.ATOMIC_GROUP:
+            yield from walk(av)
+        elif op is _c.GROUPREF_EXISTS:
+            for sub in av[1:]:
+                if sub is not None:
+                    yield from walk(sub)
+
+
 def _byte(c: int) -> bytes:
     return bytes((c,)) if (0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A) else b"\\x%02x" % c
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 
-from .pattern_tree import Unsupported, _c, _p, print_items
+from .pattern_tree import Unsupported, _c, _p, print_items, walk
 from .regex import _charset
 
 
@@ -131,20 +131,7 @@ def _lead_written_out(items: list) -> bool:  # type: ignore[type-arg]
 
 def _scoped_line_flags(items) -> bool:  # type: ignore[no-untyped-def]
     """Whether a group turns ``s`` or ``m`` on or off for its part of the pattern."""
-    for op, av in items:
-        if op is _c.SUBPATTERN:
-            if (av[1] | av[2]) & (re.DOTALL | re.MULTILINE) or _scoped_line_flags(_seq(av[3])):
-                return True
-        elif op is _c.BRANCH:
-            if any(_scoped_line_flags(_seq(alt)) for alt in av[1]):
-                return True
-        elif op in (_c.ASSERT, _c.ASSERT_NOT):
-            if _scoped_line_flags(_seq(av[1])):
-                return True
-        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
-            if _scoped_line_flags(_seq(av[2])):
-                return True
-    return False
+    return any(op is _c.SUBPATTERN and (av[1] | av[2]) & (re.DOTALL | re.MULTILINE) for op, av in walk(items))
 
 
 def _seq(sub) -> list:  # type: ignore[no-untyped-def,type-arg]
