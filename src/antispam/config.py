@@ -729,7 +729,6 @@ _PORT = _Range(0, 65535)  # 0: servers take a free port, metrics are off
 
 _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "engine.scan_deadline": _POSITIVE,
-    "rules.max_header_bytes": _NOT_NEGATIVE,
     "store.url": _store_url,
     "store.on_failure": _OneOf(("open", "closed")),
     "store.timeout": _POSITIVE,
@@ -771,6 +770,7 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "classifier.learn_rate": _NOT_NEGATIVE,  # 0: online learning off
     "classifier.clues": _Range(0, 64),  # the kernels' MAX_CLUES: more would fail every scan's classifier
     "rules.engine": _OneOf(RULES_ENGINES),
+    "rules.max_header_bytes": _NOT_NEGATIVE,
     **{f"rules.{k}": _paths for k in ("dirs", "extra_dirs", "sa_dirs", "sa_pre_dir", "cache_dir")},
     "classifier.model": _paths,
     "dnsbl.lists": lambda value, key, source: _table(value, key, source, "a table of [dnsbl.lists.NAME] tables"),
