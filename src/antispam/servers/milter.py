@@ -234,14 +234,16 @@ class MilterServer(Server):
                 # _unscanned deletes are kept (our names without their values, which it does not
                 # read; Authentication-Results with them, to tell ours).
                 # Those are bounded too (LATE_HEADERS_MAX): 10 MB of X-Spam-A: kept a tuple each.
-                lname = "" if within else text.lower()
+                value = rest.split(b"\0", 1)[0]
                 if within:
-                    s.headers.append((text, rest.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")))
-                elif lname == "authentication-results" or lname in OUR_NAMES:
-                    value = rest.split(b"\0", 1)[0] if lname == "authentication-results" else b""
-                    s.late += len(name) + len(value)
-                    if s.late <= LATE_HEADERS_MAX:
-                        s.headers.append((text, value.decode("utf-8", "surrogateescape")))
+                    s.headers.append((text, value.decode("utf-8", "surrogateescape")))
+                else:
+                    lname = text.lower()
+                    if lname in OUR_NAMES or lname == "authentication-results":
+                        kept = value if lname == "authentication-results" else b""
+                        s.late += len(name) + len(kept)
+                        if s.late <= LATE_HEADERS_MAX:
+                            s.headers.append((text, kept.decode("utf-8", "surrogateescape")))
             return _CONTINUE
         if cmd == b"B":
             if self._grow(s, len(data)):
