@@ -31,6 +31,11 @@ CPU time holds still where msgs/s does not, so each row also gives, from /proc
 ``total us/msg``  the server and every process under it (the scan workers)
 ``vs in-proc``    total against ``Engine.scan``'s CPU per message in-process:
                   1.00x would mean the protocol costs nothing
+``wakes/msg``     the server tree's voluntary context switches per message: each is a
+                  sleep in the event loop's poll (or a worker's read) that a message's
+                  bytes then end, so this counts the wake-ups a message costs: a figure
+                  of the protocol and the number of clients (more clients, more work
+                  found at each wake-up), not of the machine's speed
 ``capacity``      msgs/s the server would sustain on this machine's C cores with
                   the clients elsewhere: 1e6 / loop for ``workers = 0`` (one
                   process, one core); with N workers the least of the loop's
@@ -39,6 +44,11 @@ CPU time holds still where msgs/s does not, so each row also gives, from /proc
                   with P prefork processes (``--processes``), each doing the
                   protocol and the scan, min(P, C) x 1e6 / total (``loop`` is
                   then the supervising parent's, which does nothing per message)
+
+What a wake-up costs does move with the machine (a virtual machine pays for every
+idle-to-busy switch of a vCPU): the first lines give this machine's CPU per loopback
+TCP round trip between two processes, measured before the servers start, so that
+``wakes/msg`` can be read as CPU.
 
 "Sustains the engine's throughput" then reads: ``capacity`` against the
 in-process msgs/s on one core.
@@ -50,6 +60,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -359,6 +370,55 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches so far of every thread of ``pid`` (Linux /proc), 0 elsewhere."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                for line in fh:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def tree_wakeups(pid: int) -> int:
+    """:func:`wakeups` of ``pid`` and every process under it."""
+    return wakeups(pid) + sum(wakeups(c) for c in descendants(pid))
+
+
+def round_trip_cpu(rounds: int = 5000) -> float:
+    """CPU us, both sides together, of one small request and reply over a loopback TCP connection
+    between this process and a child: what one wake-up each way costs on this machine."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    child = os.fork()
+    if child == 0:  # echo until the parent hangs up
+        conn, _ = srv.accept()
+        while data := conn.recv(64):
+            conn.sendall(data)
+        os._exit(0)
+    srv_port = srv.getsockname()[1]
+    srv.close()
+    with socket.create_connection(("127.0.0.1", srv_port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"x")
+        s.recv(64)
+        c0, k0 = time.process_time(), cpu_seconds(child) or 0.0
+        for _ in range(rounds):
+            s.sendall(b"x")
+            s.recv(64)
+        c1, k1 = time.process_time(), cpu_seconds(child) or 0.0
+    os.waitpid(child, 0)
+    return ((c1 - c0) + (k1 - k0)) / rounds * 1e6
+
+
 def tree_cpu(pid: int) -> tuple[float, float] | None:
     """(CPU seconds of the server process, of the server and every process under it)."""
     own = cpu_seconds(pid)
@@ -412,10 +472,11 @@ def main() -> int:
         pass
     pool = len(msgs) / (time.perf_counter() - t0)
     print(f"in-process: Engine.scan {base:,.0f} msgs/s (1 core, {base_cpu:.0f} us CPU/msg); "
-          f"scan_many(workers=2) {pool:,.0f} msgs/s\n")
+          f"scan_many(workers=2) {pool:,.0f} msgs/s")
+    print(f"this machine: a loopback TCP round trip between two processes costs {round_trip_cpu():.0f} us CPU\n")
     loops = a.event_loop.split(",")
     print(f"{'server':12} {'loop':>7} {'workers':>7} {'procs':>5} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} "
-          f"{'loop us/msg':>11} {'total us/msg':>12} {'vs in-proc':>10} {'capacity':>9}")
+          f"{'loop us/msg':>11} {'total us/msg':>12} {'vs in-proc':>10} {'wakes/msg':>9} {'capacity':>9}")
     with sink_process(a.next_hop_ext) as sink_port:
         shapes = [(w, 1) for w in map(int, a.workers.split(","))]
         shapes += [(0, p) for p in map(int, a.processes.split(",")) if p > 1]
@@ -425,9 +486,9 @@ def main() -> int:
             try:
                 asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
                 for clients in map(int, a.clients.split(",")):
-                    c0 = tree_cpu(proc.pid)
+                    c0, w0 = tree_cpu(proc.pid), tree_wakeups(proc.pid)
                     n, dt = asyncio.run(drive(kind, port, msgs, clients, a.seconds))
-                    c1 = tree_cpu(proc.pid)
+                    c1, w1 = tree_cpu(proc.pid), tree_wakeups(proc.pid)
                     rate = n / dt
                     # too few messages for the clock tick (10 ms) leave nothing to divide by: no CPU columns
                     if (c0 is not None and c1 is not None and n and c1[1] > c0[1]
@@ -442,7 +503,7 @@ def main() -> int:
                         else:
                             capacity = 1e6 / loop_us
                         cpu = (f"{loop_us:11.0f} {total_us:12.0f} {total_us / base_cpu:9.2f}x "
-                               f"{capacity:9,.0f}")
+                               f"{(w1 - w0) / n:9.1f} {capacity:9,.0f}")
                     else:
                         cpu = ""
                     print(f"{kind:12} {event_loop:>7} {workers:7} {processes:5} {clients:7} {rate:9,.0f} {rate / base:8.2f}x {cpu}",
