@@ -206,6 +206,17 @@ def test_header_rules_read_max_header_bytes_of_a_value(tmp_path, engine):
     assert hits(max_header_bytes=60000) == ["T_HEAD", "T_TAIL"]
 
 
+def test_a_rules_check_built_directly_reads_a_header_as_a_scan_does(tmp_path):
+    """``rules stats`` and ``rules fit`` build a RulesCheck directly: its default cap is the configured
+    default, so their counts are those of the scans they are meant to predict."""
+    raw = b"To: head@example.com, " + b"a" * 40000 + b" tail@example.com\nSubject: x\n\nx\n"
+    configured = _engine_with(tmp_path, "header T_TAIL To =~ /tail\\@example/\nscore T_TAIL 1\n", "python")
+    direct = RulesCheck(load_rules([tmp_path / "r.cf"], engine="python"))
+    assert "T_TAIL" not in configured.scan(raw).symbols
+    assert "T_TAIL" not in Engine(checks=[direct]).scan(raw).symbols
+    assert "T_TAIL" in Engine(checks=[RulesCheck(direct.loaded, max_header_bytes=0)]).scan(raw).symbols
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_back_reference_rule_on_a_huge_header_is_bounded(tmp_path, engine):
     """A back-reference after a repeat (as in some of SpamAssassin's rules) takes the square of the value's

@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from .. import fastscore
 from ..check import Check, Hit, ScanContext, SymbolDef
+from ..config import RulesConfig
 from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
@@ -316,9 +317,11 @@ class RulesCheck(Check):
 
     name = "rules"
 
-    def __init__(self, loaded: LoadedRules, max_header_bytes: int = 0):
+    def __init__(self, loaded: LoadedRules, max_header_bytes: int = RulesConfig.max_header_bytes):
         self.loaded = loaded
-        #: bytes of a header's value that the rules read, at most (0: all): ``[rules] max_header_bytes``
+        #: bytes of a header's value that the rules read, at most (0: all): ``[rules] max_header_bytes``,
+        #: whose default is this one too, so that the ``rules stats`` and ``rules fit`` tools (which
+        #: build a RulesCheck directly) see a header as a scan sees it
         self.max_header_bytes = max_header_bytes
         c = loaded.compiled
         self.compiled = c
@@ -712,7 +715,6 @@ def iter_rule_hits(check: RulesCheck, messages: Iterable[bytes]) -> Iterable[Map
 
 def rules_check(config, store=None) -> Check | None:
     """Engine factory: the configured rules (the embedded default set unless ``[rules] dirs`` says otherwise)."""
-    from ..config import RulesConfig
     from ..resources import default_rules_dir
 
     rc = getattr(config, "rules", None)
@@ -732,7 +734,7 @@ def rules_check(config, store=None) -> Check | None:
         sa_pre_dirs=(rc.sa_pre_dir,) if rc and rc.sa_dirs and rc.sa_pre_dir and Path(rc.sa_pre_dir).is_dir() else (),
         report=scored,
     )
-    return RulesCheck(loaded, rc.max_header_bytes if rc is not None else RulesConfig.max_header_bytes)
+    return RulesCheck(loaded, rc.max_header_bytes) if rc is not None else RulesCheck(loaded)
 
 
 def _cache_dir(setting: str) -> Path | None:
