@@ -925,6 +925,66 @@ def test_client_that_half_closes_after_its_data_still_gets_the_reply(sink, event
         f.stop()
 
 
+def _pipelined_then_half_closed(port: int, stream: bytes) -> tuple[list[bytes], float]:
+    """Connect, send ``stream`` in one write, shut our sending side at once, and read to the end:
+    (every reply line, seconds from the shutdown to the filter closing the connection)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as c:
+        c.sendall(stream)
+        c.shutdown(socket.SHUT_WR)
+        t = time.monotonic()
+        got = b""
+        while chunk := c.recv(65536):
+            got += chunk
+        return got.splitlines(), time.monotonic() - t
+
+
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_commands_pipelined_before_a_half_close_are_answered(sink, event_loop):
+    """A client may send a whole session in one go and shut its sending side at once (RFC 2920
+    pipelining, then EOF): each command already sent is answered, the message is relayed once, the
+    QUIT gets its 221 (RFC 5321 4.1.1.10), and then the connection closes.  aiosmtpd alone ends
+    the session at the EOF, with every one of those commands unanswered."""
+    f = start(sink, event_loop=event_loop)
+    try:
+        data = ham(subject="whole session at once").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        stream = (b"EHLO client.test\r\nMAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n"
+                  + data + b".\r\nQUIT\r\n")
+        lines, _ = _pipelined_then_half_closed(f.port, stream)
+        finals = [ln for ln in lines if ln[3:4] != b"-"]
+        assert [ln[:3] for ln in finals] == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
+        assert len(sink.wait_for(marker("whole session at once"))) == 1
+        data = ham(subject="chunked at once").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        stream = (b"EHLO client.test\r\nMAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\n"
+                  b"BDAT %d LAST\r\n" % len(data) + data + b"QUIT\r\n")
+        lines, _ = _pipelined_then_half_closed(f.port, stream)
+        assert b"250-CHUNKING" in lines
+        assert [ln[:3] for ln in lines if ln[3:4] != b"-"] == [b"220", b"250", b"250", b"250", b"250", b"221"]
+        assert len(sink.wait_for(marker("chunked at once"))) == 1
+    finally:
+        f.stop()
+
+
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_half_close_inside_unfinished_data_closes_at_once(sink, event_loop):
+    """The EOF comes inside a message's data, or inside a command line: what was sent whole is
+    answered, nothing is relayed, and the connection closes then, not at the idle timeout."""
+    f = start(sink, event_loop=event_loop, timeout=30)
+    try:
+        stream = (b"EHLO client.test\r\nMAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n"
+                  b"Subject: never ended\r\n\r\nno final dot\r\n")
+        lines, waited = _pipelined_then_half_closed(f.port, stream)
+        assert [ln[:3] for ln in lines if ln[3:4] != b"-"] == [b"220", b"250", b"250", b"250", b"354"]
+        assert waited < 5
+        lines, waited = _pipelined_then_half_closed(f.port, b"EHLO client.test\r\nNOOP")
+        assert [ln[:3] for ln in lines if ln[3:4] != b"-"] == [b"220", b"250"]
+        assert waited < 5
+        assert sink.wait_for(marker("never ended"), timeout=0.3) == []
+        assert send(f.port, ham(subject="after the half closes")) == {}  # the filter serves on
+        assert len(sink.wait_for(marker("after the half closes"))) == 1
+    finally:
+        f.stop()
+
+
 def _eight_bit_sink(chunking: bool) -> Sink:
     """A next hop that takes 8-bit envelope addresses (aiosmtpd with SMTPUTF8 on), so the bytes
     that reach it can be compared."""

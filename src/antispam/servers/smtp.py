@@ -61,6 +61,8 @@ _PLAIN_PATH = re.compile(r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)(?:\.[A-Za-z0
 _UNAVAILABLE: frozenset[str | None] = frozenset({None, "[UNAVAILABLE]", "[TEMPUNAVAIL]", ""})
 #: handle_MAIL's answer when the next hop's reply comes with the following RCPT's
 _MAIL_DEFERRED = object()
+#: :meth:`_FilterSMTP.handle_exception`'s answer at the end of the client's input: no reply
+_SESSION_ENDED = "\0session ended"
 #: aiosmtpd's reply to a RCPT without an accepted MAIL
 _NEED_MAIL = "503 Error: need MAIL command"
 #: our reply when something of ours failed: temporary (RFC 3463 4.3.0, "other or undefined mail
@@ -275,7 +277,7 @@ class FastSMTP(SMTP):
                 end = -1 if i < 0 else i + 2  # the message keeps its last CRLF
             if end >= 0:
                 if len(data) > end + 3:
-                    reader.feed_data(bytes(data[end + 3:]))
+                    _hand_back(reader, bytes(data[end + 3:]))
                 del data[end:]
             # Until the end is seen, up to 2 bytes at the end may be the start of the final dot line.
             if not refusal and limit and counted + len(data) - (0 if end >= 0 else 2) > limit:
@@ -387,6 +389,16 @@ class FastSMTP(SMTP):
             pos = i + 2
 
 
+def _hand_back(reader: asyncio.StreamReader, data: bytes) -> None:
+    """Put ``data``, read past where it was wanted, back into the emptied ``reader``.  Once the
+    client's end is known (a half-close, see ``_FilterSMTP.eof_received``) ``feed_data`` refuses
+    it, so it then goes into the buffer the reader reads from (``_buffer``, as ``FastSMTP`` reads it)."""
+    if reader.at_eof():
+        reader._buffer.extend(data)  # type: ignore[attr-defined]
+    else:
+        reader.feed_data(data)
+
+
 class _FilterSMTP(FastSMTP):
     """aiosmtpd's SMTP with our admission control (allow-list, connection limit) and XFORWARD.
 
@@ -409,6 +421,8 @@ class _FilterSMTP(FastSMTP):
     _eof_pending = False
     #: the connection was lost while relaying: ``connection_lost``'s argument, for after the relay
     _loss_pending: tuple[Exception | None] | None = None
+    #: the client's EOF came with whole commands unread: its reader ends after them
+    _eof_after_input = False
     #: admitted (``SmtpFilterServer._admit``): what ``max_connections`` counts
     _let_in = False
 
@@ -447,12 +461,22 @@ class _FilterSMTP(FastSMTP):
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
-        """The client shut its sending side.  aiosmtpd cancels the session at once; while a message
-        is being relayed that waits until the relay has ended and the client, who may still read,
-        has our reply (a client that pipelines QUIT after its data may half-close so)."""
+        """The client shut its sending side.  aiosmtpd cancels the session at once, leaving the
+        commands the client sent before its EOF unanswered (a client may pipeline a whole session,
+        QUIT included, and half-close: RFC 5321 section 4.1.1.10 wants the QUIT answered).  Here:
+
+        - while a message is being relayed, nothing happens until the relay has ended and the
+          client, who may still read, has our reply (see :meth:`_end_of_data`);
+        - when whole command lines are still unread, the reader is told of the end after them:
+          they are answered in turn, and the session ends where it would wait for more
+          (:meth:`handle_exception`), a message's data cut short included;
+        - else the session ends now, as aiosmtpd ends it."""
         if self._relaying:
             self._eof_pending = True
             return True  # our side stays open for the reply
+        if self._next_line_here() is not None:
+            self._eof_after_input = True
+            return asyncio.StreamReaderProtocol.eof_received(self)  # the reader's end, after its lines
         return super().eof_received()
 
     async def _end_of_data(self) -> None:
@@ -505,7 +529,15 @@ class _FilterSMTP(FastSMTP):
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's reply to an exception in a command: ours is temporary (451 4.3.0), not its 500.
-        A permanent reply to a failure of ours would make the client bounce the mail."""
+        A permanent reply to a failure of ours would make the client bounce the mail.
+
+        The end of the client's input (after the commands it sent before its EOF, see
+        :meth:`eof_received`) is no failure: the session ends there, with no reply."""
+        if self._eof_after_input and isinstance(error, asyncio.IncompleteReadError):
+            self._writer.close()  # after what is written; the session's task ends at the next step
+            assert self._handler_coroutine is not None
+            self._handler_coroutine.cancel()
+            return _SESSION_ENDED
         self.filter._count_error("internal")
         self.filter.log.error("command failed: internal error", exc_info=error,
                               extra={"fields": {"server": self.filter.name}})
@@ -526,6 +558,9 @@ class _FilterSMTP(FastSMTP):
         if status is _MAIL_DEFERRED:
             self._groupable = False
             self._mail_deferred = True
+            return
+        if status is _SESSION_ENDED:  # nothing to say: let the cancelled session's task end here
+            await asyncio.sleep(0)
             return
         if not status:
             status = _INTERNAL_ERROR
