@@ -43,6 +43,7 @@ from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
 from .evals import EVALS, envelope_sender, header_absent, header_count_over, per_message
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
+from . import pattern_tree
 from .parser import parse_paths
 from .possessive import leftmost
 from .runwidth import RunWidth
@@ -282,6 +283,15 @@ def load_rules(paths: Sequence[str | Path], *, sa_paths: Sequence[str | Path] = 
     even when their files score them 0 (``__`` sub-rules never are), because the
     configuration's ``[scores]`` (or a profile's) gives them a score.
     """
+    try:
+        return _load_rules(paths, sa_paths, engine, skip_bad, cache_dir, sa_pre_dirs, every_rule, report)
+    finally:  # the patterns' parse trees served this load only (see pattern_tree.parsed)
+        pattern_tree.parsed.cache_clear()
+
+
+def _load_rules(paths: Sequence[str | Path], sa_paths: Sequence[str | Path], engine: str, skip_bad: bool,
+                cache_dir: str | Path | None, sa_pre_dirs: Sequence[str | Path], every_rule: bool,
+                report: Iterable[str]) -> LoadedRules:
     parsed = parse_paths([*paths, *sa_paths], pre_dirs=sa_pre_dirs)
     compiled = compile_rules(parsed, lenient_meta=bool(sa_paths))
     sa_roots = [str(Path(p)) for p in sa_paths]

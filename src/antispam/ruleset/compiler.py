@@ -23,9 +23,15 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+try:  # Python 3.11+: what re.compile runs on a parse tree
+    from re import _compiler as _re_compiler  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    import sre_compile as _re_compiler  # type: ignore[no-redef]
+
 from .evals import EVALS
 from .parser import ParsedRules, Problem, RuleDef, Where
 from .monotone import Polarity, meta_polarity
+from .pattern_tree import parsed
 from .regex import Unsupported, backtracking_risk, translate
 
 #: Header names that are SpamAssassin's synthesised views of its relay analysis;
@@ -347,7 +353,8 @@ def _compile_one(rule: RuleDef, rid: int, report: CompileReport) -> CompiledRule
         raise _Refused(f"unsupported regex: {exc}") from None
     pyflags = (re.I if t.caseless else 0) | (re.S if t.dotall else 0) | (re.M if t.multiline else 0)
     try:
-        re.compile(t.py, pyflags)
+        # what re.compile does, from the parse tree the other checks and the matcher share
+        _re_compiler.compile(parsed(t.py, pyflags), pyflags)
     except (re.error, OverflowError, ValueError, RecursionError) as exc:  # e.g. a{4294967296}
         raise _Refused(f"bad regex /{rule.pattern[:60]}/: {exc}") from None
     risk = backtracking_risk(t.py, pyflags)

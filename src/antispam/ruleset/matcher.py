@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from .compiler import CompiledRules
-from .pattern_tree import walk
+from .pattern_tree import parsed, walk
 from .possessive import leftmost, possessive
 from .projection import ASCII, WESTERN, projection
 from .runwidth import RunWidth
@@ -140,13 +140,8 @@ def _lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
         start = end + 1
 
 
-@functools.lru_cache(maxsize=8)
-def _parse(pattern: bytes, flags: int):  # type: ignore[no-untyped-def]
-    """The parse tree of a pattern, read (never changed) by the analyses of one rule that run one after
-    the other as its matcher entry is built (:func:`line_prefix`, :func:`last_literal`,
-    :func:`match_shape`...): each parsed it again, five parses a rule, about a second of the start-up
-    with SpamAssassin's 2,000 rules.  A pattern that does not parse raises each time."""
-    return _sre_parse.parse(pattern, flags)
+#: the parse tree of a pattern, read (never changed) by the analyses below (shared with the compiler)
+_parse = parsed
 
 
 def _after_line_start(pattern: bytes, flags: int) -> tuple[int, list] | None:

@@ -9,6 +9,7 @@ digits as a hex escape, every repeated item in a non-capturing group, capturing 
 
 from __future__ import annotations
 
+import functools
 import re
 
 try:
@@ -17,6 +18,18 @@ try:
 except ImportError:  # pragma: no cover - Python < 3.11
     import sre_constants as _c  # type: ignore[no-redef]
     import sre_parse as _p  # type: ignore[no-redef]
+
+
+@functools.lru_cache(maxsize=4096)
+def parsed(pattern: bytes, flags: int):  # type: ignore[no-untyped-def]
+    """The parse tree of ``pattern``, shared by the steps of a ruleset's load that only read it:
+    the compiler's checks (that Python compiles the pattern, :func:`~.regex.backtracking_risk`)
+    and the matcher's analyses (:func:`~.matcher.line_prefix`, :func:`~.matcher.last_literal`,
+    :func:`~.matcher.match_shape`...).  Each parsed it again: with SpamAssassin's 2,800 rules,
+    parsing was most of the start-up.  :func:`~.check.load_rules` empties the cache at its end,
+    so the trees are not kept for the life of the process.  A step that rewrites a tree
+    (``possessive``, ``projection``) parses its own.  A pattern that does not parse raises each time."""
+    return _p.parse(pattern, flags)
 
 
 class Unsupported(Exception):

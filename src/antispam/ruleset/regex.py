@@ -24,11 +24,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .pattern_tree import parsed
+
 try:  # Python 3.11+: the parser behind re.compile
-    import re._parser as _sre_parse  # type: ignore[import-not-found]
     import re._constants as _sre_c  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
     import sre_constants as _sre_c  # type: ignore[no-redef]
 
 _POSIX = {
@@ -520,7 +520,7 @@ def backtracking_risk(pattern: bytes, flags: int = 0) -> str | None:
     are refused as well: each one more multiplies the work by the line length.
     """
     try:
-        tree = _sre_parse.parse(pattern, flags)
+        tree = parsed(pattern, flags)
     except (re.error, OverflowError, RecursionError) as exc:
         return f"invalid: {exc}"
     try:
