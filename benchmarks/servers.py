@@ -3,7 +3,7 @@
     python benchmarks/servers.py [--messages 1000] [--servers spamd,milter,smtp,rspamd-http]
                                  [--workers 0,2] [--processes 1,2] [--clients 2,16] [--seconds 20]
                                  [--event-loop auto,asyncio] [--smtp-client data|bdat]
-                                 [--next-hop-ext PIPELINING,8BITMIME,CHUNKING]
+                                 [--next-hop-ext PIPELINING,8BITMIME,CHUNKING] [--rounds 1]
 
 Each server runs as ``antispam serve KIND`` in its own process; the clients are
 asyncio coroutines in this process, each sending messages back to back over
@@ -51,7 +51,9 @@ TCP round trip between two processes, measured before the servers start, so that
 ``wakes/msg`` can be read as CPU.
 
 "Sustains the engine's throughput" then reads: ``capacity`` against the
-in-process msgs/s on one core.
+in-process msgs/s on one core (the last column).  With ``--rounds N`` every row is
+measured N times, the in-process figures again before each round, and a last
+table gives each figure's median (the ratios taken within each round).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -435,6 +438,42 @@ async def drive(kind: str, port: int, msgs: list[bytes], clients: int, seconds: 
     return sum(counts), time.perf_counter() - t0
 
 
+HEADER = (f"{'server':12} {'loop':>7} {'workers':>7} {'procs':>5} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} "
+          f"{'loop us/msg':>11} {'total us/msg':>12} {'vs in-proc':>10} {'wakes/msg':>9} {'capacity':>9} "
+          f"{'vs 1 core':>9}")
+
+
+def measure(kind: str, proc: subprocess.Popen, port: int, msgs: list[bytes], clients: int, seconds: float,
+            workers: int, processes: int, base: float, base_cpu: float) -> dict[str, float]:
+    """One run of ``clients`` against a started server: its row's figures (the CPU ones absent when
+    /proc is not there or too few messages went through for the clock tick, 10 ms)."""
+    c0, w0 = tree_cpu(proc.pid), tree_wakeups(proc.pid)
+    n, dt = asyncio.run(drive(kind, port, msgs, clients, seconds))
+    c1, w1 = tree_cpu(proc.pid), tree_wakeups(proc.pid)
+    row = {"rate": n / dt, "rate_vs": n / dt / base}
+    if c0 is not None and c1 is not None and n and c1[1] > c0[1] and (processes > 1 or c1[0] > c0[0]):
+        loop_us, total_us = (c1[0] - c0[0]) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
+        cores = os.cpu_count() or 1
+        if processes > 1:  # every process does it all: the CPU of min(P, C) cores
+            capacity = min(processes, cores) * 1e6 / total_us
+        elif workers:
+            capacity = min(1e6 / loop_us, workers * 1e6 / max(total_us - loop_us, 1.0), cores * 1e6 / total_us)
+        else:
+            capacity = 1e6 / loop_us
+        row.update(loop=loop_us, total=total_us, total_vs=total_us / base_cpu, wakes=(w1 - w0) / n,
+                   capacity=capacity, capacity_vs=capacity / base)
+    return row
+
+
+def format_row(key: tuple, row: dict[str, float]) -> str:
+    kind, event_loop, workers, processes, clients = key
+    out = f"{kind:12} {event_loop:>7} {workers:7} {processes:5} {clients:7} {row['rate']:9,.0f} {row['rate_vs']:8.2f}x"
+    if "capacity" in row:
+        out += (f" {row['loop']:11.0f} {row['total']:12.0f} {row['total_vs']:9.2f}x {row['wakes']:9.1f} "
+                f"{row['capacity']:9,.0f} {row['capacity_vs']:8.2f}x")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=1000)
@@ -444,6 +483,9 @@ def main() -> int:
                     "a count above 1 runs with workers = 0 (the two do not combine)")
     ap.add_argument("--clients", default="2,16")
     ap.add_argument("--seconds", type=float, default=20.0, help="time limit per run")
+    ap.add_argument("--rounds", type=int, default=1, help="measure everything this many times, the in-process "
+                    "figures again before each round, and end with each row's medians (a virtual machine's "
+                    "speed drifts by tens of percent within minutes)")
     ap.add_argument("--next-hop-ext", default="PIPELINING,8BITMIME,CHUNKING",
                     help="what the SMTP filter's next hop announces in EHLO (default: what Postfix's "
                          "smtpd announces that matters here; '8BITMIME' alone for a plain next hop)")
@@ -466,51 +508,39 @@ def main() -> int:
     print(f"core: {IMPLEMENTATION}; {len(msgs)} messages ({SOURCE}), "
           f"{sum(map(len, msgs)) / len(msgs) / 1024:.1f} KiB mean")
     engine = Engine()
-    base, base_cpu = in_process(engine, msgs)
     t0 = time.perf_counter()
     for _ in engine.scan_many(msgs, workers=2):
         pass
     pool = len(msgs) / (time.perf_counter() - t0)
-    print(f"in-process: Engine.scan {base:,.0f} msgs/s (1 core, {base_cpu:.0f} us CPU/msg); "
-          f"scan_many(workers=2) {pool:,.0f} msgs/s")
-    print(f"this machine: a loopback TCP round trip between two processes costs {round_trip_cpu():.0f} us CPU\n")
+    print(f"in-process: scan_many(workers=2) {pool:,.0f} msgs/s")
+    print(f"this machine: a loopback TCP round trip between two processes costs {round_trip_cpu():.0f} us CPU")
     loops = a.event_loop.split(",")
-    print(f"{'server':12} {'loop':>7} {'workers':>7} {'procs':>5} {'clients':>7} {'msgs/s':>9} {'vs 1 core':>9} "
-          f"{'loop us/msg':>11} {'total us/msg':>12} {'vs in-proc':>10} {'wakes/msg':>9} {'capacity':>9}")
+    shapes = [(w, 1) for w in map(int, a.workers.split(","))]
+    shapes += [(0, p) for p in map(int, a.processes.split(",")) if p > 1]
+    runs = [(k, w, p, e) for k in a.servers.split(",") for w, p in shapes for e in loops]
+    results: dict[tuple, list[dict[str, float]]] = {}
     with sink_process(a.next_hop_ext) as sink_port:
-        shapes = [(w, 1) for w in map(int, a.workers.split(","))]
-        shapes += [(0, p) for p in map(int, a.processes.split(",")) if p > 1]
-        runs = [(k, w, p, e) for k in a.servers.split(",") for w, p in shapes for e in loops]
-        for kind, workers, processes, event_loop in runs:
-            proc, port = spawn_server(kind, workers, sink_port if kind == "smtp" else None, event_loop, processes)
-            try:
-                asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
-                for clients in map(int, a.clients.split(",")):
-                    c0, w0 = tree_cpu(proc.pid), tree_wakeups(proc.pid)
-                    n, dt = asyncio.run(drive(kind, port, msgs, clients, a.seconds))
-                    c1, w1 = tree_cpu(proc.pid), tree_wakeups(proc.pid)
-                    rate = n / dt
-                    # too few messages for the clock tick (10 ms) leave nothing to divide by: no CPU columns
-                    if (c0 is not None and c1 is not None and n and c1[1] > c0[1]
-                            and (processes > 1 or c1[0] > c0[0])):
-                        loop_us, total_us = (c1[0] - c0[0]) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
-                        cores = os.cpu_count() or 1
-                        if processes > 1:  # every process does it all: the CPU of min(P, C) cores
-                            capacity = min(processes, cores) * 1e6 / total_us
-                        elif workers:
-                            capacity = min(1e6 / loop_us, workers * 1e6 / max(total_us - loop_us, 1.0),
-                                           cores * 1e6 / total_us)
-                        else:
-                            capacity = 1e6 / loop_us
-                        cpu = (f"{loop_us:11.0f} {total_us:12.0f} {total_us / base_cpu:9.2f}x "
-                               f"{(w1 - w0) / n:9.1f} {capacity:9,.0f}")
-                    else:
-                        cpu = ""
-                    print(f"{kind:12} {event_loop:>7} {workers:7} {processes:5} {clients:7} {rate:9,.0f} {rate / base:8.2f}x {cpu}",
-                          flush=True)
-            finally:
-                proc.terminate()
-                proc.wait(30)
+        for round_no in range(1, a.rounds + 1):
+            base, base_cpu = in_process(engine, msgs)
+            print(f"\n{'round %d: ' % round_no if a.rounds > 1 else ''}in-process Engine.scan {base:,.0f} msgs/s "
+                  f"(1 core, {base_cpu:.0f} us CPU/msg)\n")
+            print(HEADER)
+            for kind, workers, processes, event_loop in runs:
+                proc, port = spawn_server(kind, workers, sink_port if kind == "smtp" else None, event_loop, processes)
+                try:
+                    asyncio.run(drive(kind, port, msgs[:50], 2, a.seconds))  # warm-up
+                    for clients in map(int, a.clients.split(",")):
+                        row = measure(kind, proc, port, msgs, clients, a.seconds, workers, processes, base, base_cpu)
+                        results.setdefault((kind, event_loop, workers, processes, clients), []).append(row)
+                        print(format_row((kind, event_loop, workers, processes, clients), row), flush=True)
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+    if a.rounds > 1:
+        print(f"\nmedian of {a.rounds} rounds, each row's ratios taken against its own round's in-process figures\n")
+        print(HEADER)
+        for key, rows in results.items():
+            print(format_row(key, {f: statistics.median(r[f] for r in rows) for f in rows[0]}))
     return 0
 
 
