@@ -985,6 +985,36 @@ def test_half_close_inside_unfinished_data_closes_at_once(sink, event_loop):
         f.stop()
 
 
+def test_a_half_close_anywhere_in_a_pipelined_session_ends_it_promptly(sink):
+    """The EOF after any prefix of a pipelined session (DATA or BDAT, cut inside a command, inside the
+    data, between commands): the connection closes within seconds, never waits for the idle timeout
+    or spins, every reply is a whole line, and a message is relayed only when its end was sent."""
+    import random
+
+    f = start(sink, timeout=60)
+    rnd = random.Random(7)
+    try:
+        data = ham(subject="cut somewhere").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        opening = b"EHLO client.test\r\nMAIL FROM:<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\n"
+        streams = [opening + b"DATA\r\n" + data + b".\r\nQUIT\r\n",
+                   opening + b"BDAT %d LAST\r\n" % len(data) + data + b"QUIT\r\n"]
+        whole = 0
+        for i in range(44):
+            stream = streams[i % 2]
+            # the whole session, and cut inside its QUIT, then anywhere
+            cut = (len(stream), len(stream) - 3)[i // 2] if i < 4 else rnd.randrange(1, len(stream) + 1)
+            lines, waited = _pipelined_then_half_closed(f.port, stream[:cut])
+            assert waited < 5, (i, cut)
+            assert all(ln[:3].isdigit() for ln in lines), (i, cut, lines)
+            whole += cut >= len(stream) - len(b"QUIT\r\n")  # the message's end was sent
+        assert whole >= 4
+        assert len(sink.wait_for(marker("cut somewhere"), timeout=1.0)) == whole
+        assert send(f.port, ham(subject="after the cuts")) == {}
+        assert len(sink.wait_for(marker("after the cuts"))) == 1
+    finally:
+        f.stop()
+
+
 def _eight_bit_sink(chunking: bool) -> Sink:
     """A next hop that takes 8-bit envelope addresses (aiosmtpd with SMTPUTF8 on), so the bytes
     that reach it can be compared."""
