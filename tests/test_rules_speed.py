@@ -315,6 +315,35 @@ def test_a_search_up_to_the_last_literal_equals_a_search(pattern, flags):
         assert (want and (want.span(), want.groups())) == (got and (got.span(), got.groups())), (text, start)
 
 
+@pytest.mark.parametrize("per_line", [False, True])
+def test_a_lazy_twin_compiles_at_first_use_and_answers_as_an_eager_one(per_line, monkeypatch):
+    """A Hyperscan matcher's Python twins are compiled when first called (most are never needed): before,
+    nothing is compiled; after, each of search, search_from, finditer and match answers as the twin
+    built at once, and a function taken before the build (``match = r.match``) builds only once."""
+    import antispam.ruleset.matcher as matcher_mod
+
+    pattern, flags = rb"(?m)^ab[^;]*;|x\s{2,}y", re.M
+    eager = _PyRule(0, pattern, flags, True, 0, per_line)
+    compiled = []
+    real_compile = matcher_mod.re.compile
+    monkeypatch.setattr(matcher_mod.re, "compile", lambda *a: compiled.append(a) or real_compile(*a))
+    lazy = _PyRule(0, pattern, flags, True, 0, per_line, lazy=True)
+    assert compiled == []
+    match = lazy.match
+    text = b"zz\nab c;\nx   y\nab;"
+    assert [m.span() for m in lazy.finditer(text)] == [m.span() for m in eager.finditer(text)]
+    n = len(compiled)
+    assert n >= 1
+    assert (match(text, 3) and match(text, 3).span()) == (eager.match(text, 3) and eager.match(text, 3).span())
+    assert match(text, 0) is None and len(compiled) == n, "the stale function hands over, no second build"
+    assert lazy.search(text).span() == eager.search(text).span()
+    if per_line:
+        assert lazy.search_from is None and eager.search_from is None
+    else:
+        assert lazy.search_from(text, 4).span() == eager.search_from(text, 4).span()
+    assert len(compiled) == n
+
+
 def test_last_literal_only_where_nothing_looks_past_a_match():
     assert last_literal(rb"<[^>]*>", 0) == b">"
     assert last_literal(rb"(?<=x)ab", 0) == b"ab"

@@ -254,37 +254,28 @@ def _search_line_starts(rx: re.Pattern[bytes], literal: bytes, folded: bool, dat
 
 class _PyRule:
     __slots__ = ("id", "pattern", "search", "search_from", "match", "finditer", "count_max", "width", "ascii_literals",
-                 "other_literals", "line_count", "run_width")
+                 "other_literals", "line_count", "run_width", "_unbuilt")
 
     def __init__(self, rid: int, pattern: bytes, flags: int, multiple: bool, maxhits: int, per_line: bool = False,
-                 searched: bool = True):
+                 searched: bool = True, lazy: bool = False):
         # ``searched``: Python will run it on most scans; then possessive repeats (the same matches, less
-        # backtracking) are worth their parse at start-up (~1 ms a rule, more for ReplaceTags rules)
-        rx = re.compile(possessive(pattern, flags) if searched else pattern, flags)
+        # backtracking) are worth their parse at start-up (~1 ms a rule, more for ReplaceTags rules).
+        # ``lazy``: compiled when first used (see _build)
         self.id = rid
         self.pattern = pattern
-        if per_line:  # matches confined to a line: a uri rule that could otherwise join two links
-            self.search = functools.partial(line_search, rx)
-            self.search_from = None
-            self.finditer = functools.partial(_line_finditer, rx)
+        # read now, from the parse the load shares (pattern_tree.parsed), not when built
+        prefix = None if per_line else line_prefix(pattern, flags)
+        last = None if per_line or prefix is not None else last_literal(pattern, flags)
+        #: what :meth:`_build` needs, until it has run; then None
+        self._unbuilt: tuple[int, bool, bool, tuple[bytes, bool] | None, bytes | None] | None = \
+            (flags, per_line, searched, prefix, last)
+        if lazy:
+            self.search = self._first_search
+            self.search_from = None if per_line else self._first_search_from
+            self.finditer = self._first_finditer
+            self.match = self._first_match
         else:
-            prefix = line_prefix(pattern, flags)
-            last = last_literal(pattern, flags) if prefix is None else None
-            #: ``search_from(data, start)``: the first match that starts at ``start`` or later
-            self.search_from = (rx.search if last is None else functools.partial(_search_to_last, rx.search, last)) \
-                if prefix is None else functools.partial(_search_line_starts, rx, *prefix)
-            self.search = self.search_from
-            if prefix is None and searched:
-                # the leftmost match, without trying each position of a run of the leading repeat's
-                # bytes (``possessive.run_start``: the square of the run's length otherwise; 30,000
-                # tabs before ``\s{3,}...`` took seconds).  Not for ``search_from`` or counting,
-                # which may have to start inside a run.
-                lead = leftmost(pattern, flags)
-                if lead is not None:
-                    found = re.compile(lead, flags).search
-                    self.search = found if last is None else functools.partial(_search_to_last, found, last)
-            self.finditer = rx.finditer
-        self.match = rx.match
+            self._build()
         self.count_max = (maxhits or MAX_COUNT) if multiple else 0
         #: (shortest, longest) match in bytes when confirmed near match ends (see _confirm_near)
         self.width: tuple[int, int] | None = None
@@ -300,6 +291,56 @@ class _PyRule:
         self.other_literals = tuple(x for x in lits if not x.isascii()) if lits else ()
         #: a counted rule shaped ``^X.*?LITERAL`` (``__HAS_HREF``): counted from the literal's occurrences
         self.line_count = LineStartCount.of(pattern, flags) if self.count_max and not per_line and not lits else None
+
+    def _build(self) -> None:
+        """Compile the pattern and set the search functions over it.  Done at once, or, for a
+        Hyperscan matcher's Python twins (``lazy``), when one of them is first called: most twins
+        confirm or count rules whose Hyperscan match is rare, and compiling them all took a fifth of
+        the start-up with SpamAssassin's rules (1.1 s for 1,482)."""
+        if self._unbuilt is None:
+            return
+        flags, per_line, searched, prefix, last = self._unbuilt
+        pattern = self.pattern
+        rx = re.compile(possessive(pattern, flags) if searched else pattern, flags)
+        if per_line:  # matches confined to a line: a uri rule that could otherwise join two links
+            self.search = functools.partial(line_search, rx)
+            self.search_from = None
+            self.finditer = functools.partial(_line_finditer, rx)
+        else:
+            #: ``search_from(data, start)``: the first match that starts at ``start`` or later
+            self.search_from = (rx.search if last is None else functools.partial(_search_to_last, rx.search, last)) \
+                if prefix is None else functools.partial(_search_line_starts, rx, *prefix)
+            self.search = self.search_from
+            if prefix is None and searched:
+                # the leftmost match, without trying each position of a run of the leading repeat's
+                # bytes (``possessive.run_start``: the square of the run's length otherwise; 30,000
+                # tabs before ``\s{3,}...`` took seconds).  Not for ``search_from`` or counting,
+                # which may have to start inside a run.
+                lead = leftmost(pattern, flags)
+                if lead is not None:
+                    found = re.compile(lead, flags).search
+                    self.search = found if last is None else functools.partial(_search_to_last, found, last)
+            self.finditer = rx.finditer
+        self.match = rx.match
+        self._unbuilt = None
+
+    # A lazy twin's functions until it is built.  A caller may hold one of these in a local across
+    # calls (``match = r.match``): each builds at most once, then hands over to what was built.
+    def _first_search(self, *args):  # type: ignore[no-untyped-def]
+        self._build()
+        return self.search(*args)
+
+    def _first_search_from(self, *args):  # type: ignore[no-untyped-def]
+        self._build()
+        return self.search_from(*args)  # type: ignore[misc]
+
+    def _first_finditer(self, *args):  # type: ignore[no-untyped-def]
+        self._build()
+        return self.finditer(*args)
+
+    def _first_match(self, *args):  # type: ignore[no-untyped-def]
+        self._build()
+        return self.match(*args)
 
 
 def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
@@ -907,7 +948,7 @@ class HyperscanMatcher:
                 r = rules[i]
                 one_line = per_line(key, r)
                 pr = _PyRule(i, r.py, r.py_flags, r.multiple, r.maxhits, one_line,  # type: ignore[arg-type]
-                             searched=r.hs is None or r.multiple or one_line)
+                             searched=r.hs is None or r.multiple or one_line, lazy=True)
                 hs_groups.setdefault(key, []).append(i)
                 self._twins[i] = pr
                 if one_line and not pr.count_max:
