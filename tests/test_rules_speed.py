@@ -315,6 +315,18 @@ def test_a_search_up_to_the_last_literal_equals_a_search(pattern, flags):
         assert (want and (want.span(), want.groups())) == (got and (got.span(), got.groups())), (text, start)
 
 
+def test_the_parse_trees_a_load_shares_are_not_kept():
+    """Each pattern is parsed once for the steps of a load that read it (``pattern_tree.parsed``); the
+    trees go when the engine is built, and a scan parses none."""
+    from antispam import Engine
+    from antispam.ruleset import pattern_tree
+
+    engine = Engine()
+    assert pattern_tree.parsed.cache_info().currsize == 0
+    engine.scan(b"From: a@b.example\nSubject: hello\n\n<a href='http://x.example/'>x</a>\n")
+    assert pattern_tree.parsed.cache_info().currsize == 0
+
+
 @pytest.mark.parametrize("per_line", [False, True])
 def test_a_lazy_twin_compiles_at_first_use_and_answers_as_an_eager_one(per_line, monkeypatch):
     """A Hyperscan matcher's Python twins are compiled when first called (most are never needed): before,

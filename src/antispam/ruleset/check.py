@@ -449,6 +449,7 @@ class RulesCheck(Check):
         # Where the text shown for a hit is searched from (see _options); only rules that are
         # emitted show a text.  One parse of each pattern gives both answers.
         shapes = {r.id: match_shape(r.py, r.py_flags) for r in c.rules if reported[r.id] and r.py is not None}
+        pattern_tree.parsed.cache_clear()  # those parse trees served this step only (as in load_rules)
         #: rules whose matches never contain a newline: searched from the line of the first match end
         self._single_line = frozenset(i for i, (line, _) in shapes.items() if line)
         #: rule id -> longest possible match, for the rules whose matches are bounded
