@@ -193,6 +193,34 @@ def test_hyperscan_cache_round_trip(rules_file, tmp_path):
     assert "T_SUBJ_FREE" in Engine(checks=[c]).scan(MSG).symbols
 
 
+@pytest.mark.skipif(not hyperscan_available(), reason="hyperscan not installed")
+def test_rules_caches_unused_for_a_week_go_when_another_is_written(rules_file, tmp_path):
+    """Each change of the rules writes a new cache (75 MB with SpamAssassin's): writing one removes those
+    of the directory that no engine loaded for a week, and the unfinished writes; a load marks its own
+    as used, so a rule set in use keeps its cache however old the file is."""
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    RulesCheck(load_rules([rules_file], engine="hyperscan", cache_dir=cache))
+    (mine,) = cache.iterdir()
+    week = 7 * 86400
+    old = time.time() - week - 3600
+    stale, recent, unfinished = cache / "rules-0a-hs0-v1.db", cache / "rules-0b-hs0-v1.db", cache / "rules-0c.tmp123"
+    other = cache / "notes.txt"  # not ours
+    for f in (stale, recent, unfinished, other):
+        f.write_bytes(b"x")
+    for f in (stale, unfinished, other, mine):
+        os.utime(f, (old, old))
+    RulesCheck(load_rules([rules_file], engine="hyperscan", cache_dir=cache))  # loads: touches its own file
+    assert time.time() - mine.stat().st_mtime < 60
+    rules_file.write_text(rules_file.read_text() + "\nbody T_NEW_RULE /brand new/\nscore T_NEW_RULE 1\n")
+    RulesCheck(load_rules([rules_file], engine="hyperscan", cache_dir=cache))  # new rules: a new cache, and pruning
+    names = {f.name for f in cache.iterdir()}
+    assert stale.name not in names and unfinished.name not in names
+    assert {recent.name, other.name, mine.name} <= names and len(names) == 4
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_replace_tags_and_lookaround(tmp_path, engine):
     p = tmp_path / "tags.cf"

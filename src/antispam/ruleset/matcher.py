@@ -914,6 +914,40 @@ class _Cached(NamedTuple):
     py: dict[str, list[_PyRule]]
 
 
+#: a rules cache file not used for this long is removed when another is written (see prune_cache)
+CACHE_UNUSED_SECONDS = 7 * 86400
+
+
+def prune_cache(directory: Path, keep: Path, now: float | None = None) -> None:
+    """Remove this directory's rules caches (``rules-*.db``, and the ``.tmp<pid>`` files of writes that
+    never finished) that no engine has loaded for :data:`CACHE_UNUSED_SECONDS`, but ``keep``.
+
+    Every change of the rules writes a new cache, of 75 MB with SpamAssassin's, and a daily
+    ``sa-update`` changes them daily: kept for ever, they would fill the disk.  A load touches its
+    file, so a rule set in use keeps its cache however old it is; one unused for a week (the rules
+    changed since, or an engine that has not restarted) pays one compile if it is loaded again."""
+    now = time.time() if now is None else now
+    freed = removed = 0
+    try:
+        candidates = [*directory.glob("rules-*.db"), *directory.glob("rules-*.tmp*")]
+    except OSError:
+        return
+    for f in candidates:
+        if f == keep:
+            continue
+        try:
+            st = f.stat()
+            if now - st.st_mtime > CACHE_UNUSED_SECONDS:
+                f.unlink()
+                freed += st.st_size
+                removed += 1
+        except OSError:  # gone already, or not ours to remove
+            continue
+    if removed:
+        log.info("removed %d rules cache file(s) unused for %d days from %s (%.0f MB)", removed,
+                 CACHE_UNUSED_SECONDS // 86400, directory, freed / 1e6)
+
+
 class HyperscanMatcher:
     """One Hyperscan database per buffer; Python ``re`` for the few rules Hyperscan cannot run."""
 
@@ -1167,6 +1201,8 @@ class HyperscanMatcher:
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write the rules cache %s: %s", path, exc)
+            return
+        prune_cache(path.parent, keep=path)
 
     def _load(self, path: Path, compiled: CompiledRules) -> dict[str, object] | None:
         """The cached databases, with this matcher's state set as when they were built; None (the
@@ -1202,6 +1238,10 @@ class HyperscanMatcher:
                 self._near.pop(pr.id, None)
                 self._starts.pop(pr.id, None)
                 self._py.setdefault(k, []).append(pr)
+        try:  # its time is its last use: what prune_cache keeps by
+            os.utime(path)
+        except OSError:
+            pass
         return cached.dbs
 
     def _read_cache(self, path: Path, data: bytes, compiled: CompiledRules) -> _Cached | None:
