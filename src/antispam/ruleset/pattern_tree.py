@@ -26,9 +26,10 @@ def parsed(pattern: bytes, flags: int):  # type: ignore[no-untyped-def]
     the compiler's checks (that Python compiles the pattern, :func:`~.regex.backtracking_risk`)
     and the matcher's analyses (:func:`~.matcher.line_prefix`, :func:`~.matcher.last_literal`,
     :func:`~.matcher.match_shape`...).  Each parsed it again: with SpamAssassin's 2,800 rules,
-    parsing was most of the start-up.  :func:`~.check.load_rules` empties the cache at its end,
-    so the trees are not kept for the life of the process.  A step that rewrites a tree
-    (``possessive``, ``projection``) parses its own.  A pattern that does not parse raises each time."""
+    parsing was the largest part of the start-up.  :func:`~.check.load_rules` and ``RulesCheck``
+    empty the cache when they are done, so no tree is kept for the life of the process.  A step
+    that rewrites a tree (``possessive``, ``projection``) parses its own.  A pattern that does not
+    parse raises each time."""
     return _p.parse(pattern, flags)
 
 
