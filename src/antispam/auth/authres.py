@@ -30,11 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
 # local part is a dot-atom, is written bare; anything else (a DKIM b= prefix with "/" or "=")
 # is quoted.
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+$")
-_ADDR = re.compile(r"^(?:[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*)?"
-                   r"@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*$")
-
-
-_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+#: a host name: letters, digits and inner hyphens, in dot-separated labels
+_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*"
+_ADDR = re.compile(r"^(?:[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*)?@" + _DOMAIN + "$")
+_HOSTNAME = re.compile("^" + _DOMAIN + "$")
 
 
 def quote_value(value: str) -> str:
