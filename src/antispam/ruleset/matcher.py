@@ -140,15 +140,11 @@ def _lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
         start = end + 1
 
 
-#: the parse tree of a pattern, read (never changed) by the analyses below (shared with the compiler)
-_parse = parsed
-
-
 def _after_line_start(pattern: bytes, flags: int) -> tuple[int, list] | None:
     """``(flags, items)`` of a pattern that starts ``(?m)^``: its final flags and the parsed items
     after the anchor; None for any other pattern (or one that does not parse)."""
     try:
-        tree = _parse(pattern, flags)
+        tree = parsed(pattern, flags)
     except Exception:
         return None
     items = list(tree)
@@ -188,7 +184,7 @@ def last_literal(pattern: bytes, flags: int) -> bytes | None:
     Case-insensitive patterns keep only the trailing bytes that are not letters, since ``rfind``
     is exact."""
     try:
-        tree = _parse(pattern, flags)
+        tree = parsed(pattern, flags)
     except Exception:
         return None
     items = list(tree)
@@ -250,6 +246,15 @@ def _search_line_starts(rx: re.Pattern[bytes], literal: bytes, folded: bool, dat
             return m
         p = hay.find(needle, p + 1)
     return None
+
+
+def _built_then(name: str):  # type: ignore[no-untyped-def]
+    """A method of :class:`_PyRule` that builds the rule (:meth:`_PyRule._build`), then calls what
+    the build put in ``name``."""
+    def call(self, *args):  # type: ignore[no-untyped-def]
+        self._build()
+        return getattr(self, name)(*args)
+    return call
 
 
 class _PyRule:
@@ -326,21 +331,10 @@ class _PyRule:
 
     # A lazy twin's functions until it is built.  A caller may hold one of these in a local across
     # calls (``match = r.match``): each builds at most once, then hands over to what was built.
-    def _first_search(self, *args):  # type: ignore[no-untyped-def]
-        self._build()
-        return self.search(*args)
-
-    def _first_search_from(self, *args):  # type: ignore[no-untyped-def]
-        self._build()
-        return self.search_from(*args)  # type: ignore[misc]
-
-    def _first_finditer(self, *args):  # type: ignore[no-untyped-def]
-        self._build()
-        return self.finditer(*args)
-
-    def _first_match(self, *args):  # type: ignore[no-untyped-def]
-        self._build()
-        return self.match(*args)
+    _first_search = _built_then("search")
+    _first_search_from = _built_then("search_from")
+    _first_finditer = _built_then("finditer")
+    _first_match = _built_then("match")
 
 
 def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
@@ -352,7 +346,7 @@ def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
 
 def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
     """(shortest, longest) match of a pattern in bytes; None when unbounded or longer than NEAR_MAX_WIDTH."""
-    lo, hi = _parse(pattern, flags).getwidth()
+    lo, hi = parsed(pattern, flags).getwidth()
     return (lo, hi) if hi <= NEAR_MAX_WIDTH else None
 
 
@@ -370,7 +364,7 @@ def match_shape(pattern: bytes, flags: int) -> tuple[bool, int | None]:
     only costs a longer search.
     """
     try:
-        tree = _parse(pattern, flags)
+        tree = parsed(pattern, flags)
     except Exception:
         return False, None
     hi = tree.getwidth()[1]
@@ -669,7 +663,7 @@ def disjoint_literals(pattern: bytes, flags: int) -> tuple[bytes, ...] | None:
     if flags & re.IGNORECASE:
         return None
     try:
-        tree = _parse(pattern, flags)
+        tree = parsed(pattern, flags)
     except Exception:
         return None
     lits = _literals(list(tree))
@@ -918,7 +912,7 @@ class _Cached(NamedTuple):
 CACHE_UNUSED_SECONDS = 7 * 86400
 
 
-def prune_cache(directory: Path, keep: Path, now: float | None = None) -> None:
+def prune_cache(directory: Path, keep: Path) -> None:
     """Remove this directory's rules caches (``rules-*.db``, and the ``.tmp<pid>`` files of writes that
     never finished) that no engine has loaded for :data:`CACHE_UNUSED_SECONDS`, but ``keep``.
 
@@ -926,7 +920,7 @@ def prune_cache(directory: Path, keep: Path, now: float | None = None) -> None:
     ``sa-update`` changes them daily: kept for ever, they would fill the disk.  A load touches its
     file, so a rule set in use keeps its cache however old it is; one unused for a week (the rules
     changed since, or an engine that has not restarted) pays one compile if it is loaded again."""
-    now = time.time() if now is None else now
+    now = time.time()
     freed = removed = 0
     try:
         candidates = [*directory.glob("rules-*.db"), *directory.glob("rules-*.tmp*")]
