@@ -392,11 +392,6 @@ def wakeups(pid: int) -> int:
     return total
 
 
-def tree_wakeups(pid: int) -> int:
-    """:func:`wakeups` of ``pid`` and every process under it."""
-    return wakeups(pid) + sum(wakeups(c) for c in descendants(pid))
-
-
 def round_trip_cpu(rounds: int = 5000) -> float:
     """CPU us, both sides together, of one small request and reply over a loopback TCP connection
     between this process and a child: what one wake-up each way costs on this machine."""
@@ -422,12 +417,15 @@ def round_trip_cpu(rounds: int = 5000) -> float:
     return ((c1 - c0) + (k1 - k0)) / rounds * 1e6
 
 
-def tree_cpu(pid: int) -> tuple[float, float] | None:
-    """(CPU seconds of the server process, of the server and every process under it)."""
+def tree_cpu(pid: int) -> tuple[tuple[float, float] | None, int]:
+    """((CPU seconds of the server process, of the server and every process under it), or None
+    without /proc; and the :func:`wakeups` of them all), from one walk of the process tree."""
+    tree = [pid, *descendants(pid)]
+    woken = sum(wakeups(p) for p in tree)
     own = cpu_seconds(pid)
     if own is None:
-        return None
-    return own, own + sum(cpu_seconds(c) or 0.0 for c in descendants(pid))
+        return None, woken
+    return (own, own + sum(cpu_seconds(c) or 0.0 for c in tree[1:])), woken
 
 
 async def drive(kind: str, port: int, msgs: list[bytes], clients: int, seconds: float) -> tuple[int, float]:
@@ -447,9 +445,9 @@ def measure(kind: str, proc: subprocess.Popen, port: int, msgs: list[bytes], cli
             workers: int, processes: int, base: float, base_cpu: float) -> dict[str, float]:
     """One run of ``clients`` against a started server: its row's figures (the CPU ones absent when
     /proc is not there or too few messages went through for the clock tick, 10 ms)."""
-    c0, w0 = tree_cpu(proc.pid), tree_wakeups(proc.pid)
+    c0, w0 = tree_cpu(proc.pid)
     n, dt = asyncio.run(drive(kind, port, msgs, clients, seconds))
-    c1, w1 = tree_cpu(proc.pid), tree_wakeups(proc.pid)
+    c1, w1 = tree_cpu(proc.pid)
     row = {"rate": n / dt, "rate_vs": n / dt / base}
     if c0 is not None and c1 is not None and n and c1[1] > c0[1] and (processes > 1 or c1[0] > c0[0]):
         loop_us, total_us = (c1[0] - c0[0]) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
