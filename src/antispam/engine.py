@@ -517,7 +517,9 @@ class Engine:
                 self._all_loops.add(held)
         return held.loop
 
-    def close(self) -> None:
+    def close(self, *, keep_store: bool = False) -> None:
+        """Close the engine's loops, checks, resolver and store (``keep_store``: not the store, which
+        another engine goes on using: a server's engine replaced at a reload hands its store on)."""
         with self._loops_lock:
             held, self._all_loops = list(self._all_loops), weakref.WeakSet()
         for h in held:
@@ -526,7 +528,8 @@ class Engine:
             c.close()
         if self.resolver is not None and hasattr(self.resolver, "close"):
             self.resolver.close()
-        self.store.close()
+        if not keep_store:
+            self.store.close()
 
     def __enter__(self) -> "Engine":
         return self

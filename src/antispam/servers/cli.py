@@ -2,15 +2,19 @@
 
 Settings come from ``[servers.NAME]`` in the configuration file; the flags here
 override the most common ones for a quick start (and ``--event-loop`` the ``[servers]`` choice).  SIGTERM drains: the server
-stops accepting, finishes the messages it is scanning, then exits.
+stops accepting, finishes the messages it is scanning, then exits.  SIGHUP reloads: the
+configuration file and the rules are read again and the new engine scans from the next message
+on (a configuration or rule error is logged and the server goes on as it was).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
+import signal
 from typing import Any, Callable
 
 SERVERS = {
@@ -73,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .common import event_loop_factory, setup_logging
     from .prefork import Supervisor, check_settings
 
+    ignore_hangup()
     level = [logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     setup_logging(level, args.log_json)
     path = args.serve_config or args.config
@@ -87,14 +92,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The bound port on stdout, one line, for scripts that start us on port 0.
     run_server(args.kind, config,
                listening=lambda server: print(f"antispam {args.kind} listening on {settings.host}:{server.port}",
-                                              flush=True))
+                                              flush=True),
+               load=lambda: Config.load(path, overrides))
     return 0
 
 
-def run_server(kind: str, config: Any, listening: Callable[[Any], None], listener: Any = None) -> None:
+def ignore_hangup() -> None:
+    """SIGHUP ignored until the server's loop takes it as "reload": its default would end the
+    process, and one sent while an engine builds would end a server that was starting."""
+    with contextlib.suppress(AttributeError, ValueError):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def run_server(kind: str, config: Any, listening: Callable[[Any], None], listener: Any = None,
+               load: Callable[[], Any] | None = None) -> None:
     """Build the server of ``kind`` and run it on the configured event loop until SIGTERM or SIGINT
     (then it drains).  ``listening(server)`` is called once it takes connections; ``listener``: a
-    prefork process's side of the shared socket (``prefork.SharedListener``) instead of its own."""
+    prefork process's side of the shared socket (``prefork.SharedListener``) instead of its own.
+    ``load``: what reads the configuration again, for a reload on SIGHUP (none without it)."""
     from .common import event_loop_factory
     from .workers import list_snapshot
 
@@ -114,13 +129,24 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
         if metrics is not None:
             metrics.close()
         raise
-    pool = None
+    polled = None
     if metrics is not None:
         metrics.watch_engine(server.engine)
-        # the workers build the same engine: ask them only when it has DNS lists
-        pool = server.scanner.pool if list_snapshot(server.engine) else None
-        if pool is not None:
-            metrics.watch_pool(pool)
+        # the workers build the same engine: ask them only when it has DNS lists (and a reload that
+        # adds lists takes a restart to export them)
+        polled = server.scanner if server.scanner.pool is not None and list_snapshot(server.engine) else None
+        if polled is not None:
+            metrics.watch_pool(polled)
+    section = SERVERS[kind][1]
+
+    def reload_config() -> Any:
+        assert load is not None
+        new = load()
+        if getattr(new.servers, section) != settings or new.servers.event_loop != config.servers.event_loop:
+            logging.getLogger("antispam.servers").warning(
+                "the [servers] settings changed: they take a restart (the rest is reloaded)",
+                extra={"fields": {"server": kind}})
+        return new
 
     async def run() -> None:
         try:
@@ -134,10 +160,10 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
         copier = None
         if metrics is not None and metrics.watches_lists:
             copier = asyncio.create_task(metrics.sync_lists_forever())
-        elif pool is not None:
-            copier = asyncio.create_task(pool.poll_lists_forever())
+        elif polled is not None:
+            copier = asyncio.create_task(polled.poll_lists_forever())
         try:
-            await server.wait_for_signal()
+            await server.wait_for_signal(reload_config if load is not None else None)
         finally:
             if copier is not None:
                 copier.cancel()

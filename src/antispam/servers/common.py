@@ -32,12 +32,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..config import EVENT_LOOPS, ServerConfig
+from ..config import EVENT_LOOPS, Config, ServerConfig
 from ..engine import Engine
 from ..message import Envelope, _split_head_body
 from ..reputation.netkeys import in_networks, parse_network
 from ..auth.authres import strip_forged
 from ..verdict import Verdict
+from .metrics import LIST_COUNTER_KEYS
 from .workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -105,6 +106,34 @@ class AllowList:
 # --------------------------------------------------------------------------- scanning
 
 
+class _Generation:
+    """One engine (and its scan workers) as loaded from one configuration, and the scans and learns
+    running on it: a reload starts a new generation, and the old one is closed when its last scan
+    is done (:meth:`Scanner.replace`)."""
+
+    __slots__ = ("engine", "pool", "active", "retired", "keep_store")
+
+    def __init__(self, engine: Engine, pool: WorkerPool | None):
+        self.engine = engine
+        self.pool = pool
+        self.active = 0
+        self.retired = False
+        #: the next generation goes on with this engine's store: closing this one leaves it open
+        self.keep_store = False
+
+    def done(self) -> None:
+        self.active -= 1
+        if self.retired and not self.active:
+            self.close()
+
+    def close(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            # in a thread: closing waits for the worker processes to exit (the loop serves on)
+            asyncio.get_running_loop().run_in_executor(None, pool.close)
+        self.engine.close(keep_store=self.keep_store)
+
+
 class Scanner:
     """Scans for a server: in the event loop (``workers=0``) or in worker processes
     (:class:`~antispam.servers.workers.WorkerPool`).
@@ -112,17 +141,28 @@ class Scanner:
     Learning always runs on the server process's engine (in a thread, since a
     store may do I/O); with worker processes the learned state reaches the
     workers only through a shared store (SQLite or Redis), as documented.
+
+    A reload (:meth:`replace`) swaps the engine and the workers between two messages: each scan
+    and learn runs whole on the ones it started on, and those are closed after the last of them.
     """
 
     def __init__(self, engine: Engine, workers: int = 0):
-        self.engine = engine
         self.workers = workers
-        self.pool: WorkerPool | None = None
+        pool = None
         if workers > 0:
             if engine._custom_checks:
                 raise ValueError("worker processes build their engine from configuration; "
                                  "an engine with custom checks must scan in-process (workers = 0)")
-            self.pool = WorkerPool(engine.config, workers)
+            pool = WorkerPool(engine.config, workers)
+        self._gen = _Generation(engine, pool)
+
+    @property
+    def engine(self) -> Engine:
+        return self._gen.engine
+
+    @property
+    def pool(self) -> WorkerPool | None:
+        return self._gen.pool
 
     async def scan(self, raw: bytes, envelope: Envelope | None = None, profile: str | None = None) -> Verdict:
         """One verdict under ``profile`` (a ``[profiles]`` name; None for the default policy).
@@ -131,24 +171,106 @@ class Scanner:
         messages it held are scanned once more by another, so one bad moment costs them a
         retry rather than the server its scanning.
         """
-        if self.pool is None:
-            return await self.engine.ascan(raw, envelope, profile=profile)
-        return await self.pool.scan(raw, envelope, profile)
+        gen = self._gen
+        gen.active += 1
+        try:
+            if gen.pool is None:
+                return await gen.engine.ascan(raw, envelope, profile=profile)
+            return await gen.pool.scan(raw, envelope, profile)
+        finally:
+            gen.done()
 
     def profile_for(self, who: str | None) -> str | None:
         """The settings profile of a recipient address or user name (``[recipients]``)."""
-        return self.engine.config.profile_for(who)
+        return self._gen.engine.config.profile_for(who)
 
     async def learn(self, raw: bytes, spam: bool, source: str) -> dict[str, bool]:
-        return await asyncio.to_thread(self.engine.learn, raw, spam, None, source)
+        gen = self._gen
+        gen.active += 1
+        try:
+            return await asyncio.to_thread(gen.engine.learn, raw, spam, None, source)
+        finally:
+            gen.done()
 
     async def unlearn(self, raw: bytes) -> dict[str, bool]:
-        return await asyncio.to_thread(self.engine.unlearn, raw)
+        gen = self._gen
+        gen.active += 1
+        try:
+            return await asyncio.to_thread(gen.engine.unlearn, raw)
+        finally:
+            gen.done()
+
+    async def build(self, config: Config) -> tuple[Engine, WorkerPool | None]:
+        """An engine (and, with workers, a pool whose workers have each built theirs) from ``config``,
+        built beside the ones scanning now, for :meth:`replace`.  The store is handed on when
+        ``[store]`` is unchanged: what was learned in a memory store stays, and a shared one is not
+        opened twice.  Raises what the build raises (a ConfigError for a bad rule), nothing replaced."""
+        old = self._gen.engine
+        if old._custom_checks:
+            raise ValueError("an engine with custom checks cannot be rebuilt from configuration")
+        store = old.store if config.store == old.config.store else None
+        engine = await asyncio.to_thread(Engine, config, store=store)
+        pool = None
+        try:
+            if self.workers > 0:
+                pool = WorkerPool(config, self.workers)
+                await pool.ready()
+        except BaseException:
+            if pool is not None:
+                pool.close()
+            engine.close(keep_store=store is not None)
+            raise
+        return engine, pool
+
+    def replace(self, engine: Engine, pool: WorkerPool | None) -> None:
+        """Scan with ``engine`` and ``pool`` (from :meth:`build`) from the next message on; the old
+        ones are closed once the scans and learns running on them are done."""
+        old = self._gen
+        _carry_list_counters(old, engine, pool)
+        self._gen = _Generation(engine, pool)
+        old.keep_store = old.engine.store is engine.store
+        old.retired = True
+        if not old.active:
+            old.close()
+
+    def list_totals(self) -> dict[str, Any]:
+        """The scan workers' DNS lists' counters (see ``WorkerPool.list_totals``), of the workers now."""
+        pool = self._gen.pool
+        return pool.list_totals() if pool is not None else {}
+
+    async def poll_lists_forever(self, every: float = 1.0) -> None:
+        """``WorkerPool.poll_lists`` every ``every`` seconds, of the workers scanning now, until cancelled."""
+        while True:
+            pool = self._gen.pool
+            if pool is not None:
+                await pool.poll_lists()
+            await asyncio.sleep(every)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+        self._gen.retired = True
+        if self._gen.pool is not None:
+            self._gen.pool.close()
+            self._gen.pool = None
+
+
+def _carry_list_counters(old: _Generation, engine: Engine, pool: WorkerPool | None) -> None:
+    """The DNS lists' counters go on from where the old generation left them (Prometheus counters
+    only grow): added into the new engine's, or into what the new workers start from."""
+    if pool is not None and old.pool is not None:
+        pool.start_from(old.pool.list_totals())
+    before = [c.stats for c in old.engine.checks if isinstance(getattr(c, "stats", None), dict)]
+    if not before:
+        return
+    for c in engine.checks:
+        stats = getattr(c, "stats", None)
+        if not isinstance(stats, dict):
+            continue
+        for name, st in stats.items():
+            for prev in before:
+                p = prev.get(name)
+                if p is not None:
+                    for key in LIST_COUNTER_KEYS:
+                        setattr(st, key, getattr(st, key) + getattr(p, key))
 
 
 # --------------------------------------------------------------------------- connections
@@ -270,6 +392,9 @@ class Server:
         #: refused connections being answered and drained now (see _refuse_and_close)
         self._refusing = 0
         self.closing = False
+        #: a reload under way (SIGHUP), and whether another was asked for meanwhile
+        self._reloading: asyncio.Future | None = None
+        self._reload_again = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -371,21 +496,68 @@ class Server:
         if self.metrics is not None:
             self.metrics.close()
 
+    async def reload(self, config: Config) -> None:
+        """Scan with an engine built from ``config`` from the next message on (what SIGHUP does, see
+        :meth:`wait_for_signal`): built beside the engine scanning now, with new scan workers when
+        there are workers, and swapped in between messages; the old ones are closed once their last
+        message is done, so no message is dropped or scanned twice.  A configuration or rule error
+        raises before anything changes: the server goes on as it was.  The server's own settings
+        (``[servers.NAME]``: address, limits, workers) are the ones it started with."""
+        engine, pool = await self.scanner.build(config)
+        self.scanner.replace(engine, pool)
+        self.engine = engine
+        if self.metrics is not None:
+            self.metrics.watch_engine(engine)
+
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then shut down gracefully."""
         await self.start()
         await self.wait_for_signal()
 
-    async def wait_for_signal(self) -> None:
-        """Block until SIGTERM or SIGINT, then shut down gracefully."""
+    async def wait_for_signal(self, load: Callable[[], Config] | None = None) -> None:
+        """Block until SIGTERM or SIGINT, then shut down gracefully.  With ``load`` (what reads the
+        configuration again), SIGHUP reloads: :meth:`reload` with what ``load`` returns, logged as
+        ``reloaded`` or ``reload failed`` (the server then goes on as it was)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        if load is not None:
+            with contextlib.suppress(NotImplementedError, AttributeError):
+                loop.add_signal_handler(signal.SIGHUP, self._reload_soon, load)
         await stop.wait()
         self.log.info("shutting down", extra={"fields": {"server": self.name, "in_flight": len(self._tasks)}})
+        if self._reloading is not None:
+            self._reloading.cancel()  # a build under way is thrown away (its thread ends by itself)
+            await asyncio.gather(self._reloading, return_exceptions=True)
         await self.stop()
+
+    def _reload_soon(self, load: Callable[[], Config]) -> None:
+        """SIGHUP: reload, or, while a reload runs, once more after it (the files may have changed
+        since it read them)."""
+        if self.closing:
+            return
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = asyncio.ensure_future(self._reload_from(load))
+
+    async def _reload_from(self, load: Callable[[], Config]) -> None:
+        while True:
+            self._reload_again = False
+            t0 = time.monotonic()
+            self.log.info("reloading", extra={"fields": {"server": self.name}})
+            try:
+                await self.reload(await asyncio.to_thread(load))
+            except Exception as exc:
+                self.log.error("reload failed; serving on as before",
+                               extra={"fields": {"server": self.name, "error": f"{type(exc).__name__}: {exc}"[:2000]}})
+            else:
+                self.log.info("reloaded", extra={"fields": {"server": self.name,
+                                                            "seconds": round(time.monotonic() - t0, 3)}})
+            if not self._reload_again or self.closing:
+                return
 
     # ------------------------------------------------------------ connections
 

@@ -65,26 +65,38 @@ class Metrics:
         self._lists: _ListCopies | None = None
         #: where a scrape reads the DNS lists' counters (one process): engines' stats, a pool's sums
         self._list_sources: list[Callable[[], Mapping[str, Any]]] = []
+        #: those of them that read the engine's own counters (replaced when the engine is)
+        self._engine_sources: list[Callable[[], Mapping[str, Any]]] = []
+        self._collecting = False
 
     def watch_engine(self, engine: Any) -> None:
         """Export the counters of the engine's DNS-list check (if it has one): read at each scrape,
-        or with ``multiprocess``, copied by :meth:`sync_lists_forever`."""
+        or with ``multiprocess``, copied by :meth:`sync_lists_forever`.  Called again with the
+        engine that replaces it at a reload (whose counters go on from the old one's), it reads
+        that one instead."""
         stats = [c.stats for c in getattr(engine, "checks", ()) if isinstance(getattr(c, "stats", None), dict)]
-        if not stats:
-            return
-        if self.multiprocess:
-            self._lists = _ListCopies(stats, self.registry)
+        if self._lists is not None:
+            self._lists.stats = stats
+        elif self.multiprocess:
+            if stats:
+                self._lists = _ListCopies(stats, self.registry)
         else:
-            self._read_lists(*(functools.partial(dict.copy, st) for st in stats))
+            sources = [functools.partial(dict.copy, st) for st in stats]
+            self._list_sources[:] = [s for s in self._list_sources if s not in self._engine_sources]
+            self._engine_sources = sources
+            if sources:
+                self._read_lists(*sources)
 
     def watch_pool(self, pool: Any) -> None:
-        """Export the DNS lists' counters of a scan worker pool, summed over its workers (the
-        server must run ``pool.poll_lists_forever()`` for them to move)."""
+        """Export the DNS lists' counters of a scan worker pool (or of the server's ``Scanner``, which
+        reads the pool scanning now), summed over its workers (the server must run its
+        ``poll_lists_forever()`` for them to move)."""
         self._read_lists(pool.list_totals)
 
     def _read_lists(self, *sources: Callable[[], Mapping[str, Any]]) -> None:
-        if not self._list_sources:
+        if not self._collecting:
             self.registry.register(_ListCollector(self._list_sources))
+            self._collecting = True
         self._list_sources.extend(sources)
 
     @property

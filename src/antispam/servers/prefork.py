@@ -21,7 +21,8 @@ threads forked half-way), waits until every child is listening, prints the liste
 supervises.  A child that dies is replaced; five in a row that die within ten seconds of starting
 end the server, since a configuration that cannot start would otherwise be retried for ever.
 SIGTERM or SIGINT to the parent is passed to every child, each drains its in-flight messages as a
-single server does, and the parent exits when they all have.
+single server does, and the parent exits when they all have.  SIGHUP is passed on too: each child
+reloads as a single server does (``Server.reload``), in place, without a restart.
 
 What a connection in a dying child loses is what its client does on a dropped connection: spamc
 and the MTA's milter client apply their defaults, the SMTP filter's sender retries (it had no
@@ -221,6 +222,7 @@ class Supervisor:
             self.counts = memoryview(load_map).cast("q")
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGHUP, self._on_hangup)
             try:
                 for slot in range(n):
                     self._start(sock, slot, ready=True)
@@ -339,6 +341,18 @@ class Supervisor:
             log.info("shutting down", extra={"fields": {"server": self.kind, "processes": len(self.children)}})
         self._stop_all()
 
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        """SIGHUP: every process reloads by itself (and logs how that went); a process started
+        later reads the configuration file as it is then.  Not those still starting for the first
+        time: until a process takes SIGHUP as "reload", it would end it."""
+        if self.stopping:
+            return
+        log.info("reloading", extra={"fields": {"server": self.kind, "processes": len(self.children)}})
+        for child in self.children.values():
+            if child.proc.returncode is None and child.ready is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGHUP)
+
     def _stop_all(self) -> None:
         self.stopping = True
         for child in self.children.values():
@@ -382,9 +396,10 @@ def _exit_with_parent(parent: int) -> None:
 def _child_main(spec: dict[str, Any]) -> int:
     """One prefork process: the server of ``spec["kind"]`` on the inherited socket."""
     from ..config import Config
-    from .cli import run_server
+    from .cli import ignore_hangup, run_server
     from .common import setup_logging
 
+    ignore_hangup()
     _exit_with_parent(spec["parent"])
     setup_logging(spec["level"], spec["json"], pid=os.getpid())
     listener = SharedListener(socket.socket(fileno=spec["fd"]), spec["load_fd"], spec["slot"], spec["slots"])
@@ -394,7 +409,10 @@ def _child_main(spec: dict[str, Any]) -> int:
             os.write(spec["ready"], b"r")
             os.close(spec["ready"])
 
-    run_server(spec["kind"], Config.load(spec["config"], spec["overrides"]), listening, listener)
+    def load() -> Config:
+        return Config.load(spec["config"], spec["overrides"])
+
+    run_server(spec["kind"], load(), listening, listener, load=load)
     return 0
 
 

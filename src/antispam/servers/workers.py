@@ -119,7 +119,9 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
 def worker_main(config: Config, sock: socket.socket) -> None:
     """A worker's life: build the engine, then scan requests until the server closes the socket."""
     # Ctrl-C reaches the whole process group; the server drains on it and still needs its workers.
+    # A hangup too: the server reloads on it, and starts new workers for that itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from ..engine import Engine
 
     engine = Engine(config)
@@ -275,6 +277,24 @@ class WorkerPool:
                 raise WorkerError(value)
             return unpack_verdict(value)
         raise AssertionError("unreachable")
+
+    async def ready(self) -> None:
+        """Return once every worker has built its engine and answered (a request for its DNS lists'
+        counters, which it reads only after the build); WorkerDied when one died first."""
+        ask = pickle.dumps((None, None, None), protocol=pickle.HIGHEST_PROTOCOL)
+        for w in list(self._workers):
+            await w.attach()
+            ok, snapshot = pickle.loads(await w.send(ask))
+            if ok:
+                self._lists[w.process.pid] = snapshot
+
+    def start_from(self, totals: dict[str, ListStats]) -> None:
+        """Count on from ``totals`` (another pool's :meth:`list_totals`, the pool this one replaces at a
+        reload), so the DNS lists' counters the server exports never go down."""
+        n = len(LIST_COUNTER_KEYS)
+        for name, st in totals.items():
+            before = self._retired.get(name, (0,) * n)
+            self._retired[name] = (*(a + getattr(st, k) for a, k in zip(before, LIST_COUNTER_KEYS)), True)
 
     async def poll_lists(self) -> None:
         """Ask every worker for its DNS lists' counters (a request queued behind its scans)."""
