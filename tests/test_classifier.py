@@ -227,6 +227,9 @@ def _counts(clf: Classifier, raw: bytes) -> tuple[list[float], tuple[float, floa
 
 def test_learn_counts_once_and_unlearn_restores(store):
     clf = Classifier(default_model(), store, learn_rate=0.3)
+    # a message of each class learned first: learned evidence needs both (see the next test)
+    clf.learn(Message(SPAM[0]), spam=True)
+    clf.learn(Message(HAM[5]), spam=False)
     raw = HAM[1]
     before = clf.classify(Message(raw))
     zero = _counts(clf, raw)
@@ -235,12 +238,12 @@ def test_learn_counts_once_and_unlearn_restores(store):
     assert clf.learn(Message(raw), spam=True) is False  # same bytes: counted once
     assert _counts(clf, raw) == once
     after = clf.classify(Message(raw))
-    assert after.learned > 0 and after.probability > before.probability
+    assert after.learned > before.learned and after.probability > before.probability
     # relabelling moves the counts from spam to ham
     assert clf.learn(Message(raw), spam=False) is True
     counts, totals = _counts(clf, raw)
-    n = len(counts) // 2
-    assert totals == (0.0, 1.0) and all(c == 0 for c in counts[:n]) and all(c == 1 for c in counts[n:])
+    (counts0, _), n = zero, len(counts) // 2
+    assert totals == (1.0, 2.0) and counts[:n] == counts0[:n] and counts[n:] == [c + 1 for c in counts0[n:]]
     assert clf.classify(Message(raw)).probability < before.probability
     # unlearn takes it out exactly; a second unlearn is a no-op
     assert clf.unlearn(Message(raw)) is True
@@ -344,8 +347,27 @@ def test_ledger_entries_keyed_by_raw_bytes_are_honoured(store):
     assert _counts(clf, lf) == zero
 
 
+def test_one_class_learned_moves_no_score():
+    """Messages of one class alone say nothing about which words are spam: learning one spam must
+    not turn unrelated ham that shares its headers and common words into spam (it did: a lunch
+    invitation went from -2.1 to +12.6 after one GTUBE message was learned).  Once the other class
+    has messages too, the learned message's own words count."""
+    e = Engine()
+    lunch = b"From: Alice <alice@corp.test>\nTo: bob@other.test\nSubject: lunch\n" \
+            b"Message-ID: <abc123456@corp.test>\nDate: Mon, 7 Dec 2026 10:00:00 +0000\n\n" \
+            b"Are we still on for lunch tomorrow at noon?\n"
+    before = e.scan(lunch).score
+    for i, raw in enumerate(SPAM):
+        e.learn(raw, spam=True)
+        assert e.scan(lunch).score == before, i
+    e.learn(HAM[0], spam=False)
+    assert e.scan(lunch).score != before  # both classes now: what was learned counts
+    assert e.scan(SPAM[1]).score > Engine().scan(SPAM[1]).score
+
+
 def test_engine_learn_and_unlearn_through_the_store(tmp_path):
     e = Engine(Config().merged({"store": {"url": f"sqlite:///{tmp_path / 's.db'}"}}))
+    e.learn(HAM[5], spam=False)  # learned evidence needs both classes
     raw = HAM[2]
     p0 = e.scan(raw).score
     assert e.learn(raw, spam=True)["classifier"] is True

@@ -330,6 +330,7 @@ def test_scan_many_workers_start_from_this_engine_learning_included(tmp_path):
     ham = b"From: ana@example.org\nTo: bo@example.net\nSubject: minutes of the meeting\n\n" \
           b"Dear all, the minutes of tuesday's meeting are below; the next one is on friday.\n"
     e = Engine()
+    e.learn(b"From: bo@example.net\nSubject: invoice\n\nYour invoice for November is attached.\n", spam=False)
     before = e.scan(ham).score
     for _ in range(3):
         e.learn(ham + b"x" * _, spam=True)  # three different messages: each counts
