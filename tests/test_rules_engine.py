@@ -339,3 +339,22 @@ def test_uri_rules_match_each_link_alone(tmp_path, engine):
     msg = Message(b"Subject: x\nContent-Type: text/html\n\n<a href=\"http://pay\npal.example/paypal\">x</a>\n")
     ctx = ScanContext(msg.envelope, Config())
     assert {h.symbol: h.options for h in check.run(msg, ctx)}.get("T_ALONE") == ("paypal.example",)
+
+
+def test_an_engine_logs_what_its_rule_files_had_ignored(tmp_path, caplog):
+    """A misspelt directive in a site's rules file is passed over (SpamAssassin does the same); the
+    engine says so in its log, file and line, where a server's operator reads, not only in
+    ``antispam rules lint``.  The embedded rules load without a word."""
+    import logging
+
+    from antispam import Config, Engine
+
+    local = tmp_path / "local.cf"
+    local.write_text("body LOCAL_WORD /zebrafish/\nscroe LOCAL_WORD 2.0\nscore LOCAL_NOWHERE 1.0\n")
+    with caplog.at_level(logging.WARNING, logger="antispam.rules"):
+        Engine().close()
+        assert not caplog.records
+        Engine(Config.load(overrides={"rules": {"extra_dirs": [str(local)]}})).close()
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"{local}:2: ignored: unknown directive 'scroe'" in said, said
+    assert f"{local}:3:" in said and "LOCAL_NOWHERE" in said, said

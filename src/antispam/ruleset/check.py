@@ -745,6 +745,14 @@ def rules_check(config, store=None) -> Check | None:
         sa_pre_dirs=(rc.sa_pre_dir,) if rc and rc.sa_dirs and rc.sa_pre_dir and Path(rc.sa_pre_dir).is_dir() else (),
         report=scored,
     )
+    # What loading passed over in the site's own files (a directive misspelt, a score for a rule
+    # that does not exist, a rule skipped with skip_bad): said where a server's operator reads,
+    # at every start and reload, not only by ``antispam rules lint``.  SpamAssassin's own files'
+    # problems are summed up by load_rules instead (hundreds of lines).
+    sa_roots = tuple(str(Path(d)) for d in (*rc.sa_dirs, rc.sa_pre_dir) if d) if rc and rc.sa_dirs else ()
+    for problem in loaded.problems:
+        if not (sa_roots and problem.startswith(sa_roots)):
+            log.warning("rules: %s", problem)
     return RulesCheck(loaded, rc.max_header_bytes) if rc is not None else RulesCheck(loaded)
 
 
