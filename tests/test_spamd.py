@@ -579,3 +579,22 @@ def test_tell_without_set_or_remove_does_nothing():
         assert not learner.labels
     finally:
         st.stop()
+
+
+def test_rspamd_spamassassin_scanner_reads_our_rule_list(spamd, engine):
+    """rspamd's ``spamassassin`` scanner sends HEADERS SPAMC/1.5 and takes the rule names from the
+    unfolded X-Spam-Status with a Lua pattern: here both of its patterns, written as Python ones.
+    The one of the releases tested against SpamAssassin 3.4.2 ends at ``version=%d%.%d%.%d``, and
+    gave the whole line as the rule list while we wrote ``version=antispam-0.1.0``."""
+    raw = spam(eol="\n")
+    out = exchange(spamd.port, b"HEADERS SPAMC/1.5\r\nUser: root\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+    header = re.sub(r"[\r\n]+[\t ]", " ", out.decode("latin-1"))  # as the scanner unfolds the reply
+    (status,) = [s for s in header.splitlines() if "X-Spam-Status" in s]
+    names = ",".join(sorted(engine.scan(raw).symbols))
+    assert len(names.split(",")) > 1  # a list, so the comma between two names is read too
+    # (.*X%-Spam%-Status.*tests%=)(.*)(autolearn%=.*version%=%d%.%d%.%d.*) -> "%2", spaces removed
+    older = re.sub(r"(.*X-Spam-Status.*tests=)(.*)(autolearn=.*version=\d\.\d\.\d.*)", r"\2", status)
+    assert re.sub(r"\s", "", older) == names, status
+    # X%-Spam%-Status: %S+, score%=([%-%d%.]+)%s.*tests%=(.*,?)(%s*%S+)%sautolearn.* -> "%2%3"
+    current = re.sub(r"X-Spam-Status: \S+, score=([-\d.]+)\s.*tests=(.*,?)(\s*\S+)\sautolearn.*", r"\2\3", status)
+    assert re.sub(r"\s", "", current) == names, status

@@ -127,7 +127,10 @@ class Verdict:
         pieces = [("", f"{'Yes' if self.is_spam else 'No'}, score={score}"),
                   (" ", f"required={shown_required(self.required_score):.1f}"), (" ", "tests=" + names[0])]
         pieces += [(",", n) for n in names[1:]]
-        pieces += [(" ", "autolearn=no"), (" ", f"version=antispam-{__version__}")]
+        # version= is the bare number, as SpamAssassin writes its own: the spamassassin scanner of
+        # rspamd releases tested against SpamAssassin 3.4.2 takes the rule list from tests= up to
+        # "autolearn=.*version=%d%.%d%.%d" and, when that does not match, the whole line
+        pieces += [(" ", "autolearn=no"), (" ", f"version={__version__}")]
         status = _fold(len("X-Spam-Status: "), pieces)
         out = [
             ("X-Spam-Flag", flag),
