@@ -598,3 +598,26 @@ def test_rspamd_spamassassin_scanner_reads_our_rule_list(spamd, engine):
     # X%-Spam%-Status: %S+, score%=([%-%d%.]+)%s.*tests%=(.*,?)(%s*%S+)%sautolearn.* -> "%2%3"
     current = re.sub(r"X-Spam-Status: \S+, score=([-\d.]+)\s.*tests=(.*,?)(\s*\S+)\sautolearn.*", r"\2\3", status)
     assert re.sub(r"\s", "", current) == names, status
+
+
+@needs_spamc
+def test_tell_learns_the_delivered_copy_as_the_original():
+    """spamd strips its own fields before TELL: the copy plain spamc (PROCESS) delivered and the
+    original are one message, learned once and forgotten through either."""
+    st = ServerThread(SpamdServer(Engine(), SpamdConfig(port=0)))
+    try:
+        raw = ham(subject="Watches at half price", body="Replica watches, best price, reply today\n")
+        delivered = run_spamc(st.port, stdin=raw).stdout
+        assert b"X-Spam-Flag: NO" in delivered and b"X-Spam-Status: No" in delivered
+
+        def tell(how: str, msg: bytes) -> bytes:
+            r = run_spamc(st.port, "-L", how, stdin=msg)
+            assert r.returncode == 0, r
+            return r.stdout
+
+        assert b"successfully" in tell("spam", raw)
+        assert b"already" in tell("spam", delivered)
+        assert b"successfully" in tell("forget", delivered)
+        assert b"already" in tell("forget", raw)
+    finally:
+        st.stop()

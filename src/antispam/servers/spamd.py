@@ -33,7 +33,8 @@ import zlib
 from .. import __version__
 from ..message import Envelope
 from ..verdict import Verdict, shown_required, shown_score
-from .common import Connection, ProtocolError, RequestError, Server, parse_length, rewrite_headers, split_headers
+from .common import (Connection, ProtocolError, RequestError, Server, parse_length, rewrite_headers, split_headers,
+                     without_ours)
 
 EX_OK = 0
 EX_USAGE = 64
@@ -260,6 +261,10 @@ class SpamdServer(Server):
         if to_set and klass not in ("spam", "ham"):
             raise RequestError(EX_PROTOCOL, "TELL with Set needs Message-class: spam or ham")
         user = headers.get("user", "")
+        # What a user reports is the copy in the mailbox, which PROCESS rewrote: without the fields we
+        # add it is the message that was scanned, so the original and the delivered copy are learned
+        # (and forgotten) as one message, as spamd's dotell makes them (remove_spamassassin_markup).
+        raw = without_ours(raw, self.scanner.engine.authserv_id)
         out = status_line(EX_OK)
         # One store holds what is learned; "remote" reports are recorded with their own source so
         # that reputation sharing can tell them apart.  A location counts as done when a learner
