@@ -328,17 +328,25 @@ def exchange(port: int, request: bytes) -> bytes:
     return out
 
 
+def exim_reads(out: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(score, threshold, report) as Exim's spam.c reads a REPORT SPAMC/1.2 reply: its sscanf of the
+    score line after a Content-length, else its fallback to the Spam header, the one spamd sends."""
+    m = re.match(rb"SPAMD/\S{1,7} 0 EX_OK\r\nContent-length: \d+\r\n\r\n([-\d.]+)/([-\d.]+)\r\n", out) or \
+        re.match(rb"SPAMD/\S{1,7} 0 EX_OK\r\nSpam: \S+ ; ([-\d.]+) / ([-\d.]+)\r\n\r\n", out)
+    return (m.group(1), m.group(2), out[m.end():]) if m else None
+
+
 def test_exim_style_report_request(spamd, engine):
-    """Exim sends REPORT SPAMC/1.2 and parses the reply with one sscanf: this is that parse."""
+    """Exim sends REPORT SPAMC/1.2 and parses the reply with sscanf: this is that parse."""
     raw = spam(eol="\n")
     req = b"REPORT SPAMC/1.2\r\nUser: exim\r\nContent-length: %d\r\n\r\n" % len(raw) + raw
     out = exchange(spamd.port, req)
-    m = re.match(rb"SPAMD/(\S{1,7}) 0 EX_OK\r\nContent-length: \d+\s*([-\d.]+)/([-\d.]+)\s*", out)
-    assert m, out[:200]
+    read = exim_reads(out)
+    assert read, out[:200]
     v = engine.scan(raw)
-    assert float(m.group(2)) == pytest.approx(round(v.score, 1))
-    assert float(m.group(3)) == pytest.approx(v.required_score)
-    assert b"GTUBE" in out[m.end():]
+    assert float(read[0]) == pytest.approx(round(v.score, 1))
+    assert float(read[1]) == pytest.approx(v.required_score)
+    assert b"GTUBE" in read[2]
 
 
 def test_protocol_errors(spamd):
@@ -508,12 +516,12 @@ def test_ham_just_under_the_threshold_is_not_printed_as_reaching_it():
         assert r.returncode == 0 and r.stdout == b"4.9/5.0\n", r
         out = exchange(st.port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
         assert out == b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 4.9 / 5.0\r\n\r\n"
-        # Exim: REPORT SPAMC/1.2, its sscanf of the first body line, then spam_rc = score >= threshold
+        # Exim: REPORT SPAMC/1.2, its sscanf of the score pair, then spam_rc = score >= threshold
         out = exchange(st.port, b"REPORT SPAMC/1.2\r\nUser: exim\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
-        m = re.match(rb"SPAMD/\S{1,7} 0 EX_OK\r\nContent-length: \d+\r\n\r\n([-\d.]+)/([-\d.]+)\r\n", out)
-        assert m, out[:200]
-        assert (m.group(1), m.group(2)) == (b"4.9", b"5.0") and float(m.group(1)) < float(m.group(2))
-        assert b"score 4.9, required 5.0" in out
+        read = exim_reads(out)
+        assert read, out[:200]
+        assert read[:2] == (b"4.9", b"5.0") and float(read[0]) < float(read[1])
+        assert b"score 4.9, required 5.0" in read[2]
         head = run_spamc(st.port, stdin=raw).stdout.split(b"\n\n", 1)[0]
         assert b"X-Spam-Status: No, score=4.9 required=5.0 " in head
     finally:
@@ -536,7 +544,7 @@ def test_profile_without_a_spam_action_shows_a_finite_required_score():
         r = run_spamc(st.port, "-c", "-u", "carol", stdin=raw)
         assert r.returncode == 0 and r.stdout == b"1000.0/1000000.0\n", r
         out = exchange(st.port, b"REPORT SPAMC/1.2\r\nUser: carol\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
-        assert b"\r\n\r\n1000.0/1000000.0\r\n" in out and b"inf" not in out
+        assert exim_reads(out)[:2] == (b"1000.0", b"1000000.0") and b"inf" not in out
     finally:
         st.stop()
 
@@ -621,3 +629,30 @@ def test_tell_learns_the_delivered_copy_as_the_original():
         assert b"already" in tell("forget", raw)
     finally:
         st.stop()
+
+
+def test_replies_below_spamc_1_3_are_spamds(spamd):
+    """Below SPAMC/1.3 spamd sends one response header: Spam for SYMBOLS and the REPORTs (lcsam-style
+    milters take the verdict from the first "Spam: " line, SimpleLogin from the reply's second line),
+    Content-length for PROCESS and HEADERS at 1.2, and below 1.2 none: SPAMD/1.0, then the message."""
+    raw = spam(eol="\n")
+
+    def ask(method: bytes, version: bytes) -> bytes:
+        return exchange(spamd.port, b"%s SPAMC/%s\r\nContent-length: %d\r\n\r\n" % (method, version, len(raw)) + raw)
+
+    def body(out: bytes) -> bytes:
+        return out.split(b"\r\n\r\n", 1)[1]
+
+    spam_line = ask(b"CHECK", b"1.5").split(b"\r\n")[1]
+    assert spam_line.startswith(b"Spam: True ; ")
+    for method in (b"REPORT", b"REPORT_IFSPAM"):
+        out = ask(method, b"1.2")
+        assert out == b"SPAMD/1.1 0 EX_OK\r\n" + spam_line + b"\r\n\r\n" + body(ask(method, b"1.5")), out[:200]
+    symbols = body(ask(b"SYMBOLS", b"1.5"))
+    assert b"GTUBE" in symbols
+    assert ask(b"SYMBOLS", b"1.2") == b"SPAMD/1.1 0 EX_OK\r\n" + spam_line + b"\r\n\r\n" + symbols + b"\r\n"
+    for method in (b"PROCESS", b"HEADERS"):
+        message = body(ask(method, b"1.5"))
+        assert b"X-Spam-Flag: YES" in message
+        assert ask(method, b"1.2") == b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\n\r\n" % len(message) + message
+        assert ask(method, b"1.1") == b"SPAMD/1.0 0 EX_OK\r\n" + message

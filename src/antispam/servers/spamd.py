@@ -18,9 +18,11 @@ One request per connection, like HTTP/1.0::
 Status codes are sysexits.h numbers with their names (``76 EX_PROTOCOL``);
 ``spamc`` turns them into its exit codes.
 
-Clients older than SPAMC/1.3 (Exim sends ``REPORT SPAMC/1.2``) read only one
-response header; for them a report body starts with the ``score/threshold``
-line instead of a ``Spam:`` header, which is the shape Exim's parser expects.
+Clients older than SPAMC/1.3 (Exim and milters such as lcsam send ``REPORT
+SPAMC/1.2``) read one response header, and get spamd's replies for them:
+``Spam:`` alone for SYMBOLS and the REPORTs, ``Content-length`` alone for
+PROCESS and HEADERS, and below SPAMC/1.2 a ``SPAMD/1.0`` status line and the
+message with no header at all.
 """
 
 from __future__ import annotations
@@ -228,18 +230,20 @@ class SpamdServer(Server):
         return raw
 
     def _response(self, method: str, version: tuple[int, int], raw: bytes, v: Verdict) -> bytes:
+        """The reply in the shape spamd gives the client's protocol version.  From SPAMC/1.3 on:
+        Content-length and Spam.  Older clients read one header (milters such as lcsam take the
+        verdict from ``Spam:``, SimpleLogin from the reply's second line, Exim's sscanf reads it too):
+        Spam alone for SYMBOLS and the REPORTs, Content-length alone for PROCESS and HEADERS, and
+        below 1.2 no header at all, the message running to the end of the stream."""
         spam = spam_header(v)
         if method == "CHECK":
             return status_line(EX_OK) + f"{spam}\r\n\r\n".encode()
         if method == "SYMBOLS":
             body = ",".join(sorted(v.symbols)).encode()
+            if version < (1, 3):  # spamd ends the list with a line end for them
+                body += b"\r\n"
         elif method in ("REPORT", "REPORT_IFSPAM"):
-            text = report_text(v) if (method == "REPORT" or v.is_spam) else ""
-            if version < (1, 3):
-                score, required = score_pair(v)
-                body = f"{score}/{required}\r\n{text}".encode()
-                return status_line(EX_OK) + f"Content-length: {len(body)}\r\n\r\n".encode() + body
-            body = text.encode()
+            body = (report_text(v) if (method == "REPORT" or v.is_spam) else "").encode()
         elif method == "PROCESS":
             body = rewrite_headers(raw, v)
         else:  # HEADERS: the rewritten header block and its blank line, without the body
@@ -247,7 +251,13 @@ class SpamdServer(Server):
             head, _ = split_headers(new)
             eol = b"\r\n" if new[len(head):len(head) + 2] == b"\r\n" else b"\n"
             body = head + eol + eol
-        return status_line(EX_OK) + f"Content-length: {len(body)}\r\n{spam}\r\n\r\n".encode() + body
+        if version >= (1, 3):
+            return status_line(EX_OK) + f"Content-length: {len(body)}\r\n{spam}\r\n\r\n".encode() + body
+        if method not in ("PROCESS", "HEADERS"):
+            return status_line(EX_OK) + f"{spam}\r\n\r\n".encode() + body
+        if version >= (1, 2):
+            return status_line(EX_OK) + f"Content-length: {len(body)}\r\n\r\n".encode() + body
+        return b"SPAMD/1.0 0 EX_OK\r\n" + body
 
     async def _tell(self, conn: Connection, raw: bytes, headers: dict[str, str]) -> None:
         if not self.settings.allow_tell:  # type: ignore[attr-defined]
