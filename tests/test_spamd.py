@@ -656,3 +656,21 @@ def test_replies_below_spamc_1_3_are_spamds(spamd):
         assert b"X-Spam-Flag: YES" in message
         assert ask(method, b"1.2") == b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\n\r\n" % len(message) + message
         assert ask(method, b"1.1") == b"SPAMD/1.0 0 EX_OK\r\n" + message
+
+
+def test_content_length_short_of_the_message_is_refused(spamd):
+    """A client counting characters announces fewer bytes than a UTF-8 message has: spamd reads whole
+    lines, finds bytes past the length and answers 76, where the part that fits was scanned and,
+    for PROCESS, sent back as the message (its last line cut)."""
+    text = ("From: ana@sender.test\r\nTo: bo@rcpt.test\r\nSubject: caf\u00e9 r\u00e9sum\u00e9\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\nSee you at the caf\u00e9, last line of the body\r\n")
+    raw = text.encode("utf-8")
+    assert len(raw) - len(text) == 4  # four é: the length ends inside the last line
+    for method in (b"PROCESS", b"CHECK"):
+        out = exchange(spamd.port, b"%s SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % (method, len(text)) + raw)
+        assert out == b"SPAMD/1.1 76 EX_PROTOCOL Content-Length mismatch: expected %d bytes, got %d\r\n" \
+            % (len(text), len(raw)), out[:200]
+    # the right length, and a message that ends without a line end (the client's end of sending ends it)
+    raw = raw.rstrip(b"\r\n")
+    out = exchange(spamd.port, b"PROCESS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+    assert out.startswith(b"SPAMD/1.1 0 EX_OK\r\n") and out.endswith(b"last line of the body"), out[-100:]

@@ -213,6 +213,15 @@ class SpamdServer(Server):
                 await conn.discard(n)
                 raise RequestError(EX_DATAERR, f"message larger than {limit} bytes")
             raw = await conn.readexactly(n)
+            if not raw.endswith(b"\n") and "compress" not in headers:
+                # spamd reads whole lines: a length that ends inside a line is read on to the line's
+                # end (or the end of the stream), and a byte past it is a mismatch, refused rather
+                # than scanned (and for PROCESS sent back) as the part that fits: the client counted
+                # characters, not bytes.  Like spamd, this waits for the line's end or the client's
+                # end of sending (spamc and aiospamc shut their sending side after the message).
+                more = await conn.readline(_MAX_LINE)
+                if more:
+                    raise RequestError(EX_PROTOCOL, f"Content-Length mismatch: expected {n} bytes, got {n + len(more)}")
         else:  # very old clients: the message runs to the end of the stream
             raw = b""
             while len(raw) <= limit:
