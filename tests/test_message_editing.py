@@ -54,6 +54,24 @@ def test_our_fields_land_in_the_header_block(engine: Engine, raw: bytes) -> None
     assert out.body_bytes.replace(b"\r\n", b"\n") == Message(raw).body_bytes.replace(b"\r\n", b"\n")
 
 
+@pytest.mark.parametrize("raw", [
+    GTUBE + b"\r\nsecond line\r\n",
+    b"text from the first line\nsecond line\n",
+    b" an indented first line\r\n",
+])
+def test_text_without_a_header_block_gets_our_fields_first(engine: Engine, raw: bytes) -> None:
+    """A reader's header block ends at the first line that is no field: ours go before the text
+    (and a blank line), Subject tag included, or they would be read as body."""
+    import email
+
+    eol = b"\r\n" if b"\r\n" in raw else b"\n"
+    for out in (rewrite_headers(raw, engine.scan(raw)), _tagged(engine, raw)[0]):
+        msg = email.message_from_bytes(out)
+        assert msg["X-Spam-Flag"] and not msg.defects, out
+        assert out.endswith(eol + eol + raw)
+    assert msg["Subject"] == "***SPAM***"
+
+
 def _tagged(engine: Engine, raw: bytes, prefix: str = "***SPAM*** ") -> tuple[bytes, Message]:
     v = replace(engine.scan(raw), action="rewrite subject", subject_prefix=prefix)
     out = rewrite_headers(raw, v)

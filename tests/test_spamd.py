@@ -674,3 +674,17 @@ def test_content_length_short_of_the_message_is_refused(spamd):
     raw = raw.rstrip(b"\r\n")
     out = exchange(spamd.port, b"PROCESS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
     assert out.startswith(b"SPAMD/1.1 0 EX_OK\r\n") and out.endswith(b"last line of the body"), out[-100:]
+
+
+@needs_spamc
+def test_text_without_a_header_block_gets_our_fields_first(spamd):
+    """A script piping bare text through spamc: spamd's fields come first.  After the text, where
+    they went before, a reader (Python's email package here; MUAs and sieve read headers alike)
+    ends the header block at the first line and takes them for body: no filter sees the verdict."""
+    import email
+
+    raw = b"Lunch at noon tomorrow?\r\nSee you there\r\n"
+    out = run_spamc(spamd.port, stdin=raw).stdout
+    msg = email.message_from_bytes(out)
+    assert msg["X-Spam-Flag"] in ("YES", "NO") and msg["X-Spam-Status"] and not msg.defects, out
+    assert out.startswith(b"X-Spam-Flag: ") and out.endswith(b"\r\n\r\n" + raw)

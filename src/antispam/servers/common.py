@@ -799,9 +799,21 @@ def without_ours(raw: bytes, authserv_id: str) -> bytes:
     return _rewrite(raw, [], authserv_id, None)
 
 
+#: how a message with a header block starts: a header field (RFC 5322 field-name, the colon), an mbox
+#: "From " line, or a blank line (a header block with nothing in it)
+_HEADER_START = re.compile(rb"[!-9;-~]+[ \t]*:|From |\r?\n")
+
+
 def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: str | None) -> bytes:
     """``raw`` without the fields of ours it carries, with ``ours`` added, and its Subject tagged
     with ``prefix`` (None: untouched)."""
+    if ours and not _HEADER_START.match(raw):
+        # Text from the first line, no header block: a reader's header block ends at the first line
+        # that is no field, so our fields after the text would be read as body, their verdict seen
+        # by no filter.  They go first, then a blank line, then the text, as spamd puts its fields.
+        eol = line_ending(raw)
+        tag = [b"Subject: " + subject_tag(prefix, b"").rstrip() + eol] if prefix is not None else []
+        return b"".join([*tag, *[_field(n, v, eol) for n, v in ours], eol, raw])
     if prefix is None:
         # Nearly all mail has none of the fields to remove: then the message is its header block,
         # our fields and the rest, without taking the header apart line by line (a third of the
