@@ -12,11 +12,13 @@ import subprocess
 import urllib.request
 
 import pytest
+import zstandard
 
 from antispam import Check, Engine, Hit, SymbolDef
 from antispam.builtin import GtubeCheck
 from antispam.config import RspamdHttpConfig
 from antispam.servers.metrics import Metrics
+from antispam.servers import rspamd_http
 from antispam.servers.rspamd_http import RspamdHttpServer
 
 from server_helpers import EnvelopeProbe, MemoryLearner, ServerThread, ham, spam
@@ -87,6 +89,43 @@ def test_rspamc_learn(server, parts):
     assert "LEARNED_SPAM" in json.loads(rspamc(server.port, "--json", stdin=raw).stdout)["symbols"]
     r = rspamc(server.port, "learn_spam", stdin=raw)
     assert b"success = false" in r.stdout  # already learned: said so, not pretended
+
+
+@needs_rspamc
+def test_rspamc_compressed(server, parts):
+    """``rspamc -z`` sends the message zstd-compressed (``Compression: zstd``): it is scanned and
+    learned as the message, not as the compressed bytes."""
+    probe, _ = parts
+    r = rspamc(server.port, "-z", "--json", stdin=spam())
+    assert r.returncode == 0 and "GTUBE" in json.loads(r.stdout)["symbols"], r.stdout
+    assert probe.seen[-1][1] == spam()
+    raw = ham(subject="teach me compressed")
+    assert b"success = true" in rspamc(server.port, "-z", "learn_ham", stdin=raw).stdout
+    assert "LEARNED_HAM" in post(server.port, "/checkv2", raw)[1]["symbols"]
+
+
+def test_compression_errors(server, parts, monkeypatch):
+    """A compressed body that cannot be read as the message is refused, never scanned or learned:
+    another method (415), bad or cut-off zstd (400), more than max_size once inflated (413: a
+    bomb of 1 KB that inflates to 20 MB), zstd without the zstandard module (415)."""
+    probe, learner = parts
+    scans, learned = len(probe.seen), dict(learner.labels)
+    packed = zstandard.ZstdCompressor().compress(spam())
+    bomb = zstandard.ZstdCompressor().compress(bytes(20_000_000))
+    for path in ("/checkv2", "/learnspam"):
+        assert post(server.port, path, spam(), {"Compression": "gzip"})[0] == 415
+        assert post(server.port, path, b"not zstd", {"Compression": "zstd"})[0] == 400
+        status, d = post(server.port, path, packed[:-4], {"Compression": "zstd"})
+        assert status == 400 and "ends inside a frame" in d["error"]
+        assert len(bomb) < 1000 and post(server.port, path, bomb, {"Compression": "zstd"})[0] == 413
+    monkeypatch.setattr(rspamd_http, "zstandard", None)
+    status, d = post(server.port, "/checkv2", packed, {"Compression": "zstd"})
+    assert status == 415 and "zstandard" in d["error"]
+    assert len(probe.seen) == scans and learner.labels == learned
+    monkeypatch.undo()
+    assert post(server.port, "/checkv2", zstandard.ZstdCompressor().compress(b"x") * 2 + packed,
+                {"Compression": "zstd"})[0] == 200  # several frames, as rspamd reads them
+    assert probe.seen[-1][1] == b"xx" + spam()
 
 
 def test_http_checkv2_learn_and_errors(server, parts):

@@ -13,8 +13,9 @@ antispam unchanged: ``antispam serve rspamd-http``.
 ==================  =========================================================
 
 HTTP/1.1 with keep-alive, ``Content-Length`` or chunked request bodies and
-``Expect: 100-continue``; one small parser here, since the protocol needs nothing
-more and a web framework would be a dependency for four routes.  A request the
+``Expect: 100-continue``; a ``Compression: zstd`` body (``rspamc -z``) is decompressed.
+One small parser here, since the protocol needs nothing more and a web framework
+would be a dependency for four routes.  A request the
 parser cannot take is answered (400, 413, 414 or 431 with a JSON ``error``) and
 the connection closed: without an answer a client cannot tell a bad request from
 a server that died.
@@ -28,13 +29,18 @@ import re
 import time
 from typing import Any
 
+try:  # a dependency of the servers extra; a zstd-compressed request is refused without it
+    import zstandard
+except ImportError:  # pragma: no cover - depends on the installation
+    zstandard = None
+
 from ..message import Envelope
 from ..verdict import shown_required, shown_score
 from .common import Connection, ProtocolError, RequestError, Server, linger, parse_length
 
 _REASONS = {200: "OK", 208: "Already Reported", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 403: "Forbidden",
-            408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+            408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 _MAX_LINE = 16 * 1024
 _MAX_HEADERS = 100
 #: RFC 9112 7.1: chunk-size = 1*HEXDIG, then optional chunk extensions (BWS ";" ...) we ignore.
@@ -243,6 +249,7 @@ class RspamdHttpServer(Server):
         if path in ("/checkv2", "/symbols"):
             if method != "POST":
                 raise RequestError(405, "use POST with the message as the body")
+            body = _decompressed(headers, body, self.settings.max_size)
             env = _envelope(headers)
             # settings of the mailbox being delivered to (Deliver-To), else of the first recipient
             deliver_to = (headers.get("deliver-to") or [None])[-1]
@@ -256,6 +263,7 @@ class RspamdHttpServer(Server):
         if path in ("/learnspam", "/learnham"):
             if method != "POST":
                 raise RequestError(405, "use POST with the message as the body")
+            body = _decompressed(headers, body, self.settings.max_size)
             spam = path == "/learnspam"
             learned = await self.scanner.learn(body, spam, "rspamd-http")
             self.log.info("learn", extra={"fields": {"server": self.name, "peer": conn.peer_ip,
@@ -265,6 +273,45 @@ class RspamdHttpServer(Server):
             why = "no learner took the message (already learned, or no learning check is enabled)"
             return _json(208, {"success": False, "error": why}, keep)
         raise RequestError(404, f"no such endpoint {path}")
+
+
+#: compressed bytes fed to the zstd decompressor at a time: a block (at most 128 KiB of output)
+#: takes at least 3 bytes, so one step inflates to at most ~2.7 MiB before the size is checked again
+_ZSTD_STEP = 64
+
+
+def _decompressed(headers: dict[str, list[str]], body: bytes, limit: int) -> bytes:
+    """The message of a body sent with ``Compression: zstd`` (``rspamc -z``, rspamd_proxy's
+    ``compression = yes``), refused (413) as soon as it grows past ``limit``: a small bomb must not
+    inflate past ``max_size`` in memory.  Scanning or learning the compressed bytes as the message
+    would give a wrong verdict, or teach the classifier garbage, with no error anywhere: any other
+    method, or zstd without the zstandard module, is refused (415); corrupt or cut-off data is a 400
+    (zstandard's streaming readers take a cut-off frame for its end: only ``eof`` tells).  Several
+    frames one after the other are read in turn, as rspamd reads them."""
+    method = (headers.get("compression") or [""])[-1].strip().lower()
+    if not method:
+        return body
+    if method != "zstd":
+        raise RequestError(415, f"unsupported compression method {method!r} (only zstd)")
+    if zstandard is None:
+        raise RequestError(415, "zstd-compressed request, but the zstandard module is not installed")
+    out = bytearray()
+    frame = None
+    pos = 0
+    try:
+        while pos < len(body):
+            if frame is None or frame.eof:
+                frame = zstandard.ZstdDecompressor().decompressobj()
+            piece = body[pos:pos + _ZSTD_STEP]
+            out += frame.decompress(piece)
+            pos += len(piece) - len(frame.unused_data)  # what follows a frame's end is the next frame
+            if len(out) > limit:
+                raise RequestError(413, f"message larger than {limit} bytes")
+    except zstandard.ZstdError as exc:
+        raise RequestError(400, f"bad zstd data: {exc}") from None
+    if frame is None or not frame.eof:
+        raise RequestError(400, "bad zstd data: the body ends inside a frame")
+    return bytes(out)
 
 
 def _chunked(headers: dict[str, list[str]]) -> bool:
