@@ -143,6 +143,20 @@ def test_http_checkv2_learn_and_errors(server, parts):
         assert r.read() == b"pong\r\n"
 
 
+@pytest.mark.parametrize("sent, seen", [
+    ("198.51.100.7:40000", "198.51.100.7"), ("[2001:db8::7]:40000", "2001:db8::7"),
+    ("2001:db8::7", "2001:db8::7"), ("::ffff:198.51.100.7", "::ffff:198.51.100.7"), ("198.51.100.7", "198.51.100.7"),
+])
+def test_ip_header_with_port(server, parts, sent, seen):
+    """rspamd_proxy's milter mode sends ``IP: addr:port``; the client is the address (as rspamd
+    reads it), in both protocols, and a bare IPv6 address is not cut at its last colon."""
+    status, _ = post(server.port, "/checkv2", ham(), {"IP": sent})
+    assert status == 200 and parts[0].seen[-1][0].client_ip == seen
+    raw = ham(eol="\n")
+    exchange(server.port, b"CHECK RSPAMC/1.3\r\nIP: %s\r\nContent-length: %d\r\n\r\n" % (sent.encode(), len(raw)) + raw)
+    assert parts[0].seen[-1][0].client_ip == seen
+
+
 def test_keep_alive_and_chunked(server):
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     actions = []

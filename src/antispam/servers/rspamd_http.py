@@ -331,6 +331,10 @@ def _content_length(headers: dict[str, list[str]]) -> int:
     return lengths.pop()  # type: ignore[return-value]
 
 
+#: an address with a port after it: IPv4 ``a.b.c.d:port`` or bracketed IPv6 ``[addr]:port``
+_IP_WITH_PORT = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}|\[([0-9A-Fa-f:.]+)\]:\d{1,5}")
+
+
 def _envelope(headers: dict[str, list[str]]) -> Envelope:
     def one(name: str) -> str | None:
         v = headers.get(name)
@@ -340,6 +344,12 @@ def _envelope(headers: dict[str, list[str]]) -> Envelope:
     for v in headers.get("rcpt", []):
         rcpts.extend(a.strip().strip("<>") for a in v.split(",") if a.strip())
     mail_from = one("from")
-    return Envelope(client_ip=one("ip"), helo=one("helo"), hostname=one("hostname"),
+    ip = one("ip")
+    if ip and (m := _IP_WITH_PORT.fullmatch(ip)):
+        # rspamd_proxy's milter mode sends the SMTP client's port too ("IP: 192.0.2.1:40000"), and
+        # rspamd takes the address from it; kept whole, each connection would be a new client to
+        # greylisting and rate limits, and no address to DNS lists or SPF
+        ip = m.group(1) or m.group(2)
+    return Envelope(client_ip=ip, helo=one("helo"), hostname=one("hostname"),
                     mail_from=mail_from.strip("<>") if mail_from else None, rcpt_tos=tuple(rcpts),
                     user=one("user"), queue_id=one("queue-id"))
