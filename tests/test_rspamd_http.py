@@ -157,6 +157,20 @@ def test_ip_header_with_port(server, parts, sent, seen):
     assert parts[0].seen[-1][0].client_ip == seen
 
 
+def test_learn_empty_body_is_refused(server, parts):
+    """An empty /learnspam or /learnham is refused with 400 as rspamd does, and nothing is learned
+    (before, the empty message was learned and its hash marked as spam or ham)."""
+    learner = parts[1]
+    learned = dict(learner.labels)
+    for path in ("/learnspam", "/learnham"):
+        status, d = post(server.port, path, b"")
+        assert status == 400 and d["error"] == "Empty body is not permitted"
+    status, _ = post(server.port, "/learnspam", zstandard.ZstdCompressor().compress(b""), {"Compression": "zstd"})
+    assert status == 400 and learner.labels == learned
+    if RSPAMC:
+        assert b"success = true" not in rspamc(server.port, "learn_spam", stdin=b"").stdout
+
+
 def test_keep_alive_and_chunked(server):
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     actions = []

@@ -264,6 +264,10 @@ class RspamdHttpServer(Server):
             if method != "POST":
                 raise RequestError(405, "use POST with the message as the body")
             body = _decompressed(headers, body, self.settings.max_size)
+            if not body:
+                # rspamd's words: an empty request is a client's mistake (a file that was not
+                # read, a pipe that broke), not a message to learn
+                raise RequestError(400, "Empty body is not permitted")
             spam = path == "/learnspam"
             learned = await self.scanner.learn(body, spam, "rspamd-http")
             self.log.info("learn", extra={"fields": {"server": self.name, "peer": conn.peer_ip,
