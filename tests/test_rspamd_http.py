@@ -284,6 +284,33 @@ def test_exim_rspamd_variant_scores_compare_as_the_verdict():
         st.stop()
 
 
+def test_settings_id_selects_a_profile():
+    """``Settings-ID`` names the settings the client chose: the ``[profiles]`` entry of that name,
+    over the recipient's, in both protocols.  An unknown ID is ignored (rspamd logs it and scans
+    with the defaults), and so is a JSON ``Settings`` header."""
+    from antispam import Config
+
+    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": 1000.5, "add header": 999.5}},
+                                        "strict": {"actions": {"reject": 2.0}}},
+                           "recipients": {"carol@rcpt.test": "strict"}})
+    st = ServerThread(RspamdHttpServer(Engine(cfg, checks=[_AlmostSpam()]), RspamdHttpConfig(port=0)))
+    try:
+        def action(**headers):
+            return post(st.port, "/checkv2", ham(), {k.replace("_", "-"): v for k, v in headers.items()})[1]["action"]
+
+        assert action() == "no action" and action(Rcpt="carol@rcpt.test") == "reject"
+        assert action(Settings_ID="lenient", Rcpt="carol@rcpt.test") == "no action"
+        assert action(Settings_ID="strict") == "reject"
+        assert action(Settings_ID="nosuch", Rcpt="carol@rcpt.test") == "reject"
+        assert action(Settings_ID="nosuch") == "no action"
+        assert action(Settings='{"actions": {"reject": 1}}') == "no action"
+        raw = ham(eol="\n")
+        out = exchange(st.port, b"CHECK RSPAMC/1.3\r\nSettings-ID: strict\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        assert b"\r\nAction: reject\r\n" in out, out[:200]
+    finally:
+        st.stop()
+
+
 @pytest.mark.parametrize("size", [b"-5", b"-0x10", b"0x5", b"+5", b"5_0", b"", b"zz", b" 5"])
 def test_chunk_size_must_be_hex_digits(server, size):
     """RFC 9112 7.1: chunk-size = 1*HEXDIG.  int(x, 16) also takes "-5" (which crashed the handler:

@@ -5,7 +5,8 @@ antispam unchanged: ``antispam serve rspamd-http``.
 ``POST /checkv2``   the message in the body, envelope in request headers
                     (``IP``, ``Helo``, ``Hostname``, ``From``, ``Rcpt``, ``User``,
                     ``Queue-Id``); answers the verdict as JSON (``Verdict.to_dict``)
-                    under the settings profile of ``Deliver-To`` or the first ``Rcpt``
+                    under the profile ``Settings-ID`` names, else that of
+                    ``Deliver-To`` or the first ``Rcpt``
 ``POST /learnspam`` ``POST /learnham``: teach the learners; ``{"success": true}``
 ``GET /ping``       ``pong``
 ``CHECK RSPAMC/1.3`` the older line protocol on the same port, for Exim's ``variant=rspamd``
@@ -163,7 +164,7 @@ class RspamdHttpServer(Server):
                 await conn.write(f"RSPAMD/1.3 76 EX_PROTOCOL {exc}\r\n\r\n".encode())
             raise
         env = _envelope(headers)
-        profile = self.scanner.profile_for(env.rcpt_tos[0] if env.rcpt_tos else None)
+        profile = self._profile(conn, headers, env)
         try:
             v = await self.scan(body, env, profile, peer=conn.peer_ip, client_ip=env.client_ip or "",
                                 queue_id=env.queue_id or "", protocol="RSPAMC")
@@ -181,6 +182,21 @@ class RspamdHttpServer(Server):
         lines += [f"Symbol: {s.name}({s.score:.2f})" + (f"; {','.join(s.options)}" if s.options else "")
                   for s in sorted(v.symbols.values(), key=lambda s: (-abs(s.score), s.name))]
         await conn.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def _profile(self, conn: Connection, headers: dict[str, list[str]], env: Envelope) -> str | None:
+        """The settings profile of a request.  rspamd's ``Settings-ID`` names a settings block the
+        client chose (outbound mail, a class of users): a ``[profiles]`` entry of that name is our
+        equivalent, and wins over the recipient's, as there.  An unknown ID is logged and ignored,
+        as rspamd does.  Otherwise the profile of the mailbox being delivered to (``Deliver-To``),
+        else of the first recipient."""
+        settings_id = (headers.get("settings-id") or [""])[-1]
+        if settings_id:
+            if settings_id in self.scanner.engine.config.profiles:
+                return settings_id
+            self.log.warning("unknown Settings-ID", extra={"fields": {"server": self.name, "peer": conn.peer_ip,
+                                                                      "settings_id": settings_id}})
+        deliver_to = (headers.get("deliver-to") or [None])[-1]
+        return self.scanner.profile_for(deliver_to or (env.rcpt_tos[0] if env.rcpt_tos else None))
 
     async def _headers(self, conn: Connection) -> dict[str, list[str]]:
         """The request's header fields, names lower-cased.  A malformed section is a RequestError,
@@ -251,9 +267,7 @@ class RspamdHttpServer(Server):
                 raise RequestError(405, "use POST with the message as the body")
             body = _decompressed(headers, body, self.settings.max_size)
             env = _envelope(headers)
-            # settings of the mailbox being delivered to (Deliver-To), else of the first recipient
-            deliver_to = (headers.get("deliver-to") or [None])[-1]
-            profile = self.scanner.profile_for(deliver_to or (env.rcpt_tos[0] if env.rcpt_tos else None))
+            profile = self._profile(conn, headers, env)
             try:
                 verdict = await self.scan(body, env, profile, peer=conn.peer_ip, client_ip=env.client_ip or "",
                                           queue_id=env.queue_id or "")
