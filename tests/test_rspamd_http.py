@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -49,9 +50,9 @@ def rspamc(port: int, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=60)
 
 
-def post(port: int, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+def post(port: int, path: str, body: bytes, headers: dict | None = None, method: str = "POST") -> tuple[int, dict]:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("POST", path, body=body, headers=headers or {})
+    c.request(method, path, body=body, headers=headers or {})
     r = c.getresponse()
     data = r.read()
     c.close()
@@ -167,8 +168,86 @@ def test_learn_empty_body_is_refused(server, parts):
         assert status == 400 and d["error"] == "Empty body is not permitted"
     status, _ = post(server.port, "/learnspam", zstandard.ZstdCompressor().compress(b""), {"Compression": "zstd"})
     assert status == 400 and learner.labels == learned
-    if RSPAMC:
-        assert b"success = true" not in rspamc(server.port, "learn_spam", stdin=b"").stdout
+    if RSPAMC:  # rspamc sends an empty input as GET
+        assert b"HTTP error: 400, Bad Request" in rspamc(server.port, "learn_spam", stdin=b"").stdout
+
+
+def test_get_and_put_with_the_message(server, parts):
+    """rspamd_proxy sends its upstream ``GET /checkv2`` with the message as the body (milter mode);
+    rspamd takes GET and PUT as it takes POST, for checks and learning."""
+    probe, learner = parts
+    for method in ("GET", "PUT"):
+        status, d = post(server.port, "/checkv2", spam(), {"IP": "192.0.2.8"}, method=method)
+        assert status == 200 and "GTUBE" in d["symbols"] and probe.seen[-1] == (probe.seen[-1][0], spam())
+    raw = ham(subject="taught by GET")
+    assert post(server.port, "/learnspam", raw, method="GET")[0] == 200
+    assert "LEARNED_SPAM" in post(server.port, "/checkv2", raw)[1]["symbols"]
+    assert post(server.port, "/checkv2", spam(), method="DELETE")[0] == 405
+
+
+@pytest.fixture
+def segment():
+    """A POSIX shared memory segment as rspamd_proxy makes one (/dev/shm/rhm.<hex>); removed after."""
+    made = []
+
+    def make(data: bytes) -> str:
+        name = "/rhm." + os.urandom(10).hex()
+        with open("/dev/shm" + name, "wb") as f:
+            f.write(data)
+        made.append("/dev/shm" + name)
+        return name
+
+    yield make
+    for path in made:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def shm_check(port: int, name: str, *more: str, path: str = "/checkv2") -> tuple[int, dict]:
+    head = "".join(f"{h}\r\n" for h in more)
+    out = exchange(port, f"GET {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\nShm: {name}\r\n{head}\r\n".encode())
+    status, body = status_and_body(out)
+    return status, json.loads(body)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_message_in_shared_memory(server, parts, segment, monkeypatch):
+    """rspamd_proxy hands a local upstream the message in shared memory: ``GET`` with no body and
+    ``Shm: /rhm.<hex>``, ``Shm-Offset``, ``Shm-Length``.  Read from a loopback peer only, a name of
+    that form only, no symbolic link, no hard link, within the segment and max_size."""
+    probe, learner = parts
+    name = segment(b"JUNK" + spam() + b"TAIL")
+    status, d = shm_check(server.port, name, "Shm-Offset: 4", f"Shm-Length: {len(spam())}")
+    assert status == 200 and "GTUBE" in d["symbols"] and probe.seen[-1][1] == spam()
+    assert shm_check(server.port, name, "Shm-Offset: 4")[0] == 200 and probe.seen[-1][1] == spam() + b"TAIL"
+    raw = ham(subject="taught from shared memory")
+    assert shm_check(server.port, segment(raw), path="/learnham")[0] == 200
+    assert "LEARNED_HAM" in post(server.port, "/checkv2", raw)[1]["symbols"]
+    assert shm_check(server.port, segment(zstandard.ZstdCompressor().compress(spam())), "Compression: zstd")[0] == 200
+    assert probe.seen[-1][1] == spam()
+
+    scans = len(probe.seen)
+    os.symlink("/dev/shm" + name, "/dev/shm" + (link := "/rhm." + os.urandom(10).hex()))
+    try:
+        assert shm_check(server.port, link)[0] == 400  # O_NOFOLLOW
+    finally:
+        os.unlink("/dev/shm" + link)
+    os.link("/dev/shm" + name, "/dev/shm" + (link := "/rhm." + os.urandom(10).hex()))
+    try:
+        assert shm_check(server.port, link)[0] == 400  # a second name: could be a file from elsewhere
+    finally:
+        os.unlink("/dev/shm" + link)
+    for bad in ("/rhm.../../etc/passwd", "/../etc/passwd", "rhm.0a1b", "/rhm.xyz", "/rhm.0a1b/x", "/rhm.0a1b\x00"):
+        status, d = shm_check(server.port, bad)
+        assert status == 400 and "name" in d["error"], bad
+    assert shm_check(server.port, "/rhm.0123456789abcdef")[0] == 400  # no such segment
+    assert shm_check(server.port, name, "Shm-Offset: 4", f"Shm-Length: {len(spam()) + 5}")[0] == 400
+    assert shm_check(server.port, name, "Shm-Offset: -1")[0] == 400
+    assert shm_check(server.port, segment(b"x" * 100_001))[0] == 413
+    monkeypatch.setattr(rspamd_http, "_loopback", lambda ip: False)
+    status, d = shm_check(server.port, name)
+    assert status == 403 and "loopback" in d["error"]
+    assert len(probe.seen) == scans
 
 
 def test_keep_alive_and_chunked(server):

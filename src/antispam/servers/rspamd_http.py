@@ -8,6 +8,8 @@ antispam unchanged: ``antispam serve rspamd-http``.
                     under the profile ``Settings-ID`` names, else that of
                     ``Deliver-To`` or the first ``Rcpt``
 ``POST /learnspam`` ``POST /learnham``: teach the learners; ``{"success": true}``
+(GET, PUT)          as POST, as rspamd takes them: rspamd_proxy sends GET, the message
+                    as the body or, from a loopback peer, in shared memory (``Shm``)
 ``GET /ping``       ``pong``
 ``CHECK RSPAMC/1.3`` the older line protocol on the same port, for Exim's ``variant=rspamd``
 ``GET /metrics``    Prometheus metrics, when the server has them
@@ -25,8 +27,11 @@ a server that died.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import os
 import re
+import stat
 import time
 from typing import Any
 
@@ -256,6 +261,55 @@ class RspamdHttpServer(Server):
             raise RequestError(413, f"message larger than {limit} bytes")
         return await conn.readexactly(n) if n else b""
 
+    def _message(self, conn: Connection, method: str, headers: dict[str, list[str]], body: bytes) -> bytes:
+        """The message a check or learn request carries: its body, or the shared memory segment
+        ``Shm`` names, decompressed when it came compressed.  rspamd takes any method here, and
+        rspamd_proxy sends its upstream ``GET`` with the message as the body (milter mode) or in
+        shared memory (an upstream on a local address): GET and PUT are taken as POST is."""
+        if method not in ("POST", "GET", "PUT"):
+            raise RequestError(405, "use POST (or GET, PUT) with the message as the body")
+        if headers.get("shm"):
+            body = self._shared(conn, headers)
+        return _decompressed(headers, body, self.settings.max_size)
+
+    def _shared(self, conn: Connection, headers: dict[str, list[str]]) -> bytes:
+        """The message in the POSIX shared memory segment rspamd_proxy names in ``Shm: /rhm.<hex>``,
+        from ``Shm-Offset`` (0 without it), ``Shm-Length`` bytes (the rest of the segment without
+        it).  A client could name any file this process may read, so only a loopback peer may ask
+        (rspamd_proxy uses it for a local upstream only), only a name of rspamd's form, opened in
+        /dev/shm without following a symbolic link or blocking on a FIFO, only a regular file with
+        no other name (a hard link could give a file outside shared memory), never more than
+        max_size bytes of it."""
+        if not _loopback(conn.peer_ip):
+            raise RequestError(403, "Shm (a message in shared memory) is taken from a loopback peer only")
+        name = headers["shm"][-1]
+        if not _SHM_NAME.fullmatch(name):
+            raise RequestError(400, f"bad Shm segment name {name[:100]!r} (not /rhm.<hex>)")
+        offset = parse_length((headers.get("shm-offset") or ["0"])[-1])
+        length = parse_length(headers["shm-length"][-1]) if headers.get("shm-length") else None
+        if offset is None or (headers.get("shm-length") and length is None):
+            raise RequestError(400, "bad Shm-Offset or Shm-Length")
+        try:
+            fd = os.open("/dev/shm" + name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RequestError(400, f"cannot open shared memory segment {name}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise RequestError(400, f"shared memory segment {name} is not a plain segment")
+            if length is None:
+                length = max(st.st_size - offset, 0)
+            if offset + length > st.st_size:
+                raise RequestError(400, f"Shm-Offset and Shm-Length past the end of segment {name}")
+            if length > self.settings.max_size:
+                raise RequestError(413, f"message larger than {self.settings.max_size} bytes")
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise RequestError(400, f"shared memory segment {name} shrank while it was read")
+        return data
+
     async def _route(self, conn: Connection, method: str, path: str, headers: dict[str, list[str]],
                      body: bytes, keep: bool) -> bytes:
         if path == "/ping":
@@ -263,9 +317,7 @@ class RspamdHttpServer(Server):
         if path == "/metrics" and method == "GET" and self.metrics is not None:
             return response(200, self.metrics.render(), "text/plain; version=0.0.4", keep)
         if path in ("/checkv2", "/symbols"):
-            if method != "POST":
-                raise RequestError(405, "use POST with the message as the body")
-            body = _decompressed(headers, body, self.settings.max_size)
+            body = self._message(conn, method, headers, body)
             env = _envelope(headers)
             profile = self._profile(conn, headers, env)
             try:
@@ -275,9 +327,7 @@ class RspamdHttpServer(Server):
                 raise RequestError(500, "scan failed") from None
             return _json(200, verdict.to_dict(), keep)
         if path in ("/learnspam", "/learnham"):
-            if method != "POST":
-                raise RequestError(405, "use POST with the message as the body")
-            body = _decompressed(headers, body, self.settings.max_size)
+            body = self._message(conn, method, headers, body)
             if not body:
                 # rspamd's words: an empty request is a client's mistake (a file that was not
                 # read, a pipe that broke), not a message to learn
@@ -291,6 +341,21 @@ class RspamdHttpServer(Server):
             why = "no learner took the message (already learned, or no learning check is enabled)"
             return _json(208, {"success": False, "error": why}, keep)
         raise RequestError(404, f"no such endpoint {path}")
+
+
+#: a shared memory segment's name as rspamd makes them (rspamd_shmem_mkstemp: ``/rhm.`` and random
+#: hex): one name directly in /dev/shm, nothing that could lead elsewhere
+_SHM_NAME = re.compile(r"/rhm\.[0-9A-Fa-f]{1,64}")
+
+
+def _loopback(ip: str) -> bool:
+    """Whether a peer address is this host's own (127.0.0.0/8, ::1, or ::ffff:127.x.x.x)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 #: compressed bytes fed to the zstd decompressor at a time: a block (at most 128 KiB of output)
