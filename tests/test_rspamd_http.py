@@ -18,6 +18,7 @@ import zstandard
 from antispam import Check, Engine, Hit, SymbolDef
 from antispam.builtin import GtubeCheck
 from antispam.config import RspamdHttpConfig
+from antispam.verdict import Verdict
 from antispam.servers.metrics import Metrics
 from antispam.servers import rspamd_http
 from antispam.servers.rspamd_http import RspamdHttpServer
@@ -248,6 +249,25 @@ def test_message_in_shared_memory(server, parts, segment, monkeypatch):
     status, d = shm_check(server.port, name)
     assert status == 403 and "loopback" in d["error"]
     assert len(probe.seen) == scans
+
+
+def test_check_and_symbols_answer_protocol_v1(server):
+    """rspamd answers the older ``/check`` and ``/symbols`` in its first JSON shape, which older
+    clients parse: the verdict and one key per symbol under ``default``, no ``symbols`` or
+    ``thresholds``, the rest (``message-id``, ``time_real``) at the top."""
+    v2 = post(server.port, "/checkv2", spam())[1]
+    for path in ("/check", "/symbols"):
+        status, d = post(server.port, path, spam())
+        assert status == 200 and set(d) == {"default", "message-id", "time_real"}, d
+        default = d["default"]
+        assert (default["is_spam"], default["is_skipped"], default["action"]) == (True, False, "reject")
+        assert (default["score"], default["required_score"]) == (v2["score"], v2["required_score"])
+        assert default["GTUBE"] == {k: v for k, v in v2["symbols"]["GTUBE"].items() if k != "metric_score"}
+        assert set(default) == {"is_spam", "is_skipped", "score", "required_score", "action", *v2["symbols"]}
+    assert post(server.port, "/check", ham())[1]["default"]["is_spam"] is False
+    v = Verdict(score=1.0, required_score=5.0, action="no action", symbols={}, thresholds={"reject": 15.0},
+                authentication_results="mx.test; spf=pass")
+    assert rspamd_http._v1(v)["rmilter"] == v.to_dict()["milter"]  # the milter block's v1 name
 
 
 def test_keep_alive_and_chunked(server):

@@ -10,6 +10,8 @@ antispam unchanged: ``antispam serve rspamd-http``.
 ``POST /learnspam`` ``POST /learnham``: teach the learners; ``{"success": true}``
 (GET, PUT)          as POST, as rspamd takes them: rspamd_proxy sends GET, the message
                     as the body or, from a loopback peer, in shared memory (``Shm``)
+``POST /check``     ``/symbols``: the same, in rspamd's older JSON shape (protocol v1:
+                    ``{"default": {"is_spam", "score", ..., SYMBOL: {...}}}``)
 ``GET /ping``       ``pong``
 ``CHECK RSPAMC/1.3`` the older line protocol on the same port, for Exim's ``variant=rspamd``
 ``GET /metrics``    Prometheus metrics, when the server has them
@@ -41,7 +43,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     zstandard = None
 
 from ..message import Envelope
-from ..verdict import shown_required, shown_score
+from ..verdict import Verdict, shown_required, shown_score
 from .common import Connection, ProtocolError, RequestError, Server, linger, parse_length
 
 _REASONS = {200: "OK", 208: "Already Reported", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 403: "Forbidden",
@@ -316,7 +318,7 @@ class RspamdHttpServer(Server):
             return response(200, b"pong\r\n", "text/plain", keep)
         if path == "/metrics" and method == "GET" and self.metrics is not None:
             return response(200, self.metrics.render(), "text/plain; version=0.0.4", keep)
-        if path in ("/checkv2", "/symbols"):
+        if path in ("/checkv2", "/check", "/symbols"):
             body = self._message(conn, method, headers, body)
             env = _envelope(headers)
             profile = self._profile(conn, headers, env)
@@ -325,7 +327,7 @@ class RspamdHttpServer(Server):
                                           queue_id=env.queue_id or "")
             except Exception:
                 raise RequestError(500, "scan failed") from None
-            return _json(200, verdict.to_dict(), keep)
+            return _json(200, verdict.to_dict() if path == "/checkv2" else _v1(verdict), keep)
         if path in ("/learnspam", "/learnham"):
             body = self._message(conn, method, headers, body)
             if not body:
@@ -341,6 +343,22 @@ class RspamdHttpServer(Server):
             why = "no learner took the message (already learned, or no learning check is enabled)"
             return _json(208, {"success": False, "error": why}, keep)
         raise RequestError(404, f"no such endpoint {path}")
+
+
+def _v1(verdict: Verdict) -> dict[str, Any]:
+    """The verdict in the shape rspamd answers the older ``/check`` and ``/symbols`` in (protocol
+    v1, which older clients parse): the verdict and one key per symbol (without ``metric_score``)
+    inside ``{"default": {...}}``, no ``thresholds``, the rest at the top, where the ``milter``
+    block is named ``rmilter``."""
+    d = verdict.to_dict()
+    default: dict[str, Any] = {"is_spam": verdict.is_spam, "is_skipped": d.pop("is_skipped"), "score": d.pop("score"),
+                               "required_score": d.pop("required_score"), "action": d.pop("action")}
+    for name, sym in d.pop("symbols").items():
+        default[name] = {k: v for k, v in sym.items() if k != "metric_score"}
+    del d["thresholds"]
+    if "milter" in d:
+        d["rmilter"] = d.pop("milter")
+    return {"default": default, **d}
 
 
 #: a shared memory segment's name as rspamd makes them (rspamd_shmem_mkstemp: ``/rhm.`` and random
