@@ -27,6 +27,7 @@ from server_helpers import EnvelopeProbe, MemoryLearner, ServerThread, ham, spam
 from servers import free_port
 
 RSPAMC = shutil.which("rspamc")
+SPAMC = shutil.which("spamc")
 needs_rspamc = pytest.mark.skipif(RSPAMC is None and not os.environ.get("CI"),
                                   reason="rspamc is not installed (Debian package rspamd)")
 
@@ -476,6 +477,28 @@ def test_malformed_headers_are_answered(server, headers, status):
     out = exchange(server.port, b"POST /checkv2 HTTP/1.1\r\nContent-Length: 0\r\n" + headers + b"\r\n", shut=False)
     got, body = status_and_body(out)
     assert got == status and json.loads(body)["error"] and b"Connection: close" in out
+
+
+@pytest.mark.skipif(SPAMC is None and not os.environ.get("CI"), reason="spamc is not installed (Debian package spamc)")
+def test_spamc_check_and_symbols_on_this_port(server):
+    """rspamd answers spamc's CHECK and SYMBOLS on its port: ``spamc -c`` and ``-y`` pointed at it
+    read a verdict (the real spamc); its other commands get spamd's EX_PROTOCOL, not silence."""
+    def spamc(*args: str, stdin: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([SPAMC, "-d", "127.0.0.1", "-p", str(server.port), "-t", "20", *args],
+                              input=stdin, capture_output=True, timeout=60)
+
+    r = spamc("-c", stdin=spam())
+    assert (r.returncode, r.stdout) == (1, b"1000.0/5.0\n"), r
+    r = spamc("-c", stdin=ham())
+    assert r.returncode == 0 and r.stdout.endswith(b"/5.0\n") and not r.stdout.startswith(b"1000"), r
+    assert spamc("-y", stdin=spam()).stdout.split(b"\n")[0].split(b",")[0] == b"GTUBE"
+    raw = spam(eol="\n")
+    out = exchange(server.port, b"SYMBOLS SPAMC/1.5\r\nUser: bo\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"SPAMD/1.1 0 EX_OK" and b"\r\nSpam: True ; 1000" in head, out
+    assert f"Content-length: {len(body)}".encode() in head and body.startswith(b"GTUBE") and body.endswith(b"\r\n")
+    out = exchange(server.port, b"PROCESS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+    assert out.startswith(b"SPAMD/1.1 76 EX_PROTOCOL ")
 
 
 def test_legacy_protocol_bad_header_is_answered(server):

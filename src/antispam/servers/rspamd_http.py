@@ -14,6 +14,7 @@ antispam unchanged: ``antispam serve rspamd-http``.
                     ``{"default": {"is_spam", "score", ..., SYMBOL: {...}}}``)
 ``GET /ping``       ``pong``
 ``CHECK RSPAMC/1.3`` the older line protocol on the same port, for Exim's ``variant=rspamd``
+``CHECK SPAMC/1.5`` ``SYMBOLS``: spamc's, as rspamd answers them (``spamc -c``, ``-y``)
 ``GET /metrics``    Prometheus metrics, when the server has them
 ==================  =========================================================
 
@@ -68,9 +69,6 @@ def _json(status: int, obj: Any, keep_alive: bool = True) -> bytes:
     return response(status, json.dumps(obj).encode(), keep_alive=keep_alive)
 
 
-_LEGACY_TIMEOUT = b"RSPAMD/1.3 79 EX_TIMEOUT timeout\r\n\r\n"
-
-
 class RspamdHttpServer(Server):
     """``antispam serve rspamd-http``: see the module docstring."""
 
@@ -107,8 +105,8 @@ class RspamdHttpServer(Server):
             conn.busy = True
             conn.request_since = time.monotonic()
             parts = first.decode("latin-1").split()
-            if len(parts) == 2 and parts[1].startswith("RSPAMC/"):
-                await self._legacy(conn, parts[0])
+            if len(parts) == 2 and parts[1].startswith(("RSPAMC/", "SPAMC/")):
+                await self._legacy(conn, parts[0], spamc=parts[1].startswith("SPAMC/"))
                 return
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                 await linger(conn, _json(400, {"error": "bad request line"}, keep_alive=False))
@@ -146,48 +144,60 @@ class RspamdHttpServer(Server):
             if not keep:
                 return
 
-    async def _legacy(self, conn: Connection, method: str) -> None:
+    async def _legacy(self, conn: Connection, method: str, spamc: bool = False) -> None:
         """rspamd's older line protocol, which Exim's ``spamd_address = ... variant=rspamd`` speaks:
         ``CHECK RSPAMC/1.3``, the same envelope headers as HTTP, ``Content-length``, the message;
         answered with ``RSPAMD/1.3 0 EX_OK``, a ``Metric: default; True; score / required / reject``
         line, ``Action:`` and one ``Symbol:`` line per symbol, then the connection closes.
         Malformed requests are answered in this protocol's words (``76 EX_PROTOCOL``; ``65
-        EX_DATAERR`` for a message over ``max_size``), never with HTTP, a timeout's too."""
-        conn.timeout_reply = _LEGACY_TIMEOUT
+        EX_DATAERR`` for a message over ``max_size``), never with HTTP, a timeout's too.
+
+        spamc's ``CHECK SPAMC/1.x`` and ``SYMBOLS SPAMC/1.x`` are answered too, as rspamd answers
+        them on this port (``spamc -c`` / ``-y`` pointed at it): ``SPAMD/1.1 0 EX_OK``, a ``Spam:
+        True ; score / required`` line and the symbol names as the body; other spamc commands
+        (spamc's default PROCESS among them) get ``76 EX_PROTOCOL``: ``serve spamd`` has them."""
+        version = "SPAMD/1.1" if spamc else "RSPAMD/1.3"
+        conn.timeout_reply = f"{version} 79 EX_TIMEOUT timeout\r\n\r\n".encode()
         try:
             headers = await self._headers(conn)
             if method not in ("CHECK", "SYMBOLS"):
-                await linger(conn, b"RSPAMD/1.3 76 EX_PROTOCOL unsupported command\r\n\r\n")
+                await linger(conn, f"{version} 76 EX_PROTOCOL unsupported command\r\n\r\n".encode())
                 return
             body = await self._body(conn, headers)
             conn.request_since = None
         except RequestError as exc:
             code = "65 EX_DATAERR" if exc.code == 413 else "76 EX_PROTOCOL"
-            await linger(conn, f"RSPAMD/1.3 {code} {exc.text}\r\n\r\n".encode())
+            await linger(conn, f"{version} {code} {exc.text}\r\n\r\n".encode())
             return
         except ProtocolError as exc:
             conn.request_since = None
             with contextlib.suppress(OSError, TimeoutError):
-                await conn.write(f"RSPAMD/1.3 76 EX_PROTOCOL {exc}\r\n\r\n".encode())
+                await conn.write(f"{version} 76 EX_PROTOCOL {exc}\r\n\r\n".encode())
             raise
         env = _envelope(headers)
         profile = self._profile(conn, headers, env)
         try:
             v = await self.scan(body, env, profile, peer=conn.peer_ip, client_ip=env.client_ip or "",
-                                queue_id=env.queue_id or "", protocol="RSPAMC")
+                                queue_id=env.queue_id or "", protocol="SPAMC" if spamc else "RSPAMC")
         except Exception:
-            await conn.write(b"RSPAMD/1.3 70 EX_SOFTWARE scan failed\r\n\r\n")
+            await conn.write(f"{version} 70 EX_SOFTWARE scan failed\r\n\r\n".encode())
             return
         # Exim (variant=rspamd) takes ``score >= required`` from this line as spam: a ham's printed
         # score stays below the printed required score, and no threshold is printed as "inf".
         score = shown_score(v.score, v.required_score, v.is_spam, digits=2)
         required = shown_required(v.required_score)
+        symbols = sorted(v.symbols.values(), key=lambda s: (-abs(s.score), s.name))
+        if spamc:
+            names = (",".join(s.name for s in symbols) + "\r\n").encode()
+            await conn.write(f"SPAMD/1.1 0 EX_OK\r\nContent-length: {len(names)}\r\n"
+                             f"Spam: {v.is_spam} ; {score} / {required:.2f}\r\n\r\n".encode() + names)
+            return
         reject = shown_required(v.thresholds.get("reject", v.required_score))
         lines = ["RSPAMD/1.3 0 EX_OK",
                  f"Metric: default; {'True' if v.is_spam else 'False'}; {score} / {required:.2f} / {reject:.2f}",
                  f"Action: {v.action}"]
         lines += [f"Symbol: {s.name}({s.score:.2f})" + (f"; {','.join(s.options)}" if s.options else "")
-                  for s in sorted(v.symbols.values(), key=lambda s: (-abs(s.score), s.name))]
+                  for s in symbols]
         await conn.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def _profile(self, conn: Connection, headers: dict[str, list[str]], env: Envelope) -> str | None:
