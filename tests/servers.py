@@ -26,6 +26,18 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def request(port: int, data: bytes, timeout: float = 30.0) -> bytes:
+    """Send ``data`` to 127.0.0.1:``port``, shut the sending side as spamc does, and return
+    everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
 class RedisServer:
     """A private redis-server: loopback only, no persistence, its own directory."""
 

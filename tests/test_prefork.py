@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from server_helpers import Sink, ham, spam
-from servers import free_port
+from servers import free_port, request
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -77,13 +77,7 @@ def cpu_ticks(pid: int) -> int:
 
 def check(port: int, raw: bytes) -> bytes:
     """One spamd CHECK, as spamc sends it; the whole reply."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
-        s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-    return reply
+    return request(port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
 
 
 def test_every_process_serves_and_the_verdicts_are_the_engines(tmp_path):

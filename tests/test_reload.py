@@ -13,7 +13,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from antispam.servers.common import Scanner
 from antispam.store.memory import MemoryStore
 
 from server_helpers import ham
+from servers import request
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -96,12 +96,7 @@ class Served:
 
 def symbols(port: int, raw: bytes = MARKED, method: bytes = b"SYMBOLS") -> tuple[float, list[str]]:
     """One spamd SYMBOLS request: (score, symbols)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        s.sendall(method + b" SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
-        s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
+    reply = request(port, method + b" SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw, 60)
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"SPAMD/1.1 0 EX_OK"), reply
     m = re.search(rb"Spam: \w+ ; (-?[\d.]+) /", head)
@@ -112,13 +107,7 @@ def symbols(port: int, raw: bytes = MARKED, method: bytes = b"SYMBOLS") -> tuple
 def tell(port: int, raw: bytes, learn: bytes = b"spam") -> bytes:
     """spamc -L spam|ham|forget: TELL with Message-class and Set: local, or Remove: local; the reply."""
     what = b"Remove: local" if learn == b"forget" else b"Message-class: %s\r\nSet: local" % learn
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        s.sendall(b"TELL SPAMC/1.5\r\n%s\r\nContent-length: %d\r\n\r\n" % (what, len(raw)) + raw)
-        s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-    return reply
+    return request(port, b"TELL SPAMC/1.5\r\n%s\r\nContent-length: %d\r\n\r\n" % (what, len(raw)) + raw, 60)
 
 
 def test_sighup_reloads_the_rules_and_a_broken_file_changes_nothing(tmp_path):
