@@ -217,6 +217,15 @@ def test_html_to_text_drops_invisible_markup_and_finds_links():
     assert ("http://img.example/i.gif", "") in links and ("http://f.example/post", "") in links
 
 
+def test_html_unclosed_head_hides_nothing():
+    """A browser ends the head at the first thing that cannot be in it (WHATWG "in head" mode): a
+    ``<head>`` never closed must not hide the body's words.  The title alone stays hidden."""
+    m = Message(b"Content-Type: text/html\n\n<html><head><title>x</title>\n<meta name=a content=b>"
+                b"<body><p>Cheap meds online, click here now</p></body></html>\n")
+    assert m.html_text == "Cheap meds online, click here now"
+    assert html_to_text("<head><title>T</title><style>p{}</style></head><body>Hi</body>")[0] == "Hi"
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

@@ -227,8 +227,12 @@ _COMMENT_RE = re.compile(r"\([^()]*\)")
 
 # HTML -> text.  Regular expressions rather than a DOM: the filter wants the
 # visible words and the links, quickly, from HTML that is often broken on purpose.
+#: what a browser never shows: comments, scripts, styles and the title.  Not the ``<head>`` as a
+#: whole: an unclosed one (``<head><title>x</title><body>...``) would hide every word after it, where a
+#: browser ends the head at the first tag or text that cannot be in it (WHATWG HTML, "in head"
+#: insertion mode); what else a head holds is tags (meta, link, base), removed with the others.
 _HTML_DROP_RE = re.compile(
-    r"<!--.*?(?:-->|$)|<(script|style|head|title)\b[^>]*>.*?(?:</\1\s*>|$)", re.S | re.I
+    r"<!--.*?(?:-->|$)|<(script|style|title)\b[^>]*>.*?(?:</\1\s*>|$)", re.S | re.I
 )
 #: An anchor's text runs to its ``</a>``, to the next ``<a``, or to the end.  Written as an unrolled
 #: loop (runs of ``[^<]``, then one ``<`` that starts neither) rather than a lazy ``.*?`` that tries
@@ -239,7 +243,7 @@ _HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))"""
 _HTML_SRC_RE = re.compile(r"""<(?:img|form|iframe|area)\b[^>]*?\b(?:src|action|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _BLANKS_RE = re.compile(r"\n\s*\n+")
 #: where a match of the patterns above can begin, for the searches in linear time (:func:`_tag_matches`)
-_HTML_DROP_START_RE = re.compile(r"<(?:!--|(?:script|style|head|title)\b)", re.I)
+_HTML_DROP_START_RE = re.compile(r"<(?:!--|(?:script|style|title)\b)", re.I)
 _HTML_ANCHOR_START_RE = re.compile(r"<a\b", re.I)
 _HTML_SRC_START_RE = re.compile(r"<(?:img|form|iframe|area)\b", re.I)
 
@@ -566,7 +570,7 @@ def _head_text(head: bytes, defects: set[str]) -> str:
 def html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
     """Visible text of an HTML document, and its links as ``(href, anchor_text)``.
 
-    Scripts, styles, comments and the head are dropped; block-level tags become
+    Scripts, styles, comments and the title are dropped; block-level tags become
     line breaks; entities are unescaped.  Image, form and frame targets are
     links with empty anchor text.
     """
@@ -623,7 +627,7 @@ def _tag_matches(pattern: re.Pattern[str], starts: re.Pattern[str], text: str) -
 def _drop_hidden(markup: str) -> str:
     """``_HTML_DROP_RE.sub(" ", markup)`` in time linear in ``len(markup)``.
 
-    A script, style, head or title tag cannot open with no ``>`` after it, and ``re`` trying each one
+    A script, style or title tag cannot open with no ``>`` after it, and ``re`` trying each one
     there reads on to the end (see :func:`_tag_matches`): those places are passed over.  A comment
     opens anywhere (one left open runs to the end).
     """
