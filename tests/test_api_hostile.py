@@ -366,7 +366,7 @@ _ORIGINAL = {
 
 def _reference_html_to_text(markup: str) -> tuple[str, list[tuple[str, str]]]:
     """``html_to_text`` as it was written, with ``re`` alone: the reading the linear version must keep."""
-    markup = _ORIGINAL["drop"].sub(" ", markup)
+    markup = _ORIGINAL["drop"].sub("", markup)
     links = []
     for m in _ORIGINAL["anchor"].finditer(markup):
         h = _ORIGINAL["href"].search(m.group(1))

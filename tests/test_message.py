@@ -226,6 +226,14 @@ def test_html_unclosed_head_hides_nothing():
     assert html_to_text("<head><title>T</title><style>p{}</style></head><body>Hi</body>")[0] == "Hi"
 
 
+def test_html_hidden_markup_inside_a_word_does_not_split_it():
+    """A comment, style or script shows nothing: the letters around it join, as a reader sees them."""
+    m = Message(b"Content-Type: text/html\n\n<html><body>Buy V<!-- mom -->iagra and C<!--x-->ialis, "
+                b"M<script>x()</script>ortgage r<style>p{}</style>ates</body></html>\n")
+    assert m.html_text == "Buy Viagra and Cialis, Mortgage rates"
+    assert "viagra" in [w.lower() for w in m.text.split()]
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random
