@@ -234,6 +234,23 @@ def test_html_hidden_markup_inside_a_word_does_not_split_it():
     assert "viagra" in [w.lower() for w in m.text.split()]
 
 
+def test_multipart_delimiter_is_the_whole_line():
+    """RFC 2046 5.1.1: a delimiter line is the boundary and blanks, nothing more.  An inner boundary
+    that extends the outer one (``X`` and ``XAA``) must not split the outer multipart."""
+    raw = (b'Content-Type: multipart/related; boundary="----=_NextPart_X"\n\n'
+           b'------=_NextPart_X\n'
+           b'Content-Type: multipart/alternative; boundary="----=_NextPart_XAA"\n\n'
+           b'------=_NextPart_XAA\nContent-Type: text/html\n\n<p>Buy now</p>\n'
+           b'------=_NextPart_XAA--\n\n'
+           b'------=_NextPart_X-- \t\r\n')
+    m = Message(raw).parse_all()
+    assert [(p.content_type, p.text) for p in m.parts] == [("text/html", "<p>Buy now</p>")]
+    assert not {"MIME_MISSING_BOUNDARY", "MIME_MISSING_CLOSE_BOUNDARY"} & m.defects
+    # a line with text after the boundary is body text; padding blanks after a delimiter are allowed
+    m = Message(b"Content-Type: multipart/mixed; boundary=b\n\n--b \nContent-Type: text/plain\n\n--bye\n--b--x\nmore\n--b--\n")
+    assert [p.text for p in m.parts] == ["--bye\n--b--x\nmore"]
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

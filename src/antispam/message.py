@@ -966,7 +966,14 @@ class Message:
                         body=payload, text=text, is_attachment=is_att and text is None, size=len(payload)))
 
     def _split_multipart(self, body: bytes, boundary: bytes) -> Iterator[bytes]:
-        """Yield the bodies between ``--boundary`` delimiter lines (RFC 2046 5.1.1)."""
+        """Yield the bodies between ``--boundary`` delimiter lines (RFC 2046 5.1.1).
+
+        A delimiter line is the boundary, then ``--`` for the close delimiter, then only blanks to
+        the line end (RFC 2046 5.1.1: ``"--" boundary [ "--" ] transport-padding CRLF``), as Python's
+        email package and Thunderbird read it.  A line that merely starts with it is body text: the
+        usual case is an inner multipart's boundary that extends the outer one (``----=_NextPart_X``
+        and ``----=_NextPart_XAA``), which would otherwise split the outer part inside the inner one.
+        """
         delim = b"--" + boundary
         pos = 0
         starts: list[int] = []
@@ -979,6 +986,12 @@ class Message:
             if i == 0 or body[i - 1] == 10:  # at a line start
                 end = i + len(delim)
                 is_close = body[end : end + 2] == b"--"
+                k = end + 2 if is_close else end
+                while k < n and body[k] in b" \t\r":  # transport padding (each byte read once: it ends at a line end)
+                    k += 1
+                if k < n and body[k] != 10:  # more text on the line: not this boundary's delimiter
+                    pos = end
+                    continue
                 starts.append(i)
                 if is_close:
                     closed = True
