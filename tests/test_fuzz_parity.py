@@ -334,4 +334,4 @@ def test_charset_names_from_mail_do_not_accumulate():
     for i in range(5000):
         assert _codec(f"x-made-up-{i}") is None
     assert _codec_of.cache_info().currsize <= _codec_of.cache_info().maxsize < 5000
-    assert _codec("UTF-8") == "utf-8" and _codec('"ISO-8859-1"') == "iso8859-1" and _codec("rot13") is None
+    assert _codec("UTF-8") == "utf-8" and _codec('"ISO-8859-1"') == "cp1252" and _codec("rot13") is None

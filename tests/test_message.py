@@ -251,6 +251,21 @@ def test_multipart_delimiter_is_the_whole_line():
     assert [p.text for p in m.parts] == ["--bye\n--b--x\nmore"]
 
 
+@pytest.mark.parametrize("charset, data, text", [
+    # WHATWG Encoding Standard, as Thunderbird and browsers decode: the label iso-8859-1 (any spelling) is windows-1252
+    (b'"iso-8859-1"', b"It\x92s only \x80100 \x96 \x93FREE\x94", "It\u2019s only \u20ac100 \u2013 \u201cFREE\u201d"),
+    (b"latin1", b"\x85 caf\xe9", "\u2026 caf\u00e9"),
+    (b"windows-1252", b"a\x81b\x9dc", "a\x81b\x9dc"),  # bytes cp1252 leaves undefined are C1 controls, not errors
+    (b"iso-8859-9", b"\x80 \xfd", "\u20ac \u0131"),  # windows-1254
+    (b"euc-kr", "\ub620 \ubb34\ub8cc".encode("cp949"), "\ub620 \ubb34\ub8cc"),  # UHC: \ub620 is not in KS X 1001
+    (b"shift_jis", "\u2460 \u7121\u6599".encode("cp932"), "\u2460 \u7121\u6599"),  # windows-31j
+])
+def test_charset_labels_decode_as_mail_clients_do(charset, data, text):
+    m = Message(b"Content-Type: text/plain; charset=" + charset + b"\n\n" + data + b"\n").parse_all()
+    assert m.plain_text == text + "\n" and "MIME_BAD_CHARSET_DATA" not in m.defects
+    assert Message(b"Subject: =?iso-8859-1?Q?It=92s_=80100?=\n\nx").subject == "It\u2019s \u20ac100"
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

@@ -266,8 +266,14 @@ def _codec(charset: str | None) -> str | None:
 
 
 #: MIME charset aliases Python's codec registry does not know, or knows as something else
-_CHARSET_ALIASES = {"ks_c_5601-1987": "cp949", "x-unknown": None, "unknown-8bit": None,
-                    "iso-8859-8-i": "iso-8859-8", "gb2312": "gb18030", "x-gbk": "gb18030"}
+_CHARSET_ALIASES = {"x-unknown": None, "unknown-8bit": None, "iso-8859-8-i": "iso-8859-8", "x-gbk": "gb18030",
+                    "windows-874": "cp874", "x-sjis": "cp932"}
+#: Python codecs that mail clients read as a superset: the WHATWG Encoding Standard's label table, which
+#: Thunderbird and every browser follow (Latin-1 is windows-1252 there, EUC-KR is Microsoft's UHC, and
+#: so on), keyed by the codec Python finds for a label so that each label's spellings are covered
+#: (iso-8859-1, latin1, l1, cp819, ...; ks_c_5601-1987 is Python's euc_kr)
+_WHATWG_CODECS = {"iso8859-1": "cp1252", "iso8859-9": "cp1254", "iso8859-11": "cp874", "tis-620": "cp874",
+                  "euc_kr": "cp949", "shift_jis": "cp932", "big5": "big5hkscs", "gb2312": "gb18030", "gbk": "gb18030"}
 
 
 @lru_cache(maxsize=1024)
@@ -286,7 +292,7 @@ def _codec_of(charset: str) -> str | None:
     # LookupError), and idna, punycode and undefined raise a bare UnicodeError or refuse
     # "replace".  ``=?rot13?Q?x?=`` in a header made every scan raise from Message.headers.
     usable = getattr(info, "_is_text_encoding", True) and info.name not in _UNUSABLE_CODECS
-    return info.name if usable else None
+    return _WHATWG_CODECS.get(info.name, info.name) if usable else None
 
 
 #: a lone surrogate code point: no character, and no UTF-8 encoding
@@ -296,6 +302,11 @@ _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 _SURROGATE_CODECS = frozenset({"utf-7", "unicode-escape", "raw-unicode-escape"})
 
 
+#: windows-1252 as the WHATWG Encoding Standard decodes it: the five bytes Python's cp1252 leaves
+#: undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) are the C1 controls of the same number, so no byte is an error
+_WINDOWS_1252 = "".join(bytes([b]).decode("cp1252", "ignore") or chr(b) for b in range(256))
+
+
 def _decode(data: bytes, codec: str, errors: str = "strict") -> str:
     """``data.decode(codec, errors)`` without lone surrogates (each becomes U+FFFD).
 
@@ -303,7 +314,11 @@ def _decode(data: bytes, codec: str, errors: str = "strict") -> str:
     a phone number, gives ``\\udf9d``), and unicode-escape decodes ``\\ud800`` to one.  Such a str
     cannot be encoded to UTF-8: the rules check raised on it (a ``CHECK_ERROR``), as would anything
     writing the text out.  The decoded text of a message therefore never holds one.
+
+    ``cp1252`` is decoded as WHATWG's windows-1252 (:data:`_WINDOWS_1252`), as mail clients do.
     """
+    if codec == "cp1252":
+        return codecs.charmap_decode(data, errors, _WINDOWS_1252)[0]
     text = data.decode(codec, errors)
     # only where the codec can leave one: the search is a second pass over every non-ASCII part
     if codec in _SURROGATE_CODECS and not text.isascii() and _SURROGATE_RE.search(text):
@@ -327,7 +342,7 @@ def _decode_text(data: bytes, charset: str | None, defects: set[str]) -> str:
             try:
                 return data.decode("utf-8")
             except UnicodeDecodeError:
-                return data.decode("cp1252", "replace")
+                return _decode(data, "cp1252")
     try:
         return _decode(data, codec)
     except UnicodeDecodeError:
