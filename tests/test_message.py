@@ -266,6 +266,18 @@ def test_charset_labels_decode_as_mail_clients_do(charset, data, text):
     assert Message(b"Subject: =?iso-8859-1?Q?It=92s_=80100?=\n\nx").subject == "It\u2019s \u20ac100"
 
 
+@pytest.mark.parametrize("charset, data, text", [
+    (b"DEFAULT_CHARSET", "\u0130yi g\u00fcnler".encode("cp1254"), "\u00ddyi g\u00fcnler"),  # unknown: as undeclared text
+    (b"x-no-such", "caf\u00e9 \u20ac".encode("utf-8"), "caf\u00e9 \u20ac"),
+    (b"CHINESEBIG5", "\u96fb\u5b50\u90f5\u4ef6".encode("big5"), "\u96fb\u5b50\u90f5\u4ef6"),
+    (b"GB2312_CHARSET", "\u514d\u8d39\u53d1\u7968".encode("gbk"), "\u514d\u8d39\u53d1\u7968"),  # a Windows font charset name
+])
+def test_unknown_charset_decodes_as_undeclared_text(charset, data, text):
+    m = Message(b"Content-Type: text/plain; charset=" + charset + b"\n\n" + data).parse_all()
+    assert m.plain_text == text
+    assert ("MIME_UNKNOWN_CHARSET" in m.defects) == (charset in (b"DEFAULT_CHARSET", b"x-no-such"))
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

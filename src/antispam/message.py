@@ -267,7 +267,7 @@ def _codec(charset: str | None) -> str | None:
 
 #: MIME charset aliases Python's codec registry does not know, or knows as something else
 _CHARSET_ALIASES = {"x-unknown": None, "unknown-8bit": None, "iso-8859-8-i": "iso-8859-8", "x-gbk": "gb18030",
-                    "windows-874": "cp874", "x-sjis": "cp932"}
+                    "windows-874": "cp874", "x-sjis": "cp932", "chinesebig5": "big5hkscs"}
 #: Python codecs that mail clients read as a superset: the WHATWG Encoding Standard's label table, which
 #: Thunderbird and every browser follow (Latin-1 is windows-1252 there, EUC-KR is Microsoft's UHC, and
 #: so on), keyed by the codec Python finds for a label so that each label's spellings are covered
@@ -280,7 +280,9 @@ _WHATWG_CODECS = {"iso8859-1": "cp1252", "iso8859-9": "cp1254", "iso8859-11": "c
 def _codec_of(charset: str) -> str | None:
     """:func:`_codec` of a charset as written, cached.  Bounded: the charset names come from the mail,
     and a server scanning spam that names a new one in every message would otherwise keep them all."""
-    key = charset.strip().strip('"').lower()
+    key = charset.strip().strip('"').strip().lower()
+    if key.endswith("_charset"):  # a Windows font charset written as a MIME one: GB2312_CHARSET, CHINESEBIG5_CHARSET
+        key = key[:-8]
     if key in _CHARSET_ALIASES:
         return _CHARSET_ALIASES[key]
     try:
@@ -326,23 +328,32 @@ def _decode(data: bytes, codec: str, errors: str = "strict") -> str:
     return text
 
 
+def _decode_undeclared(data: bytes) -> str:
+    """8-bit text in no charset we know: most often UTF-8, else windows-1252."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _decode(data, "cp1252")
+
+
 def _decode_text(data: bytes, charset: str | None, defects: set[str]) -> str:
     """Bytes of a text part to str.  Never raises: unknown charsets and bad
-    bytes become defects and replacement characters."""
+    bytes become defects and replacement characters.
+
+    A charset we do not know (``DEFAULT_CHARSET``, a typo) is read as no charset: ASCII, else UTF-8,
+    else windows-1252, as a mail client falls back to its default for a label it cannot decode.
+    Decoding it as UTF-8 with replacement lost every non-ASCII letter of legacy 8-bit text.
+    """
     codec = _codec(charset)
     if codec is None:
         defects.add("MIME_UNKNOWN_CHARSET")
-        codec = "utf-8"
+        return _decode_undeclared(data)
     if codec == "ascii":
         try:
             return data.decode("ascii")
         except UnicodeDecodeError:
-            # Undeclared 8-bit text: most often UTF-8, else Windows-1252.
             defects.add("MIME_8BIT_UNDECLARED")
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                return _decode(data, "cp1252")
+            return _decode_undeclared(data)
     try:
         return _decode(data, codec)
     except UnicodeDecodeError:
