@@ -48,7 +48,8 @@ def test_counts_agree_on_the_corpus(corpus):
 MARKUP = ["<", ">", "<br>", "<BR/>", "<p>", "<P class=x>", "<pre>", "<div>", "<DiV\n>", "<tr>", "<li>", "<h1>", "<h12>",
           "<H6 id=a>", "<table>", "<tbody>", "<blockquote>", "<blockquotes>", "<br-x>", "< br>", "<b>", "</p>",
           "<\u212aey>", "<d\u0130v>", "<h\u0661>", "<br\u2028>", "<br_>", "text", " ", "\n", "\t", "\xa0", "&nbsp;",
-          "\u00e9", "\U0001f600", "\r", "\x0b", "\x0c", "  ", "<!-- c -->", "<a href=x>"]
+          "\u00e9", "\U0001f600", "\r", "\x0b", "\x0c", "  ", "<!-- c -->", "<a href=x>", "< $5", "<3", "<=", "<?x?>",
+          "<!DOCTYPE html>", "</>", "</ x>", "<\u00e9t\u00e9>", "<Z>", "<@", "<["]
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -63,6 +64,10 @@ def test_text_kernels_by_definition():
     assert twin.html_strip_tags("a<br>b<P>c<pre>d</p>x < y <br> z") == "a\nb\ncdx < y \n z"  # a closing </p> is no break: "/" is no name
     assert twin.collapse_blanks("a \t\xa0b  c\rd e") == "a b c d e"
     for impl in (twin, compiled):
+        # a "<" opens a tag only before a letter, "/", "!" or "?" (WHATWG HTML tokenizer); any other is text
+        assert impl.html_strip_tags("Pills for < $5 each, <b>order</b> today<3 a<=b> x<?php y?>z<!DOCTYPE html>") == \
+            "Pills for < $5 each, order today<3 a<=b> xz"
+        assert impl.html_strip_tags("1 <2 and 3> 0") == "1 <2 and 3> 0" and impl.html_strip_tags("a<\u00e9>b") == "a<\u00e9>b"
         assert impl.html_strip_tags("<dIV>") == "\n" and impl.html_strip_tags("no tags") == "no tags"
         assert impl.collapse_blanks("") == ""
 

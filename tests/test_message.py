@@ -278,6 +278,13 @@ def test_unknown_charset_decodes_as_undeclared_text(charset, data, text):
     assert ("MIME_UNKNOWN_CHARSET" in m.defects) == (charset in (b"DEFAULT_CHARSET", b"x-no-such"))
 
 
+def test_html_lt_that_opens_no_tag_is_text():
+    """WHATWG HTML: a "<" before a blank, digit or sign is text; it must not hide the words up to the next ">"."""
+    m = Message(b"Content-Type: text/html\n\n<p>Pills for < $5 each, order today</p><p>bye</p>\n")
+    assert m.html_text == "Pills for < $5 each, order today\nbye"
+    assert html_to_text('<a href="http://x.example/">under <1% fees> now</a>')[1] == [("http://x.example/", "under <1% fees> now")]
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

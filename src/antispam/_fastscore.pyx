@@ -477,13 +477,14 @@ def html_strip_tags(str markup):
             a[out] = 60
             out += 1
             i += 1
-        # Pass 2, every other tag removed: from a "<" to the next ">", when there is one.
+        # Pass 2, every other tag removed: from a "<" that opens one (before an ASCII letter, "/",
+        # "!" or "?") to the next ">", when there is one.
         k = 0
         i = 0
         gt = -1
         while i < out:
             c = a[i]
-            if c == 60:
+            if c == 60 and i + 1 < out and _opens_tag(a[i + 1]):
                 if gt < i:
                     gt = i + 1
                     while gt < out and a[gt] != 62:
@@ -498,6 +499,11 @@ def html_strip_tags(str markup):
     finally:
         free(a)
         free(b)
+
+
+cdef inline bint _opens_tag(Py_UCS4 c) noexcept nogil:
+    # what may follow a "<" that opens a tag (the twin's HTML_TAG_RE look-ahead): an ASCII letter, / ! ?
+    return (65 <= c <= 90) or (97 <= c <= 122) or c == 47 or c == 33 or c == 63
 
 
 cdef inline bint _is_blank(Py_UCS4 c) noexcept nogil:

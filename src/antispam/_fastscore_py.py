@@ -162,8 +162,11 @@ def visible_count(text: str) -> int:
 
 #: block-level tags, which become line breaks
 HTML_BREAK_RE = re.compile(r"<(?:br|p|div|tr|li|h\d|table|blockquote)\b[^>]*>", re.I)
-#: any tag: from a ``<`` to the next ``>``
-HTML_TAG_RE = re.compile(r"<[^>]*>")
+#: any tag: from a ``<`` that opens one to the next ``>``.  A ``<`` opens a tag, an end tag, a comment
+#: or a declaration only before a letter, ``/``, ``!`` or ``?`` (WHATWG HTML, the tokenizer's tag open
+#: state); any other is text that a browser shows (``Pills for < $5 each``), not a tag eating the words
+#: up to the next ``>``
+HTML_TAG_RE = re.compile(r"<(?=[A-Za-z/!?])[^>]*>")
 #: runs of horizontal blanks (matching runs of two or more, or one blank that is not a space,
 #: leaves single spaces alone: the same text with far fewer replacements)
 BLANK_RUN_RE = re.compile(r"[ \t\r\f\v\xa0]{2,}|[\t\r\f\v\xa0]")
