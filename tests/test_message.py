@@ -285,6 +285,24 @@ def test_html_lt_that_opens_no_tag_is_text():
     assert html_to_text('<a href="http://x.example/">under <1% fees> now</a>')[1] == [("http://x.example/", "under <1% fees> now")]
 
 
+def test_raw_8bit_header_reads_in_the_declared_charset():
+    """Raw 8-bit header text (no encoded-words) is decoded in the charset of the block's Content-Type, as
+    Thunderbird does; text that is UTF-8, or a block that names no charset, reads as before."""
+    subject = "(\uad11\uace0) \ubb34\ub8cc"
+    raw = (b"Subject: " + subject.encode("cp949") + b"\r\nFrom: " + "\ud64d\uae38\ub3d9".encode("cp949")
+           + b" <a@example.com>\r\nContent-Type: text/plain;\r\n\tcharset=\"ks_c_5601-1987\"\r\n\r\nx\r\n")
+    m = Message(raw)
+    assert m.subject == subject and m.from_name == "\ud64d\uae38\ub3d9" and "HEADER_8BIT" in m.defects
+    assert Message(b"Subject: caf\xe9\nContent-Type: text/plain\n\nx").subject == "caf\u00e9"  # Latin-1
+    assert Message(b"Subject: caf\xc3\xa9\nContent-Type: text/plain; charset=euc-kr\n\nx").subject == "caf\u00e9"  # UTF-8
+    part = (b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: application/octet-stream; charset=gb2312; name=\""
+            + "\u53d1\u7968".encode("gbk") + b".doc\"\n\nx\n--b--\n")
+    assert [a.name for a in Message(part).attachments] == ["\u53d1\u7968.doc"]
+    for charset in (b"utf-16", b"utf-7", b"unicode-escape", b"raw-unicode-escape"):  # not ASCII-compatible: headers stay as sent
+        m = Message(b"Subject: caf\xe9 +AGE- \\u0041\nContent-Type: text/plain; charset=" + charset + b"\nX: y\n\nx")
+        assert (m.subject, m.get("X")) == ("caf\u00e9 +AGE- \\u0041", "y"), charset
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

@@ -579,7 +579,28 @@ def _split_head_body(data: bytes) -> tuple[bytes, bytes, bool]:
     return data, b"", False
 
 
+#: the Content-Type field of a header block, folded lines and all (``[^\n]`` and ``\n[ \t]`` cannot both
+#: match at one place, so the search is linear)
+_HEAD_CTYPE_RE = re.compile(r"^content-type:((?:[^\n]|\n[ \t])*)", re.I | re.M)
+#: every ASCII byte, the backslash as the start of an escape sequence (which the escape codecs read as another character)
+_ASCII_PROBE = bytes(b for b in range(128) if b != 0x5C) + rb"\u0041"
+
+
+@lru_cache(maxsize=None)  # keyed by codec names, not by what the mail writes: a few dozen at most
+def _reads_ascii(codec: str) -> bool:
+    """Whether ``codec`` decodes every ASCII byte as itself, as a header block's charset must (names,
+    colons and line ends stay what they are).  Not UTF-16, UTF-7 or unicode-escape: a Content-Type
+    naming one would otherwise turn every header of the block into other characters."""
+    try:
+        return _decode(_ASCII_PROBE, codec) == _ASCII_PROBE.decode("ascii")
+    except (UnicodeDecodeError, ValueError):
+        return False
+
+
 def _head_text(head: bytes, defects: set[str]) -> str:
+    """A header block's bytes as text.  Raw 8-bit header text (no encoded-words) that is not UTF-8 is
+    read as Thunderbird reads it: in the charset the block's Content-Type names (a Korean or Chinese
+    spam sends its Subject raw in the body's charset), else as Latin-1."""
     try:
         text = head.decode("ascii")
     except UnicodeDecodeError:
@@ -588,6 +609,13 @@ def _head_text(head: bytes, defects: set[str]) -> str:
             text = head.decode("utf-8")
         except UnicodeDecodeError:
             text = head.decode("latin-1")
+            m = _HEAD_CTYPE_RE.search(text)
+            codec = _codec(parse_params(m.group(1))[1].get("charset")) if m else None
+            if codec not in (None, "ascii", "utf-8") and _reads_ascii(codec):
+                try:
+                    text = _decode(head, codec)
+                except UnicodeDecodeError:
+                    pass  # not all in that charset: Latin-1, which reads any bytes
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     return text
