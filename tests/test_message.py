@@ -303,6 +303,28 @@ def test_raw_8bit_header_reads_in_the_declared_charset():
         assert (m.subject, m.get("X")) == ("caf\u00e9 +AGE- \\u0041", "y"), charset
 
 
+@pytest.mark.parametrize("value, addr, domain", [
+    ('"victim@paypal.example"@evil.example', '"victim@paypal.example"@evil.example', "evil.example"),  # RFC 5322 quoted local part
+    ("o'brien@example.org", "o'brien@example.org", "example.org"),
+    ("'john@example.com'", "john@example.com", "example.com"),  # an address in apostrophes
+    ('"Bob" bob@x.example', "bob@x.example", "x.example"),
+])
+def test_bare_from_address_is_read_whole(value, addr, domain):
+    m = Message(b"From: " + value.encode() + b"\n\nx\n")
+    assert (m.from_addr, m.from_domain) == (addr, domain)
+
+
+def test_bare_address_search_is_linear():
+    import time
+
+    from antispam.message import _BARE_ADDR_RE
+
+    for hostile in ("a'" * 20_000, "''a" * 14_000, '"a' * 20_000, "a" * 40_000):  # quadratic: seconds
+        t = time.perf_counter()
+        _BARE_ADDR_RE.search(hostile)
+        assert time.perf_counter() - t < 0.5, hostile[:10]
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

@@ -218,11 +218,16 @@ _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _EW_GAP_RE = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
 _PARAM_RE = re.compile(r';\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))', re.S)
 _ADDR_RE = re.compile(r"<([^<>]*)>")
-#: a bare address: a run of address characters holding an "@" with one after it.  The look-behind
-#: starts a match only where a run starts, which changes no leftmost match (one starting inside a run
-#: starts at the run's beginning too, the first repeat taking the characters before); without it
+#: a bare address: a run of address characters holding an "@" with one after it.  The local part may
+#: be a quoted string (``"victim@paypal.example"@evil.example`` is a mailbox at evil.example, RFC 5322
+#: 3.4.1, and Python's email package and mail clients read it so) or hold apostrophes between its
+#: characters (``o'brien@example.org``); a run of address characters cut at either gave the wrong
+#: address, and the wrong domain.  The look-behinds start a match only where a run starts (not after a
+#: character or an apostrophe inside one), which changes no leftmost match (one starting inside a run
+#: starts at the run's beginning too, the first repeat taking the characters before); without them
 #: ``re`` read on from every position of a long run without an "@" (a From of 30,000 letters: 2 s)
-_BARE_ADDR_RE = re.compile(r"(?<![^\s<>()\"',;:])[^\s<>()\"',;:]+@[^\s<>()\"',;:]+")
+_BARE_ADDR_RE = re.compile(r"(?<![^\s<>()\"',;:])(?<![^\s<>()\"',;:]')"
+                           r"(?:\"[^\"]*\"|[^\s<>()\"',;:]+(?:'[^\s<>()\"',;:@]+)*)@[^\s<>()\"',;:]+")
 _COMMENT_RE = re.compile(r"\([^()]*\)")
 
 # HTML -> text.  Regular expressions rather than a DOM: the filter wants the
