@@ -325,6 +325,19 @@ def test_bare_address_search_is_linear():
         assert time.perf_counter() - t < 0.5, hostile[:10]
 
 
+def test_mime_parameters_are_parsed_before_encoded_words_are_decoded():
+    """An encoded-word that decodes to a quote or a semicolon is part of the file name, not its end."""
+    raw = (b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\nsee attached\n--b\n"
+           b'Content-Type: application/octet-stream; name="=?utf-8?Q?invoice=22.pdf.exe?="\n'
+           b"Content-Transfer-Encoding: base64\n\nTVqQAA==\n--b\n"
+           b'Content-Disposition: attachment; filename="=?utf-8?Q?a=3B_b.scr?="\n\nx\n--b--\n')
+    m = Message(raw)
+    assert [a.name for a in m.attachments] == ['invoice".pdf.exe', "a; b.scr"]
+    assert m.parts[1].headers[0] == ("Content-Type", 'application/octet-stream; name="invoice".pdf.exe"')  # decoded for the rules
+    top = Message(b'Content-Type: application/zip; name="=?utf-8?B?eCIueC56aXA=?="\n\nx')  # x".x.zip
+    assert [a.name for a in top.attachments] == ['x".x.zip']
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

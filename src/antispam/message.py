@@ -943,13 +943,21 @@ class Message:
     def parts(self) -> tuple[Part, ...]:
         """Leaf MIME parts, depth-first, transfer-decoded (bounded by :class:`Limits`)."""
         out: list[Part] = []
-        self._walk(self.headers, self._split[1], 0, out, top=True)
+        self._walk(self.raw_headers, self.headers, self._split[1], 0, out, top=True)
         return tuple(out)
 
-    def _walk(self, fields: list[tuple[str, str]], body: bytes, depth: int, out: list[Part], top: bool = False) -> None:
+    def _walk(self, raw_fields: list[tuple[str, str]], fields: list[tuple[str, str]], body: bytes, depth: int,
+              out: list[Part], top: bool = False) -> None:
+        """Add the leaf parts of the entity with these header fields (as sent, and RFC 2047 decoded) and body.
+
+        Content-Type and Content-Disposition are parsed from the values as sent: an encoded-word is
+        no parameter syntax (RFC 2047 section 5 allows none in a parameter), so one that decodes to a
+        quote or a semicolon must not end a parameter; the file name is decoded after it is parsed,
+        as Python's email package and mail clients decode it.
+        """
         limits, defects = self.limits, self._defects
         ctype_raw = encoding = disp_raw = ""
-        for n, v in fields:
+        for n, v in raw_fields:
             ln = n.lower()
             if ln == "content-type" and not ctype_raw:
                 ctype_raw = v
@@ -978,15 +986,11 @@ class Message:
                         self._skip(f"parts>{limits.max_parts}")
                         return
                     head, sbody, _ = _split_head_body(sub)
-                    sub_fields = [(n, decode_rfc2047(v, defects) if "=?" in v else v)
-                                  for n, v in _parse_header_block(_head_text(head, defects), limits.max_headers, defects)]
-                    self._walk(sub_fields, sbody, depth + 1, out)
+                    self._walk(*self._entity_fields(head), sbody, depth + 1, out)
                 return
         if ctype == "message/rfc822" and depth < limits.max_depth and encoding in ("", "7bit", "8bit", "binary"):
             head, sbody, _ = _split_head_body(body)
-            sub_fields = [(n, decode_rfc2047(v, defects) if "=?" in v else v)
-                          for n, v in _parse_header_block(_head_text(head, defects), limits.max_headers, defects)]
-            self._walk(sub_fields, sbody, depth + 1, out)
+            self._walk(*self._entity_fields(head), sbody, depth + 1, out)
             return
         if len(out) >= limits.max_parts:
             defects.add("MIME_TOO_MANY_PARTS")
@@ -1023,6 +1027,12 @@ class Message:
         out.append(Part(content_type=ctype, charset=params.get("charset"), encoding=encoding or "7bit",
                         disposition=disposition, filename=filename, depth=depth, headers=fields,
                         body=payload, text=text, is_attachment=is_att and text is None, size=len(payload)))
+
+    def _entity_fields(self, head: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The header fields of a body part or an enclosed message: as sent, and RFC 2047 decoded."""
+        d = self._defects
+        raw = _parse_header_block(_head_text(head, d), self.limits.max_headers, d)
+        return raw, [(n, decode_rfc2047(v, d) if "=?" in v else v) for n, v in raw]
 
     def _split_multipart(self, body: bytes, boundary: bytes) -> Iterator[bytes]:
         """Yield the bodies between ``--boundary`` delimiter lines (RFC 2046 5.1.1).
