@@ -338,6 +338,16 @@ def test_mime_parameters_are_parsed_before_encoded_words_are_decoded():
     assert [a.name for a in top.attachments] == ['x".x.zip']
 
 
+def test_character_split_across_encoded_words_is_joined():
+    """Adjacent encoded-words in one charset are decoded as one byte string, as Python's email package does."""
+    raw = (b"Subject: =?utf-8?B?4oI=?= =?UTF-8?B?rCA1MDAgZnJlZQ==?=\n"
+           b"From: =?UTF-8?Q?Gr=C3?=\n =?UTF-8?Q?=BC=C3=9Fe?= <a@example.com>\nTo: =?utf-8?q?a?= =?iso-8859-1?q?=E9?= x\n\nx\n")
+    m = Message(raw)
+    assert (m.subject, m.from_name, m.get("To")) == ("\u20ac 500 free", "Gr\u00fc\u00dfe", "a\u00e9 x")
+    assert "HEADER_BAD_ENCODING" not in m.parse_all().defects
+    assert decode_rfc2047("=?utf-8?B?w6k=?= =?utf-8?B?abcde?= =?utf-8?B?w6k=?=") == "\u00e9=?utf-8?B?abcde?=\u00e9"  # a bad word stays
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

@@ -215,6 +215,8 @@ class cached_property:  # noqa: N801 - same name and use as functools.cached_pro
 
 
 _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+#: adjacent encoded-words (after the blanks between them are dropped)
+_ENCODED_WORD_RUN_RE = re.compile(r"(?:=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=)+")
 _EW_GAP_RE = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
 _PARAM_RE = re.compile(r';\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))', re.S)
 _ADDR_RE = re.compile(r"<([^<>]*)>")
@@ -388,33 +390,55 @@ def decode_rfc2047(value: str, defects: set[str] | None = None) -> str:
     Whitespace between adjacent encoded-words is dropped (RFC 2047 section 6.2).
     Bad encodings or charsets decode with replacement characters and add the
     ``HEADER_BAD_ENCODING`` defect; this never raises.
+
+    The bytes of adjacent encoded-words in one charset are decoded together: mailers cut a long
+    value into words by length, splitting a multi-byte character between two (``=?utf-8?B?4oI=?=
+    =?utf-8?B?rCA1?=`` is a euro sign and " 5"), and Python's email package and Thunderbird join them.
     """
     if "=?" not in value:
         return value
     value = _EW_GAP_RE.sub(r"\1\2", value)
+    return _ENCODED_WORD_RUN_RE.sub(lambda run: _decode_words(run.group(0), defects), value)
 
-    def repl(m: re.Match[str]) -> str:
-        charset, enc, text = m.group(1), m.group(2), m.group(3)
-        charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
+
+def _decode_words(run: str, defects: set[str] | None) -> str:
+    """A run of adjacent encoded-words, decoded (see :func:`decode_rfc2047`)."""
+    out: list[str] = []
+    chunks: list[bytes] = []  # the bytes of the words of one charset, not yet decoded
+    charset = ""
+    for m in _ENCODED_WORD_RE.finditer(run):
+        cs = m.group(1).split("*", 1)[0].lower()  # RFC 2231 language suffix
+        text = m.group(3)
         try:
-            if enc in "bB":
-                pad = -len(text) % 4
-                raw = binascii.a2b_base64(text + "=" * pad)
+            if m.group(2) in "bB":
+                raw = binascii.a2b_base64(text + "=" * (-len(text) % 4))
             else:
                 raw = binascii.a2b_qp(text.encode("ascii", "replace"), header=True)
         except (binascii.Error, ValueError):
             if defects is not None:
                 defects.add("HEADER_BAD_ENCODING")
-            return m.group(0)
-        codec = _codec(charset) or "utf-8"
-        try:
-            return _decode(raw, codec)
-        except (UnicodeDecodeError, LookupError):
-            if defects is not None:
-                defects.add("HEADER_BAD_ENCODING")
-            return _decode(raw, codec if _codec(charset) else "utf-8", "replace")
+            raw = None
+        if chunks and (raw is None or cs != charset):
+            out.append(_decode_word_bytes(b"".join(chunks), charset, defects))
+            chunks.clear()
+        if raw is None:
+            out.append(m.group(0))  # kept as written
+        else:
+            chunks.append(raw)
+            charset = cs
+    if chunks:
+        out.append(_decode_word_bytes(b"".join(chunks), charset, defects))
+    return "".join(out)
 
-    return _ENCODED_WORD_RE.sub(repl, value)
+
+def _decode_word_bytes(raw: bytes, charset: str, defects: set[str] | None) -> str:
+    codec = _codec(charset)
+    try:
+        return _decode(raw, codec or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        if defects is not None:
+            defects.add("HEADER_BAD_ENCODING")
+        return _decode(raw, codec or "utf-8", "replace")
 
 
 def parse_params(value: str) -> tuple[str, dict[str, str]]:
