@@ -348,6 +348,13 @@ def test_character_split_across_encoded_words_is_joined():
     assert decode_rfc2047("=?utf-8?B?w6k=?= =?utf-8?B?abcde?= =?utf-8?B?w6k=?=") == "\u00e9=?utf-8?B?abcde?=\u00e9"  # a bad word stays
 
 
+@pytest.mark.parametrize("b64, text", [(b"aGVsbG8gd29ybGQ", "hello world"), (b"aGVsbG8gd29ybA", "hello worl"),
+                                       (b"aGVsbG8g\nd29ybGQ*", "hello world"), (b"aGVsbG8gd29ybGQhI", "hello world!")])
+def test_base64_without_padding_keeps_its_last_bytes(b64, text):
+    m = Message(b"Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\n" + b64 + b"\n").parse_all()
+    assert m.plain_text == text and "MIME_BAD_BASE64" in m.defects
+
+
 def test_anchor_texts_equal_the_lazy_definition():
     """The unrolled anchor pattern gives the links the plain lazy ``(.*?)`` one gives."""
     import random

@@ -375,9 +375,12 @@ def _decode_b64(data: bytes, defects: set[str]) -> bytes:
         return binascii.a2b_base64(data)
     except binascii.Error:
         defects.add("MIME_BAD_BASE64")
-        # Salvage what is there: drop the junk tail and re-pad.
+        # Salvage what is there: drop the junk and re-pad the last quantum.  A final quantum of 2 or 3
+        # characters holds 1 or 2 bytes (RFC 2045 6.8; mail clients decode it without its "="); one of
+        # 1 character holds none.
         clean = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
-        clean = clean[: len(clean) - len(clean) % 4]
+        rem = len(clean) % 4
+        clean = clean[:-1] if rem == 1 else clean + b"=" * (-rem % 4)
         try:
             return binascii.a2b_base64(clean)
         except binascii.Error:  # pragma: no cover - cannot happen after cleaning
