@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -674,6 +675,17 @@ def test_content_length_short_of_the_message_is_refused(spamd):
     raw = raw.rstrip(b"\r\n")
     out = exchange(spamd.port, b"PROCESS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
     assert out.startswith(b"SPAMD/1.1 0 EX_OK\r\n") and out.endswith(b"last line of the body"), out[-100:]
+    # ... and from a client that keeps its sending side open (spamd would wait for the line's end for
+    # ever): answered after a moment, not at the read timeout
+    with socket.create_connection(("127.0.0.1", spamd.port), timeout=30) as s:
+        t0 = time.monotonic()
+        s.sendall(b"PROCESS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        out = b""
+        while not out.endswith(b"last line of the body") and (chunk := s.recv(65536)):
+            out += chunk
+        waited = time.monotonic() - t0
+    assert out.startswith(b"SPAMD/1.1 0 EX_OK\r\n") and out.endswith(b"last line of the body"), out[-100:]
+    assert waited < 5, waited
 
 
 @needs_spamc

@@ -27,6 +27,7 @@ message with no header at all.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -54,6 +55,9 @@ _NAMES = {EX_OK: "EX_OK", EX_USAGE: "EX_USAGE", EX_DATAERR: "EX_DATAERR", EX_UNA
 SCAN_METHODS = frozenset({"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS"})
 _REQUEST = re.compile(rb"^([A-Z_]+) SPAMC/(\d+)\.(\d+)\r?\n$")
 _MAX_LINE = 8192
+#: seconds a message whose Content-length ends inside a line waits for the rest of that line (a
+#: client that counted characters sends it at once, with the rest of the message)
+REST_OF_LINE_WAIT = 0.2
 _MAX_HEADERS = 64
 
 
@@ -217,9 +221,14 @@ class SpamdServer(Server):
                 # spamd reads whole lines: a length that ends inside a line is read on to the line's
                 # end (or the end of the stream), and a byte past it is a mismatch, refused rather
                 # than scanned (and for PROCESS sent back) as the part that fits: the client counted
-                # characters, not bytes.  Like spamd, this waits for the line's end or the client's
-                # end of sending (spamc and aiospamc shut their sending side after the message).
-                more = await conn.readline(_MAX_LINE)
+                # characters, not bytes.  spamc and aiospamc shut their sending side after the
+                # message, which ends the wait at once; spamd would wait for ever for a client that
+                # keeps it open and sent a message without a final line end (until our read timeout:
+                # the message went unscanned), so the rest of the line is waited for a moment only.
+                try:
+                    more = await asyncio.wait_for(conn.readline(_MAX_LINE), REST_OF_LINE_WAIT)
+                except TimeoutError:
+                    more = b""
                 if more:
                     raise RequestError(EX_PROTOCOL, f"Content-Length mismatch: expected {n} bytes, got {n + len(more)}")
         else:  # very old clients: the message runs to the end of the stream
