@@ -115,6 +115,7 @@ async def spamd_client(port: int, msgs: list[bytes], deadline: float) -> int:
             break
         r, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        w.write_eof()  # spamc shuts its sending side after the message (libspamc), and the server relies on it
         await w.drain()
         out = await r.read()
         assert out.startswith(b"SPAMD/1.1 0 EX_OK"), out[:100]
