@@ -384,10 +384,12 @@ def test_exim_rspamd_variant_scores_compare_as_the_verdict():
         st.stop()
 
 
-def test_settings_id_selects_a_profile():
+def test_settings_id_selects_a_profile(caplog):
     """``Settings-ID`` names the settings the client chose: the ``[profiles]`` entry of that name,
     over the recipient's, in both protocols.  An unknown ID is ignored (rspamd logs it and scans
-    with the defaults), and so is a JSON ``Settings`` header."""
+    with the defaults), logged once however often it comes, and so is a JSON ``Settings`` header."""
+    import logging
+
     from antispam import Config
 
     cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": 1000.5, "add header": 999.5}},
@@ -401,8 +403,10 @@ def test_settings_id_selects_a_profile():
         assert action() == "no action" and action(Rcpt="carol@rcpt.test") == "reject"
         assert action(Settings_ID="lenient", Rcpt="carol@rcpt.test") == "no action"
         assert action(Settings_ID="strict") == "reject"
-        assert action(Settings_ID="nosuch", Rcpt="carol@rcpt.test") == "reject"
-        assert action(Settings_ID="nosuch") == "no action"
+        with caplog.at_level(logging.WARNING, logger="antispam.servers"):
+            assert action(Settings_ID="nosuch", Rcpt="carol@rcpt.test") == "reject"
+            assert action(Settings_ID="nosuch") == "no action"
+        assert sum("unknown Settings-ID" in r.getMessage() for r in caplog.records) == 1
         assert action(Settings='{"actions": {"reject": 1}}') == "no action"
         raw = ham(eol="\n")
         out = exchange(st.port, b"CHECK RSPAMC/1.3\r\nSettings-ID: strict\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)

@@ -79,6 +79,11 @@ class RspamdHttpServer(Server):
     #: within timeout); the connection is closed after it
     timeout_reply = _json(408, {"error": "request timeout"}, keep_alive=False)
 
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        #: the unknown ``Settings-ID`` values already logged (see ``_profile``)
+        self._unknown_ids: set[str] = set()
+
     async def refuse(self, conn: Connection, reason: str) -> None:
         status = 403 if reason == "not allowed" else 503
         try:
@@ -210,8 +215,13 @@ class RspamdHttpServer(Server):
         if settings_id:
             if settings_id in self.scanner.engine.config.profiles:
                 return settings_id
-            self.log.warning("unknown Settings-ID", extra={"fields": {"server": self.name, "peer": conn.peer_ip,
-                                                                      "settings_id": settings_id}})
+            # once per ID: a proxy that sends one of its own on every message must not write a
+            # warning per message (the first few IDs are remembered, not all a client could invent)
+            if settings_id not in self._unknown_ids and len(self._unknown_ids) < 64:
+                self._unknown_ids.add(settings_id)
+                self.log.warning("unknown Settings-ID (no [profiles] entry of that name): scanned without it",
+                                 extra={"fields": {"server": self.name, "peer": conn.peer_ip,
+                                                   "settings_id": settings_id[:200]}})
         deliver_to = (headers.get("deliver-to") or [None])[-1]
         return self.scanner.profile_for(deliver_to or (env.rcpt_tos[0] if env.rcpt_tos else None))
 
