@@ -39,7 +39,7 @@ from ..reputation.netkeys import in_networks, parse_network
 from ..auth.authres import strip_forged
 from ..verdict import Verdict
 from .metrics import LIST_COUNTER_KEYS
-from .workers import WorkerPool
+from .workers import WorkerPool, list_snapshot
 
 if TYPE_CHECKING:
     from .prefork import SharedListener
@@ -185,18 +185,17 @@ class Scanner:
         return self._gen.engine.config.profile_for(who)
 
     async def learn(self, raw: bytes, spam: bool, source: str) -> dict[str, bool]:
-        gen = self._gen
-        gen.active += 1
-        try:
-            return await asyncio.to_thread(gen.engine.learn, raw, spam, None, source)
-        finally:
-            gen.done()
+        return await self._in_thread("learn", raw, spam, None, source)
 
     async def unlearn(self, raw: bytes) -> dict[str, bool]:
+        return await self._in_thread("unlearn", raw)
+
+    async def _in_thread(self, method: str, *args: Any) -> Any:
+        """The engine's ``method`` in a thread, counted in its generation."""
         gen = self._gen
         gen.active += 1
         try:
-            return await asyncio.to_thread(gen.engine.unlearn, raw)
+            return await asyncio.to_thread(getattr(gen.engine, method), *args)
         finally:
             gen.done()
 
@@ -257,20 +256,16 @@ def _carry_list_counters(old: _Generation, engine: Engine, pool: WorkerPool | No
     """The DNS lists' counters go on from where the old generation left them (Prometheus counters
     only grow): added into the new engine's, or into what the new workers start from."""
     if pool is not None and old.pool is not None:
-        pool.start_from(old.pool.list_totals())
-    before = [c.stats for c in old.engine.checks if isinstance(getattr(c, "stats", None), dict)]
+        pool.start_from(old.pool)
+    before = list_snapshot(old.engine)
     if not before:
         return
     for c in engine.checks:
         stats = getattr(c, "stats", None)
-        if not isinstance(stats, dict):
-            continue
-        for name, st in stats.items():
-            for prev in before:
-                p = prev.get(name)
-                if p is not None:
-                    for key in LIST_COUNTER_KEYS:
-                        setattr(st, key, getattr(st, key) + getattr(p, key))
+        if isinstance(stats, dict):
+            for name, st in stats.items():
+                for key, value in zip(LIST_COUNTER_KEYS, before.get(name, ())):
+                    setattr(st, key, getattr(st, key) + value)
 
 
 # --------------------------------------------------------------------------- connections

@@ -57,6 +57,8 @@ log = logging.getLogger("antispam.servers")
 #: behind it (a new request goes to the worker with the fewest).
 DEPTH = 8
 _LEN = struct.Struct(">Q")
+#: a request without a message: the worker answers with its DNS lists' counters
+_ASK_LISTS = pickle.dumps((None, None, None), protocol=pickle.HIGHEST_PROTOCOL)
 _ENVELOPE_FIELDS = tuple(f.name for f in dataclasses.fields(Envelope))
 
 
@@ -281,34 +283,37 @@ class WorkerPool:
     async def ready(self) -> None:
         """Return once every worker has built its engine and answered (a request for its DNS lists'
         counters, which it reads only after the build); WorkerDied when one died first."""
-        ask = pickle.dumps((None, None, None), protocol=pickle.HIGHEST_PROTOCOL)
         for w in list(self._workers):
-            await w.attach()
-            ok, snapshot = pickle.loads(await w.send(ask))
-            if ok:
-                self._lists[w.process.pid] = snapshot
+            await self._ask_lists(w)
 
-    def start_from(self, totals: dict[str, ListStats]) -> None:
-        """Count on from ``totals`` (another pool's :meth:`list_totals`, the pool this one replaces at a
-        reload), so the DNS lists' counters the server exports never go down."""
-        n = len(LIST_COUNTER_KEYS)
-        for name, st in totals.items():
-            before = self._retired.get(name, (0,) * n)
-            self._retired[name] = (*(a + getattr(st, k) for a, k in zip(before, LIST_COUNTER_KEYS)), True)
+    def start_from(self, other: "WorkerPool") -> None:
+        """Count on from ``other``'s DNS lists' counters (the pool this one replaces at a reload), so
+        the counters the server exports never go down."""
+        for snapshot in (other._retired, *other._lists.values()):
+            self._retire(snapshot)
 
     async def poll_lists(self) -> None:
         """Ask every worker for its DNS lists' counters (a request queued behind its scans)."""
-        ask = pickle.dumps((None, None, None), protocol=pickle.HIGHEST_PROTOCOL)
         for w in list(self._workers):
             if self._closed:
                 return
             try:
-                await w.attach()
-                ok, snapshot = pickle.loads(await w.send(ask))
+                await self._ask_lists(w)
             except (WorkerDied, OSError):
                 continue  # its replacement answers next time
-            if ok and w in self._workers:
-                self._lists[w.process.pid] = snapshot
+
+    async def _ask_lists(self, w: _Worker) -> None:
+        await w.attach()
+        ok, snapshot = pickle.loads(await w.send(_ASK_LISTS))
+        if ok and w in self._workers:
+            self._lists[w.process.pid] = snapshot
+
+    def _retire(self, snapshot: dict[str, tuple]) -> None:
+        """Add a snapshot's counts (a dead worker's, a replaced pool's) into the sums, for good."""
+        n, retired = len(LIST_COUNTER_KEYS), self._retired
+        for name, v in snapshot.items():
+            before = retired.get(name, (0,) * n)
+            retired[name] = (*(a + b for a, b in zip(before, v[:n])), True)
 
     async def poll_lists_forever(self, every: float = 1.0) -> None:
         """:meth:`poll_lists` every ``every`` seconds, until cancelled."""
@@ -336,10 +341,7 @@ class WorkerPool:
         """A worker's socket closed: unless we are shutting down, it died; start its replacement."""
         last = self._lists.pop(worker.process.pid, None)
         if last:  # its counts stay in the sums; it says nothing more of the lists' health
-            n, retired = len(LIST_COUNTER_KEYS), self._retired
-            for name, v in last.items():
-                before = retired.get(name, (0,) * n)
-                retired[name] = (*(a + b for a, b in zip(before, v[:n])), True)
+            self._retire(last)
         if self._closed or worker not in self._workers:
             return
         self.deaths += 1
