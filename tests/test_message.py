@@ -174,6 +174,16 @@ def test_defects(headers, body, defect):
     assert defect in m.defects
 
 
+@pytest.mark.parametrize("ctype", ["multipart/alternative", 'multipart/alternative; boundary="zz"'])
+def test_multipart_without_a_delimiter_is_read_as_text(ctype):
+    # No boundary, or one no line is: Python's email package shows the body as text, and
+    # SpamAssassin parses it as one part.  Read as all preamble, the words were hidden.
+    m = Message(mk(f"Content-Type: {ctype}", "Buy cheap pills now\n--zzz not the boundary\n")).parse_all()
+    assert [p.content_type for p in m.parts] == ["text/plain"]
+    assert "Buy cheap pills now" in m.text
+    assert "MIME_MISSING_BOUNDARY" in m.defects
+
+
 def test_bad_base64_still_salvages_text():
     m = Message(b"Content-Transfer-Encoding: base64\n\naGVsbG8gd29ybGQ!!")
     assert "hello" in m.text

@@ -999,7 +999,12 @@ class Message:
             ctype = "text/plain"
         if ctype.startswith("multipart/"):
             boundary = params.get("boundary")
-            if not boundary:
+            # No boundary, or one that no line of the body is: the body is text, as Python's email
+            # package shows it (SpamAssassin parses it as one part).  Read as a multipart it would be
+            # all preamble, which RFC 2046 says to ignore: a message a reader sees whole, its words
+            # hidden from the rules and the classifier.
+            subs = self._split_multipart(body, boundary.encode("utf-8", "replace")) if boundary else None
+            if subs is None:
                 defects.add("MIME_MISSING_BOUNDARY")
                 ctype = "text/plain"
             elif depth >= limits.max_depth:
@@ -1007,7 +1012,7 @@ class Message:
                 self._skip(f"depth>{limits.max_depth}")
                 return
             else:
-                for sub in self._split_multipart(body, boundary.encode("utf-8", "replace")):
+                for sub in subs:
                     if len(out) >= limits.max_parts:
                         defects.add("MIME_TOO_MANY_PARTS")
                         self._skip(f"parts>{limits.max_parts}")
@@ -1061,8 +1066,9 @@ class Message:
         raw = _parse_header_block(_head_text(head, d), self.limits.max_headers, d)
         return raw, [(n, decode_rfc2047(v, d) if "=?" in v else v) for n, v in raw]
 
-    def _split_multipart(self, body: bytes, boundary: bytes) -> Iterator[bytes]:
-        """Yield the bodies between ``--boundary`` delimiter lines (RFC 2046 5.1.1).
+    def _split_multipart(self, body: bytes, boundary: bytes) -> Iterator[bytes] | None:
+        """The bodies between ``--boundary`` delimiter lines (RFC 2046 5.1.1), one by one; None
+        when no line of ``body`` is a delimiter.
 
         A delimiter line is the boundary, then ``--`` for the close delimiter, then only blanks to
         the line end (RFC 2046 5.1.1: ``"--" boundary [ "--" ] transport-padding CRLF``), as Python's
@@ -1096,10 +1102,16 @@ class Message:
             if pos >= n:
                 break
         if not starts:
-            self._defects.add("MIME_MISSING_BOUNDARY")
-            return
+            return None
         if not closed:
             self._defects.add("MIME_MISSING_CLOSE_BOUNDARY")
+        return self._segments(body, starts, closed)
+
+    @staticmethod
+    def _segments(body: bytes, starts: list[int], closed: bool) -> Iterator[bytes]:
+        """The body parts after each delimiter line at ``starts`` (the last one a close delimiter
+        when ``closed``)."""
+        n = len(body)
         for k, s in enumerate(starts):
             if closed and k == len(starts) - 1:
                 break
