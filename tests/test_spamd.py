@@ -26,7 +26,7 @@ import pytest
 
 from antispam import Check, Engine, Hit, SymbolDef
 from antispam.builtin import GtubeCheck
-from antispam.config import SpamdConfig
+from antispam.config import Config, SpamdConfig
 from antispam.servers.spamd import SpamdServer
 
 from server_helpers import EVENT_LOOPS, MemoryLearner, ServerThread, ham, spam
@@ -628,6 +628,27 @@ def test_tell_learns_the_delivered_copy_as_the_original():
         assert b"already" in tell("spam", delivered)
         assert b"successfully" in tell("forget", delivered)
         assert b"already" in tell("forget", raw)
+    finally:
+        st.stop()
+
+
+@needs_spamc
+@pytest.mark.parametrize("subject", ["Watches at half price", "=?utf-8?q?Montres_=C3=A0_moiti=C3=A9_prix?=", None])
+def test_tell_learns_a_tagged_copy_as_the_original(subject):
+    """The delivered copy's Subject carries our tag (or is ours, when the message had none): TELL
+    takes it off, as spamd's remove_spamassassin_markup does, so the words of the tag are not
+    learned as the sender's and the copy is the original message."""
+    cfg = Config.load(overrides={"actions": {"rewrite subject": -1000.0}})
+    st = ServerThread(SpamdServer(Engine(cfg), SpamdConfig(port=0)))
+    try:
+        raw = ham(subject=subject or "", body="Replica watches, best price, reply today\n")
+        if subject is None:
+            raw = raw.replace(b"Subject: \r\n", b"")
+        delivered = run_spamc(st.port, stdin=raw).stdout
+        (line,) = [x for x in delivered.split(b"\r\n") if x.startswith(b"Subject:")]
+        assert line.startswith(b"Subject: ***SPAM***"), line
+        assert b"successfully" in run_spamc(st.port, "-L", "spam", stdin=raw).stdout
+        assert b"already" in run_spamc(st.port, "-L", "spam", stdin=delivered).stdout
     finally:
         st.stop()
 

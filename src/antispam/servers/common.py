@@ -786,12 +786,17 @@ def rewrite_headers(raw: bytes, verdict: Verdict) -> bytes:
     return _rewrite(raw, verdict.headers(), verdict.authserv_id, verdict.subject_prefix if tag else None)
 
 
-def without_ours(raw: bytes, authserv_id: str) -> bytes:
+def without_ours(raw: bytes, authserv_id: str, untag: str | None = None) -> bytes:
     """The message as it goes on unscanned (``fail_open``): without the X-Spam-* fields and the
     Authentication-Results claiming ``authserv_id`` that a sender put in, as
     :func:`rewrite_headers` removes them, and nothing added.  A sieve rule downstream trusts
-    ``X-Spam-Flag: NO`` whether or not the scan ran.  A message with none of them is returned as it is."""
-    return _rewrite(raw, [], authserv_id, None)
+    ``X-Spam-Flag: NO`` whether or not the scan ran.  A message with none of them is returned as it is.
+
+    ``untag``: the subject prefix to take off the Subject too, for a message a user reports to be
+    learned: the copy in the mailbox is the one we tagged, and the tag's words would be learned
+    as the sender's (SpamAssassin's ``remove_spamassassin_markup`` takes it off as well).  A
+    Subject that is the tag alone was added by us, and goes."""
+    return _rewrite(raw, [], authserv_id, None, untag)
 
 
 #: how a message with a header block starts: a header field (RFC 5322 field-name, the colon), an mbox
@@ -799,9 +804,10 @@ def without_ours(raw: bytes, authserv_id: str) -> bytes:
 _HEADER_START = re.compile(rb"[!-9;-~]+[ \t]*:|From |\r?\n")
 
 
-def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: str | None) -> bytes:
+def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: str | None,
+             untag: str | None = None) -> bytes:
     """``raw`` without the fields of ours it carries, with ``ours`` added, and its Subject tagged
-    with ``prefix`` (None: untouched)."""
+    with ``prefix`` or its tag ``untag`` taken off (None: untouched)."""
     if ours and not _HEADER_START.match(raw):
         # Text from the first line, no header block: a reader's header block ends at the first line
         # that is no field, so our fields after the text would be read as body, their verdict seen
@@ -809,7 +815,7 @@ def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: 
         eol = line_ending(raw)
         tag = [b"Subject: " + subject_tag(prefix, b"").rstrip() + eol] if prefix is not None else []
         return b"".join([*tag, *[_field(n, v, eol) for n, v in ours], eol, raw])
-    if prefix is None:
+    if prefix is None and untag is None:
         # Nearly all mail has none of the fields to remove: then the message is its header block,
         # our fields and the rest, without taking the header apart line by line (a third of the
         # SMTP filter's own time per message).  The test is looser than the removal below (the
@@ -831,13 +837,22 @@ def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: 
     head, body = split_headers(raw)
     kept: list[bytes] = []
     skipping = tagged = False
-    for line in head.splitlines(keepends=True):
+    lines = head.splitlines(keepends=True)
+    for i, line in enumerate(lines):
         if line[:1] in (b" ", b"\t"):
             if not skipping:
                 kept.append(line)
             continue
         name, _, value = line.partition(b":")
         lname = name.strip().lower().decode("latin-1")
+        if untag is not None and lname == "subject" and not tagged:
+            tagged = True  # the first Subject only: the one we tag
+            folded = i + 1 < len(lines) and lines[i + 1][:1] in (b" ", b"\t")
+            line = _untagged(line, len(name) + 1, untag, folded)
+            skipping = not line
+            if line:
+                kept.append(line)
+            continue
         if prefix is not None and lname == "subject":
             skipping = tagged  # the first Subject is tagged and keeps its folded lines; others go
             if not tagged:
@@ -856,6 +871,20 @@ def _rewrite(raw: bytes, ours: list[tuple[str, str]], authserv_id: str, prefix: 
     for name, value in ours:
         out += _field(name, value, eol)
     return out + eol + body
+
+
+def _untagged(line: bytes, start: int, tag: str, folded: bool) -> bytes:
+    """The Subject field ``line`` (its value from ``start``) without ``tag`` in front of its value,
+    as :func:`subject_tag` put it there; empty when the field is the tag alone (we added it to a
+    message without a Subject).  ``folded``: the value goes on in the lines after this one."""
+    value = line[start:].lstrip(b" \t")
+    written = subject_tag(tag, value)
+    if value.startswith(written):
+        return line[:start] + b" " + value[len(written):]
+    bare = written.rstrip()
+    if value.rstrip(b"\r\n") == bare:  # the tag alone, as a Subject we added: written stripped
+        return line[:start] + b" " + value[len(bare):] if folded else b""
+    return line
 
 
 # --------------------------------------------------------------------------- structured logs

@@ -290,9 +290,11 @@ class SpamdServer(Server):
             raise RequestError(EX_PROTOCOL, "TELL with Set needs Message-class: spam or ham")
         user = headers.get("user", "")
         # What a user reports is the copy in the mailbox, which PROCESS rewrote: without the fields we
-        # add it is the message that was scanned, so the original and the delivered copy are learned
-        # (and forgotten) as one message, as spamd's dotell makes them (remove_spamassassin_markup).
-        raw = without_ours(raw, self.scanner.engine.authserv_id)
+        # add and our Subject tag it is the message that was scanned, so the original and the
+        # delivered copy are learned (and forgotten) as one message, as spamd's dotell makes them
+        # (remove_spamassassin_markup).
+        engine = self.scanner.engine
+        raw = without_ours(raw, engine.authserv_id, untag=engine.config.engine.subject_prefix)
         out = status_line(EX_OK)
         # One store holds what is learned; "remote" reports are recorded with their own source so
         # that reputation sharing can tell them apart.  A location counts as done when a learner
