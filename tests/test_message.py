@@ -267,6 +267,9 @@ def test_multipart_delimiter_is_the_whole_line():
     (b"latin1", b"\x85 caf\xe9", "\u2026 caf\u00e9"),
     (b"windows-1252", b"a\x81b\x9dc", "a\x81b\x9dc"),  # bytes cp1252 leaves undefined are C1 controls, not errors
     (b"iso-8859-9", b"\x80 \xfd", "\u20ac \u0131"),  # windows-1254
+    (b"windows-1254", b"a\x8eb\x9ec", "a\x8eb\x9ec"),  # and every Windows code page's undefined C1 bytes
+    (b"tis-620", b"\xa1\x81\x98\xe0", "\u0e01\x81\x98\u0e40"),  # windows-874
+    (b"windows-1250", b"\x8a\x83", "\u0160\x83"),
     (b"euc-kr", "\ub620 \ubb34\ub8cc".encode("cp949"), "\ub620 \ubb34\ub8cc"),  # UHC: \ub620 is not in KS X 1001
     (b"shift_jis", "\u2460 \u7121\u6599".encode("cp932"), "\u2460 \u7121\u6599"),  # windows-31j
 ])

@@ -311,9 +311,19 @@ _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 _SURROGATE_CODECS = frozenset({"utf-7", "unicode-escape", "raw-unicode-escape"})
 
 
-#: windows-1252 as the WHATWG Encoding Standard decodes it: the five bytes Python's cp1252 leaves
-#: undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) are the C1 controls of the same number, so no byte is an error
-_WINDOWS_1252 = "".join(bytes([b]).decode("cp1252", "ignore") or chr(b) for b in range(256))
+#: the Windows code pages as the WHATWG Encoding Standard decodes them (:func:`_whatwg_table`)
+_C1_FILLED = frozenset({"cp874", *(f"cp{n}" for n in range(1250, 1259))})
+
+
+@lru_cache(maxsize=None)  # one table per code page of _C1_FILLED
+def _whatwg_table(codec: str) -> str:
+    """``codec``'s decoding table as WHATWG's index of the code page has it: a byte in 0x80-0x9F
+    that Python's codec leaves undefined (windows-1252's 0x81, 0x8D, 0x8F, 0x90, 0x9D; nearly half
+    of that row in windows-874) is the C1 control of the same number, as browsers and Thunderbird
+    decode it, not a decoding error that marks the text as broken; other undefined bytes stay
+    errors (U+FFFE: undefined to ``codecs.charmap_decode``)."""
+    return "".join(bytes([b]).decode(codec, "ignore") or (chr(b) if 0x80 <= b <= 0x9F else "\ufffe")
+                   for b in range(256))
 
 
 def _decode(data: bytes, codec: str, errors: str = "strict") -> str:
@@ -324,10 +334,10 @@ def _decode(data: bytes, codec: str, errors: str = "strict") -> str:
     cannot be encoded to UTF-8: the rules check raised on it (a ``CHECK_ERROR``), as would anything
     writing the text out.  The decoded text of a message therefore never holds one.
 
-    ``cp1252`` is decoded as WHATWG's windows-1252 (:data:`_WINDOWS_1252`), as mail clients do.
+    The Windows code pages are decoded as WHATWG's (:func:`_whatwg_table`), as mail clients do.
     """
-    if codec == "cp1252":
-        return codecs.charmap_decode(data, errors, _WINDOWS_1252)[0]
+    if codec in _C1_FILLED:
+        return codecs.charmap_decode(data, errors, _whatwg_table(codec))[0]
     text = data.decode(codec, errors)
     # only where the codec can leave one: the search is a second pass over every non-ASCII part
     if codec in _SURROGATE_CODECS and not text.isascii() and _SURROGATE_RE.search(text):
