@@ -52,6 +52,11 @@ def zone():
         # sibling's subdomain; org1.psd2 (one below the PSD) has none, so the PSD's applies
         "_dmarc.b.org1.psd2": [("TXT", "v=DMARC1; p=quarantine")],
         "_dmarc.psd2": [("TXT", "v=DMARC1; p=reject; psd=y")],
+        # policy tags with invalid values (RFC 7489 6.6.3 step 6, RFC 9989 4.10.1)
+        "_dmarc.typo.example": [("TXT", "v=DMARC1; p=reject; sp=quarentine")],
+        "_dmarc.typo-rua.example": [("TXT", "v=DMARC1; p=reject; sp=quarentine; rua=mailto:d@typo-rua.example")],
+        "_dmarc.np-typo.example": [("TXT", "v=DMARC1; p=reject; np=rejct")],
+        "_dmarc.no-p.example": [("TXT", "v=DMARC1; adkim=s")],
     }
 
 
@@ -169,6 +174,25 @@ def test_policy_comes_from_the_organizational_or_public_suffix_domain_not_the_fi
     assert sym == "DMARC_POLICY_QUARANTINE" and "policy_domain=b.org1.psd2" in opts
 
 
+@pytest.mark.parametrize("mode", ["rfc9989", "rfc7489"])
+def test_an_invalid_policy_tag_applies_p_none_with_a_valid_rua_else_no_policy(server, mode):
+    """RFC 7489 6.6.3 step 6 and RFC 9989 4.10.1: a record whose p, sp (or, in RFC 9989, np) is not
+    valid is read as p=none when its rua holds a valid URI, else it applies no policy.  A typo in sp
+    once left p=reject in force for the domain and its subdomains."""
+    e = engine(server, mode)
+    assert dmarc(scan(e, "a@typo.example", BAD_IP))[0] == "DMARC_NA"
+    assert dmarc(scan(e, "a@news.typo.example", BAD_IP, mail_from="a@typo.example"))[0] == "DMARC_NA"
+    sym, opts = dmarc(scan(e, "a@typo-rua.example", BAD_IP))
+    assert sym == "DMARC_POLICY_SOFTFAIL" and "p=none" in opts and "sp=quarentine: read as p=none" in opts
+    # np is RFC 9989's (RFC 7489 knows no np tag); a record without p is p=none in RFC 9989 only
+    np_typo = dmarc(scan(e, "a@np-typo.example", BAD_IP))[0]
+    no_p = dmarc(scan(e, "a@no-p.example", BAD_IP))[0]
+    if mode == "rfc9989":
+        assert (np_typo, no_p) == ("DMARC_NA", "DMARC_POLICY_SOFTFAIL")
+    else:
+        assert (np_typo, no_p) == ("DMARC_POLICY_REJECT", "DMARC_NA")
+
+
 def test_tree_walk_org_domain_over_real_dns(server):
     r = Resolver([server.host], port=server.port, timeout=0.3, attempts=1)
 
@@ -195,7 +219,9 @@ def test_parse_record():
     r = parse_record("v=DMARC1; p=Reject; sp=none; np=quarantine; adkim=s; t=y; psd=n; pct=50; x=unknown")
     assert (r.p, r.sp, r.np, r.adkim, r.aspf, r.t, r.psd, r.pct) == ("reject", "none", "quarantine", "s", "r", True, "n", 50)
     assert parse_record("v=spf1 -all") is None
-    assert parse_record("v=DMARC1; p=bogus").p == "none"
+    assert parse_record("v=DMARC1; p=bogus").invalid == ("p=bogus",)
+    assert parse_record("v=DMARC1; p=reject; sp=x; np=none").invalid == ("sp=x",)
+    assert not parse_record("v=DMARC1; rua=mailto:d@example.org").has_p
 
 
 def test_a_full_scan_asks_every_question_before_the_first_answer_returns():

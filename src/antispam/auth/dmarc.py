@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Callable
@@ -84,14 +85,18 @@ class DmarcRecord:
     t: bool = False
     psd: str = "u"
     rua: tuple[str, ...] = ()
+    #: the policy tags (p, sp, np) published with a value that is no policy, as ``tag=value``
+    invalid: tuple[str, ...] = ()
+    #: whether the record has a ``p`` tag at all (RFC 7489 requires one, RFC 9989 reads none as p=none)
+    has_p: bool = True
 
 
 def parse_record(text: bytes | str) -> DmarcRecord | None:
     """A ``v=DMARC1`` record, or None when the text is not one.
 
-    Unknown tags are ignored; a missing or unknown ``p`` reads as ``none`` (RFC
-    9989 makes ``p`` optional; RFC 7489 does the same when ``rua`` is valid),
-    so a broken record still yields reports rather than silence.
+    Unknown tags are ignored, and so are invalid values of the other tags (their defaults
+    apply).  An invalid ``p``, ``sp`` or ``np`` is kept in ``invalid`` rather than read as a
+    default: it decides whether the record applies at all (:func:`usable_policy`).
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
@@ -119,7 +124,45 @@ def parse_record(text: bytes | str) -> DmarcRecord | None:
         adkim=align(tags.get("adkim")), aspf=align(tags.get("aspf")), pct=pct,
         t=(tags.get("t") or "n").lower() == "y", psd=psd if psd in ("y", "n") else "u",
         rua=tuple(u.strip() for u in tags.get("rua", "").split(",") if u.strip()),
+        invalid=tuple(f"{k}={tags[k]}" for k in ("p", "sp", "np") if k in tags and pol(tags[k]) is None),
+        has_p="p" in tags,
     )
+
+
+#: RFC 3986 URI as far as DMARC needs: a scheme, a colon, then printable ASCII (commas separate URIs)
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[!-+\--~]+$")
+
+
+def _valid_uri(uri: str) -> bool:
+    """A syntactically valid reporting URI (RFC 7489 6.4 ``dmarc-uri``: a URI, then an optional ``!size``)."""
+    return bool(_URI.match(uri.partition("!")[0]))
+
+
+def policy_errors(rec: DmarcRecord, mode: str) -> list[str]:
+    """What keeps the record's policy from applying as published: its invalid ``p`` or ``sp``
+    (``np`` only in RFC 9989, RFC 7489 has no such tag), and in RFC 7489 a missing ``p``
+    (RFC 9989 reads a record with no ``p`` as ``p=none``)."""
+    bad = [t for t in rec.invalid if mode == "rfc9989" or not t.startswith("np=")]
+    if mode == "rfc7489" and not rec.has_p:
+        bad.append("no p")
+    return bad
+
+
+def usable_policy(rec: DmarcRecord, mode: str) -> DmarcRecord | None:
+    """The record as its policy is applied, or None when it applies none.
+
+    RFC 7489 section 6.6.3 step 6 and RFC 9989's policy discovery (section 4.10.1): a record
+    without a valid ``p``, or with an ``sp`` (or, in RFC 9989, ``np``) that is not valid, is read
+    as ``p=none`` when its ``rua`` holds a valid URI, else no DMARC processing applies.  A typo
+    (``sp=quarentine``) must not leave ``p=reject`` in force where every other receiver applies
+    none.
+    """
+    bad = policy_errors(rec, mode)
+    if not bad:
+        return rec
+    if any(_valid_uri(u) for u in rec.rua):
+        return replace(rec, p="none", sp=None, np=None, invalid=tuple(bad))
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +408,11 @@ async def evaluate(resolver: "Resolver", from_domain: str, spf: SpfOutcome | Non
         found = ev.discover(from_domain)
         if found is None:
             return DmarcOutcome("none", from_domain, mode=mode, reason="no DMARC record")
-        policy_domain, rec = found
+        policy_domain, published = found
+        rec = usable_policy(published, mode)
+        if rec is None:
+            return DmarcOutcome("none", from_domain, mode=mode,
+                                reason=f"{policy_domain}: {', '.join(policy_errors(published, mode))} and no valid rua")
         spf_ok = bool(spf and spf.result == "pass" and ev.aligned(spf.domain, from_domain, rec.aspf))
         sigs = dkim.signatures if dkim else ()
         dkim_ok = any(ev.aligned(s.domain, from_domain, rec.adkim) for s in sigs if s.result == "pass")
@@ -380,17 +427,19 @@ async def evaluate(resolver: "Resolver", from_domain: str, spf: SpfOutcome | Non
         return DmarcOutcome("temperror", from_domain, mode=mode, reason=str(exc))
     base = dict(from_domain=from_domain, policy_domain=policy_domain, org_domain=org, record=rec, mode=mode,
                 spf_aligned=spf_ok, dkim_aligned=dkim_ok)
+    # a record read as p=none for an invalid policy tag says so (RFC 7489 6.6.3 step 6)
+    read = [f"{', '.join(rec.invalid)}: read as p=none"] if rec.invalid else []
     if spf_ok or dkim_ok:
-        return DmarcOutcome("pass", policy=rec.p, disposition="none", **base)
+        return DmarcOutcome("pass", policy=rec.p, disposition="none", notes=tuple(read), **base)
     if temp:
         return DmarcOutcome("temperror", reason=f"{'/'.join(temp)} temperror, no aligned pass", **base)
     # Which policy: p at the Author Domain's own record; else np for a non-existent Author
     # Domain (RFC 9989), else sp, else p.
-    policy, notes = rec.p, []
+    policy, notes = rec.p, read
     if policy_domain != from_domain:
         policy = rec.sp or rec.p
         if mode == "rfc9989" and rec.np is not None and await _nonexistent(resolver, from_domain, deadline):
-            policy, notes = rec.np, ["np: author domain does not exist"]
+            policy, notes = rec.np, notes + ["np: author domain does not exist"]
     disposition = policy
     if mode == "rfc9989" and rec.t:
         disposition, notes = _lower(policy), notes + ["t=y: test mode"]
