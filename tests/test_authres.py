@@ -38,6 +38,17 @@ def test_parse_with_comments_quoted_strings_and_versions():
     assert parse("mx.test; dmarc=fail reason=\"x y\" header.from=a.example").results[0].reason == "x y"
 
 
+@pytest.mark.parametrize("value", ["SRS0=HHH=TT=example.org=alice@fwd.example", "bounces+7=b=example.net@list.example",
+                                   "a=b@example.org", "=@example.org"])
+def test_an_address_with_equals_signs_is_read_back_whole(value):
+    """RFC 8601 2.2: a pvalue may be an address, whose local part may hold '=' (SRS and VERP senders);
+    we write it bare, so reading it must not stop at the first '=' (authres, dkimpy's parser, agrees)."""
+    ri = resinfo("spf", "pass", [("smtp.mailfrom", value)])
+    assert ri == f"spf=pass smtp.mailfrom={value}"
+    (r,) = parse(f"mx.test; {ri}; dkim=pass header.d=example.org").results[:1]
+    assert r.prop("smtp.mailfrom") == value
+
+
 def _run(check, raw):
     from antispam.message import Message
     from antispam.check import ScanContext

@@ -57,6 +57,7 @@ def zone():
         "_dmarc.typo-rua.example": [("TXT", "v=DMARC1; p=reject; sp=quarentine; rua=mailto:d@typo-rua.example")],
         "_dmarc.np-typo.example": [("TXT", "v=DMARC1; p=reject; np=rejct")],
         "_dmarc.no-p.example": [("TXT", "v=DMARC1; adkim=s")],
+        "fwd.example": [("TXT", SPF)],
     }
 
 
@@ -273,6 +274,20 @@ def test_aggregate_records_collected_from_verdicts(server):
     xml = agg.to_xml()
     assert len(xml) == 2 and {x.findtext("row/count") for x in xml} == {"2", "1"}
     assert {x.findtext("row/policy_evaluated/disposition") for x in xml} == {"none", "reject"}
+
+
+def test_aggregate_record_of_an_srs_sender_names_its_domain(server):
+    """A forwarder's SRS address has '=' in its local part; the SPF row once named 'SRS0' as the domain,
+    read back from our own Authentication-Results up to the first '='."""
+    from antispam.auth.report import aggregate_record
+
+    env = Envelope(client_ip=GOOD_IP, helo="mx.fwd.example", mail_from="SRS0=HHH=TT=example.org=a@fwd.example",
+                   rcpt_tos=["x@rcpt.example"])
+    v = engine(server).scan(message("a@example.org"), env)
+    assert "spf=pass smtp.mailfrom=SRS0=HHH=TT=example.org=a@fwd.example" in v.authentication_results
+    rec = aggregate_record(v, env)
+    assert rec["auth_results"]["spf"][0] == {"domain": "fwd.example", "scope": "mfrom", "result": "pass"}
+    assert rec["identifiers"]["envelope_from"] == "fwd.example"
 
 
 from hypothesis import given, settings  # noqa: E402

@@ -116,11 +116,17 @@ class AuthResults:
 
 
 def _tokens(text: str) -> list[str]:
-    """Split into words, '=', ';' and quoted strings (unquoted), dropping comments."""
+    """Split into words, '=', ';' and quoted strings (unquoted), dropping comments.
+
+    A word right after '=' is a value and runs to whitespace, ';', '(' or '"' only: RFC 8601's
+    pvalue may be an address whose local part holds '=' (an SRS or VERP sender,
+    ``smtp.mailfrom=SRS0=HHH=TT=example.org=alice@fwd.example``, which we write bare ourselves).
+    """
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
         c = text[i]
+        after_equals = bool(out) and out[-1] == "="
         if c.isspace():
             i += 1
         elif c == "(":
@@ -147,14 +153,15 @@ def _tokens(text: str) -> list[str]:
                 i += 1
             i += 1
             out.append("\0" + "".join(buf))  # mark as quoted so '=' inside is not syntax
-        elif c in "=;":
+        elif c == ";" or (c == "=" and not after_equals):
             out.append(c)
             i += 1
         elif c == ")":  # a stray closing parenthesis: no comment to close, skip it
             i += 1
         else:
+            stops = ';()"' if after_equals else '=;()"'
             j = i
-            while j < n and not text[j].isspace() and text[j] not in '=;()"':
+            while j < n and not text[j].isspace() and text[j] not in stops:
                 j += 1
             out.append(text[i:j])
             i = j
