@@ -196,6 +196,32 @@ def test_a_trusted_seal_vouches_for_nothing_an_untrusted_hop_did_after_it(server
     assert any(o.startswith("override=arc:list.example") for o in dmarc(v)["DMARC_POLICY_ALLOW"])
 
 
+def test_a_seal_whose_instance_tag_disagrees_with_dkimpys_reading_fails(server, monkeypatch) -> None:
+    """dkimpy files an ARC header under the first ``i=<digits>`` in its value: an attacker's seal
+    ``e=i=2; i=0; cv=pass; ...`` is set 2 (the newest) to dkimpy, which validates it, while the
+    i= tag ranked the trusted list's set 1 newest, and its trust lifted the victim's reject.
+    RFC 8617 4.2.1: the instance tag names the set, so the chain fails."""
+    head, _, _ = _list_sealed().partition(b"\r\n\r\n")
+    head = head.replace(b"From: Alice <alice@example.org>", b"From: CEO <ceo@victim.example>")
+    forged = b"Authentication-Results: attacker.test; arc=pass\r\n" + head + b"\r\n\r\nWire 50k today.\r\n"
+    gen_header = dkim.ARC.gen_header
+
+    def decoy_instance(self, fields, include_headers, canon_policy, header_name, *args):  # type: ignore[no-untyped-def]
+        if header_name == b"ARC-Seal":
+            fields = [(b"e", b"i=2"), (b"i", b"0")] + [f for f in fields if f[0] != b"i"]
+        return gen_header(self, fields, include_headers, canon_policy, header_name, *args)
+
+    with monkeypatch.context() as m:  # only to build the attacker's seal
+        m.setattr(dkim.ARC, "gen_header", decoy_instance)
+        final = b"".join(dkim.arc_sign(forged, b"evil", b"attacker.test", rsa_key(2048).private, b"attacker.test",
+                                       include_headers=HDRS)) + forged
+    assert b"ARC-Seal: e=i=2; i=0; cv=pass;" in final
+    v = engine(server, arc=True, trusted_arc_sealers=["list.example"]).scan(
+        final, Envelope(client_ip="203.0.113.66", helo="mx.attacker.test", mail_from="x@attacker.test"))
+    assert "ARC_REJECT" in v.symbols
+    assert "DMARC_POLICY_REJECT" in dmarc(v)
+
+
 def test_more_than_fifty_arc_sets_fail() -> None:
     """RFC 8617 4.2.1: instances run 1..50 (dkimpy checks the limit only when sealing)."""
     seals = [(i, "hop.test") for i in range(MAX_SETS + 1, 0, -1)]

@@ -66,6 +66,25 @@ def _key_names(msg: "Message") -> list[str]:
     return names
 
 
+def _misnumbered(raw: bytes) -> str | None:
+    """Why an ARC-Seal or ARC-Message-Signature is not in the set its ``i=`` tag names, or None.
+
+    dkimpy files each ARC header under the first ``i=<digits>`` its regex finds in the value,
+    which may sit inside another tag (``e=i=2; i=0; ...``), while :func:`_seals` ranks the
+    sealers by the ``i=`` tag itself.  Where the two disagree, the newest sealer we would trust
+    is not the set dkimpy validated as newest: an attacker's set could pass as the trusted
+    list's.  RFC 8617 section 4.2.1: the instance tag names the set, so such a chain fails.
+    """
+    try:
+        _, grouped = dkimpy.ARC(raw).sorted_arc_headers()
+    except Exception:  # a mangled header block: dkimpy's verification reports it
+        return None
+    for instance, (name, value) in grouped:
+        if name.lower() != b"arc-authentication-results" and _instance(_tags(value) or {}) != instance:
+            return f"{name.decode('ascii', 'replace')} i= tag does not name its set {instance}"
+    return None
+
+
 def verify_chain(raw: bytes, seals: list[tuple[int, str]], answers: dict[str, Answer],
                  min_rsa_bits: int = 1024) -> ArcOutcome:
     """Verify the ARC chain of ``raw`` with the key answers already fetched."""
@@ -76,6 +95,9 @@ def verify_chain(raw: bytes, seals: list[tuple[int, str]], answers: dict[str, An
     if max(instances, len(seals)) > MAX_SETS:
         # dkimpy enforces the limit only when it seals; a chain past it is invalid (RFC 8617 4.2.1)
         return ArcOutcome("fail", instances, sealers, f"more than {MAX_SETS} ARC sets")
+    misnumbered = _misnumbered(raw)
+    if misnumbered:
+        return ArcOutcome("fail", instances, sealers, misnumbered)
     temp = [n for n, a in answers.items() if a.temporary]
     if temp:
         return ArcOutcome("temperror", instances, sealers, f"key lookup failed: {temp[0]}")
