@@ -58,6 +58,7 @@ def zone():
         "_dmarc.np-typo.example": [("TXT", "v=DMARC1; p=reject; np=rejct")],
         "_dmarc.no-p.example": [("TXT", "v=DMARC1; adkim=s")],
         "fwd.example": [("TXT", SPF)],
+        "_dmarc.negpct.example": [("TXT", "v=DMARC1; p=reject; pct=-5")],
     }
 
 
@@ -130,6 +131,13 @@ def test_pct_only_in_rfc7489(server):
     assert sym == "DMARC_POLICY_QUARANTINE" and "pct=0: not sampled" in opts
     sym, _ = dmarc(scan(engine(server, "rfc9989"), "a@pct0.example", BAD_IP))
     assert sym == "DMARC_POLICY_REJECT"
+
+
+def test_an_invalid_pct_is_the_default_100(server):
+    """RFC 7489 6.3/6.4: pct is 1*3DIGIT from 0 to 100 and a syntax error gives the default; pct=-5 was
+    clamped to 0, so every failing message was sampled out and p=reject lowered to quarantine."""
+    sym, opts = dmarc(scan(engine(server, "rfc7489"), "a@negpct.example", BAD_IP))
+    assert sym == "DMARC_POLICY_REJECT" and not any(o.startswith("pct=") for o in opts)
 
 
 def test_none_temperror_and_duplicate_records(server):
@@ -223,6 +231,8 @@ def test_parse_record():
     assert parse_record("v=DMARC1; p=bogus").invalid == ("p=bogus",)
     assert parse_record("v=DMARC1; p=reject; sp=x; np=none").invalid == ("sp=x",)
     assert not parse_record("v=DMARC1; rua=mailto:d@example.org").has_p
+    assert [parse_record(f"v=DMARC1; p=reject; pct={v}").pct for v in ("0", "050", "-5", "+5", "150", "1e2", "")] == \
+        [0, 50, 100, 100, 100, 100, 100]
 
 
 def test_a_full_scan_asks_every_question_before_the_first_answer_returns():

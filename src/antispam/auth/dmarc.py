@@ -113,20 +113,26 @@ def parse_record(text: bytes | str) -> DmarcRecord | None:
         v = (v or "").lower()
         return v if v in POLICIES else None
 
-    try:
-        pct = max(0, min(100, int(tags.get("pct", "100"))))
-    except ValueError:
-        pct = 100
     align = lambda v: "s" if (v or "").lower() == "s" else "r"  # noqa: E731
     psd = (tags.get("psd") or "u").lower()
     return DmarcRecord(
         p=pol(tags.get("p")) or "none", sp=pol(tags.get("sp")), np=pol(tags.get("np")),
-        adkim=align(tags.get("adkim")), aspf=align(tags.get("aspf")), pct=pct,
+        adkim=align(tags.get("adkim")), aspf=align(tags.get("aspf")), pct=_percent(tags.get("pct")),
         t=(tags.get("t") or "n").lower() == "y", psd=psd if psd in ("y", "n") else "u",
         rua=tuple(u.strip() for u in tags.get("rua", "").split(",") if u.strip()),
         invalid=tuple(f"{k}={tags[k]}" for k in ("p", "sp", "np") if k in tags and pol(tags[k]) is None),
         has_p="p" in tags,
     )
+
+
+def _percent(value: str | None) -> int:
+    """RFC 7489 ``pct``: 1 to 3 digits from 0 to 100 (sections 6.3, 6.4), else the default 100.
+
+    Section 6.3: syntax errors are discarded in favor of default values.  Clamping ``pct=-5``
+    to 0 instead sampled every failing message out, lowering a ``p=reject`` to quarantine.
+    """
+    v = (value or "").strip()
+    return int(v) if v.isascii() and v.isdigit() and len(v) <= 3 and int(v) <= 100 else 100
 
 
 #: RFC 3986 URI as far as DMARC needs: a scheme, a colon, then printable ASCII (commas separate URIs)
