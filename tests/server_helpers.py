@@ -141,15 +141,19 @@ class Sink:
     whether the command after it had arrived with it.  With ``chunking`` it also announces
     CHUNKING and takes BDAT (it then runs on the filter's own ``FastSMTP``, which implements BDAT
     where aiosmtpd does not), and ``bdat_grouped`` records for each MAIL whether a BDAT had come
-    with it: the filter's whole transaction in one write.
+    with it: the filter's whole transaction in one write.  With ``dsn`` it announces DSN and takes
+    its parameters (RFC 3461), and ``commands`` keeps every MAIL and RCPT line as it came.
     """
 
-    def __init__(self, port: int | None = None, pipelining: bool = False, chunking: bool = False):
+    def __init__(self, port: int | None = None, pipelining: bool = False, chunking: bool = False,
+                 dsn: bool = False):
         from servers import free_port
 
         self.port = port or free_port()
         self.pipelining = pipelining or chunking
         self.chunking = chunking
+        self.dsn = dsn
+        self.commands: list[str] = []
         self.bdat_grouped: list[bool] = []
         #: the next this many MAILs drop their connection unanswered (a next hop that closed a kept
         #: connection just as the filter wrote to it)
@@ -179,6 +183,8 @@ class Sink:
                     responses.insert(-1, "250-PIPELINING")
                 if sink.chunking:
                     responses.insert(-1, "250-CHUNKING")
+                if sink.dsn:
+                    responses.insert(-1, "250-DSN")
                 return responses
 
             async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
@@ -215,6 +221,21 @@ class Sink:
 
         class LongLines(FastSMTP if self.chunking else SMTP):  # type: ignore[misc]
             line_length_limit = 64 * 1024  # like Postfix's smtpd, which takes long lines
+
+            async def smtp_MAIL(self, arg):  # type: ignore[no-untyped-def]
+                sink.commands.append(f"MAIL {arg}")
+                await super().smtp_MAIL(arg)
+
+            async def smtp_RCPT(self, arg):  # type: ignore[no-untyped-def]
+                sink.commands.append(f"RCPT {arg}")
+                await super().smtp_RCPT(arg)
+
+            def _getparams(self, params):  # type: ignore[no-untyped-def]
+                found = super()._getparams(params)
+                if sink.dsn and found is not None:
+                    for key in ("RET", "ENVID", "NOTIFY", "ORCPT"):
+                        found.pop(key, None)
+                return found
 
         class SinkController(Controller):
             def factory(self):  # type: ignore[no-untyped-def]

@@ -357,3 +357,76 @@ def test_postfix_next_hop_gets_pipelined_mail_rcpt_and_one_bdat(sink):
     finally:
         filt.stop()
         p.stop()
+
+
+# --------------------------------------------------------------------------- DSN (RFC 3461)
+
+
+def _dsn_session(port: int, subject: str) -> None:
+    """A message whose sender asks for DSN: RET and ENVID, NOTIFY and ORCPT, in mixed case."""
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject=subject),
+                   mail_options=["RET=HDRS", "ENVID=Env42x"],
+                   rcpt_options=["NOTIFY=NEVER", "ORCPT=rfc822;Bo@Rcpt.test"])
+
+
+def _dsn_commands(sink: Sink) -> list[str]:
+    return [c.partition(" ")[2] for c in sink.commands]
+
+
+def test_content_filter_passes_dsn_requests_on():
+    """swaks' role played by smtplib -> Postfix (content_filter) -> our filter -> Postfix's
+    re-injection smtpd -> a next hop announcing DSN.  The sender's NOTIFY=NEVER, ORCPT, RET and
+    ENVID reach the last hop as sent.  Before, the filter announced no DSN, so Postfix's
+    content_filter client sent none of them: the re-injecting Postfix bounced to a sender who had
+    asked for no bounce, and its notifications lost the sender's ENVID and ORCPT."""
+    from test_smtp_filter import spawn_filter
+
+    sink = Sink(dsn=True)
+    fport, rport = free_port(), free_port()
+    p = pf.Postfix(relay_port=sink.port, main={"content_filter": f"scan:[127.0.0.1]:{fport}"}, extra_master=(
+        "scan unix - - n - 4 smtp -o smtp_send_xforward_command=yes\n"
+        f"127.0.0.1:{rport} inet n - n - - smtpd -o content_filter= -o smtpd_authorized_xforward_hosts=127.0.0.0/8"
+        " -o receive_override_options=no_unknown_recipient_checks\n"))
+    proc = spawn_filter(fport, rport)
+    try:
+        _dsn_session(p.port, "cf dsn")
+        (got,) = sink.wait_for(marker("cf dsn"))
+        assert b"X-Spam-Flag: " in got[2]  # scanned
+        mail, rcpt = _dsn_commands(sink)
+        assert "ENVID=Env42x" in mail.split() and "RET=HDRS" in mail.split(), mail
+        assert rcpt.split()[1:] == ["ORCPT=rfc822;Bo@Rcpt.test", "NOTIFY=NEVER"], rcpt
+    finally:
+        proc.kill()
+        proc.wait()
+        p.stop()
+        sink.down()
+
+
+def test_proxy_filter_takes_dsn_requests():
+    """Postfix's before-queue proxy hands the client's MAIL and RCPT to the filter as they came,
+    DSN parameters included, whatever the filter announced.  The filter refused them (aiosmtpd's
+    ``555 ... parameters not recognized``): every message whose sender asked for a notification
+    was refused.  Now taken, and passed on."""
+    from antispam.config import SmtpConfig
+    from antispam.servers.smtp import SmtpFilterServer
+
+    sink = Sink(dsn=True)
+    fport, rport = free_port(), free_port()
+    filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck()]), SmtpConfig(
+        port=fport, mode="before-queue", next_hop=f"127.0.0.1:{rport}")))
+    p = pf.Postfix(relay_port=sink.port, smtpd_options=f"  -o smtpd_proxy_filter=127.0.0.1:{fport}\n",
+                   extra_master=(f"127.0.0.1:{rport} inet n - n - - smtpd -o smtpd_proxy_filter="
+                                 " -o receive_override_options=no_unknown_recipient_checks\n"))
+    try:
+        _dsn_session(p.port, "pf dsn")
+        assert len(sink.wait_for(marker("pf dsn"))) == 1
+        mail, rcpt = _dsn_commands(sink)
+        assert "ENVID=Env42x" in mail.split() and "RET=HDRS" in mail.split(), mail
+        assert rcpt.split()[1:] == ["ORCPT=rfc822;Bo@Rcpt.test", "NOTIFY=NEVER"], rcpt
+    finally:
+        filt.stop()
+        p.stop()
+        sink.down()

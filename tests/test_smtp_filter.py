@@ -1065,6 +1065,62 @@ def test_8bit_envelope_addresses_go_to_the_next_hop_as_sent(chunking):
         sink.down()
 
 
+@pytest.mark.parametrize("chunking", [False, True], ids=["next-hop-plain", "next-hop-chunking"])
+def test_dsn_parameters_go_to_the_next_hop_as_sent(chunking):
+    """RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT (RFC 3461) reach a next hop that announces
+    DSN as the client wrote them (ENVID and ORCPT are the client's text, case included), step by
+    step, pipelined, and with a lone recipient held for the message; we announce DSN because it
+    does.  Before, the filter announced no DSN, so Postfix's content_filter client dropped them
+    (NOTIFY=NEVER lost: bounces to a sender who asked for none), and refused them with 555 when
+    they came anyway (Postfix's before-queue proxy hands on what its client sent)."""
+    sink = Sink(chunking=chunking, dsn=True)
+    f = start(sink)
+    mail = b"MAIL FROM:<ana@sender.test> RET=HDRS ENVID=Qq+2B314"
+    rcpt = b"RCPT TO:<bo@rcpt.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Bo@Rcpt.test"
+    try:
+        c, fh, ehlo = _ehlo(f.port)
+        assert b"250-DSN\r\n" in ehlo
+        for cmd in (mail, rcpt, b"RCPT TO:<cy@rcpt.test> NOTIFY=NEVER", b"DATA"):  # step by step
+            c.sendall(cmd + b"\r\n")
+            assert smtp_replies(fh, 1)[0][:1] in (b"2", b"3")
+        c.sendall(ham(subject="dsn one") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        c.sendall(mail + b"\r\n" + rcpt + b"\r\nDATA\r\n")  # pipelined, one recipient
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="dsn two") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        c.close()
+        assert len(sink.wait_for(marker("dsn two"))) == 1
+        sent = (mail, rcpt, b"RCPT TO:<cy@rcpt.test> NOTIFY=NEVER", mail, rcpt)
+        assert sink.commands == [line.decode() for line in sent]
+    finally:
+        f.stop()
+        sink.down()
+
+
+def test_dsn_parameters_to_a_next_hop_without_dsn(sink):
+    """A next hop that does not announce DSN: neither do we, so a client makes its own
+    notifications; parameters sent all the same (by Postfix's before-queue proxy) are taken, and
+    not passed on to a next hop that would refuse them."""
+    f = start(sink)
+    try:
+        c, fh, ehlo = _ehlo(f.port)
+        assert not any(b"DSN" in line for line in ehlo)
+        c.sendall(b"MAIL FROM:<ana@sender.test> RET=FULL ENVID=x1\r\nRCPT TO:<bo@rcpt.test> NOTIFY=NEVER\r\n"
+                  b"RCPT TO:<cy@rcpt.test> ORCPT=rfc822;cy@rcpt.test\r\nDATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 4)] == [b"250", b"250", b"250", b"354"]
+        c.sendall(ham(subject="dsn dropped") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        c.sendall(b"MAIL FROM:<ana@sender.test> NOTIFY=NEVER\r\n")  # a RCPT parameter on MAIL
+        assert smtp_replies(fh, 1)[0][:3] == b"555"
+        c.close()
+        (got,) = sink.wait_for(marker("dsn dropped"))
+        assert got[1] == ("bo@rcpt.test", "cy@rcpt.test")
+        assert sink.commands == ["MAIL FROM:<ana@sender.test>", "RCPT TO:<bo@rcpt.test>", "RCPT TO:<cy@rcpt.test>"]
+    finally:
+        f.stop()
+
+
 def test_8bit_sender_refused_by_the_next_hop_gets_its_reply_never_an_empty_line(sink):
     """A next hop that refuses the 8-bit sender: its reply is the client's, pipelined or not (it
     was an empty line when MAIL went with the RCPT after it).  An 8-bit XFORWARD name is refused

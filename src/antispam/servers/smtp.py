@@ -54,6 +54,8 @@ from ..message import Envelope
 from .common import Server, _has_input, rewrite_headers, without_ours
 
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+#: the DSN parameters (RFC 3461) of MAIL and of RCPT, passed on as sent to a next hop that announces DSN
+_DSN_PARAMS = {"MAIL": ("RET", "ENVID"), "RCPT": ("NOTIFY", "ORCPT")}
 #: an address aiosmtpd's parser would return unchanged: ``<dot-atom@dot-atom>`` and the parameters
 _PLAIN_PATH = re.compile(r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                          r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)", re.S)
@@ -425,10 +427,14 @@ class _FilterSMTP(FastSMTP):
     _eof_after_input = False
     #: admitted (``SmtpFilterServer._admit``): what ``max_connections`` counts
     _let_in = False
+    #: the DSN parameters the command being read may carry (see :meth:`_getparams`)
+    _dsn_keys: tuple[str, ...] = ()
 
     def __init__(self, server: "SmtpFilterServer", **kw: Any):
         #: the original client's attributes (XFORWARD) for the transaction they precede
         self.xforward: dict[str, str] = {}
+        #: the parameters of the last MAIL or RCPT read, as the client wrote them (aiosmtpd's are upper-cased)
+        self.params_sent: list[str] = []
         super().__init__(server, **kw)
         self.filter = server
         #: this session's transaction at the next hop
@@ -583,6 +589,43 @@ class _FilterSMTP(FastSMTP):
         self._let_in = True
         await super()._handle_client()
 
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str) -> None:
+        """aiosmtpd's MAIL, taking RET and ENVID too (see :meth:`_getparams`)."""
+        await self._with_dsn("MAIL", super().smtp_MAIL(arg))
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str) -> None:
+        """aiosmtpd's RCPT, taking NOTIFY and ORCPT too (see :meth:`_getparams`)."""
+        await self._with_dsn("RCPT", super().smtp_RCPT(arg))
+
+    async def _with_dsn(self, verb: str, command: Any) -> None:
+        self._dsn_keys, self.params_sent = _DSN_PARAMS[verb], []
+        try:
+            await command
+        finally:
+            self._dsn_keys = ()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The address and the rest, the parameters kept as sent (``params_sent``): aiosmtpd hands
+        the handler its parameters upper-cased, and the values of ENVID and ORCPT are the
+        client's own text, to come back unchanged in a delivery status notification."""
+        address, rest = super()._getaddr(arg)
+        self.params_sent = (rest or "").split()
+        return address, rest
+
+    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
+        """aiosmtpd's parameters without the DSN ones of the command being read: aiosmtpd refuses
+        any it does not know with ``555``, and Postfix hands them on as its client sent them (the
+        before-queue proxy as they come, the content_filter client to a filter that announces
+        DSN).  A refusal there bounced every message whose sender asked for a notification.  They
+        go on to the next hop as sent, which judges them as it judges the addresses."""
+        found = super()._getparams(params)
+        if found is not None:
+            for key in self._dsn_keys:
+                found.pop(key, None)
+        return found
+
     @syntax("XFORWARD attribute=value ...")
     async def smtp_XFORWARD(self, arg: str) -> None:
         """Postfix tells us about the original client (only from allowed clients, like Postfix)."""
@@ -627,6 +670,8 @@ class SmtpFilterServer(Server):
         self._idle_connections: list[_SmtpClient] = []
         #: transactions being ended for clients that left (kept referenced until done)
         self._background: set[asyncio.Task] = set()
+        #: the EHLO keywords of the newest connection to the next hop (None: never connected)
+        self._hop_extensions: set[str] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -699,9 +744,24 @@ class SmtpFilterServer(Server):
     async def handle_EHLO(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
-        # the last line is "250 HELP"
-        responses[-1:-1] = ["250-PIPELINING", "250-CHUNKING", "250-XFORWARD " + " ".join(XFORWARD_ATTRS)]
+        ours = ["250-PIPELINING", "250-CHUNKING", "250-XFORWARD " + " ".join(XFORWARD_ATTRS)]
+        if "DSN" in await self._next_hop_extensions():
+            ours.append("250-DSN")
+        responses[-1:-1] = ours  # the last line is "250 HELP"
         return responses
+
+    async def _next_hop_extensions(self) -> set[str]:
+        """What the next hop announced when we last connected to it; connected to now (the
+        connection then kept for the client's MAIL) when we never have.  DSN is announced only
+        when the next hop announces it: a client that is told DSN leaves its notifications to
+        the next hop (a "relayed" one for NOTIFY=SUCCESS from Postfix when no DSN is announced),
+        and without DSN there the parameters could only be dropped."""
+        if self._hop_extensions is None:
+            try:
+                self._give_back((await self._borrow())[0])
+            except (OSError, TimeoutError, NextHopError):
+                return set()
+        return self._hop_extensions or set()
 
     async def handle_MAIL(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, mail_options: list[str]) -> str:
@@ -715,11 +775,11 @@ class SmtpFilterServer(Server):
         without MAIL, and the sender is forgotten (``_mail_refused``)."""
         line = server._next_line_here()
         if line is not None and line[:5].upper() == b"RCPT ":
-            server.next_hop.defer_mail(address, list(mail_options), dict(server.xforward))
+            server.next_hop.defer_mail(address, server.params_sent, dict(server.xforward))
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
             return _MAIL_DEFERRED  # type: ignore[return-value]  # answered by _FilterSMTP.push
-        reply = await server.next_hop.mail(address, list(mail_options), dict(server.xforward))
+        reply = await server.next_hop.mail(address, server.params_sent, dict(server.xforward))
         if reply.startswith("2"):
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
@@ -748,9 +808,9 @@ class SmtpFilterServer(Server):
         if envelope.rcpt_tos and self.scanner.profile_for(address) != self.scanner.profile_for(envelope.rcpt_tos[0]):
             return "452 4.5.3 Recipients with other spam settings: send in a separate transaction"
         if server.next_hop.deferred is not None and not envelope.rcpt_tos and _ends_group(server._next_line_here()):
-            reply = await server.next_hop.rcpt_with_message(address)
+            reply = await server.next_hop.rcpt_with_message((address, server.params_sent))
         else:
-            reply = await server.next_hop.rcpt(address)
+            reply = await server.next_hop.rcpt((address, server.params_sent))
         if server._mail_deferred and not (await server.next_hop.deferred_mail_reply()).startswith("2"):
             return _NEED_MAIL  # the next hop refused the sender (see handle_MAIL)
         if reply.startswith("2"):
@@ -836,6 +896,7 @@ class SmtpFilterServer(Server):
         cfg = self.settings
         c = await _SmtpClient.connect(*self.next_hop, helo=cfg.hostname, timeout=cfg.next_hop_timeout)  # type: ignore[attr-defined]
         self._connections.add(c)
+        self._hop_extensions = c.extensions
         return c, False
 
     def _give_back(self, c: "_SmtpClient") -> None:
@@ -1040,15 +1101,33 @@ def _path(address: str) -> str:
     return "<>" if address in ("", "<>") else f"<{address}>"
 
 
+#: a recipient: its address and its parameters as sent
+Rcpt = tuple[str, list[str]]
+
+
+def _dsn(conn: _SmtpClient, verb: str, params: list[str]) -> list[str]:
+    """The DSN parameters among ``params`` (a MAIL's or a RCPT's, as sent), for a next hop that
+    announces DSN; none for one that does not (it would refuse them)."""
+    if "DSN" not in conn.extensions:
+        return []
+    keys = _DSN_PARAMS[verb]
+    return [p for p in params if p.partition("=")[0].upper() in keys]
+
+
+def _rcpt_line(conn: _SmtpClient, rcpt: Rcpt) -> str:
+    address, params = rcpt
+    return " ".join([f"RCPT TO:{_path(address)}", *_dsn(conn, "RCPT", params)])
+
+
 def _opening(conn: _SmtpClient, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> list[str]:
-    """The commands that open a transaction on ``conn``: MAIL with the options it announced, after
-    XFORWARD when there is one to pass on.  XFORWARD describes one transaction (the next hop forgets
-    it after), so it goes every time; its reply does not matter (the next hop ignores what it does
-    not allow)."""
+    """The commands that open a transaction on ``conn``: MAIL with the options it announced
+    (``mail_options`` as our client sent them), after XFORWARD when there is one to pass on.
+    XFORWARD describes one transaction (the next hop forgets it after), so it goes every time; its
+    reply does not matter (the next hop ignores what it does not allow)."""
     wanted = {o.upper() for o in mail_options}
     options = [o for o, ext in (("BODY=8BITMIME", "8BITMIME"), ("SMTPUTF8", "SMTPUTF8"))
                if o in wanted and ext in conn.extensions]
-    lines = [" ".join([f"MAIL FROM:{_path(mail_from)}", *options])]
+    lines = [" ".join([f"MAIL FROM:{_path(mail_from)}", *options, *_dsn(conn, "MAIL", mail_options)])]
     if xforward and "XFORWARD" in conn.extensions:
         lines.insert(0, "XFORWARD " + " ".join(f"{k}={v}" for k, v in xforward.items()))
     return lines
@@ -1075,7 +1154,7 @@ class _NextHop:
         self.mail_reply = ""
         #: MAIL's arguments and the lone recipient, kept to go with the message (``rcpt_with_message``)
         #: on ``conn``, which has seen nothing of them yet; ``kept``: that connection is a kept one
-        self.held: tuple[tuple[str, list[str], dict[str, str]], str] | None = None
+        self.held: tuple[tuple[str, list[str], dict[str, str]], Rcpt] | None = None
         self.kept = False
 
     def defer_mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> None:
@@ -1098,7 +1177,7 @@ class _NextHop:
             self.busy = False
 
     async def _mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str],
-                    rcpt: str | None = None) -> tuple[str, str]:
+                    rcpt: Rcpt | None = None) -> tuple[str, str]:
         """Open a transaction: the replies to MAIL and, when ``rcpt`` is given, to its RCPT (the
         next hop's, or ours when MAIL was refused), pipelined when the next hop allows it."""
         self.deferred = None
@@ -1112,7 +1191,7 @@ class _NextHop:
             try:
                 lines = _opening(conn, mail_from, mail_options, xforward)
                 if pipelined:
-                    lines.append(f"RCPT TO:{_path(rcpt)}")  # type: ignore[arg-type]
+                    lines.append(_rcpt_line(conn, rcpt))  # type: ignore[arg-type]
                 replies = await conn.commands(lines)
                 code, msg = replies[len(lines) - 1 - pipelined] if len(replies) == len(lines) else replies[-1]
             except (OSError, TimeoutError, NextHopError) as exc:
@@ -1139,17 +1218,17 @@ class _NextHop:
             return _reply(code, msg), _NEED_MAIL
         return "451 4.4.1 Next hop unavailable, try again later", _NEED_MAIL
 
-    async def rcpt(self, address: str) -> str:
+    async def rcpt(self, rcpt: Rcpt) -> str:
         self.busy = True
         try:
             if self.deferred is not None:  # MAIL and this RCPT in one round trip
-                self.mail_reply, reply = await self._mail(*self.deferred, rcpt=address)
+                self.mail_reply, reply = await self._mail(*self.deferred, rcpt=rcpt)
                 return reply
-            return await self._rcpt(address)
+            return await self._rcpt(rcpt)
         finally:
             self.busy = False
 
-    async def rcpt_with_message(self, address: str) -> str:
+    async def rcpt_with_message(self, rcpt: Rcpt) -> str:
         """Our reply to the transaction's first and only recipient (its client pipelined MAIL, this
         RCPT and DATA or BDAT), with MAIL deferred (``defer_mail``): the whole transaction, MAIL,
         RCPT and the message, then goes to the next hop in one write once the message is here
@@ -1173,9 +1252,9 @@ class _NextHop:
                 return _NEED_MAIL
             if not {"PIPELINING", "CHUNKING"} <= conn.extensions:
                 self.server._give_back(conn)  # taken again at once by _mail (the most recent idle one)
-                self.mail_reply, reply = await self._mail(*mail, rcpt=address)
+                self.mail_reply, reply = await self._mail(*mail, rcpt=rcpt)
                 return reply
-            self.conn, self.kept, self.held = conn, kept, (mail, address)
+            self.conn, self.kept, self.held = conn, kept, (mail, rcpt)
             self.mail_reply = "250 2.1.0 Ok"
             return "250 2.1.5 Ok"
         finally:
@@ -1200,7 +1279,7 @@ class _NextHop:
         assert conn is not None
         for attempt in (0, 1):
             lines = _opening(conn, mail_from, mail_options, xforward)
-            lines.append(f"RCPT TO:{_path(rcpt)}")
+            lines.append(_rcpt_line(conn, rcpt))
             replies: list[tuple[int, str]] = []
             try:
                 await conn.transaction(lines, payload, replies)
@@ -1237,11 +1316,11 @@ class _NextHop:
                 return failed
         return "451 4.4.1 Next hop unavailable, try again later"  # not reached: the second try returns
 
-    async def _rcpt(self, address: str) -> str:
+    async def _rcpt(self, rcpt: Rcpt) -> str:
         if self.conn is None:
             return "451 4.4.1 Next hop unavailable, try again later"
         try:
-            code, msg = await self.conn.command(f"RCPT TO:{_path(address)}")
+            code, msg = await self.conn.command(_rcpt_line(self.conn, rcpt))
         except (OSError, TimeoutError, NextHopError) as exc:
             self._lose()
             return _unavailable(exc)
