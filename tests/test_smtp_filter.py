@@ -1200,6 +1200,32 @@ def test_our_headers_land_in_the_header_block_the_next_hop_sees(sink):
         f.stop()
 
 
+@pytest.mark.parametrize("bdat", [False, True], ids=["data", "bdat"])
+def test_a_message_without_line_ends_gets_our_fields_with_crlf(bdat):
+    """An empty message (a lone dot after DATA, or BDAT 0 LAST), or one line without its end (BDAT,
+    relayed as BDAT): our fields and the blank line after them reach the next hop with CRLF (RFC
+    5321 section 2.3.8), where they took the message's own line ending and, with none to copy,
+    went as bare LFs."""
+    sink = Sink(chunking=bdat)
+    f = start(sink)
+    bodies = [b"", b"no line end here"] if bdat else [b""]
+    try:
+        for i, body in enumerate(bodies):
+            c, fh, _ = _ehlo(f.port)
+            c.sendall(b"MAIL FROM:<ana@sender.test>\r\nRCPT TO:<r%d@rcpt.test>\r\n" % i)
+            assert [r[:3] for r in smtp_replies(fh, 2)] == [b"250", b"250"]
+            c.sendall(b"BDAT %d LAST\r\n%b" % (len(body), body) if bdat else b"DATA\r\n.\r\n")
+            assert smtp_replies(fh, 2 - bdat)[-1] == sink.data_reply
+            c.close()
+            assert sink.wait_for(lambda raw: len(sink.messages) > i)
+            got = sink.messages[i][2]
+            assert b"X-Spam-Flag: " in got and got.endswith(b"\r\n\r\n" + body), got
+            assert b"\n" not in got.replace(b"\r\n", b""), got
+    finally:
+        f.stop()
+        sink.down()
+
+
 def test_bdat_size_that_is_not_ascii_digits_closes_the_connection(sink):
     """``BDAT ¹⁵``: Python's isdigit() takes superscripts, int() does not.  A size that cannot be
     read is 501 and the connection closes (the chunk's bytes are never read as commands)."""

@@ -867,7 +867,12 @@ class SmtpFilterServer(Server):
             # every bare LF and bare CR made CRLF.  That is done first, so that our fields go
             # above the header/body boundary the next hop will see: converted afterwards, a bare
             # CR or a mix of CRLF and LF can make a blank line elsewhere, and our fields body text.
-            out = rewrite_headers(_crlf(raw), verdict)
+            raw = _crlf(raw)
+            out = rewrite_headers(raw, verdict)
+            if b"\n" not in raw:
+                # no line end for ours to copy (an empty message, a line without its end): they
+                # took a bare LF, and went to the next hop with it
+                out = _crlf(out)
         reply = await server.next_hop.data(out)
         if not reply.startswith("2"):
             self._next_hop_refused("DATA", reply)
