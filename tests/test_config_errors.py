@@ -79,6 +79,7 @@ def test_infinite_numbers_are_rejected(tmp_path, text, key):
     ("[servers.spamd]\ntimeout = -1.0\n", "servers.spamd.timeout"),
     ("[servers.milter]\nshutdown_timeout = -3\n", "servers.milter.shutdown_timeout"),
     ("[servers.smtp]\nnext_hop_timeout = 0\n", "servers.smtp.next_hop_timeout"),
+    ("[servers.smtp]\nnext_hop_data_timeout = 0\n", "servers.smtp.next_hop_data_timeout"),
     ("[store]\ntimeout = -0.5\n", "store.timeout"),
     ("[history]\nbad_ratio = 7.0\n", "history.bad_ratio"),
     ("[history]\ngood_ratio = -2.0\n", "history.good_ratio"),

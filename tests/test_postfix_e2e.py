@@ -359,6 +359,50 @@ def test_postfix_next_hop_gets_pipelined_mail_rcpt_and_one_bdat(sink):
         p.stop()
 
 
+
+class SlowSigner(Check):
+    """A milter on the re-injecting smtpd slower at end of data than the filter's ``next_hop_timeout``
+    (a DKIM signer waiting on its key server, say)."""
+
+    name = "slow_signer"
+    symbols = (SymbolDef("SLOW_SIGNER", 0.0, "test", "test"),)
+
+    def run(self, msg, ctx):  # type: ignore[no-untyped-def]
+        time.sleep(1.5)
+        return []
+
+
+def test_content_filter_slow_next_hop_at_end_of_data_delivers_once(sink):
+    """Postfix (content_filter) -> our filter -> Postfix's re-injection smtpd, whose milter takes 1.5 s
+    at end of data, past the filter's ``next_hop_timeout`` (0.5 s here; 60 s by default, and a
+    milter's own timeout is 300 s).  That smtpd queues the message once it has all of it, whoever
+    waits for its reply: the filter, giving up at ``next_hop_timeout``, answered Postfix 451, and
+    Postfix's retries each made one more copy.  The reply to the message is awaited
+    ``next_hop_data_timeout`` (RFC 5321's 10 minutes, less one): delivered once, at the first try."""
+    from antispam.config import SmtpConfig
+    from antispam.servers.smtp import SmtpFilterServer
+
+    mport, fport, rport = free_port(), free_port(), free_port()
+    signer = ServerThread(MilterServer(Engine(checks=[SlowSigner()]), MilterConfig(port=mport, workers=0)))
+    filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck()]), SmtpConfig(
+        port=fport, next_hop=f"127.0.0.1:{rport}", next_hop_timeout=0.5)))
+    p = pf.Postfix(relay_port=sink.port, main={"content_filter": f"scan:[127.0.0.1]:{fport}",
+                                               "milter_content_timeout": "10s"}, extra_master=(
+        "scan unix - - n - 4 smtp -o smtp_send_xforward_command=yes\n"
+        f"127.0.0.1:{rport} inet n - n - - smtpd -o content_filter= -o smtpd_milters=inet:127.0.0.1:{mport}"
+        " -o smtpd_authorized_xforward_hosts=127.0.0.0/8\n"))
+    try:
+        assert pf.swaks(p.port, ham(subject="slow signer")).returncode == 0
+        assert len(sink.wait_for(marker("slow signer"))) == 1, p.log()[-3000:]
+        time.sleep(2.5)  # a retry would have come by now (queue_run_delay 1s, backoff 1-2s)
+        assert len(sink.wait_for(marker("slow signer"), timeout=0)) == 1, p.log()[-3000:]
+        assert "status=deferred" not in p.log(), p.log()[-3000:]
+    finally:
+        filt.stop()
+        signer.stop()
+        p.stop()
+
+
 # --------------------------------------------------------------------------- DSN (RFC 3461)
 
 

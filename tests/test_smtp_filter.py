@@ -122,8 +122,28 @@ def test_next_hop_down_means_4xx_and_no_loss(sink):
         f.stop()
 
 
-def test_next_hop_too_slow_means_4xx(sink):
+@pytest.mark.parametrize("chunking", [False, True], ids=["next-hop-plain", "next-hop-chunking"])
+def test_next_hop_slow_to_take_the_message_is_waited_for(chunking):
+    """The next hop's reply to the message itself may come long after its replies to commands (its
+    milters, its queue file): RFC 5321 section 4.5.3.2.6 gives it 10 minutes, since the message
+    is usually queued there all the same.  It was awaited only ``next_hop_timeout``, so the client
+    got 451 and sent again: a second copy at the next hop at every try (Postfix's re-injection
+    smtpd with a slow milter, ``tests/test_postfix_e2e.py``).  The commands' replies keep
+    ``next_hop_timeout``; the message's has ``next_hop_data_timeout``."""
+    sink = Sink(chunking=chunking)
     f = start(sink, next_hop_timeout=0.5)
+    sink.delay = 1.0
+    try:
+        assert send(f.port, ham(subject="slow to queue")) == {}  # step by step
+        assert _pipelined(f.port, ham(subject="slow to queue, held"))[-1] == sink.data_reply
+        assert len(sink.wait_for(marker("slow to queue"))) == 2
+    finally:
+        f.stop()
+        sink.down()
+
+
+def test_next_hop_too_slow_means_4xx(sink):
+    f = start(sink, next_hop_data_timeout=0.5)
     try:
         sink.delay = 2.0
         with pytest.raises(smtplib.SMTPDataError) as exc:
@@ -771,11 +791,11 @@ def test_held_transaction_on_a_kept_connection_that_drops_is_sent_again_once(chu
 
 
 def test_held_transaction_with_a_slow_next_hop_or_a_client_that_leaves(chunking_sink):
-    """A next hop slower than ``next_hop_timeout`` with a held transaction: 451 at end of data (the
-    client keeps the message).  A client that leaves in the middle of its data: the next hop never
-    sees that transaction, and the kept connection carries the next message whole."""
+    """A next hop slower than ``next_hop_data_timeout`` with a held transaction: 451 at end of data
+    (the client keeps the message).  A client that leaves in the middle of its data: the next hop
+    never sees that transaction, and the kept connection carries the next message whole."""
     sink = chunking_sink
-    f = start(sink, next_hop_timeout=0.5)
+    f = start(sink, next_hop_data_timeout=0.5)
     try:
         sink.delay = 2.0
         assert _pipelined(f.port, ham(subject="slow held"))[-1].startswith(b"451 4.4.1")

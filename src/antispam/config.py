@@ -180,6 +180,11 @@ class SmtpConfig(ServerConfig):
     next_hop: str = "127.0.0.1:10026"
     #: seconds to wait for the next hop before answering the sender 4xx
     next_hop_timeout: float = 60.0
+    #: seconds to wait for the next hop's reply to the message itself: RFC 5321's 10 minutes
+    #: (Postfix's smtp_data_done_timeout, its wait for our reply) less one for the scan.  The
+    #: next hop may have queued the message when the wait is given up, and the sender, told 4xx,
+    #: sends it again
+    next_hop_data_timeout: float = 540.0
     reject_reply: str = "550 5.7.1 Message rejected as spam"
     tempfail_reply: str = "451 4.7.1 Please try again later"
     #: the name this filter gives itself in its SMTP greeting
@@ -743,6 +748,7 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "servers.rspamd_http.request_timeout": _POSITIVE,
     "servers.smtp.mode": _OneOf(SMTP_MODES),
     "servers.smtp.next_hop_timeout": _POSITIVE,
+    "servers.smtp.next_hop_data_timeout": _POSITIVE,
     "greylist.mode": _OneOf(GREYLIST_MODES),
     "greylist.delay": _NOT_NEGATIVE,
     "greylist.pending_ttl": _POSITIVE,  # 0 forgets every first attempt: deferred for ever

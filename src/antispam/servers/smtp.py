@@ -20,8 +20,10 @@ bounces or retries that recipient alone, while the others go on.  At end of
 DATA every recipient we accepted is one the next hop accepted, so its single
 reply to DATA is the right answer for all of them: we answer ``250`` only after
 the next hop answered ``250``.  If the next hop is down, slow past
-``next_hop_timeout``, or fails mid-transaction, the client gets 4xx and keeps
-the message (Postfix leaves it in its queue and retries).  If this process
+``next_hop_timeout`` (``next_hop_data_timeout`` for its reply to the message,
+10 minutes less one as RFC 5321 wants: giving up there makes a second copy), or
+fails mid-transaction, the client gets 4xx and keeps the message (Postfix
+leaves it in its queue and retries).  If this process
 dies mid-transaction the client never saw 250 and retries, and the next hop
 drops the transaction it never saw end.
 
@@ -408,7 +410,7 @@ class _FilterSMTP(FastSMTP):
     next hop's answer), nothing of the client's side cuts the relay short.  The next hop may
     already have the message when it is cut: the client, never told 250, sends it again, and
     the next hop gets two copies.  So the idle timeout does not run then (the wait for the next
-    hop is bounded by ``next_hop_timeout``), and the client's EOF or the connection's loss,
+    hop is bounded by ``next_hop_timeout`` and ``next_hop_data_timeout``), and the client's EOF or the connection's loss,
     which aiosmtpd answers by cancelling the session (and the relay in it), wait for the relay
     to end (see :meth:`_end_of_data`).
     """
@@ -899,7 +901,8 @@ class SmtpFilterServer(Server):
                 return c, True
             self._discard(c)
         cfg = self.settings
-        c = await _SmtpClient.connect(*self.next_hop, helo=cfg.hostname, timeout=cfg.next_hop_timeout)  # type: ignore[attr-defined]
+        c = await _SmtpClient.connect(*self.next_hop, helo=cfg.hostname, timeout=cfg.next_hop_timeout,  # type: ignore[attr-defined]
+                                      data_timeout=cfg.next_hop_data_timeout)  # type: ignore[attr-defined]
         self._connections.add(c)
         self._hop_extensions = c.extensions
         return c, False
@@ -955,23 +958,32 @@ def _crlf(payload: bytes) -> bytes:
 class _SmtpClient:
     """A minimal SMTP client on asyncio streams: what re-injection needs and nothing more
     (EHLO, XFORWARD, MAIL, RCPT, DATA, RSET, QUIT).  It runs in the server's event loop, so a
-    message costs no hop to a thread, and every wait for the next hop is bounded by ``timeout``.
+    message costs no hop to a thread, and every wait for the next hop is bounded by ``timeout``,
+    but the wait for the reply to the message itself, bounded by ``data_timeout``.
+
+    That reply comes once the next hop has done with the message (its milters, its queue file),
+    and RFC 5321 section 4.5.3.2.6 gives it 10 minutes: a message the next hop has taken in full
+    is usually queued there whether or not we wait for the reply, so giving up early makes our
+    client send it again, a second copy at every try for as long as the next hop stays that slow.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float,
+                 data_timeout: float | None = None):
         self.reader = reader
         self.writer = writer
         self.timeout = timeout
+        self.data_timeout = timeout if data_timeout is None else data_timeout
         #: EHLO keywords, upper case
         self.extensions: set[str] = set()
         #: the wait for a reply, bounded by ``timeout`` (see ``reply``)
         self._wait = _Deadline(asyncio.get_running_loop(), self._late)
 
     @classmethod
-    async def connect(cls, host: str, port: int, helo: str, timeout: float) -> "_SmtpClient":
+    async def connect(cls, host: str, port: int, helo: str, timeout: float,
+                      data_timeout: float | None = None) -> "_SmtpClient":
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, limit=64 * 1024)
-        c = cls(reader, writer, timeout)
+        c = cls(reader, writer, timeout, data_timeout)
         try:
             code, msg = await c.reply()
             if code != 220:
@@ -1007,15 +1019,15 @@ class _SmtpClient:
         finally:
             self.close()
 
-    async def reply(self) -> tuple[int, str]:
+    async def reply(self, timeout: float | None = None) -> tuple[int, str]:
         """One reply: its code and its text (lines joined with newlines).
 
-        The wait is bounded by ``timeout`` without a timer per reply (``asyncio.timeout`` arms
+        The wait is bounded by ``timeout`` (default: the connection's) without a timer per reply (``asyncio.timeout`` arms
         and cancels one each time, a few per message): one :class:`_Deadline` per connection
         ends a wait that outlives it by failing the stream with TimeoutError (the connection is
         then dropped, as after any timeout)."""
         wait = self._wait
-        wait.push(wait.loop.time() + self.timeout)
+        wait.push(wait.loop.time() + (self.timeout if timeout is None else timeout))
         lines = []
         try:
             while True:
@@ -1068,7 +1080,7 @@ class _SmtpClient:
         if "CHUNKING" in self.extensions:
             self.writer.write(b"BDAT %d LAST\r\n%b" % (len(body), body))
             await self._drain()
-            code, msg = await self.reply()
+            code, msg = await self.reply(self.data_timeout)
             return code, msg, not 200 <= code < 300
         code, msg = await self.command("DATA")
         if code != 354:
@@ -1077,7 +1089,7 @@ class _SmtpClient:
         body = (b"." if body[:1] == b"." else b"") + body.replace(b"\r\n.", b"\r\n..")
         self.writer.write(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
         await self._drain()
-        code, msg = await self.reply()
+        code, msg = await self.reply(self.data_timeout)
         return code, msg, False
 
     async def transaction(self, lines: list[str], body: bytes, replies: list[tuple[int, str]]) -> None:
@@ -1086,12 +1098,14 @@ class _SmtpClient:
         their replies appended to ``replies`` in order: one round trip for the whole transaction.
         The caller checks that the next hop announced PIPELINING and CHUNKING.  ``replies`` holds
         what had come when an error is raised; a 421 ends them early (the next hop is closing).
-        ``body`` has CRLF line ends only, as in :meth:`data`."""
+        ``body`` has CRLF line ends only, as in :meth:`data`.  Each reply is awaited ``data_timeout``:
+        a server may hold the replies of a pipelined group back until its last (RFC 2920 section
+        3.2), the one to the message, so even the first may come only once the message is queued."""
         self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape")
                           + b"BDAT %d LAST\r\n%b" % (len(body), body))
         await self._drain()
         for _ in range(len(lines) + 1):
-            replies.append(await self.reply())
+            replies.append(await self.reply(self.data_timeout))
             if replies[-1][0] == 421:
                 return
 
