@@ -403,6 +403,42 @@ def test_content_filter_slow_next_hop_at_end_of_data_delivers_once(sink):
         p.stop()
 
 
+def test_content_filter_to_a_next_hop_without_smtputf8():
+    """Postfix (content_filter, SMTPUTF8 on) -> our filter -> a re-injecting smtpd with
+    ``smtputf8_enable = no``.  The filter announces SMTPUTF8 only when its next hop does, so Postfix
+    treats the message as it would for that next hop: one with a UTF-8 sender is bounced (5.6.7,
+    RFC 6531 section 3.4), one that asked for SMTPUTF8 but needs none goes on without it.  Before,
+    the filter took the first and sent its UTF-8 sender on unflagged."""
+    import smtplib
+
+    from test_smtp_filter import spawn_filter
+
+    sink = Sink()
+    fport, rport = free_port(), free_port()
+    p = pf.Postfix(relay_port=sink.port, main={"content_filter": f"scan:[127.0.0.1]:{fport}", "smtputf8_enable": "yes"},
+                   extra_master=(
+        "scan unix - - n - 4 smtp -o smtp_send_xforward_command=yes\n"
+        f"127.0.0.1:{rport} inet n - n - - smtpd -o content_filter= -o smtputf8_enable=no"
+        " -o smtpd_authorized_xforward_hosts=127.0.0.0/8 -o receive_override_options=no_unknown_recipient_checks\n"))
+    proc = spawn_filter(fport, rport)
+    try:
+        with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as s:
+            for sender, subject in (("jos\u00e9@sender.test", "utf8 sender"), ("ana@sender.test", "ascii sender")):
+                s.sendmail(sender, ["bo@rcpt.test"], ham(subject=subject), mail_options=["SMTPUTF8"])
+        assert len(sink.wait_for(marker("ascii sender"))) == 1
+        deadline = time.monotonic() + 20
+        while "dsn=5.6.7, status=bounced" not in p.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert re.search(r"to=<bo@rcpt\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*dsn=5\.6\.7, status=bounced "
+                         r"\(SMTPUTF8 is required", p.log()), p.log()[-3000:]
+        assert sink.wait_for(marker("utf8 sender"), timeout=0.5) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        p.stop()
+        sink.down()
+
+
 # --------------------------------------------------------------------------- DSN (RFC 3461)
 
 

@@ -1141,6 +1141,34 @@ def test_dsn_parameters_to_a_next_hop_without_dsn(sink):
         f.stop()
 
 
+def test_smtputf8_is_announced_when_the_next_hop_announces_it(sink):
+    """SMTPUTF8 (RFC 6531) is announced when the next hop announces it, and then passed on.  Before,
+    it was announced always and dropped for a next hop without it, whose MAIL then carried a UTF-8
+    address unflagged (section 3.4 forbids sending one to it); now the client hears the next hop has
+    no SMTPUTF8 and bounces such a message or sends it without (Postfix does either, by the
+    message), as it would to that next hop."""
+    utf8_sink = _eight_bit_sink(chunking=False)
+    plain, utf8 = start(sink), start(utf8_sink)
+    sender = "jos\u00e9@sender.test".encode()
+    try:
+        c, fh, ehlo = _ehlo(utf8.port)
+        assert b"250-SMTPUTF8\r\n" in ehlo
+        c.sendall(b"MAIL FROM:<%b> SMTPUTF8\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n" % sender)
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="utf8 flagged") + b".\r\n")
+        assert smtp_replies(fh, 1) == [utf8_sink.data_reply]
+        c.close()
+        (got,) = utf8_sink.wait_for(marker("utf8 flagged"))
+        assert got[0] == sender.decode()
+        c, fh, ehlo = _ehlo(plain.port)
+        assert not any(b"SMTPUTF8" in line for line in ehlo)
+        c.close()
+    finally:
+        plain.stop()
+        utf8.stop()
+        utf8_sink.down()
+
+
 def test_8bit_sender_refused_by_the_next_hop_gets_its_reply_never_an_empty_line(sink):
     """A next hop that refuses the 8-bit sender: its reply is the client's, pipelined or not (it
     was an empty line when MAIL went with the RCPT after it).  An 8-bit XFORWARD name is refused

@@ -746,18 +746,24 @@ class SmtpFilterServer(Server):
     async def handle_EHLO(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
+        hop = await self._next_hop_extensions()
         ours = ["250-PIPELINING", "250-CHUNKING", "250-XFORWARD " + " ".join(XFORWARD_ATTRS)]
-        if "DSN" in await self._next_hop_extensions():
+        if "DSN" in hop:
             ours.append("250-DSN")
+        if "SMTPUTF8" not in hop:
+            # RFC 6531 section 3.4: a message that needs SMTPUTF8 cannot go to that next hop, and
+            # the client, not offered it here, bounces such a message or sends it without (Postfix
+            # does either, by the message), as it would to that next hop itself
+            responses.remove("250-SMTPUTF8")
         responses[-1:-1] = ours  # the last line is "250 HELP"
         return responses
 
     async def _next_hop_extensions(self) -> set[str]:
         """What the next hop announced when we last connected to it; connected to now (the
-        connection then kept for the client's MAIL) when we never have.  DSN is announced only
-        when the next hop announces it: a client that is told DSN leaves its notifications to
-        the next hop (a "relayed" one for NOTIFY=SUCCESS from Postfix when no DSN is announced),
-        and without DSN there the parameters could only be dropped."""
+        connection then kept for the client's MAIL) when we never have.  DSN and SMTPUTF8 are
+        announced only when the next hop announces them: a client that is told DSN leaves its
+        notifications to the next hop (a "relayed" one for NOTIFY=SUCCESS from Postfix when no
+        DSN is announced), and without DSN there the parameters could only be dropped."""
         if self._hop_extensions is None:
             try:
                 self._give_back((await self._borrow())[0])
