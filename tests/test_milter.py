@@ -314,6 +314,16 @@ def test_idle_mta_connection_times_out_but_a_slow_one_does_not():
         st.stop()
 
 
+def test_the_default_wait_for_the_mta_is_libmilters_not_smtpd_timeout():
+    """Postfix tells a milter nothing of NOOP, VRFY, AUTH, STARTTLS, a RSET outside a transaction or
+    its own policy lookups, so an SMTP session keeps the milter connection quiet for several of its
+    smtpd_timeout (300 s) with each command within one.  At 300 s the server closed such a session's
+    connection and Postfix passed its next message by milter_default_action: with ``accept``, spam
+    delivered unscanned, its forged X-Spam-Flag kept (reproduced through Postfix, scaled down: NOOPs
+    every 2 s against a 3 s timeout).  libmilter waits 7210 s (MI_TIMEOUT) for the MTA."""
+    assert MilterConfig().timeout >= 7210
+
+
 # --------------------------------------------------------------------------- regressions (review of the milter)
 
 REWRITE = {"actions": {"reject": False, "add header": False, "rewrite subject": 5.0}}

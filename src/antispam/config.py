@@ -124,9 +124,13 @@ class SpamdConfig(ServerConfig):
 @dataclass(frozen=True)
 class MilterConfig(ServerConfig):
     port: int = 11332
-    #: the MTA holds one connection per SMTP session, idle while the client types: as long
-    #: as Postfix's own smtpd_timeout (300s) so a slow client never loses us mid-session
-    timeout: float = 300.0
+    #: the MTA holds one connection per SMTP session, and sends nothing on it for whatever the
+    #: session does that a milter is not told of (NOOP, RSET without a transaction, VRFY, AUTH,
+    #: STARTTLS; Postfix's own checks and policy lookups): several of Postfix's smtpd_timeout (300s),
+    #: each command being within it.  A connection closed meanwhile is found broken at the next
+    #: message, which Postfix then passes by milter_default_action (accept: unscanned).  So the wait
+    #: is libmilter's (MI_TIMEOUT, 7210s): only a peer gone for good is waited for that long.
+    timeout: float = 7210.0
     #: SMTP reply for ``reject`` verdicts (code, enhanced status code, text)
     reject_reply: str = "550 5.7.1 Message rejected as spam"
     #: SMTP reply for ``soft reject`` and ``greylist`` verdicts, and for failed scans when fail_open is false
