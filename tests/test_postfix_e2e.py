@@ -88,6 +88,28 @@ def test_spam_is_rejected_at_end_of_data(milter, postfix, sink):
     assert "milter-reject: END-OF-MESSAGE" in postfix.log()
 
 
+def test_as_many_sessions_as_postfix_runs_smtpd_processes_are_all_scanned(milter, postfix, sink):
+    """Each smtpd process holds one milter connection for its whole SMTP session.  With the milter's
+    default limit at 64 and Postfix's default_process_limit at 100, the 65th session's connection was
+    closed unanswered and Postfix passed that session by milter_default_action: here ``accept``, so
+    its spam was delivered unscanned.  70 sessions at once, spam sent on the last one opened."""
+    import smtplib
+
+    sessions: list[smtplib.SMTP] = []
+    try:
+        for _ in range(70):
+            s = smtplib.SMTP("127.0.0.1", postfix.port, timeout=30)
+            s.ehlo("client.sender.test")  # answered once Postfix has connected to the milter
+            sessions.append(s)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            sessions[-1].sendmail("ana@sender.test", ["bo@rcpt.test"], spam(subject="e2e session 70"))
+        assert refused.value.smtp_code == 550, refused.value
+    finally:
+        for s in sessions:
+            s.close()
+    assert sink.wait_for(marker("e2e session 70"), timeout=0.5) == []
+
+
 def test_milter_down_is_no_loss(milter, milter_port, postfix, sink, engine):
     milter.stop()
     # milter_default_action = accept: delivered, unscanned

@@ -131,6 +131,11 @@ class MilterConfig(ServerConfig):
     #: message, which Postfix then passes by milter_default_action (accept: unscanned).  So the wait
     #: is libmilter's (MI_TIMEOUT, 7210s): only a peer gone for good is waited for that long.
     timeout: float = 7210.0
+    #: Postfix holds one connection per SMTP session, from connect to QUIT, each smtpd process its
+    #: own (default_process_limit: 100); one past this limit is closed unanswered, and Postfix
+    #: passes that whole session by milter_default_action (accept: unscanned).  libmilter sets no
+    #: limit; this one is five times Postfix's default, well under the usual 1024 open files.
+    max_connections: int = 500
     #: SMTP reply for ``reject`` verdicts (code, enhanced status code, text)
     reject_reply: str = "550 5.7.1 Message rejected as spam"
     #: SMTP reply for ``soft reject`` and ``greylist`` verdicts, and for failed scans when fail_open is false
