@@ -7,6 +7,7 @@ cover the protocol corners Postfix does not reach on demand.
 from __future__ import annotations
 
 import os
+import smtplib
 import struct
 
 import pytest
@@ -626,3 +627,41 @@ def test_postfix_passes_headers_verbatim_so_dkim_simple_verifies(pf_milter):
         finally:
             p.set(smtpd_milters=f"inet:127.0.0.1:{pf_milter[2].port}")
             st.stop()
+
+
+@needs_postfix
+def test_postfix_local_submission_to_recipients_of_two_profiles_is_delivered():
+    """Mail from sendmail(1) goes through non_smtpd_milters, whose RCPT Postfix only emulates (port 0).
+    A 452 there is "milter configuration error: can't reject recipient in non-smtpd(8) submission":
+    the message stayed in Postfix's queue, undelivered to anyone.  Both recipients must get it."""
+    import subprocess
+
+    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
+                           "recipients": {"@lenient.rcpt.test": "lenient"}})
+    port = free_port()
+    st = ServerThread(MilterServer(Engine(cfg, checks=[GtubeCheck()]), MilterConfig(port=port)))
+    sink = Sink()
+    p = pf.Postfix(relay_port=sink.port, main={
+        "smtpd_milters": f"inet:127.0.0.1:{port}", "non_smtpd_milters": "$smtpd_milters", "milter_protocol": "6",
+        "milter_default_action": "tempfail", "relay_domains": "rcpt.test, lenient.rcpt.test",
+        "transport_maps": f"inline:{{rcpt.test=smtp:[127.0.0.1]:{sink.port}, lenient.rcpt.test=smtp:[127.0.0.1]:{sink.port}}}"})
+    try:
+        rcpts = ["bo@rcpt.test", "cy@lenient.rcpt.test"]
+        r = subprocess.run(["sendmail", "-C", str(p.conf), "-f", "ana@sender.test", *rcpts],
+                           input=ham(subject="local two profiles"), capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        got = sink.wait_for(marker("local two profiles"))
+        assert sorted(rcpt for m in got for rcpt in m[1]) == rcpts, p.log()[-2000:]
+        assert all(b"X-Spam-Flag: NO" in m[2] for m in got)
+        assert "milter configuration error" not in p.log()
+        # an SMTP client is still told to send the other recipient separately
+        with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as s:
+            s.ehlo("client.sender.test")
+            s.mail("ana@sender.test")
+            assert s.rcpt(rcpts[0])[0] == 250
+            code, text = s.rcpt(rcpts[1])
+            assert code == 452 and text.startswith(b"4.5.3"), (code, text)
+    finally:
+        p.stop()
+        sink.down()
+        st.stop()

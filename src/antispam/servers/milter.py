@@ -134,6 +134,9 @@ class Session:
     hostname: str | None = None
     client_ip: str | None = None
     helo: str | None = None
+    #: the MTA made this connection up: Postfix's non_smtpd_milters (mail from sendmail(1))
+    #: connect with port 0, which no TCP client has, and cannot refuse one of its recipients
+    submitted: bool = False
     # per message
     mail_from: str | None = None
     rcpts: list[str] = field(default_factory=list)
@@ -275,6 +278,7 @@ class MilterServer(Server):
             s.hostname = host.decode("utf-8", "surrogateescape")
             if rest[:1] in (b"4", b"6") and len(rest) >= 3:
                 s.client_ip = bare_address(rest[3:].split(b"\0", 1)[0].decode("ascii", "replace"))
+                s.submitted = rest[1:3] == b"\0\0"
             return _CONTINUE
         if cmd == b"H":
             s.helo = (_cstrings(data) or [""])[0]
@@ -290,7 +294,12 @@ class MilterServer(Server):
                 rcpt = _address(args[0])
                 # One message, one verdict: a recipient with other settings than the first is
                 # deferred (452 4.5.3) and the MTA's client sends it in a separate transaction.
-                if s.rcpts and not s.protocol & NR_RCPT and \
+                # Not in mail Postfix submits itself: its cleanup takes a refused recipient there
+                # for a milter configuration error and leaves the whole message undelivered in
+                # its queue, refused again at every retry ("can't reject recipient in
+                # non-smtpd(8) submission"); the first recipient's settings decide for all, as
+                # when the MTA takes no RCPT answers.
+                if s.rcpts and not s.protocol & NR_RCPT and not s.submitted and \
                         self.scanner.profile_for(rcpt) != self.scanner.profile_for(s.rcpts[0]):
                     return _reply("452 4.5.3 Recipients with other spam settings: send in a separate transaction")
                 # recipients count against max_size too (a list without bound otherwise); once
