@@ -511,6 +511,24 @@ def test_forged_headers_are_deleted_from_mail_accepted_unscanned():
     assert _one_off_client(MilterConfig(port=0, max_size=300), raw=raw, actions=0x01) == [(b"c", b"")]
 
 
+
+def test_a_message_with_more_fields_to_change_than_the_mta_can_take_is_refused_for_now():
+    """Every forged X-Spam-* field is one SMFIR_CHGHEADER; Postfix's cleanup fails a message past
+    10,000 such changes (see the Postfix test below).  Up to MAX_HEADER_CHANGES fields named like
+    ours, Authentication-Results or Subject, they are deleted; past it the message gets 4xx."""
+    from antispam.servers.milter import MAX_HEADER_CHANGES
+
+    def raw(n: int) -> bytes:
+        return ham(subject="many forged").replace(b"MIME-Version", b"X-Spam-Flag: NO\r\n" * (n - 1) + b"MIME-Version")
+
+    at_most = _one_off_client(MilterConfig(port=0), raw=raw(MAX_HEADER_CHANGES))  # and the Subject
+    assert len(_changes(at_most)) == MAX_HEADER_CHANGES - 1 and at_most[-1] == (b"c", b"")
+    past = _one_off_client(MilterConfig(port=0), raw=raw(MAX_HEADER_CHANGES + 1))
+    assert past == [(b"y", b"451 4.7.1 Please try again later\0")]
+    # an MTA that lets us change nothing is asked for nothing: nothing to refuse
+    assert _one_off_client(MilterConfig(port=0), raw=raw(MAX_HEADER_CHANGES + 1), actions=0x01)[-1] == (b"c", b"")
+
+
 # --------------------------------------------------------------------------- the same, through Postfix
 
 needs_postfix = pytest.mark.skipif(pf.available() is not None and not os.environ.get("CI"), reason=pf.available() or "")
@@ -665,3 +683,18 @@ def test_postfix_local_submission_to_recipients_of_two_profiles_is_delivered():
         p.stop()
         sink.down()
         st.stop()
+
+
+@needs_postfix
+def test_postfix_survives_a_message_with_thousands_of_forged_fields(pf_milter):
+    """16,000 forged ``X-Spam-Flag: NO`` fields (270 KB): deleting each made Postfix's cleanup follow
+    more than 10,000 pointer records of one queue file ("too many reverse jump records"): the
+    sender got "451 4.3.0 Error: queue file write error", the cleanup process aborted and the master
+    throttled the cleanup service for all mail.  Now the milter answers 4xx itself."""
+    p, sink, _, _ = pf_milter
+    raw = ham(subject="forged flood").replace(b"MIME-Version", b"X-Spam-Flag: NO\r\n" * 16000 + b"MIME-Version")
+    r = pf.swaks(p.port, raw)
+    assert r.returncode != 0 and "451 4.7.1 Please try again later" in r.stdout, r.stdout[-1500:]
+    log = p.log()
+    assert "reverse jump" not in log and "killed by signal" not in log and "throttling" not in log, log[-2000:]
+    assert sink.wait_for(marker("forged flood"), timeout=0.5) == []

@@ -32,6 +32,9 @@ scan failed         accept unscanned when ``fail_open`` (default), else 4xx; the
 too big             accepted unscanned (counted in the metrics as ``too_big``); 4xx when past
                     ``max_size`` it also carried more than :data:`LATE_HEADERS_MAX` bytes of
                     headers named like ours, which could not all be deleted
+too many to change  ``tempfail_reply`` (4xx), unscanned, when over :data:`MAX_HEADER_CHANGES`
+                    fields are named like ours, Authentication-Results or Subject: more
+                    changes than Postfix can make to one message
 ==================  ==============================================================
 
 Mail accepted unscanned still loses the ``X-Spam-*`` headers it came with (when the MTA lets us
@@ -82,6 +85,13 @@ MAX_PACKET = 1024 * 1024  # Postfix sends body chunks of at most 64 KiB; anythin
 #: bytes of the headers named like ours (their names; Authentication-Results with their values) kept
 #: past ``max_size`` to delete them, at most: beyond it the message is refused for now (4xx)
 LATE_HEADERS_MAX = 1024 * 1024
+#: fields one message may have us change (SMFIR_CHGHEADER), at most; a message with more is refused
+#: for now (4xx).  Postfix's cleanup follows one more pointer record of the queue file per change,
+#: and past 10,000 of them in one file (record.c, REVERSE_JUMP_LIMIT) it fails the message ("queue
+#: file write error"), its process aborts and the master throttles the cleanup service for all
+#: mail: 16,000 forged X-Spam-Flag fields (a 270 KB message) did that.  No message that is not
+#: hostile carries a thousand fields named like ours.
+MAX_HEADER_CHANGES = 1000
 _LENGTH = struct.Struct(">I")
 
 
@@ -94,6 +104,10 @@ _MACROS = frozenset({"i", "{auth_authen}"})
 
 #: the answer to most packets, built once
 _CONTINUE = packet(CONTINUE)
+
+#: the fields (lower case) a verdict may have us change or delete: ours, Authentication-Results
+#: claiming our authserv-id, a second Subject
+_CHANGED = OUR_NAMES | {"authentication-results", "subject"}
 
 
 
@@ -333,6 +347,11 @@ class MilterServer(Server):
 
     async def _end_of_message(self, conn: Connection, s: Session) -> bytes:
         qid = s.macros.get("i", "")
+        if s.actions & CHGHDRS and self._too_many_to_change(s):
+            self._count_error("too_many_headers")
+            self.log.warning("message with more headers named like ours than the MTA can change: refused for now",
+                             extra={"fields": {"server": self.name, "queue_id": qid, "max": MAX_HEADER_CHANGES}})
+            return _reply(self.settings.tempfail_reply)  # type: ignore[attr-defined]
         if s.too_big:
             self._count_error("too_big")
             if s.late > LATE_HEADERS_MAX and s.actions & CHGHDRS:
@@ -358,6 +377,12 @@ class MilterServer(Server):
             self.log.exception("milter reply failed", extra={"fields": {"server": self.name, "queue_id": qid,
                                                                         "action": verdict.action}})
             return self._failed(s)
+
+    @staticmethod
+    def _too_many_to_change(s: Session) -> bool:
+        """Whether the message has more fields that a verdict may change than ``MAX_HEADER_CHANGES``
+        (counted before the scan, which such a message is not worth)."""
+        return sum(name.lower() in _CHANGED for name, _ in s.headers) > MAX_HEADER_CHANGES
 
     def _failed(self, s: Session) -> bytes:
         """The answer when there is no verdict to give: accept unscanned when ``fail_open``, else 4xx."""
