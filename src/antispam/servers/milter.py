@@ -148,8 +148,10 @@ class Session:
     hostname: str | None = None
     client_ip: str | None = None
     helo: str | None = None
-    #: the MTA made this connection up: Postfix's non_smtpd_milters (mail from sendmail(1))
-    #: connect with port 0, which no TCP client has, and cannot refuse one of its recipients
+    #: the MTA made this connection up: Postfix's non_smtpd_milters (mail from sendmail(1)) tell
+    #: of one from 127.0.0.1 port 0, which no TCP client has, and cannot refuse one of its
+    #: recipients.  (An SMTP session whose port Postfix does not know, behind an XCLIENT proxy
+    #: that sends none, also says port 0, but not from 127.0.0.1 as a rule.)
     submitted: bool = False
     # per message
     mail_from: str | None = None
@@ -292,7 +294,7 @@ class MilterServer(Server):
             s.hostname = host.decode("utf-8", "surrogateescape")
             if rest[:1] in (b"4", b"6") and len(rest) >= 3:
                 s.client_ip = bare_address(rest[3:].split(b"\0", 1)[0].decode("ascii", "replace"))
-                s.submitted = rest[1:3] == b"\0\0"
+                s.submitted = rest[1:3] == b"\0\0" and s.client_ip == "127.0.0.1"
             return _CONTINUE
         if cmd == b"H":
             s.helo = (_cstrings(data) or [""])[0]
