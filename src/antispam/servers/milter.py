@@ -110,7 +110,6 @@ _CONTINUE = packet(CONTINUE)
 _CHANGED = OUR_NAMES | {"authentication-results", "subject"}
 
 
-
 def _cstrings(data: bytes) -> list[str]:
     """NUL-separated strings (the last NUL optional), decoded leniently: mail is not always UTF-8."""
     parts = data.split(b"\0")
@@ -383,8 +382,10 @@ class MilterServer(Server):
     @staticmethod
     def _too_many_to_change(s: Session) -> bool:
         """Whether the message has more fields that a verdict may change than ``MAX_HEADER_CHANGES``
-        (counted before the scan, which such a message is not worth)."""
-        return sum(name.lower() in _CHANGED for name, _ in s.headers) > MAX_HEADER_CHANGES
+        (counted before the scan, which such a message is not worth; only when it has that many
+        fields at all, so the usual message costs nothing)."""
+        return len(s.headers) > MAX_HEADER_CHANGES and \
+            sum(name.lower() in _CHANGED for name, _ in s.headers) > MAX_HEADER_CHANGES
 
     def _failed(self, s: Session) -> bytes:
         """The answer when there is no verdict to give: accept unscanned when ``fail_open``, else 4xx."""
