@@ -1169,6 +1169,30 @@ def test_smtputf8_is_announced_when_the_next_hop_announces_it(sink):
         utf8_sink.down()
 
 
+def test_smtputf8_is_offered_while_the_next_hop_is_unknown_and_never_dropped(sink):
+    """A next hop that cannot be reached at EHLO: SMTPUTF8 is still offered, or the client would
+    bounce a message that needs it for good over a next hop down for a moment.  When the next hop
+    then turns out to have none, MAIL ... SMTPUTF8 is refused for now (the client comes back and
+    hears it at EHLO), not passed on without its flag."""
+    sink.down()
+    f = start(sink)
+    sender = "jos\u00e9@sender.test".encode()
+    try:
+        c, fh, ehlo = _ehlo(f.port)
+        assert b"250-SMTPUTF8\r\n" in ehlo
+        sink.up()  # back, and without SMTPUTF8
+        c.sendall(b"MAIL FROM:<%b> SMTPUTF8\r\n" % sender)
+        assert smtp_replies(fh, 1)[0][:10] == b"451 4.3.3 "
+        c.close()
+        c, fh, ehlo = _ehlo(f.port)
+        assert not any(b"SMTPUTF8" in line for line in ehlo)
+        c.close()
+        assert send(f.port, ham(subject="plain after utf8")) == {}
+        assert [m[0] for m in sink.wait_for(marker("plain after utf8"))] == ["ana@sender.test"]
+    finally:
+        f.stop()
+
+
 def test_8bit_sender_refused_by_the_next_hop_gets_its_reply_never_an_empty_line(sink):
     """A next hop that refuses the 8-bit sender: its reply is the client's, pipelined or not (it
     was an empty line when MAIL went with the RCPT after it).  An 8-bit XFORWARD name is refused

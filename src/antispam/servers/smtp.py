@@ -431,6 +431,8 @@ class _FilterSMTP(FastSMTP):
     _let_in = False
     #: the DSN parameters the command being read may carry (see :meth:`_getparams`)
     _dsn_keys: tuple[str, ...] = ()
+    #: SMTPUTF8 was announced to this client (``SmtpFilterServer.handle_EHLO``)
+    utf8_offered = False
 
     def __init__(self, server: "SmtpFilterServer", **kw: Any):
         #: the original client's attributes (XFORWARD) for the transaction they precede
@@ -748,28 +750,46 @@ class SmtpFilterServer(Server):
         session.host_name = hostname
         hop = await self._next_hop_extensions()
         ours = ["250-PIPELINING", "250-CHUNKING", "250-XFORWARD " + " ".join(XFORWARD_ATTRS)]
-        if "DSN" in hop:
+        if hop is not None and "DSN" in hop:
             ours.append("250-DSN")
-        if "SMTPUTF8" not in hop:
-            # RFC 6531 section 3.4: a message that needs SMTPUTF8 cannot go to that next hop, and
-            # the client, not offered it here, bounces such a message or sends it without (Postfix
-            # does either, by the message), as it would to that next hop itself
+        # RFC 6531 section 3.4: a message that needs SMTPUTF8 cannot go to a next hop without it,
+        # and the client, not offered it here, bounces such a message or sends it without (Postfix
+        # does either, by the message), as it would to that next hop itself.  Offered while the
+        # next hop cannot be reached: a client not offered it would bounce such a message for
+        # good over a next hop that is down for a moment (MAIL is then refused for now).
+        server.utf8_offered = hop is None or "SMTPUTF8" in hop
+        if not server.utf8_offered:
             responses.remove("250-SMTPUTF8")
         responses[-1:-1] = ours  # the last line is "250 HELP"
         return responses
 
-    async def _next_hop_extensions(self) -> set[str]:
+    async def _next_hop_extensions(self) -> set[str] | None:
         """What the next hop announced when we last connected to it; connected to now (the
-        connection then kept for the client's MAIL) when we never have.  DSN and SMTPUTF8 are
-        announced only when the next hop announces them: a client that is told DSN leaves its
-        notifications to the next hop (a "relayed" one for NOTIFY=SUCCESS from Postfix when no
-        DSN is announced), and without DSN there the parameters could only be dropped."""
+        connection then kept for the client's MAIL) when we never have; None when it cannot be
+        reached.  DSN and SMTPUTF8 are announced only when the next hop announces them: a client
+        that is told DSN leaves its notifications to the next hop (a "relayed" one for
+        NOTIFY=SUCCESS from Postfix when no DSN is announced), and without DSN there the
+        parameters could only be dropped."""
         if self._hop_extensions is None:
             try:
                 self._give_back((await self._borrow())[0])
             except (OSError, TimeoutError, NextHopError):
-                return set()
-        return self._hop_extensions or set()
+                return None
+        return self._hop_extensions
+
+    async def _utf8_refusal(self, server: _FilterSMTP, mail_options: list[str]) -> str | None:
+        """The reply to a MAIL asking SMTPUTF8 after we offered it while the next hop was unknown,
+        when the next hop turns out to have none: refused for now, so the client comes back, hears
+        at EHLO that it is not offered and bounces or downgrades the message itself, rather than
+        its flag being dropped on the way.  None otherwise.  (A client that sends it unoffered,
+        as Postfix's before-queue proxy hands on its own client's, still has it dropped: refusing
+        it refused ASCII mail too.)"""
+        if not server.utf8_offered or "SMTPUTF8" not in (o.upper() for o in mail_options):
+            return None
+        hop = await self._next_hop_extensions()
+        if hop is not None and "SMTPUTF8" not in hop:
+            return "451 4.3.3 The next hop does not take SMTPUTF8 mail; try again"
+        return None
 
     async def handle_MAIL(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, mail_options: list[str]) -> str:
@@ -781,6 +801,9 @@ class SmtpFilterServer(Server):
         anyway, and is still the next hop's own.  Meanwhile the envelope counts the sender as
         accepted; if the next hop refuses it, the RCPT is answered as aiosmtpd answers a RCPT
         without MAIL, and the sender is forgotten (``_mail_refused``)."""
+        refusal = await self._utf8_refusal(server, mail_options)
+        if refusal is not None:
+            return refusal
         line = server._next_line_here()
         if line is not None and line[:5].upper() == b"RCPT ":
             server.next_hop.defer_mail(address, server.params_sent, dict(server.xforward))
