@@ -199,3 +199,25 @@ def test_envelope_sender_is_guessed_from_the_headers_as_spamassassin_does():
     assert check_equal_from_domains(msg("Return-Path: <b@MAIL.Example.com>", "From: A <a@www.example.com>")) == (False, [])
     assert check_equal_from_domains(msg("Return-Path: <b@lists.other.org>", "From: a@www.example.com"))[0]
     assert check_equal_from_domains(msg(rcvd, "Return-Path: <b@lists.other.org>", "From: a@example.com")) == (False, [])
+
+
+def test_base64_text_is_counted_only_in_ascii_as_spamassassin_does():
+    """check_for_mime('mime_base64_encoded_text'): a base64 text part whose charset is absent or
+    names ASCII (anywhere in the name, as SpamAssassin searches it), not one in Latin-1 or Big5,
+    nor one marked as an attachment or inline."""
+    from antispam.ruleset.evals import check_for_mime
+
+    def msg(ctype: str, disposition: str = "") -> Message:
+        body = base64.encodebytes(b"Hello there, this is plain text.\n").decode()
+        cd = f"Content-Disposition: {disposition}\n" if disposition else ""
+        return Message((f"From: a@b.example\nSubject: t\nMIME-Version: 1.0\nContent-Type: {ctype}\n{cd}"
+                        f"Content-Transfer-Encoding: base64\n\n{body}").encode())
+
+    assert check_for_mime(msg("text/plain"), "mime_base64_encoded_text")
+    assert check_for_mime(msg('text/html; charset="US-ASCII"'), "mime_base64_encoded_text")
+    assert check_for_mime(msg("text/plain; charset=x-us-foo"), "mime_base64_encoded_text")
+    assert not check_for_mime(msg("text/plain; charset=iso-8859-1"), "mime_base64_encoded_text")
+    assert not check_for_mime(msg("text/html; charset=big5"), "mime_base64_encoded_text")
+    assert not check_for_mime(msg("text/plain", "inline"), "mime_base64_encoded_text")
+    assert not check_for_mime(msg("text/plain", 'attachment; filename="a.txt"'), "mime_base64_encoded_text")
+    assert check_for_mime(msg("text/plain; charset=iso-8859-1"), "mime_base64_count")

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 from .. import fastscore
 from ..domains import registered_domain
-from ..message import Message, domain_of, split_addresses, url_host
+from ..message import Message, Part, domain_of, split_addresses, url_host
 
 
 @dataclass(frozen=True)
@@ -684,7 +684,8 @@ def html_test(msg: Message, what: str) -> bool:
 @register("check_for_mime", ("body", "rawbody"), (str,),
           choices=("mime_base64_count", "mime_qp_count", "mime_attachment", "mime_base64_encoded_text"))
 def check_for_mime(msg: Message, what: str) -> bool:
-    """MIME facts: a base64 part, a quoted-printable part, an attachment, a base64-encoded text part."""
+    """MIME facts: a base64 part, a quoted-printable part, an attachment, a base64-encoded text part
+    (:func:`_base64_ascii_text`)."""
     parts = msg.parts
     if what == "mime_base64_count":
         return any(p.encoding == "base64" for p in parts)
@@ -692,7 +693,23 @@ def check_for_mime(msg: Message, what: str) -> bool:
         return any(p.encoding == "quoted-printable" for p in parts)
     if what == "mime_attachment":
         return any(p.is_attachment for p in parts)
-    return any(p.encoding == "base64" and p.content_type.startswith("text/") and p.filename is None for p in parts)
+    return any(map(_base64_ascii_text, parts))
+
+
+def _base64_ascii_text(part: Part) -> bool:
+    """A text part in base64 that needs no encoding: its charset is absent or names ASCII, and it
+    is not marked as an attachment or inline.  SpamAssassin's test (MIME_BASE64_TEXT): base64 is
+    to be expected for text in another charset (Latin-1, Big5), not for ASCII."""
+    if part.encoding != "base64" or not part.content_type.startswith("text/"):
+        return False
+    if part.charset and _ASCII_CHARSET.search(part.charset.lower()) is None:
+        return False
+    return not (part.disposition or "").startswith(("attachment", "inline"))
+
+
+#: ASCII's names as SpamAssassin looks for them in a charset: anywhere in it, so any charset
+#: whose name holds "us" counts as ASCII too
+_ASCII_CHARSET = re.compile(r"ascii|us|ansi_x3\.4-19(?:68|86)|iso-ir-6|iso_646\.irv:1991|(?:ibm|cp)367")
 
 
 @register("check_msg_parse_flags", (), (str,), choices=("missing_head_body_separator", "truncated_header"))
