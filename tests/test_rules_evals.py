@@ -221,3 +221,30 @@ def test_base64_text_is_counted_only_in_ascii_as_spamassassin_does():
     assert not check_for_mime(msg("text/plain", "inline"), "mime_base64_encoded_text")
     assert not check_for_mime(msg("text/plain", 'attachment; filename="a.txt"'), "mime_base64_encoded_text")
     assert check_for_mime(msg("text/plain; charset=iso-8859-1"), "mime_base64_count")
+
+
+def test_envelope_sender_is_read_from_the_received_header_of_the_last_untrusted_relay():
+    """SpamAssassin's EnvelopeFrom comes first from the ``envelope-from`` a receiving MTA noted in
+    its Received header: that of the newest relay from a public address (the oldest trusted one
+    when all are private), before Return-Path and the like."""
+    from antispam.ruleset.evals import check_equal_from_domains, envelope_sender
+
+    def msg(*headers: str) -> Message:
+        return Message(("\n".join(headers) + "\nSubject: t\n\nbody\n").encode())
+
+    local = ("Received: from hub.example (localhost [127.0.0.1])\n\tby hub.example (8.12.5) with ESMTP id 1\n"
+             "\t(envelope-from owner@hub.example); Mon, 1 Jan 2024 10:00:02 +0000")
+    outside = ("Received: from mx.list.example (mx.list.example [66.92.53.74])\n\tby hub.example (8.12.5) with ESMTP"
+               " id 2\n\tfor <u@hub.example>; Mon, 1 Jan 2024 10:00:01 +0000\n\t(envelope-from <bounce@list.example>)")
+    older = ("Received: from sender.example (sender.example [208.31.42.38])\n\tby mx.list.example with SMTP id 3\n"
+             "\t(envelope-from spammer@elsewhere.example); Mon, 1 Jan 2024 10:00:00 +0000")
+    m = msg(local, outside, older, "Return-Path: <r@other.example>", "From: a@sender.example")
+    assert envelope_sender(m) == "bounce@list.example"
+    assert check_equal_from_domains(m)[0]
+    # every relay trusted: the oldest one's
+    assert envelope_sender(msg(local, "From: a@hub.example")) == "owner@hub.example"
+    # the public relay noted none: the headers' guess, as before
+    plain = outside.replace("\n\t(envelope-from <bounce@list.example>)", "")
+    assert envelope_sender(msg("Return-Path: <r@list.example>", plain, "From: a@x.example")) == "r@list.example"
+    # a sender without "@" is no address
+    assert envelope_sender(msg(plain.replace("2024 10:00:01 +0000", "2024 10:00:01 +0000 (envelope-from MAILER)"))) is None

@@ -26,12 +26,10 @@ options say what matched (the text, the URL host, what an eval found).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -41,7 +39,7 @@ from ..config import RulesConfig
 from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
-from .evals import EVALS, envelope_sender, header_absent, header_count_over, per_message
+from .evals import EVALS, envelope_sender, header_absent, header_count_over, per_message, relays_by_trust
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from . import pattern_tree
 from .parser import parse_paths
@@ -214,23 +212,12 @@ def _mime_headers(msg: Message) -> dict[str, list[str]]:
     return out
 
 
-@lru_cache(maxsize=256)
-def _is_private(ip: str) -> bool:
-    # Cached: the same relays (the local ones above all) recur from message to message.
-    try:
-        a = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return a.is_private or a.is_loopback or a.is_link_local
-
-
 def relays_text(msg: Message, which: str) -> str | None:
     """SpamAssassin's ``X-Spam-Relays-*`` pseudo-headers, newest relay first.
 
     Each relay reads ``[ ip=... rdns=... helo=... by=... ident= envfrom= intl=0|1 id= auth= msa=0 ]``.
-    Trust is inferred as SpamAssassin does without configured networks, approximately:
-    the newest relays from private or loopback addresses are trusted (and internal);
-    from the first public address on, every relay is untrusted (and external).
+    Trusted relays are internal, untrusted ones external; trust is inferred as SpamAssassin
+    infers it without configured networks, approximately (:func:`.evals.relays_by_trust`).
     """
     if which in ("trusted", "internal"):
         return _relays_texts(msg)[0]
@@ -242,13 +229,9 @@ def relays_text(msg: Message, which: str) -> str | None:
 @per_message
 def _relays_texts(msg: Message) -> tuple[str, str]:
     """The trusted and the untrusted relays' texts, built once a message (two to four groups read them)."""
-    relays = [r for r in msg.received if r.ip]
-    k = 0
-    while k < len(relays) and _is_private(relays[k].ip or ""):
-        k += 1
     return tuple(" ".join(f"[ ip={r.ip} rdns={r.rdns or ''} helo={r.helo or ''} by={r.by or ''} ident= envfrom= "
                           f"intl={intl} id= auth= msa=0 ]" for r in chosen)
-                 for chosen, intl in ((relays[:k], "1"), (relays[k:], "0")))  # type: ignore[return-value]
+                 for chosen, intl in zip(relays_by_trust(msg), ("1", "0")))  # type: ignore[return-value]
 
 
 def _enc(s: str) -> bytes:

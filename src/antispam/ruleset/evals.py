@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import ipaddress
 import re
 import zipfile
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 from .. import fastscore
 from ..domains import registered_domain
-from ..message import Message, Part, domain_of, split_addresses, url_host
+from ..message import Message, Part, Relay, domain_of, split_addresses, url_host
 
 
 @dataclass(frozen=True)
@@ -621,13 +622,17 @@ def check_for_uppercase(msg: Message, lo: float, hi: float) -> tuple[bool, list[
 
 def envelope_sender(msg: Message) -> str | None:
     """The envelope sender: the MTA's (``msg.envelope.mail_from``) when it gave one, else
-    guessed from the headers as SpamAssassin guesses its ``EnvelopeFrom``: none when an
+    guessed from the headers as SpamAssassin guesses its ``EnvelopeFrom``: the one a receiving
+    MTA wrote into its Received header (:func:`_relay_envelope_sender`); else none when an
     ``X-Sender`` address comes with a fetchmail Received header (fetchmail re-uses it, so the
     headers cannot be trusted); else ``X-Envelope-From`` (none if a Received header stands
     above it: a list may have changed the sender since), ``Envelope-Sender``, then
     ``Return-Path``, each only when no Received header stands above it (the final delivery
     writes it at the top)."""
     ef = msg.envelope.mail_from
+    if ef is not None:
+        return ef
+    ef = _relay_envelope_sender(msg)
     if ef is not None:
         return ef
     if "@" in (msg.get("X-Sender") or "") and any("(fetchmail" in r.raw for r in msg.received):
@@ -644,6 +649,53 @@ def envelope_sender(msg: Message) -> str | None:
             continue
         return msg.headers[pos[0]][1].lstrip("<").rstrip("> \t\r\n")
     return None
+
+
+def _relay_envelope_sender(msg: Message) -> str | None:
+    """The envelope sender as the MTA that took the message from the outside world noted it in
+    its Received header (``(envelope-from <a@b>)``, ``envelope-sender a@b``, ``return-path: a@b``):
+    that of the newest untrusted relay, or of the oldest trusted one when every relay is trusted
+    (:func:`relays_by_trust`).  SpamAssassin reads it there before any header written for it,
+    since the MTA saw the SMTP ``MAIL FROM`` itself; mailing-list mail passed on by a local
+    relay keeps the list's sender that way, not the delivery's."""
+    trusted, untrusted = relays_by_trust(msg)
+    relay = untrusted[0] if untrusted else trusted[-1] if trusted else None
+    if relay is None:
+        return None
+    text = relay.raw.lstrip()
+    m = _RCVD_ENVELOPE_FROM.search(text) if text.startswith("from ") else None
+    if m is None:
+        return None
+    addr = m.group(1).lstrip("<").rstrip(">")
+    return addr if addr.find("@") > 0 else None
+
+
+#: an envelope sender noted in a Received header; the address runs to the last word character
+_RCVD_ENVELOPE_FROM = re.compile(r"(?:return-path:?\s+|envelope-(?:sender|from)[\s=])(\S+)\b", re.I | re.A)
+
+
+@per_message
+def relays_by_trust(msg: Message) -> tuple[tuple[Relay, ...], tuple[Relay, ...]]:
+    """The relays (Received headers that name an IP), newest first, as (trusted, untrusted).
+
+    Trust is inferred as SpamAssassin infers it without configured networks, approximately:
+    the newest relays from private or loopback addresses are trusted; from the first public
+    address on, every relay is untrusted."""
+    relays = tuple(r for r in msg.received if r.ip)
+    k = 0
+    while k < len(relays) and _is_private(relays[k].ip or ""):
+        k += 1
+    return relays[:k], relays[k:]
+
+
+@lru_cache(maxsize=256)
+def _is_private(ip: str) -> bool:
+    # Cached: the same relays (the local ones above all) recur from message to message.
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return a.is_private or a.is_loopback or a.is_link_local
 
 
 #: SpamAssassin's "second-level domain" for check_equal_from_domains: the last two labels
