@@ -79,3 +79,53 @@ def test_foreign_rules_on_the_python_matcher_are_warned_about(tmp_path, caplog, 
         load_rules([], sa_paths=[tmp_path], engine=engine, cache_dir=None)
     warned = [r for r in caplog.records if "install hyperscan" in r.getMessage()]
     assert len(warned) == (engine == "python")
+
+
+_HEAD = ("From: Ann <ann@example.com>\nTo: bob@example.org\nSubject: news\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
+         "Message-Id: <1@example.com>\nMIME-Version: 1.0\n")
+
+
+@pytest.fixture(scope="module")
+def sa_check(sa_dir):
+    """Every SpamAssassin rule, on the Python matcher (no Hyperscan compilation: seconds, not minutes)."""
+    pre = [SA_PRE] if SA_PRE.is_dir() else []
+    return RulesCheck(load_rules([], sa_paths=[sa_dir], sa_pre_dirs=pre, engine="python", every_rule=True))
+
+
+def _sa_hits(check: RulesCheck, raw: str) -> dict[str, int]:
+    msg = Message(raw.encode())
+    ctx = ScanContext(msg.envelope, Config())
+    check.run(msg, ctx)
+    return dict(ctx.get(RuleHits).counts)
+
+
+def test_sa_html_image_only_measures_the_html_source(sa_check):
+    """HTML_IMAGE_ONLY_*: SpamAssassin's bands are of the HTML part's length, markup included
+    (spamd -L gives this message HTML_IMAGE_ONLY_12: 984 characters of HTML, 8 of text)."""
+    html = '<html><body><!-- ' + 'x' * 900 + ' --><img src="http://img.example.com/a.png">Hi there</body></html>\n'
+    hits = _sa_hits(sa_check, _HEAD + "Content-Type: text/html; charset=us-ascii\n\n" + html)
+    assert [n for n in hits if n.startswith("HTML_IMAGE_ONLY_")] == ["HTML_IMAGE_ONLY_12"]
+
+
+def test_own_rules_keep_their_html_image_only():
+    """The same eval name in this project's rules still counts visible characters: only the rules
+    read from SpamAssassin's files get its variant."""
+    from antispam.ruleset.evals import eval_function, html_image_only, sa_html_image_only
+
+    assert eval_function("html_image_only").fn is html_image_only
+    assert eval_function("html_image_only", spamassassin=True).fn is sa_html_image_only
+    assert eval_function("check_for_mime", spamassassin=True) is eval_function("check_for_mime")
+
+
+def test_rules_from_sa_dirs_get_the_sa_variant(tmp_path):
+    rule = "body IMG_SHORT eval:html_image_only('0', '150')\nscore IMG_SHORT 1\n"
+    (tmp_path / "sa").mkdir()
+    (tmp_path / "own").mkdir()
+    (tmp_path / "sa" / "r.cf").write_text(rule)
+    (tmp_path / "own" / "r.cf").write_text(rule)
+    html = '<html><body><img src="http://img.example.com/a.png">' + "word " * 30 + "</body></html>\n"
+    raw = _HEAD + "Content-Type: text/html\n\n" + html
+    sa = RulesCheck(load_rules([], sa_paths=[tmp_path / "sa"], engine="python"))
+    own = RulesCheck(load_rules([tmp_path / "own"], engine="python"))
+    assert "IMG_SHORT" not in _sa_hits(sa, raw)  # 217 characters of HTML
+    assert "IMG_SHORT" in _sa_hits(own, raw)  # 120 visible characters

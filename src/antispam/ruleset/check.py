@@ -39,7 +39,7 @@ from ..config import RulesConfig
 from ..errors import RuleError
 from ..message import Message, domain_of, split_addresses
 from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
-from .evals import EVALS, envelope_sender, header_absent, header_count_over, per_message, relays_by_trust
+from .evals import envelope_sender, eval_function, header_absent, header_count_over, per_message, relays_by_trust
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from . import pattern_tree
 from .parser import parse_paths
@@ -276,8 +276,8 @@ def _load_rules(paths: Sequence[str | Path], sa_paths: Sequence[str | Path], eng
                 cache_dir: str | Path | None, sa_pre_dirs: Sequence[str | Path], every_rule: bool,
                 report: Iterable[str]) -> LoadedRules:
     parsed = parse_paths([*paths, *sa_paths], pre_dirs=sa_pre_dirs)
-    compiled = compile_rules(parsed, lenient_meta=bool(sa_paths))
     sa_roots = [str(Path(p)) for p in sa_paths]
+    compiled = compile_rules(parsed, lenient_meta=bool(sa_paths), sa_roots=sa_roots)
 
     def foreign(where) -> bool:
         return where is not None and any(where.file.startswith(r) for r in sa_roots)
@@ -422,7 +422,7 @@ class RulesCheck(Check):
         self._evals = []
         for rid in c.evals:
             r = c.rules[rid]
-            fn = EVALS[r.eval_name].fn  # type: ignore[index]
+            fn = eval_function(r.eval_name, r.spamassassin).fn  # type: ignore[arg-type,union-attr]
             if fn is header_absent:
                 self._header_counts.append((rid, r.eval_args[0].lower(), -1))
             elif fn is header_count_over:

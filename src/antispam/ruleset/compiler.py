@@ -21,14 +21,14 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 try:  # Python 3.11+: what re.compile runs on a parse tree
     from re import _compiler as _re_compiler  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover
     import sre_compile as _re_compiler  # type: ignore[no-redef]
 
-from .evals import EVALS
+from .evals import eval_function
 from .parser import ParsedRules, Problem, RuleDef, Where
 from .monotone import Polarity, meta_polarity
 from .pattern_tree import parsed
@@ -72,6 +72,9 @@ class CompiledRule:
     #: set for metas: (rule read, +1 / -1 / 0), how the meta's truth moves when that count rises
     #: (:func:`.monotone.meta_polarity`)
     polarity: tuple[tuple[int, int], ...] = ()
+    #: read from SpamAssassin's own files: where SpamAssassin means something else by an eval
+    #: than this project's rules do, the rule gets SpamAssassin's meaning
+    spamassassin: bool = False
 
     @property
     def multiple(self) -> bool:
@@ -137,8 +140,12 @@ class _Refused(Exception):
     pass
 
 
-def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False) -> CompiledRules:
+def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False, sa_roots: Sequence[str] = ()) -> CompiledRules:
     """Check and translate every rule; refused rules are reported as errors (and left out).
+
+    Rules defined in files under ``sa_roots`` (SpamAssassin's rules directories) are
+    SpamAssassin's: they call its variant of an eval where that differs from ours
+    (:attr:`CompiledRule.spamassassin`).
 
     ``lenient_meta`` is SpamAssassin's own behaviour for foreign rule sets: a
     meta naming a rule that is not available (a network test, an eval of a
@@ -166,7 +173,7 @@ def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False) -> Compile
             metas_src.append(rule)
             continue
         try:
-            out.append(_compile_one(rule, len(out), report))
+            out.append(_compile_one(rule, len(out), report, _defined_under(rule, sa_roots)))
         except _Refused as exc:
             refused_names.add(rule.name)
             report.refused[rule.kind] += 1
@@ -316,11 +323,16 @@ def _reason_key(text: str) -> str:
 _FLAG_CASELESS, _FLAG_DOTALL, _FLAG_MULTILINE = 1, 2, 4
 
 
-def _compile_one(rule: RuleDef, rid: int, report: CompileReport) -> CompiledRule:
+def _defined_under(rule: RuleDef, roots: Sequence[str]) -> bool:
+    """Whether ``rule`` is defined in a file under one of ``roots``."""
+    return rule.where is not None and rule.where.file.startswith(tuple(roots))
+
+
+def _compile_one(rule: RuleDef, rid: int, report: CompileReport, spamassassin: bool = False) -> CompiledRule:
     common = dict(id=rid, name=rule.name, score=_score(rule), description=rule.description,
-                  tflags=rule.tflags, maxhits=rule.maxhits, where=rule.where)
+                  tflags=rule.tflags, maxhits=rule.maxhits, where=rule.where, spamassassin=spamassassin)
     if rule.eval_name is not None:
-        fn = EVALS.get(rule.eval_name)
+        fn = eval_function(rule.eval_name, spamassassin)
         if fn is None:
             raise _Refused(f"eval function {rule.eval_name}() is not implemented")
         if fn.kinds and rule.kind not in fn.kinds:

@@ -76,18 +76,29 @@ class EvalFunc:
 
 
 EVALS: dict[str, EvalFunc] = {}
+#: SpamAssassin's meaning of a name that this project's rules use for something else: what the
+#: rules read from SpamAssassin's own files call instead (:func:`eval_function`)
+SA_EVALS: dict[str, EvalFunc] = {}
 
 
 def register(name: str, kinds: tuple[str, ...] = (), args: tuple[type, ...] = (), required: int | None = None,
-             choices: Iterable[str] | None = None):
-    """Register ``fn(msg, *args)`` as ``eval:name(...)`` for rules of ``kinds``."""
+             choices: Iterable[str] | None = None, *, spamassassin: bool = False):
+    """Register ``fn(msg, *args)`` as ``eval:name(...)`` for rules of ``kinds``; with
+    ``spamassassin``, as SpamAssassin's variant of ``name``, for its own rules only."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        EVALS[name] = EvalFunc(name, fn, kinds, args, len(args) if required is None else required,
+        table = SA_EVALS if spamassassin else EVALS
+        table[name] = EvalFunc(name, fn, kinds, args, len(args) if required is None else required,
                                frozenset(choices) if choices is not None else None)
         return fn
 
     return deco
+
+
+def eval_function(name: str, spamassassin: bool = False) -> EvalFunc | None:
+    """The eval a rule calling ``name`` runs: for a rule of SpamAssassin's own files, its variant
+    when there is one; else ours (None: not implemented)."""
+    return (SA_EVALS.get(name) if spamassassin else None) or EVALS.get(name)
 
 
 def per_message(fn: Callable[[Message], Any]) -> Callable[[Message], Any]:
@@ -347,6 +358,39 @@ def html_image_only(msg: Message, lo: float, hi: float) -> tuple[bool, list[str]
 def _visible_chars(msg: Message) -> int:
     """Characters of text that are not white space."""
     return fastscore.impl.visible_count(msg.text)
+
+
+@register("html_image_only", ("body", "rawbody"), (float, float), spamassassin=True)
+def sa_html_image_only(msg: Message, lo: float, hi: float) -> tuple[bool, list[str]]:
+    """SpamAssassin's ``html_image_only``: an HTML part with an image tag whose length is over
+    ``lo`` and at most ``hi``.  The length is that of the part's source, markup included
+    (:func:`_html_source_length`), not of its text as our own eval counts it: SpamAssassin's
+    HTML parser adds up the length of the input it is given, and its HTML_IMAGE_ONLY_* bands
+    (up to 3,200) are drawn on that."""
+    for part in msg.parts:
+        if part.content_type != "text/html":
+            continue
+        n = _html_source_length(part)
+        if lo < n <= hi and _IMG_TAG_BYTES.search(part.body) is not None:
+            return True, [f"{n} characters of HTML"]
+    return False, []
+
+
+def _html_source_length(part: Part) -> int:
+    """The length of an HTML part as SpamAssassin measures it: in characters when the part is
+    in UTF-8 (or ASCII, or has no charset) and reads as UTF-8, else in bytes (it decodes no
+    other charset before parsing)."""
+    body = part.body
+    if (part.charset or "us-ascii").lower() in ("us-ascii", "utf-8") and not body.isascii():
+        try:
+            return len(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            pass
+    return len(body)
+
+
+#: an ``img`` tag, start or end, as an HTML parser reads one (a name of its own: not ``<imgx``)
+_IMG_TAG_BYTES = re.compile(rb"</?img[\s/>]", re.I)
 
 
 @register("html_only", ("body", "rawbody"))
