@@ -129,3 +129,56 @@ def test_rules_from_sa_dirs_get_the_sa_variant(tmp_path):
     own = RulesCheck(load_rules([tmp_path / "own"], engine="python"))
     assert "IMG_SHORT" not in _sa_hits(sa, raw)  # 217 characters of HTML
     assert "IMG_SHORT" in _sa_hits(own, raw)  # 120 visible characters
+
+
+def test_sa_uri_list_holds_mailto_links(sa_check):
+    """KHOP_UNSUB_EMAIL (an unsubscribe address, no unsubscribe link): SpamAssassin's uri list holds
+    the addresses of the text as mailto: links, so a list footer's address is a link to unsubscribe
+    and the rule stays quiet (as spamd -L does on this message)."""
+    footer = ("Hello all,\n\nthe meeting moved to Tuesday.\n\n--\nTo unsubscribe from this group, send an email to:\n"
+              "team-unsubscribe@lists.example.com\n")
+    hits = _sa_hits(sa_check, _HEAD + "Content-Type: text/plain\n\n" + footer)
+    assert "__UNSUB_EMAIL" in hits and "__UNSUB_LINK" in hits
+    assert "KHOP_UNSUB_EMAIL" not in hits
+
+
+def test_sa_uri_links_are_found_as_spamassassin_finds_them():
+    from antispam.ruleset.sa_uri import sa_uri_links
+
+    html = ('<p>Write to <a href="mailto:owner@lists.example.org?subject=unsubscribe">us</a> or see '
+            '<a href="http://www.example.com/">the site</a></p>\n')
+    text = ("Mail (help@example.com), e-mail:joe@shop.co.uk; not bad@nodot, x@y.zz, cid:img1@01D4.E345,\n"
+            "nor the user in http://www.example.net/a?u=b@c.example.com; mail%2Dme@ex%61mple.com.\n")
+    raw = (_HEAD.replace("Subject: news", "Subject: or sales@example.com")
+           + 'Content-Type: multipart/alternative; boundary="B"\n\n'
+           f"--B\nContent-Type: text/plain\n\n{text}--B\nContent-Type: text/html\n\n{html}--B--\n")
+    links = sa_uri_links(Message(raw.encode()))
+    assert [u.url for u in links if not u.url.startswith("mailto:")] == ["http://www.example.com/",
+                                                                         "http://www.example.net/a?u=b@c.example.com"]
+    assert [(u.url, u.host) for u in links if u.url.startswith("mailto:")] == [
+        ("mailto:owner@lists.example.org?subject=unsubscribe", "lists.example.org"),
+        ("mailto:owner@lists.example.org", "lists.example.org"),
+        ("mailto:sales@example.com", "example.com"),
+        ("mailto:help@example.com", "example.com"),
+        ("mailto:joe@shop.co.uk", "shop.co.uk"),
+        ("mailto:mail-me@example.com", "example.com"),
+    ]
+
+
+def test_only_rules_from_sa_dirs_read_mailto_links(tmp_path):
+    """This project's uri rules read the web links only (its AS_URI_UNSUB would otherwise hit every
+    list footer with an address); a uri rule read from SpamAssassin's files reads its list, and its
+    hit names the address's domain."""
+    rule = "uri UNSUB_URI /unsubscribe/i\nscore UNSUB_URI 1\n"
+    (tmp_path / "sa").mkdir()
+    (tmp_path / "own").mkdir()
+    (tmp_path / "sa" / "r.cf").write_text(rule)
+    (tmp_path / "own" / "r.cf").write_text(rule)
+    raw = (_HEAD + "Content-Type: text/plain\n\nSee http://www.example.com/news\n"
+           "To leave, write to team-unsubscribe@lists.example.com\n")
+    sa = RulesCheck(load_rules([], sa_paths=[tmp_path / "sa"], engine="python"))
+    own = RulesCheck(load_rules([tmp_path / "own"], engine="python"))
+    msg = Message(raw.encode())
+    assert [(h.symbol, h.options) for h in sa.run(msg, ScanContext(msg.envelope, Config()))] == [
+        ("UNSUB_URI", ("lists.example.com",))]
+    assert "UNSUB_URI" not in _sa_hits(own, raw)

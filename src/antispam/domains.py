@@ -49,3 +49,14 @@ def registered_domain(host: str) -> str | None:
         return _PSL.privatesuffix(host)
     except (ValueError, TypeError):
         return None
+
+
+@lru_cache(maxsize=4096)
+def known_tld(label: str) -> bool:
+    """Whether ``label`` is a top-level domain of the Public Suffix List (``com``, ``uk``,
+    ``xn--p1ai``; not ``local`` nor ``zz``): the list's wildcard rule, which takes any last
+    label for a suffix, left out."""
+    try:
+        return _PSL.is_public(label.lower(), accept_unknown=False)
+    except (ValueError, TypeError):
+        return False

@@ -1179,6 +1179,12 @@ class Message:
         pieces = [self.plain_text, self.html_text] if self.html else [self.plain_text]
         return "\n".join(p for p in pieces if p)
 
+    @property
+    def html_links(self) -> list[tuple[str, str]]:
+        """Every link of the HTML parts as written, ``(href or img src, anchor text)``, in order:
+        ``mailto:``, ``cid:``, relative links and repeats included (:attr:`urls` leaves them out)."""
+        return self._html_render[1]
+
     @cached_property
     def urls(self) -> tuple[Url, ...]:
         """Links from the plain text and the HTML, in order of appearance, de-duplicated; the

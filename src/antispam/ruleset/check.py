@@ -7,7 +7,8 @@ Buffers (all UTF-8 bytes, matched with byte semantics as SpamAssassin does):
   become spaces).  Body and URI rules see ``^``/``$`` at line boundaries, so
   a rule anchored at ``^`` matches at any paragraph start, as in SpamAssassin.
 * ``rawbody``: the decoded text parts before HTML rendering (markup included).
-* ``uri``: one link per line.
+* ``uri``: one link per line; ``uri:sa``, read by SpamAssassin's own uri rules, holds its
+  ``mailto:`` links too (:mod:`.sa_uri`).
 * ``full``: the raw message.
 * ``hdr:NAME:ACCESSOR:IFUNSET``: the header's decoded value (every occurrence,
   joined by newlines), ``ALL`` = every header as ``Name: value`` lines,
@@ -37,14 +38,15 @@ from .. import fastscore
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..config import RulesConfig
 from ..errors import RuleError
-from ..message import Message, domain_of, split_addresses
-from .compiler import CompiledRule, CompiledRules, compile_rules, scored_only
+from ..message import Message, Url, domain_of, split_addresses
+from .compiler import SA_URI, CompiledRule, CompiledRules, compile_rules, scored_only
 from .evals import envelope_sender, eval_function, header_absent, header_count_over, per_message, relays_by_trust
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from . import pattern_tree
 from .parser import parse_paths
 from .possessive import leftmost
 from .runwidth import RunWidth
+from .sa_uri import sa_uri_links
 
 log = logging.getLogger("antispam.rules")
 
@@ -77,9 +79,14 @@ def rawbody_text(msg: Message) -> str:
 
 
 def uri_text(msg: Message) -> str:
+    """One link per line: what this project's uri rules read."""
+    return link_lines(msg.urls)
+
+
+def link_lines(links: Sequence[Url]) -> str:
     """One link per line.  A link's own tabs and line breaks are dropped, as browsers drop them
     from a URL (WHATWG URL parsing), so that line k is always link k."""
-    urls = [u.url for u in msg.urls]
+    urls = [u.url for u in links]
     text = "\n".join(urls)
     if urls and (text.count("\n") >= len(urls) or "\r" in text or "\t" in text):
         text = "\n".join(u.translate(_URL_BLANKS) for u in urls)
@@ -330,7 +337,7 @@ class RulesCheck(Check):
         # reader None: an ordinary header read as decoded, taken from the table built once per scan.
         self._headers: list[tuple[str, Callable[..., str | None] | None, str, object, str | None, tuple[int, ...],
                                   frozenset[int], dict[int, int]]] = []
-        self._body_groups = [g for g in ("body", "rawbody", "uri", "full") if g in c.groups]
+        self._body_groups = [g for g in ("body", "rawbody", "uri", SA_URI, "full") if g in c.groups]
         for key, ids in c.groups.items():
             if not key.startswith(("hdr:", "mime:")):
                 continue
@@ -506,6 +513,8 @@ class RulesCheck(Check):
                 data = _enc(rawbody_text(msg))
             elif key == "uri":
                 data = _enc(uri_text(msg))
+            elif key == SA_URI:
+                data = _enc(link_lines(sa_uri_links(msg)))
             else:
                 data = msg.raw
             for rid, n in scan(key, data, ends).items():
@@ -647,9 +656,10 @@ class RulesCheck(Check):
                     return ()
                 end = m.start()
             k = data.count(b"\n", 0, end)
-            if k >= len(msg.urls):
+            links = sa_uri_links(msg) if rule.buffer == SA_URI else msg.urls
+            if k >= len(links):
                 return ()  # a match of the empty string in a buffer without links (e.g. /^$/)
-            u = msg.urls[k]
+            u = links[k]
             return ((u.host or u.url[:60]).translate(_URL_BLANKS),)
         # The leftmost match is searched for from the top or from no later than where it starts: the
         # pattern can skip positions inside a run of its leading repeat's bytes (run_start: a run of

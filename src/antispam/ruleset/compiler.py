@@ -73,7 +73,7 @@ class CompiledRule:
     #: (:func:`.monotone.meta_polarity`)
     polarity: tuple[tuple[int, int], ...] = ()
     #: read from SpamAssassin's own files: where SpamAssassin means something else by an eval
-    #: than this project's rules do, the rule gets SpamAssassin's meaning
+    #: or by the uri list than this project's rules do, the rule gets SpamAssassin's meaning
     spamassassin: bool = False
 
     @property
@@ -126,7 +126,13 @@ class CompiledRules:
         return [p for p in self.problems if p.severity == "error"]
 
 
-def _buffer_key(rule: RuleDef) -> tuple[str, tuple[str, str, str | None] | None]:
+#: the buffer of SpamAssassin's own uri rules: its uri list, which holds ``mailto:`` links too
+SA_URI = "uri:sa"
+
+
+def _buffer_key(rule: RuleDef, spamassassin: bool) -> tuple[str, tuple[str, str, str | None] | None]:
+    if rule.kind == "uri" and spamassassin:
+        return SA_URI, None
     if rule.kind in ("header", "mimeheader"):
         t = rule.target
         assert t is not None
@@ -144,8 +150,8 @@ def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False, sa_roots: 
     """Check and translate every rule; refused rules are reported as errors (and left out).
 
     Rules defined in files under ``sa_roots`` (SpamAssassin's rules directories) are
-    SpamAssassin's: they call its variant of an eval where that differs from ours
-    (:attr:`CompiledRule.spamassassin`).
+    SpamAssassin's: they read its uri list and call its variant of an eval where
+    that differs from ours (:attr:`CompiledRule.spamassassin`).
 
     ``lenient_meta`` is SpamAssassin's own behaviour for foreign rule sets: a
     meta naming a rule that is not available (a network test, an eval of a
@@ -379,7 +385,7 @@ def _compile_one(rule: RuleDef, rid: int, report: CompileReport, spamassassin: b
         report.accepted[rule.kind] += 1
     if t.hs is None:
         report.python_only[rule.kind] += 1
-    key, header = _buffer_key(rule)
+    key, header = _buffer_key(rule, spamassassin)
     hsflags = (_FLAG_CASELESS if t.caseless else 0) | (_FLAG_DOTALL if t.dotall else 0) | (_FLAG_MULTILINE if t.multiline else 0)
     return CompiledRule(kind=rule.kind, buffer=key, negate=rule.negate, py=t.py, py_flags=pyflags, hs=t.hs,
                         hs_flags=hsflags, header=header, **common)

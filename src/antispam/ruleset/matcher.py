@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from .compiler import CompiledRules
+from .compiler import SA_URI, CompiledRules
 from .pattern_tree import parsed, walk
 from .possessive import leftmost, possessive
 from .projection import ASCII, WESTERN, projection
@@ -341,7 +341,7 @@ def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
     """Whether ``rule``'s matches in ``group`` must be confined to one line: a uri rule (one link
     per line of its buffer; SpamAssassin matches each link alone) whose pattern could match a
     line break, like ``[^/]+``."""
-    return group == "uri" and rule.py is not None and not match_shape(rule.py, rule.py_flags)[0]
+    return group in ("uri", SA_URI) and rule.py is not None and not match_shape(rule.py, rule.py_flags)[0]
 
 
 def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
