@@ -248,3 +248,24 @@ def test_envelope_sender_is_read_from_the_received_header_of_the_last_untrusted_
     assert envelope_sender(msg("Return-Path: <r@list.example>", plain, "From: a@x.example")) == "r@list.example"
     # a sender without "@" is no address
     assert envelope_sender(msg(plain.replace("2024 10:00:01 +0000", "2024 10:00:01 +0000 (envelope-from MAILER)"))) is None
+
+
+@pytest.mark.parametrize("subject, expected", [
+    ("Re: SYSTEMWORKS CLEARANCE SALE", True),   # spamd -L: SUBJ_ALL_CAPS on each of these
+    ("fwd:  NORTON SALE!", True),
+    ("FREE 100 $$$", True),
+    ("AW: Re: LOW RATES NOW", True),
+    ("BIG WIN", False),                          # under ten bytes
+    ("ALLCAPSONEWORD", False),                   # one word
+    ("=?koi8-r?B?8NLJ18XU?= HELLO WORLD", False),  # a charset that reads as capitals
+    ("Hello WORLD again", False),
+])
+def test_sa_subject_is_all_caps_as_spamassassin_reads_it(subject, expected):
+    """SpamAssassin's subject_is_all_caps (what its SUBJ_ALL_CAPS calls) takes reply and forward
+    prefixes off and asks ten bytes, not ten letters; our own keeps its meaning."""
+    from antispam.ruleset.evals import eval_function, subject_is_all_caps
+
+    msg = Message(f"From: a@example.com\nSubject: {subject}\n\nhello there\n".encode())
+    assert eval_function("subject_is_all_caps", spamassassin=True).fn(msg) is expected
+    if subject.startswith(("Re:", "fwd:")):
+        assert not subject_is_all_caps(msg)

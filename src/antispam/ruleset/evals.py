@@ -155,6 +155,32 @@ def subject_is_all_caps(msg: Message) -> bool:
     return len(letters) >= 10 and len(s.split()) >= 2 and not any(c.islower() for c in letters)
 
 
+@register("subject_is_all_caps", ("header",), spamassassin=True)
+def sa_subject_is_all_caps(msg: Message) -> bool:
+    """SpamAssassin's ``subject_is_all_caps``: the subject, its reply and forward prefixes taken
+    off (``Re:``, ``fwd:``, ``AW:``...), holds a blank, is ten bytes long or more, and has ASCII
+    letters, all of them capitals.  Ours counts the prefixes' letters, so a lower-case ``Re:``
+    before a shouted subject made it miss; and it asks ten letters, not ten bytes.  A subject
+    encoded in a charset whose text reads as capitals (KOI8, the Japanese and Chinese ones...)
+    never hits."""
+    s = _REPLY_PREFIXES.sub("", msg.subject.strip(), count=1)
+    if _ASCII_BLANK.search(s) is None or len(s.encode("utf-8", "surrogateescape")) < 10:
+        return False
+    letters = _NOT_ASCII_LETTER.sub("", s)
+    if not letters or not letters.isupper():
+        return False
+    return not any(_CAPS_CHARSET_WORD.search(raw) for raw in msg.get_raw("Subject"))
+
+
+_REPLY_PREFIXES = re.compile(r"^(?:(?:Re|Fwd|Fw|Aw|Antwort|WG|SV|VB|VS|VL):\s*)+", re.I | re.A)
+_ASCII_BLANK = re.compile(r"\s", re.A)
+_NOT_ASCII_LETTER = re.compile("[^a-zA-Z]+")
+#: an encoded word in a charset whose encoded text is mostly capitals
+_CAPS_CHARSET_WORD = re.compile(
+    r"=\?[-_a-z0-9]*(?:koi|jp|jis|euc|gb|big5|isoir|cp1251|windows-1251|georgianps|pt154|tis)[-_a-z0-9]*\?",
+    re.I | re.A)
+
+
 @register("many_recipients", ("header",), (int,))
 def many_recipients(msg: Message, n: int) -> tuple[bool, list[str]]:
     """More than ``n`` addresses in To and Cc together (a list blasted in the open)."""
