@@ -182,3 +182,15 @@ def test_only_rules_from_sa_dirs_read_mailto_links(tmp_path):
     assert [(h.symbol, h.options) for h in sa.run(msg, ScanContext(msg.envelope, Config()))] == [
         ("UNSUB_URI", ("lists.example.com",))]
     assert "UNSUB_URI" not in _sa_hits(own, raw)
+
+
+def test_sa_body_rules_read_blanks_collapsed(sa_check, tmp_path):
+    """SpamAssassin's body text has every run of blanks made one space: a line broken after a
+    blank ("Financial \\nIndependence") reads with one space, and FIN_FREE hits (as with spamd -L);
+    this project's body rules keep reading the text's own spacing."""
+    text = ("For more money-saving tips to aid your journey to Financial \n"
+            "Independence, visit our Personal Finance area.\n")
+    raw = _HEAD + "Content-Type: text/plain\n\n" + text
+    assert "FIN_FREE" in _sa_hits(sa_check, raw)
+    (tmp_path / "r.cf").write_text("body TWO_BLANKS /Financial  Independence/\nscore TWO_BLANKS 1\n")
+    assert "TWO_BLANKS" in _sa_hits(RulesCheck(load_rules([tmp_path], engine="python")), raw)

@@ -9,6 +9,7 @@ Buffers (all UTF-8 bytes, matched with byte semantics as SpamAssassin does):
 * ``rawbody``: the decoded text parts before HTML rendering (markup included).
 * ``uri``: one link per line; ``uri:sa``, read by SpamAssassin's own uri rules, holds its
   ``mailto:`` links too (:mod:`.sa_uri`).
+* ``body:sa``: what SpamAssassin's own body rules read, ``body`` with each run of blanks one space.
 * ``full``: the raw message.
 * ``hdr:NAME:ACCESSOR:IFUNSET``: the header's decoded value (every occurrence,
   joined by newlines), ``ALL`` = every header as ``Name: value`` lines,
@@ -39,7 +40,7 @@ from ..check import Check, Hit, ScanContext, SymbolDef
 from ..config import RulesConfig
 from ..errors import RuleError
 from ..message import Message, Url, domain_of, split_addresses
-from .compiler import SA_URI, CompiledRule, CompiledRules, compile_rules, scored_only
+from .compiler import SA_BODY, SA_URI, CompiledRule, CompiledRules, compile_rules, scored_only
 from .evals import envelope_sender, eval_function, header_absent, header_count_over, per_message, relays_by_trust
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from . import pattern_tree
@@ -72,6 +73,13 @@ def body_text(msg: Message) -> str:
     # Paragraph breaks become one newline, line breaks inside a paragraph a space (a compiled kernel;
     # the twin's regex split is the definition).
     return msg.subject + "\n" + fastscore.impl.paragraph_lines(text)
+
+
+def sa_body_text(msg: Message) -> str:
+    """``body`` as SpamAssassin renders it: every run of blanks one space.  It collapses the white
+    space of the whole text, where ours keeps a plain part's own spacing (a line broken after
+    "Financial " reads "Financial  Independence"), which its rules' single spaces do not match."""
+    return fastscore.impl.collapse_blanks(body_text(msg))
 
 
 def rawbody_text(msg: Message) -> str:
@@ -337,7 +345,7 @@ class RulesCheck(Check):
         # reader None: an ordinary header read as decoded, taken from the table built once per scan.
         self._headers: list[tuple[str, Callable[..., str | None] | None, str, object, str | None, tuple[int, ...],
                                   frozenset[int], dict[int, int]]] = []
-        self._body_groups = [g for g in ("body", "rawbody", "uri", SA_URI, "full") if g in c.groups]
+        self._body_groups = [g for g in ("body", SA_BODY, "rawbody", "uri", SA_URI, "full") if g in c.groups]
         for key, ids in c.groups.items():
             if not key.startswith(("hdr:", "mime:")):
                 continue
@@ -509,6 +517,8 @@ class RulesCheck(Check):
         for key in self._body_groups:
             if key == "body":
                 data = _enc(body_text(msg))
+            elif key == SA_BODY:
+                data = _enc(sa_body_text(msg))
             elif key == "rawbody":
                 data = _enc(rawbody_text(msg))
             elif key == "uri":

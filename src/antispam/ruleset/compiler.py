@@ -72,8 +72,8 @@ class CompiledRule:
     #: set for metas: (rule read, +1 / -1 / 0), how the meta's truth moves when that count rises
     #: (:func:`.monotone.meta_polarity`)
     polarity: tuple[tuple[int, int], ...] = ()
-    #: read from SpamAssassin's own files: where SpamAssassin means something else by an eval
-    #: or by the uri list than this project's rules do, the rule gets SpamAssassin's meaning
+    #: read from SpamAssassin's own files: where SpamAssassin means something else by an eval,
+    #: the uri list or the body than this project's rules do, the rule gets SpamAssassin's meaning
     spamassassin: bool = False
 
     @property
@@ -128,11 +128,13 @@ class CompiledRules:
 
 #: the buffer of SpamAssassin's own uri rules: its uri list, which holds ``mailto:`` links too
 SA_URI = "uri:sa"
+#: the buffer of SpamAssassin's own body rules: its body text, every run of blanks one space
+SA_BODY = "body:sa"
 
 
 def _buffer_key(rule: RuleDef, spamassassin: bool) -> tuple[str, tuple[str, str, str | None] | None]:
-    if rule.kind == "uri" and spamassassin:
-        return SA_URI, None
+    if spamassassin and rule.kind in ("uri", "body"):
+        return (SA_URI if rule.kind == "uri" else SA_BODY), None
     if rule.kind in ("header", "mimeheader"):
         t = rule.target
         assert t is not None
@@ -150,8 +152,8 @@ def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False, sa_roots: 
     """Check and translate every rule; refused rules are reported as errors (and left out).
 
     Rules defined in files under ``sa_roots`` (SpamAssassin's rules directories) are
-    SpamAssassin's: they read its uri list and call its variant of an eval where
-    that differs from ours (:attr:`CompiledRule.spamassassin`).
+    SpamAssassin's: they read its uri list and its body text, and call its variant of
+    an eval where that differs from ours (:attr:`CompiledRule.spamassassin`).
 
     ``lenient_meta`` is SpamAssassin's own behaviour for foreign rule sets: a
     meta naming a rule that is not available (a network test, an eval of a

@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from .compiler import SA_URI, CompiledRules
+from .compiler import SA_BODY, SA_URI, CompiledRules
 from .pattern_tree import parsed, walk
 from .possessive import leftmost, possessive
 from .projection import ASCII, WESTERN, projection
@@ -989,7 +989,7 @@ class HyperscanMatcher:
                     pr.width = None if pr.count_max else _width(r.py, r.py_flags)  # type: ignore[arg-type]
                     if pr.width is not None:
                         self._near[i] = pr
-                    elif key == "body":
+                    elif key in ("body", SA_BODY):
                         # only in the body, the long buffer: in a header the bound's runs cost what the search does
                         pr.run_width = RunWidth.of(r.py, r.py_flags)  # type: ignore[arg-type]
                         if pr.run_width is not None:
