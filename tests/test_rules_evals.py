@@ -269,3 +269,40 @@ def test_sa_subject_is_all_caps_as_spamassassin_reads_it(subject, expected):
     assert eval_function("subject_is_all_caps", spamassassin=True).fn(msg) is expected
     if subject.startswith(("Re:", "fwd:")):
         assert not subject_is_all_caps(msg)
+
+
+@pytest.mark.parametrize("value, epoch", [
+    # what SpamAssassin 4.0.1's own date reading returns for each (its parse_rfc822_date, run in Perl)
+    ("Tue, 1 Jan 2002 10:00:00 EST", 1009897200),
+    ("Mon, 27 May 2002 10:28:3 +0200", 1022450400),   # "10:28:3" is no time: midnight
+    (" 29 Jul 2001 23:30:41 -400", 996449441),        # "-400" is no zone: UTC
+    ("29 Jul 01 11:30:41 PM", 996406241),
+    ("1 JAN 02 10:00 MON EST", 1009879200),           # the first capitals word is no zone: UTC
+    ("Jan  5 10:11:12 2003", 1041724800),             # the ctime form: its time is not read
+    ("32 Feb 2003 25:61:61 +0530", 1046543399),       # pulled into range
+    ("5 Mar 102 01:02:03 CEST", 1015282923),
+    ("3 Apr 75 07:08:09 PDT-DST", 165740889),
+    ("0 Mar 2002 01:02:03", None),
+    ("yesterday", None),
+])
+def test_sa_date_epoch_reads_dates_as_spamassassin_does(value, epoch):
+    from antispam.ruleset.evals import sa_date_epoch
+
+    assert sa_date_epoch(value) == epoch
+
+
+def test_shifted_date_reads_odd_dates_and_folded_stamps_as_spamassassin_does():
+    """A Date whose seconds have one digit reads as midnight, and a stamp folded before its zone
+    is found (the fold reads as one space) with its three-digit zone as UTC: spamd -L gives the
+    first DATE_IN_PAST_06_12, where RFC 5322's reading made it 1.3 hours."""
+    from antispam.ruleset.evals import shifted_date_diff
+
+    def msg(*headers: str) -> Message:
+        return Message(("\n".join(headers) + "\nSubject: t\n\nbody\n").encode())
+
+    m = msg("Received: from a.example by b.example; Mon, 27 May 2002 10:46:16 +0100",
+            "Date: Mon, 27 May 2002 10:28:3 +0200")
+    assert shifted_date_diff(m) == -(11 * 3600 + 46 * 60 + 16)
+    m = msg("Received: from a.example by b.example;Sun, 29 Jul 2001 23:30:41\n    -400 (EDT)",
+            "Date: 29 Jul 01 11:30:41 PM")
+    assert shifted_date_diff(m) == -12 * 3600.0

@@ -13,6 +13,7 @@ Functions read only the :class:`~antispam.message.Message` views; none does I/O.
 
 from __future__ import annotations
 
+import calendar
 import datetime
 import io
 import ipaddress
@@ -590,6 +591,80 @@ def check_for_missing_to_header(msg: Message) -> bool:
     return not msg.has("To") and not msg.has("Apparently-To")
 
 
+def sa_date_epoch(value: str) -> float | None:
+    """Epoch seconds of a date as SpamAssassin reads one for its date tests, or None.
+
+    Its reading is looser and differs from RFC 5322's where dates are odd, and its
+    DATE_IN_PAST_* / DATE_IN_FUTURE_* bands fall where it reads them: the day, month and
+    year (``1 Jan 2024``, ``Jan 1 hh:mm:ss 2024`` whose time is then not read, or a two- or
+    three-digit year), then ``hh:mm`` or ``hh:mm:ss`` with two-digit minutes and seconds
+    (``10:28:3`` is no time: midnight), then a zone: four digits with a sign (``-400`` is no
+    zone: UTC), else the first word of two to four capitals if it is a zone name it knows
+    (:data:`_SA_ZONES`), else UTC.  Out-of-range times are pulled in (second 61 -> 59, hour
+    25 -> 23), a day past the month's end is the 1st of the next, years outside 1970-2037
+    are clamped; day 0 is no date."""
+    s = " " + _BLANKS.sub(" ", _COMMA_BLANKS.sub(" ", value)) + " "
+    m = _SA_DMY.search(s) or _SA_CTIME.search(s) or _SA_DMY_SHORT.search(s)
+    if m is None:
+        return None
+    day, month, year = m.group("d", "m", "y")
+    s = s[:m.start()] + " " + s[m.end():]
+    yyyy = int(year) + (2000 if len(year) == 2 and int(year) < 50 else 1900 if len(year) != 4 else 0)
+    hh = mm = ss = 0
+    t = _SA_TIME.search(s)
+    if t is not None:
+        hh, mm, ss = int(t.group(1)), int(t.group(2)), int(t.group(3) or 0)
+        s = s[:t.start()] + " " + s[t.end():]
+    return _sa_epoch(yyyy, _MONTHS[month.lower()], int(day), min(hh, 23), min(mm, 59), min(ss, 59), _sa_zone(s))
+
+
+def _sa_zone(rest: str) -> int:
+    """The zone offset in seconds that SpamAssassin reads from what is left of a date."""
+    z = _SA_NUMERIC_ZONE.search(rest)
+    if z is not None:
+        sign = -1 if z.group(1) == "-" else 1
+        return sign * (int(z.group(2)) * 3600 + int(z.group(3)) * 60)
+    word = _SA_ZONE_WORD.search(rest)
+    return _SA_ZONES.get(word.group(1), 0) * 60 if word is not None else 0
+
+
+def _sa_epoch(yyyy: int, month: int, day: int, hh: int, mm: int, ss: int, zone: int) -> float | None:
+    """Epoch seconds of a broken-down UTC time less ``zone``, after SpamAssassin's repairs."""
+    if day > calendar.monthrange(yyyy, month)[1]:
+        day, month = 1, month + 1
+        if month > 12:
+            month, yyyy = 1, yyyy + 1
+    if day < 1:
+        return None  # no day 0: SpamAssassin's conversion refuses it
+    yyyy = min(max(yyyy, 1970), 2037)
+    t = calendar.timegm((yyyy, month, day, hh, mm, ss))
+    return float(max(t - zone, 0) if zone > 0 else t - zone)
+
+
+_MONTH_NAMES = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
+_MONTHS = {name.lower(): i for i, name in enumerate(_MONTH_NAMES.split("|"), 1)}
+_COMMA_BLANKS = re.compile(r", *")
+_BLANKS = re.compile(r"\s+", re.A)
+_SA_DMY = re.compile(rf" (?P<d>\d+) (?P<m>{_MONTH_NAMES}) (?P<y>\d{{4}}) ", re.I | re.A)
+_SA_CTIME = re.compile(rf" (?P<m>{_MONTH_NAMES}) +(?P<d>\d+) \d+:\d+:\d+ (?P<y>\d{{4}}) ", re.I | re.A)
+_SA_DMY_SHORT = re.compile(rf" (?P<d>\d+) (?P<m>{_MONTH_NAMES}) (?P<y>\d{{2,3}}) ", re.I | re.A)
+_SA_TIME = re.compile(r" (\d?\d):(\d\d)(?::(\d\d))? ", re.A)
+_SA_NUMERIC_ZONE = re.compile(r" ([-+])(\d\d)(\d\d) ", re.A)
+_SA_ZONE_WORD = re.compile(r"\b([A-Z]{2,4}(?:-DST)?)\b", re.A)
+#: the zone names SpamAssassin's date reading knows, and their offsets from UTC in minutes
+_SA_ZONES = {
+    "UT": 0, "UTC": 0, "GMT": 0, "WET": 0,
+    "AST": -240, "ADT": -180, "NST": -210, "NDT": -150, "EST": -300, "EDT": -240, "CST": -360, "CDT": -300,
+    "MST": -420, "MDT": -360, "PST": -480, "PDT": -420, "HST": -600, "HAST": -600, "HADT": -540,
+    "AKST": -540, "AKDT": -480,
+    "BST": 60, "IST": 60, "WEST": 60, "CET": 60, "MET": 60, "MEZ": 60, "CEST": 120, "MEST": 120, "MESZ": 120,
+    "EET": 120, "EEST": 180, "MSK": 180, "MSD": 240, "IDT": 180,
+    "BRT": -180, "BRST": -120,
+    "AWST": 480, "ACST": 570, "ACDT": 630, "AEST": 600, "AEDT": 660, "NZST": 720, "NZDT": 780,
+    "JST": 540, "KST": 540, "HKT": 480, "SGT": 480, "PHT": 480,
+}
+
+
 #: a Received header's time stamp wherever it stands: "day Mon year hh:mm:ss zone"
 _RCVD_STAMP = re.compile(r"\s.?\d+ \S\S\S \d+ \d+:\d+:\d+ \S+")
 #: the newest Received header of a local hand-over (fetchmail run over localhost, qmail-inject)
@@ -605,21 +680,24 @@ def shifted_date_diff(msg: Message) -> float:
     at the top (a ``from localhost`` / ``127.0.0.1`` or qmail-inject header followed by a
     ``by localhost ... (fetchmail-`` one: both left out), and the difference kept is the
     smallest in size (the oldest header's is left out when it is exactly 0 and there are
-    others).  0 when there is no date or no stamp, as in SpamAssassin.
+    others).  0 when there is no date or no stamp, as in SpamAssassin.  Dates are read as
+    SpamAssassin reads them (:func:`sa_date_epoch`).
     """
     # SpamAssassin's rules ask this of one message ten times (DATE_IN_PAST_*, DATE_IN_FUTURE_*):
     # remembered for the message (~20 us each time otherwise).
     date = next((t for value in (*msg.get_all("Resent-Date"), *msg.get_all("Date"))
-                 if value and (t := _parsed_epoch(value)) is not None), None)
+                 if value and (t := sa_date_epoch(value)) is not None), None)
     if date is None:
         return 0.0
-    received = [r.raw for r in msg.received if r.raw.strip()]
+    # a folded header reads with its fold as one space, as SpamAssassin unfolds it (ours keeps the
+    # blanks of the continuation line, and the stamp's pattern wants single spaces)
+    received = [" ".join(r.raw.split()) for r in msg.received if r.raw.strip()]
     if received and _SA_LOCAL.search(received[0]) and len(received) > 1 and _SA_FETCHMAIL.search(received[1]):
         received = received[2:]
     diffs = []
     for raw in received:
         m = _RCVD_STAMP.search(raw)
-        if m is not None and (t := _parsed_epoch(m.group(0).strip())) is not None:
+        if m is not None and (t := sa_date_epoch(m.group(0))) is not None:
             diffs.append(date - t)
     if len(diffs) > 1 and diffs[-1] == 0:
         diffs.pop()
