@@ -194,3 +194,22 @@ def test_sa_body_rules_read_blanks_collapsed(sa_check, tmp_path):
     assert "FIN_FREE" in _sa_hits(sa_check, raw)
     (tmp_path / "r.cf").write_text("body TWO_BLANKS /Financial  Independence/\nscore TWO_BLANKS 1\n")
     assert "TWO_BLANKS" in _sa_hits(RulesCheck(load_rules([tmp_path], engine="python")), raw)
+
+
+def test_sa_html_includes_attached_html_files(sa_check):
+    """SpamAssassin reads a part named like an HTML file as HTML whatever its type: an attached
+    offer.html with an <html> tag and an image is no HTML_MIME_NO_HTML_TAG but HTML_IMAGE_ONLY_04
+    (as spamd -L says of this message)."""
+    import base64
+
+    page = base64.encodebytes(b'<html><head><title>x</title></head><body><img src="http://img.example.com/a.png">'
+                              b"Order now</body></html>\r\n").decode()
+    raw = (_HEAD + 'Content-Type: multipart/mixed; boundary="B"\n\n'
+           '--B\nContent-Type: text/html; charset="iso-8859-1"\n\n'
+           "<p>To order please open <b>offer.html</b> in the attachment</p>\n"
+           '--B\nContent-Type: application/octet-stream; name="offer.html"\nContent-Transfer-Encoding: base64\n'
+           'Content-Disposition: attachment; filename="offer.html"\n\n' + page + "--B--\n")
+    hits = _sa_hits(sa_check, raw)
+    assert "MIME_HTML_ONLY" in hits and "__TAG_EXISTS_HTML" in hits
+    assert "HTML_MIME_NO_HTML_TAG" not in hits
+    assert [n for n in hits if n.startswith("HTML_IMAGE_ONLY_")] == ["HTML_IMAGE_ONLY_04"]

@@ -394,13 +394,21 @@ def sa_html_image_only(msg: Message, lo: float, hi: float) -> tuple[bool, list[s
     (:func:`_html_source_length`), not of its text as our own eval counts it: SpamAssassin's
     HTML parser adds up the length of the input it is given, and its HTML_IMAGE_ONLY_* bands
     (up to 3,200) are drawn on that."""
-    for part in msg.parts:
-        if part.content_type != "text/html":
-            continue
+    for part in sa_html_parts(msg):
         n = _html_source_length(part)
         if lo < n <= hi and _IMG_TAG_BYTES.search(part.body) is not None:
             return True, [f"{n} characters of HTML"]
     return False, []
+
+
+def sa_html_parts(msg: Message) -> list[Part]:
+    """The parts SpamAssassin reads as HTML: the text/html ones, and any other named like an HTML
+    file (``*.html``, ``*.htm``, ``*.shtml``), whatever its type says (spam attaches its page as
+    ``application/octet-stream; name="offer.html"``)."""
+    return [p for p in msg.parts if p.content_type == "text/html" or _HTML_FILE.search(p.filename or "")]
+
+
+_HTML_FILE = re.compile(r"\.s?html?$", re.I)
 
 
 def _html_source_length(part: Part) -> int:
@@ -725,6 +733,20 @@ def html_tag_exists(msg: Message, tag: str) -> bool:
 def _tag_start(tag: str) -> re.Pattern[str]:
     """``<tag`` as a whole word in any case (one pattern per tag, built once)."""
     return re.compile(r"<" + re.escape(tag) + r"\b", re.I)
+
+
+@register("html_tag_exists", ("body", "rawbody"), (str,), spamassassin=True)
+def sa_html_tag_exists(msg: Message, tag: str) -> bool:
+    """SpamAssassin's ``html_tag_exists``: a ``<tag`` element in one of the parts it reads as HTML
+    (:func:`sa_html_parts`), an attached ``*.html`` file's included."""
+    pattern = _tag_start_bytes(tag)
+    return any(pattern.search(p.body) is not None for p in sa_html_parts(msg))
+
+
+@lru_cache(maxsize=64)
+def _tag_start_bytes(tag: str) -> re.Pattern[bytes]:
+    """:func:`_tag_start` for a part's bytes."""
+    return re.compile(rb"<" + re.escape(tag.encode("utf-8")) + rb"\b", re.I)
 
 
 _IMG_TYPES = {"gif": ("image/gif",), "png": ("image/png",), "jpeg": ("image/jpeg", "image/jpg", "image/pjpeg")}
