@@ -213,3 +213,24 @@ def test_sa_html_includes_attached_html_files(sa_check):
     assert "MIME_HTML_ONLY" in hits and "__TAG_EXISTS_HTML" in hits
     assert "HTML_MIME_NO_HTML_TAG" not in hits
     assert [n for n in hits if n.startswith("HTML_IMAGE_ONLY_")] == ["HTML_IMAGE_ONLY_04"]
+
+
+def test_mimeheader_rules_match_each_part_alone(sa_check, tmp_path):
+    """A mimeheader rule tests each part's header on its own, as SpamAssassin does: ``^...$`` holds
+    for one of two images' Content-IDs (spamd -L gives this message PART_CID_STOCK and
+    PART_CID_STOCK_LESS), and a pattern that could run on into the next value does not."""
+    gif = "R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7\n"
+    raw = (_HEAD + 'Content-Type: multipart/related; boundary="B"\n\n'
+           '--B\nContent-Type: text/html\n\n<html><body><img src="cid:001f01c232ad$3ee2d7e0$7f16e7d8@mailbox">'
+           "</body></html>\n"
+           '--B\nContent-Type: image/gif; name="image001.gif"\nContent-Transfer-Encoding: base64\n'
+           "Content-ID: <001f01c232ad$3ee2d7e0$7f16e7d8@mailbox>\n\n" + gif +
+           '--B\nContent-Type: image/gif; name="image002.gif"\nContent-Transfer-Encoding: base64\n'
+           "Content-ID: <002001c232ad$3ee5e520$7f16e7d8@mailbox>\n\n" + gif + "--B--\n")
+    hits = _sa_hits(sa_check, raw)
+    assert "PART_CID_STOCK" in hits and "PART_CID_STOCK_LESS" in hits
+    (tmp_path / "r.cf").write_text("mimeheader CID_ONE Content-ID =~ /^<001f\\S+>$/\n"
+                                   "mimeheader CID_SPAN Content-ID =~ /mailbox>\\s<002/\n")
+    for engine in ("python", "hyperscan") if hyperscan_available() else ("python",):
+        own = _sa_hits(RulesCheck(load_rules([tmp_path], engine=engine, cache_dir=None)), raw)
+        assert "CID_ONE" in own and "CID_SPAN" not in own, engine

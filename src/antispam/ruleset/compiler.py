@@ -364,9 +364,9 @@ def _compile_one(rule: RuleDef, rid: int, report: CompileReport, spamassassin: b
         if bad:
             raise _Refused(f"header accessor :{'/'.join(sorted(bad))} is not supported")
     assert rule.pattern is not None
-    # Body and URI buffers hold one paragraph / one URI per line, so ^ and $
-    # must see line starts and ends, as SpamAssassin's per-paragraph matching does.
-    force_m = rule.kind in ("body", "uri")
+    # Body, URI and MIME header buffers hold one paragraph / one URI / one part's value per line,
+    # so ^ and $ must see line starts and ends, as SpamAssassin's matching of each alone does.
+    force_m = rule.kind in ("body", "uri", "mimeheader")
     try:
         t = translate(rule.pattern, rule.flags, force_multiline=force_m)
     except Unsupported as exc:

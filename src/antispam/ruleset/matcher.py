@@ -339,9 +339,11 @@ class _PyRule:
 
 def per_line(group: str, rule) -> bool:  # type: ignore[no-untyped-def]
     """Whether ``rule``'s matches in ``group`` must be confined to one line: a uri rule (one link
-    per line of its buffer; SpamAssassin matches each link alone) whose pattern could match a
-    line break, like ``[^/]+``."""
-    return group in ("uri", SA_URI) and rule.py is not None and not match_shape(rule.py, rule.py_flags)[0]
+    per line of its buffer; SpamAssassin matches each link alone) or a mimeheader rule (one part's
+    value per line; SpamAssassin matches each part's alone) whose pattern could match a line
+    break, like ``[^/]+``."""
+    return ((group in ("uri", SA_URI) or group.startswith("mime:")) and rule.py is not None
+            and not match_shape(rule.py, rule.py_flags)[0])
 
 
 def _width(pattern: bytes, flags: int) -> tuple[int, int] | None:
