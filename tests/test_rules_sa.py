@@ -234,3 +234,29 @@ def test_mimeheader_rules_match_each_part_alone(sa_check, tmp_path):
     for engine in ("python", "hyperscan") if hyperscan_available() else ("python",):
         own = _sa_hits(RulesCheck(load_rules([tmp_path], engine=engine, cache_dir=None)), raw)
         assert "CID_ONE" in own and "CID_SPAN" not in own, engine
+
+
+@pytest.mark.parametrize("link, forms", [
+    # SpamAssassin 4.0.1's own list of each (its uri_list_canonicalize, run in Perl), the link as written left out
+    ("http://8%31%2E%39.%38.%34%2F%4Eew%4Co%61nOp", ["http://81.9.8.4/NewLoanOp"]),
+    ("http://freetravel@66.46.145.35/members/travel/", ["http://66.46.145.35/members/travel/"]),
+    ("http:\\\\www.x.com?a=1", ["http://www.x.com/?a=1"]),
+    ("http://www.x.com:80/a", ["http://www.x.com/a"]),
+    ("http://0x42.0102.0.1/x", ["http://66.66..1/x"]),
+    ("http://1113343453/", ["http://66.92.69.221/"]),
+    ("http://foo/", ["http://www.foo.com/"]),
+    ("http://a.com/r?u=http://b.example.org/x&y=1", ["http://b.example.org/x"]),
+    ("www.x.com/&#46;&#x2e;&#12290;", ["http://www.x.com/..."]),
+    ("http://www.example.com/", []),
+])
+def test_sa_uri_list_holds_the_forms_spamassassin_adds(link, forms):
+    from antispam.ruleset.sa_uri import _web_variants
+
+    assert sorted(set(_web_variants(link))) == forms
+
+
+def test_sa_uri_rules_read_decoded_links(sa_check):
+    """A link whose host is written in escapes is listed decoded too: NUMERIC_HTTP_ADDR and
+    NORMAL_HTTP_TO_IP hit (as with spamd -L)."""
+    hits = _sa_hits(sa_check, _HEAD + "Content-Type: text/plain\n\nApply at http://%38%31.9.8%2E%34%2Floans today.\n")
+    assert "NUMERIC_HTTP_ADDR" in hits and "NORMAL_HTTP_TO_IP" in hits

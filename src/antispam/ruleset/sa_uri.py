@@ -4,8 +4,10 @@ This project's uri rules read :attr:`Message.urls <antispam.message.Message.urls
 reader can follow to a web page.  SpamAssassin lists e-mail links as well, and its rules are
 written for that: ``__UNSUB_LINK`` looks for "unsubscribe" in any link, and a list's footer
 ("send an email to foo-unsubscribe@lists.example") gives it one.  So the rules read from its
-files (:data:`.compiler.SA_URI`) get our links followed by the ``mailto:`` links SpamAssassin
-finds, described here from its documented behaviour:
+files (:data:`.compiler.SA_URI`) get our links, the other forms SpamAssassin lists of each
+(decoded, without a user name or a default port, an IP address in decimal, a redirector's
+target: :func:`_web_variants`), then the ``mailto:`` links it finds, described here from its
+documented behaviour:
 
 * every ``mailto:`` link of the HTML, as written;
 * every address in the text (the subject and the readable text), found as Thunderbird finds
@@ -22,7 +24,7 @@ import re
 from typing import Iterable
 
 from ..domains import known_tld
-from ..message import Message, Url
+from ..message import Message, Url, url_host
 from .evals import per_message
 
 #: what ends a web link, and what ends an address too (these and any non-ASCII character)
@@ -48,20 +50,113 @@ _MISREAD_PREFIX = re.compile(r"^(?:skype|e?-?mail)?:+", re.I | re.A)
 _PATH_BEFORE_AT = re.compile(r"/.+@", re.S)
 #: a percent escape of a printable character other than the space, decoded as mail clients do
 _PRINTABLE_ESCAPE = re.compile(r"%(?!20|7[fF])([2-7][0-9a-fA-F])")
+_HTTP_SLASHES = re.compile(r"^(https?:)/{0,2}", re.I)
+_SCHEME = re.compile(r"[-_a-z0-9]+:", re.I | re.A)
+_BARE_HOST_QUERY = re.compile(r"^(https?://[^/?#]+)([?#])", re.I)
+_CHAR_REFERENCE = re.compile(r"&#(?:x0*([0-9a-f]+)|0*(\d+));", re.I | re.A)
+_HTTP_PORT = re.compile(r"^:80\b")
+_HTTPS_PORT = re.compile(r"^:443\b")
+_USER_NAME = re.compile(r"^[^@]+@")
+#: scheme, user name, host, the rest (from the port on), the port
+_WEB_PARTS = re.compile(r"^(https?://)([^@/?#]*@)?([^/?#:]+)((?::(\d*))?.*)$", re.I | re.S)
+_REDIRECT = re.compile(r"(https?:/{0,2}[^&#]+)", re.I)
+_NOT_ALNUM = "".join(chr(c) for c in range(128) if not chr(c).isalnum())
+_DOTTED_NUMBERS = re.compile(r"^(?:(?:0x[0-9a-f]+|\d+)\.){3}(?:0x[0-9a-f]+|\d+)$", re.I | re.A)
+_ONE_NUMBER = re.compile(r"^(?:0x[0-9a-f]+|\d+)$", re.I | re.A)
+_OCTAL_OCTET = re.compile(r"^0+([1-3][0-7]{0,2}|[4-7][0-7]?)$", re.A)
+_ONE_WORD_HOST = re.compile(r"^(?:www\.)?([^.]+)$", re.I)
 
 
 @per_message
 def sa_uri_links(msg: Message) -> tuple[Url, ...]:
-    """Our links, then the ``mailto:`` links SpamAssassin lists (each once): line k of the
-    buffer of SpamAssassin's uri rules is link k."""
+    """Our links, then the other forms SpamAssassin lists of them (:func:`_web_variants`), then
+    the ``mailto:`` links it lists (each once): line k of the buffer of SpamAssassin's uri rules
+    is link k."""
     seen = {u.url for u in msg.urls}
     extra: list[Url] = []
+    for u in msg.urls:
+        for variant in _web_variants(u.url):
+            if variant not in seen:
+                seen.add(variant)
+                extra.append(Url(url=variant, host=url_host(variant), source=u.source))
     for url, source in _mail_links(msg):
         for variant in _with_bare_address(url):
             if variant not in seen:
                 seen.add(variant)
                 extra.append(Url(url=variant, host=_mail_host(variant), source=source))
     return (*msg.urls, *extra) if extra else msg.urls
+
+
+def _web_variants(url: str, depth: int = 0) -> list[str]:
+    """The forms SpamAssassin adds to its list for a web link, besides the link as written: with
+    escapes of printable characters and character references decoded, backslashes read as
+    slashes, ``http:`` given its ``//`` and a bare host its ``/``; and from that, the link with a
+    default port dropped, without a user name before an IP address or junk after the host, with
+    an IP address's octets in decimal (``0x42.0102...``, ``1113343453``), a one-word host as
+    ``www.WORD.com`` (as Firefox guesses), and a link written in its query (a redirector's
+    target, with its own forms)."""
+    n = _HTTP_SLASHES.sub(r"\1//", url.replace("\\", "/"), count=1)
+    if "%" in n:
+        n = _PRINTABLE_ESCAPE.sub(lambda e: chr(int(e.group(1), 16)), n)
+    if not _SCHEME.match(n):
+        n = ("ftp://" if n[:4].lower() == "ftp." else "http://") + n
+    n = _BARE_HOST_QUERY.sub(r"\1/\2", n, count=1)
+    n = _CHAR_REFERENCE.sub(_printable_reference, n)
+    out = [n] if n != url else []
+    m = _WEB_PARTS.match(n)
+    if m is None:
+        return out
+    proto, auth, host, rest, port = m.group(1), m.group(2) or "", m.group(3), m.group(4), m.group(5)
+    if port is not None:
+        default = (_HTTP_PORT if proto.lower() == "http://" else _HTTPS_PORT).sub("", rest, count=1)
+        if default != rest:
+            out.append(proto + host + default)
+    redirect = _REDIRECT.search(rest)
+    if redirect is not None and "." in redirect.group(1) and depth < 2:
+        out += [redirect.group(1), *_web_variants(redirect.group(1), depth + 1)]
+    unnamed = _USER_NAME.sub("", host, count=1)  # what is before an "@" in the host is a user name
+    if unnamed != host:
+        host = unnamed
+        out.append(proto + host + rest)
+    trimmed = host.rstrip(_NOT_ALNUM)
+    if trimmed != host:
+        host = trimmed
+        out.append(proto + host + rest)
+    ip = _decimal_ip(host)
+    if ip is not None:
+        out.append(proto + ip + rest)
+    elif proto.lower() == "http://" and not auth and port in (None, "80") and host.lower() != "localhost":
+        one_word = _ONE_WORD_HOST.match(host.lower())
+        if one_word is not None:
+            out.append(f"{proto}www.{one_word.group(1)}.com{rest}")
+    return out
+
+
+def _decimal_ip(host: str) -> str | None:
+    """An IP address written with hexadecimal or octal octets (``0x42.0102.0.1``), or as one
+    number (``1113343453``, ``0x425e0001``), in dotted decimal; None for any other host."""
+    if _DOTTED_NUMBERS.match(host):
+        return ".".join(str(_octet(o)) for o in host.split("."))
+    if _ONE_NUMBER.match(host):
+        value = int(host[-8:], 16) if host[:2].lower() == "0x" else int(host)
+        return ".".join(str((value >> s) & 255) for s in (24, 16, 8, 0))
+    return None
+
+
+def _octet(text: str) -> int | str:
+    """One octet as a browser reads it: ``0x..`` hexadecimal, a leading 0 octal (up to 377)."""
+    if text[:2].lower() == "0x":
+        return int(text[2:], 16)
+    octal = _OCTAL_OCTET.match(text)
+    if octal is not None:
+        return int(octal.group(1), 8)
+    return text.lstrip("0")  # "0" too becomes "", as SpamAssassin writes it
+
+
+def _printable_reference(m: re.Match[str]) -> str:
+    """A numeric character reference of a printable ASCII character, decoded; others kept."""
+    code = int(m.group(1), 16) if m.group(1) is not None else int(m.group(2))
+    return chr(code) if 0x21 <= code <= 0x7E else "." if code in (0x3002, 0xFF0E, 0xFF61) else m.group(0)
 
 
 def _mail_links(msg: Message) -> Iterable[tuple[str, str]]:
