@@ -65,6 +65,10 @@ _DOTTED_NUMBERS = re.compile(r"^(?:(?:0x[0-9a-f]+|\d+)\.){3}(?:0x[0-9a-f]+|\d+)$
 _ONE_NUMBER = re.compile(r"^(?:0x[0-9a-f]+|\d+)$", re.I | re.A)
 _OCTAL_OCTET = re.compile(r"^0+([1-3][0-7]{0,2}|[4-7][0-7]?)$", re.A)
 _ONE_WORD_HOST = re.compile(r"^(?:www\.)?([^.]+)$", re.I)
+#: a link of the common shape, a scheme, a host of letters, digits and dots ending in a label that
+#: starts with a letter, and a path without escapes, backslashes, character references or "@"
+_PLAIN_LINK = re.compile(r"^https?://(?:[a-z0-9-]+\.)+(?:[a-z][a-z0-9-]*[a-z0-9]|[a-z])(?:/(?:[^%\\@&]|&(?!#))*)?$",
+                         re.I | re.A | re.S)
 
 
 @per_message
@@ -75,6 +79,8 @@ def sa_uri_links(msg: Message) -> tuple[Url, ...]:
     seen = {u.url for u in msg.urls}
     extra: list[Url] = []
     for u in msg.urls:
+        if _PLAIN_LINK.match(u.url) and _plain_host(u.url):
+            continue  # nothing to add: no escape, port, user name, redirector, odd or one-word host
         for variant in _web_variants(u.url):
             if variant not in seen:
                 seen.add(variant)
@@ -130,6 +136,13 @@ def _web_variants(url: str, depth: int = 0) -> list[str]:
         if one_word is not None:
             out.append(f"{proto}www.{one_word.group(1)}.com{rest}")
     return out
+
+
+def _plain_host(link: str) -> bool:
+    """Whether a link :data:`_PLAIN_LINK` matches has a host of two words at least besides a
+    leading ``www.`` and no link in its path or query (most links: nothing to add for them)."""
+    host = link[link.index("//") + 2:].partition("/")[0].lower()
+    return (host.count(".") > 1 or not host.startswith("www.")) and "http" not in link[8:].lower()
 
 
 def _decimal_ip(host: str) -> str | None:
