@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from antispam.check import ScanContext
+from antispam.config import Config
 from antispam.engine import Engine
+from antispam.message import Message
 from antispam.errors import RuleError
 from antispam.ruleset import compile_rules, load_rules
 from antispam.ruleset.check import RuleHits, RulesCheck
@@ -358,3 +361,22 @@ def test_an_engine_logs_what_its_rule_files_had_ignored(tmp_path, caplog):
     said = "\n".join(r.getMessage() for r in caplog.records)
     assert f"{local}:2: ignored: unknown directive 'scroe'" in said, said
     assert f"{local}:3:" in said and "LOCAL_NOWHERE" in said, said
+
+
+@pytest.mark.parametrize("engine", ["python", "hyperscan"])
+def test_case_insensitive_rules_ending_in_words_find_any_case(tmp_path, engine):
+    """A case-insensitive pattern that ends in letters, a blank and more letters is found in capitals
+    too: the Python search stopped at the last exact occurrence of the pattern's final literal
+    (``matcher.last_literal``), which kept " back guarantee" of ``/money back guarantee/i`` as
+    written and so never searched a body that shouts it (SpamAssassin's MONEY_BACK and EXCUSE_4
+    missed on the corpus)."""
+    if engine == "hyperscan" and not hyperscan_available():
+        pytest.skip("hyperscan not installed")
+    (tmp_path / "r.cf").write_text("body MB /money back guarantee/i\nbody EX4 /To Be Removed,? Please/i\n"
+                                   "body LOOK /(?<!no )money back guarantee/i\n")
+    check = RulesCheck(load_rules([tmp_path], engine=engine, cache_dir=None))
+    for body, want in [("30 DAY MONEY BACK GUARANTEE! yes", {"MB", "LOOK"}), ("To be removed please reply", {"EX4"})]:
+        msg = Message(f"Subject: x\n\n{body}\n".encode())
+        ctx = ScanContext(msg.envelope, Config())
+        check.run(msg, ctx)
+        assert set(ctx.get(RuleHits).counts) == want, body

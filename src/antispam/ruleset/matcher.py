@@ -181,8 +181,8 @@ def last_literal(pattern: bytes, flags: int) -> bytes | None:
     """The literal bytes a pattern's every match ends with, when nothing in it looks past a byte it
     matched (no look-ahead, no ``$`` or ``\\Z``): see :func:`_search_to_last`; else None.
 
-    Case-insensitive patterns keep only the trailing bytes that are not letters, since ``rfind``
-    is exact."""
+    Case-insensitive patterns keep only the bytes after their last letter, since ``rfind`` is
+    exact (``money back guarantee`` has none left, ``guarantee!`` keeps ``!``)."""
     try:
         tree = parsed(pattern, flags)
     except Exception:
@@ -194,8 +194,7 @@ def last_literal(pattern: bytes, flags: int) -> bytes | None:
             break
         lit.insert(0, av)
     if tree.state.flags & re.IGNORECASE:
-        while lit and bytes(lit[:1]).isalpha():
-            del lit[0]
+        del lit[:max((i + 1 for i, b in enumerate(lit) if bytes((b,)).isalpha()), default=0)]
     if not lit or not _looks_back_only(items):
         return None
     return bytes(lit)
