@@ -474,8 +474,11 @@ def _dsn_session(port: int, subject: str) -> None:
                    rcpt_options=["NOTIFY=NEVER", "ORCPT=rfc822;Bo@Rcpt.test"])
 
 
-def _dsn_commands(sink: Sink) -> list[str]:
-    return [c.partition(" ")[2] for c in sink.commands]
+def _assert_dsn_passed_on(sink: Sink) -> None:
+    """The next hop got the MAIL and RCPT of ``_dsn_session`` with their DSN parameters as sent."""
+    mail, rcpt = [c.partition(" ")[2] for c in sink.commands]
+    assert "ENVID=Env42x" in mail.split() and "RET=HDRS" in mail.split(), mail
+    assert rcpt.split()[1:] == ["ORCPT=rfc822;Bo@Rcpt.test", "NOTIFY=NEVER"], rcpt
 
 
 def test_content_filter_passes_dsn_requests_on():
@@ -497,9 +500,7 @@ def test_content_filter_passes_dsn_requests_on():
         _dsn_session(p.port, "cf dsn")
         (got,) = sink.wait_for(marker("cf dsn"))
         assert b"X-Spam-Flag: " in got[2]  # scanned
-        mail, rcpt = _dsn_commands(sink)
-        assert "ENVID=Env42x" in mail.split() and "RET=HDRS" in mail.split(), mail
-        assert rcpt.split()[1:] == ["ORCPT=rfc822;Bo@Rcpt.test", "NOTIFY=NEVER"], rcpt
+        _assert_dsn_passed_on(sink)
     finally:
         proc.kill()
         proc.wait()
@@ -525,9 +526,7 @@ def test_proxy_filter_takes_dsn_requests():
     try:
         _dsn_session(p.port, "pf dsn")
         assert len(sink.wait_for(marker("pf dsn"))) == 1
-        mail, rcpt = _dsn_commands(sink)
-        assert "ENVID=Env42x" in mail.split() and "RET=HDRS" in mail.split(), mail
-        assert rcpt.split()[1:] == ["ORCPT=rfc822;Bo@Rcpt.test", "NOTIFY=NEVER"], rcpt
+        _assert_dsn_passed_on(sink)
     finally:
         filt.stop()
         p.stop()
