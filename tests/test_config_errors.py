@@ -91,6 +91,10 @@ def test_infinite_numbers_are_rejected(tmp_path, text, key):
     ("[classifier]\nclues = 65\n", "classifier.clues"),               # past the kernels' MAX_CLUES
     ("[ratelimit]\nenabled = true\nip_rate = 60\n", "ratelimit.ip_burst"),  # a rate with no burst
     ("[servers.milter]\nreject_reply = \"550 no\"\n", "servers.milter.reject_reply"),
+    # RFC 5321 4.5.3.1.5: 512 octets a line with its CRLF; libmilter: at most 32 lines
+    ("[servers.milter]\nreject_reply = \"550 5.7.1 " + "x" * 501 + "\"\n", "servers.milter.reject_reply"),
+    ("[servers.smtp]\ntempfail_reply = \"451 4.7.1 " + "x" * 501 + "\"\n", "servers.smtp.tempfail_reply"),
+    ("[servers.milter]\nreject_reply = \"" + "550-5.7.1 x\\n" * 32 + "550 5.7.1 x\"\n", "servers.milter.reject_reply"),
 ])
 def test_out_of_range_numbers_are_rejected(tmp_path, text, key):
     err, f = load_error(tmp_path, text)

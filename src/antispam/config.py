@@ -162,14 +162,28 @@ def reply_lines(text: str) -> list[str]:
     return text.rstrip("\r\n").replace("\r\n", "\n").split("\n")
 
 
+#: the longest reply line, without its CRLF: RFC 5321 section 4.5.3.1.5 (512 octets with it)
+MAX_REPLY_LINE = 510
+#: the most lines of a reply a milter may set (libmilter's smfi_setmlreply)
+MAX_REPLY_LINES = 32
+
+
 def _check_reply(text: str, key: str, classes: str, multiline: bool = True) -> None:
     """Raise ConfigError unless ``text`` is an SMTP reply of a class in ``classes`` as Postfix takes it
     (from a milter, the strictest): every line ``ddd X.Y.Z text`` with the same code, ``-`` after it
     on all lines but the last
-    (RFC 5321 section 4.2.1); one line only unless ``multiline``."""
+    (RFC 5321 section 4.2.1); one line only unless ``multiline``.  Lines are bounded as RFC 5321
+    bounds them and as libmilter does: Postfix passes a longer one on to the client, which may cut
+    or refuse it, so a typo'd reply is caught when the configuration loads, not at the first spam."""
     lines = reply_lines(text)
     if not multiline and len(lines) > 1:
         raise ConfigError(f"{text!r}: the SMTP filter's replies are one line", key=key)
+    if len(lines) > MAX_REPLY_LINES:
+        raise ConfigError(f"a reply of {len(lines)} lines: at most {MAX_REPLY_LINES} (libmilter's limit)", key=key)
+    for line in lines:
+        if len(line) > MAX_REPLY_LINE:  # the line's characters are ASCII (checked below)
+            raise ConfigError(f"a reply line of {len(line)} characters: at most {MAX_REPLY_LINE} "
+                              "(RFC 5321 section 4.5.3.1.5: 512 octets with its CRLF)", key=key)
     for i, line in enumerate(lines):
         m = _REPLY_LINE.fullmatch(line)
         if m is None or m.group(1) not in classes or line[:3] != lines[0][:3] or (m.group(2) == " ") != (i == len(lines) - 1):
