@@ -103,6 +103,30 @@ def test_trusted_client_is_not_asked(dns):
     assert not v.has("TEST_BL")
 
 
+GATEWAY_MSG = (b"Received: from gw.ours.example (gw.ours.example [10.0.0.5]) by scan.ours.example; Mon, 2 Nov 2026 10:00:01 +0000\n"
+               b"Received: from dsl.example (dsl.example [5.6.7.8]) by gw.ours.example; Mon, 2 Nov 2026 10:00:00 +0000\n"
+               b"Received: from forged.example (forged.example [11.1.1.1]) by dsl.example; Mon, 2 Nov 2026 09:59:00 +0000\n"
+               b"Subject: hi\n\nbody\n")
+
+
+def test_behind_a_trusted_gateway_the_last_external_hop_is_the_client(dns):
+    """Client 10.0.0.5 is our own gateway: 5.6.7.8, the hop it received from, stands for the client, so a
+    client-only code counts and a client-only allow list is asked (SpamAssassin's -lastexternal and
+    -firsttrusted); the forged hop below it is only ever a relay, never the allow list's client."""
+    lists = {"bl": LISTS["bl"], "wl": {**LISTS["wl"], "inputs": ["client_ip"]}}
+    v = engine(dns, lists=lists, trusted_networks=["10.0.0.0/8"]).scan(GATEWAY_MSG, Envelope(client_ip="10.0.0.5"))
+    assert v.symbols["TEST_BL_POLICY"].options == ("5.6.7.8 127.0.0.3",)
+    assert not v.has("TEST_WL")
+    # A hop without an IP breaks the trusted chain: nothing below it is taken for the client.
+    local = b"Received: by gw.ours.example (Postfix, from userid 0); Mon, 2 Nov 2026 10:00:01 +0000\n" + GATEWAY_MSG
+    v = engine(dns, lists=lists, trusted_networks=["10.0.0.0/8"]).scan(local, Envelope(client_ip="10.0.0.5"))
+    assert not v.has("TEST_BL_POLICY")
+    # The allow list is asked about the last external hop, and only about it.
+    wl_first = GATEWAY_MSG.replace(b"[5.6.7.8]", b"[11.1.1.1]", 1)
+    v = engine(dns, lists=lists, trusted_networks=["10.0.0.0/8"]).scan(wl_first, Envelope(client_ip="10.0.0.5"))
+    assert v.symbols["TEST_WL"].options == ("11.1.1.1 127.0.15.3",)
+
+
 def test_trusted_network_written_ipv4_mapped_matches_an_ipv4_client(dns):
     """A trusted network written IPv4-mapped (``::ffff:1.2.3.0/120``, as a dual-stack socket shows an
     IPv4 peer) covers the IPv4 client 1.2.3.4, as the servers' allow-list does; one that does not

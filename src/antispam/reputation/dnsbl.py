@@ -6,8 +6,13 @@ once with the other network checks; :meth:`DnsblCheck.arun` then reads the
 answers (from the resolver's cache, so normally without waiting) and turns
 them into symbols through each list's :class:`~antispam.reputation.lists.ListSpec`.
 
-Which Received relays are asked about: the MTA's client IP always (when the
-list takes ``client_ip``); with ``relays``, also the IPs of the Received
+Which address is the client (``client_ip``): the MTA's client IP when it is
+outside ``trusted_networks``; when it is one of our own relays, the "last
+external" hop instead: the newest Received hop whose IP is not trusted, found
+by walking down a chain of trusted hops (each header written by a relay we
+trust, so the address cannot be forged; SpamAssassin's ``-lastexternal`` and
+``-firsttrusted``).  A hop without an IP ends the walk with no client.  Which
+Received relays are asked about: with ``relays``, the IPs of the Received
 headers *below* the last trusted hop.  Walking the chain from the newest
 header, hops whose IP is in ``trusted_networks`` (our own relays) are
 skipped; everything after the first untrusted hop was written by hosts we do
@@ -116,18 +121,47 @@ class DnsblCheck(Check):
                 break
         return out
 
-    def items(self, spec: ListSpec, msg: Message, relays: list[str] | None = None) -> list[tuple[str, str]]:
-        """``(input name, item)`` pairs to ask ``spec`` about."""
+    def client_address(self, msg: Message) -> str | None:
+        """The address the message entered our networks from, if a public list may be asked about it.
+
+        When the MTA's client is one of our own relays (in ``trusted_networks``: a gateway in front
+        of the scanning MTA), asking about the client tells nothing; the sender is the newest
+        Received hop below the chain of trusted hops, and only trusted relays wrote that chain, so
+        this address is as reliable as the client's.  Without it, client-only codes (Spamhaus PBL)
+        and client-only lists (DNSWL) never applied behind a gateway, where SpamAssassin's
+        ``-lastexternal`` / ``-firsttrusted`` rules look at exactly this hop.  A hop without an IP
+        (a local pickup, an unparsed header) breaks the chain: what is below it may be forged.
+        """
+        ip = msg.envelope.client_ip
+        if not ip:
+            return None
+        if in_networks(ip, self.trusted):
+            ip = self._first_untrusted_hop(msg)
+        return ip if ip and lookup_ip(ip) else None
+
+    def _first_untrusted_hop(self, msg: Message) -> str | None:
+        """The IP of the newest Received hop outside ``trusted_networks``, reached through trusted hops only."""
+        for relay in msg.received:
+            if not relay.ip:
+                return None
+            if not in_networks(relay.ip, self.trusted):
+                return relay.ip
+        return None
+
+    def items(self, spec: ListSpec, msg: Message, relays: list[str] | None = None,
+              client: str | None = None) -> list[tuple[str, str]]:
+        """``(input name, item)`` pairs to ask ``spec`` about (``client``: :meth:`client_address`)."""
         env = msg.envelope
+        if client is None:
+            client = self.client_address(msg)
         out: list[tuple[str, str]] = []
         for inp in spec.inputs:
             if inp == "client_ip":
-                # The same filter as for relays: a private, CGNAT, link-local or scoped client
-                # (a LAN submission, a test) is never sent to a public list.
-                if env.client_ip and not in_networks(env.client_ip, self.trusted) and lookup_ip(env.client_ip):
-                    out.append((inp, env.client_ip))
+                if client:
+                    out.append((inp, client))
             elif inp == "relays":
-                out.extend((inp, ip) for ip in (self.relay_ips(msg) if relays is None else relays) if ip != env.client_ip)
+                out.extend((inp, ip) for ip in (self.relay_ips(msg) if relays is None else relays)
+                           if ip not in (env.client_ip, client))
             elif inp == "urls":
                 seen: set[str] = set()
                 for host in msg.url_hosts:
@@ -166,10 +200,11 @@ class DnsblCheck(Check):
         """Every question of this message to every healthy list."""
         out = []
         relays = self.relay_ips(msg) if any("relays" in s.inputs for s in self.lists) else []
+        client = self.client_address(msg)
         for spec in self.lists:
             if not self.stats[spec.name].healthy:
                 continue
-            for inp, item in self.items(spec, msg, relays):
+            for inp, item in self.items(spec, msg, relays, client):
                 try:
                     q = query_name(spec, item)
                 except ValueError as exc:
