@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from antispam.errors import ConfigError
-from antispam.reputation.lists import KNOWN_LISTS, ListSpec, health_points, lookup_ip, parse_lists, query_name, reverse_ip
+from antispam.reputation.lists import (KNOWN_LISTS, ListSpec, ends_in_number, health_points, lookup_ip, numeric_ipv4, parse_lists,
+                                      query_name, reverse_ip)
 
 
 def spec(**kw):
@@ -102,3 +103,17 @@ def test_bad_list_tables_name_the_key(table, key):
 def test_custom_list_without_codes_gets_a_default_symbol():
     (s,) = parse_lists({}, {"mine": {"zone": "Mine.Test."}}, ())
     assert s.zone == "mine.test" and s.default_symbol == "RBL_MINE"
+
+
+@pytest.mark.parametrize("host, ip", [
+    ("738460676", "44.4.4.4"), ("0x2c040404", "44.4.4.4"), ("0X2C.4.4.4", "44.4.4.4"), ("054.4.4.4", "44.4.4.4"),
+    ("44.4.1028", "44.4.4.4"), ("44.263172", "44.4.4.4"), ("44.4.4.4.", "44.4.4.4"), ("0x", "0.0.0.0"),
+    ("08.1.1.1", None), ("256.1.1.1", None), ("4294967296", None), ("1.2.3.4.5", None), ("example.0x1f", None),
+])
+def test_numeric_hosts_read_as_a_browser_does(host, ip):
+    assert ends_in_number(host) and numeric_ipv4(host) == ip
+
+
+@pytest.mark.parametrize("host", ["example.com", "0x2c.example", "1.2.3.com", "xn--p1ai"])
+def test_hosts_ending_in_a_name_are_domains(host):
+    assert not ends_in_number(host) and numeric_ipv4(host) is None

@@ -164,6 +164,25 @@ def test_uri_bitmask_domains_and_ip_literals(dns):
     assert v.symbols["TEST_URI_GREY"].options == ("badlinks.example (urls) 127.0.0.6",)
 
 
+@pytest.mark.parametrize("host", ["738460676", "0x2c040404", "0x2c.4.4.4", "054.4.4.4", "44.4.1028"])
+def test_numeric_url_hosts_are_asked_as_the_address_a_browser_opens(dns, host):
+    """Each of these hosts opens 44.4.4.4 in a browser (SpamAssassin canonicalises them the same way)."""
+    before = len(dns.queries)
+    v = engine(dns, lists={"uri": LISTS["uri"]}).scan(f"Subject: x\n\nsee http://{host}/x\n".encode(), Envelope())
+    assert v.symbols["TEST_URI_BLACK"].options == ("44.4.4.4 (urls) 127.0.0.2",)
+    assert [q for q, _, _ in dns.queries[before:] if q.endswith(".uri.test") and not q.startswith(("test.", "invalid."))] \
+        == ["4.4.4.44.uri.test"]
+
+
+def test_numeric_url_hosts_that_are_not_public_addresses_are_not_asked(dns):
+    """http://2130706434/ is 127.0.0.2, the test point; 0x7f.0.0.2 was asked as the domain "0.2"."""
+    before = len(dns.queries)
+    body = b"Subject: x\n\nsee http://2130706434/ http://0x7f.0.0.2/ http://08.1.1.1/ http://1.2.3.4.5/\n"
+    v = engine(dns, lists={"uri": LISTS["uri"]}).scan(body, Envelope())
+    assert not v.has("TEST_URI_BLACK")
+    assert [q for q, _, _ in dns.queries[before:] if not q.startswith(("test.", "invalid."))] == []
+
+
 def test_domain_and_hash_lists(dns):
     e = engine(dns, lists={"rhs": LISTS["rhs"], "hash": LISTS["hash"]})
     v = e.scan(MSG, Envelope(mail_from="bounce@mail.spamsender.example", helo="clean.example"))

@@ -51,7 +51,8 @@ from ..config import Config
 from ..domains import is_ip, registered_domain
 from ..message import Message, domain_of
 from ..store import Store
-from .lists import DEFAULT_SCORES, KNOWN_LISTS, ListSpec, health_points, lookup_ip, parse_lists, query_name
+from .lists import (DEFAULT_SCORES, KNOWN_LISTS, ListSpec, ends_in_number, health_points, lookup_ip, numeric_ipv4,
+                    parse_lists, query_name)
 from .netkeys import in_networks, parse_networks
 
 log = logging.getLogger("antispam.dnsbl")
@@ -165,10 +166,12 @@ class DnsblCheck(Check):
             elif inp == "urls":
                 seen: set[str] = set()
                 for host in msg.url_hosts:
-                    if is_ip(host):
+                    if is_ip(host) or ends_in_number(host):
+                        # A numeric host (http://738460676/) is the address a browser opens.
                         # Dropped before the MAX_URL_DOMAINS cap, so links to private or loopback
                         # literals cannot crowd the real domains out of the lookups.
-                        item = host if spec.ip_queries and lookup_ip(host) else None
+                        ip = host if is_ip(host) else numeric_ipv4(host)
+                        item = ip if ip and spec.ip_queries and lookup_ip(ip) else None
                     else:
                         item = registered_domain(host)
                     if item and item not in seen:

@@ -31,6 +31,7 @@ lists' own published facts; check each list's usage terms before enabling it.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -139,6 +140,51 @@ def lookup_ip(ip: str | None) -> Address | None:
     if getattr(addr, "scope_id", None):
         return None
     return addr
+
+
+_NUMBER_RE = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
+_OCTAL_RE = re.compile(r"0[0-7]+")
+
+
+def ends_in_number(host: str) -> bool:
+    """Whether a browser reads ``host`` as an IPv4 address, not a domain (WHATWG URL "ends in a number").
+
+    ``http://738460676/``, ``http://0x2c.4.4.4/`` and ``http://054.4.4.4/`` all open 44.4.4.4: a host
+    whose last label is a number is an address, never a domain with a numeric top-level label.
+    """
+    return bool(_NUMBER_RE.fullmatch(host.rstrip(".").rpartition(".")[2]))
+
+
+def numeric_ipv4(host: str) -> str | None:
+    """The dotted quad a browser opens for a host of 1-4 numbers (decimal, ``0x`` hex, leading-``0``
+    octal; the last number fills the remaining bytes), or None if it is no valid address.
+
+    A URL list must be asked about the address the link leads to: asked as a domain, such a link
+    was either skipped or sent as a meaningless name (``4.4`` for ``0x2c.4.4.4``).
+    """
+    parts = host.rstrip(".").split(".")
+    if not 1 <= len(parts) <= 4 or not all(_NUMBER_RE.fullmatch(p) for p in parts):
+        return None
+    nums = [_ipv4_number(p) for p in parts]
+    if None in nums:
+        return None
+    *head, last = nums
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(nums)):
+        return None
+    value = last
+    for i, n in enumerate(head):
+        value += n << (8 * (3 - i))
+    return ".".join(str((value >> shift) & 255) for shift in (24, 16, 8, 0))
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One number of a numeric host (already matched by ``_NUMBER_RE``), in the base its prefix
+    names; None for a leading-``0`` number with an 8 or 9, which makes the URL invalid in a browser."""
+    if part[:2] in ("0x", "0X"):
+        return int(part[2:] or "0", 16)
+    if len(part) > 1 and part[0] == "0":
+        return int(part, 8) if _OCTAL_RE.fullmatch(part) else None
+    return int(part, 10)
 
 
 def query_name(spec: ListSpec, item: str) -> str | None:
