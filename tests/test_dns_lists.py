@@ -117,3 +117,12 @@ def test_numeric_hosts_read_as_a_browser_does(host, ip):
 @pytest.mark.parametrize("host", ["example.com", "0x2c.example", "1.2.3.com", "xn--p1ai"])
 def test_hosts_ending_in_a_name_are_domains(host):
     assert not ends_in_number(host) and numeric_ipv4(host) is None
+
+
+@pytest.mark.parametrize("domain, ace", [
+    ("faß.de", "xn--fa-hia.de"), ("straße-münchen.de", "xn--strae-mnchen-o9a32b.de"), ("σοφος.gr", "xn--0xaajbq.gr"),
+    ("σοφοσ.gr", "xn--0xaakcn.gr"), ("bücher.de", "xn--bcher-kva.de"), ("xn--fa-hia.de", "xn--fa-hia.de"),
+])
+def test_idn_domains_are_asked_in_the_form_browsers_resolve(domain, ace):
+    """UTS 46 non-transitional (IDNA 2008), not IDNA 2003, which folds ß to ss and ς to σ."""
+    assert query_name(spec(kind="domain", inputs=("mail_from",)), domain) == f"{ace}.bl.test."

@@ -183,6 +183,23 @@ def test_numeric_url_hosts_that_are_not_public_addresses_are_not_asked(dns):
     assert [q for q, _, _ in dns.queries[before:] if not q.startswith(("test.", "invalid."))] == []
 
 
+IDN_MSG = ("From: a@x.example\nSubject: x\nMIME-Version: 1.0\nContent-Type: text/html; charset=utf-8\n\n"
+           '<a href="http://www.fa\u00df.de/x">one</a> <a href="http://stra\u00dfe.de/">two</a>\n').encode()
+
+
+def test_idn_url_domains_are_asked_as_a_browser_encodes_them(dns):
+    """A link to faß.de opens xn--fa-hia.de (UTS 46 non-transitional, as browsers, registries and SpamAssassin
+    with libidn2 encode it); IDNA 2003 asked about fass.de, another domain."""
+    dns.add("xn--fa-hia.de.uri.test", "A", "127.0.0.2")
+    dns.add("fass.de.uri.test", "A", "127.0.0.4")
+    before = len(dns.queries)
+    v = engine(dns, lists={"uri": LISTS["uri"]}).scan(IDN_MSG, Envelope())
+    assert v.symbols["TEST_URI_BLACK"].options == ("faß.de (urls) 127.0.0.2",)
+    assert not v.has("TEST_URI_GREY")
+    asked = {q for q, _, _ in dns.queries[before:] if not q.startswith(("test.", "invalid."))}
+    assert asked == {"xn--fa-hia.de.uri.test", "xn--strae-oqa.de.uri.test"}
+
+
 def test_domain_and_hash_lists(dns):
     e = engine(dns, lists={"rhs": LISTS["rhs"], "hash": LISTS["hash"]})
     v = e.scan(MSG, Envelope(mail_from="bounce@mail.spamsender.example", helo="clean.example"))
