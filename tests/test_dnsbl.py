@@ -234,6 +234,17 @@ def test_known_lists_enable_by_name_and_unknown_is_error(dns):
         Engine(Config.load(overrides={"dns": {"nameservers": ["127.0.0.1"]}, "dnsbl": {"lists": {"bad": {"zone": "x.test", "kind": "weird"}}}}))
 
 
+def test_surbl_blocked_answer_disables_the_list(dns):
+    """SURBL answers 127.0.0.1 (bit 1) to a blocked resolver, for every name: a refusal, not "not listed"
+    (SpamAssassin's SURBL_BLOCKED dns_block_rule, rspamd's SURBL_BLOCKED), so the list is disabled."""
+    dns.add("test.multi.surbl.org", "A", "127.0.0.2")
+    dns.add("blocked-run.example.multi.surbl.org", "A", "127.0.0.1")
+    e = engine(dns, lists={}, enable=["surbl"])
+    v = e.scan(b"Subject: x\n\nsee http://www.blocked-run.example/\n", Envelope())
+    assert "surbl: answered a refused/blocked code for blocked-run.example" in v.symbols["DNSBL_LIST_DISABLED"].options
+    assert e.checks[0].stats["surbl"].healthy is False
+
+
 def test_no_nameserver_means_no_lookups():
     cfg = Config.load(overrides={"dnsbl": {"enable": ["spamhaus_zen"]}})
     e = Engine(cfg)

@@ -286,9 +286,11 @@ KNOWN_LISTS: dict[str, dict[str, Any]] = {
         codes={"127.0.1.2": "URI_DBL_SPAM", "127.0.1.4": "URI_DBL_PHISH", "127.0.1.5": "URI_DBL_MALWARE",
                "127.0.1.6": "URI_DBL_BOTNET"},
         refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, ip_queries=False, description="Spamhaus DBL on URL domains"),
+    # SURBL answers 127.0.0.1 (bit 1) to every question from a blocked resolver.
     "surbl": dict(zone="multi.surbl.org", kind="uri", inputs=("urls",),
                   bitmask={8: "SURBL_PHISH", 16: "SURBL_MALWARE", 64: "SURBL_ABUSE", 128: "SURBL_CRACKED"},
-                  description="SURBL multi: bitmask of phishing, malware, abuse and cracked-site lists"),
+                  refused=frozenset({"127.0.0.1"}),
+                  description="SURBL multi: bitmask of phishing, malware, abuse and cracked-site lists; 127.0.0.1 means blocked"),
     "uribl": dict(zone="multi.uribl.com", kind="uri", inputs=("urls",),
                   bitmask={2: "URIBL_BLACK", 4: "URIBL_GREY", 8: "URIBL_RED"},
                   refused=frozenset({"127.0.0.1"}), description="URIBL multi: 127.0.0.1 means the query was refused"),
