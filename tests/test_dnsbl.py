@@ -200,6 +200,16 @@ def test_idn_url_domains_are_asked_as_a_browser_encodes_them(dns):
     assert asked == {"xn--fa-hia.de.uri.test", "xn--strae-oqa.de.uri.test"}
 
 
+def test_visible_link_is_asked_before_a_padding_of_empty_links(dns):
+    """Twenty-five invisible empty links ahead of the one link with text used to fill the per-list quota of
+    domains, so the link the reader sees was never asked (SpamAssassin asks anchored links first)."""
+    padding = "".join(f'<a href="http://pad{i}.example/"></a>' for i in range(25))
+    body = (f"Subject: x\nContent-Type: text/html\n\n{padding}"
+            '<a href="http://www.badlinks.example/">Claim your prize</a>\n').encode()
+    v = engine(dns, lists={"uri": LISTS["uri"]}).scan(body, Envelope())
+    assert v.symbols["TEST_URI_BLACK"].options == ("badlinks.example (urls) 127.0.0.6",)
+
+
 def test_domain_and_hash_lists(dns):
     e = engine(dns, lists={"rhs": LISTS["rhs"], "hash": LISTS["hash"]})
     v = e.scan(MSG, Envelope(mail_from="bounce@mail.spamsender.example", helo="clean.example"))
