@@ -70,6 +70,20 @@ def test_unsealed_and_key_timeout(server):
     assert list(syms(e.scan(forwarded("slowarc"), ENV), "ARC_")) == ["ARC_TEMPFAIL"]
 
 
+def test_a_recorded_failure_is_not_hidden_by_a_key_timeout(server):
+    """RFC 8617 section 5.2: a newest seal recording cv=fail ends the chain as fail before any key
+    is needed, so a key lookup that timed out makes no temperror of it; a timeout still does when
+    a signature that needed the key did not validate (the chain sealed by the slow key alone)."""
+    relayed = b"Authentication-Results: list.example; arc=fail (broken upstream)\r\n" + forwarded()
+    seal = dkim.arc_sign(relayed, b"slowarc", b"list.example", rsa_key(1024).private, b"list.example",
+                         include_headers=[b"from", b"to", b"subject"])
+    assert seal[0].startswith(b"ARC-Seal: i=2; cv=fail;")
+    v = engine(server).scan(b"".join(seal) + relayed, ENV)
+    assert syms(v, "ARC_") == {"ARC_REJECT": ("i=2", "sealer=list.example", "sealer=list.example")}
+    assert "arc=fail (ARC-Seal[2] reported cv=fail)" in v.authentication_results
+    assert list(syms(engine(server).scan(forwarded("slowarc"), ENV), "ARC_")) == ["ARC_TEMPFAIL"]
+
+
 def test_trusted_sealer_lifts_dmarc_failure(server):
     raw = forwarded()
     v = engine(server).scan(raw, ENV)

@@ -66,22 +66,44 @@ def _key_names(msg: "Message") -> list[str]:
     return names
 
 
-def _misnumbered(raw: bytes) -> str | None:
-    """Why an ARC-Seal or ARC-Message-Signature is not in the set its ``i=`` tag names, or None.
+def _structural_failure(raw: bytes) -> str | None:
+    """Why the chain fails whatever its keys say, or None: what RFC 8617 section 5.2 settles
+    before any signature is checked, so that a key lookup that timed out does not turn it into a
+    temperror.
 
-    dkimpy files each ARC header under the first ``i=<digits>`` its regex finds in the value,
-    which may sit inside another tag (``e=i=2; i=0; ...``), while :func:`_seals` ranks the
-    sealers by the ``i=`` tag itself.  Where the two disagree, the newest sealer we would trust
-    is not the set dkimpy validated as newest: an attacker's set could pass as the trusted
-    list's.  RFC 8617 section 4.2.1: the instance tag names the set, so such a chain fails.
+    - An ARC-Seal or ARC-Message-Signature not in the set its ``i=`` tag names (section 4.2.1).
+      dkimpy files each ARC header under the first ``i=<digits>`` its regex finds in the value,
+      which may sit inside another tag (``e=i=2; i=0; ...``), while :func:`_seals` ranks the
+      sealers by the ``i=`` tag itself.  Where the two disagree, the newest sealer we would trust
+      is not the set dkimpy validated as newest: an attacker's set could pass as the trusted
+      list's.
+    - The newest ARC-Seal records ``cv=fail`` (step 2): a sealer already found the chain broken.
     """
     try:
-        _, grouped = dkimpy.ARC(raw).sorted_arc_headers()
+        newest, grouped = dkimpy.ARC(raw).sorted_arc_headers()
     except Exception:  # a mangled header block: dkimpy's verification reports it
         return None
     for instance, (name, value) in grouped:
-        if name.lower() != b"arc-authentication-results" and _instance(_tags(value) or {}) != instance:
+        if name.lower() == b"arc-authentication-results":
+            continue
+        tags = _tags(value) or {}
+        if _instance(tags) != instance:
             return f"{name.decode('ascii', 'replace')} i= tag does not name its set {instance}"
+        if instance == newest and name.lower() == b"arc-seal" and tags.get(b"cv", b"").strip().lower() == b"fail":
+            return f"ARC-Seal[{instance}] reported cv=fail"
+    return None
+
+
+def _needed_unfetched(results: list[dict], temp: set[str]) -> str | None:
+    """A key that a signature dkimpy found invalid needed and that could not be fetched (a lookup
+    that failed for now), or None: only then is a failed chain a temperror."""
+    for r in results:
+        for kind in ("ams", "as"):
+            if r.get(f"{kind}-valid", True) is False:
+                name = f"{r[f'{kind}-selector'].decode('ascii', 'replace')}._domainkey." \
+                       f"{r[f'{kind}-domain'].decode('ascii', 'replace')}".strip().lower()
+                if name in temp:
+                    return name
     return None
 
 
@@ -95,12 +117,10 @@ def verify_chain(raw: bytes, seals: list[tuple[int, str]], answers: dict[str, An
     if max(instances, len(seals)) > MAX_SETS:
         # dkimpy enforces the limit only when it seals; a chain past it is invalid (RFC 8617 4.2.1)
         return ArcOutcome("fail", instances, sealers, f"more than {MAX_SETS} ARC sets")
-    misnumbered = _misnumbered(raw)
-    if misnumbered:
-        return ArcOutcome("fail", instances, sealers, misnumbered)
-    temp = [n for n, a in answers.items() if a.temporary]
-    if temp:
-        return ArcOutcome("temperror", instances, sealers, f"key lookup failed: {temp[0]}")
+    structural = _structural_failure(raw)
+    if structural:
+        return ArcOutcome("fail", instances, sealers, structural)
+    temp = {n for n, a in answers.items() if a.temporary}
 
     def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes | None:
         key = (name.decode("ascii", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
@@ -109,10 +129,15 @@ def verify_chain(raw: bytes, seals: list[tuple[int, str]], answers: dict[str, An
         return texts[0] if texts else None
 
     try:
-        cv, _results, reason = dkimpy.arc_verify(raw, dnsfunc=dnsfunc, minkey=min_rsa_bits)
+        cv, results, reason = dkimpy.arc_verify(raw, dnsfunc=dnsfunc, minkey=min_rsa_bits)
     except Exception as exc:  # dkimpy on a mangled message
         return ArcOutcome("fail", instances, sealers, f"{type(exc).__name__}: {exc}"[:120])
     text = cv.decode() if isinstance(cv, bytes) else "fail"  # None: a seal recorded cv=fail, chain ended
+    # A signature that did not validate may be the missing key's doing (step 5's "temperror"); a
+    # structural failure dkimpy raised (an incomplete or duplicated set) is a failure whatever the keys.
+    unfetched = _needed_unfetched(results, temp) if temp and "did not validate" in str(reason) else None
+    if unfetched:
+        return ArcOutcome("temperror", instances, sealers, f"key lookup failed: {unfetched}")
     return ArcOutcome(text, instances, sealers, str(reason)[:120])
 
 
