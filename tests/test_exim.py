@@ -201,3 +201,36 @@ def test_rspamd_variant_passes_the_envelope(engine, probe, sink):
     finally:
         e.stop()
         rs.stop()
+
+
+# docs/exim.md's per-recipient line: `spam = $recipients` in the DATA ACL, one recipient per message.
+PER_RECIPIENT_ACL = """\
+  deny    spam       = $recipients
+          message    = Message rejected as spam
+  accept
+"""
+
+
+def test_per_recipient_profile_through_exim(sink):
+    """The documented way to scan under the recipient's profile: ``$recipients`` in the DATA ACL
+    (one recipient per message).  ``${local_part}@${domain}``, which the docs once gave, is empty
+    there (Exim sends ``User: @``: the default profile for everyone), and the ``spam`` condition
+    cannot run in the RCPT ACL, before the message exists."""
+    from antispam import Config
+
+    cfg = Config().merged({"profiles": {"strict": {"actions": {"add header": 2.0}}},
+                           "recipients": {"bo@rcpt.test": "strict"}})
+    port = free_port()
+    st = ServerThread(SpamdServer(Engine(cfg, checks=[Lottery()]), SpamdConfig(port=port)))
+    e = ex.Exim(spamd_port=port, relay_port=sink.port, data_acl=PER_RECIPIENT_ACL)
+    try:
+        raw = ham(subject="Lottery results, exim per-recipient")  # 2.5: spam for bo's profile only
+        r = swaks(e.port, raw, to="bo@rcpt.test")
+        assert r.returncode != 0 and "550 Message rejected as spam" in r.stdout, r.stdout[-1500:]
+        r = swaks(e.port, raw, to="al@rcpt.test")
+        assert r.returncode == 0, r.stdout[-1500:]
+        got = sink.wait_for(marker("exim per-recipient"))
+        assert [rcpts for _, rcpts, _ in got] == [("al@rcpt.test",)]
+    finally:
+        e.stop()
+        st.stop()
