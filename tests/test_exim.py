@@ -234,3 +234,39 @@ def test_per_recipient_profile_through_exim(sink):
     finally:
         e.stop()
         st.stop()
+
+
+class Prize(Check):
+    """Scores 7 for "prize" in the subject: over the add-header threshold (5), under reject (15)."""
+
+    name = "prize"
+    symbols = (SymbolDef("SUBJ_PRIZE", 7.0, "Subject mentions a prize", "test"),)
+
+    def run(self, msg, ctx):  # type: ignore[no-untyped-def]
+        return [Hit("SUBJ_PRIZE", 1.0)] if "prize" in (msg.subject or "").lower() else []
+
+
+def test_rspamd_variant_spam_condition_is_true_at_reject_only(sink):
+    """With ``variant=rspamd`` Exim's ``spam = nobody`` is true when the Metric line's score reaches
+    its required score, which rspamd prints as its reject threshold: against rspamd 3.4 behind
+    this Exim, a message rspamd answers ``add header`` (3.50 / 15.00) is not spam to the condition.
+    antispam printed its add-header threshold there, so the same ACL refused "add header" mail."""
+    acl = """\
+  warn    spam       = nobody:true
+          add_header = X-Spam-Action: $spam_action
+  deny    spam       = nobody
+          message    = Message rejected as spam
+  accept
+"""
+    rs = ServerThread(RspamdHttpServer(Engine(checks=[GtubeCheck(), Prize()]), RspamdHttpConfig(port=0)))
+    e = ex.Exim(spamd_port=rs.port, relay_port=sink.port, data_acl=acl, spamd_options="variant=rspamd")
+    try:
+        r = swaks(e.port, ham(subject="Your prize, exim rspamd add header"))
+        assert r.returncode == 0, r.stdout[-1500:]
+        (got,) = sink.wait_for(marker("exim rspamd add header"))
+        assert b"X-Spam-Action: add header\r\n" in got[2]
+        r = swaks(e.port, spam(subject="exim rspamd reject"))
+        assert r.returncode != 0 and "550 Message rejected as spam" in r.stdout, r.stdout[-1500:]
+    finally:
+        e.stop()
+        rs.stop()

@@ -322,7 +322,8 @@ def test_exim_rspamd_variant(server, parts):
             out += chunk
     m = re.match(rb"RSPAMD/(\S{1,7}) 0 EX_OK\r\nMetric: default; (\S{1,7})\s+([-\d.]+) / ([-\d.]+) / ([-\d.]+)\r\n", out)
     assert m, out[:300]
-    assert m.group(2) == b"True;" and float(m.group(3)) >= 1000 and float(m.group(4)) == 5.0
+    # required is rspamd's: its reject threshold (15), where Exim's `spam =` condition turns true
+    assert m.group(2) == b"True;" and float(m.group(3)) >= 1000 and float(m.group(4)) == 15.0
     assert out[m.end():].startswith(b"Action: reject\r\n") and b"Symbol: GTUBE(" in out
     env, _ = parts[0].seen[-1]
     assert env.client_ip == "192.0.2.33" and env.rcpt_tos == ("bo@rcpt.test",) and env.queue_id == "1a2b3c-0000AB-CD"
@@ -363,18 +364,22 @@ class _AlmostSpam(Check):
 
 def test_exim_rspamd_variant_scores_compare_as_the_verdict():
     """Exim's variant=rspamd reads ``score / required`` from the Metric line and takes
-    ``score >= required`` as spam: a ham at 4.996 of 5 must not print ``5.00 / 5.00``, and a
-    profile without spam actions must not print ``inf``."""
+    ``score >= required`` as spam: required is the reject threshold, as rspamd prints it; a
+    message at 4.996 with reject at 5 (its action: add header) must not print ``5.00 / 5.00``, and
+    a profile without spam actions must not print ``inf``."""
     from antispam import Config
 
-    cfg = Config().merged({"profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
+    cfg = Config().merged({"actions": {"add header": 4.0, "reject": 5.0},
+                           "profiles": {"lenient": {"actions": {"reject": False, "add header": False}}},
                            "recipients": {"carol@rcpt.test": "lenient"}})
     st = ServerThread(RspamdHttpServer(Engine(cfg, checks=[GtubeCheck(), _AlmostSpam()]), RspamdHttpConfig(port=0)))
     metric = re.compile(rb"RSPAMD/\S{1,7} 0 EX_OK\r\nMetric: default; (\S{1,7})\s+([-\d.]+) / ([-\d.]+) / ([-\d.]+)\r\n")
     try:
         raw = ham(eol="\n")
-        m = metric.match(exchange(st.port, b"CHECK RSPAMC/1.3\r\nContent-length: %d\r\n\r\n" % len(raw) + raw))
+        out = exchange(st.port, b"CHECK RSPAMC/1.3\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        m = metric.match(out)
         assert m and m.group(1) == b"False;" and (m.group(2), m.group(3)) == (b"4.99", b"5.00"), m
+        assert b"\r\nAction: add header\r\n" in out
         raw = spam(eol="\n")
         out = exchange(st.port, b"CHECK RSPAMC/1.3\r\nRcpt: <carol@rcpt.test>\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
         m = metric.match(out)

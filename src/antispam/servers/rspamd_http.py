@@ -43,6 +43,7 @@ try:  # a dependency of the servers extra; a zstd-compressed request is refused 
 except ImportError:  # pragma: no cover - depends on the installation
     zstandard = None
 
+from ..config import ACTIONS
 from ..message import Envelope
 from ..verdict import Verdict, shown_required, shown_score
 from .common import Connection, ProtocolError, RequestError, Server, linger, parse_length
@@ -187,20 +188,18 @@ class RspamdHttpServer(Server):
         except Exception:
             await conn.write(f"{version} 70 EX_SOFTWARE scan failed\r\n\r\n".encode())
             return
-        # Exim (variant=rspamd) takes ``score >= required`` from this line as spam: a ham's printed
-        # score stays below the printed required score, and no threshold is printed as "inf".
-        score = shown_score(v.score, v.required_score, v.is_spam, digits=2)
-        required = shown_required(v.required_score)
         symbols = sorted(v.symbols.values(), key=lambda s: (-abs(s.score), s.name))
         if spamc:
+            # a ham's printed score stays below the printed required score, and no threshold is
+            # printed as "inf"
+            score = shown_score(v.score, v.required_score, v.is_spam, digits=2)
             names = (",".join(s.name for s in symbols) + "\r\n").encode()
             await conn.write(f"SPAMD/1.1 0 EX_OK\r\nContent-length: {len(names)}\r\n"
-                             f"Spam: {v.is_spam} ; {score} / {required:.2f}\r\n\r\n".encode() + names)
+                             f"Spam: {v.is_spam} ; {score} / {shown_required(v.required_score):.2f}\r\n\r\n".encode()
+                             + names)
             return
         reject = shown_required(v.thresholds.get("reject", v.required_score))
-        lines = ["RSPAMD/1.3 0 EX_OK",
-                 f"Metric: default; {'True' if v.is_spam else 'False'}; {score} / {required:.2f} / {reject:.2f}",
-                 f"Action: {v.action}"]
+        lines = ["RSPAMD/1.3 0 EX_OK", metric_line(v, reject), f"Action: {v.action}"]
         lines += [f"Symbol: {s.name}({s.score:.2f})" + (f"; {','.join(s.options)}" if s.options else "")
                   for s in symbols]
         await conn.write(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -363,6 +362,36 @@ class RspamdHttpServer(Server):
             why = "no learner took the message (already learned, or no learning check is enabled)"
             return _json(208, {"success": False, "error": why}, keep)
         raise RequestError(404, f"no such endpoint {path}")
+
+
+#: the actions whose thresholds rspamd weighs for its required score (greylist is below them all)
+_SPAM_ACTIONS = ("add header", "rewrite subject", "soft reject", "reject")
+
+
+def rspamd_required(v: Verdict) -> tuple[float, bool]:
+    """rspamd's ``required_score`` for ``v``, and whether the message reaches it.
+
+    rspamd's required score is its highest action threshold (reject's, 15 by default), not the
+    lowest spam one antispam calls ``required_score``; Exim's ``variant=rspamd`` takes ``score >=
+    required`` from the Metric line as spam, so with rspamd ``spam = nobody`` is true for the
+    messages rspamd rejects only.  A message reaches it when its action is that threshold's or more
+    severe (a forced action included, as rspamd counts it); infinite when no spam action is enabled."""
+    enabled = {a: t for a, t in v.thresholds.items() if a in _SPAM_ACTIONS}
+    if not enabled:
+        return float("inf"), False
+    top = max(enabled, key=lambda a: enabled[a])
+    return enabled[top], ACTIONS.index(v.action) >= ACTIONS.index(top)
+
+
+def metric_line(v: Verdict, reject: float) -> str:
+    """The RSPAMC reply's ``Metric: default; True; score / required / reject`` line, the numbers as
+    Exim compares them: required is rspamd's (:func:`rspamd_required`); a message that reaches it
+    prints a score at least that high (rspamd raises a forced action's score to its threshold),
+    one that does not prints a score below it, and no threshold prints as "inf"."""
+    required, reached = rspamd_required(v)
+    score = shown_score(max(v.score, required) if reached else v.score, required, reached, digits=2)
+    return (f"Metric: default; {'True' if reached else 'False'}; {score} / {shown_required(required):.2f}"
+            f" / {reject:.2f}")
 
 
 def _v1(verdict: Verdict) -> dict[str, Any]:
