@@ -270,3 +270,33 @@ def test_rspamd_variant_spam_condition_is_true_at_reject_only(sink):
     finally:
         e.stop()
         rs.stop()
+
+
+def test_message_over_max_size_defers_unless_the_acl_skips_it(sink):
+    """A message over antispam's ``max_size`` is answered ``65 EX_DATAERR``, which Exim cannot
+    parse: ``spam =`` defers and the sender gets 451 at every retry (SpamAssassin's spamd has no
+    size limit, so there it would be scanned).  docs/exim.md's size guard skips the scan instead."""
+    port = free_port()
+    st = ServerThread(SpamdServer(Engine(checks=[GtubeCheck()]), SpamdConfig(port=port, max_size=4096)))
+    guarded = DOCUMENTED_ACL.replace("deny    spam       = nobody\n",
+                                     "deny    condition  = ${if <{$message_size}{3K}}\n          spam       = nobody\n")
+    assert guarded != DOCUMENTED_ACL
+    big = ham(subject="exim too big", body="Minutes of the meeting follow.\n" * 200)  # 6 KB
+    try:
+        e = ex.Exim(spamd_port=port, relay_port=sink.port, data_acl=DOCUMENTED_ACL)
+        try:
+            r = swaks(e.port, big)
+            assert r.returncode != 0 and re.search(r"<\*\* +451 ", r.stdout), r.stdout[-1500:]
+            assert "cannot parse spamd" in e.wait_log("cannot parse spamd")
+        finally:
+            e.stop()
+        e = ex.Exim(spamd_port=port, relay_port=sink.port, data_acl=guarded)
+        try:
+            assert swaks(e.port, big).returncode == 0
+            assert len(sink.wait_for(marker("exim too big"))) == 1
+            r = swaks(e.port, spam(subject="exim small spam"))  # under the guard: still scanned
+            assert r.returncode != 0 and "550 Message rejected as spam" in r.stdout, r.stdout[-1500:]
+        finally:
+            e.stop()
+    finally:
+        st.stop()
