@@ -389,6 +389,28 @@ def test_exim_rspamd_variant_scores_compare_as_the_verdict():
         st.stop()
 
 
+class _ForcedReject(Check):
+    """Forces ``reject`` at a score of 1 (as a rate limit may): the action, not the score, decides."""
+
+    name = "forced_reject"
+    symbols = (SymbolDef("FORCED_REJECT", 1.0, "forces reject", "test"),)
+
+    def run(self, msg, ctx):
+        return [Hit("FORCED_REJECT", 1.0, action="reject")]
+
+
+def test_exim_rspamd_variant_forced_reject_reaches_required():
+    """A forced reject with a low score: rspamd raises a forced action's score to its threshold,
+    so Exim's ``spam =`` (``score >= required`` on the Metric line) agrees with ``Action: reject``."""
+    st = ServerThread(RspamdHttpServer(Engine(checks=[_ForcedReject()]), RspamdHttpConfig(port=0)))
+    try:
+        raw = ham(eol="\n")
+        out = exchange(st.port, b"CHECK RSPAMC/1.3\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        assert out.split(b"\r\n")[1:3] == [b"Metric: default; True; 15.00 / 15.00 / 15.00", b"Action: reject"], out
+    finally:
+        st.stop()
+
+
 def test_settings_id_selects_a_profile(caplog):
     """``Settings-ID`` names the settings the client chose: the ``[profiles]`` entry of that name,
     over the recipient's, in both protocols.  An unknown ID is ignored (rspamd logs it and scans
