@@ -31,6 +31,9 @@ pytestmark = pytest.mark.skipif(why is not None and not os.environ.get("CI"), re
 
 # docs/exim.md's DATA ACL, verbatim.
 DOCUMENTED_ACL = """\
+  # drop X-Spam-Score and X-Spam-Report the message came with: only ours may say what it scored
+  warn    remove_header = X-Spam-Score : X-Spam-Report
+
   # add the score and report to every message (":true": whatever the verdict)
   warn    spam       = nobody:true
           add_header = X-Spam-Score: $spam_score ($spam_bar)
@@ -118,6 +121,19 @@ def test_ham_arrives_once_with_our_score_and_report(spamd, exim, sink, engine, p
     assert raw.rstrip().endswith(b"Shall we meet at noon by the fountain?")
 
 
+def test_forged_score_and_report_are_replaced(spamd, exim, sink):
+    """A sender's own X-Spam-Score / X-Spam-Report (claiming a clean message) do not reach the
+    mailbox next to ours: the documented ACL removes them before adding ours."""
+    raw = ham(subject="exim forged 1").replace(
+        b"MIME-Version", b"X-Spam-Score: -10.0 (----------)\r\nX-Spam-Report: all clean\r\nMIME-Version")
+    r = swaks(exim.port, raw)
+    assert r.returncode == 0, r.stdout[-1500:]
+    (got,) = sink.wait_for(marker("exim forged 1"))
+    head = got[2].split(b"\r\n\r\n", 1)[0]
+    assert head.count(b"X-Spam-Score:") == 1 and head.count(b"X-Spam-Report:") == 1, head
+    assert b"-10.0" not in head and b"all clean" not in head and b"X-Spam-Score: 0.0 (/)" in head
+
+
 def test_spam_is_refused_550_at_end_of_data(spamd, exim, sink):
     r = swaks(exim.port, spam(subject="exim spam 1"))
     assert r.returncode != 0
@@ -170,6 +186,7 @@ def test_spamd_down_with_defer_ok_delivers_unscanned(sink):
 
 # docs/exim.md's DATA ACL for the rspamd variant, verbatim.
 RSPAMD_ACL = """\
+  warn    remove_header = X-Spam-Score : X-Spam-Action
   warn    spam       = nobody:true
           add_header = X-Spam-Score: $spam_score
           add_header = X-Spam-Action: $spam_action
@@ -190,10 +207,12 @@ def test_rspamd_variant_passes_the_envelope(engine, probe, sink):
     try:
         r = swaks(e.port, spam(subject="exim rspamd spam"))
         assert r.returncode != 0 and "550 Message rejected as spam" in r.stdout, r.stdout[-1500:]
-        r = swaks(e.port, ham(subject="Lottery news, exim rspamd ham"))
+        forged = b"X-Spam-Score: -9.0\r\nX-Spam-Action: no action, trusted\r\nMIME-Version"
+        r = swaks(e.port, ham(subject="Lottery news, exim rspamd ham").replace(b"MIME-Version", forged))
         assert r.returncode == 0, r.stdout[-1500:]
         (got,) = sink.wait_for(marker("exim rspamd ham"))
         assert b"X-Spam-Score: 2.5\r\n" in got[2] and b"X-Spam-Action: no action\r\n" in got[2]
+        assert b"-9.0" not in got[2] and b"trusted" not in got[2]  # the sender's own are removed
         (env,) = [env for env, raw in probe.seen if b"exim rspamd ham" in raw]
         assert env.client_ip == "127.0.0.1" and env.helo == "client.sender.test"
         assert env.mail_from == "ana@sender.test" and tuple(env.rcpt_tos) == ("bo@rcpt.test",)
