@@ -66,7 +66,7 @@ def _key_names(msg: "Message") -> list[str]:
     return names
 
 
-def _structural_failure(raw: bytes) -> str | None:
+def _structural_failure(arc: dkimpy.ARC) -> str | None:
     """Why the chain fails whatever its keys say, or None: what RFC 8617 section 5.2 settles
     before any signature is checked, so that a key lookup that timed out does not turn it into a
     temperror.
@@ -80,7 +80,7 @@ def _structural_failure(raw: bytes) -> str | None:
     - The newest ARC-Seal records ``cv=fail`` (step 2): a sealer already found the chain broken.
     """
     try:
-        newest, grouped = dkimpy.ARC(raw).sorted_arc_headers()
+        newest, grouped = arc.sorted_arc_headers()
     except Exception:  # a mangled header block: dkimpy's verification reports it
         return None
     for instance, (name, value) in grouped:
@@ -117,7 +117,11 @@ def verify_chain(raw: bytes, seals: list[tuple[int, str]], answers: dict[str, An
     if max(instances, len(seals)) > MAX_SETS:
         # dkimpy enforces the limit only when it seals; a chain past it is invalid (RFC 8617 4.2.1)
         return ArcOutcome("fail", instances, sealers, f"more than {MAX_SETS} ARC sets")
-    structural = _structural_failure(raw)
+    try:  # one parse of the message for the structure and for dkimpy's verification
+        arc = dkimpy.ARC(raw, minkey=min_rsa_bits)
+    except Exception as exc:  # dkimpy on a mangled message
+        return ArcOutcome("fail", instances, sealers, f"{type(exc).__name__}: {exc}"[:120])
+    structural = _structural_failure(arc)
     if structural:
         return ArcOutcome("fail", instances, sealers, structural)
     temp = {n for n, a in answers.items() if a.temporary}
@@ -129,7 +133,9 @@ def verify_chain(raw: bytes, seals: list[tuple[int, str]], answers: dict[str, An
         return texts[0] if texts else None
 
     try:
-        cv, results, reason = dkimpy.arc_verify(raw, dnsfunc=dnsfunc, minkey=min_rsa_bits)
+        cv, results, reason = arc.verify(dnsfunc=dnsfunc)
+    except dkimpy.DKIMException as exc:  # as dkimpy.arc_verify reports it
+        cv, results, reason = dkimpy.CV_Fail, [], str(exc)
     except Exception as exc:  # dkimpy on a mangled message
         return ArcOutcome("fail", instances, sealers, f"{type(exc).__name__}: {exc}"[:120])
     text = cv.decode() if isinstance(cv, bytes) else "fail"  # None: a seal recorded cv=fail, chain ended

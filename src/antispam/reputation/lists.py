@@ -30,13 +30,12 @@ lists' own published facts; check each list's usage terms before enabling it.
 
 from __future__ import annotations
 
-import encodings.idna
 import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..domains import Address, is_ip, parse_ip
+from ..domains import Address, is_ip, parse_ip, to_ascii
 from ..errors import ConfigError
 
 INPUTS = {
@@ -212,37 +211,6 @@ def query_name(spec: ListSpec, item: str) -> str | None:
     except UnicodeError:
         return None
     return f"{item}.{spec.zone}."
-
-
-#: The letters IDNA 2003 folds away (``ß`` -> ``ss``, ``ς`` -> ``σ``) but IDNA 2008 and UTS 46
-#: non-transitional processing, what browsers and registries use, keep as letters of their own.
-_DEVIATIONS_RE = re.compile("([\u00df\u03c2])")
-
-
-def to_ascii(domain: str) -> str:
-    """The A-label form of ``domain`` that a browser resolves (UTS 46, non-transitional).
-
-    Python's ``idna`` codec is IDNA 2003: it turns ``faß.de`` into ``fass.de``, another
-    registrant's domain, while a browser opens ``xn--fa-hia.de``; a list must be asked about the
-    latter (SpamAssassin asks libidn2 for non-transitional processing).  Labels without ``ß`` or
-    final ``ς`` are the same under both and go through the codec.  Raises ``UnicodeError`` for a
-    name that cannot be encoded.
-    """
-    if domain.isascii():
-        return domain
-    return ".".join(_label_to_ascii(label) for label in domain.split("."))
-
-
-def _label_to_ascii(label: str) -> str:
-    """One label: the codec's nameprep around the deviation letters, which are kept, then Punycode."""
-    if not _DEVIATIONS_RE.search(label):
-        return encodings.idna.ToASCII(label).decode("ascii")
-    mapped = "".join(part if _DEVIATIONS_RE.fullmatch(part) else encodings.idna.nameprep(part)
-                     for part in _DEVIATIONS_RE.split(label))
-    encoded = "xn--" + mapped.encode("punycode").decode("ascii")
-    if len(encoded) > 63:
-        raise UnicodeError("label too long")
-    return encoded
 
 
 def health_points(spec: ListSpec) -> tuple[str, str]:

@@ -40,7 +40,7 @@ from ..check import Check, Hit, ScanContext, SymbolDef
 from ..config import RulesConfig
 from ..errors import RuleError
 from ..message import Message, Url, domain_of, split_addresses
-from .compiler import SA_BODY, SA_URI, CompiledRule, CompiledRules, compile_rules, scored_only
+from .compiler import SA_BODY, SA_URI, CompiledRule, CompiledRules, compile_rules, defined_under, scored_only
 from .evals import envelope_sender, eval_function, header_absent, header_count_over, per_message, relays_by_trust
 from .matcher import Matcher, collect_first_end, line_search, make_matcher, match_shape
 from . import pattern_tree
@@ -63,6 +63,7 @@ class RuleHits:
 # --------------------------------------------------------------------------- buffers
 
 
+@per_message  # read again for SpamAssassin's own body rules (sa_body_text) when both are loaded
 def body_text(msg: Message) -> str:
     """Subject line, then one paragraph per line: what ``body`` rules read."""
     text = msg.text.strip()
@@ -293,11 +294,7 @@ def _load_rules(paths: Sequence[str | Path], sa_paths: Sequence[str | Path], eng
     parsed = parse_paths([*paths, *sa_paths], pre_dirs=sa_pre_dirs)
     sa_roots = [str(Path(p)) for p in sa_paths]
     compiled = compile_rules(parsed, lenient_meta=bool(sa_paths), sa_roots=sa_roots)
-
-    def foreign(where) -> bool:
-        return where is not None and any(where.file.startswith(r) for r in sa_roots)
-
-    fatal = [p for p in compiled.errors() if not foreign(p.where)]
+    fatal = [p for p in compiled.errors() if not defined_under(p.where, sa_roots)]
     if fatal and not skip_bad:
         raise RuleError([str(p) for p in fatal])
     if sa_paths:
@@ -313,7 +310,7 @@ def _load_rules(paths: Sequence[str | Path], sa_paths: Sequence[str | Path], eng
         # 0.2-2 s a scan under re, the square of the length; none of the default rules does.
         log.warning("SpamAssassin rules on the Python matcher: a hostile message can take seconds to "
                     "scan (re backtracks where Hyperscan does not); install hyperscan for them")
-    kept = tuple(str(p) for p in compiled.problems if p.severity != "ignored" or not foreign(p.where))
+    kept = tuple(str(p) for p in compiled.problems if p.severity != "ignored" or not defined_under(p.where, sa_roots))
     return LoadedRules(compiled, matcher, kept, also)
 
 

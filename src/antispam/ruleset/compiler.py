@@ -181,7 +181,7 @@ def compile_rules(parsed: ParsedRules, *, lenient_meta: bool = False, sa_roots: 
             metas_src.append(rule)
             continue
         try:
-            out.append(_compile_one(rule, len(out), report, _defined_under(rule, sa_roots)))
+            out.append(_compile_one(rule, len(out), report, defined_under(rule.where, sa_roots)))
         except _Refused as exc:
             refused_names.add(rule.name)
             report.refused[rule.kind] += 1
@@ -331,9 +331,9 @@ def _reason_key(text: str) -> str:
 _FLAG_CASELESS, _FLAG_DOTALL, _FLAG_MULTILINE = 1, 2, 4
 
 
-def _defined_under(rule: RuleDef, roots: Sequence[str]) -> bool:
-    """Whether ``rule`` is defined in a file under one of ``roots``."""
-    return rule.where is not None and rule.where.file.startswith(tuple(roots))
+def defined_under(where: Where | None, roots: Sequence[str]) -> bool:
+    """Whether ``where`` (a rule's or a problem's place) is in a file under one of ``roots``."""
+    return where is not None and where.file.startswith(tuple(roots))
 
 
 def _compile_one(rule: RuleDef, rid: int, report: CompileReport, spamassassin: bool = False) -> CompiledRule:

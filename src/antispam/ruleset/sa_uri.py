@@ -102,8 +102,7 @@ def _web_variants(url: str, depth: int = 0) -> list[str]:
     ``www.WORD.com`` (as Firefox guesses), and a link written in its query (a redirector's
     target, with its own forms)."""
     n = _HTTP_SLASHES.sub(r"\1//", url.replace("\\", "/"), count=1)
-    if "%" in n:
-        n = _PRINTABLE_ESCAPE.sub(lambda e: chr(int(e.group(1), 16)), n)
+    n = _unescaped(n)
     if not _SCHEME.match(n):
         n = ("ftp://" if n[:4].lower() == "ftp." else "http://") + n
     n = _BARE_HOST_QUERY.sub(r"\1/\2", n, count=1)
@@ -136,6 +135,11 @@ def _web_variants(url: str, depth: int = 0) -> list[str]:
         if one_word is not None:
             out.append(f"{proto}www.{one_word.group(1)}.com{rest}")
     return out
+
+
+def _unescaped(link: str) -> str:
+    """``link`` with its percent escapes of printable characters (:data:`_PRINTABLE_ESCAPE`) decoded."""
+    return _PRINTABLE_ESCAPE.sub(lambda e: chr(int(e.group(1), 16)), link) if "%" in link else link
 
 
 def _plain_host(link: str) -> bool:
@@ -211,8 +215,7 @@ def _text_mail_link(found: str) -> str | None:
         if _PATH_BEFORE_AT.search(found) or "." not in found[found.index("@") + 2:] or "&nbsp;" in found:
             return None  # a path before an "@" makes it a web link; no dot after it, no address
         found = "mailto:" + _MISREAD_PREFIX.sub("", found, count=1)
-    if "%" in found:
-        found = _PRINTABLE_ESCAPE.sub(lambda e: chr(int(e.group(1), 16)), found)
+    found = _unescaped(found)
     return found if _valid_mail_domain(_mail_host(found)) else None
 
 
