@@ -70,6 +70,12 @@ def test_interpret_bitmask():
 def test_test_points():
     assert health_points(spec()) == ("2.0.0.127.bl.test.", "1.0.0.127.bl.test.")
     assert health_points(spec(kind="uri")) == ("test.bl.test.", "invalid.bl.test.")
+    assert health_points(spec(test_point="127.0.0.10")) == ("10.0.0.127.bl.test.", "1.0.0.127.bl.test.")
+    assert health_points(spec(kind="uri", test_point="dbltest.com")) == ("dbltest.com.bl.test.", "invalid.bl.test.")
+    assert health_points(spec(test_point="")) is None
+    known = {name: health_points(s)[0] for name, s in ((s.name, s) for s in parse_lists(KNOWN_LISTS, {}, tuple(KNOWN_LISTS)))}
+    assert known["spamhaus_dbl"] == "dbltest.com.dbl.spamhaus.org." and known["surbl"] == "test.surbl.org.multi.surbl.org."
+    assert known["uribl"] == "test.uribl.com.multi.uribl.com." and known["spamhaus_zen"] == "2.0.0.127.zen.spamhaus.org."
 
 
 def test_known_lists_parse_and_have_descriptions():

@@ -247,12 +247,63 @@ def test_known_lists_enable_by_name_and_unknown_is_error(dns):
 def test_surbl_blocked_answer_disables_the_list(dns):
     """SURBL answers 127.0.0.1 (bit 1) to a blocked resolver, for every name: a refusal, not "not listed"
     (SpamAssassin's SURBL_BLOCKED dns_block_rule, rspamd's SURBL_BLOCKED), so the list is disabled."""
-    dns.add("test.multi.surbl.org", "A", "127.0.0.2")
+    dns.add("test.surbl.org.multi.surbl.org", "A", "127.0.0.254")
     dns.add("blocked-run.example.multi.surbl.org", "A", "127.0.0.1")
     e = engine(dns, lists={}, enable=["surbl"])
     v = e.scan(b"Subject: x\n\nsee http://www.blocked-run.example/\n", Envelope())
     assert "surbl: answered a refused/blocked code for blocked-run.example" in v.symbols["DNSBL_LIST_DISABLED"].options
     assert e.checks[0].stats["surbl"].healthy is False
+
+
+def test_known_url_lists_are_checked_at_their_published_test_points(dns):
+    """Spamhaus DBL, SURBL and URIBL publish their own test entries (``dbltest.com``, ``test.surbl.org``,
+    ``test.uribl.com``): asked ``test.<zone>`` instead, a list that does not list that name was disabled
+    for good the first time it was checked, and every URL passed it unasked."""
+    for name, addr in (("dbltest.com.dbl.spamhaus.org", "127.0.1.2"), ("test.surbl.org.multi.surbl.org", "127.0.0.254"),
+                       ("test.uribl.com.multi.uribl.com", "127.0.0.14"), ("dbl-spam.example.dbl.spamhaus.org", "127.0.1.2"),
+                       ("surbl-phish.example.multi.surbl.org", "127.0.0.8"), ("uribl-black.example.multi.uribl.com", "127.0.0.2")):
+        dns.add(name, "A", addr)
+    e = engine(dns, lists={}, enable=["spamhaus_dbl_uri", "surbl", "uribl"])
+    v = e.scan(b"Subject: x\n\nsee http://dbl-spam.example/ http://surbl-phish.example/ http://uribl-black.example/\n", Envelope())
+    assert not v.has("DNSBL_LIST_DISABLED"), v.symbols["DNSBL_LIST_DISABLED"].options
+    assert v.symbols["URI_DBL_SPAM"].options == ("dbl-spam.example (urls) 127.0.1.2",)
+    assert v.has("SURBL_PHISH") and v.has("URIBL_BLACK")
+    assert all(e.checks[0].stats[n].healthy for n in ("spamhaus_dbl_uri", "surbl", "uribl"))
+
+
+def test_a_list_s_own_test_point_and_none(dns):
+    """``test_point`` names what the health check must find listed (an address for an ip list); "" turns
+    the check off for that list alone, which is then never asked a test question."""
+    dns.add("10.0.0.127.own.test", "A", "127.0.0.2")
+    dns.add("4.3.2.1.own.test", "A", "127.0.0.2")
+    dns.add("canary.example.ownrhs.test", "A", "127.0.0.2")
+    dns.add("spamsender.example.ownrhs.test", "A", "127.0.0.2")
+    dns.add("4.3.2.1.nocheck.test", "A", "127.0.0.2")
+    lists = {"own": {"zone": "own.test", "default_symbol": "TEST_OWN", "test_point": "127.0.0.10"},
+             "ownrhs": {"zone": "ownrhs.test", "kind": "domain", "inputs": ["mail_from"], "default_symbol": "TEST_OWNRHS",
+                        "test_point": "Canary.Example."},
+             "nocheck": {"zone": "nocheck.test", "default_symbol": "TEST_NOCHECK", "test_point": ""}}
+    before = len(dns.queries)
+    v = engine(dns, lists=lists).scan(b"Subject: x\n\nbody\n", Envelope(client_ip="1.2.3.4", mail_from="a@spamsender.example"))
+    assert not v.has("DNSBL_LIST_DISABLED"), v.symbols["DNSBL_LIST_DISABLED"].options
+    assert v.has("TEST_OWN") and v.has("TEST_OWNRHS") and v.has("TEST_NOCHECK")
+    asked = {q[0].rstrip(".") for q in dns.queries[before:]}
+    assert {"10.0.0.127.own.test", "canary.example.ownrhs.test"} <= asked
+    assert not any(q.endswith("nocheck.test") and q != "4.3.2.1.nocheck.test" for q in asked)
+    # Without its own test point, the RFC 5782 one (127.0.0.2), which this zone does not list: disabled.
+    v = engine(dns, lists={"own": {k: w for k, w in lists["own"].items() if k != "test_point"}}).scan(
+        b"Subject: x\n\nbody\n", Envelope(client_ip="1.2.3.4"))
+    assert not v.has("TEST_OWN") and "own: does not list its test point 2.0.0.127.own.test" in v.symbols["DNSBL_LIST_DISABLED"].options[0]
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"zone": "x.test", "test_point": "canary.example"}, "is not an IP address"),
+    ({"zone": "x.test", "kind": "uri", "test_point": "a..b"}, "is not a domain name"),
+    ({"zone": "x.test", "kind": "uri", "test_point": 7}, "must be a string"),
+])
+def test_bad_test_points_name_the_key(table, message):
+    with pytest.raises(ConfigError, match=f"dnsbl.lists.bad.test_point.*{message}|{message}.*dnsbl.lists.bad.test_point"):
+        Engine(Config.load(overrides={"dns": {"nameservers": ["127.0.0.1"]}, "dnsbl": {"lists": {"bad": table}}}))
 
 
 def test_no_nameserver_means_no_lookups():

@@ -320,10 +320,15 @@ class DnsblCheck(Check):
                 await asyncio.gather(*(self.check_health(s, resolver, ctx.deadline) for s in due))
 
     async def check_health(self, spec: ListSpec, resolver: Any, deadline: float | None = None) -> bool:
-        """Ask the list's RFC 5782 test points; enable or disable it accordingly."""
-        listed_q, unlisted_q = health_points(spec)
-        pos, neg = await asyncio.gather(resolver.resolve(listed_q, "A", deadline), resolver.resolve(unlisted_q, "A", deadline))
+        """Ask the list's RFC 5782 test points; enable or disable it accordingly.  A list configured
+        with no test point (``test_point = ""``) is never disabled by this check."""
+        points = health_points(spec)
         st = self.stats[spec.name]
+        if points is None:
+            st.checked_at = time.monotonic()
+            return st.healthy
+        listed_q, unlisted_q = points
+        pos, neg = await asyncio.gather(resolver.resolve(listed_q, "A", deadline), resolver.resolve(unlisted_q, "A", deadline))
         st.checked_at = time.monotonic()
         if pos.temporary or neg.temporary:
             # Unknown: keep the current state, retry at the next interval.

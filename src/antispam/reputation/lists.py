@@ -72,6 +72,11 @@ class ListSpec:
     #: Spamhaus DBL answers any IP question with 127.0.1.255 ("IP queries prohibited", a refused
     #: code), so asking it about one ``http://44.4.4.4/`` link would disable it for every scan.
     ip_queries: bool = True
+    #: what the health check asks and must find listed: an address for an "ip" list, a name for the
+    #: others; None is RFC 5782's (127.0.0.2, ``test``), "" skips the health check for this list.
+    #: Lists publish their own (Spamhaus DBL ``dbltest.com``, SURBL ``test.surbl.org``, URIBL
+    #: ``test.uribl.com``), and a list whose test point is not listed is disabled as broken.
+    test_point: str | None = None
     description: str = ""
 
     def symbols(self) -> list[str]:
@@ -213,11 +218,14 @@ def query_name(spec: ListSpec, item: str) -> str | None:
     return f"{item}.{spec.zone}."
 
 
-def health_points(spec: ListSpec) -> tuple[str, str]:
-    """(must be listed, must not be listed) per RFC 5782 section 5."""
+def health_points(spec: ListSpec) -> tuple[str, str] | None:
+    """(must be listed, must not be listed) per RFC 5782 section 5, the first from the list's own
+    ``test_point`` when it has one; None when its health is not checked (``test_point = ""``)."""
+    if spec.test_point == "":
+        return None
     if spec.kind == "ip":
-        return f"2.0.0.127.{spec.zone}.", f"1.0.0.127.{spec.zone}."
-    return f"test.{spec.zone}.", f"invalid.{spec.zone}."
+        return f"{reverse_ip(spec.test_point or '127.0.0.2')}.{spec.zone}.", f"1.0.0.127.{spec.zone}."
+    return f"{spec.test_point or 'test'}.{spec.zone}.", f"invalid.{spec.zone}."
 
 
 # --------------------------------------------------------------------------- known lists
@@ -245,7 +253,7 @@ KNOWN_LISTS: dict[str, dict[str, Any]] = {
         codes={"127.0.1.2": "DBL_SPAM", "127.0.1.4": "DBL_PHISH", "127.0.1.5": "DBL_MALWARE", "127.0.1.6": "DBL_BOTNET",
                "127.0.1.102": "DBL_ABUSED_LEGIT", "127.0.1.103": "DBL_ABUSED_LEGIT", "127.0.1.104": "DBL_ABUSED_LEGIT",
                "127.0.1.105": "DBL_ABUSED_LEGIT", "127.0.1.106": "DBL_ABUSED_LEGIT"},
-        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, ip_queries=False,
+        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, ip_queries=False, test_point="dbltest.com",
         description="Spamhaus domain block list (sender and HELO domains)"),
     # The DBL lists domains only; its documented return codes answer any IP question with
     # 127.0.1.255 ("IP queries prohibited"), so IP-literal URLs are never asked of it.
@@ -253,15 +261,17 @@ KNOWN_LISTS: dict[str, dict[str, Any]] = {
         zone="dbl.spamhaus.org", kind="uri", inputs=("urls",),
         codes={"127.0.1.2": "URI_DBL_SPAM", "127.0.1.4": "URI_DBL_PHISH", "127.0.1.5": "URI_DBL_MALWARE",
                "127.0.1.6": "URI_DBL_BOTNET"},
-        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, ip_queries=False, description="Spamhaus DBL on URL domains"),
+        refused=_SPAMHAUS_REFUSED | {"127.0.1.255"}, ip_queries=False, test_point="dbltest.com",
+        description="Spamhaus DBL on URL domains"),
     # SURBL answers 127.0.0.1 (bit 1) to every question from a blocked resolver.
     "surbl": dict(zone="multi.surbl.org", kind="uri", inputs=("urls",),
                   bitmask={8: "SURBL_PHISH", 16: "SURBL_MALWARE", 64: "SURBL_ABUSE", 128: "SURBL_CRACKED"},
-                  refused=frozenset({"127.0.0.1"}),
+                  refused=frozenset({"127.0.0.1"}), test_point="test.surbl.org",
                   description="SURBL multi: bitmask of phishing, malware, abuse and cracked-site lists; 127.0.0.1 means blocked"),
     "uribl": dict(zone="multi.uribl.com", kind="uri", inputs=("urls",),
                   bitmask={2: "URIBL_BLACK", 4: "URIBL_GREY", 8: "URIBL_RED"},
-                  refused=frozenset({"127.0.0.1"}), description="URIBL multi: 127.0.0.1 means the query was refused"),
+                  refused=frozenset({"127.0.0.1"}), test_point="test.uribl.com",
+                  description="URIBL multi: 127.0.0.1 means the query was refused"),
 }
 
 
@@ -294,7 +304,7 @@ def parse_lists(known: Mapping[str, Mapping[str, Any]], custom: Mapping[str, Any
 
 
 _FIELDS = {"zone", "kind", "inputs", "codes", "bitmask", "default_symbol", "refused", "allow", "hash", "description",
-           "client_only", "ip_queries"}
+           "client_only", "ip_queries", "test_point"}
 
 
 def _spec(name: str, t: Mapping[str, Any], key: str) -> ListSpec:
@@ -335,4 +345,25 @@ def _spec(name: str, t: Mapping[str, Any], key: str) -> ListSpec:
     return ListSpec(name=name, zone=zone.rstrip(".").lower(), kind=kind, inputs=inputs, codes=codes, bitmask=bitmask,
                     default_symbol=default_symbol, refused=frozenset(t.get("refused", ())), allow=bool(t.get("allow", False)),
                     hash=h, description=str(t.get("description", "")), client_only=frozenset(t.get("client_only", ())),
-                    ip_queries=ip_queries)
+                    ip_queries=ip_queries, test_point=_test_point(t.get("test_point"), kind, f"{key}.test_point"))
+
+
+def _test_point(value: Any, kind: str, key: str) -> str | None:
+    """A list's ``test_point``: an IPv4 or IPv6 address for an ``ip`` list, a name for the others (asked
+    as is, before the zone), or "" for no health check."""
+    if value is None or value == "":
+        return value
+    if not isinstance(value, str):
+        raise ConfigError("must be a string", key=key)
+    point = value.strip().rstrip(".").lower()
+    if kind == "ip":
+        if parse_ip(point) is None:
+            raise ConfigError(f"{value!r} is not an IP address (an ip list's test point is the address it lists)", key=key)
+        return str(parse_ip(point))
+    try:
+        ascii_point = to_ascii(point)
+    except UnicodeError:
+        ascii_point = ""
+    if not ascii_point or len(ascii_point) > 200 or ".." in ascii_point or " " in ascii_point:
+        raise ConfigError(f"{value!r} is not a domain name", key=key)
+    return ascii_point
