@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from antispam.domains import to_ascii
 from antispam.errors import ConfigError
 from antispam.reputation.lists import (KNOWN_LISTS, ListSpec, ends_in_number, health_points, lookup_ip, numeric_ipv4, parse_lists,
                                       query_name, reverse_ip)
@@ -132,3 +133,36 @@ def test_hosts_ending_in_a_name_are_domains(host):
 def test_idn_domains_are_asked_in_the_form_browsers_resolve(domain, ace):
     """UTS 46 non-transitional (IDNA 2008), not IDNA 2003, which folds ß to ss and ς to σ."""
     assert query_name(spec(kind="domain", inputs=("mail_from",)), domain) == f"{ace}.bl.test."
+
+
+@pytest.mark.parametrize("domain, ace", [
+    ("\u65e5\u672c\u8a9e\u3002jp", "xn--wgv71a119e.jp"),  # the ideographic full stop separates labels
+    ("\uff46\uff41\u00df\uff0ede", "xn--fa-hia.de"),  # full-width letters and full stop
+    ("stra\u00dfe.de.", "xn--strae-oqa.de."),  # a rooted name keeps its final dot
+    ("B\u00dcCHER.Example", "xn--bcher-kva.example"),  # case folded, ASCII labels too
+    ("\u0915\u094d\u200d\u0937.in", "xn--11b2ezcw70k.in"),  # a joiner after a virama is kept (CONTEXTJ)
+    ("\u2603.net", "xn--n3h.net"),  # a symbol UTS 46 allows, as browsers resolve it
+    ("\u05d0\u05d1.il", "xn--4dbc.il"),
+])
+def test_to_ascii_maps_as_uts46_non_transitional(domain, ace):
+    """The UTS 46 mapping and separators: IDNA 2003 took the full stop for a letter, refused a
+    rooted name and deleted the joiner (another name)."""
+    assert to_ascii(domain) == ace
+
+
+@pytest.mark.parametrize("domain", [
+    "vict\u200dim.example",  # a joiner out of context: IDNA 2003 deleted it, giving victim.example
+    "a\u00a0b.example",  # a no-break space: IDNA 2003 made it a space, no host name
+    "\u0301a.example",  # a label may not begin with a combining mark
+    "\u05d0a.il",  # a right-to-left label with a left-to-right letter (RFC 5893)
+    "\u00fc" * 60 + ".example",  # over 63 octets as an A-label
+    "a..\u00fc.example",  # an empty label
+    "xn--\u00fc.example",  # the A-label prefix on a label that is not ASCII
+    "\ufffd.example",  # a code point UTS 46 disallows
+])
+def test_to_ascii_refuses_what_uts46_refuses(domain):
+    """A clear UnicodeError, which every caller turns into a result (a list skips the item, DMARC
+    gives a permerror, SPF none), never a name made by dropping or folding what UTS 46 refuses."""
+    with pytest.raises(UnicodeError):
+        to_ascii(domain)
+    assert query_name(spec(kind="domain", inputs=("mail_from",)), domain) is None

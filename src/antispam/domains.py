@@ -10,11 +10,11 @@ the A-label form of an internationalised name as browsers resolve it
 
 from __future__ import annotations
 
-import encodings.idna
 import ipaddress
 import re
 from functools import lru_cache
 
+import idna
 from publicsuffixlist import PublicSuffixList
 
 _PSL = PublicSuffixList()
@@ -66,32 +66,51 @@ def known_tld(label: str) -> bool:
         return False
 
 
-#: The letters IDNA 2003 folds away (``ß`` -> ``ss``, ``ς`` -> ``σ``) but IDNA 2008 and UTS 46
-#: non-transitional processing, what browsers and registries use, keep as letters of their own.
-_DEVIATIONS_RE = re.compile("([\u00df\u03c2])")
+#: What one label of a name may hold once in ASCII: letters, digits and hyphens (RFC 1123), and the
+#: underscore of names such as ``_dmarc`` and ``_domainkey``; 63 octets at most (RFC 1035).
+_ASCII_LABEL_RE = re.compile(r"[a-z0-9_-]{1,63}", re.ASCII)
+
+#: The joiners UTS 46 non-transitional processing keeps (IDNA 2003 deleted them, which turned
+#: ``a\u200db`` into ``ab``, another name) where RFC 5892's CONTEXTJ rules allow them.
+_JOINERS = ("\u200c", "\u200d")
 
 
 def to_ascii(domain: str) -> str:
     """The A-label form of ``domain`` that a browser resolves (UTS 46, non-transitional).
 
-    Python's ``idna`` codec is IDNA 2003: it turns ``faß.de`` into ``fass.de``, another
-    registrant's domain, while a browser opens ``xn--fa-hia.de``; a list must be asked about the
-    latter (SpamAssassin asks libidn2 for non-transitional processing).  Labels without ``ß`` or
-    final ``ς`` are the same under both and go through the codec.  Raises ``UnicodeError`` for a
-    name that cannot be encoded.
+    The one conversion of a Unicode domain to ASCII, for every DNS question and every domain
+    compared or written (DNS lists, SPF, DMARC, Authentication-Results, the resolver).  Python's
+    ``idna`` codec is IDNA 2003: it turns ``faß.de`` into ``fass.de`` and ``σοφός`` into
+    ``σοφόσ``, another registrant's domain, while browsers, registries, libidn2 and ICU
+    (SpamAssassin, rspamd) use ``xn--fa-hia.de``.  The mapping is the ``idna`` package's UTS 46
+    table (current Unicode: case folding, full-width forms, the ideographic full stop as a dot);
+    the checks are the ones browsers make (WHATWG URL: joiners in context, bidi rules, no initial
+    combining mark; hyphens not checked) and a DNS host name's (letters, digits, hyphens and
+    ``_``, at most 63 octets, no empty label but a final one).  A name already in ASCII is
+    returned as it is (A-labels as received).  Raises ``UnicodeError`` (``idna.IDNAError``) for a
+    name that is no domain UTS 46 can encode; callers turn that into a result, never a lookup.
     """
     if domain.isascii():
         return domain
-    return ".".join(_label_to_ascii(label) for label in domain.split("."))
+    mapped = idna.uts46_remap(domain, std3_rules=False, transitional=False)
+    labels = mapped.split(".")
+    rooted = len(labels) > 1 and labels[-1] == ""
+    if rooted:
+        labels.pop()
+    return ".".join(_label_to_ascii(label) for label in labels) + ("." if rooted else "")
 
 
 def _label_to_ascii(label: str) -> str:
-    """One label: the codec's nameprep around the deviation letters, which are kept, then Punycode."""
-    if not _DEVIATIONS_RE.search(label):
-        return encodings.idna.ToASCII(label).decode("ascii")
-    mapped = "".join(part if _DEVIATIONS_RE.fullmatch(part) else encodings.idna.nameprep(part)
-                     for part in _DEVIATIONS_RE.split(label))
-    encoded = "xn--" + mapped.encode("punycode").decode("ascii")
-    if len(encoded) > 63:
-        raise UnicodeError("label too long")
-    return encoded
+    """One label, already mapped: checked as UTS 46 section 4.1 asks, then Punycode."""
+    if not label.isascii():
+        if label.startswith("xn--"):
+            raise idna.IDNAError(f"label {label!r} has the A-label prefix but is not ASCII")
+        idna.check_initial_combiner(label)
+        for pos, char in enumerate(label):
+            if char in _JOINERS and not idna.valid_contextj(label, pos):
+                raise idna.IDNAError(f"joiner U+{ord(char):04X} out of context in {label!r}")
+        idna.check_bidi(label)
+        label = "xn--" + label.encode("punycode").decode("ascii")
+    if not _ASCII_LABEL_RE.fullmatch(label):
+        raise idna.IDNAError(f"{label!r} is no host name label")
+    return label
