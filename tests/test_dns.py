@@ -24,6 +24,14 @@ ZONE = {
     "big.test": [("TRUNCATE", None), ("TXT", "x" * 300)],
     "key.test": [("TXT", "k" * 800)],  # a 4096-bit DKIM key is about this size
     "huge.test": [("TXT", "h" * 1500)],
+    # faß.test and σοφός.test as published (UTS 46 non-transitional A-labels), and the other
+    # registrants' names IDNA 2003 folded them into (fass.test, σοφόσ.test); victim.test is what
+    # IDNA 2003 made of vict<zero-width joiner>im.test
+    "xn--fa-hia.test": [("A", "192.0.2.77")],
+    "fass.test": [("A", "192.0.2.66")],
+    "xn--0xagbn4a.test": [("A", "192.0.2.78")],
+    "xn--0xahbl4a.test": [("A", "192.0.2.67")],
+    "victim.test": [("A", "192.0.2.88")],
 }
 
 
@@ -196,3 +204,17 @@ def test_a_callers_deadline_is_not_cached_as_a_server_failure(server):
     r = make(server, timeout=0.2, attempts=1, failure_ttl=30)
     assert run(r.resolve("slow.test", "AAAA")).status == "timeout"
     assert r.cached("slow.test", "AAAA").status == "timeout"
+
+
+def test_an_internationalised_name_is_asked_as_its_uts46_a_labels(server):
+    """The resolver asked Python's IDNA 2003 A-labels: ``faß.test`` as ``fass.test`` and ``σοφός.test``
+    with a final ``σ``, names of other registrants, and ``vict<ZWJ>im.test`` as ``victim.test``.  It
+    asks :func:`antispam.domains.to_ascii`'s (UTS 46 non-transitional, as browsers and registries);
+    a name UTS 46 refuses goes out as its UTF-8 octets, which name no registered domain."""
+    r = make(server)
+    assert run(r.resolve("fa\u00df.test", "A")).values() == ["192.0.2.77"]
+    assert run(r.resolve("\u03c3\u03bf\u03c6\u03cc\u03c2.test", "A")).values() == ["192.0.2.78"]
+    assert run(r.resolve("FA\u00df\uff0etest", "A")).values() == ["192.0.2.77"]  # full-width full stop
+    assert run(r.resolve("vict\u200dim.test", "A")).values() == []
+    assert server.asked("xn--fa-hia.test", "A") == 2 and server.asked("xn--0xagbn4a.test", "A") == 1
+    assert not any(server.asked(n) for n in ("fass.test", "xn--0xahbl4a.test", "victim.test"))

@@ -20,6 +20,9 @@ ZONE = {
     "mx.example": [("TXT", "v=spf1 mx -all"), *[("MX", (i, f"mx{i}.mx.example")) for i in range(6)]],
     **{f"mx{i}.mx.example": [("A", f"198.51.100.{50 + i}")] for i in range(6)},
     "xn--exmple-cua.org": [("TXT", "v=spf1 ip4:192.0.2.77 -all")],  # exämple.org as published: an A-label
+    # faß.example as published, and fass.example, another registrant's domain (IDNA 2003's faß.example)
+    "xn--fa-hia.example": [("TXT", "v=spf1 ip4:192.0.2.0/24 -all")],
+    "fass.example": [("TXT", "v=spf1 ip4:203.0.113.0/24 -all")],
     "broken.example": [("TXT", "v=spf1 ip4:192.0.2.1 -all"), ("TXT", "v=spf1 -all")],
     # eleven DNS-querying terms: one over RFC 7208's limit of ten
     "many.example": [("TXT", "v=spf1 " + " ".join(f"a:h{i}.many.example" for i in range(11)) + " ip4:192.0.2.99 -all")],
@@ -134,6 +137,25 @@ def test_internationalized_domain_is_asked_as_its_a_label(server):
     v = engine(server).scan(MSG, Envelope(client_ip="192.0.2.77", mail_from="user@exämple.org"))
     assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
     assert server.asked("xn--exmple-cua.org", "TXT") >= 1
+
+
+def test_a_sharp_s_domain_is_checked_as_its_own_a_label_not_ss(server):
+    """RFC 8616 section 3: the A-label of MAIL FROM's domain, UTS 46 non-transitional.  IDNA 2003 asked
+    fass.example, whose owner's record let the spoofer's IP pass for faß.example."""
+    v = engine(server).scan(MSG, Envelope(client_ip="203.0.113.5", mail_from="user@fa\u00df.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_FAIL"]
+    assert "mailfrom=xn--fa-hia.example" in v.symbols["R_SPF_FAIL"].options
+    assert "spf=fail smtp.mailfrom=user@xn--fa-hia.example" in v.authentication_results
+    assert server.asked("fass.example") == 0
+
+
+def test_a_domain_uts46_refuses_gives_none_and_asks_nothing(server):
+    """RFC 7208 4.3: a malformed domain is "none".  IDNA 2003 deleted the joiner and checked example.org."""
+    asked = len(server.queries)
+    v = engine(server).scan(MSG, Envelope(client_ip="192.0.2.33", mail_from="user@exam\u200dple.org"))
+    (sym,) = spf_symbols(v).items()
+    assert sym[0] == "R_SPF_NA" and any("UTS 46" in o for o in sym[1].options)
+    assert len(server.queries) == asked
 
 
 def test_mx_exchanges_are_resolved_together():

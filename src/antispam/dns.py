@@ -40,6 +40,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from .domains import to_ascii
+
 if TYPE_CHECKING:  # pragma: no cover
     from .check import Question
     from .config import Config
@@ -93,27 +95,38 @@ class Answer:
 
 
 def make_name(text: str) -> dns.name.Name:
-    """A DNS name from its labels taken literally.
+    """A DNS name from its labels taken literally; an internationalised name as its A-labels.
 
     ``dns.name.from_text`` would read backslash escapes and choke on spaces, but
     names built by SPF macro expansion may hold any octet; they are sent as-is.
+    A name in Unicode is asked as :func:`antispam.domains.to_ascii` gives it (UTS 46
+    non-transitional, ``faß.de`` as ``xn--fa-hia.de``), the name every check compares and
+    writes; a name that is no domain UTS 46 can encode (an SPF macro's expansion of a local
+    part, say) is asked label by label, each label it cannot encode as its UTF-8 octets.
     Raises ``dns.name.LabelTooLong`` / ``EmptyLabel`` / ``NameTooLong`` for names
     that cannot be asked.
     """
     text = text.rstrip(".")
     if not text:
         return dns.name.root
+    if not text.isascii():
+        try:
+            text = to_ascii(text).rstrip(".")
+        except UnicodeError:
+            pass
     return dns.name.Name([_label(label) for label in text.split(".")] + [b""])
 
 
 def _label(label: str) -> bytes:
-    """ASCII labels as they are; internationalized ones as IDNA A-labels (xn--), as zones publish them."""
+    """ASCII labels as they are; internationalized ones as A-labels (xn--), as zones publish them;
+    what UTS 46 cannot encode as one label, as its UTF-8 octets."""
     if label.isascii():
         return label.encode("ascii")
     try:
-        return label.encode("idna")
+        a_label = to_ascii(label)
     except UnicodeError:
-        return label.encode("utf-8")
+        a_label = ""
+    return a_label.encode("ascii") if a_label and "." not in a_label else label.encode("utf-8")
 
 
 def name_text(name: dns.name.Name) -> str:

@@ -41,6 +41,7 @@ import spf as pyspf
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
 from ..dns import Answer, name_text
+from ..domains import to_ascii
 from . import network_enabled
 from .authres import resinfo
 
@@ -199,15 +200,26 @@ class _Query(pyspf.query):
 
 
 def _identity(sender: str | None, helo: str | None) -> tuple[str, str, str]:
-    """(identity, sender address, domain) per RFC 7208 2.4: MAIL FROM, or postmaster@HELO when null."""
+    """(identity, sender address, domain) per RFC 7208 2.4: MAIL FROM, or postmaster@HELO when null.
+
+    A domain written in Unicode (an SMTPUTF8 sender) is evaluated as its A-labels (RFC 8616
+    section 3), those of :func:`antispam.domains.to_ascii`: ``faß.de`` is ``xn--fa-hia.de``,
+    which the resolver once asked as IDNA 2003's ``fass.de``, another domain; the domain DMARC
+    aligns with is the one SPF checked.  A domain UTS 46 cannot encode stays as it was, not
+    ASCII, for :func:`evaluate` to refuse."""
     s = (sender or "").strip().strip("<>").strip()
     if s:
-        domain = s.rpartition("@")[2] if "@" in s else s
-        if "@" not in s:
-            s = "postmaster@" + s
-        return "mailfrom", s, domain.lower()
-    h = (helo or "").strip()
-    return "helo", ("postmaster@" + h) if h else "", h.lower()
+        local, _, domain = s.rpartition("@") if "@" in s else ("postmaster", "@", s)
+        identity = "mailfrom"
+    else:
+        local, domain, identity = "postmaster", (helo or "").strip(), "helo"
+        if not domain:
+            return identity, "", ""
+    try:
+        domain = to_ascii(domain)
+    except UnicodeError:
+        pass
+    return identity, f"{local}@{domain}", domain.lower()
 
 
 def evaluate(ip: str, sender: str | None, helo: str | None, lookup: Lookup,
@@ -224,6 +236,8 @@ def evaluate(ip: str, sender: str | None, helo: str | None, lookup: Lookup,
         ip = ip.partition("%")[0]
     if not domain:
         return SpfOutcome("none", identity, address, domain, reason="no identity to check")
+    if not domain.isascii():  # RFC 7208 4.3: a malformed domain gives "none", asking nothing
+        return SpfOutcome("none", identity, address, domain, reason="not a domain name (UTS 46 cannot encode it)")
     q = _Query(ip, address, helo or "", limits=limits, strict=True)
     token = _CURRENT.set(lookup)
     try:
@@ -327,7 +341,7 @@ class SpfCheck(Check):
         if not env.client_ip:
             return []
         _, _, domain = _identity(env.mail_from, env.helo)
-        out = [Question(domain, "TXT")] if domain else []
+        out = [Question(domain, "TXT")] if domain and domain.isascii() else []
         helo = self._helo_alone(env)
         if helo and helo != domain:
             out.append(Question(helo, "TXT"))
