@@ -59,6 +59,16 @@ def zone():
         "_dmarc.no-p.example": [("TXT", "v=DMARC1; adkim=s")],
         "fwd.example": [("TXT", SPF)],
         "_dmarc.negpct.example": [("TXT", "v=DMARC1; p=reject; pct=-5")],
+        # faß.de and σοφός.example as published (UTS 46 non-transitional A-labels), rejecting; fass.de and
+        # σοφόσ.example, what IDNA 2003 made of them, other registrants' domains with p=none
+        "_dmarc.xn--fa-hia.de": [("TXT", "v=DMARC1; p=reject")],
+        "xn--fa-hia.de": [("TXT", SPF)],
+        "_dmarc.fass.de": [("TXT", "v=DMARC1; p=none")],
+        "fass.de": [("TXT", f"v=spf1 ip4:{BAD_IP} -all")],
+        "_dmarc.xn--0xagbn4a.example": [("TXT", "v=DMARC1; p=reject")],
+        "_dmarc.xn--0xahbl4a.example": [("TXT", "v=DMARC1; p=none")],
+        # what IDNA 2003 made of vict<zero-width joiner>im.example, which UTS 46 refuses
+        "_dmarc.victim.example": [("TXT", "v=DMARC1; p=reject")],
     }
 
 
@@ -200,6 +210,42 @@ def test_an_invalid_policy_tag_applies_p_none_with_a_valid_rua_else_no_policy(se
         assert (np_typo, no_p) == ("DMARC_NA", "DMARC_POLICY_SOFTFAIL")
     else:
         assert (np_typo, no_p) == ("DMARC_POLICY_REJECT", "DMARC_NA")
+
+
+@pytest.mark.parametrize("mode", ["rfc9989", "rfc7489"])
+def test_a_sharp_s_author_gets_its_own_policy_not_the_ss_domains(server, mode):
+    """``faß.de`` is ``xn--fa-hia.de`` (UTS 46 non-transitional, as browsers and registries); IDNA 2003
+    asked ``_dmarc.fass.de``, another registrant's, and aligned the spoofer's own SPF pass for
+    ``fass.de`` with it: a spoof of a p=reject domain came out DMARC_POLICY_ALLOW."""
+    e = engine(server, mode)
+    v = scan(e, "ceo@fa\u00df.de", BAD_IP, mail_from="x@fass.de")
+    sym, opts = dmarc(v)
+    assert sym == "DMARC_POLICY_REJECT" and "domain=xn--fa-hia.de" in opts and "spf=unaligned" in opts, opts
+    assert "dmarc=fail (p=reject dis=REJECT) header.from=xn--fa-hia.de" in v.authentication_results
+    # the A-label SPF pass aligns; the ss domain's record is never read for the author
+    before = server.asked("_dmarc.fass.de")
+    sym, opts = dmarc(scan(e, "ceo@FA\u00df.de", GOOD_IP, mail_from="x@xn--fa-hia.de"))
+    assert sym == "DMARC_POLICY_ALLOW" and "spf=aligned" in opts
+    assert server.asked("_dmarc.fass.de") == before
+    # a final sigma is a letter of its own too
+    sym, opts = dmarc(scan(e, "ceo@\u03c3\u03bf\u03c6\u03cc\u03c2.example", BAD_IP, mail_from="x@attacker.example"))
+    assert sym == "DMARC_POLICY_REJECT" and "policy_domain=xn--0xagbn4a.example" in opts
+
+
+@pytest.mark.parametrize("mode", ["rfc9989", "rfc7489"])
+def test_an_author_domain_uts46_refuses_is_a_permerror_never_another_domains_policy(server, mode):
+    """``vict<ZWJ>im.example`` is no domain (a joiner out of context); IDNA 2003 deleted the joiner and
+    applied victim.example's policy.  Now a permerror with its own symbol, no ``_dmarc`` name asked for it,
+    and, among several From addresses, stricter than another's pass."""
+    e = engine(server, mode)
+    before = server.asked("_dmarc.victim.example")
+    v = scan(e, "ceo@vict\u200dim.example", BAD_IP, mail_from="x@attacker.example")
+    sym, opts = dmarc(v)
+    assert sym == "DMARC_BAD_FROM_DOMAIN" and any("UTS 46" in o for o in opts), opts
+    assert "dmarc=permerror" in v.authentication_results
+    assert server.asked("_dmarc.victim.example") == before
+    sym, opts = dmarc(scan(e, "a@example.org, ceo@vict\u200dim.example", GOOD_IP, mail_from="a@example.org"))
+    assert sym == "DMARC_BAD_FROM_DOMAIN" and "strictest of 2 From domains" in opts, opts
 
 
 def test_tree_walk_org_domain_over_real_dns(server):

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Callable
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
 from ..config import DMARC_MODES
 from ..dns import Answer
+from ..domains import to_ascii
 from ..message import domain_of, split_addresses
 from . import network_enabled
 from .arc import ArcOutcome
@@ -193,17 +194,25 @@ class DmarcOutcome:
 # --------------------------------------------------------------------------- names
 
 
+def _ascii_domain(domain: str) -> str | None:
+    """The domain as DMARC compares and asks it: lower case, no final dot, internationalised
+    labels as the A-labels :func:`antispam.domains.to_ascii` gives (UTS 46 non-transitional).
+
+    A From domain written in Unicode (RFC 6532) and the ``xn--`` form SPF and DKIM identify the
+    same domain, so they must align (RFC 8616 section 4) and ask the same ``_dmarc`` names.
+    IDNA 2003 (Python's codec) asked ``_dmarc.fass.de`` for ``faß.de``: another registrant's
+    policy applied to a spoof of ``xn--fa-hia.de``.  None for a name that is no domain UTS 46
+    can encode (a joiner out of context, a disallowed code point, a label over 63 octets):
+    no name to ask, and nothing aligns with it."""
+    try:
+        return to_ascii(domain).lower().rstrip(".")
+    except UnicodeError:
+        return None
+
+
 def _labels(domain: str) -> list[str]:
-    """The domain's labels, lower case, internationalised ones as A-labels: a From domain written
-    in Unicode (RFC 6532) and the ``xn--`` form SPF and DKIM identify the same domain, so they
-    must align (RFC 8616 section 4) and ask the same ``_dmarc`` names."""
-    d = domain.lower().rstrip(".")
-    if not d.isascii():
-        try:
-            d = d.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass  # not a domain name IDNA can map: compared as written, and never aligns with ASCII
-    return [l for l in d.split(".") if l]
+    """The labels of :func:`_ascii_domain` (none for a name it cannot encode)."""
+    return [l for l in (_ascii_domain(domain) or "").split(".") if l]
 
 
 def walk_names(domain: str) -> list[str]:
@@ -352,7 +361,7 @@ def names_to_ask(mode: str, from_domain: str, other_domains: list[str]) -> list[
     """Every ``_dmarc`` name the evaluation may read, to be asked at once."""
     out: list[str] = []
     for d in [from_domain, *other_domains]:
-        if not d:
+        if not _labels(d):  # no domain, or one UTS 46 cannot encode: nothing to ask
             continue
         if mode == "rfc9989":
             out.extend(walk_names(d))
@@ -375,10 +384,11 @@ def author_domains(msg: "Message") -> list[str]:
 
 def _strictness(o: DmarcOutcome) -> int:
     """How strict an outcome is, for choosing among several Author Domains: a failure whose
-    policy applies above a temperror (the failure is known), above a pass, above no policy."""
+    policy applies, then a From domain that is no domain name (a permerror), then a failure under
+    ``p=none``, above a temperror (the failure is known), above a pass, above no policy."""
     if o.result == "fail":
-        return {"reject": 5, "quarantine": 4}.get(o.disposition, 3)
-    return {"temperror": 2, "pass": 1}.get(o.result, 0)
+        return {"reject": 6, "quarantine": 5}.get(o.disposition, 3)
+    return {"permerror": 4, "temperror": 2, "pass": 1}.get(o.result, 0)
 
 
 def _sampled(pct: int, raw: bytes) -> bool:
@@ -397,7 +407,14 @@ def _lower(policy: str) -> str:
 
 async def evaluate(resolver: "Resolver", from_domain: str, spf: SpfOutcome | None, dkim: DkimOutcome | None, *,
                    mode: str = "rfc9989", raw: bytes = b"", deadline: float | None = None) -> DmarcOutcome:
-    """DMARC of one message through ``resolver`` (all ``_dmarc`` names asked at once)."""
+    """DMARC of one message through ``resolver`` (all ``_dmarc`` names asked at once).
+
+    An Author Domain that is no domain UTS 46 can encode (``_ascii_domain`` gives None) is a
+    ``permerror``: no ``_dmarc`` name is asked for it, since any name made from it (IDNA 2003
+    deleting a joiner, say) would be another domain's."""
+    if _ascii_domain(from_domain) is None:
+        return DmarcOutcome("permerror", from_domain, mode=mode,
+                            reason="From domain is not a domain name (UTS 46 cannot encode it)")
     from_domain = ".".join(_labels(from_domain))
     spf_domain = spf.domain if spf is not None else ""
     dkim_domains = [s.domain for s in dkim.signatures] if dkim is not None else []
@@ -478,6 +495,8 @@ class DmarcCheck(Check):
         SymbolDef("DMARC_POLICY_SOFTFAIL", 0.1, "DMARC: fails, the domain asks for no action (p=none or test mode)", "dmarc"),
         SymbolDef("DMARC_NA", 0.0, "DMARC: no policy for the From domain", "dmarc"),
         SymbolDef("DMARC_TEMPFAIL", 0.0, "DMARC: a DNS failure left the result unknown", "dmarc"),
+        SymbolDef("DMARC_BAD_FROM_DOMAIN", 1.5, "DMARC: the From domain is no domain name (UTS 46 cannot encode it)",
+                  "dmarc"),
     )
 
     def __init__(self, mode: str = "rfc9989", trusted_arc_sealers: tuple[str, ...] = ()):
@@ -554,6 +573,11 @@ class DmarcCheck(Check):
             return Hit(sym, 1.0, tuple(opts))
         if o.result == "temperror":
             return Hit("DMARC_TEMPFAIL", 1.0, tuple(opts))
+        if o.result == "permerror":
+            # No registrant can hold such a name, so no policy can be found for it; a reader may
+            # still see a real domain in it (a joiner is invisible), which IDNA 2003 once made
+            # the domain asked, a policy applied by accident.  Not "no policy": the author is false.
+            return Hit("DMARC_BAD_FROM_DOMAIN", 1.0, tuple(opts))
         return Hit("DMARC_NA", 1.0, tuple(opts))
 
 
