@@ -113,6 +113,10 @@ def test_what_we_write_we_read_back(method, result, props, comment):
     ("ana@b\u00fccher.example", "ana@xn--bcher-kva.example"), ("b\u00fccher.example", "xn--bcher-kva.example"),
     ("\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a", "xn--fsqu00a.xn--4rr70v"), ("ana@plain.example", "ana@plain.example"),
     ("\u00a0", "\u00a0"), ("ana@" + "\u00fc" * 70 + ".example", "ana@" + "\u00fc" * 70 + ".example"),
+    # UTS 46 non-transitional, the name SPF and DMARC asked: IDNA 2003 wrote fass.example, another domain,
+    # a final sigma as a plain one, and deleted a joiner it cannot take (victim.example)
+    ("ana@fa\u00df.example", "ana@xn--fa-hia.example"), ("\u03c3\u03bf\u03c6\u03cc\u03c2.example", "xn--0xagbn4a.example"),
+    ("ana@vict\u200dim.example", "ana@vict\u200dim.example"), ("\u65e5\u672c\u3002jp", "xn--wgv71a.jp"),
 ])
 def test_ascii_value_gives_a_domain_its_a_labels(value, written):
     """IDNA only where the result is a host name: a label too long, or text IDNA maps to a blank, stays

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
 from ..check import Check, Hit, ScanContext, SymbolDef
+from ..domains import to_ascii
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Config
@@ -33,7 +34,6 @@ _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+$")
 #: a host name: letters, digits and inner hyphens, in dot-separated labels
 _DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*"
 _ADDR = re.compile(r"^(?:[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*)?@" + _DOMAIN + "$")
-_HOSTNAME = re.compile("^" + _DOMAIN + "$")
 
 
 def quote_value(value: str) -> str:
@@ -52,18 +52,17 @@ def ascii_value(value: str) -> str:
     the whole message is internationalized, which the servers that write ours cannot tell).
 
     A domain, or an address's domain, written in Unicode (an SMTPUTF8 sender, an RFC 6532 From) is
-    given as IDNA A-labels, the form DNS and DKIM ``d=`` use for it; an address whose local part
-    is not ASCII is given as its domain alone, the part SPF and DMARC checked.  A value neither
-    maps to is returned as it is (:func:`antispam.verdict.header_safe` then writes ``?`` for
-    what a header cannot carry)."""
+    given as its A-labels (:func:`antispam.domains.to_ascii`, UTS 46 non-transitional: the name
+    SPF and DMARC asked about, ``faß.de`` as ``xn--fa-hia.de``, never IDNA 2003's ``fass.de``);
+    an address whose local part is not ASCII is given as its domain alone, the part SPF and
+    DMARC checked.  A value neither maps to (no domain UTS 46 can encode) is returned as it is
+    (:func:`antispam.verdict.header_safe` then writes ``?`` for what a header cannot carry)."""
     if value.isascii():
         return value
     local, at, domain = value.rpartition("@")
     try:
-        a_domain = domain.encode("idna").decode("ascii")
+        a_domain = to_ascii(domain)
     except UnicodeError:
-        return value
-    if not _HOSTNAME.match(a_domain):  # IDNA maps some text to what is no domain (a no-break space to a space)
         return value
     if not at:
         return a_domain
