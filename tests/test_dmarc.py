@@ -8,7 +8,7 @@ import pytest
 
 from antispam import Envelope
 from antispam.check import Question
-from antispam.auth.dmarc import parse_record, tree_walk_org_domain, walk_names
+from antispam.auth.dmarc import names_to_ask, parse_record, psl_org_domain, tree_walk_org_domain, walk_names
 from antispam.config import Config
 from antispam.dns import Resolver
 from authkeys import auth_engine, message, rsa_key, sign
@@ -262,6 +262,16 @@ def test_tree_walk_org_domain_over_real_dns(server):
     assert org("lonely.example") == "lonely.example"  # no record anywhere: itself
     assert org("a.b.org1.psd2") == "org1.psd2"  # the walk goes past b.org1.psd2 up to psd=y
     assert org("psd2") == "psd2"  # psd=y on the starting name itself: it is its own
+
+
+def test_rfc7489_organizational_domain_is_the_registered_domain_of_the_shared_list():
+    """One Public Suffix List reading (``domains.registered_domain``) for DMARC and the rest: DMARC kept a
+    copy of its own, which took the last two labels of an address for its Organizational Domain and
+    asked ``_dmarc.2.1`` for a From of ``a@192.0.2.1``."""
+    assert psl_org_domain("mail.example.co.uk") == "example.co.uk"
+    assert psl_org_domain("news.FA\u00df.de.") == "xn--fa-hia.de"
+    assert psl_org_domain("co.uk") == "co.uk"
+    assert names_to_ask("rfc7489", "192.0.2.1", []) == ["_dmarc.192.0.2.1"]
 
 
 def test_walk_names_cuts_long_names_to_seven_labels():

@@ -46,13 +46,12 @@ import asyncio
 import hashlib
 import re
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import TYPE_CHECKING, Callable
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
 from ..config import DMARC_MODES
 from ..dns import Answer
-from ..domains import to_ascii
+from ..domains import registered_domain, to_ascii
 from ..message import domain_of, split_addresses
 from . import network_enabled
 from .arc import ArcOutcome
@@ -226,17 +225,10 @@ def walk_names(domain: str) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=1)
-def _psl():
-    from publicsuffixlist import PublicSuffixList
-
-    return PublicSuffixList()
-
-
 def psl_org_domain(domain: str) -> str:
     """RFC 7489 Organizational Domain: the registrable domain under the PSL (the name itself if none)."""
     d = ".".join(_labels(domain))
-    return _psl().privatesuffix(d) or d
+    return registered_domain(d) or d
 
 
 # --------------------------------------------------------------------------- evaluation
