@@ -176,6 +176,55 @@ def test_history_learn_counts_once_and_unlearns(store):
     assert not Engine(cfg, checks=[HistoryCheck(cfg, store, clock=clock)], store=store).scan(msg, who).has("REPUTATION_BAD_IP")
 
 
+def test_history_forgets_entities_not_seen_for_forget_after_days():
+    """Every IP, network and domain ever seen stayed in the store for ever (counts decay, keys did not
+    go): the counts and the ledger entries are written with a TTL of forget_after_days, renewed by each
+    observation, so an entity seen again stays and one not seen since leaves."""
+    from antispam.store.memory import MemoryStore
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    cfg = Config.load(overrides={"history": {"enabled": True, "forget_after_days": 10}})
+    e = Engine(cfg, checks=[HistoryCheck(cfg, store, clock=clock)], store=store)
+    for i in range(50):
+        e.scan(HAM, env(ip=f"203.0.{i}.9", sender=f"a@sender{i}.example"))
+    assert e.learn(HAM + b"learned\n", spam=False, envelope=env()) == {"history": True}
+    assert len([k for k in store._data if k.startswith("h:")]) > 100
+    clock.t += 9 * 86400
+    e.scan(HAM, env(ip="203.0.7.9", sender="a@sender7.example"))   # seen again: renewed
+    clock.t += 2 * 86400
+    e.scan(HAM, env(ip="198.51.100.1", sender="b@fresh.example"))  # a write purges what expired
+    left = {k for k in store._data if k.startswith("h:")}
+    assert "h:ip:203.0.7.9:h" in left and "h:ip:198.51.100.1:h" in left
+    assert not any(k.startswith(("h:ip:203.0.8.", "h:learned:")) for k in left), sorted(left)
+    assert len(left) < 20
+    # 0 keeps them for ever.
+    cfg = Config.load(overrides={"history": {"enabled": True, "forget_after_days": 0}})
+    e = Engine(cfg, checks=[HistoryCheck(cfg, store, clock=clock)], store=store)
+    e.scan(HAM, env(ip="192.0.2.200"))
+    clock.t += 10_000 * 86400
+    e.scan(HAM, env(ip="192.0.2.201"))
+    assert "h:ip:192.0.2.200:h" in store._data
+    with pytest.raises(ConfigError, match="history.forget_after_days"):
+        Config.load(overrides={"history": {"forget_after_days": -1}})
+
+
+def test_history_counts_carry_a_ttl_in_every_store(store):
+    """The TTL reaches each backend: SQLite's exp column, Redis's EXPIRE, the memory store's expiry."""
+    cfg = Config.load(overrides={"history": {"enabled": True}})
+    e = Engine(cfg, checks=[HistoryCheck(cfg, store)], store=store)
+    e.scan(HAM, env(ip="203.0.113.44"))
+    key = "h:ip:203.0.113.44:h"
+    kind = type(store).__name__
+    if kind == "SqliteStore":
+        (exp,), = store._exec("SELECT exp FROM counters WHERE k = ?", (key,)).fetchall()
+    elif kind == "RedisStore":
+        exp = store._r.ttl(store._k(key))
+        exp = exp if exp > 0 else None
+    else:
+        exp = store._expires.get(key)
+    assert exp is not None, kind
+
+
 def test_history_keys_its_ledger_with_the_message_digests(store, monkeypatch):
     """learn and unlearn read Message.ledger_digests, which the classifier's ledger shares: no hashing of
     their own."""

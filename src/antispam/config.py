@@ -311,6 +311,10 @@ class HistoryConfig:
     good_ratio: float = 0.05
     #: a learned (user-confirmed) message counts this many observations
     learn_weight: float = 3.0
+    #: an entity not observed for this many days is dropped from the store, with the ledger entries
+    #: of messages learned that long ago (0: kept for ever); by then ten 14-day half-lives have cut
+    #: its weight to a thousandth, and without it every client IP ever seen stays in the store
+    forget_after_days: float = 140.0
 
 
 @dataclass(frozen=True)
@@ -785,6 +789,7 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "history.bad_ratio": _RATIO,
     "history.good_ratio": _RATIO,
     "history.learn_weight": _NOT_NEGATIVE,
+    "history.forget_after_days": _NOT_NEGATIVE,  # 0: never
     "dnsbl.health_interval": _NOT_NEGATIVE,  # 0: never check
     "dns.nameservers": _ip_addresses,
     "dns.port": _Range(1, 65535),

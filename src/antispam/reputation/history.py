@@ -16,6 +16,14 @@ have, and increments stay single atomic additions in the store.  The scale
 grows by a factor of 2**26 a year with the default 14-day half-life, far
 inside a float's range for decades; EPOCH is fixed at 2026-01-01.
 
+Forgetting, also without a job: every count is written with the store's TTL of
+``forget_after_days`` (140 by default), renewed by each new observation, so an
+entity that has not been seen for that long leaves the store (its weight is a
+thousandth by then) instead of every client IP ever seen staying there.  A
+learned message's ledger entry lives as long as the counts it added would with
+no observation after it; unlearning a message learned longer ago finds nothing
+to take back (and relearning it counts it again).
+
 Learning is recorded in a ledger entry per message (``h:learned:<digest>``)
 whose value is the label and the exact amount that was added, e.g.
 ``b"s:161234.5"``.  ``unlearn`` subtracts that amount, not one computed at
@@ -94,6 +102,8 @@ class HistoryCheck(Check):
         self.cfg = config.history
         self.store = store
         self.half_life = self.cfg.half_life_days * 86400.0
+        #: seconds an entity's counts (and a learned message's ledger entry) live after its last write
+        self.ttl = self.cfg.forget_after_days * 86400.0 or None
         self._clock = clock
 
     def _scale(self, now: float) -> float:
@@ -161,7 +171,7 @@ class HistoryCheck(Check):
         lab = "s" if spam else "h"
         seen = ctx.get(HistoryEntities) if ctx is not None else None
         ents = seen.pairs if seen is not None else self.entities(msg, ctx)
-        self.store.incr_many({f"h:{k}:{v}:{lab}": amount for k, v in ents})
+        self.store.incr_many({f"h:{k}:{v}:{lab}": amount for k, v in ents}, ttl=self.ttl)
 
     def record(self, msg: Message, ctx: ScanContext, verdict: Verdict) -> None:
         """After a scan: count a clear outcome (spam by score, or a score at or below zero).
@@ -186,7 +196,7 @@ class HistoryCheck(Check):
             if self.store.get(k) is not None:
                 return False
         amount = self.cfg.learn_weight * self._scale(self._clock())
-        if not self.store.add(key, _ledger_value(spam, amount)):
+        if not self.store.add(key, _ledger_value(spam, amount), ttl=self.ttl):
             return False
         self._incr(msg, spam, amount)
         return True
