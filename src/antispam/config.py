@@ -84,6 +84,14 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 0
+    #: a Unix-domain socket to listen on instead of ``host:port`` (an absolute path; "" = TCP): a
+    #: milter at Postfix's ``unix:/path``, spamd at ``spamc -U`` or Exim's ``spamd_address = /path``.
+    #: Who may connect is the file's ``socket_mode`` and ``socket_group``, not ``allow``
+    socket: str = ""
+    #: permissions of the socket file (TOML octal: 0o660); connecting needs write permission
+    socket_mode: int = 0o660
+    #: group of the socket file ("" = this process's), e.g. "postfix" for Postfix's smtpd
+    socket_group: str = ""
     #: client networks allowed to connect (CIDR); others are refused at accept time
     allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     #: largest message accepted, bytes; larger ones are refused with the protocol's error
@@ -723,6 +731,30 @@ def _ip_addresses(value: Any, key: str, source: str) -> None:
                               key=key, source=source) from None
 
 
+#: the longest socket path the kernel takes (``sun_path`` is 108 bytes with its NUL on Linux, 104 on
+#: the BSDs and macOS): a longer one fails at bind with a bare "AF_UNIX path too long"
+MAX_SOCKET_PATH = 103
+
+
+def _socket_path(value: Any, key: str, source: str) -> None:
+    """A Unix-domain socket's path: absolute (a relative one would depend on the directory a service
+    manager starts us in), no NUL, short enough for the kernel."""
+    if value == "":
+        return
+    if "\0" in value or not value.startswith("/"):
+        raise ConfigError(f"must be an absolute path, got {value!r}", key=key, source=source)
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
+        raise ConfigError(f"is longer than the {MAX_SOCKET_PATH} bytes a socket path may have: {value!r}",
+                          key=key, source=source)
+
+
+def _socket_mode(value: Any, key: str, source: str) -> None:
+    """File permissions, written in TOML as an octal integer: 660 (decimal) is a likely slip for 0o660."""
+    if not 0 <= value <= 0o777:
+        raise ConfigError(f"must be file permissions written in octal, such as 0o660, got {value!r}",
+                          key=key, source=source)
+
+
 def _store_url(value: Any, key: str, source: str) -> None:
     """The URL :func:`antispam.store.open_store` would open, checked at load so the error names the file."""
     from .store.base import parse_store_url
@@ -766,6 +798,8 @@ _RULES: dict[str, typing.Callable[[Any, str, str], None]] = {
     "store.timeout": _POSITIVE,
     "servers.event_loop": _OneOf(EVENT_LOOPS),
     "servers.*.port": _PORT,
+    "servers.*.socket": _socket_path,
+    "servers.*.socket_mode": _socket_mode,
     "servers.*.metrics_port": _PORT,
     "servers.*.max_size": _Range(1),  # 0 would refuse every message
     "servers.*.max_connections": _Range(1),

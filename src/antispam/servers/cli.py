@@ -31,6 +31,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", dest="serve_config", metavar="FILE", help="TOML configuration file (or antispam -c FILE serve ...)")
     p.add_argument("--host", help="address to bind (default from [servers.NAME], 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (0: any free port, printed at start)")
+    p.add_argument("--socket", metavar="PATH", help="listen on this Unix-domain socket instead of host:port")
     p.add_argument("--allow", action="append", metavar="CIDR", help="client network allowed (repeatable; replaces the configured allow list)")
     p.add_argument("--workers", type=int, help="scan worker processes (0: scan in the server process)")
     p.add_argument("--processes", type=int,
@@ -59,7 +60,7 @@ def build(kind: str, config: Any, engine: Any = None, metrics: Any = None) -> An
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     section: dict[str, Any] = {}
-    for flag, key in (("host", "host"), ("port", "port"), ("allow", "allow"), ("workers", "workers"),
+    for flag, key in (("host", "host"), ("port", "port"), ("socket", "socket"), ("allow", "allow"), ("workers", "workers"),
                       ("processes", "processes"),
                       ("max_connections", "max_connections"), ("max_size", "max_size"),
                       ("metrics_port", "metrics_port"), ("next_hop", "next_hop"), ("mode", "mode")):
@@ -91,8 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return Supervisor(args.kind, path, overrides, settings, level, args.log_json).run()
     # The bound port on stdout, one line, for scripts that start us on port 0.
     run_server(args.kind, config,
-               listening=lambda server: print(f"antispam {args.kind} listening on {settings.host}:{server.port}",
-                                              flush=True),
+               listening=lambda server: print(f"antispam {args.kind} listening on {server.address}", flush=True),
                load=lambda: Config.load(path, overrides))
     return 0
 
@@ -155,7 +155,6 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
             if metrics is not None:
                 metrics.close()
             raise
-        listening(server)
         # the DNS lists' counters: copied to the shared files (prefork) or asked of the scan workers
         copier = None
         if metrics is not None and metrics.watches_lists:
@@ -163,7 +162,8 @@ def run_server(kind: str, config: Any, listening: Callable[[Any], None], listene
         elif polled is not None:
             copier = asyncio.create_task(polled.poll_lists_forever())
         try:
-            await server.wait_for_signal(reload_config if load is not None else None)
+            # said to be listening only once SIGTERM would drain it (the handlers are set first)
+            await server.wait_for_signal(reload_config if load is not None else None, ready=lambda: listening(server))
         finally:
             if copier is not None:
                 copier.cancel()

@@ -380,6 +380,11 @@ class Server:
         self.log = logging.getLogger(f"antispam.servers.{self.name}")
         self._server: asyncio.base_events.Server | None = None
         self._listener: SharedListener | None = None
+        #: clients come over a Unix-domain socket (``settings.socket``): the file's permissions say who
+        #: may connect, and the allow-list, which is of networks, does not apply
+        self.local_socket = bool(settings.socket)
+        #: (device, inode) of the socket file this process made, removed at stop; None otherwise
+        self._socket_made: tuple[int, int] | None = None
         self._tasks: dict[asyncio.Task, Connection] = {}
         self._sweeper: asyncio.Task | None = None
         #: seconds a whole request may take (``request_timeout``: spamd, rspamd-http; None elsewhere)
@@ -395,11 +400,20 @@ class Server:
 
     @property
     def port(self) -> int:
-        """The bound port (useful when configured as 0: the kernel picked one)."""
+        """The bound port (useful when configured as 0: the kernel picked one); 0 on a Unix-domain socket."""
+        if self.local_socket:
+            return 0
         if self._listener is not None:
             return self._listener.port
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def address(self) -> str:
+        """Where the server listens: ``host:port``, or ``unix:/path``."""
+        from .prefork import address
+
+        return address(self.settings, self.port)
 
     async def _adopt(self, sock: socket.socket) -> None:
         """Serve a connection accepted by a shared listener, as ``start_server`` serves its own."""
@@ -420,6 +434,7 @@ class Server:
             self._server.close()
         if self._listener is not None:
             self._listener.close()
+        self._remove_socket_file()
 
     async def start(self, listener: SharedListener | None = None) -> None:
         """Listen on ``settings.host:port``, or take connections from ``listener`` (the socket
@@ -429,6 +444,16 @@ class Server:
             self.metrics.start_http(self.settings)
         if listener is not None:
             self._take_from(listener)
+        elif self.local_socket:
+            from .prefork import unix_listening_socket
+
+            sock, self._socket_made = unix_listening_socket(self.settings)
+            try:
+                self._server = await self._listen(sock)
+            except BaseException:
+                sock.close()
+                self._remove_socket_file()
+                raise
         else:
             try:
                 self._server = await self._listen()
@@ -437,14 +462,22 @@ class Server:
 
                 raise listen_error(self.settings.host, self.settings.port, exc) from None
         self._started()
-        self.log.info("listening", extra={"fields": {"server": self.name, "host": self.settings.host,
-                                                     "port": self.port, **self._described()}})
+        where = {"socket": self.settings.socket} if self.local_socket else {"host": self.settings.host, "port": self.port}
+        self.log.info("listening", extra={"fields": {"server": self.name, **where, **self._described()}})
 
-    async def _listen(self) -> asyncio.AbstractServer:
-        """The listening server on ``settings.host:port`` (a protocol with its own transport
-        handling, the SMTP filter's, makes its own)."""
+    async def _listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
+        """The listening server on ``settings.host:port``, or on ``sock``, a bound Unix-domain socket
+        (a protocol with its own transport handling, the SMTP filter's, makes its own)."""
+        if sock is not None:
+            return await asyncio.start_unix_server(self._accept, sock=sock, limit=64 * 1024)
         return await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
                                           limit=64 * 1024, reuse_address=True)
+
+    def _remove_socket_file(self) -> None:
+        from .prefork import remove_socket_file
+
+        remove_socket_file(self.settings.socket, self._socket_made)
+        self._socket_made = None
 
     def _started(self) -> None:
         """Taking connections: the sweeper of read and request timeouts starts."""
@@ -509,10 +542,13 @@ class Server:
         await self.start()
         await self.wait_for_signal()
 
-    async def wait_for_signal(self, load: Callable[[], Config] | None = None) -> None:
+    async def wait_for_signal(self, load: Callable[[], Config] | None = None,
+                              ready: Callable[[], None] | None = None) -> None:
         """Block until SIGTERM or SIGINT, then shut down gracefully.  With ``load`` (what reads the
         configuration again), SIGHUP reloads: :meth:`reload` with what ``load`` returns, logged as
-        ``reloaded`` or ``reload failed`` (the server then goes on as it was)."""
+        ``reloaded`` or ``reload failed`` (the server then goes on as it was).  ``ready()`` is
+        called once the handlers are in place: a SIGTERM sent as soon as a server says it listens
+        (a service manager stopping it at once) drains it, where the default action killed it."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -521,6 +557,8 @@ class Server:
         if load is not None:
             with contextlib.suppress(NotImplementedError, AttributeError):
                 loop.add_signal_handler(signal.SIGHUP, self._reload_soon, load)
+        if ready is not None:
+            ready()
         await stop.wait()
         self.log.info("shutting down", extra={"fields": {"server": self.name, "in_flight": len(self._tasks)}})
         if self._reloading is not None:
@@ -582,7 +620,7 @@ class Server:
         if self.closing:
             writer.close()
             return
-        if not self.allow.allows(conn.peer_ip):
+        if not self.local_socket and not self.allow.allows(conn.peer_ip):
             self.log.warning("client refused: not in allow-list", extra={"fields": {"server": self.name, "peer": conn.peer_ip}})
             self._count_error("not_allowed")
             return await self._refuse_and_close(conn, "not allowed")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import logging
 import mmap
@@ -43,6 +44,7 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -93,7 +95,9 @@ class SharedListener:
 
     @property
     def port(self) -> int:
-        return int(self.sock.getsockname()[1])
+        """The shared TCP port; 0 on a Unix-domain socket."""
+        addr = self.sock.getsockname()
+        return int(addr[1]) if isinstance(addr, tuple) else 0
 
     def start(self, adopt: Callable[[socket.socket], Awaitable[None]], load: Callable[[], int]) -> None:
         """Accept connections in the running loop, handing each to ``adopt``; ``load()`` is the
@@ -164,12 +168,73 @@ def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket
     return sock
 
 
-def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
-    """A port that cannot be bound (in use, privileged, no such address), as one line that
-    ``antispam serve`` prints before exiting with status 2: the same words whether one process
-    or the prefork parent binds it."""
+def unix_listening_socket(settings: ServerConfig, backlog: int = 1024) -> tuple[socket.socket, tuple[int, int]]:
+    """A bound, listening Unix-domain socket at ``settings.socket``, with ``socket_mode`` and
+    ``socket_group``; and the file's (device, inode), so that only the server that made it removes it.
+
+    A socket file left by a server that died is replaced; one a live server answers on is an error
+    (two servers on one path would each take half the connections), as is any other kind of file
+    there.  The mode and group are set before ``listen``: no client can connect before then.
+    """
+    path = settings.socket
+    try:
+        gid = grp.getgrnam(settings.socket_group).gr_gid if settings.socket_group else -1
+    except KeyError:
+        raise ConfigError(f"no such group: {settings.socket_group!r}", key="socket_group") from None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise listen_error(path, None, exc) from None
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(f"cannot listen on unix:{path}: the file exists and is not a socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except OSError:  # refused (nobody listens) or unreachable: a dead server's file
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            else:
+                raise ConfigError(f"cannot listen on unix:{path}: another server is listening there")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, settings.socket_mode)
+        if gid >= 0:
+            os.chown(path, -1, gid)
+        sock.listen(backlog)
+        st = os.stat(path)
+    except OSError as exc:
+        sock.close()
+        raise listen_error(path, None, exc) from None
+    return sock, (st.st_dev, st.st_ino)
+
+
+def remove_socket_file(path: str, made: tuple[int, int] | None) -> None:
+    """Remove the socket file at ``path`` if it is still the one this server made (a server started
+    on the same path since has its own)."""
+    if made is None:
+        return
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == made:
+            os.unlink(path)
+
+
+def listen_error(host: str, port: int | None, exc: OSError) -> ConfigError:
+    """A port that cannot be bound (in use, privileged, no such address), or a socket path (port
+    None), as one line that ``antispam serve`` prints before exiting with status 2: the same words
+    whether one process or the prefork parent binds it."""
     # the errno's words: asyncio and uvloop wrap the socket's error in a sentence of their own
-    return ConfigError(f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}")
+    where = f"unix:{host}" if port is None else f"{host}:{port}"
+    return ConfigError(f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}")
+
+
+def address(settings: ServerConfig, port: int) -> str:
+    """Where a server listens, as the "listening on" line prints it: ``host:port`` or ``unix:/path``."""
+    return f"unix:{settings.socket}" if settings.socket else f"{settings.host}:{port}"
 
 
 @dataclass
@@ -202,6 +267,7 @@ class Supervisor:
     def run(self) -> int:
         metrics_http = None
         sock: socket.socket | None = None
+        made: tuple[int, int] | None = None
         load_map: mmap.mmap | None = None
         n = self.settings.processes
         try:
@@ -215,7 +281,10 @@ class Supervisor:
                 # before the server's socket and any child: a metrics port in use is an error at
                 # once (a ConfigError naming it), and no client was ever accepted into the backlog
                 metrics_http = serve_multiprocess(self.settings)
-            sock = listening_socket(self.settings.host, self.settings.port)
+            if self.settings.socket:
+                sock, made = unix_listening_socket(self.settings)
+            else:
+                sock = listening_socket(self.settings.host, self.settings.port)
             self.load_fd = os.memfd_create("antispam-prefork-load")
             os.ftruncate(self.load_fd, 8 * n)
             load_map = mmap.mmap(self.load_fd, 8 * n)
@@ -230,10 +299,10 @@ class Supervisor:
                     self._stop_all()
                     self._reap_all()
                     return 0 if self.stopping and not self._failed else 1
-                port = sock.getsockname()[1]
-                print(f"antispam {self.kind} listening on {self.settings.host}:{port}", flush=True)
-                log.info("listening", extra={"fields": {"server": self.kind, "host": self.settings.host,
-                                                         "port": port, "processes": n}})
+                port = 0 if made else sock.getsockname()[1]
+                print(f"antispam {self.kind} listening on {address(self.settings, port)}", flush=True)
+                where = {"socket": self.settings.socket} if made else {"host": self.settings.host, "port": port}
+                log.info("listening", extra={"fields": {"server": self.kind, **where, "processes": n}})
                 return self._supervise(sock)
             except BaseException:  # never leave children behind
                 self._stop_all()
@@ -242,6 +311,7 @@ class Supervisor:
         finally:
             if sock is not None:
                 sock.close()
+                remove_socket_file(self.settings.socket, made)
             if load_map is not None:
                 self.counts.release()
                 load_map.close()

@@ -301,7 +301,7 @@ class RspamdHttpServer(Server):
         /dev/shm without following a symbolic link or blocking on a FIFO, only a regular file with
         no other name (a hard link could give a file outside shared memory), never more than
         max_size bytes of it."""
-        if not _loopback(conn.peer_ip):
+        if not (self.local_socket or _loopback(conn.peer_ip)):
             raise RequestError(403, "Shm (a message in shared memory) is taken from a loopback peer only")
         name = headers["shm"][-1]
         if not _SHM_NAME.fullmatch(name):

@@ -685,10 +685,13 @@ class SmtpFilterServer(Server):
                            timeout=int(max(1, cfg.timeout)), decode_data=False, enable_SMTPUTF8=True,
                            ident="antispam filter")
 
-    async def _listen(self) -> asyncio.AbstractServer:
+    async def _listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
         """aiosmtpd's protocol makes its own streams: the server is made on it, not on ``_accept``."""
         cfg = self.settings
-        return await asyncio.get_running_loop().create_server(self._protocol, cfg.host, cfg.port, reuse_address=True)
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            return await loop.create_unix_server(self._protocol, sock=sock)
+        return await loop.create_server(self._protocol, cfg.host, cfg.port, reuse_address=True)
 
     def _started(self) -> None:
         """aiosmtpd keeps its own idle timeout: no sweeper; nothing is in flight yet."""
@@ -730,7 +733,7 @@ class SmtpFilterServer(Server):
         ip = str(peer[0]) if peer else ""
         if self.closing:
             return "421 4.3.2 Shutting down, try again later"
-        if not self.allow.allows(ip):
+        if not self.local_socket and not self.allow.allows(ip):
             self._count_error("not_allowed")
             self.log.warning("client refused: not in allow-list", extra={"fields": {"server": self.name, "peer": ip}})
             return "554 5.7.1 Not allowed"
