@@ -143,16 +143,19 @@ class Sink:
     where aiosmtpd does not), and ``bdat_grouped`` records for each MAIL whether a BDAT had come
     with it: the filter's whole transaction in one write.  With ``dsn`` it announces DSN and takes
     its parameters (RFC 3461), and ``commands`` keeps every MAIL and RCPT line as it came.
+    ``without`` names EHLO keywords it does not announce (``8BITMIME``, ``SMTPUTF8``): a next hop
+    lacking them, which still takes what comes.
     """
 
     def __init__(self, port: int | None = None, pipelining: bool = False, chunking: bool = False,
-                 dsn: bool = False):
+                 dsn: bool = False, without: tuple[str, ...] = ()):
         from servers import free_port
 
         self.port = port or free_port()
         self.pipelining = pipelining or chunking
         self.chunking = chunking
         self.dsn = dsn
+        self.without = without
         self.commands: list[str] = []
         self.bdat_grouped: list[bool] = []
         #: the next this many MAILs drop their connection unanswered (a next hop that closed a kept
@@ -185,7 +188,7 @@ class Sink:
                     responses.insert(-1, "250-CHUNKING")
                 if sink.dsn:
                     responses.insert(-1, "250-DSN")
-                return responses
+                return [r for r in responses if r[4:] not in sink.without]
 
             async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
                 sink.mail_grouped.append(b"\n" in server._reader._buffer)

@@ -531,3 +531,74 @@ def test_proxy_filter_takes_dsn_requests():
         filt.stop()
         p.stop()
         sink.down()
+
+
+# --------------------------------------------------------------------------- MAIL parameters: BODY, SMTPUTF8, AUTH
+
+
+def test_content_filter_to_a_next_hop_without_8bitmime():
+    """Postfix (content_filter) -> our filter -> a next hop without 8BITMIME.  The filter offers
+    8BITMIME only when its next hop does, so Postfix converts an 8-bit message to quoted-printable
+    as it would for that next hop (RFC 6152), and 7-bit data arrives.  Before, the filter offered it
+    always: Postfix sent the 8-bit data with ``BODY=8BITMIME``, and the filter dropped the
+    parameter and handed the 8-bit data undeclared to a server that had not said it takes them."""
+    from antispam.config import SmtpConfig
+    from antispam.servers.smtp import SmtpFilterServer
+    from test_smtp_filter import eight_bit
+
+    sink = Sink(without=("8BITMIME",))
+    fport = free_port()
+    filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck()]), SmtpConfig(
+        port=fport, next_hop=f"127.0.0.1:{sink.port}")))
+    p = pf.Postfix(relay_port=sink.port, main={"content_filter": f"scan:[127.0.0.1]:{fport}"},
+                   extra_master="scan unix - - n - 4 smtp -o smtp_send_xforward_command=yes\n")
+    try:
+        import smtplib
+
+        with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as s:
+            s.sendmail("ana@sender.test", ["bo@rcpt.test"], eight_bit("cf 8bit"), mail_options=["BODY=8BITMIME"])
+        (got,) = sink.wait_for(marker("cf 8bit"))
+        assert got[2].isascii() and b"Content-Transfer-Encoding: quoted-printable" in got[2], got[2]
+        assert b"Caf=C3=A9" in got[2]
+        assert "BODY" not in sink.commands[0].upper()
+    finally:
+        filt.stop()
+        p.stop()
+        sink.down()
+
+
+def test_proxy_filter_mail_parameters_against_a_next_hop_without_them():
+    """swaks' role played by smtplib -> Postfix smtpd (smtpd_proxy_filter) -> our filter ->
+    Postfix's 10026 smtpd with no 8BITMIME.  Postfix's proxy hands the filter its client's MAIL as
+    it came, whatever the filter announced.  Before, ``BODY=8BITMIME`` was dropped, and the 8-bit
+    message relayed undeclared (RFC 6152).  Now 8-bit data is refused for now (451 4.6.3: the
+    message stays with the client until the next hop takes 8 bits again), and a 7-bit message that
+    declared 8BITMIME goes on."""
+    import smtplib
+
+    from antispam.config import SmtpConfig
+    from antispam.servers.smtp import SmtpFilterServer
+    from test_smtp_filter import _eight_bit_sink, eight_bit
+
+    sink = _eight_bit_sink(chunking=False)
+    fport, rport = free_port(), free_port()
+    filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck()]), SmtpConfig(
+        port=fport, mode="before-queue", next_hop=f"127.0.0.1:{rport}")))
+    p = pf.Postfix(relay_port=sink.port, smtpd_options=(
+        f"  -o smtpd_proxy_filter=127.0.0.1:{fport}\n"),
+        extra_master=(f"127.0.0.1:{rport} inet n - n - - smtpd -o smtpd_proxy_filter="
+                      " -o smtpd_discard_ehlo_keywords=8bitmime -o receive_override_options=no_unknown_recipient_checks\n"))
+    try:
+        with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as s:
+            s.ehlo("client.sender.test")
+            assert "8bitmime" in s.esmtp_features, s.esmtp_features
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                s.sendmail("ana@sender.test", ["bo@rcpt.test"], eight_bit("pf 8bit"), mail_options=["BODY=8BITMIME"])
+            assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.6.3 "), refused.value
+            s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject="pf 7bit"), mail_options=["BODY=8BITMIME"])
+        assert len(sink.wait_for(marker("pf 7bit"))) == 1, p.log()[-3000:]
+        assert sink.wait_for(marker("pf 8bit"), timeout=0.5) == []
+    finally:
+        filt.stop()
+        p.stop()
+        sink.down()

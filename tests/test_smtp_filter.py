@@ -1193,6 +1193,85 @@ def test_smtputf8_is_offered_while_the_next_hop_is_unknown_and_never_dropped(sin
         f.stop()
 
 
+#: a line of 8-bit (UTF-8) text, and a message with it in its body, its MIME headers saying so
+EIGHT_BIT = "Caf\u00e9 \u00e0 midi ?"
+
+
+def eight_bit(subject: str) -> bytes:
+    return ham(subject=subject, body=f"{EIGHT_BIT}\n").replace(
+        b"charset=utf-8\r\n", b"charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n")
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["next-hop-plain", "next-hop-chunking"])
+def test_8bitmime_is_offered_and_passed_on_only_as_the_next_hop_takes_it(chunking):
+    """RFC 6152.  To a next hop with 8BITMIME, ``BODY=`` goes as the client wrote it (it went
+    upper-cased).  To one without, 8BITMIME is not offered (it was: aiosmtpd announces it always),
+    and 8-bit data declared ``BODY=8BITMIME`` all the same (Postfix's before-queue proxy hands on
+    its client's MAIL as it came) is refused for now, ``451 4.6.3``: the parameter was dropped and
+    the data sent undeclared to a server that had not said it takes 8 bits.  Declared but 7-bit
+    data goes on, undeclared; the session goes on clean.  Both with the transaction mirrored step
+    by step and held to go whole with the message (a lone recipient, pipelined)."""
+    eight, seven = Sink(chunking=chunking), Sink(chunking=chunking, without=("8BITMIME",))
+    f8, f7 = start(eight), start(seven)
+
+    def transaction(fh, c, mail: bytes, raw: bytes) -> bytes:
+        c.sendall(mail + b"\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(raw + b".\r\n")
+        return smtp_replies(fh, 1)[0]
+
+    try:
+        c, fh, ehlo = _ehlo(f8.port)
+        assert b"250-8BITMIME\r\n" in ehlo
+        assert transaction(fh, c, b"MAIL FROM:<ana@sender.test> body=8bitmime", eight_bit("to 8bit")) == eight.data_reply
+        c.close()
+        (got,) = eight.wait_for(marker("to 8bit"))
+        assert EIGHT_BIT.encode() in got[2]
+        assert eight.commands[0] == "MAIL FROM:<ana@sender.test> body=8bitmime"
+
+        c, fh, ehlo = _ehlo(f7.port)
+        assert not any(b"8BITMIME" in line for line in ehlo)
+        end = transaction(fh, c, b"MAIL FROM:<ana@sender.test> BODY=8BITMIME", eight_bit("8bit to 7bit"))
+        assert end.startswith(b"451 4.6.3 "), end
+        end = transaction(fh, c, b"MAIL FROM:<ana@sender.test> BODY=8BITMIME", ham(subject="7bit declared 8bit"))
+        assert end == seven.data_reply
+        c.close()
+        assert len(seven.wait_for(marker("7bit declared 8bit"))) == 1
+        assert seven.wait_for(marker("8bit to 7bit"), timeout=0.3) == []
+        # (the refused one's MAIL reached a next hop mirrored step by step, and was ended with RSET)
+        assert {m for m in seven.commands if m.startswith("MAIL")} == {"MAIL FROM:<ana@sender.test>"}
+    finally:
+        f8.stop()
+        f7.stop()
+        eight.down()
+        seven.down()
+
+
+def test_8bitmime_offered_while_the_next_hop_is_unknown_is_never_dropped(sink):
+    """8BITMIME is offered while the next hop cannot be reached (it may well have it); 8-bit data
+    that then meets a next hop without it is refused for now, and the client, back at EHLO, is
+    not offered it."""
+    seven = Sink(without=("8BITMIME",))
+    seven.down()
+    f = start(seven)
+    try:
+        c, fh, ehlo = _ehlo(f.port)
+        assert b"250-8BITMIME\r\n" in ehlo
+        seven.up()
+        c.sendall(b"MAIL FROM:<ana@sender.test> BODY=8BITMIME\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(eight_bit("8bit, next hop unknown") + b".\r\n")
+        assert smtp_replies(fh, 1)[0].startswith(b"451 4.6.3 ")
+        c.close()
+        c, fh, ehlo = _ehlo(f.port)
+        assert not any(b"8BITMIME" in line for line in ehlo)
+        c.close()
+        assert seven.wait_for(marker("8bit, next hop unknown"), timeout=0.3) == []
+    finally:
+        f.stop()
+        seven.down()
+
+
 def test_8bit_sender_refused_by_the_next_hop_gets_its_reply_never_an_empty_line(sink):
     """A next hop that refuses the 8-bit sender: its reply is the client's, pipelined or not (it
     was an empty line when MAIL went with the RCPT after it).  An 8-bit XFORWARD name is refused

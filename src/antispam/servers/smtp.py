@@ -56,8 +56,14 @@ from ..message import Envelope
 from .common import Server, _has_input, rewrite_headers, without_ours
 
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
-#: the DSN parameters (RFC 3461) of MAIL and of RCPT, passed on as sent to a next hop that announces DSN
-_DSN_PARAMS = {"MAIL": ("RET", "ENVID"), "RCPT": ("NOTIFY", "ORCPT")}
+#: the DSN parameters (RFC 3461) of RCPT, passed on as sent to a next hop that announces DSN
+_DSN_RCPT_PARAMS = ("NOTIFY", "ORCPT")
+#: the parameters taken beyond aiosmtpd's (BODY, SMTPUTF8, SIZE), which it refuses with 555: the
+#: DSN ones (see :meth:`_FilterSMTP._getparams`)
+_TAKEN_PARAMS = {"MAIL": ("RET", "ENVID"), "RCPT": _DSN_RCPT_PARAMS}
+#: the MAIL parameters passed on, as the client wrote them, to a next hop announcing the extension
+#: that defines each (RFC 6152, RFC 6531, RFC 3461)
+_MAIL_PASSED = {"BODY": "8BITMIME", "SMTPUTF8": "SMTPUTF8", "RET": "DSN", "ENVID": "DSN"}
 #: an address aiosmtpd's parser would return unchanged: ``<dot-atom@dot-atom>`` and the parameters
 _PLAIN_PATH = re.compile(r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                          r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)", re.S)
@@ -72,6 +78,11 @@ _NEED_MAIL = "503 Error: need MAIL command"
 #: our reply when something of ours failed: temporary (RFC 3463 4.3.0, "other or undefined mail
 #: system status"), so that the client keeps the message and tries again
 _INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
+#: our reply to 8-bit data declared ``BODY=8BITMIME`` for a next hop without 8BITMIME (RFC 6152
+#: forbids sending it there, and we do not convert it): temporary, so the message stays with the
+#: client, which at its next EHLO is not offered 8BITMIME and converts it itself (Postfix does), or
+#: until the next hop is given 8BITMIME back; RFC 3463 X.6.3, conversion required but not supported
+_NO_8BITMIME = "451 4.6.3 The next hop does not take 8-bit data (no 8BITMIME); try again later"
 
 
 def _one_line(text: Any) -> str:
@@ -604,7 +615,7 @@ class _FilterSMTP(FastSMTP):
         await self._with_dsn("RCPT", super().smtp_RCPT(arg))
 
     async def _with_dsn(self, verb: str, command: Any) -> None:
-        self._dsn_keys, self.params_sent = _DSN_PARAMS[verb], []
+        self._dsn_keys, self.params_sent = _TAKEN_PARAMS[verb], []
         try:
             await command
         finally:
@@ -763,6 +774,12 @@ class SmtpFilterServer(Server):
         server.utf8_offered = hop is None or "SMTPUTF8" in hop
         if not server.utf8_offered:
             responses.remove("250-SMTPUTF8")
+        # RFC 6152: 8-bit data must not go to a next hop without 8BITMIME.  Not offered then, the
+        # client converts it or sends it undeclared, as it would to that next hop; offered while
+        # the next hop is unknown, 8-bit data that meets one without it is refused for now
+        # (``_unsendable``).  aiosmtpd announces it always (``decode_data=False``).
+        if hop is not None and "8BITMIME" not in hop:
+            responses.remove("250-8BITMIME")
         responses[-1:-1] = ours  # the last line is "250 HELP"
         return responses
 
@@ -1156,32 +1173,51 @@ def _path(address: str) -> str:
 Rcpt = tuple[str, list[str]]
 
 
-def _dsn(conn: _SmtpClient, verb: str, params: list[str]) -> list[str]:
-    """The DSN parameters among ``params`` (a MAIL's or a RCPT's, as sent), for a next hop that
-    announces DSN; none for one that does not (it would refuse them)."""
-    if "DSN" not in conn.extensions:
-        return []
-    keys = _DSN_PARAMS[verb]
-    return [p for p in params if p.partition("=")[0].upper() in keys]
-
-
 def _rcpt_line(conn: _SmtpClient, rcpt: Rcpt) -> str:
+    """RCPT with the recipient's DSN parameters as sent, for a next hop that announces DSN; none
+    for one that does not (it would refuse them)."""
     address, params = rcpt
-    return " ".join([f"RCPT TO:{_path(address)}", *_dsn(conn, "RCPT", params)])
+    if params and "DSN" in conn.extensions:
+        return " ".join([f"RCPT TO:{_path(address)}",
+                         *(p for p in params if p.partition("=")[0].upper() in _DSN_RCPT_PARAMS)])
+    return f"RCPT TO:{_path(address)}"
 
 
 def _opening(conn: _SmtpClient, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> list[str]:
-    """The commands that open a transaction on ``conn``: MAIL with the options it announced
-    (``mail_options`` as our client sent them), after XFORWARD when there is one to pass on.
-    XFORWARD describes one transaction (the next hop forgets it after), so it goes every time; its
-    reply does not matter (the next hop ignores what it does not allow)."""
-    wanted = {o.upper() for o in mail_options}
-    options = [o for o, ext in (("BODY=8BITMIME", "8BITMIME"), ("SMTPUTF8", "SMTPUTF8"))
-               if o in wanted and ext in conn.extensions]
-    lines = [" ".join([f"MAIL FROM:{_path(mail_from)}", *options, *_dsn(conn, "MAIL", mail_options)])]
+    """The commands that open a transaction on ``conn``: MAIL with the parameters of
+    ``_MAIL_PASSED`` whose extension it announced, as our client wrote them (``mail_options``:
+    ``BODY=8bitmime`` stays so, where aiosmtpd's are upper-cased), after XFORWARD when there is one
+    to pass on.  A parameter whose extension the next hop lacks is dropped: it would refuse it
+    (8-bit data declared for it is refused at the end of the data: ``_unsendable``).  XFORWARD
+    describes one transaction (the next hop forgets it after), so it goes every time; its reply
+    does not matter (the next hop ignores what it does not allow)."""
+    extensions = conn.extensions
+    lines = [" ".join([f"MAIL FROM:{_path(mail_from)}",
+                       *(p for p in mail_options if _MAIL_PASSED.get(p.partition("=")[0].upper()) in extensions)])]
     if xforward and "XFORWARD" in conn.extensions:
         lines.insert(0, "XFORWARD " + " ".join(f"{k}={v}" for k, v in xforward.items()))
     return lines
+
+
+def _unsendable(conn: _SmtpClient, mail_options: list[str], payload: bytes) -> str | None:
+    """Our refusal of a message that ``conn`` cannot take as its MAIL (``mail_options``, as sent)
+    declared it, its parameter dropped (``_opening``); None when it can.
+
+    - ``BODY=8BITMIME`` and 8-bit data, for a next hop without 8BITMIME: RFC 6152 forbids sending
+      it there.  Dropping the parameter alone handed a 7-bit server undeclared 8-bit data.  We do
+      not convert the message (that would break its signatures, and it is the client's to do);
+      ``_NO_8BITMIME``, temporary: the message stays with the client.  Declared but 7-bit data
+      goes on undeclared, which is what it is.
+
+    A next hop with 8BITMIME (Postfix's smtpd) costs one set look-up."""
+    extensions = conn.extensions
+    if "8BITMIME" in extensions:
+        return None
+    for param in mail_options:
+        key, _, value = param.partition("=")
+        if key.upper() == "BODY" and value.upper() == "8BITMIME" and not payload.isascii():
+            return _NO_8BITMIME
+    return None
 
 
 class _NextHop:
@@ -1207,6 +1243,8 @@ class _NextHop:
         #: on ``conn``, which has seen nothing of them yet; ``kept``: that connection is a kept one
         self.held: tuple[tuple[str, list[str], dict[str, str]], Rcpt] | None = None
         self.kept = False
+        #: the parameters of the MAIL that opened the transaction on ``conn``, as sent
+        self.mail_options: list[str] = []
 
     def defer_mail(self, mail_from: str, mail_options: list[str], xforward: dict[str, str]) -> None:
         """Keep MAIL to send with the RCPT that follows (``SmtpFilterServer.handle_MAIL``)."""
@@ -1258,7 +1296,7 @@ class _NextHop:
                 if kept:
                     continue
             elif code == 250:
-                self.conn = conn
+                self.conn, self.mail_options = conn, mail_options
                 if rcpt is None:
                     return _reply(code, msg), ""
                 if pipelined:
@@ -1393,7 +1431,14 @@ class _NextHop:
             self.busy = False
 
     async def _data(self, payload: bytes) -> str:
-        """Send the message; the next hop's one reply covers every recipient it accepted."""
+        """Send the message; the next hop's one reply covers every recipient it accepted.  One
+        the next hop cannot take as its MAIL declared it (``_unsendable``) is not sent: the
+        transaction ends there, and that is our reply."""
+        if self.conn is not None:
+            refusal = _unsendable(self.conn, self.held[0][1] if self.held is not None else self.mail_options, payload)
+            if refusal is not None:
+                await self._end()
+                return refusal
         if self.held is not None:
             return await self._whole(payload)
         conn, self.conn = self.conn, None
