@@ -166,6 +166,8 @@ class Sink:
         self.refuse_rcpts: dict[str, str] = {}
         self.refuse_senders: dict[str, str] = {}
         self.mail_grouped: list[bool] = []
+        #: for each MAIL, whether it asked for SMTPUTF8
+        self.mail_utf8: list[bool] = []
         #: seconds handle_DATA waits before storing and answering (a slow next hop)
         self.delay = 0.0
         #: the sink's reply to a message it stores
@@ -192,6 +194,7 @@ class Sink:
 
             async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
                 sink.mail_grouped.append(b"\n" in server._reader._buffer)
+                sink.mail_utf8.append(envelope.smtp_utf8)
                 sink.bdat_grouped.append(b"\nBDAT " in server._reader._buffer)
                 if sink.hang_up_at_mail:
                     sink.hang_up_at_mail -= 1

@@ -568,11 +568,16 @@ def test_content_filter_to_a_next_hop_without_8bitmime():
 
 
 def test_proxy_filter_mail_parameters_against_a_next_hop_without_them():
-    """swaks' role played by smtplib -> Postfix smtpd (smtpd_proxy_filter) -> our filter ->
-    Postfix's 10026 smtpd with no 8BITMIME.  Postfix's proxy hands the filter its client's MAIL as
-    it came, whatever the filter announced.  Before, ``BODY=8BITMIME`` was dropped, and the 8-bit
-    message relayed undeclared (RFC 6152).  Now 8-bit data is refused for now (451 4.6.3: the
-    message stays with the client until the next hop takes 8 bits again), and a 7-bit message that
+    """swaks' role played by smtplib -> Postfix smtpd (smtpd_proxy_filter; SMTPUTF8 on)
+    -> our filter -> Postfix's 10026 smtpd with no 8BITMIME and no SMTPUTF8.  Postfix's proxy
+    hands the filter its client's MAIL as it came, whatever the filter announced.  Before:
+
+    - ``BODY=8BITMIME`` was dropped, and the 8-bit message relayed undeclared (RFC 6152);
+    - ``SMTPUTF8`` was dropped, and the UTF-8 sender relayed unflagged (RFC 6531 section 3.4).
+
+    Now 8-bit data is refused for now (451 4.6.3: the message stays with the client until the next
+    hop takes 8 bits again), a UTF-8 sender for good (553 5.6.7, as Postfix bounces it; Postfix
+    gives it as its reply to the first RCPT), and an ASCII message that asked for SMTPUTF8 or
     declared 8BITMIME goes on."""
     import smtplib
 
@@ -585,19 +590,57 @@ def test_proxy_filter_mail_parameters_against_a_next_hop_without_them():
     filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck()]), SmtpConfig(
         port=fport, mode="before-queue", next_hop=f"127.0.0.1:{rport}")))
     p = pf.Postfix(relay_port=sink.port, smtpd_options=(
-        f"  -o smtpd_proxy_filter=127.0.0.1:{fport}\n"),
-        extra_master=(f"127.0.0.1:{rport} inet n - n - - smtpd -o smtpd_proxy_filter="
+        f"  -o smtpd_proxy_filter=127.0.0.1:{fport}\n  -o smtputf8_enable=yes\n"),
+        extra_master=(f"127.0.0.1:{rport} inet n - n - - smtpd -o smtpd_proxy_filter= -o smtputf8_enable=no"
                       " -o smtpd_discard_ehlo_keywords=8bitmime -o receive_override_options=no_unknown_recipient_checks\n"))
     try:
         with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as s:
             s.ehlo("client.sender.test")
-            assert "8bitmime" in s.esmtp_features, s.esmtp_features
+            assert {"8bitmime", "smtputf8"} <= set(s.esmtp_features), s.esmtp_features
             with pytest.raises(smtplib.SMTPDataError) as refused:
                 s.sendmail("ana@sender.test", ["bo@rcpt.test"], eight_bit("pf 8bit"), mail_options=["BODY=8BITMIME"])
             assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.6.3 "), refused.value
             s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject="pf 7bit"), mail_options=["BODY=8BITMIME"])
-        assert len(sink.wait_for(marker("pf 7bit"))) == 1, p.log()[-3000:]
-        assert sink.wait_for(marker("pf 8bit"), timeout=0.5) == []
+            # Postfix opens the filter's transaction at the first recipient it accepts, and answers
+            # that RCPT with the filter's refusal of the MAIL
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                s.sendmail("jos\u00e9@sender.test", ["bo@rcpt.test"], ham(subject="pf utf8"), mail_options=["SMTPUTF8"])
+            code, text = refused.value.recipients["bo@rcpt.test"]
+            assert code == 553 and text.startswith(b"5.6.7 "), refused.value
+            s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject="pf ascii utf8"), mail_options=["SMTPUTF8"])
+        for subject in ("pf 7bit", "pf ascii utf8"):
+            assert len(sink.wait_for(marker(subject))) == 1, (subject, p.log()[-3000:])
+        assert sink.wait_for(lambda raw: b"pf 8bit" in raw or b"pf utf8" in raw, timeout=0.5) == []
+    finally:
+        filt.stop()
+        p.stop()
+        sink.down()
+
+
+def test_proxy_filter_passes_smtputf8_on():
+    """Before-queue, with SMTPUTF8 on everywhere: a message with a UTF-8 sender, sent with
+    SMTPUTF8, reaches the last hop with its flag and its address intact (Postfix's proxy -> our
+    filter -> Postfix's 10026 smtpd -> the sink)."""
+    import smtplib
+
+    from antispam.config import SmtpConfig
+    from antispam.servers.smtp import SmtpFilterServer
+    from test_smtp_filter import _eight_bit_sink
+
+    sink = _eight_bit_sink(chunking=False)
+    fport, rport = free_port(), free_port()
+    filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck()]), SmtpConfig(
+        port=fport, mode="before-queue", next_hop=f"127.0.0.1:{rport}")))
+    p = pf.Postfix(relay_port=sink.port, main={"smtputf8_enable": "yes"},
+                   smtpd_options=f"  -o smtpd_proxy_filter=127.0.0.1:{fport}\n",
+                   extra_master=(f"127.0.0.1:{rport} inet n - n - - smtpd -o smtpd_proxy_filter="
+                                 " -o receive_override_options=no_unknown_recipient_checks\n"))
+    sender = "jos\u00e9@sender.test"
+    try:
+        with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as s:
+            s.sendmail(sender, ["bo@rcpt.test"], ham(subject="pf utf8 on"), mail_options=["SMTPUTF8"])
+        (got,) = sink.wait_for(marker("pf utf8 on"))
+        assert got[0] == sender and sink.mail_utf8 == [True], (sink.mail_utf8, p.log()[-3000:])
     finally:
         filt.stop()
         p.stop()

@@ -1272,6 +1272,40 @@ def test_8bitmime_offered_while_the_next_hop_is_unknown_is_never_dropped(sink):
         seven.down()
 
 
+def test_smtputf8_sent_unoffered_is_never_dropped_from_mail_that_needs_it():
+    """A next hop without SMTPUTF8 (here one that takes 8-bit addresses all the same, as Postfix's
+    smtpd does with ``smtputf8_enable = no``): the filter does not offer it, but Postfix's
+    before-queue proxy hands on its own client's ``MAIL ... SMTPUTF8`` as it came.  The flag was
+    dropped and the UTF-8 address sent on unflagged.  Now what needs it is refused for good
+    (RFC 6531 section 3.4; Postfix bounces such mail, 5.6.7): a UTF-8 sender at MAIL, a UTF-8
+    recipient at its RCPT, a UTF-8 header at the end of the data; an ASCII message that asked for
+    it goes on without, as Postfix sends it."""
+    sink = _eight_bit_sink(chunking=False)
+    sink.without = ("SMTPUTF8",)
+    f = start(sink)
+    try:
+        c, fh, ehlo = _ehlo(f.port)
+        assert not any(b"SMTPUTF8" in line for line in ehlo)
+        c.sendall("MAIL FROM:<jos\u00e9@sender.test> SMTPUTF8\r\n".encode())
+        assert smtp_replies(fh, 1)[0].startswith(b"553 5.6.7 ")
+        c.sendall("MAIL FROM:<ana@sender.test> SMTPUTF8\r\nRCPT TO:<b\u00f6@rcpt.test>\r\n"
+                  "RCPT TO:<bo@rcpt.test>\r\nDATA\r\n".encode())
+        assert [r[:3] for r in smtp_replies(fh, 4)] == [b"250", b"553", b"250", b"354"]
+        c.sendall(ham(subject="Caf\u00e9 header") + b".\r\n")
+        assert smtp_replies(fh, 1)[0].startswith(b"554 5.6.7 ")
+        c.sendall(b"MAIL FROM:<ana@sender.test> SMTPUTF8\r\nRCPT TO:<bo@rcpt.test>\r\nDATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="ascii asked utf8") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        c.close()
+        (got,) = sink.wait_for(marker("ascii asked utf8"))
+        assert got[0] == "ana@sender.test" and got[1] == ("bo@rcpt.test",)
+        assert sink.wait_for(lambda raw: b"Caf" in raw, timeout=0.3) == []
+    finally:
+        f.stop()
+        sink.down()
+
+
 def test_8bit_sender_refused_by_the_next_hop_gets_its_reply_never_an_empty_line(sink):
     """A next hop that refuses the 8-bit sender: its reply is the client's, pipelined or not (it
     was an empty line when MAIL went with the RCPT after it).  An 8-bit XFORWARD name is refused

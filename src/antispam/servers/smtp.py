@@ -83,6 +83,9 @@ _INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 #: client, which at its next EHLO is not offered 8BITMIME and converts it itself (Postfix does), or
 #: until the next hop is given 8BITMIME back; RFC 3463 X.6.3, conversion required but not supported
 _NO_8BITMIME = "451 4.6.3 The next hop does not take 8-bit data (no 8BITMIME); try again later"
+#: our reply to an address or a header that needs SMTPUTF8 (RFC 6531 section 3.4) for a next hop
+#: without it, when we had not offered it: for good, as Postfix's own SMTP client bounces it (5.6.7)
+_NEEDS_UTF8 = "5.6.7 SMTPUTF8 is required, but the next hop does not take it"
 
 
 def _one_line(text: Any) -> str:
@@ -797,18 +800,29 @@ class SmtpFilterServer(Server):
                 return None
         return self._hop_extensions
 
-    async def _utf8_refusal(self, server: _FilterSMTP, mail_options: list[str]) -> str | None:
-        """The reply to a MAIL asking SMTPUTF8 after we offered it while the next hop was unknown,
-        when the next hop turns out to have none: refused for now, so the client comes back, hears
-        at EHLO that it is not offered and bounces or downgrades the message itself, rather than
-        its flag being dropped on the way.  None otherwise.  (A client that sends it unoffered,
-        as Postfix's before-queue proxy hands on its own client's, still has it dropped: refusing
-        it refused ASCII mail too.)"""
-        if not server.utf8_offered or "SMTPUTF8" not in (o.upper() for o in mail_options):
+    async def _utf8_refusal(self, server: _FilterSMTP, envelope: SmtpEnvelope, address: str) -> str | None:
+        """The reply to a MAIL (or RCPT) of a transaction asking SMTPUTF8 whose next hop has none;
+        None otherwise (and for every transaction not asking it, at the cost of one attribute).
+
+        - We offered it, while the next hop was unknown: MAIL is refused for now, so the client
+          comes back, hears at EHLO that it is not offered and bounces or downgrades the message
+          itself, rather than its flag being dropped on the way.
+        - We did not (Postfix's before-queue proxy hands on its own client's MAIL as it came):
+          the flag is dropped, as Postfix's SMTP client drops it, when the message needs none, and
+          an address that needs it (not ASCII) is refused for good, ``553 5.6.7``, as Postfix
+          bounces it.  Its flag dropped, the address went on unflagged, to a next hop that may take
+          it as bytes of no known charset.  A header that needs it is seen at the end of the data
+          (``_unsendable``)."""
+        if not envelope.smtp_utf8:
             return None
         hop = await self._next_hop_extensions()
-        if hop is not None and "SMTPUTF8" not in hop:
+        if hop is None or "SMTPUTF8" in hop:
+            return None
+        if server.utf8_offered and envelope.mail_from is None:
             return "451 4.3.3 The next hop does not take SMTPUTF8 mail; try again"
+        if not address.isascii():
+            self._next_hop_refused("MAIL" if envelope.mail_from is None else "RCPT", _NEEDS_UTF8)
+            return "553 " + _NEEDS_UTF8
         return None
 
     async def handle_MAIL(self, server: _FilterSMTP, session: SmtpSession, envelope: SmtpEnvelope,
@@ -821,7 +835,7 @@ class SmtpFilterServer(Server):
         anyway, and is still the next hop's own.  Meanwhile the envelope counts the sender as
         accepted; if the next hop refuses it, the RCPT is answered as aiosmtpd answers a RCPT
         without MAIL, and the sender is forgotten (``_mail_refused``)."""
-        refusal = await self._utf8_refusal(server, mail_options)
+        refusal = await self._utf8_refusal(server, envelope, address)
         if refusal is not None:
             return refusal
         line = server._next_line_here()
@@ -858,6 +872,10 @@ class SmtpFilterServer(Server):
         here and goes to the next hop with the message (``_NextHop.rcpt_with_message``)."""
         if envelope.rcpt_tos and self.scanner.profile_for(address) != self.scanner.profile_for(envelope.rcpt_tos[0]):
             return "452 4.5.3 Recipients with other spam settings: send in a separate transaction"
+        if envelope.smtp_utf8 and not address.isascii():
+            refusal = await self._utf8_refusal(server, envelope, address)
+            if refusal is not None:
+                return refusal
         if server.next_hop.deferred is not None and not envelope.rcpt_tos and _ends_group(server._next_line_here()):
             reply = await server.next_hop.rcpt_with_message((address, server.params_sent))
         else:
@@ -1187,10 +1205,11 @@ def _opening(conn: _SmtpClient, mail_from: str, mail_options: list[str], xforwar
     """The commands that open a transaction on ``conn``: MAIL with the parameters of
     ``_MAIL_PASSED`` whose extension it announced, as our client wrote them (``mail_options``:
     ``BODY=8bitmime`` stays so, where aiosmtpd's are upper-cased), after XFORWARD when there is one
-    to pass on.  A parameter whose extension the next hop lacks is dropped: it would refuse it
-    (8-bit data declared for it is refused at the end of the data: ``_unsendable``).  XFORWARD
-    describes one transaction (the next hop forgets it after), so it goes every time; its reply
-    does not matter (the next hop ignores what it does not allow)."""
+    to pass on.  A parameter whose extension the next hop lacks is dropped: it would refuse it,
+    and what it asked for is checked before (SMTPUTF8: ``SmtpFilterServer._utf8_refusal``) or at
+    the end of the data (``_unsendable``).  XFORWARD describes one transaction (the next hop
+    forgets it after), so it goes every time; its reply does not matter (the next hop ignores what
+    it does not allow)."""
     extensions = conn.extensions
     lines = [" ".join([f"MAIL FROM:{_path(mail_from)}",
                        *(p for p in mail_options if _MAIL_PASSED.get(p.partition("=")[0].upper()) in extensions)])]
@@ -1208,15 +1227,23 @@ def _unsendable(conn: _SmtpClient, mail_options: list[str], payload: bytes) -> s
       not convert the message (that would break its signatures, and it is the client's to do);
       ``_NO_8BITMIME``, temporary: the message stays with the client.  Declared but 7-bit data
       goes on undeclared, which is what it is.
+    - ``SMTPUTF8`` and a header that is not ASCII, for a next hop without SMTPUTF8 (addresses
+      were checked at MAIL and RCPT): ``554 5.6.7``, as Postfix bounces it.
 
-    A next hop with 8BITMIME (Postfix's smtpd) costs one set look-up."""
+    A next hop with both extensions (Postfix's smtpd) costs two set look-ups."""
     extensions = conn.extensions
-    if "8BITMIME" in extensions:
+    if "8BITMIME" in extensions and "SMTPUTF8" in extensions:
         return None
     for param in mail_options:
         key, _, value = param.partition("=")
-        if key.upper() == "BODY" and value.upper() == "8BITMIME" and not payload.isascii():
+        key = key.upper()
+        if key == "BODY" and "8BITMIME" not in extensions and value.upper() == "8BITMIME" \
+                and not payload.isascii():
             return _NO_8BITMIME
+        if key == "SMTPUTF8" and "SMTPUTF8" not in extensions:
+            end = payload.find(b"\r\n\r\n")
+            if not (payload if end < 0 else payload[:end]).isascii():
+                return "554 " + _NEEDS_UTF8
     return None
 
 
