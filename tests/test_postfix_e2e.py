@@ -568,17 +568,19 @@ def test_content_filter_to_a_next_hop_without_8bitmime():
 
 
 def test_proxy_filter_mail_parameters_against_a_next_hop_without_them():
-    """swaks' role played by smtplib -> Postfix smtpd (smtpd_proxy_filter; SMTPUTF8 on)
+    """swaks' role played by smtplib -> Postfix smtpd (smtpd_proxy_filter; SMTPUTF8 and SASL on)
     -> our filter -> Postfix's 10026 smtpd with no 8BITMIME and no SMTPUTF8.  Postfix's proxy
     hands the filter its client's MAIL as it came, whatever the filter announced.  Before:
 
     - ``BODY=8BITMIME`` was dropped, and the 8-bit message relayed undeclared (RFC 6152);
-    - ``SMTPUTF8`` was dropped, and the UTF-8 sender relayed unflagged (RFC 6531 section 3.4).
+    - ``SMTPUTF8`` was dropped, and the UTF-8 sender relayed unflagged (RFC 6531 section 3.4);
+    - ``AUTH=<>`` (Postfix takes it once SASL is on, authenticated or not) was refused 555 by the
+      filter: every such message was refused.
 
     Now 8-bit data is refused for now (451 4.6.3: the message stays with the client until the next
     hop takes 8 bits again), a UTF-8 sender for good (553 5.6.7, as Postfix bounces it; Postfix
-    gives it as its reply to the first RCPT), and an ASCII message that asked for SMTPUTF8 or
-    declared 8BITMIME goes on."""
+    gives it as its reply to the first RCPT), an ASCII message that asked for SMTPUTF8 or declared
+    8BITMIME goes on, and AUTH is taken (not passed on)."""
     import smtplib
 
     from antispam.config import SmtpConfig
@@ -590,13 +592,13 @@ def test_proxy_filter_mail_parameters_against_a_next_hop_without_them():
     filt = ServerThread(SmtpFilterServer(Engine(checks=[GtubeCheck()]), SmtpConfig(
         port=fport, mode="before-queue", next_hop=f"127.0.0.1:{rport}")))
     p = pf.Postfix(relay_port=sink.port, smtpd_options=(
-        f"  -o smtpd_proxy_filter=127.0.0.1:{fport}\n  -o smtputf8_enable=yes\n"),
+        f"  -o smtpd_proxy_filter=127.0.0.1:{fport}\n  -o smtputf8_enable=yes\n  -o smtpd_sasl_auth_enable=yes\n"),
         extra_master=(f"127.0.0.1:{rport} inet n - n - - smtpd -o smtpd_proxy_filter= -o smtputf8_enable=no"
                       " -o smtpd_discard_ehlo_keywords=8bitmime -o receive_override_options=no_unknown_recipient_checks\n"))
     try:
         with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as s:
             s.ehlo("client.sender.test")
-            assert {"8bitmime", "smtputf8"} <= set(s.esmtp_features), s.esmtp_features
+            assert {"8bitmime", "smtputf8", "auth"} <= set(s.esmtp_features), s.esmtp_features
             with pytest.raises(smtplib.SMTPDataError) as refused:
                 s.sendmail("ana@sender.test", ["bo@rcpt.test"], eight_bit("pf 8bit"), mail_options=["BODY=8BITMIME"])
             assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.6.3 "), refused.value
@@ -608,7 +610,8 @@ def test_proxy_filter_mail_parameters_against_a_next_hop_without_them():
             code, text = refused.value.recipients["bo@rcpt.test"]
             assert code == 553 and text.startswith(b"5.6.7 "), refused.value
             s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject="pf ascii utf8"), mail_options=["SMTPUTF8"])
-        for subject in ("pf 7bit", "pf ascii utf8"):
+            s.sendmail("ana@sender.test", ["bo@rcpt.test"], ham(subject="pf auth"), mail_options=["AUTH=<>"])
+        for subject in ("pf auth", "pf 7bit", "pf ascii utf8"):
             assert len(sink.wait_for(marker(subject))) == 1, (subject, p.log()[-3000:])
         assert sink.wait_for(lambda raw: b"pf 8bit" in raw or b"pf utf8" in raw, timeout=0.5) == []
     finally:

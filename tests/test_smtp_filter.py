@@ -1306,6 +1306,27 @@ def test_smtputf8_sent_unoffered_is_never_dropped_from_mail_that_needs_it():
         sink.down()
 
 
+def test_auth_and_size_parameters_are_taken_and_not_passed_on(sink):
+    """``AUTH=`` on MAIL (RFC 4954): Postfix's before-queue proxy hands it on as its client sent it
+    whenever SASL is on (``tests/test_postfix_e2e.py`` has it from real Postfix), and aiosmtpd
+    refused it, 555: every such message was refused.  Taken, and not passed on: we authenticated
+    nobody, and RFC 4954 section 5 has an identity we cannot vouch for go as ``AUTH=<>``.  SIZE is
+    checked against ``max_size`` and not passed on either (the message grows by our fields)."""
+    f = start(sink)
+    try:
+        c, fh, _ = _ehlo(f.port)
+        c.sendall(b"MAIL FROM:<ana@sender.test> SIZE=900 AUTH=<ana@sender.test>\r\nRCPT TO:<bo@rcpt.test>\r\n"
+                  b"DATA\r\n")
+        assert [r[:3] for r in smtp_replies(fh, 3)] == [b"250", b"250", b"354"]
+        c.sendall(ham(subject="auth param") + b".\r\n")
+        assert smtp_replies(fh, 1) == [sink.data_reply]
+        c.close()
+        assert len(sink.wait_for(marker("auth param"))) == 1
+        assert sink.commands[0] == "MAIL FROM:<ana@sender.test>"
+    finally:
+        f.stop()
+
+
 def test_8bit_sender_refused_by_the_next_hop_gets_its_reply_never_an_empty_line(sink):
     """A next hop that refuses the 8-bit sender: its reply is the client's, pipelined or not (it
     was an empty line when MAIL went with the RCPT after it).  An 8-bit XFORWARD name is refused

@@ -59,10 +59,14 @@ XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 #: the DSN parameters (RFC 3461) of RCPT, passed on as sent to a next hop that announces DSN
 _DSN_RCPT_PARAMS = ("NOTIFY", "ORCPT")
 #: the parameters taken beyond aiosmtpd's (BODY, SMTPUTF8, SIZE), which it refuses with 555: the
-#: DSN ones (see :meth:`_FilterSMTP._getparams`)
-_TAKEN_PARAMS = {"MAIL": ("RET", "ENVID"), "RCPT": _DSN_RCPT_PARAMS}
+#: DSN ones, and MAIL's AUTH (RFC 4954), which Postfix's before-queue proxy hands on as its client
+#: sent it when SASL is on, authenticated or not (see :meth:`_FilterSMTP._getparams`)
+_TAKEN_PARAMS = {"MAIL": ("RET", "ENVID", "AUTH"), "RCPT": _DSN_RCPT_PARAMS}
 #: the MAIL parameters passed on, as the client wrote them, to a next hop announcing the extension
-#: that defines each (RFC 6152, RFC 6531, RFC 3461)
+#: that defines each (RFC 6152, RFC 6531, RFC 3461); SIZE (RFC 1870) is not: the message grows by
+#: our fields, past what the client declared, and the next hop's limit holds at the end of the
+#: data all the same.  AUTH (RFC 4954) is not: we authenticated nobody, so the identity is one we
+#: cannot vouch for, and RFC 4954 section 5 has it treated as ``AUTH=<>``, which is no parameter.
 _MAIL_PASSED = {"BODY": "8BITMIME", "SMTPUTF8": "SMTPUTF8", "RET": "DSN", "ENVID": "DSN"}
 #: an address aiosmtpd's parser would return unchanged: ``<dot-atom@dot-atom>`` and the parameters
 _PLAIN_PATH = re.compile(r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -633,11 +637,13 @@ class _FilterSMTP(FastSMTP):
         return address, rest
 
     def _getparams(self, params: Any) -> dict[str, str | bool] | None:
-        """aiosmtpd's parameters without the DSN ones of the command being read: aiosmtpd refuses
-        any it does not know with ``555``, and Postfix hands them on as its client sent them (the
-        before-queue proxy as they come, the content_filter client to a filter that announces
-        DSN).  A refusal there bounced every message whose sender asked for a notification.  They
-        go on to the next hop as sent, which judges them as it judges the addresses."""
+        """aiosmtpd's parameters without the DSN ones and AUTH (``_TAKEN_PARAMS``) of the command
+        being read: aiosmtpd refuses any it does not know with ``555``, and Postfix hands them on as
+        its client sent them (the before-queue proxy as they come, AUTH whenever its SASL is on; the
+        content_filter client the DSN ones to a filter that announces DSN).  A refusal there bounced
+        every message whose sender asked for a notification, and refused every MAIL with AUTH=.
+        The DSN ones go on to the next hop as sent, which judges them as it judges the addresses;
+        AUTH does not (see ``_MAIL_PASSED``)."""
         found = super()._getparams(params)
         if found is not None:
             for key in self._dsn_keys:
