@@ -134,6 +134,33 @@ def test_rate_limit_config_errors():
         Engine(Config.load(overrides={"ratelimit": {"enabled": True, "ip_rate": 5}}))
 
 
+@pytest.mark.parametrize("first, retry", [
+    ("prvs=1340a1b2c3=news@shop.example", "prvs=1341d4e5f6=news@shop.example"),        # BATV: the day changed
+    ("SRS0=ab12=T4=orig.example=ana@fwd.example", "SRS0=cd34=T5=orig.example=ana@fwd.example"),  # SRS timestamp
+    ("bounce-88341@list.example", "bounce-88342@list.example"),                         # VERP numbers
+    ("list+bounce-x=rcpt.example@lists.example", "list+bounce-y=rcpt.example@lists.example"),
+    ("Ana@Sender.Example", "ana@sender.example"),
+])
+def test_greylist_compares_the_sender_as_it_stays_across_retries(store, first, retry):
+    """A retry whose envelope sender carries another day's BATV tag or SRS timestamp, or another VERP
+    number, is the same sender: it passes after the delay instead of starting greylisting again."""
+    clock = Clock()
+    e = grey_engine(store, clock)
+    assert e.scan(HAM, env(sender=first)).has("GREYLIST_DEFER")
+    clock.t += 400
+    v = e.scan(HAM, env(sender=retry))
+    assert v.has("GREYLIST_PASS") and v.action == "no action", v.symbols
+
+
+def test_greylist_keeps_different_senders_apart(store):
+    clock = Clock()
+    e = grey_engine(store, clock)
+    assert e.scan(HAM, env(sender="ana@sender.example")).has("GREYLIST_DEFER")
+    clock.t += 400
+    for other in ("bob@sender.example", "ana@other.example", "SRS0=ab12=T4=orig.example=bob@fwd.example"):
+        assert e.scan(HAM, env(sender=other)).has("GREYLIST_DEFER"), other
+
+
 # ----------------------------------------------------------------- history
 
 def test_history_learns_from_verdicts_and_decays(store):

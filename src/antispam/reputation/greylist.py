@@ -8,6 +8,12 @@ mode, per (client network, body digest) -- the store holds one value:
   again; one after it promotes the triplet to ``A`` and passes.
 * ``A``: passed before; passes, and its lifetime is renewed.
 
+The sender is compared by what stays the same from one delivery attempt to the
+next (:func:`sender_key`): signing and rewriting schemes put the day or a
+per-message number into the envelope sender (BATV ``prvs=`` tags, SRS
+timestamps, VERP numbers), and compared as written, a retry made the next day
+or a list's next message would start greylisting again.
+
 The first write uses the store's atomic ``add``, so two scanners seeing the
 same first attempt at once agree on one timestamp.  Keys are SHA-1 digests, so
 the store never holds addresses in clear.  Messages scanned without a client
@@ -17,6 +23,7 @@ IP (files, corpora) are not greylisted: there is nobody to defer.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Iterable
 
@@ -26,6 +33,33 @@ from ..errors import ConfigError
 from ..message import Message, domain_of
 from ..store import Store, StoreUnavailable
 from .netkeys import in_networks, network_key, parse_networks
+
+
+#: a BATV tag (``prvs=<key><day><hash>=``; Microsoft's ``msprvs1=``) before the local part: its day
+#: and hash change every day
+_BATV_RE = re.compile(r"(?:ms)?prvs\d?=[^=@]*=(.+)", re.IGNORECASE | re.DOTALL)
+#: an SRS address (``SRS0=hash=time=domain=local``, or ``SRS1=hash=forwarder==hash=time=domain=local``):
+#: the original sender's domain and local part, without the hash and timestamp that change daily
+_SRS_RE = re.compile(r"srs[01][=+-](?:[^=]*=[^=]*==)?[^=]*=[^=]*=([^=]*)=(.*)", re.IGNORECASE | re.DOTALL)
+_DIGITS_RE = re.compile(r"[0-9]+")
+
+
+def sender_key(address: str) -> str:
+    """The envelope sender as greylisting compares it: lower case, without a BATV tag, an SRS
+    address as the sender it stands for (forwarder and original), the local part's ``+extension``
+    dropped and each run of digits one ``#`` (VERP and bounce addresses number every message:
+    ``bounce-1234@`` and ``bounce-1299@`` are one sender), as postgrey compares senders."""
+    local, at, domain = address.lower().rpartition("@")
+    if not at:
+        return address.lower()
+    m = _BATV_RE.fullmatch(local)
+    if m:
+        local = m.group(1)
+    m = _SRS_RE.fullmatch(local)
+    if m:
+        local = f"srs={m.group(1)}={m.group(2)}"
+    local = local.split("+", 1)[0] or local
+    return f"{_DIGITS_RE.sub('#', local)}@{domain}"
 
 
 class GreylistCheck(Check):
@@ -52,7 +86,7 @@ class GreylistCheck(Check):
             body = hashlib.sha1(msg.body_bytes).hexdigest()
             parts = [f"{net}|{body}"]
         else:
-            sender = (env.mail_from or "").lower()
+            sender = sender_key(env.mail_from or "")
             parts = [f"{net}|{sender}|{r.lower()}" for r in (env.rcpt_tos or ("",))]
         return ["grey:" + hashlib.sha1(p.encode("utf-8", "replace")).hexdigest() for p in parts]
 
