@@ -207,3 +207,15 @@ def test_helo_to_check():
 
     assert helo_to_check("MX.Example.") == "mx.example"
     assert [helo_to_check(h) for h in ("localhost", "192.0.2.1", "[192.0.2.1]", "[IPv6:2001:db8::1]", "", None)] == [""] * 6
+
+
+def test_sender_domain_follows_the_last_at_and_a_final_dot_is_the_root(server):
+    """Mail::SPF and libspf2 pass all three; pyspf split at the first "@" and rejected the final dot
+    (RFC 7208 4.3 calls only a zero-length label *not* at the end malformed), so each was "none"."""
+    e = engine(server)
+    for env in (Envelope(client_ip="192.0.2.33", mail_from='"a@b"@example.org'),
+                Envelope(client_ip="192.0.2.33", mail_from="a@example.org."),
+                Envelope(client_ip="203.0.113.9", helo="helo.example.", mail_from="")):
+        v = e.scan(MSG, env)
+        assert list(spf_symbols(v)) == ["R_SPF_ALLOW"], env
+    assert "smtp.mailfrom=a@example.org" in e.scan(MSG, Envelope(client_ip="192.0.2.33", mail_from="a@example.org.")).authentication_results

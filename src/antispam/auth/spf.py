@@ -157,6 +157,10 @@ class _Query(pyspf.query):
 
     def __init__(self, *args, limits: tuple[int, int] = STRICT_LIMITS, **kw):
         super().__init__(*args, **kw)
+        # pyspf splits the sender at its first "@"; the domain follows the last one (see _identity),
+        # and %{l} is everything before it.
+        local, _, domain = self.s.rpartition("@")
+        self.l, self.o, self.d = local or "postmaster", domain, domain
         self.max_lookups, self.max_void = limits
         self.limit_fired = ""
         #: > 0 while the address lookups of an "mx" or "ptr" term's hosts are being made
@@ -202,6 +206,9 @@ class _Query(pyspf.query):
 def _identity(sender: str | None, helo: str | None) -> tuple[str, str, str]:
     """(identity, sender address, domain) per RFC 7208 2.4: MAIL FROM, or postmaster@HELO when null.
 
+    The domain is what follows the *last* "@": a quoted local part may hold one ("a@b"@example.org,
+    RFC 5321 4.1.2).  One final dot is the root label, not part of the name (RFC 7208 4.3 calls only
+    a zero-length label *not at the end* malformed), so ``example.org.`` is checked as ``example.org``.
     A domain written in Unicode (an SMTPUTF8 sender) is evaluated as its A-labels (RFC 8616
     section 3), those of :func:`antispam.domains.to_ascii`: ``faß.de`` is ``xn--fa-hia.de``,
     which the resolver once asked as IDNA 2003's ``fass.de``, another domain; the domain DMARC
@@ -209,10 +216,11 @@ def _identity(sender: str | None, helo: str | None) -> tuple[str, str, str]:
     ASCII, for :func:`evaluate` to refuse."""
     s = (sender or "").strip().strip("<>").strip()
     if s:
-        local, _, domain = s.rpartition("@") if "@" in s else ("postmaster", "@", s)
-        identity = "mailfrom"
+        local, at, domain = s.rpartition("@")
+        domain = domain.strip().removesuffix(".")
+        local, identity = (local if at else "postmaster"), "mailfrom"
     else:
-        local, domain, identity = "postmaster", (helo or "").strip(), "helo"
+        local, domain, identity = "postmaster", (helo or "").strip().removesuffix("."), "helo"
         if not domain:
             return identity, "", ""
     try:
@@ -238,7 +246,7 @@ def evaluate(ip: str, sender: str | None, helo: str | None, lookup: Lookup,
         return SpfOutcome("none", identity, address, domain, reason="no identity to check")
     if not domain.isascii():  # RFC 7208 4.3: a malformed domain gives "none", asking nothing
         return SpfOutcome("none", identity, address, domain, reason="not a domain name (UTS 46 cannot encode it)")
-    q = _Query(ip, address, helo or "", limits=limits, strict=True)
+    q = _Query(ip, address, (helo or "").strip().removesuffix("."), limits=limits, strict=True)
     token = _CURRENT.set(lookup)
     try:
         result, _code, explanation = q.check()
