@@ -29,6 +29,14 @@ ZONE = {
     **{f"h{i}.many.example": [("A", f"198.51.100.{i + 1}")] for i in range(11)},
     # three void lookups: one over the limit of two
     "void.example": [("TXT", "v=spf1 a:v1.void.example a:v2.void.example a:v3.void.example ip4:192.0.2.5 -all")],
+    # ptr and %{p} when DNS fails: 192.0.2.7's PTR lookup times out; of 192.0.2.8's two names, one's
+    # address lookup times out and the other validates
+    "ptr.example": [("TXT", "v=spf1 ptr ip4:192.0.2.7 -all")],
+    "pmacro.example": [("TXT", "v=spf1 exists:%{p}.pmacro.example -all")],
+    "unknown.pmacro.example": [("A", "127.0.0.2")],
+    "7.2.0.192.in-addr.arpa": [("TIMEOUT", None)],
+    "8.2.0.192.in-addr.arpa": [("PTR", "dead.example"), ("PTR", "ok.ptr.example")],
+    "ok.ptr.example": [("A", "192.0.2.8")],
 }
 
 
@@ -219,3 +227,17 @@ def test_sender_domain_follows_the_last_at_and_a_final_dot_is_the_root(server):
         v = e.scan(MSG, env)
         assert list(spf_symbols(v)) == ["R_SPF_ALLOW"], env
     assert "smtp.mailfrom=a@example.org" in e.scan(MSG, Envelope(client_ip="192.0.2.33", mail_from="a@example.org.")).authentication_results
+
+
+def test_ptr_dns_errors_skip_names_and_do_not_stop_the_check(server):
+    """RFC 7208 5.5: a DNS error on the PTR lookup makes "ptr" not match; one on a name's address
+    lookup skips that name; 7.3: %{p} is then "unknown".  pyspf made each a temperror.  Perl Mail::SPF
+    passes the skipped-name case; it and libspf2 give %{p} "unknown" when the PTR lookup fails."""
+    e = engine(server)
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.8", mail_from="a@ptr.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"] and "mechanism=ptr" in v.symbols["R_SPF_ALLOW"].options
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.7", mail_from="a@ptr.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"] and "mechanism=ip4:192.0.2.7" in v.symbols["R_SPF_ALLOW"].options
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.7", mail_from="a@pmacro.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+    assert server.asked("unknown.pmacro.example", "A") >= 1

@@ -184,10 +184,28 @@ class _Query(pyspf.query):
         finally:
             self._host_lookups -= 1
 
-    def validated_ptrs(self):
+    def validated_ptrs(self) -> list[str]:
+        """The client's validated names, for the "ptr" mechanism and the %{p} macro.
+
+        RFC 7208 5.5: a DNS error on the PTR lookup makes the mechanism not match, and one on a
+        name's address lookup skips that name; 7.3 makes %{p} "unknown" when no name validates.
+        pyspf turned either error into a temperror for the whole check.  At most the first 10 names
+        are looked up (4.6.4).
+        """
         self._host_lookups += 1
         try:
-            return super().validated_ptrs()
+            try:
+                names = self.dns_ptr(self.i)
+            except pyspf.TempError:
+                return []
+            validated = []
+            for name in names[:pyspf.MAX_PTR]:
+                try:
+                    if self.cidrmatch(self.dns_a(name, self.A), self.cidrmax):
+                        validated.append(name)
+                except pyspf.TempError:
+                    continue
+            return validated
         finally:
             self._host_lookups -= 1
 
