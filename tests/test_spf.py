@@ -37,6 +37,12 @@ ZONE = {
     "7.2.0.192.in-addr.arpa": [("TIMEOUT", None)],
     "8.2.0.192.in-addr.arpa": [("PTR", "dead.example"), ("PTR", "ok.ptr.example")],
     "ok.ptr.example": [("A", "192.0.2.8")],
+    # modifiers: a repeated unknown one, an upper-case redirect, exp= twice in two cases
+    "mods.example": [("TXT", "v=spf1 foo=a ip4:192.0.2.1 foo=b -all")],
+    "badmods.example": [("TXT", "v=spf1 foo=a ip4:192.0.2.1 foo=%{z} -all")],
+    "redirect.example": [("TXT", "v=spf1 REDIRECT=example.org")],
+    "exps.example": [("TXT", "v=spf1 -all exp=e.exps.example EXP=e.exps.example")],
+    "e.exps.example": [("TXT", "no")],
 }
 
 
@@ -241,3 +247,21 @@ def test_ptr_dns_errors_skip_names_and_do_not_stop_the_check(server):
     v = e.scan(MSG, Envelope(client_ip="192.0.2.7", mail_from="a@pmacro.example"))
     assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
     assert server.asked("unknown.pmacro.example", "A") >= 1
+
+
+def test_modifier_names_are_case_insensitive_and_unknown_repeats_are_ignored(server):
+    """RFC 7208 6: unknown modifiers are ignored "no matter where, or how often"; names are
+    case-insensitive, and exp= may appear once.  pyspf gave a permerror for foo=a ... foo=b,
+    ignored REDIRECT= (neutral) and accepted exp= with EXP=; Mail::SPF and libspf2 pass the first,
+    Mail::SPF makes the last a permerror."""
+    e = engine(server)
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.1", mail_from="a@mods.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.1", mail_from="a@badmods.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_PERMFAIL"]  # a repeat is ignored, a syntax error is not
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.33", mail_from="a@redirect.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_ALLOW"]
+    v = e.scan(MSG, Envelope(client_ip="203.0.113.1", mail_from="a@redirect.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_FAIL"]
+    v = e.scan(MSG, Envelope(client_ip="192.0.2.1", mail_from="a@exps.example"))
+    assert list(spf_symbols(v)) == ["R_SPF_PERMFAIL"]

@@ -166,6 +166,34 @@ class _Query(pyspf.query):
         #: > 0 while the address lookups of an "mx" or "ptr" term's hosts are being made
         self._host_lookups = 0
 
+    def check0(self, spf, recursion):
+        """pyspf's evaluation of one record, given the record with its modifiers read as RFC 7208 6 says."""
+        return super().check0(self._rfc_modifiers(spf) if spf else spf, recursion)
+
+    def _rfc_modifiers(self, record: str) -> str:
+        """``record`` with modifier names case-folded for pyspf and repeats of unknown modifiers left out.
+
+        Modifier names are case-insensitive (RFC 7208 12, RFC 5234 2.3), but pyspf took
+        ``REDIRECT=`` for an unknown modifier and ignored it, and let ``exp=`` and ``EXP=`` stand
+        together.  Unknown modifiers "MUST be ignored no matter where, or how often, in a record
+        they appear" (6), but pyspf made a repeated one a permerror.  A dropped repeat's value is
+        still expanded, so a syntax error in it stays a permerror.
+        """
+        seen: set[str] = set()
+        terms = []
+        for term in record.split(" "):
+            m = pyspf.RE_MODIFIER.match(term)
+            if m:
+                name = m.group(1).lower()
+                if name in ("exp", "redirect"):
+                    term = name + term[m.end(1):]
+                elif name in seen:
+                    self.expand(term[m.end():])
+                    continue
+                seen.add(name)
+            terms.append(term)
+        return " ".join(terms)
+
     def check_lookups(self) -> None:
         self.lookups += 1
         if self.lookups > self.max_lookups:
