@@ -43,6 +43,21 @@ ZONE = {
     "redirect.example": [("TXT", "v=spf1 REDIRECT=example.org")],
     "exps.example": [("TXT", "v=spf1 -all exp=e.exps.example EXP=e.exps.example")],
     "e.exps.example": [("TXT", "no")],
+    # macros (RFC 7208 7): each name the expansion must reach exists, each record ends in -all
+    "d0.example": [("TXT", "v=spf1 exists:%{d0}.z.example -all")],
+    "d0.example.z.example": [("A", "127.0.0.2")],
+    "junk.example": [("TXT", "v=spf1 exists:%{d2x}.z.example -all")],
+    "junk.example.z.example": [("A", "127.0.0.2")],
+    "delim.example": [("TXT", "v=spf1 exists:%{l;}.z.example -all")],
+    "a;b.z.example": [("A", "127.0.0.2")],
+    "join.example": [("TXT", "v=spf1 exists:%{h-}.z.example -all")],
+    "mx.1.join.example.z.example": [("A", "127.0.0.2")],
+    "rev.example": [("TXT", "v=spf1 exists:%{d2R}.z.example -all")],
+    "example.rev.z.example": [("A", "127.0.0.2")],
+    "long.example": [("TXT", "v=spf1 exists:%{l}.%{l}.%{l}.%{l}.%{l}.long.example -all")],
+    ".".join(["l" * 60] * 3) + ".long.example": [("A", "127.0.0.2")],
+    "exp6.example": [("TXT", "v=spf1 -all exp=e.exp6.example")],
+    "e.exp6.example": [("TXT", "%{i} %{C}")],
 }
 
 
@@ -265,3 +280,44 @@ def test_modifier_names_are_case_insensitive_and_unknown_repeats_are_ignored(ser
     assert list(spf_symbols(v)) == ["R_SPF_FAIL"]
     v = e.scan(MSG, Envelope(client_ip="192.0.2.1", mail_from="a@exps.example"))
     assert list(spf_symbols(v)) == ["R_SPF_PERMFAIL"]
+
+
+def test_macro_syntax_transformers_and_truncation(server):
+    """RFC 7208 7.  pyspf took %{d0} for "all parts" (a DIGIT "MUST be nonzero"), ignored what
+    followed the transformers (%{d2x}, %{l;}), ignored an upper-case R, rejoined %{h-}'s parts with
+    "-" instead of ".", and cut a name over 253 characters by one label instead of as many as it
+    takes.  Perl Mail::SPF gives the permerrors and the pass of the 253 cut; libspf2 the %{h-} pass."""
+    e = engine(server)
+
+    def result(sender: str, helo: str = "mx.example.net", ip: str = "192.0.2.1") -> list[str]:
+        return list(spf_symbols(e.scan(MSG, Envelope(client_ip=ip, helo=helo, mail_from=sender))))
+
+    assert result("a@d0.example") == ["R_SPF_PERMFAIL"]
+    assert result("a@junk.example") == ["R_SPF_PERMFAIL"]
+    assert result("a;b@delim.example") == ["R_SPF_PERMFAIL"]
+    assert result("a@join.example", helo="mx-1.join.example") == ["R_SPF_ALLOW"]
+    assert result("a@rev.example") == ["R_SPF_ALLOW"]
+    assert result("l" * 60 + "@long.example") == ["R_SPF_ALLOW"]
+
+    from antispam.auth.spf import check_host_sync
+    from antispam.dns import Resolver
+
+    r = Resolver([server.host], port=server.port, timeout=0.3, attempts=1)
+    got = check_host_sync(r, "2001:db8::cb01", "a@exp6.example", None)
+    assert (got.result, got.reason) == ("fail", "2.0.0.1.0.D.B.8.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.C.B.0.1 2001%3Adb8%3A%3Acb01")
+
+
+def test_explanation_macros():
+    """Upper-case letters URL-escaped, and an explanation is never cut like a domain name.  %{i} of
+    an IPv6 client keeps pyspf's upper-case nibbles: the openspf suite's v-macro-ip6 explanation
+    expects them (Mail::SPF and libspf2 write lower case; DNS names are case-blind either way)."""
+    from antispam.auth.spf import _Query
+
+    q = _Query("2001:db8::cb01", "a+b/c@example.org", "mx.example.net")
+    assert q.expand("%{ir}.%{v}._spf.%{d2}") == "1.0.B.C.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.B.D.0.1.0.0.2.ip6._spf.example.org"
+    assert q.expand("s=%{S} c=%{C} %% %_ %-", stripdot=False) == "s=a%2Bb%2Fc%40example.org c=2001%3Adb8%3A%3Acb01 %   %20"
+    sentences = "One sentence. " * 30
+    assert q.expand(sentences, stripdot=False) == sentences
+    for bad in ("%{d0}", "%{d2x}", "%{l;}", "%{z}", "%x", "100%", "%{c}"):
+        with pytest.raises(Exception, match="macro"):
+            q.expand(bad)

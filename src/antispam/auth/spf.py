@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ipaddress
+import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -67,6 +69,13 @@ SYMBOL_OF = {r: "R_SPF_" + s for r, s in _SYMBOL_SUFFIX.items()}
 HELO_SYMBOL_OF = {r: "SPF_HELO_" + s for r, s in _SYMBOL_SUFFIX.items()}
 
 Lookup = Callable[[str, str], Answer]
+
+#: RFC 7208 7.1: "%{" macro-letter transformers *delimiter "}", letters of either case ("R" too)
+_MACRO = re.compile(r"%\{([slodiphcrtv])([0-9]*)(r?)([.\-+,/_=]*)\}", re.IGNORECASE)
+#: the other macro-expands: "%%", "%_", "%-"
+_ESCAPES = {"%%": "%", "%_": " ", "%-": "%20"}
+#: longest domain name, in the dotted form a query is made from (RFC 7208 7.3)
+MAX_NAME = 253
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +202,54 @@ class _Query(pyspf.query):
                 seen.add(name)
             terms.append(term)
         return " ".join(terms)
+
+    def expand(self, s: str, stripdot: bool = True) -> str:
+        """RFC 7208 7 macro expansion of a domain-spec (``stripdot``) or of an explanation.
+
+        Ours rather than pyspf's, which read ``%{d0}`` as "all parts" where a DIGIT "MUST be
+        nonzero", skipped what followed the transformers (``%{d2x}``, ``%{l;}``) where the ABNF has
+        a syntax error, ignored an upper-case ``R``, rejoined a split with the delimiter instead of
+        "." and, for a name over 253 characters, removed one label where 7.3 removes as many as it
+        takes.  Each syntax error is a :class:`pyspf.PermError` (in an explanation, pyspf then
+        ignores the exp=, as 6.2 says).
+        """
+        out: list[str] = []
+        pos = 0
+        while (at := s.find("%", pos)) >= 0:
+            out.append(s[pos:at])
+            escape = _ESCAPES.get(s[at:at + 2])
+            if escape is not None:
+                out.append(escape)
+                pos = at + 2
+                continue
+            m = _MACRO.match(s, at)
+            if m is None:
+                raise pyspf.PermError(f"invalid macro at {s[at:at + 16]!r}")
+            letter, digits, reverse, delimiters = m.groups()
+            name = letter.lower()
+            if digits and int(digits) == 0:
+                raise pyspf.PermError(f"macro transformer digit must be nonzero: {m.group()}")
+            if name in "crt" and stripdot:
+                raise pyspf.PermError(f"c,r,t macros allowed in exp= text only: {m.group()}")
+            value = self.getp() if name == "p" else str(getattr(self, name) or "")
+            if digits or reverse or delimiters:
+                parts = re.split("[" + re.escape(delimiters or ".") + "]", value)
+                if reverse:
+                    parts.reverse()
+                if digits:
+                    parts = parts[-int(digits):]
+                value = ".".join(parts)
+            if letter != name:  # upper-case letter: URL-escaped (7.3), RFC 3986 unreserved kept
+                value = urllib.parse.quote(value, safe="~")
+            out.append(value)
+            pos = m.end()
+        out.append(s[pos:])
+        result = "".join(out)
+        if stripdot:
+            result = result.removesuffix(".")
+            while len(result) > MAX_NAME and "." in result:
+                result = result.partition(".")[2]
+        return result
 
     def check_lookups(self) -> None:
         self.lookups += 1
