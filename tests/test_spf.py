@@ -321,3 +321,17 @@ def test_explanation_macros():
     for bad in ("%{d0}", "%{d2x}", "%{l;}", "%{z}", "%x", "100%", "%{c}"):
         with pytest.raises(Exception, match="macro"):
             q.expand(bad)
+
+
+def test_malformed_sender_domain_is_none_at_once_and_says_why(server):
+    """RFC 7208 4.3: a domain that is malformed or not multi-label gives "none" immediately.  It did,
+    with an empty reason, after asking the resolver for "localhost" or "192.0.2.1" TXT."""
+    e = engine(server)
+    long_label = "a" * 64 + ".example"
+    cases = {"a@localhost": "not a multi-label domain name", "a@192.0.2.1": "malformed domain name (top label)",
+             f"a@{long_label}": "malformed domain name (LabelTooLong)", "a@b..example": "malformed domain name (empty label)",
+             "a@nowhere.example": "no SPF record"}
+    for sender, why in cases.items():
+        v = e.scan(MSG, Envelope(client_ip="192.0.2.1", mail_from=sender))
+        assert list(spf_symbols(v)) == ["R_SPF_NA"] and why in v.symbols["R_SPF_NA"].options, sender
+    assert not any(server.asked(n) for n in ("localhost", "192.0.2.1", long_label, "b..example"))

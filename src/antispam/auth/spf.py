@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable
 import spf as pyspf
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
-from ..dns import Answer, name_text
+from ..dns import Answer, make_name, name_text
 from ..domains import to_ascii
 from . import network_enabled
 from .authres import resinfo
@@ -117,6 +117,34 @@ def helo_to_check(helo: str | None) -> str:
         return ""
     except ValueError:
         return h.lower()
+
+
+#: RFC 7208 4.6.1 toplabel: letters, digits and inner hyphens, not all digits
+_TOPLABEL = re.compile(r"(?:[a-z0-9]*[a-z][a-z0-9]*|[a-z0-9]+-[a-z0-9-]*[a-z0-9])", re.IGNORECASE)
+
+
+def malformed(domain: str) -> str:
+    """Why ``domain`` cannot have an SPF policy (RFC 7208 4.3), or "" when it can.
+
+    check_host() returns "none" for such a domain at once: a single label (``localhost``), an address
+    (``192.0.2.1``, ``[192.0.2.1]``), an empty label, a label over 63 octets or a name over 253
+    characters.  Saying which keeps the ``none`` readable, and no query is sent for a name that
+    cannot have a record.  A domain still in Unicode is one UTS 46 could not encode (``_identity``
+    turns every other into A-labels).
+    """
+    if not domain.isascii():
+        return "not a domain name (UTS 46 cannot encode it)"
+    if "." not in domain:
+        return "not a multi-label domain name"
+    if "" in domain.split("."):
+        return "malformed domain name (empty label)"
+    try:
+        labels = make_name(domain).labels[:-1]
+    except Exception as exc:  # dns.name's LabelTooLong, NameTooLong
+        return f"malformed domain name ({type(exc).__name__})"
+    if not _TOPLABEL.fullmatch(labels[-1].decode("ascii", "replace")):
+        return "malformed domain name (top label)"
+    return ""
 
 
 class _Miss(BaseException):
@@ -347,8 +375,8 @@ def evaluate(ip: str, sender: str | None, helo: str | None, lookup: Lookup,
         ip = ip.partition("%")[0]
     if not domain:
         return SpfOutcome("none", identity, address, domain, reason="no identity to check")
-    if not domain.isascii():  # RFC 7208 4.3: a malformed domain gives "none", asking nothing
-        return SpfOutcome("none", identity, address, domain, reason="not a domain name (UTS 46 cannot encode it)")
+    if why := malformed(domain):
+        return SpfOutcome("none", identity, address, domain, reason=why)
     q = _Query(ip, address, (helo or "").strip().removesuffix("."), limits=limits, strict=True)
     token = _CURRENT.set(lookup)
     try:
@@ -362,6 +390,8 @@ def evaluate(ip: str, sender: str | None, helo: str | None, lookup: Lookup,
     mech = q.mechanism or ""
     if result in ("permerror", "temperror"):
         explanation = getattr(q, "prob", "") or explanation
+    elif result == "none":
+        explanation = explanation or "no SPF record"
     return SpfOutcome(result, identity, address, domain, mech, explanation, q.limit_fired)
 
 
@@ -452,7 +482,7 @@ class SpfCheck(Check):
         if not env.client_ip:
             return []
         _, _, domain = _identity(env.mail_from, env.helo)
-        out = [Question(domain, "TXT")] if domain and domain.isascii() else []
+        out = [Question(domain, "TXT")] if domain and not malformed(domain) else []
         helo = self._helo_alone(env)
         if helo and helo != domain:
             out.append(Question(helo, "TXT"))
