@@ -22,6 +22,12 @@ when the engine has prefetched the sender's record, the usual record with only
 ip4/ip6 mechanisms completes in the first round with no await at all.  Misses are also collected when pyspf swallows the exception
 (its ``exp=`` fetch uses a bare ``except``), so no question is lost.
 
+Where pyspf departs from RFC 7208, :class:`_Query` follows the RFC instead (each case was found by
+running Perl Mail::SPF, libspf2 and pyspf on the same loopback zones): the sender is split at its
+last "@", macros are expanded by our own parser (:meth:`_Query.expand`), modifiers are read
+case-insensitively with repeated unknown ones ignored, DNS errors under "ptr" and %{p} skip names,
+and a malformed domain is "none" before any query (:func:`malformed`).
+
 Limits (RFC 7208 section 4.6.4): by default 10 DNS-querying terms and 2 void
 lookups, as the RFC says.  ``spf_strict_limits = false`` selects the looser
 compatibility limits (:data:`COMPAT_LIMITS`), for sites that would rather
