@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -36,6 +37,20 @@ def request(port: int, data: bytes, timeout: float = 30.0) -> bytes:
         while chunk := s.recv(65536):
             reply += chunk
     return reply
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """Stop an ``antispam serve`` process as a service manager does (SIGTERM), check that it exited 0,
+    and return its log (stderr)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.stderr.read().decode()
 
 
 class RedisServer:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from server_helpers import Sink, ham, spam
-from servers import free_port, request
+from servers import free_port, request, stop
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -41,19 +41,6 @@ def serve(tmp_path: Path, kind: str, config: str = "", *flags: str) -> tuple[sub
         proc.kill()
         raise AssertionError((line, proc.stderr.read().decode()[-3000:]))
     return proc, int(m.group(1))
-
-
-def stop(proc: subprocess.Popen) -> str:
-    """SIGTERM, the exit code checked, the log returned."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.stderr.read().decode()
 
 
 def children(pid: int) -> list[int]:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 
 import postfix as pf
 from server_helpers import Sink, ham, marker, spam
+from servers import stop
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 needs_spamc = pytest.mark.skipif(shutil.which("spamc") is None and not os.environ.get("CI"),
@@ -57,17 +57,6 @@ def launch(kind: str, path: Path, cfg: Path, *flags: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "antispam.cli", "serve", kind, "--config", str(cfg),
                              "--socket", str(path), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": SRC})
-
-
-def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.stderr.read().decode()
 
 
 def spamc(path: Path, raw: bytes, *args: str) -> subprocess.CompletedProcess:
