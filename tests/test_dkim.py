@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from antispam import Envelope
 from antispam.config import Config
-from authkeys import auth_engine, ed25519_key, message, rsa_key, sign
+from authkeys import auth_engine, ed25519_key, message, rsa_key, sign, sign_tags
 from dnsserver import DNSServer
 
 
@@ -127,3 +129,71 @@ def test_blocking_dnsfunc_for_direct_dkimpy_use(server):
     assert r.cached("ed._domainkey.example.org", "TXT").status == "ok"
     assert not dkim.verify(raw.replace(b"ten", b"two"), dnsfunc=dnsfunc_for(r))
     assert not dkim.verify(sign(message(), "example.org", "missing", rsa_key()), dnsfunc=dnsfunc_for(r))
+
+
+def tags(**changes: str | None) -> list[tuple[str, str]]:
+    """A signature's tags for sign_tags: rsa._domainkey.example.org, relaxed/relaxed, ``changes``
+    replacing (None: dropping) tags or adding new ones before bh= and b=."""
+    base = {"v": "1", "a": "rsa-sha256", "c": "relaxed/relaxed", "d": "example.org", "s": "rsa",
+            "t": str(int(time.time())), "h": "from:to:subject:date"}
+    extra = {k: v for k, v in changes.items() if k not in base and k not in ("bh", "b")}
+    out = [(k, changes.get(k, v)) for k, v in base.items()] + list(extra.items())
+    out += [("bh", changes.get("bh"))] + ([("b", changes["b"])] if "b" in changes else [])
+    return [(k, v) for k, v in out if v is not None or k in ("bh", "b")]
+
+
+def dkim_results(v) -> list[str]:
+    return [part.strip().split(" ")[0] for part in v.authentication_results.split(";") if "dkim=" in part]
+
+
+@pytest.mark.parametrize("changes, result, reason", [
+    # malformed: RFC 8601 neutral ("syntax errors"), never fail
+    ({"bh": ""}, "neutral", "bh= is not base64"),
+    ({"b": "!!!!notbase64!!!!"}, "neutral", "b= is not base64"),
+    ({"l": "9" * 80}, "neutral", "l= is not a decimal"),
+    ({"l": "-5"}, "neutral", "l= is not a decimal"),
+    ({"t": "yesterday"}, "neutral", "t= is not a timestamp"),
+    ({"i": "example.org"}, "neutral", "i= is not an address"),
+    # well formed but RFC 6376 6.1.1 says ignore it: permerror, never fail
+    ({"v": "2"}, "permerror", "v=2 is not 1"),
+    ({"a": "rsa-sha512"}, "permerror", "unsupported algorithm"),
+    ({"i": "alice@evil.example"}, "permerror", "i= domain evil.example is not d="),
+    ({"i": "alice@badexample.org"}, "permerror", "is not d= or under it"),
+    ({"q": "http/x"}, "permerror", "no supported key query method"),
+    ({"t": str(int(time.time()) + 30 * 86400)}, "permerror", "t= is in the future"),
+    ({"t": str(int(time.time()) - 9 * 86400), "x": str(int(time.time()) - 8 * 86400)}, "permerror", "expired"),
+    ({"x": str(int(time.time()) - 60)}, "permerror", "x= is not after its timestamp"),
+    ({"l": "9999"}, "permerror", "l= is longer than the body"),
+])
+def test_unverifiable_signatures_are_neutral_or_permerror_not_fail(server, changes, result, reason):
+    """dkimpy raises ValidationError for these, which we used to report as dkim=fail (R_DKIM_REJECT);
+    Mail::DKIM calls them "invalid" and OpenDKIM "permerror"."""
+    raw = sign_tags(message(), rsa_key(), tags(**changes), length=9999 if "l" in changes else None)
+    v = engine(server).scan(raw, ENV)
+    assert dkim_results(v) == [f"dkim={result}"]
+    assert list(dkim_symbols(v)) == ["R_DKIM_PERMFAIL"]
+    assert reason in v.symbols["R_DKIM_PERMFAIL"].options[0]
+
+
+def test_crafted_signer_agrees_with_dkimpy(server):
+    raw = sign_tags(message(), rsa_key(), tags(i="alice@sub.example.org", l="5"), length=5)
+    assert dkim_symbols(engine(server).scan(raw + b"appended\r\n", ENV)) == {"R_DKIM_ALLOW": ("example.org:rsa",)}
+
+
+def test_from_must_be_signed(server):
+    """RFC 6376 6.1.1: a signature whose h= lacks From is ignored (PERMFAIL); dkimpy verified it, so a
+    From rewritten under someone else's signature passed DMARC.  OpenDKIM: permerror."""
+    raw = sign_tags(message(), rsa_key(), tags(h="to:subject:date")).replace(b"alice@", b"ceo@")
+    v = engine(server).scan(raw, ENV)
+    assert dkim_results(v) == ["dkim=permerror"]
+    assert v.symbols["R_DKIM_PERMFAIL"].options == ("example.org:rsa (From is not signed (h= lacks From))",)
+    v = engine(server).scan(sign_tags(message(), rsa_key(), tags(h="To:FROM")), ENV)
+    assert list(dkim_symbols(v)) == ["R_DKIM_ALLOW"]
+
+
+@pytest.mark.parametrize("changes", [{"a": "RSA-SHA256"}, {"q": "dns/txt:http/x"}, {"q": "DNS/TXT"}])
+def test_what_rfc6376_accepts_passes(server, changes):
+    """ABNF strings are case-insensitive (RFC 5234) and unknown q= methods are ignored (RFC 6376 3.5):
+    dkimpy refused both (as dkim=fail); Mail::DKIM and OpenDKIM pass them."""
+    v = engine(server).scan(sign_tags(message(), rsa_key(), tags(**changes)), ENV)
+    assert dkim_symbols(v) == {"R_DKIM_ALLOW": ("example.org:rsa",)}

@@ -10,22 +10,29 @@ event loop on DNS.
 Result per signature (RFC 8601 section 2.7.1):
 
 * ``pass``; ``fail`` (the signature or body hash does not verify);
-* ``neutral`` (the signature cannot be processed: bad tags, unknown algorithm);
-* ``permerror`` (no key, revoked or malformed key, RSA key under
+* ``neutral`` (the signature is malformed: a required tag missing, a value of the wrong syntax);
+* ``permerror`` (a well-formed signature RFC 6376 6.1.1 says to ignore: unknown version,
+  algorithm or query method, i= outside d=, From not signed, expired; no key, revoked or
+  malformed key, RSA key under
   ``dkim_min_rsa_bits``, or rsa-sha1 when ``dkim_reject_sha1``: RFC 8301 says
   verifiers must not consider SHA-1 signatures valid and must reject RSA keys
   under 1024 bits);
 * ``temperror`` (the key lookup timed out or got SERVFAIL).
+
+The signature's tags are checked here (:func:`_check_signature`), then dkimpy's ``verify_sig``
+does the canonicalisation and cryptography: dkimpy's own tag checks call every refusal ``fail``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import dkim as dkimpy
+from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
@@ -42,6 +49,13 @@ if TYPE_CHECKING:  # pragma: no cover
 _SIG = b"dkim-signature"
 #: signatures verified per message; more is a cost an attacker chooses, not a sender need
 MAX_SIGNATURES = 16
+#: tags every signature must carry (RFC 6376 3.5)
+_REQUIRED = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")
+#: a= values we verify, lower-cased: RFC 6376's ABNF strings match in any case, dkimpy's table in lower case only
+_ALGORITHMS = (b"rsa-sha256", b"rsa-sha1", b"ed25519-sha256")
+_BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+#: seconds a signer's clock may run ahead (t=) or a signature outlive its x=, before we refuse it
+_CLOCK_SKEW = 36000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,95 @@ def _tags(value: bytes | str) -> dict[bytes, bytes] | None:
         return None
 
 
+class _Refused(Exception):
+    """RFC 6376 says to ignore this signature; ``result`` is what RFC 8601 calls that.
+
+    ``neutral`` when the signature is malformed (RFC 8601 2.7.1: "contained syntax errors"),
+    ``permerror`` when it is well formed but cannot be verified (unsupported algorithm or query
+    method, i= outside d=, From not signed, expired).  Neither is ``fail``, which says the
+    signature was checked and did not verify: the difference reaches R_DKIM_REJECT's score.
+    """
+
+    def __init__(self, result: str, reason: str):
+        super().__init__(reason)
+        self.result = result
+        self.reason = reason
+
+
+def _text(value: bytes, limit: int = 40) -> str:
+    return value.decode("ascii", "replace")[:limit]
+
+
+def _is_base64(value: bytes) -> bool:
+    """RFC 6376 base64string: the alphabet, padding only at the end, folding whitespace anywhere."""
+    packed = re.sub(rb"\s+", b"", value)
+    return bool(packed) and _BASE64.fullmatch(packed) is not None
+
+
+def _check_signature(tags: dict[bytes, bytes], now: float) -> tuple[dict[bytes, bytes], list[bytes]]:
+    """The tags dkimpy verifies with and the h= names, once the signature passes RFC 6376 6.1.1.
+
+    dkimpy's own check (``validate_signature_fields``) raises ValidationError, which we could only
+    call ``fail``, for what are syntax errors or unverifiable signatures; it also refuses what the
+    RFC accepts (``a=RSA-SHA256``, ``q=dns/txt:other``) and lets through what it forbids (h=
+    without From).  So we check here and hand dkimpy's ``verify_sig`` the tags it can use.
+    """
+    missing = [t.decode() + "=" for t in _REQUIRED if t not in tags]
+    if missing:
+        raise _Refused("neutral", "signature lacks " + ", ".join(missing))
+    if tags[b"v"] != b"1":
+        raise _Refused("permerror", f"signature version v={_text(tags[b'v'])} is not 1")
+    algorithm = tags[b"a"].lower()
+    if algorithm not in _ALGORITHMS:
+        raise _Refused("permerror", f"unsupported algorithm a={_text(tags[b'a'])}")
+    for t in (b"b", b"bh"):
+        if not _is_base64(tags[t]):
+            raise _Refused("neutral", f"{t.decode()}= is not base64")
+    names = [n.strip().lower() for n in tags[b"h"].split(b":")]
+    if b"from" not in names:  # RFC 6376 6.1.1: PERMFAIL (From field not signed)
+        raise _Refused("permerror", "From is not signed (h= lacks From)")
+    domain = tags[b"d"].lower().rstrip(b".")
+    if b"i" in tags:
+        _, at, i_domain = tags[b"i"].rpartition(b"@")
+        if not at:
+            raise _Refused("neutral", "i= is not an address")
+        i_domain = i_domain.lower().rstrip(b".")
+        if i_domain != domain and not i_domain.endswith(b"." + domain):
+            raise _Refused("permerror", f"i= domain {_text(i_domain)} is not d= or under it")
+    if b"l" in tags and not re.fullmatch(rb"\d{1,76}", tags[b"l"]):
+        raise _Refused("neutral", "l= is not a decimal number of at most 76 digits")
+    if b"q" in tags and b"dns/txt" not in [m.strip().lower() for m in tags[b"q"].split(b":")]:
+        # RFC 6376 3.5: unknown query methods in the list are ignored; none known is a PERMFAIL
+        raise _Refused("permerror", f"no supported key query method in q={_text(tags[b'q'])}")
+    signed = expires = None
+    for t in (b"t", b"x"):
+        if t in tags and not re.fullmatch(rb"\d{1,12}", tags[t]):
+            raise _Refused("neutral", f"{t.decode()}= is not a timestamp")
+    if b"t" in tags:
+        signed = int(tags[b"t"])
+        if signed > now + _CLOCK_SKEW:
+            raise _Refused("permerror", "signature timestamp t= is in the future")
+    if b"x" in tags:
+        expires = int(tags[b"x"])
+        if signed is not None and expires <= signed:
+            raise _Refused("permerror", "signature expiry x= is not after its timestamp t=")
+        if expires < now - _CLOCK_SKEW:
+            raise _Refused("permerror", "signature expired (x=)")
+    return {**tags, b"a": algorithm}, names
+
+
+def _body_length_check(tags: dict[bytes, bytes], body: bytes) -> None:
+    """RFC 6376 3.5: l= "MUST NOT be larger than" the canonicalized body; a signer claiming more is refused."""
+    if b"l" not in tags:
+        return
+    try:
+        policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
+    except InvalidCanonicalizationPolicyError:
+        raise _Refused("neutral", f"invalid c={_text(tags.get(b'c', b''))}") from None
+    if int(tags[b"l"]) > len(policy.canonicalize_body(body)):
+        raise _Refused("permerror", "l= is longer than the body")
+
+
 def _key_name(tags: dict[bytes, bytes]) -> str | None:
     """``<s>._domainkey.<d>``, or None when the signature names no key it could have.
 
@@ -98,11 +201,13 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
         signer = dkimpy.DKIM(raw, minkey=min_rsa_bits)
     except Exception as exc:  # dkimpy's parser can raise on mangled header blocks
         return DkimOutcome((DkimSignatureResult("neutral", "", "", reason=f"unparsable message: {exc}"[:120]),))
-    sigs = [v for n, v in signer.headers if n.lower() == _SIG]
+    sig_headers = [(n, v) for n, v in signer.headers if n.lower() == _SIG]
+    now = time.time()
     results = []
-    if len(sigs) > MAX_SIGNATURES:
-        results.append(DkimSignatureResult("neutral", "", "", reason=f"{len(sigs) - MAX_SIGNATURES} signatures past the first {MAX_SIGNATURES} not checked"))
-    for idx, value in enumerate(sigs[:MAX_SIGNATURES]):
+    if len(sig_headers) > MAX_SIGNATURES:
+        results.append(DkimSignatureResult("neutral", "", "", reason=f"{len(sig_headers) - MAX_SIGNATURES} signatures past the first {MAX_SIGNATURES} not checked"))
+    for sig_header in sig_headers[:MAX_SIGNATURES]:
+        value = sig_header[1]
         tags = _tags(value) or {}
         domain = tags.get(b"d", b"").decode("ascii", "replace").strip().lower()
         selector = tags.get(b"s", b"").decode("ascii", "replace").strip()
@@ -116,6 +221,12 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
         name = _key_name(tags) if tags else None
         if name is None:
             results.append(out("neutral", "signature lacks d= or s= or is malformed"))
+            continue
+        try:
+            sig, include = _check_signature(tags, now)
+            _body_length_check(sig, signer.body)
+        except _Refused as exc:
+            results.append(out(exc.result, exc.reason))
             continue
         if reject_sha1 and algorithm == "rsa-sha1":
             results.append(out("permerror", "rsa-sha1 is not accepted (RFC 8301)"))
@@ -142,7 +253,7 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
             return _txt
 
         try:
-            ok = signer.verify(idx, dnsfunc=dnsfunc)
+            ok = signer.verify_sig(sig, include, sig_header, dnsfunc)
             results.append(out("pass") if ok else out("fail", "signature does not verify"))
         except dkimpy.ValidationError as exc:  # body hash mismatch and friends
             results.append(out("fail", str(exc)[:120]))
