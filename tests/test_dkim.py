@@ -21,9 +21,36 @@ def server():
         "revoked._domainkey.example.org": [("TXT", "v=DKIM1; k=rsa; p=")],
         "slow._domainkey.example.org": [("TIMEOUT", None)],
         "bad._domainkey.example.org": [("SERVFAIL", None)],
+        "hsha1._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; h=sha1;"))],
+        "hboth._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; h=sha1:SHA256;"))],
+        "strict._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; t=y:s;"))],
+        "svclist._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; s=other:email;"))],
+        "tlsrpt._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; s=tlsrpt;"))],
+        "other._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; s=other;"))],
+        "edkey._domainkey.example.org": [("TXT", ed25519_key().record)],
+        "dup._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; k=rsa;"))],
+        "badp._domainkey.example.org": [("TXT", "v=DKIM1; k=rsa; p=!!!notbase64!!!")],
+        "huge._domainkey.example.org": [("TXT", huge_rsa_record())],
     }
     with DNSServer(zone) as s:
         yield s
+
+
+def huge_rsa_record() -> str:
+    """A 16384-bit RSA public key with a 16383-bit exponent: legal DER that DNS over TCP carries,
+    and some ten seconds of dkimpy's pure-Python RSA per signature."""
+    import base64
+    import random
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rnd = random.Random(5)
+    n = rnd.getrandbits(16384) | 1 | (1 << 16383)
+    e = rnd.getrandbits(16382) | 1 | (1 << 16382)
+    der = rsa.RSAPublicNumbers(e, n).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
 
 
 def engine(server, **auth):
@@ -197,3 +224,40 @@ def test_what_rfc6376_accepts_passes(server, changes):
     dkimpy refused both (as dkim=fail); Mail::DKIM and OpenDKIM pass them."""
     v = engine(server).scan(sign_tags(message(), rsa_key(), tags(**changes)), ENV)
     assert dkim_symbols(v) == {"R_DKIM_ALLOW": ("example.org:rsa",)}
+
+
+@pytest.mark.parametrize("selector, changes, reason", [
+    ("hsha1", {}, "key does not allow sha256 (h=sha1)"),  # RFC 6376 6.1.2: inappropriate hash algorithm
+    ("strict", {"i": "alice@sub.example.org"}, "key forbids an i= in a subdomain of d= (t=s)"),  # 3.6.1
+    ("tlsrpt", {}, "key is not for email (s=tlsrpt)"),  # dkimpy: dkim=fail
+    ("other", {}, "key is not for email (s=other)"),  # dkimpy: permerror "None"
+    ("edkey", {}, "key type k=ed25519 does not fit a=rsa-sha256"),  # dkimpy: opaque ValueError
+    ("rsa", {"a": "ed25519-sha256"}, "key type k=rsa does not fit a=ed25519-sha256"),  # dkimpy: dkim=fail
+    ("dup", {}, "key record repeats k="),  # dkimpy: "b'k'"
+    ("badp", {}, "key p= is not base64"),  # dkimpy: "unusable key: Error"
+])
+def test_key_record_restrictions_are_permerrors(server, selector, changes, reason):
+    """What RFC 6376 3.6.1 and 6.1.2 say a key record refuses; dkimpy ignored h= and t=s, read s= as
+    one value, and tried keys of the wrong type.  Mail::DKIM and OpenDKIM refuse each of these."""
+    raw = sign_tags(message(), ed25519_key() if "a" in changes else rsa_key(), tags(s=selector, **changes))
+    v = engine(server).scan(raw, ENV)
+    assert dkim_results(v) == ["dkim=permerror"]
+    assert v.symbols["R_DKIM_PERMFAIL"].options == (f"example.org:{selector} ({reason})",)
+
+
+@pytest.mark.parametrize("selector, changes", [
+    ("hboth", {}), ("strict", {"i": "alice@example.org"}), ("strict", {}), ("svclist", {})])
+def test_key_record_restrictions_allow(server, selector, changes):
+    v = engine(server).scan(sign_tags(message(), rsa_key(), tags(s=selector, **changes)), ENV)
+    assert dkim_symbols(v) == {"R_DKIM_ALLOW": (f"example.org:{selector}",)}
+
+
+def test_absurd_rsa_key_is_refused_before_the_arithmetic(server):
+    """RFC 8301 asks verifiers to handle 1024 to 4096 bits; a 16384-bit key with a huge exponent took
+    dkimpy about ten seconds per signature (16 signatures a message: minutes)."""
+    raw = sign_tags(message(), rsa_key(), tags(s="huge"))
+    started = time.monotonic()
+    v = engine(server, dkim_min_rsa_bits=1024).scan(raw, ENV)
+    assert time.monotonic() - started < 3
+    assert dkim_results(v) == ["dkim=permerror"]
+    assert "RSA key too large (16384 bits" in v.symbols["R_DKIM_PERMFAIL"].options[0]

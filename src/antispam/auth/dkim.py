@@ -13,14 +13,15 @@ Result per signature (RFC 8601 section 2.7.1):
 * ``neutral`` (the signature is malformed: a required tag missing, a value of the wrong syntax);
 * ``permerror`` (a well-formed signature RFC 6376 6.1.1 says to ignore: unknown version,
   algorithm or query method, i= outside d=, From not signed, expired; no key, revoked or
-  malformed key, RSA key under
-  ``dkim_min_rsa_bits``, or rsa-sha1 when ``dkim_reject_sha1``: RFC 8301 says
-  verifiers must not consider SHA-1 signatures valid and must reject RSA keys
-  under 1024 bits);
+  malformed key, a key record whose k=, h=, s= or t=s refuses the signature (RFC 6376 6.1.2),
+  an RSA key over ``MAX_RSA_BITS`` or under ``dkim_min_rsa_bits``, or rsa-sha1 when
+  ``dkim_reject_sha1``: RFC 8301 says verifiers must not consider SHA-1 signatures valid and
+  must reject RSA keys under 1024 bits);
 * ``temperror`` (the key lookup timed out or got SERVFAIL).
 
-The signature's tags are checked here (:func:`_check_signature`), then dkimpy's ``verify_sig``
-does the canonicalisation and cryptography: dkimpy's own tag checks call every refusal ``fail``.
+The signature's tags and the key record are checked here (:func:`_check_signature`,
+:func:`_check_key`), then dkimpy's ``verify_sig`` does the canonicalisation and cryptography:
+dkimpy's own checks call every refused signature ``fail`` and skip some the RFC requires.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import dkim as dkimpy
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
-from dkim.util import InvalidTagValueList, parse_tag_value
+from dkim.util import DuplicateTag, InvalidTagValueList, parse_tag_value
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
 from ..dns import Answer
@@ -54,6 +55,13 @@ _REQUIRED = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")
 #: a= values we verify, lower-cased: RFC 6376's ABNF strings match in any case, dkimpy's table in lower case only
 _ALGORITHMS = (b"rsa-sha256", b"rsa-sha1", b"ed25519-sha256")
 _BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+#: RSA keys above this many bits are refused.  RFC 8301 3.1 asks verifiers to handle 1024 to 4096
+#: bits; dkimpy's RSA is pure Python, and a 16384-bit key with a 16384-bit exponent (which DNS
+#: over TCP carries) costs it some ten seconds per signature.
+MAX_RSA_BITS = 8192
+#: RSA public exponents longer than this are refused (everyone uses 65537, 17 bits); the
+#: verification's cost grows with the exponent's length
+_MAX_RSA_EXPONENT_BITS = 64
 #: seconds a signer's clock may run ahead (t=) or a signature outlive its x=, before we refuse it
 _CLOCK_SKEW = 36000
 
@@ -177,6 +185,55 @@ def _body_length_check(tags: dict[bytes, bytes], body: bytes) -> None:
         raise _Refused("permerror", "l= is longer than the body")
 
 
+def _check_key(record: bytes, sig: dict[bytes, bytes], name: str) -> bytes:
+    """The key record reduced to the ``k=`` and ``p=`` dkimpy reads, once it passes RFC 6376 3.6.1 and 6.1.2.
+
+    dkimpy ignores the key's ``h=`` (hash algorithms the key may be used with) and ``t=s`` (no
+    subdomain in i=), both of which RFC 6376 makes PERMFAIL; it reads ``s=`` as one value, so
+    ``s=email:other`` lost the key while ``s=tlsrpt`` became a ``fail``; a key of the wrong type
+    for ``a=`` was tried anyway (a fail or an opaque error).  Mail::DKIM and OpenDKIM refuse all of
+    these.  Handing dkimpy only ``k=`` and ``p=`` keeps it from reinterpreting what we checked.
+    """
+    try:
+        key = parse_tag_value(record)
+    except DuplicateTag as exc:  # RFC 6376 3.2: a repeated tag invalidates the whole list
+        raise _Refused("permerror", f"key record repeats {_text(exc.args[0] if exc.args else b'a tag')}=") from None
+    except (InvalidTagValueList, ValueError):
+        raise _Refused("permerror", "key record is not a tag=value list") from None
+    if key.get(b"v", b"DKIM1") != b"DKIM1":
+        raise _Refused("permerror", f"key record version v={_text(key[b'v'])} is not DKIM1")
+    if b"p" not in key:
+        raise _Refused("permerror", "key record lacks p=")
+    public = re.sub(rb"\s+", b"", key[b"p"])
+    if not public:
+        raise _Refused("permerror", "key revoked (empty p=)")
+    key_type = key.get(b"k", b"rsa").lower()
+    if key_type not in (b"rsa", b"ed25519"):
+        raise _Refused("permerror", f"unsupported key type k={_text(key_type)}")
+    sig_type, _, sig_hash = sig[b"a"].partition(b"-")
+    if key_type != sig_type:  # RFC 6376 6.1.2 step 6: PERMFAIL (inappropriate key algorithm)
+        raise _Refused("permerror", f"key type k={key_type.decode()} does not fit a={sig[b'a'].decode()}")
+    if b"h" in key and sig_hash not in [h.strip().lower() for h in key[b"h"].split(b":")]:
+        raise _Refused("permerror", f"key does not allow {sig_hash.decode()} (h={_text(key[b'h'])})")
+    if b"s" in key and not {b"*", b"email"} & {t.strip().lower() for t in key[b"s"].split(b":")}:
+        raise _Refused("permerror", f"key is not for email (s={_text(key[b's'])})")
+    if b"s" in [f.strip().lower() for f in key.get(b"t", b"").split(b":")] and b"i" in sig:
+        i_domain = sig[b"i"].rpartition(b"@")[2].lower().rstrip(b".")
+        if i_domain != sig[b"d"].lower().rstrip(b"."):
+            raise _Refused("permerror", "key forbids an i= in a subdomain of d= (t=s)")
+    if not _is_base64(public):
+        raise _Refused("permerror", "key p= is not base64")
+    reduced = b"k=" + key_type + b"; p=" + public
+    try:
+        parsed, bits, _, _ = dkimpy.evaluate_pk(name.encode("ascii", "replace"), reduced)
+    except Exception:  # KeyFormatError, or what dkimpy's ASN.1 parser lets escape on garbage
+        raise _Refused("permerror", f"key p= is not a valid {key_type.decode()} public key") from None
+    if key_type == b"rsa" and (bits > MAX_RSA_BITS or parsed["publicExponent"].bit_length() > _MAX_RSA_EXPONENT_BITS):
+        raise _Refused("permerror", f"RSA key too large ({bits} bits, exponent of "
+                                    f"{parsed['publicExponent'].bit_length()} bits)")
+    return reduced
+
+
 def _key_name(tags: dict[bytes, bytes]) -> str | None:
     """``<s>._domainkey.<d>``, or None when the signature names no key it could have.
 
@@ -240,16 +297,13 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
             results.append(out("permerror", f"no key at {name}"))
             continue
 
-        try:  # dkimpy reports a bad key as a mere non-verification; RFC 8601 calls it permerror
-            dkimpy.evaluate_pk(name.encode("ascii", "replace"), texts[0])
-        except dkimpy.DKIMException as exc:
-            results.append(out("permerror", f"{exc}"[:120] or "unusable key"))
-            continue
-        except Exception as exc:
-            results.append(out("permerror", f"unusable key: {type(exc).__name__}"))
+        try:  # dkimpy would report a bad key as a mere non-verification; RFC 8601 calls it permerror
+            record = _check_key(texts[0], sig, name)
+        except _Refused as exc:
+            results.append(out(exc.result, exc.reason))
             continue
 
-        def dnsfunc(qname: bytes | str, timeout: float = 5, _txt: bytes = texts[0]) -> bytes:
+        def dnsfunc(qname: bytes | str, timeout: float = 5, _txt: bytes = record) -> bytes:
             return _txt
 
         try:
