@@ -109,14 +109,13 @@ def sign_tags(msg: bytes, key: Key, tags: list[tuple[str, str]], length: int | N
             fields[-1] += b"\r\n" + line
         else:
             fields.append(line)
-    used: set[int] = set()
+    where: dict[bytes, list[bytes]] = {}
+    for f in fields:
+        where.setdefault(f.partition(b":")[0].strip().lower(), []).append(f)
     data = b""
     for name in [n.strip().lower().encode() for n in t["h"].split(":")]:
-        for i in range(len(fields) - 1, -1, -1):
-            if i not in used and fields[i].partition(b":")[0].strip().lower() == name:
-                used.add(i)
-                data += _canon_header(fields[i] + b"\r\n", head_canon == "relaxed")
-                break
+        if where.get(name):  # instances are taken from the bottom up
+            data += _canon_header(where[name].pop() + b"\r\n", head_canon == "relaxed")
     data += _canon_header(b"DKIM-Signature: " + unsigned.encode() + b"\r\n", head_canon == "relaxed")[:-2]
     if key.algorithm == b"ed25519-sha256":
         signature = ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(key.private)).sign(
