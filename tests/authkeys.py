@@ -86,20 +86,26 @@ def _canon_body(body: bytes, relaxed: bool) -> bytes:
     return body + b"\r\n" if body or not relaxed else b""
 
 
+def body_hash(body: bytes, relaxed: bool = True) -> str:
+    """The sha256 ``bh=`` of ``body``: to sign a large body many times, hashing it once."""
+    return base64.b64encode(hashlib.sha256(_canon_body(body, relaxed)).digest()).decode()
+
+
 def sign_tags(msg: bytes, key: Key, tags: list[tuple[str, str]], length: int | None = None) -> bytes:
     """``msg`` with a DKIM-Signature carrying exactly ``tags`` (in order), signed with ``key``.
 
     A signer of our own (RFC 6376 3.4, 3.7), not dkimpy's: dkimpy refuses to write the
     signatures a verifier must refuse (h= without From, i= outside d=, unknown q=...).
-    ``bh`` and ``b`` are computed unless ``tags`` gives them; c= (default simple/simple) and
+    ``bh`` and ``b`` are computed unless ``tags`` gives them (a ``bh`` from ``body_hash``); c= (default simple/simple) and
     h= are read from ``tags``; ``length`` truncates the hashed body (the l= tag is the caller's).
     """
     t = dict(tags)
     head_canon, _, body_canon = t.get("c", "simple/simple").lower().partition("/")
     head, _, body = msg.partition(b"\r\n\r\n")
-    canon = _canon_body(body, body_canon == "relaxed")[:length]
     digest = hashlib.sha1 if t["a"].lower() == "rsa-sha1" else hashlib.sha256
-    parts = [(k, base64.b64encode(digest(canon).digest()).decode() if k == "bh" and v is None else v) for k, v in tags]
+    if t.get("bh") is None:
+        t["bh"] = base64.b64encode(digest(_canon_body(body, body_canon == "relaxed")[:length]).digest()).decode()
+    parts = [(k, t["bh"] if k == "bh" else v) for k, v in tags]
     if "b" not in t:
         parts.append(("b", None))
     unsigned = "; ".join(f"{k}={v or ''}" for k, v in parts)

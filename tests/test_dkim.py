@@ -7,8 +7,9 @@ import time
 import pytest
 
 from antispam import Envelope
+from antispam.auth.dkim import MAX_SIGNATURES
 from antispam.config import Config
-from authkeys import auth_engine, ed25519_key, message, rsa_key, sign, sign_tags
+from authkeys import auth_engine, body_hash, ed25519_key, message, rsa_key, sign, sign_tags
 from dnsserver import DNSServer
 
 
@@ -303,3 +304,21 @@ def test_malformed_header_block_names_each_signature(server):
     v = engine(server).scan(raw, ENV)
     assert dkim_results(v) == ["dkim=neutral"]
     assert v.symbols["R_DKIM_PERMFAIL"].options == ("example.org:rsa (malformed header line: this line is no field)",)
+
+
+def test_many_signatures_over_a_large_body_hash_it_once(server):
+    """dkimpy canonicalised and hashed the body again for each signature: 16 relaxed signatures over
+    6 MB took it about eight seconds.  Each canonical form and hash is now computed once."""
+    body = "word  word\tword   \r\n" * 300000
+    raw = message(body=body)
+    bh = body_hash(body.encode())
+    for n in range(MAX_SIGNATURES):
+        raw = sign_tags(raw, ed25519_key(), tags(a="ed25519-sha256", s="ed", bh=bh, i=f"n{n}@example.org"))
+    raw = raw.replace(b"word  word\tword   \r\n", b"word word word\r\n", 1)  # relaxed: the same body
+    started = time.monotonic()
+    v = engine(server).scan(raw, ENV)
+    assert time.monotonic() - started < 3
+    assert dkim_results(v) == ["dkim=pass"] * MAX_SIGNATURES
+    v = engine(server).scan(raw.replace(b"word word word\r\n", b"word word, word\r\n", 1), ENV)
+    assert set(dkim_results(v)) == {"dkim=fail"}
+    assert v.symbols["R_DKIM_REJECT"].options[0] == "example.org:ed (body hash mismatch (the body was altered))"

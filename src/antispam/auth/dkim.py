@@ -27,6 +27,8 @@ dkimpy's own checks call every refused signature ``fail`` and skip some the RFC 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -177,16 +179,44 @@ def _check_signature(tags: dict[bytes, bytes], now: float) -> tuple[dict[bytes, 
     return {**tags, b"a": algorithm}, names
 
 
-def _body_length_check(tags: dict[bytes, bytes], body: bytes) -> None:
-    """RFC 6376 3.5: l= "MUST NOT be larger than" the canonicalized body; a signer claiming more is refused."""
-    if b"l" not in tags:
-        return
-    try:
-        policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
-    except InvalidCanonicalizationPolicyError:
-        raise _Refused("neutral", f"invalid c={_text(tags.get(b'c', b''))}") from None
-    if int(tags[b"l"]) > len(policy.canonicalize_body(body)):
-        raise _Refused("permerror", "l= is longer than the body")
+class _BodyHashes:
+    """Canonical bodies and body hashes, each computed once per message.
+
+    dkimpy canonicalises and hashes the whole body again for every signature: 16 signatures over a
+    10 MB body took 12 seconds.  We compare ``bh=`` here and hand dkimpy the signature without it,
+    which makes dkimpy skip the body.
+    """
+
+    def __init__(self, body: bytes):
+        self._body = body
+        self._canonical: dict[bytes, bytes] = {}
+        self._digests: dict[tuple[bytes, bytes, bytes | None], bytes] = {}
+
+    def canonical(self, sig: dict[bytes, bytes]) -> bytes:
+        try:
+            policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+        except InvalidCanonicalizationPolicyError:
+            raise _Refused("neutral", f"invalid c={_text(sig.get(b'c', b''))}") from None
+        name = policy.body_algorithm.name
+        if name not in self._canonical:
+            self._canonical[name] = policy.canonicalize_body(self._body)
+        return self._canonical[name]
+
+    def check_length(self, sig: dict[bytes, bytes]) -> None:
+        """RFC 6376 3.5: l= "MUST NOT be larger than" the canonicalized body; a signer claiming more is refused."""
+        if b"l" in sig and int(sig[b"l"]) > len(self.canonical(sig)):
+            raise _Refused("permerror", "l= is longer than the body")
+
+    def matches(self, sig: dict[bytes, bytes]) -> bool:
+        """Whether ``bh=`` is the hash of the canonical body (its first ``l=`` octets)."""
+        hash_name = sig[b"a"].partition(b"-")[2]
+        key = (sig.get(b"c", b""), hash_name, sig.get(b"l"))
+        if key not in self._digests:
+            canonical = self.canonical(sig)
+            if b"l" in sig:
+                canonical = canonical[:int(sig[b"l"])]
+            self._digests[key] = hashlib.new(hash_name.decode("ascii"), canonical).digest()
+        return self._digests[key] == base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
 
 
 def _check_key(record: bytes, sig: dict[bytes, bytes], name: str) -> bytes:
@@ -312,7 +342,7 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
     """Verify every signature of ``raw`` with key answers already fetched (``{key name: Answer}``)."""
     headers, body, malformed = _parse_message(raw)
     signer = dkimpy.DKIM(minkey=min_rsa_bits)
-    signer.body = body
+    bodies = _BodyHashes(body)
     sig_headers = [(n, v) for n, v in headers if n.rstrip(b" \t").lower() == _SIG]
     now = time.time()
     results = []
@@ -339,7 +369,7 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
             continue
         try:
             sig, include = _check_signature(tags, now)
-            _body_length_check(sig, body)
+            bodies.check_length(sig)
             signed = _select(headers, include)
             if len(signed) > MAX_SIGNED_FIELDS:
                 raise _Refused("permerror", f"h= selects {len(signed)} header fields, over {MAX_SIGNED_FIELDS}")
@@ -364,6 +394,10 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
             results.append(out(exc.result, exc.reason))
             continue
 
+        if not bodies.matches(sig):
+            results.append(out("fail", "body hash mismatch (the body was altered)"))
+            continue
+
         def dnsfunc(qname: bytes | str, timeout: float = 5, _txt: bytes = record) -> bytes:
             return _txt
 
@@ -374,9 +408,10 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
         relaxed = sig.get(b"c", b"simple").partition(b"/")[0] == b"relaxed"
         include = [n.lower().rstrip(b" \t") if relaxed else n.lower() for n, _ in signed]
         try:
-            ok = signer.verify_sig(sig, include, sig_header, dnsfunc)
+            without_bh = {k: v for k, v in sig.items() if k != b"bh"}  # the body is checked above
+            ok = signer.verify_sig(without_bh, include, sig_header, dnsfunc)
             results.append(out("pass") if ok else out("fail", "signature does not verify"))
-        except dkimpy.ValidationError as exc:  # body hash mismatch and friends
+        except dkimpy.ValidationError as exc:
             results.append(out("fail", str(exc)[:120]))
         except dkimpy.KeyFormatError as exc:  # missing/revoked/short key
             results.append(out("permerror", str(exc)[:120]))
