@@ -24,7 +24,8 @@ def server():
         "bad._domainkey.example.org": [("SERVFAIL", None)],
         "hsha1._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; h=sha1;"))],
         "hboth._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; h=sha1:SHA256;"))],
-        "strict._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; t=y:s;"))],
+        "strict._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; t=s;"))],
+        "testing._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; t=y;"))],
         "svclist._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; s=other:email;"))],
         "tlsrpt._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; s=tlsrpt;"))],
         "other._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; s=other;"))],
@@ -322,3 +323,19 @@ def test_many_signatures_over_a_large_body_hash_it_once(server):
     v = engine(server).scan(raw.replace(b"word word word\r\n", b"word word, word\r\n", 1), ENV)
     assert set(dkim_results(v)) == {"dkim=fail"}
     assert v.symbols["R_DKIM_REJECT"].options[0] == "example.org:ed (body hash mismatch (the body was altered))"
+
+
+def test_testing_mode_keys_are_reported_not_scored(server):
+    """RFC 6376 3.6.1 t=y: "Verifiers MUST NOT treat messages from Signers in testing mode differently
+    from unsigned email, even should the signature fail to verify".  A failing one scored
+    R_DKIM_REJECT (+1.0), a passing one R_DKIM_ALLOW; OpenDKIM marks them "test mode"."""
+    e = engine(server)
+    raw = sign_tags(message(), rsa_key(), tags(s="testing"))
+    v = e.scan(raw.replace(b"ten.", b"two."), ENV)
+    assert dkim_symbols(v) == {"R_DKIM_TESTING": ("example.org:testing (fail)",)}
+    assert r"dkim=fail (key in testing mode: body hash mismatch \(the body was altered\)) header.d=example.org" \
+        in v.authentication_results
+    v = e.scan(raw, ENV)
+    assert dkim_symbols(v) == {"R_DKIM_TESTING": ("example.org:testing (pass)",)}
+    assert "dkim=pass (key in testing mode) header.d=example.org" in v.authentication_results
+    assert v.score == 0

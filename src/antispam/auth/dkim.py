@@ -81,6 +81,7 @@ class DkimSignatureResult:
     reason: str = ""
     b: str = ""  # first characters of b=, to tell signatures apart (RFC 6008)
     identity: str = ""  # i= (AUID), when present
+    testing: bool = False  # the key record says t=y (RFC 6376 3.6.1): reported, not scored
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +220,9 @@ class _BodyHashes:
         return self._digests[key] == base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
 
 
-def _check_key(record: bytes, sig: dict[bytes, bytes], name: str) -> bytes:
-    """The key record reduced to the ``k=`` and ``p=`` dkimpy reads, once it passes RFC 6376 3.6.1 and 6.1.2.
+def _check_key(record: bytes, sig: dict[bytes, bytes], name: str) -> tuple[bytes, bool]:
+    """The key record reduced to the ``k=`` and ``p=`` dkimpy reads, once it passes RFC 6376 3.6.1 and
+    6.1.2, and whether its ``t=`` flags say the domain is testing DKIM (``y``).
 
     dkimpy ignores the key's ``h=`` (hash algorithms the key may be used with) and ``t=s`` (no
     subdomain in i=), both of which RFC 6376 makes PERMFAIL; it reads ``s=`` as one value, so
@@ -251,7 +253,8 @@ def _check_key(record: bytes, sig: dict[bytes, bytes], name: str) -> bytes:
         raise _Refused("permerror", f"key does not allow {sig_hash.decode()} (h={_text(key[b'h'])})")
     if b"s" in key and not {b"*", b"email"} & {t.strip().lower() for t in key[b"s"].split(b":")}:
         raise _Refused("permerror", f"key is not for email (s={_text(key[b's'])})")
-    if b"s" in [f.strip().lower() for f in key.get(b"t", b"").split(b":")] and b"i" in sig:
+    flags = [f.strip().lower() for f in key.get(b"t", b"").split(b":")]
+    if b"s" in flags and b"i" in sig:
         i_domain = sig[b"i"].rpartition(b"@")[2].lower().rstrip(b".")
         if i_domain != sig[b"d"].lower().rstrip(b"."):
             raise _Refused("permerror", "key forbids an i= in a subdomain of d= (t=s)")
@@ -265,7 +268,7 @@ def _check_key(record: bytes, sig: dict[bytes, bytes], name: str) -> bytes:
     if key_type == b"rsa" and (bits > MAX_RSA_BITS or parsed["publicExponent"].bit_length() > _MAX_RSA_EXPONENT_BITS):
         raise _Refused("permerror", f"RSA key too large ({bits} bits, exponent of "
                                     f"{parsed['publicExponent'].bit_length()} bits)")
-    return reduced
+    return reduced, b"y" in flags
 
 
 _FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+[ \t]*):")
@@ -357,8 +360,10 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
         bval = re.sub(r"\s+", "", tags.get(b"b", b"").decode("ascii", "replace"))[:12]
         identity = tags.get(b"i", b"").decode("ascii", "replace").strip()
 
+        testing = False
+
         def out(result: str, reason: str = "") -> DkimSignatureResult:
-            return DkimSignatureResult(result, domain, selector, algorithm, reason, bval, identity)
+            return DkimSignatureResult(result, domain, selector, algorithm, reason, bval, identity, testing)
 
         name = _key_name(tags) if tags else None
         if name is None:
@@ -389,7 +394,7 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
             continue
 
         try:  # dkimpy would report a bad key as a mere non-verification; RFC 8601 calls it permerror
-            record = _check_key(texts[0], sig, name)
+            record, testing = _check_key(texts[0], sig, name)
         except _Refused as exc:
             results.append(out(exc.result, exc.reason))
             continue
@@ -469,6 +474,8 @@ class DkimCheck(Check):
         SymbolDef("R_DKIM_TEMPFAIL", 0.0, "DKIM: the key could not be fetched (temperror)", "dkim"),
         SymbolDef("R_DKIM_PERMFAIL", 0.0, "DKIM: a signature could not be checked: no key, bad key, rejected algorithm (permerror/neutral)", "dkim"),
         SymbolDef("R_DKIM_NA", 0.0, "DKIM: the message is not signed", "dkim"),
+        SymbolDef("R_DKIM_TESTING", 0.0, "DKIM: the signer's key is in testing mode (t=y); the result is "
+                  "reported, not scored (RFC 6376 3.6.1)", "dkim"),
     )
 
     _SYMBOL = {"pass": "R_DKIM_ALLOW", "fail": "R_DKIM_REJECT", "temperror": "R_DKIM_TEMPFAIL",
@@ -501,9 +508,14 @@ class DkimCheck(Check):
                 props.append(("header.a", s.algorithm))
             if s.b:
                 props.append(("header.b", s.b[:8]))
-            ctx.add_auth_result(resinfo("dkim", s.result, [(k, v) for k, v in props if v],
-                                        comment=s.reason[:80] if s.reason and s.result != "pass" else None))
-            opt = f"{s.domain}:{s.selector}" + (f" ({s.reason})" if s.reason and s.result != "pass" else "")
+            reason = s.reason if s.reason and s.result != "pass" else ""
+            if s.testing:
+                reason = "key in testing mode" + (f": {reason}" if reason else "")
+            ctx.add_auth_result(resinfo("dkim", s.result, [(k, v) for k, v in props if v], comment=reason[:80] or None))
+            if s.testing:  # "MUST NOT treat messages from Signers in testing mode differently from unsigned email"
+                by_symbol.setdefault("R_DKIM_TESTING", []).append(f"{s.domain}:{s.selector} ({s.result})")
+                continue
+            opt = f"{s.domain}:{s.selector}" + (f" ({reason})" if reason else "")
             by_symbol.setdefault(self._SYMBOL[s.result], []).append(opt)
         return [Hit(sym, 1.0, tuple(opts)) for sym, opts in by_symbol.items()]
 
