@@ -183,6 +183,7 @@ def dkim_results(v) -> list[str]:
     ({"l": "-5"}, "neutral", "l= is not a decimal"),
     ({"t": "yesterday"}, "neutral", "t= is not a timestamp"),
     ({"i": "example.org"}, "neutral", "i= is not an address"),
+    ({"c": "relaxed/weird"}, "neutral", "invalid c=relaxed/weird"),
     # well formed but RFC 6376 6.1.1 says ignore it: permerror, never fail
     ({"v": "2"}, "permerror", "v=2 is not 1"),
     ({"a": "rsa-sha512"}, "permerror", "unsupported algorithm"),
@@ -220,7 +221,8 @@ def test_from_must_be_signed(server):
     assert list(dkim_symbols(v)) == ["R_DKIM_ALLOW"]
 
 
-@pytest.mark.parametrize("changes", [{"a": "RSA-SHA256"}, {"q": "dns/txt:http/x"}, {"q": "DNS/TXT"}])
+@pytest.mark.parametrize("changes", [{"a": "RSA-SHA256"}, {"q": "dns/txt:http/x"}, {"q": "DNS/TXT"},
+                                     {"c": "Relaxed/SIMPLE"}])
 def test_what_rfc6376_accepts_passes(server, changes):
     """ABNF strings are case-insensitive (RFC 5234) and unknown q= methods are ignored (RFC 6376 3.5):
     dkimpy refused both (as dkim=fail); Mail::DKIM and OpenDKIM pass them."""

@@ -133,8 +133,8 @@ def _check_signature(tags: dict[bytes, bytes], now: float) -> tuple[dict[bytes, 
 
     dkimpy's own check (``validate_signature_fields``) raises ValidationError, which we could only
     call ``fail``, for what are syntax errors or unverifiable signatures; it also refuses what the
-    RFC accepts (``a=RSA-SHA256``, ``q=dns/txt:other``) and lets through what it forbids (h=
-    without From).  So we check here and hand dkimpy's ``verify_sig`` the tags it can use.
+    RFC accepts (``a=RSA-SHA256``, ``c=Relaxed/Simple``, ``q=dns/txt:other``) and lets through what
+    it forbids (h= without From).  So we check here and hand dkimpy's ``verify_sig`` the tags it can use.
     """
     missing = [t.decode() + "=" for t in _REQUIRED if t not in tags]
     if missing:
@@ -177,7 +177,12 @@ def _check_signature(tags: dict[bytes, bytes], now: float) -> tuple[dict[bytes, 
             raise _Refused("permerror", "signature expiry x= is not after its timestamp t=")
         if expires < now - _CLOCK_SKEW:
             raise _Refused("permerror", "signature expired (x=)")
-    return {**tags, b"a": algorithm}, names
+    canonicalization = tags.get(b"c", b"simple/simple").lower()
+    try:
+        CanonicalizationPolicy.from_c_value(canonicalization)
+    except InvalidCanonicalizationPolicyError:
+        raise _Refused("neutral", f"invalid c={_text(tags[b'c'])}") from None
+    return {**tags, b"a": algorithm, b"c": canonicalization}, names
 
 
 class _BodyHashes:
@@ -194,10 +199,8 @@ class _BodyHashes:
         self._digests: dict[tuple[bytes, bytes, bytes | None], bytes] = {}
 
     def canonical(self, sig: dict[bytes, bytes]) -> bytes:
-        try:
-            policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
-        except InvalidCanonicalizationPolicyError:
-            raise _Refused("neutral", f"invalid c={_text(sig.get(b'c', b''))}") from None
+        """The body as ``c=`` (checked by :func:`_check_signature`) canonicalises it."""
+        policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
         name = policy.body_algorithm.name
         if name not in self._canonical:
             self._canonical[name] = policy.canonicalize_body(self._body)
