@@ -33,6 +33,7 @@ def server():
         "dup._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; k=rsa;"))],
         "badp._domainkey.example.org": [("TXT", "v=DKIM1; k=rsa; p=!!!notbase64!!!")],
         "huge._domainkey.example.org": [("TXT", huge_rsa_record())],
+        "_dmarc.example.org": [("TXT", "v=DMARC1; p=reject")],
     }
     with DNSServer(zone) as s:
         yield s
@@ -214,8 +215,9 @@ def test_from_must_be_signed(server):
     """RFC 6376 6.1.1: a signature whose h= lacks From is ignored (PERMFAIL); dkimpy verified it, so a
     From rewritten under someone else's signature passed DMARC.  OpenDKIM: permerror."""
     raw = sign_tags(message(), rsa_key(), tags(h="to:subject:date")).replace(b"alice@", b"ceo@")
-    v = engine(server).scan(raw, ENV)
+    v = engine(server, dmarc=True).scan(raw, ENV)
     assert dkim_results(v) == ["dkim=permerror"]
+    assert "DMARC_POLICY_REJECT" in v.symbols
     assert v.symbols["R_DKIM_PERMFAIL"].options == ("example.org:rsa (From is not signed (h= lacks From))",)
     v = engine(server).scan(sign_tags(message(), rsa_key(), tags(h="To:FROM")), ENV)
     assert list(dkim_symbols(v)) == ["R_DKIM_ALLOW"]
@@ -341,3 +343,22 @@ def test_testing_mode_keys_are_reported_not_scored(server):
     assert dkim_symbols(v) == {"R_DKIM_TESTING": ("example.org:testing (pass)",)}
     assert "dkim=pass (key in testing mode) header.d=example.org" in v.authentication_results
     assert v.score == 0
+
+
+def test_unsigned_from_above_a_signed_one_is_policy(server):
+    """RFC 6376 8.15: a From added above the signed one verifies under RFC 6376 (fields are taken from
+    the bottom; Mail::DKIM and OpenDKIM say pass) but is the one a reader sees.  dkimpy hashed the
+    extra From in and said "signature does not verify"; it is RFC 8601 ``policy`` now, still
+    R_DKIM_REJECT, still no DMARC pass."""
+    extra = b"From: Mallory <ceo@example.org>\r\n"
+    raw = sign_tags(message(), rsa_key(), tags())
+    v = engine(server, dmarc=True).scan(raw.replace(b"From: Alice", extra + b"From: Alice", 1), ENV)
+    assert dkim_results(v) == ["dkim=policy"]
+    assert v.symbols["R_DKIM_REJECT"].options == ("example.org:rsa (a From field the signature does not cover)",)
+    assert "DMARC_POLICY_REJECT" in v.symbols
+    # h= naming From twice covers both
+    raw = sign_tags(message().replace(b"From: Alice", extra + b"From: Alice", 1), rsa_key(), tags(h="from:from:to"))
+    assert dkim_results(engine(server).scan(raw, ENV)) == ["dkim=pass"]
+    # and a signature that does not verify is a fail whatever the From fields
+    raw = sign_tags(message(), rsa_key(), tags()).replace(b"From: Alice", extra + b"From: Alicia", 1)
+    assert dkim_results(engine(server).scan(raw, ENV)) == ["dkim=fail"]

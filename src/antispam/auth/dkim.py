@@ -10,6 +10,8 @@ event loop on DNS.
 Result per signature (RFC 8601 section 2.7.1):
 
 * ``pass``; ``fail`` (the signature or body hash does not verify);
+* ``policy`` (the signature verifies but a From field above the signed one is not covered:
+  the one a reader sees, RFC 6376 8.15);
 * ``neutral`` (the signature is malformed: a required tag missing, a value of the wrong syntax);
 * ``permerror`` (a well-formed signature RFC 6376 6.1.1 says to ignore: unknown version,
   algorithm or query method, i= outside d=, From not signed, expired; no key, revoked or
@@ -74,7 +76,7 @@ _CLOCK_SKEW = 36000
 
 @dataclass(frozen=True, slots=True)
 class DkimSignatureResult:
-    result: str  # pass fail neutral permerror temperror
+    result: str  # pass fail policy neutral permerror temperror
     domain: str
     selector: str
     algorithm: str = ""
@@ -310,20 +312,22 @@ def _parse_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes, str | 
     return [(n, v) for n, v in headers], b"\r\n".join(lines[i:]), malformed
 
 
-def _select(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> list[tuple[bytes, bytes]]:
+def _select(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> tuple[list[tuple[bytes, bytes]], bool]:
     """The fields ``h=`` signs, in its order, each name taking its next instance from the bottom (RFC
-    6376 5.4.2); in one pass, where dkimpy scans the block again for every name.
+    6376 5.4.2), in one pass where dkimpy scans the block again for every name; and whether a From
+    field is left that the signature does not cover.
 
-    Like dkimpy, one more From than h= names is taken when there is one: a From added above a
-    signed one then breaks the signature instead of riding on it (RFC 6376 8.15)."""
+    Such a From, added above a signed one, is what a verifier sees first (RFC 6376 8.15).  dkimpy
+    hashed it in anyway, which turned a signature that verifies into a plain ``fail``; we hash
+    what the RFC says and let the caller report the From it leaves out."""
     where: dict[bytes, list[int]] = {}
     for n, (name, _) in enumerate(headers):
         where.setdefault(name.rstrip(b" \t").lower(), []).append(n)
     chosen = []
-    for name in names + ([b"from"] if b"from" in names else []):
+    for name in names:
         if where.get(name):
             chosen.append(headers[where[name].pop()])
-    return chosen
+    return chosen, bool(where.get(b"from"))
 
 
 def _key_name(tags: dict[bytes, bytes]) -> str | None:
@@ -378,7 +382,7 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
         try:
             sig, include = _check_signature(tags, now)
             bodies.check_length(sig)
-            signed = _select(headers, include)
+            signed, unsigned_from = _select(headers, include)
             if len(signed) > MAX_SIGNED_FIELDS:
                 raise _Refused("permerror", f"h= selects {len(signed)} header fields, over {MAX_SIGNED_FIELDS}")
         except _Refused as exc:
@@ -418,7 +422,10 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
         try:
             without_bh = {k: v for k, v in sig.items() if k != b"bh"}  # the body is checked above
             ok = signer.verify_sig(without_bh, include, sig_header, dnsfunc)
-            results.append(out("pass") if ok else out("fail", "signature does not verify"))
+            if ok and unsigned_from:  # RFC 8601 policy: valid, but not acceptable to us
+                results.append(out("policy", "a From field the signature does not cover"))
+            else:
+                results.append(out("pass") if ok else out("fail", "signature does not verify"))
         except dkimpy.ValidationError as exc:
             results.append(out("fail", str(exc)[:120]))
         except dkimpy.KeyFormatError as exc:  # missing/revoked/short key
@@ -473,7 +480,8 @@ class DkimCheck(Check):
     network = True
     symbols = (
         SymbolDef("R_DKIM_ALLOW", -0.2, "DKIM: a signature verified (pass)", "dkim"),
-        SymbolDef("R_DKIM_REJECT", 1.0, "DKIM: a signature did not verify (fail)", "dkim"),
+        SymbolDef("R_DKIM_REJECT", 1.0, "DKIM: a signature did not verify (fail), or verified but left a "
+                  "From field unsigned (policy)", "dkim"),
         SymbolDef("R_DKIM_TEMPFAIL", 0.0, "DKIM: the key could not be fetched (temperror)", "dkim"),
         SymbolDef("R_DKIM_PERMFAIL", 0.0, "DKIM: a signature could not be checked: no key, bad key, rejected algorithm (permerror/neutral)", "dkim"),
         SymbolDef("R_DKIM_NA", 0.0, "DKIM: the message is not signed", "dkim"),
@@ -481,7 +489,7 @@ class DkimCheck(Check):
                   "reported, not scored (RFC 6376 3.6.1)", "dkim"),
     )
 
-    _SYMBOL = {"pass": "R_DKIM_ALLOW", "fail": "R_DKIM_REJECT", "temperror": "R_DKIM_TEMPFAIL",
+    _SYMBOL = {"pass": "R_DKIM_ALLOW", "fail": "R_DKIM_REJECT", "policy": "R_DKIM_REJECT", "temperror": "R_DKIM_TEMPFAIL",
                "permerror": "R_DKIM_PERMFAIL", "neutral": "R_DKIM_PERMFAIL"}
 
     def __init__(self, min_rsa_bits: int = 1024, reject_sha1: bool = True):
