@@ -362,3 +362,19 @@ def test_unsigned_from_above_a_signed_one_is_policy(server):
     # and a signature that does not verify is a fail whatever the From fields
     raw = sign_tags(message(), rsa_key(), tags()).replace(b"From: Alice", extra + b"From: Alicia", 1)
     assert dkim_results(engine(server).scan(raw, ENV)) == ["dkim=fail"]
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"zz": "1; s=rsa"}, "signature repeats s="),  # RFC 6376 3.2: the whole tag list is invalid
+    ({"s": "rs a"}, "d= or s= is not a domain name"),
+    ({"d": None}, "signature lacks d="),
+])
+def test_malformed_signature_reasons_name_the_problem_and_the_signature(server, changes, reason):
+    """These were all 'signature lacks d= or s= or is malformed', the duplicate-tag one with no d=
+    or s= in Authentication-Results.  Mail::DKIM and OpenDKIM pass a signature repeating a tag
+    (against RFC 6376 3.2)."""
+    v = engine(server).scan(sign_tags(message(), rsa_key(), tags(**changes)), ENV)
+    assert dkim_results(v) == ["dkim=neutral"]
+    assert v.symbols["R_DKIM_PERMFAIL"].options[0].endswith(f" ({reason})")
+    if "d" not in changes:
+        assert "header.d=example.org" in v.authentication_results

@@ -105,6 +105,28 @@ def _tags(value: bytes | str) -> dict[bytes, bytes] | None:
         return None
 
 
+def _tag_list_problem(value: bytes) -> str:
+    """Why ``value`` is no tag list (RFC 6376 3.2), for a reason a reader can act on."""
+    try:
+        parse_tag_value(value)
+    except DuplicateTag as exc:  # "the entire tag-list is invalid"
+        return f"signature repeats {_text(exc.args[0]) if exc.args else 'a tag'}="
+    except (InvalidTagValueList, ValueError):
+        pass
+    return "signature is not a tag=value list"
+
+
+def _first_tags(value: bytes) -> dict[bytes, bytes]:
+    """Each tag's first value, read leniently from a malformed list: only to name the signature in
+    the report (its d= and s=), never to verify it."""
+    tags: dict[bytes, bytes] = {}
+    for spec in value.split(b";"):
+        name, eq, tag_value = spec.partition(b"=")
+        if eq:
+            tags.setdefault(name.strip(), tag_value.strip())
+    return tags
+
+
 class _Refused(Exception):
     """RFC 6376 says to ignore this signature; ``result`` is what RFC 8601 calls that.
 
@@ -360,7 +382,10 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
         results.append(DkimSignatureResult("neutral", "", "", reason=f"{len(sig_headers) - MAX_SIGNATURES} signatures past the first {MAX_SIGNATURES} not checked"))
     for sig_header in sig_headers[:MAX_SIGNATURES]:
         value = sig_header[1]
-        tags = _tags(value) or {}
+        tags = _tags(value)
+        problem = None
+        if tags is None:
+            problem, tags = _tag_list_problem(value), _first_tags(value)
         domain = tags.get(b"d", b"").decode("ascii", "replace").strip().lower()
         selector = tags.get(b"s", b"").decode("ascii", "replace").strip()
         algorithm = tags.get(b"a", b"").decode("ascii", "replace").strip().lower()
@@ -372,15 +397,14 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
         def out(result: str, reason: str = "") -> DkimSignatureResult:
             return DkimSignatureResult(result, domain, selector, algorithm, reason, bval, identity, testing)
 
-        name = _key_name(tags) if tags else None
-        if name is None:
-            results.append(out("neutral", "signature lacks d= or s= or is malformed"))
+        if problem or malformed:
+            results.append(out("neutral", problem or malformed or ""))
             continue
-        if malformed:
-            results.append(out("neutral", malformed))
-            continue
+        name = _key_name(tags)
         try:
             sig, include = _check_signature(tags, now)
+            if name is None:
+                raise _Refused("neutral", "d= or s= is not a domain name")
             bodies.check_length(sig)
             signed, unsigned_from = _select(headers, include)
             if len(signed) > MAX_SIGNED_FIELDS:
