@@ -109,12 +109,13 @@ def sign_tags(msg: bytes, key: Key, tags: list[tuple[str, str]], length: int | N
     if "b" not in t:
         parts.append(("b", None))
     unsigned = "; ".join(f"{k}={v or ''}" for k, v in parts)
-    fields: list[bytes] = []
+    parts_of: list[list[bytes]] = []
     for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += b"\r\n" + line
+        if line[:1] in (b" ", b"\t") and parts_of:
+            parts_of[-1].append(line)
         else:
-            fields.append(line)
+            parts_of.append([line])
+    fields = [b"\r\n".join(p) for p in parts_of]
     where: dict[bytes, list[bytes]] = {}
     for f in fields:
         where.setdefault(f.partition(b":")[0].strip().lower(), []).append(f)

@@ -378,3 +378,14 @@ def test_malformed_signature_reasons_name_the_problem_and_the_signature(server, 
     assert v.symbols["R_DKIM_PERMFAIL"].options[0].endswith(f" ({reason})")
     if "d" not in changes:
         assert "header.d=example.org" in v.authentication_results
+
+
+def test_a_field_folded_many_times_is_parsed_in_linear_time(server):
+    """dkimpy's parser (and ours at first) appended each folded line to the field's bytes value: one
+    field folded 300000 times (1.2 MB) took six seconds, ten times that many a minute and more."""
+    msg = message().replace(b"Message-ID:", b"X-Long: start\r\n" + b" x\r\n" * 300000 + b"Message-ID:", 1)
+    raw = sign_tags(msg, rsa_key(), tags())
+    started = time.monotonic()
+    v = engine(server).scan(raw, ENV)
+    assert time.monotonic() - started < 2
+    assert dkim_symbols(v) == {"R_DKIM_ALLOW": ("example.org:rsa",)}
