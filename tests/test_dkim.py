@@ -389,3 +389,13 @@ def test_a_field_folded_many_times_is_parsed_in_linear_time(server):
     v = engine(server).scan(raw, ENV)
     assert time.monotonic() - started < 2
     assert dkim_symbols(v) == {"R_DKIM_ALLOW": ("example.org:rsa",)}
+
+
+@pytest.mark.parametrize("selector, key, algorithm", [("ed", ed25519_key(), "ed25519-sha256"), ("rsa", rsa_key(), "rsa-sha256")])
+def test_a_signature_of_the_wrong_length_fails(server, selector, key, algorithm):
+    """b=AAAA (three octets) cannot verify: a short RSA signature was a fail, a short Ed25519 one an
+    opaque permerror ('ValueError: The signature must be exactly 64 bytes long').  OpenDKIM: fail."""
+    raw = sign_tags(message(), key, tags(a=algorithm, s=selector, b="AAAA"))
+    v = engine(server).scan(raw, ENV)
+    assert dkim_results(v) == ["dkim=fail"]
+    assert v.symbols["R_DKIM_REJECT"].options[0].startswith(f"example.org:{selector} (signature does not verify")
