@@ -30,6 +30,7 @@ def server():
         "tlsrpt._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; s=tlsrpt;"))],
         "other._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; s=other;"))],
         "edkey._domainkey.example.org": [("TXT", ed25519_key().record)],
+        "upper._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=RSA; h=SHA256; s=EMAIL;"))],
         "dup._domainkey.example.org": [("TXT", rsa_key().record.replace("k=rsa;", "k=rsa; k=rsa;"))],
         "badp._domainkey.example.org": [("TXT", "v=DKIM1; k=rsa; p=!!!notbase64!!!")],
         "huge._domainkey.example.org": [("TXT", huge_rsa_record())],
@@ -252,7 +253,7 @@ def test_key_record_restrictions_are_permerrors(server, selector, changes, reaso
 
 
 @pytest.mark.parametrize("selector, changes", [
-    ("hboth", {}), ("strict", {"i": "alice@example.org"}), ("strict", {}), ("svclist", {})])
+    ("hboth", {}), ("strict", {"i": "alice@example.org"}), ("strict", {}), ("svclist", {}), ("upper", {})])
 def test_key_record_restrictions_allow(server, selector, changes):
     v = engine(server).scan(sign_tags(message(), rsa_key(), tags(s=selector, **changes)), ENV)
     assert dkim_symbols(v) == {"R_DKIM_ALLOW": (f"example.org:{selector}",)}
