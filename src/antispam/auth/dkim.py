@@ -247,6 +247,22 @@ class _BodyHashes:
         return self._digests[key] == base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
 
 
+def _key_record(texts: list[bytes], name: str) -> bytes:
+    """The one key record among the TXT records at ``name``.
+
+    RFC 6376 3.6.2.2 leaves several records undefined, and DNS servers hand them out in rotating
+    order, so taking the first (as dkimpy's callers, Mail::DKIM and OpenDKIM do) made the result
+    change from one delivery to the next.  Records that are no key (no ``p=`` tag: a site
+    verification token, an SPF record put there by mistake) are passed over; two different keys
+    are a permerror whatever their order.
+    """
+    distinct = list(dict.fromkeys(texts))
+    keys = [t for t in distinct if b"p" in (_tags(t) or {})]
+    if len(keys) > 1:
+        raise _Refused("permerror", f"{len(keys)} different key records at {name}")
+    return keys[0] if keys else distinct[0]
+
+
 def _check_key(record: bytes, sig: dict[bytes, bytes], name: str) -> tuple[bytes, bool]:
     """The key record reduced to the ``k=`` and ``p=`` dkimpy reads, once it passes RFC 6376 3.6.1 and
     6.1.2, and whether its ``t=`` flags say the domain is testing DKIM (``y``).
@@ -428,7 +444,7 @@ def verify_all(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 1024,
             continue
 
         try:  # dkimpy would report a bad key as a mere non-verification; RFC 8601 calls it permerror
-            record, testing = _check_key(texts[0], sig, name)
+            record, testing = _check_key(_key_record(texts, name), sig, name)
         except _Refused as exc:
             results.append(out(exc.result, exc.reason))
             continue
