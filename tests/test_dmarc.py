@@ -112,6 +112,17 @@ def test_pass_by_aligned_spf_or_dkim(server, mode):
     assert sym == "DMARC_POLICY_ALLOW"
 
 
+def test_a_from_after_a_thousand_fields_still_gets_its_policy(server):
+    """The parser keeps the first 1,000 header fields; a forged From after 1,001 Received lines was
+    dropped with the rest, and DMARC, finding no From, applied no policy (DMARC_NA) to a p=reject
+    domain. The author fields are kept past the limit."""
+    e = engine(server)
+    raw = b"".join(b"Received: from h%d.example by mx.test\r\n" % i for i in range(1001)) + message("ceo@example.org")
+    v = e.scan(raw, Envelope(client_ip=BAD_IP, helo="mx.sender.example", mail_from="spoof@attacker.example"))
+    sym, opts = dmarc(v)
+    assert sym == "DMARC_POLICY_REJECT" and "domain=example.org" in opts
+
+
 @pytest.mark.parametrize("mode", ["rfc9989", "rfc7489"])
 def test_fail_applies_p_and_subdomains_get_sp(server, mode):
     e = engine(server, mode)

@@ -211,6 +211,10 @@ def test_limits_are_reported_not_raised():
     many = "".join(f"X-H{i}: v\n" for i in range(50))
     m = Message(mk(many), limits=Limits(max_headers=10)).parse_all()
     assert len(m.headers) == 10 and "HEADER_TOO_MANY" in m.defects
+    # past the limit, the author and signature fields are kept (a bounded number of them)
+    m = Message(("".join(f"X-H{i}: v\n" for i in range(50)) + "From: a@late.example\n" + "To: b@x.example\n" * 200
+                 + "\nbody\n").encode(), limits=Limits(max_headers=10))
+    assert m.get("from") == "a@late.example" and len(m.headers) == 10 + 100 and "HEADER_TOO_MANY" in m.defects
     links = " ".join(f"http://h{i}.example/" for i in range(30))
     m = Message(mk("Content-Type: text/plain", links), limits=Limits(max_urls=12)).parse_all()
     assert [u.host for u in m.urls] == [f"h{i}.example" for i in range(12)] and "urls>12" in m.skipped
