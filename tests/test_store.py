@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import time
 
 import pytest
@@ -125,3 +126,39 @@ def test_redis_down_is_store_unavailable():
 def test_sqlite_unwritable_path_is_store_unavailable(tmp_path):
     with pytest.raises(StoreUnavailable):
         open_store(f"sqlite:///{tmp_path}/no/such/dir/state.db")
+
+
+def _open_descriptors_under(path) -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith(str(path))
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_sqlite_close_closes_every_thread_s_connection(tmp_path):
+    """An engine used from a thread pool (a server's learns, an application's scan threads) opens one
+    connection per thread; close() must release them all, not only the calling thread's: before, each
+    engine closed left the database, -wal and -shm open in every other thread that had touched it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            s = open_store(f"sqlite:///{tmp_path}/state.db")
+            barrier = threading.Barrier(4)
+
+            def work(i: int) -> None:
+                barrier.wait()  # all four workers at once: four threads, four connections
+                s.incr(f"k{i}")
+
+            list(pool.map(work, range(4)))
+            assert _open_descriptors_under(tmp_path) > 0
+            s.close()
+            s.close()  # idempotent
+            assert _open_descriptors_under(tmp_path) == 0
+        # closed is not broken: the store opens a connection again when used again
+        assert s.get_counts(["k0"]) == [3.0]
+        s.close()

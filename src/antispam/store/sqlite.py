@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Mapping, Sequence
 
 from .base import BucketResult, StoreUnavailable, bucket_refill, chunks
@@ -26,11 +27,31 @@ CREATE TABLE IF NOT EXISTS buckets (k TEXT PRIMARY KEY, tokens REAL NOT NULL, la
 _PURGE_EVERY = 10_000  # writes between purges of expired rows
 
 
+class _Held:
+    """One thread's connection, and the process that opened it.
+
+    A holder rather than the bare connection in the thread-local slot because the store must
+    also reach every connection from :meth:`SqliteStore.close`, which a weak set of holders
+    allows (a ``sqlite3.Connection`` takes no weak reference) without keeping alive the
+    connections of threads that ended: their thread-local slot, the only strong reference,
+    goes with them, and the connection is closed as it is freed.
+    """
+
+    __slots__ = ("conn", "pid", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn: sqlite3.Connection | None = conn
+        self.pid = os.getpid()
+
+
 class SqliteStore:
     def __init__(self, path: str | os.PathLike[str], timeout: float = 10.0):
         self.path = str(path)
         self.timeout = timeout
         self._local = threading.local()
+        #: every open connection of this store, whichever thread opened it (see :meth:`close`)
+        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
+        self._held_lock = threading.Lock()
         self._writes = 0
         try:
             with self._conn() as c:
@@ -39,15 +60,18 @@ class SqliteStore:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
 
     def _conn(self) -> sqlite3.Connection:
-        """One connection per thread (sqlite3 connections must not cross threads)."""
-        c = getattr(self._local, "conn", None)
-        if c is None or getattr(self._local, "pid", None) != os.getpid():  # reopen after fork
-            c = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=True)
+        """One connection per thread (each is used by its own thread only; ``check_same_thread`` is
+        off so that :meth:`close` may close them all from one thread)."""
+        held = getattr(self._local, "held", None)
+        if held is None or held.conn is None or held.pid != os.getpid():  # first use, after close(), after fork
+            c = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-            self._local.conn, self._local.pid = c, os.getpid()
-        return c
+            held = self._local.held = _Held(c)
+            with self._held_lock:
+                self._held.add(held)
+        return held.conn  # type: ignore[return-value]
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:  # type: ignore[type-arg]
         try:
@@ -180,7 +204,15 @@ class SqliteStore:
             return False
 
     def close(self) -> None:
-        c = getattr(self._local, "conn", None)
-        if c is not None:
-            c.close()
-            self._local.conn = None
+        """Close the connections every thread of this process opened (each holds the database, its
+        -wal and -shm files open).  Closing only the calling thread's, as this did, left one
+        connection per other thread that had used the store (a thread pool's workers scanning or
+        learning) open after ``Engine.close()``, three descriptors each, for every engine closed.
+        Connections inherited from a parent process are not this process's to close."""
+        with self._held_lock:
+            held, self._held = list(self._held), weakref.WeakSet()
+        pid = os.getpid()
+        for h in held:
+            if h.pid == pid and h.conn is not None:
+                c, h.conn = h.conn, None
+                c.close()
