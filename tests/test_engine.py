@@ -354,3 +354,48 @@ def test_the_configuration_can_score_a_rule_its_files_score_zero():
     e = Engine(Config.load(overrides={"profiles": {"strict": {"scores": {"AS_ACT_NOW": 2.5}}}}))
     assert e.scan(raw, profile="strict").symbols["AS_ACT_NOW"].score == 2.5
     assert e.scan(raw).symbols["AS_ACT_NOW"].score == 0.0      # the base profile keeps the files' 0
+
+
+class _ThreadHandOff(Check):
+    """A network check that hands work to a thread three times (as a check wrapping a blocking
+    library would): each hand-off needs the event loop woken by the thread."""
+
+    name = "handoff"
+    network = True
+    symbols = (SymbolDef("HANDOFF_DONE", 0.0, "the thread hand-offs completed", "test"),)
+
+    async def arun(self, msg, ctx):
+        for _ in range(3):
+            await asyncio.to_thread(int)
+        return [Hit("HANDOFF_DONE", 1.0)]
+
+
+def test_private_loops_do_not_cross_a_fork():
+    """A prefork MTA hook: an engine built, used, then os.fork(); parent and child go on scanning.
+    The child used to run its scans on the parent's loop (one whose executor threads it does not
+    have: every hand-off waited for the deadline, CHECK_TIMEOUT), and closing that copy took the
+    wake-up socket out of the epoll instance it shares with the parent, so the parent's next scans
+    slept to their deadline too."""
+    import os
+
+    if not hasattr(os, "fork"):
+        pytest.skip("the platform does not fork")
+    e = Engine(Config.load(overrides={"engine": {"scan_deadline": 2.0}}), checks=[_ThreadHandOff()])
+    assert "HANDOFF_DONE" in e.scan(b"Subject: x\n\nbefore the fork\n").symbols
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            got = ",".join(sorted(e.scan(b"Subject: x\n\nin the child\n").symbols))
+            e.close()  # what a child exiting normally does (or its interpreter, at exit)
+            os.write(w, got.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        child = f.read().decode()
+    os.waitpid(pid, 0)
+    assert child == "HANDOFF_DONE"
+    for _ in range(2):
+        assert set(e.scan(b"Subject: x\n\nafter the fork\n").symbols) == {"HANDOFF_DONE"}
+    e.close()

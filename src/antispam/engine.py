@@ -22,6 +22,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import selectors
 import threading
 import time
 import weakref
@@ -511,7 +512,7 @@ class Engine:
         and closed when its thread ends (:class:`_ThreadLoop`).
         """
         held = getattr(self._loops, "held", None)
-        if held is None or held.loop.is_closed():
+        if held is None or held.loop.is_closed() or held.pid != os.getpid():
             held = self._loops.held = _ThreadLoop()
             with self._loops_lock:
                 self._all_loops.add(held)
@@ -545,13 +546,57 @@ class _ThreadLoop:
     thread-locals go, and the finalizer closes the loop.  Kept open for the engine's life instead,
     each loop held an epoll descriptor and a socket pair, so a milter that runs a thread per
     connection (pymilter) ran out of file descriptors after some hundred connections.
+
+    A loop does not cross a fork (:func:`_detach_inherited_loops`): a child process gets loops of
+    its own.  The loop is built on a selector of ours so that the child can reach its epoll
+    descriptor.
     """
 
-    __slots__ = ("loop", "__weakref__")
+    __slots__ = ("loop", "selector", "pid", "__weakref__")
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.selector = selectors.DefaultSelector()
+        self.loop = asyncio.SelectorEventLoop(self.selector)
+        #: the process that made the loop: one made before a fork is the parent's
+        self.pid = os.getpid()
         weakref.finalize(self, _close_loop, self.loop)
+        _LIVE_LOOPS.add(self)
+
+    def detach(self) -> None:
+        """In a forked child: give this copy of the parent's loop an epoll instance of its own, then
+        close it, so that the child neither uses it nor, closing it, harms the parent's.
+
+        The kernel's epoll instance and the loop's wake-up socket pair are shared with the parent
+        after a fork.  Used in the child, the copy's default executor has no threads (a thread
+        hand-off never returns: every scan ran to its deadline), and closed there (by
+        ``Engine.close()``, or at the child's exit) it took the wake-up socket out of the shared
+        epoll set, so that the parent's loop, waiting on a thread, slept until its next timer: the
+        scan deadline.  Pointing the descriptor at a fresh, empty epoll instance makes the close
+        the child's own business.
+        """
+        fileno = getattr(self.selector, "fileno", None)
+        if fileno is not None:
+            fresh = type(self.selector)()
+            try:
+                os.dup2(fresh.fileno(), fileno(), inheritable=False)
+            finally:
+                fresh.close()
+        _close_loop(self.loop)
+
+
+#: every private loop alive in this process, for :func:`_detach_inherited_loops`
+_LIVE_LOOPS: weakref.WeakSet[_ThreadLoop] = weakref.WeakSet()
+
+
+def _detach_inherited_loops() -> None:
+    """After ``os.fork()``, in the child: detach every private loop the parent had (see
+    :meth:`_ThreadLoop.detach`); a scan in the child then makes a loop of its own."""
+    for held in list(_LIVE_LOOPS):
+        held.detach()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_detach_inherited_loops)
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
