@@ -399,3 +399,23 @@ def test_private_loops_do_not_cross_a_fork():
     for _ in range(2):
         assert set(e.scan(b"Subject: x\n\nafter the fork\n").symbols) == {"HANDOFF_DONE"}
     e.close()
+
+
+def test_a_closed_engine_says_so():
+    """close() is idempotent, and a scan, batch or learn after it is a clear error: a scan used to go
+    on, on a private event loop made anew that nothing would close again, with the store reopened."""
+    e = Engine(Config.load(overrides={"engine": {"scan_deadline": 2.0}}), checks=[_ThreadHandOff()])
+    assert "HANDOFF_DONE" in e.scan(b"Subject: x\n\nhi\n").symbols
+    e.close()
+    e.close()
+    with pytest.raises(RuntimeError, match=r"Engine\.scan\(\) after Engine\.close\(\)"):
+        e.scan(b"Subject: x\n\nhi\n")
+    with pytest.raises(RuntimeError, match=r"Engine\.ascan\(\) after Engine\.close\(\)"):
+        asyncio.run(e.ascan(b"Subject: x\n\nhi\n"))
+    with pytest.raises(RuntimeError, match=r"Engine\.scan_many\(\) after Engine\.close\(\)"):
+        list(e.scan_many([b"Subject: x\n\nhi\n"]))
+    with pytest.raises(RuntimeError, match=r"Engine\.learn\(\) after Engine\.close\(\)"):
+        e.learn(b"Subject: x\n\nhi\n", spam=True)
+    with pytest.raises(RuntimeError, match=r"Engine\.unlearn\(\) after Engine\.close\(\)"):
+        e.unlearn(b"Subject: x\n\nhi\n")
+    assert not e._all_loops  # no loop made again

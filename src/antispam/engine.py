@@ -196,6 +196,8 @@ class Engine:
         self.recorders = [c for c in self.checks if type(c).record is not Check.record]
         self._stages = _stages(self.network_checks)
         self.resolver = resolver
+        #: set by :meth:`close`; scanning or learning after it is an error (:meth:`_check_open`)
+        self._closed = False
         self._loops = threading.local()
         self._loops_lock = threading.Lock()
         self._all_loops: weakref.WeakSet[_ThreadLoop] = weakref.WeakSet()
@@ -259,7 +261,16 @@ class Engine:
         verdicts = await self._ascan(raw, envelope, tuple(self.config.profile_for(r) for r in rcpts))
         return dict(zip(rcpts, verdicts))
 
+    def _check_open(self, method: str) -> None:
+        """A closed engine scans and learns no more: its resolver's cache is dropped, its store closed
+        and its loops closed.  A scan after close() used to go on regardless, on a new private loop that
+        nothing would close again (three descriptors per thread), and on a store reopened behind the
+        caller's back; now it is a clear error."""
+        if self._closed:
+            raise RuntimeError(f"Engine.{method}() after Engine.close(): this engine is closed; build a new one")
+
     def _scan_sync(self, raw: bytes, envelope: Envelope | None, profiles: tuple[str | None, ...]) -> list[Verdict]:
+        self._check_open("scan")
         if self.network_checks:
             try:
                 asyncio.get_running_loop()
@@ -285,6 +296,7 @@ class Engine:
         return (await self._ascan(raw, envelope, (profile,)))[0]
 
     async def _ascan(self, raw: bytes, envelope: Envelope | None, profiles: tuple[str | None, ...]) -> list[Verdict]:
+        self._check_open("ascan")
         t0 = time.perf_counter()
         msg = Message(raw, envelope, self.limits)
         ctx = ScanContext(msg.envelope, self.config, deadline=time.monotonic() + self.config.engine.scan_deadline,
@@ -391,6 +403,7 @@ class Engine:
         and one that kills that worker too gets a verdict with ``CHECK_ERROR``:
         every item gets a verdict, in order, whatever happens to a worker.
         """
+        self._check_open("scan_many")
         if workers <= 1:
             for item in items:
                 yield _scan_item(self, item)
@@ -485,6 +498,7 @@ class Engine:
         """
         if spam is None or isinstance(spam, (str, bytes, bytearray)):
             raise TypeError(f"learn(raw, spam): spam must be True (spam) or False (ham), not {spam!r}")
+        self._check_open("learn")
         msg = Message(raw, envelope, self.limits)
         out = {}
         for check in self.checks:
@@ -495,6 +509,7 @@ class Engine:
 
     def unlearn(self, raw: bytes, envelope: Envelope | None = None) -> dict[str, bool]:
         """Undo an earlier :meth:`learn` of the same message (its bytes, CRLF or LF line ends alike)."""
+        self._check_open("unlearn")
         msg = Message(raw, envelope, self.limits)
         out = {}
         for check in self.checks:
@@ -520,7 +535,9 @@ class Engine:
 
     def close(self, *, keep_store: bool = False) -> None:
         """Close the engine's loops, checks, resolver and store (``keep_store``: not the store, which
-        another engine goes on using: a server's engine replaced at a reload hands its store on)."""
+        another engine goes on using: a server's engine replaced at a reload hands its store on).
+        Closing twice is harmless; scanning or learning after it is a ``RuntimeError``."""
+        self._closed = True
         with self._loops_lock:
             held, self._all_loops = list(self._all_loops), weakref.WeakSet()
         for h in held:
