@@ -455,3 +455,26 @@ def test_from_addresses_read_the_field_as_sent():
     m = Message(b"From: =?utf-8?q?=3Cx=40attacker=2Etest=3E=2C_Smith?= <ceo@victim.example>\r\n\r\nx\r\n")
     assert m.from_addresses == (("<x@attacker.test>, Smith", "ceo@victim.example"),)
     assert m.from_domain == "victim.example"
+
+
+def test_charset_names_from_mail_do_not_grow_the_codec_registry():
+    """The codec registry keeps every name it is asked about (``encodings`` caches a miss, the
+    registry a hit under each spelling).  Mail chose those names: 2,000 messages naming a new
+    charset each (and a new spelling of UTF-8 each) added 2,000 entries to ``encodings._cache``
+    that no cache of ours could bound.  The same charsets still decode as before."""
+    import encodings
+
+    before = len(encodings._cache)
+    for i in range(2000):
+        bogus, spelling = f"x-bogus-{i}", "utf" + "-" * (1 + i % 40) + "8" + "_" * (i // 40)
+        raw = (f"Content-Type: text/plain; charset={bogus}\nSubject: =?{spelling}?Q?caf=C3=A9?=\n\n"
+               f"h\u00e9llo\n").encode("latin-1")
+        m = Message(raw)
+        assert m.subject == "caf\u00e9" and "llo" in m.text
+    assert len(encodings._cache) - before < 50
+    # the usual spellings are read as before
+    for cs, text in (("UTF-8", "d\u00e9j\u00e0"), ("iso-8859-1", "d\u00e9j\u00e0"), ("latin1", "d\u00e9j\u00e0"),
+                     ("windows-1252", "\u20ac"), ("ISO_8859-15", "\u20ac"), ("koi8-r", "\u0416")):
+        enc = "cp1252" if cs == "windows-1252" else {"latin1": "latin-1"}.get(cs, cs)
+        m = Message(b"Content-Type: text/plain; charset=" + cs.encode() + b"\n\n" + text.encode(enc) + b"\n")
+        assert text in m.text, cs

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import encodings
+import encodings.aliases
 import hashlib
 import html as _html
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pkgutil import iter_modules
 from typing import Iterator
 from urllib.parse import unquote_to_bytes
 
@@ -283,6 +286,26 @@ _WHATWG_CODECS = {"iso8859-1": "cp1252", "iso8859-9": "cp1254", "iso8859-11": "c
                   "euc_kr": "cp949", "shift_jis": "cp932", "big5": "big5hkscs", "gb2312": "gb18030", "gbk": "gb18030"}
 
 
+#: every name the standard codec search can find a codec under: its aliases and the modules of the
+#: ``encodings`` package (:func:`_registry_name`)
+_REGISTRY_NAMES = frozenset({*encodings.aliases.aliases, *encodings.aliases.aliases.values(),
+                             *(m.name for m in iter_modules(encodings.__path__))})
+
+
+def _registry_name(key: str) -> str | None:
+    """The name to ask ``codecs.lookup`` for a charset, or None when no codec can be found under it.
+
+    The codec registry keeps every name it is asked, for good: ``encodings`` caches a miss, and
+    the registry a hit under each spelling.  Names straight from the mail (``x-bogus-1``,
+    ``x-bogus-2``..., or ``utf--8``, ``utf---8``... for one codec) grew those caches by one entry per
+    message, however small :func:`_codec_of`'s own cache.  So the registry is asked only the
+    normalised name (what its search normalises to anyway, so the answer is the same), and only
+    when it is one of the finitely many it can know.
+    """
+    norm = encodings.normalize_encoding(key)
+    return norm if norm in _REGISTRY_NAMES or norm.replace(".", "_") in _REGISTRY_NAMES else None
+
+
 @lru_cache(maxsize=1024)
 def _codec_of(charset: str) -> str | None:
     """:func:`_codec` of a charset as written, cached.  Bounded: the charset names come from the mail,
@@ -292,8 +315,11 @@ def _codec_of(charset: str) -> str | None:
         key = key[:-8]
     if key in _CHARSET_ALIASES:
         return _CHARSET_ALIASES[key]
+    name = _registry_name(key)
+    if name is None:
+        return None
     try:
-        info = codecs.lookup(key)
+        info = codecs.lookup(name)
     except (LookupError, ValueError):
         return None
     # A charset must name a text codec whose decode(..., "replace") cannot fail: codecs.lookup
