@@ -244,3 +244,24 @@ def test_a_command_error_does_not_mark_redis_down(redis_server):
         s.incr("ok")
     assert s.get("ok") == b"not a number" and s.ping()
     s.close()
+
+
+def test_a_store_outage_is_logged_in_one_line_per_scan_not_a_traceback(caplog):
+    """Redis down (a port nobody listens on: the real client's connection is refused) with history
+    on: recording each verdict fails.  It was logged as an error with a traceback on every scan (about
+    1,200 bytes each); an outage the verdicts already report deserves a line."""
+    import logging
+
+    with socket.socket() as s:  # a free loopback port, closed again: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = Config.load(overrides={"store": {"url": f"redis://127.0.0.1:{port}/0"}, "history": {"enabled": True}})
+    e = Engine(cfg)
+    raw = b"From: a@sender.example\nTo: b@rcpt.example\nSubject: hello\n\nSee you at ten.\n"
+    with caplog.at_level(logging.WARNING):
+        for i in range(50):
+            assert e.scan(raw, Envelope(client_ip=f"198.51.100.{i + 1}", mail_from="a@b.example")).has("STORE_UNAVAILABLE")
+    e.close()
+    records = [r for r in caplog.records if r.name.startswith("antispam")]
+    assert records and not [r for r in records if r.exc_info]
+    assert sum(len(r.getMessage()) for r in records) < 50 * 2 * 400
