@@ -419,3 +419,15 @@ def test_a_closed_engine_says_so():
     with pytest.raises(RuntimeError, match=r"Engine\.unlearn\(\) after Engine\.close\(\)"):
         e.unlearn(b"Subject: x\n\nhi\n")
     assert not e._all_loops  # no loop made again
+
+
+def test_a_loop_closed_before_a_fork_is_left_alone_in_the_child():
+    """An engine closed before the fork leaves its (closed) loop object behind while its thread lives;
+    detaching it in the child asked its closed selector for a descriptor (ValueError), which ended the
+    at-fork hook before the loops after it were detached."""
+    from antispam.engine import _ThreadLoop
+
+    held = _ThreadLoop()
+    held.loop.close()
+    held.detach()  # what the at-fork hook does in the child, for each loop
+    assert held.loop.is_closed()

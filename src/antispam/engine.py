@@ -596,6 +596,8 @@ class _ThreadLoop:
         scan deadline.  Pointing the descriptor at a fresh, empty epoll instance makes the close
         the child's own business.
         """
+        if self.loop.is_closed():  # closed by its engine before the fork: its selector is gone already
+            return
         fileno = getattr(self.selector, "fileno", None)
         if fileno is not None:
             fresh = type(self.selector)()
