@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from .check import Check, Hit, ScanContext, SymbolDef
 from .config import Config
 from .errors import ConfigError
+from .logthrottle import THROTTLE
 from .message import Envelope, Message
 from .policy import Policy
 from .store import Store, StoreUnavailable, open_store
@@ -379,7 +380,7 @@ class Engine:
                 # A store outage, which the checks report as STORE_UNAVAILABLE: one line, not a
                 # traceback.  Logged as an error with its traceback, every scan of an outage wrote
                 # some 1,200 bytes of log (a Redis down for a minute, at 100 messages a second: 7 MB).
-                log.warning("check %s could not record the verdict: %s", check.name, exc)
+                THROTTLE.warning(log, f"record-{check.name}", "check %s could not record the verdict: %s", check.name, exc)
             except Exception:  # recording is best effort: the verdict stands
                 log.exception("check %s failed to record the verdict", check.name)
         return verdicts

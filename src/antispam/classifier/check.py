@@ -19,6 +19,7 @@ from .. import fastscore
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..config import Config
 from ..frozen import quick_init
+from ..logthrottle import THROTTLE
 from ..message import Message
 from ..resources import default_models_dir
 from ..store import Store, StoreUnavailable
@@ -119,7 +120,7 @@ class Classifier:
             try:
                 learned = self.stats.adjustment(ids) * scale
             except StoreUnavailable as exc:
-                log.warning("classifier: learned statistics unavailable: %s", exc)
+                THROTTLE.warning(log, "classifier-store", "classifier: learned statistics unavailable: %s", exc)
         margin = self.model.bias + total * scale + learned
         named = tuple((self.model.token_name(i), c * scale) for i, c in clues)
         return Classification(probability=self.model.probability(margin, n), margin=margin, clues=named,
