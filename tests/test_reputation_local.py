@@ -235,6 +235,17 @@ def test_history_forgets_entities_not_seen_for_forget_after_days():
         Config.load(overrides={"history": {"forget_after_days": -1}})
 
 
+def test_history_counts_a_domain_under_its_a_labels_whichever_way_it_is_written(store):
+    """A sender or a link may write a domain in Unicode or as A-labels; counted as written, ``faß.de``
+    and ``xn--fa-hia.de`` kept two histories of one domain."""
+    cfg = Config.load(overrides={"history": {"enabled": True}})
+    hist = HistoryCheck(cfg, store)
+    for sender, link in (("a@faß.de", "http://www.faß.de/x"), ("a@xn--fa-hia.de", "http://www.xn--fa-hia.de/x")):
+        msg = Message(b"Subject: x\n\nsee " + link.encode() + b"\n", envelope=env(sender=sender))
+        ents = dict((k, v) for k, v in hist.entities(msg) if k in ("sdom", "udom"))
+        assert ents == {"sdom": "xn--fa-hia.de", "udom": "xn--fa-hia.de"}, (sender, ents)
+
+
 def test_history_counts_carry_a_ttl_in_every_store(store):
     """The TTL reaches each backend: SQLite's exp column, Redis's EXPIRE, the memory store's expiry."""
     cfg = Config.load(overrides={"history": {"enabled": True}})

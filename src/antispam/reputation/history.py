@@ -54,7 +54,7 @@ from typing import Iterable
 from ..check import Check, Hit, ScanContext, SymbolDef
 from ..config import Config
 from ..auth.dkim import DkimOutcome
-from ..domains import registered_domain
+from ..domains import registered_domain, to_ascii
 from ..message import Message, domain_of
 from ..store import Store, StoreUnavailable
 from ..store.base import CLAIM_TRIES, first_entry
@@ -81,6 +81,16 @@ class HistoryEntities:
     """What a scan looked up, so that recording the verdict afterwards counts the same entities."""
 
     pairs: tuple[tuple[str, str], ...]
+
+
+def _domain_key(host: str) -> str | None:
+    """The registered domain an entity is counted under, in A-labels: ``faß.de`` and
+    ``xn--fa-hia.de`` (how a link or a sender may write the same domain) share one history, as every
+    other check names them (``domains.to_ascii``); None for what is no domain."""
+    try:
+        return registered_domain(to_ascii(host))
+    except UnicodeError:
+        return None
 
 
 class HistoryCheck(Check):
@@ -118,7 +128,7 @@ class HistoryCheck(Check):
             net = network_key(env.client_ip)
             if net:
                 out.append(("net", net))
-        sdom = registered_domain(domain_of(env.mail_from) or "") if env.mail_from else None
+        sdom = _domain_key(domain_of(env.mail_from) or "") if env.mail_from else None
         if sdom:
             out.append(("sdom", sdom))
         dkim = ctx.get(DkimOutcome) if ctx is not None else None
@@ -127,7 +137,7 @@ class HistoryCheck(Check):
                 out.append(("dkim", d))
         seen: set[str] = set()
         for host in msg.url_hosts:
-            d = registered_domain(host)
+            d = _domain_key(host)
             if d and d not in seen:
                 seen.add(d)
                 out.append(("udom", d))
