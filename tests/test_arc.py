@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import dkim
 import pytest
 
 from antispam import Envelope
 from antispam.config import Config
-from authkeys import auth_engine, message, rsa_key, sign
+from authkeys import arc_seal, auth_engine, message, rsa_key, sign
 from dnsserver import DNSServer
+from test_dkim import huge_rsa_record
 
 LIST_IP = "198.51.100.25"
 
@@ -22,6 +25,9 @@ def server():
         "list.example": [("TXT", f"v=spf1 ip4:{LIST_IP} -all")],
         "arc._domainkey.list.example": [("TXT", rsa_key(1024).record)],
         "slowarc._domainkey.list.example": [("TIMEOUT", None)],
+        "sha1only._domainkey.list.example": [("TXT", rsa_key(1024).record.replace("k=rsa", "k=rsa; h=sha1"))],
+        "revoked._domainkey.list.example": [("TXT", "v=DKIM1; k=rsa; p=")],
+        "huge._domainkey.list.example": [("TXT", huge_rsa_record())],
     }
     with DNSServer(zone) as s:
         yield s
@@ -107,3 +113,109 @@ def test_aggregate_record_names_the_trusted_forwarder(server):
     assert rec["row"]["policy_evaluated"]["disposition"] == "none"
     assert rec["row"]["policy_evaluated"]["reason"] == [{"type": "trusted_forwarder", "comment": "arc list.example"}]
     assert rec["row"]["policy_evaluated"]["dkim"] == "fail"
+
+
+def relayed() -> bytes:
+    """The author's signed message as the list re-sends it, before any ARC set."""
+    return sign(message(), "example.org", "rsa", rsa_key()).replace(b"Subject: Quarterly figures",
+                                                                     b"Subject: [team] Quarterly figures")
+
+
+def chain(hops: int, **newest) -> bytes:
+    """``hops`` ARC sets written by our own sealer (authkeys.arc_seal), the newest with ``newest``'s tags."""
+    raw = relayed()
+    for hop in range(1, hops + 1):
+        raw = arc_seal(raw, rsa_key(1024), **(newest if hop == hops else {}))
+    return raw
+
+
+def arc_result(v) -> tuple[list[str], str]:
+    """The ARC symbols and the arc= result with its comment, parentheses unescaped."""
+    comment = v.authentication_results.partition("arc=")[2].split(";")[0]
+    return list(syms(v, "ARC_")), comment.replace("\\(", "(").replace("\\)", ")")
+
+
+def test_our_sealer_writes_chains_both_validators_accept(server):
+    """The sealer the tests below break things with writes 1 to 3 hop chains that validate (Mail::DKIM's
+    ARC verifier agreed on each), including an AMS whose field has no space after the colon, which
+    dkimpy's verifier looked up by the substring " i=1;" and so failed with an IndexError."""
+    e = engine(server)
+    for hops in (1, 2, 3):
+        assert arc_result(e.scan(chain(hops), ENV)) == (["ARC_ALLOW"], "pass")
+    tight = chain(1).replace(b"ARC-Message-Signature: i=1", b"ARC-Message-Signature:i=1")
+    assert arc_result(e.scan(tight, ENV)) == (["ARC_ALLOW"], "pass")
+    # an older hop's AMS may break (the list changed the body after it); only the newest must validate
+    older = arc_seal(chain(1).replace(b"See you at ten.", b"See you at noon."), rsa_key(1024))
+    assert arc_result(e.scan(older, ENV)) == (["ARC_ALLOW"], "pass")
+
+
+@pytest.mark.parametrize("raw, reason", [
+    # RFC 8617 5.2 step 3: cv=pass on every set after the first, settled before any key: the newest
+    # seal's key timing out made this a temperror (dkimpy checked cv only after the seals)
+    (lambda: chain(2, cv="none", selector="slowarc"), "ARC-Seal[2] has cv=none, not pass"),
+    # 4.2.1: instances run 1 to 50; dkimpy took a set numbered 0 for no ARC at all (arc=none)
+    (lambda: arc_seal(relayed(), rsa_key(1024), instance=0), "ARC-Seal i=0 is not an instance from 1 to 50"),
+    (lambda: arc_seal(chain(1), rsa_key(1024), instance=3, selector="slowarc"), "ARC set 2 is missing (sets run 1 to 3)"),
+    # 4.1.2: an AMS without c= is "simple/simple", as a DKIM-Signature; dkimpy read it as relaxed
+    (lambda: chain(1, ams={"c": None}), "ARC-Message-Signature[1] did not validate"),
+])
+def test_the_structure_fails_whatever_the_keys(server, raw, reason):
+    v = engine(server, trusted_arc_sealers=["list.example"]).scan(raw(), ENV)
+    assert arc_result(v) == (["ARC_REJECT"], f"fail ({reason})")
+    assert list(syms(v, "DMARC_")) == ["DMARC_POLICY_REJECT"]  # a trusted sealer lifts nothing from a broken chain
+
+
+@pytest.mark.parametrize("selector, reason", [
+    # RFC 6376 3.6.1 as for DKIM: dkimpy's ARC verifier ignored the key's h= and passed the chain
+    ("sha1only", "key does not allow sha256 (h=sha1)"),
+    ("revoked", "key revoked (empty p=)"),  # dkimpy: "Most recent ARC-Message-Signature did not validate"
+    # 17 s under dkimpy's pure-Python RSA
+    ("huge", "RSA key too large (16384 bits, exponent of 16383 bits"),
+])
+def test_key_records_are_checked_as_dkim_keys(server, selector, reason):
+    start = time.monotonic()
+    v = engine(server).scan(chain(1, selector=selector), ENV)
+    assert time.monotonic() - start < 2
+    result = arc_result(v)
+    assert result[0] == ["ARC_REJECT"]
+    assert result[1].startswith(f"fail (ARC-Message-Signature[1]: {reason}")
+
+
+def test_hostile_chains_are_verified_in_bounded_time(server):
+    """dkimpy's parser took 5 s over a field folded 300,000 times; its verifier hashed a 2 MB body once
+    per set, 2.5 s for 50 sets.  The DKIM verifier's parser and body hashes are linear and hashed once."""
+    e = engine(server)
+    folded = relayed().replace(b"Subject:", b"X-Fold: a" + b"\r\n b" * 300000 + b"\r\nSubject:", 1)
+    big = relayed().replace(b"See you at ten.\r\n", (b"y" * 998 + b"\r\n") * 2000)
+    for _ in range(50):
+        big = arc_seal(big, rsa_key(1024))
+    for raw in (arc_seal(folded, rsa_key(1024)), big):
+        start = time.monotonic()
+        assert arc_result(e.scan(raw, ENV)) == (["ARC_ALLOW"], "pass")
+        assert time.monotonic() - start < 1.5
+
+
+def test_seals_cover_the_sets_in_instance_order_wherever_they_sit(server):
+    """RFC 8617 5.1.1: a seal hashes the sets in increasing instance order.  dkimpy took each name's
+    fields from the bottom of the header block, so a hop that put set 1 above set 2 broke the chain
+    (Mail::DKIM: pass)."""
+    head, _, body = chain(2).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    starts = [n for n, line in enumerate(lines) if line[:1] not in (b" ", b"\t")] + [len(lines)]
+    fields = [b"\r\n".join(lines[a:b]) + b"\r\n" for a, b in zip(starts, starts[1:])]
+    arc, rest = fields[:6], fields[6:]
+    assert [f.split(b":")[0] for f in arc] == [b"ARC-Seal", b"ARC-Message-Signature", b"ARC-Authentication-Results"] * 2
+    reordered = b"".join(arc[3:] + arc[:3] + rest) + b"\r\n" + body
+    assert arc_result(engine(server).scan(reordered, ENV)) == (["ARC_ALLOW"], "pass")
+
+
+def test_a_key_timeout_does_not_hide_what_a_fetched_key_shows(server):
+    """The seal's key times out, but the newest AMS, whose key was fetched, fails its body hash: the
+    chain fails (step 4 comes before the seals).  dkimpy's result became a temperror."""
+    raw = chain(1, selector="slowarc", ams={"s": "arc"}).replace(b"See you at ten.", b"See you at noon.")
+    assert arc_result(engine(server).scan(raw, ENV)) == (
+        ["ARC_REJECT"], "fail (ARC-Message-Signature[1]: body hash mismatch (the body was altered))")
+    # with nothing failing, the seal's unfetched key is a temperror
+    ok = chain(1, selector="slowarc", ams={"s": "arc"})
+    assert arc_result(engine(server).scan(ok, ENV)) == (
+        ["ARC_TEMPFAIL"], "fail (ARC-Seal[1]: key lookup timeout: slowarc._domainkey.list.example)")

@@ -60,6 +60,8 @@ MAX_SIGNATURES = 16
 MAX_SIGNED_FIELDS = 500
 #: tags every signature must carry (RFC 6376 3.5)
 _REQUIRED = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")
+#: tags every ARC-Message-Signature must carry (RFC 8617 4.1.2: DKIM's, i= the instance, no v=)
+_AMS_REQUIRED = (b"i", b"a", b"b", b"bh", b"d", b"h", b"s")
 #: a= values we verify, lower-cased: RFC 6376's ABNF strings match in any case, dkimpy's table in lower case only
 _ALGORITHMS = (b"rsa-sha256", b"rsa-sha1", b"ed25519-sha256")
 _BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
@@ -152,18 +154,22 @@ def _is_base64(value: bytes) -> bool:
     return bool(packed) and _BASE64.fullmatch(packed) is not None
 
 
-def _check_signature(tags: dict[bytes, bytes], now: float) -> tuple[dict[bytes, bytes], list[bytes]]:
+def _check_signature(tags: dict[bytes, bytes], now: float, arc: bool = False) -> tuple[dict[bytes, bytes], list[bytes]]:
     """The tags dkimpy verifies with and the h= names, once the signature passes RFC 6376 6.1.1.
 
     dkimpy's own check (``validate_signature_fields``) raises ValidationError, which we could only
     call ``fail``, for what are syntax errors or unverifiable signatures; it also refuses what the
     RFC accepts (``a=RSA-SHA256``, ``c=Relaxed/Simple``, ``q=dns/txt:other``) and lets through what
     it forbids (h= without From).  So we check here and hand dkimpy's ``verify_sig`` the tags it can use.
+
+    ``arc``: the tags of an ARC-Message-Signature, a DKIM-Signature with three differences (RFC 8617
+    4.1.2): no v= (ignored if present), i= is the instance (checked by the caller) instead of the
+    AUID, and nothing obliges it to sign From.
     """
-    missing = [t.decode() + "=" for t in _REQUIRED if t not in tags]
+    missing = [t.decode() + "=" for t in (_AMS_REQUIRED if arc else _REQUIRED) if t not in tags]
     if missing:
         raise _Refused("neutral", "signature lacks " + ", ".join(missing))
-    if tags[b"v"] != b"1":
+    if not arc and tags[b"v"] != b"1":
         raise _Refused("permerror", f"signature version v={_text(tags[b'v'])} is not 1")
     algorithm = tags[b"a"].lower()
     if algorithm not in _ALGORITHMS:
@@ -172,10 +178,10 @@ def _check_signature(tags: dict[bytes, bytes], now: float) -> tuple[dict[bytes, 
         if not _is_base64(tags[t]):
             raise _Refused("neutral", f"{t.decode()}= is not base64")
     names = [n.strip().lower() for n in tags[b"h"].split(b":")]
-    if b"from" not in names:  # RFC 6376 6.1.1: PERMFAIL (From field not signed)
+    if not arc and b"from" not in names:  # RFC 6376 6.1.1: PERMFAIL (From field not signed)
         raise _Refused("permerror", "From is not signed (h= lacks From)")
     domain = tags[b"d"].lower().rstrip(b".")
-    if b"i" in tags:
+    if b"i" in tags and not arc:
         _, at, i_domain = tags[b"i"].rpartition(b"@")
         if not at:
             raise _Refused("neutral", "i= is not an address")
