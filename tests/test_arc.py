@@ -195,6 +195,18 @@ def test_hostile_chains_are_verified_in_bounded_time(server):
         assert time.monotonic() - start < 1.5
 
 
+def test_each_set_is_canonicalised_once_for_all_seals(server):
+    """Every seal covers every older set, and dkimpy canonicalised them again for each: 50 sets over a
+    300 KB ARC-Authentication-Results at set 1 took 1.7 s in that step alone (0.15 s now)."""
+    raw = arc_seal(relayed(), rsa_key(1024), aar="i=1; list.example; spf=pass" + "\r\n x" * 100000)
+    for _ in range(49):
+        raw = arc_seal(raw, rsa_key(1024))
+    e = engine(server)
+    start = time.monotonic()
+    assert arc_result(e.scan(raw, ENV)) == (["ARC_ALLOW"], "pass")
+    assert time.monotonic() - start < 0.8
+
+
 def test_seals_cover_the_sets_in_instance_order_wherever_they_sit(server):
     """RFC 8617 5.1.1: a seal hashes the sets in increasing instance order.  dkimpy took each name's
     fields from the bottom of the header block, so a hop that put set 1 above set 2 broke the chain

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import dkim as dkimpy
+from dkim.canonicalization import Relaxed
 
 from ..check import Check, Hit, Question, ScanContext, SymbolDef
 from ..dns import Answer
@@ -246,10 +247,14 @@ def verify_chain(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 102
             _verify(signer, f"ARC-Message-Signature[{newest}]", sig, signed, (name, value), answers)
         except _Unfetched as exc:
             unfetched.append(str(exc))
-        # step 6: every seal, newest first, over the sets up to its own in instance order
+        # step 6: every seal, newest first, over the sets up to its own in instance order.  A set's
+        # fields are covered by every later seal: they are canonicalised ("relaxed", RFC 8617 5.1.1)
+        # once here and hashed as they are ("simple"); dkimpy would canonicalise them again for each
+        # seal (50 seals over a 600 KB ARC-Authentication-Results: 2.7 s).
+        canonical = {i: Relaxed.canonicalize_headers([chain[i][kind][:2] for kind in (_AAR, _AMS, _AS)]) for i in chain}
         for instance in range(newest, 0, -1):
-            covered = [chain[i][kind][:2] for i in range(1, instance + 1) for kind in (_AAR, _AMS, _AS)]
-            seal = {**chain[instance][_AS][2], b"c": b"relaxed/relaxed", b"a": _ALGORITHM}
+            covered = [field for i in range(1, instance + 1) for field in canonical[i]]
+            seal = {**chain[instance][_AS][2], b"c": b"simple/simple", b"a": _ALGORITHM}
             try:
                 _verify(signer, f"ARC-Seal[{instance}]", seal, covered[:-1], covered[-1], answers)
             except _Unfetched as exc:
