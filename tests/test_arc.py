@@ -156,6 +156,8 @@ def test_our_sealer_writes_chains_both_validators_accept(server):
     # 4.2.1: instances run 1 to 50; dkimpy took a set numbered 0 for no ARC at all (arc=none)
     (lambda: arc_seal(relayed(), rsa_key(1024), instance=0), "ARC-Seal i=0 is not an instance from 1 to 50"),
     (lambda: arc_seal(chain(1), rsa_key(1024), instance=3, selector="slowarc"), "ARC set 2 is missing (sets run 1 to 3)"),
+    # 4.1.1: an AAR is "i=" instance ";" then the results; without the ";" there is no AAR for set 1
+    (lambda: chain(1, aar="i=1 list.example; spf=pass"), "ARC-Authentication-Results does not begin with i=<instance> and a semicolon"),
     # 4.1.2: an AMS without c= is "simple/simple", as a DKIM-Signature; dkimpy read it as relaxed
     (lambda: chain(1, ams={"c": None}), "ARC-Message-Signature[1] did not validate"),
 ])
@@ -231,3 +233,12 @@ def test_a_key_timeout_does_not_hide_what_a_fetched_key_shows(server):
     ok = chain(1, selector="slowarc", ams={"s": "arc"})
     assert arc_result(engine(server).scan(ok, ENV)) == (
         ["ARC_TEMPFAIL"], "fail (ARC-Seal[1]: key lookup timeout: slowarc._domainkey.list.example)")
+
+
+@pytest.mark.parametrize("seal", [{"c": "simple/simple"}, {"x": "1764000001"}, {"cv": "PASS"}])
+def test_what_a_seal_may_carry(server, seal):
+    """RFC 8617 4.1.3 names a seal's tags (i, a, b, d, s, cv, t); others, a c= or an x=, are ignored as
+    DKIM ignores unknown tags, and a seal is always relaxed: dkimpy canonicalised by the c= and expired
+    by the x=.  cv's values are ABNF strings, which match in any case (RFC 5234 2.3)."""
+    raw = chain(2, seal=seal) if "cv" in seal else chain(1, seal=seal)
+    assert arc_result(engine(server).scan(raw, ENV)) == (["ARC_ALLOW"], "pass")

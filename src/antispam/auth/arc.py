@@ -87,7 +87,7 @@ def _instance_of(kind: bytes, value: bytes) -> tuple[int, dict[bytes, bytes] | N
     if kind == _AAR:
         m = _AAR_INSTANCE.match(value)
         if m is None:
-            raise _Broken(f"{label} does not begin with i=<instance>;")
+            raise _Broken(f"{label} does not begin with i=<instance> and a semicolon")
         text, tags = m.group(1), None
     else:
         tags = _tags(value)
