@@ -242,3 +242,14 @@ def test_what_a_seal_may_carry(server, seal):
     by the x=.  cv's values are ABNF strings, which match in any case (RFC 5234 2.3)."""
     raw = chain(2, seal=seal) if "cv" in seal else chain(1, seal=seal)
     assert arc_result(engine(server).scan(raw, ENV)) == (["ARC_ALLOW"], "pass")
+
+
+def test_only_the_keys_a_step_needs_are_asked(server):
+    """An older set's AMS is never validated (RFC 8617 5.2 step 5), so its key is not asked: one
+    naming a key that never answers made every scan of the message wait for the DNS timeout."""
+    raw = arc_seal(arc_seal(relayed(), rsa_key(1024), ams={"s": "slowarc"}), rsa_key(1024))
+    before = len(server.queries)
+    assert arc_result(engine(server).scan(raw, ENV)) == (["ARC_ALLOW"], "pass")
+    asked = {q[0].rstrip(".").lower() for q in server.queries[before:] if q[1] == "TXT"}
+    assert "arc._domainkey.list.example" in asked
+    assert "slowarc._domainkey.list.example" not in asked

@@ -267,15 +267,22 @@ def verify_chain(raw: bytes, answers: dict[str, Answer], min_rsa_bits: int = 102
 
 
 def _key_names(msg: "Message") -> list[str]:
-    """The keys of every seal and signature, none past 50 sets' worth of fields (the chain fails
-    anyway, and each could make us ask another name)."""
-    values = msg.get_raw("ARC-Seal") + msg.get_raw("ARC-Message-Signature")
-    if len(values) > 2 * MAX_SETS:
+    """The keys verification may need: every seal's and the newest ARC-Message-Signature's.
+
+    Older AMSs are never validated (RFC 8617 5.2 step 5), so their keys are not asked: a name that
+    never answers there made every scan of the message wait for the DNS timeout.  Nothing is asked
+    past 50 sets' worth of fields (the chain fails anyway, and each could name another key)."""
+    seals, sigs = msg.get_raw("ARC-Seal"), msg.get_raw("ARC-Message-Signature")
+    if len(seals) + len(sigs) > 2 * MAX_SETS:
         return []
+    parsed = [(kind, tags, int(i) if (i := tags.get(b"i", b"").strip()).isdigit() and len(i) <= 2 else 0)
+              for kind, values in ((_AS, seals), (_AMS, sigs)) for tags in map(_tags, values) if tags]
+    newest = max((instance for _, _, instance in parsed), default=0)
     names = []
-    for v in values:
-        tags = _tags(v)
-        name = _key_name(tags) if tags else None
+    for kind, tags, instance in parsed:
+        if kind == _AMS and instance != newest:
+            continue
+        name = _key_name(tags)
         if name:
             names.append(name)
     return list(dict.fromkeys(names))
