@@ -27,6 +27,7 @@ def server():
         "slowarc._domainkey.list.example": [("TIMEOUT", None)],
         "sha1only._domainkey.list.example": [("TXT", rsa_key(1024).record.replace("k=rsa", "k=rsa; h=sha1"))],
         "revoked._domainkey.list.example": [("TXT", "v=DKIM1; k=rsa; p=")],
+        "arc._domainkey.hop.example": [("TXT", rsa_key(1024).record)],
         "huge._domainkey.list.example": [("TXT", huge_rsa_record())],
     }
     with DNSServer(zone) as s:
@@ -253,3 +254,20 @@ def test_only_the_keys_a_step_needs_are_asked(server):
     asked = {q[0].rstrip(".").lower() for q in server.queries[before:] if q[1] == "TXT"}
     assert "arc._domainkey.list.example" in asked
     assert "slowarc._domainkey.list.example" not in asked
+
+
+def test_only_the_newest_passing_trusted_sealer_lifts_dmarc(server):
+    """The override needs the chain to pass and its newest seal to be trusted (docs/auth.md): a trusted
+    list's older set vouches for nothing a later, untrusted hop sealed."""
+    trusting = engine(server, trusted_arc_sealers=["list.example"])
+    list_then_hop = arc_seal(chain(1), rsa_key(1024), domain="hop.example")
+    hop_then_list = arc_seal(arc_seal(relayed(), rsa_key(1024), domain="hop.example"), rsa_key(1024))
+    v = trusting.scan(hop_then_list, ENV)
+    assert syms(v, "ARC_") == {"ARC_ALLOW": ("i=2", "sealer=list.example", "sealer=hop.example")}
+    assert "override=arc:list.example" in v.symbols["DMARC_POLICY_ALLOW"].options
+    v = trusting.scan(list_then_hop, ENV)
+    assert syms(v, "ARC_") == {"ARC_ALLOW": ("i=2", "sealer=hop.example", "sealer=list.example")}
+    assert list(syms(v, "DMARC_")) == ["DMARC_POLICY_REJECT"]
+    # the trusted newest seal over a chain that fails (set 2 records cv=none) lifts nothing
+    v = trusting.scan(arc_seal(arc_seal(relayed(), rsa_key(1024), domain="hop.example"), rsa_key(1024), cv="none"), ENV)
+    assert list(syms(v, "ARC_")) == ["ARC_REJECT"] and list(syms(v, "DMARC_")) == ["DMARC_POLICY_REJECT"]
