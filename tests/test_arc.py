@@ -106,6 +106,18 @@ def test_trusted_sealer_lifts_dmarc_failure(server):
     assert list(syms(v, "DMARC_")) == ["DMARC_POLICY_REJECT"]
 
 
+def test_trusted_sealers_written_in_unicode_are_compared_as_a_labels():
+    """A seal's d= is ASCII (A-labels); a trusted sealer configured in Unicode never matched it.  One UTS 46
+    refuses is a configuration error naming the key, not a sealer that silently never matches."""
+    from antispam.auth.dmarc import DmarcCheck
+    from antispam.errors import ConfigError
+
+    assert DmarcCheck(trusted_arc_sealers=("Bücher.Example.", "list.example")).trusted_arc_sealers == {
+        "xn--bcher-kva.example", "list.example"}
+    with pytest.raises(ConfigError, match="auth.trusted_arc_sealers"):
+        DmarcCheck(trusted_arc_sealers=("vict\u200dim.example",))
+
+
 def test_aggregate_record_names_the_trusted_forwarder(server):
     from antispam.auth.report import aggregate_record
 

@@ -52,6 +52,7 @@ from ..check import Check, Hit, Question, ScanContext, SymbolDef
 from ..config import DMARC_MODES
 from ..dns import Answer
 from ..domains import registered_domain, to_ascii
+from ..errors import ConfigError
 from ..message import domain_of, split_addresses
 from . import network_enabled
 from .arc import ArcOutcome
@@ -474,6 +475,16 @@ async def _nonexistent(resolver: "Resolver", domain: str, deadline: float | None
 # --------------------------------------------------------------------------- the check
 
 
+def _sealer(domain: str) -> str:
+    """A ``trusted_arc_sealers`` entry as the seals' ``d=`` is compared: A-labels (a sealer written in
+    Unicode never matched the ASCII ``d=``), lower case, no final dot."""
+    try:
+        return to_ascii(domain.strip().rstrip(".")).lower()
+    except UnicodeError:
+        raise ConfigError(f"{domain!r} is not a domain name (UTS 46 cannot encode it)",
+                          key="auth.trusted_arc_sealers") from None
+
+
 class DmarcCheck(Check):
     """DMARC from the SPF and DKIM outcomes of the same scan (and ARC, when trusted sealers are set)."""
 
@@ -495,7 +506,7 @@ class DmarcCheck(Check):
         if mode not in MODES:
             raise ValueError(f"dmarc_mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
-        self.trusted_arc_sealers = frozenset(s.lower().rstrip(".") for s in trusted_arc_sealers)
+        self.trusted_arc_sealers = frozenset(_sealer(s) for s in trusted_arc_sealers)
 
     def questions(self, msg: "Message", ctx: ScanContext) -> list[Question]:
         authors = author_domains(msg)
