@@ -38,7 +38,7 @@ from . import network_enabled
 from .authres import resinfo
 from .dkim import (MAX_SIGNED_FIELDS, _BodyHashes, _check_key, _check_signature, _first_tags, _is_base64,
                    _key_name, _key_record, _parse_message, _Refused, _select, _tag_list_problem, _tags, _text,
-                   fetch_keys)
+                   dkimpy_verify, fetch_keys)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Config
@@ -196,16 +196,8 @@ def _verify(signer: dkimpy.DKIM, label: str, sig: dict[bytes, bytes], fields: li
     except _Refused as exc:
         raise _Broken(f"{label}: {exc.reason}") from None
 
-    def dnsfunc(qname: bytes | str, timeout: float = 5, _txt: bytes = record) -> bytes:
-        return _txt
-
-    # dkimpy selects from signer.headers again, scanning from the bottom for each name: given the
-    # chosen fields bottom-up, each name finds its field at once (as in dkim.verify_all).
-    signer.headers = fields[::-1]
-    relaxed = sig.get(b"c", b"simple").partition(b"/")[0] == b"relaxed"
-    include = [n.lower().rstrip(b" \t") if relaxed else n.lower() for n, _ in fields]
     try:
-        ok = signer.verify_sig({k: v for k, v in sig.items() if k != b"bh"}, include, sig_field, dnsfunc)
+        ok = dkimpy_verify(signer, sig, fields, sig_field, record)
     except dkimpy.DKIMException as exc:  # a key too short for the configured minimum, ...
         raise _Broken(f"{label}: {exc}"[:120]) from None
     except Exception as exc:  # a key dkimpy cannot use after all
