@@ -163,8 +163,10 @@ class DnsblCheck(Check):
         return None
 
     def items(self, spec: ListSpec, msg: Message, relays: list[str] | None = None,
-              client: str | None = None) -> list[tuple[str, str]]:
-        """``(input name, item)`` pairs to ask ``spec`` about (``client``: :meth:`client_address`)."""
+              client: str | None = None, hosts: list[str] | None = None) -> list[tuple[str, str]]:
+        """``(input name, item)`` pairs to ask ``spec`` about (``client``: :meth:`client_address`;
+        ``hosts``: :func:`url_hosts_by_priority`; each worked out here when not given, as
+        :meth:`plan` gives them once for every list)."""
         env = msg.envelope
         if client is None:
             client = self.client_address(msg)
@@ -178,7 +180,7 @@ class DnsblCheck(Check):
                            if ip not in (env.client_ip, client))
             elif inp == "urls":
                 seen: set[str] = set()
-                for host in url_hosts_by_priority(msg):
+                for host in url_hosts_by_priority(msg) if hosts is None else hosts:
                     if is_ip(host) or ends_in_number(host):
                         # A numeric host (http://738460676/) is the address a browser opens.
                         # Dropped before the MAX_URL_DOMAINS cap, so links to private or loopback
@@ -217,10 +219,11 @@ class DnsblCheck(Check):
         out = []
         relays = self.relay_ips(msg) if any("relays" in s.inputs for s in self.lists) else []
         client = self.client_address(msg)
+        hosts = url_hosts_by_priority(msg) if any("urls" in s.inputs for s in self.lists) else []
         for spec in self.lists:
             if not self.stats[spec.name].healthy:
                 continue
-            for inp, item in self.items(spec, msg, relays, client):
+            for inp, item in self.items(spec, msg, relays, client, hosts):
                 try:
                     q = query_name(spec, item)
                 except ValueError as exc:

@@ -462,8 +462,10 @@ class Server:
 
                 raise listen_error(self.settings.host, self.settings.port, exc) from None
         self._started()
-        where = {"socket": self.settings.socket} if self.local_socket else {"host": self.settings.host, "port": self.port}
-        self.log.info("listening", extra={"fields": {"server": self.name, **where, **self._described()}})
+        from .prefork import address_fields
+
+        self.log.info("listening", extra={"fields": {"server": self.name, **address_fields(self.settings, self.port),
+                                                     **self._described()}})
 
     async def _listen(self, sock: socket.socket | None = None) -> asyncio.AbstractServer:
         """The listening server on ``settings.host:port``, or on ``sock``, a bound Unix-domain socket

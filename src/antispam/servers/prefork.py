@@ -237,6 +237,11 @@ def address(settings: ServerConfig, port: int) -> str:
     return f"unix:{settings.socket}" if settings.socket else f"{settings.host}:{port}"
 
 
+def address_fields(settings: ServerConfig, port: int) -> dict[str, Any]:
+    """Where a server listens, as the "listening" log record's fields: ``socket``, or ``host`` and ``port``."""
+    return {"socket": settings.socket} if settings.socket else {"host": settings.host, "port": port}
+
+
 @dataclass
 class _Child:
     proc: subprocess.Popen
@@ -301,8 +306,8 @@ class Supervisor:
                     return 0 if self.stopping and not self._failed else 1
                 port = 0 if made else sock.getsockname()[1]
                 print(f"antispam {self.kind} listening on {address(self.settings, port)}", flush=True)
-                where = {"socket": self.settings.socket} if made else {"host": self.settings.host, "port": port}
-                log.info("listening", extra={"fields": {"server": self.kind, **where, "processes": n}})
+                log.info("listening", extra={"fields": {"server": self.kind, **address_fields(self.settings, port),
+                                                         "processes": n}})
                 return self._supervise(sock)
             except BaseException:  # never leave children behind
                 self._stop_all()

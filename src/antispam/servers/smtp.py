@@ -53,7 +53,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, Session as Sm
 from .. import fastscore
 from ..config import SMTP_MODES
 from ..message import Envelope
-from .common import Server, _has_input, rewrite_headers, without_ours
+from .common import Server, _has_input, rewrite_headers, split_headers, without_ours
 
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 #: the DSN parameters (RFC 3461) of RCPT, passed on as sent to a next hop that announces DSN
@@ -1247,8 +1247,7 @@ def _unsendable(conn: _SmtpClient, mail_options: list[str], payload: bytes) -> s
                 and not payload.isascii():
             return _NO_8BITMIME
         if key == "SMTPUTF8" and "SMTPUTF8" not in extensions:
-            end = payload.find(b"\r\n\r\n")
-            if not (payload if end < 0 else payload[:end]).isascii():
+            if not split_headers(payload)[0].isascii():
                 return "554 " + _NEEDS_UTF8
     return None
 
